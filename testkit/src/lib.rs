@@ -1,0 +1,1 @@
+//! Guards for privileged tests (being written).
