@@ -8,6 +8,7 @@
 //! - [`selector`]: label selectors (equality and set-based) and field selectors;
 //! - [`registry`]: every built-in resource with its group, version, kind, scope, short names and categories;
 //! - [`validation`] and [`defaults`]: what the API server checks and fills in, per kind, with field paths;
+//! - [`normalize`]: decode, default and validate a built-in object as the API server stores it;
 //! - [`smp`]: strategic merge patch with the merge keys of every built-in type;
 //! - [`meta`]: helpers over the `metadata` of an untyped object.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub use k8s_openapi;
 
 pub mod defaults;
 pub mod meta;
+pub mod normalize;
 pub mod quantity;
 pub mod registry;
 pub mod selector;
