@@ -1,0 +1,152 @@
+//! Request headers: the host a request is for, what is added on the way upstream, and labels.
+//!
+//! Upstream requests get `X-Forwarded-For` (the client address; incoming values are not trusted, as with
+//! ingress-nginx's default `use-forwarded-headers: false`), `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
+//! `X-Forwarded-Port`, `X-Scheme` and `X-Request-ID` (kept from the client or generated).
+
+use std::borrow::Cow;
+
+use http::{HeaderValue, Method};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::compile::policy::rewrite;
+use crate::table::random;
+
+/// The request's host, lower case, without port: the `Host` header, or the URI authority (HTTP/2).
+pub fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
+    let raw = match req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()) {
+        Some(h) => h,
+        None => req.uri.authority()?.as_str(),
+    };
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => raw.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(raw, |(h, _)| h),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+/// The client's `X-Request-ID`, or a new random 32-hex-digit one (ingress-nginx `$req_id`).
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    if let Some(v) = req.headers.get("x-request-id").filter(|v| !v.is_empty() && v.len() <= 200) {
+        return v.clone();
+    }
+    let mut buf = [0u8; 32];
+    let (a, b) = (random(), random());
+    for (i, byte) in a.to_be_bytes().iter().chain(b.to_be_bytes().iter()).enumerate() {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 15)];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+}
+
+/// The upstream URI after `rewrite-target`, or `None` when the path does not match the rewrite regex.
+pub fn rewritten_uri(re: &regex::Regex, target: &str, req: &RequestHeader) -> Option<http::Uri> {
+    let path = rewrite(re, target, req.uri.path())?;
+    let pq = match req.uri.query() {
+        Some(q) if path.contains('?') => format!("{path}&{q}"),
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    pq.parse().ok()
+}
+
+/// Adds the forwarding headers and applies rewrite and `upstream-vhost`.
+pub fn forward(session: &Session, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    if let Some(uri) = ctx.rewritten.take() {
+        up.set_uri(uri);
+    }
+    if let Some(ip) = ctx.client {
+        let ip = ip.to_string();
+        up.insert_header("x-forwarded-for", &ip)?;
+        up.insert_header("x-real-ip", ip)?;
+    }
+    let scheme = if ctx.tls { "https" } else { "http" };
+    up.insert_header("x-forwarded-proto", scheme)?;
+    up.insert_header("x-scheme", scheme)?;
+    let host = session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| session.req_header().uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    if let Some(h) = host {
+        if up.headers.get(http::header::HOST).is_none() {
+            up.insert_header(http::header::HOST, h.clone())?;
+        }
+        up.insert_header("x-forwarded-host", h)?;
+    }
+    if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+        up.insert_header("x-forwarded-port", port)?;
+    }
+    if let Some(id) = &ctx.request_id {
+        up.insert_header("x-request-id", id.clone())?;
+    }
+    if let Some(vhost) = ctx.route.as_ref().and_then(|r| r.policy.upstream_vhost.clone()) {
+        up.insert_header(http::header::HOST, vhost)?;
+    }
+    Ok(())
+}
+
+/// A bounded label for the request method.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>, uri: &str) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).expect("request");
+        if let Some(h) = host {
+            r.insert_header("Host", h).expect("host");
+        }
+        r
+    }
+
+    #[test]
+    fn the_host_loses_its_port_and_case() {
+        assert_eq!(request_host(&req(Some("Example.COM:8080"), "/")).as_deref(), Some("example.com"));
+        assert_eq!(request_host(&req(Some("[::1]:80"), "/")).as_deref(), Some("::1"));
+        assert_eq!(request_host(&req(Some("a.example.com."), "/")).as_deref(), Some("a.example.com"));
+        assert_eq!(request_host(&req(None, "https://h2.example.com/x")).as_deref(), Some("h2.example.com"));
+        assert!(request_host(&req(None, "/")).is_none());
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated_fresh() {
+        let mut r = req(Some("a"), "/");
+        let a = request_id(&r);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, request_id(&r));
+        r.insert_header("X-Request-ID", "abc").expect("header");
+        assert_eq!(request_id(&r), "abc");
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_query() {
+        let re = regex::Regex::new("(?i)^/api(/|$)(.*)").expect("regex");
+        let uri = rewritten_uri(&re, "/$2", &req(Some("a"), "/api/users?x=1")).expect("matches");
+        assert_eq!(uri.to_string(), "/users?x=1");
+    }
+}

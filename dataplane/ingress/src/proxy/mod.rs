@@ -1,0 +1,347 @@
+//! The Pingora proxy: one [`IngressProxy`] serves every listener, reading one table snapshot per request.
+//!
+//! Phases (one concern each, in files named after them):
+//! - `request_filter`: load the snapshot, find the route ([`admission`]), answer redirects/denials/limits, pick
+//!   main or canary backend, answer 503 when it has no endpoints;
+//! - `upstream_peer` ([`peer`]): choose an endpoint (affinity cookie, round robin or peak EWMA), skip ejected and
+//!   already-failed ones;
+//! - `upstream_request_filter` ([`headers`]): `X-Forwarded-*`, `X-Request-ID`, rewrite, `upstream-vhost`;
+//! - `fail_to_connect`: count the failure (ejecting after repeated ones) and retry on another endpoint;
+//! - `logging`: metrics, endpoint latency, access log.
+//!
+//! # Errors
+//! Upstream failures are 502 (504 on timeouts), client errors 4xx, our own faults 500 — Pingora's mapping, which
+//! records who failed and whether a retry is safe.
+
+pub mod access_log;
+pub mod admission;
+pub mod ctx;
+pub mod headers;
+pub mod peer;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use self::admission::Answer;
+use self::ctx::{ConnectionGuard, RequestCtx};
+use crate::runtime::metrics::{Metrics, RequestLabels, RouteLabel};
+use crate::table::{RouteLabels, RouteTable, now_ns};
+
+/// Settings of the proxy that are fixed at start.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Port announced in HTTPS redirects.
+    pub https_port: Option<u16>,
+    /// Largest header section accepted.
+    pub max_header_bytes: usize,
+    /// Downstream read timeout (slow clients).
+    pub client_timeout: Duration,
+    /// Keep-alive idle timeout.
+    pub keepalive_timeout: Duration,
+    /// Retries on other endpoints after connect failures.
+    pub max_retries: u32,
+}
+
+/// The ingress proxy.
+pub struct IngressProxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    metrics: Arc<Metrics>,
+    access_log: Option<Arc<access_log::AccessLog>>,
+    settings: ProxySettings,
+    unmatched: Arc<RouteLabels>,
+}
+
+impl IngressProxy {
+    /// A proxy reading `table`.
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        metrics: Arc<Metrics>,
+        access_log: Option<Arc<access_log::AccessLog>>,
+        settings: ProxySettings,
+    ) -> Self {
+        let unmatched = Arc::new(RouteLabels {
+            namespace: String::new(),
+            ingress: String::new(),
+            host: String::new(),
+            path: String::new(),
+            service: String::new(),
+        });
+        IngressProxy { table, metrics, access_log, settings, unmatched }
+    }
+
+    async fn answer(&self, session: &mut Session, answer: Answer) -> Result<bool> {
+        let mut resp = ResponseHeader::build(answer.status, Some(3))?;
+        if let Some(location) = answer.location {
+            resp.insert_header(http::header::LOCATION, location)?;
+        }
+        resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
+        session.write_response_header(Box::new(resp), answer.body.is_empty()).await?;
+        if !answer.body.is_empty() {
+            session.write_response_body(Some(Bytes::from(answer.body)), true).await?;
+        }
+        Ok(true)
+    }
+}
+
+fn is_tls(digest: Option<&Digest>) -> bool {
+    digest.is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for IngressProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.metrics.active_requests.inc();
+        if ctx.connection.is_none() {
+            ctx.connection = Some(Arc::new(ConnectionGuard::new(self.metrics.clone())));
+        }
+        session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs()));
+        session.set_read_timeout(Some(self.settings.client_timeout));
+        ctx.tls = is_tls(session.digest());
+        ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let table = self.table.load_full();
+        let req = session.req_header();
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes > self.settings.max_header_bytes {
+            return self
+                .answer(
+                    session,
+                    Answer { status: 431, location: None, body: "431 request header fields too large\n".into() },
+                )
+                .await;
+        }
+        let Some(host) = headers::request_host(req) else {
+            return self
+                .answer(session, Answer { status: 400, location: None, body: "400 bad request: no Host\n".into() })
+                .await;
+        };
+        let path = req.uri.path();
+        let found = table.lookup(&host, path);
+        let facts = admission::Request {
+            host: &host,
+            path,
+            query: req.uri.query(),
+            tls: ctx.tls,
+            client: ctx.client,
+            headers: &req.headers,
+            https_port: self.settings.https_port,
+        };
+        if self.access_log.is_some() {
+            ctx.host = host.to_string();
+        }
+        if let Err(answer) = admission::admit(&found, &facts) {
+            return self.answer(session, answer).await;
+        }
+        let route = found.route.expect("admit answers requests without a route").clone();
+        let (backend, canary) = admission::choose_backend(&route, &req.headers);
+        let backend = backend.clone();
+        ctx.labels = Some(match (&route.canary, canary) {
+            (Some(c), true) => c.labels.clone(),
+            _ => route.labels.clone(),
+        });
+        if let Some(max) = route.policy.max_body_bytes
+            && let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+            && len.parse::<u64>().is_ok_and(|n| n > max)
+        {
+            return self
+                .answer(session, Answer { status: 413, location: None, body: "413 request entity too large\n".into() })
+                .await;
+        }
+        if let Some((re, target)) = &route.rewrite {
+            ctx.rewritten = headers::rewritten_uri(re, target, req);
+        }
+        ctx.request_id = Some(headers::request_id(req));
+        let limited = admission::limit(&route, ctx.client);
+        ctx.table = Some(table);
+        ctx.route = Some(route);
+        match limited {
+            Ok(slot) => ctx.conn_slot = slot,
+            Err(answer) => return self.answer(session, answer).await,
+        }
+        if backend.pool().is_none() {
+            let body = format!("503 service unavailable: {}\n", backend.unavailable_reason());
+            ctx.backend = Some(backend);
+            return self.answer(session, Answer { status: 503, location: None, body }).await;
+        }
+        ctx.backend = Some(backend);
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if let Some(max) = ctx.route.as_ref().and_then(|r| r.policy.max_body_bytes)
+                && ctx.body_bytes > max
+            {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than proxy-body-size");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        peer::select(session, ctx)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(e) = &ctx.endpoint {
+            e.stats.connected();
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(endpoint) = ctx.endpoint.take() else { return e };
+        endpoint.stats.finish(None);
+        let service = ctx.backend.as_ref().map(|b| crate::runtime::metrics::ServiceLabel(b.service.clone()));
+        if endpoint.stats.connect_failed(now_ns())
+            && let Some(s) = &service
+        {
+            tracing::warn!(endpoint = %endpoint.addr, service = %s.0, "endpoint ejected after repeated connect failures");
+            self.metrics.upstream_ejections.get_or_create(s).inc();
+        }
+        ctx.tried.push(endpoint.addr);
+        let others_left = ctx
+            .backend
+            .as_ref()
+            .and_then(|b| b.pool())
+            .is_some_and(|p| p.active().iter().any(|e| !ctx.tried.contains(&e.addr)));
+        if others_left && ctx.tried.len() <= self.settings.max_retries as usize {
+            e.set_retry(true);
+            if let Some(s) = &service {
+                self.metrics.upstream_retries.get_or_create(s).inc();
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::forward(session, upstream, ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(start) = ctx.upstream_start {
+            ctx.upstream_seconds = Some(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            for (k, v) in &route.policy.response_headers {
+                resp.insert_header(k.clone(), v.clone())?;
+            }
+        }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.metrics.active_requests.dec();
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or_else(|| match e {
+            Some(e) => match e.etype() {
+                ErrorType::HTTPStatus(code) => *code,
+                _ => 0,
+            },
+            None => 0,
+        });
+        if let (Some(slot), Some(ip)) = (ctx.conn_slot.take(), ctx.client) {
+            slot.release(ip);
+        }
+        let labels = ctx.labels.clone().unwrap_or_else(|| self.unmatched.clone());
+        if let Some(log) = &self.access_log {
+            log.write(session, ctx, status, session.body_bytes_sent() as u64, ctx.start.elapsed().as_secs_f64(), e);
+        }
+        if let Some(endpoint) = ctx.endpoint.take() {
+            let latency = ctx.upstream_seconds.map(|s| (s * 1e9) as u64);
+            endpoint.stats.finish(latency);
+        }
+        let method = headers::method_label(&session.req_header().method);
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        let m = &self.metrics;
+        m.requests.get_or_create(&RequestLabels { route: labels.clone(), method, status }).inc();
+        m.request_duration.get_or_create(&RouteLabel(labels.clone())).observe(elapsed);
+        if let (Some(up), Some(b)) = (ctx.upstream_seconds, &ctx.backend) {
+            m.upstream_duration.get_or_create(&crate::runtime::metrics::ServiceLabel(b.service.clone())).observe(up);
+        }
+        let sent = session.body_bytes_sent() as u64;
+        if ctx.body_bytes > 0 {
+            m.request_bytes.get_or_create(&RouteLabel(labels.clone())).inc_by(ctx.body_bytes);
+        }
+        if sent > 0 {
+            m.response_bytes.get_or_create(&RouteLabel(labels)).inc_by(sent);
+        }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        ctx.connection.clone().map(|c| Box::new(c) as Box<dyn std::any::Any + Send + Sync>)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(guard) = prev.downcast::<Arc<ConnectionGuard>>() {
+            ctx.connection = Some(*guard);
+        }
+    }
+}
