@@ -127,7 +127,7 @@ pub(crate) mod tests {
 
     /// A self-signed PEM pair for `names` (test helper shared with the compiler tests).
     pub fn pem_pair(names: &[&str]) -> (String, String) {
-        let names = names.iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let c = rcgen::generate_simple_self_signed(names).expect("rcgen");
         (c.cert.pem(), c.signing_key.serialize_pem())
     }

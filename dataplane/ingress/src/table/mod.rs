@@ -4,6 +4,8 @@
 //! policies and certificates — so it never sees two generations.
 
 mod certs;
+#[cfg(test)]
+pub(crate) use self::certs::tests as certs_tests;
 mod limits;
 mod state;
 mod upstream;
