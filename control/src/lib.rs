@@ -1,1 +1,4 @@
-//! placeholder
+//! `skiff-control`: the Skiff control plane — the Kubernetes-compatible API server, its storage backends,
+//! admission, the controllers and the scheduler.
+
+pub mod storage;

@@ -1,0 +1,199 @@
+//! Storage of API objects: a key-value store with global revisions, shaped after etcd v3.
+//!
+//! Every write gets the next global revision, which becomes the object's `metadata.resourceVersion`. The trait maps
+//! one to one onto etcd: [`Storage::get`]/[`Storage::list`] are `Range` (with a prefix range and an optional
+//! revision), [`Storage::create`]/[`Storage::update`]/[`Storage::delete`] are `Txn`s comparing `create_revision` or
+//! `mod_revision`, [`Storage::watch`] is `Watch` from a revision, and [`Storage::compact`] is `Compact`.
+//!
+//! Backends: [`sqlite::SqliteStorage`] (embedded, the default) and, for several control-plane instances, etcd.
+//! [`encrypt::Encrypted`] wraps either and encrypts chosen prefixes (Secrets) at rest.
+
+pub mod encrypt;
+pub mod sqlite;
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+
+/// A global, monotonic store revision.
+pub type Revision = i64;
+
+/// One stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key, e.g. `/registry/pods/default/web-0`.
+    pub key: String,
+    /// The value (the object as JSON, possibly encrypted).
+    pub value: Bytes,
+    /// The revision that created the key.
+    pub create_revision: Revision,
+    /// The revision of the last change (for a deletion event: the revision of the deletion).
+    pub mod_revision: Revision,
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created or updated.
+    Put,
+    /// Deleted.
+    Delete,
+}
+
+/// One change, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key after the change; for a deletion, its last value with `mod_revision` the deletion's revision.
+    pub kv: KeyValue,
+    /// The key before the change, when it existed and is still known.
+    pub prev: Option<KeyValue>,
+}
+
+impl Event {
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+
+    /// Whether the key was created by this change.
+    pub fn is_create(&self) -> bool {
+        self.kind == EventKind::Put && self.kv.create_revision == self.kv.mod_revision
+    }
+}
+
+/// Options of a prefix listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Start at this key (inclusive) instead of the prefix itself (pagination).
+    pub start: Option<String>,
+    /// Return at most this many keys.
+    pub limit: Option<usize>,
+    /// Read as of this revision instead of the latest one (consistent pagination).
+    pub revision: Option<Revision>,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListResult {
+    /// Keys in order.
+    pub items: Vec<KeyValue>,
+    /// The revision the listing was read at.
+    pub revision: Revision,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
+
+/// A stream of changes, in revision order.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event, StorageError>> + Send>>;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The key does not exist.
+    #[error("key {key} not found")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// `create` found the key already there.
+    #[error("key {key} already exists")]
+    AlreadyExists {
+        /// The key.
+        key: String,
+    },
+    /// The key's `mod_revision` is not the expected one.
+    #[error("key {key} was modified: expected revision {expected}, found {actual}")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The revision the caller expected.
+        expected: Revision,
+        /// The revision found.
+        actual: Revision,
+    },
+    /// The requested revision has been compacted away.
+    #[error("revision {requested} has been compacted (oldest available is {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: Revision,
+        /// The compaction revision.
+        compacted: Revision,
+    },
+    /// The requested revision is in the future.
+    #[error("revision {requested} is newer than the current revision {current}")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: Revision,
+        /// The current revision.
+        current: Revision,
+    },
+    /// A value could not be decrypted.
+    #[error("value of {key} could not be decrypted: {reason}")]
+    Decrypt {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The backend failed.
+    #[error("{backend} backend: {operation}: {source}")]
+    Backend {
+        /// `sqlite` or `etcd`.
+        backend: &'static str,
+        /// What was being done.
+        operation: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A key-value store with global revisions and watches.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The current value of `key`.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError>;
+
+    /// Keys starting with `prefix`, in key order.
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StorageError>;
+
+    /// Creates `key`; fails with [`StorageError::AlreadyExists`] if it exists.
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StorageError>;
+
+    /// Replaces `key` if its `mod_revision` is `expected`.
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue, StorageError>;
+
+    /// Deletes `key` (if its `mod_revision` is `expected`, when given); returns its last value with the deletion
+    /// revision as `mod_revision`.
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StorageError>;
+
+    /// Changes under `prefix` with revisions greater than `after`.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StorageError>;
+
+    /// Forgets history up to and including `revision` (the latest value of each key stays).
+    async fn compact(&self, revision: Revision) -> Result<(), StorageError>;
+
+    /// The current revision.
+    async fn revision(&self) -> Result<Revision, StorageError>;
+
+    /// The oldest revision a watch or a listing can start from.
+    async fn compacted_revision(&self) -> Result<Revision, StorageError>;
+}
+
+/// The end of the key range `[prefix, prefix_end(prefix))`, as etcd computes it.
+pub fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    "\u{10ffff}".to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
