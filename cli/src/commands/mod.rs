@@ -1,5 +1,6 @@
 //! The subcommands, one file each.
 
+mod ingress;
 mod version;
 
 /// What `skiff` is asked to do.
@@ -7,12 +8,15 @@ mod version;
 pub enum Command {
     /// Print the version of this binary and the Kubernetes API version it serves.
     Version(version::Args),
+    /// Run the Pingora ingress controller (standalone with --from-file, or following a cluster).
+    Ingress(ingress::Args),
 }
 
 /// Runs one subcommand to completion.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Version(args) => version::run(args),
+        Command::Ingress(args) => ingress::run(args),
     }
 }
 

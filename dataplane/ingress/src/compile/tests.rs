@@ -111,12 +111,14 @@ fn paths_follow_precedence_longest_first_and_exact_before_prefix() {
 
 #[test]
 fn ingresses_for_one_host_merge_and_the_oldest_wins_a_conflict() {
-    let c = compiled(&[
-        ingress("newer", "2024-02-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "api")),
-        ingress("older", "2024-01-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "web")),
-        ingress("more", "2024-03-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/more", "empty")),
-    ]
-    .concat());
+    let c = compiled(
+        &[
+            ingress("newer", "2024-02-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "api")),
+            ingress("older", "2024-01-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "web")),
+            ingress("more", "2024-03-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/more", "empty")),
+        ]
+        .concat(),
+    );
     assert_eq!(routed(c.table.lookup("a.com", "/x")).map(|r| r.0), Some("older".into()));
     assert_eq!(routed(c.table.lookup("a.com", "/more/x")).map(|r| r.0), Some("more".into()));
     let conflict = c.problems.iter().find(|p| p.reason == "HostPathConflict").expect("conflict reported");
@@ -192,7 +194,10 @@ endpoints:
 - addresses: [10.9.0.2]
   conditions: {ready: false, serving: false, terminating: true}
 "#;
-    let c = compiled(&format!("{yaml}{}", ingress("i", "2024-01-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "draining"))));
+    let c = compiled(&format!(
+        "{yaml}{}",
+        ingress("i", "2024-01-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "draining"))
+    ));
     let pool = c.table.lookup("a.com", "/").route.expect("route").backend.pool().expect("fallback");
     let addrs: Vec<_> = pool.active().iter().map(|e| e.addr.to_string()).collect();
     assert_eq!(addrs, ["10.9.0.1:80"]);
@@ -238,11 +243,12 @@ fn a_canary_ingress_attaches_to_the_main_route_of_the_same_host_and_path() {
         "creationTimestamp",
         "annotations: {nginx.ingress.kubernetes.io/canary: \"true\", nginx.ingress.kubernetes.io/canary-weight: \"20\"}, creationTimestamp",
     );
-    let orphan = ingress("orphan", "2024-01-02T00:00:00Z", &simple_rule("z.com", "Prefix", "/", "api")).replace(
-        "creationTimestamp",
-        "annotations: {nginx.ingress.kubernetes.io/canary: \"true\"}, creationTimestamp",
+    let orphan = ingress("orphan", "2024-01-02T00:00:00Z", &simple_rule("z.com", "Prefix", "/", "api"))
+        .replace("creationTimestamp", "annotations: {nginx.ingress.kubernetes.io/canary: \"true\"}, creationTimestamp");
+    let c = compiled(
+        &[ingress("main", "2024-01-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "web")), canary, orphan]
+            .concat(),
     );
-    let c = compiled(&[ingress("main", "2024-01-01T00:00:00Z", &simple_rule("a.com", "Prefix", "/", "web")), canary, orphan].concat());
     let route = c.table.lookup("a.com", "/").route.expect("main route");
     let canary = route.canary.as_ref().expect("canary attached");
     assert_eq!(&*canary.backend.service, "default/api");
@@ -268,8 +274,10 @@ fn bad_hosts_paths_and_annotations_are_reported_and_skipped_not_fatal() {
 #[test]
 fn rewrite_target_turns_paths_into_regexes_with_a_rewrite() {
     let spec = "  rules:\n  - host: a.com\n    http: {paths: [{path: \"/something(/|$)(.*)\", pathType: ImplementationSpecific, backend: {service: {name: web, port: {number: 80}}}}]}";
-    let yaml = ingress("i", "2024-01-01T00:00:00Z", spec)
-        .replace("creationTimestamp", "annotations: {nginx.ingress.kubernetes.io/rewrite-target: \"/$2\"}, creationTimestamp");
+    let yaml = ingress("i", "2024-01-01T00:00:00Z", spec).replace(
+        "creationTimestamp",
+        "annotations: {nginx.ingress.kubernetes.io/rewrite-target: \"/$2\"}, creationTimestamp",
+    );
     let c = compiled(&yaml);
     assert!(c.problems.is_empty(), "{:?}", c.problems);
     let route = c.table.lookup("a.com", "/something/new").route.expect("regex route");
@@ -281,7 +289,8 @@ fn rewrite_target_turns_paths_into_regexes_with_a_rewrite() {
 #[test]
 fn one_service_port_is_one_backend_shared_by_its_routes_and_linked_to_shared_state() {
     let spec = "  rules:\n  - host: a.com\n    http: {paths: [{path: /a, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}, {path: /b, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}";
-    let objects = Objects::from_yaml(&format!("{SERVICES}{}", ingress("i", "2024-01-01T00:00:00Z", spec))).expect("parse");
+    let objects =
+        Objects::from_yaml(&format!("{SERVICES}{}", ingress("i", "2024-01-01T00:00:00Z", spec))).expect("parse");
     let state = State::new(Certificate::self_signed("d").expect("cert"));
     let one = compile(&objects, &CompileConfig::default(), &state, 1);
     let two = compile(&objects, &CompileConfig::default(), &state, 2);

@@ -60,8 +60,8 @@ impl HandshakeCounter {
 #[async_trait]
 impl TlsAccept for HandshakeCounter {
     async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let version = tls.version().unwrap_or("unknown");
-        self.metrics.tls_handshakes.get_or_create(&TlsLabels { version: version.into() }).inc();
+        let version = tls.version().unwrap_or("unknown").replace('_', ".");
+        self.metrics.tls_handshakes.get_or_create(&TlsLabels { version }).inc();
         None
     }
 }

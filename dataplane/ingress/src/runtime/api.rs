@@ -52,6 +52,25 @@ pub fn run_from_kube_config(kube_config: kube::Config, config: IngressConfig) ->
     run(ClientSource::Config(Box::new(kube_config)), config)
 }
 
+/// API mode from a kubeconfig file, or (without one) the usual inference: `$KUBECONFIG`, `~/.kube/config`, the
+/// in-cluster service account.
+pub fn run_from_kubeconfig(path: Option<std::path::PathBuf>, config: IngressConfig) -> Result<(), IngressError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(IngressError::Runtime)?;
+    let kube_config = rt
+        .block_on(async {
+            match path {
+                Some(p) => {
+                    let kc = kube::config::Kubeconfig::read_from(&p).map_err(|e| e.to_string())?;
+                    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| e.to_string())
+                }
+                None => kube::Config::infer().await.map_err(|e| e.to_string()),
+            }
+        })
+        .map_err(IngressError::Api)?;
+    drop(rt);
+    run_from_kube_config(kube_config, config)
+}
+
 fn run(client: ClientSource, config: IngressConfig) -> Result<(), IngressError> {
     let publisher = publisher(&config)?;
     let source = ApiSource { client, publisher: publisher.clone(), addresses: config.status_addresses.clone() };

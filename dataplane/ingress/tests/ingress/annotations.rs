@@ -1,0 +1,173 @@
+//! ingress-nginx annotations, end to end.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+
+use crate::harness::*;
+
+const P: &str = "nginx.ingress.kubernetes.io";
+
+fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("host", host).body(Full::new(Bytes::new())).expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_redirects_and_allowlists_behave_like_ingress_nginx() {
+    let up = Upstream::start("a").await;
+    let yaml = [
+        service_yaml("svc", &[&up]),
+        ingress_yaml("rw", &format!("{P}/rewrite-target: \"/$2\""), &[("rw.test", "/api(/|$)(.*)", "svc")], ""),
+        ingress_yaml("root", &format!("{P}/app-root: /app"), &[("root.test", "/", "svc")], ""),
+        ingress_yaml(
+            "moved",
+            &format!("{P}/permanent-redirect: https://example.org/new"),
+            &[("moved.test", "/", "svc")],
+            "",
+        ),
+        ingress_yaml("deny", &format!("{P}/whitelist-source-range: 10.0.0.0/8"), &[("deny.test", "/", "svc")], ""),
+        ingress_yaml(
+            "allow",
+            &format!("{P}/whitelist-source-range: \"10.0.0.0/8, 127.0.0.0/8\""),
+            &[("allow.test", "/", "svc")],
+            "",
+        ),
+        ingress_yaml("vhost", &format!("{P}/upstream-vhost: internal.local"), &[("vhost.test", "/", "svc")], ""),
+    ]
+    .concat();
+    let ingress = Ingress::start(&yaml).await;
+    assert_eq!(ingress.get("rw.test", "/api/users?id=7").await.json()["uri"], "/users?id=7");
+    assert_eq!(ingress.get("rw.test", "/api").await.json()["uri"], "/");
+    let r = ingress.get("root.test", "/").await;
+    assert_eq!((r.status, r.header("location").as_deref()), (302, Some("/app")));
+    assert_eq!(ingress.get("root.test", "/app").await.status, 200);
+    let r = ingress.get("moved.test", "/x").await;
+    assert_eq!((r.status, r.header("location").as_deref()), (301, Some("https://example.org/new")));
+    assert_eq!(ingress.get("deny.test", "/").await.status, 403);
+    assert_eq!(ingress.get("allow.test", "/").await.status, 200);
+    assert_eq!(ingress.get("vhost.test", "/").await.json()["headers"]["host"], "internal.local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_size_limits_and_custom_response_headers_apply_per_ingress() {
+    let up = Upstream::start("a").await;
+    let yaml = [
+        service_yaml("svc", &[&up]),
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: default}\ndata: {X-Frame-Options: DENY, X-Served-By: skiff}\n".to_string(),
+        ingress_yaml("small", &format!("{P}/proxy-body-size: 1k, {P}/custom-headers: default/hdrs"), &[("small.test", "/", "svc")], ""),
+    ]
+    .concat();
+    let ingress = Ingress::start(&yaml).await;
+    let post = |n: usize| {
+        Request::post("/").header("host", "small.test").body(Full::new(Bytes::from(vec![b'x'; n]))).expect("req")
+    };
+    let ok = ingress.request(post(512)).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["body_bytes"], 512);
+    assert_eq!(ok.header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(ok.header("x-served-by").as_deref(), Some("skiff"));
+    assert_eq!(ingress.request(post(4096)).await.status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_traffic_follows_header_cookie_and_weight() {
+    let (main, canary) = (Upstream::start("main").await, Upstream::start("canary").await);
+    let yaml = [
+        service_yaml("main", &[&main]),
+        service_yaml("canary", &[&canary]),
+        ingress_yaml("main", "", &[("c.test", "/", "main")], ""),
+        ingress_yaml(
+            "canary",
+            &format!("{P}/canary: \"true\", {P}/canary-by-header: X-Canary, {P}/canary-by-cookie: beta"),
+            &[("c.test", "/", "canary")],
+            "",
+        ),
+        ingress_yaml("main2", "", &[("w.test", "/", "main")], ""),
+        ingress_yaml(
+            "canary2",
+            &format!("{P}/canary: \"true\", {P}/canary-weight: \"100\""),
+            &[("w.test", "/", "canary")],
+            "",
+        ),
+    ]
+    .concat();
+    let ingress = Ingress::start(&yaml).await;
+    assert_eq!(ingress.get("c.test", "/").await.server(), "main");
+    let with = |k: &str, v: &str| {
+        Request::get("/").header("host", "c.test").header(k, v).body(Full::new(Bytes::new())).expect("req")
+    };
+    assert_eq!(ingress.request(with("x-canary", "always")).await.server(), "canary");
+    assert_eq!(ingress.request(with("x-canary", "never")).await.server(), "main");
+    assert_eq!(ingress.request(with("cookie", "a=1; beta=always")).await.server(), "canary");
+    for _ in 0..5 {
+        assert_eq!(ingress.get("w.test", "/").await.server(), "canary", "weight 100 of 100");
+    }
+    let m = ingress.metrics_text().await;
+    assert!(
+        m.contains("ingress=\"canary2\",host=\"w.test\""),
+        "canary requests are labelled with the canary Ingress:\n{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_pins_a_client_to_one_endpoint() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let yaml = [
+        service_yaml("svc", &[&a, &b]),
+        ingress_yaml(
+            "sticky",
+            &format!("{P}/affinity: cookie, {P}/session-cookie-name: route, {P}/session-cookie-max-age: \"60\""),
+            &[("s.test", "/", "svc")],
+            "",
+        ),
+    ]
+    .concat();
+    let ingress = Ingress::start(&yaml).await;
+    let first = ingress.get("s.test", "/").await;
+    let cookie = first.header("set-cookie").expect("affinity cookie set");
+    assert!(cookie.starts_with("route=") && cookie.contains("Max-Age=60"), "{cookie}");
+    let value = cookie.split(';').next().expect("pair").to_string();
+    for _ in 0..10 {
+        let r = ingress
+            .request(
+                Request::get("/")
+                    .header("host", "s.test")
+                    .header("cookie", &value)
+                    .body(Full::new(Bytes::new()))
+                    .expect("req"),
+            )
+            .await;
+        assert_eq!(r.server(), first.server());
+        assert!(r.header("set-cookie").is_none(), "a valid cookie is not re-issued");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_rps_rejects_a_client_over_its_burst() {
+    let up = Upstream::start("a").await;
+    let yaml = [
+        service_yaml("svc", &[&up]),
+        ingress_yaml("limited", &format!("{P}/limit-rps: \"1\""), &[("l.test", "/", "svc")], ""),
+    ]
+    .concat();
+    let ingress = Ingress::start(&yaml).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(ingress.request(get("l.test", "/")).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "a burst of 5 × 1 rps: {statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 503), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_protocol_grpc_speaks_http2_to_the_pods() {
+    let up = Upstream::start("grpc").await;
+    let yaml = [
+        service_yaml("svc", &[&up]),
+        ingress_yaml("g", &format!("{P}/backend-protocol: GRPC"), &[("g.test", "/", "svc")], ""),
+    ]
+    .concat();
+    let ingress = Ingress::start(&yaml).await;
+    let echo = ingress.get("g.test", "/pkg.Service/Method").await.json();
+    assert_eq!(echo["version"], "HTTP/2.0");
+}
