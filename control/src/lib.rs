@@ -1,4 +1,7 @@
 //! `skiff-control`: the Skiff control plane — the Kubernetes-compatible API server, its storage backends,
 //! admission, the controllers and the scheduler.
 
+pub mod apiserver;
+pub mod pki;
+pub mod quota;
 pub mod storage;

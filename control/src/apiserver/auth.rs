@@ -1,0 +1,144 @@
+//! Authentication: client certificates signed by the cluster CA (CN is the user, O the groups), the node join
+//! token, and service-account tokens (JWTs signed by the API server). A request with none of them gets 401.
+//!
+//! # Caveats
+//! Authorization is "every authenticated user may do everything" for now; per-namespace access control (RBAC) is
+//! not enforced yet.
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use super::error::{ApiError, ApiResult};
+use super::Api;
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// User name (`skiff-admin`, `system:node:n1`, `system:serviceaccount:ns:name`).
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// The identity in a verified client certificate.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub User);
+
+/// The audience and issuer of service-account tokens.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// Signs a service-account token for `namespace/name` (uid `uid`), valid for `seconds`, optionally bound to a pod.
+pub fn sign_token(key: &[u8], namespace: &str, name: &str, uid: &str, seconds: i64, pod: Option<(&str, &str)>) -> (String, i64) {
+    let now = jiff::Timestamp::now().as_second();
+    let exp = now + seconds;
+    let mut k8s = json!({"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}});
+    if let Some((pn, pu)) = pod {
+        k8s["pod"] = json!({"name": pn, "uid": pu});
+    }
+    let claims = json!({
+        "iss": ISSUER, "aud": [ISSUER], "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        "iat": now, "nbf": now, "exp": exp, "kubernetes.io": k8s,
+    });
+    let header = b64(json!({"alg": "HS256", "typ": "JWT"}).to_string().as_bytes());
+    let payload = b64(claims.to_string().as_bytes());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any size");
+    mac.update(signing_input.as_bytes());
+    let sig = b64(&mac.finalize().into_bytes());
+    (format!("{signing_input}.{sig}"), exp)
+}
+
+/// Verifies a token's signature and expiry; returns its claims.
+pub fn verify_token(key: &[u8], token: &str) -> Option<Value> {
+    let mut parts = token.split('.');
+    let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
+    mac.update(format!("{h}.{p}").as_bytes());
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+    mac.verify_slice(&sig).ok()?;
+    let claims: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
+    let exp = claims.get("exp")?.as_i64()?;
+    (exp > jiff::Timestamp::now().as_second()).then_some(claims)
+}
+
+impl Api {
+    /// Authenticates a bearer token.
+    pub async fn authenticate_token(&self, token: &str) -> Option<User> {
+        if !self.auth.node_token.is_empty() && token == self.auth.node_token {
+            return Some(User { name: "system:node-bootstrap".into(), groups: vec!["system:nodes".into(), "system:authenticated".into()] });
+        }
+        if let Some(user) = self.auth.static_tokens.get(token) {
+            return Some(user.clone());
+        }
+        let claims = verify_token(&self.auth.sa_key, token)?;
+        let ns = claims.pointer("/kubernetes.io/namespace")?.as_str()?;
+        let name = claims.pointer("/kubernetes.io/serviceaccount/name")?.as_str()?;
+        let uid = claims.pointer("/kubernetes.io/serviceaccount/uid")?.as_str()?;
+        // the service account must still exist (and be the same one)
+        let sa = self.try_get(&self.builtin("", "serviceaccounts"), Some(ns), name).await.ok()??;
+        if skiff_api::meta::uid(&sa.object) != uid {
+            return None;
+        }
+        if let (Some(pod), Some(pod_uid)) = (claims.pointer("/kubernetes.io/pod/name").and_then(Value::as_str), claims.pointer("/kubernetes.io/pod/uid").and_then(Value::as_str)) {
+            let p = self.try_get(&self.builtin("", "pods"), Some(ns), pod).await.ok()??;
+            if skiff_api::meta::uid(&p.object) != pod_uid {
+                return None;
+            }
+        }
+        Some(User {
+            name: format!("system:serviceaccount:{ns}:{name}"),
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+        })
+    }
+
+    /// `serviceaccounts/{name}/token`: issues a TokenRequest.
+    pub async fn token_request(&self, ns: &str, name: &str, req: &Value) -> ApiResult<Value> {
+        let sa = self.get(&self.builtin("", "serviceaccounts"), Some(ns), name).await?;
+        let seconds = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+        if seconds < 600 {
+            return Err(ApiError::bad_request("spec.expirationSeconds: may not specify a duration less than 10 minutes"));
+        }
+        let bound = match (req.pointer("/spec/boundObjectRef/kind").and_then(Value::as_str), req.pointer("/spec/boundObjectRef/name").and_then(Value::as_str)) {
+            (Some("Pod"), Some(pod)) => {
+                let p = self.get(&self.builtin("", "pods"), Some(ns), pod).await?;
+                Some((pod.to_string(), skiff_api::meta::uid(&p.object).to_string()))
+            }
+            _ => None,
+        };
+        let (token, exp) = sign_token(&self.auth.sa_key, ns, name, skiff_api::meta::uid(&sa.object), seconds, bound.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
+        let exp_ts = jiff::Timestamp::from_second(exp).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+        let mut out = req.clone();
+        out["kind"] = json!("TokenRequest");
+        out["apiVersion"] = json!("authentication.k8s.io/v1");
+        out["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": null});
+        out["status"] = json!({"token": token, "expirationTimestamp": exp_ts});
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_with_their_key_and_before_expiry() {
+        let (t, _) = sign_token(b"k1", "default", "sa", "u1", 3600, None);
+        let claims = verify_token(b"k1", &t).expect("valid");
+        assert_eq!(claims["sub"], "system:serviceaccount:default:sa");
+        assert!(verify_token(b"k2", &t).is_none());
+        let (expired, _) = sign_token(b"k1", "default", "sa", "u1", -10, None);
+        assert!(verify_token(b"k1", &expired).is_none());
+        assert!(verify_token(b"k1", "a.b").is_none());
+    }
+}

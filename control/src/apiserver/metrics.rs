@@ -1,0 +1,80 @@
+//! The API server's Prometheus metrics (`skiff_apiserver_*`).
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, …
+    pub verb: String,
+    /// Resource (plural), or the path for non-resource requests.
+    pub resource: String,
+    /// HTTP status code.
+    pub code: String,
+}
+
+/// Labels of a latency observation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    /// Verb.
+    pub verb: String,
+    /// Resource.
+    pub resource: String,
+}
+
+/// All API server metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry they are in.
+    pub registry: Registry,
+    /// Requests by verb, resource and code.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency by verb and resource (watches excluded).
+    pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Open watches.
+    pub watches: Gauge<i64, AtomicI64>,
+    /// The datastore's current revision.
+    pub revision: Gauge<i64, AtomicI64>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("skiff_apiserver");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "API requests by verb, resource and HTTP code", requests.clone());
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "API request latency (watches excluded)",
+            prometheus_client::registry::Unit::Seconds,
+            latency.clone(),
+        );
+        let watches = Gauge::<i64, AtomicI64>::default();
+        registry.register("watches", "Open watch streams", watches.clone());
+        let revision = Gauge::<i64, AtomicI64>::default();
+        registry.register("storage_revision", "The datastore's current revision", revision.clone());
+        Arc::new(Metrics { registry, requests, latency, watches, revision })
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,201 @@
+//! The Kubernetes-compatible API server.
+//!
+//! [`Api`] holds the store, the resource registry and the credentials; [`router`] builds the axum application
+//! (so tests can drive it with `oneshot`); [`serve::serve`] runs it over HTTPS.
+
+pub mod admission;
+pub mod alloc;
+pub mod apply;
+pub mod auth;
+pub mod columns;
+pub mod crd;
+pub mod discovery;
+pub mod error;
+pub mod fields;
+pub mod handlers;
+pub mod managed;
+pub mod metrics;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod proxy;
+pub mod request;
+pub mod serve;
+pub mod strategy;
+pub mod subresources;
+pub mod table;
+pub mod watch;
+pub mod writes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::storage::Storage;
+use auth::{PeerIdentity, User};
+use error::ApiError;
+use skiff_api::registry::Registry;
+
+/// Static settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The address clients reach the server at (`host:port`), reported in legacy discovery.
+    pub advertise_address: String,
+    /// Request body limit in bytes (413 above it).
+    pub max_body: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { advertise_address: "127.0.0.1:6443".into(), max_body: 3 * 1024 * 1024 }
+    }
+}
+
+/// Credentials the server accepts besides client certificates.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The node join token.
+    pub node_token: String,
+    /// Key signing service-account tokens.
+    pub sa_key: Vec<u8>,
+    /// Extra static bearer tokens.
+    pub static_tokens: HashMap<String, User>,
+}
+
+/// The API server's state.
+pub struct Api {
+    /// The datastore.
+    pub store: Arc<dyn Storage>,
+    /// Served resources (built-ins and custom resources).
+    pub(crate) registry: RwLock<Registry>,
+    /// Settings.
+    pub config: ApiConfig,
+    /// Credentials.
+    pub auth: AuthConfig,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// TLS client configuration towards node agents (logs, exec).
+    pub agent_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// A server over `store` serving the built-in resources.
+    pub fn new(store: Arc<dyn Storage>, config: ApiConfig, auth: AuthConfig, agent_tls: Option<Arc<rustls::ClientConfig>>) -> Arc<Self> {
+        Arc::new(Api { store, registry: RwLock::new(Registry::with_builtins()), config, auth, metrics: metrics::Metrics::new(), agent_tls })
+    }
+
+    /// A snapshot of the registry.
+    pub fn registry(&self) -> Registry {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Paths anyone may read.
+fn public(path: &str) -> bool {
+    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz" | "/metrics")
+}
+
+async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let user = match req.extensions().get::<PeerIdentity>() {
+        Some(PeerIdentity(u)) => Some(u.clone()),
+        None => {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .map(str::to_string);
+            match token {
+                Some(t) => api.authenticate_token(&t).await,
+                None => None,
+            }
+        }
+    };
+    match user {
+        Some(u) => {
+            req.extensions_mut().insert(u);
+            next.run(req).await
+        }
+        None if public(&path) => next.run(req).await,
+        None => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn version() -> Response {
+    handlers::json_response(StatusCode::OK, &discovery::version())
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn metrics_text(State(api): State<Arc<Api>>) -> Response {
+    if let Ok(rev) = api.store.revision().await {
+        api.metrics.revision.set(rev);
+    }
+    let mut r = api.metrics.encode().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+async fn openapi_root(State(api): State<Arc<Api>>) -> Response {
+    handlers::json_response(StatusCode::OK, &openapi::root(&api.registry()))
+}
+
+async fn openapi_gv(State(api): State<Arc<Api>>, axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    let parts: Vec<&str> = path.split('/').collect();
+    let (group, version) = match parts.as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return ApiError::no_route(&path).into_response(),
+    };
+    match openapi::group_version_doc(&api.registry(), group, version) {
+        Some(doc) => {
+            let mut r = handlers::json_response(StatusCode::OK, &doc);
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", openapi::hash(&doc))) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            r
+        }
+        None => ApiError::no_route(&path).into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::no_route(req.uri().path()).into_response()
+}
+
+/// The axum application.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi/v3", get(openapi_root))
+        .route("/openapi/v3/{*path}", get(openapi_gv))
+        .route("/api", axum::routing::any(handlers::dispatch))
+        .route("/api/{*rest}", axum::routing::any(handlers::dispatch))
+        .route("/apis", axum::routing::any(handlers::dispatch))
+        .route("/apis/{*rest}", axum::routing::any(handlers::dispatch))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api)
+}

@@ -1,0 +1,216 @@
+//! Objects in storage: the codec (JSON, with `resourceVersion` taken from the store's revision), reads and listings
+//! with selectors and pagination.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::Api;
+use crate::storage::{KeyValue, ListOptions, Revision};
+use skiff_api::registry::ResourceInfo;
+use skiff_api::selector::{FieldSelector, Selector};
+
+/// An object as stored, with the revision it was read at.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The object, with `metadata.resourceVersion` set.
+    pub object: Value,
+    /// Its `mod_revision`.
+    pub revision: Revision,
+}
+
+/// Decodes a stored value as an object of `info`.
+pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Value> {
+    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal("decoding a stored object", &e))?;
+    let md = skiff_api::meta::metadata_mut(&mut obj);
+    md.insert("resourceVersion".into(), Value::from(kv.mod_revision.to_string()));
+    if let Value::Object(m) = &mut obj {
+        // objects of every served version share storage; present them in the requested version
+        m.insert("apiVersion".into(), Value::from(info.api_version()));
+        m.insert("kind".into(), Value::from(info.kind.clone()));
+    }
+    Ok(obj)
+}
+
+/// Encodes an object for storage (without `resourceVersion`, which the store's revision provides).
+pub fn encode(obj: &Value) -> ApiResult<Bytes> {
+    let mut o = obj.clone();
+    if let Some(md) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        md.remove("resourceVersion");
+    }
+    serde_json::to_vec(&o).map(Bytes::from).map_err(|e| ApiError::internal("encoding an object", &e))
+}
+
+/// Parameters of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// `labelSelector`.
+    pub labels: Selector,
+    /// `fieldSelector`.
+    pub fields: FieldSelector,
+    /// `limit` (0: no limit).
+    pub limit: usize,
+    /// `continue`.
+    pub continue_token: Option<String>,
+    /// `resourceVersion` for the listing (None: the latest).
+    pub resource_version: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// Matching objects.
+    pub items: Vec<Value>,
+    /// The revision the listing reflects.
+    pub revision: Revision,
+    /// A token for the next page, if there is one.
+    pub continue_token: Option<String>,
+}
+
+fn encode_continue(revision: Revision, start: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(json!({"v": "meta.k8s.io/v1", "rv": revision, "start": start}).to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(Revision, String)> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
+    let raw = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string();
+    Ok((rv, start))
+}
+
+/// The storage prefix of a collection: every namespace, or one.
+pub fn collection_prefix(info: &ResourceInfo, namespace: Option<&str>) -> String {
+    match namespace.filter(|_| info.namespaced()) {
+        Some(ns) => format!("{}{ns}/", info.storage_prefix()),
+        None => info.storage_prefix(),
+    }
+}
+
+impl Api {
+    /// Reads one object.
+    pub async fn get(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> ApiResult<Stored> {
+        let key = info.storage_key(namespace, name);
+        let kv = self.store.get(&key).await.map_err(|e| ApiError::from_storage(info, name, e))?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+        Ok(Stored { object: decode(info, &kv)?, revision: kv.mod_revision })
+    }
+
+    /// Reads one object, `None` when it does not exist.
+    pub async fn try_get(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> ApiResult<Option<Stored>> {
+        match self.get(info, namespace, name).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists objects of `info` (in one namespace, or all), filtered by selectors, one page at a time.
+    pub async fn list(&self, info: &ResourceInfo, namespace: Option<&str>, q: &ListQuery) -> ApiResult<ListPage> {
+        for f in q.fields.fields() {
+            if !info.selectable(f) {
+                return Err(ApiError::bad_request(format!("\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")));
+            }
+        }
+        let prefix = collection_prefix(info, namespace);
+        // A name selector in a namespace (how kubectl wait/rollout/delete follow one object) is a point read.
+        if let Some(name) = q.fields.equality("metadata.name")
+            && (namespace.is_some() || !info.namespaced())
+            && q.continue_token.is_none()
+        {
+            let revision = self.store.revision().await.map_err(|e| ApiError::from_storage(info, name, e))?;
+            let items = match self.try_get(info, namespace, name).await? {
+                Some(s) if q.labels.matches_object(&s.object) && q.fields.matches(&s.object) => vec![s.object],
+                _ => Vec::new(),
+            };
+            return Ok(ListPage { items, revision, continue_token: None });
+        }
+        let (mut revision, mut start) = match &q.continue_token {
+            Some(t) => {
+                let (rv, start) = decode_continue(t)?;
+                (Some(rv), Some(start))
+            }
+            None => (None, None),
+        };
+        if let Some(rv) = q.resource_version.as_deref().filter(|rv| !rv.is_empty() && *rv != "0")
+            && revision.is_none()
+        {
+            let rv: Revision = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            let current = self.store.revision().await.map_err(|e| ApiError::internal("revision", &e))?;
+            if rv > current {
+                return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {current}")));
+            }
+            // "not older than rv": the latest state satisfies it
+        }
+        let filtered = !q.labels.is_empty() || !q.fields.is_empty();
+        let page = if q.limit == 0 { None } else { Some(q.limit.max(if filtered { 500 } else { 0 })) };
+        let mut items = Vec::new();
+        loop {
+            let res = self
+                .store
+                .list(&prefix, ListOptions { start: start.clone(), limit: page, revision })
+                .await
+                .map_err(|e| match e {
+                    crate::storage::StorageError::Compacted { .. } => ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results.",
+                    ),
+                    e => ApiError::from_storage(info, "", e),
+                })?;
+            revision = Some(res.revision);
+            let n = res.items.len();
+            let mut last_key = None;
+            for kv in &res.items {
+                last_key = Some(kv.key.clone());
+                let obj = decode(info, kv)?;
+                if q.labels.matches_object(&obj) && q.fields.matches(&obj) {
+                    items.push(obj);
+                    if q.limit > 0 && items.len() == q.limit {
+                        break;
+                    }
+                }
+            }
+            let rev = res.revision;
+            if q.limit > 0 && items.len() == q.limit {
+                // more may follow the last key we looked at
+                let scanned_all_of_page = last_key.as_ref() == res.items.last().map(|kv| &kv.key);
+                let more = res.more || !scanned_all_of_page;
+                let token = more.then(|| encode_continue(rev, &format!("{}\0", last_key.unwrap_or_default())));
+                return Ok(ListPage { items, revision: rev, continue_token: token });
+            }
+            if !res.more || n == 0 {
+                return Ok(ListPage { items, revision: rev, continue_token: None });
+            }
+            start = last_key.map(|k| format!("{k}\0"));
+        }
+    }
+
+    /// Lists every object of `info` in a namespace (or all) matching `labels` (for controllers inside the server).
+    pub async fn list_all(&self, info: &ResourceInfo, namespace: Option<&str>, labels: Selector) -> ApiResult<Vec<Value>> {
+        let q = ListQuery { labels, ..Default::default() };
+        Ok(self.list(info, namespace, &q).await?.items)
+    }
+
+    /// The resource registered for `group/version/plural`.
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).get(group, version, plural)
+    }
+
+    /// The resource for an `apiVersion` and `kind`.
+    pub fn resource_for_kind(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).by_kind(api_version, kind)
+    }
+
+    /// The built-in resource `plural` of `group` (its only served version).
+    pub fn builtin(&self, group: &str, plural: &str) -> Arc<ResourceInfo> {
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        reg.all()
+            .iter()
+            .find(|r| r.group == group && r.plural == plural && !r.custom)
+            .cloned()
+            .unwrap_or_else(|| panic!("built-in resource {plural}.{group} is registered"))
+    }
+}

@@ -1,0 +1,165 @@
+//! Subresources with their own object types: `scale` (autoscaling/v1 Scale), `binding` (a pod to a node),
+//! `eviction` (policy/v1 Eviction) and `token` (authentication.k8s.io/v1 TokenRequest).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::objects::Stored;
+use super::writes::{DeleteOptions, WriteOptions, Written};
+use super::Api;
+use skiff_api::meta;
+use skiff_api::registry::ResourceInfo;
+use skiff_api::selector::Selector;
+
+/// The JSON pointer of the replica count and the label selector of a scalable kind.
+fn scale_paths(info: &ResourceInfo) -> Option<(&'static str, &'static str)> {
+    match (info.group.as_str(), info.plural.as_str()) {
+        ("apps", "deployments" | "replicasets" | "statefulsets") => Some(("/spec/replicas", "/spec/selector")),
+        _ if info.custom && info.subresource("scale").is_some() => Some(("/spec/replicas", "/status/selector")),
+        _ => None,
+    }
+}
+
+/// The Scale view of an object.
+pub fn scale_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Value> {
+    let (replicas_at, selector_at) = scale_paths(info).ok_or_else(|| ApiError::no_route("scale"))?;
+    let selector = match obj.pointer(selector_at) {
+        Some(Value::String(s)) => s.clone(),
+        Some(sel) => serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|ls| Selector::from_label_selector(&ls).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let md = obj.get("metadata").cloned().unwrap_or_default();
+    Ok(json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": md.get("name"), "namespace": md.get("namespace"), "uid": md.get("uid"),
+            "resourceVersion": md.get("resourceVersion"), "creationTimestamp": md.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer(replicas_at).and_then(Value::as_i64).unwrap_or(0)},
+        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+    }))
+}
+
+impl Api {
+    /// Writes a Scale (PUT, or PATCH already applied to the current Scale) to its parent object.
+    pub async fn write_scale(&self, info: &Arc<ResourceInfo>, ns: Option<&str>, name: &str, scale: Value, opts: &WriteOptions, retry: bool) -> ApiResult<Value> {
+        let (replicas_at, _) = scale_paths(info).ok_or_else(|| ApiError::no_route("scale"))?;
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::bad_request("spec.replicas of a Scale must be an integer"))?;
+        let precondition = meta::resource_version(&scale).to_string();
+        for _ in 0..16 {
+            let cur: Stored = self.get(info, ns, name).await?;
+            if !precondition.is_empty() && precondition != cur.revision.to_string() {
+                return Err(ApiError::conflict(info, name));
+            }
+            let mut obj = cur.object.clone();
+            if let Some(slot) = obj.pointer_mut(replicas_at) {
+                *slot = json!(replicas);
+            } else if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("replicas".into(), json!(replicas));
+            }
+            match self.commit_update(info, ns, name, &cur, obj, None, opts, "unknown").await {
+                Ok(Written { object, .. }) => return scale_of(info, &object),
+                Err(e) if e.code == 409 && retry && precondition.is_empty() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(info, name))
+    }
+
+    /// Binds a pod to a node (`pods/{name}/binding`), as the scheduler does.
+    pub async fn bind(&self, ns: &str, name: &str, binding: &Value) -> ApiResult<()> {
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request("a Binding needs target.name"))?
+            .to_string();
+        let pods = self.builtin("", "pods");
+        for _ in 0..16 {
+            let cur = self.get(&pods, Some(ns), name).await?;
+            if meta::is_terminating(&cur.object) {
+                return Err(ApiError::conflict_message(format!("pod {name} is being deleted, cannot be assigned to a host"), None));
+            }
+            if let Some(existing) = cur.object.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                return Err(ApiError::conflict_message(format!("pod {name} is already assigned to node \"{existing}\""), None));
+            }
+            let mut obj = cur.object.clone();
+            obj["spec"]["nodeName"] = json!(node);
+            // the binding is a write through the main resource: status is set separately
+            match self.commit_update(&pods, Some(ns), name, &cur, obj, None, &WriteOptions::default(), "kube-scheduler").await {
+                Ok(w) => {
+                    // PodScheduled=True
+                    let mut st = w.object.clone();
+                    set_condition(&mut st, "PodScheduled", "True", None, None);
+                    let cur2 = Stored { revision: meta::resource_version(&w.object).parse().unwrap_or(0), object: w.object };
+                    let _ = self.commit_update(&pods, Some(ns), name, &cur2, st, Some("status"), &WriteOptions::default(), "kube-scheduler").await;
+                    return Ok(());
+                }
+                Err(e) if e.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(&pods, name))
+    }
+
+    /// Evicts a pod (`pods/{name}/eviction`): deletes it unless a PodDisruptionBudget forbids it.
+    pub async fn evict(&self, ns: &str, name: &str, eviction: &Value) -> ApiResult<()> {
+        let pods = self.builtin("", "pods");
+        let pod = self.get(&pods, Some(ns), name).await?;
+        let pdbs = self.builtin("policy", "poddisruptionbudgets");
+        for pdb in self.list_all(&pdbs, Some(ns), Selector::everything()).await? {
+            let Some(sel) = pdb.pointer("/spec/selector").and_then(|s| serde_json::from_value(s.clone()).ok()) else { continue };
+            let Ok(sel) = Selector::from_label_selector(&sel) else { continue };
+            if !sel.matches_object(&pod.object) {
+                continue;
+            }
+            let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+            if allowed <= 0 {
+                return Err(ApiError::too_many_requests(format!(
+                    "Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {} needs {} healthy pods and has {} currently",
+                    meta::name(&pdb),
+                    pdb.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0),
+                    pdb.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0),
+                )));
+            }
+        }
+        let grace = eviction.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
+        self.delete(&pods, Some(ns), name, &DeleteOptions { grace_period: grace, ..Default::default() }).await?;
+        Ok(())
+    }
+}
+
+/// Sets a condition in `status.conditions` (by type), keeping `lastTransitionTime` when the status is unchanged.
+pub fn set_condition(obj: &mut Value, ty: &str, status: &str, reason: Option<&str>, message: Option<&str>) {
+    let now = super::managed::now();
+    if !obj.get("status").is_some_and(Value::is_object) {
+        obj["status"] = json!({});
+    }
+    let conds = obj["status"].as_object_mut().expect("made an object").entry("conditions").or_insert_with(|| json!([]));
+    let Some(list) = conds.as_array_mut() else { return };
+    let mut cond = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    if let Some(r) = reason {
+        cond["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        cond["message"] = json!(m);
+    }
+    match list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some(ty)) {
+        Some(existing) => {
+            if existing.get("status").and_then(Value::as_str) == Some(status) {
+                cond["lastTransitionTime"] = existing.get("lastTransitionTime").cloned().unwrap_or(json!(now));
+            }
+            *existing = cond;
+        }
+        None => list.push(cond),
+    }
+}

@@ -1,0 +1,219 @@
+//! The cluster's PKI and credentials, created on first start under `<data-dir>/pki`:
+//! a cluster CA, the API server's serving certificate, an admin client certificate (`system:masters`), the
+//! service-account token signing key, the node join token, and the key that encrypts Secrets at rest.
+//!
+//! Everything is loaded again on later starts, so certificates and tokens stay valid across restarts.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// Why the PKI could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Generating or parsing a certificate or key failed.
+    #[error("{what}: {source}")]
+    Cert {
+        /// What was being made.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+/// PEM-encoded certificate and key.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM (PKCS#8).
+    pub key_pem: String,
+}
+
+/// Everything the API server needs to authenticate and be authenticated.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// Directory holding the files.
+    pub dir: PathBuf,
+    /// The cluster CA.
+    pub ca: CertPair,
+    /// The API server's serving certificate.
+    pub server: CertPair,
+    /// The admin client certificate (CN `skiff-admin`, O `system:masters`).
+    pub admin: CertPair,
+    /// HMAC key signing service-account tokens.
+    pub sa_key: Vec<u8>,
+    /// The token nodes join with (`skiff agent --token`).
+    pub node_token: String,
+    /// AES-256 key encrypting Secrets at rest.
+    pub encryption_key: [u8; 32],
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(io(path))?;
+    f.write_all(data).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn validity(params: &mut CertificateParams, years: i16) {
+    let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
+    let start = now.date().yesterday().unwrap_or(now.date());
+    params.not_before = rcgen::date_time_ymd(i32::from(start.year()), start.month() as u8, start.day() as u8);
+    params.not_after = rcgen::date_time_ymd(i32::from(start.year() + years), start.month() as u8, start.day().min(28) as u8);
+}
+
+fn cert_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |source| PkiError::Cert { what, source }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let v: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode(v)
+}
+
+impl Pki {
+    /// Loads the PKI from `dir`, creating whatever is missing. `server_names` are the DNS names and IP addresses the
+    /// serving certificate is valid for (localhost, 127.0.0.1, the node's addresses and `10.96.0.1` are always added).
+    pub fn load_or_create(dir: &Path, server_names: &[String]) -> Result<Pki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let ca = load_or(dir, "ca", || {
+            let key = KeyPair::generate().map_err(cert_err("CA key"))?;
+            let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
+            p.distinguished_name = dn("skiff-ca", None);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            validity(&mut p, 10);
+            let cert = p.self_signed(&key).map_err(cert_err("CA certificate"))?;
+            Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        })?;
+        let mut names: Vec<String> = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "10.96.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+        ];
+        names.extend(server_names.iter().cloned());
+        names.sort();
+        names.dedup();
+        let names_file = dir.join("apiserver.names");
+        let previous = std::fs::read_to_string(&names_file).unwrap_or_default();
+        if previous.trim() != names.join(",") {
+            // the serving certificate must cover every name asked for: make a new one
+            let _ = std::fs::remove_file(dir.join("apiserver.crt"));
+        }
+        let server = load_or(dir, "apiserver", || issue(&ca, "skiff-apiserver", None, &names, true))?;
+        std::fs::write(&names_file, names.join(",")).map_err(io(&names_file))?;
+        let admin = load_or(dir, "admin", || issue(&ca, "skiff-admin", Some("system:masters"), &[], false))?;
+        let sa_key = load_or_secret(dir, "sa.key", || random_hex(32).into_bytes())?;
+        let node_token = String::from_utf8_lossy(&load_or_secret(dir, "node-token", || format!("skiff-node.{}", random_hex(16)).into_bytes())?)
+            .trim()
+            .to_string();
+        let enc = load_or_secret(dir, "encryption.key", || (0..32).map(|_| rand::random::<u8>()).collect())?;
+        let encryption_key: [u8; 32] = enc.as_slice().try_into().map_err(|_| PkiError::Io {
+            path: dir.join("encryption.key"),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "must hold exactly 32 bytes"),
+        })?;
+        Ok(Pki { dir: dir.to_path_buf(), ca, server, admin, sa_key, node_token, encryption_key })
+    }
+
+    /// Issues a client certificate signed by the cluster CA (for nodes and users).
+    pub fn issue_client(&self, common_name: &str, organization: Option<&str>) -> Result<CertPair, PkiError> {
+        issue(&self.ca, common_name, organization, &[], false)
+    }
+}
+
+fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    if let Some(o) = org {
+        d.push(DnType::OrganizationName, o);
+    }
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+fn issue(ca: &CertPair, cn: &str, org: Option<&str>, names: &[String], server: bool) -> Result<CertPair, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_err("CA key"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(cert_err("CA certificate"))?;
+    let key = KeyPair::generate().map_err(cert_err("key"))?;
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("params"))?;
+    p.distinguished_name = dn(cn, org);
+    p.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => n.clone().try_into().map(SanType::DnsName),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(cert_err("subject alternative name"))?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+    validity(&mut p, if server { 2 } else { 1 });
+    let cert = p.signed_by(&key, &issuer).map_err(cert_err("certificate"))?;
+    Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+fn load_or(dir: &Path, name: &str, make: impl FnOnce() -> Result<CertPair, PkiError>) -> Result<CertPair, PkiError> {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    if crt.exists() && key.exists() {
+        return Ok(CertPair {
+            cert_pem: std::fs::read_to_string(&crt).map_err(io(&crt))?,
+            key_pem: std::fs::read_to_string(&key).map_err(io(&key))?,
+        });
+    }
+    let pair = make()?;
+    write_private(&key, pair.key_pem.as_bytes())?;
+    std::fs::write(&crt, &pair.cert_pem).map_err(io(&crt))?;
+    Ok(pair)
+}
+
+fn load_or_secret(dir: &Path, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, PkiError> {
+    let path = dir.join(name);
+    if path.exists() {
+        return std::fs::read(&path).map_err(io(&path));
+    }
+    let v = make();
+    write_private(&path, &v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pki_is_created_once_and_loaded_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = Pki::load_or_create(dir.path(), &["node-1".into()]).expect("created");
+        let b = Pki::load_or_create(dir.path(), &["node-1".into()]).expect("loaded");
+        assert_eq!(a.ca.cert_pem, b.ca.cert_pem);
+        assert_eq!(a.server.cert_pem, b.server.cert_pem);
+        assert_eq!(a.node_token, b.node_token);
+        assert_eq!(a.encryption_key, b.encryption_key);
+        let c = Pki::load_or_create(dir.path(), &["node-2".into()]).expect("loaded");
+        assert_ne!(a.server.cert_pem, c.server.cert_pem, "a new name gets a new serving certificate");
+        assert_eq!(a.ca.cert_pem, c.ca.cert_pem);
+    }
+}
