@@ -1,1 +1,96 @@
-//! placeholder
+//! Map keys and values shared by Skiff's BPF programs (`skiff-ebpf`) and their user-space loader (`skiff-lb`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields, so the kernel and user space agree on one layout.
+//! Addresses and ports are stored in **network byte order** exactly as the kernel hands them to the programs
+//! (`bpf_sock_addr.user_ip4`, the IPv4 header); everything else is in host order.
+//!
+//! # Map layout (see `docs/lb.md`)
+//!
+//! - [`maps::SERVICES`]: [`ServiceKey`] `(vip, port, proto, scope, slot)` → [`ServiceValue`]. Slot 0 is the
+//!   service header (backend count, Maglev table id, affinity timeout, generation); slots `1..=count` name one backend
+//!   each.
+//! - [`maps::BACKENDS`]: backend id (`u32`) → [`Backend`].
+//! - [`maps::MAGLEV`]: a hash of maps, table id (`u32`) → an inner `u32` array of backend ids, filled completely before
+//!   it is swapped in.
+//! - affinity, reverse socket translation, connection tracking and per-CPU counters, described on each type.
+//!
+//! The `user` feature adds `aya::Pod` implementations so user space can read and write the maps.
+#![no_std]
+#![deny(missing_docs)]
+
+mod hash;
+mod types;
+#[cfg(feature = "user")]
+mod pod;
+
+pub use hash::{flow_hash, mix32, mix64};
+pub use types::*;
+
+/// Names of the maps in the BPF object, shared so the loader cannot misspell them.
+pub mod maps {
+    /// [`crate::ServiceKey`] → [`crate::ServiceValue`].
+    pub const SERVICES: &str = "LB_SERVICES";
+    /// Backend id → [`crate::Backend`].
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    /// Table id → inner array of backend ids (Maglev lookup table).
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    /// [`crate::AffinityKey`] → [`crate::AffinityValue`] (LRU).
+    pub const AFFINITY: &str = "LB_AFFINITY";
+    /// [`crate::AffinityMatchKey`] → `u32` (present when the backend belongs to the service).
+    pub const AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
+    /// [`crate::ReverseSkKey`] → [`crate::ReverseSkValue`] (LRU): socket-level reverse translation.
+    pub const REVERSE_SK: &str = "LB_REVERSE_SK";
+    /// [`crate::CtKey`] → [`crate::CtValue`] (LRU): connection tracking of the tc path.
+    pub const CONNTRACK: &str = "LB_CT";
+    /// Per-CPU [`crate::Counters`] indexed by service id.
+    pub const SERVICE_STATS: &str = "LB_SERVICE_STATS";
+    /// Per-CPU [`crate::Counters`] indexed by backend id.
+    pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
+    /// Per-CPU `u64` event counters indexed by [`crate::Event`].
+    pub const EVENTS: &str = "LB_EVENTS";
+    /// One [`crate::Config`] at index 0.
+    pub const CONFIG: &str = "LB_CONFIG";
+
+    /// Every map, in the order the loader pins them.
+    pub const ALL: [&str; 11] = [
+        SERVICES,
+        BACKENDS,
+        MAGLEV,
+        AFFINITY,
+        AFFINITY_MATCH,
+        REVERSE_SK,
+        CONNTRACK,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        EVENTS,
+        CONFIG,
+    ];
+}
+
+/// Names of the programs in the BPF object.
+pub mod programs {
+    /// cgroup `connect4`: rewrites a connect to a service address into a connect to a backend.
+    pub const CONNECT4: &str = "skiff_connect4";
+    /// cgroup `sendmsg4`: the same for unconnected UDP `sendto`.
+    pub const SENDMSG4: &str = "skiff_sendmsg4";
+    /// cgroup `recvmsg4`: makes replies from a backend look like they come from the service address.
+    pub const RECVMSG4: &str = "skiff_recvmsg4";
+    /// cgroup `getpeername4`: reports the service address as the peer of a balanced socket.
+    pub const GETPEERNAME4: &str = "skiff_getpeername4";
+    /// tc ingress on the node interface: NodePort / LoadBalancer / externalIPs DNAT (+SNAT) and reverse SNAT.
+    pub const TC_INGRESS: &str = "skiff_tc_ingress";
+    /// tc egress on the node interface: reverse DNAT of replies from local backends.
+    pub const TC_EGRESS: &str = "skiff_tc_egress";
+}
+
+/// Limits shared by the programs and the loader.
+pub mod limits {
+    /// The most backend slots one frontend may have (slot numbers are `u16`, slot 0 is the header).
+    pub const MAX_SLOTS: u16 = u16::MAX - 1;
+    /// Size of the inner-map template of [`crate::maps::MAGLEV`]; real tables may differ (`BPF_F_INNER_MAP`).
+    pub const MAGLEV_TEMPLATE_ENTRIES: u32 = 16_382;
+    /// Default Maglev table size (a prime, as Maglev requires).
+    pub const MAGLEV_DEFAULT_SIZE: u32 = 16_381;
+    /// How many SNAT source ports the tc program tries before it gives up on a new flow.
+    pub const SNAT_PORT_ATTEMPTS: u32 = 8;
+}
