@@ -2,6 +2,9 @@
 //! admission, the controllers and the scheduler.
 
 pub mod apiserver;
+pub mod controllers;
+pub mod kubeconfig;
+pub mod server;
 pub mod pki;
 pub mod quota;
 pub mod storage;

@@ -34,6 +34,21 @@ pub struct Subresource {
     pub verbs: Vec<String>,
 }
 
+/// An extra column of `kubectl get` for a custom resource (`additionalPrinterColumns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterColumn {
+    /// Header.
+    pub name: String,
+    /// `string`, `integer`, `number`, `boolean` or `date`.
+    pub type_: String,
+    /// A simple JSONPath (`.spec.replicas`).
+    pub json_path: String,
+    /// 0: always shown; 1: with `-o wide`.
+    pub priority: i32,
+    /// Description.
+    pub description: String,
+}
+
 /// One resource (a group, version and plural name) the API serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceInfo {
@@ -63,6 +78,8 @@ pub struct ResourceInfo {
     pub verbs: Vec<String>,
     /// Whether this entry comes from a CustomResourceDefinition.
     pub custom: bool,
+    /// Extra printer columns (custom resources).
+    pub printer_columns: Vec<PrinterColumn>,
 }
 
 impl ResourceInfo {
@@ -270,6 +287,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
             has_status: d.has_status,
             verbs: ALL_VERBS.iter().map(|s| s.to_string()).collect(),
             custom: false,
+            printer_columns: Vec::new(),
         })
         .collect()
 }

@@ -1,6 +1,9 @@
 //! The subcommands, one file each.
 
 mod ingress;
+mod lb;
+mod server;
+mod up;
 mod version;
 
 /// What `skiff` is asked to do.
@@ -8,20 +11,39 @@ mod version;
 pub enum Command {
     /// Print the version of this binary and the Kubernetes API version it serves.
     Version(version::Args),
+    /// Run a whole single-node cluster (API server, controllers, scheduler, node agent, dataplane) in one process.
+    Up(up::Args),
+    /// Run the API server (with its datastore) for a multi-node cluster.
+    Server(server::Args),
     /// Run the Pingora ingress controller (standalone with --from-file, or following a cluster).
     Ingress(ingress::Args),
+    /// Run the eBPF Service load balancer (standalone with --from-file, or following a cluster).
+    Lb(lb::Args),
 }
 
 /// Runs one subcommand to completion.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Version(args) => version::run(args),
+        Command::Up(args) => up::run(args),
+        Command::Server(args) => server::run(args),
         Command::Ingress(args) => ingress::run(args),
+        Command::Lb(args) => lb::run(args),
     }
 }
 
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("shutting down");
+}
+
 /// A multi-threaded tokio runtime for the long-running roles.
-#[allow(dead_code)] // used by the roles as they land
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -97,6 +97,11 @@ pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, sub
             }
         }
     }
+}
+
+/// Sets `metadata.generation`: one more than before when the spec (everything but metadata and status) changed
+/// through the main resource. Call it on the defaulted object.
+pub fn set_generation(info: &ResourceInfo, old: &Value, new: &mut Value, subresource: Option<&str>) {
     if has_generation(info) {
         let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let spec_changed = strip_for_generation(old) != strip_for_generation(new);
@@ -274,11 +279,13 @@ mod tests {
         let old = json!({"metadata": {"name": "d", "uid": "u", "generation": 3}, "spec": {"replicas": 1}, "status": {"replicas": 1}});
         let mut new = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2}, "status": {"replicas": 99}});
         prepare_for_update(&info, &old, &mut new, None);
+        set_generation(&info, &old, &mut new, None);
         assert_eq!(new["status"]["replicas"], 1);
         assert_eq!(new["metadata"]["generation"], 4);
         assert_eq!(new["metadata"]["uid"], "u");
         let mut st = json!({"metadata": {"name": "d"}, "spec": {"replicas": 5}, "status": {"replicas": 2}});
         prepare_for_update(&info, &old, &mut st, Some("status"));
+        set_generation(&info, &old, &mut st, Some("status"));
         assert_eq!(st["spec"]["replicas"], 1);
         assert_eq!(st["status"]["replicas"], 2);
         assert_eq!(st["metadata"]["generation"], 3);

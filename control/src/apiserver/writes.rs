@@ -261,6 +261,7 @@ impl Api {
     ) -> ApiResult<Written> {
         strategy::prepare_for_update(info, &cur.object, &mut new, subresource);
         let (mut new, warnings) = self.normalize_object(info, new, opts.field_validation)?;
+        strategy::set_generation(info, &cur.object, &mut new, subresource);
         let errs = strategy::validate_update(info, &cur.object, &new);
         if !errs.is_empty() {
             return Err(ApiError::invalid(info, &info.kind, name, &errs));
@@ -446,4 +447,34 @@ impl Api {
 fn now_plus(seconds: i64) -> String {
     let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Api {
+    /// Reads an object, lets `change` modify it, and stores the result (retrying on conflicts). `change` returns
+    /// `false` to leave the object alone. Returns the stored object, or `None` when it is gone or left alone.
+    pub async fn update_with(
+        &self,
+        info: &Arc<ResourceInfo>,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        manager: &str,
+        mut change: impl FnMut(&mut Value) -> bool,
+    ) -> ApiResult<Option<Value>> {
+        let opts = WriteOptions { field_manager: Some(manager.to_string()), ..Default::default() };
+        for _ in 0..16 {
+            let Some(cur) = self.try_get(info, ns, name).await? else { return Ok(None) };
+            let mut obj = cur.object.clone();
+            if !change(&mut obj) {
+                return Ok(None);
+            }
+            match self.commit_update(info, ns, name, &cur, obj, subresource, &opts, manager).await {
+                Ok(w) => return Ok(Some(w.object)),
+                Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
+                Err(e) if e.code == 404 => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(info, name))
+    }
 }

@@ -9,6 +9,7 @@
 //! [`encrypt::Encrypted`] wraps either and encrypts chosen prefixes (Secrets) at rest.
 
 pub mod encrypt;
+pub mod etcd;
 pub mod sqlite;
 
 use std::pin::Pin;

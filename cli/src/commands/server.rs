@@ -1,0 +1,69 @@
+//! `skiff server`: the API server (with its datastore and the API machinery controllers).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skiff_control::server::{self, Datastore, ServerConfig};
+
+/// Flags of `skiff server`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory for the datastore, certificates and the admin kubeconfig.
+    #[arg(long, default_value = "/var/lib/skiff/server")]
+    pub data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    pub listen: SocketAddr,
+    /// Address clients and nodes use (`host:port`), written into the kubeconfig and the certificate.
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// Extra DNS names or IPs for the serving certificate.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// `sqlite` (embedded, under --data-dir) or `etcd://host:2379[,host:2379…]`.
+    #[arg(long, default_value = "sqlite")]
+    pub datastore: String,
+    /// Watch history kept before compaction, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub compaction_interval: u64,
+}
+
+/// Parses `--datastore`.
+pub fn datastore(spec: &str) -> anyhow::Result<Datastore> {
+    if spec == "sqlite" {
+        return Ok(Datastore::Sqlite);
+    }
+    if let Some(rest) = spec.strip_prefix("etcd://") {
+        let eps: Vec<String> = rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
+        anyhow::ensure!(!eps.is_empty(), "--datastore etcd:// needs at least one host:port");
+        return Ok(Datastore::Etcd(eps));
+    }
+    anyhow::bail!("--datastore must be `sqlite` or `etcd://host:port[,host:port…]`, not {spec:?}")
+}
+
+impl Args {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            advertise: self.advertise_address.clone(),
+            extra_names: self.tls_san.clone(),
+            datastore: datastore(&self.datastore)?,
+            compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
+        })
+    }
+}
+
+/// Runs the API server until interrupted.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    super::runtime()?.block_on(async move {
+        let s = server::start(cfg).await?;
+        eprintln!("skiff server: serving {} (kubeconfig {})", s.url, s.kubeconfig.display());
+        eprintln!("  nodes join with: skiff agent --server {} --token {}", s.url, s.pki.node_token);
+        super::wait_for_shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,269 @@
+//! The garbage collector: dependents whose owners are all gone are deleted (background deletion); an owner
+//! deleted with `propagationPolicy=Orphan` first has its dependents' references removed, and one deleted with
+//! `Foreground` first has its dependents deleted. Owners are found by `metadata.ownerReferences` uid.
+//!
+//! It keeps a graph of every object's uid and owners, built from a full listing and then kept current from a watch
+//! of the whole store; a periodic rescan catches anything missed. Before deleting, an owner's absence is confirmed
+//! with a live read, so a dependent created just before the watch delivers its new owner is never collected.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::locate;
+use crate::apiserver::writes::DeleteOptions;
+use crate::apiserver::Api;
+use crate::storage::EventKind;
+use skiff_api::meta;
+use skiff_api::registry::ResourceInfo;
+
+/// One owner reference.
+#[derive(Debug, Clone, PartialEq)]
+struct OwnerRef {
+    uid: String,
+    api_version: String,
+    kind: String,
+    name: String,
+}
+
+/// One object in the graph.
+#[derive(Debug, Clone)]
+struct Node {
+    info: Arc<ResourceInfo>,
+    namespace: Option<String>,
+    name: String,
+    owners: Vec<OwnerRef>,
+    finalizers: Vec<String>,
+    deleting: bool,
+}
+
+#[derive(Debug, Default)]
+struct Graph {
+    nodes: HashMap<String, Node>,
+    dependents: HashMap<String, HashSet<String>>,
+    by_key: HashMap<String, String>,
+}
+
+fn owners_of(obj: &Value) -> Vec<OwnerRef> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| {
+                    Some(OwnerRef {
+                        uid: r.get("uid")?.as_str()?.to_string(),
+                        api_version: r.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        kind: r.get("kind").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        name: r.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Graph {
+    fn remove(&mut self, key: &str) -> Option<(String, Node)> {
+        let uid = self.by_key.remove(key)?;
+        let node = self.nodes.remove(&uid)?;
+        for o in &node.owners {
+            if let Some(d) = self.dependents.get_mut(&o.uid) {
+                d.remove(&uid);
+                if d.is_empty() {
+                    self.dependents.remove(&o.uid);
+                }
+            }
+        }
+        Some((uid, node))
+    }
+
+    fn upsert(&mut self, key: &str, info: Arc<ResourceInfo>, namespace: Option<String>, name: String, obj: &Value) -> String {
+        self.remove(key);
+        let uid = meta::uid(obj).to_string();
+        let node = Node { info, namespace, name, owners: owners_of(obj), finalizers: meta::finalizers(obj), deleting: meta::is_terminating(obj) };
+        for o in &node.owners {
+            self.dependents.entry(o.uid.clone()).or_default().insert(uid.clone());
+        }
+        self.by_key.insert(key.to_string(), uid.clone());
+        self.nodes.insert(uid.clone(), node);
+        uid
+    }
+}
+
+/// Runs the collector forever.
+pub async fn run(api: Arc<Api>) {
+    loop {
+        if let Err(e) = run_once(&api).await {
+            tracing::warn!(error = %e, "garbage collector restarting");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn run_once(api: &Arc<Api>) -> Result<(), String> {
+    let rev = api.store.revision().await.map_err(|e| e.to_string())?;
+    let mut graph = Graph::default();
+    let all = api.store.list("/registry/", crate::storage::ListOptions { revision: Some(rev), ..Default::default() }).await.map_err(|e| e.to_string())?;
+    for kv in &all.items {
+        if let Some((info, ns, name)) = locate(api, &kv.key)
+            && let Ok(obj) = serde_json::from_slice::<Value>(&kv.value)
+        {
+            graph.upsert(&kv.key, info, ns, name, &obj);
+        }
+    }
+    let mut events = api.store.watch("/registry/", rev).await.map_err(|e| e.to_string())?;
+    rescan(api, &graph).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => rescan(api, &graph).await,
+            ev = events.next() => {
+                let ev = match ev {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the watch ended".into()),
+                };
+                let Some((info, ns, name)) = locate(api, &ev.kv.key) else { continue };
+                match ev.kind {
+                    EventKind::Delete => {
+                        if let Some((uid, _)) = graph.remove(&ev.kv.key) {
+                            let deps: Vec<String> = graph.dependents.get(&uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+                            for d in deps {
+                                if let Some(node) = graph.nodes.get(&d).cloned() {
+                                    collect(api, &graph, &node).await;
+                                }
+                            }
+                        }
+                    }
+                    EventKind::Put => {
+                        let Ok(obj) = serde_json::from_slice::<Value>(&ev.kv.value) else { continue };
+                        let uid = graph.upsert(&ev.kv.key, info, ns, name, &obj);
+                        if let Some(node) = graph.nodes.get(&uid).cloned() {
+                            process(api, &graph, &uid, &node).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn rescan(api: &Arc<Api>, graph: &Graph) {
+    let nodes: Vec<(String, Node)> = graph.nodes.iter().map(|(u, n)| (u.clone(), n.clone())).collect();
+    for (uid, node) in nodes {
+        process(api, graph, &uid, &node).await;
+    }
+}
+
+/// Handles one present object: its deletion policy towards its dependents, and its own owners.
+async fn process(api: &Arc<Api>, graph: &Graph, uid: &str, node: &Node) {
+    let deps: Vec<Node> = graph.dependents.get(uid).map(|d| d.iter().filter_map(|u| graph.nodes.get(u).cloned()).collect()).unwrap_or_default();
+    if node.deleting && node.finalizers.iter().any(|f| f == "orphan") {
+        for d in &deps {
+            let owner = uid.to_string();
+            let r = api
+                .update_with(&d.info, d.namespace.as_deref(), &d.name, None, "garbage-collector", |o| {
+                    let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else { return false };
+                    let before = refs.len();
+                    refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner.as_str()));
+                    refs.len() != before
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, dependent = %d.name, "orphaning a dependent failed");
+                return;
+            }
+        }
+        remove_finalizer(api, node, "orphan").await;
+    }
+    if node.deleting && node.finalizers.iter().any(|f| f == "foregroundDeletion") {
+        if deps.is_empty() {
+            remove_finalizer(api, node, "foregroundDeletion").await;
+        } else {
+            for d in deps.iter().filter(|d| !d.deleting) {
+                let opts = DeleteOptions { propagation: Some("Foreground".into()), ..Default::default() };
+                if let Err(e) = api.delete(&d.info, d.namespace.as_deref(), &d.name, &opts).await
+                    && e.code != 404
+                {
+                    tracing::warn!(error = %e, dependent = %d.name, "foreground deletion of a dependent failed");
+                }
+            }
+        }
+    }
+    if !node.owners.is_empty() && node.owners.iter().any(|o| !graph.nodes.contains_key(&o.uid)) {
+        collect(api, graph, node).await;
+    }
+}
+
+async fn remove_finalizer(api: &Arc<Api>, node: &Node, finalizer: &str) {
+    let r = api
+        .update_with(&node.info, node.namespace.as_deref(), &node.name, None, "garbage-collector", |o| {
+            let Some(list) = o.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) else { return false };
+            let before = list.len();
+            list.retain(|f| f.as_str() != Some(finalizer));
+            list.len() != before
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, object = %node.name, finalizer, "removing a finalizer failed");
+    }
+}
+
+/// Whether an owner still exists (checked live, by uid).
+async fn owner_exists(api: &Arc<Api>, graph: &Graph, node: &Node, owner: &OwnerRef) -> bool {
+    if graph.nodes.contains_key(&owner.uid) {
+        return true;
+    }
+    let Some(info) = api.resource_for_kind(&owner.api_version, &owner.kind) else {
+        return false;
+    };
+    let ns = if info.namespaced() { node.namespace.as_deref() } else { None };
+    match api.try_get(&info, ns, &owner.name).await {
+        Ok(Some(s)) => meta::uid(&s.object) == owner.uid,
+        Ok(None) => false,
+        Err(_) => true, // unsure: keep the dependent
+    }
+}
+
+/// Deletes a dependent whose owners are all gone, or drops the references to the owners that are gone.
+async fn collect(api: &Arc<Api>, graph: &Graph, node: &Node) {
+    if node.owners.is_empty() {
+        return;
+    }
+    let mut dangling = Vec::new();
+    for o in &node.owners {
+        if !owner_exists(api, graph, node, o).await {
+            dangling.push(o.uid.clone());
+        }
+    }
+    if dangling.is_empty() {
+        return;
+    }
+    if dangling.len() == node.owners.len() {
+        if node.deleting {
+            return;
+        }
+        tracing::debug!(kind = %node.info.kind, name = %node.name, "collecting an object whose owners are gone");
+        let opts = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
+        if let Err(e) = api.delete(&node.info, node.namespace.as_deref(), &node.name, &opts).await
+            && e.code != 404
+        {
+            tracing::warn!(error = %e, object = %node.name, "garbage collection failed");
+        }
+    } else {
+        let r = api
+            .update_with(&node.info, node.namespace.as_deref(), &node.name, None, "garbage-collector", |o| {
+                let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else { return false };
+                refs.retain(|r| !r.get("uid").and_then(Value::as_str).is_some_and(|u| dangling.iter().any(|d| d == u)));
+                true
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, object = %node.name, "dropping dangling owner references failed");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! `skiff server`: the API server with its datastore, credentials, bootstrap objects, compaction and the
+//! in-process controllers that belong to the API machinery (garbage collection, namespace lifecycle).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::apiserver::writes::WriteOptions;
+use crate::apiserver::{self, Api, ApiConfig, AuthConfig};
+use crate::kubeconfig::{self, Credential};
+use crate::pki::Pki;
+use crate::storage::encrypt::Encrypted;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::Storage;
+
+/// Where objects are kept.
+#[derive(Debug, Clone)]
+pub enum Datastore {
+    /// The embedded SQLite file under the data directory.
+    Sqlite,
+    /// An etcd v3 cluster (`etcd://host:port,host:port`).
+    Etcd(Vec<String>),
+}
+
+/// Settings of `skiff server`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Datastore, certificates and kubeconfig live here.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Address clients use (in the kubeconfig and certificates); defaults to the listen address.
+    pub advertise: Option<String>,
+    /// Extra names for the serving certificate.
+    pub extra_names: Vec<String>,
+    /// Datastore.
+    pub datastore: Datastore,
+    /// How much history to keep for watchers before compacting.
+    pub compaction_interval: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Credentials.
+    #[error("credentials: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    /// Datastore.
+    #[error("datastore: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// TLS.
+    #[error("TLS: {0}")]
+    Tls(#[from] apiserver::serve::ServeError),
+    /// Listening or writing files.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bootstrapping objects.
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// A started server.
+#[derive(Debug, Clone)]
+pub struct RunningServer {
+    /// The API.
+    pub api: Arc<Api>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The URL clients use.
+    pub url: String,
+    /// Credentials.
+    pub pki: Pki,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+async fn open_store(cfg: &ServerConfig, pki: &Pki) -> Result<Arc<dyn Storage>, ServerError> {
+    let prefixes = vec!["/registry/secrets/".to_string()];
+    Ok(match &cfg.datastore {
+        Datastore::Sqlite => {
+            let db = SqliteStorage::open(cfg.data_dir.join("state.db"))?;
+            Arc::new(Encrypted::new(db, &pki.encryption_key, "key1", prefixes))
+        }
+        Datastore::Etcd(endpoints) => {
+            let etcd = crate::storage::etcd::EtcdStorage::connect(endpoints).await?;
+            Arc::new(Encrypted::new(etcd, &pki.encryption_key, "key1", prefixes))
+        }
+    })
+}
+
+/// Starts the API server (and its in-process controllers) and writes the admin kubeconfig.
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServerError::Io { context: format!("creating {}", cfg.data_dir.display()), source: e })?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| ServerError::Io { context: format!("listening on {}", cfg.listen), source: e })?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Io { context: "local address".into(), source: e })?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
+    });
+    let advertise_host = advertise.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| advertise.clone());
+    let mut names = cfg.extra_names.clone();
+    names.push(advertise_host);
+    let pki = Pki::load_or_create(&cfg.data_dir.join("pki"), &names)?;
+    let store = open_store(&cfg, &pki).await?;
+    let agent_client = pki.issue_client("system:apiserver", Some("system:masters"))?;
+    let agent_tls = apiserver::proxy::agent_client_config(&agent_client.cert_pem, &agent_client.key_pem).map_err(ServerError::Bootstrap)?;
+    let api = Api::new(
+        store,
+        ApiConfig { advertise_address: advertise.clone(), ..Default::default() },
+        AuthConfig { node_token: pki.node_token.clone(), sa_key: pki.sa_key.clone(), ..Default::default() },
+        Some(Arc::new(agent_tls)),
+    );
+    let crds = api.load_crds().await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+    tracing::info!(crds, "custom resources registered");
+    bootstrap(&api, &advertise).await?;
+    let tls = Arc::new(apiserver::serve::tls_config(&pki)?);
+    tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone())));
+    tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
+    crate::controllers::spawn_api_machinery(api.clone(), pki.ca.cert_pem.clone());
+    let url = format!("https://{advertise}");
+    let kubeconfig_path = cfg.data_dir.join("kubeconfig");
+    let content = kubeconfig::render("skiff", &url, &pki.ca.cert_pem, "skiff-admin", Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem });
+    kubeconfig::write(&kubeconfig_path, &content).map_err(|e| ServerError::Io { context: format!("writing {}", kubeconfig_path.display()), source: e })?;
+    tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server ready");
+    Ok(RunningServer { api, addr, url, pki, kubeconfig: kubeconfig_path })
+}
+
+/// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
+async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
+    let opts = WriteOptions { field_manager: Some("skiff-apiserver".into()), ..Default::default() };
+    let ns_info = api.builtin("", "namespaces");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if api.try_get(&ns_info, None, ns).await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none() {
+            api.create(&ns_info, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), &opts)
+                .await
+                .map_err(|e| ServerError::Bootstrap(format!("namespace {ns}: {e}")))?;
+        }
+    }
+    let svc_info = api.builtin("", "services");
+    if api.try_get(&svc_info, Some("default"), "kubernetes").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": crate::apiserver::alloc::KUBERNETES_SERVICE_IP.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
+        api.create(&svc_info, Some("default"), svc, &opts).await.map_err(|e| ServerError::Bootstrap(format!("kubernetes service: {e}")))?;
+    }
+    let (host, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
+    let port: i64 = port.parse().unwrap_or(6443);
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        let slice_info = api.builtin("discovery.k8s.io", "endpointslices");
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "skiff-apiserver"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [host], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+        let existing = api.try_get(&slice_info, Some("default"), "kubernetes").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+        let result = match existing {
+            None => api.create(&slice_info, Some("default"), slice, &opts).await,
+            Some(_) => api.update(&slice_info, Some("default"), "kubernetes", slice, None, &opts).await,
+        };
+        result.map_err(|e| ServerError::Bootstrap(format!("kubernetes endpoints: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Compacts history older than `interval` every `interval` (as kube-apiserver asks etcd to).
+async fn compaction_loop(api: Arc<Api>, interval: Duration) {
+    let mut previous: Option<i64> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Ok(now) = api.store.revision().await else { continue };
+        if let Some(rev) = previous
+            && let Err(e) = api.store.compact(rev).await
+        {
+            tracing::warn!(error = %e, revision = rev, "compaction failed");
+        }
+        previous = Some(now);
+    }
+}
