@@ -1,0 +1,116 @@
+//! Recording core/v1 Events — the kind `kubectl describe` lists — with the repeat counting Kubernetes does
+//! (a repeated event bumps `count` and `lastTimestamp` instead of piling up).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::Mutex;
+
+/// `Normal` or `Warning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Something expected happened.
+    Normal,
+    /// Something needs attention.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Publishes Events as one component (`source.component`, e.g. `deployment-controller`).
+#[derive(Clone)]
+pub struct Recorder {
+    client: kube::Client,
+    component: String,
+    host: Option<String>,
+    /// (object uid, reason, message) → (event namespace, event name, count)
+    seen: Arc<Mutex<HashMap<(String, String, String), (String, String, i32)>>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("component", &self.component).finish()
+    }
+}
+
+impl Recorder {
+    /// A recorder for `component` (and, for node agents, `host`).
+    pub fn new(client: kube::Client, component: &str, host: Option<&str>) -> Self {
+        Recorder { client, component: component.to_string(), host: host.map(str::to_string), seen: Arc::default() }
+    }
+
+    /// Records an event about `object`. Failures are logged, not returned: events are best effort.
+    pub async fn record(&self, object: &ObjectReference, ty: EventType, reason: &str, message: &str) {
+        if let Err(e) = self.try_record(object, ty, reason, message).await {
+            tracing::debug!(error = %e, reason, "recording an event failed");
+        }
+    }
+
+    async fn try_record(&self, object: &ObjectReference, ty: EventType, reason: &str, message: &str) -> Result<(), kube::Error> {
+        let ns = object.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let now = Time(jiff::Timestamp::now());
+        let key = (object.uid.clone().unwrap_or_default(), reason.to_string(), message.to_string());
+        let mut seen = self.seen.lock().await;
+        if let Some((ens, name, count)) = seen.get(&key).cloned() {
+            let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now});
+            let r = Api::<Event>::namespaced(self.client.clone(), &ens).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            if r.is_ok() {
+                seen.insert(key, (ens, name, count + 1));
+                return Ok(());
+            }
+        }
+        let name = format!("{}.{:x}", object.name.clone().unwrap_or_default(), rand_suffix());
+        let ev = Event {
+            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
+            involved_object: object.clone(),
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            type_: Some(ty.as_str().to_string()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(EventSource { component: Some(self.component.clone()), host: self.host.clone() }),
+            reporting_component: Some(self.component.clone()),
+            reporting_instance: Some(self.host.clone().unwrap_or_else(|| self.component.clone())),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ev).await?;
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        seen.insert(key, (ns, name, 1));
+        Ok(())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
+
+/// An ObjectReference to a typed object.
+pub fn reference<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    let meta = obj.meta();
+    ObjectReference {
+        api_version: Some(K::api_version(&()).to_string()),
+        kind: Some(K::kind(&()).to_string()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    }
+}
