@@ -23,7 +23,9 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SKIFF_BPF_RUSTC");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let target_dir = out_dir.join("bpf-target");
+    // One BPF target dir per host target dir (OUT_DIR is <target>/<profile>/build/skiff-lb-<hash>/out), so builds
+    // of skiff-lb with different feature sets reuse the same BPF build; cargo's lock serialises them.
+    let target_dir = out_dir.ancestors().nth(4).map(|t| t.join("skiff-bpf")).unwrap_or_else(|| out_dir.join("bpf-target"));
     let cargo = env::var("SKIFF_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
     let rustc = env::var("SKIFF_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     for tool in [&cargo, &rustc] {

@@ -20,6 +20,9 @@ pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 /// The cgroup that holds the node's pods (the agent creates it and places every pod under it).
 pub const DEFAULT_POD_CGROUP: &str = "/sys/fs/cgroup/unified/skiff.pods";
 
+/// Default Maglev table size M (a prime).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = limits::MAGLEV_DEFAULT_SIZE;
+
 /// Capacities of the maps (`max_entries`). Changing one on a node with pinned maps requires `skiff lb --uninstall`
 /// first (the pinned maps keep their size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

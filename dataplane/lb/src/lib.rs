@@ -7,18 +7,25 @@
 //! shared map layout in `ebpf/common`. See `docs/lb.md`.
 #![deny(missing_docs)]
 
+pub mod applier;
 pub mod config;
 pub mod desired;
+pub mod engine;
 pub mod error;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod registry;
+pub mod source;
+pub mod store;
 mod sys;
 
 pub use config::LbConfig;
+pub use engine::Engine;
+pub use source::{api::run_from_api, file::run_from_file};
 pub use error::LbError;
 pub use model::LbTables;

@@ -324,3 +324,55 @@ impl LbTables {
         self.services.values().map(|s| s.frontends.len()).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::backend_addr;
+
+    fn arb_key() -> impl Strategy<Value = FrontendKey> {
+        (any::<u32>(), any::<u16>(), prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)], prop_oneof![
+            Just(Scope::Internal),
+            Just(Scope::External)
+        ])
+            .prop_map(|(a, port, protocol, scope)| FrontendKey { addr: Ipv4Addr::from(a), port, protocol, scope })
+    }
+
+    proptest! {
+        #[test]
+        fn frontend_keys_round_trip_through_the_map_encoding(key in arb_key(), slot in any::<u16>()) {
+            let encoded = key.map_key(slot);
+            prop_assert_eq!(encoded.slot, slot);
+            prop_assert_eq!(encoded.pad, [0, 0]);
+            prop_assert_eq!(FrontendKey::from_map_key(&encoded), Some(key));
+        }
+
+        #[test]
+        fn map_keys_hold_address_and_port_in_network_order_as_the_kernel_does(key in arb_key()) {
+            let encoded = key.map_key(0);
+            // The kernel stores user_ip4/user_port as big-endian bytes in memory.
+            prop_assert_eq!(encoded.addr.to_ne_bytes(), key.addr.octets());
+            prop_assert_eq!(encoded.port.to_ne_bytes(), key.port.to_be_bytes());
+        }
+
+        #[test]
+        fn backends_round_trip_through_the_map_encoding(a in any::<u32>(), port in any::<u16>(), udp in any::<bool>(), local in any::<bool>()) {
+            let addr = BackendAddr { addr: Ipv4Addr::from(a), port, protocol: if udp { Protocol::Udp } else { Protocol::Tcp } };
+            let info = BackendInfo { local, terminating: false };
+            let value = skiff_ebpf_common::Backend {
+                addr: u32::from(addr.addr).to_be(), port: addr.port.to_be(), proto: addr.protocol.number(), flags: info.flags(),
+            };
+            prop_assert_eq!(backend_addr(&value), Some(addr));
+            prop_assert_eq!(value.flags & skiff_ebpf_common::BACKEND_F_LOCAL != 0, local);
+        }
+
+        #[test]
+        fn malformed_map_keys_are_rejected_not_misread(proto in any::<u8>(), scope in any::<u8>()) {
+            let k = skiff_ebpf_common::ServiceKey { proto, scope, ..Default::default() };
+            let valid = Protocol::from_number(proto).is_some() && Scope::from_number(scope).is_some();
+            prop_assert_eq!(FrontendKey::from_map_key(&k).is_some(), valid);
+        }
+    }
+}

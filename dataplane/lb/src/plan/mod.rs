@@ -10,6 +10,9 @@
 //!   before anything visible changed.
 //! - A Service that would not fit in the maps is skipped as a whole and keeps what it had.
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
@@ -167,7 +170,7 @@ pub fn plan_service(
                 continue;
             }
         }
-        add_refs(reg, &header, &slots);
+        add_refs(reg, &header, &slots, &mut ops);
         let old_count = old.as_ref().map(|o| o.slots.len()).unwrap_or(0);
         let old_service = old.as_ref().map(|o| o.header.service_id).unwrap_or(0);
         // New entries first (they can fail on a full map), then overwrites.
@@ -294,14 +297,19 @@ fn port_id(reg: &mut Registry, port: &ServicePortName, key: &FrontendKey, ops: &
     }
 }
 
-fn add_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32]) {
+fn add_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32], ops: &mut Vec<Op>) {
     port_refs(reg, header.service_id, 1);
     let distinct: BTreeSet<u32> = slots.iter().copied().collect();
     for id in &distinct {
         if let Some(e) = reg.backend_addrs.get(id).and_then(|a| reg.backends.get_mut(a)) {
             e.refs += 1;
         }
-        *reg.memberships.entry(AffinityMatchKey { backend_id: *id, service_id: header.service_id }).or_default() += 1;
+        let m = AffinityMatchKey { backend_id: *id, service_id: header.service_id };
+        let refs = reg.memberships.entry(m).or_default();
+        *refs += 1;
+        if *refs == 1 {
+            ops.push(Op::PutMembership(m));
+        }
     }
     if header.table_id != 0 {
         if let Some(t) = reg.tables.get_mut(&(slots.to_vec(), header.table_size)) {

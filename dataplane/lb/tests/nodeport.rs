@@ -1,0 +1,134 @@
+//! The tc path: NodePort, LoadBalancer and external IPs reached from a separate "client host" namespace through
+//! node 0's interface, with backends on node 0 (DNAT only) and on node 1 (DNAT + SNAT, FIB redirect). Runs as root;
+//! fails instead of skipping when CI=true.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{CLIENT_IP, Cluster, apply, counters, ids, node_ip, service, slice};
+use serde_json::json;
+use skiff_testkit::{probe, require_privileges};
+
+#[test]
+fn probe_entry() {
+    probe::entry();
+}
+
+/// Backends: pod 0 (node 0, "local") and pod 1 (node 1, "remote").
+fn setup() -> Option<(Cluster, Vec<skiff_testkit::Child>)> {
+    if !require_privileges("NodePort tc path tests") {
+        return None;
+    }
+    let mut c = Cluster::new(2).expect("building the cluster");
+    c.add_pod(0).expect("pod");
+    c.add_pod(1).expect("pod");
+    let servers = vec![
+        c.serve(0, "tcp", 8080, "local"),
+        c.serve(1, "tcp", 8080, "remote"),
+        c.serve(0, "udp", 5353, "local"),
+        c.serve(1, "udp", 5353, "remote"),
+    ];
+    Some((c, servers))
+}
+
+fn both(c: &Cluster) -> Vec<(std::net::Ipv4Addr, &'static str, bool)> {
+    vec![(c.pods[0].ip, "node-0", true), (c.pods[1].ip, "node-1", true)]
+}
+
+fn nodeport(extra: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
+    let mut spec = json!({"type": "NodePort", "ports": [{"name": "p", "port": 80, "nodePort": 30080, "protocol": "TCP"}]});
+    if let (Some(base), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    service("web", "10.96.0.10", spec)
+}
+
+#[test]
+fn a_node_port_reaches_local_and_remote_backends_and_replies_come_from_the_node_port() {
+    let Some((c, _servers)) = setup() else { return };
+    let mut lb = c.start_lb(&c.config());
+    apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
+    let target = format!("{}:30080", node_ip(0));
+    let lines = c.from_client(&format!("tcp 40 {target}"));
+    assert_eq!(lines.len(), 40);
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(target.as_str())), "{lines:?}");
+    let seen: BTreeSet<String> = ids(&lines).into_iter().collect();
+    assert_eq!(seen, ["local", "remote"].map(String::from).into());
+    for l in &lines {
+        let peer_ip = probe::field(l, "peer").and_then(|p| p.split(':').next()).unwrap_or_default().to_string();
+        match probe::field(l, "id") {
+            // A local backend sees the client itself; a remote one sees node 0 (SNAT).
+            Some("local") => assert_eq!(peer_ip, CLIENT_IP.to_string(), "{l}"),
+            Some("remote") => assert_eq!(peer_ip, node_ip(0).to_string(), "{l}"),
+            other => panic!("unexpected backend {other:?}"),
+        }
+    }
+    let stats = counters(&lb, "web");
+    assert_eq!(stats.connections, 40);
+    assert!(stats.packets >= 40 * 4, "{stats:?}");
+    assert!(stats.bytes > stats.packets * 40, "{stats:?}");
+}
+
+#[test]
+fn external_traffic_policy_local_uses_only_local_endpoints_and_preserves_the_client_address() {
+    let Some((c, _servers)) = setup() else { return };
+    let mut lb = c.start_lb(&c.config());
+    apply(
+        &mut lb,
+        vec![nodeport(json!({"externalTrafficPolicy": "Local"}))],
+        vec![slice("web", &both(&c), 8080, "TCP")],
+    );
+    let lines = c.from_client(&format!("tcp 20 {}:30080", node_ip(0)));
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    assert!(ids(&lines).iter().all(|id| id == "local"), "{lines:?}");
+    let client = format!("{CLIENT_IP}:");
+    assert!(lines.iter().all(|l| probe::field(l, "peer").is_some_and(|p| p.starts_with(&client))), "{lines:?}");
+}
+
+#[test]
+fn load_balancer_and_external_ips_are_balanced_from_outside() {
+    let Some((c, _servers)) = setup() else { return };
+    let mut lb = c.start_lb(&c.config());
+    let mut svc = nodeport(json!({"type": "LoadBalancer", "externalIPs": ["203.0.113.20"]}));
+    svc.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}})).ok();
+    apply(&mut lb, vec![svc], vec![slice("web", &both(&c), 8080, "TCP")]);
+    for vip in ["203.0.113.10:80", "203.0.113.20:80"] {
+        let lines = c.from_client(&format!("tcp 10 {vip}"));
+        assert!(lines.iter().all(|l| l.starts_with("ok")), "{vip}: {lines:?}");
+        assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(vip)), "{vip}: {lines:?}");
+    }
+}
+
+#[test]
+fn udp_node_ports_work_through_the_tc_path_with_replies_from_the_node_port() {
+    let Some((c, _servers)) = setup() else { return };
+    let mut lb = c.start_lb(&c.config());
+    let svc = service("dns", "10.96.0.53", json!({"type": "NodePort",
+        "ports": [{"name": "p", "port": 53, "nodePort": 30053, "protocol": "UDP"}]}));
+    apply(&mut lb, vec![svc], vec![slice("dns", &both(&c), 5353, "UDP")]);
+    let target = format!("{}:30053", node_ip(0));
+    let mut seen = BTreeSet::new();
+    for _ in 0..16 {
+        let lines = c.from_client(&format!("udp 2 {target} unconnected"));
+        assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+        assert!(lines.iter().all(|l| probe::field(l, "from") == Some(target.as_str())), "{lines:?}");
+        seen.extend(ids(&lines));
+    }
+    assert_eq!(seen, ["local", "remote"].map(String::from).into(), "new sockets spread over both backends");
+}
+
+#[test]
+fn pods_on_the_node_reach_the_node_port_through_the_socket_hooks() {
+    let Some((mut c, _servers)) = setup() else { return };
+    let client_pod = c.add_pod(0).expect("pod");
+    let mut lb = c.start_lb(&c.config());
+    apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
+    let target = format!("{}:30080", node_ip(0));
+    let lines = c.from_pod(client_pod, &format!("tcp 10 {target}"));
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(target.as_str())), "{lines:?}");
+}

@@ -1,0 +1,284 @@
+//! A small network probe that tests run inside their namespaces and cgroups: tiny TCP/UDP servers that say who they
+//! are and whom they see, and clients that report what they got (including the peer address the kernel shows them,
+//! which is how socket-level load balancing is observed).
+//!
+//! The probe runs by re-executing the test binary: an integration test file that uses it declares
+//!
+//! ```ignore
+//! #[test]
+//! fn probe_entry() {
+//!     skiff_testkit::probe::entry();
+//! }
+//! ```
+//!
+//! which does nothing in a normal run, and runs the probe when [`ENV`] is set (then exits the process). Results are
+//! printed as lines starting with [`MARK`].
+//!
+//! Modes (the value of [`ENV`], space separated):
+//! - `serve-tcp ADDR ID`: for each connection read one line; `who` gets `id=ID peer=IP:PORT`; `hold` gets the same
+//!   and then every further line is echoed back as `ID:LINE`.
+//! - `serve-udp ADDR ID`: every datagram gets `id=ID peer=IP:PORT`.
+//! - `tcp COUNT ADDR`: COUNT connections, each `who`; prints `ok id=.. peer=.. sockpeer=.. ms=..` or
+//!   `err kind=.. ms=..`.
+//! - `udp COUNT ADDR connected|unconnected`: COUNT exchanges; prints `ok id=.. peer=.. from=..` where `from` is the
+//!   source the socket saw (getpeername or recvfrom).
+//! - `hold ADDR`: one connection; prints `connected id=.. peer=.. sockpeer=..`; then each stdin line is sent and the
+//!   reply printed as `reply LINE` (`err ...` when the connection broke).
+//!
+//! Every wait has a time limit, and servers exit after [`SERVER_LIFETIME`].
+
+use std::{
+    io::{self, BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{Cgroup, Child, NetNs, spawn_in};
+
+/// The environment variable that carries the probe's mode.
+pub const ENV: &str = "SKIFF_PROBE";
+/// The prefix of result lines.
+pub const MARK: &str = "SKIFF_PROBE";
+/// How long a server lives at most.
+pub const SERVER_LIFETIME: Duration = Duration::from_secs(600);
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the probe if [`ENV`] is set, then exits the process; returns at once otherwise.
+pub fn entry() {
+    let Ok(spec) = std::env::var(ENV) else { return };
+    let args: Vec<String> = spec.split_whitespace().map(str::to_string).collect();
+    let code = match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            say(&format!("fatal {e}"));
+            1
+        }
+    };
+    let _ = io::stdout().flush();
+    std::process::exit(code);
+}
+
+/// The program and arguments that run the probe with `spec` from the current test binary (which must declare
+/// `probe_entry`, see the module docs).
+pub fn invocation(spec: &str) -> io::Result<(PathBuf, Vec<String>, String)> {
+    let exe = std::env::current_exe()?;
+    let args = ["--exact", "probe_entry", "--nocapture", "--test-threads=1", "-q"].map(String::from).to_vec();
+    Ok((exe, args, spec.to_string()))
+}
+
+/// Spawns the probe with `spec` inside `cgroup` and `netns` (either optional).
+pub fn spawn(cgroup: Option<&Cgroup>, netns: Option<&NetNs>, spec: &str) -> io::Result<Child> {
+    let (exe, args, spec) = invocation(spec)?;
+    let mut cmd = spawn_in(cgroup, netns, &exe, &args);
+    cmd.env(ENV, &spec);
+    Child::spawn(cmd, format!("probe `{spec}`"))
+}
+
+/// Starts a server and waits until it listens.
+pub fn server(netns: &NetNs, spec: &str) -> io::Result<Child> {
+    let mut child = spawn(None, Some(netns), spec)?;
+    let line = child.read_line_starting(MARK)?;
+    if line != "listening" {
+        return Err(io::Error::other(format!("server `{spec}` said {line:?}")));
+    }
+    Ok(child)
+}
+
+/// Runs a client to completion and returns its result lines (without the mark).
+pub fn client(cgroup: Option<&Cgroup>, netns: Option<&NetNs>, spec: &str) -> io::Result<Vec<String>> {
+    let mut child = spawn(cgroup, netns, spec)?;
+    let mut lines = Vec::new();
+    loop {
+        match child.read_line_starting(MARK) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    child.wait(Duration::from_secs(60))?;
+    if let Some(fatal) = lines.iter().find(|l| l.starts_with("fatal")) {
+        return Err(io::Error::other(format!("probe `{spec}`: {fatal}")));
+    }
+    Ok(lines)
+}
+
+/// The value of `key=` in a result line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn say(line: &str) {
+    println!("{MARK} {line}");
+    let _ = io::stdout().flush();
+}
+
+fn arg<'a>(args: &'a [String], i: usize) -> io::Result<&'a str> {
+    args.get(i).map(String::as_str).ok_or_else(|| io::Error::other(format!("missing argument {i} in {args:?}")))
+}
+
+fn addr(s: &str) -> io::Result<SocketAddr> {
+    s.parse().map_err(|e| io::Error::other(format!("bad address {s}: {e}")))
+}
+
+fn run(args: &[String]) -> io::Result<()> {
+    match arg(args, 0)? {
+        "serve-tcp" => serve_tcp(addr(arg(args, 1)?)?, arg(args, 2)?),
+        "serve-udp" => serve_udp(addr(arg(args, 1)?)?, arg(args, 2)?),
+        "tcp" => tcp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?),
+        "udp" => udp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?, arg(args, 3)? == "connected"),
+        "hold" => hold(addr(arg(args, 1)?)?),
+        other => Err(io::Error::other(format!("unknown probe mode {other}"))),
+    }
+}
+
+fn count(s: &str) -> io::Result<u32> {
+    s.parse().map_err(|e| io::Error::other(format!("bad count {s}: {e}")))
+}
+
+fn error_kind(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout".into(),
+        io::ErrorKind::PermissionDenied => "denied".into(),
+        _ => format!("os{}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+fn serve_tcp(addr: SocketAddr, id: &str) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    say("listening");
+    let start = Instant::now();
+    while start.elapsed() < SERVER_LIFETIME {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let id = id.to_string();
+                std::thread::spawn(move || {
+                    let _ = serve_conn(stream, peer, &id);
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn serve_conn(stream: TcpStream, peer: SocketAddr, id: &str) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(SERVER_LIFETIME))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    writeln!(writer, "id={id} peer={peer}")?;
+    if line.trim() != "hold" {
+        return Ok(());
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        writeln!(writer, "{id}:{}", line.trim())?;
+    }
+}
+
+fn serve_udp(addr: SocketAddr, id: &str) -> io::Result<()> {
+    let sock = UdpSocket::bind(addr)?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    say("listening");
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    while start.elapsed() < SERVER_LIFETIME {
+        match sock.recv_from(&mut buf) {
+            Ok((_, peer)) => {
+                sock.send_to(format!("id={id} peer={peer}").as_bytes(), peer)?;
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn tcp(n: u32, target: SocketAddr) -> io::Result<()> {
+    for _ in 0..n {
+        let start = Instant::now();
+        let ms = |s: Instant| s.elapsed().as_millis();
+        let attempt = || -> io::Result<String> {
+            let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            let sockpeer = stream.peer_addr()?;
+            (&stream).write_all(b"who\n")?;
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line)?;
+            Ok(format!("{} sockpeer={sockpeer}", line.trim()))
+        };
+        match attempt() {
+            Ok(s) => say(&format!("ok {s} ms={}", ms(start))),
+            Err(e) => say(&format!("err kind={} ms={}", error_kind(&e), ms(start))),
+        }
+    }
+    Ok(())
+}
+
+fn udp(n: u32, target: SocketAddr, connected: bool) -> io::Result<()> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    if connected {
+        sock.connect(target)?;
+    }
+    let mut buf = [0u8; 1500];
+    for _ in 0..n {
+        let start = Instant::now();
+        let mut attempt = || -> io::Result<String> {
+            let (len, from) = if connected {
+                sock.send(b"who")?;
+                let len = sock.recv(&mut buf)?;
+                (len, sock.peer_addr()?)
+            } else {
+                sock.send_to(b"who", target)?;
+                sock.recv_from(&mut buf)?
+            };
+            Ok(format!("{} from={from}", String::from_utf8_lossy(&buf[..len])))
+        };
+        match attempt() {
+            Ok(s) => say(&format!("ok {s} ms={}", start.elapsed().as_millis())),
+            Err(e) => say(&format!("err kind={} ms={}", error_kind(&e), start.elapsed().as_millis())),
+        }
+    }
+    Ok(())
+}
+
+fn hold(target: SocketAddr) -> io::Result<()> {
+    let stream = match TcpStream::connect_timeout(&target, IO_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("err kind={}", error_kind(&e)));
+            return Ok(());
+        }
+    };
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let sockpeer = stream.peer_addr()?;
+    (&stream).write_all(b"hold\n")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    say(&format!("connected {} sockpeer={sockpeer}", line.trim()));
+    let stdin = io::stdin();
+    for input in stdin.lock().lines() {
+        let input = input?;
+        line.clear();
+        let exchange = (|| -> io::Result<usize> {
+            (&stream).write_all(format!("{input}\n").as_bytes())?;
+            reader.read_line(&mut line)
+        })();
+        match exchange {
+            Ok(0) => say("err kind=closed"),
+            Ok(_) => say(&format!("reply {}", line.trim())),
+            Err(e) => say(&format!("err kind={}", error_kind(&e))),
+        }
+    }
+    Ok(())
+}
