@@ -22,6 +22,8 @@ pub struct Conflict {
     pub api_version: String,
     /// The field, e.g. `.spec.replicas`.
     pub field: String,
+    /// The field as set path segments (`f:spec`, `f:replicas`).
+    pub segments: Vec<String>,
 }
 
 /// The pure part of server-side apply: merges `applied` into `live` for `manager`.
@@ -37,12 +39,14 @@ pub fn merge(kind: &str, live: &Value, applied: &Value, manager: &str, force: bo
         }
         let overlap = fields::intersection(&e.fields, &applied_set);
         let mut differing = json!({});
+        let mut leaves = Vec::new();
         for leaf in fields::leaves(&overlap) {
             if fields::value_at(applied, &leaf, kind) != fields::value_at(live, &leaf, kind) {
                 let mut cur = &mut differing;
                 for seg in &leaf {
                     cur = cur.as_object_mut().expect("built as objects").entry(seg.clone()).or_insert_with(|| json!({}));
                 }
+                leaves.push(leaf);
             }
         }
         if fields::is_empty(&differing) {
@@ -51,8 +55,10 @@ pub fn merge(kind: &str, live: &Value, applied: &Value, manager: &str, force: bo
         if force {
             e.fields = fields::difference(&e.fields, &differing);
         } else {
-            for p in fields::paths(&differing) {
-                conflicts.push(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), field: p });
+            for leaf in leaves {
+                let single = leaf.iter().rev().fold(json!({}), |acc, seg| json!({ seg.clone(): acc }));
+                let field = fields::paths(&single).into_iter().next().unwrap_or_default();
+                conflicts.push(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), field, segments: leaf });
             }
         }
     }
@@ -124,6 +130,11 @@ impl Api {
             };
             let new = match merge(&info.kind, &cur.object, &applied, &manager, force) {
                 Ok(v) => v,
+                // `kubectl apply --server-side` over an object kubectl applied client-side: conflicts on fields
+                // of the last-applied configuration are the same intent, and are taken over (as Kubernetes does)
+                Err(conflicts) if manager == "kubectl" && within_last_applied(&cur.object, &info.kind, &conflicts) => {
+                    merge(&info.kind, &cur.object, &applied, &manager, true).unwrap_or_else(|_| cur.object.clone())
+                }
                 Err(conflicts) => return Err(conflict_error(&conflicts)),
             };
             match self.commit_update(info, ns, name, &cur, new, subresource, opts, &manager).await {
@@ -133,6 +144,23 @@ impl Api {
         }
         Err(ApiError::conflict(info, name))
     }
+}
+
+/// Whether every conflict is on a field of the object's `kubectl.kubernetes.io/last-applied-configuration`.
+fn within_last_applied(live: &Value, kind: &str, conflicts: &[Conflict]) -> bool {
+    let Some(text) = meta::annotation(live, "kubectl.kubernetes.io/last-applied-configuration") else { return false };
+    let Ok(last) = serde_json::from_str::<Value>(text) else { return false };
+    let allowed = fields::of_object(&last, kind);
+    conflicts.iter().all(|c| {
+        let mut cur = &allowed;
+        c.segments.iter().all(|seg| match cur.get(seg) {
+            Some(next) => {
+                cur = next;
+                true
+            }
+            None => false,
+        })
+    })
 }
 
 fn conflict_error(conflicts: &[Conflict]) -> ApiError {

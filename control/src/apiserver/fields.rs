@@ -252,7 +252,8 @@ pub fn remove_from(obj: &mut Value, set: &Value) {
                 o.remove(name);
             } else if let Some(inner) = o.get_mut(name) {
                 remove_from(inner, child);
-                if inner.as_object().is_some_and(Map::is_empty) {
+                // a map or list whose every owned member was removed goes too
+                if inner.as_object().is_some_and(Map::is_empty) || inner.as_array().is_some_and(Vec::is_empty) {
                     o.remove(name);
                 }
             }

@@ -39,9 +39,39 @@ fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     r
 }
 
-/// Reads a request body with the size limit.
+/// Reads a request body with the size limit. An oversized body is drained (up to a bound) before the 413 is sent,
+/// so that HTTP/2 clients still receive the answer.
 async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Err(ApiError::bad_request("the request body could not be read")) };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit {
+                if seen > 16 * limit {
+                    break;
+                }
+                continue;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(buf.freeze())
+}
+
+/// Rejects a request whose declared length is over the limit before reading it.
+fn check_length(headers: &HeaderMap, limit: usize) -> ApiResult<()> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(n) if n > limit => Err(ApiError::too_large(limit)),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes an object body (JSON, YAML or, for a few kinds, protobuf).
@@ -255,6 +285,9 @@ async fn resource_request(
     }
     let ns = rp.namespace.as_deref();
     let limit = api.config.max_body;
+    if let Err(e) = check_length(headers, 16 * limit) {
+        return ("create", Err(e));
+    }
     let sub = rp.subresource.as_deref();
     if let Some(s) = sub
         && info.subresource(s).is_none()

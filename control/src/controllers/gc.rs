@@ -130,7 +130,15 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
                 let Some((info, ns, name)) = locate(api, &ev.kv.key) else { continue };
                 match ev.kind {
                     EventKind::Delete => {
-                        if let Some((uid, _)) = graph.remove(&ev.kv.key) {
+                        if let Some((uid, gone)) = graph.remove(&ev.kv.key) {
+                            // an owner waiting in foreground deletion may have lost its last dependent
+                            for o in &gone.owners {
+                                if let Some(owner) = graph.nodes.get(&o.uid).cloned()
+                                    && owner.deleting
+                                {
+                                    process(api, &graph, &o.uid, &owner).await;
+                                }
+                            }
                             let deps: Vec<String> = graph.dependents.get(&uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
                             for d in deps {
                                 if let Some(node) = graph.nodes.get(&d).cloned() {

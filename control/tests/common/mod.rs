@@ -1,0 +1,88 @@
+//! A Skiff API server in-process on 127.0.0.1 with a temporary SQLite datastore, and the real kubectl pointed at it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub struct Cluster {
+    pub server: skiff_control::server::RunningServer,
+    pub dir: tempfile::TempDir,
+    pub runtime: tokio::runtime::Runtime,
+    cache: PathBuf,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = skiff_control::server::ServerConfig {
+            data_dir: dir.path().join("server"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            advertise: None,
+            extra_names: Vec::new(),
+            datastore: skiff_control::server::Datastore::Sqlite,
+            compaction_interval: Duration::from_secs(300),
+        };
+        let server = runtime.block_on(skiff_control::server::start(cfg)).expect("server starts");
+        let cache = dir.path().join("kube-cache");
+        Cluster { server, dir, runtime, cache }
+    }
+
+    /// Runs kubectl with the cluster's kubeconfig.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.server.kubeconfig).arg("--cache-dir").arg(&self.cache).args(args);
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl runs (is it installed?)");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// Runs kubectl, expecting success; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_output(args, None);
+        assert!(out.status.success(), "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl with stdin, expecting success.
+    pub fn kubectl_in(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.kubectl_output(args, Some(stdin));
+        assert!(out.status.success(), "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        assert!(!out.status.success(), "kubectl {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Parses `kubectl get … -o json`.
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a: Vec<&str> = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&a)).expect("kubectl prints JSON")
+    }
+
+    /// Waits (bounded) until `check` holds.
+    pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
