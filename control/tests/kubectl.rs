@@ -342,3 +342,32 @@ fn bad_requests_get_the_right_status() {
     assert!(out.contains("\"code\":413"), "{}", &out[..out.len().min(300)]);
     assert!(!c.kubectl(&["get", "cm", "-o", "name"]).contains("configmap/big"));
 }
+
+#[test]
+fn watches_resume_from_a_resource_version_and_expire_after_compaction() {
+    let c = Cluster::start();
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
+    let rv = c.get_json(&["cm", "a"])["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n");
+    c.kubectl(&["delete", "cm", "a"]);
+    let pki = &c.server.pki.dir;
+    let watch = |rv: &str| -> String {
+        let url = format!("{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1", c.server.url);
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert", &pki.join("ca.crt").to_string_lossy(), "--cert", &pki.join("admin.crt").to_string_lossy(), "--key", &pki.join("admin.key").to_string_lossy(), &url])
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let events: Vec<Value> = watch(&rv).lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap_or_default().to_string(), e["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string()))
+        .filter(|(_, n)| n == "a" || n == "b")
+        .collect();
+    assert_eq!(seen, vec![("ADDED".into(), "b".into()), ("DELETED".into(), "a".into())], "only events after the resourceVersion");
+    let now = c.runtime.block_on(c.server.api.store.revision()).expect("revision");
+    c.runtime.block_on(c.server.api.store.compact(now)).expect("compact");
+    let expired = watch(&rv);
+    assert!(expired.contains("\"type\":\"ERROR\"") && expired.contains("\"code\":410") && expired.contains("Expired"), "{expired}");
+}
