@@ -153,6 +153,16 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
             "spec": {"clusterIP": crate::apiserver::alloc::KUBERNETES_SERVICE_IP.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
         api.create(&svc_info, Some("default"), svc, &opts).await.map_err(|e| ServerError::Bootstrap(format!("kubernetes service: {e}")))?;
     }
+    let ks = "kube-system";
+    if api.try_get(&svc_info, Some(ks), "kube-dns").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none() {
+        // cluster DNS: served by every node agent; each agent publishes its own endpoint (internalTrafficPolicy Local)
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": ks,
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": crate::apiserver::alloc::DNS_SERVICE_IP.to_string(), "internalTrafficPolicy": "Local", "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
+        api.create(&svc_info, Some(ks), svc, &opts).await.map_err(|e| ServerError::Bootstrap(format!("kube-dns service: {e}")))?;
+    }
     let (host, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
     let port: i64 = port.parse().unwrap_or(6443);
     if host.parse::<std::net::Ipv4Addr>().is_ok() {

@@ -23,6 +23,9 @@ pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 const IP_PREFIX: &str = "/registry/ipallocations/";
+const POD_CIDR_PREFIX: &str = "/registry/podcidrallocations/";
+/// The cluster's pod network; each node gets a /24 of it.
+pub const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 16);
 const PORT_PREFIX: &str = "/registry/nodeportallocations/";
 
 fn in_cidr(ip: Ipv4Addr) -> bool {
@@ -180,6 +183,44 @@ impl Api {
             }
         }
         Err(ApiError::internal("allocating a NodePort", &"the node port range is full"))
+    }
+
+    /// Assigns a node its pod CIDR (a free /24 of the cluster CIDR) unless it asked for one; keeps the one it has.
+    pub async fn allocate_pod_cidr(&self, node: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+        let name = skiff_api::meta::name(node).to_string();
+        let kept = old.and_then(|o| o.pointer("/spec/podCIDR")).and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
+        let wanted = node.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
+        let cidr = match (kept, wanted) {
+            (Some(k), _) => k,
+            (None, Some(w)) => {
+                let _ = self.claim(format!("{POD_CIDR_PREFIX}{}", w.replace('/', "_")), "", &name).await?;
+                w
+            }
+            (None, None) => {
+                let (base, _) = CLUSTER_CIDR;
+                let mut found = None;
+                for i in 0..256u32 {
+                    let net = Ipv4Addr::from(u32::from(base) + (i << 8));
+                    if self.claim(format!("{POD_CIDR_PREFIX}{net}_24"), "", &name).await? {
+                        found = Some(format!("{net}/24"));
+                        break;
+                    }
+                }
+                found.ok_or_else(|| ApiError::internal("allocating a pod CIDR", &"the cluster CIDR is full"))?
+            }
+        };
+        if let Some(spec) = node.as_object_mut().map(|m| m.entry("spec").or_insert_with(|| json!({}))).and_then(Value::as_object_mut) {
+            spec.insert("podCIDR".into(), json!(cidr));
+            spec.insert("podCIDRs".into(), json!([cidr]));
+        }
+        Ok(())
+    }
+
+    /// Releases a deleted node's pod CIDR.
+    pub async fn release_pod_cidr(&self, node: &Value) {
+        if let Some(c) = node.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()) {
+            self.release(format!("{POD_CIDR_PREFIX}{}", c.replace('/', "_"))).await;
+        }
     }
 
     /// Releases what `old` held and `new` (if any) no longer holds.

@@ -154,6 +154,9 @@ impl Api {
             }
             self.allocate_service(&mut obj, None).await?;
         }
+        if info.group.is_empty() && info.plural == "nodes" && !opts.dry_run {
+            self.allocate_pod_cidr(&mut obj, None).await?;
+        }
         if opts.dry_run {
             return Ok(Written { object: obj, created: true, warnings });
         }
@@ -279,6 +282,9 @@ impl Api {
         let is_service = info.group.is_empty() && info.plural == "services";
         if is_service && subresource.is_none() && !opts.dry_run {
             self.allocate_service(&mut new, Some(&cur.object)).await?;
+        }
+        if info.group.is_empty() && info.plural == "nodes" && subresource.is_none() && !opts.dry_run {
+            self.allocate_pod_cidr(&mut new, Some(&cur.object)).await?;
         }
         // a no-op write changes nothing, not even the resourceVersion
         let mut cmp = new.clone();
@@ -437,6 +443,11 @@ impl Api {
             && let Some(old) = old
         {
             self.release_service(old, None).await;
+        }
+        if info.group.is_empty() && info.plural == "nodes" && new.is_none()
+            && let Some(old) = old
+        {
+            self.release_pod_cidr(old).await;
         }
         if info.group == "apiextensions.k8s.io" && info.plural == "customresourcedefinitions" {
             self.sync_crd(old, new).await;

@@ -1,0 +1,186 @@
+//! API server benchmark: create, get, list of 1,000 objects and watch fan-out, through HTTPS with kube-rs, against
+//! a release `skiff server` with its SQLite datastore; plus the server's idle RSS. Run with `scripts/bench-api`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use tokio::sync::Mutex;
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>) {
+    lat.sort();
+    println!(
+        "{name:<28} {n:>6} ops  {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3
+    );
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"bench": "yes"}}, "data": {"key": "value", "payload": "x".repeat(512)}})).expect("cm")
+}
+
+async fn concurrent<F, Fut>(n: usize, workers: usize, f: F) -> (Duration, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (f, next, lat) = (f.clone(), next.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let t = Instant::now();
+                f(i).await;
+                lat.lock().await.push(t.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    let elapsed = start.elapsed();
+    let lat = Arc::try_unwrap(lat).map(Mutex::into_inner).unwrap_or_default();
+    (elapsed, lat)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["server", "--data-dir", &dir.path().to_string_lossy(), "--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("skiff server"),
+    );
+    let pid = server.0.id();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        if let Ok(c) = skiff_client::connect(&kubeconfig).await
+            && c.apiserver_version().await.is_ok()
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("skiff server idle RSS: {} MiB", rss_kib(pid) / 1024);
+
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let n = 2000;
+    let a = api.clone();
+    let (el, lat) = concurrent(n, 16, move |i| {
+        let a = a.clone();
+        async move {
+            a.create(&PostParams::default(), &cm(&format!("c{i}"))).await.expect("create");
+        }
+    })
+    .await;
+    report("create (16 concurrent)", n, el, lat);
+
+    let a = api.clone();
+    let (el, lat) = concurrent(5000, 16, move |i| {
+        let a = a.clone();
+        async move {
+            a.get(&format!("c{}", i % n)).await.expect("get");
+        }
+    })
+    .await;
+    report("get (16 concurrent)", 5000, el, lat);
+
+    let lp = ListParams::default().limit(1000);
+    let a = api.clone();
+    let (el, lat) = concurrent(50, 1, move |_| {
+        let (a, lp) = (a.clone(), lp.clone());
+        async move {
+            let l = a.list(&lp).await.expect("list");
+            assert_eq!(l.items.len(), 1000);
+        }
+    })
+    .await;
+    report("list 1000 objects", 50, el, lat);
+
+    // watch fan-out: W watchers, E events; latency from the create's acknowledgement to each delivery
+    let (watchers, events) = (100usize, 200usize);
+    let wapi: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
+    let rv = wapi.list(&ListParams::default()).await.expect("list").metadata.resource_version.unwrap_or_default();
+    let acks: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let delivered: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let (w, acks, delivered, rv) = (wapi.clone(), acks.clone(), delivered.clone(), rv.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = w.watch(&WatchParams::default().timeout(60), &rv).await.expect("watch").boxed();
+            let mut got = 0;
+            while got < events {
+                match tokio::time::timeout(Duration::from_secs(60), s.next()).await {
+                    Ok(Some(Ok(WatchEvent::Added(o)))) => {
+                        let now = Instant::now();
+                        let name = o.metadata.name.unwrap_or_default();
+                        // the create may be acknowledged after the event arrives: then it counts as zero
+                        let sent = acks.lock().await.get(&name).copied();
+                        delivered.lock().await.push(sent.map(|t| now.saturating_duration_since(t)).unwrap_or_default());
+                        got += 1;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    for i in 0..events {
+        let name = format!("w{i}");
+        wapi.create(&PostParams::default(), &cm(&name)).await.expect("create");
+        acks.lock().await.insert(name, Instant::now());
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let el = start.elapsed();
+    let lat = Arc::try_unwrap(delivered).map(Mutex::into_inner).unwrap_or_default();
+    let total = lat.len();
+    report(&format!("watch fan-out ({watchers} watchers)"), total, el, lat);
+    assert_eq!(total, watchers * events, "every watcher received every event");
+    println!("skiff server RSS after the run: {} MiB", rss_kib(pid) / 1024);
+}
