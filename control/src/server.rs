@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub datastore: Datastore,
     /// How much history to keep for watchers before compacting.
     pub compaction_interval: Duration,
+    /// The workload controllers and the scheduler (leader-elected); `None` runs the API server alone.
+    pub controllers: Option<crate::controllers::manager::ManagerOptions>,
 }
 
 /// Why the server could not start.
@@ -131,6 +133,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let kubeconfig_path = cfg.data_dir.join("kubeconfig");
     let content = kubeconfig::render("skiff", &url, &pki.ca.cert_pem, "skiff-admin", Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem });
     kubeconfig::write(&kubeconfig_path, &content).map_err(|e| ServerError::Io { context: format!("writing {}", kubeconfig_path.display()), source: e })?;
+    if let Some(opts) = cfg.controllers.clone() {
+        let client = skiff_client::connect(&kubeconfig_path).await.map_err(|e| ServerError::Bootstrap(format!("controller client: {e}")))?;
+        tokio::spawn(crate::controllers::manager::run(client, opts));
+    }
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server ready");
     Ok(RunningServer { api, addr, url, pki, kubeconfig: kubeconfig_path })
 }

@@ -19,6 +19,7 @@ async fn server() -> (skiff_control::server::RunningServer, tempfile::TempDir) {
         extra_names: Vec::new(),
         datastore: skiff_control::server::Datastore::Sqlite,
         compaction_interval: Duration::from_secs(300),
+        controllers: None,
     };
     (skiff_control::server::start(cfg).await.expect("server starts"), dir)
 }

@@ -52,6 +52,7 @@ impl Args {
             extra_names: self.tls_san.clone(),
             datastore: datastore(&self.datastore)?,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
+            controllers: Some(Default::default()),
         })
     }
 }

@@ -23,6 +23,10 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             m.remove("status");
         }
+        ("batch", "Job") => {
+            m.remove("status");
+            generate_job_selector(m);
+        }
         _ if info.has_status || info.custom => {
             m.remove("status");
         }
@@ -31,6 +35,31 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
     if has_generation(info) {
         skiff_api::meta::metadata_mut(obj).insert("generation".into(), json!(1));
     }
+}
+
+/// Gives a Job without `manualSelector` the selector and pod labels that tie its pods to it (by uid), as the API
+/// server does.
+fn generate_job_selector(job: &mut serde_json::Map<String, Value>) {
+    let uid = job.get("metadata").and_then(|m| m.get("uid")).and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = job.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_string();
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if spec.get("manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template["metadata"] = json!({});
+    }
+    let md = &mut template["metadata"];
+    if !md.get("labels").is_some_and(Value::is_object) {
+        md["labels"] = json!({});
+    }
+    let labels = &mut md["labels"];
+    labels["batch.kubernetes.io/controller-uid"] = json!(uid);
+    labels["controller-uid"] = json!(uid);
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    labels["job-name"] = json!(name);
 }
 
 /// Whether `metadata.generation` is maintained for the kind.

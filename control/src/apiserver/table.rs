@@ -140,7 +140,7 @@ pub fn human_duration(secs: i64) -> String {
 /// Seconds since an RFC 3339 timestamp (0 when missing or malformed).
 pub fn since(ts: Option<&Value>) -> Option<i64> {
     let t: jiff::Timestamp = ts?.as_str()?.parse().ok()?;
-    Some((jiff::Timestamp::now() - t).get_seconds())
+    Some(jiff::Timestamp::now().duration_since(t).as_secs())
 }
 
 /// The age cell of an object.

@@ -1,17 +1,49 @@
-//! Controllers. The API machinery ones ([`gc`], [`namespaces`]) run inside `skiff server` over the store; the
-//! workload controllers run on kube-runtime against the API (see issue 3).
+//! Controllers. The API machinery ones ([`gc`], [`namespaces`], [`quota`]) run inside `skiff server` directly on
+//! the store; the workload controllers and the scheduler run on kube-runtime against the API (as
+//! kube-controller-manager and kube-scheduler do), under leader election ([`manager`]).
 
+pub mod cronjob;
+pub mod ctx;
+pub mod daemonset;
+pub mod deployment;
+pub mod endpointslice;
+pub mod expectations;
 pub mod gc;
+pub mod hpa;
+pub mod informers;
+pub mod job;
+pub mod leader;
+pub mod loadbalancer;
+pub mod manager;
 pub mod namespaces;
+pub mod nodelifecycle;
+pub mod pdb;
+pub mod placement;
+pub mod quota;
+pub mod replicaset;
+pub mod scheduler;
+pub mod statefulset;
+pub mod util;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
 
 use crate::apiserver::Api;
+use ctx::{Ctx, ReconcileError};
 
-/// Starts the garbage collector and the namespace lifecycle controller.
+/// Starts the garbage collector, the namespace lifecycle and the quota status controllers (in-process).
 pub fn spawn_api_machinery(api: Arc<Api>, ca_pem: String) {
     tokio::spawn(gc::run(api.clone()));
+    tokio::spawn(quota::run(api.clone()));
     tokio::spawn(namespaces::run(api, ca_pem));
+}
+
+/// What every kube-runtime controller does with a failed reconcile: log it and retry soon.
+pub fn error_policy<K>(_obj: Arc<K>, err: &ReconcileError, _ctx: Arc<Ctx>) -> Action {
+    tracing::debug!(error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
 }
 
 /// Maps a storage key to its resource, namespace and name.

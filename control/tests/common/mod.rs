@@ -24,6 +24,7 @@ impl Cluster {
             extra_names: Vec::new(),
             datastore: skiff_control::server::Datastore::Sqlite,
             compaction_interval: Duration::from_secs(300),
+            controllers: Some(Default::default()),
         };
         let server = runtime.block_on(skiff_control::server::start(cfg)).expect("server starts");
         let cache = dir.path().join("kube-cache");

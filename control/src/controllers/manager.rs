@@ -1,0 +1,88 @@
+//! The controller manager: shared informers, then every workload controller and the scheduler, run under leader
+//! election so that only one control-plane instance acts at a time.
+
+use std::sync::Arc;
+
+use super::ctx::{Clock, ControllerConfig, Ctx, SystemClock};
+use super::hpa::{MetricsSource, ResourceMetricsApi};
+use super::informers::Informers;
+
+/// What the manager runs with.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Controller settings.
+    pub config: ControllerConfig,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics for the HPA.
+    pub metrics: Arc<dyn MetricsSource>,
+    /// This instance's identity in leader election.
+    pub identity: String,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "skiff".into());
+        ManagerOptions {
+            config: ControllerConfig::default(),
+            clock: Arc::new(SystemClock),
+            metrics: Arc::new(ResourceMetricsApi),
+            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+/// Runs every controller (until the task is dropped), without leader election.
+pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
+    let mut inf = Informers::new();
+    let rs_trigger = inf.replica_sets.subscribe();
+    let rs_pods = inf.pods.subscribe();
+    let deploy_trigger = inf.deployments.subscribe();
+    let deploy_rs = inf.replica_sets.subscribe();
+    let sched_pods = inf.pods.subscribe();
+    let sched_nodes = inf.nodes.subscribe();
+    let eps_services = inf.services.subscribe();
+    let eps_slices = inf.slices.subscribe();
+    let eps_pods = inf.pods.subscribe();
+    let job_trigger = inf.jobs.subscribe();
+    let job_pods = inf.pods.subscribe();
+    let cj_trigger = inf.cron_jobs.subscribe();
+    let cj_jobs = inf.jobs.subscribe();
+    let hpa_trigger = inf.hpas.subscribe();
+    let sts_trigger = inf.stateful_sets.subscribe();
+    let sts_pods = inf.pods.subscribe();
+    let ds_trigger = inf.daemon_sets.subscribe();
+    let ds_pods = inf.pods.subscribe();
+    let ds_nodes = inf.nodes.subscribe();
+    let lb_services = inf.services.subscribe();
+    let pdb_trigger = inf.pdbs.subscribe();
+    let pdb_pods = inf.pods.subscribe();
+    inf.start(&client);
+    inf.wait_until_ready().await;
+    tracing::info!("controller informers synced; starting controllers");
+    let ctx = Arc::new(Ctx::new(client, &inf, opts.clock.clone(), opts.config.clone(), opts.metrics.clone()));
+    tokio::join!(
+        super::replicaset::run(ctx.clone(), rs_trigger, rs_pods),
+        super::deployment::run(ctx.clone(), deploy_trigger, deploy_rs),
+        super::scheduler::run(ctx.clone(), sched_pods, sched_nodes),
+        super::endpointslice::run(ctx.clone(), eps_services, eps_slices, eps_pods),
+        super::nodelifecycle::run(ctx.clone()),
+        super::job::run(ctx.clone(), job_trigger, job_pods),
+        super::cronjob::run(ctx.clone(), cj_trigger, cj_jobs),
+        super::hpa::run(ctx.clone(), hpa_trigger),
+        super::statefulset::run(ctx.clone(), sts_trigger, sts_pods),
+        super::daemonset::run(ctx.clone(), ds_trigger, ds_pods, ds_nodes),
+        super::loadbalancer::run(ctx.clone(), lb_services),
+        super::pdb::run(ctx.clone(), pdb_trigger, pdb_pods),
+    );
+}
+
+/// Runs the controllers whenever this instance is the leader.
+pub async fn run(client: kube::Client, opts: ManagerOptions) {
+    let identity = opts.identity.clone();
+    super::leader::run_as_leader(client.clone(), "skiff-controller-manager", &identity, move || {
+        let (client, opts) = (client.clone(), opts.clone());
+        async move { run_controllers(client, opts).await }
+    })
+    .await;
+}

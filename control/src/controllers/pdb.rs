@@ -1,0 +1,59 @@
+//! PodDisruptionBudget status: how many selected pods are healthy, how many must stay, and how many disruptions
+//! (evictions, such as `kubectl drain` makes) are allowed now.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use serde_json::json;
+use skiff_api::selector::Selector;
+
+use super::ctx::{Ctx, ReconcileError};
+use super::util::{is_active, is_ready, scaled_value};
+
+/// (expected pods, currently healthy, desired healthy, disruptions allowed).
+pub fn budget(pdb: &PodDisruptionBudget, pods: &[Arc<Pod>]) -> (i32, i32, i32, i32) {
+    let spec = pdb.spec.clone().unwrap_or_default();
+    let sel = spec.selector.as_ref().and_then(|s| Selector::from_label_selector(s).ok()).unwrap_or_else(Selector::nothing);
+    let selected: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_active(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default())).collect();
+    let expected = selected.len() as i32;
+    let healthy = selected.iter().filter(|p| is_ready(p)).count() as i32;
+    let desired = match (&spec.min_available, &spec.max_unavailable) {
+        (Some(m), _) => scaled_value(Some(m), expected, true, "0"),
+        (None, Some(m)) => expected - scaled_value(Some(m), expected, true, "0"),
+        (None, None) => expected,
+    };
+    (expected, healthy, desired, (healthy - desired).max(0))
+}
+
+/// Reconciles one budget.
+pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let ns = pdb.metadata.namespace.clone().unwrap_or_default();
+    let name = pdb.metadata.name.clone().unwrap_or_default();
+    let (expected, healthy, desired, allowed) = budget(&pdb, &super::informers::in_namespace(&ctx.pods, &ns));
+    let cur = pdb.status.clone().unwrap_or_default();
+    if (cur.expected_pods, cur.current_healthy, cur.desired_healthy, cur.disruptions_allowed) != (expected, healthy, desired, allowed) || cur.observed_generation != pdb.metadata.generation {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"status": {"expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed, "observedGeneration": pdb.metadata.generation}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Runs the controller.
+pub async fn run(ctx: Arc<Ctx>, pdbs: ReflectHandle<PodDisruptionBudget>, pods: ReflectHandle<Pod>) {
+    let store = ctx.pdbs.clone();
+    Controller::for_shared_stream(pdbs, ctx.pdbs.clone())
+        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+            let ns = pod.metadata.namespace.clone();
+            store.state().into_iter().filter(|p| p.metadata.namespace == ns).map(|p| ObjectRef::from_obj(p.as_ref())).collect::<Vec<_>>()
+        })
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}

@@ -1,0 +1,257 @@
+//! The ReplicaSet controller: keeps `replicas` pods matching the selector, adopting orphans and releasing pods that
+//! no longer match, deleting the least valuable pods first, and reporting status.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ReflectHandle;
+use serde_json::json;
+use skiff_api::selector::Selector;
+use skiff_client::events::EventType;
+
+use super::ctx::{Ctx, ReconcileError};
+use super::util::{controlled_by, controller_of, is_active, is_available, is_ready, owner_ref, random_suffix};
+
+/// What one reconcile of a ReplicaSet should do.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Pods to create.
+    pub create: usize,
+    /// Pods to delete (names), most deletable first.
+    pub delete: Vec<String>,
+    /// Orphan pods to adopt.
+    pub adopt: Vec<String>,
+    /// Owned pods to release (they no longer match the selector).
+    pub release: Vec<String>,
+    /// The status to report.
+    pub status: ReplicaSetStatus,
+}
+
+fn phase_rank(p: &Pod) -> u8 {
+    match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") => 0,
+        Some("Unknown") => 1,
+        Some("Running") => 2,
+        _ => 3,
+    }
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().map(|c| c.restart_count).sum()).unwrap_or(0)
+}
+
+/// Orders pods most deletable first: unscheduled, then pending/unknown, then not ready, then ready more recently,
+/// then with more restarts, then newer.
+pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
+    let assigned = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+    assigned(a)
+        .cmp(&assigned(b))
+        .then(phase_rank(a).cmp(&phase_rank(b)))
+        .then(is_ready(a).cmp(&is_ready(b)))
+        .then_with(|| super::util::ready_since(b).cmp(&super::util::ready_since(a)))
+        .then(restarts(b).cmp(&restarts(a)))
+        .then_with(|| {
+            let t = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            t(b).cmp(&t(a))
+        })
+}
+
+/// Computes what to do for `rs` given the pods of its namespace.
+pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let spec = rs.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+    let selector = Selector::from_label_selector(&spec.selector).unwrap_or_else(|_| Selector::nothing());
+    let labels = |p: &Pod| p.metadata.labels.clone().unwrap_or_default();
+    let mut plan = Plan::default();
+    let mut owned: Vec<&Pod> = Vec::new();
+    for p in pods {
+        let matches = !selector.is_empty() && selector.matches(&labels(p));
+        if controlled_by(&p.metadata, &uid) {
+            if matches {
+                owned.push(p);
+            } else if is_active(p) {
+                plan.release.push(p.metadata.name.clone().unwrap_or_default());
+            }
+        } else if controller_of(&p.metadata).is_none() && matches && is_active(p) && rs.metadata.deletion_timestamp.is_none() {
+            plan.adopt.push(p.metadata.name.clone().unwrap_or_default());
+            owned.push(p);
+        }
+    }
+    let mut active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
+    if rs.metadata.deletion_timestamp.is_none() {
+        if active.len() < replicas {
+            plan.create = replicas - active.len();
+        } else if active.len() > replicas {
+            active.sort_by(|a, b| deletion_order(a, b));
+            plan.delete = active[..active.len() - replicas].iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+        }
+    }
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let template_labels = spec.template.as_ref().map(super::util::template_labels).unwrap_or_default();
+    let all_active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
+    plan.status = ReplicaSetStatus {
+        replicas: all_active.len() as i32,
+        fully_labeled_replicas: Some(all_active.iter().filter(|p| template_labels.iter().all(|(k, v)| labels(p).get(k) == Some(v))).count() as i32),
+        ready_replicas: Some(all_active.iter().filter(|p| is_ready(p)).count() as i32),
+        available_replicas: Some(all_active.iter().filter(|p| is_available(p, min_ready, now)).count() as i32),
+        observed_generation: rs.metadata.generation,
+        conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+    };
+    plan
+}
+
+fn reference(rs: &ReplicaSet) -> ObjectReference {
+    skiff_client::events::reference(rs)
+}
+
+/// Reconciles one ReplicaSet.
+pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let ns = rs.metadata.namespace.clone().unwrap_or_default();
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let pods = super::informers::in_namespace(&ctx.pods, &ns);
+    let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
+    let gone = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)).is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    if !ctx.expectations.satisfied(&uid, present, gone) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let p = plan(&rs, &pods, ctx.now());
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let recorder = ctx.recorders.get("replicaset-controller");
+    let oref = owner_ref(rs.as_ref());
+    for pod in &p.adopt {
+        let patch = json!({"metadata": {"ownerReferences": [oref]}});
+        api.patch(pod, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+    }
+    for pod in &p.release {
+        let patch = json!({"metadata": {"ownerReferences": [{"$patch": "delete", "uid": uid}]}});
+        let _ = api.patch(pod, &PatchParams::default(), &Patch::Strategic(&patch)).await;
+    }
+    if p.create > 0 {
+        let template = rs.spec.as_ref().and_then(|s| s.template.clone()).ok_or_else(|| ReconcileError::Invalid("no pod template".into()))?;
+        let names: Vec<String> = (0..p.create.min(500)).map(|_| format!("{name}-{}", random_suffix())).collect();
+        ctx.expectations.expect(&uid, names.clone(), Vec::new());
+        let creates = names.iter().map(|pod_name| {
+            let mut meta = template.metadata.clone().unwrap_or_default();
+            meta.name = Some(pod_name.clone());
+            meta.namespace = Some(ns.clone());
+            meta.owner_references = Some(vec![oref.clone()]);
+            let pod = Pod { metadata: meta, spec: template.spec.clone(), status: None };
+            let api = api.clone();
+            async move { (pod_name.clone(), api.create(&PostParams::default(), &pod).await) }
+        });
+        for (pod_name, r) in futures::future::join_all(creates).await {
+            match r {
+                Ok(_) => recorder.record(&reference(&rs), EventType::Normal, "SuccessfulCreate", &format!("Created pod: {pod_name}")).await,
+                Err(e) => {
+                    ctx.expectations.creation_failed(&uid, &pod_name);
+                    recorder.record(&reference(&rs), EventType::Warning, "FailedCreate", &format!("Error creating: {e}")).await;
+                }
+            }
+        }
+    }
+    if !p.delete.is_empty() {
+        ctx.expectations.expect(&uid, Vec::new(), p.delete.clone());
+        for pod in &p.delete {
+            match api.delete(pod, &DeleteParams::default()).await {
+                Ok(_) => recorder.record(&reference(&rs), EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod}")).await,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if rs.status.as_ref() != Some(&p.status) {
+        let rsapi: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"status": p.status});
+        match rsapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // requeue while pods wait for minReadySeconds to count as available
+    let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    if min_ready > 0 && p.status.available_replicas != p.status.ready_replicas {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Runs the controller.
+pub async fn run(ctx: Arc<Ctx>, trigger: ReflectHandle<ReplicaSet>, pods: ReflectHandle<Pod>) {
+    Controller::for_shared_stream(trigger, ctx.replica_sets.clone())
+        .owns_shared_stream(pods)
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(replicas: i32) -> ReplicaSet {
+        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "d", "uid": "rs-uid", "generation": 2},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}))
+        .expect("rs")
+    }
+
+    fn pod(name: &str, owner: Option<&str>, node: Option<&str>, ready: bool, created: &str) -> Arc<Pod> {
+        let mut v = json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": "web"}, "creationTimestamp": created},
+            "spec": {"containers": [{"name": "c"}]}, "status": {"phase": if node.is_some() { "Running" } else { "Pending" }}});
+        if let Some(o) = owner {
+            v["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": o, "controller": true}]);
+        }
+        if let Some(n) = node {
+            v["spec"]["nodeName"] = json!(n);
+        }
+        if ready {
+            v["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+        }
+        Arc::new(serde_json::from_value(v).expect("pod"))
+    }
+
+    fn now() -> jiff::Timestamp {
+        "2026-06-01T00:00:00Z".parse().expect("time")
+    }
+
+    #[test]
+    fn missing_replicas_are_created_and_orphans_adopted() {
+        let pods = vec![pod("a", Some("rs-uid"), Some("n1"), true, "2026-01-01T00:00:00Z"), pod("orphan", None, Some("n1"), true, "2026-01-01T00:00:00Z")];
+        let p = plan(&rs(4), &pods, now());
+        assert_eq!(p.adopt, vec!["orphan"]);
+        assert_eq!(p.create, 2);
+        assert_eq!(p.status.replicas, 2);
+        assert_eq!(p.status.ready_replicas, Some(2));
+        assert_eq!(p.status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn scale_down_deletes_the_least_valuable_pods_first() {
+        let pods = vec![
+            pod("ready-old", Some("rs-uid"), Some("n1"), true, "2026-01-01T00:00:00Z"),
+            pod("unscheduled", Some("rs-uid"), None, false, "2026-01-01T00:00:00Z"),
+            pod("not-ready", Some("rs-uid"), Some("n1"), false, "2026-01-01T00:00:00Z"),
+            pod("ready-new", Some("rs-uid"), Some("n1"), true, "2026-02-01T00:00:00Z"),
+        ];
+        assert_eq!(plan(&rs(1), &pods, now()).delete, vec!["unscheduled", "not-ready", "ready-new"]);
+    }
+
+    #[test]
+    fn pods_of_other_owners_and_terminating_pods_are_left_alone() {
+        let mut deleting = (*pod("dying", Some("rs-uid"), Some("n1"), true, "2026-01-01T00:00:00Z")).clone();
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        let pods = vec![pod("theirs", Some("other"), Some("n1"), true, "2026-01-01T00:00:00Z"), Arc::new(deleting)];
+        let p = plan(&rs(1), &pods, now());
+        assert_eq!(p.create, 1, "a terminating pod is not a replica");
+        assert!(p.adopt.is_empty());
+        assert_eq!(p.status.replicas, 0);
+    }
+}

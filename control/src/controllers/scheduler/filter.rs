@@ -1,0 +1,183 @@
+//! Scheduling filters and scores, as pure functions of a pod, a node and what is already on the node.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use skiff_api::quantity::Quantity;
+
+use crate::controllers::placement::{node_ready, preferred_affinity_score, selector_and_affinity_match, untolerated_taint};
+
+/// What is already committed on a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeUsage {
+    /// Requested millicores.
+    pub cpu_milli: i64,
+    /// Requested bytes of memory.
+    pub memory: i64,
+    /// Pods.
+    pub pods: i64,
+    /// Host ports in use (port, protocol).
+    pub host_ports: Vec<(i32, String)>,
+    /// Pods per controller uid.
+    pub by_owner: BTreeMap<String, i64>,
+}
+
+/// What a pod asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Millicores.
+    pub cpu_milli: i64,
+    /// Bytes.
+    pub memory: i64,
+    /// Host ports.
+    pub host_ports: Vec<(i32, String)>,
+    /// Its controller's uid.
+    pub owner: Option<String>,
+}
+
+/// The scheduling request of a pod spec.
+pub fn request_of(pod: &Pod) -> Request {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let usage = crate::quota::pod_resources(&serde_json::to_value(&spec).unwrap_or_default());
+    let host_ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| p.host_port.filter(|hp| *hp > 0).map(|hp| (hp, p.protocol.clone().unwrap_or_else(|| "TCP".into()))))
+        .collect();
+    Request {
+        cpu_milli: usage.get("requests.cpu").map(Quantity::as_milli).unwrap_or(0),
+        memory: usage.get("requests.memory").map(Quantity::as_units).unwrap_or(0),
+        host_ports,
+        owner: crate::controllers::util::controller_of(&pod.metadata).map(|r| r.uid.clone()),
+    }
+}
+
+/// Adds a pod's request to a node's usage.
+pub fn add(usage: &mut NodeUsage, r: &Request) {
+    usage.cpu_milli += r.cpu_milli;
+    usage.memory += r.memory;
+    usage.pods += 1;
+    usage.host_ports.extend(r.host_ports.iter().cloned());
+    if let Some(o) = &r.owner {
+        *usage.by_owner.entry(o.clone()).or_default() += 1;
+    }
+}
+
+/// A node's allocatable cpu (millicores), memory (bytes) and pods.
+pub fn allocatable(node: &Node) -> (i64, i64, i64) {
+    let a = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
+    let q = |k: &str| a.get(k).and_then(|q| q.0.parse::<Quantity>().ok());
+    (q("cpu").map(|q| q.as_milli()).unwrap_or(0), q("memory").map(|q| q.as_units()).unwrap_or(0), q("pods").map(|q| q.as_units()).unwrap_or(110))
+}
+
+/// Why a node cannot take the pod (the phrases of kube-scheduler's messages), or `None` if it can.
+pub fn filter(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> Option<String> {
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        let tolerated = spec.tolerations.iter().flatten().any(|t| {
+            t.key.as_deref() == Some("node.kubernetes.io/unschedulable") || (t.key.as_deref().unwrap_or_default().is_empty() && t.operator.as_deref() == Some("Exists"))
+        });
+        if !tolerated {
+            return Some("node(s) were unschedulable".into());
+        }
+    }
+    if let Some(t) = untolerated_taint(node, spec) {
+        return Some(format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.clone().unwrap_or_default()));
+    }
+    if !node_ready(node) {
+        return Some("node(s) were not ready".into());
+    }
+    if !selector_and_affinity_match(node, spec) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    let (cpu, mem, pods) = allocatable(node);
+    if usage.pods + 1 > pods {
+        return Some("Too many pods".into());
+    }
+    if req.cpu_milli > 0 && usage.cpu_milli + req.cpu_milli > cpu {
+        return Some("Insufficient cpu".into());
+    }
+    if req.memory > 0 && usage.memory + req.memory > mem {
+        return Some("Insufficient memory".into());
+    }
+    if req.host_ports.iter().any(|p| usage.host_ports.contains(p)) {
+        return Some("node(s) didn't have free ports for the requested pod ports".into());
+    }
+    None
+}
+
+/// How good a feasible node is (higher is better): least allocated, spread across the owner's pods, preferred
+/// affinity.
+pub fn score(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage, max_owner_count: i64) -> i64 {
+    let (cpu, mem, _) = allocatable(node);
+    let free = |cap: i64, used: i64| if cap <= 0 { 0 } else { ((cap - used).max(0) * 100) / cap };
+    let least_allocated = (free(cpu, usage.cpu_milli + req.cpu_milli) + free(mem, usage.memory + req.memory)) / 2;
+    let spread = match &req.owner {
+        Some(o) if max_owner_count > 0 => 100 - (usage.by_owner.get(o).copied().unwrap_or(0) * 100) / (max_owner_count + 1),
+        _ => 100,
+    };
+    least_allocated + 2 * spread + preferred_affinity_score(node, spec)
+}
+
+/// The FailedScheduling message for `reasons` (one per node).
+pub fn unschedulable_message(total: usize, reasons: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *counts.entry(r.as_str()).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    if total == 0 {
+        return "0/0 nodes are available: no nodes available to schedule pods.".into();
+    }
+    format!("0/{total} nodes are available: {}.", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cpu: &str, extra: serde_json::Value) -> Node {
+        let mut v = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
+        if let Some(spec) = extra.get("spec") {
+            v["spec"] = spec.clone();
+        }
+        serde_json::from_value(v).expect("node")
+    }
+
+    fn pod(cpu: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "o1", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "100Mi"}}}]}}))
+        .expect("pod")
+    }
+
+    #[test]
+    fn filters_explain_why_a_node_is_rejected() {
+        let p = pod("500m");
+        let spec = p.spec.clone().expect("spec");
+        let r = request_of(&p);
+        assert_eq!(r.cpu_milli, 500);
+        assert_eq!(filter(&node("n1", "1", json!({})), &spec, &r, &NodeUsage::default()), None);
+        let busy = NodeUsage { cpu_milli: 800, ..Default::default() };
+        assert_eq!(filter(&node("n1", "1", json!({})), &spec, &r, &busy).as_deref(), Some("Insufficient cpu"));
+        let tainted = node("n2", "4", json!({"spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}));
+        assert_eq!(filter(&tainted, &spec, &r, &NodeUsage::default()).as_deref(), Some("node(s) had untolerated taint {node.kubernetes.io/unreachable: }"));
+        let cordoned = node("n3", "4", json!({"spec": {"unschedulable": true}}));
+        assert_eq!(filter(&cordoned, &spec, &r, &NodeUsage::default()).as_deref(), Some("node(s) were unschedulable"));
+        let msg = unschedulable_message(3, &["Insufficient cpu".into(), "node(s) were unschedulable".into(), "Insufficient cpu".into()]);
+        assert_eq!(msg, "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.");
+    }
+
+    #[test]
+    fn scores_prefer_emptier_nodes_and_spread_an_owners_pods() {
+        let p = pod("100m");
+        let spec = p.spec.clone().expect("spec");
+        let r = request_of(&p);
+        let n = node("n", "4", json!({}));
+        let empty = NodeUsage::default();
+        let mut with_sibling = NodeUsage::default();
+        add(&mut with_sibling, &r);
+        assert!(score(&n, &spec, &r, &empty, 1) > score(&n, &spec, &r, &with_sibling, 1));
+    }
+}
