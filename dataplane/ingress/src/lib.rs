@@ -17,5 +17,11 @@ pub mod runtime;
 pub mod table;
 
 pub use config::IngressConfig;
+
+/// mimalloc for the whole binary (feature `mimalloc`): the proxy allocates per request, and glibc malloc cost
+/// about 10% of its CPU in profiles.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use objects::Objects;
 pub use runtime::{run_from_api, run_from_file};

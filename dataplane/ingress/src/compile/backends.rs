@@ -73,7 +73,15 @@ impl<'a> Index<'a> {
         }
         let (backend_state, problem) = self.state_of(namespace, svc, &port_key, balance, state);
         let service = format!("{namespace}/{}", svc.name).into();
-        let resolved = (Arc::new(Backend { service, port: port_key.into(), state: backend_state }), problem);
+        let resolved = (
+            Arc::new(Backend {
+                service,
+                port: port_key.into(),
+                state: backend_state,
+                upstream_histogram: Default::default(),
+            }),
+            problem,
+        );
         self.cache.insert(key, resolved.clone());
         resolved
     }

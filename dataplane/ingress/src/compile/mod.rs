@@ -113,10 +113,10 @@ pub fn compile(objects: &Objects, config: &CompileConfig, state: &State, generat
             .default_backend
             .as_ref()
             .and_then(|b| c.route(&who, "", "", PathMatch::Prefix("".into()), b, &ann, &policy).map(Arc::new));
-        if let Some(d) = &own_default {
-            if default_backend.is_none() {
-                default_backend = Some(d.clone());
-            }
+        if let Some(d) = &own_default
+            && default_backend.is_none()
+        {
+            default_backend = Some(d.clone());
         }
         let mut rule_hosts = Vec::new();
         for rule in spec.rules.iter().flatten() {
@@ -241,7 +241,15 @@ impl Compiler<'_, '_, '_> {
             path: path.to_owned(),
             service: svc.name.clone(),
         });
-        Some(Route { path: matcher, labels, backend, canary: None, policy: policy.clone(), rewrite })
+        Some(Route {
+            path: matcher,
+            labels,
+            backend,
+            canary: None,
+            policy: policy.clone(),
+            rewrite,
+            handles: Default::default(),
+        })
     }
 
     fn attach_canary(
@@ -279,7 +287,7 @@ impl Compiler<'_, '_, '_> {
                     path: path.clone(),
                     service: svc.name.clone(),
                 });
-                main.canary = Some(Canary { backend, labels, spec: spec.clone() });
+                main.canary = Some(Canary { backend, labels, spec: spec.clone(), handles: Default::default() });
             }
         }
     }

@@ -119,7 +119,8 @@ mod tests {
     fn the_kubernetes_path_matching_table_holds() {
         let p = "Prefix";
         let e = "Exact";
-        let rows: &[(&[(&str, &str)], &str, Option<(&str, &str)>)] = &[
+        type Rule<'a> = (&'a str, &'a str);
+        let rows: &[(&[Rule<'_>], &str, Option<Rule<'_>>)] = &[
             (&[(p, "/")], "/", Some((p, "/"))),
             (&[(p, "/")], "/anything/at/all", Some((p, "/"))),
             (&[(e, "/foo")], "/foo", Some((e, "/foo"))),

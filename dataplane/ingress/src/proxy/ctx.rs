@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub backend: Option<Arc<Backend>>,
     /// Labels for metrics and logs (the canary's when the canary was chosen).
     pub labels: Option<Arc<RouteLabels>>,
+    /// The canary backend was chosen.
+    pub canary: bool,
     /// The endpoint of the current attempt (its in-flight count includes this request).
     pub endpoint: Option<Arc<Endpoint>>,
     /// Endpoints that failed to connect for this request.
@@ -77,6 +79,7 @@ impl RequestCtx {
             route: None,
             backend: None,
             labels: None,
+            canary: false,
             endpoint: None,
             tried: Vec::new(),
             upstream_start: None,

@@ -34,7 +34,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use self::admission::Answer;
 use self::ctx::{ConnectionGuard, RequestCtx};
-use crate::runtime::metrics::{Metrics, RequestLabels, RouteLabel};
+use crate::runtime::metrics::{Metrics, RequestLabels};
 use crate::table::{RouteLabels, RouteTable, now_ns};
 
 /// Settings of the proxy that are fixed at start.
@@ -106,6 +106,10 @@ impl ProxyHttp for IngressProxy {
         RequestCtx::new()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // no response compression module (Pingora adds a disabled one by default, costing work per request)
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.active_requests.inc();
         if ctx.connection.is_none() {
@@ -151,6 +155,7 @@ impl ProxyHttp for IngressProxy {
         let route = found.route.expect("admit answers requests without a route").clone();
         let (backend, canary) = admission::choose_backend(&route, &req.headers);
         let backend = backend.clone();
+        ctx.canary = canary;
         ctx.labels = Some(match (&route.canary, canary) {
             (Some(c), true) => c.labels.clone(),
             _ => route.labels.clone(),
@@ -313,16 +318,31 @@ impl ProxyHttp for IngressProxy {
         let elapsed = ctx.start.elapsed().as_secs_f64();
         let m = &self.metrics;
         m.requests.get_or_create(&RequestLabels { route: labels.clone(), method, status }).inc();
-        m.request_duration.get_or_create(&RouteLabel(labels.clone())).observe(elapsed);
+        let cached = ctx.route.as_ref().map(|r| match (&r.canary, ctx.canary) {
+            (Some(c), true) => &c.handles,
+            _ => &r.handles,
+        });
+        let fresh;
+        let handles = match cached {
+            Some(cell) => cell.get_or_init(|| m.route_handles(&labels)),
+            None => {
+                fresh = m.route_handles(&labels);
+                &fresh
+            }
+        };
+        handles.duration.observe(elapsed);
         if let (Some(up), Some(b)) = (ctx.upstream_seconds, &ctx.backend) {
-            m.upstream_duration.get_or_create(&crate::runtime::metrics::ServiceLabel(b.service.clone())).observe(up);
+            let h = b.upstream_histogram.get_or_init(|| {
+                m.upstream_duration.get_or_create_owned(&crate::runtime::metrics::ServiceLabel(b.service.clone()))
+            });
+            h.observe(up);
         }
         let sent = session.body_bytes_sent() as u64;
         if ctx.body_bytes > 0 {
-            m.request_bytes.get_or_create(&RouteLabel(labels.clone())).inc_by(ctx.body_bytes);
+            handles.request_bytes.inc_by(ctx.body_bytes);
         }
         if sent > 0 {
-            m.response_bytes.get_or_create(&RouteLabel(labels)).inc_by(sent);
+            handles.response_bytes.inc_by(sent);
         }
     }
 

@@ -138,9 +138,9 @@ where
 }
 
 fn snapshot(s: &Stores) -> Objects {
-    fn all<K: Clone>(store: &Store<K>) -> Vec<K>
+    fn all<K>(store: &Store<K>) -> Vec<K>
     where
-        K: kube::runtime::reflector::Lookup,
+        K: kube::runtime::reflector::Lookup + Clone,
         K::DynamicType: Eq + std::hash::Hash + Clone,
     {
         store.state().iter().map(|o| (**o).clone()).collect()

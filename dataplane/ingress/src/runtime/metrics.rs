@@ -92,6 +92,17 @@ impl EncodeLabelSet for TlsLabels {
     }
 }
 
+/// The per-route metrics that do not depend on the response, resolved once per route and generation.
+#[derive(Debug, Clone)]
+pub struct RouteHandles {
+    /// `request_duration_seconds` of the route.
+    pub duration: Histogram,
+    /// `request_bytes_total` of the route.
+    pub request_bytes: Counter,
+    /// `response_bytes_total` of the route.
+    pub response_bytes: Counter,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
@@ -216,6 +227,16 @@ impl Metrics {
             m.config_errors.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// The handles of a route's metrics.
+    pub fn route_handles(&self, labels: &Arc<RouteLabels>) -> RouteHandles {
+        let key = RouteLabel(labels.clone());
+        RouteHandles {
+            duration: self.request_duration.get_or_create_owned(&key),
+            request_bytes: self.request_bytes.get_or_create_owned(&key),
+            response_bytes: self.response_bytes.get_or_create_owned(&key),
+        }
     }
 
     /// The text exposition of every metric.

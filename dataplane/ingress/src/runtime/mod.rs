@@ -110,20 +110,38 @@ impl Embedded {
     pub fn start(config: IngressConfig, file: Option<PathBuf>) -> Result<Self, IngressError> {
         let publisher = publisher(&config)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let server = match file {
-            Some(path) => {
-                let (bytes, objects) = file::load(&path)?;
-                publisher.apply(&objects, Instant::now());
-                let source = file::FileSource::new(path, publisher.clone(), bytes);
-                server::build(&config, &publisher, background_service("objects file", source))?
-            }
-            None => server::build(&config, &publisher, background_service("manual", file::ManualSource))?,
-        };
+        let (built_tx, built_rx) = std::sync::mpsc::channel();
+        let p = publisher.clone();
+        // The server is built and run on its own thread, outside any tokio runtime of the caller: Pingora creates
+        // its runtimes there (with single-threaded runtimes per worker, building it inside a caller's runtime
+        // context left the listeners unstarted).
         let thread = std::thread::Builder::new()
             .name("skiff-ingress".into())
-            .spawn(move || server::run_with_channel(server, rx))
+            .spawn(move || {
+                let built = match file {
+                    Some(path) => file::load(&path).and_then(|(bytes, objects)| {
+                        p.apply(&objects, Instant::now());
+                        let source = file::FileSource::new(path, p.clone(), bytes);
+                        server::build(&config, &p, background_service("objects file", source))
+                    }),
+                    None => server::build(&config, &p, background_service("manual", file::ManualSource)),
+                };
+                match built {
+                    Ok(server) => {
+                        let _ = built_tx.send(Ok(()));
+                        server::run_with_channel(server, rx);
+                    }
+                    Err(e) => {
+                        let _ = built_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(IngressError::Runtime)?;
-        Ok(Embedded { publisher, stop: tx, thread: Some(thread) })
+        match built_rx.recv() {
+            Ok(Ok(())) => Ok(Embedded { publisher, stop: tx, thread: Some(thread) }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(IngressError::Listener("the ingress thread ended while starting".into())),
+        }
     }
 
     /// Stops the server and waits for it.

@@ -29,6 +29,7 @@ pub fn build<S: BackgroundService + Send + Sync + 'static>(
 ) -> Result<Server, IngressError> {
     let conf = ServerConf {
         threads: config.threads.max(1),
+        work_stealing: config.work_stealing,
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: config.upgrade_sock.display().to_string(),

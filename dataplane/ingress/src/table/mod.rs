@@ -11,7 +11,7 @@ mod state;
 mod upstream;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
 
@@ -22,6 +22,7 @@ pub(crate) use self::upstream::random;
 pub use self::upstream::{Balance, EJECT_AFTER_FAILURES, EJECTION, Endpoint, EndpointStats, Pool, now_ns};
 use crate::compile::annotations::{Affinity, BackendProtocol, CanarySpec, Redirect};
 use crate::compile::paths::PathMatch;
+use crate::runtime::metrics::RouteHandles;
 
 /// One compiled generation of the whole configuration.
 #[derive(Debug)]
@@ -62,6 +63,8 @@ pub struct Route {
     pub policy: Arc<Policy>,
     /// `rewrite-target`: the rule path as an anchored regex and the replacement.
     pub rewrite: Option<(Regex, Box<str>)>,
+    /// Metric handles of this route, looked up once (on first use) instead of once per request.
+    pub handles: OnceLock<RouteHandles>,
 }
 
 /// Labels that identify a route in metrics and logs.
@@ -88,6 +91,8 @@ pub struct Backend {
     pub port: Box<str>,
     /// Its endpoints, or why there are none.
     pub state: BackendState,
+    /// The upstream latency histogram of this Service, looked up once.
+    pub upstream_histogram: OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// Whether a backend can take requests.
@@ -108,6 +113,8 @@ pub struct Canary {
     pub labels: Arc<RouteLabels>,
     /// Header name, value, cookie and weight rules.
     pub spec: CanarySpec,
+    /// Metric handles of the canary's labels.
+    pub handles: OnceLock<RouteHandles>,
 }
 
 /// The per-route policy compiled from annotations, with the shared limiter state it needs.

@@ -210,7 +210,7 @@ impl Pool {
 }
 
 /// Power of two choices: two distinct random candidates that pass `ok`, the cheaper one wins.
-fn p2c<'a>(all: &'a [Arc<Endpoint>], ok: impl Fn(&&Arc<Endpoint>) -> bool) -> Option<&'a Arc<Endpoint>> {
+fn p2c(all: &[Arc<Endpoint>], ok: impl Fn(&&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
     let n = all.len();
     if n == 0 {
         return None;

@@ -191,6 +191,10 @@ impl Ingress {
             access_log: AccessLog::File(dir.path().join("access.log")),
             upgrade_sock: dir.path().join("upgrade.sock"),
             pid_file: dir.path().join("pid"),
+            // Pingora's single-threaded runtimes keep their handles in a process-global thread-local keyed by
+            // thread id; with many servers started and stopped in one test process a reused thread id finds a
+            // dead runtime. One server per process (the binary) has no such problem; tests use work stealing.
+            work_stealing: true,
             ..IngressConfig::default()
         };
         tweak(&mut config);

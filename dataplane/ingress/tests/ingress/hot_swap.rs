@@ -20,7 +20,7 @@ async fn a_thousand_config_changes_under_load_fail_no_request_and_drop_no_websoc
     let config = |i: usize| {
         let extra = format!("nginx.ingress.kubernetes.io/proxy-read-timeout: \"{}\"", 30 + i % 50);
         [
-            service_yaml("svc", if i % 2 == 0 { &both[..] } else { &one[..] }),
+            service_yaml("svc", if i.is_multiple_of(2) { &both[..] } else { &one[..] }),
             ingress_yaml(
                 "web",
                 &extra,
