@@ -93,7 +93,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let name = cj.metadata.name.clone().unwrap_or_default();
     let uid = cj.metadata.uid.clone().unwrap_or_default();
     let spec = cj.spec.clone().unwrap_or_default();
-    let now = ctx.now();
+    let now = ctx.schedule_clock.now();
     let japi: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let capi: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     let recorder = ctx.recorders.get("cronjob-controller");
@@ -180,7 +180,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
         }
     }
     let wait = (next.duration_since(now).as_millis() as i64).max(100) as u64;
-    Ok(Action::requeue(Duration::from_millis(wait.min(ctx.config.resync.as_millis() as u64 * 6).max(100))))
+    Ok(Action::requeue(Duration::from_millis(wait.min(ctx.config.resync.as_millis() as u64).max(100))))
 }
 
 /// Runs the controller.

@@ -127,6 +127,8 @@ pub struct Ctx {
     pub expectations: Expectations,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// The time CronJob schedules are evaluated against (the same clock unless a test injects one).
+    pub schedule_clock: Arc<dyn Clock>,
     /// Settings.
     pub config: ControllerConfig,
     /// Where HPA reads pod metrics.
@@ -160,7 +162,14 @@ impl Recorders {
 
 impl Ctx {
     /// Builds the context over started informers.
-    pub fn new(client: kube::Client, inf: &Informers, clock: Arc<dyn Clock>, config: ControllerConfig, metrics: Arc<dyn super::hpa::MetricsSource>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        inf: &Informers,
+        clock: Arc<dyn Clock>,
+        schedule_clock: Arc<dyn Clock>,
+        config: ControllerConfig,
+        metrics: Arc<dyn super::hpa::MetricsSource>,
+    ) -> Self {
         Ctx {
             recorders: Recorders { client: client.clone() },
             client,
@@ -183,6 +192,7 @@ impl Ctx {
             quotas: inf.quotas.store.clone(),
             expectations: Expectations::default(),
             clock,
+            schedule_clock,
             config,
             metrics,
         }

@@ -59,14 +59,24 @@ impl MetricsSource for ResourceMetricsApi {
     }
 }
 
-/// Fixed metrics, for tests.
+/// Injected metrics, for tests: every selected pod reports the same usage.
 #[derive(Debug, Default)]
-pub struct InjectedMetrics(pub Mutex<HashMap<String, PodUsage>>);
+pub struct InjectedMetrics(pub Mutex<Option<PodUsage>>);
+
+impl InjectedMetrics {
+    /// Sets the usage every pod reports (millicores, bytes).
+    pub fn set(&self, usage: PodUsage) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(usage);
+    }
+}
 
 #[async_trait::async_trait]
 impl MetricsSource for InjectedMetrics {
-    async fn pod_usage(&self, _client: &kube::Client, _ns: &str, _selector: &str) -> Result<HashMap<String, PodUsage>, String> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    async fn pod_usage(&self, client: &kube::Client, ns: &str, selector: &str) -> Result<HashMap<String, PodUsage>, String> {
+        let Some(u) = *self.0.lock().unwrap_or_else(|p| p.into_inner()) else { return Err("no metrics injected".into()) };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let list = pods.list(&kube::api::ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
+        Ok(list.items.into_iter().filter_map(|p| p.metadata.name).map(|n| (n, u)).collect())
     }
 }
 

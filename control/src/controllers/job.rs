@@ -217,17 +217,30 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     if status.start_time.is_none() && spec.suspend != Some(true) {
         status.start_time = Some(Time(now));
     }
+    // A reached target (SuccessCriteriaMet / FailureTarget) becomes the final condition once every finished pod is
+    // counted and nothing runs any more.
+    let all_counted = status.uncounted_terminated_pods.as_ref().is_none_or(|u| u.succeeded.as_ref().is_none_or(Vec::is_empty) && u.failed.as_ref().is_none_or(Vec::is_empty));
+    let target = status.conditions.iter().flatten().find(|c| (c.type_ == "SuccessCriteriaMet" || c.type_ == "FailureTarget") && c.status == "True").cloned();
+    if let Some(t) = target {
+        p.delete = active.iter().map(|x| x.metadata.name.clone().unwrap_or_default()).collect();
+        if all_counted && active.is_empty() && p.release.is_empty() {
+            let ty = if t.type_ == "SuccessCriteriaMet" { "Complete" } else { "Failed" };
+            if ty == "Complete" {
+                status.completion_time = Some(Time(now));
+            }
+            status.conditions.get_or_insert_with(Vec::new).push(cond(ty, t.reason.as_deref().unwrap_or_default(), t.message.as_deref().unwrap_or_default(), now));
+        } else {
+            p.requeue = Some(Duration::from_millis(500));
+        }
+        p.status = status;
+        return p;
+    }
     let finish = |status: &mut JobStatus, p: &mut Plan, ty: &str, reason: &str, message: &str| {
         let conds = status.conditions.get_or_insert_with(Vec::new);
-        if ty == "Failed" {
-            conds.push(cond("FailureTarget", reason, message, now));
-        } else {
-            conds.push(cond("SuccessCriteriaMet", reason, message, now));
-            status.completion_time = Some(Time(now));
-        }
-        conds.push(cond(ty, reason, message, now));
+        conds.push(cond(if ty == "Failed" { "FailureTarget" } else { "SuccessCriteriaMet" }, reason, message, now));
         p.delete = active.iter().map(|x| x.metadata.name.clone().unwrap_or_default()).collect();
         p.events.push((if ty == "Failed" { EventType::Warning } else { EventType::Normal }, reason.to_string(), message.to_string()));
+        p.requeue = Some(Duration::from_millis(500));
     };
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
     let completions = spec.completions;
@@ -466,7 +479,9 @@ mod tests {
         let later = plan(&j, &pods, t("2026-01-01T00:00:16Z"));
         assert_eq!(later.create.len(), 1);
         let j3 = job(json!({"backoffLimit": 2}), json!({"failed": 3, "startTime": "2026-01-01T00:00:00Z"}));
-        let done = plan(&j3, &[], t("2026-01-01T00:01:00Z"));
+        let target = plan(&j3, &[], t("2026-01-01T00:01:00Z"));
+        let j4 = job(json!({"backoffLimit": 2}), serde_json::to_value(&target.status).expect("status"));
+        let done = plan(&j4, &[], t("2026-01-01T00:01:01Z"));
         assert!(done.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded")));
         assert_eq!(backoff(1), Duration::from_secs(10));
         assert_eq!(backoff(3), Duration::from_secs(40));
@@ -477,8 +492,11 @@ mod tests {
     fn a_job_completes_when_enough_pods_succeeded_and_indexes_render_as_ranges() {
         let j = job(json!({"completions": 1}), json!({"succeeded": 1}));
         let p = plan(&j, &[], t("2026-01-01T00:00:00Z"));
-        assert!(p.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "Complete"));
-        assert!(p.status.completion_time.is_some());
+        assert!(p.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "SuccessCriteriaMet"));
+        let j2 = job(json!({"completions": 1}), serde_json::to_value(&p.status).expect("status"));
+        let p2 = plan(&j2, &[], t("2026-01-01T00:00:01Z"));
+        assert!(p2.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "Complete"), "Complete once everything is counted");
+        assert!(p2.status.completion_time.is_some());
         assert_eq!(ranges(&[0, 1, 2, 4, 6, 7].into_iter().collect()), "0-2,4,6-7");
         assert_eq!(parse_ranges("0-2,4"), [0, 1, 2, 4].into_iter().collect());
     }
@@ -487,7 +505,7 @@ mod tests {
     fn the_deadline_fails_the_job() {
         let j = job(json!({"activeDeadlineSeconds": 30}), json!({"startTime": "2026-01-01T00:00:00Z"}));
         let p = plan(&j, &[pod("a", "Running", true, None)], t("2026-01-01T00:00:31Z"));
-        assert!(p.status.conditions.as_ref().expect("conditions").iter().any(|c| c.reason.as_deref() == Some("DeadlineExceeded")));
+        assert!(p.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "FailureTarget" && c.reason.as_deref() == Some("DeadlineExceeded")));
         assert_eq!(p.delete, vec!["a"]);
     }
 }

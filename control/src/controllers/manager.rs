@@ -14,6 +14,8 @@ pub struct ManagerOptions {
     pub config: ControllerConfig,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// Time source for CronJob schedules (injectable separately: moving it does not age node heartbeats).
+    pub schedule_clock: Arc<dyn Clock>,
     /// Metrics for the HPA.
     pub metrics: Arc<dyn MetricsSource>,
     /// This instance's identity in leader election.
@@ -26,6 +28,7 @@ impl Default for ManagerOptions {
         ManagerOptions {
             config: ControllerConfig::default(),
             clock: Arc::new(SystemClock),
+            schedule_clock: Arc::new(SystemClock),
             metrics: Arc::new(ResourceMetricsApi),
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
         }
@@ -60,7 +63,7 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
     inf.start(&client);
     inf.wait_until_ready().await;
     tracing::info!("controller informers synced; starting controllers");
-    let ctx = Arc::new(Ctx::new(client, &inf, opts.clock.clone(), opts.config.clone(), opts.metrics.clone()));
+    let ctx = Arc::new(Ctx::new(client, &inf, opts.clock.clone(), opts.schedule_clock.clone(), opts.config.clone(), opts.metrics.clone()));
     tokio::join!(
         super::replicaset::run(ctx.clone(), rs_trigger, rs_pods),
         super::deployment::run(ctx.clone(), deploy_trigger, deploy_rs),

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+pub mod simnode;
+
 pub struct Cluster {
     pub server: skiff_control::server::RunningServer,
     pub dir: tempfile::TempDir,
@@ -15,6 +17,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with(Some(Default::default()))
+    }
+
+    /// Starts a cluster with these controller options (`None`: the API server alone).
+    pub fn start_with(controllers: Option<skiff_control::controllers::manager::ManagerOptions>) -> Cluster {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = skiff_control::server::ServerConfig {
@@ -24,11 +31,16 @@ impl Cluster {
             extra_names: Vec::new(),
             datastore: skiff_control::server::Datastore::Sqlite,
             compaction_interval: Duration::from_secs(300),
-            controllers: Some(Default::default()),
+            controllers,
         };
         let server = runtime.block_on(skiff_control::server::start(cfg)).expect("server starts");
         let cache = dir.path().join("kube-cache");
         Cluster { server, dir, runtime, cache }
+    }
+
+    /// A kube-rs client for the cluster.
+    pub fn client(&self) -> kube::Client {
+        self.runtime.block_on(skiff_client::connect(&self.server.kubeconfig)).expect("client")
     }
 
     /// Runs kubectl with the cluster's kubeconfig.

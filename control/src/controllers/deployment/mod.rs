@@ -30,6 +30,12 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
         return Ok(Action::await_change());
     }
     let rsapi: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    // a ReplicaSet created moments ago may not be in the cache yet: wait for it rather than create it twice
+    let cached = super::informers::in_namespace(&ctx.replica_sets, &ns);
+    let present = |n: &str| cached.iter().any(|r| r.metadata.name.as_deref() == Some(n));
+    if !ctx.expectations.satisfied(&uid, present, |_| true) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let recorder = ctx.recorders.get("deployment-controller");
     let oref = skiff_client::events::reference(d.as_ref());
     let selector = d.spec.as_ref().map(|s| Selector::from_label_selector(&s.selector)).transpose().map_err(|e| ReconcileError::Invalid(e.to_string()))?;
@@ -57,6 +63,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
         match action {
             RsAction::Create(rs) => {
                 let rs_name = rs.metadata.name.clone().unwrap_or_default();
+                ctx.expectations.expect(&uid, [rs_name.clone()], Vec::new());
                 match rsapi.create(&PostParams::default(), rs).await {
                     Ok(_) => {
                         let to = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
@@ -64,13 +71,26 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                         progressed = true;
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
+                        // ours already (created by an earlier pass)? then there is nothing to do
+                        let existing = rsapi.get_opt(&rs_name).await?;
+                        let same = existing.as_ref().is_some_and(|x| {
+                            x.spec.as_ref().and_then(|s| s.template.as_ref()).map(super::util::without_hash)
+                                == rs.spec.as_ref().and_then(|s| s.template.as_ref()).map(super::util::without_hash)
+                        });
+                        if same {
+                            return Ok(Action::requeue(Duration::from_millis(200)));
+                        }
+                        ctx.expectations.forget(&uid);
                         // a ReplicaSet of that name with another template: a hash collision
                         let count = d.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
                         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
                         dapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"collisionCount": count}}))).await?;
                         return Ok(Action::requeue(Duration::from_millis(200)));
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        ctx.expectations.creation_failed(&uid, &rs_name);
+                        return Err(e.into());
+                    }
                 }
             }
             RsAction::Scale { name: rs_name, from, to } => {

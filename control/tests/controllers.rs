@@ -1,0 +1,303 @@
+//! Controllers and scheduler against simulated nodes, driven by the real kubectl.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::simnode::SimNodes;
+use common::Cluster;
+use serde_json::Value;
+use skiff_control::controllers::ctx::{Clock, ControllerConfig, FakeClock};
+use skiff_control::controllers::hpa::InjectedMetrics;
+use skiff_control::controllers::manager::ManagerOptions;
+
+fn fast() -> ControllerConfig {
+    ControllerConfig { hpa_sync_period: Duration::from_secs(1), resync: Duration::from_secs(1), ..Default::default() }
+}
+
+fn cluster_with(nodes: &[&str], opts: ManagerOptions) -> (Cluster, SimNodes) {
+    let c = Cluster::start_with(Some(opts));
+    let client = c.client();
+    let sim = c.runtime.block_on(SimNodes::start(client, nodes, "4", "8Gi"));
+    (c, sim)
+}
+
+fn cluster(nodes: &[&str]) -> (Cluster, SimNodes) {
+    cluster_with(nodes, ManagerOptions { config: fast(), ..Default::default() })
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: skiff/echo:v1
+        resources: {requests: {cpu: 100m, memory: 64Mi}}
+"#;
+
+fn pods_of(c: &Cluster, selector: &str) -> Vec<Value> {
+    c.get_json(&["pods", "-l", selector])["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
+    let (c, _sim) = cluster(&["node-a", "node-b", "node-c"]);
+    c.kubectl_in(&["apply", "-f", "-"], WEB);
+    let out = c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = pods_of(&c, "app=web");
+    assert_eq!(pods.len(), 3);
+    let mut nodes: Vec<&str> = pods.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "the scheduler spreads the replicas");
+    let d = c.get_json(&["deploy", "web"]);
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    assert!(d["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "Available" && c["status"] == "True"));
+
+    c.kubectl(&["set", "image", "deploy/web", "web=skiff/echo:v2"]);
+    let o = c.kubectl_output(&["rollout", "status", "deploy/web", "--timeout=30s"], None);
+    if !o.status.success() {
+        eprintln!("RS: {}", c.kubectl(&["get", "rs", "-o", "yaml"]));
+        eprintln!("PODS: {}", c.kubectl(&["get", "pods", "-o", "wide"]));
+        eprintln!("DEPLOY: {}", c.kubectl(&["get", "deploy", "web", "-o", "yaml"]));
+    }
+    let out = c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let images: Vec<String> = pods_of(&c, "app=web")
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(images, vec!["skiff/echo:v2"; 3]);
+    let history = c.kubectl(&["rollout", "history", "deploy/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    let out = c.kubectl(&["rollout", "undo", "deploy/web"]);
+    assert!(out.contains("rolled back"), "{out}");
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let d = c.get_json(&["deploy", "web"]);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "skiff/echo:v1");
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+
+    c.kubectl(&["rollout", "restart", "deploy/web"]);
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(c.get_json(&["rs", "-l", "app=web"])["items"].as_array().expect("items").len(), 3, "v1 (restarted), v1, v2");
+
+    c.kubectl(&["scale", "deploy/web", "--replicas=5"]);
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    c.eventually("5 ready pods", Duration::from_secs(30), || c.get_json(&["deploy", "web"])["status"]["availableReplicas"] == 5);
+    let describe = c.kubectl(&["describe", "deploy", "web"]);
+    assert!(describe.contains("ScalingReplicaSet") && describe.contains("NewReplicaSet:"), "{describe}");
+}
+
+#[test]
+fn replica_sets_replace_lost_pods() {
+    let (c, _sim) = cluster(&["node-a"]);
+    c.kubectl_in(&["apply", "-f", "-"], WEB);
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let victim = pods_of(&c, "app=web")[0]["metadata"]["name"].as_str().expect("name").to_string();
+    c.kubectl(&["delete", "pod", &victim, "--wait=true", "--timeout=30s"]);
+    c.eventually("3 pods again", Duration::from_secs(30), || {
+        let pods = pods_of(&c, "app=web");
+        pods.len() == 3 && pods.iter().all(|p| p["metadata"]["name"] != victim.as_str() && p["status"]["phase"] == "Running")
+    });
+}
+
+#[test]
+fn jobs_complete_or_fail_after_their_backoff_limit() {
+    let (c, _sim) = cluster(&["node-a", "node-b"]);
+    let ok = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: ok}\nspec:\n  completions: 3\n  parallelism: 2\n  template:\n    metadata: {annotations: {sim.skiff.dev/exit: '0'}}\n    spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}\n";
+    c.kubectl_in(&["apply", "-f", "-"], ok);
+    let out = c.kubectl(&["wait", "--for=condition=Complete", "job/ok", "--timeout=60s"]);
+    assert!(out.contains("condition met"), "{out}");
+    assert_eq!(c.get_json(&["job", "ok"])["status"]["succeeded"], 3);
+    let t = c.kubectl(&["get", "job", "ok"]);
+    assert!(t.contains("Complete") && t.contains("3/3"), "{t}");
+
+    let failing = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: bad}\nspec:\n  backoffLimit: 1\n  template:\n    metadata: {annotations: {sim.skiff.dev/exit: '1'}}\n    spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}\n";
+    c.kubectl_in(&["apply", "-f", "-"], failing);
+    let out = c.kubectl(&["wait", "--for=condition=Failed", "job/bad", "--timeout=60s"]);
+    assert!(out.contains("condition met"), "{out}");
+    let j = c.get_json(&["job", "bad"]);
+    assert_eq!(j["status"]["failed"], 2, "the first try and one retry");
+    assert!(j["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["reason"] == "BackoffLimitExceeded"));
+    assert_eq!(pods_of(&c, "job-name=bad").len(), 2);
+}
+
+#[test]
+fn cron_jobs_fire_on_schedule_with_an_injected_clock_and_keep_history_limits() {
+    let start = jiff::Timestamp::now();
+    let clock = Arc::new(FakeClock::new(start));
+    let (c, _sim) = cluster_with(&["node-a"], ManagerOptions { config: fast(), schedule_clock: clock.clone(), ..Default::default() });
+    let cj = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: '*/5 * * * *'\n  successfulJobsHistoryLimit: 2\n  jobTemplate:\n    spec:\n      template:\n        metadata: {annotations: {sim.skiff.dev/exit: '0'}}\n        spec: {restartPolicy: OnFailure, containers: [{name: c, image: busybox}]}\n";
+    c.kubectl_in(&["apply", "-f", "-"], cj);
+    let created: jiff::Timestamp = c.get_json(&["cronjob", "tick"])["metadata"]["creationTimestamp"].as_str().expect("created").parse().expect("time");
+    // the first five-minute boundary after creation, then every five minutes
+    let first = (created.as_second() / 300 + 1) * 300;
+    std::thread::sleep(Duration::from_secs(2));
+    if start.as_second() < first - 5 {
+        assert!(c.get_json(&["jobs"])["items"].as_array().expect("items").is_empty(), "nothing is due before the first boundary");
+    }
+    let mut names: Vec<String> = Vec::new();
+    for i in 0..3 {
+        // move the controller's clock just past the next boundary
+        let target = first + 300 * i + 1;
+        let now = clock.now().as_second();
+        if target > now {
+            clock.advance(Duration::from_secs((target - now) as u64));
+        }
+        c.eventually("a job for the next schedule", Duration::from_secs(20), || {
+            let jobs = c.get_json(&["jobs"]);
+            let now: Vec<String> = jobs["items"].as_array().expect("items").iter().filter_map(|j| j["metadata"]["name"].as_str().map(str::to_string)).collect();
+            match now.iter().find(|n| !names.contains(*n)).cloned() {
+                Some(f) => {
+                    names.push(f);
+                    true
+                }
+                None => false,
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !c.get_json(&["jobs"])["items"].as_array().expect("items").iter().all(|j| j["status"]["succeeded"] == 1) {
+            if std::time::Instant::now() > deadline {
+                eprintln!("JOBS {}", c.kubectl(&["get", "jobs", "-o", "yaml"]));
+                eprintln!("PODS {}", c.kubectl(&["get", "pods", "-o", "yaml"]));
+                panic!("the job did not complete");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert_eq!(names, (0..3).map(|i| format!("tick-{}", (first + 300 * i) / 60)).collect::<Vec<_>>(), "one job per scheduled minute");
+    c.eventually("history is trimmed to 2", Duration::from_secs(20), || c.get_json(&["jobs"])["items"].as_array().expect("items").len() == 2);
+    let last = jiff::Timestamp::from_second(first + 600).expect("time").strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(c.get_json(&["cronjob", "tick"])["status"]["lastScheduleTime"], last.as_str());
+}
+
+#[test]
+fn the_hpa_scales_up_under_load_and_down_after_its_window() {
+    let metrics = Arc::new(InjectedMetrics::default());
+    let (c, _sim) = cluster_with(&["node-a", "node-b"], ManagerOptions { config: fast(), metrics: metrics.clone(), ..Default::default() });
+    let d = WEB.replace("replicas: 3", "replicas: 1").replace("cpu: 100m", "cpu: 200m");
+    c.kubectl_in(&["apply", "-f", "-"], &d);
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 1\n  maxReplicas: 4\n  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]\n  behavior: {scaleDown: {stabilizationWindowSeconds: 3}}\n";
+    c.kubectl_in(&["apply", "-f", "-"], hpa);
+    metrics.set((190, 0)); // 95% of the request
+    c.eventually("scaled up to 4", Duration::from_secs(40), || c.get_json(&["deploy", "web"])["spec"]["replicas"] == 4);
+    let h = c.get_json(&["hpa", "web"]);
+    assert_eq!(h["status"]["desiredReplicas"], 4);
+    let t = c.kubectl(&["get", "hpa", "web"]);
+    assert!(t.contains("cpu: 95%/50%") && t.contains("Deployment/web"), "{t}");
+    metrics.set((10, 0)); // 5%
+    c.eventually("scaled down to 1", Duration::from_secs(40), || c.get_json(&["deploy", "web"])["spec"]["replicas"] == 1);
+    let events = c.kubectl(&["get", "events", "--field-selector", "reason=SuccessfulRescale"]);
+    assert!(events.contains("New size: 4") && events.contains("New size: 1"), "{events}");
+}
+
+#[test]
+fn endpoint_slices_follow_readiness_and_named_ports() {
+    let (c, _sim) = cluster(&["node-a"]);
+    let d = WEB.replace("replicas: 3", "replicas: 2").replace("        resources:", "        ports: [{name: http, containerPort: 8080}]\n        resources:");
+    c.kubectl_in(&["apply", "-f", "-"], &d);
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n");
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let ready_endpoints = || -> usize {
+        c.get_json(&["endpointslices", "-l", "kubernetes.io/service-name=web"])["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count()
+    };
+    c.eventually("2 ready endpoints", Duration::from_secs(20), || ready_endpoints() == 2);
+    let slice = &c.get_json(&["endpointslices", "-l", "kubernetes.io/service-name=web"])["items"][0];
+    assert_eq!(slice["ports"][0]["port"], 8080, "the named target port resolves to the container port");
+    assert_eq!(slice["endpoints"][0]["nodeName"], "node-a");
+    assert_eq!(slice["endpoints"][0]["zone"], "zone-0");
+    let pod = pods_of(&c, "app=web")[0]["metadata"]["name"].as_str().expect("name").to_string();
+    c.kubectl(&["patch", "pod", &pod, "--subresource=status", "--type=strategic", "-p", r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#]);
+    c.eventually("1 ready endpoint", Duration::from_secs(20), || ready_endpoints() == 1);
+    let eps = c.kubectl(&["get", "endpoints", "web"]);
+    assert!(eps.contains(":8080"), "{eps}");
+}
+
+#[test]
+fn a_silent_node_loses_its_pods_to_the_others_within_thirty_seconds() {
+    let (c, sim) = cluster(&["node-a", "node-b", "node-c"]);
+    c.kubectl_in(&["apply", "-f", "-"], WEB);
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let on_a = || pods_of(&c, "app=web").iter().filter(|p| p["spec"]["nodeName"] == "node-a" && p["metadata"].get("deletionTimestamp").is_none()).count();
+    assert_eq!(on_a(), 1);
+    let started = std::time::Instant::now();
+    sim.silence("node-a");
+    c.eventually("3 available replicas on the other nodes", Duration::from_secs(30), || {
+        let pods = pods_of(&c, "app=web");
+        let healthy = pods
+            .iter()
+            .filter(|p| p["metadata"].get("deletionTimestamp").is_none() && p["spec"]["nodeName"] != "node-a" && p["status"]["phase"] == "Running")
+            .count();
+        healthy == 3 && c.get_json(&["deploy", "web"])["status"]["availableReplicas"] == 3
+    });
+    eprintln!("replicas restored {:.1} s after the node went silent", started.elapsed().as_secs_f64());
+    let node = c.get_json(&["node", "node-a"]);
+    assert!(node["spec"]["taints"].as_array().expect("taints").iter().any(|t| t["key"] == "node.kubernetes.io/unreachable"));
+    let status = c.kubectl(&["get", "node", "node-a"]);
+    assert!(status.contains("NotReady"), "{status}");
+}
+
+#[test]
+fn unschedulable_pods_say_why() {
+    let (c, _sim) = cluster(&["node-a", "node-b"]);
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec: {containers: [{name: c, image: busybox, resources: {requests: {cpu: '64'}}}]}\n");
+    c.eventually("a FailedScheduling event", Duration::from_secs(20), || {
+        c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=huge"]).contains("0/2 nodes are available: 2 Insufficient cpu.")
+    });
+    let p = c.get_json(&["pod", "huge"]);
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert!(p["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable"));
+    // cordon one node: new pods go to the other
+    c.kubectl(&["cordon", "node-a"]);
+    c.kubectl_in(&["apply", "-f", "-"], &WEB.replace("replicas: 3", "replicas: 2"));
+    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(pods_of(&c, "app=web").iter().all(|p| p["spec"]["nodeName"] == "node-b"));
+}
+
+#[test]
+fn stateful_sets_start_in_order_and_daemon_sets_cover_every_node() {
+    let (c, _sim) = cluster(&["node-a", "node-b", "node-c"]);
+    let sts = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: c, image: busybox, volumeMounts: [{name: data, mountPath: /data}]}]}\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n";
+    c.kubectl_in(&["apply", "-f", "-"], sts);
+    let out = c.kubectl(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    assert!(out.contains("roll out complete") || out.contains("rolled out"), "{out}");
+    let mut names: Vec<String> = pods_of(&c, "app=db").iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string)).collect();
+    names.sort();
+    assert_eq!(names, vec!["db-0", "db-1", "db-2"]);
+    let pvcs = c.kubectl(&["get", "pvc", "-o", "name"]);
+    assert!(pvcs.contains("data-db-0") && pvcs.contains("data-db-2"), "{pvcs}");
+    let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec: {containers: [{name: c, image: busybox}]}\n";
+    c.kubectl_in(&["apply", "-f", "-"], ds);
+    let out = c.kubectl(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let mut nodes: Vec<String> = pods_of(&c, "app=agent").iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string)).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["node-a", "node-b", "node-c"]);
+}
+
+#[test]
+fn invalid_controller_specs_are_rejected_with_field_paths() {
+    let c = Cluster::start_with(None);
+    let err = c.kubectl_fails(&["apply", "-f", "-"], Some("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: x}\nspec:\n  schedule: 'every day'\n  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: i}]}}}}\n"));
+    assert!(err.contains("spec.schedule"), "{err}");
+    let err = c.kubectl_fails(&["apply", "-f", "-"], Some(&WEB.replace("replicas: 3", "replicas: -2")));
+    assert!(err.contains("spec.replicas"), "{err}");
+}
