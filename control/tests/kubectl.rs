@@ -53,7 +53,7 @@ data: {LOG_LEVEL: debug, OTHER: "x"}
 
 #[test]
 fn client_side_apply_creates_then_changes_and_removes_fields() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     let out = c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
     for line in ["deployment.apps/web created", "service/web created", "ingress.networking.k8s.io/web created", "configmap/settings created"] {
         assert!(out.contains(line), "{out}");
@@ -83,7 +83,7 @@ fn client_side_apply_creates_then_changes_and_removes_fields() {
 
 #[test]
 fn server_side_apply_owns_fields_and_reports_conflicts() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     let out = c.kubectl_in(&["apply", "--server-side", "-f", "-"], MANIFEST);
     assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
     let d = c.get_json(&["deploy", "web", "--show-managed-fields"]);
@@ -109,7 +109,7 @@ fn server_side_apply_owns_fields_and_reports_conflicts() {
 
 #[test]
 fn get_prints_tables_wide_columns_yaml_json_and_names() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
     let t = c.kubectl(&["get", "deploy"]);
     assert!(t.starts_with("NAME   READY   UP-TO-DATE   AVAILABLE   AGE"), "{t}");
@@ -144,7 +144,7 @@ fn get_prints_tables_wide_columns_yaml_json_and_names() {
 
 #[test]
 fn get_watch_prints_changes_as_they_happen() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: first}\n");
     let mut child = std::process::Command::new("kubectl")
         .env("KUBECONFIG", &c.server.kubeconfig)
@@ -166,7 +166,7 @@ fn get_watch_prints_changes_as_they_happen() {
 
 #[test]
 fn describe_label_annotate_scale_and_wait() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
     let out = c.kubectl(&["describe", "deploy", "web"]);
     assert!(out.contains("Name:                   web") && out.contains("Replicas:") && out.contains("skiff/echo:v1"), "{out}");
@@ -189,7 +189,7 @@ fn describe_label_annotate_scale_and_wait() {
 
 #[test]
 fn create_generators_send_protobuf_and_secrets_are_encrypted_at_rest() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     assert!(c.kubectl(&["create", "configmap", "app-cm", "--from-literal=a=b"]).contains("configmap/app-cm created"));
     let err = c.kubectl_fails(&["create", "configmap", "app-cm", "--from-literal=a=b"], None);
     assert!(err.contains("already exists"), "{err}");
@@ -217,7 +217,7 @@ fn create_generators_send_protobuf_and_secrets_are_encrypted_at_rest() {
 
 #[test]
 fn custom_resource_definitions_add_types_on_demand() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     let crd = r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -250,7 +250,7 @@ spec:
 
 #[test]
 fn delete_cascades_in_the_background_orphans_or_waits_for_dependents() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     let owner = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
     let dependent = |name: &str, owner: &Value| {
         format!(
@@ -282,7 +282,7 @@ fn delete_cascades_in_the_background_orphans_or_waits_for_dependents() {
 
 #[test]
 fn deleting_a_namespace_deletes_its_contents() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     c.kubectl(&["create", "namespace", "scratch"]);
     c.kubectl_in(&["apply", "-n", "scratch", "-f", "-"], MANIFEST);
     c.kubectl(&["delete", "namespace", "scratch", "--timeout=30s"]);
@@ -294,7 +294,7 @@ fn deleting_a_namespace_deletes_its_contents() {
 
 #[test]
 fn requests_without_credentials_get_401() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     let url = format!("{}/api/v1/namespaces/default/configmaps", c.server.url);
     let out = std::process::Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url]).output().expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
@@ -308,7 +308,7 @@ fn requests_without_credentials_get_401() {
 
 #[test]
 fn bad_requests_get_the_right_status() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
     let invalid = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: bad}\nspec:\n  replicas: -1\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c}]}\n";
     let err = c.kubectl_fails(&["apply", "-f", "-"], Some(invalid));
@@ -345,7 +345,7 @@ fn bad_requests_get_the_right_status() {
 
 #[test]
 fn watches_resume_from_a_resource_version_and_expire_after_compaction() {
-    let c = Cluster::start();
+    let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
     let rv = c.get_json(&["cm", "a"])["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n");

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -174,7 +174,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let refs: Vec<ObjectReference> = active.iter().map(|j| reference(j)).collect();
     status.active = (!refs.is_empty()).then_some(refs);
     if cj.status.as_ref() != Some(&status) {
-        match capi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+        match capi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e.into()),
         }

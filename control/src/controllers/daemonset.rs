@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use serde_json::json;
@@ -199,7 +199,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
     }
     if ds.status.as_ref() != Some(&status) {
         let dapi: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        match dapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+        match dapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e.into()),
         }

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -242,7 +242,7 @@ async fn scale_target(ctx: &Ctx, ns: &str, kind: &str, name: &str) -> Result<(i3
 
 async fn set_scale(ctx: &Ctx, ns: &str, kind: &str, name: &str, replicas: i32) -> Result<(), ReconcileError> {
     let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-    let pp = PatchParams::default();
+    let pp = super::util::pp();
     match kind {
         "Deployment" => Api::<Deployment>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?,
         "ReplicaSet" => Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?,
@@ -285,7 +285,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
                 conditions: Some(vec![condition("AbleToScale", "False", "FailedGetScale", &format!("the HPA controller was unable to get the target's current scale: {e}"), now, &hpa.status)]),
                 ..hpa.status.clone().unwrap_or_default()
             };
-            let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": st}))).await;
+            let _ = api.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": st}))).await;
             return Ok(Action::requeue(period));
         }
     };
@@ -359,7 +359,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         "observedGeneration": hpa.metadata.generation, "currentReplicas": current, "desiredReplicas": desired,
         "currentMetrics": current_metrics, "conditions": conditions, "lastScaleTime": last_scale,
     }});
-    match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await {
+    match api.patch_status(&name, &super::util::pp(), &Patch::Merge(&status)).await {
         Ok(_) | Err(kube::Error::Api(_)) => {}
         Err(e) => return Err(e.into()),
     }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -348,12 +348,12 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     }
     // status first: finished pods are recorded before their finalizers go
     if job.status.as_ref() != Some(&p.status) {
-        japi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": p.status}))).await?;
+        japi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": p.status}))).await?;
     }
     for pod in &p.release {
         let cur = pods.iter().find(|x| x.metadata.name.as_deref() == Some(pod.as_str()));
         let remaining: Vec<String> = cur.and_then(|x| x.metadata.finalizers.clone()).unwrap_or_default().into_iter().filter(|f| f != TRACKING).collect();
-        let r = papi.patch(pod, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": remaining}}))).await;
+        let r = papi.patch(pod, &super::util::pp(), &Patch::Merge(&json!({"metadata": {"finalizers": remaining}}))).await;
         if let Err(e) = r
             && !matches!(&e, kube::Error::Api(s) if s.code == 404)
         {

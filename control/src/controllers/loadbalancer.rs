@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -47,7 +47,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     let current = lb_ips(&svc);
     if !is_lb {
         if !current.is_empty() {
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"loadBalancer": {"ingress": null}}}))).await?;
+            api.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": {"loadBalancer": {"ingress": null}}}))).await?;
         }
         return Ok(Action::await_change());
     }
@@ -57,7 +57,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     match pick(&svc, pool, &ctx.services.state()) {
         Some(ip) if current != vec![ip] => {
             let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}});
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            api.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await?;
             ctx.recorders.get("service-lb-controller").record(&skiff_client::events::reference(svc.as_ref()), EventType::Normal, "IPAllocated", &format!("Assigned IP [\"{ip}\"]")).await;
         }
         Some(_) => {}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch};
 use serde_json::json;
 use skiff_client::events::EventType;
 
@@ -108,7 +108,7 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
         let v = verdict(&node, heartbeat, ctx.config.node_monitor_grace, now);
         let current: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
         if !same_taints(&current, &v.taints) {
-            napi.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": v.taints}}))).await?;
+            napi.patch(&name, &super::util::pp(), &Patch::Merge(&json!({"spec": {"taints": v.taints}}))).await?;
         }
         if v.mark_unknown {
             let conds: Vec<serde_json::Value> = node
@@ -119,13 +119,13 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
                 .into_iter()
                 .map(|c| json!({"type": c.type_, "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": c.last_heartbeat_time, "lastTransitionTime": Time(now)}))
                 .collect();
-            napi.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&json!({"status": {"conditions": conds}}))).await?;
+            napi.patch_status(&name, &super::util::pp(), &Patch::Strategic(&json!({"status": {"conditions": conds}}))).await?;
             recorder.record(&skiff_client::events::reference(node.as_ref()), EventType::Normal, "NodeNotReady", &format!("Node {name} status is now: NodeNotReady")).await;
             // pods there can no longer be trusted to serve
             for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())) {
                 let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
                 let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": Time(now)}]}});
-                let _ = papi.patch_status(p.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Strategic(&patch)).await;
+                let _ = papi.patch_status(p.metadata.name.as_deref().unwrap_or_default(), &super::util::pp(), &Patch::Strategic(&patch)).await;
             }
         }
         for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()) && p.metadata.deletion_timestamp.is_none()) {

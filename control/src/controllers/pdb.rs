@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use serde_json::json;
@@ -40,7 +40,7 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<A
     if (cur.expected_pods, cur.current_healthy, cur.desired_healthy, cur.disruptions_allowed) != (expected, healthy, desired, allowed) || cur.observed_generation != pdb.metadata.generation {
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"status": {"expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed, "observedGeneration": pdb.metadata.generation}});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        api.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }

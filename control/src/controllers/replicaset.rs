@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -128,11 +128,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     let oref = owner_ref(rs.as_ref());
     for pod in &p.adopt {
         let patch = json!({"metadata": {"ownerReferences": [oref]}});
-        api.patch(pod, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+        api.patch(pod, &super::util::pp(), &Patch::Strategic(&patch)).await?;
     }
     for pod in &p.release {
         let patch = json!({"metadata": {"ownerReferences": [{"$patch": "delete", "uid": uid}]}});
-        let _ = api.patch(pod, &PatchParams::default(), &Patch::Strategic(&patch)).await;
+        let _ = api.patch(pod, &super::util::pp(), &Patch::Strategic(&patch)).await;
     }
     if p.create > 0 {
         let template = rs.spec.as_ref().and_then(|s| s.template.clone()).ok_or_else(|| ReconcileError::Invalid("no pod template".into()))?;
@@ -170,7 +170,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     if rs.status.as_ref() != Some(&p.status) {
         let rsapi: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"status": p.status});
-        match rsapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match rsapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e.into()),
         }

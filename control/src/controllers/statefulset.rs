@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetSta
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -242,7 +242,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     }
     if sts.status.as_ref() != Some(&status) {
         let sapi: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        match sapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+        match sapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e.into()),
         }

@@ -145,6 +145,11 @@ pub fn scaled_value(v: Option<&k8s_openapi::apimachinery::pkg::util::intstr::Int
     }
 }
 
+/// Patch parameters naming the controllers as the field manager.
+pub fn pp() -> kube::api::PatchParams {
+    kube::api::PatchParams { field_manager: Some("skiff-controller-manager".into()), ..Default::default() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

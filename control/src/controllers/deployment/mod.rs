@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
@@ -50,7 +50,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
             // adopt an orphaned ReplicaSet that matches
             let patch = json!({"metadata": {"ownerReferences": [owner_ref(d.as_ref())]}});
             let rs_name = rs.metadata.name.clone().unwrap_or_default();
-            if rsapi.patch(&rs_name, &PatchParams::default(), &Patch::Strategic(&patch)).await.is_ok() {
+            if rsapi.patch(&rs_name, &crate::controllers::util::pp(), &Patch::Strategic(&patch)).await.is_ok() {
                 owned.push(rs);
             }
         }
@@ -84,7 +84,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                         // a ReplicaSet of that name with another template: a hash collision
                         let count = d.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
                         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-                        dapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"collisionCount": count}}))).await?;
+                        dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": {"collisionCount": count}}))).await?;
                         return Ok(Action::requeue(Duration::from_millis(200)));
                     }
                     Err(e) => {
@@ -95,7 +95,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
             }
             RsAction::Scale { name: rs_name, from, to } => {
                 let patch = json!({"metadata": {"annotations": {DESIRED: desired.to_string(), MAX: (desired + surge).to_string()}}, "spec": {"replicas": to}});
-                rsapi.patch(rs_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                rsapi.patch(rs_name, &crate::controllers::util::pp(), &Patch::Merge(&patch)).await?;
                 let verb = if to > from { "up" } else { "down" };
                 recorder.record(&oref, EventType::Normal, "ScalingReplicaSet", &format!("Scaled {verb} replica set {rs_name} from {from} to {to}")).await;
                 progressed = true;
@@ -105,7 +105,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                 if let Some(cause) = d.metadata.annotations.as_ref().and_then(|x| x.get(plan::CHANGE_CAUSE)) {
                     a.insert(plan::CHANGE_CAUSE.into(), cause.clone());
                 }
-                rsapi.patch(rs_name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"annotations": a}}))).await?;
+                rsapi.patch(rs_name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"metadata": {"annotations": a}}))).await?;
             }
             RsAction::Delete(rs_name) => match rsapi.delete(rs_name, &DeleteParams::background()).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
@@ -118,7 +118,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
         && d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)) != Some(rev)
     {
         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        dapi.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"annotations": {REVISION: rev}}}))).await?;
+        dapi.patch(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"metadata": {"annotations": {REVISION: rev}}}))).await?;
     }
     let previous = d.status.clone().unwrap_or_default();
     let status = status::compute(&d, &owned, p.new_rs.as_deref(), progressed || changed_counts(&previous, &d, &owned, p.new_rs.as_deref()), ctx.now());
@@ -129,7 +129,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
             recorder.record(&oref, EventType::Warning, "ProgressDeadlineExceeded", &format!("Deployment {name} has timed out progressing")).await;
         }
         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        match dapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+        match dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),

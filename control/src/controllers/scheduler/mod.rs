@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PostParams};
 use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_client::events::EventType;
@@ -155,7 +155,7 @@ async fn schedule_once(ctx: &Arc<Ctx>, assumed: &mut HashMap<String, (String, Ar
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": ctx.now()}]}});
-                let _ = api.patch_status(pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Strategic(&patch)).await;
+                let _ = api.patch_status(pod.metadata.name.as_deref().unwrap_or_default(), &crate::controllers::util::pp(), &Patch::Strategic(&patch)).await;
                 recorder.record(&skiff_client::events::reference(pod.as_ref()), EventType::Warning, "FailedScheduling", &msg).await;
             }
         }
