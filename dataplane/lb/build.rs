@@ -25,7 +25,8 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // One BPF target dir per host target dir (OUT_DIR is <target>/<profile>/build/skiff-lb-<hash>/out), so builds
     // of skiff-lb with different feature sets reuse the same BPF build; cargo's lock serialises them.
-    let target_dir = out_dir.ancestors().nth(4).map(|t| t.join("skiff-bpf")).unwrap_or_else(|| out_dir.join("bpf-target"));
+    let target_dir =
+        out_dir.ancestors().nth(4).map(|t| t.join("skiff-bpf")).unwrap_or_else(|| out_dir.join("bpf-target"));
     let cargo = env::var("SKIFF_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
     let rustc = env::var("SKIFF_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
     for tool in [&cargo, &rustc] {

@@ -89,11 +89,8 @@ pub fn server(netns: &NetNs, spec: &str) -> io::Result<Child> {
 pub fn client(cgroup: Option<&Cgroup>, netns: Option<&NetNs>, spec: &str) -> io::Result<Vec<String>> {
     let mut child = spawn(cgroup, netns, spec)?;
     let mut lines = Vec::new();
-    loop {
-        match child.read_line_starting(MARK) {
-            Ok(l) => lines.push(l),
-            Err(_) => break,
-        }
+    while let Ok(l) = child.read_line_starting(MARK) {
+        lines.push(l);
     }
     child.wait(Duration::from_secs(60))?;
     if let Some(fatal) = lines.iter().find(|l| l.starts_with("fatal")) {
@@ -112,7 +109,7 @@ fn say(line: &str) {
     let _ = io::stdout().flush();
 }
 
-fn arg<'a>(args: &'a [String], i: usize) -> io::Result<&'a str> {
+fn arg(args: &[String], i: usize) -> io::Result<&str> {
     args.get(i).map(String::as_str).ok_or_else(|| io::Error::other(format!("missing argument {i} in {args:?}")))
 }
 

@@ -48,8 +48,7 @@ pub struct Args {
 /// Runs `skiff lb`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.uninstall {
-        skiff_lb::loader::uninstall(&args.pin_dir)
-            .with_context(|| format!("removing {}", args.pin_dir.display()))?;
+        skiff_lb::loader::uninstall(&args.pin_dir).with_context(|| format!("removing {}", args.pin_dir.display()))?;
         eprintln!("removed {}", args.pin_dir.display());
         return Ok(());
     }

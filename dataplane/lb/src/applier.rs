@@ -57,6 +57,7 @@ pub struct Applier {
     generation: u32,
     synced_once: bool,
     config: Config,
+    names_reset: bool,
 }
 
 impl Applier {
@@ -79,7 +80,7 @@ impl Applier {
             flags: 0,
         };
         maps.write_config(&node_config)?;
-        Ok(Self { maps, reg, generation, synced_once: false, config: node_config })
+        Ok(Self { maps, reg, generation, synced_once: false, config: node_config, names_reset: true })
     }
 
     /// The registry (what is programmed).
@@ -100,6 +101,16 @@ impl Applier {
     /// Whether a full sync has completed since start.
     pub fn synced_once(&self) -> bool {
         self.synced_once
+    }
+
+    /// Port name changes since the last call (see [`Registry::take_port_events`]); `None` when the registry was
+    /// rebuilt and the caller should take [`Applier::port_names`] instead.
+    pub fn take_port_events(&mut self) -> Option<Vec<(u32, Option<ServicePortName>)>> {
+        if std::mem::take(&mut self.names_reset) {
+            self.reg.take_port_events();
+            return None;
+        }
+        Some(self.reg.take_port_events())
     }
 
     /// Service port ids and names, for metrics.
@@ -177,6 +188,7 @@ impl Applier {
             Ok(contents) => {
                 self.reg = Registry::from_maps(capacity, size, contents, maglev::fingerprint);
                 self.synced_once = false;
+                self.names_reset = true;
             }
             Err(e) => tracing::error!(error = %error_chain(&e), "reading the maps back failed"),
         }
@@ -196,7 +208,9 @@ fn capacity(config: &LbConfig) -> Capacity {
 
 fn short(op: &Op) -> String {
     match op {
-        Op::CreateTable { id, size, backends } => format!("CreateTable {{ id: {id}, size: {size}, backends: {} }}", backends.len()),
+        Op::CreateTable { id, size, backends } => {
+            format!("CreateTable {{ id: {id}, size: {size}, backends: {} }}", backends.len())
+        }
         other => format!("{other:?}"),
     }
 }

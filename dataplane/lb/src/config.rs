@@ -31,7 +31,7 @@ pub struct MapSizes {
     pub services: u32,
     /// Backends (also the size of the backend counters array).
     pub backends: u32,
-    /// Maglev tables.
+    /// Maglev tables (per size class map).
     pub tables: u32,
     /// Session affinity entries (LRU).
     pub affinity: u32,
@@ -115,8 +115,12 @@ impl LbConfig {
         if !maglev::is_prime(self.maglev_table_size) || self.maglev_table_size < 3 {
             return bad(format!("the Maglev table size {} is not a prime >= 3", self.maglev_table_size));
         }
-        if self.maglev_table_size >= 1 << 24 {
-            return bad(format!("the Maglev table size {} is too large (max 16777215)", self.maglev_table_size));
+        if self.maglev_table_size as usize > skiff_ebpf_common::MAGLEV_L {
+            return bad(format!(
+                "the Maglev table size {} is too large (max {})",
+                self.maglev_table_size,
+                skiff_ebpf_common::MAGLEV_L
+            ));
         }
         if self.snat_ports.0 == 0 || self.snat_ports.0 > self.snat_ports.1 {
             return bad(format!("invalid SNAT port range {}-{}", self.snat_ports.0, self.snat_ports.1));

@@ -107,8 +107,8 @@ impl Engine {
         total
     }
 
-    fn after(&self, report: &SyncReport, since: Option<Instant>) {
-        self.metrics.record(report, &self.applier);
+    fn after(&mut self, report: &SyncReport, since: Option<Instant>) {
+        self.metrics.record(report, &mut self.applier);
         if let Some(since) = since {
             self.metrics.programming_latency.observe(since.elapsed().as_secs_f64());
         }

@@ -104,7 +104,11 @@ impl LbError {
         LbError::Map { map, op, source: Box::new(source) }
     }
 
-    pub(crate) fn program(program: &'static str, action: impl Into<String>, source: aya::programs::ProgramError) -> Self {
+    pub(crate) fn program(
+        program: &'static str,
+        action: impl Into<String>,
+        source: aya::programs::ProgramError,
+    ) -> Self {
         LbError::Program { program, action: action.into(), source: Box::new(source) }
     }
 

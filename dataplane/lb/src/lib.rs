@@ -22,10 +22,9 @@ pub mod plan;
 pub mod registry;
 pub mod source;
 pub mod store;
-mod sys;
 
 pub use config::LbConfig;
 pub use engine::Engine;
-pub use source::{api::run_from_api, file::run_from_file};
 pub use error::LbError;
 pub use model::LbTables;
+pub use source::{api::run_from_api, file::run_from_file};

@@ -24,16 +24,15 @@ use aya::{
     util::KernelVersion,
 };
 use skiff_ebpf_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, ReverseSkKey,
-    ReverseSkValue, ServiceKey, ServiceValue, maps as names, programs as progs,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
+    MaglevTableL, MaglevTableM, MaglevTableS, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue, maps as names,
+    programs as progs,
 };
 
 use crate::{config::LbConfig, error::LbError, maps::LbMaps};
 
 /// The BPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_OBJECT"));
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Expected (map type, key size, value size) of every map, and its configured capacity.
 fn expected(config: &LbConfig) -> Vec<(&'static str, u32, u32, u32, u32)> {
@@ -42,13 +41,15 @@ fn expected(config: &LbConfig) -> Vec<(&'static str, u32, u32, u32, u32)> {
     const ARRAY: u32 = 2;
     const PERCPU_ARRAY: u32 = 6;
     const LRU_HASH: u32 = 9;
-    const HASH_OF_MAPS: u32 = 13;
     let s = &config.map_sizes;
     let sz = |n: usize| n as u32;
     vec![
         (names::SERVICES, HASH, sz(size_of::<ServiceKey>()), sz(size_of::<ServiceValue>()), s.services),
         (names::BACKENDS, HASH, 4, sz(size_of::<Backend>()), s.backends),
-        (names::MAGLEV, HASH_OF_MAPS, 4, 4, s.tables),
+        (names::MAGLEV_S, HASH, 4, sz(size_of::<MaglevTableS>()), s.tables),
+        (names::MAGLEV_M, HASH, 4, sz(size_of::<MaglevTableM>()), s.tables),
+        (names::MAGLEV_L, HASH, 4, sz(size_of::<MaglevTableL>()), s.tables),
+        (names::MAGLEV_META, HASH, 4, sz(size_of::<MaglevMeta>()), s.tables),
         (names::AFFINITY, LRU_HASH, sz(size_of::<AffinityKey>()), sz(size_of::<AffinityValue>()), s.affinity),
         (names::AFFINITY_MATCH, HASH, sz(size_of::<AffinityMatchKey>()), 4, s.memberships),
         (names::REVERSE_SK, LRU_HASH, sz(size_of::<ReverseSkKey>()), sz(size_of::<ReverseSkValue>()), s.reverse_sk),
@@ -85,7 +86,7 @@ pub fn check_available(config: &LbConfig) -> Result<(), LbError> {
     }
     let parent = config.pin_dir.parent().unwrap_or(Path::new("/"));
     match nix::sys::statfs::statfs(parent) {
-        Ok(st) if st.filesystem_type().0 as i64 == BPF_FS_MAGIC => {}
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC => {}
         Ok(_) => {
             return unavailable(format!(
                 "{} is not on a BPF file system; mount it with `mount -t bpf bpf /sys/fs/bpf` (scripts/setup does)",
@@ -110,10 +111,7 @@ fn check_pins(config: &LbConfig, maps_dir: &Path) -> Result<(), LbError> {
         if found != (ty, key, value, max) {
             return Err(LbError::IncompatiblePin {
                 map: name,
-                detail: format!(
-                    "type/key/value/entries {found:?}, this version expects {:?}",
-                    (ty, key, value, max)
-                ),
+                detail: format!("type/key/value/entries {found:?}, this version expects {:?}", (ty, key, value, max)),
                 pin_dir: config.pin_dir.clone(),
             });
         }
@@ -135,28 +133,9 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs, pins maps and links, and attaches to the configured cgroup and interfaces.
     pub fn open(config: &LbConfig) -> Result<Self, LbError> {
-        config.validate()?;
-        check_available(config)?;
+        let Loaded { mut ebpf, resumed } = load(config)?;
         let maps_dir = config.pin_dir.join("maps");
         let links_dir = config.pin_dir.join("links");
-        for dir in [&maps_dir, &links_dir] {
-            fs::create_dir_all(dir).map_err(|e| LbError::io("creating", dir.clone(), e))?;
-        }
-        check_pins(config, &maps_dir)?;
-        let resumed = maps_dir.join(names::SERVICES).exists();
-
-        let mut loader = EbpfLoader::new();
-        let pins: Vec<(&'static str, PathBuf)> = names::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect();
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        for (name, _, _, _, max) in expected(config) {
-            if name != names::EVENTS && name != names::CONFIG {
-                loader.map_max_entries(name, max);
-            }
-        }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| LbError::Load(Box::new(e)))?;
-
         let mut links = Vec::new();
         if let Some(cgroup) = &config.cgroup {
             // Link-based cgroup attachments always allow several programs (the kernel rejects attach flags for them).
@@ -182,7 +161,8 @@ impl Dataplane {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|e| LbError::program(name, "load", e))?;
             for iface in &config.interfaces {
-                let id = prog.attach(iface, kind).map_err(|e| LbError::program(name, format!("attach to {iface}"), e))?;
+                let id =
+                    prog.attach(iface, kind).map_err(|e| LbError::program(name, format!("attach to {iface}"), e))?;
                 let link = prog.take_link(id).map_err(|e| LbError::program(name, "take link", e))?;
                 let link: FdLink = link.try_into().map_err(|e| LbError::Link {
                     path: links_dir.join(name),
@@ -210,7 +190,44 @@ impl Dataplane {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LbError>
+/// The BPF object loaded with its maps pinned (reused if they were pinned before); nothing attached.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The object: programs (not yet loaded into the kernel) and maps.
+    pub ebpf: Ebpf,
+    /// Whether the maps were pinned before.
+    pub resumed: bool,
+}
+
+/// Validates the configuration, checks that BPF is usable, creates the pin directories, refuses incompatible pins,
+/// and loads the object with every map pinned under `<pin_dir>/maps`. [`Dataplane::open`] attaches on top of it;
+/// tests use it directly to run programs under `BPF_PROG_TEST_RUN`.
+pub fn load(config: &LbConfig) -> Result<Loaded, LbError> {
+    config.validate()?;
+    check_available(config)?;
+    let maps_dir = config.pin_dir.join("maps");
+    let links_dir = config.pin_dir.join("links");
+    for dir in [&maps_dir, &links_dir] {
+        fs::create_dir_all(dir).map_err(|e| LbError::io("creating", dir.clone(), e))?;
+    }
+    check_pins(config, &maps_dir)?;
+    let resumed = maps_dir.join(names::SERVICES).exists();
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<(&'static str, PathBuf)> = names::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    for (name, _, _, _, max) in expected(config) {
+        if name != names::EVENTS && name != names::CONFIG {
+            loader.map_max_entries(name, max);
+        }
+    }
+    let ebpf = loader.load(OBJECT).map_err(|e| LbError::Load(Box::new(e)))?;
+    Ok(Loaded { ebpf, resumed })
+}
+
+/// A program of the object by name and type.
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LbError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -224,7 +241,7 @@ where
 fn map_data(name: &'static str, map: aya::maps::Map) -> Result<MapData, LbError> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(m) | Map::LruHashMap(m) | Map::Array(m) | Map::PerCpuArray(m) | Map::HashOfMaps(m) => Ok(m),
+        Map::HashMap(m) | Map::LruHashMap(m) | Map::Array(m) | Map::PerCpuArray(m) => Ok(m),
         other => Err(LbError::Link { path: PathBuf::from(name), message: format!("unexpected map type {other:?}") }),
     }
 }

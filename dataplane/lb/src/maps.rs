@@ -1,23 +1,25 @@
 //! Typed handles to the pinned maps, and the execution of planned [`Op`]s against them.
 
-use std::os::fd::AsFd as _;
-
-use aya::maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use skiff_ebpf_common::{
-    AffinityMatchKey, Backend, Config, Counters, CtKey, CtValue, Event, ServiceKey, ServiceValue, maps as names,
+    AffinityMatchKey, Backend, Config, Counters, CtKey, CtValue, Event, MAGLEV_L, MAGLEV_M, MAGLEV_S, MaglevMeta,
+    MaglevTable, ServiceKey, ServiceValue, maps as names,
 };
 
-use crate::{error::LbError, maglev, ops::Op, registry::MapContents, sys};
+use crate::{error::LbError, maglev, model::BackendAddr, ops::Op, registry::MapContents};
 
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_F_MMAPABLE: u32 = 1 << 10;
-const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// How often a table write is retried when the kernel's BPF allocator is momentarily empty (ENOMEM): its per-CPU
+/// caches of large elements are refilled asynchronously.
+const ENOMEM_RETRIES: u32 = 20;
 
 /// The maps user space writes and reads.
 pub struct LbMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
-    maglev: HashOfMaps<MapData, u32, MapData>,
+    maglev_s: HashMap<MapData, u32, MaglevTable<MAGLEV_S>>,
+    maglev_m: HashMap<MapData, u32, MaglevTable<MAGLEV_M>>,
+    maglev_l: HashMap<MapData, u32, MaglevTable<MAGLEV_L>>,
+    maglev_meta: HashMap<MapData, u32, MaglevMeta>,
     memberships: HashMap<MapData, AffinityMatchKey, u32>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -45,7 +47,10 @@ impl LbMaps {
         Ok(Self {
             services: typed(names::SERVICES, take(names::SERVICES)?, HashMap::try_from)?,
             backends: typed(names::BACKENDS, take(names::BACKENDS)?, HashMap::try_from)?,
-            maglev: typed(names::MAGLEV, take(names::MAGLEV)?, HashOfMaps::try_from)?,
+            maglev_s: typed(names::MAGLEV_S, take(names::MAGLEV_S)?, HashMap::try_from)?,
+            maglev_m: typed(names::MAGLEV_M, take(names::MAGLEV_M)?, HashMap::try_from)?,
+            maglev_l: typed(names::MAGLEV_L, take(names::MAGLEV_L)?, HashMap::try_from)?,
+            maglev_meta: typed(names::MAGLEV_META, take(names::MAGLEV_META)?, HashMap::try_from)?,
             memberships: typed(names::AFFINITY_MATCH, take(names::AFFINITY_MATCH)?, HashMap::try_from)?,
             conntrack: typed(names::CONNTRACK, take(names::CONNTRACK)?, HashMap::try_from)?,
             service_stats: typed(names::SERVICE_STATS, take(names::SERVICE_STATS)?, PerCpuArray::try_from)?,
@@ -77,7 +82,17 @@ impl LbMaps {
                 self.services.insert(key, value, 0).map_err(|e| LbError::map(names::SERVICES, "insert", e))
             }
             Op::DeleteHeader(key) | Op::DeleteSlot(key) => ok_if_absent(self.services.remove(key), names::SERVICES),
-            Op::DeleteTable(id) => ok_if_absent(self.maglev.remove(id), names::MAGLEV),
+            Op::DeleteTable { id, size } => {
+                let s = *size as usize;
+                if s <= MAGLEV_S {
+                    ok_if_absent(self.maglev_s.remove(id), names::MAGLEV_S)?;
+                } else if s <= MAGLEV_M {
+                    ok_if_absent(self.maglev_m.remove(id), names::MAGLEV_M)?;
+                } else {
+                    ok_if_absent(self.maglev_l.remove(id), names::MAGLEV_L)?;
+                }
+                ok_if_absent(self.maglev_meta.remove(id), names::MAGLEV_META)
+            }
             Op::DeleteMembership(key) => ok_if_absent(self.memberships.remove(key), names::AFFINITY_MATCH),
             Op::DeleteBackend(id) => ok_if_absent(self.backends.remove(id), names::BACKENDS),
         }
@@ -97,15 +112,32 @@ impl LbMaps {
         map.set(id, zero, 0).map_err(|e| LbError::map(name, "reset", e))
     }
 
-    fn create_table(&mut self, id: u32, size: u32, backends: &[(crate::model::BackendAddr, u32)]) -> Result<(), LbError> {
-        let addrs: Vec<_> = backends.iter().map(|(a, _)| *a).collect();
+    fn create_table(&mut self, id: u32, size: u32, backends: &[(BackendAddr, u32)]) -> Result<(), LbError> {
+        let addrs: Vec<BackendAddr> = backends.iter().map(|(a, _)| *a).collect();
         let ids: Vec<u32> = backends.iter().map(|(_, id)| *id).collect();
-        let mut values: Vec<u32> = maglev::table(&addrs, size).into_iter().map(|i| ids[i as usize]).collect();
-        values.push(maglev::fingerprint(&ids, size));
-        let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY, 4, 4, size + 1, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
-        let inner = MapData::create(obj, "skiff_maglev", None).map_err(|e| LbError::map(names::MAGLEV, "create table", e))?;
-        sys::fill_u32_array(inner.fd().as_fd(), &values).map_err(|e| LbError::io("filling Maglev table", names::MAGLEV, e))?;
-        self.maglev.insert(id, &inner, 0).map_err(|e| LbError::map(names::MAGLEV, "insert table", e))
+        let entries: Vec<u32> = maglev::table(&addrs, size).into_iter().map(|i| ids[i as usize]).collect();
+        let fingerprint = maglev::fingerprint(&ids, size);
+        let s = size as usize;
+        if s <= MAGLEV_S {
+            insert_table(&mut self.maglev_s, names::MAGLEV_S, id, size, fingerprint, &entries)?;
+        } else if s <= MAGLEV_M {
+            insert_table(&mut self.maglev_m, names::MAGLEV_M, id, size, fingerprint, &entries)?;
+        } else {
+            // A large table value is built on the stack before it moves to the heap (256 KiB, more in debug builds).
+            let map = &mut self.maglev_l;
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(16 << 20)
+                    .spawn_scoped(s, || insert_table(map, names::MAGLEV_L, id, size, fingerprint, &entries))
+                    .map_err(|e| LbError::io("spawning a thread for", names::MAGLEV_L, e))?
+                    .join()
+                    .unwrap_or_else(|_| Err(LbError::InvalidConfig("building a large Maglev table panicked".into())))
+            })?;
+        }
+        // Written after the table: a crash in between leaves a table without metadata, which a restart rebuilds.
+        self.maglev_meta
+            .insert(id, MaglevMeta { size, fingerprint }, 0)
+            .map_err(|e| LbError::map(names::MAGLEV_META, "insert", e))
     }
 
     /// Writes the node configuration.
@@ -127,9 +159,25 @@ impl LbMaps {
         for item in self.backends.iter() {
             contents.backends.push(item.map_err(|e| LbError::map(names::BACKENDS, "iterate", e))?);
         }
-        for id in self.maglev.keys() {
-            let id = id.map_err(|e| LbError::map(names::MAGLEV, "iterate", e))?;
-            contents.tables.push((id, self.table_fingerprint(id).unwrap_or(0)));
+        // Tables are too large to read back cheaply (and on small stacks); their metadata says what they hold. A table
+        // without metadata (a crash between the two writes) is unknown, so its frontend gets a new one.
+        let known: std::collections::HashMap<u32, MaglevMeta> = self
+            .maglev_meta
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| LbError::map(names::MAGLEV_META, "iterate", e))?;
+        for (class, name) in [(0, names::MAGLEV_S), (1, names::MAGLEV_M), (2, names::MAGLEV_L)] {
+            let ids: Vec<u32> = match class {
+                0 => self.maglev_s.keys().collect::<Result<_, _>>(),
+                1 => self.maglev_m.keys().collect::<Result<_, _>>(),
+                _ => self.maglev_l.keys().collect::<Result<_, _>>(),
+            }
+            .map_err(|e| LbError::map(name, "iterate", e))?;
+            let class_size = [MAGLEV_S, MAGLEV_M, MAGLEV_L][class] as u32;
+            for id in ids {
+                let meta = known.get(&id).copied().unwrap_or(MaglevMeta { size: class_size, fingerprint: 0 });
+                contents.tables.push((id, meta.size, meta.fingerprint));
+            }
         }
         for key in self.memberships.keys() {
             contents.memberships.push(key.map_err(|e| LbError::map(names::AFFINITY_MATCH, "iterate", e))?);
@@ -137,11 +185,27 @@ impl LbMaps {
         Ok(contents)
     }
 
-    fn table_fingerprint(&self, id: u32) -> Result<u32, MapError> {
-        let inner: MapData = self.maglev.get(&id, 0)?;
-        let array: Array<MapData, u32> = Array::try_from(Map::from_map_data(inner)?)?;
-        let last = array.len().checked_sub(1).ok_or(MapError::OutOfBounds { index: 0, max_entries: 0 })?;
-        array.get(&last, 0)
+    /// The entries `0..M` of Maglev table `id` as the kernel reads them (tests and diagnostics).
+    pub fn table_entries(&self, id: u32) -> Result<Vec<u32>, LbError> {
+        fn find<const N: usize>(map: &HashMap<MapData, u32, MaglevTable<N>>, id: u32) -> Option<Vec<u32>>
+        where
+            MaglevTable<N>: aya::Pod,
+        {
+            let t = map.get(&id, 0).ok()?;
+            Some(t.entries[..(t.size as usize).min(N)].to_vec())
+        }
+        // A table value is read onto the stack (up to 256 KiB, several copies in debug builds): use a thread with room.
+        let found = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(64 << 20)
+                .spawn_scoped(s, || {
+                    find(&self.maglev_s, id).or_else(|| find(&self.maglev_m, id)).or_else(|| find(&self.maglev_l, id))
+                })
+                .ok()
+                .and_then(|h| h.join().ok())
+                .flatten()
+        });
+        found.ok_or_else(|| LbError::map(names::MAGLEV_M, "read table", MapError::KeyNotFound))
     }
 
     /// The counters of a service port id, summed over CPUs.
@@ -169,6 +233,11 @@ impl LbMaps {
         self.conntrack.keys().filter(Result::is_ok).count()
     }
 
+    /// Looks up one connection tracking entry (tests and diagnostics).
+    pub fn conntrack_entry(&self, key: &CtKey) -> Option<CtValue> {
+        self.conntrack.get(key, 0).ok()
+    }
+
     /// Looks up one services-map entry (tests and diagnostics).
     pub fn service_entry(&self, key: &ServiceKey) -> Option<ServiceValue> {
         self.services.get(key, 0).ok()
@@ -177,6 +246,41 @@ impl LbMaps {
     /// Looks up one backend (tests and diagnostics).
     pub fn backend_entry(&self, id: u32) -> Option<Backend> {
         self.backends.get(&id, 0).ok()
+    }
+}
+
+/// Publishes a table with one element write (retried briefly on ENOMEM, see [`ENOMEM_RETRIES`]).
+fn insert_table<const N: usize>(
+    map: &mut HashMap<MapData, u32, MaglevTable<N>>,
+    name: &'static str,
+    id: u32,
+    size: u32,
+    fingerprint: u32,
+    entries: &[u32],
+) -> Result<(), LbError>
+where
+    MaglevTable<N>: aya::Pod,
+{
+    // Tables are up to 256 KiB: build them on the heap.
+    let mut value: Box<MaglevTable<N>> = Box::new(MaglevTable { size, fingerprint, entries: [0; N] });
+    let n = entries.len().min(N);
+    value.entries[..n].copy_from_slice(&entries[..n]);
+    let mut attempt = 0;
+    loop {
+        #[allow(
+            clippy::needless_borrows_for_generic_args,
+            reason = "passing the value would copy 256 KiB to the stack"
+        )]
+        match map.insert(id, &*value, 0) {
+            Ok(()) => return Ok(()),
+            Err(MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOMEM) && attempt < ENOMEM_RETRIES =>
+            {
+                attempt += 1;
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(LbError::map(name, "insert table", e)),
+        }
     }
 }
 

@@ -87,7 +87,11 @@ impl LbMetrics {
         registry.register("map_writes", "BPF map operations performed", m.map_writes.clone());
         registry.register("sync_errors", "Syncs that hit a failed BPF map write", m.sync_errors.clone());
         registry.register("skips", "Services (or parts) skipped, by reason", m.skips.clone());
-        registry.register("skipped_services", "Services currently skipped in whole or part", m.skipped_services.clone());
+        registry.register(
+            "skipped_services",
+            "Services currently skipped in whole or part",
+            m.skipped_services.clone(),
+        );
         registry.register("services", "Services with programmed frontends", m.services.clone());
         registry.register("frontends", "Programmed frontends (address, port, protocol, scope)", m.frontends.clone());
         registry.register("map_entries", "Entries in use per BPF map", m.map_entries.clone());
@@ -98,7 +102,7 @@ impl LbMetrics {
     }
 
     /// Records a sync.
-    pub fn record(&self, report: &SyncReport, applier: &crate::applier::Applier) {
+    pub fn record(&self, report: &SyncReport, applier: &mut crate::applier::Applier) {
         self.sync_duration.observe(report.duration.as_secs_f64());
         self.map_writes.inc_by(report.ops as u64);
         if report.needs_full_sync {
@@ -126,8 +130,19 @@ impl LbMetrics {
             self.map_capacity.get_or_create(&labels).set(i64::from(cap));
         }
         self.generation.set(i64::from(applier.generation()));
+        let events = applier.take_port_events();
         if let Ok(mut names) = self.names.write() {
-            *names = applier.port_names();
+            match events {
+                Some(events) => {
+                    for (id, name) in events {
+                        match name {
+                            Some(n) => names.insert(id, n),
+                            None => names.remove(&id),
+                        };
+                    }
+                }
+                None => *names = applier.port_names(),
+            }
         }
     }
 

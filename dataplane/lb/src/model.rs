@@ -333,11 +333,18 @@ mod tests {
     use crate::registry::backend_addr;
 
     fn arb_key() -> impl Strategy<Value = FrontendKey> {
-        (any::<u32>(), any::<u16>(), prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)], prop_oneof![
-            Just(Scope::Internal),
-            Just(Scope::External)
-        ])
-            .prop_map(|(a, port, protocol, scope)| FrontendKey { addr: Ipv4Addr::from(a), port, protocol, scope })
+        (
+            any::<u32>(),
+            any::<u16>(),
+            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+            prop_oneof![Just(Scope::Internal), Just(Scope::External)],
+        )
+            .prop_map(|(a, port, protocol, scope)| FrontendKey {
+                addr: Ipv4Addr::from(a),
+                port,
+                protocol,
+                scope,
+            })
     }
 
     proptest! {

@@ -24,8 +24,8 @@ pub enum Op {
     ResetServiceStats(u32),
     /// Zeroes the counters of a newly allocated backend id.
     ResetBackendStats(u32),
-    /// Builds a Maglev table over `backends` (sorted; with their ids) into a new inner array of `size` entries plus a
-    /// fingerprint, then inserts it into the outer map under `id`.
+    /// Builds a Maglev table of `size` entries over `backends` (sorted; with their ids) and publishes it under `id`
+    /// with one write to the table map of its size class.
     CreateTable {
         /// The table id.
         id: u32,
@@ -42,8 +42,13 @@ pub enum Op {
     DeleteHeader(ServiceKey),
     /// Removes a slot.
     DeleteSlot(ServiceKey),
-    /// Removes a table from the outer map (the kernel frees it when the last reader is done).
-    DeleteTable(u32),
+    /// Removes a table (the kernel frees it when the last reader is done).
+    DeleteTable {
+        /// The table id.
+        id: u32,
+        /// Its size M (selects the map).
+        size: u32,
+    },
     /// Removes a membership.
     DeleteMembership(AffinityMatchKey),
     /// Removes a backend.
@@ -61,7 +66,7 @@ pub(crate) fn phase(op: &Op) -> u8 {
         Op::PutHeader(..) => 5,
         Op::DeleteHeader(_) => 6,
         Op::DeleteSlot(_) => 7,
-        Op::DeleteTable(_) => 8,
+        Op::DeleteTable { .. } => 8,
         Op::DeleteMembership(_) => 9,
         Op::DeleteBackend(_) => 10,
     }

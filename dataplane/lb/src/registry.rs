@@ -154,6 +154,9 @@ pub struct Registry {
     pub blocked: HashMap<FrontendKey, BTreeSet<ServiceName>>,
     /// Garbage found in the pinned maps, removed after the first full sync.
     pub garbage: Garbage,
+    /// Port names given to (`Some`) or taken from (`None`) ids since the last [`Registry::take_port_events`], so
+    /// metrics follow them in O(changes).
+    pub port_events: Vec<(u32, Option<ServicePortName>)>,
 }
 
 /// Entries found in the pinned maps that nothing references.
@@ -161,8 +164,8 @@ pub struct Registry {
 pub struct Garbage {
     /// Slots beyond their header's count, or without a header.
     pub slots: Vec<ServiceKey>,
-    /// Tables no header references (or whose content does not match the header's slots).
-    pub tables: Vec<u32>,
+    /// Tables (id, size) no header references (or whose content does not match the header's slots).
+    pub tables: Vec<(u32, u32)>,
     /// Memberships no frontend implies.
     pub memberships: Vec<AffinityMatchKey>,
     /// Backends no frontend uses.
@@ -178,8 +181,8 @@ pub struct MapContents {
     pub services: Vec<(ServiceKey, ServiceValue)>,
     /// Every backend.
     pub backends: Vec<(u32, Backend)>,
-    /// Every table id with the fingerprint stored in it (0 if unreadable).
-    pub tables: Vec<(u32, u32)>,
+    /// Every table: id, size M and the fingerprint stored in it.
+    pub tables: Vec<(u32, u32, u32)>,
     /// Every membership.
     pub memberships: Vec<AffinityMatchKey>,
 }
@@ -206,6 +209,7 @@ impl Registry {
             skipped: BTreeMap::new(),
             blocked: HashMap::new(),
             garbage: Garbage::default(),
+            port_events: Vec::new(),
         }
     }
 
@@ -220,8 +224,12 @@ impl Registry {
         let mut reg = Self::new(capacity, maglev_size);
         reg.service_entries = contents.services.len() as u32;
         let backend_by_id: HashMap<u32, Backend> = contents.backends.iter().copied().collect();
-        let with_header: BTreeSet<FrontendKey> =
-            contents.services.iter().filter(|(k, _)| k.slot == 0).filter_map(|(k, _)| FrontendKey::from_map_key(k)).collect();
+        let with_header: BTreeSet<FrontendKey> = contents
+            .services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .filter_map(|(k, _)| FrontendKey::from_map_key(k))
+            .collect();
         let mut headers: BTreeMap<FrontendKey, (ServiceValue, BTreeMap<u16, u32>)> = BTreeMap::new();
         let mut loose_slots: Vec<(FrontendKey, ServiceKey)> = Vec::new();
         for (key, value) in &contents.services {
@@ -232,7 +240,11 @@ impl Registry {
             if key.slot == 0 {
                 headers.entry(fk).or_insert_with(|| (*value, BTreeMap::new())).0 = *value;
             } else {
-                headers.entry(fk).or_insert_with(|| (ServiceValue::default(), BTreeMap::new())).1.insert(key.slot, value.backend_id);
+                headers
+                    .entry(fk)
+                    .or_insert_with(|| (ServiceValue::default(), BTreeMap::new()))
+                    .1
+                    .insert(key.slot, value.backend_id);
                 loose_slots.push((fk, *key));
             }
         }
@@ -243,7 +255,8 @@ impl Registry {
                 reg.garbage.slots.push(key);
             }
         }
-        let table_fingerprints: HashMap<u32, u32> = contents.tables.iter().copied().collect();
+        let table_fingerprints: HashMap<u32, (u32, u32)> =
+            contents.tables.iter().map(|(id, size, fp)| (*id, (*size, *fp))).collect();
         let mut referenced_tables = BTreeSet::new();
         for (fk, (header, slot_map)) in headers {
             if !with_header.contains(&fk) {
@@ -252,9 +265,11 @@ impl Registry {
             let slots: Vec<u32> = (1..=header.count).map(|s| slot_map.get(&s).copied().unwrap_or(0)).collect();
             let mut header = header;
             if header.table_id != 0 {
-                let fp = table_fingerprints.get(&header.table_id).copied();
+                let found = table_fingerprints.get(&header.table_id).copied();
                 let key = (slots.clone(), header.table_size);
-                if fp.is_some() && fp == Some(fingerprint(&slots, header.table_size)) {
+                let current = found == Some((header.table_size, fingerprint(&slots, header.table_size)));
+                let registered = reg.tables.get(&key).map(|t| t.id);
+                if current && registered.is_none_or(|id| id == header.table_id) {
                     referenced_tables.insert(header.table_id);
                     reg.table_ids.reserve(header.table_id);
                     reg.tables.entry(key).or_insert(TableEntry { id: header.table_id, refs: 0 }).refs += 1;
@@ -280,7 +295,9 @@ impl Registry {
                 reg.port_names.entry(header.service_id).or_insert(None);
                 *reg.anonymous_port_refs.entry(header.service_id).or_default() += 1;
                 for id in slots.iter().collect::<BTreeSet<_>>() {
-                    *reg.memberships.entry(AffinityMatchKey { backend_id: *id, service_id: header.service_id }).or_default() += 1;
+                    *reg.memberships
+                        .entry(AffinityMatchKey { backend_id: *id, service_id: header.service_id })
+                        .or_default() += 1;
                 }
             }
             reg.frontends.insert(fk, ProgrammedFrontend { owner: None, header, slots });
@@ -292,10 +309,10 @@ impl Registry {
                 reg.garbage.backends.push(*id);
             }
         }
-        for (id, _) in &contents.tables {
+        for (id, size, _) in &contents.tables {
             reg.table_ids.reserve(*id);
             if !referenced_tables.contains(id) {
-                reg.garbage.tables.push(*id);
+                reg.garbage.tables.push((*id, *size));
             }
         }
         let present: BTreeSet<AffinityMatchKey> = contents.memberships.iter().copied().collect();
@@ -308,6 +325,23 @@ impl Registry {
         reg.garbage.missing_memberships = reg.memberships.keys().filter(|m| !present.contains(m)).copied().collect();
         reg.garbage.missing_memberships.sort();
         reg
+    }
+
+    /// Names port ids (and records it for [`Registry::take_port_events`]).
+    pub fn name_port(&mut self, id: u32, name: ServicePortName) {
+        self.port_names.insert(id, Some(name.clone()));
+        self.port_events.push((id, Some(name)));
+    }
+
+    /// Forgets a port id.
+    pub fn unname_port(&mut self, id: u32) {
+        self.port_names.remove(&id);
+        self.port_events.push((id, None));
+    }
+
+    /// The port name changes since the last call.
+    pub fn take_port_events(&mut self) -> Vec<(u32, Option<ServicePortName>)> {
+        std::mem::take(&mut self.port_events)
     }
 
     /// Frontends found in the pinned maps that no Service has claimed.

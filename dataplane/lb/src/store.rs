@@ -51,11 +51,9 @@ impl ObjectStore {
         if self.slices.get(&key) == Some(&slice) {
             return affected;
         }
-        if let Some(old) = self.slices.get(&key) {
-            if let Some(owner) = slice_service(old) {
-                self.unindex(&owner, &key);
-                affected.insert(owner);
-            }
+        if let Some(owner) = self.slices.get(&key).and_then(slice_service) {
+            self.unindex(&owner, &key);
+            affected.insert(owner);
         }
         if let Some(owner) = slice_service(&slice) {
             self.by_service.entry(owner.clone()).or_default().insert(key.clone());
@@ -69,11 +67,9 @@ impl ObjectStore {
     pub fn delete_slice(&mut self, namespace: &str, name: &str) -> BTreeSet<ServiceName> {
         let key = (namespace.to_string(), name.to_string());
         let mut affected = BTreeSet::new();
-        if let Some(old) = self.slices.remove(&key) {
-            if let Some(owner) = slice_service(&old) {
-                self.unindex(&owner, &key);
-                affected.insert(owner);
-            }
+        if let Some(owner) = self.slices.remove(&key).as_ref().and_then(slice_service) {
+            self.unindex(&owner, &key);
+            affected.insert(owner);
         }
         affected
     }
@@ -140,13 +136,8 @@ impl ObjectStore {
     /// The desired tables of one Service (`None` if it does not exist).
     pub fn tables(&self, name: &ServiceName, node: &NodeIdentity, limits: &Limits) -> Option<ServiceTables> {
         let svc = self.services.get(name)?;
-        let slices: Vec<&EndpointSlice> = self
-            .by_service
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k))
-            .collect();
+        let slices: Vec<&EndpointSlice> =
+            self.by_service.get(name).into_iter().flatten().filter_map(|k| self.slices.get(k)).collect();
         Some(service_tables(svc, &slices, node, limits))
     }
 

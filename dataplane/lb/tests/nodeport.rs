@@ -37,7 +37,8 @@ fn both(c: &Cluster) -> Vec<(std::net::Ipv4Addr, &'static str, bool)> {
 }
 
 fn nodeport(extra: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
-    let mut spec = json!({"type": "NodePort", "ports": [{"name": "p", "port": 80, "nodePort": 30080, "protocol": "TCP"}]});
+    let mut spec =
+        json!({"type": "NodePort", "ports": [{"name": "p", "port": 80, "nodePort": 30080, "protocol": "TCP"}]});
     if let (Some(base), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
             base.insert(k.clone(), v.clone());
@@ -52,7 +53,7 @@ fn a_node_port_reaches_local_and_remote_backends_and_replies_come_from_the_node_
     let mut lb = c.start_lb(&c.config());
     apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
     let target = format!("{}:30080", node_ip(0));
-    let lines = c.from_client(&format!("tcp 40 {target}"));
+    let lines = c.run_on_client(&format!("tcp 40 {target}"));
     assert_eq!(lines.len(), 40);
     assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
     assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(target.as_str())), "{lines:?}");
@@ -82,7 +83,7 @@ fn external_traffic_policy_local_uses_only_local_endpoints_and_preserves_the_cli
         vec![nodeport(json!({"externalTrafficPolicy": "Local"}))],
         vec![slice("web", &both(&c), 8080, "TCP")],
     );
-    let lines = c.from_client(&format!("tcp 20 {}:30080", node_ip(0)));
+    let lines = c.run_on_client(&format!("tcp 20 {}:30080", node_ip(0)));
     assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
     assert!(ids(&lines).iter().all(|id| id == "local"), "{lines:?}");
     let client = format!("{CLIENT_IP}:");
@@ -97,7 +98,7 @@ fn load_balancer_and_external_ips_are_balanced_from_outside() {
     svc.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}})).ok();
     apply(&mut lb, vec![svc], vec![slice("web", &both(&c), 8080, "TCP")]);
     for vip in ["203.0.113.10:80", "203.0.113.20:80"] {
-        let lines = c.from_client(&format!("tcp 10 {vip}"));
+        let lines = c.run_on_client(&format!("tcp 10 {vip}"));
         assert!(lines.iter().all(|l| l.starts_with("ok")), "{vip}: {lines:?}");
         assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(vip)), "{vip}: {lines:?}");
     }
@@ -107,13 +108,17 @@ fn load_balancer_and_external_ips_are_balanced_from_outside() {
 fn udp_node_ports_work_through_the_tc_path_with_replies_from_the_node_port() {
     let Some((c, _servers)) = setup() else { return };
     let mut lb = c.start_lb(&c.config());
-    let svc = service("dns", "10.96.0.53", json!({"type": "NodePort",
-        "ports": [{"name": "p", "port": 53, "nodePort": 30053, "protocol": "UDP"}]}));
+    let svc = service(
+        "dns",
+        "10.96.0.53",
+        json!({"type": "NodePort",
+        "ports": [{"name": "p", "port": 53, "nodePort": 30053, "protocol": "UDP"}]}),
+    );
     apply(&mut lb, vec![svc], vec![slice("dns", &both(&c), 5353, "UDP")]);
     let target = format!("{}:30053", node_ip(0));
     let mut seen = BTreeSet::new();
     for _ in 0..16 {
-        let lines = c.from_client(&format!("udp 2 {target} unconnected"));
+        let lines = c.run_on_client(&format!("udp 2 {target} unconnected"));
         assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
         assert!(lines.iter().all(|l| probe::field(l, "from") == Some(target.as_str())), "{lines:?}");
         seen.extend(ids(&lines));
@@ -128,7 +133,7 @@ fn pods_on_the_node_reach_the_node_port_through_the_socket_hooks() {
     let mut lb = c.start_lb(&c.config());
     apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
     let target = format!("{}:30080", node_ip(0));
-    let lines = c.from_pod(client_pod, &format!("tcp 10 {target}"));
+    let lines = c.run_in_pod(client_pod, &format!("tcp 10 {target}"));
     assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
     assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(target.as_str())), "{lines:?}");
 }

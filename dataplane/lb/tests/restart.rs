@@ -28,8 +28,12 @@ fn open_connections_survive_a_balancer_restart_and_it_resumes_without_rewriting_
     let local = c.add_pod(0).expect("pod");
     let remote = c.add_pod(1).expect("pod");
     let _servers = [c.serve(local, "tcp", 8080, "local"), c.serve(remote, "tcp", 8080, "remote")];
-    let svc = service("web", "10.96.0.10", json!({"type": "NodePort",
-        "ports": [{"name": "p", "port": 80, "nodePort": 30080, "protocol": "TCP"}]}));
+    let svc = service(
+        "web",
+        "10.96.0.10",
+        json!({"type": "NodePort",
+        "ports": [{"name": "p", "port": 80, "nodePort": 30080, "protocol": "TCP"}]}),
+    );
     let eps = vec![(c.pods[local].ip, "node-0", true), (c.pods[remote].ip, "node-1", true)];
     let cfg = c.config();
 
@@ -39,7 +43,8 @@ fn open_connections_survive_a_balancer_restart_and_it_resumes_without_rewriting_
 
     // One connection through the socket hooks, several through the tc path (so both a local and a remote backend,
     // i.e. DNAT-only and SNAT flows, are likely held open).
-    let mut pod_conn = probe::spawn(Some(&c.cgroup), Some(&c.pods[client_pod].ns), "hold 10.96.0.10:80").expect("probe");
+    let mut pod_conn =
+        probe::spawn(Some(&c.cgroup), Some(&c.pods[client_pod].ns), "hold 10.96.0.10:80").expect("probe");
     assert!(pod_conn.read_line_starting(probe::MARK).expect("hello").starts_with("connected"));
     let mut ext_conns = Vec::new();
     for _ in 0..4 {
@@ -60,9 +65,9 @@ fn open_connections_survive_a_balancer_restart_and_it_resumes_without_rewriting_
         let r = exchange(conn, "two");
         assert!(r.starts_with("reply"), "open tc-path connection without a balancer: {r}");
     }
-    let new_pod = c.from_pod(client_pod, "tcp 3 10.96.0.10:80");
+    let new_pod = c.run_in_pod(client_pod, "tcp 3 10.96.0.10:80");
     assert!(new_pod.iter().all(|l| l.starts_with("ok")), "new connections without a balancer: {new_pod:?}");
-    let new_ext = c.from_client(&format!("tcp 3 {}:30080", node_ip(0)));
+    let new_ext = c.run_on_client(&format!("tcp 3 {}:30080", node_ip(0)));
     assert!(new_ext.iter().all(|l| l.starts_with("ok")), "new connections without a balancer: {new_ext:?}");
 
     // Restart: resume from the pins, re-attach (make before break), full sync with the same objects.
@@ -79,6 +84,6 @@ fn open_connections_survive_a_balancer_restart_and_it_resumes_without_rewriting_
 
     // And it keeps working incrementally: drop the remote backend.
     apply(&mut lb, vec![], vec![slice("web", &eps[..1], 8080, "TCP")]);
-    let lines = c.from_client(&format!("tcp 10 {}:30080", node_ip(0)));
+    let lines = c.run_on_client(&format!("tcp 10 {}:30080", node_ip(0)));
     assert!(lines.iter().all(|l| probe::field(l, "id") == Some("local")), "{lines:?}");
 }

@@ -32,7 +32,9 @@ fn setup() -> Option<(Cluster, Vec<skiff_testkit::Child>)> {
 }
 
 fn eps(c: &Cluster, pods: &[(usize, bool)]) -> Vec<(std::net::Ipv4Addr, &'static str, bool)> {
-    pods.iter().map(|(p, ready)| (c.pods[*p].ip, if c.pods[*p].node == 0 { "node-0" } else { "node-1" }, *ready)).collect()
+    pods.iter()
+        .map(|(p, ready)| (c.pods[*p].ip, if c.pods[*p].node == 0 { "node-0" } else { "node-1" }, *ready))
+        .collect()
 }
 
 #[test]
@@ -44,7 +46,7 @@ fn cluster_ip_tcp_connects_straight_to_ready_backends_and_the_socket_sees_the_se
         vec![service("web", "10.96.0.10", json!({"ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}))],
         vec![slice("web", &eps(&c, &[(1, true), (2, true), (3, true)]), 8080, "TCP")],
     );
-    let lines = c.from_pod(0, "tcp 30 10.96.0.10:80");
+    let lines = c.run_in_pod(0, "tcp 30 10.96.0.10:80");
     assert_eq!(lines.len(), 30);
     assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
     // The socket's peer is the service address (getpeername4), while the backend saw the pod connect directly.
@@ -66,7 +68,7 @@ fn cluster_ip_udp_replies_come_from_the_service_address_connected_or_not() {
         vec![slice("dns", &eps(&c, &[(1, true), (3, true)]), 5353, "UDP")],
     );
     for mode in ["unconnected", "connected"] {
-        let lines = c.from_pod(0, &format!("udp 5 10.96.0.53:53 {mode}"));
+        let lines = c.run_in_pod(0, &format!("udp 5 10.96.0.53:53 {mode}"));
         assert_eq!(lines.len(), 5, "{mode}: {lines:?}");
         assert!(lines.iter().all(|l| l.starts_with("ok")), "{mode}: {lines:?}");
         // recvmsg4 (unconnected) and getpeername4 (connected) show the service address.
@@ -82,14 +84,18 @@ fn a_service_without_endpoints_refuses_connections_at_once_and_scaling_to_zero_d
     let Some((c, _servers)) = setup() else { return };
     let mut lb = c.start_lb(&c.config());
     apply(&mut lb, vec![service("empty", "10.96.0.20", json!({}))], vec![slice("empty", &[], 8080, "TCP")]);
-    let lines = c.from_pod(0, "tcp 3 10.96.0.20:80");
+    let lines = c.run_in_pod(0, "tcp 3 10.96.0.20:80");
     assert!(lines.iter().all(|l| probe::field(l, "kind") == Some("refused")), "{lines:?}");
     assert!(lines.iter().all(|l| probe::field(l, "ms").and_then(|m| m.parse::<u64>().ok()).is_some_and(|m| m < 500)));
 
-    apply(&mut lb, vec![service("web", "10.96.0.10", json!({}))], vec![slice("web", &eps(&c, &[(1, true)]), 8080, "TCP")]);
-    assert!(c.from_pod(0, "tcp 2 10.96.0.10:80").iter().all(|l| l.starts_with("ok")));
+    apply(
+        &mut lb,
+        vec![service("web", "10.96.0.10", json!({}))],
+        vec![slice("web", &eps(&c, &[(1, true)]), 8080, "TCP")],
+    );
+    assert!(c.run_in_pod(0, "tcp 2 10.96.0.10:80").iter().all(|l| l.starts_with("ok")));
     apply(&mut lb, vec![], vec![slice("web", &[], 8080, "TCP")]);
-    let lines = c.from_pod(0, "tcp 2 10.96.0.10:80");
+    let lines = c.run_in_pod(0, "tcp 2 10.96.0.10:80");
     assert!(lines.iter().all(|l| probe::field(l, "kind") == Some("refused")), "{lines:?}");
     assert_eq!(counters(&lb, "web").refused, 2);
     assert_eq!(counters(&lb, "empty").refused, 3);
@@ -99,11 +105,15 @@ fn a_service_without_endpoints_refuses_connections_at_once_and_scaling_to_zero_d
 fn an_endpoint_that_goes_not_ready_receives_no_new_connections() {
     let Some((c, _servers)) = setup() else { return };
     let mut lb = c.start_lb(&c.config());
-    apply(&mut lb, vec![service("web", "10.96.0.10", json!({}))], vec![slice("web", &eps(&c, &[(1, true), (2, true)]), 8080, "TCP")]);
-    let before: BTreeSet<String> = ids(&c.from_pod(0, "tcp 20 10.96.0.10:80")).into_iter().collect();
+    apply(
+        &mut lb,
+        vec![service("web", "10.96.0.10", json!({}))],
+        vec![slice("web", &eps(&c, &[(1, true), (2, true)]), 8080, "TCP")],
+    );
+    let before: BTreeSet<String> = ids(&c.run_in_pod(0, "tcp 20 10.96.0.10:80")).into_iter().collect();
     assert_eq!(before.len(), 2);
     apply(&mut lb, vec![], vec![slice("web", &eps(&c, &[(1, true), (2, false)]), 8080, "TCP")]);
-    let after = ids(&c.from_pod(0, "tcp 20 10.96.0.10:80"));
+    let after = ids(&c.run_in_pod(0, "tcp 20 10.96.0.10:80"));
     assert_eq!(after.len(), 20);
     assert!(after.iter().all(|id| id == "b1"), "{after:?}");
 }
@@ -112,19 +122,23 @@ fn an_endpoint_that_goes_not_ready_receives_no_new_connections() {
 fn session_affinity_keeps_a_client_on_one_backend_and_lets_it_go_when_the_backend_leaves() {
     let Some((c, _servers)) = setup() else { return };
     let mut lb = c.start_lb(&c.config());
-    let svc = service("sticky", "10.96.0.30", json!({"sessionAffinity": "ClientIP",
-        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}));
+    let svc = service(
+        "sticky",
+        "10.96.0.30",
+        json!({"sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+    );
     apply(&mut lb, vec![svc], vec![slice("sticky", &eps(&c, &[(1, true), (2, true), (3, true)]), 8080, "TCP")]);
-    let first: BTreeSet<String> = ids(&c.from_pod(0, "tcp 15 10.96.0.30:80")).into_iter().collect();
+    let first: BTreeSet<String> = ids(&c.run_in_pod(0, "tcp 15 10.96.0.30:80")).into_iter().collect();
     assert_eq!(first.len(), 1, "one backend for the client: {first:?}");
-    let again: BTreeSet<String> = ids(&c.from_pod(0, "tcp 5 10.96.0.30:80")).into_iter().collect();
+    let again: BTreeSet<String> = ids(&c.run_in_pod(0, "tcp 5 10.96.0.30:80")).into_iter().collect();
     assert_eq!(first, again, "a new process in the same pod keeps the backend");
     // Remove the chosen backend: the client moves, and stays on its new one.
     let chosen = first.iter().next().cloned().unwrap_or_default();
     let remaining: Vec<(usize, bool)> =
         [(1, "b1"), (2, "b2"), (3, "b3")].iter().filter(|(_, id)| *id != chosen).map(|(p, _)| (*p, true)).collect();
     apply(&mut lb, vec![], vec![slice("sticky", &eps(&c, &remaining), 8080, "TCP")]);
-    let moved: BTreeSet<String> = ids(&c.from_pod(0, "tcp 10 10.96.0.30:80")).into_iter().collect();
+    let moved: BTreeSet<String> = ids(&c.run_in_pod(0, "tcp 10 10.96.0.30:80")).into_iter().collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert!(!moved.contains(&chosen));
 }
@@ -133,7 +147,11 @@ fn session_affinity_keeps_a_client_on_one_backend_and_lets_it_go_when_the_backen
 fn processes_outside_the_attached_cgroup_are_not_balanced() {
     let Some((c, _servers)) = setup() else { return };
     let mut lb = c.start_lb(&c.config());
-    apply(&mut lb, vec![service("web", "10.96.0.10", json!({}))], vec![slice("web", &eps(&c, &[(1, true)]), 8080, "TCP")]);
+    apply(
+        &mut lb,
+        vec![service("web", "10.96.0.10", json!({}))],
+        vec![slice("web", &eps(&c, &[(1, true)]), 8080, "TCP")],
+    );
     let outside = probe::client(None, Some(&c.pods[0].ns), "tcp 1 10.96.0.10:80").expect("probe");
     assert!(outside.iter().all(|l| l.starts_with("err")), "{outside:?}");
 }

@@ -10,8 +10,10 @@
 //!   service header (backend count, Maglev table id, affinity timeout, generation); slots `1..=count` name one backend
 //!   each.
 //! - [`maps::BACKENDS`]: backend id (`u32`) → [`Backend`].
-//! - [`maps::MAGLEV`]: a hash of maps, table id (`u32`) → an inner `u32` array of backend ids, filled completely before
-//!   it is swapped in.
+//! - [`maps::MAGLEV_S`], [`maps::MAGLEV_M`], [`maps::MAGLEV_L`]: table id (`u32`) → a whole Maglev table
+//!   ([`MaglevTable`]) of backend ids, one size class per map. A table is built completely in user space and
+//!   published by one atomic element write. (A hash-of-maps would also be atomic, but every update of one makes the
+//!   kernel wait for an RCU grace period, about 10 ms here; see docs/lb.md.)
 //! - affinity, reverse socket translation, connection tracking and per-CPU counters, described on each type.
 //!
 //! The `user` feature adds `aya::Pod` implementations so user space can read and write the maps.
@@ -19,9 +21,9 @@
 #![deny(missing_docs)]
 
 mod hash;
-mod types;
 #[cfg(feature = "user")]
 mod pod;
+mod types;
 
 pub use hash::{flow_hash, mix32, mix64};
 pub use types::*;
@@ -32,8 +34,14 @@ pub mod maps {
     pub const SERVICES: &str = "LB_SERVICES";
     /// Backend id → [`crate::Backend`].
     pub const BACKENDS: &str = "LB_BACKENDS";
-    /// Table id → inner array of backend ids (Maglev lookup table).
-    pub const MAGLEV: &str = "LB_MAGLEV";
+    /// Table id → [`crate::MaglevTableS`].
+    pub const MAGLEV_S: &str = "LB_MAGLEV_S";
+    /// Table id → [`crate::MaglevTableM`].
+    pub const MAGLEV_M: &str = "LB_MAGLEV_M";
+    /// Table id → [`crate::MaglevTableL`].
+    pub const MAGLEV_L: &str = "LB_MAGLEV_L";
+    /// Table id → [`crate::MaglevMeta`] (user space only).
+    pub const MAGLEV_META: &str = "LB_MAGLEV_META";
     /// [`crate::AffinityKey`] → [`crate::AffinityValue`] (LRU).
     pub const AFFINITY: &str = "LB_AFFINITY";
     /// [`crate::AffinityMatchKey`] → `u32` (present when the backend belongs to the service).
@@ -52,10 +60,13 @@ pub mod maps {
     pub const CONFIG: &str = "LB_CONFIG";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         BACKENDS,
-        MAGLEV,
+        MAGLEV_S,
+        MAGLEV_M,
+        MAGLEV_L,
+        MAGLEV_META,
         AFFINITY,
         AFFINITY_MATCH,
         REVERSE_SK,
@@ -87,8 +98,6 @@ pub mod programs {
 pub mod limits {
     /// The most backend slots one frontend may have (slot numbers are `u16`, slot 0 is the header).
     pub const MAX_SLOTS: u16 = u16::MAX - 1;
-    /// Size of the inner-map template of [`crate::maps::MAGLEV`]; real tables may differ (`BPF_F_INNER_MAP`).
-    pub const MAGLEV_TEMPLATE_ENTRIES: u32 = 16_382;
     /// Default Maglev table size (a prime, as Maglev requires).
     pub const MAGLEV_DEFAULT_SIZE: u32 = 16_381;
     /// How many SNAT source ports the tc program tries before it gives up on a new flow.

@@ -27,4 +27,8 @@ pod!(
     CtValue,
     Counters,
     Config,
+    MaglevMeta,
+    MaglevTableS,
+    MaglevTableM,
+    MaglevTableL,
 );

@@ -68,9 +68,9 @@ pub struct ServiceValue {
     pub backend_id: u32,
     /// The service port this frontend belongs to: index into the stats map and part of affinity keys.
     pub service_id: u32,
-    /// Header: the Maglev table in [`crate::maps::MAGLEV`], or 0 when `count <= 1` (no table needed).
+    /// Header: the Maglev table (in the map of its size class), or 0 when `count <= 1` (no table needed).
     pub table_id: u32,
-    /// Header: size M of that table (the program indexes it with `hash % M`).
+    /// Header: size M of that table (the program indexes it with `hash % M`; M also selects the size class).
     pub table_size: u32,
     /// Header: sessionAffinity ClientIP timeout in seconds, 0 without affinity.
     pub affinity_timeout: u32,
@@ -200,6 +200,44 @@ pub struct CtValue {
     /// Padding, always zero.
     pub pad: [u8; 3],
 }
+
+/// Value of the Maglev table maps: a whole lookup table of up to `N` backend ids, of which the first `size` are
+/// used (`hash % size`). Written as one value, so a program sees either the old or the new table, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevTable<const N: usize> {
+    /// M, the number of entries in use (a prime `<= N`).
+    pub size: u32,
+    /// A fingerprint of the backend ids and M the table was built from (lets a restarted agent trust it).
+    pub fingerprint: u32,
+    /// Backend ids; entries from `size` on are zero.
+    pub entries: [u32; N],
+}
+
+/// Value of [`crate::maps::MAGLEV_META`]: size and fingerprint of a published table, read back by a restarted agent
+/// (tables themselves are too large to read cheaply). Programs do not use it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MaglevMeta {
+    /// M.
+    pub size: u32,
+    /// [`MaglevTable::fingerprint`].
+    pub fingerprint: u32,
+}
+
+/// Table capacity of the small Maglev class ([`crate::maps::MAGLEV_S`]).
+pub const MAGLEV_S: usize = 1_021;
+/// Table capacity of the default Maglev class ([`crate::maps::MAGLEV_M`]).
+pub const MAGLEV_M: usize = 16_381;
+/// Table capacity of the large Maglev class ([`crate::maps::MAGLEV_L`]).
+pub const MAGLEV_L: usize = 65_521;
+
+/// A small Maglev table (M <= 1021).
+pub type MaglevTableS = MaglevTable<MAGLEV_S>;
+/// A default-size Maglev table (M <= 16381).
+pub type MaglevTableM = MaglevTable<MAGLEV_M>;
+/// A large Maglev table (M <= 65521).
+pub type MaglevTableL = MaglevTable<MAGLEV_L>;
 
 /// Per-CPU counters of a service port or a backend.
 #[repr(C)]

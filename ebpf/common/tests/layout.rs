@@ -31,6 +31,7 @@ fn every_shared_type_has_the_pinned_size_alignment_and_no_implicit_padding() {
     layout!(ReverseSkValue, size = 8, align = 4, fields = [addr, port, pad]);
     layout!(CtKey, size = 16, align = 4, fields = [saddr, daddr, sport, dport, proto, pad]);
     layout!(CtValue, size = 24, align = 4, fields = [saddr, daddr, sport, dport, backend_id, service_id, flags, pad]);
+    layout!(MaglevMeta, size = 8, align = 4, fields = [size, fingerprint]);
     layout!(Counters, size = 32, align = 8, fields = [packets, bytes, connections, refused]);
     layout!(Config, size = 16, align = 4, fields = [snat_addr, nat_port_min, nat_port_max, generation, flags]);
 }
@@ -77,4 +78,15 @@ fn flow_hash_spreads_source_ports_evenly_over_buckets() {
     for b in buckets {
         assert!((900..1100).contains(&b), "uneven bucket {b} in {buckets:?}");
     }
+}
+
+#[test]
+fn maglev_tables_are_a_header_and_their_entries_without_padding() {
+    assert_eq!(size_of::<MaglevTableS>(), 8 + 4 * MAGLEV_S);
+    assert_eq!(size_of::<MaglevTableM>(), 8 + 4 * MAGLEV_M);
+    assert_eq!(size_of::<MaglevTableL>(), 8 + 4 * MAGLEV_L);
+    assert_eq!(align_of::<MaglevTableM>(), 4);
+    assert_eq!(core::mem::offset_of!(MaglevTableM, entries), 8);
+    const { assert!(MAGLEV_S < MAGLEV_M && MAGLEV_M < MAGLEV_L) };
+    assert_eq!(limits::MAGLEV_DEFAULT_SIZE as usize, MAGLEV_M);
 }

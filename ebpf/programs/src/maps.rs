@@ -2,20 +2,19 @@
 //! override (`EbpfLoader::set_max_entries`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use skiff_ebpf_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, ReverseSkKey,
-    ReverseSkValue, ServiceKey, ServiceValue, limits,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
+    MaglevTableL, MaglevTableM, MaglevTableS, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
 };
 
-/// Hash maps that user space updates while programs read them do not preallocate: a removed element is freed only
-/// after an RCU grace period, so a program never reads a recycled element.
+/// Hash maps that user space updates while programs read them do not preallocate: a replaced or removed element is
+/// freed only after an RCU grace period, so a program never reads a recycled element (and a replaced Maglev table
+/// stays intact for a program that looked it up just before).
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
-/// Maglev tables may have any size (`BPF_F_INNER_MAP`) and user space fills them through mmap (`BPF_F_MMAPABLE`).
-pub const MAGLEV_INNER_FLAGS: usize = (BPF_F_INNER_MAP | BPF_F_MMAPABLE) as usize;
 
 /// Frontends and their backend slots.
 #[btf_map]
@@ -25,14 +24,21 @@ pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue, 262_144, NO_PREALLOC> 
 #[btf_map]
 pub static LB_BACKENDS: HashMap<u32, Backend, 131_072, NO_PREALLOC> = HashMap::new();
 
-/// Maglev tables by table id; each inner array holds backend ids (plus a fingerprint in its last element).
+/// Small Maglev tables (M <= 1021) by table id.
 #[btf_map]
-pub static LB_MAGLEV: HashOfMaps<
-    u32,
-    Array<u32, { limits::MAGLEV_TEMPLATE_ENTRIES as usize }, MAGLEV_INNER_FLAGS>,
-    65_536,
-    NO_PREALLOC,
-> = HashOfMaps::new();
+pub static LB_MAGLEV_S: HashMap<u32, MaglevTableS, 65_536, NO_PREALLOC> = HashMap::new();
+
+/// Default-size Maglev tables (M <= 16381) by table id.
+#[btf_map]
+pub static LB_MAGLEV_M: HashMap<u32, MaglevTableM, 65_536, NO_PREALLOC> = HashMap::new();
+
+/// Large Maglev tables (M <= 65521) by table id.
+#[btf_map]
+pub static LB_MAGLEV_L: HashMap<u32, MaglevTableL, 65_536, NO_PREALLOC> = HashMap::new();
+
+/// Size and fingerprint of each table, for user space after a restart (not read by the programs).
+#[btf_map]
+pub static LB_MAGLEV_META: HashMap<u32, MaglevMeta, 65_536, NO_PREALLOC> = HashMap::new();
 
 /// sessionAffinity: the backend each client last used, per service port.
 #[btf_map]

@@ -92,7 +92,8 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
     }
     let l4 = ETH_HLEN + ihl;
     let ports: [u16; 2] = ctx.load(l4)?;
-    let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: ports[0], dport: ports[1], proto: ip.proto, pad: [0; 3] };
+    let key =
+        CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: ports[0], dport: ports[1], proto: ip.proto, pad: [0; 3] };
     Ok(Parsed::Flow(Flow { key, l4, len: u16::from_be(ip.tot_len) }))
 }
 

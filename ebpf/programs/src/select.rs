@@ -2,9 +2,13 @@
 //! (or the only slot, or a slot chosen by hash when no table exists).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use skiff_ebpf_common::{AffinityKey, AffinityMatchKey, AffinityValue, Backend, Event, ServiceKey, ServiceValue};
+use skiff_ebpf_common::{
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Event, MAGLEV_M, MAGLEV_S, ServiceKey, ServiceValue,
+};
 
-use crate::maps::{LB_AFFINITY, LB_AFFINITY_MATCH, LB_BACKENDS, LB_MAGLEV, LB_SERVICES, event};
+use crate::maps::{
+    LB_AFFINITY, LB_AFFINITY_MATCH, LB_BACKENDS, LB_MAGLEV_L, LB_MAGLEV_M, LB_MAGLEV_S, LB_SERVICES, event,
+};
 
 /// Looks up the header (slot 0) of a frontend and copies it out.
 #[inline(always)]
@@ -31,6 +35,23 @@ fn now_secs() -> u32 {
 fn slot_backend(key: &ServiceKey, slot: u16) -> Option<u32> {
     let k = ServiceKey { slot, ..*key };
     service(&k).map(|v| v.backend_id)
+}
+
+/// Entry `index` of table `id` of size `size`, from the map of its size class.
+#[inline(always)]
+fn maglev(id: u32, size: u32, index: u32) -> Option<u32> {
+    let i = index as usize;
+    // SAFETY: tables are replaced as whole elements of no-prealloc hash maps, so a table a program holds is neither
+    // changed nor recycled while it runs; the value is read once. `get` bounds-checks the index.
+    unsafe {
+        if size as usize <= MAGLEV_S {
+            LB_MAGLEV_S.get(id).and_then(|t| t.entries.get(i).copied())
+        } else if size as usize <= MAGLEV_M {
+            LB_MAGLEV_M.get(id).and_then(|t| t.entries.get(i).copied())
+        } else {
+            LB_MAGLEV_L.get(id).and_then(|t| t.entries.get(i).copied())
+        }
+    }
 }
 
 /// Picks the backend id for a new connection of `client` (kind: `AFFINITY_*`) to the frontend `key` whose header is
@@ -61,14 +82,7 @@ pub fn select(key: &ServiceKey, svc: &ServiceValue, client: u64, client_kind: u3
         slot_backend(key, 1)
     } else {
         let size = svc.table_size;
-        let from_table = if svc.table_id != 0 && size != 0 {
-            let index = hash % size;
-            // SAFETY: the inner array is never written after it is published (user space fills a fresh array, then
-            // swaps it in), so the element is stable.
-            unsafe { LB_MAGLEV.get_value(&svc.table_id, &index).copied() }
-        } else {
-            None
-        };
+        let from_table = if svc.table_id != 0 && size != 0 { maglev(svc.table_id, size, hash % size) } else { None };
         let count = svc.count as u32;
         match from_table {
             Some(id) if id != 0 => Some(id),

@@ -95,7 +95,8 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
         CtValue { daddr: b.addr, dport: b.port, backend_id, service_id: svc.service_id, ..CtValue::default() };
     if b.flags & BACKEND_F_LOCAL != 0 {
         // Local backend: DNAT only; the reply leaves through egress and gets the service address back there.
-        let reply_key = CtKey { saddr: b.addr, daddr: k.saddr, sport: b.port, dport: k.sport, proto: k.proto, pad: [0; 3] };
+        let reply_key =
+            CtKey { saddr: b.addr, daddr: k.saddr, sport: b.port, dport: k.sport, proto: k.proto, pad: [0; 3] };
         let reply = CtValue {
             saddr: k.daddr,
             sport: k.dport,
@@ -205,9 +206,7 @@ fn redirect(ctx: &mut TcContext, saddr: u32, daddr: u32, len: u16) -> i32 {
     fib.__bindgen_anon_3.ipv4_src = saddr;
     fib.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: the helper reads and writes `fib`, whose size is passed.
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<FibLookup>() as i32, 0)
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<FibLookup>() as i32, 0) };
     if rc == FIB_SUCCESS {
         if ctx.store(0, &fib.dmac, 0).is_err() || ctx.store(6, &fib.smac, 0).is_err() {
             return TC_ACT_SHOT;

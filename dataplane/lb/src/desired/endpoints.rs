@@ -91,9 +91,7 @@ pub fn usable(candidates: &[Candidate], local_only: bool) -> (Vec<(BackendAddr, 
         (ready, false)
     };
     let fallback = fallback && !chosen.is_empty();
-    let out = chosen
-        .into_iter()
-        .map(|c| (c.addr, BackendInfo { local: c.local, terminating: c.terminating }))
-        .collect();
+    let out =
+        chosen.into_iter().map(|c| (c.addr, BackendInfo { local: c.local, terminating: c.terminating })).collect();
     (out, fallback)
 }

@@ -26,8 +26,8 @@ use k8s_openapi::api::{
 pub use endpoints::{Candidate, SERVICE_NAME_LABEL, candidates, usable};
 
 use crate::model::{
-    Frontend, FrontendKey, FrontendKind, LbTables, Protocol, Scope, ServiceName,
-    ServicePortName, ServiceTables, SkipReason,
+    Frontend, FrontendKey, FrontendKind, LbTables, Protocol, Scope, ServiceName, ServicePortName, ServiceTables,
+    SkipReason,
 };
 
 /// Default sessionAffinity ClientIP timeout (Kubernetes' default, 3 hours).
@@ -95,12 +95,7 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
 }
 
 /// The desired tables of one Service given its EndpointSlices.
-pub fn service_tables(
-    svc: &Service,
-    slices: &[&EndpointSlice],
-    node: &NodeIdentity,
-    limits: &Limits,
-) -> ServiceTables {
+pub fn service_tables(svc: &Service, slices: &[&EndpointSlice], node: &NodeIdentity, limits: &Limits) -> ServiceTables {
     let mut out = ServiceTables::default();
     let Some(spec) = svc.spec.as_ref() else {
         return out;
@@ -121,7 +116,13 @@ pub fn service_tables(
     let lb_ips = if svc_type == "LoadBalancer" {
         let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
         // ipMode Proxy: the cloud load balancer proxies to the nodes, so kube-proxy does not capture the address.
-        ipv4s(ingress.into_iter().flatten().filter(|i| i.ip_mode.as_deref() != Some("Proxy")).filter_map(|i| i.ip.as_ref()))
+        ipv4s(
+            ingress
+                .into_iter()
+                .flatten()
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                .filter_map(|i| i.ip.as_ref()),
+        )
     } else {
         Vec::new()
     };
@@ -160,7 +161,8 @@ pub fn service_tables(
             out.skipped.push(SkipReason::TooManyBackends { port: label, count: cands.len(), max: limits.max_backends });
             continue;
         }
-        let port_name = ServicePortName { service: name.clone(), port: port.name.clone().unwrap_or_default(), protocol };
+        let port_name =
+            ServicePortName { service: name.clone(), port: port.name.clone().unwrap_or_default(), protocol };
         let mut add = |addr: Ipv4Addr, fport: u16, scope: Scope, kind: FrontendKind, local_only: bool| {
             let (backends, terminating_fallback) = usable(&cands, local_only);
             for (b, info) in &backends {
@@ -203,10 +205,11 @@ fn node_port(port: &ServicePort) -> Option<u16> {
 fn ipv4s<'a>(ips: impl IntoIterator<Item = &'a String>) -> Vec<Ipv4Addr> {
     let mut out: Vec<Ipv4Addr> = Vec::new();
     for ip in ips {
-        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
-            if !ip.is_unspecified() && !out.contains(&ip) {
-                out.push(ip);
-            }
+        if let Ok(ip) = ip.parse::<Ipv4Addr>()
+            && !ip.is_unspecified()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
         }
     }
     out

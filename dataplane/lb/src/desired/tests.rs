@@ -71,7 +71,11 @@ fn ep(ip: &'static str, node: &'static str, c: (bool, bool, bool)) -> (&'static 
 fn a_cluster_ip_service_balances_over_its_ready_endpoints_only() {
     let t = tables(
         &web(json!({})),
-        &endpoints(&[ep("10.244.0.2", "node-a", READY), ep("10.244.1.2", "node-b", READY), ep("10.244.1.3", "node-b", NOT_READY)]),
+        &endpoints(&[
+            ep("10.244.0.2", "node-a", READY),
+            ep("10.244.1.2", "node-b", READY),
+            ep("10.244.1.3", "node-b", NOT_READY),
+        ]),
     );
     assert_eq!(t.frontends.len(), 1);
     let k = key([10, 96, 0, 10], 80, Scope::Internal);
@@ -114,7 +118,8 @@ fn a_service_without_endpoints_keeps_its_frontend_with_no_backends_so_connection
 
 #[test]
 fn a_node_port_service_gets_internal_and_external_frontends_on_every_node_address() {
-    let s = web(json!({"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}]}));
+    let s =
+        web(json!({"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}]}));
     let t = tables(&s, &endpoints(&[ep("10.244.0.2", "node-a", READY), ep("10.244.1.2", "node-b", READY)]));
     let keys: Vec<_> = t.frontends.keys().copied().collect();
     assert_eq!(
@@ -194,7 +199,9 @@ fn session_affinity_client_ip_carries_its_timeout_or_the_default() {
 
 #[test]
 fn sctp_ports_are_reported_and_skipped_while_other_ports_are_programmed() {
-    let s = web(json!({"ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "sig", "port": 9, "protocol": "SCTP"}]}));
+    let s = web(
+        json!({"ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "sig", "port": 9, "protocol": "SCTP"}]}),
+    );
     let t = tables(&s, &endpoints(&[ep("10.244.0.2", "node-a", READY)]));
     assert_eq!(t.frontends.len(), 1);
     assert_eq!(t.skipped, [SkipReason::UnsupportedProtocol { port: "sig".into(), protocol: "SCTP".into() }]);
@@ -227,13 +234,16 @@ fn headless_and_external_name_services_have_no_frontends() {
 
 #[test]
 fn endpoint_ports_are_matched_by_port_name_and_protocol() {
-    let s = web(json!({"ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]}));
+    let s = web(
+        json!({"ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]}),
+    );
     let e = slice(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "web-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
         "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.2"]}],
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]}));
     let t = tables(&s, &e);
-    let udp = FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port: 53, protocol: Protocol::Udp, scope: Scope::Internal };
+    let udp =
+        FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port: 53, protocol: Protocol::Udp, scope: Scope::Internal };
     assert_eq!(t.frontends[&udp].backends[0].port, 5353);
     assert_eq!(t.frontends[&key([10, 96, 0, 10], 80, Scope::Internal)].backends[0].port, 8080);
 }

@@ -60,12 +60,7 @@ fn backend_value(addr: &BackendAddr, flags: u8) -> Backend {
 
 /// Plans the change of Service `name` to `desired` (`None`: the Service is gone). `generation` is stamped into every
 /// header written.
-pub fn plan_service(
-    reg: &mut Registry,
-    name: &ServiceName,
-    desired: Option<&ServiceTables>,
-    generation: u32,
-) -> Plan {
+pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&ServiceTables>, generation: u32) -> Plan {
     let mut plan = Plan::default();
     let empty = ServiceTables::default();
     let desired = desired.unwrap_or(&empty);
@@ -160,15 +155,16 @@ pub fn plan_service(
             pad: 0,
         };
         let old = reg.frontends.get(*key).cloned();
-        if let Some(old) = &old {
-            if same_state(&old.header, &header) && old.slots == slots {
-                if old.owner.as_ref() != Some(name) {
-                    if let Some(p) = reg.frontends.get_mut(*key) {
-                        p.owner = Some(name.clone());
-                    }
-                }
-                continue;
+        if let Some(old) = &old
+            && same_state(&old.header, &header)
+            && old.slots == slots
+        {
+            if old.owner.as_ref() != Some(name)
+                && let Some(p) = reg.frontends.get_mut(*key)
+            {
+                p.owner = Some(name.clone());
             }
+            continue;
         }
         add_refs(reg, &header, &slots, &mut ops);
         let old_count = old.as_ref().map(|o| o.slots.len()).unwrap_or(0);
@@ -190,7 +186,8 @@ pub fn plan_service(
         if let Some(old) = &old {
             drop_refs(reg, &old.header, &old.slots, &mut dropped);
         }
-        reg.service_entries = reg.service_entries + 1 + slots.len() as u32 - old.as_ref().map_or(0, |o| 1 + o.slots.len() as u32);
+        reg.service_entries =
+            reg.service_entries + 1 + slots.len() as u32 - old.as_ref().map_or(0, |o| 1 + o.slots.len() as u32);
         reg.frontends.insert(**key, ProgrammedFrontend { owner: Some(name.clone()), header, slots });
         plan.changed_frontends += 1;
     }
@@ -232,9 +229,9 @@ pub fn plan_unclaimed(reg: &mut Registry) -> Plan {
         ops.push(Op::DeleteSlot(key));
         reg.service_entries = reg.service_entries.saturating_sub(1);
     }
-    for id in garbage.tables {
+    for (id, size) in garbage.tables {
         if !reg.tables.values().any(|t| t.id == id) {
-            ops.push(Op::DeleteTable(id));
+            ops.push(Op::DeleteTable { id, size });
             reg.table_ids.put(id);
         }
     }
@@ -244,7 +241,9 @@ pub fn plan_unclaimed(reg: &mut Registry) -> Plan {
         }
     }
     for id in garbage.backends {
-        if !reg.backend_addrs.contains_key(&id) || reg.backend_addrs.get(&id).and_then(|a| reg.backends.get(a)).is_none_or(|e| e.id != id) {
+        if !reg.backend_addrs.contains_key(&id)
+            || reg.backend_addrs.get(&id).and_then(|a| reg.backends.get(a)).is_none_or(|e| e.id != id)
+        {
             ops.push(Op::DeleteBackend(id));
             reg.backend_ids.put(id);
         }
@@ -281,13 +280,13 @@ fn port_id(reg: &mut Registry, port: &ServicePortName, key: &FrontendKey, ops: &
     let restored = reg.frontends.get(key).filter(|f| f.owner.is_none()).map(|f| f.header.service_id);
     if let Some(id) = restored.filter(|id| *id != 0 && matches!(reg.port_names.get(id), Some(None))) {
         let refs = reg.anonymous_port_refs.remove(&id).unwrap_or(0);
-        reg.port_names.insert(id, Some(port.clone()));
+        reg.name_port(id, port.clone());
         reg.ports.insert(port.clone(), PortEntry { id, refs });
         return id;
     }
     match reg.port_ids.take() {
         Some(id) => {
-            reg.port_names.insert(id, Some(port.clone()));
+            reg.name_port(id, port.clone());
             reg.ports.insert(port.clone(), PortEntry { id, refs: 0 });
             ops.push(Op::ResetServiceStats(id));
             id
@@ -311,10 +310,10 @@ fn add_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32], ops: &mut 
             ops.push(Op::PutMembership(m));
         }
     }
-    if header.table_id != 0 {
-        if let Some(t) = reg.tables.get_mut(&(slots.to_vec(), header.table_size)) {
-            t.refs += 1;
-        }
+    if header.table_id != 0
+        && let Some(t) = reg.tables.get_mut(&(slots.to_vec(), header.table_size))
+    {
+        t.refs += 1;
     }
 }
 
@@ -323,11 +322,11 @@ fn drop_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32], dropped: 
     dropped.ports.insert(header.service_id);
     let distinct: BTreeSet<u32> = slots.iter().copied().collect();
     for id in &distinct {
-        if let Some(e) = reg.backend_addrs.get(id).and_then(|a| reg.backends.get_mut(a)) {
-            if e.id == *id {
-                e.refs = e.refs.saturating_sub(1);
-                dropped.backends.insert(*id);
-            }
+        if let Some(e) = reg.backend_addrs.get(id).and_then(|a| reg.backends.get_mut(a))
+            && e.id == *id
+        {
+            e.refs = e.refs.saturating_sub(1);
+            dropped.backends.insert(*id);
         }
         let m = AffinityMatchKey { backend_id: *id, service_id: header.service_id };
         if let Some(r) = reg.memberships.get_mut(&m) {
@@ -335,14 +334,13 @@ fn drop_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32], dropped: 
             dropped.memberships.insert(m);
         }
     }
-    if header.table_id != 0 {
-        let tkey = (slots.to_vec(), header.table_size);
-        if let Some(t) = reg.tables.get_mut(&tkey) {
-            if t.id == header.table_id {
-                t.refs = t.refs.saturating_sub(1);
-                dropped.tables.insert(tkey);
-            }
-        }
+    let tkey = (slots.to_vec(), header.table_size);
+    if header.table_id != 0
+        && let Some(t) = reg.tables.get_mut(&tkey)
+        && t.id == header.table_id
+    {
+        t.refs = t.refs.saturating_sub(1);
+        dropped.tables.insert(tkey);
     }
 }
 
@@ -361,7 +359,13 @@ fn port_refs(reg: &mut Registry, id: u32, delta: i32) {
     }
 }
 
-fn remove_frontend(reg: &mut Registry, key: &FrontendKey, old: &ProgrammedFrontend, ops: &mut Vec<Op>, dropped: &mut Dropped) {
+fn remove_frontend(
+    reg: &mut Registry,
+    key: &FrontendKey,
+    old: &ProgrammedFrontend,
+    ops: &mut Vec<Op>,
+    dropped: &mut Dropped,
+) {
     ops.push(Op::DeleteHeader(key.map_key(0)));
     for slot in 1..=old.slots.len() {
         ops.push(Op::DeleteSlot(key.map_key(slot as u16)));
@@ -375,9 +379,10 @@ fn collect(reg: &mut Registry, dropped: &mut Dropped, ops: &mut Vec<Op>) {
     for tkey in dropped.tables.drain() {
         if let Some(t) = reg.tables.get(&tkey).filter(|t| t.refs == 0) {
             let id = t.id;
+            let size = tkey.1;
             reg.tables.remove(&tkey);
             reg.table_ids.put(id);
-            ops.push(Op::DeleteTable(id));
+            ops.push(Op::DeleteTable { id, size });
         }
     }
     for m in dropped.memberships.drain() {
@@ -397,21 +402,17 @@ fn collect(reg: &mut Registry, dropped: &mut Dropped, ops: &mut Vec<Op>) {
     }
     for id in dropped.ports.drain() {
         match reg.port_names.get(&id).cloned() {
-            Some(Some(name)) => {
-                if reg.ports.get(&name).is_some_and(|p| p.refs == 0) {
-                    reg.ports.remove(&name);
-                    reg.port_names.remove(&id);
-                    reg.port_ids.put(id);
-                }
+            Some(Some(name)) if reg.ports.get(&name).is_some_and(|p| p.refs == 0) => {
+                reg.ports.remove(&name);
+                reg.unname_port(id);
+                reg.port_ids.put(id);
             }
-            Some(None) => {
-                if reg.anonymous_port_refs.get(&id).is_none_or(|r| *r == 0) {
-                    reg.anonymous_port_refs.remove(&id);
-                    reg.port_names.remove(&id);
-                    reg.port_ids.put(id);
-                }
+            Some(None) if reg.anonymous_port_refs.get(&id).is_none_or(|r| *r == 0) => {
+                reg.anonymous_port_refs.remove(&id);
+                reg.unname_port(id);
+                reg.port_ids.put(id);
             }
-            None => {}
+            _ => {}
         }
     }
 }

@@ -50,7 +50,7 @@ impl Kernel {
             Op::DeleteHeader(k) | Op::DeleteSlot(k) => {
                 self.services.remove(k);
             }
-            Op::DeleteTable(id) => {
+            Op::DeleteTable { id, .. } => {
                 self.tables.remove(id);
             }
             Op::DeleteMembership(k) => {
@@ -111,7 +111,7 @@ impl Kernel {
         MapContents {
             services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
             backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
-            tables: self.tables.iter().map(|(id, (size, ids))| (*id, fingerprint(ids, *size))).collect(),
+            tables: self.tables.iter().map(|(id, (size, ids))| (*id, *size, fingerprint(ids, *size))).collect(),
             memberships: self.memberships.iter().copied().collect(),
         }
     }
@@ -198,13 +198,27 @@ fn one_endpoint_change_among_a_thousand_services_writes_only_that_service() {
         let t = service(&n, &[(i % 250) as u8 + 1], &[(i % 200) as u8 + 1, (i % 200) as u8 + 2], 0);
         // Distinct frontend per Service: vary the port.
         let t = ServiceTables {
-            frontends: t.frontends.into_iter().map(|(mut fk, f)| { fk.port = 1000 + i as u16; (fk, f) }).collect(),
+            frontends: t
+                .frontends
+                .into_iter()
+                .map(|(mut fk, f)| {
+                    fk.port = 1000 + i as u16;
+                    (fk, f)
+                })
+                .collect(),
             ..t
         };
         k.run(&plan_service(&mut reg, &name(&n), Some(&t), 1)).expect("consistent");
     }
     let mut t = service("svc7", &[8], &[8, 9, 42], 0);
-    t.frontends = t.frontends.into_iter().map(|(mut fk, f)| { fk.port = 1007; (fk, f) }).collect();
+    t.frontends = t
+        .frontends
+        .into_iter()
+        .map(|(mut fk, f)| {
+            fk.port = 1007;
+            (fk, f)
+        })
+        .collect();
     let plan = plan_service(&mut reg, &name("svc7"), Some(&t), 2);
     k.run(&plan).expect("consistent");
     // New backend, its stats reset, memberships, one table, one slot, one header, old table deleted.

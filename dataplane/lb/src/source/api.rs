@@ -12,18 +12,14 @@ use kube::{
 };
 
 use crate::{
-    applier::error_chain,
-    config::LbConfig,
-    desired::service_name,
-    engine::Engine,
-    error::LbError,
-    metrics::LbMetrics,
+    applier::error_chain, config::LbConfig, desired::service_name, engine::Engine, error::LbError, metrics::LbMetrics,
     model::ServiceName,
 };
 
 /// Most events folded into one sync.
 const MAX_BATCH: usize = 1024;
 
+#[allow(clippy::large_enum_variant, reason = "short-lived; boxing every watch event buys nothing")]
 enum Ev {
     Svc(Result<watcher::Event<Service>, watcher::Error>),
     Slice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
@@ -120,14 +116,15 @@ fn handle(
             }
         },
         Ev::Svc(Err(e)) => tracing::warn!(error = %error_chain(&e), "watching Services (retrying with back-off)"),
-        Ev::Slice(Err(e)) => tracing::warn!(error = %error_chain(&e), "watching EndpointSlices (retrying with back-off)"),
+        Ev::Slice(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "watching EndpointSlices (retrying with back-off)")
+        }
     }
 }
 
 /// [`run_from_api`] with a client from the usual kubeconfig inference (`KUBECONFIG`, `~/.kube/config`, in-cluster).
 pub async fn run_with_default_client(config: LbConfig, shutdown: impl Future<Output = ()>) -> Result<(), LbError> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| LbError::Watch { resource: "kubeconfig", message: error_chain(&e) })?;
+    let client =
+        Client::try_default().await.map_err(|e| LbError::Watch { resource: "kubeconfig", message: error_chain(&e) })?;
     run_from_api(client, config, shutdown).await
 }

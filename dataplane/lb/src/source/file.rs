@@ -51,11 +51,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Runs the balancer from `path` until `shutdown` completes. Leaves the programs attached and the maps pinned when
 /// it returns (fail-static); `skiff lb --uninstall` removes them.
-pub async fn run_from_file(
-    path: PathBuf,
-    config: LbConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), LbError> {
+pub async fn run_from_file(path: PathBuf, config: LbConfig, shutdown: impl Future<Output = ()>) -> Result<(), LbError> {
     let (services, slices) = read_objects(&path)?;
     let metrics = LbMetrics::new(config.pin_dir.clone());
     if let Some(addr) = config.metrics_addr {

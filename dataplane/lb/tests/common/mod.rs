@@ -69,9 +69,9 @@ impl Cluster {
             ns.sysctl("net.ipv4.ip_forward", "1")?;
             nodes.push(Node { ns, name: format!("node-{i}") });
         }
-        for i in 0..n {
+        for (i, node) in nodes.iter().enumerate() {
             for j in (0..n).filter(|j| *j != i) {
-                nodes[i].ns.ip(&["route", "add", &format!("10.244.{j}.0/24"), "via", &node_ip(j).to_string()])?;
+                node.ns.ip(&["route", "add", &format!("10.244.{j}.0/24"), "via", &node_ip(j).to_string()])?;
             }
         }
         let client = NetNs::new("sk-client")?;
@@ -80,7 +80,14 @@ impl Cluster {
         client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"])?;
         // LoadBalancer and external IPs are routed to node 0, as an upstream router would.
         client.ip(&["route", "add", "203.0.113.0/24", "via", &node_ip(0).to_string()])?;
-        Ok(Self { pods: Vec::new(), client, nodes, lan, cgroup: Cgroup::new("skiff-lbtest")?, pins: PinDir::new("skiff-test")? })
+        Ok(Self {
+            pods: Vec::new(),
+            client,
+            nodes,
+            lan,
+            cgroup: Cgroup::new("skiff-lbtest")?,
+            pins: PinDir::new("skiff-test")?,
+        })
     }
 
     /// Adds a pod on node `node`; returns its index.
@@ -123,12 +130,12 @@ impl Cluster {
     }
 
     /// Runs a client probe in pod `pod`, inside node 0's pod cgroup.
-    pub fn from_pod(&self, pod: usize, spec: &str) -> Vec<String> {
+    pub fn run_in_pod(&self, pod: usize, spec: &str) -> Vec<String> {
         probe::client(Some(&self.cgroup), Some(&self.pods[pod].ns), spec).expect("running a client probe")
     }
 
     /// Runs a client probe on the external client host.
-    pub fn from_client(&self, spec: &str) -> Vec<String> {
+    pub fn run_on_client(&self, spec: &str) -> Vec<String> {
         probe::client(None, Some(&self.client), spec).expect("running a client probe")
     }
 }
@@ -150,8 +157,10 @@ pub fn service(name: &str, cluster_ip: &str, spec: serde_json::Value) -> Service
 pub fn slice(svc: &str, eps: &[(Ipv4Addr, &str, bool)], port: u16, proto: &str) -> EndpointSlice {
     let eps: Vec<_> = eps
         .iter()
-        .map(|(ip, node, ready)| json!({"addresses": [ip.to_string()], "nodeName": node,
-            "conditions": {"ready": ready, "serving": ready, "terminating": false}}))
+        .map(|(ip, node, ready)| {
+            json!({"addresses": [ip.to_string()], "nodeName": node,
+            "conditions": {"ready": ready, "serving": ready, "terminating": false}})
+        })
         .collect();
     serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("{svc}-1"), "namespace": "default",
