@@ -1,1 +1,172 @@
-//! placeholder
+//! `skiff-agent`: the node agent. It registers its Node and keeps it alive (Lease, conditions), runs the pods bound to
+//! it with runc (sandbox network namespace, images, volumes, probes, restarts, graceful termination), reports their
+//! status, serves logs, exec and metrics to the API server, answers cluster DNS, and drives the eBPF service load
+//! balancer for its pods. Running containers outlive the agent (**fail-static**): a restarted agent re-adopts them.
+//!
+//! ```no_run
+//! # async fn demo(client: kube::Client, ca_pem: String) -> Result<(), skiff_agent::AgentError> {
+//! let mut cfg = skiff_agent::AgentConfig::new("node-1", ca_pem);
+//! cfg.data_dir = "/var/lib/skiff/agent".into();
+//! skiff_agent::run(client, cfg, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod cgroups;
+pub mod cleanup;
+pub mod client;
+pub mod config;
+pub mod dns;
+pub mod error;
+pub mod host;
+pub mod images;
+pub mod lb;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod paths;
+pub mod pods;
+pub mod runtime;
+pub mod server;
+mod sys;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use tokio::sync::mpsc;
+
+pub use config::{AgentConfig, BackoffPolicy, LbMode, ShimCommand};
+pub use error::AgentError;
+
+/// Follows a resource into a reflector store; sends the namespace of every changed object to `changes`.
+fn follow<K>(client: &kube::Client, changes: Option<mpsc::UnboundedSender<String>>) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let api: kube::Api<K> = kube::Api::all(client.clone());
+    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff().touched_objects();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            if let (Ok(obj), Some(tx)) = (ev, changes.as_ref()) {
+                let _ = tx.send(obj.meta().namespace.clone().unwrap_or_default());
+            }
+        }
+    });
+    (reader, task)
+}
+
+/// Runs the agent with `client` until `shutdown` completes. Containers keep running when it returns.
+pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    cfg.validate()?;
+    skiff_client::install_crypto_provider();
+    let paths = paths::Paths::new(&cfg.data_dir);
+    for d in paths.all_dirs() {
+        std::fs::create_dir_all(&d).map_err(AgentError::io(format!("creating {}", d.display())))?;
+    }
+    let cgroups = cgroups::Cgroups::detect().map_err(AgentError::io("reading this process's cgroups"))?;
+    let pods_cgroup = cgroups.unified_pods_dir(&cfg.cgroup_root).ok_or_else(|| AgentError::Config("no cgroup v2 hierarchy is mounted (expected /sys/fs/cgroup/unified or /sys/fs/cgroup)".into()))?;
+    std::fs::create_dir_all(&pods_cgroup).map_err(AgentError::io(format!("creating {}", pods_cgroup.display())))?;
+    let host = host::HostFacts::read(&cfg.data_dir, &cgroups);
+    let node_ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => host::detect_node_ip(cfg.interface.as_deref(), &cfg.bridge).await.ok_or_else(|| AgentError::Config("no node address found: give --node-ip or --interface".into()))?,
+    };
+    let runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::runc::Runc::new(cfg.runc.clone(), paths.runc_root(), cfg.shim.clone(), paths.exits(), cfg.log_max_bytes));
+    let images = Arc::new(images::Images::open(&cfg.image_store, cfg.insecure_registries.clone())?);
+    let facts = node::NodeFacts { name: cfg.node_name.clone(), ip: node_ip, host: host.clone(), port: cfg.kubelet_port, runtime_version: runtime.version(), max_pods: cfg.max_pods };
+    let registered = node::register(&client, &facts, &cfg.data_dir).await?;
+    let node_uid = registered.metadata.uid.clone();
+    let cidr = node::pod_cidr(&client, &cfg.node_name, registered).await?;
+    tracing::info!(node = %cfg.node_name, ip = %node_ip, pod_cidr = %cidr, "node registered");
+    let dns_ip = cfg.serve_dns.then_some(cfg.cluster_dns);
+    let net = Arc::new(network::Network::setup(&cfg.bridge, cidr, dns_ip, &paths.ipam(), &paths.netns_dir()).await?);
+    let metrics = metrics::Metrics::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    tasks.push(tokio::spawn(node::lease_loop(client.clone(), cfg.node_name.clone(), node_uid)));
+    tasks.push(tokio::spawn(node::status_loop(client.clone(), facts.clone(), cfg.data_dir.clone())));
+    tasks.push(tokio::spawn(network::routes::run(client.clone(), net.handle().clone(), cfg.node_name.clone())));
+    // Watched objects.
+    let (config_tx, config_rx) = mpsc::unbounded_channel();
+    let (config_maps, t1) = follow::<ConfigMap>(&client, Some(config_tx.clone()));
+    let (secrets, t2) = follow::<Secret>(&client, Some(config_tx));
+    let (services, t3) = follow::<Service>(&client, None);
+    let (slices, t4) = follow::<EndpointSlice>(&client, None);
+    tasks.extend([t1, t2, t3, t4]);
+    let listed = async {
+        let _ = config_maps.wait_until_ready().await;
+        let _ = secrets.wait_until_ready().await;
+        let _ = services.wait_until_ready().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(60), listed).await.is_err() {
+        return Err(AgentError::Config("could not list ConfigMaps, Secrets and Services within a minute".into()));
+    }
+    // DNS.
+    if cfg.serve_dns {
+        let view = dns::View { services: services.clone(), slices: slices.clone() };
+        let addrs = vec![IpAddr::V4(node_ip), IpAddr::V4(cfg.cluster_dns)];
+        tasks.push(dns::serve(addrs, 53, view, cfg.cluster_domain.clone(), metrics.clone()).await?);
+        tasks.push(tokio::spawn(dns::publish(client.clone(), cfg.node_name.clone(), node_ip)));
+    }
+    // Pods.
+    let views: pods::Views = Arc::default();
+    let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let ctx = Arc::new(pods::Ctx {
+        cfg: cfg.clone(),
+        paths: paths.clone(),
+        client: client.clone(),
+        node: pods::NodeIdentity { name: cfg.node_name.clone(), ip: node_ip, cpus: host.cpus, memory: host.memory },
+        runtime: runtime.clone(),
+        images,
+        net,
+        cgroups: cgroups.clone(),
+        caches: pods::Caches { config_maps, secrets, services },
+        views: views.clone(),
+        metrics: metrics.clone(),
+        recorder: skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
+        node_resolv,
+    });
+    // The kubelet endpoint.
+    let stats = server::stats::Stats::new(cgroups.clone(), views.clone(), cfg.node_name.clone());
+    tasks.push(tokio::spawn(stats.clone().run()));
+    let (cert, key) = server::tls::serving_cert(&paths.pki(), &[node_ip.to_string(), cfg.node_name.clone()]).map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
+    let tls = server::tls::server_config(&cfg.ca_cert_pem, &cert, &key).map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
+    let shared = server::Shared { views, runtime, metrics, stats, node: cfg.node_name.clone(), scratch: paths.root().join("exec") };
+    tasks.extend(server::start(shared, SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), cfg.metrics_addr, tls).await?);
+    // The service load balancer.
+    let (lb_stop_tx, lb_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let lb_task = match &cfg.lb {
+        LbMode::Off => None,
+        LbMode::On { pin_dir, metrics_addr } => {
+            let lbc = lb::config(&cfg.node_name, node_ip, pods_cgroup.clone(), cfg.interface.clone(), pin_dir.clone(), *metrics_addr);
+            Some(tokio::spawn(lb::run(client.clone(), lbc, async move {
+                let _ = lb_stop_rx.await;
+            })))
+        }
+    };
+    // Static pods.
+    let (static_tx, static_rx) = mpsc::unbounded_channel();
+    if let Some(dir) = &cfg.manifests {
+        tasks.push(tokio::spawn(pods::static_pods::run(client.clone(), dir.clone(), cfg.node_name.clone(), static_tx)));
+    } else {
+        drop(static_tx);
+    }
+    tracing::info!(node = %cfg.node_name, kubelet = %SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), pods_cgroup = %pods_cgroup.display(), "agent running");
+    pods::manager::run(ctx, static_rx, config_rx, shutdown).await;
+    let _ = lb_stop_tx.send(());
+    if let Some(t) = lb_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    tracing::info!(node = %cfg.node_name, "agent stopped; containers keep running");
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The agent's Prometheus metrics (`skiff_agent_*`), served on the kubelet port's `/metrics` and on the plain-HTTP
+//! metrics address.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    probe_type: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    rcode: String,
+}
+
+struct Inner {
+    registry: Registry,
+    pod_start: Histogram,
+    running_pods: Gauge,
+    running_containers: Gauge,
+    restarts: Counter,
+    probes: Family<ProbeLabels, Counter>,
+    pulls: Family<ResultLabels, Counter>,
+    pull_seconds: Histogram,
+    operations: Family<OperationLabels, Histogram>,
+    dns: Family<RcodeLabels, Counter>,
+}
+
+/// The metrics (cheap to clone).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0].into_iter()
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("skiff_agent");
+        let pod_start = Histogram::new(latency_buckets());
+        registry.register(
+            "pod_start_duration_seconds",
+            "Seconds from the agent first seeing a pod to all its containers running and ready (image pulls included)",
+            pod_start.clone(),
+        );
+        let running_pods = Gauge::default();
+        registry.register("running_pods", "Pods with a sandbox on this node", running_pods.clone());
+        let running_containers = Gauge::default();
+        registry.register("running_containers", "Containers running on this node", running_containers.clone());
+        let restarts = Counter::default();
+        registry.register("container_restarts", "Container restarts", restarts.clone());
+        let probes = Family::<ProbeLabels, Counter>::default();
+        registry.register("probe_results", "Probe results by probe type and result", probes.clone());
+        let pulls = Family::<ResultLabels, Counter>::default();
+        registry.register("image_pulls", "Image pulls by result (pulled, present, failed, local_fallback)", pulls.clone());
+        let pull_seconds = Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0].into_iter());
+        registry.register("image_pull_duration_seconds", "Seconds spent pulling images from registries", pull_seconds.clone());
+        let operations = Family::<OperationLabels, Histogram>::new_with_constructor(|| Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter()));
+        registry.register("runtime_operation_duration_seconds", "Seconds per runtime operation (sandbox, start, stop, exec)", operations.clone());
+        let dns = Family::<RcodeLabels, Counter>::default();
+        registry.register("dns_queries", "Cluster DNS queries answered, by response code", dns.clone());
+        Metrics { inner: Arc::new(Inner { registry, pod_start, running_pods, running_containers, restarts, probes, pulls, pull_seconds, operations, dns }) }
+    }
+
+    /// Records a pod start latency.
+    pub fn pod_started(&self, secs: f64) {
+        self.inner.pod_start.observe(secs);
+    }
+
+    /// Sets the running pod and container gauges.
+    pub fn set_running(&self, pods: i64, containers: i64) {
+        self.inner.running_pods.set(pods);
+        self.inner.running_containers.set(containers);
+    }
+
+    /// Counts a restart.
+    pub fn restart(&self) {
+        self.inner.restarts.inc();
+    }
+
+    /// Counts a probe result.
+    pub fn probe(&self, kind: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.inner.probes.get_or_create(&ProbeLabels { probe_type: kind.to_lowercase(), result: result.into() }).inc();
+    }
+
+    /// Counts an image pull outcome and its duration.
+    pub fn pull(&self, result: &str, secs: Option<f64>) {
+        self.inner.pulls.get_or_create(&ResultLabels { result: result.into() }).inc();
+        if let Some(s) = secs {
+            self.inner.pull_seconds.observe(s);
+        }
+    }
+
+    /// Records a runtime operation's duration.
+    pub fn operation(&self, op: &str, secs: f64) {
+        self.inner.operations.get_or_create(&OperationLabels { operation: op.into() }).observe(secs);
+    }
+
+    /// Counts a DNS answer.
+    pub fn dns(&self, rcode: &str) {
+        self.inner.dns.get_or_create(&RcodeLabels { rcode: rcode.into() }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_exposed_with_the_agent_prefix() {
+        let m = Metrics::new();
+        m.pod_started(0.4);
+        m.probe("Readiness", false);
+        m.pull("present", None);
+        let text = m.encode();
+        assert!(text.contains("skiff_agent_pod_start_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("skiff_agent_probe_results_total{probe_type=\"readiness\",result=\"failure\"} 1"), "{text}");
+        assert!(text.contains("skiff_agent_image_pulls_total{result=\"present\"} 1"), "{text}");
+    }
+}

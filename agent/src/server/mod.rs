@@ -1,0 +1,210 @@
+//! The kubelet-style HTTPS endpoint (client certificates signed by the cluster CA required): container logs,
+//! exec, `/healthz`, Prometheus `/metrics`, and `metrics.k8s.io` resource metrics; plus `/metrics` and `/healthz`
+//! over plain HTTP on the metrics address for Prometheus.
+
+pub mod exec;
+pub mod logs;
+pub mod stats;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::ServiceExt as _;
+
+use crate::metrics::Metrics;
+use crate::pods::Views;
+use crate::runtime::Runtime;
+
+/// What the endpoint serves from.
+#[derive(Clone)]
+pub struct Shared {
+    /// Pods and their containers.
+    pub views: Views,
+    /// Runtime (exec).
+    pub runtime: Arc<dyn Runtime>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Resource metrics.
+    pub stats: stats::Stats,
+    /// This node.
+    pub node: String,
+    /// Scratch space (console sockets).
+    pub scratch: std::path::PathBuf,
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.into()).into_response()
+}
+
+fn pairs(q: Option<String>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn find(s: &Shared, ns: &str, pod: &str, container: &str) -> Result<crate::pods::ContainerView, Response> {
+    let views = s.views.read().map_err(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "state unavailable"))?;
+    let p = views.get(&(ns.to_string(), pod.to_string())).ok_or_else(|| text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node")))?;
+    p.containers.get(container).cloned().ok_or_else(|| text(StatusCode::NOT_FOUND, format!("container {container:?} not found in pod {ns}/{pod}")))
+}
+
+async fn container_logs(State(s): State<Shared>, Path((ns, pod, container)): Path<(String, String, String)>, RawQuery(q): RawQuery) -> Response {
+    let opts = match logs::Options::from_query(&pairs(q), jiff::Timestamp::now()) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let view = match find(&s, &ns, &pod, &container) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let path = if opts.previous {
+        match view.previous_log {
+            Some(p) => p,
+            None => return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {pod:?} not found")),
+        }
+    } else {
+        match view.log {
+            Some(p) => p,
+            None => return text(StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} is waiting to start: ContainerCreating")),
+        }
+    };
+    let initial = {
+        let path = path.clone();
+        let o = opts.clone();
+        tokio::task::spawn_blocking(move || {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            (logs::limit(logs::render(&logs::select(logs::read_all(&path), &o), &o), &o), size)
+        })
+        .await
+    };
+    let Ok((body, offset)) = initial else { return text(StatusCode::INTERNAL_SERVER_ERROR, "reading the log failed") };
+    let plain = [(header::CONTENT_TYPE, "text/plain")];
+    if !opts.follow || opts.previous || opts.limit_bytes.is_some_and(|n| body.len() >= n) {
+        return (StatusCode::OK, plain, body).into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let sent = body.len();
+    if !body.is_empty() {
+        let _ = tx.send(Ok(bytes::Bytes::from(body))).await;
+    }
+    let views = s.views.clone();
+    let running = move || {
+        views.read().ok().and_then(|v| v.get(&(ns.clone(), pod.clone())).and_then(|p| p.containers.get(&container).map(|c| c.running))).unwrap_or(false)
+    };
+    let mut follow_opts = opts.clone();
+    follow_opts.limit_bytes = opts.limit_bytes.map(|n| n.saturating_sub(sent));
+    tokio::spawn(logs::follow(path, offset, follow_opts, tx, running, Duration::from_secs(24 * 3600)));
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (StatusCode::OK, plain, Body::from_stream(stream)).into_response()
+}
+
+async fn exec_handler(State(s): State<Shared>, Path((ns, pod, container)): Path<(String, String, String)>, RawQuery(q): RawQuery, ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
+    let opts = match exec::ExecOptions::from_query(&pairs(q)) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let view = match find(&s, &ns, &pod, &container) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let (Some(id), true) = (view.id, view.running) else {
+        return text(StatusCode::BAD_REQUEST, format!("container {container} is not running"));
+    };
+    let Ok(ws) = ws else {
+        return text(StatusCode::BAD_REQUEST, "exec needs a WebSocket upgrade (v5.channel.k8s.io)");
+    };
+    let started = std::time::Instant::now();
+    let metrics = s.metrics.clone();
+    let ws = ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"]);
+    let v5 = ws.selected_protocol().and_then(|p| p.to_str().ok()) == Some("v5.channel.k8s.io");
+    ws.on_upgrade(move |socket| async move {
+        exec::session(socket, s.runtime.clone(), id, opts, s.scratch.clone(), v5).await;
+        metrics.operation("exec", started.elapsed().as_secs_f64());
+    })
+}
+
+async fn metrics_handler(State(s): State<Shared>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
+}
+
+async fn pod_metrics(State(s): State<Shared>) -> Response {
+    axum::Json(s.stats.pod_metrics()).into_response()
+}
+
+async fn node_metrics(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+    if name != s.node {
+        return text(StatusCode::NOT_FOUND, format!("node {name} is not this node ({})", s.node));
+    }
+    axum::Json(s.stats.node_metrics()).into_response()
+}
+
+/// The HTTPS router.
+pub fn router(s: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec_handler).post(exec_handler))
+        .route("/apis/metrics.k8s.io/v1beta1/pods", get(pod_metrics))
+        .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(node_metrics))
+        .with_state(s)
+}
+
+/// The plain-HTTP metrics router.
+pub fn metrics_router(s: Shared) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(metrics_handler)).with_state(s)
+}
+
+/// Serves `app` over TLS on `listener` until the task is dropped.
+pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "kubelet endpoint accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::debug!(%peer, "TLS handshake failed (a client certificate signed by the cluster CA is required)");
+                    return;
+                }
+            };
+            let svc = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| app.clone().oneshot(req.map(Body::new)));
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Serves `app` over plain HTTP.
+pub async fn serve_plain(listener: tokio::net::TcpListener, app: Router) {
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// Binds both endpoints and spawns them.
+pub async fn start(s: Shared, kubelet: SocketAddr, metrics: Option<SocketAddr>, tls: rustls::ServerConfig) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::AgentError> {
+    let l = tokio::net::TcpListener::bind(kubelet).await.map_err(|e| crate::AgentError::Serve { what: "the kubelet endpoint", message: format!("{kubelet}: {e}") })?;
+    let mut tasks = vec![tokio::spawn(serve_tls(l, Arc::new(tls), router(s.clone())))];
+    if let Some(m) = metrics {
+        let l = tokio::net::TcpListener::bind(m).await.map_err(|e| crate::AgentError::Serve { what: "the metrics endpoint", message: format!("{m}: {e}") })?;
+        tasks.push(tokio::spawn(serve_plain(l, metrics_router(s))));
+    }
+    Ok(tasks)
+}
