@@ -202,7 +202,10 @@ async fn follow(
                 secondary: None,
             };
             if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::warn!(error = %e, ingress = %p.ingress, "cannot record an Event");
+                // API servers without events.k8s.io/v1 still take core/v1 Events (what kubectl describe shows)
+                if let Err(core) = core_event(&client, p, &reference).await {
+                    tracing::warn!(error = %e, core_error = %core, ingress = %p.ingress, "cannot record an Event");
+                }
             }
         }
         for who in &applied.ingresses {
@@ -226,6 +229,36 @@ async fn follow(
         seen = Instant::now();
         tokio::time::sleep(DEBOUNCE).await;
     }
+}
+
+/// Records a problem as a core/v1 Warning Event on the Ingress.
+async fn core_event(
+    client: &kube::Client,
+    p: &crate::compile::problems::Problem,
+    reference: &ObjectReference,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let now = Time(jiff::Timestamp::now());
+    let event = CoreEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", p.ingress.name)),
+            namespace: Some(p.ingress.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        involved_object: reference.clone(),
+        reason: Some(p.reason.into()),
+        message: Some(p.message.chars().take(1000).collect()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource { component: Some("skiff-ingress".into()), host: None }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        reporting_component: Some("skiff-ingress".into()),
+        ..CoreEvent::default()
+    };
+    let api: Api<CoreEvent> = Api::namespaced(client.clone(), &p.ingress.namespace);
+    api.create(&kube::api::PostParams::default(), &event).await.map(|_| ())
 }
 
 fn ingress_ref(store: &Store<Ingress>, namespace: &str, name: &str) -> ObjectReference {
