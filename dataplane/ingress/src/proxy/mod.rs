@@ -115,7 +115,13 @@ impl ProxyHttp for IngressProxy {
         if ctx.connection.is_none() {
             ctx.connection = Some(Arc::new(ConnectionGuard::new(self.metrics.clone())));
         }
-        session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs()));
+        if session.is_process_shutting_down() {
+            // draining (SIGTERM, or SIGQUIT during a binary upgrade): answer with `Connection: close` so keep-alive
+            // clients reconnect to the new process instead of racing a closed socket
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.settings.keepalive_timeout.as_secs()));
+        }
         session.set_read_timeout(Some(self.settings.client_timeout));
         ctx.tls = is_tls(session.digest());
         ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
