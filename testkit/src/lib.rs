@@ -15,6 +15,7 @@
 
 mod cgroup;
 mod child;
+pub mod cluster;
 mod netns;
 mod pins;
 mod privileges;

@@ -72,11 +72,13 @@ pub fn table(backends: &[BackendAddr], m: u32) -> Vec<u32> {
     entry
 }
 
-/// A fingerprint of a table's content (the backend ids it was built from, and its size), stored in the table's
-/// last element so a restarted agent can tell whether a pinned table is current.
+/// A fingerprint of a table's content (the set of backend ids it was built from, in any order, and its size),
+/// stored with the table so a restarted agent can tell whether a pinned table is current.
 pub fn fingerprint(backend_ids: &[u32], m: u32) -> u32 {
+    let mut ids = backend_ids.to_vec();
+    ids.sort_unstable();
     let mut h = mix64(u64::from(m) ^ 0x9e37_79b9_7f4a_7c15);
-    for id in backend_ids {
+    for id in &ids {
         h = mix64(h ^ u64::from(*id));
     }
     // 0 marks "no fingerprint"; never produce it.
@@ -191,5 +193,6 @@ mod tests {
         assert_ne!(a, fingerprint(&[1, 2, 3], 1021));
         assert_ne!(a, 0);
         assert_eq!(a, fingerprint(&[1, 2, 3], 16_381));
+        assert_eq!(a, fingerprint(&[3, 1, 2], 16_381), "the order of the ids does not matter");
     }
 }

@@ -42,7 +42,7 @@ pub struct PortEntry {
     pub refs: u32,
 }
 
-/// Identity of a Maglev table: its backend ids in slot order and its size.
+/// Identity of a Maglev table: its backend ids (sorted) and its size.
 pub type TableKey = (Vec<u32>, u32);
 
 /// A Maglev table and how many frontends use it.
@@ -266,7 +266,7 @@ impl Registry {
             let mut header = header;
             if header.table_id != 0 {
                 let found = table_fingerprints.get(&header.table_id).copied();
-                let key = (slots.clone(), header.table_size);
+                let key = (sorted(&slots), header.table_size);
                 let current = found == Some((header.table_size, fingerprint(&slots, header.table_size)));
                 let registered = reg.tables.get(&key).map(|t| t.id);
                 if current && registered.is_none_or(|id| id == header.table_id) {
@@ -350,6 +350,13 @@ impl Registry {
         v.sort();
         v
     }
+}
+
+/// `ids`, sorted: the canonical form of a set of backend ids (table keys).
+pub fn sorted(ids: &[u32]) -> Vec<u32> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v
 }
 
 /// The address of a backend value.

@@ -23,7 +23,7 @@ use skiff_ebpf_common::{AffinityMatchKey, Backend, ServiceValue};
 use crate::{
     model::{BackendAddr, FrontendKey, ServiceName, ServicePortName, ServiceTables, SkipReason},
     ops::{Op, phase},
-    registry::{BackendEntry, PortEntry, ProgrammedFrontend, Registry, TableEntry, TableKey},
+    registry::{BackendEntry, PortEntry, ProgrammedFrontend, Registry, TableEntry, TableKey, sorted},
 };
 
 /// The operations for one change, and what the applier should know about it.
@@ -125,15 +125,19 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
             };
             slots.push(id);
         }
+        // Keep each backend in the slot it had, so replacing one endpoint rewrites one slot, not all that follow.
+        let slots = stable_slots(reg.frontends.get(*key).map(|o| o.slots.as_slice()), &slots);
         let size = reg.maglev_size;
         let table_id = if slots.len() >= 2 {
-            let tkey: TableKey = (slots.clone(), size);
+            let tkey: TableKey = (sorted(&slots), size);
             match reg.tables.get(&tkey) {
                 Some(t) => t.id,
                 None => match reg.table_ids.take() {
                     Some(id) => {
                         reg.tables.insert(tkey, TableEntry { id, refs: 0 });
-                        let backends = f.backends.iter().copied().zip(slots.iter().copied()).collect();
+                        // The table is built over the backends in address order (what every node does).
+                        let backends =
+                            f.backends.iter().filter_map(|a| reg.backends.get(a).map(|e| (*a, e.id))).collect();
                         ops.push(Op::CreateTable { id, size, backends: Arc::new(backends) });
                         id
                     }
@@ -260,6 +264,21 @@ pub fn plan_repair(reg: &mut Registry) -> Plan {
     Plan { ops: missing.into_iter().map(Op::PutMembership).collect(), ..Plan::default() }
 }
 
+/// The slot order for `ids`: ids that already had a slot below the new count keep it; the others fill the gaps.
+fn stable_slots(old: Option<&[u32]>, ids: &[u32]) -> Vec<u32> {
+    let Some(old) = old else { return ids.to_vec() };
+    let wanted: HashSet<u32> = ids.iter().copied().collect();
+    let mut out: Vec<Option<u32>> = vec![None; ids.len()];
+    let mut placed = HashSet::new();
+    for (i, id) in old.iter().enumerate().take(ids.len()) {
+        if wanted.contains(id) && placed.insert(*id) {
+            out[i] = Some(*id);
+        }
+    }
+    let mut rest = ids.iter().filter(|id| !placed.contains(id));
+    out.into_iter().map(|s| s.or_else(|| rest.next().copied()).unwrap_or(0)).collect()
+}
+
 fn slot_value(backend_id: u32, service_id: u32) -> ServiceValue {
     ServiceValue { backend_id, service_id, ..ServiceValue::default() }
 }
@@ -311,7 +330,7 @@ fn add_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32], ops: &mut 
         }
     }
     if header.table_id != 0
-        && let Some(t) = reg.tables.get_mut(&(slots.to_vec(), header.table_size))
+        && let Some(t) = reg.tables.get_mut(&(sorted(slots), header.table_size))
     {
         t.refs += 1;
     }
@@ -334,7 +353,7 @@ fn drop_refs(reg: &mut Registry, header: &ServiceValue, slots: &[u32], dropped: 
             dropped.memberships.insert(m);
         }
     }
-    let tkey = (slots.to_vec(), header.table_size);
+    let tkey = (sorted(slots), header.table_size);
     if header.table_id != 0
         && let Some(t) = reg.tables.get_mut(&tkey)
         && t.id == header.table_id

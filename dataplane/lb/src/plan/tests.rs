@@ -92,16 +92,18 @@ impl Kernel {
         Ok(())
     }
 
-    /// The frontends as (key → backend addresses), for comparing with the desired state.
+    /// The frontends as (key → backend addresses, sorted), for comparing with the desired state.
     fn frontends(&self) -> BTreeMap<FrontendKey, Vec<BackendAddr>> {
         let mut out = BTreeMap::new();
         for (k, h) in self.services.iter().filter(|(k, _)| k.slot == 0) {
-            let addrs = (1..=h.count)
+            let mut addrs: Vec<BackendAddr> = (1..=h.count)
                 .map(|slot| {
                     let id = self.services[&ServiceKey { slot, ..*k }].backend_id;
                     crate::registry::backend_addr(&self.backends[&id]).expect("valid backend")
                 })
                 .collect();
+            // Slots keep their positions across changes; compare as sets.
+            addrs.sort();
             out.insert(FrontendKey::from_map_key(k).expect("valid key"), addrs);
         }
         out
@@ -227,6 +229,19 @@ fn one_endpoint_change_among_a_thousand_services_writes_only_that_service() {
 }
 
 #[test]
+fn replacing_one_endpoint_rewrites_one_slot_and_keeps_the_others_in_place() {
+    let mut reg = Registry::new(capacity(), M);
+    let mut k = Kernel::default();
+    k.run(&plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[1, 2, 3, 4, 5, 6], 0)), 1)).expect("ok");
+    // Replace backend 2 by 9 (which sorts last): only slot 2 changes.
+    let p = plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[1, 3, 4, 5, 6, 9], 0)), 2);
+    k.run(&p).expect("consistent");
+    let slots: Vec<_> = p.ops.iter().filter(|o| matches!(o, Op::PutSlot(..))).collect();
+    assert_eq!(slots.len(), 1, "{:?}", p.ops);
+    assert_eq!(k.frontends()[&frontend_key(1, Scope::Internal)], [1, 3, 4, 5, 6, 9].map(backend).to_vec());
+}
+
+#[test]
 fn removing_a_service_removes_every_entry_it_had() {
     let mut reg = Registry::new(capacity(), M);
     let mut k = Kernel::default();
@@ -329,7 +344,7 @@ fn after_a_restart_what_no_service_claims_is_removed_and_a_stale_table_is_rebuil
     // Corrupt a's table: a crash between writing a table and its header looks like this.
     let a_table = k.services[&frontend_key(1, Scope::Internal).map_key(0)].table_id;
     if let Some(t) = k.tables.get_mut(&a_table) {
-        t.1.reverse();
+        t.1[0] = t.1[1];
     }
     let mut resumed = Registry::from_maps(capacity(), M, k.contents(), fingerprint);
     let p = plan_service(&mut resumed, &name("a"), Some(&service("a", &[1], &[1, 2], 0)), 2);
