@@ -2,7 +2,8 @@
 //! and root file systems ([`layers`]), and the pull policy.
 //!
 //! # Caveats
-//! With `imagePullPolicy: Always` (the default for `:latest`), a registry that cannot be reached at all (no route,
+//! Built-in images (`busybox`, `skiff/echo`, marked `dev.skiff.builtin` by `scripts/build-images`) exist only in the
+//! store and are never pulled, whatever the policy says. With `imagePullPolicy: Always` (the default for `:latest`), a registry that cannot be reached at all (no route,
 //! refused, timed out) falls back to the image already in the store, with a warning event — these machines have no
 //! outside network and the built-in images exist only locally. A registry that answers "not found" or "denied" is
 //! an error as in Kubernetes.
@@ -124,6 +125,7 @@ impl Images {
         let _guard = lock.lock().await;
         let local = self.find_blocking(name.clone()).await?;
         match (policy, local) {
+            (_, Some(img)) if img.builtin => Ok((img, Obtained::Present)),
             (PullPolicy::Never, None) => Err(ImageError::NeverPull(image.to_string())),
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(img)) => Ok((img, Obtained::Present)),
             (PullPolicy::IfNotPresent | PullPolicy::Always, local) => {

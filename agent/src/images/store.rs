@@ -16,6 +16,8 @@ use super::reference::Reference;
 
 /// The annotation that names an image in the index.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation of built-in images (made by `scripts/build-images`): they exist only locally and are never pulled.
+pub const BUILTIN: &str = "dev.skiff.builtin";
 /// OCI media types.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI index.
@@ -134,6 +136,8 @@ pub struct Image {
     pub layers: Vec<Descriptor>,
     /// Total size of the layers.
     pub size: u64,
+    /// A built-in image (never pulled).
+    pub builtin: bool,
 }
 
 /// `sha256:<hex>` of `data`.
@@ -291,6 +295,7 @@ impl Store {
             run: cfg.config.unwrap_or_default(),
             size: m.layers.iter().map(|l| l.size).sum(),
             layers: m.layers,
+            builtin: false,
         })
     }
 
@@ -311,7 +316,11 @@ impl Store {
         }
         let name = r.to_string();
         match index.manifests.iter().find(|d| d.annotations.get(REF_NAME) == Some(&name)) {
-            Some(d) => Ok(Some(self.load(&name, &d.digest)?)),
+            Some(d) => {
+                let mut img = self.load(&name, &d.digest)?;
+                img.builtin = d.annotations.get(BUILTIN).is_some_and(|v| v == "true");
+                Ok(Some(img))
+            }
             None => Ok(None),
         }
     }

@@ -28,34 +28,85 @@ impl EventType {
 }
 
 /// Publishes Events as one component (`source.component`, e.g. `deployment-controller`).
+///
+/// Recording never blocks the caller: events are queued and sent in the background (a few at a time); when the
+/// queue is full, new events are dropped and logged — events are best effort, as in Kubernetes.
 #[derive(Clone)]
 pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: kube::Client,
     component: String,
     host: Option<String>,
     /// (object uid, reason, message) → (event namespace, event name, count)
-    seen: Arc<Mutex<HashMap<(String, String, String), (String, String, i32)>>>,
+    seen: Mutex<HashMap<(String, String, String), (String, String, i32)>>,
+    queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<Pending>>,
 }
+
+struct Pending {
+    object: ObjectReference,
+    ty: EventType,
+    reason: String,
+    message: String,
+}
+
+/// How many events may wait to be sent.
+const QUEUE: usize = 4096;
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("component", &self.component).finish()
+        f.debug_struct("Recorder").field("component", &self.inner.component).finish()
     }
 }
 
 impl Recorder {
     /// A recorder for `component` (and, for node agents, `host`).
     pub fn new(client: kube::Client, component: &str, host: Option<&str>) -> Self {
-        Recorder { client, component: component.to_string(), host: host.map(str::to_string), seen: Arc::default() }
-    }
-
-    /// Records an event about `object`. Failures are logged, not returned: events are best effort.
-    pub async fn record(&self, object: &ObjectReference, ty: EventType, reason: &str, message: &str) {
-        if let Err(e) = self.try_record(object, ty, reason, message).await {
-            tracing::debug!(error = %e, reason, "recording an event failed");
+        Recorder {
+            inner: Arc::new(Inner {
+                client,
+                component: component.to_string(),
+                host: host.map(str::to_string),
+                seen: Mutex::default(),
+                queue: std::sync::OnceLock::new(),
+            }),
         }
     }
 
+    /// Queues an event about `object`.
+    pub async fn record(&self, object: &ObjectReference, ty: EventType, reason: &str, message: &str) {
+        let queue = self.inner.queue.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(QUEUE);
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                tokio_stream_like(rx)
+                    .for_each_concurrent(8, |p| {
+                        let inner = inner.clone();
+                        async move {
+                            if let Err(e) = inner.try_record(&p.object, p.ty, &p.reason, &p.message).await {
+                                tracing::debug!(error = %e, reason = %p.reason, "recording an event failed");
+                            }
+                        }
+                    })
+                    .await;
+            });
+            tx
+        });
+        let pending = Pending { object: object.clone(), ty, reason: reason.to_string(), message: message.to_string() };
+        if queue.try_send(pending).is_err() {
+            tracing::debug!(reason, "event queue full; event dropped");
+        }
+    }
+}
+
+fn tokio_stream_like(mut rx: tokio::sync::mpsc::Receiver<Pending>) -> impl futures::Stream<Item = Pending> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+impl Inner {
     async fn try_record(&self, object: &ObjectReference, ty: EventType, reason: &str, message: &str) -> Result<(), kube::Error> {
         let ns = object.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);

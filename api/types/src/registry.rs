@@ -128,6 +128,9 @@ impl ResourceInfo {
     }
 }
 
+/// The resource metrics group, served from the node agents rather than from storage.
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
+
 const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 struct Def {
@@ -229,6 +232,8 @@ const BUILTIN: &[Def] = &[
     def("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", Namespaced).short(&["pdb"]).status().sub(&["status"]),
     def("storage.k8s.io", "v1", "StorageClass", "storageclasses", Cluster).short(&["sc"]),
     def("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", Cluster).short(&["pc"]),
+    def("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", Cluster),
+    def("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", Namespaced),
     def("rbac.authorization.k8s.io", "v1", "Role", "roles", Namespaced),
     def("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", Namespaced),
     def("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", Cluster),
@@ -285,7 +290,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
             subresources: d.subresources.iter().map(|s| subresource(d, s)).collect(),
             selectable_fields: d.fields.iter().map(|s| s.to_string()).collect(),
             has_status: d.has_status,
-            verbs: ALL_VERBS.iter().map(|s| s.to_string()).collect(),
+            verbs: if d.group == METRICS_GROUP { vec!["get".into(), "list".into()] } else { ALL_VERBS.iter().map(|s| s.to_string()).collect() },
             custom: false,
             printer_columns: Vec::new(),
         })

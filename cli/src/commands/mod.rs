@@ -1,5 +1,7 @@
 //! The subcommands, one file each.
 
+mod agent;
+mod image;
 mod ingress;
 mod lb;
 mod server;
@@ -19,6 +21,10 @@ pub enum Command {
     Ingress(ingress::Args),
     /// Run the eBPF Service load balancer (standalone with --from-file, or following a cluster).
     Lb(lb::Args),
+    /// Run the node agent: join a cluster and run the pods bound to this node.
+    Agent(agent::Args),
+    /// Manage the node's image store (import, ls, pull, rm).
+    Image(image::Args),
 }
 
 /// Runs one subcommand to completion.
@@ -29,6 +35,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args),
         Command::Ingress(args) => ingress::run(args),
         Command::Lb(args) => lb::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Image(args) => image::run(args),
     }
 }
 

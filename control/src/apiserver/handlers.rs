@@ -262,6 +262,12 @@ async fn route(
                 return ("get", rp.plural.clone(), Err(ApiError::no_route(uri.path())));
             };
             let resource = info.plural.clone();
+            if info.group == skiff_api::registry::METRICS_GROUP {
+                if *method != Method::GET {
+                    return ("get", resource, Err(ApiError::method_not_allowed("the resource metrics API is read-only")));
+                }
+                return ("get", resource, api.resource_metrics(&rp, &q).await);
+            }
             let (verb, result) = resource_request(api, info, rp, method, &q, headers, body, upgrade).await;
             (verb, resource, result)
         }

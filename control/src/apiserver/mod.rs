@@ -15,6 +15,7 @@ pub mod fields;
 pub mod handlers;
 pub mod managed;
 pub mod metrics;
+pub mod metrics_api;
 pub mod objects;
 pub mod openapi;
 pub mod patch;

@@ -100,6 +100,8 @@ pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, sub
             }
             *new = merged;
         }
+        // a binding writes the node name and the PodScheduled condition in one go
+        Some("binding") => {}
         _ if status_split => {
             if let Some(m) = new.as_object_mut() {
                 match old.get("status") {

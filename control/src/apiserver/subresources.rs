@@ -94,16 +94,9 @@ impl Api {
             }
             let mut obj = cur.object.clone();
             obj["spec"]["nodeName"] = json!(node);
-            // the binding is a write through the main resource: status is set separately
-            match self.commit_update(&pods, Some(ns), name, &cur, obj, None, &WriteOptions::default(), "kube-scheduler").await {
-                Ok(w) => {
-                    // PodScheduled=True
-                    let mut st = w.object.clone();
-                    set_condition(&mut st, "PodScheduled", "True", None, None);
-                    let cur2 = Stored { revision: meta::resource_version(&w.object).parse().unwrap_or(0), object: w.object };
-                    let _ = self.commit_update(&pods, Some(ns), name, &cur2, st, Some("status"), &WriteOptions::default(), "kube-scheduler").await;
-                    return Ok(());
-                }
+            set_condition(&mut obj, "PodScheduled", "True", None, None);
+            match self.commit_update(&pods, Some(ns), name, &cur, obj, Some("binding"), &WriteOptions::default(), "kube-scheduler").await {
+                Ok(_) => return Ok(()),
                 Err(e) if e.code == 409 => continue,
                 Err(e) => return Err(e),
             }

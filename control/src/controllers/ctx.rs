@@ -139,6 +139,7 @@ pub struct Ctx {
 #[derive(Clone)]
 pub struct Recorders {
     client: kube::Client,
+    cache: Arc<std::sync::Mutex<std::collections::HashMap<String, Recorder>>>,
 }
 
 impl std::fmt::Debug for Recorders {
@@ -156,7 +157,8 @@ impl std::fmt::Debug for Ctx {
 impl Recorders {
     /// The recorder of `component`.
     pub fn get(&self, component: &str) -> Recorder {
-        Recorder::new(self.client.clone(), component, None)
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entry(component.to_string()).or_insert_with(|| Recorder::new(self.client.clone(), component, None)).clone()
     }
 }
 
@@ -171,7 +173,7 @@ impl Ctx {
         metrics: Arc<dyn super::hpa::MetricsSource>,
     ) -> Self {
         Ctx {
-            recorders: Recorders { client: client.clone() },
+            recorders: Recorders { client: client.clone(), cache: Arc::default() },
             client,
             pods: inf.pods.store.clone(),
             nodes: inf.nodes.store.clone(),

@@ -49,20 +49,24 @@ pub fn table(backends: &[BackendAddr], m: u32) -> Vec<u32> {
     if n == 0 || m < 2 {
         return entry;
     }
+    // Which entries are taken, as a bitset: 2 KiB for M = 16381, so the hot loop stays in L1.
+    let mut taken = vec![0u64; (m as usize).div_ceil(64)];
     // pos[i]: the next candidate slot of backend i, advanced by skip[i] modulo m.
     let (mut pos, skip): (Vec<u32>, Vec<u32>) = backends.iter().map(|b| permutation(b, m)).unzip();
     let mut filled = 0u32;
     'fill: loop {
         for i in 0..n {
+            let (mut c, step) = (pos[i], skip[i]);
             loop {
-                let c = pos[i];
-                pos[i] = if c + skip[i] >= m { c + skip[i] - m } else { c + skip[i] };
-                let slot = &mut entry[c as usize];
-                if *slot == EMPTY {
-                    *slot = i as u32;
+                let (word, bit) = ((c >> 6) as usize, 1u64 << (c & 63));
+                c = if c + step >= m { c + step - m } else { c + step };
+                if taken[word] & bit == 0 {
+                    taken[word] |= bit;
+                    entry[(word << 6) | bit.trailing_zeros() as usize] = i as u32;
                     break;
                 }
             }
+            pos[i] = c;
             filled += 1;
             if filled == m {
                 break 'fill;

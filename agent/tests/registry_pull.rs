@@ -1,0 +1,92 @@
+//! Pulls from a real OCI registry: Debian's `docker-registry` on the loopback of a network namespace this test
+//! creates, an image pushed into it with `skopeo`, then pulled by the agent's image service (manifest, config and
+//! layers verified against their digests), unpacked, and looked up by tag and by digest; a missing image is
+//! NotFound. Needs root (network namespace) and the docker-registry and skopeo packages (scripts/setup).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use skiff_agent::images::store::{Descriptor, OCI_MANIFEST, Store};
+use skiff_agent::images::{ImageError, Images, Obtained, layers};
+use skiff_testkit::{Child, NetNs, require_privileges};
+
+fn layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let data = b"pulled over the wire\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, "hello.txt", &data[..]).expect("append");
+    let tar = b.into_inner().expect("tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+/// An OCI layout holding one image named `hello` (the form skopeo's `oci:` transport reads).
+fn source_layout(dir: &std::path::Path) {
+    let store = Store::open(dir).expect("layout");
+    let l = layer();
+    let ld = store.write_blob(&l).expect("layer");
+    let cfg = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": []}})).expect("json");
+    let cd = store.write_blob(&cfg).expect("config");
+    let m = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": l.len()}]}))
+    .expect("json");
+    let md = store.write_blob(&m).expect("manifest");
+    store.tag("hello", Descriptor { media_type: OCI_MANIFEST.into(), digest: md, size: m.len() as u64, annotations: BTreeMap::new(), platform: None }).expect("tag");
+}
+
+#[test]
+fn images_are_pulled_from_a_registry_and_verified() {
+    if !require_privileges("the registry pull test") {
+        return;
+    }
+    let ns = NetNs::new("skreg").expect("netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("registry.yml");
+    std::fs::write(&config, format!("version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n", dir.path().join("data").display())).expect("config");
+    let mut cmd = ns.command("docker-registry");
+    cmd.arg("serve").arg(&config);
+    let _registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ns.exec("sh", &["-c", "exec 3<>/dev/tcp/127.0.0.1/5000"]).is_ok() || ns.exec("curl", &["-sf", "http://127.0.0.1:5000/v2/"]).is_ok()
+    });
+    assert!(up, "the registry did not start");
+    let src = dir.path().join("src");
+    source_layout(&src);
+    ns.exec("skopeo", &["copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{}:hello", src.display()), "docker://127.0.0.1:5000/team/hello:1"]).expect("skopeo push");
+
+    let store_dir = dir.path().join("store");
+    let result = ns
+        .enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let images = Images::open(&store_dir, vec![]).expect("store");
+                let (img, how) = images.ensure("127.0.0.1:5000/team/hello:1", None).await?;
+                assert!(matches!(how, Obtained::Pulled(_)), "{how:?}");
+                assert_eq!(img.reference, "127.0.0.1:5000/team/hello:1");
+                assert_eq!(img.run.cmd, Some(vec!["/bin/true".to_string()]));
+                let dirs = images.layers(&img).await?;
+                assert_eq!(std::fs::read_to_string(dirs[0].join("hello.txt")).expect("unpacked"), "pulled over the wire\n");
+                let (_, again) = images.ensure("127.0.0.1:5000/team/hello:1", None).await?;
+                assert_eq!(again, Obtained::Present, "IfNotPresent does not pull twice");
+                let (by_digest, _) = images.ensure(&format!("127.0.0.1:5000/team/hello@{}", img.manifest_digest), None).await?;
+                assert_eq!(by_digest.manifest_digest, img.manifest_digest);
+                let missing = images.ensure("127.0.0.1:5000/team/nope:1", None).await;
+                assert!(matches!(missing, Err(ImageError::NotFound(_))), "{missing:?}");
+                let unreachable = images.ensure("127.0.0.1:5999/team/hello:1", None).await;
+                assert!(matches!(unreachable, Err(ImageError::Unreachable(_))), "{unreachable:?}");
+                Ok::<_, ImageError>(layers::overlay_options(&dirs, std::path::Path::new("/u"), std::path::Path::new("/w")))
+            })
+        })
+        .expect("inside the namespace");
+    let opts = result.expect("pull");
+    assert!(opts.starts_with("lowerdir="), "{opts}");
+}

@@ -1,0 +1,163 @@
+//! `skiff agent`: the node agent joining a cluster (`--server URL --token T --ca-cert FILE`), plus `skiff agent reset`
+//! (remove everything an agent left on this machine) and the hidden `skiff agent shim` every container runs under.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use skiff_agent::{AgentConfig, LbMode, config};
+
+/// Flags of `skiff agent`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// The API server (`https://host:6443`).
+    #[arg(long)]
+    server: Option<String>,
+    /// The node token (`<server data dir>/pki/node-token`).
+    #[arg(long, env = "SKIFF_NODE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The cluster CA certificate (`<server data dir>/pki/ca.crt`): verifies the API server and the clients of the
+    /// kubelet endpoint.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's address (default: the first address of --interface, or the first global IPv4 address).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// State directory (pods, container bundles, logs, network namespaces).
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Port of the kubelet-style HTTPS endpoint (logs, exec, metrics).
+    #[arg(long, default_value_t = config::DEFAULT_KUBELET_PORT)]
+    kubelet_port: u16,
+    /// Serve Prometheus metrics over plain HTTP here (e.g. `0.0.0.0:10255`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// cgroup (in every hierarchy) that holds this node's pods.
+    #[arg(long, default_value = "skiff")]
+    cgroup_root: String,
+    /// The image store (an OCI image layout shared with `skiff image`).
+    #[arg(long, default_value = config::DEFAULT_IMAGE_STORE)]
+    image_store: PathBuf,
+    /// Directory of static pod manifests.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// The node's main interface (address detection, NodePort programs).
+    #[arg(long, value_name = "IFACE")]
+    interface: Option<String>,
+    /// Name of the pods' bridge.
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// Do not serve cluster DNS.
+    #[arg(long)]
+    no_dns: bool,
+    /// Run the eBPF Service load balancer for this node's pods.
+    #[arg(long)]
+    lb: bool,
+    /// bpffs directory for the load balancer's pinned maps (default `/sys/fs/bpf/skiff/<node>`).
+    #[arg(long, value_name = "DIR")]
+    lb_pin_dir: Option<PathBuf>,
+    /// Where the load balancer serves its metrics.
+    #[arg(long, value_name = "ADDR")]
+    lb_metrics_addr: Option<SocketAddr>,
+    /// A registry reached over plain HTTP (`host:port`; repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// The runc executable.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Stop and remove everything an agent left on this machine: containers, their processes, mounts, cgroups,
+    /// the pod network and the data directory.
+    Reset {
+        /// The agent's state directory.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The agent's cgroup root.
+        #[arg(long, default_value = "skiff")]
+        cgroup_root: String,
+        /// The agent's bridge (also removes the DNS interface and the pods' veths).
+        #[arg(long, default_value = "skiff0")]
+        bridge: String,
+        /// Leave the bridge and the DNS interface in place.
+        #[arg(long)]
+        keep_network: bool,
+        /// The runc executable.
+        #[arg(long, default_value = "runc")]
+        runc: PathBuf,
+    },
+    /// The per-container shim (started by the agent; not for people).
+    #[command(hide = true)]
+    Shim {
+        /// The shim's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+}
+
+impl Args {
+    /// The agent configuration these flags describe (reads the CA file).
+    pub fn config(&self) -> anyhow::Result<AgentConfig> {
+        let ca = self.ca_cert.as_ref().context("--ca-cert is required")?;
+        let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let node = self.node_name.clone().unwrap_or_else(hostname);
+        let mut cfg = AgentConfig::new(node.clone(), ca_pem);
+        cfg.node_ip = self.node_ip;
+        cfg.interface = self.interface.clone();
+        cfg.data_dir = std::path::absolute(&self.data_dir)?;
+        cfg.image_store = std::path::absolute(&self.image_store)?;
+        cfg.manifests = self.manifests.as_ref().map(std::path::absolute).transpose()?;
+        cfg.kubelet_port = self.kubelet_port;
+        cfg.metrics_addr = self.metrics_addr;
+        cfg.cgroup_root = self.cgroup_root.clone();
+        cfg.bridge = self.bridge.clone();
+        cfg.serve_dns = !self.no_dns;
+        cfg.insecure_registries = self.insecure_registries.clone();
+        cfg.runc = self.runc.clone();
+        if self.lb {
+            let pin_dir = self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));
+            cfg.lb = LbMode::On { pin_dir, metrics_addr: self.lb_metrics_addr };
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Runs `skiff agent`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Some(Sub::Shim { args }) => std::process::exit(skiff_agent::runtime::shim::main(&args)),
+        Some(Sub::Reset { data_dir, cgroup_root, bridge, keep_network, runc }) => {
+            let r = skiff_agent::cleanup::Reset { data_dir: std::path::absolute(data_dir)?, cgroup_root, runc, bridge: (!keep_network).then_some(bridge) };
+            let left = super::runtime()?.block_on(skiff_agent::cleanup::reset(&r));
+            if !left.is_empty() {
+                anyhow::bail!("could not remove everything: {left:?}");
+            }
+            eprintln!("removed the agent's containers, mounts, cgroups and {}", r.data_dir.display());
+            Ok(())
+        }
+        None => {
+            let server = args.server.clone().context("--server is required")?;
+            let token = args.token.clone().context("--token (or SKIFF_NODE_TOKEN) is required")?;
+            let cfg = args.config()?;
+            super::runtime()?.block_on(async move {
+                let client = skiff_agent::client::connect(&server, token.trim(), &cfg.ca_cert_pem).await?;
+                eprintln!("skiff agent: node {} joining {server}", cfg.node_name);
+                skiff_agent::run(client, cfg, super::wait_for_shutdown()).await?;
+                Ok(())
+            })
+        }
+    }
+}
