@@ -81,7 +81,7 @@ impl HostFacts {
 }
 
 /// The node's address: the first IPv4 address of `interface`, or else the first global IPv4 address of an interface
-/// that is not loopback, the pod bridge or the DNS dummy.
+/// that is not loopback or the pod bridge.
 pub async fn detect_node_ip(interface: Option<&str>, bridge: &str) -> Option<Ipv4Addr> {
     let handle = crate::network::connect().ok()?;
     let mut names = std::collections::HashMap::new();

@@ -10,7 +10,8 @@
 //!
 //! ```no_run
 //! use skiff_testkit::cluster::{Cluster, ClusterConfig};
-//! let mut c = Cluster::start(ClusterConfig::new(env!("CARGO_BIN_EXE_skiff").into(), 2)).expect("cluster");
+//! let skiff = std::path::PathBuf::from("target/debug/skiff");
+//! let c = Cluster::start(ClusterConfig::new(skiff, 2)).expect("cluster");
 //! c.kubectl(&["get", "nodes"]).expect("kubectl");
 //! ```
 
@@ -38,6 +39,13 @@ pub struct ClusterConfig {
     pub server_args: Vec<String>,
     /// Log filter for the processes (`SKIFF_LOG`).
     pub log: String,
+    /// Agents run the eBPF Service load balancer (maps pinned under a per-test bpffs directory, programs attached
+    /// to the node's pod cgroup and to `eth0` inside the node's namespace).
+    pub lb: bool,
+    /// Run `skiff ingress` (API mode) in this node's namespace, on its address, ports 80, 443 and 10254.
+    pub ingress_node: Option<usize>,
+    /// Add a client namespace on the lan ([`CLIENT_IP`]), outside every node.
+    pub client: bool,
 }
 
 impl ClusterConfig {
@@ -50,7 +58,16 @@ impl ClusterConfig {
             agent_args: Vec::new(),
             server_args: Vec::new(),
             log: std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            lb: false,
+            ingress_node: None,
+            client: false,
         }
+    }
+
+    /// The whole product: agents with the load balancer, the ingress controller on the first node, a client
+    /// namespace.
+    pub fn full(skiff: PathBuf, nodes: usize) -> Self {
+        ClusterConfig { lb: true, ingress_node: Some(0), client: true, ..ClusterConfig::new(skiff, nodes) }
     }
 }
 
@@ -69,6 +86,8 @@ pub struct Node {
     pub cgroup_root: String,
     /// The lan-side veth (down = the node is cut off).
     pub link: String,
+    /// The load balancer's pin directory (removed on drop, which detaches its programs).
+    pub pins: Option<crate::PinDir>,
     agent: Option<Child>,
 }
 
@@ -92,11 +111,22 @@ pub struct Cluster {
     pub token: String,
     /// `https://10.0.0.2:6443`.
     pub server_url: String,
+    /// The client namespace ([`CLIENT_IP`]), if configured.
+    pub client: Option<NetNs>,
     server: Option<Child>,
+    ingress: Option<Child>,
 }
 
 /// The lan address of the API server.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// The lan address of the client namespace.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// The agents' plain-HTTP metrics port.
+pub const AGENT_METRICS_PORT: u16 = 10255;
+/// The load balancers' metrics port.
+pub const LB_METRICS_PORT: u16 = 10249;
+/// The ingress controller's metrics port.
+pub const INGRESS_METRICS_PORT: u16 = 10254;
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `limit`.
 pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> std::io::Result<T> {
@@ -144,13 +174,22 @@ impl Cluster {
             nodes: Vec::new(),
             token: String::new(),
             server_url: format!("https://{SERVER_IP}:6443"),
+            client: None,
             server: None,
+            ingress: None,
         };
         veth(&c.lan, "vsrv", &c.server_ns, "eth0")?;
         c.lan.ip(&["link", "set", "vsrv", "master", "br0"])?;
         c.server_ns.ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", "eth0"])?;
         for i in 1..=c.cfg.nodes {
             c.add_node(i)?;
+        }
+        if c.cfg.client {
+            let ns = NetNs::new("skcli")?;
+            veth(&c.lan, "vcli", &ns, "eth0")?;
+            c.lan.ip(&["link", "set", "vcli", "master", "br0"])?;
+            ns.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"])?;
+            c.client = Some(ns);
         }
         c.start_server()?;
         for i in 0..c.nodes.len() {
@@ -159,7 +198,50 @@ impl Cluster {
         for i in 0..c.nodes.len() {
             c.wait_node_ready(i, Duration::from_secs(90))?;
         }
+        if let Some(i) = c.cfg.ingress_node {
+            c.start_ingress(i)?;
+        }
         Ok(c)
+    }
+
+    /// Starts `skiff ingress` in node `i`'s namespace and waits until its metrics endpoint answers (its listeners
+    /// open once the first routing table is live).
+    pub fn start_ingress(&mut self, i: usize) -> std::io::Result<()> {
+        let ip = self.nodes[i].ip;
+        let args: Vec<String> = vec![
+            "ingress".into(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--http-addr".into(),
+            format!("{ip}:80"),
+            "--https-addr".into(),
+            format!("{ip}:443"),
+            "--metrics-addr".into(),
+            format!("{ip}:{INGRESS_METRICS_PORT}"),
+            "--status-address".into(),
+            ip.to_string(),
+            "--access-log".into(),
+            self.dir.join("ingress-access.log").display().to_string(),
+            "--pid-file".into(),
+            self.dir.join("ingress.pid").display().to_string(),
+            "--upgrade-sock".into(),
+            self.dir.join("ingress-upgrade.sock").display().to_string(),
+        ];
+        let log = self.dir.join("ingress.log");
+        let cmd = logged(&self.nodes[i].ns, &log, &[("SKIFF_LOG", &self.cfg.log)], &self.cfg.skiff, &args);
+        self.ingress = Some(Child::spawn(cmd, "skiff ingress")?);
+        let url = format!("http://{ip}:{INGRESS_METRICS_PORT}/metrics");
+        let ns = &self.nodes[i].ns;
+        wait_for(Duration::from_secs(60), "the ingress controller to listen", || {
+            ns.exec("curl", &["-sf", "--max-time", "2", "-o", "/dev/null", &url]).ok()?;
+            ns.exec("curl", &["-s", "--max-time", "2", "-o", "/dev/null", &format!("http://{ip}:80/")]).ok()
+        })?;
+        Ok(())
+    }
+
+    /// Runs a command in the client namespace (panics if the cluster has none).
+    pub fn on_client(&self, program: &str, args: &[&str]) -> std::io::Result<String> {
+        self.client.as_ref().ok_or_else(|| std::io::Error::other("the cluster has no client namespace"))?.exec(program, args)
     }
 
     fn add_node(&mut self, i: usize) -> std::io::Result<()> {
@@ -174,7 +256,8 @@ impl Cluster {
         let data_dir = self.dir.join(&name);
         std::fs::create_dir_all(&data_dir)?;
         let cgroup_root = unique_name(&format!("skiff-{name}"));
-        self.nodes.push(Node { name, ns, ip, data_dir, cgroup_root, link, agent: None });
+        let pins = if self.cfg.lb { Some(crate::PinDir::new(&format!("skiff-{name}"))?) } else { None };
+        self.nodes.push(Node { name, ns, ip, data_dir, cgroup_root, link, pins, agent: None });
         Ok(())
     }
 
@@ -216,7 +299,13 @@ impl Cluster {
             n.cgroup_root.clone(),
             "--image-store".into(),
             self.cfg.image_store.display().to_string(),
+            "--metrics-addr".into(),
+            format!("{}:{AGENT_METRICS_PORT}", n.ip),
         ];
+        if let Some(pins) = &n.pins {
+            a.extend(["--lb".into(), "--lb-pin-dir".into(), pins.path().display().to_string()]);
+            a.extend(["--lb-metrics-addr".into(), format!("{}:{LB_METRICS_PORT}", n.ip)]);
+        }
         a.extend(self.cfg.agent_args.clone());
         a
     }
@@ -320,7 +409,7 @@ impl Cluster {
     /// The last `n` lines of every process log, for a failing test's message.
     pub fn logs_tail(&self, n: usize) -> String {
         let mut out = String::new();
-        let mut files = vec![self.dir.join("server.log")];
+        let mut files = vec![self.dir.join("server.log"), self.dir.join("ingress.log")];
         files.extend(self.nodes.iter().map(|nd| self.dir.join(format!("{}.log", nd.name))));
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
@@ -381,6 +470,7 @@ fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        drop(self.ingress.take());
         for n in &mut self.nodes {
             drop(n.agent.take());
         }
@@ -396,6 +486,10 @@ impl Drop for Cluster {
             ];
             let log = self.dir.join(format!("{}.reset.log", n.name));
             let _ = logged(&n.ns, &log, &[], &self.cfg.skiff, &args).status();
+        }
+        for n in &mut self.nodes {
+            // Unpinning detaches the node's BPF programs and frees its maps.
+            drop(n.pins.take());
         }
         drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);

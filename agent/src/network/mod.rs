@@ -1,7 +1,7 @@
 //! The pod network, over netlink: a bridge in the node's namespace holding the gateway (`.1`) of the node's pod
 //! CIDR, a network namespace and a veth pair per pod (`eth0` inside, `sk<hash>` on the bridge), an address from the
 //! /24 ([`ipam`]), a default route through the gateway, IP forwarding on, and routes to the other nodes' pod CIDRs
-//! through their InternalIPs ([`routes`]). The cluster DNS address sits on a dummy interface so that pods reach the
+//! through their InternalIPs ([`routes`]). The cluster DNS address is a /32 on the bridge so that pods reach the
 //! agent's DNS server with or without the service load balancer.
 
 pub mod ipam;
@@ -15,7 +15,7 @@ use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::Digest as _;
 
 /// Why a network operation failed.
@@ -124,18 +124,11 @@ impl Network {
         handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(nl("bringing the bridge up"))?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(io("enabling IP forwarding"))?;
         if let Some(dns) = dns {
-            let name = format!("{}-dns", &bridge[..bridge.len().min(11)]);
-            let di = match link_index(&handle, &name).await? {
-                Some(i) => i,
-                None => {
-                    handle.link().add(LinkDummy::new(&name).build()).execute().await.map_err(nl(format!("creating {name}")))?;
-                    link_index(&handle, &name).await?.ok_or_else(|| io("finding the DNS interface")(std::io::Error::other(name.clone())))?
-                }
-            };
-            if !has_address(&handle, di, dns).await? {
-                handle.address().add(di, dns.into(), 32).execute().await.map_err(nl(format!("adding {dns} to {name}")))?;
+            // The DNS address is a /32 on the bridge: a local address of the node that every pod reaches through its
+            // gateway (a dummy interface would do the same, but not every kernel has the dummy driver).
+            if !has_address(&handle, index, dns).await? {
+                handle.address().add(index, dns.into(), 32).execute().await.map_err(nl(format!("adding {dns} to {bridge}")))?;
             }
-            handle.link().set(LinkUnspec::new_with_index(di).up().build()).execute().await.map_err(nl("bringing the DNS interface up"))?;
         }
         std::fs::create_dir_all(ipam_dir).map_err(io("creating the ipam directory"))?;
         std::fs::create_dir_all(netns_dir).map_err(io("creating the netns directory"))?;

@@ -1,7 +1,14 @@
-//! `skiff up`: a whole single-node cluster in one process.
+//! `skiff up`: a whole single-node cluster in one process — API server with its controllers and scheduler, the node
+//! agent (pods with runc, pod network, cluster DNS), the eBPF Service load balancer and the ingress controller on
+//! the node's ports 80 and 443.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Node;
+use skiff_agent::{AgentConfig, LbMode};
 
 /// Flags of `skiff up`.
 #[derive(Debug, clap::Args)]
@@ -12,43 +19,251 @@ pub struct Args {
     /// Port of the API server.
     #[arg(long, default_value_t = 6443)]
     pub api_port: u16,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// This node's address (default: the first address of --interface, or the first global IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// The node's main interface: NodePort and LoadBalancer traffic arriving on it is balanced by the tc programs.
+    /// Without it, Services are balanced for the node's own processes and pods (socket level) only.
+    #[arg(long, value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// The image store (built-in images are put here by `scripts/setup`).
+    #[arg(long, default_value = skiff_agent::config::DEFAULT_IMAGE_STORE)]
+    pub image_store: PathBuf,
+    /// The ingress controller's plain HTTP port.
+    #[arg(long, default_value_t = 80)]
+    pub http_port: u16,
+    /// The ingress controller's HTTPS port.
+    #[arg(long, default_value_t = 443)]
+    pub https_port: u16,
+    /// Do not run the ingress controller.
+    #[arg(long)]
+    pub no_ingress: bool,
+    /// Do not run the eBPF Service load balancer.
+    #[arg(long)]
+    pub no_lb: bool,
+    /// Apply these manifests (with `kubectl apply -f`) once the node is Ready, e.g. `manifests/demo.yaml`.
+    #[arg(long, value_name = "FILE")]
+    pub apply: Vec<PathBuf>,
+    /// Seconds to wait for the node to become Ready.
+    #[arg(long, default_value_t = 120)]
+    pub ready_timeout: u64,
 }
 
-fn step(started: Instant, what: &str) {
-    eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+/// The addresses every component serves on, for the summary.
+#[derive(Debug)]
+struct Ports {
+    agent_metrics: SocketAddr,
+    lb_metrics: SocketAddr,
+    ingress_metrics: SocketAddr,
+}
+
+impl Ports {
+    fn new() -> Self {
+        Ports {
+            agent_metrics: SocketAddr::from(([0, 0, 0, 0], 10255)),
+            lb_metrics: SocketAddr::from(([0, 0, 0, 0], 10249)),
+            ingress_metrics: SocketAddr::from(([0, 0, 0, 0], 10254)),
+        }
+    }
+}
+
+struct Progress(Instant);
+
+impl Progress {
+    fn step(&self, what: &str) {
+        eprintln!("[{:>5.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_lowercase()
 }
 
 /// Runs the cluster until interrupted.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let progress = Progress(Instant::now());
     let data_dir = std::path::absolute(&args.data_dir)?;
-    std::fs::create_dir_all(&data_dir)?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     eprintln!("Starting Skiff in {}", data_dir.display());
     super::runtime()?.block_on(async move {
-        step(started, "starting the API server (SQLite datastore, certificates)…");
+        skiff_client::install_crypto_provider();
+        let node_name = args.node_name.clone().unwrap_or_else(hostname);
+        let node_ip = match args.node_ip {
+            Some(ip) => ip,
+            None => skiff_agent::host::detect_node_ip(args.interface.as_deref(), "skiff0")
+                .await
+                .context("no node address found: give --node-ip (or --interface)")?,
+        };
+        progress.step(&format!("node {node_name} at {node_ip}; starting the API server (SQLite datastore, certificates)…"));
         let cfg = super::server::Args {
             data_dir: data_dir.join("server"),
-            listen: std::net::SocketAddr::from(([0, 0, 0, 0], args.api_port)),
-            advertise_address: Some(format!("127.0.0.1:{}", args.api_port)),
-            tls_san: Vec::new(),
+            listen: SocketAddr::from(([0, 0, 0, 0], args.api_port)),
+            advertise_address: Some(format!("{node_ip}:{}", args.api_port)),
+            tls_san: vec![node_name.clone()],
             datastore: "sqlite".into(),
             compaction_interval: 300,
         }
         .config()?;
         let server = skiff_control::server::start(cfg).await?;
         let kubeconfig = data_dir.join("kubeconfig");
-        std::fs::copy(&server.kubeconfig, &kubeconfig)?;
-        step(started, &format!("API server ready at {}", server.url));
-        eprintln!();
-        eprintln!("Skiff is up.");
-        eprintln!("  API server   {}", server.url);
-        eprintln!("  kubeconfig   {}", kubeconfig.display());
-        eprintln!("  datastore    {}", data_dir.join("server/state.db").display());
-        eprintln!("  metrics      {}/metrics", server.url);
-        eprintln!();
-        eprintln!("  export KUBECONFIG={}", kubeconfig.display());
-        eprintln!("  kubectl get namespaces");
-        super::wait_for_shutdown().await;
+        std::fs::copy(&server.kubeconfig, &kubeconfig).with_context(|| format!("writing {}", kubeconfig.display()))?;
+        progress.step(&format!("API server, controllers and scheduler ready at {}", server.url));
+
+        let ports = Ports::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let mut agent_cfg = AgentConfig::new(node_name.clone(), server.pki.ca.cert_pem.clone());
+        agent_cfg.node_ip = Some(node_ip);
+        agent_cfg.interface = args.interface.clone();
+        agent_cfg.data_dir = data_dir.join("agent");
+        agent_cfg.image_store = std::path::absolute(&args.image_store)?;
+        agent_cfg.metrics_addr = Some(ports.agent_metrics);
+        if !args.no_lb {
+            let pin_dir = PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node_name);
+            agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics) };
+        }
+        agent_cfg.validate()?;
+        let agent_client = skiff_agent::client::connect(&server.url, &server.pki.node_token, &server.pki.ca.cert_pem).await?;
+        progress.step(&format!(
+            "starting the node agent (runc, pod network on skiff0, cluster DNS{})…",
+            if args.no_lb { "" } else { ", eBPF Service load balancer" }
+        ));
+        let agent = tokio::spawn(skiff_agent::run(agent_client, agent_cfg, stopped(stop_rx.clone())));
+
+        let admin = admin_client(&kubeconfig).await?;
+        wait_node_ready(&admin, &node_name, Duration::from_secs(args.ready_timeout), &agent).await?;
+        progress.step(&format!("node {node_name} is Ready"));
+
+        let ingress = if args.no_ingress {
+            None
+        } else {
+            progress.step(&format!("starting the ingress controller on ports {} and {}…", args.http_port, args.https_port));
+            Some(start_ingress(&args, &kubeconfig, &data_dir, node_ip, ports.ingress_metrics).await?)
+        };
+
+        for file in &args.apply {
+            progress.step(&format!("applying {}", file.display()));
+            apply(&kubeconfig, file)?;
+        }
+
+        summary(&args, &server.url, &data_dir, &kubeconfig, node_ip, &ports);
+        tokio::select! {
+            () = super::wait_for_shutdown() => {}
+            r = agent => match r {
+                Ok(Ok(())) => anyhow::bail!("the node agent stopped"),
+                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the node agent failed")),
+                Err(e) => anyhow::bail!("the node agent panicked: {e}"),
+            },
+        }
+        eprintln!("stopping (containers keep running; `skiff up` with the same --data-dir re-adopts them)");
+        let _ = stop_tx.send(true);
+        if let Some(i) = ingress {
+            tokio::task::spawn_blocking(move || i.stop(skiff_ingress::runtime::ShutdownKind::Graceful)).await?;
+        }
         Ok(())
     })
+}
+
+async fn admin_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+async fn wait_node_ready(
+    client: &kube::Client,
+    node: &str,
+    limit: Duration,
+    agent: &tokio::task::JoinHandle<Result<(), skiff_agent::AgentError>>,
+) -> anyhow::Result<()> {
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let deadline = Instant::now() + limit;
+    loop {
+        if agent.is_finished() {
+            anyhow::bail!("the node agent stopped while starting (see the log above)");
+        }
+        let ready = nodes.get_opt(node).await.ok().flatten().is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("node {node} did not become Ready within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn start_ingress(
+    args: &Args,
+    kubeconfig: &Path,
+    data_dir: &Path,
+    node_ip: Ipv4Addr,
+    metrics: SocketAddr,
+) -> anyhow::Result<skiff_ingress::runtime::Embedded> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let kube_config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let config = skiff_ingress::IngressConfig {
+        http_addr: format!("0.0.0.0:{}", args.http_port),
+        https_addr: Some(format!("0.0.0.0:{}", args.https_port)),
+        metrics_addr: Some(metrics.to_string()),
+        access_log: skiff_ingress::config::AccessLog::File(data_dir.join("ingress-access.log")),
+        status_addresses: vec![node_ip.to_string()],
+        upgrade_sock: data_dir.join("ingress-upgrade.sock"),
+        pid_file: data_dir.join("ingress.pid"),
+        ..skiff_ingress::IngressConfig::default()
+    };
+    let started = tokio::task::spawn_blocking(move || skiff_ingress::runtime::Embedded::start_api(config, kube_config)).await?;
+    started.context("starting the ingress controller")
+}
+
+fn apply(kubeconfig: &Path, file: &Path) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f"])
+        .arg(file)
+        .status()
+        .context("running kubectl (is it installed?)")?;
+    anyhow::ensure!(status.success(), "kubectl apply -f {} failed", file.display());
+    Ok(())
+}
+
+fn summary(args: &Args, url: &str, data_dir: &Path, kubeconfig: &Path, node_ip: Ipv4Addr, ports: &Ports) {
+    eprintln!();
+    eprintln!("Skiff is up.");
+    eprintln!("  API server     {url}");
+    eprintln!("  kubeconfig     {}", kubeconfig.display());
+    eprintln!("  datastore      {}", data_dir.join("server/state.db").display());
+    eprintln!("  node state     {}", data_dir.join("agent").display());
+    if !args.no_ingress {
+        eprintln!("  ingress        http://{node_ip}:{}  https://{node_ip}:{}", args.http_port, args.https_port);
+        eprintln!("  access log     {}", data_dir.join("ingress-access.log").display());
+    }
+    eprintln!("  metrics        {url}/metrics (client certificate)");
+    eprintln!("                 http://{node_ip}:{} (agent)", ports.agent_metrics.port());
+    if !args.no_lb {
+        eprintln!("                 http://{node_ip}:{} (service load balancer)", ports.lb_metrics.port());
+    }
+    if !args.no_ingress {
+        eprintln!("                 http://{node_ip}:{} (ingress)", ports.ingress_metrics.port());
+    }
+    eprintln!();
+    eprintln!("  export KUBECONFIG={}", kubeconfig.display());
+    eprintln!("  kubectl get nodes,pods -A");
+    if args.apply.is_empty() {
+        eprintln!("  kubectl apply -f manifests/demo.yaml      # the demo: echo app behind the ingress");
+    }
+    eprintln!("  curl -H 'Host: echo.skiff.local' http://{node_ip}:{}/", args.http_port);
+    eprintln!();
+    eprintln!("Ctrl-C stops Skiff (pods keep running and are re-adopted by the next `skiff up`).");
 }

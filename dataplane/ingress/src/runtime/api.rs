@@ -79,12 +79,18 @@ fn run(client: ClientSource, config: IngressConfig) -> Result<(), IngressError> 
     Ok(())
 }
 
+/// The watchers of a cluster reached with `kube_config`, publishing through `publisher`.
+pub(crate) fn source(kube_config: kube::Config, publisher: Arc<Publisher>, addresses: Vec<String>) -> ApiSource {
+    ApiSource { client: ClientSource::Config(Box::new(kube_config)), publisher, addresses }
+}
+
 enum ClientSource {
     Client(kube::Client),
     Config(Box<kube::Config>),
 }
 
-struct ApiSource {
+/// The watchers as a Pingora background service (what [`super::Embedded::start_api`] runs).
+pub(crate) struct ApiSource {
     client: ClientSource,
     publisher: Arc<Publisher>,
     addresses: Vec<String>,

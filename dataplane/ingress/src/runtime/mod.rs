@@ -90,6 +90,13 @@ pub fn run_from_file(path: PathBuf, config: IngressConfig) -> Result<(), Ingress
     Ok(())
 }
 
+/// Where an [`Embedded`] server's objects come from.
+enum EmbeddedSource {
+    File(PathBuf),
+    Manual,
+    Api(Box<kube::Config>),
+}
+
 /// The ingress running on a thread of this process.
 pub struct Embedded {
     /// The table's writer: call [`Publisher::apply`] to change the configuration.
@@ -108,6 +115,16 @@ impl Embedded {
     /// Starts the server on a new thread. With `file`, the file is followed as in [`run_from_file`]; without,
     /// the caller publishes through [`Embedded::publisher`].
     pub fn start(config: IngressConfig, file: Option<PathBuf>) -> Result<Self, IngressError> {
+        Self::start_from(config, file.map_or(EmbeddedSource::Manual, EmbeddedSource::File))
+    }
+
+    /// Starts the server on a new thread in API mode: watchers follow the cluster `kube_config` reaches (the
+    /// client is created on the server's own runtime) and write Ingress status and Events back.
+    pub fn start_api(config: IngressConfig, kube_config: kube::Config) -> Result<Self, IngressError> {
+        Self::start_from(config, EmbeddedSource::Api(Box::new(kube_config)))
+    }
+
+    fn start_from(config: IngressConfig, source: EmbeddedSource) -> Result<Self, IngressError> {
         let publisher = publisher(&config)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let (built_tx, built_rx) = std::sync::mpsc::channel();
@@ -118,13 +135,17 @@ impl Embedded {
         let thread = std::thread::Builder::new()
             .name("skiff-ingress".into())
             .spawn(move || {
-                let built = match file {
-                    Some(path) => file::load(&path).and_then(|(bytes, objects)| {
+                let built = match source {
+                    EmbeddedSource::File(path) => file::load(&path).and_then(|(bytes, objects)| {
                         p.apply(&objects, Instant::now());
                         let source = file::FileSource::new(path, p.clone(), bytes);
                         server::build(&config, &p, background_service("objects file", source))
                     }),
-                    None => server::build(&config, &p, background_service("manual", file::ManualSource)),
+                    EmbeddedSource::Manual => server::build(&config, &p, background_service("manual", file::ManualSource)),
+                    EmbeddedSource::Api(kube_config) => {
+                        let source = api::source(*kube_config, p.clone(), config.status_addresses.clone());
+                        server::build(&config, &p, background_service("kubernetes watchers", source))
+                    }
                 };
                 match built {
                     Ok(server) => {
