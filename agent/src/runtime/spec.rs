@@ -132,6 +132,16 @@ pub fn cpu_shares(milli: i64) -> u64 {
     u64::try_from((milli * 1024 / 1000).max(2)).unwrap_or(2)
 }
 
+/// Containers' open-file limit: 1,048,576 as containerd gives, capped by the agent's own hard limit (raising it
+/// needs CAP_SYS_RESOURCE, which some hosts withhold even from root: runc then fails with EPERM).
+pub fn nofile_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1_048_576, |(_, h)| h);
+        hard.min(1_048_576)
+    })
+}
+
 /// The `config.json` of a container.
 pub fn oci_config(cfg: &ContainerConfig) -> Value {
     let caps = capabilities(cfg);
@@ -183,7 +193,7 @@ pub fn oci_config(cfg: &ContainerConfig) -> Value {
             "env": cfg.env,
             "cwd": if cfg.cwd.is_empty() { "/" } else { cfg.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}],
             "noNewPrivileges": cfg.no_new_privileges,
             "oomScoreAdj": cfg.oom_score_adj,
         },

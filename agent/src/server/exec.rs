@@ -115,6 +115,10 @@ pub async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, id: String, o
                 break;
             }
         }
+        // A close frame with status 1000: kubectl's WebSocket executor treats any other closure (even one without
+        // a code, 1005) as an error of the session.
+        let normal = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
+        let _ = sink.send(Message::Close(Some(normal))).await;
         let _ = sink.close().await;
     });
     let code = run(&mut stream, &out_tx, runtime, &id, &opts, &scratch, v5).await;

@@ -134,16 +134,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "starting the node agent (runc, pod network on skiff0, cluster DNS{})…",
             if args.no_lb { "" } else { ", eBPF Service load balancer" }
         ));
-        let agent = tokio::spawn(skiff_agent::run(agent_client, agent_cfg, stopped(stop_rx.clone())));
+        let mut agent = tokio::spawn(skiff_agent::run(agent_client, agent_cfg, stopped(stop_rx.clone())));
 
         let admin = admin_client(&kubeconfig).await?;
-        wait_node_ready(&admin, &node_name, Duration::from_secs(args.ready_timeout), &agent).await?;
+        wait_node_ready(&admin, &node_name, Duration::from_secs(args.ready_timeout), &mut agent).await?;
         progress.step(&format!("node {node_name} is Ready"));
 
         let ingress = if args.no_ingress {
             None
         } else {
             progress.step(&format!("starting the ingress controller on ports {} and {}…", args.http_port, args.https_port));
+            ensure_ingress_class(&admin).await?;
             Some(start_ingress(&args, &kubeconfig, &data_dir, node_ip, ports.ingress_metrics).await?)
         };
 
@@ -155,11 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary(&args, &server.url, &data_dir, &kubeconfig, node_ip, &ports);
         tokio::select! {
             () = super::wait_for_shutdown() => {}
-            r = agent => match r {
-                Ok(Ok(())) => anyhow::bail!("the node agent stopped"),
-                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the node agent failed")),
-                Err(e) => anyhow::bail!("the node agent panicked: {e}"),
-            },
+            r = &mut agent => return Err(agent_ended(r).context("the node agent stopped")),
         }
         eprintln!("stopping (containers keep running; `skiff up` with the same --data-dir re-adopts them)");
         let _ = stop_tx.send(true);
@@ -168,6 +165,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn agent_ended(r: Result<Result<(), skiff_agent::AgentError>, tokio::task::JoinError>) -> anyhow::Error {
+    match r {
+        Ok(Ok(())) => anyhow::anyhow!("it returned without an error"),
+        Ok(Err(e)) => anyhow::Error::new(e),
+        Err(e) => anyhow::anyhow!("it panicked: {e}"),
+    }
 }
 
 async fn admin_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
@@ -180,13 +185,13 @@ async fn wait_node_ready(
     client: &kube::Client,
     node: &str,
     limit: Duration,
-    agent: &tokio::task::JoinHandle<Result<(), skiff_agent::AgentError>>,
+    agent: &mut tokio::task::JoinHandle<Result<(), skiff_agent::AgentError>>,
 ) -> anyhow::Result<()> {
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
     let deadline = Instant::now() + limit;
     loop {
         if agent.is_finished() {
-            anyhow::bail!("the node agent stopped while starting (see the log above)");
+            return Err(agent_ended(agent.await).context("the node agent stopped while starting"));
         }
         let ready = nodes.get_opt(node).await.ok().flatten().is_some_and(|n| {
             n.status
@@ -224,6 +229,24 @@ async fn start_ingress(
     };
     let started = tokio::task::spawn_blocking(move || skiff_ingress::runtime::Embedded::start_api(config, kube_config)).await?;
     started.context("starting the ingress controller")
+}
+
+/// The IngressClass `skiff`, marked as the cluster's default (Ingresses without a class are served), unless it
+/// exists already (a user's changes to it are kept).
+async fn ensure_ingress_class(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::networking::v1::IngressClass;
+    let classes: kube::Api<IngressClass> = kube::Api::all(client.clone());
+    let class: IngressClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": "skiff", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "skiff.dev/ingress-controller"},
+    }))?;
+    match classes.create(&Default::default(), &class).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("creating the IngressClass skiff")),
+    }
 }
 
 fn apply(kubeconfig: &Path, file: &Path) -> anyhow::Result<()> {

@@ -84,7 +84,8 @@ pub fn check_available(config: &LbConfig) -> Result<(), LbError> {
         Ok(_) => {}
         Err(e) => return unavailable(format!("cannot read the kernel version: {e}")),
     }
-    let parent = config.pin_dir.parent().unwrap_or(Path::new("/"));
+    // The nearest existing ancestor of the pin directory (the directories below it are created at load time).
+    let parent = config.pin_dir.ancestors().skip(1).find(|p| p.exists()).unwrap_or(Path::new("/"));
     match nix::sys::statfs::statfs(parent) {
         Ok(st) if st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC => {}
         Ok(_) => {
