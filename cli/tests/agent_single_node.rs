@@ -123,8 +123,10 @@ fn cluster_dns_answers_from_inside_a_pod(c: &Cluster) {
     let (code, out, err) = exec(c, "duo", "client", &["nslookup", "kubernetes.default.svc.cluster.local"], None);
     assert_eq!(code, 0, "nslookup kubernetes: {out}{err}");
     assert!(out.contains("10.96.0.1"), "{out}");
-    let (code, out, err) = exec(c, "duo", "client", &["nslookup", "echo-svc"], None);
-    assert_eq!(code, 0, "nslookup through the search path: {out}{err}");
+    // busybox's nslookup queries every search domain and exits 1 when any of them is NXDOMAIN (a known busybox
+    // quirk in every Kubernetes cluster), so the answer is what counts here.
+    let (_, out, err) = exec(c, "duo", "client", &["nslookup", "echo-svc"], None);
+    assert!(out.contains("Name:\techo-svc.default.svc.cluster.local"), "nslookup through the search path: {out}{err}");
     assert!(out.contains(ip.trim()), "echo-svc is {ip}: {out}");
     let started = Instant::now();
     let (code, out, _) = exec(c, "duo", "client", &["nslookup", "nothing.example"], None);
@@ -282,7 +284,8 @@ fn logs_follow_tail_and_previous(c: &Cluster) {
     let ts = kubectl(c, &["logs", "talker", "-c", "once", "--previous", "--timestamps", "--tail=1"]);
     assert!(ts.contains("Z to stderr"), "{ts}");
     let (ok, _, err) = c.kubectl_output(&["logs", "talker"], None).expect("kubectl");
-    assert!(!ok && err.contains("a container name must be specified"), "{err}");
+    // kubectl picks the first container of a multi-container pod and says so (as with any API server).
+    assert!(ok && err.contains("Defaulted container \"once\""), "{err}");
     // -f streams while the container runs
     let mut cmd = c.server_ns.command("kubectl");
     cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(["logs", "-f", "talker", "-c", "ticker", "--tail=1"]);
@@ -388,7 +391,8 @@ fn nothing_is_left_behind(c: &Cluster) {
     let left = c.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
     let links = c.on_node(0, "ip", &["-o", "link"]).expect("ip link");
-    assert!(!links.lines().any(|l| l.contains(": sk")), "veths left: {links}");
+    // The bridge stays (it is the node's); pod veths (`sk<hash>`) go with their pods.
+    assert!(!links.lines().any(|l| l.contains(": sk") && !l.contains(": skiff0:")), "veths left: {links}");
     let netns: Vec<_> = std::fs::read_dir(c.nodes[0].data_dir.join("netns")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(netns.is_empty(), "network namespaces left: {netns:?}");
     let ipam: Vec<_> = std::fs::read_dir(c.nodes[0].data_dir.join("ipam")).map(|d| d.flatten().collect()).unwrap_or_default();

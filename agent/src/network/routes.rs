@@ -90,13 +90,20 @@ pub async fn run(client: kube::Client, handle: Handle, me: String) {
     let stream = reflector(writer, watcher(kube::Api::<Node>::all(client), watcher::Config::default())).default_backoff();
     futures::pin_mut!(stream);
     let mut last: Option<BTreeMap<Ipv4Net, Ipv4Addr>> = None;
+    let mut listed = false;
     while let Some(ev) = stream.next().await {
-        if let Err(e) = ev {
-            tracing::debug!(error = %e, "node watch interrupted");
-            continue;
+        match ev {
+            Err(e) => {
+                tracing::debug!(error = %e, "node watch interrupted");
+                continue;
+            }
+            // The store is complete once the first list is in (awaiting `wait_until_ready` here instead would stop
+            // polling the very stream that fills it).
+            Ok(watcher::Event::InitDone) => listed = true,
+            Ok(_) => {}
         }
-        if reader.wait_until_ready().await.is_err() {
-            return;
+        if !listed {
+            continue;
         }
         let nodes = reader.state();
         let want = desired_routes(&me, nodes.iter().map(|n| n.as_ref()));
