@@ -129,13 +129,9 @@ impl Metrics {
         self.inner.dns.get_or_create(&RcodeLabels { rcode: rcode.into() }).inc();
     }
 
-    /// The text exposition format.
+    /// The classic text exposition format ([`skiff_client::metrics::CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
-            out.clear();
-        }
-        out
+        skiff_client::metrics::encode(&self.inner.registry)
     }
 }
 

@@ -131,7 +131,7 @@ async fn exec_handler(State(s): State<Shared>, Path((ns, pod, container)): Path<
 }
 
 async fn metrics_handler(State(s): State<Shared>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, skiff_client::metrics::CONTENT_TYPE)], s.metrics.encode()).into_response()
 }
 
 async fn pod_metrics(State(s): State<Shared>) -> Response {

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod events;
+pub mod metrics;
 
 use std::path::Path;
 

@@ -150,7 +150,7 @@ async fn metrics_text(State(api): State<Arc<Api>>) -> Response {
         api.metrics.revision.set(rev);
     }
     let mut r = api.metrics.encode().into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(skiff_client::metrics::CONTENT_TYPE));
     r
 }
 

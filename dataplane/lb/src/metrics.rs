@@ -12,7 +12,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -148,11 +148,7 @@ impl LbMetrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "encoding metrics failed");
-        }
-        out
+        skiff_client::metrics::encode(&self.registry)
     }
 }
 
@@ -228,7 +224,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<LbMetrics>) -> Result<(), LbEr
             let metrics = metrics.clone();
             async move {
                 let body = tokio::task::spawn_blocking(move || metrics.encode()).await.unwrap_or_default();
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                ([(header::CONTENT_TYPE, skiff_client::metrics::CONTENT_TYPE)], body)
             }
         }),
     );

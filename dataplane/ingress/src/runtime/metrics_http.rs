@@ -27,7 +27,7 @@ impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path();
         let (status, content_type, body) = match path {
-            "/metrics" => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.encode()),
+            "/metrics" => (200, skiff_client::metrics::CONTENT_TYPE, self.metrics.encode()),
             "/healthz" | "/readyz" => (200, "text/plain", "ok\n".to_owned()),
             _ => (404, "text/plain", "not found: try /metrics\n".to_owned()),
         };
