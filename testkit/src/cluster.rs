@@ -351,6 +351,16 @@ impl Cluster {
         self.lan.ip(&["link", "set", &self.nodes[i].link, if up { "up" } else { "down" }]).map(|_| ())
     }
 
+    /// Removes everything node `i`'s agent left (containers and their processes, mounts, cgroups, pod network)
+    /// with `skiff agent reset` inside its namespace — with the agent stopped, the node's pods are gone.
+    pub fn reset_node(&self, i: usize) {
+        let n = &self.nodes[i];
+        let args: Vec<String> =
+            vec!["agent".into(), "reset".into(), "--data-dir".into(), n.data_dir.display().to_string(), "--cgroup-root".into(), n.cgroup_root.clone()];
+        let log = self.dir.join(format!("{}.reset.log", n.name));
+        let _ = logged(&n.ns, &log, &[], &self.cfg.skiff, &args).status();
+    }
+
     /// Runs kubectl (in the server's namespace) and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> std::io::Result<String> {
         run(self.server_ns.command("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).arg("--request-timeout=30s").args(args))
@@ -475,17 +485,7 @@ impl Drop for Cluster {
             drop(n.agent.take());
         }
         for i in 0..self.nodes.len() {
-            let n = &self.nodes[i];
-            let args: Vec<String> = vec![
-                "agent".into(),
-                "reset".into(),
-                "--data-dir".into(),
-                n.data_dir.display().to_string(),
-                "--cgroup-root".into(),
-                n.cgroup_root.clone(),
-            ];
-            let log = self.dir.join(format!("{}.reset.log", n.name));
-            let _ = logged(&n.ns, &log, &[], &self.cfg.skiff, &args).status();
+            self.reset_node(i);
         }
         for n in &mut self.nodes {
             // Unpinning detaches the node's BPF programs and frees its maps.

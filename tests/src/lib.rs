@@ -131,6 +131,8 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> 
 pub struct Sample {
     /// When it was sent, from the start of the load.
     pub at: Duration,
+    /// How long it took.
+    pub took: Duration,
     /// The echo server's `version` and `pod`, or the error.
     pub result: Result<(String, String), String>,
 }
@@ -147,6 +149,11 @@ impl Load {
     /// Starts sending `GET path` with `Host: host` to `addr` from the cluster's client namespace, one request at a
     /// time with `pause` between them (each with a 2 s timeout). Bounded: it stops by itself after `limit`.
     pub fn start(c: &Cluster, addr: SocketAddr, host: &str, path: &str, pause: Duration, limit: Duration) -> Load {
+        Self::start_with_timeout(c, addr, host, path, pause, limit, Duration::from_secs(2))
+    }
+
+    /// [`Load::start`] with each request's timeout (connect, then each read and write) set to `timeout`.
+    pub fn start_with_timeout(c: &Cluster, addr: SocketAddr, host: &str, path: &str, pause: Duration, limit: Duration, timeout: Duration) -> Load {
         let ns = c.client.as_ref().expect("a client namespace").path().to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let (host, path, flag) = (host.to_string(), path.to_string(), stop.clone());
@@ -157,7 +164,7 @@ impl Load {
             let mut out = Vec::new();
             while !flag.load(Ordering::Relaxed) && started.elapsed() < limit {
                 let at = started.elapsed();
-                let result = match http_get(addr, &host, &path, Duration::from_secs(2)) {
+                let result = match http_get(addr, &host, &path, timeout) {
                     Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
                         Ok(v) => Ok((v["version"].as_str().unwrap_or("").to_string(), v["pod"].as_str().unwrap_or("").to_string())),
                         Err(_) => Err(format!("200 with a body that is not the echo server's: {body:.80}")),
@@ -165,7 +172,7 @@ impl Load {
                     Ok((status, body)) => Err(format!("{status}: {body:.80}")),
                     Err(e) => Err(e.to_string()),
                 };
-                out.push(Sample { at, result });
+                out.push(Sample { at, took: started.elapsed() - at, result });
                 std::thread::sleep(pause);
             }
             out
@@ -197,7 +204,8 @@ pub fn failures(samples: &[Sample]) -> Vec<&Sample> {
 /// A one-line account of a load run, for the test's output.
 pub fn summary(samples: &[Sample]) -> String {
     let failed = failures(samples);
-    let mut s = format!("{} requests, {} failed", samples.len(), failed.len());
+    let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
+    let mut s = format!("{} requests, {} failed, slowest {:.2} s", samples.len(), failed.len(), slowest.as_secs_f64());
     if let (Some(first), Some(last)) = (failed.first(), failed.last()) {
         s.push_str(&format!(" (between {:.2} s and {:.2} s; first: {:?})", first.at.as_secs_f64(), last.at.as_secs_f64(), first.result));
     }

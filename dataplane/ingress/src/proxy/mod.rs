@@ -241,7 +241,8 @@ impl ProxyHttp for IngressProxy {
         let Some(endpoint) = ctx.endpoint.take() else { return e };
         endpoint.stats.finish(None);
         let service = ctx.backend.as_ref().map(|b| crate::runtime::metrics::ServiceLabel(b.service.clone()));
-        if endpoint.stats.connect_failed(now_ns())
+        let timed_out = matches!(e.etype(), pingora::ErrorType::ConnectTimedout);
+        if endpoint.stats.connect_failed(now_ns(), timed_out)
             && let Some(s) = &service
         {
             tracing::warn!(endpoint = %endpoint.addr, service = %s.0, "endpoint ejected after repeated connect failures");

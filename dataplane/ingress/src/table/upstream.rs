@@ -96,10 +96,12 @@ impl EndpointStats {
         ewma.saturating_mul(u64::from(self.in_flight.load(Relaxed)) + 1)
     }
 
-    /// Records a connect failure; returns true when this one ejected the endpoint.
-    pub fn connect_failed(&self, now_ns: u64) -> bool {
+    /// Records a connect failure; returns true when this one ejected the endpoint. A connect that timed out ejects
+    /// at once: inside a cluster a live pod answers a SYN in microseconds, so a timeout means a dead node or a
+    /// partition, and every further request sent there would wait the whole connect timeout again.
+    pub fn connect_failed(&self, now_ns: u64, timed_out: bool) -> bool {
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
-        if failures >= EJECT_AFTER_FAILURES {
+        if failures >= EJECT_AFTER_FAILURES || timed_out {
             self.failures.store(0, Relaxed);
             let until = (now_ns + EJECTION.as_nanos() as u64) / 1_000_000;
             self.ejected_until_ms.store(until, Relaxed);
@@ -275,8 +277,8 @@ mod tests {
     fn ejected_endpoints_are_skipped_until_the_ejection_ends_and_used_if_nothing_else_is_left() {
         let p = pool(2, Balance::RoundRobin);
         let bad = p.active()[0].clone();
-        assert!(!bad.stats.connect_failed(0) && !bad.stats.connect_failed(0));
-        assert!(bad.stats.connect_failed(0), "the third failure ejects");
+        assert!(!bad.stats.connect_failed(0, false) && !bad.stats.connect_failed(0, false));
+        assert!(bad.stats.connect_failed(0, false), "the third refused connect ejects");
         for _ in 0..10 {
             assert_eq!(p.pick(&[], 1).expect("endpoint").addr.port(), 8001);
         }
@@ -284,6 +286,15 @@ mod tests {
         assert_eq!(p.pick(&[other], 1).expect("fail open").addr, bad.addr);
         let after = EJECTION.as_nanos() as u64 + 1_000_000;
         assert!(!bad.stats.is_ejected(after));
+    }
+
+    #[test]
+    fn a_connect_timeout_ejects_at_once() {
+        let p = pool(2, Balance::RoundRobin);
+        let dead = p.active()[0].clone();
+        assert!(dead.stats.connect_failed(0, true), "one timed-out connect ejects");
+        assert!(dead.stats.is_ejected(1));
+        assert!((0..10).all(|_| p.pick(&[], 1).expect("endpoint").addr != dead.addr));
     }
 
     #[test]
