@@ -91,7 +91,7 @@ mod tests {
         h.observe(0.5);
         r.register_with_unit("latency", "Latency", prometheus_client::registry::Unit::Seconds, h);
         let text = encode(&r);
-        assert!(text.contains("# HELP demo_requests_total Requests served\n# TYPE demo_requests_total counter\n"), "{text}");
+        assert!(text.contains("# HELP demo_requests_total Requests served.\n# TYPE demo_requests_total counter\n"), "{text}");
         assert!(text.contains("demo_requests_total{host=\"a\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE demo_open gauge\ndemo_open 7\n"), "{text}");
         assert!(text.contains("# TYPE demo_latency_seconds histogram\n"), "{text}");

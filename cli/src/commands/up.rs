@@ -38,6 +38,12 @@ pub struct Args {
     /// The ingress controller's HTTPS port.
     #[arg(long, default_value_t = 443)]
     pub https_port: u16,
+    /// cgroup (in every hierarchy) that holds the node's pods; the load balancer's socket programs attach there.
+    #[arg(long, default_value = "skiff")]
+    pub cgroup_root: String,
+    /// bpffs directory of the load balancer's pinned maps and programs (default `/sys/fs/bpf/skiff/<node>`).
+    #[arg(long, value_name = "DIR")]
+    pub lb_pin_dir: Option<PathBuf>,
     /// Do not run the ingress controller.
     #[arg(long)]
     pub no_ingress: bool,
@@ -124,8 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         agent_cfg.data_dir = data_dir.join("agent");
         agent_cfg.image_store = std::path::absolute(&args.image_store)?;
         agent_cfg.metrics_addr = Some(ports.agent_metrics);
+        agent_cfg.cgroup_root = args.cgroup_root.clone();
         if !args.no_lb {
-            let pin_dir = PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node_name);
+            let pin_dir = args.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node_name));
             agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics) };
         }
         agent_cfg.validate()?;
