@@ -40,10 +40,10 @@ fn main() {
     let c = Cluster::start(cfg).expect("a one-node cluster");
     // The agent's pid: `sh -c exec nsenter … skiff`, so the child's pid is skiff's.
     let agent = c.agent_pid(0).expect("the agent runs");
-    let mut yaml = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    let mut yaml = String::new();
     for i in 0..pods {
         yaml.push_str(&format!(
-            "- apiVersion: v1\n  kind: Pod\n  metadata: {{name: p{i}, labels: {{bench: start}}}}\n  spec:\n    terminationGracePeriodSeconds: 1\n    containers:\n    - name: echo\n      image: skiff/echo:v1\n      readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{bench: start}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: echo\n    image: skiff/echo:v1\n    readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}\n"
         ));
     }
     let cpu0 = proc_cpu_seconds(agent);

@@ -80,6 +80,11 @@ fn scenario_4_hpa(c: &Cluster) {
         let cur = c.kubectl(&["get", "hpa", "burner", "-o", "jsonpath={.status.currentMetrics[0].resource.current.averageUtilization}"]).ok()?;
         (!cur.trim().is_empty()).then_some(())
     });
+    // The same resource metrics through kubectl.
+    let top = kubectl(c, &["top", "pods", "-l", "app=burner"]);
+    assert!(top.contains("CPU(cores)") && top.contains("burner-"), "{top}");
+    let top = kubectl(c, &["top", "nodes"]);
+    assert!(["n1", "n2", "n3"].iter().all(|n| top.contains(n)), "{top}");
     // Load: one client in the client namespace asking for 900 ms of CPU at a time through the NodePort — about one
     // core, ten times the pod's 100m request.
     let target: std::net::SocketAddr = "10.0.0.12:30081".parse().expect("address");
