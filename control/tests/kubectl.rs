@@ -82,6 +82,20 @@ fn client_side_apply_creates_then_changes_and_removes_fields() {
 }
 
 #[test]
+fn a_list_exported_with_get_applies_again() {
+    let c = Cluster::start_with(None);
+    c.kubectl_in(&["create", "configmap", "one", "--from-literal=k=v"], "");
+    c.kubectl_in(&["create", "configmap", "two", "--from-literal=k=w"], "");
+    // `kubectl get -o yaml` of several objects writes a `kind: List`, which kubectl validates against /openapi/v2.
+    let exported = c.kubectl_in(&["get", "configmap", "one", "two", "-o", "yaml"], "");
+    assert!(exported.contains("kind: List"), "{exported}");
+    c.kubectl_in(&["delete", "configmap", "one", "two"], "");
+    let out = c.kubectl_in(&["apply", "-f", "-"], &exported);
+    assert!(out.contains("configmap/one created") && out.contains("configmap/two created"), "{out}");
+    assert_eq!(c.get_json(&["cm", "two"])["data"]["k"], "w");
+}
+
+#[test]
 fn server_side_apply_owns_fields_and_reports_conflicts() {
     let c = Cluster::start_with(None);
     let out = c.kubectl_in(&["apply", "--server-side", "-f", "-"], MANIFEST);

@@ -154,6 +154,30 @@ async fn metrics_text(State(api): State<Arc<Api>>) -> Response {
     r
 }
 
+/// A Swagger 2.0 document without paths or definitions. kubectl reads `/openapi/v2` only to validate `kind: List`
+/// files, and treats kinds it finds no schema for as valid (the server validates every object anyway). kubectl asks
+/// for gnostic's protobuf encoding (`openapi_v2.Document`: swagger = 1, info = 2 {title = 1, version = 2}) and
+/// decodes the body as such; others get JSON.
+async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
+    const TITLE: &str = "Kubernetes";
+    let version = skiff_api::registry::KUBERNETES_VERSION;
+    let wants_proto = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("protobuf"));
+    if wants_proto {
+        let field = |tag: u8, bytes: &[u8]| -> Vec<u8> {
+            let mut out = vec![tag, u8::try_from(bytes.len()).expect("short fields")];
+            out.extend_from_slice(bytes);
+            out
+        };
+        let info = [field(0x0a, TITLE.as_bytes()), field(0x12, version.as_bytes())].concat();
+        let doc = [field(0x0a, b"2.0"), field(0x12, &info)].concat();
+        let mut r = doc.into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        return r;
+    }
+    let doc = serde_json::json!({"swagger": "2.0", "info": {"title": TITLE, "version": version}, "paths": {}, "definitions": {}});
+    handlers::json_response(StatusCode::OK, &doc)
+}
+
 async fn openapi_root(State(api): State<Arc<Api>>) -> Response {
     handlers::json_response(StatusCode::OK, &openapi::root(&api.registry()))
 }
@@ -190,6 +214,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/livez", get(health))
         .route("/readyz", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_root))
         .route("/openapi/v3/{*path}", get(openapi_gv))
         .route("/api", axum::routing::any(handlers::dispatch))
