@@ -50,13 +50,16 @@ fn main() {
     let applied = Instant::now();
     c.apply(&yaml).expect("kubectl apply");
     let mut ready: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Duration> = BTreeMap::new();
     let deadline = applied + Duration::from_secs(300);
     let jp = r#"{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
     while ready.len() < pods && Instant::now() < deadline {
         let out = c.kubectl(&["get", "pods", "-l", "bench=start", "-o", &format!("jsonpath={jp}")]).unwrap_or_default();
         let now = applied.elapsed();
         for l in out.lines() {
-            if let Some((name, "True")) = l.split_once(' ') {
+            let (name, status) = l.split_once(' ').unwrap_or((l, ""));
+            seen.entry(name.to_string()).or_insert(now);
+            if status == "True" {
                 ready.entry(name.to_string()).or_insert(now);
             }
         }
@@ -66,6 +69,11 @@ fn main() {
     let cpu_start = proc_cpu_seconds(agent) - cpu0;
     let mut secs: Vec<f64> = ready.values().map(Duration::as_secs_f64).collect();
     secs.sort_by(f64::total_cmp);
+    // From the pod's first appearance in the API (the poll that first lists it) to Ready: Kubernetes' pod startup
+    // SLI, without the time kubectl takes to create the other pods of the batch.
+    let mut own: Vec<f64> = ready.iter().filter_map(|(n, r)| seen.get(n).map(|s| r.saturating_sub(*s).as_secs_f64())).collect();
+    own.sort_by(f64::total_cmp);
+    let created_last = seen.values().max().copied().unwrap_or_default();
     println!(
         "pods Ready: {}/{pods}; apply → Ready p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, last {:.2} s (polling every 100 ms); agent CPU while starting: {cpu_start:.1} s",
         ready.len(),
@@ -73,6 +81,13 @@ fn main() {
         percentile(&secs, 90.0),
         percentile(&secs, 99.0),
         all.as_secs_f64()
+    );
+    println!(
+        "created → Ready (first listed → Ready): p50 {:.2} s, p90 {:.2} s, p99 {:.2} s; the last pod was created {:.2} s after the apply began",
+        percentile(&own, 50.0),
+        percentile(&own, 90.0),
+        percentile(&own, 99.0),
+        created_last.as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(5));
     let (cpu_a, t_a) = (proc_cpu_seconds(agent), Instant::now());
