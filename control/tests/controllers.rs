@@ -47,6 +47,20 @@ fn pods_of(c: &Cluster, selector: &str) -> Vec<Value> {
     c.get_json(&["pods", "-l", selector])["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// `kubectl rollout status deploy/web`, failing with the ReplicaSets, pods and Deployment when it times out.
+fn rollout_done(c: &Cluster) {
+    let o = c.kubectl_output(&["rollout", "status", "deploy/web", "--timeout=60s"], None);
+    if !o.status.success() {
+        panic!(
+            "rollout did not finish: {}\nRS: {}\nPODS: {}\nDEPLOY: {}",
+            String::from_utf8_lossy(&o.stdout),
+            c.kubectl(&["get", "rs", "-o", "yaml"]),
+            c.kubectl(&["get", "pods", "-o", "wide"]),
+            c.kubectl(&["get", "deploy", "web", "-o", "yaml"])
+        );
+    }
+}
+
 #[test]
 fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
     let (c, _sim) = cluster(&["node-a", "node-b", "node-c"]);
@@ -64,14 +78,7 @@ fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
     assert!(d["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "Available" && c["status"] == "True"));
 
     c.kubectl(&["set", "image", "deploy/web", "web=skiff/echo:v2"]);
-    let o = c.kubectl_output(&["rollout", "status", "deploy/web", "--timeout=30s"], None);
-    if !o.status.success() {
-        eprintln!("RS: {}", c.kubectl(&["get", "rs", "-o", "yaml"]));
-        eprintln!("PODS: {}", c.kubectl(&["get", "pods", "-o", "wide"]));
-        eprintln!("DEPLOY: {}", c.kubectl(&["get", "deploy", "web", "-o", "yaml"]));
-    }
-    let out = c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
-    assert!(out.contains("successfully rolled out"), "{out}");
+    rollout_done(&c);
     let images: Vec<String> = pods_of(&c, "app=web")
         .iter()
         .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
@@ -89,7 +96,7 @@ fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
     assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
 
     c.kubectl(&["rollout", "restart", "deploy/web"]);
-    c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    rollout_done(&c);
     assert_eq!(c.get_json(&["rs", "-l", "app=web"])["items"].as_array().expect("items").len(), 3, "v1 (restarted), v1, v2");
 
     c.kubectl(&["scale", "deploy/web", "--replicas=5"]);

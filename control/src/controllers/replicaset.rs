@@ -175,6 +175,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
             Err(e) => return Err(e.into()),
         }
     }
+    // The status just written counted the pods as they were before this pass's creates and deletes; look again
+    // soon so the counts follow even if the events of those changes arrived while this pass was running.
+    if p.create > 0 || !p.delete.is_empty() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     // requeue while pods wait for minReadySeconds to count as available
     let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     if min_ready > 0 && p.status.available_replicas != p.status.ready_replicas {
