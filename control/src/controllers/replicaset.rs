@@ -180,6 +180,14 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     if p.create > 0 || !p.delete.is_empty() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    // Until every replica is ready and available, look again every two seconds (from the cache; a write only when
+    // the status changes) instead of relying on pod events alone: under load a pod's Ready change was once seen by
+    // no pass, which left the status — and so the Deployment's rollout — stale until the next resync.
+    let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let settled = p.status.replicas == desired && p.status.ready_replicas == Some(desired) && p.status.available_replicas == Some(desired);
+    if !settled {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     // requeue while pods wait for minReadySeconds to count as available
     let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     if min_ready > 0 && p.status.available_replicas != p.status.ready_replicas {
