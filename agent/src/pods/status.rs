@@ -198,33 +198,9 @@ pub struct Observed {
     pub now: Option<Timestamp>,
 }
 
-/// The QoS class (Guaranteed, Burstable, BestEffort).
+/// The QoS class (Guaranteed, Burstable, BestEffort), as the API server computes it.
 pub fn qos_class(spec: &PodSpec) -> &'static str {
-    let all: Vec<&Container> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.as_ref();
-        let limits = r.and_then(|r| r.limits.as_ref());
-        let requests = r.and_then(|r| r.requests.as_ref());
-        for res in ["cpu", "memory"] {
-            let l = limits.and_then(|l| l.get(res));
-            let q = requests.and_then(|q| q.get(res)).or(l);
-            if l.is_some() || q.is_some() {
-                any = true;
-            }
-            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    skiff_api::qos::class(spec)
 }
 
 /// The full status.

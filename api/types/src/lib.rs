@@ -19,6 +19,7 @@ pub use k8s_openapi;
 pub mod defaults;
 pub mod meta;
 pub mod normalize;
+pub mod qos;
 pub mod quantity;
 pub mod registry;
 pub mod selector;

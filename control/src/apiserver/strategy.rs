@@ -251,44 +251,11 @@ fn validate_pod_update(old: &Value, new: &Value, errs: &mut ErrorList) {
     }
 }
 
-/// The QoS class of a pod spec: Guaranteed (every container has equal cpu and memory requests and limits),
-/// BestEffort (none has any), otherwise Burstable.
+/// The QoS class of a pod spec (JSON), by [`skiff_api::qos::class`]; a spec that does not decode is BestEffort
+/// (validation rejects it anyway).
 pub fn qos_class(spec: Option<&Value>) -> &'static str {
-    let containers: Vec<&Value> = spec
-        .and_then(|s| s.get("containers"))
-        .and_then(Value::as_array)
-        .map(|c| c.iter().collect())
-        .unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        let req = c.pointer("/resources/requests");
-        let lim = c.pointer("/resources/limits");
-        if req.is_some_and(|r| r.as_object().is_some_and(|m| !m.is_empty())) || lim.is_some_and(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = lim.and_then(|l| l.get(res)).and_then(Value::as_str);
-            let r = req.and_then(|r| r.get(res)).and_then(Value::as_str).or(l);
-            let eq = match (l, r) {
-                (Some(l), Some(r)) => match (l.parse::<skiff_api::quantity::Quantity>(), r.parse::<skiff_api::quantity::Quantity>()) {
-                    (Ok(a), Ok(b)) => a.as_nanos() == b.as_nanos(),
-                    _ => false,
-                },
-                _ => false,
-            };
-            if !eq {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    spec.and_then(|s| serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(s.clone()).ok())
+        .map_or("BestEffort", |s| skiff_api::qos::class(&s))
 }
 
 #[cfg(test)]
