@@ -34,6 +34,9 @@ pub struct Args {
     /// Worker threads of the proxy.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Send every request through Pingora's proxy phases (no HTTP/1.1 fast path; for comparison and debugging).
+    #[arg(long)]
+    no_fast_path: bool,
     /// Access log: `stdout`, `off`, or a file path (JSON lines).
     #[arg(long, default_value = "stdout")]
     access_log: String,
@@ -68,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         https_addr: optional(args.https_addr),
         metrics_addr: optional(args.metrics_addr),
         threads: args.threads,
+        fast_path: !args.no_fast_path,
         access_log: match args.access_log.as_str() {
             "stdout" => AccessLog::Stdout,
             "off" | "none" => AccessLog::Off,

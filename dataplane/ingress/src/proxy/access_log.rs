@@ -1,12 +1,10 @@
 //! JSON access logs: one object per request, written with one `write` call.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
-use pingora::prelude::*;
-use pingora::proxy::Session;
-
-use super::ctx::RequestCtx;
+use crate::table::RouteLabels;
 
 /// An access-log sink.
 pub struct AccessLog {
@@ -19,6 +17,45 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
+/// One finished request, as both request paths describe it.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// Client address.
+    pub client: Option<IpAddr>,
+    /// Request method.
+    pub method: &'a str,
+    /// Host as the client sent it, without port.
+    pub host: &'a str,
+    /// Request target (path and query).
+    pub uri: &'a str,
+    /// Protocol, e.g. `HTTP/1.1`.
+    pub protocol: &'a str,
+    /// Status sent (0 when none was).
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes_sent: u64,
+    /// Request body bytes received.
+    pub request_bytes: u64,
+    /// Seconds from the request header to the end of the response.
+    pub seconds: f64,
+    /// The endpoint that answered.
+    pub upstream: Option<SocketAddr>,
+    /// Endpoints that failed to connect first.
+    pub failed_upstreams: &'a [SocketAddr],
+    /// Seconds until the upstream response header arrived.
+    pub upstream_seconds: Option<f64>,
+    /// Route labels, when a route matched.
+    pub labels: Option<&'a RouteLabels>,
+    /// `X-Request-ID` sent upstream.
+    pub request_id: Option<&'a str>,
+    /// `User-Agent`.
+    pub user_agent: Option<&'a str>,
+    /// Arrived over TLS.
+    pub tls: bool,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
 impl AccessLog {
     /// Logs to any writer (stdout, a file).
     pub fn new(out: Box<dyn Write + Send>) -> Self {
@@ -26,30 +63,28 @@ impl AccessLog {
     }
 
     /// Writes the line for one finished request.
-    pub fn write(&self, session: &Session, ctx: &RequestCtx, status: u16, sent: u64, seconds: f64, e: Option<&Error>) {
-        let req = session.req_header();
-        let labels = ctx.labels.as_deref();
+    pub fn write(&self, e: &Entry<'_>) {
         let line = serde_json::json!({
             "time": jiff::Timestamp::now().to_string(),
-            "client": ctx.client.map(|c| c.to_string()),
-            "method": req.method.as_str(),
-            "host": ctx.host,
-            "uri": req.uri.to_string(),
-            "protocol": format!("{:?}", req.version),
-            "status": status,
-            "bytes_sent": sent,
-            "request_bytes": ctx.body_bytes,
-            "duration_seconds": seconds,
-            "upstream": ctx.endpoint.as_ref().map(|e| e.addr.to_string()),
-            "failed_upstreams": ctx.tried.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "upstream_seconds": ctx.upstream_seconds,
-            "namespace": labels.map(|l| l.namespace.as_str()),
-            "ingress": labels.map(|l| l.ingress.as_str()),
-            "service": labels.map(|l| l.service.as_str()),
-            "request_id": ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-            "user_agent": req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()),
-            "tls": ctx.tls,
-            "error": e.map(|e| e.to_string()),
+            "client": e.client.map(|c| c.to_string()),
+            "method": e.method,
+            "host": e.host,
+            "uri": e.uri,
+            "protocol": e.protocol,
+            "status": e.status,
+            "bytes_sent": e.bytes_sent,
+            "request_bytes": e.request_bytes,
+            "duration_seconds": e.seconds,
+            "upstream": e.upstream.map(|a| a.to_string()),
+            "failed_upstreams": e.failed_upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "upstream_seconds": e.upstream_seconds,
+            "namespace": e.labels.map(|l| l.namespace.as_str()),
+            "ingress": e.labels.map(|l| l.ingress.as_str()),
+            "service": e.labels.map(|l| l.service.as_str()),
+            "request_id": e.request_id,
+            "user_agent": e.user_agent,
+            "tls": e.tls,
+            "error": e.error,
         });
         let mut text = line.to_string();
         text.push('\n');

@@ -42,8 +42,6 @@ pub struct Request<'a> {
     pub tls: bool,
     /// Client address.
     pub client: Option<IpAddr>,
-    /// Request headers.
-    pub headers: &'a HeaderMap,
     /// Port clients use for HTTPS, for redirect locations.
     pub https_port: Option<u16>,
 }

@@ -18,6 +18,7 @@ pub mod admission;
 pub mod ctx;
 pub mod headers;
 pub mod peer;
+pub mod record;
 pub mod tls;
 
 use std::sync::Arc;
@@ -34,8 +35,8 @@ use pingora::upstreams::peer::HttpPeer;
 
 use self::admission::Answer;
 use self::ctx::{ConnectionGuard, RequestCtx};
-use crate::runtime::metrics::{Metrics, RequestLabels};
-use crate::table::{RouteLabels, RouteTable, now_ns};
+use crate::runtime::metrics::Metrics;
+use crate::table::{RouteLabels, RouteTable};
 
 /// Settings of the proxy that are fixed at start.
 #[derive(Debug, Clone)]
@@ -69,13 +70,7 @@ impl IngressProxy {
         access_log: Option<Arc<access_log::AccessLog>>,
         settings: ProxySettings,
     ) -> Self {
-        let unmatched = Arc::new(RouteLabels {
-            namespace: String::new(),
-            ingress: String::new(),
-            host: String::new(),
-            path: String::new(),
-            service: String::new(),
-        });
+        let unmatched = Arc::new(RouteLabels::default());
         IngressProxy { table, metrics, access_log, settings, unmatched }
     }
 
@@ -149,7 +144,6 @@ impl ProxyHttp for IngressProxy {
             query: req.uri.query(),
             tls: ctx.tls,
             client: ctx.client,
-            headers: &req.headers,
             https_port: self.settings.https_port,
         };
         if self.access_log.is_some() {
@@ -239,26 +233,10 @@ impl ProxyHttp for IngressProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let Some(endpoint) = ctx.endpoint.take() else { return e };
-        endpoint.stats.finish(None);
-        let service = ctx.backend.as_ref().map(|b| crate::runtime::metrics::ServiceLabel(b.service.clone()));
+        let Some(backend) = ctx.backend.clone() else { return e };
         let timed_out = matches!(e.etype(), pingora::ErrorType::ConnectTimedout);
-        if endpoint.stats.connect_failed(now_ns(), timed_out)
-            && let Some(s) = &service
-        {
-            tracing::warn!(endpoint = %endpoint.addr, service = %s.0, "endpoint ejected after repeated connect failures");
-            self.metrics.upstream_ejections.get_or_create(s).inc();
-        }
-        ctx.tried.push(endpoint.addr);
-        let others_left = ctx
-            .backend
-            .as_ref()
-            .and_then(|b| b.pool())
-            .is_some_and(|p| p.active().iter().any(|e| !ctx.tried.contains(&e.addr)));
-        if others_left && ctx.tried.len() <= self.settings.max_retries as usize {
+        if record::connect_failed(&self.metrics, &backend, &endpoint, &mut ctx.tried, timed_out, self.settings.max_retries) {
             e.set_retry(true);
-            if let Some(s) = &service {
-                self.metrics.upstream_retries.get_or_create(s).inc();
-            }
         }
         e
     }
@@ -315,42 +293,49 @@ impl ProxyHttp for IngressProxy {
         }
         let labels = ctx.labels.clone().unwrap_or_else(|| self.unmatched.clone());
         if let Some(log) = &self.access_log {
-            log.write(session, ctx, status, session.body_bytes_sent() as u64, ctx.start.elapsed().as_secs_f64(), e);
+            let req = session.req_header();
+            let uri = req.uri.to_string();
+            log.write(&access_log::Entry {
+                client: ctx.client,
+                method: req.method.as_str(),
+                host: &ctx.host,
+                uri: &uri,
+                protocol: headers::version_label(req.version),
+                status,
+                bytes_sent: session.body_bytes_sent() as u64,
+                request_bytes: ctx.body_bytes,
+                seconds: ctx.start.elapsed().as_secs_f64(),
+                upstream: ctx.endpoint.as_ref().map(|e| e.addr),
+                failed_upstreams: &ctx.tried,
+                upstream_seconds: ctx.upstream_seconds,
+                labels: ctx.labels.as_deref(),
+                request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()),
+                tls: ctx.tls,
+                error: e.map(|e| e.to_string()),
+            });
         }
         if let Some(endpoint) = ctx.endpoint.take() {
             let latency = ctx.upstream_seconds.map(|s| (s * 1e9) as u64);
             endpoint.stats.finish(latency);
         }
-        let method = headers::method_label(&session.req_header().method);
-        let elapsed = ctx.start.elapsed().as_secs_f64();
-        let m = &self.metrics;
-        m.requests.get_or_create(&RequestLabels { route: labels.clone(), method, status }).inc();
         let cached = ctx.route.as_ref().map(|r| match (&r.canary, ctx.canary) {
             (Some(c), true) => &c.handles,
             _ => &r.handles,
         });
-        let fresh;
-        let handles = match cached {
-            Some(cell) => cell.get_or_init(|| m.route_handles(&labels)),
-            None => {
-                fresh = m.route_handles(&labels);
-                &fresh
-            }
-        };
-        handles.duration.observe(elapsed);
-        if let (Some(up), Some(b)) = (ctx.upstream_seconds, &ctx.backend) {
-            let h = b.upstream_histogram.get_or_init(|| {
-                m.upstream_duration.get_or_create_owned(&crate::runtime::metrics::ServiceLabel(b.service.clone()))
-            });
-            h.observe(up);
-        }
-        let sent = session.body_bytes_sent() as u64;
-        if ctx.body_bytes > 0 {
-            handles.request_bytes.inc_by(ctx.body_bytes);
-        }
-        if sent > 0 {
-            handles.response_bytes.inc_by(sent);
-        }
+        record::record(
+            &self.metrics,
+            record::Finished {
+                labels: &labels,
+                handles: cached,
+                method: headers::method_label(session.req_header().method.as_str()),
+                status,
+                seconds: ctx.start.elapsed().as_secs_f64(),
+                upstream: ctx.upstream_seconds.zip(ctx.backend.as_deref()),
+                request_bytes: ctx.body_bytes,
+                response_bytes: session.body_bytes_sent() as u64,
+            },
+        );
     }
 
     fn persist_connection_context(

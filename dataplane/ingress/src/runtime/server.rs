@@ -17,6 +17,7 @@ use super::IngressError;
 use super::metrics_http::MetricsApp;
 use super::publisher::Publisher;
 use crate::config::{AccessLog, IngressConfig};
+use crate::fast::FastPath;
 use crate::proxy::access_log;
 use crate::proxy::tls::{HandshakeCounter, SniResolver};
 use crate::proxy::{IngressProxy, ProxySettings};
@@ -60,23 +61,28 @@ pub fn build<S: BackgroundService + Send + Sync + 'static>(
         keepalive_timeout: config.keepalive_timeout,
         max_retries: config.max_retries,
     };
-    let proxy = IngressProxy::new(publisher.table(), metrics.clone(), log, settings);
-    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "skiff-ingress");
-    if let Some(app) = service.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = config.h2c;
-        app.server_options = Some(options);
-    }
-    service.add_tcp(&config.http_addr);
-    if let Some(addr) = &config.https_addr {
-        let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCounter::new(metrics.clone())))
-            .map_err(|e| IngressError::Listener(e.to_string()))?;
-        tls.set_cert_resolver(Arc::new(SniResolver::new(publisher.table(), metrics.clone())));
-        tls.enable_h2();
-        service.add_tls_with_settings(addr, None, tls);
-    }
+    let proxy = IngressProxy::new(publisher.table(), metrics.clone(), log.clone(), settings.clone());
+    let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut options = HttpServerOptions::default();
+    options.h2c = config.h2c;
+    app.server_options = Some(options);
+    let tls = match &config.https_addr {
+        Some(addr) => {
+            let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCounter::new(metrics.clone())))
+                .map_err(|e| IngressError::Listener(e.to_string()))?;
+            tls.set_cert_resolver(Arc::new(SniResolver::new(publisher.table(), metrics.clone())));
+            tls.enable_h2();
+            Some((addr.as_str(), tls))
+        }
+        None => None,
+    };
     let source_handle = server.add_service(source);
-    let proxy_handle = server.add_service(service);
+    let proxy_handle = if config.fast_path {
+        let fast = FastPath::new(app, publisher.table(), metrics.clone(), log, settings);
+        server.add_service(listen(Service::new("skiff-ingress".into(), fast), &config.http_addr, tls))
+    } else {
+        server.add_service(listen(Service::new("skiff-ingress".into(), app), &config.http_addr, tls))
+    };
     proxy_handle.add_dependency(&source_handle);
     if let Some(addr) = &config.metrics_addr {
         let mut m = Service::new("skiff-ingress-metrics".into(), MetricsApp::new(metrics));
@@ -84,6 +90,15 @@ pub fn build<S: BackgroundService + Send + Sync + 'static>(
         server.add_service(m);
     }
     Ok(server)
+}
+
+/// Adds the HTTP and HTTPS listeners to the proxy service.
+fn listen<A>(mut service: Service<A>, http: &str, tls: Option<(&str, TlsSettings)>) -> Service<A> {
+    service.add_tcp(http);
+    if let Some((addr, settings)) = tls {
+        service.add_tls_with_settings(addr, None, settings);
+    }
+    service
 }
 
 /// Shutdown on a channel instead of Unix signals (for embedding and tests).

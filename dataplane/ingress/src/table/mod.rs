@@ -68,7 +68,7 @@ pub struct Route {
 }
 
 /// Labels that identify a route in metrics and logs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RouteLabels {
     /// Namespace of the Ingress.
     pub namespace: String,

@@ -1,0 +1,273 @@
+//! One client connection on the fast path: read a request, route it, proxy it, repeat — until the client closes,
+//! a timeout, shutdown, or a request the fast path does not take (then Pingora gets the connection).
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::exchange::{self, Exchange};
+use super::request::{self, MAX_HEADERS, Parsed};
+use super::response;
+use super::{FastPath, replay::Replay};
+use crate::proxy::access_log;
+use crate::proxy::admission::{self, Answer};
+use crate::proxy::ctx::ConnectionGuard;
+use crate::proxy::record::{self, Finished};
+use crate::table::Route;
+
+/// Bytes read from the client at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What became of a connection.
+pub enum Served {
+    /// Closed (or the client went away).
+    Closed,
+    /// Hand it to Pingora, the bytes read so far put back in front.
+    Delegate(Stream),
+}
+
+/// Facts about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// Client address.
+    pub client: Option<IpAddr>,
+    /// Local port (for `X-Forwarded-Port`).
+    pub port: Option<u16>,
+    /// TLS connection.
+    pub tls: bool,
+}
+
+/// Buffers reused by every request of a connection.
+#[derive(Default)]
+pub struct Scratch {
+    /// Bytes to write (upstream request, then client response head and first body bytes).
+    pub out: Vec<u8>,
+    /// Bytes read from the upstream.
+    pub up: Vec<u8>,
+}
+
+/// What to do after a request.
+enum Flow {
+    Keep,
+    Close,
+    Delegate,
+}
+
+/// Serves the connection until it ends or must go to Pingora.
+pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> Served {
+    let mut shutdown = shutdown.clone();
+    let socket = io.get_socket_digest();
+    let conn = Conn {
+        client: socket.as_ref().and_then(|d| d.peer_addr()).and_then(|a| a.as_inet()).map(|a| a.ip()),
+        port: socket.as_ref().and_then(|d| d.local_addr()).and_then(|a| a.as_inet()).map(|a| a.port()),
+        tls: io.get_ssl_digest().is_some(),
+    };
+    let _guard = ConnectionGuard::new(app.metrics.clone());
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut scratch = Scratch::default();
+    let head_limit = app.settings.max_header_bytes;
+    loop {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let idle = match request::parse(&buf, &mut storage) {
+            Parsed::Fast(h) if h.head_len > head_limit => return delegate(io, buf, "head larger than the limit"),
+            Parsed::Fast(h) if buf.len() >= h.head_len + h.body_len => {
+                let total = h.head_len + h.body_len;
+                let flow = handle(app, &conn, &h, &buf[h.head_len..total], &mut io, &mut scratch, &shutdown).await;
+                match flow {
+                    Flow::Keep => {}
+                    Flow::Close => return close(io).await,
+                    Flow::Delegate => return delegate(io, buf, "route needs Pingora's proxy"),
+                }
+                if total == buf.len() {
+                    buf.clear();
+                } else {
+                    buf.drain(..total);
+                }
+                continue;
+            }
+            Parsed::Fast(_) => false,
+            Parsed::Partial if buf.len() > head_limit => return delegate(io, buf, "head larger than the limit"),
+            Parsed::Partial => buf.is_empty(),
+            Parsed::Delegate(why) => return delegate(io, buf, why),
+        };
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = if idle {
+            if *shutdown.borrow() {
+                return close(io).await;
+            }
+            tokio::select! {
+                r = tokio::time::timeout(app.settings.keepalive_timeout, io.read_buf(&mut buf)) => r,
+                _ = shutdown.changed() => return close(io).await,
+            }
+        } else {
+            tokio::time::timeout(app.settings.client_timeout, io.read_buf(&mut buf)).await
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Served::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn delegate(io: Stream, buf: Vec<u8>, why: &'static str) -> Served {
+    tracing::trace!(reason = why, "request handed to Pingora's proxy");
+    Served::Delegate(Box::new(Replay::new(io, buf)))
+}
+
+async fn close(mut io: Stream) -> Served {
+    let _ = io.flush().await;
+    let _ = io.shutdown().await;
+    Served::Closed
+}
+
+/// Routes not taken by the fast path: features implemented in Pingora's phases only.
+fn needs_pingora(route: &Route) -> bool {
+    route.canary.is_some()
+        || route.rewrite.is_some()
+        || route.policy.affinity.is_some()
+        || route.policy.protocol != crate::compile::annotations::BackendProtocol::Http
+}
+
+async fn handle(
+    app: &FastPath,
+    conn: &Conn,
+    h: &request::Head<'_>,
+    body: &[u8],
+    io: &mut Stream,
+    s: &mut Scratch,
+    shutdown: &ShutdownWatch,
+) -> Flow {
+    let start = Instant::now();
+    let table = app.table.load_full();
+    let host = request::host_key(h.host);
+    let path = h.path();
+    let found = table.lookup(&host, path);
+    if found.route.is_some_and(|r| needs_pingora(r)) {
+        return Flow::Delegate;
+    }
+    app.metrics.active_requests.inc();
+    let close = h.close || *shutdown.borrow();
+    let facts = admission::Request {
+        host: &host,
+        path,
+        query: h.query(),
+        tls: conn.tls,
+        client: conn.client,
+        https_port: app.settings.https_port,
+    };
+    let mut id_buf = [0u8; 32];
+    let request_id = match h.request_id {
+        Some(id) => id,
+        None => request::new_request_id(&mut id_buf),
+    };
+    let route = found.route;
+    let mut slot = None;
+    let answer = match admission::admit(&found, &facts) {
+        Err(answer) => Some(answer),
+        Ok(()) => {
+            let route = route.expect("admit answers requests without a route");
+            match admission::limit(route, conn.client) {
+                Err(answer) => Some(answer),
+                Ok(s) => {
+                    slot = s;
+                    if route.policy.max_body_bytes.is_some_and(|max| body.len() as u64 > max) {
+                        Some(text(413, "413 request entity too large\n"))
+                    } else if route.backend.pool().is_none() {
+                        let reason = route.backend.unavailable_reason();
+                        Some(text(503, format!("503 service unavailable: {reason}\n")))
+                    } else {
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let outcome = match answer {
+        Some(a) => {
+            s.out.clear();
+            response::answer(&mut s.out, a.status, a.location.as_deref(), &a.body, close);
+            let ok = write(io, &s.out).await;
+            exchange::Outcome::answered(a.status, ok, close)
+        }
+        None => {
+            let route = route.expect("a route was admitted");
+            s.out.clear();
+            request::write_upstream_head(
+                &mut s.out,
+                h,
+                &request::Forwarding {
+                    client: conn.client,
+                    tls: conn.tls,
+                    port: conn.port,
+                    request_id,
+                    vhost: route.policy.upstream_vhost.as_ref().map(|v| v.as_bytes()),
+                },
+            );
+            s.out.extend_from_slice(body);
+            let ex = Exchange {
+                head: h,
+                policy: &route.policy,
+                backend: &route.backend,
+                client_close: close,
+                metrics: &app.metrics,
+                max_retries: app.settings.max_retries,
+            };
+            ex.run(io, s).await
+        }
+    };
+    if let (Some(slot), Some(ip)) = (slot, conn.client) {
+        slot.release(ip);
+    }
+    app.metrics.active_requests.dec();
+    let seconds = start.elapsed().as_secs_f64();
+    let labels = route.map_or(&app.unmatched, |r| &r.labels);
+    record::record(
+        &app.metrics,
+        Finished {
+            labels,
+            handles: route.map(|r| &r.handles),
+            method: crate::proxy::headers::method_label(h.method),
+            status: outcome.status,
+            seconds,
+            upstream: outcome.upstream_seconds.zip(route.map(|r| &*r.backend)),
+            request_bytes: body.len() as u64,
+            response_bytes: outcome.body_bytes,
+        },
+    );
+    if let Some(log) = &app.access_log {
+        log.write(&access_log::Entry {
+            client: conn.client,
+            method: h.method,
+            host: &host,
+            uri: h.target,
+            protocol: "HTTP/1.1",
+            status: outcome.status,
+            bytes_sent: outcome.body_bytes,
+            request_bytes: body.len() as u64,
+            seconds,
+            upstream: outcome.endpoint,
+            failed_upstreams: &outcome.tried,
+            upstream_seconds: outcome.upstream_seconds,
+            labels: route.map(|r| &*r.labels),
+            request_id: Some(request_id),
+            user_agent: h.user_agent,
+            tls: conn.tls,
+            error: outcome.error.map(|e| e.to_string()),
+        });
+    }
+    if outcome.keep { Flow::Keep } else { Flow::Close }
+}
+
+fn text(status: u16, body: impl Into<String>) -> Answer {
+    Answer { status, location: None, body: body.into() }
+}
+
+/// Writes `bytes` to the client and flushes; false when the client is gone.
+pub async fn write(io: &mut Stream, bytes: &[u8]) -> bool {
+    io.write_all(bytes).await.is_ok() && io.flush().await.is_ok()
+}

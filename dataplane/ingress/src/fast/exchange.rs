@@ -1,0 +1,371 @@
+//! One request's trip upstream: pick an endpoint, get a connection (idle one or new), send, relay the response.
+//!
+//! Failures follow the Pingora path's rules: a failed connect counts against the endpoint (ejecting it after
+//! repeated failures) and is retried on another endpoint; a pooled connection the pod had closed is replaced by a
+//! fresh one (idempotent requests are resent, others are only sent on a connection checked to be open); an error
+//! before the response head answers 502 (504 on a timeout); after it, the client connection is closed, as nginx
+//! does, since the response can no longer be completed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::Chunked;
+use super::conn::{Scratch, write};
+use super::pool;
+use super::request::Head;
+use super::response::{self, Client, Framing};
+use crate::proxy::record;
+use crate::runtime::metrics::Metrics;
+use crate::table::{Backend, Endpoint, Policy, now_ns};
+
+/// Room kept free in the upstream read buffer before each read.
+const READ_ROOM: usize = 16 * 1024;
+
+/// How a request ended, for metrics, logs and the connection loop.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Status sent to the client (0 when nothing was).
+    pub status: u16,
+    /// Response body bytes sent.
+    pub body_bytes: u64,
+    /// Seconds until the upstream response head arrived.
+    pub upstream_seconds: Option<f64>,
+    /// The endpoint that answered (or was last tried).
+    pub endpoint: Option<SocketAddr>,
+    /// Endpoints that failed to connect.
+    pub tried: Vec<SocketAddr>,
+    /// The client connection can take another request.
+    pub keep: bool,
+    /// What went wrong.
+    pub error: Option<Failure>,
+}
+
+impl Outcome {
+    /// A response the ingress wrote itself.
+    pub fn answered(status: u16, written: bool, close: bool) -> Self {
+        Outcome {
+            status,
+            body_bytes: 0,
+            upstream_seconds: None,
+            endpoint: None,
+            tried: Vec::new(),
+            keep: written && !close,
+            error: None,
+        }
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// No endpoint could be connected to.
+    #[error("every endpoint failed to connect")]
+    NoEndpoint,
+    /// The upstream did not answer in time.
+    #[error("upstream timed out ({0})")]
+    Timeout(&'static str),
+    /// Reading from or writing to the upstream failed.
+    #[error("upstream {0}: {1}")]
+    Upstream(&'static str, io::Error),
+    /// The upstream's response could not be passed on.
+    #[error(transparent)]
+    Bad(#[from] response::BadResponse),
+    /// The chunked body was malformed.
+    #[error(transparent)]
+    Chunked(#[from] super::chunked::ChunkError),
+    /// The client went away while the response was being written.
+    #[error("client closed the connection")]
+    ClientGone,
+}
+
+/// Where an attempt failed.
+enum Stage {
+    /// Nothing of the response arrived: the request may be sent again on a fresh connection.
+    BeforeResponse(Failure),
+    /// Something arrived but no head was sent to the client yet: answer 502/504.
+    BeforeHead(Failure),
+    /// The client already has the head: close the connection.
+    AfterHead(Failure),
+}
+
+/// One request going upstream.
+pub struct Exchange<'a> {
+    /// The request.
+    pub head: &'a Head<'a>,
+    /// The route's policy (timeouts).
+    pub policy: &'a Policy,
+    /// Where it goes.
+    pub backend: &'a Arc<Backend>,
+    /// Close the client connection after the response.
+    pub client_close: bool,
+    /// Metrics (retries, ejections).
+    pub metrics: &'a Metrics,
+    /// Connect retries on other endpoints.
+    pub max_retries: u32,
+}
+
+/// Progress of one response towards the client.
+struct Relayed {
+    status: u16,
+    body_bytes: u64,
+    upstream_seconds: f64,
+    reusable: bool,
+    close_client: bool,
+}
+
+impl Exchange<'_> {
+    /// Sends `s.out` (head and body, already written) to an endpoint and relays the response to `io`.
+    pub async fn run(&self, io: &mut Stream, s: &mut Scratch) -> Outcome {
+        let mut tried = Vec::new();
+        let Some(pool) = self.backend.pool() else {
+            return self.fail(io, s, Failure::NoEndpoint, tried, None).await;
+        };
+        loop {
+            let Some(endpoint) = pool.pick(&tried, now_ns()).cloned() else {
+                return self.fail(io, s, Failure::NoEndpoint, tried, None).await;
+            };
+            endpoint.stats.start();
+            let started = Instant::now();
+            let mut fresh_only = false;
+            let attempt = loop {
+                let pooled = if fresh_only { None } else { pool::take(endpoint.addr) };
+                let reused = pooled.is_some();
+                let mut up = match pooled {
+                    Some(up) if self.head.idempotent() || still_open(&up) => up,
+                    Some(_) => continue,
+                    None => match connect(endpoint.addr, self.policy.connect_timeout).await {
+                        Ok(up) => up,
+                        Err(timed_out) => break Err(timed_out),
+                    },
+                };
+                endpoint.stats.connected();
+                match self.attempt(&mut up, io, s, started).await {
+                    Ok(r) => break Ok((up, r)),
+                    Err(Stage::BeforeResponse(_)) if reused && self.head.idempotent() => {
+                        // the pod closed this idle connection: resend on a fresh one
+                        fresh_only = true;
+                        continue;
+                    }
+                    Err(Stage::BeforeResponse(e) | Stage::BeforeHead(e)) => {
+                        endpoint.stats.finish(None);
+                        return self.fail(io, s, e, tried, Some(endpoint.addr)).await;
+                    }
+                    Err(Stage::AfterHead(e)) => {
+                        endpoint.stats.finish(None);
+                        return Outcome {
+                            status: 502,
+                            body_bytes: 0,
+                            upstream_seconds: None,
+                            endpoint: Some(endpoint.addr),
+                            tried,
+                            keep: false,
+                            error: Some(e),
+                        };
+                    }
+                }
+            };
+            match attempt {
+                Ok((up, r)) => {
+                    endpoint.stats.finish(Some((r.upstream_seconds * 1e9) as u64));
+                    if r.reusable {
+                        pool::put(endpoint.addr, up);
+                    }
+                    return Outcome {
+                        status: r.status,
+                        body_bytes: r.body_bytes,
+                        upstream_seconds: Some(r.upstream_seconds),
+                        endpoint: Some(endpoint.addr),
+                        tried,
+                        keep: !r.close_client,
+                        error: None,
+                    };
+                }
+                Err(timed_out) => {
+                    if !self.connect_failed(&endpoint, &mut tried, timed_out) {
+                        let e = if timed_out { Failure::Timeout("connect") } else { Failure::NoEndpoint };
+                        return self.fail(io, s, e, tried, Some(endpoint.addr)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn connect_failed(&self, endpoint: &Endpoint, tried: &mut Vec<SocketAddr>, timed_out: bool) -> bool {
+        record::connect_failed(self.metrics, self.backend, endpoint, tried, timed_out, self.max_retries)
+    }
+
+    /// Answers 502 (504 after a timeout) when nothing was sent to the client yet.
+    async fn fail(
+        &self,
+        io: &mut Stream,
+        s: &mut Scratch,
+        e: Failure,
+        tried: Vec<SocketAddr>,
+        endpoint: Option<SocketAddr>,
+    ) -> Outcome {
+        let status = if matches!(e, Failure::Timeout(_)) { 504 } else { 502 };
+        let body = if status == 504 { "504 gateway timeout\n" } else { "502 bad gateway\n" };
+        s.out.clear();
+        response::answer(&mut s.out, status, None, body, self.client_close);
+        let written = write(io, &s.out).await;
+        Outcome { endpoint, tried, error: Some(e), ..Outcome::answered(status, written, self.client_close) }
+    }
+
+    /// Sends the request on `up` and relays the response.
+    async fn attempt(
+        &self,
+        up: &mut TcpStream,
+        io: &mut Stream,
+        s: &mut Scratch,
+        started: Instant,
+    ) -> Result<Relayed, Stage> {
+        let send = tokio::time::timeout(self.policy.send_timeout, up.write_all(&s.out)).await;
+        match send {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Stage::BeforeResponse(Failure::Upstream("write", e))),
+            Err(_) => return Err(Stage::BeforeHead(Failure::Timeout("send"))),
+        }
+        let client = Client {
+            head_request: self.head.method == "HEAD",
+            close: self.client_close,
+            set: &self.policy.response_headers,
+        };
+        s.up.clear();
+        // the head (after any 1xx heads, which are passed on as they come)
+        let resp = loop {
+            if !s.up.is_empty() {
+                s.out.clear();
+                match response::relay_head(&s.up, &client, &mut s.out) {
+                    Ok(Some(r)) if r.interim => {
+                        if !write(io, &s.out).await {
+                            return Err(Stage::AfterHead(Failure::ClientGone));
+                        }
+                        s.up.drain(..r.head_len);
+                        continue;
+                    }
+                    Ok(Some(r)) => break r,
+                    Ok(None) => {}
+                    Err(e) => return Err(Stage::BeforeHead(e.into())),
+                }
+            }
+            let first = s.up.is_empty();
+            match self.read(up, &mut s.up).await {
+                Ok(0) if first => {
+                    let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
+                    return Err(Stage::BeforeResponse(Failure::Upstream("read", eof)));
+                }
+                Ok(0) => return Err(Stage::BeforeHead(response::BadResponse("closed inside the head").into())),
+                Ok(_) => {}
+                Err(e) if first && !matches!(e, Failure::Timeout(_)) => return Err(Stage::BeforeResponse(e)),
+                Err(e) => return Err(Stage::BeforeHead(e)),
+            }
+        };
+        let upstream_seconds = started.elapsed().as_secs_f64();
+        // the head and the body bytes that came with it, in one write
+        let mut reusable = resp.upstream_reusable;
+        let avail = &s.up[resp.head_len..];
+        let mut left = 0u64;
+        let mut chunked = Chunked::new();
+        let mut done = true;
+        let first_body = match resp.framing {
+            Framing::Empty => 0,
+            Framing::Length(n) => {
+                let take = n.min(avail.len() as u64) as usize;
+                left = n - take as u64;
+                done = left == 0;
+                take
+            }
+            Framing::Chunked => {
+                let take = chunked.feed(avail).map_err(|e| Stage::BeforeHead(e.into()))?;
+                done = chunked.is_done();
+                take
+            }
+            Framing::UntilClose => {
+                done = false;
+                avail.len()
+            }
+        };
+        if first_body < avail.len() {
+            reusable = false; // bytes beyond the response: the connection is out of step
+        }
+        s.out.extend_from_slice(&avail[..first_body]);
+        if !write(io, &s.out).await {
+            return Err(Stage::AfterHead(Failure::ClientGone));
+        }
+        let mut body_bytes = first_body as u64;
+        while !done {
+            s.up.clear();
+            let n = self.read(up, &mut s.up).await.map_err(Stage::AfterHead)?;
+            let take = match resp.framing {
+                Framing::UntilClose if n == 0 => {
+                    done = true;
+                    0
+                }
+                _ if n == 0 => {
+                    let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "closed inside the body");
+                    return Err(Stage::AfterHead(Failure::Upstream("read", eof)));
+                }
+                Framing::Length(_) => {
+                    let take = left.min(n as u64) as usize;
+                    left -= take as u64;
+                    done = left == 0;
+                    take
+                }
+                Framing::Chunked => {
+                    let take = chunked.feed(&s.up).map_err(|e| Stage::AfterHead(e.into()))?;
+                    done = chunked.is_done();
+                    take
+                }
+                Framing::UntilClose | Framing::Empty => n,
+            };
+            if take < n {
+                reusable = false;
+            }
+            if take > 0 && !write(io, &s.up[..take]).await {
+                return Err(Stage::AfterHead(Failure::ClientGone));
+            }
+            body_bytes += take as u64;
+        }
+        Ok(Relayed { status: resp.status, body_bytes, upstream_seconds, reusable, close_client: resp.close_client })
+    }
+
+    /// One read from the upstream within the read timeout.
+    async fn read(&self, up: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
+        if buf.capacity() - buf.len() < READ_ROOM / 4 {
+            buf.reserve(READ_ROOM);
+        }
+        match tokio::time::timeout(self.policy.read_timeout, up.read_buf(buf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(Failure::Upstream("read", e)),
+            Err(_) => Err(Failure::Timeout("read")),
+        }
+    }
+}
+
+/// A new connection within the connect timeout; `Err(true)` on timeout.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, bool> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "connect failed");
+            Err(false)
+        }
+        Err(_) => Err(true),
+    }
+}
+
+/// Whether an idle connection is still open (no EOF or stray bytes waiting): checked before sending a request
+/// that must not be sent twice.
+fn still_open(up: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(up.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}

@@ -1,0 +1,276 @@
+//! The response side of the fast path: how the upstream's response is framed, whether both connections stay
+//! alive, and the head sent to the client. Pure functions of the bytes received.
+//!
+//! The head is passed on as received (status line normalised to HTTP/1.1) without the hop-by-hop headers; the
+//! route's custom headers replace same-named ones; `Connection: close` is added when the client connection ends
+//! after this response. Bodies pass through byte for byte, chunked ones included.
+
+use super::request::MAX_HEADERS;
+
+/// Largest response head accepted from an upstream.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD request, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Length of the head in the upstream's bytes.
+    pub head_len: usize,
+    /// How the body ends.
+    pub framing: Framing,
+    /// An informational (1xx) response: another head follows.
+    pub interim: bool,
+    /// The upstream connection can take another request once this body is read.
+    pub upstream_reusable: bool,
+    /// The client connection ends after this response.
+    pub close_client: bool,
+}
+
+/// An upstream response the proxy cannot pass on (answered with 502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid upstream response: {0}")]
+pub struct BadResponse(pub &'static str);
+
+/// What the client side asks of the response.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The request was HEAD (the response has no body whatever its headers say).
+    pub head_request: bool,
+    /// Close the client connection after this response (client asked, or the proxy is shutting down).
+    pub close: bool,
+    /// Headers to set (replacing upstream headers of the same name).
+    pub set: &'a [(http::HeaderName, http::HeaderValue)],
+}
+
+/// Parses the response head at the start of `buf` and writes the client's head into `out`. `Ok(None)`: incomplete.
+pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<Option<Response>, BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(BadResponse("head too large")),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(BadResponse("malformed head")),
+    };
+    let status = resp.code.ok_or(BadResponse("no status"))?;
+    if status == 101 {
+        return Err(BadResponse("101 Switching Protocols to a request without Upgrade"));
+    }
+    let interim = (100..200).contains(&status);
+    let http11 = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let (mut said_close, mut said_keep_alive) = (false, false);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .map(|v| v.trim_matches([' ', '\t']))
+                .filter(|v| !v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or(BadResponse("bad Content-Length"))?;
+            if length.is_some_and(|m| m != n) {
+                return Err(BadResponse("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // chunked must be the last coding; anything else is delimited by close (RFC 9112 §6.3)
+            let last = h.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                said_close |= token.eq_ignore_ascii_case(b"close");
+                said_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let upstream_close = said_close || (!http11 && !said_keep_alive);
+    let framing = if interim || client.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    // a response with both Content-Length and Transfer-Encoding may be an attack on the connection: use it once
+    let upstream_reusable = !upstream_close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
+    let close_client = client.close || framing == Framing::UntilClose;
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut digits = [0u8; 8];
+    out.extend_from_slice(super::request::format_u64(u64::from(status), &mut digits));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let hop = ["connection", "keep-alive", "proxy-connection"].iter().any(|n| h.name.eq_ignore_ascii_case(n));
+        let dropped_length = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
+        let replaced = !interim && client.set.iter().any(|(n, _)| h.name.eq_ignore_ascii_case(n.as_str()));
+        if hop || dropped_length || replaced {
+            continue;
+        }
+        push_header(out, h.name.as_bytes(), h.value);
+    }
+    if !interim {
+        for (name, value) in client.set {
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if close_client {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(Response { status, head_len, framing, interim, upstream_reusable, close_client }))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response the ingress writes itself (404, 503, redirects, limits): one buffer, head and body.
+pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str, close: bool) {
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(super::request::format_u64(u64::from(status), &mut digits));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(l) = location {
+        push_header(out, b"Location", l.as_bytes());
+    }
+    push_header(out, b"Content-Type", b"text/plain; charset=utf-8");
+    push_header(out, b"Content-Length", super::request::format_u64(body.len() as u64, &mut digits));
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: Client<'static> = Client { head_request: false, close: false, set: &[] };
+
+    fn relay(raw: &str, client: &Client<'_>) -> (Response, String) {
+        let mut out = Vec::new();
+        let r = relay_head(raw.as_bytes(), client, &mut out).expect("valid").expect("complete");
+        (r, String::from_utf8(out).expect("ascii"))
+    }
+
+    #[test]
+    fn a_keep_alive_response_passes_without_hop_by_hop_headers() {
+        let (r, out) = relay("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nok\n", &PLAIN);
+        assert_eq!(r.framing, Framing::Length(3));
+        assert!(r.upstream_reusable && !r.close_client && !r.interim);
+        assert_eq!(r.head_len, 69);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", PLAIN, Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", PLAIN, Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", PLAIN, Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\n\r\n", PLAIN, Framing::UntilClose, false),
+            ("HTTP/1.1 204 No Content\r\n\r\n", PLAIN, Framing::Empty, true),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", PLAIN, Framing::Empty, true),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+                Client { head_request: true, ..PLAIN },
+                Framing::Empty,
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", PLAIN, Framing::Length(1), false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", PLAIN, Framing::Length(1), false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n", PLAIN, Framing::Length(1), true),
+        ];
+        for (raw, client, framing, reusable) in cases {
+            let (r, _) = relay(raw, &client);
+            assert_eq!((r.framing, r.upstream_reusable), (framing, reusable), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_next_to_chunked_is_dropped_and_the_connection_not_reused() {
+        let (r, out) = relay("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", &PLAIN);
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!r.upstream_reusable);
+        assert!(!out.contains("Content-Length"), "{out}");
+    }
+
+    #[test]
+    fn close_delimited_bodies_close_the_client_connection() {
+        let (r, out) = relay("HTTP/1.1 200 OK\r\n\r\n", &PLAIN);
+        assert!(r.close_client);
+        assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+        let (r, _) = relay("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &Client { close: true, ..PLAIN });
+        assert!(r.close_client);
+    }
+
+    #[test]
+    fn route_headers_replace_upstream_ones() {
+        let set = [(http::HeaderName::from_static("x-frame-options"), http::HeaderValue::from_static("DENY"))];
+        let client = Client { set: &set, ..PLAIN };
+        let (_, out) = relay("HTTP/1.1 200 OK\r\nX-Frame-Options: ALLOW\r\nContent-Length: 0\r\n\r\n", &client);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-frame-options: DENY\r\n\r\n");
+    }
+
+    #[test]
+    fn interim_responses_are_passed_and_another_head_follows() {
+        let (r, out) = relay("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", &PLAIN);
+        assert!(r.interim);
+        assert_eq!(r.framing, Framing::Empty);
+        assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+    }
+
+    #[test]
+    fn bad_responses_are_errors_and_partial_ones_wait() {
+        let mut out = Vec::new();
+        assert_eq!(relay_head(b"HTTP/1.1 200 OK\r\nContent-Le", &PLAIN, &mut out), Ok(None));
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(relay_head(raw.as_bytes(), &PLAIN, &mut out).is_err(), "{raw:?}");
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert!(relay_head(huge.as_bytes(), &PLAIN, &mut out).is_err());
+    }
+
+    #[test]
+    fn answers_are_complete_responses() {
+        let mut out = Vec::new();
+        answer(&mut out, 308, Some("https://a/"), "", false);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+    }
+}
