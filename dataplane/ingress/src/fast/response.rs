@@ -110,7 +110,8 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
         }
     };
     // a response with both Content-Length and Transfer-Encoding may be an attack on the connection: use it once
-    let upstream_reusable = !upstream_close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
+    let upstream_reusable =
+        !upstream_close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
     let close_client = client.close || framing == Framing::UntilClose;
 
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -182,7 +183,8 @@ mod tests {
 
     #[test]
     fn a_keep_alive_response_passes_without_hop_by_hop_headers() {
-        let (r, out) = relay("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nok\n", &PLAIN);
+        let (r, out) =
+            relay("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nok\n", &PLAIN);
         assert_eq!(r.framing, Framing::Length(3));
         assert!(r.upstream_reusable && !r.close_client && !r.interim);
         assert_eq!(r.head_len, 69);

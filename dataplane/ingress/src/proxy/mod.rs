@@ -235,7 +235,14 @@ impl ProxyHttp for IngressProxy {
         let Some(endpoint) = ctx.endpoint.take() else { return e };
         let Some(backend) = ctx.backend.clone() else { return e };
         let timed_out = matches!(e.etype(), pingora::ErrorType::ConnectTimedout);
-        if record::connect_failed(&self.metrics, &backend, &endpoint, &mut ctx.tried, timed_out, self.settings.max_retries) {
+        if record::connect_failed(
+            &self.metrics,
+            &backend,
+            &endpoint,
+            &mut ctx.tried,
+            timed_out,
+            self.settings.max_retries,
+        ) {
             e.set_retry(true);
         }
         e

@@ -141,7 +141,9 @@ impl Embedded {
                         let source = file::FileSource::new(path, p.clone(), bytes);
                         server::build(&config, &p, background_service("objects file", source))
                     }),
-                    EmbeddedSource::Manual => server::build(&config, &p, background_service("manual", file::ManualSource)),
+                    EmbeddedSource::Manual => {
+                        server::build(&config, &p, background_service("manual", file::ManualSource))
+                    }
                     EmbeddedSource::Api(kube_config) => {
                         let source = api::source(*kube_config, p.clone(), config.status_addresses.clone());
                         server::build(&config, &p, background_service("kubernetes watchers", source))

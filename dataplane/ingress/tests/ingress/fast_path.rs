@@ -1,0 +1,337 @@
+//! The HTTP/1.1 fast path against upstreams that answer byte for byte as scripted: body framings, connection
+//! reuse and pods closing idle connections, pipelining, hand-over to Pingora in the middle of a connection, upstream
+//! errors, and the same forwarding headers as Pingora's path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+/// An upstream speaking raw HTTP/1.1: what it sends depends on the path. Every response names the upstream
+/// connection (`conn=N`) so tests can see reuse.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    async fn start() -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let id = count.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(serve_scripted(stream, id));
+            }
+        });
+        Scripted { addr, connections, task }
+    }
+
+    fn yaml(&self, host: &str, annotations: &str) -> String {
+        let service = format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: raw, namespace: default}}\nspec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n{}",
+            slice_yaml("raw", 0, self.addr.port(), true)
+        );
+        service + &ingress_yaml("raw", annotations, &[(host, "/", "raw")], "")
+    }
+}
+
+async fn serve_scripted(mut s: TcpStream, id: usize) {
+    let mut buf = Vec::new();
+    loop {
+        // read one request head (and a Content-Length body)
+        let (method, path, body) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= n + len {
+                    let out = (
+                        req.method.unwrap_or_default().to_owned(),
+                        req.path.unwrap_or_default().to_owned(),
+                        String::from_utf8_lossy(&buf[n..n + len]).into_owned(),
+                    );
+                    buf.drain(..n + len);
+                    break out;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let text = format!("{method} {path} body={body} conn={id}");
+        let result = match path.as_str() {
+            "/chunked" => {
+                let mut r = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel").await;
+                for piece in [&b"lo\r\n"[..], b"6;ext=1\r\n world\r\n", b"0\r\nX-Trailer: t\r\n\r\n"] {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    r = r.and(s.write_all(piece).await);
+                }
+                r
+            }
+            "/close" => {
+                let _ = s.write_all(format!("HTTP/1.1 200 OK\r\n\r\nuntil close conn={id}").as_bytes()).await;
+                return;
+            }
+            "/idle-close" => {
+                // answers as if keeping the connection, then closes it: a pod's keep-alive timeout
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                return;
+            }
+            "/bad" => {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+                return;
+            }
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                return;
+            }
+            "/early-hints" => {
+                s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n").await.and(
+                    s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()).as_bytes())
+                        .await,
+                )
+            }
+            _ => {
+                let body = if method == "HEAD" { "" } else { text.as_str() };
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=60\r\n\r\n", text.len());
+                s.write_all([head.as_bytes(), body.as_bytes()].concat().as_slice()).await
+            }
+        };
+        if result.is_err() {
+            return;
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection sending several requests in turn.
+async fn client(
+    addr: SocketAddr,
+) -> (hyper::client::conn::http1::SendRequest<Full<Bytes>>, tokio::task::JoinHandle<()>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
+}
+
+async fn send(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, method: &str, path: &str) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "raw.test")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    tokio::time::timeout(Duration::from_secs(10), sender.ready())
+        .await
+        .expect("ready in 10 s")
+        .expect("connection open");
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answer within 10 s")
+        .expect("response");
+    read_reply(resp).await
+}
+
+/// Reads from a raw client connection until `n` complete responses (Content-Length framed) arrived.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(h)) = resp.parse(&buf) {
+            let len = resp
+                .headers
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|x| std::str::from_utf8(x.value).ok()?.parse::<usize>().ok())
+                .expect("Content-Length");
+            if buf.len() >= h + len {
+                out.push(format!("{} {}", resp.code.unwrap_or(0), String::from_utf8_lossy(&buf[h..h + len])));
+                buf.drain(..h + len);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let k =
+            tokio::time::timeout_at(deadline, s.read(&mut chunk)).await.expect("responses within 10 s").expect("read");
+        assert!(k > 0, "connection closed after {} of {n} responses", out.len());
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_framings_pass_through_and_the_upstream_connection_is_reused() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "")).await;
+    let (mut c, _task) = client(ingress.http).await;
+    let first = send(&mut c, "GET", "/echo").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "GET /echo body= conn=1"));
+    assert!(first.header("keep-alive").is_none(), "hop-by-hop headers are not passed on");
+    let chunked = send(&mut c, "GET", "/chunked").await;
+    assert_eq!((chunked.status, chunked.body.as_str()), (200, "hello world"));
+    let head = send(&mut c, "HEAD", "/echo").await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("content-length").as_deref(), Some("23"));
+    let hints = send(&mut c, "GET", "/early-hints").await;
+    assert_eq!((hints.status, hints.body.as_str()), (200, "GET /early-hints body= conn=1"));
+    let again = send(&mut c, "GET", "/echo").await;
+    assert_eq!(again.body, "GET /echo body= conn=1", "one upstream connection served every request so far");
+    let close = send(&mut c, "GET", "/close").await;
+    assert_eq!((close.status, close.body.as_str()), (200, "until close conn=1"));
+    assert_eq!(close.header("connection").as_deref(), Some("close"), "a close-delimited body ends the connection");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_bodies_arrive_whole() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "")).await;
+    let mut s = TcpStream::connect(ingress.http).await.expect("connect");
+    let pipelined = "GET /one HTTP/1.1\r\nHost: raw.test\r\n\r\nPOST /two HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 5\r\n\r\nhelloGET /three HTTP/1.1\r\nHost: raw.test\r\n\r\n";
+    s.write_all(pipelined.as_bytes()).await.expect("write");
+    let got = read_responses(&mut s, 3).await;
+    assert_eq!(got, ["200 GET /one body= conn=1", "200 POST /two body=hello conn=1", "200 GET /three body= conn=1"]);
+    // a head and body trickling in byte by byte
+    for b in "PUT /four HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 3\r\n\r\nabc".bytes() {
+        s.write_all(&[b]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(read_responses(&mut s, 1).await, ["200 PUT /four body=abc conn=1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_moves_to_pingora_for_a_request_the_fast_path_does_not_take() {
+    let a = Upstream::start("a").await;
+    let ingress =
+        Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
+            .await;
+    let mut s = TcpStream::connect(ingress.http).await.expect("connect");
+    // fast: a plain GET; then a chunked upload (Pingora streams it); then another GET on the same connection, now
+    // Pingora's (which does not pipeline: each request is sent after the previous answer)
+    let mut got = Vec::new();
+    for request in [
+        "GET /fast HTTP/1.1\r\nHost: h.test\r\n\r\n",
+        "POST /streamed HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "GET /after HTTP/1.1\r\nHost: h.test\r\n\r\n",
+    ] {
+        s.write_all(request.as_bytes()).await.expect("write");
+        got.extend(read_responses(&mut s, 1).await);
+    }
+    let uri = |r: &str| {
+        let json: serde_json::Value = serde_json::from_str(r.split_once(' ').expect("status").1).expect("echo");
+        (json["uri"].as_str().unwrap_or_default().to_owned(), json["body_bytes"].as_u64().unwrap_or_default())
+    };
+    assert_eq!(uri(&got[0]).0, "/fast");
+    assert_eq!(uri(&got[1]), ("/streamed".to_owned(), 5));
+    assert_eq!(uri(&got[2]).0, "/after");
+    // malformed input is answered by Pingora's parser (400), not by the fast path
+    let mut s = TcpStream::connect(ingress.http).await.expect("connect");
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: h.test\r\n\r\nGET / HTTP/1.1\r\nBad Header\r\n\r\n").await.expect("write");
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_closing_idle_connections_cost_no_request() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "")).await;
+    let (mut c, _task) = client(ingress.http).await;
+    for i in 0..20 {
+        // each answer leaves a pooled connection the pod then closes; the next request must not fail on it
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r = send(&mut c, method, "/idle-close").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "request {i} ({method})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 20, "a new upstream connection for each request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_and_slow_upstreams_answer_502_and_504_and_the_client_connection_survives() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"")).await;
+    let (mut c, _task) = client(ingress.http).await;
+    let bad = send(&mut c, "GET", "/bad").await;
+    assert_eq!(bad.status, 502, "{}", bad.body);
+    let slow = send(&mut c, "GET", "/slow").await;
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    let fine = send(&mut c, "GET", "/echo").await;
+    assert_eq!(fine.status, 200, "the client connection is still usable");
+    let m = ingress.metrics_text().await;
+    for status in ["502", "504", "200"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("skiff_ingress_requests_total{") && l.contains(&format!("status=\"{status}\""))),
+            "no {status} counted:\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_and_pingoras_path_send_the_same_request_upstream() {
+    let a = Upstream::start("a").await;
+    let yaml = [
+        service_yaml("svc", &[&a]),
+        ingress_yaml("web", "nginx.ingress.kubernetes.io/upstream-vhost: inner.local", &[("h.test", "/", "svc")], ""),
+    ]
+    .concat();
+    let fast = Ingress::start(&yaml).await;
+    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    let seen = |ingress: &Ingress| {
+        let addr = ingress.http;
+        async move {
+            let req = Request::post("/p?q=1")
+                .header("host", "H.test")
+                .header("x-request-id", "same")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("connection", "keep-alive")
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from_static(b"payload")))
+                .expect("req");
+            let mut echo = send_h1(addr, req).await.json();
+            let headers = echo["headers"].as_object_mut().expect("headers");
+            headers.remove("x-forwarded-port");
+            echo
+        }
+    };
+    let (f, s) = (seen(&fast).await, seen(&slow).await);
+    assert_eq!(f, s, "fast path and Pingora path differ");
+    assert_eq!(f["headers"]["host"], "inner.local");
+    assert_eq!(f["body_bytes"], 7);
+}
