@@ -43,7 +43,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
                 let opts = r.get(2).copied().unwrap_or_default();
                 let controllers = opts
                     .split(',')
-                    .filter(|o| !matches!(*o, "rw" | "ro" | "relatime" | "noexec" | "nosuid" | "nodev" | "clone_children"))
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro" | "relatime" | "noexec" | "nosuid" | "nodev" | "clone_children")
+                    })
                     .filter(|o| !o.starts_with("release_agent"))
                     .map(str::to_string)
                     .collect();
@@ -262,7 +264,10 @@ mod tests {
         let mine = parse_proc_cgroup("4:memory:/process_api/x\n2:cpu,cpuacct:/\n0::/test-1\n");
         let cg = Cgroups::from_parts(&mounts, &mine);
         assert!(!cg.unified_only);
-        assert_eq!(cg.dir("memory", "skiff/p").as_deref(), Some(Path::new("/sys/fs/cgroup/memory/process_api/x/skiff/p")));
+        assert_eq!(
+            cg.dir("memory", "skiff/p").as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory/process_api/x/skiff/p"))
+        );
         assert_eq!(cg.dir("cpuacct", "skiff").as_deref(), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct/skiff")));
         assert_eq!(cg.unified_pods_dir("skiff").as_deref(), Some(Path::new("/sys/fs/cgroup/unified/test-1/skiff")));
         // cpu and cpuacct share one directory
@@ -274,7 +279,10 @@ mod tests {
         let mounts = parse_mountinfo("30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
         let cg = Cgroups::from_parts(&mounts, &parse_proc_cgroup("0::/system.slice/skiff.service\n"));
         assert!(cg.unified_only);
-        assert_eq!(cg.unified_pods_dir("skiff").as_deref(), Some(Path::new("/sys/fs/cgroup/system.slice/skiff.service/skiff")));
+        assert_eq!(
+            cg.unified_pods_dir("skiff").as_deref(),
+            Some(Path::new("/sys/fs/cgroup/system.slice/skiff.service/skiff"))
+        );
     }
 
     #[test]

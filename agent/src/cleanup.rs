@@ -50,11 +50,22 @@ pub async fn reset(r: &Reset) -> Leftovers {
     let runc_root = paths.runc_root();
     // 1. Containers.
     if runc_root.exists() {
-        let out = tokio::process::Command::new(&r.runc).arg("--root").arg(&runc_root).args(["list", "-q"]).output().await;
+        let out =
+            tokio::process::Command::new(&r.runc).arg("--root").arg(&runc_root).args(["list", "-q"]).output().await;
         if let Ok(out) = out {
             for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-                let _ = tokio::process::Command::new(&r.runc).arg("--root").arg(&runc_root).args(["kill", "--all", id, "KILL"]).output().await;
-                let _ = tokio::process::Command::new(&r.runc).arg("--root").arg(&runc_root).args(["delete", "--force", id]).output().await;
+                let _ = tokio::process::Command::new(&r.runc)
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["kill", "--all", id, "KILL"])
+                    .output()
+                    .await;
+                let _ = tokio::process::Command::new(&r.runc)
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", id])
+                    .output()
+                    .await;
             }
         }
     }

@@ -24,7 +24,8 @@ pub async fn connect(server: &str, token: &str, ca_pem: &str) -> Result<kube::Cl
     let text = kubeconfig_yaml(server, token, ca_pem);
     let bad = |e: kube::config::KubeconfigError| AgentError::Config(format!("client configuration: {e}"));
     let kc = kube::config::Kubeconfig::from_yaml(&text).map_err(bad)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?;
+    let cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?;
     kube::Client::try_from(cfg).map_err(AgentError::api("building the API client"))
 }
 
@@ -36,7 +37,10 @@ mod tests {
     fn the_kubeconfig_carries_the_server_token_and_ca() {
         let text = kubeconfig_yaml("https://10.0.0.2:6443", "skiff-node.abc", "-----BEGIN CERTIFICATE-----\n");
         let kc = kube::config::Kubeconfig::from_yaml(&text).expect("parses");
-        assert_eq!(kc.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()).as_deref(), Some("https://10.0.0.2:6443"));
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()).as_deref(),
+            Some("https://10.0.0.2:6443")
+        );
         assert_eq!(kc.current_context.as_deref(), Some("node"));
     }
 }

@@ -63,10 +63,10 @@ impl HostFacts {
         let cpus = cgroups.own_cpu_limit().map_or(host_cpus, |l| l.min(host_cpus)).max(1);
         let host_mem = parse_meminfo_total(&read("/proc/meminfo")).unwrap_or(0);
         let memory = cgroups.own_memory_limit().map_or(host_mem, |l| l.min(host_mem));
-        let ephemeral_storage = nix::sys::statvfs::statvfs(data_dir)
-            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
-            .unwrap_or(0);
-        let kernel_version = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let ephemeral_storage =
+            nix::sys::statvfs::statvfs(data_dir).map(|s| s.blocks() as u64 * s.fragment_size() as u64).unwrap_or(0);
+        let kernel_version =
+            nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         HostFacts {
             cpus,
             memory,
@@ -88,7 +88,9 @@ pub async fn detect_node_ip(interface: Option<&str>, bridge: &str) -> Option<Ipv
     let mut links = handle.link().get().execute();
     while let Ok(Some(l)) = links.try_next().await {
         use rtnetlink::packet_route::link::LinkAttribute;
-        if let Some(name) = l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }) {
+        if let Some(name) =
+            l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+        {
             names.insert(l.header.index, name);
         }
     }
@@ -126,7 +128,10 @@ mod tests {
     #[test]
     fn meminfo_and_os_release_are_parsed() {
         assert_eq!(parse_meminfo_total("MemTotal:       24684472 kB\nMemFree: 1 kB\n"), Some(24_684_472 * 1024));
-        assert_eq!(parse_os_release("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            parse_os_release("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 
     #[test]

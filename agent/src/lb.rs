@@ -9,7 +9,14 @@ use skiff_lb::LbConfig;
 use skiff_lb::desired::NodeIdentity;
 
 /// The balancer's configuration for this node.
-pub fn config(node: &str, ip: Ipv4Addr, pods_cgroup: PathBuf, interface: Option<String>, pin_dir: PathBuf, metrics: Option<SocketAddr>) -> LbConfig {
+pub fn config(
+    node: &str,
+    ip: Ipv4Addr,
+    pods_cgroup: PathBuf,
+    interface: Option<String>,
+    pin_dir: PathBuf,
+    metrics: Option<SocketAddr>,
+) -> LbConfig {
     let mut cfg = LbConfig::new(NodeIdentity { name: node.to_string(), addresses: vec![ip] });
     cfg.pin_dir = pin_dir;
     cfg.cgroup = Some(pods_cgroup);
@@ -36,7 +43,14 @@ mod tests {
 
     #[test]
     fn the_balancer_attaches_to_the_pods_cgroup_of_this_node() {
-        let cfg = config("n1", Ipv4Addr::new(10, 0, 0, 11), "/sys/fs/cgroup/unified/skiff-n1".into(), Some("eth0".into()), "/sys/fs/bpf/skiff/n1".into(), None);
+        let cfg = config(
+            "n1",
+            Ipv4Addr::new(10, 0, 0, 11),
+            "/sys/fs/cgroup/unified/skiff-n1".into(),
+            Some("eth0".into()),
+            "/sys/fs/bpf/skiff/n1".into(),
+            None,
+        );
         assert_eq!(cfg.cgroup.as_deref(), Some(std::path::Path::new("/sys/fs/cgroup/unified/skiff-n1")));
         assert_eq!(cfg.interfaces, vec!["eth0".to_string()]);
         assert_eq!(cfg.node.addresses, vec![Ipv4Addr::new(10, 0, 0, 11)]);

@@ -45,7 +45,10 @@ pub use config::{AgentConfig, BackoffPolicy, LbMode, ShimCommand};
 pub use error::AgentError;
 
 /// Follows a resource into a reflector store; sends the namespace of every changed object to `changes`.
-fn follow<K>(client: &kube::Client, changes: Option<mpsc::UnboundedSender<String>>) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+fn follow<K>(
+    client: &kube::Client,
+    changes: Option<mpsc::UnboundedSender<String>>,
+) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
@@ -72,16 +75,35 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
         std::fs::create_dir_all(&d).map_err(AgentError::io(format!("creating {}", d.display())))?;
     }
     let cgroups = cgroups::Cgroups::detect().map_err(AgentError::io("reading this process's cgroups"))?;
-    let pods_cgroup = cgroups.unified_pods_dir(&cfg.cgroup_root).ok_or_else(|| AgentError::Config("no cgroup v2 hierarchy is mounted (expected /sys/fs/cgroup/unified or /sys/fs/cgroup)".into()))?;
+    let pods_cgroup = cgroups.unified_pods_dir(&cfg.cgroup_root).ok_or_else(|| {
+        AgentError::Config(
+            "no cgroup v2 hierarchy is mounted (expected /sys/fs/cgroup/unified or /sys/fs/cgroup)".into(),
+        )
+    })?;
     std::fs::create_dir_all(&pods_cgroup).map_err(AgentError::io(format!("creating {}", pods_cgroup.display())))?;
     let host = host::HostFacts::read(&cfg.data_dir, &cgroups);
     let node_ip = match cfg.node_ip {
         Some(ip) => ip,
-        None => host::detect_node_ip(cfg.interface.as_deref(), &cfg.bridge).await.ok_or_else(|| AgentError::Config("no node address found: give --node-ip or --interface".into()))?,
+        None => host::detect_node_ip(cfg.interface.as_deref(), &cfg.bridge)
+            .await
+            .ok_or_else(|| AgentError::Config("no node address found: give --node-ip or --interface".into()))?,
     };
-    let runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::runc::Runc::new(cfg.runc.clone(), paths.runc_root(), cfg.shim.clone(), paths.exits(), cfg.log_max_bytes));
+    let runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::runc::Runc::new(
+        cfg.runc.clone(),
+        paths.runc_root(),
+        cfg.shim.clone(),
+        paths.exits(),
+        cfg.log_max_bytes,
+    ));
     let images = Arc::new(images::Images::open(&cfg.image_store, cfg.insecure_registries.clone())?);
-    let facts = node::NodeFacts { name: cfg.node_name.clone(), ip: node_ip, host: host.clone(), port: cfg.kubelet_port, runtime_version: runtime.version(), max_pods: cfg.max_pods };
+    let facts = node::NodeFacts {
+        name: cfg.node_name.clone(),
+        ip: node_ip,
+        host: host.clone(),
+        port: cfg.kubelet_port,
+        runtime_version: runtime.version(),
+        max_pods: cfg.max_pods,
+    };
     let registered = node::register(&client, &facts, &cfg.data_dir).await?;
     let node_uid = registered.metadata.uid.clone();
     let cidr = node::pod_cidr(&client, &cfg.node_name, registered).await?;
@@ -136,16 +158,34 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     // The kubelet endpoint.
     let stats = server::stats::Stats::new(cgroups.clone(), views.clone(), cfg.node_name.clone());
     tasks.push(tokio::spawn(stats.clone().run()));
-    let (cert, key) = server::tls::serving_cert(&paths.pki(), &[node_ip.to_string(), cfg.node_name.clone()]).map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
-    let tls = server::tls::server_config(&cfg.ca_cert_pem, &cert, &key).map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
-    let shared = server::Shared { views, runtime, metrics, stats, node: cfg.node_name.clone(), scratch: paths.root().join("exec") };
-    tasks.extend(server::start(shared, SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), cfg.metrics_addr, tls).await?);
+    let (cert, key) = server::tls::serving_cert(&paths.pki(), &[node_ip.to_string(), cfg.node_name.clone()])
+        .map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
+    let tls = server::tls::server_config(&cfg.ca_cert_pem, &cert, &key)
+        .map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
+    let shared = server::Shared {
+        views,
+        runtime,
+        metrics,
+        stats,
+        node: cfg.node_name.clone(),
+        scratch: paths.root().join("exec"),
+    };
+    tasks.extend(
+        server::start(shared, SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), cfg.metrics_addr, tls).await?,
+    );
     // The service load balancer.
     let (lb_stop_tx, lb_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let lb_task = match &cfg.lb {
         LbMode::Off => None,
         LbMode::On { pin_dir, metrics_addr } => {
-            let lbc = lb::config(&cfg.node_name, node_ip, pods_cgroup.clone(), cfg.interface.clone(), pin_dir.clone(), *metrics_addr);
+            let lbc = lb::config(
+                &cfg.node_name,
+                node_ip,
+                pods_cgroup.clone(),
+                cfg.interface.clone(),
+                pin_dir.clone(),
+                *metrics_addr,
+            );
             Some(tokio::spawn(lb::run(client.clone(), lbc, async move {
                 let _ = lb_stop_rx.await;
             })))

@@ -79,14 +79,41 @@ impl Metrics {
         let probes = Family::<ProbeLabels, Counter>::default();
         registry.register("probe_results", "Probe results by probe type and result", probes.clone());
         let pulls = Family::<ResultLabels, Counter>::default();
-        registry.register("image_pulls", "Image pulls by result (pulled, present, failed, local_fallback)", pulls.clone());
+        registry.register(
+            "image_pulls",
+            "Image pulls by result (pulled, present, failed, local_fallback)",
+            pulls.clone(),
+        );
         let pull_seconds = Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0].into_iter());
-        registry.register("image_pull_duration_seconds", "Seconds spent pulling images from registries", pull_seconds.clone());
-        let operations = Family::<OperationLabels, Histogram>::new_with_constructor(|| Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter()));
-        registry.register("runtime_operation_duration_seconds", "Seconds per runtime operation (sandbox, start, stop, exec)", operations.clone());
+        registry.register(
+            "image_pull_duration_seconds",
+            "Seconds spent pulling images from registries",
+            pull_seconds.clone(),
+        );
+        let operations = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter())
+        });
+        registry.register(
+            "runtime_operation_duration_seconds",
+            "Seconds per runtime operation (sandbox, start, stop, exec)",
+            operations.clone(),
+        );
         let dns = Family::<RcodeLabels, Counter>::default();
         registry.register("dns_queries", "Cluster DNS queries answered, by response code", dns.clone());
-        Metrics { inner: Arc::new(Inner { registry, pod_start, running_pods, running_containers, restarts, probes, pulls, pull_seconds, operations, dns }) }
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                pod_start,
+                running_pods,
+                running_containers,
+                restarts,
+                probes,
+                pulls,
+                pull_seconds,
+                operations,
+                dns,
+            }),
+        }
     }
 
     /// Records a pod start latency.
@@ -153,7 +180,10 @@ mod tests {
         m.pull("present", None);
         let text = m.encode();
         assert!(text.contains("skiff_agent_pod_start_duration_seconds_bucket"), "{text}");
-        assert!(text.contains("skiff_agent_probe_results_total{probe_type=\"readiness\",result=\"failure\"} 1"), "{text}");
+        assert!(
+            text.contains("skiff_agent_probe_results_total{probe_type=\"readiness\",result=\"failure\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("skiff_agent_image_pulls_total{result=\"present\"} 1"), "{text}");
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -56,8 +58,15 @@ pub fn pressure(data_dir: &std::path::Path) -> Pressure {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let avail = crate::host::meminfo_field(&meminfo, "MemAvailable:").unwrap_or(u64::MAX);
     let disk = nix::sys::statvfs::statvfs(data_dir).map(|s| s.blocks_available() * 10 < s.blocks()).unwrap_or(false);
-    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u64::MAX);
-    let procs = std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit())).count() as u64).unwrap_or(0);
+    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    let procs = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit())).count() as u64
+        })
+        .unwrap_or(0);
     Pressure { memory: avail < 100 << 20, disk, pid: procs * 10 > max * 9 }
 }
 
@@ -65,7 +74,11 @@ pub fn pressure(data_dir: &std::path::Path) -> Pressure {
 pub fn conditions(p: Pressure, previous: &[NodeCondition], now: Timestamp) -> Vec<NodeCondition> {
     let c = |ty: &str, on: bool, (yes, no): (&str, &str), (myes, mno): (&str, &str)| {
         let status = if on { "True" } else { "False" };
-        let since = previous.iter().find(|x| x.type_ == ty && x.status == status).and_then(|x| x.last_transition_time.clone()).unwrap_or(Time(now));
+        let since = previous
+            .iter()
+            .find(|x| x.type_ == ty && x.status == status)
+            .and_then(|x| x.last_transition_time.clone())
+            .unwrap_or(Time(now));
         NodeCondition {
             type_: ty.into(),
             status: status.into(),
@@ -76,10 +89,30 @@ pub fn conditions(p: Pressure, previous: &[NodeCondition], now: Timestamp) -> Ve
         }
     };
     vec![
-        c("MemoryPressure", p.memory, ("KubeletHasInsufficientMemory", "KubeletHasSufficientMemory"), ("kubelet has insufficient memory available", "kubelet has sufficient memory available")),
-        c("DiskPressure", p.disk, ("KubeletHasDiskPressure", "KubeletHasNoDiskPressure"), ("kubelet has disk pressure", "kubelet has no disk pressure")),
-        c("PIDPressure", p.pid, ("KubeletHasInsufficientPID", "KubeletHasSufficientPID"), ("kubelet has insufficient PID available", "kubelet has sufficient PID available")),
-        c("Ready", true, ("KubeletReady", "KubeletNotReady"), ("kubelet is posting ready status", "kubelet is not ready")),
+        c(
+            "MemoryPressure",
+            p.memory,
+            ("KubeletHasInsufficientMemory", "KubeletHasSufficientMemory"),
+            ("kubelet has insufficient memory available", "kubelet has sufficient memory available"),
+        ),
+        c(
+            "DiskPressure",
+            p.disk,
+            ("KubeletHasDiskPressure", "KubeletHasNoDiskPressure"),
+            ("kubelet has disk pressure", "kubelet has no disk pressure"),
+        ),
+        c(
+            "PIDPressure",
+            p.pid,
+            ("KubeletHasInsufficientPID", "KubeletHasSufficientPID"),
+            ("kubelet has insufficient PID available", "kubelet has sufficient PID available"),
+        ),
+        c(
+            "Ready",
+            true,
+            ("KubeletReady", "KubeletNotReady"),
+            ("kubelet is posting ready status", "kubelet is not ready"),
+        ),
     ]
 }
 
@@ -114,7 +147,9 @@ pub fn status(f: &NodeFacts, conds: Vec<NodeCondition>) -> NodeStatus {
             NodeAddress { type_: "InternalIP".into(), address: f.ip.to_string() },
             NodeAddress { type_: "Hostname".into(), address: f.name.clone() },
         ]),
-        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(f.port) }) }),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(f.port) }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: f.host.architecture.clone(),
             boot_id: f.host.boot_id.clone(),
@@ -136,11 +171,16 @@ pub fn status(f: &NodeFacts, conds: Vec<NodeCondition>) -> NodeStatus {
 pub async fn register(client: &kube::Client, f: &NodeFacts, data_dir: &std::path::Path) -> Result<Node, AgentError> {
     let api: Api<Node> = Api::all(client.clone());
     let existing = api.get_opt(&f.name).await.map_err(AgentError::api(format!("reading node {}", f.name)))?;
-    let previous = existing.as_ref().and_then(|n| n.status.as_ref()).and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let previous =
+        existing.as_ref().and_then(|n| n.status.as_ref()).and_then(|s| s.conditions.clone()).unwrap_or_default();
     let st = status(f, conditions(pressure(data_dir), &previous, Timestamp::now()));
     if existing.is_none() {
         let node = Node {
-            metadata: kube::api::ObjectMeta { name: Some(f.name.clone()), labels: Some(labels(f)), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(f.name.clone()),
+                labels: Some(labels(f)),
+                ..Default::default()
+            },
             ..Default::default()
         };
         match api.create(&PostParams::default(), &node).await {
@@ -149,10 +189,14 @@ pub async fn register(client: &kube::Client, f: &NodeFacts, data_dir: &std::path
             Err(e) => return Err(AgentError::api(format!("creating node {}", f.name))(e)),
         }
     } else {
-        api.patch(&f.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels(f)}}))).await.map_err(AgentError::api("updating node labels"))?;
+        api.patch(&f.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels(f)}})))
+            .await
+            .map_err(AgentError::api("updating node labels"))?;
         tracing::info!(node = %f.name, "node already registered; status updated");
     }
-    api.patch_status(&f.name, &PatchParams::default(), &Patch::Merge(json!({"status": st}))).await.map_err(AgentError::api("writing node status"))
+    api.patch_status(&f.name, &PatchParams::default(), &Patch::Merge(json!({"status": st})))
+        .await
+        .map_err(AgentError::api("writing node status"))
 }
 
 /// Waits (at most a minute) for the control plane to assign the pod CIDR.
@@ -185,10 +229,23 @@ pub async fn lease_loop(client: kube::Client, name: String, node_uid: Option<Str
                     metadata: kube::api::ObjectMeta {
                         name: Some(name.clone()),
                         namespace: Some("kube-node-lease".into()),
-                        owner_references: node_uid.clone().map(|uid| vec![OwnerReference { api_version: "v1".into(), kind: "Node".into(), name: name.clone(), uid, ..Default::default() }]),
+                        owner_references: node_uid.clone().map(|uid| {
+                            vec![OwnerReference {
+                                api_version: "v1".into(),
+                                kind: "Node".into(),
+                                name: name.clone(),
+                                uid,
+                                ..Default::default()
+                            }]
+                        }),
                         ..Default::default()
                     },
-                    spec: Some(LeaseSpec { holder_identity: Some(name.clone()), lease_duration_seconds: Some(LEASE_SECONDS), renew_time: Some(now), ..Default::default() }),
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(name.clone()),
+                        lease_duration_seconds: Some(LEASE_SECONDS),
+                        renew_time: Some(now),
+                        ..Default::default()
+                    }),
                 };
                 if let Err(e) = api.create(&PostParams::default(), &lease).await {
                     tracing::warn!(error = %e, "creating the node lease failed");
@@ -208,11 +265,25 @@ pub async fn status_loop(client: kube::Client, facts: NodeFacts, data_dir: std::
     loop {
         tick.tick().await;
         let conds = conditions(pressure(&data_dir), &previous, Timestamp::now());
-        match api.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(json!({"status": status(&facts, conds.clone())}))).await {
+        match api
+            .patch_status(
+                &facts.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status(&facts, conds.clone())})),
+            )
+            .await
+        {
             Ok(_) => previous = conds,
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 tracing::warn!(node = %facts.name, "the Node was deleted; registering it again");
-                let node = Node { metadata: kube::api::ObjectMeta { name: Some(facts.name.clone()), labels: Some(labels(&facts)), ..Default::default() }, ..Default::default() };
+                let node = Node {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(facts.name.clone()),
+                        labels: Some(labels(&facts)),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
                 let _ = api.create(&PostParams::default(), &node).await;
             }
             Err(e) => tracing::warn!(error = %e, "node heartbeat failed"),
@@ -228,7 +299,13 @@ mod tests {
         NodeFacts {
             name: "n1".into(),
             ip: "10.0.0.11".parse().expect("ip"),
-            host: HostFacts { cpus: 2, memory: 4 << 30, ephemeral_storage: 100 << 30, architecture: "amd64".into(), ..Default::default() },
+            host: HostFacts {
+                cpus: 2,
+                memory: 4 << 30,
+                ephemeral_storage: 100 << 30,
+                architecture: "amd64".into(),
+                ..Default::default()
+            },
             port: 10250,
             runtime_version: "runc://1.1.5".into(),
             max_pods: 110,

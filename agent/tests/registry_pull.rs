@@ -39,7 +39,18 @@ fn source_layout(dir: &std::path::Path) {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": l.len()}]}))
     .expect("json");
     let md = store.write_blob(&m).expect("manifest");
-    store.tag("hello", Descriptor { media_type: OCI_MANIFEST.into(), digest: md, size: m.len() as u64, annotations: BTreeMap::new(), platform: None }).expect("tag");
+    store
+        .tag(
+            "hello",
+            Descriptor {
+                media_type: OCI_MANIFEST.into(),
+                digest: md,
+                size: m.len() as u64,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+        )
+        .expect("tag");
 }
 
 #[test]
@@ -56,12 +67,23 @@ fn images_are_pulled_from_a_registry_and_verified() {
     let _registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
     let up = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        ns.exec("sh", &["-c", "exec 3<>/dev/tcp/127.0.0.1/5000"]).is_ok() || ns.exec("curl", &["-sf", "http://127.0.0.1:5000/v2/"]).is_ok()
+        ns.exec("sh", &["-c", "exec 3<>/dev/tcp/127.0.0.1/5000"]).is_ok()
+            || ns.exec("curl", &["-sf", "http://127.0.0.1:5000/v2/"]).is_ok()
     });
     assert!(up, "the registry did not start");
     let src = dir.path().join("src");
     source_layout(&src);
-    ns.exec("skopeo", &["copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{}:hello", src.display()), "docker://127.0.0.1:5000/team/hello:1"]).expect("skopeo push");
+    ns.exec(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:hello", src.display()),
+            "docker://127.0.0.1:5000/team/hello:1",
+        ],
+    )
+    .expect("skopeo push");
 
     let store_dir = dir.path().join("store");
     let result = ns
@@ -74,16 +96,24 @@ fn images_are_pulled_from_a_registry_and_verified() {
                 assert_eq!(img.reference, "127.0.0.1:5000/team/hello:1");
                 assert_eq!(img.run.cmd, Some(vec!["/bin/true".to_string()]));
                 let dirs = images.layers(&img).await?;
-                assert_eq!(std::fs::read_to_string(dirs[0].join("hello.txt")).expect("unpacked"), "pulled over the wire\n");
+                assert_eq!(
+                    std::fs::read_to_string(dirs[0].join("hello.txt")).expect("unpacked"),
+                    "pulled over the wire\n"
+                );
                 let (_, again) = images.ensure("127.0.0.1:5000/team/hello:1", None).await?;
                 assert_eq!(again, Obtained::Present, "IfNotPresent does not pull twice");
-                let (by_digest, _) = images.ensure(&format!("127.0.0.1:5000/team/hello@{}", img.manifest_digest), None).await?;
+                let (by_digest, _) =
+                    images.ensure(&format!("127.0.0.1:5000/team/hello@{}", img.manifest_digest), None).await?;
                 assert_eq!(by_digest.manifest_digest, img.manifest_digest);
                 let missing = images.ensure("127.0.0.1:5000/team/nope:1", None).await;
                 assert!(matches!(missing, Err(ImageError::NotFound(_))), "{missing:?}");
                 let unreachable = images.ensure("127.0.0.1:5999/team/hello:1", None).await;
                 assert!(matches!(unreachable, Err(ImageError::Unreachable(_))), "{unreachable:?}");
-                Ok::<_, ImageError>(layers::overlay_options(&dirs, std::path::Path::new("/u"), std::path::Path::new("/w")))
+                Ok::<_, ImageError>(layers::overlay_options(
+                    &dirs,
+                    std::path::Path::new("/u"),
+                    std::path::Path::new("/w"),
+                ))
             })
         })
         .expect("inside the namespace");

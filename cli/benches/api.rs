@@ -21,7 +21,12 @@ impl Drop for Server {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -84,7 +89,15 @@ async fn main() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["server", "--data-dir", &dir.path().to_string_lossy(), "--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+            .args([
+                "server",
+                "--data-dir",
+                &dir.path().to_string_lossy(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

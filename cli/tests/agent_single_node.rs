@@ -64,8 +64,10 @@ fn pods_on_one_node_behave_as_in_kubernetes() {
 
 fn two_containers_talk_over_localhost(c: &Cluster) {
     step("two containers of a pod talk over localhost");
-    apply(c, &format!(
-        r#"
+    apply(
+        c,
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: duo, labels: {{app: echo}}}}
@@ -82,7 +84,8 @@ spec:
     image: {BUSYBOX}
     command: ["sh", "-c", "while true; do sleep 1; done"]
 "#
-    ));
+        ),
+    );
     let p = wait_ready(c, "duo");
     let ip = p.pointer("/status/podIP").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     assert!(ip.starts_with("10.244."), "pod IP from the node's /24: {ip}");
@@ -92,12 +95,15 @@ spec:
     assert!(web["imageID"].as_str().unwrap_or_default().contains("@sha256:"), "{web}");
     let (code, out, err) = exec(c, "duo", "client", &["wget", "-qO-", "http://localhost:8080/hello"], None);
     assert_eq!(code, 0, "wget over localhost: {err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| fail(c, &format!("echo answered {out:?}: {e}")));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| fail(c, &format!("echo answered {out:?}: {e}")));
     assert_eq!(v["pod"], "duo");
     assert_eq!(v["path"], "/hello");
     assert_eq!(v["ip"], ip.as_str());
     // the node reaches the pod too
-    let from_node = c.on_node(0, "wget", &["-qO-", &format!("http://{ip}:8080/")]).or_else(|_| c.on_node(0, "curl", &["-s", &format!("http://{ip}:8080/")]));
+    let from_node = c
+        .on_node(0, "wget", &["-qO-", &format!("http://{ip}:8080/")])
+        .or_else(|_| c.on_node(0, "curl", &["-s", &format!("http://{ip}:8080/")]));
     assert!(from_node.is_ok_and(|o| o.contains("\"pod\":\"duo\"")), "the node reaches the pod's IP");
 }
 
@@ -115,11 +121,19 @@ fn exec_reports_exit_codes_and_takes_stdin(c: &Cluster) {
 
 fn cluster_dns_answers_from_inside_a_pod(c: &Cluster) {
     step("cluster DNS from inside a pod");
-    apply(c, "apiVersion: v1\nkind: Service\nmetadata: {name: echo-svc}\nspec:\n  selector: {app: echo}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n");
+    apply(
+        c,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: echo-svc}\nspec:\n  selector: {app: echo}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    );
     let ip = kubectl(c, &["get", "svc", "echo-svc", "-o", "jsonpath={.spec.clusterIP}"]);
     let (code, out, err) = exec(c, "duo", "client", &["cat", "/etc/resolv.conf"], None);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("nameserver 10.96.0.10") && out.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && out.contains("ndots:5"), "{out}");
+    assert!(
+        out.contains("nameserver 10.96.0.10")
+            && out.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && out.contains("ndots:5"),
+        "{out}"
+    );
     let (code, out, err) = exec(c, "duo", "client", &["nslookup", "kubernetes.default.svc.cluster.local"], None);
     assert_eq!(code, 0, "nslookup kubernetes: {out}{err}");
     assert!(out.contains("10.96.0.1"), "{out}");
@@ -132,48 +146,77 @@ fn cluster_dns_answers_from_inside_a_pod(c: &Cluster) {
     let (code, out, _) = exec(c, "duo", "client", &["nslookup", "nothing.example"], None);
     assert_ne!(code, 0, "unknown names fail: {out}");
     assert!(started.elapsed() < Duration::from_secs(5), "NXDOMAIN comes quickly, not after a timeout");
-    let slice = kubectl(c, &["get", "endpointslice", "-n", "kube-system", "kube-dns-n1", "-o", "jsonpath={.endpoints[0].addresses[0]}"]);
+    let slice = kubectl(
+        c,
+        &["get", "endpointslice", "-n", "kube-system", "kube-dns-n1", "-o", "jsonpath={.endpoints[0].addresses[0]}"],
+    );
     assert_eq!(slice.trim(), "10.0.0.11", "the node publishes its DNS endpoint");
 }
 
 fn a_readiness_probe_flips_ready(c: &Cluster) {
     step("a readiness probe flips Ready");
     let flip = |v: &str| {
-        let (code, _, err) = exec(c, "duo", "client", &["wget", "-qO-", "--post-data=", &format!("http://localhost:8080/readyz?ready={v}")], None);
+        let (code, _, err) = exec(
+            c,
+            "duo",
+            "client",
+            &["wget", "-qO-", "--post-data=", &format!("http://localhost:8080/readyz?ready={v}")],
+            None,
+        );
         assert_eq!(code, 0, "{err}");
     };
     flip("false");
-    let p = wait_pod(c, "duo", Duration::from_secs(20), "Ready=False", |p| condition(p, "Ready").as_deref() == Some("False"));
+    let p = wait_pod(c, "duo", Duration::from_secs(20), "Ready=False", |p| {
+        condition(p, "Ready").as_deref() == Some("False")
+    });
     assert_eq!(container_status(&p, "web").map(|s| s["ready"].clone()), Some(serde_json::json!(false)));
-    assert_eq!(container_status(&p, "web").map(|s| s["restartCount"].clone()), Some(serde_json::json!(0)), "readiness never restarts");
+    assert_eq!(
+        container_status(&p, "web").map(|s| s["restartCount"].clone()),
+        Some(serde_json::json!(0)),
+        "readiness never restarts"
+    );
     flip("true");
     wait_ready(c, "duo");
 }
 
 fn a_liveness_failure_restarts_the_container(c: &Cluster) {
     step("a liveness failure restarts the container");
-    apply(c, &format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: live}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: web\n    image: {ECHO}\n    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 2}}\n"
-    ));
+    apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: live}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: web\n    image: {ECHO}\n    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 2}}\n"
+        ),
+    );
     let p = wait_ready(c, "live");
     let ip = p.pointer("/status/podIP").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    c.on_node(0, "wget", &["-qO-", "--post-data=", &format!("http://{ip}:8080/healthz?healthy=false")]).unwrap_or_else(|e| fail(c, &e.to_string()));
-    let p = wait_pod(c, "live", Duration::from_secs(40), "a restart", |p| container_status(p, "web").is_some_and(|s| s["restartCount"].as_i64().unwrap_or(0) >= 1));
+    c.on_node(0, "wget", &["-qO-", "--post-data=", &format!("http://{ip}:8080/healthz?healthy=false")])
+        .unwrap_or_else(|e| fail(c, &e.to_string()));
+    let p = wait_pod(c, "live", Duration::from_secs(40), "a restart", |p| {
+        container_status(p, "web").is_some_and(|s| s["restartCount"].as_i64().unwrap_or(0) >= 1)
+    });
     let s = container_status(&p, "web").expect("status");
     assert!(s.pointer("/lastState/terminated").is_some(), "{s}");
     wait_ready(c, "live");
-    let events = kubectl(c, &["get", "events", "--field-selector", "involvedObject.name=live", "-o", "jsonpath={.items[*].reason}"]);
+    let events = kubectl(
+        c,
+        &["get", "events", "--field-selector", "involvedObject.name=live", "-o", "jsonpath={.items[*].reason}"],
+    );
     assert!(events.contains("Unhealthy") && events.contains("Killing"), "events: {events}");
     kubectl(c, &["delete", "pod", "live", "--wait=false"]);
 }
 
 fn an_oom_kill_is_reported_as_oomkilled(c: &Cluster) {
     step("an OOM kill is reported as OOMKilled");
-    apply(c, &format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: oom}}\nspec:\n  nodeName: n1\n  restartPolicy: Never\n  containers:\n  - name: hog\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"x=0123456789; while true; do x=$x$x; done\"]\n    resources: {{limits: {{memory: 16Mi}}}}\n"
-    ));
+    apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: oom}}\nspec:\n  nodeName: n1\n  restartPolicy: Never\n  containers:\n  - name: hog\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"x=0123456789; while true; do x=$x$x; done\"]\n    resources: {{limits: {{memory: 16Mi}}}}\n"
+        ),
+    );
     let p = wait_pod(c, "oom", Duration::from_secs(60), "OOMKilled", |p| {
-        container_status(p, "hog").and_then(|s| s.pointer("/state/terminated/reason").and_then(|r| r.as_str().map(str::to_string))).is_some()
+        container_status(p, "hog")
+            .and_then(|s| s.pointer("/state/terminated/reason").and_then(|r| r.as_str().map(str::to_string)))
+            .is_some()
     });
     let t = container_status(&p, "hog").and_then(|s| s.pointer("/state/terminated").cloned()).expect("terminated");
     assert_eq!(t["reason"], "OOMKilled", "{t}");
@@ -184,11 +227,17 @@ fn an_oom_kill_is_reported_as_oomkilled(c: &Cluster) {
 
 fn a_crashing_container_backs_off(c: &Cluster) {
     step("a crashing container goes into CrashLoopBackOff");
-    apply(c, &format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"echo crashing; exit 3\"]\n"
-    ));
+    apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"echo crashing; exit 3\"]\n"
+        ),
+    );
     let p = wait_pod(c, "crash", Duration::from_secs(30), "CrashLoopBackOff", |p| {
-        container_status(p, "c").and_then(|s| s.pointer("/state/waiting/reason").and_then(|r| r.as_str().map(str::to_string))).as_deref() == Some("CrashLoopBackOff")
+        container_status(p, "c")
+            .and_then(|s| s.pointer("/state/waiting/reason").and_then(|r| r.as_str().map(str::to_string)))
+            .as_deref()
+            == Some("CrashLoopBackOff")
     });
     let s = container_status(&p, "c").expect("status");
     assert_eq!(s.pointer("/lastState/terminated/exitCode"), Some(&serde_json::json!(3)), "{s}");
@@ -203,11 +252,20 @@ fn a_crashing_container_backs_off(c: &Cluster) {
     let later = container_status(&pod(c, "crash").expect("pod"), "c").expect("status");
     assert_eq!(later["restartCount"], 1, "still backing off after 5 s: {later}");
     let p = wait_pod(c, "crash", Duration::from_secs(30), "the back-off to double", |p| {
-        container_status(p, "c").and_then(|s| s.pointer("/state/waiting/message").and_then(|m| m.as_str().map(str::to_string))).is_some_and(|m| m.starts_with("back-off 20s"))
+        container_status(p, "c")
+            .and_then(|s| s.pointer("/state/waiting/message").and_then(|m| m.as_str().map(str::to_string)))
+            .is_some_and(|m| m.starts_with("back-off 20s"))
     });
     assert_eq!(container_status(&p, "c").map(|s| s["restartCount"].clone()), Some(serde_json::json!(2)));
-    assert_eq!(p.pointer("/status/phase").and_then(|v| v.as_str()), Some("Running"), "a crash-looping Always pod stays Running");
-    let events = kubectl(c, &["get", "events", "--field-selector", "involvedObject.name=crash", "-o", "jsonpath={.items[*].reason}"]);
+    assert_eq!(
+        p.pointer("/status/phase").and_then(|v| v.as_str()),
+        Some("Running"),
+        "a crash-looping Always pod stays Running"
+    );
+    let events = kubectl(
+        c,
+        &["get", "events", "--field-selector", "involvedObject.name=crash", "-o", "jsonpath={.items[*].reason}"],
+    );
     assert!(events.contains("BackOff"), "events: {events}");
     kubectl(c, &["delete", "pod", "crash", "--wait=false"]);
 }
@@ -216,8 +274,10 @@ fn config_maps_and_secrets_reach_env_and_files(c: &Cluster) {
     step("ConfigMaps and Secrets as env and files, updated in place");
     kubectl(c, &["create", "configmap", "cfg", "--from-literal=color=blue"]);
     kubectl(c, &["create", "secret", "generic", "sec", "--from-literal=pw=hunter2"]);
-    apply(c, &format!(
-        r#"
+    apply(
+        c,
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: conf}}
@@ -239,7 +299,8 @@ spec:
   - {{name: cfg, configMap: {{name: cfg}}}}
   - {{name: sec, secret: {{secretName: sec, defaultMode: 0400}}}}
 "#
-    ));
+        ),
+    );
     wait_ready(c, "conf");
     let (_, env, _) = exec(c, "conf", "c", &["env"], None);
     assert!(env.contains("COLOR=blue\n") && env.contains("PW=hunter2\n") && env.contains("CFG_color=blue\n"), "{env}");
@@ -260,11 +321,17 @@ spec:
     let (_, links, _) = exec(c, "conf", "c", &["readlink", "/etc/cfg/color"], None);
     assert_eq!(links.trim(), "..data/color", "files are links into the atomically swapped ..data");
     // A pod referring to a missing ConfigMap waits with CreateContainerConfigError.
-    apply(c, &format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: noconf}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '100']\n    env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: missing, key: k}}}}}}]\n"
-    ));
+    apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: noconf}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '100']\n    env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: missing, key: k}}}}}}]\n"
+        ),
+    );
     let p = wait_pod(c, "noconf", Duration::from_secs(30), "CreateContainerConfigError", |p| {
-        container_status(p, "c").and_then(|s| s.pointer("/state/waiting/reason").and_then(|r| r.as_str().map(str::to_string))).as_deref() == Some("CreateContainerConfigError")
+        container_status(p, "c")
+            .and_then(|s| s.pointer("/state/waiting/reason").and_then(|r| r.as_str().map(str::to_string)))
+            .as_deref()
+            == Some("CreateContainerConfigError")
     });
     let msg = container_status(&p, "c").and_then(|s| s.pointer("/state/waiting/message").cloned()).unwrap_or_default();
     assert_eq!(msg, "configmap \"missing\" not found");
@@ -273,10 +340,15 @@ spec:
 
 fn logs_follow_tail_and_previous(c: &Cluster) {
     step("kubectl logs: -c, --tail, --previous, -f, --timestamps");
-    apply(c, &format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: once\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"for i in 1 2 3 4 5; do echo run line $i; done; echo to stderr >&2; sleep 2; exit 1\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done\"]\n"
-    ));
-    wait_pod(c, "talker", Duration::from_secs(40), "a restart of `once`", |p| container_status(p, "once").is_some_and(|s| s["restartCount"].as_i64().unwrap_or(0) >= 1));
+    apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: once\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"for i in 1 2 3 4 5; do echo run line $i; done; echo to stderr >&2; sleep 2; exit 1\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done\"]\n"
+        ),
+    );
+    wait_pod(c, "talker", Duration::from_secs(40), "a restart of `once`", |p| {
+        container_status(p, "once").is_some_and(|s| s["restartCount"].as_i64().unwrap_or(0) >= 1)
+    });
     let prev = kubectl(c, &["logs", "talker", "-c", "once", "--previous"]);
     assert_eq!(prev, "run line 1\nrun line 2\nrun line 3\nrun line 4\nrun line 5\nto stderr\n");
     let tail = kubectl(c, &["logs", "talker", "-c", "once", "--previous", "--tail=2"]);
@@ -303,8 +375,10 @@ fn logs_follow_tail_and_previous(c: &Cluster) {
 
 fn termination_honours_the_grace_period(c: &Cluster) {
     step("graceful termination within the grace period");
-    apply(c, &format!(
-        r#"
+    apply(
+        c,
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: graceful}}
@@ -327,7 +401,8 @@ spec:
     image: {BUSYBOX}
     command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
 "#
-    ));
+        ),
+    );
     wait_ready(c, "graceful");
     wait_ready(c, "stubborn");
     let t0 = Instant::now();
@@ -336,14 +411,18 @@ spec:
     let graceful = t0.elapsed();
     wait_gone(c, "stubborn", Duration::from_secs(25));
     let stubborn = t0.elapsed();
-    assert!(graceful < Duration::from_secs(10), "a pod that exits on SIGTERM is gone well within its 30 s grace period ({graceful:?})");
+    assert!(
+        graceful < Duration::from_secs(10),
+        "a pod that exits on SIGTERM is gone well within its 30 s grace period ({graceful:?})"
+    );
     assert!(stubborn >= Duration::from_secs(3), "a pod that ignores SIGTERM keeps its 3 s grace period ({stubborn:?})");
     assert!(stubborn < Duration::from_secs(15), "and is killed after it ({stubborn:?})");
 }
 
 fn runc_ids(c: &Cluster) -> Vec<String> {
     let root = c.nodes[0].data_dir.join("runc");
-    let out = std::process::Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output().expect("runc list");
+    let out =
+        std::process::Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output().expect("runc list");
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
@@ -351,7 +430,12 @@ fn a_restarted_agent_readopts_its_pods(c: &mut Cluster) {
     step("a killed agent leaves its pods running and re-adopts them");
     let before = wait_ready(c, "duo");
     let ids = |p: &serde_json::Value| -> Vec<String> {
-        ["web", "client"].iter().map(|n| container_status(p, n).and_then(|s| s["containerID"].as_str().map(str::to_string)).unwrap_or_default()).collect()
+        ["web", "client"]
+            .iter()
+            .map(|n| {
+                container_status(p, n).and_then(|s| s["containerID"].as_str().map(str::to_string)).unwrap_or_default()
+            })
+            .collect()
     };
     let containers_before = runc_ids(c);
     c.kill_agent(0);
@@ -364,7 +448,10 @@ fn a_restarted_agent_readopts_its_pods(c: &mut Cluster) {
     let after = wait_ready(c, "duo");
     assert_eq!(ids(&before), ids(&after), "the same containers, not new ones");
     for n in ["web", "client"] {
-        assert_eq!(container_status(&after, n).map(|s| s["restartCount"].clone()), container_status(&before, n).map(|s| s["restartCount"].clone()));
+        assert_eq!(
+            container_status(&after, n).map(|s| s["restartCount"].clone()),
+            container_status(&before, n).map(|s| s["restartCount"].clone())
+        );
     }
     std::thread::sleep(Duration::from_secs(2));
     let mut now = runc_ids(c);
@@ -393,8 +480,10 @@ fn nothing_is_left_behind(c: &Cluster) {
     let links = c.on_node(0, "ip", &["-o", "link"]).expect("ip link");
     // The bridge stays (it is the node's); pod veths (`sk<hash>`) go with their pods.
     assert!(!links.lines().any(|l| l.contains(": sk") && !l.contains(": skiff0:")), "veths left: {links}");
-    let netns: Vec<_> = std::fs::read_dir(c.nodes[0].data_dir.join("netns")).map(|d| d.flatten().collect()).unwrap_or_default();
+    let netns: Vec<_> =
+        std::fs::read_dir(c.nodes[0].data_dir.join("netns")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(netns.is_empty(), "network namespaces left: {netns:?}");
-    let ipam: Vec<_> = std::fs::read_dir(c.nodes[0].data_dir.join("ipam")).map(|d| d.flatten().collect()).unwrap_or_default();
+    let ipam: Vec<_> =
+        std::fs::read_dir(c.nodes[0].data_dir.join("ipam")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(ipam.is_empty(), "addresses still allocated: {ipam:?}");
 }

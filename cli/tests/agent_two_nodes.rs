@@ -39,7 +39,8 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
     apply(&c, &echo_pod("b", "n2"));
     let a = wait_ready(&c, "a");
     let b = wait_ready(&c, "b");
-    let ip = |p: &serde_json::Value| p.pointer("/status/podIP").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let ip =
+        |p: &serde_json::Value| p.pointer("/status/podIP").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let (ip_a, ip_b) = (ip(&a), ip(&b));
     let cidr = |n: &str| kubectl(&c, &["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
     let (cidr1, cidr2) = (cidr("n1"), cidr("n2"));
@@ -57,18 +58,26 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
     });
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| fail(&c, &format!("{out:?}: {e}")));
     assert_eq!((v["pod"].as_str(), v["node"].as_str()), (Some("b"), Some("n2")));
-    assert_eq!(v["peer"].as_str().map(|p| p.split(':').next().unwrap_or_default().to_string()), Some(ip_a.clone()), "no NAT between pods");
+    assert_eq!(
+        v["peer"].as_str().map(|p| p.split(':').next().unwrap_or_default().to_string()),
+        Some(ip_a.clone()),
+        "no NAT between pods"
+    );
     let (code, _, err) = exec(&c, "b", "web", &["wget", "-qO-", &format!("http://{ip_a}:8080/from-b")], None);
     assert_eq!(code, 0, "b → a: {err}");
 
     step("cluster DNS on the second node");
-    apply(&c, "apiVersion: v1\nkind: Service\nmetadata: {name: spread}\nspec:\n  clusterIP: None\n  selector: {app: spread}\n  ports: [{name: http, port: 8080}]\n");
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: spread}\nspec:\n  clusterIP: None\n  selector: {app: spread}\n  ports: [{name: http, port: 8080}]\n",
+    );
     // The headless Service's records come from its EndpointSlices (written by the endpoints controller when it
     // runs); its name resolves either way through the node's DNS server.
     // (busybox's nslookup exits 1 when any search domain is NXDOMAIN, so the answer is what counts.)
     let (_, out, err) = exec(&c, "b", "web", &["nslookup", "kubernetes.default.svc.cluster.local"], None);
     assert!(out.contains("Name:\tkubernetes.default.svc.cluster.local\nAddress: 10.96.0.1"), "{out}{err}");
-    let (_, out, _) = exec(&c, "b", "web", &["nslookup", &format!("{}.default.pod.cluster.local.", ip_a.replace('.', "-"))], None);
+    let (_, out, _) =
+        exec(&c, "b", "web", &["nslookup", &format!("{}.default.pod.cluster.local.", ip_a.replace('.', "-"))], None);
     assert!(out.contains(&ip_a), "pod records: {out}");
 
     step("the kubelet endpoint requires a client certificate signed by the cluster CA");
@@ -78,29 +87,75 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
     let pki = c.dir.join("server/pki");
     let (cert, key) = (pki.join("admin.crt"), pki.join("admin.key"));
     if cert.exists() && key.exists() {
-        let ok = c.server_ns.exec("curl", &["-sk", "--max-time", "5", "--cert", &cert.display().to_string(), "--key", &key.display().to_string(), url]);
+        let ok = c.server_ns.exec(
+            "curl",
+            &[
+                "-sk",
+                "--max-time",
+                "5",
+                "--cert",
+                &cert.display().to_string(),
+                "--key",
+                &key.display().to_string(),
+                url,
+            ],
+        );
         assert_eq!(ok.as_deref().map(str::trim).ok(), Some("ok"), "{ok:?}");
         let metrics_url = "https://10.0.0.11:10250/apis/metrics.k8s.io/v1beta1/pods";
         let got = wait_for(Duration::from_secs(40), "pod metrics", || {
-            let out = c.server_ns.exec("curl", &["-sk", "--max-time", "5", "--cert", &cert.display().to_string(), "--key", &key.display().to_string(), metrics_url]).ok()?;
+            let out = c
+                .server_ns
+                .exec(
+                    "curl",
+                    &[
+                        "-sk",
+                        "--max-time",
+                        "5",
+                        "--cert",
+                        &cert.display().to_string(),
+                        "--key",
+                        &key.display().to_string(),
+                        metrics_url,
+                    ],
+                )
+                .ok()?;
             let v: serde_json::Value = serde_json::from_str(&out).ok()?;
             let item = v["items"].as_array()?.iter().find(|i| i["metadata"]["name"] == "a")?.clone();
-            let nonzero = item["containers"][0]["usage"]["memory"].as_str().is_some_and(|m| m.ends_with("Ki") && m != "0Ki");
+            let nonzero =
+                item["containers"][0]["usage"]["memory"].as_str().is_some_and(|m| m.ends_with("Ki") && m != "0Ki");
             nonzero.then_some(item)
         });
         let item = got.unwrap_or_else(|e| fail(&c, &e.to_string()));
         assert_eq!(item["window"], "10s");
-        let agent_metrics = c.server_ns.exec("curl", &["-sk", "--max-time", "5", "--cert", &cert.display().to_string(), "--key", &key.display().to_string(), "https://10.0.0.11:10250/metrics"]).unwrap_or_default();
+        let agent_metrics = c
+            .server_ns
+            .exec(
+                "curl",
+                &[
+                    "-sk",
+                    "--max-time",
+                    "5",
+                    "--cert",
+                    &cert.display().to_string(),
+                    "--key",
+                    &key.display().to_string(),
+                    "https://10.0.0.11:10250/metrics",
+                ],
+            )
+            .unwrap_or_default();
         assert!(agent_metrics.contains("skiff_agent_pod_start_duration_seconds_count"), "{agent_metrics}");
     } else {
-        eprintln!("the server keeps no admin.crt/admin.key files; the client-certificate success path is covered by kubectl logs/exec");
+        eprintln!(
+            "the server keeps no admin.crt/admin.key files; the client-certificate success path is covered by kubectl logs/exec"
+        );
     }
 
     step("pods are cleaned up on both nodes");
     kubectl(&c, &["delete", "pods", "--all", "--wait=false"]);
     wait_gone(&c, "a", Duration::from_secs(30));
     wait_gone(&c, "b", Duration::from_secs(30));
-    wait_for(Duration::from_secs(10), "no leftovers", || c.leftovers().is_empty().then_some(())).unwrap_or_else(|_| fail(&c, &format!("left: {:?}", c.leftovers())));
+    wait_for(Duration::from_secs(10), "no leftovers", || c.leftovers().is_empty().then_some(()))
+        .unwrap_or_else(|_| fail(&c, &format!("left: {:?}", c.leftovers())));
 }
 
 #[test]
@@ -118,7 +173,8 @@ fn static_pods_run_from_the_manifest_directory_and_are_mirrored() {
     cfg.agent_args = vec!["--manifests".into(), manifests.path().display().to_string()];
     let c = Cluster::start(cfg).expect("cluster");
     let mirror = wait_for(Duration::from_secs(60), "the mirror pod to be Running", || {
-        let (ok, out, _) = c.kubectl_output(&["get", "pod", "-n", "kube-system", "static-web-n1", "-o", "json"], None).ok()?;
+        let (ok, out, _) =
+            c.kubectl_output(&["get", "pod", "-n", "kube-system", "static-web-n1", "-o", "json"], None).ok()?;
         let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
         (v.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Running")).then_some(v)
     })

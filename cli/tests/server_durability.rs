@@ -22,7 +22,15 @@ fn free_port() -> u16 {
 
 fn start(dir: &std::path::Path, port: u16) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["server", "--data-dir", &dir.to_string_lossy(), "--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+        .args([
+            "server",
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log",
+            "warn",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -58,7 +66,10 @@ async fn a_killed_server_keeps_every_acknowledged_write() {
         writers.push(tokio::spawn(async move {
             for i in 0..10_000 {
                 let name = format!("w{w}-{i}");
-                let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"i": i.to_string()}})).expect("cm");
+                let cm: ConfigMap = serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": name}, "data": {"i": i.to_string()}}),
+                )
+                .expect("cm");
                 match api.create(&PostParams::default(), &cm).await {
                     Ok(_) => acked.lock().expect("lock").push(name),
                     Err(_) => return,
@@ -83,8 +94,20 @@ async fn a_killed_server_keeps_every_acknowledged_write() {
     let _server = start(dir.path(), port);
     let c = client(dir.path(), port).await;
     let api: Api<ConfigMap> = Api::namespaced(c, "default");
-    let stored: std::collections::HashSet<String> =
-        api.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|cm| cm.metadata.name).collect();
+    let stored: std::collections::HashSet<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|cm| cm.metadata.name)
+        .collect();
     let lost: Vec<&String> = acknowledged.iter().filter(|n| !stored.contains(*n)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged writes were lost, e.g. {:?}", lost.len(), acknowledged.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes were lost, e.g. {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(5)]
+    );
 }

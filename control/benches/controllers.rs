@@ -34,7 +34,14 @@ fn main() {
         let pods = c.get_json(&["pods", "-l", "app=big"]);
         let items = pods["items"].as_array().cloned().unwrap_or_default();
         let bound = items.iter().filter(|p| p["spec"]["nodeName"].is_string()).count();
-        let ready = items.iter().filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))).count();
+        let ready = items
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count();
         if bound >= replicas && bound_at.is_none() {
             bound_at = Some(start.elapsed());
         }
@@ -48,8 +55,19 @@ fn main() {
     let cpu = cpu_seconds() - cpu0;
     let available = c.get_json(&["deploy", "big"])["status"]["availableReplicas"].clone();
     println!("replicas: {replicas} on 10 simulated nodes");
-    println!("all bound after:         {:.2} s ({:.0} pods/s)", bound_at.unwrap_or(total).as_secs_f64(), replicas as f64 / bound_at.unwrap_or(total).as_secs_f64());
-    println!("all Ready-marked after:  {:.2} s ({:.0} pods/s)", total.as_secs_f64(), replicas as f64 / total.as_secs_f64());
+    println!(
+        "all bound after:         {:.2} s ({:.0} pods/s)",
+        bound_at.unwrap_or(total).as_secs_f64(),
+        replicas as f64 / bound_at.unwrap_or(total).as_secs_f64()
+    );
+    println!(
+        "all Ready-marked after:  {:.2} s ({:.0} pods/s)",
+        total.as_secs_f64(),
+        replicas as f64 / total.as_secs_f64()
+    );
     println!("deployment availableReplicas: {available}");
-    println!("process CPU meanwhile:   {cpu:.1} s (API server + controllers + scheduler + simulated kubelets; {:.0}% of one core)", cpu / total.as_secs_f64() * 100.0);
+    println!(
+        "process CPU meanwhile:   {cpu:.1} s (API server + controllers + scheduler + simulated kubelets; {:.0}% of one core)",
+        cpu / total.as_secs_f64() * 100.0
+    );
 }

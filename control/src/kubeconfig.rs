@@ -21,7 +21,9 @@ pub enum Credential<'a> {
 pub fn render(cluster: &str, server: &str, ca_pem: &str, user: &str, cred: Credential<'_>) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let user_entry = match cred {
-        Credential::ClientCert { cert_pem, key_pem } => json!({"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)}),
+        Credential::ClientCert { cert_pem, key_pem } => {
+            json!({"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)})
+        }
         Credential::Token(t) => json!({"token": t}),
     };
     let doc = json!({

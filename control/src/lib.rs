@@ -4,7 +4,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod kubeconfig;
-pub mod server;
 pub mod pki;
 pub mod quota;
+pub mod server;
 pub mod storage;

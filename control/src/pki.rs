@@ -70,7 +70,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(io(path))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(io(path))?;
     f.write_all(data).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
@@ -79,7 +80,8 @@ fn validity(params: &mut CertificateParams, years: i16) {
     let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
     let start = now.date().yesterday().unwrap_or(now.date());
     params.not_before = rcgen::date_time_ymd(i32::from(start.year()), start.month() as u8, start.day() as u8);
-    params.not_after = rcgen::date_time_ymd(i32::from(start.year() + years), start.month() as u8, start.day().min(28) as u8);
+    params.not_after =
+        rcgen::date_time_ymd(i32::from(start.year() + years), start.month() as u8, start.day().min(28) as u8);
 }
 
 fn cert_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -101,7 +103,8 @@ impl Pki {
             let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
             p.distinguished_name = dn("skiff-ca", None);
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            p.key_usages =
+                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
             validity(&mut p, 10);
             let cert = p.self_signed(&key).map_err(cert_err("CA certificate"))?;
             Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
@@ -128,9 +131,11 @@ impl Pki {
         std::fs::write(&names_file, names.join(",")).map_err(io(&names_file))?;
         let admin = load_or(dir, "admin", || issue(&ca, "skiff-admin", Some("system:masters"), &[], false))?;
         let sa_key = load_or_secret(dir, "sa.key", || random_hex(32).into_bytes())?;
-        let node_token = String::from_utf8_lossy(&load_or_secret(dir, "node-token", || format!("skiff-node.{}", random_hex(16)).into_bytes())?)
-            .trim()
-            .to_string();
+        let node_token = String::from_utf8_lossy(&load_or_secret(dir, "node-token", || {
+            format!("skiff-node.{}", random_hex(16)).into_bytes()
+        })?)
+        .trim()
+        .to_string();
         let enc = load_or_secret(dir, "encryption.key", || (0..32).map(|_| rand::random::<u8>()).collect())?;
         let encryption_key: [u8; 32] = enc.as_slice().try_into().map_err(|_| PkiError::Io {
             path: dir.join("encryption.key"),
@@ -169,7 +174,8 @@ fn issue(ca: &CertPair, cn: &str, org: Option<&str>, names: &[String], server: b
         .collect::<Result<_, _>>()
         .map_err(cert_err("subject alternative name"))?;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+    p.extended_key_usages =
+        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
     validity(&mut p, if server { 2 } else { 1 });
     let cert = p.signed_by(&key, &issuer).map_err(cert_err("certificate"))?;
     Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })

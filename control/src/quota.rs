@@ -84,7 +84,9 @@ pub fn usage_of(group: &str, plural: &str, obj: &Value) -> Usage {
                 add(&mut u, "services.loadbalancers", Quantity::from_units(1));
             }
         }
-        ("", "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas") => add(&mut u, plural, Quantity::from_units(1)),
+        ("", "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas") => {
+            add(&mut u, plural, Quantity::from_units(1))
+        }
         ("", "persistentvolumeclaims") => {
             add(&mut u, "persistentvolumeclaims", Quantity::from_units(1));
             add(&mut u, "requests.storage", parse(obj.pointer("/spec/resources/requests/storage")));

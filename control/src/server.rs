@@ -12,9 +12,9 @@ use crate::apiserver::writes::WriteOptions;
 use crate::apiserver::{self, Api, ApiConfig, AuthConfig};
 use crate::kubeconfig::{self, Credential};
 use crate::pki::Pki;
+use crate::storage::Storage;
 use crate::storage::encrypt::Encrypted;
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::Storage;
 
 /// Where objects are kept.
 #[derive(Debug, Clone)]
@@ -101,7 +101,8 @@ async fn open_store(cfg: &ServerConfig, pki: &Pki) -> Result<Arc<dyn Storage>, S
 
 /// Starts the API server (and its in-process controllers) and writes the admin kubeconfig.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServerError::Io { context: format!("creating {}", cfg.data_dir.display()), source: e })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| ServerError::Io { context: format!("creating {}", cfg.data_dir.display()), source: e })?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Io { context: format!("listening on {}", cfg.listen), source: e })?;
@@ -115,7 +116,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let pki = Pki::load_or_create(&cfg.data_dir.join("pki"), &names)?;
     let store = open_store(&cfg, &pki).await?;
     let agent_client = pki.issue_client("system:apiserver", Some("system:masters"))?;
-    let agent_tls = apiserver::proxy::agent_client_config(&agent_client.cert_pem, &agent_client.key_pem).map_err(ServerError::Bootstrap)?;
+    let agent_tls = apiserver::proxy::agent_client_config(&agent_client.cert_pem, &agent_client.key_pem)
+        .map_err(ServerError::Bootstrap)?;
     let api = Api::new(
         store,
         ApiConfig { advertise_address: advertise.clone(), ..Default::default() },
@@ -131,10 +133,19 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     crate::controllers::spawn_api_machinery(api.clone(), pki.ca.cert_pem.clone());
     let url = format!("https://{advertise}");
     let kubeconfig_path = cfg.data_dir.join("kubeconfig");
-    let content = kubeconfig::render("skiff", &url, &pki.ca.cert_pem, "skiff-admin", Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem });
-    kubeconfig::write(&kubeconfig_path, &content).map_err(|e| ServerError::Io { context: format!("writing {}", kubeconfig_path.display()), source: e })?;
+    let content = kubeconfig::render(
+        "skiff",
+        &url,
+        &pki.ca.cert_pem,
+        "skiff-admin",
+        Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem },
+    );
+    kubeconfig::write(&kubeconfig_path, &content)
+        .map_err(|e| ServerError::Io { context: format!("writing {}", kubeconfig_path.display()), source: e })?;
     if let Some(opts) = cfg.controllers.clone() {
-        let client = skiff_client::connect(&kubeconfig_path).await.map_err(|e| ServerError::Bootstrap(format!("controller client: {e}")))?;
+        let client = skiff_client::connect(&kubeconfig_path)
+            .await
+            .map_err(|e| ServerError::Bootstrap(format!("controller client: {e}")))?;
         tokio::spawn(crate::controllers::manager::run(client, opts));
     }
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server ready");
@@ -147,27 +158,42 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
     let ns_info = api.builtin("", "namespaces");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if api.try_get(&ns_info, None, ns).await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none() {
-            api.create(&ns_info, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), &opts)
-                .await
-                .map_err(|e| ServerError::Bootstrap(format!("namespace {ns}: {e}")))?;
+            api.create(
+                &ns_info,
+                None,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                &opts,
+            )
+            .await
+            .map_err(|e| ServerError::Bootstrap(format!("namespace {ns}: {e}")))?;
         }
     }
     let svc_info = api.builtin("", "services");
-    if api.try_get(&svc_info, Some("default"), "kubernetes").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none() {
+    if api
+        .try_get(&svc_info, Some("default"), "kubernetes")
+        .await
+        .map_err(|e| ServerError::Bootstrap(e.to_string()))?
+        .is_none()
+    {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
             "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": crate::apiserver::alloc::KUBERNETES_SERVICE_IP.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
-        api.create(&svc_info, Some("default"), svc, &opts).await.map_err(|e| ServerError::Bootstrap(format!("kubernetes service: {e}")))?;
+        api.create(&svc_info, Some("default"), svc, &opts)
+            .await
+            .map_err(|e| ServerError::Bootstrap(format!("kubernetes service: {e}")))?;
     }
     let ks = "kube-system";
-    if api.try_get(&svc_info, Some(ks), "kube-dns").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none() {
+    if api.try_get(&svc_info, Some(ks), "kube-dns").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?.is_none()
+    {
         // cluster DNS: served by every node agent; each agent publishes its own endpoint (internalTrafficPolicy Local)
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": ks,
             "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
             "spec": {"clusterIP": crate::apiserver::alloc::DNS_SERVICE_IP.to_string(), "internalTrafficPolicy": "Local", "ports": [
                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
-        api.create(&svc_info, Some(ks), svc, &opts).await.map_err(|e| ServerError::Bootstrap(format!("kube-dns service: {e}")))?;
+        api.create(&svc_info, Some(ks), svc, &opts)
+            .await
+            .map_err(|e| ServerError::Bootstrap(format!("kube-dns service: {e}")))?;
     }
     let (host, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
     let port: i64 = port.parse().unwrap_or(6443);
@@ -177,7 +203,10 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "skiff-apiserver"}},
             "addressType": "IPv4", "endpoints": [{"addresses": [host], "conditions": {"ready": true, "serving": true, "terminating": false}}],
             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
-        let existing = api.try_get(&slice_info, Some("default"), "kubernetes").await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+        let existing = api
+            .try_get(&slice_info, Some("default"), "kubernetes")
+            .await
+            .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
         let result = match existing {
             None => api.create(&slice_info, Some("default"), slice, &opts).await,
             Some(_) => api.update(&slice_info, Some("default"), "kubernetes", slice, None, &opts).await,

@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::simnode::SimNodes;
 use common::Cluster;
+use common::simnode::SimNodes;
 use serde_json::Value;
 use skiff_control::controllers::ctx::{Clock, ControllerConfig, FakeClock};
 use skiff_control::controllers::hpa::InjectedMetrics;
@@ -75,7 +75,13 @@ fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
     assert_eq!(nodes.len(), 3, "the scheduler spreads the replicas");
     let d = c.get_json(&["deploy", "web"]);
     assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
-    assert!(d["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "Available" && c["status"] == "True"));
+    assert!(
+        d["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "Available" && c["status"] == "True")
+    );
 
     c.kubectl(&["set", "image", "deploy/web", "web=skiff/echo:v2"]);
     rollout_done(&c);
@@ -97,11 +103,17 @@ fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
 
     c.kubectl(&["rollout", "restart", "deploy/web"]);
     rollout_done(&c);
-    assert_eq!(c.get_json(&["rs", "-l", "app=web"])["items"].as_array().expect("items").len(), 3, "v1 (restarted), v1, v2");
+    assert_eq!(
+        c.get_json(&["rs", "-l", "app=web"])["items"].as_array().expect("items").len(),
+        3,
+        "v1 (restarted), v1, v2"
+    );
 
     c.kubectl(&["scale", "deploy/web", "--replicas=5"]);
     c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
-    c.eventually("5 ready pods", Duration::from_secs(30), || c.get_json(&["deploy", "web"])["status"]["availableReplicas"] == 5);
+    c.eventually("5 ready pods", Duration::from_secs(30), || {
+        c.get_json(&["deploy", "web"])["status"]["availableReplicas"] == 5
+    });
     let describe = c.kubectl(&["describe", "deploy", "web"]);
     assert!(describe.contains("ScalingReplicaSet") && describe.contains("NewReplicaSet:"), "{describe}");
 }
@@ -115,7 +127,8 @@ fn replica_sets_replace_lost_pods() {
     c.kubectl(&["delete", "pod", &victim, "--wait=true", "--timeout=30s"]);
     c.eventually("3 pods again", Duration::from_secs(30), || {
         let pods = pods_of(&c, "app=web");
-        pods.len() == 3 && pods.iter().all(|p| p["metadata"]["name"] != victim.as_str() && p["status"]["phase"] == "Running")
+        pods.len() == 3
+            && pods.iter().all(|p| p["metadata"]["name"] != victim.as_str() && p["status"]["phase"] == "Running")
     });
 }
 
@@ -136,7 +149,9 @@ fn jobs_complete_or_fail_after_their_backoff_limit() {
     assert!(out.contains("condition met"), "{out}");
     let j = c.get_json(&["job", "bad"]);
     assert_eq!(j["status"]["failed"], 2, "the first try and one retry");
-    assert!(j["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["reason"] == "BackoffLimitExceeded"));
+    assert!(
+        j["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["reason"] == "BackoffLimitExceeded")
+    );
     assert_eq!(pods_of(&c, "job-name=bad").len(), 2);
 }
 
@@ -144,15 +159,25 @@ fn jobs_complete_or_fail_after_their_backoff_limit() {
 fn cron_jobs_fire_on_schedule_with_an_injected_clock_and_keep_history_limits() {
     let start = jiff::Timestamp::now();
     let clock = Arc::new(FakeClock::new(start));
-    let (c, _sim) = cluster_with(&["node-a"], ManagerOptions { config: fast(), schedule_clock: clock.clone(), ..Default::default() });
+    let (c, _sim) = cluster_with(
+        &["node-a"],
+        ManagerOptions { config: fast(), schedule_clock: clock.clone(), ..Default::default() },
+    );
     let cj = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: '*/5 * * * *'\n  successfulJobsHistoryLimit: 2\n  jobTemplate:\n    spec:\n      template:\n        metadata: {annotations: {sim.skiff.dev/exit: '0'}}\n        spec: {restartPolicy: OnFailure, containers: [{name: c, image: busybox}]}\n";
     c.kubectl_in(&["apply", "-f", "-"], cj);
-    let created: jiff::Timestamp = c.get_json(&["cronjob", "tick"])["metadata"]["creationTimestamp"].as_str().expect("created").parse().expect("time");
+    let created: jiff::Timestamp = c.get_json(&["cronjob", "tick"])["metadata"]["creationTimestamp"]
+        .as_str()
+        .expect("created")
+        .parse()
+        .expect("time");
     // the first five-minute boundary after creation, then every five minutes
     let first = (created.as_second() / 300 + 1) * 300;
     std::thread::sleep(Duration::from_secs(2));
     if start.as_second() < first - 5 {
-        assert!(c.get_json(&["jobs"])["items"].as_array().expect("items").is_empty(), "nothing is due before the first boundary");
+        assert!(
+            c.get_json(&["jobs"])["items"].as_array().expect("items").is_empty(),
+            "nothing is due before the first boundary"
+        );
     }
     let mut names: Vec<String> = Vec::new();
     for i in 0..3 {
@@ -164,7 +189,12 @@ fn cron_jobs_fire_on_schedule_with_an_injected_clock_and_keep_history_limits() {
         }
         c.eventually("a job for the next schedule", Duration::from_secs(20), || {
             let jobs = c.get_json(&["jobs"]);
-            let now: Vec<String> = jobs["items"].as_array().expect("items").iter().filter_map(|j| j["metadata"]["name"].as_str().map(str::to_string)).collect();
+            let now: Vec<String> = jobs["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|j| j["metadata"]["name"].as_str().map(str::to_string))
+                .collect();
             match now.iter().find(|n| !names.contains(*n)).cloned() {
                 Some(f) => {
                     names.push(f);
@@ -183,8 +213,14 @@ fn cron_jobs_fire_on_schedule_with_an_injected_clock_and_keep_history_limits() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    assert_eq!(names, (0..3).map(|i| format!("tick-{}", (first + 300 * i) / 60)).collect::<Vec<_>>(), "one job per scheduled minute");
-    c.eventually("history is trimmed to 2", Duration::from_secs(20), || c.get_json(&["jobs"])["items"].as_array().expect("items").len() == 2);
+    assert_eq!(
+        names,
+        (0..3).map(|i| format!("tick-{}", (first + 300 * i) / 60)).collect::<Vec<_>>(),
+        "one job per scheduled minute"
+    );
+    c.eventually("history is trimmed to 2", Duration::from_secs(20), || {
+        c.get_json(&["jobs"])["items"].as_array().expect("items").len() == 2
+    });
     let last = jiff::Timestamp::from_second(first + 600).expect("time").strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     assert_eq!(c.get_json(&["cronjob", "tick"])["status"]["lastScheduleTime"], last.as_str());
 }
@@ -192,7 +228,10 @@ fn cron_jobs_fire_on_schedule_with_an_injected_clock_and_keep_history_limits() {
 #[test]
 fn the_hpa_scales_up_under_load_and_down_after_its_window() {
     let metrics = Arc::new(InjectedMetrics::default());
-    let (c, _sim) = cluster_with(&["node-a", "node-b"], ManagerOptions { config: fast(), metrics: metrics.clone(), ..Default::default() });
+    let (c, _sim) = cluster_with(
+        &["node-a", "node-b"],
+        ManagerOptions { config: fast(), metrics: metrics.clone(), ..Default::default() },
+    );
     let d = WEB.replace("replicas: 3", "replicas: 1").replace("cpu: 100m", "cpu: 200m");
     c.kubectl_in(&["apply", "-f", "-"], &d);
     c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
@@ -205,7 +244,9 @@ fn the_hpa_scales_up_under_load_and_down_after_its_window() {
     let t = c.kubectl(&["get", "hpa", "web"]);
     assert!(t.contains("cpu: 95%/50%") && t.contains("Deployment/web"), "{t}");
     metrics.set((10, 0)); // 5%
-    c.eventually("scaled down to 1", Duration::from_secs(40), || c.get_json(&["deploy", "web"])["spec"]["replicas"] == 1);
+    c.eventually("scaled down to 1", Duration::from_secs(40), || {
+        c.get_json(&["deploy", "web"])["spec"]["replicas"] == 1
+    });
     let events = c.kubectl(&["get", "events", "--field-selector", "reason=SuccessfulRescale"]);
     assert!(events.contains("New size: 4") && events.contains("New size: 1"), "{events}");
 }
@@ -213,7 +254,9 @@ fn the_hpa_scales_up_under_load_and_down_after_its_window() {
 #[test]
 fn endpoint_slices_follow_readiness_and_named_ports() {
     let (c, _sim) = cluster(&["node-a"]);
-    let d = WEB.replace("replicas: 3", "replicas: 2").replace("        resources:", "        ports: [{name: http, containerPort: 8080}]\n        resources:");
+    let d = WEB
+        .replace("replicas: 3", "replicas: 2")
+        .replace("        resources:", "        ports: [{name: http, containerPort: 8080}]\n        resources:");
     c.kubectl_in(&["apply", "-f", "-"], &d);
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n");
     c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
@@ -232,7 +275,15 @@ fn endpoint_slices_follow_readiness_and_named_ports() {
     assert_eq!(slice["endpoints"][0]["nodeName"], "node-a");
     assert_eq!(slice["endpoints"][0]["zone"], "zone-0");
     let pod = pods_of(&c, "app=web")[0]["metadata"]["name"].as_str().expect("name").to_string();
-    c.kubectl(&["patch", "pod", &pod, "--subresource=status", "--type=strategic", "-p", r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#]);
+    c.kubectl(&[
+        "patch",
+        "pod",
+        &pod,
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+    ]);
     c.eventually("1 ready endpoint", Duration::from_secs(20), || ready_endpoints() == 1);
     let eps = c.kubectl(&["get", "endpoints", "web"]);
     assert!(eps.contains(":8080"), "{eps}");
@@ -243,7 +294,12 @@ fn a_silent_node_loses_its_pods_to_the_others_within_thirty_seconds() {
     let (c, sim) = cluster(&["node-a", "node-b", "node-c"]);
     c.kubectl_in(&["apply", "-f", "-"], WEB);
     c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
-    let on_a = || pods_of(&c, "app=web").iter().filter(|p| p["spec"]["nodeName"] == "node-a" && p["metadata"].get("deletionTimestamp").is_none()).count();
+    let on_a = || {
+        pods_of(&c, "app=web")
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == "node-a" && p["metadata"].get("deletionTimestamp").is_none())
+            .count()
+    };
     assert_eq!(on_a(), 1);
     let started = std::time::Instant::now();
     sim.silence("node-a");
@@ -251,13 +307,19 @@ fn a_silent_node_loses_its_pods_to_the_others_within_thirty_seconds() {
         let pods = pods_of(&c, "app=web");
         let healthy = pods
             .iter()
-            .filter(|p| p["metadata"].get("deletionTimestamp").is_none() && p["spec"]["nodeName"] != "node-a" && p["status"]["phase"] == "Running")
+            .filter(|p| {
+                p["metadata"].get("deletionTimestamp").is_none()
+                    && p["spec"]["nodeName"] != "node-a"
+                    && p["status"]["phase"] == "Running"
+            })
             .count();
         healthy == 3 && c.get_json(&["deploy", "web"])["status"]["availableReplicas"] == 3
     });
     eprintln!("replicas restored {:.1} s after the node went silent", started.elapsed().as_secs_f64());
     let node = c.get_json(&["node", "node-a"]);
-    assert!(node["spec"]["taints"].as_array().expect("taints").iter().any(|t| t["key"] == "node.kubernetes.io/unreachable"));
+    assert!(
+        node["spec"]["taints"].as_array().expect("taints").iter().any(|t| t["key"] == "node.kubernetes.io/unreachable")
+    );
     let status = c.kubectl(&["get", "node", "node-a"]);
     assert!(status.contains("NotReady"), "{status}");
 }
@@ -267,11 +329,18 @@ fn unschedulable_pods_say_why() {
     let (c, _sim) = cluster(&["node-a", "node-b"]);
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec: {containers: [{name: c, image: busybox, resources: {requests: {cpu: '64'}}}]}\n");
     c.eventually("a FailedScheduling event", Duration::from_secs(20), || {
-        c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=huge"]).contains("0/2 nodes are available: 2 Insufficient cpu.")
+        c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=huge"])
+            .contains("0/2 nodes are available: 2 Insufficient cpu.")
     });
     let p = c.get_json(&["pod", "huge"]);
     assert_eq!(p["status"]["phase"], "Pending");
-    assert!(p["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable"));
+    assert!(
+        p["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+    );
     // cordon one node: new pods go to the other
     c.kubectl(&["cordon", "node-a"]);
     c.kubectl_in(&["apply", "-f", "-"], &WEB.replace("replicas: 3", "replicas: 2"));
@@ -286,7 +355,8 @@ fn stateful_sets_start_in_order_and_daemon_sets_cover_every_node() {
     c.kubectl_in(&["apply", "-f", "-"], sts);
     let out = c.kubectl(&["rollout", "status", "sts/db", "--timeout=60s"]);
     assert!(out.contains("roll out complete") || out.contains("rolled out"), "{out}");
-    let mut names: Vec<String> = pods_of(&c, "app=db").iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string)).collect();
+    let mut names: Vec<String> =
+        pods_of(&c, "app=db").iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string)).collect();
     names.sort();
     assert_eq!(names, vec!["db-0", "db-1", "db-2"]);
     let pvcs = c.kubectl(&["get", "pvc", "-o", "name"]);
@@ -295,7 +365,8 @@ fn stateful_sets_start_in_order_and_daemon_sets_cover_every_node() {
     c.kubectl_in(&["apply", "-f", "-"], ds);
     let out = c.kubectl(&["rollout", "status", "ds/agent", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
-    let mut nodes: Vec<String> = pods_of(&c, "app=agent").iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string)).collect();
+    let mut nodes: Vec<String> =
+        pods_of(&c, "app=agent").iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string)).collect();
     nodes.sort();
     assert_eq!(nodes, vec!["node-a", "node-b", "node-c"]);
 }

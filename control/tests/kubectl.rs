@@ -55,7 +55,12 @@ data: {LOG_LEVEL: debug, OTHER: "x"}
 fn client_side_apply_creates_then_changes_and_removes_fields() {
     let c = Cluster::start_with(None);
     let out = c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
-    for line in ["deployment.apps/web created", "service/web created", "ingress.networking.k8s.io/web created", "configmap/settings created"] {
+    for line in [
+        "deployment.apps/web created",
+        "service/web created",
+        "ingress.networking.k8s.io/web created",
+        "configmap/settings created",
+    ] {
         assert!(out.contains(line), "{out}");
     }
     let again = c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
@@ -101,7 +106,12 @@ fn server_side_apply_owns_fields_and_reports_conflicts() {
     let out = c.kubectl_in(&["apply", "--server-side", "-f", "-"], MANIFEST);
     assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
     let d = c.get_json(&["deploy", "web", "--show-managed-fields"]);
-    let managers: Vec<&str> = d["metadata"]["managedFields"].as_array().expect("managed fields").iter().filter_map(|m| m["manager"].as_str()).collect();
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .expect("managed fields")
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
     assert_eq!(managers, vec!["kubectl"]);
     // dropping a field from the applied configuration removes it
     let smaller = MANIFEST.replace("        env: [{name: MODE, value: fast}]\n", "");
@@ -116,7 +126,10 @@ fn server_side_apply_owns_fields_and_reports_conflicts() {
     assert_eq!(c.get_json(&["deploy", "web"])["spec"]["replicas"], 7);
     // switching a client-side-applied object to server-side apply works
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: csa}\ndata: {a: '1'}\n");
-    let out = c.kubectl_in(&["apply", "--server-side", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: csa}\ndata: {a: '2'}\n");
+    let out = c.kubectl_in(
+        &["apply", "--server-side", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: csa}\ndata: {a: '2'}\n",
+    );
     assert!(out.contains("serverside-applied"), "{out}");
     assert_eq!(c.get_json(&["cm", "csa"])["data"]["a"], "2");
 }
@@ -129,7 +142,13 @@ fn get_prints_tables_wide_columns_yaml_json_and_names() {
     assert!(t.starts_with("NAME   READY   UP-TO-DATE   AVAILABLE   AGE"), "{t}");
     assert!(t.contains("web    0/3"), "{t}");
     let wide = c.kubectl(&["get", "deploy", "-o", "wide"]);
-    assert!(wide.contains("CONTAINERS") && wide.contains("web,sidecar") && wide.contains("skiff/echo:v1,busybox") && wide.contains("app=web"), "{wide}");
+    assert!(
+        wide.contains("CONTAINERS")
+            && wide.contains("web,sidecar")
+            && wide.contains("skiff/echo:v1,busybox")
+            && wide.contains("app=web"),
+        "{wide}"
+    );
     let svc = c.kubectl(&["get", "svc", "web"]);
     assert!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");
     let all = c.kubectl(&["get", "all"]);
@@ -151,7 +170,15 @@ fn get_prints_tables_wide_columns_yaml_json_and_names() {
     let version = c.kubectl(&["version"]);
     assert!(version.contains("Server Version: v1.32"), "{version}");
     let resources = c.kubectl(&["api-resources"]);
-    for r in ["deployments", "deploy", "ingresses", "customresourcedefinitions", "horizontalpodautoscalers", "endpointslices", "leases"] {
+    for r in [
+        "deployments",
+        "deploy",
+        "ingresses",
+        "customresourcedefinitions",
+        "horizontalpodautoscalers",
+        "endpointslices",
+        "leases",
+    ] {
         assert!(resources.contains(r), "{r} missing from api-resources");
     }
 }
@@ -183,13 +210,19 @@ fn describe_label_annotate_scale_and_wait() {
     let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
     let out = c.kubectl(&["describe", "deploy", "web"]);
-    assert!(out.contains("Name:                   web") && out.contains("Replicas:") && out.contains("skiff/echo:v1"), "{out}");
+    assert!(
+        out.contains("Name:                   web") && out.contains("Replicas:") && out.contains("skiff/echo:v1"),
+        "{out}"
+    );
     c.kubectl(&["label", "deploy", "web", "tier=frontend"]);
     c.kubectl(&["annotate", "deploy", "web", "owner=team-a"]);
     let d = c.get_json(&["deploy", "web"]);
     assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
     assert_eq!(d["metadata"]["annotations"]["owner"], "team-a");
-    assert_eq!(c.kubectl(&["get", "deploy", "-l", "tier in (frontend,edge)", "-o", "name"]).trim(), "deployment.apps/web");
+    assert_eq!(
+        c.kubectl(&["get", "deploy", "-l", "tier in (frontend,edge)", "-o", "name"]).trim(),
+        "deployment.apps/web"
+    );
     assert_eq!(c.kubectl(&["get", "deploy", "-l", "tier!=frontend", "-o", "name"]).trim(), "");
     c.kubectl(&["label", "deploy", "web", "tier-"]);
     assert!(c.get_json(&["deploy", "web"])["metadata"]["labels"].get("tier").is_none());
@@ -207,11 +240,23 @@ fn create_generators_send_protobuf_and_secrets_are_encrypted_at_rest() {
     assert!(c.kubectl(&["create", "configmap", "app-cm", "--from-literal=a=b"]).contains("configmap/app-cm created"));
     let err = c.kubectl_fails(&["create", "configmap", "app-cm", "--from-literal=a=b"], None);
     assert!(err.contains("already exists"), "{err}");
-    assert!(c.kubectl(&["create", "secret", "generic", "db", "--from-literal=password=correct-horse-battery-staple"]).contains("secret/db created"));
+    assert!(
+        c.kubectl(&["create", "secret", "generic", "db", "--from-literal=password=correct-horse-battery-staple"])
+            .contains("secret/db created")
+    );
     let pki = c.server.pki.dir.clone();
     let crt = pki.join("apiserver.crt");
     let key = pki.join("apiserver.key");
-    let out = c.kubectl(&["create", "secret", "tls", "tls", "--cert", &crt.to_string_lossy(), "--key", &key.to_string_lossy()]);
+    let out = c.kubectl(&[
+        "create",
+        "secret",
+        "tls",
+        "tls",
+        "--cert",
+        &crt.to_string_lossy(),
+        "--key",
+        &key.to_string_lossy(),
+    ]);
     assert!(out.contains("secret/tls created"), "{out}");
     assert!(c.kubectl(&["create", "namespace", "team-b"]).contains("namespace/team-b created"));
     let s = c.get_json(&["secret", "tls"]);
@@ -225,7 +270,10 @@ fn create_generators_send_protobuf_and_secrets_are_encrypted_at_rest() {
         }
     }
     let hay = String::from_utf8_lossy(&raw);
-    assert!(!hay.contains("correct-horse-battery-staple") && !hay.contains("Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5LXN0YXBsZQ"), "a Secret value is in the datastore in plain text");
+    assert!(
+        !hay.contains("correct-horse-battery-staple") && !hay.contains("Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5LXN0YXBsZQ"),
+        "a Secret value is in the datastore in plain text"
+    );
     assert!(hay.contains("app-cm"), "the check reads the datastore");
 }
 
@@ -282,12 +330,16 @@ fn delete_cascades_in_the_background_orphans_or_waits_for_dependents() {
         }
         let out = c.kubectl(&["delete", "cm", &o, &format!("--cascade={policy}"), "--timeout=20s"]);
         assert!(out.contains("deleted"), "{out}");
-        let deps = || c.kubectl(&["get", "cm", "-o", "name"]).lines().filter(|l| l.contains(&format!("dep-{policy}"))).count();
+        let deps =
+            || c.kubectl(&["get", "cm", "-o", "name"]).lines().filter(|l| l.contains(&format!("dep-{policy}"))).count();
         match policy {
             "orphan" => {
                 assert_eq!(deps(), 2, "orphaned dependents stay");
                 let d = c.get_json(&["cm", "dep-orphan-0"]);
-                assert!(d["metadata"].get("ownerReferences").is_none_or(|r| r.as_array().is_some_and(Vec::is_empty)), "{d}");
+                assert!(
+                    d["metadata"].get("ownerReferences").is_none_or(|r| r.as_array().is_some_and(Vec::is_empty)),
+                    "{d}"
+                );
             }
             _ => c.eventually(&format!("{policy} dependents deleted"), Duration::from_secs(15), || deps() == 0),
         }
@@ -310,7 +362,10 @@ fn deleting_a_namespace_deletes_its_contents() {
 fn requests_without_credentials_get_401() {
     let c = Cluster::start_with(None);
     let url = format!("{}/api/v1/namespaces/default/configmaps", c.server.url);
-    let out = std::process::Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url]).output().expect("curl runs");
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
     let ca = c.server.pki.dir.join("ca.crt");
     let out = std::process::Command::new("curl")
@@ -326,7 +381,12 @@ fn bad_requests_get_the_right_status() {
     c.kubectl_in(&["apply", "-f", "-"], MANIFEST);
     let invalid = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: bad}\nspec:\n  replicas: -1\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c}]}\n";
     let err = c.kubectl_fails(&["apply", "-f", "-"], Some(invalid));
-    assert!(err.contains("is invalid") && err.contains("spec.replicas") && err.contains("spec.template.spec.containers[0].image"), "{err}");
+    assert!(
+        err.contains("is invalid")
+            && err.contains("spec.replicas")
+            && err.contains("spec.template.spec.containers[0].image"),
+        "{err}"
+    );
     let unknown_field = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: u}\ndatta: {a: b}\n";
     let err = c.kubectl_fails(&["apply", "-f", "-"], Some(unknown_field));
     assert!(err.contains("unknown field") && err.contains("datta"), "{err}");
@@ -335,24 +395,43 @@ fn bad_requests_get_the_right_status() {
     let stale = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, resourceVersion: \"1\"}\ndata: {a: b}\n";
     let err = c.kubectl_fails(&["replace", "-f", "-"], Some(stale));
     assert!(err.contains("Conflict") && err.contains("the object has been modified"), "{err}");
-    let err = c.kubectl_fails(&["apply", "-f", "-"], Some("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n"));
+    let err =
+        c.kubectl_fails(&["apply", "-f", "-"], Some("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n"));
     assert!(!err.is_empty());
     // the raw API: malformed JSON 400, unknown media type 415, oversized 413; nothing half-written
     let pki = &c.server.pki.dir;
     let curl = |args: &[&str]| -> String {
         let out = std::process::Command::new("curl")
-            .args(["-s", "--cacert", &pki.join("ca.crt").to_string_lossy(), "--cert", &pki.join("admin.crt").to_string_lossy(), "--key", &pki.join("admin.key").to_string_lossy()])
+            .args([
+                "-s",
+                "--cacert",
+                &pki.join("ca.crt").to_string_lossy(),
+                "--cert",
+                &pki.join("admin.crt").to_string_lossy(),
+                "--key",
+                &pki.join("admin.key").to_string_lossy(),
+            ])
             .args(args)
             .output()
             .expect("curl runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let url = format!("{}/api/v1/namespaces/default/configmaps", c.server.url);
-    assert!(curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", "{not json", &url]).contains("\"code\":400"));
+    assert!(
+        curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", "{not json", &url]).contains("\"code\":400")
+    );
     assert!(curl(&["-X", "POST", "-H", "Content-Type: text/plain", "-d", "x", &url]).contains("\"code\":415"));
     let big = c.dir.path().join("big.json");
     std::fs::write(&big, format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"a\":\"{}\"}}}}", "x".repeat(4 << 20))).expect("write");
-    let out = curl(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &format!("@{}", big.display()), &url]);
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &url,
+    ]);
     assert!(out.contains("\"code\":413"), "{}", &out[..out.len().min(300)]);
     assert!(!c.kubectl(&["get", "cm", "-o", "name"]).contains("configmap/big"));
 }
@@ -366,22 +445,49 @@ fn watches_resume_from_a_resource_version_and_expire_after_compaction() {
     c.kubectl(&["delete", "cm", "a"]);
     let pki = &c.server.pki.dir;
     let watch = |rv: &str| -> String {
-        let url = format!("{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1", c.server.url);
+        let url = format!(
+            "{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1",
+            c.server.url
+        );
         let out = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "5", "--cacert", &pki.join("ca.crt").to_string_lossy(), "--cert", &pki.join("admin.crt").to_string_lossy(), "--key", &pki.join("admin.key").to_string_lossy(), &url])
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "--cacert",
+                &pki.join("ca.crt").to_string_lossy(),
+                "--cert",
+                &pki.join("admin.crt").to_string_lossy(),
+                "--key",
+                &pki.join("admin.key").to_string_lossy(),
+                &url,
+            ])
             .output()
             .expect("curl runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let events: Vec<Value> = watch(&rv).lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
+    let events: Vec<Value> =
+        watch(&rv).lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
     let seen: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap_or_default().to_string(), e["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .filter(|(_, n)| n == "a" || n == "b")
         .collect();
-    assert_eq!(seen, vec![("ADDED".into(), "b".into()), ("DELETED".into(), "a".into())], "only events after the resourceVersion");
+    assert_eq!(
+        seen,
+        vec![("ADDED".into(), "b".into()), ("DELETED".into(), "a".into())],
+        "only events after the resourceVersion"
+    );
     let now = c.runtime.block_on(c.server.api.store.revision()).expect("revision");
     c.runtime.block_on(c.server.api.store.compact(now)).expect("compact");
     let expired = watch(&rv);
-    assert!(expired.contains("\"type\":\"ERROR\"") && expired.contains("\"code\":410") && expired.contains("Expired"), "{expired}");
+    assert!(
+        expired.contains("\"type\":\"ERROR\"") && expired.contains("\"code\":410") && expired.contains("Expired"),
+        "{expired}"
+    );
 }

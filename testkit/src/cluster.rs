@@ -241,7 +241,10 @@ impl Cluster {
 
     /// Runs a command in the client namespace (panics if the cluster has none).
     pub fn on_client(&self, program: &str, args: &[&str]) -> std::io::Result<String> {
-        self.client.as_ref().ok_or_else(|| std::io::Error::other("the cluster has no client namespace"))?.exec(program, args)
+        self.client
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the cluster has no client namespace"))?
+            .exec(program, args)
     }
 
     fn add_node(&mut self, i: usize) -> std::io::Result<()> {
@@ -264,15 +267,24 @@ impl Cluster {
     fn start_server(&mut self) -> std::io::Result<()> {
         let mut args: Vec<String> = ["server", "--data-dir"].map(String::from).to_vec();
         args.push(self.dir.join("server").display().to_string());
-        args.extend(["--listen".into(), format!("{SERVER_IP}:6443"), "--advertise-address".into(), format!("{SERVER_IP}:6443")]);
+        args.extend([
+            "--listen".into(),
+            format!("{SERVER_IP}:6443"),
+            "--advertise-address".into(),
+            format!("{SERVER_IP}:6443"),
+        ]);
         args.extend(self.cfg.server_args.clone());
         let log = self.dir.join("server.log");
         let cmd = logged(&self.server_ns, &log, &[("SKIFF_LOG", &self.cfg.log)], &self.cfg.skiff, &args);
         self.server = Some(Child::spawn(cmd, "skiff server")?);
         let token_file = self.dir.join("server/pki/node-token");
-        wait_for(Duration::from_secs(60), "the API server's credentials", || (self.kubeconfig.exists() && token_file.exists()).then_some(()))?;
+        wait_for(Duration::from_secs(60), "the API server's credentials", || {
+            (self.kubeconfig.exists() && token_file.exists()).then_some(())
+        })?;
         self.token = std::fs::read_to_string(&token_file)?.trim().to_string();
-        wait_for(Duration::from_secs(60), "the API server to answer", || self.kubectl(&["get", "--raw", "/readyz"]).ok())?;
+        wait_for(Duration::from_secs(60), "the API server to answer", || {
+            self.kubectl(&["get", "--raw", "/readyz"]).ok()
+        })?;
         Ok(())
     }
 
@@ -355,28 +367,46 @@ impl Cluster {
     /// with `skiff agent reset` inside its namespace — with the agent stopped, the node's pods are gone.
     pub fn reset_node(&self, i: usize) {
         let n = &self.nodes[i];
-        let args: Vec<String> =
-            vec!["agent".into(), "reset".into(), "--data-dir".into(), n.data_dir.display().to_string(), "--cgroup-root".into(), n.cgroup_root.clone()];
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "reset".into(),
+            "--data-dir".into(),
+            n.data_dir.display().to_string(),
+            "--cgroup-root".into(),
+            n.cgroup_root.clone(),
+        ];
         let log = self.dir.join(format!("{}.reset.log", n.name));
         let _ = logged(&n.ns, &log, &[], &self.cfg.skiff, &args).status();
     }
 
     /// Runs kubectl (in the server's namespace) and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> std::io::Result<String> {
-        run(self.server_ns.command("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).arg("--request-timeout=30s").args(args))
+        run(self
+            .server_ns
+            .command("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--request-timeout=30s")
+            .args(args))
     }
 
     /// Runs kubectl and returns (success, stdout, stderr) without treating failure as an error.
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&[u8]>) -> std::io::Result<(bool, String, String)> {
         let mut cmd = self.server_ns.command("kubectl");
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--request-timeout=60s").args(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         if let (Some(data), Some(mut sin)) = (stdin, child.stdin.take()) {
             sin.write_all(data)?;
         }
         let out = child.wait_with_output()?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// `kubectl apply -f -` with `yaml`.
@@ -469,7 +499,11 @@ fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
             .find_map(|l| {
                 let mut p = l.splitn(3, ':');
                 let (_, ctrl, path) = (p.next()?, p.next()?, p.next()?);
-                let matches = if name == "unified" { ctrl.is_empty() } else { ctrl.split(',').any(|c| c == name || format!("name={c}") == name) };
+                let matches = if name == "unified" {
+                    ctrl.is_empty()
+                } else {
+                    ctrl.split(',').any(|c| c == name || format!("name={c}") == name)
+                };
                 matches.then(|| path.trim_start_matches('/').to_string())
             })
             .unwrap_or_default();

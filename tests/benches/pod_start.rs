@@ -18,7 +18,11 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0.0);
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0.0);
     kib / 1024.0
 }
 
@@ -71,7 +75,8 @@ fn main() {
     secs.sort_by(f64::total_cmp);
     // From the pod's first appearance in the API (the poll that first lists it) to Ready: Kubernetes' pod startup
     // SLI, without the time kubectl takes to create the other pods of the batch.
-    let mut own: Vec<f64> = ready.iter().filter_map(|(n, r)| seen.get(n).map(|s| r.saturating_sub(*s).as_secs_f64())).collect();
+    let mut own: Vec<f64> =
+        ready.iter().filter_map(|(n, r)| seen.get(n).map(|s| r.saturating_sub(*s).as_secs_f64())).collect();
     own.sort_by(f64::total_cmp);
     let created_last = seen.values().max().copied().unwrap_or_default();
     println!(

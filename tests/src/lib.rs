@@ -20,7 +20,11 @@ pub fn skiff_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let skiff = dir.join("skiff");
-    assert!(skiff.exists(), "{} is missing: build it first (`cargo build -p skiff`, scripts/test does)", skiff.display());
+    assert!(
+        skiff.exists(),
+        "{} is missing: build it first (`cargo build -p skiff`, scripts/test does)",
+        skiff.display()
+    );
     skiff
 }
 
@@ -117,11 +121,9 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> 
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", text.chars().take(80).collect::<String>())))?;
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| {
+        std::io::Error::other(format!("not an HTTP response: {:?}", text.chars().take(80).collect::<String>()))
+    })?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
@@ -153,7 +155,15 @@ impl Load {
     }
 
     /// [`Load::start`] with each request's timeout (connect, then each read and write) set to `timeout`.
-    pub fn start_with_timeout(c: &Cluster, addr: SocketAddr, host: &str, path: &str, pause: Duration, limit: Duration, timeout: Duration) -> Load {
+    pub fn start_with_timeout(
+        c: &Cluster,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        pause: Duration,
+        limit: Duration,
+        timeout: Duration,
+    ) -> Load {
         let ns = c.client.as_ref().expect("a client namespace").path().to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let (host, path, flag) = (host.to_string(), path.to_string(), stop.clone());
@@ -166,7 +176,10 @@ impl Load {
                 let at = started.elapsed();
                 let result = match http_get(addr, &host, &path, timeout) {
                     Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
-                        Ok(v) => Ok((v["version"].as_str().unwrap_or("").to_string(), v["pod"].as_str().unwrap_or("").to_string())),
+                        Ok(v) => Ok((
+                            v["version"].as_str().unwrap_or("").to_string(),
+                            v["pod"].as_str().unwrap_or("").to_string(),
+                        )),
                         Err(_) => Err(format!("200 with a body that is not the echo server's: {body:.80}")),
                     },
                     Ok((status, body)) => Err(format!("{status}: {body:.80}")),
@@ -207,7 +220,12 @@ pub fn summary(samples: &[Sample]) -> String {
     let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
     let mut s = format!("{} requests, {} failed, slowest {:.2} s", samples.len(), failed.len(), slowest.as_secs_f64());
     if let (Some(first), Some(last)) = (failed.first(), failed.last()) {
-        s.push_str(&format!(" (between {:.2} s and {:.2} s; first: {:?})", first.at.as_secs_f64(), last.at.as_secs_f64(), first.result));
+        s.push_str(&format!(
+            " (between {:.2} s and {:.2} s; first: {:?})",
+            first.at.as_secs_f64(),
+            last.at.as_secs_f64(),
+            first.result
+        ));
     }
     s
 }

@@ -16,15 +16,36 @@ fn a_dead_node_is_replaced_within_30_seconds() {
     kubectl(&c, &["apply", "-f", &repo_root().join("manifests/scenarios/echo.yaml").display().to_string()]);
     kubectl(&c, &["rollout", "status", "deployment/echo", "--timeout=90s"]);
     // The ingress runs on n1; the victim is the last node that holds an echo pod.
-    let placement = kubectl(&c, &["get", "pods", "-l", "app=echo", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}"]);
-    let victim = ["n3", "n2"].into_iter().find(|n| placement.lines().any(|l| l.ends_with(&format!(" {n}")))).unwrap_or_else(|| fail(&c, &format!("no pod off the ingress node: {placement}")));
+    let placement = kubectl(
+        &c,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=echo",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}",
+        ],
+    );
+    let victim = ["n3", "n2"]
+        .into_iter()
+        .find(|n| placement.lines().any(|l| l.ends_with(&format!(" {n}"))))
+        .unwrap_or_else(|| fail(&c, &format!("no pod off the ingress node: {placement}")));
     let index = c.nodes.iter().position(|n| n.name == victim).expect("the victim node");
     step(&format!("placement:\n{placement}victim: {victim}"));
 
     let ingress: SocketAddr = "10.0.0.11:80".parse().expect("address");
     // A client that waits up to 10 s for an answer: the ingress's connect timeout (5 s, as ingress-nginx) plus a retry
     // on another endpoint fits in it.
-    let load = Load::start_with_timeout(&c, ingress, "echo.example", "/", Duration::from_millis(10), Duration::from_secs(90), Duration::from_secs(10));
+    let load = Load::start_with_timeout(
+        &c,
+        ingress,
+        "echo.example",
+        "/",
+        Duration::from_millis(10),
+        Duration::from_secs(90),
+        Duration::from_secs(10),
+    );
     std::thread::sleep(Duration::from_secs(2));
     step(&format!("killing node {victim}: agent (SIGKILL), containers, link"));
     let killed = Instant::now();
@@ -38,7 +59,14 @@ fn a_dead_node_is_replaced_within_30_seconds() {
     let back = wait_for(limit, "three Ready replicas on the surviving nodes", || {
         let jp = r#"{range .items[*]}{.spec.nodeName} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}{"\n"}{end}"#;
         let out = c.kubectl(&["get", "pods", "-l", "app=echo", "-o", &format!("jsonpath={jp}")]).ok()?;
-        let good = out.lines().filter(|l| !l.starts_with(victim) && l.split(' ').nth(1) == Some("True") && l.split(' ').nth(2).is_none_or(str::is_empty)).count();
+        let good = out
+            .lines()
+            .filter(|l| {
+                !l.starts_with(victim)
+                    && l.split(' ').nth(1) == Some("True")
+                    && l.split(' ').nth(2).is_none_or(str::is_empty)
+            })
+            .count();
         (good >= 3).then(|| restored = Some(killed.elapsed()))
     });
     if let Err(e) = back {
@@ -60,5 +88,9 @@ fn a_dead_node_is_replaced_within_30_seconds() {
     let node_status = kubectl(&c, &["get", "node", victim, "-o", "jsonpath={.spec.taints[*].key}"]);
     assert!(node_status.contains("node.kubernetes.io/unreachable"), "the dead node is tainted: {node_status}");
     assert!(restored <= Duration::from_secs(30), "the Deployment came back after {restored:?} (limit 30 s)");
-    assert!(late.is_empty(), "requests failed more than a second after the kill: {:?}", late.iter().take(5).collect::<Vec<_>>());
+    assert!(
+        late.is_empty(),
+        "requests failed more than a second after the kill: {:?}",
+        late.iter().take(5).collect::<Vec<_>>()
+    );
 }

@@ -44,7 +44,10 @@ impl Drop for Up {
         for g in &self.groups {
             end_group(*g);
         }
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)), nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGINT,
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(100));
@@ -100,7 +103,17 @@ fn the_readme_tour_works_as_written() {
         .arg(skiff_binary())
         .args(["up", "--data-dir"])
         .arg(&dir)
-        .args(["--node-ip", NODE_IP, "--interface", "eth0", "--node-name", "tour", "--cgroup-root", &cgroup_root, "--lb-pin-dir"])
+        .args([
+            "--node-ip",
+            NODE_IP,
+            "--interface",
+            "eth0",
+            "--node-name",
+            "tour",
+            "--cgroup-root",
+            &cgroup_root,
+            "--lb-pin-dir",
+        ])
         .arg(pins.path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -110,12 +123,17 @@ fn the_readme_tour_works_as_written() {
     let mut up = Up { child, dir: dir.clone(), cgroup_root, ns, _peer: peer, _pins: pins, groups: Vec::new() };
     let log_path = dir.with_extension("log");
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let ready = wait_for(Duration::from_secs(120), "`skiff up` to print its summary", || log_text().contains("Skiff is up.").then_some(()));
+    let ready = wait_for(Duration::from_secs(120), "`skiff up` to print its summary", || {
+        log_text().contains("Skiff is up.").then_some(())
+    });
     if let Err(e) = ready {
         panic!("{e}\n{}", log_text());
     }
     let kubeconfig = dir.join("kubeconfig");
-    assert!(kubectl_in(&up.ns, &kubeconfig, &["get", "ingressclass", "skiff"]).is_some(), "skiff up made the default IngressClass");
+    assert!(
+        kubectl_in(&up.ns, &kubeconfig, &["get", "ingressclass", "skiff"]).is_some(),
+        "skiff up made the default IngressClass"
+    );
 
     for (i, line) in commands.iter().enumerate() {
         let line = line.replace("/var/lib/skiff/kubeconfig", &kubeconfig.display().to_string());
@@ -136,9 +154,14 @@ fn the_readme_tour_works_as_written() {
         let out = child.wait_with_output().expect("sh ends");
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         eprint!("{stdout}");
-        assert!(out.status.success(), "README tour step {} failed: {line}\n{stdout}{stderr}\n--- skiff up log (tail) ---\n{}", i + 1, {
-            let t = log_text();
-            t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-        });
+        assert!(
+            out.status.success(),
+            "README tour step {} failed: {line}\n{stdout}{stderr}\n--- skiff up log (tail) ---\n{}",
+            i + 1,
+            {
+                let t = log_text();
+                t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            }
+        );
     }
 }

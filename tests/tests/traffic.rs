@@ -43,7 +43,12 @@ fn scenario_1_one_file_reaches_every_pod_every_way(c: &Cluster) {
     step("the ingress reaches all three pods by host name");
     let mut seen = BTreeSet::new();
     let reached = wait_for(Duration::from_secs(30), "answers from all three pods through the ingress", || {
-        let body = c.on_client("curl", &["-s", "--max-time", "2", "-H", &format!("Host: {HOST}"), &format!("http://{INGRESS}/")]).ok()?;
+        let body = c
+            .on_client(
+                "curl",
+                &["-s", "--max-time", "2", "-H", &format!("Host: {HOST}"), &format!("http://{INGRESS}/")],
+            )
+            .ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         seen.insert(v["pod"].as_str()?.to_string());
         (seen == pods).then_some(())
@@ -53,7 +58,10 @@ fn scenario_1_one_file_reaches_every_pod_every_way(c: &Cluster) {
     }
     let status = kubectl(c, &["get", "ingress", "echo", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
     assert_eq!(status, "10.0.0.11", "the ingress publishes its address");
-    let unknown = c.on_client("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: nobody.example", &format!("http://{INGRESS}/")]);
+    let unknown = c.on_client(
+        "curl",
+        &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: nobody.example", &format!("http://{INGRESS}/")],
+    );
     assert_eq!(unknown.ok().as_deref(), Some("404"), "an unknown host gets 404");
 
     step("the Service by ClusterIP and by DNS name from a pod");
@@ -116,7 +124,8 @@ fn rollout_under_load(c: &Cluster, what: &str, change: &[&str], from: &str, to: 
     step(&format!("{what}: {report}; rollout took {:.1} s", took.as_secs_f64()));
     let failed = failures(&samples);
     assert!(failed.is_empty(), "{what}: {report}; failures: {:?}", failed.iter().take(5).collect::<Vec<_>>());
-    let versions: BTreeSet<&str> = samples.iter().filter_map(|s| s.result.as_ref().ok()).map(|(v, _)| v.as_str()).collect();
+    let versions: BTreeSet<&str> =
+        samples.iter().filter_map(|s| s.result.as_ref().ok()).map(|(v, _)| v.as_str()).collect();
     assert!(versions.iter().all(|v| *v == from || *v == to), "only {from} or {to} answered: {versions:?}");
     let last_from = samples.iter().rposition(|s| s.result.as_ref().is_ok_and(|(v, _)| v == from));
     let first_only_to = samples.iter().rposition(|s| s.result.as_ref().is_ok_and(|(v, _)| v == to));
@@ -125,7 +134,13 @@ fn rollout_under_load(c: &Cluster, what: &str, change: &[&str], from: &str, to: 
 }
 
 fn scenario_3_rolling_update_and_undo_under_load(c: &Cluster) {
-    rollout_under_load(c, "kubectl set image echo=skiff/echo:v2", &["set", "image", "deployment/echo", "echo=skiff/echo:v2"], "v1", "v2");
+    rollout_under_load(
+        c,
+        "kubectl set image echo=skiff/echo:v2",
+        &["set", "image", "deployment/echo", "echo=skiff/echo:v2"],
+        "v1",
+        "v2",
+    );
     let history = kubectl(c, &["rollout", "history", "deployment/echo"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
     rollout_under_load(c, "kubectl rollout undo", &["rollout", "undo", "deployment/echo"], "v2", "v1");
@@ -145,7 +160,11 @@ fn scenario_7_prometheus_scrapes_everything(c: &Cluster) {
         let text = c.server_ns.exec("curl", &["-sf", "--max-time", "5", "--cacert", &ca, url]);
         let text = text.unwrap_or_else(|e| fail(c, &format!("{what} at {url}: {e}")));
         let mut check = c.server_ns.command("promtool");
-        check.args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        check
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = check.spawn().expect("promtool runs");
         {
             use std::io::Write as _;
@@ -184,7 +203,20 @@ fn scenario_7_prometheus_scrapes_everything(c: &Cluster) {
         .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log file"));
     let _prometheus = skiff_testkit::Child::spawn(cmd, "prometheus").expect("starting prometheus");
     let query = |q: &str| -> Option<serde_json::Value> {
-        let out = c.server_ns.exec("curl", &["-s", "--max-time", "3", "--data-urlencode", &format!("query={q}"), "http://10.0.0.2:9090/api/v1/query"]).ok()?;
+        let out = c
+            .server_ns
+            .exec(
+                "curl",
+                &[
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "--data-urlencode",
+                    &format!("query={q}"),
+                    "http://10.0.0.2:9090/api/v1/query",
+                ],
+            )
+            .ok()?;
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         let result = v["data"]["result"].as_array()?.clone();
         (!result.is_empty()).then_some(serde_json::Value::Array(result))
@@ -212,7 +244,10 @@ fn scenario_7_prometheus_scrapes_everything(c: &Cluster) {
     let mut per_service = serde_json::Value::Null;
     wait(c, Duration::from_secs(30), "the eBPF per-service connection counter", || {
         per_service = query("sum by (namespace, service) (skiff_lb_service_connections_total)")?;
-        let series = per_service.as_array()?.iter().find(|s| s["metric"]["namespace"] == "default" && s["metric"]["service"] == "echo")?;
+        let series = per_service
+            .as_array()?
+            .iter()
+            .find(|s| s["metric"]["namespace"] == "default" && s["metric"]["service"] == "echo")?;
         (series["value"][1].as_str()?.parse::<f64>().ok()? >= 5.0).then_some(())
     });
     step(&format!("eBPF connections by service: {per_service}"));

@@ -58,7 +58,10 @@ fn scenario_6_config_and_secrets(c: &Cluster) {
         // The ConfigMap (not encrypted) is there: the check above looks at the right file.
         checked += usize::from(contains(&bytes, b"hello from a configmap"));
     }
-    assert!(checked > 0, "the ConfigMap's value was found in the datastore, so the Secret search looked at the right files");
+    assert!(
+        checked > 0,
+        "the ConfigMap's value was found in the datastore, so the Secret search looked at the right files"
+    );
     kubectl(c, &["delete", "pod", "config-reader", "--wait=false"]);
 }
 
@@ -67,7 +70,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn replicas(c: &Cluster) -> (i64, i64) {
-    let out = c.kubectl(&["get", "hpa", "burner", "-o", "jsonpath={.status.currentReplicas} {.status.desiredReplicas}"]).unwrap_or_default();
+    let out = c
+        .kubectl(&["get", "hpa", "burner", "-o", "jsonpath={.status.currentReplicas} {.status.desiredReplicas}"])
+        .unwrap_or_default();
     let mut it = out.split(' ').map(|n| n.parse().unwrap_or(-1));
     (it.next().unwrap_or(-1), it.next().unwrap_or(-1))
 }
@@ -77,7 +82,15 @@ fn scenario_4_hpa(c: &Cluster) {
     kubectl(c, &["apply", "-f", &repo_root().join("manifests/scenarios/hpa.yaml").display().to_string()]);
     kubectl(c, &["rollout", "status", "deployment/burner", "--timeout=60s"]);
     wait(c, Duration::from_secs(60), "the HPA to read the pods' CPU", || {
-        let cur = c.kubectl(&["get", "hpa", "burner", "-o", "jsonpath={.status.currentMetrics[0].resource.current.averageUtilization}"]).ok()?;
+        let cur = c
+            .kubectl(&[
+                "get",
+                "hpa",
+                "burner",
+                "-o",
+                "jsonpath={.status.currentMetrics[0].resource.current.averageUtilization}",
+            ])
+            .ok()?;
         (!cur.trim().is_empty()).then_some(())
     });
     // The same resource metrics through kubectl.
@@ -100,22 +113,37 @@ fn scenario_4_hpa(c: &Cluster) {
     }
     step(&format!("scaled up to {} replicas {:.0} s after the load started", replicas(c).1, up_after.as_secs_f64()));
     let quiet = Instant::now();
-    let down = wait_for(Duration::from_secs(150), "the HPA to scale back down to 1", || (replicas(c) == (1, 1)).then_some(()));
+    let down =
+        wait_for(Duration::from_secs(150), "the HPA to scale back down to 1", || (replicas(c) == (1, 1)).then_some(()));
     if let Err(e) = down {
         let describe = kubectl(c, &["describe", "hpa", "burner"]);
         fail(c, &format!("{e}\n{describe}"));
     }
     step(&format!("back to 1 replica {:.0} s after the load stopped (window 15 s)", quiet.elapsed().as_secs_f64()));
     assert!(quiet.elapsed() >= Duration::from_secs(15), "not before the stabilization window");
-    let events = kubectl(c, &["get", "events", "--field-selector", "involvedObject.name=burner,reason=SuccessfulRescale", "-o", "name"]);
+    let events = kubectl(
+        c,
+        &["get", "events", "--field-selector", "involvedObject.name=burner,reason=SuccessfulRescale", "-o", "name"],
+    );
     assert!(events.lines().count() >= 2, "rescale events up and down: {events}");
-    kubectl(c, &["delete", "-f", &repo_root().join("manifests/scenarios/hpa.yaml").display().to_string(), "--wait=false"]);
+    kubectl(
+        c,
+        &["delete", "-f", &repo_root().join("manifests/scenarios/hpa.yaml").display().to_string(), "--wait=false"],
+    );
 }
 
 fn scenario_5_jobs(c: &Cluster, applied: Instant) {
     step("scenario 5: the failing Job is retried up to its backoffLimit (2)");
     wait(c, Duration::from_secs(120), "the Job to fail", || {
-        let s = c.kubectl(&["get", "job", "always-fails", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"]).ok()?;
+        let s = c
+            .kubectl(&[
+                "get",
+                "job",
+                "always-fails",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+            ])
+            .ok()?;
         (s == "BackoffLimitExceeded").then_some(())
     });
     let failed = kubectl(c, &["get", "job", "always-fails", "-o", "jsonpath={.status.failed}"]);
@@ -128,7 +156,14 @@ fn scenario_5_jobs(c: &Cluster, applied: Instant) {
     step("scenario 5: the CronJob runs every minute");
     let limit = Duration::from_secs(150).saturating_sub(applied.elapsed()).max(Duration::from_secs(10));
     wait(c, limit, "two successful runs of the CronJob", || {
-        let out = c.kubectl(&["get", "jobs", "-o", "jsonpath={range .items[*]}{.metadata.ownerReferences[0].name} {.status.succeeded}{\"\\n\"}{end}"]).ok()?;
+        let out = c
+            .kubectl(&[
+                "get",
+                "jobs",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.ownerReferences[0].name} {.status.succeeded}{\"\\n\"}{end}",
+            ])
+            .ok()?;
         let done = out.lines().filter(|l| *l == "every-minute 1").count();
         (done >= 2).then_some(())
     });

@@ -40,7 +40,11 @@ impl records::Cluster for View {
         self.slices
             .state()
             .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str) == Some(service))
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str)
+                        == Some(service)
+            })
             .map(|s| (**s).clone())
             .collect()
     }
@@ -70,7 +74,11 @@ fn fqdn(s: &str) -> Option<Name> {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = true;
         meta.recursion_available = false;
@@ -81,7 +89,8 @@ impl RequestHandler for Handler {
                 let name = info.query.name().to_string();
                 let qname = info.query.original().name().clone();
                 match records::answer(&name, qtype(info.query.query_type()), &self.domain, &self.view) {
-                    Answer::A(ips) => answers.extend(ips.into_iter().map(|ip| Record::from_rdata(qname.clone(), TTL, RData::A(A(ip))))),
+                    Answer::A(ips) => answers
+                        .extend(ips.into_iter().map(|ip| Record::from_rdata(qname.clone(), TTL, RData::A(A(ip))))),
                     Answer::Cname(target) => {
                         if let Some(t) = fqdn(&target) {
                             answers.push(Record::from_rdata(qname.clone(), TTL, RData::CNAME(CNAME(t))));
@@ -91,7 +100,11 @@ impl RequestHandler for Handler {
                         let weight = u16::try_from(100 / list.len().max(1)).unwrap_or(100);
                         for (port, target) in list {
                             if let Some(t) = fqdn(&target) {
-                                answers.push(Record::from_rdata(qname.clone(), TTL, RData::SRV(SRV::new(0, weight, port, t))));
+                                answers.push(Record::from_rdata(
+                                    qname.clone(),
+                                    TTL,
+                                    RData::SRV(SRV::new(0, weight, port, t)),
+                                ));
                             }
                         }
                     }
@@ -116,12 +129,22 @@ impl RequestHandler for Handler {
 }
 
 /// Serves DNS on port 53 of every address in `addrs` until the task is dropped.
-pub async fn serve(addrs: Vec<IpAddr>, port: u16, view: View, domain: String, metrics: Metrics) -> Result<tokio::task::JoinHandle<()>, crate::AgentError> {
+pub async fn serve(
+    addrs: Vec<IpAddr>,
+    port: u16,
+    view: View,
+    domain: String,
+    metrics: Metrics,
+) -> Result<tokio::task::JoinHandle<()>, crate::AgentError> {
     let mut server = hickory_server::Server::new(Handler { view, domain, metrics });
     for ip in addrs {
         let addr = SocketAddr::new(ip, port);
-        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| crate::AgentError::Serve { what: "cluster DNS (UDP)", message: format!("{addr}: {e}") })?;
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| crate::AgentError::Serve { what: "cluster DNS (TCP)", message: format!("{addr}: {e}") })?;
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(|e| crate::AgentError::Serve { what: "cluster DNS (UDP)", message: format!("{addr}: {e}") })?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| crate::AgentError::Serve { what: "cluster DNS (TCP)", message: format!("{addr}: {e}") })?;
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 65_535);
     }
@@ -139,7 +162,13 @@ pub fn endpoint_slice(node: &str, ip: Ipv4Addr) -> EndpointSlice {
         metadata: kube::api::ObjectMeta {
             name: Some(format!("kube-dns-{node}")),
             namespace: Some("kube-system".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), "kube-dns".to_string()), ("endpointslice.kubernetes.io/managed-by".to_string(), "skiff-agent".to_string())].into()),
+            labels: Some(
+                [
+                    ("kubernetes.io/service-name".to_string(), "kube-dns".to_string()),
+                    ("endpointslice.kubernetes.io/managed-by".to_string(), "skiff-agent".to_string()),
+                ]
+                .into(),
+            ),
             ..Default::default()
         },
         address_type: "IPv4".into(),
@@ -150,8 +179,18 @@ pub fn endpoint_slice(node: &str, ip: Ipv4Addr) -> EndpointSlice {
             ..Default::default()
         }],
         ports: Some(vec![
-            EndpointPort { name: Some("dns".into()), port: Some(53), protocol: Some("UDP".into()), ..Default::default() },
-            EndpointPort { name: Some("dns-tcp".into()), port: Some(53), protocol: Some("TCP".into()), ..Default::default() },
+            EndpointPort {
+                name: Some("dns".into()),
+                port: Some(53),
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            },
+            EndpointPort {
+                name: Some("dns-tcp".into()),
+                port: Some(53),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
         ]),
     }
 }

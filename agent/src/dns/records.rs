@@ -95,14 +95,21 @@ pub fn pod_ip(label: &str) -> Option<Ipv4Addr> {
 pub fn answer(name: &str, q: QType, domain: &str, cluster: &dyn Cluster) -> Answer {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let Some(rel) = name.strip_suffix(&domain).and_then(|r| if r.is_empty() { Some("") } else { r.strip_suffix('.') }) else {
+    let Some(rel) = name.strip_suffix(&domain).and_then(|r| if r.is_empty() { Some("") } else { r.strip_suffix('.') })
+    else {
         return Answer::NxDomain;
     };
     let labels: Vec<&str> = if rel.is_empty() { vec![] } else { rel.split('.').collect() };
     let n = labels.len();
     match labels.as_slice() {
         [] | ["svc"] | ["pod"] => Answer::NoData,
-        [ns, "svc"] => if cluster.namespace_exists(ns) { Answer::NoData } else { Answer::NxDomain },
+        [ns, "svc"] => {
+            if cluster.namespace_exists(ns) {
+                Answer::NoData
+            } else {
+                Answer::NxDomain
+            }
+        }
         [ip, _ns, "pod"] => match (pod_ip(ip), q) {
             (Some(ip), QType::A) => Answer::A(vec![ip]),
             (Some(_), _) => Answer::NoData,
@@ -132,7 +139,11 @@ fn service_answer(labels: &[&str], q: QType, domain: &str, cluster: &dyn Cluster
             }
             if is_headless(&svc) {
                 let eps = endpoints(&cluster.slices(ns, svc_name));
-                return if eps.is_empty() { Answer::NoData } else { Answer::A(eps.into_iter().map(|(ip, _)| ip).collect()) };
+                return if eps.is_empty() {
+                    Answer::NoData
+                } else {
+                    Answer::A(eps.into_iter().map(|(ip, _)| ip).collect())
+                };
             }
             match spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()) {
                 Some(ip) => Answer::A(vec![ip]),
@@ -142,7 +153,8 @@ fn service_answer(labels: &[&str], q: QType, domain: &str, cluster: &dyn Cluster
         [port, proto] if port.starts_with('_') && proto.starts_with('_') => {
             let (port, proto) = (&port[1..], &proto[1..]);
             let found = spec.ports.clone().unwrap_or_default().into_iter().find(|p| {
-                p.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(port)) && p.protocol.as_deref().unwrap_or("TCP").eq_ignore_ascii_case(proto)
+                p.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(port))
+                    && p.protocol.as_deref().unwrap_or("TCP").eq_ignore_ascii_case(proto)
             });
             let Some(p) = found else { return Answer::NxDomain };
             if q != QType::Srv {
@@ -151,18 +163,31 @@ fn service_answer(labels: &[&str], q: QType, domain: &str, cluster: &dyn Cluster
             if is_headless(&svc) {
                 let eps = endpoints(&cluster.slices(ns, svc_name));
                 let slices = cluster.slices(ns, svc_name);
-                let target_port = slices.iter().flat_map(|s| s.ports.clone().unwrap_or_default()).find(|sp| sp.name.as_deref() == p.name.as_deref()).and_then(|sp| sp.port).unwrap_or(p.port);
+                let target_port = slices
+                    .iter()
+                    .flat_map(|s| s.ports.clone().unwrap_or_default())
+                    .find(|sp| sp.name.as_deref() == p.name.as_deref())
+                    .and_then(|sp| sp.port)
+                    .unwrap_or(p.port);
                 let port = u16::try_from(target_port).unwrap_or(0);
-                return Answer::Srv(eps.into_iter().map(|(ip, host)| {
-                    let h = host.unwrap_or_else(|| ip.to_string().replace('.', "-"));
-                    (port, format!("{h}.{fqdn}"))
-                }).collect());
+                return Answer::Srv(
+                    eps.into_iter()
+                        .map(|(ip, host)| {
+                            let h = host.unwrap_or_else(|| ip.to_string().replace('.', "-"));
+                            (port, format!("{h}.{fqdn}"))
+                        })
+                        .collect(),
+                );
             }
             Answer::Srv(vec![(u16::try_from(p.port).unwrap_or(0), fqdn)])
         }
         [host] if is_headless(&svc) => {
             let eps = endpoints(&cluster.slices(ns, svc_name));
-            let hits: Vec<Ipv4Addr> = eps.iter().filter(|(ip, h)| h.as_deref() == Some(*host) || ip.to_string().replace('.', "-") == *host).map(|(ip, _)| *ip).collect();
+            let hits: Vec<Ipv4Addr> = eps
+                .iter()
+                .filter(|(ip, h)| h.as_deref() == Some(*host) || ip.to_string().replace('.', "-") == *host)
+                .map(|(ip, _)| *ip)
+                .collect();
             match (hits.is_empty(), q) {
                 (true, _) => Answer::NxDomain,
                 (false, QType::A) => Answer::A(hits),
@@ -203,17 +228,35 @@ mod tests {
 
     fn fake() -> Fake {
         let mut services = BTreeMap::new();
-        services.insert(("shop".into(), "web".into()), svc(ServiceSpec {
-            cluster_ip: Some("10.96.0.50".into()),
-            ports: Some(vec![ServicePort { name: Some("http".into()), port: 80, protocol: Some("TCP".into()), ..Default::default() }]),
-            ..Default::default()
-        }));
-        services.insert(("shop".into(), "db".into()), svc(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            ports: Some(vec![ServicePort { name: Some("pg".into()), port: 5432, ..Default::default() }]),
-            ..Default::default()
-        }));
-        services.insert(("shop".into(), "ext".into()), svc(ServiceSpec { type_: Some("ExternalName".into()), external_name: Some("example.test".into()), ..Default::default() }));
+        services.insert(
+            ("shop".into(), "web".into()),
+            svc(ServiceSpec {
+                cluster_ip: Some("10.96.0.50".into()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        );
+        services.insert(
+            ("shop".into(), "db".into()),
+            svc(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                ports: Some(vec![ServicePort { name: Some("pg".into()), port: 5432, ..Default::default() }]),
+                ..Default::default()
+            }),
+        );
+        services.insert(
+            ("shop".into(), "ext".into()),
+            svc(ServiceSpec {
+                type_: Some("ExternalName".into()),
+                external_name: Some("example.test".into()),
+                ..Default::default()
+            }),
+        );
         let ep = |ip: &str, host: Option<&str>, ready: bool| Endpoint {
             addresses: vec![ip.into()],
             hostname: host.map(str::to_string),
@@ -222,7 +265,11 @@ mod tests {
         };
         let slice = EndpointSlice {
             address_type: "IPv4".into(),
-            endpoints: vec![ep("10.244.1.5", Some("db-0"), true), ep("10.244.2.6", Some("db-1"), true), ep("10.244.2.9", None, false)],
+            endpoints: vec![
+                ep("10.244.1.5", Some("db-0"), true),
+                ep("10.244.2.6", Some("db-1"), true),
+                ep("10.244.2.9", None, false),
+            ],
             ports: Some(vec![EndpointPort { name: Some("pg".into()), port: Some(5432), ..Default::default() }]),
             ..Default::default()
         };
@@ -232,32 +279,59 @@ mod tests {
     #[test]
     fn cluster_ip_services_answer_their_ip() {
         let f = fake();
-        assert_eq!(answer("web.shop.svc.cluster.local.", QType::A, "cluster.local", &f), Answer::A(vec![Ipv4Addr::new(10, 96, 0, 50)]));
-        assert_eq!(answer("WEB.Shop.svc.cluster.local", QType::A, "cluster.local", &f), Answer::A(vec![Ipv4Addr::new(10, 96, 0, 50)]));
+        assert_eq!(
+            answer("web.shop.svc.cluster.local.", QType::A, "cluster.local", &f),
+            Answer::A(vec![Ipv4Addr::new(10, 96, 0, 50)])
+        );
+        assert_eq!(
+            answer("WEB.Shop.svc.cluster.local", QType::A, "cluster.local", &f),
+            Answer::A(vec![Ipv4Addr::new(10, 96, 0, 50)])
+        );
         assert_eq!(answer("web.shop.svc.cluster.local", QType::Other, "cluster.local", &f), Answer::NoData);
     }
 
     #[test]
     fn headless_services_answer_their_ready_endpoints_and_hostnames() {
         let f = fake();
-        assert_eq!(answer("db.shop.svc.cluster.local", QType::A, "cluster.local", &f), Answer::A(vec![Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 6)]));
-        assert_eq!(answer("db-1.db.shop.svc.cluster.local", QType::A, "cluster.local", &f), Answer::A(vec![Ipv4Addr::new(10, 244, 2, 6)]));
+        assert_eq!(
+            answer("db.shop.svc.cluster.local", QType::A, "cluster.local", &f),
+            Answer::A(vec![Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 6)])
+        );
+        assert_eq!(
+            answer("db-1.db.shop.svc.cluster.local", QType::A, "cluster.local", &f),
+            Answer::A(vec![Ipv4Addr::new(10, 244, 2, 6)])
+        );
         assert_eq!(answer("db-9.db.shop.svc.cluster.local", QType::A, "cluster.local", &f), Answer::NxDomain);
     }
 
     #[test]
     fn named_ports_have_srv_records() {
         let f = fake();
-        assert_eq!(answer("_http._tcp.web.shop.svc.cluster.local", QType::Srv, "cluster.local", &f), Answer::Srv(vec![(80, "web.shop.svc.cluster.local".into())]));
-        assert_eq!(answer("_pg._tcp.db.shop.svc.cluster.local", QType::Srv, "cluster.local", &f), Answer::Srv(vec![(5432, "db-0.db.shop.svc.cluster.local".into()), (5432, "db-1.db.shop.svc.cluster.local".into())]));
+        assert_eq!(
+            answer("_http._tcp.web.shop.svc.cluster.local", QType::Srv, "cluster.local", &f),
+            Answer::Srv(vec![(80, "web.shop.svc.cluster.local".into())])
+        );
+        assert_eq!(
+            answer("_pg._tcp.db.shop.svc.cluster.local", QType::Srv, "cluster.local", &f),
+            Answer::Srv(vec![
+                (5432, "db-0.db.shop.svc.cluster.local".into()),
+                (5432, "db-1.db.shop.svc.cluster.local".into())
+            ])
+        );
         assert_eq!(answer("_nope._tcp.web.shop.svc.cluster.local", QType::Srv, "cluster.local", &f), Answer::NxDomain);
     }
 
     #[test]
     fn external_names_are_cnames_and_pods_are_named_by_address() {
         let f = fake();
-        assert_eq!(answer("ext.shop.svc.cluster.local", QType::A, "cluster.local", &f), Answer::Cname("example.test".into()));
-        assert_eq!(answer("10-244-1-5.shop.pod.cluster.local", QType::A, "cluster.local", &f), Answer::A(vec![Ipv4Addr::new(10, 244, 1, 5)]));
+        assert_eq!(
+            answer("ext.shop.svc.cluster.local", QType::A, "cluster.local", &f),
+            Answer::Cname("example.test".into())
+        );
+        assert_eq!(
+            answer("10-244-1-5.shop.pod.cluster.local", QType::A, "cluster.local", &f),
+            Answer::A(vec![Ipv4Addr::new(10, 244, 1, 5)])
+        );
         assert_eq!(answer("10-244-1.shop.pod.cluster.local", QType::A, "cluster.local", &f), Answer::NxDomain);
     }
 

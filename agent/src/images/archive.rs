@@ -78,8 +78,9 @@ fn add_file(store: &Store, file: &Path, media_type: &str) -> Result<Descriptor, 
 }
 
 fn import_docker(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<String>, ImageError> {
-    let entries: Vec<DockerEntry> = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).map_err(io("reading manifest.json"))?)
-        .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
+    let entries: Vec<DockerEntry> =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).map_err(io("reading manifest.json"))?)
+            .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
     if entries.len() > 1 && tag.is_some() {
         return Err(ImageError::Invalid("--tag names one image, but the archive holds several".into()));
     }
@@ -87,7 +88,11 @@ fn import_docker(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<Str
     for e in entries {
         let inside = |rel: &str| {
             let p = dir.join(rel);
-            if rel.contains("..") { Err(ImageError::Invalid(format!("archive path {rel} leaves the archive"))) } else { Ok(p) }
+            if rel.contains("..") {
+                Err(ImageError::Invalid(format!("archive path {rel} leaves the archive")))
+            } else {
+                Ok(p)
+            }
         };
         let config = add_file(store, &inside(&e.config)?, "application/vnd.oci.image.config.v1+json")?;
         let mut layers = Vec::new();
@@ -97,16 +102,31 @@ fn import_docker(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<Str
                 let mut head = [0u8; 2];
                 std::io::Read::read_exact(&mut f, &mut head).ok().map(|()| head == [0x1f, 0x8b])
             });
-            let mt = if gz == Some(true) { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
+            let mt = if gz == Some(true) {
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            } else {
+                "application/vnd.oci.image.layer.v1.tar"
+            };
             layers.push(add_file(store, &p, mt)?);
         }
         let manifest = Manifest { schema_version: 2, media_type: OCI_MANIFEST.into(), config, layers };
         let bytes = serde_json::to_vec(&manifest).map_err(|e| ImageError::Invalid(e.to_string()))?;
         let digest = store.write_blob(&bytes)?;
-        let desc = Descriptor { media_type: OCI_MANIFEST.into(), digest, size: bytes.len() as u64, annotations: BTreeMap::new(), platform: None };
+        let desc = Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest,
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
         let tags: Vec<String> = match tag {
             Some(t) => vec![t.to_string()],
-            None => e.repo_tags.unwrap_or_default().iter().map(|t| Reference::parse(t).map(|r| r.to_string())).collect::<Result<_, _>>()?,
+            None => e
+                .repo_tags
+                .unwrap_or_default()
+                .iter()
+                .map(|t| Reference::parse(t).map(|r| r.to_string()))
+                .collect::<Result<_, _>>()?,
         };
         if tags.is_empty() {
             return Err(ImageError::Invalid("an image in the archive has no name: give --tag".into()));
@@ -121,7 +141,10 @@ fn import_docker(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<Str
 
 /// Picks linux/amd64 (or the only entry) from an index.
 pub fn pick_platform(index: &Index) -> Option<&Descriptor> {
-    let want = Platform { architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"), os: "linux".into() };
+    let want = Platform {
+        architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        os: "linux".into(),
+    };
     index
         .manifests
         .iter()
@@ -134,8 +157,9 @@ fn import_oci(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<String
     for e in std::fs::read_dir(&blobs).map_err(io("reading blobs/sha256"))?.flatten() {
         add_file(store, &e.path(), "")?;
     }
-    let index: Index = serde_json::from_slice(&std::fs::read(dir.join("index.json")).map_err(io("reading index.json"))?)
-        .map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
+    let index: Index =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).map_err(io("reading index.json"))?)
+            .map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
     let mut names = Vec::new();
     let single = index.manifests.len() == 1;
     for d in &index.manifests {
@@ -147,11 +171,7 @@ fn import_oci(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<String
                 .cloned()
                 .ok_or_else(|| ImageError::Invalid("no linux image for this architecture in the archive".into()))?;
         }
-        let annotated = d
-            .annotations
-            .get("io.containerd.image.name")
-            .or_else(|| d.annotations.get(REF_NAME))
-            .cloned();
+        let annotated = d.annotations.get("io.containerd.image.name").or_else(|| d.annotations.get(REF_NAME)).cloned();
         let name = match (tag, annotated) {
             (Some(t), _) if single => t.to_string(),
             (_, Some(n)) => match Reference::parse(&n) {
@@ -223,7 +243,11 @@ mod tests {
         let store = Store::open(&dir.path().join("store")).expect("store");
         let err = import(&store, &file, None).expect_err("refused");
         assert!(err.to_string().contains("neither"), "{err}");
-        let leftovers: Vec<_> = std::fs::read_dir(store.root()).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".import")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(store.root())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".import"))
+            .collect();
         assert!(leftovers.is_empty());
     }
 }

@@ -31,7 +31,12 @@ pub fn unpack(reader: impl Read, dst: &Path) -> Result<(), ImageError> {
     ar.set_preserve_mtime(true);
     ar.set_unpack_xattrs(false);
     ar.set_overwrite(true);
-    let bad = |e: std::io::Error| ImageError::Invalid(format!("layer archive: {e}{}", std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default()));
+    let bad = |e: std::io::Error| {
+        ImageError::Invalid(format!(
+            "layer archive: {e}{}",
+            std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default()
+        ))
+    };
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let path = entry.path().map_err(bad)?.into_owned();
@@ -106,7 +111,10 @@ pub fn mount_rootfs(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path
     }
     let opts = overlay_options(&layers, upper, work);
     nix::mount::mount(Some("overlay"), target, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-        .map_err(|e| ImageError::Io { context: format!("mounting the root file system at {}", target.display()), source: e.into() })
+        .map_err(|e| ImageError::Io {
+            context: format!("mounting the root file system at {}", target.display()),
+            source: e.into(),
+        })
 }
 
 #[cfg(test)]

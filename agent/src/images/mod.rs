@@ -110,7 +110,11 @@ impl Images {
 
     fn find_blocking(&self, name: String) -> impl Future<Output = Result<Option<Image>, ImageError>> + use<> {
         let store = self.store.clone();
-        async move { tokio::task::spawn_blocking(move || store.find(&name)).await.map_err(|e| ImageError::Invalid(e.to_string()))? }
+        async move {
+            tokio::task::spawn_blocking(move || store.find(&name))
+                .await
+                .map_err(|e| ImageError::Invalid(e.to_string()))?
+        }
     }
 
     /// Makes `image` available according to `policy`.

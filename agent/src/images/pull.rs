@@ -72,7 +72,9 @@ impl Puller {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "no system certificate roots: HTTPS registries will fail verification");
-                let cfg = rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
+                let cfg = rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
             }
         };
@@ -85,7 +87,12 @@ impl Puller {
         format!("{scheme}://{}/v2/{}", r.api_host(), r.repository)
     }
 
-    async fn send(&self, url: &str, accept: Option<&str>, token: Option<&str>) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
+    async fn send(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
         let mut req = Request::get(url);
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
@@ -102,7 +109,11 @@ impl Puller {
     }
 
     async fn token(&self, challenge: &HeaderValue) -> Result<String, ImageError> {
-        let c = challenge.to_str().ok().and_then(parse_challenge).ok_or_else(|| ImageError::Pull("unsupported authentication challenge".into()))?;
+        let c = challenge
+            .to_str()
+            .ok()
+            .and_then(parse_challenge)
+            .ok_or_else(|| ImageError::Pull("unsupported authentication challenge".into()))?;
         let realm = c.get("realm").ok_or_else(|| ImageError::Pull("the challenge has no realm".into()))?;
         let mut url = url::Url::parse(realm).map_err(|e| ImageError::Pull(format!("token realm {realm}: {e}")))?;
         for k in ["service", "scope"] {
@@ -115,12 +126,22 @@ impl Puller {
             return Err(ImageError::Pull(format!("token endpoint answered {}", resp.status())));
         }
         let body = read_all(resp).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ImageError::Pull(format!("token: {e}")))?;
-        v.get("token").or_else(|| v.get("access_token")).and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| ImageError::Pull("no token in the answer".into()))
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ImageError::Pull(format!("token: {e}")))?;
+        v.get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| ImageError::Pull("no token in the answer".into()))
     }
 
     /// GET with an anonymous token if asked for one, following up to 5 redirects.
-    async fn get(&self, url: &str, accept: Option<&str>, token: &mut Option<String>) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
+    async fn get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        token: &mut Option<String>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
         let mut url = url.to_string();
         for _ in 0..6 {
             let mut resp = self.send(&url, accept, token.as_deref()).await?;
@@ -131,8 +152,15 @@ impl Puller {
                 }
             }
             if resp.status().is_redirection() {
-                let loc = resp.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).ok_or_else(|| ImageError::Pull("redirect without Location".into()))?;
-                url = url::Url::parse(&url).and_then(|u| u.join(loc)).map_err(|e| ImageError::Pull(format!("redirect {loc}: {e}")))?.to_string();
+                let loc = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| ImageError::Pull("redirect without Location".into()))?;
+                url = url::Url::parse(&url)
+                    .and_then(|u| u.join(loc))
+                    .map_err(|e| ImageError::Pull(format!("redirect {loc}: {e}")))?
+                    .to_string();
                 continue;
             }
             return Ok(resp);
@@ -144,16 +172,21 @@ impl Puller {
     pub async fn pull(&self, store: &Store, reference: &Reference) -> Result<Image, ImageError> {
         let base = self.base(reference);
         let mut token = None;
-        let (mut bytes, mut media_type) = self.manifest(&format!("{base}/manifests/{}", reference.reference()), &mut token, reference).await?;
+        let (mut bytes, mut media_type) =
+            self.manifest(&format!("{base}/manifests/{}", reference.reference()), &mut token, reference).await?;
         if media_type == store::OCI_INDEX || media_type == store::DOCKER_LIST {
             let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Pull(format!("index: {e}")))?;
-            let d = pick_platform(&index).ok_or_else(|| ImageError::Pull(format!("{reference} has no linux image for this architecture")))?.clone();
-            (bytes, media_type) = self.manifest(&format!("{base}/manifests/{}", d.digest), &mut token, reference).await?;
+            let d = pick_platform(&index)
+                .ok_or_else(|| ImageError::Pull(format!("{reference} has no linux image for this architecture")))?
+                .clone();
+            (bytes, media_type) =
+                self.manifest(&format!("{base}/manifests/{}", d.digest), &mut token, reference).await?;
             if store::digest_of(&bytes) != d.digest {
                 return Err(ImageError::Pull(format!("manifest content does not match {}", d.digest)));
             }
         }
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| ImageError::Pull(format!("manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::Pull(format!("manifest: {e}")))?;
         let digest = store.write_blob(&bytes)?;
         if let Some(want) = &reference.digest
             && want != &digest
@@ -166,30 +199,61 @@ impl Puller {
                 self.blob(store, &base, blob, &mut token).await?;
             }
         }
-        let desc = Descriptor { media_type: if media_type.is_empty() { store::OCI_MANIFEST.into() } else { media_type }, digest: digest.clone(), size: bytes.len() as u64, annotations: BTreeMap::new(), platform: None };
+        let desc = Descriptor {
+            media_type: if media_type.is_empty() { store::OCI_MANIFEST.into() } else { media_type },
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
         store.tag(&reference.to_string(), desc)?;
         store.load(&reference.to_string(), &digest)
     }
 
-    async fn manifest(&self, url: &str, token: &mut Option<String>, reference: &Reference) -> Result<(Vec<u8>, String), ImageError> {
+    async fn manifest(
+        &self,
+        url: &str,
+        token: &mut Option<String>,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, String), ImageError> {
         let resp = self.get(url, Some(ACCEPT), token).await?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND => return Err(ImageError::NotFound(reference.to_string())),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(ImageError::Pull(format!("{reference}: access denied ({})", resp.status()))),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(ImageError::Pull(format!("{reference}: access denied ({})", resp.status())));
+            }
             s => return Err(ImageError::Pull(format!("{reference}: the registry answered {s}"))),
         }
-        let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().split(';').next().unwrap_or_default().trim().to_string();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let bytes = read_all(resp).await?.to_vec();
         let media_type = if ct.is_empty() || ct == "application/json" {
-            serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or_default()
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or_default()
         } else {
             ct
         };
         Ok((bytes, media_type))
     }
 
-    async fn blob(&self, store: &Store, base: &str, d: &Descriptor, token: &mut Option<String>) -> Result<(), ImageError> {
+    async fn blob(
+        &self,
+        store: &Store,
+        base: &str,
+        d: &Descriptor,
+        token: &mut Option<String>,
+    ) -> Result<(), ImageError> {
         let resp = self.get(&format!("{base}/blobs/{}", d.digest), None, token).await?;
         if !resp.status().is_success() {
             return Err(ImageError::Pull(format!("blob {}: the registry answered {}", d.digest, resp.status())));
@@ -206,7 +270,9 @@ impl Puller {
                     Err(_) => return Err(ImageError::Pull(format!("blob {}: stalled", d.digest))),
                 };
                 if let Ok(data) = frame.into_data() {
-                    out.write_all(&data).await.map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })?;
+                    out.write_all(&data)
+                        .await
+                        .map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })?;
                 }
             }
             out.flush().await.map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })

@@ -147,7 +147,8 @@ pub fn digest_of(data: &[u8]) -> String {
 
 /// The hex part of a sha256 digest, checked (it becomes a path component).
 pub fn digest_hex(digest: &str) -> Result<&str, ImageError> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| ImageError::Invalid(format!("unsupported digest {digest}")))?;
+    let hex =
+        digest.strip_prefix("sha256:").ok_or_else(|| ImageError::Invalid(format!("unsupported digest {digest}")))?;
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ImageError::Invalid(format!("malformed digest {digest}")));
     }
@@ -305,9 +306,10 @@ impl Store {
         let index = self.index()?;
         if let Some(digest) = &r.digest {
             // name@digest: any stored manifest with that digest and name.
-            let hit = index.manifests.iter().find(|d| {
-                &d.digest == digest && d.annotations.get(REF_NAME).is_some_and(|n| n.starts_with(&r.name()))
-            });
+            let hit = index
+                .manifests
+                .iter()
+                .find(|d| &d.digest == digest && d.annotations.get(REF_NAME).is_some_and(|n| n.starts_with(&r.name())));
             return match hit {
                 Some(d) => Ok(Some(self.load(&r.to_string(), &d.digest)?)),
                 None if self.has_blob(digest) => Ok(Some(self.load(&r.to_string(), digest)?)),
@@ -349,7 +351,8 @@ mod tests {
 
     fn image(store: &Store, name: &str, layer: &[u8]) -> Descriptor {
         let layer_d = store.write_blob(layer).expect("layer");
-        let cfg = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["A=1"]}});
+        let cfg =
+            serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Env": ["A=1"]}});
         let cfg_bytes = serde_json::to_vec(&cfg).expect("json");
         let cfg_d = store.write_blob(&cfg_bytes).expect("config");
         let m = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -357,7 +360,13 @@ mod tests {
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d, "size": layer.len()}]});
         let mb = serde_json::to_vec(&m).expect("json");
         let md = store.write_blob(&mb).expect("manifest");
-        let d = Descriptor { media_type: OCI_MANIFEST.into(), digest: md, size: mb.len() as u64, annotations: BTreeMap::new(), platform: None };
+        let d = Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: md,
+            size: mb.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
         store.tag(name, d.clone()).expect("tag");
         d
     }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::Digest as _;
 
@@ -108,31 +108,65 @@ pub fn connect() -> Result<Handle, NetworkError> {
 
 impl Network {
     /// Sets up the node side: bridge with the gateway address, forwarding, the DNS address. Idempotent.
-    pub async fn setup(bridge: &str, cidr: Ipv4Net, dns: Option<Ipv4Addr>, ipam_dir: &Path, netns_dir: &Path) -> Result<Self, NetworkError> {
+    pub async fn setup(
+        bridge: &str,
+        cidr: Ipv4Net,
+        dns: Option<Ipv4Addr>,
+        ipam_dir: &Path,
+        netns_dir: &Path,
+    ) -> Result<Self, NetworkError> {
         let handle = connect()?;
         let gw = ipam::gateway(cidr);
         let index = match link_index(&handle, bridge).await? {
             Some(i) => i,
             None => {
-                handle.link().add(LinkBridge::new(bridge).build()).execute().await.map_err(nl(format!("creating bridge {bridge}")))?;
-                link_index(&handle, bridge).await?.ok_or_else(|| io("finding the new bridge")(std::io::Error::other(bridge.to_string())))?
+                handle
+                    .link()
+                    .add(LinkBridge::new(bridge).build())
+                    .execute()
+                    .await
+                    .map_err(nl(format!("creating bridge {bridge}")))?;
+                link_index(&handle, bridge)
+                    .await?
+                    .ok_or_else(|| io("finding the new bridge")(std::io::Error::other(bridge.to_string())))?
             }
         };
         if !has_address(&handle, index, gw).await? {
-            handle.address().add(index, gw.into(), cidr.prefix_len()).execute().await.map_err(nl(format!("adding {gw} to {bridge}")))?;
+            handle
+                .address()
+                .add(index, gw.into(), cidr.prefix_len())
+                .execute()
+                .await
+                .map_err(nl(format!("adding {gw} to {bridge}")))?;
         }
-        handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(nl("bringing the bridge up"))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl("bringing the bridge up"))?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(io("enabling IP forwarding"))?;
         if let Some(dns) = dns {
             // The DNS address is a /32 on the bridge: a local address of the node that every pod reaches through its
             // gateway (a dummy interface would do the same, but not every kernel has the dummy driver).
             if !has_address(&handle, index, dns).await? {
-                handle.address().add(index, dns.into(), 32).execute().await.map_err(nl(format!("adding {dns} to {bridge}")))?;
+                handle
+                    .address()
+                    .add(index, dns.into(), 32)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("adding {dns} to {bridge}")))?;
             }
         }
         std::fs::create_dir_all(ipam_dir).map_err(io("creating the ipam directory"))?;
         std::fs::create_dir_all(netns_dir).map_err(io("creating the netns directory"))?;
-        Ok(Network { handle, bridge: bridge.to_string(), cidr, ipam: ipam::Ipam::new(ipam_dir, cidr), netns_dir: netns_dir.to_path_buf() })
+        Ok(Network {
+            handle,
+            bridge: bridge.to_string(),
+            cidr,
+            ipam: ipam::Ipam::new(ipam_dir, cidr),
+            netns_dir: netns_dir.to_path_buf(),
+        })
     }
 
     /// The node's pod CIDR.
@@ -175,7 +209,9 @@ impl Network {
     }
 
     async fn wire(&self, _uid: &str, ns: &Path, veth: &str, ip: Ipv4Addr) -> Result<(), NetworkError> {
-        let bridge = link_index(&self.handle, &self.bridge).await?.ok_or_else(|| io("finding the bridge")(std::io::Error::other(self.bridge.clone())))?;
+        let bridge = link_index(&self.handle, &self.bridge)
+            .await?
+            .ok_or_else(|| io("finding the bridge")(std::io::Error::other(self.bridge.clone())))?;
         if link_index(&self.handle, veth).await?.is_none() {
             let ns_file = std::fs::File::open(ns).map_err(io("opening the pod namespace"))?;
             use std::os::fd::AsRawFd as _;
@@ -184,18 +220,31 @@ impl Network {
             self.handle.link().add(msg).execute().await.map_err(nl(format!("creating veth {veth}")))?;
             drop(ns_file);
         }
-        let host = link_index(&self.handle, veth).await?.ok_or_else(|| io("finding the veth")(std::io::Error::other(veth.to_string())))?;
-        self.handle.link().set(LinkUnspec::new_with_index(host).controller(bridge).up().build()).execute().await.map_err(nl("attaching the veth to the bridge"))?;
+        let host = link_index(&self.handle, veth)
+            .await?
+            .ok_or_else(|| io("finding the veth")(std::io::Error::other(veth.to_string())))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(host).controller(bridge).up().build())
+            .execute()
+            .await
+            .map_err(nl("attaching the veth to the bridge"))?;
         // Inside the pod: lo and eth0 up, the address, the default route.
-        let pod = netns::run_in(ns, || rtnetlink::new_connection()).map_err(io("opening netlink in the pod namespace"))?;
+        let pod =
+            netns::run_in(ns, || rtnetlink::new_connection()).map_err(io("opening netlink in the pod namespace"))?;
         let (conn, ph, _) = pod;
         let driver = tokio::spawn(conn);
         let r = async {
             let lo = link_index(&ph, "lo").await?.ok_or_else(|| io("finding lo")(std::io::Error::other("lo")))?;
             ph.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("lo up"))?;
-            let eth0 = link_index(&ph, "eth0").await?.ok_or_else(|| io("finding eth0")(std::io::Error::other("eth0")))?;
+            let eth0 =
+                link_index(&ph, "eth0").await?.ok_or_else(|| io("finding eth0")(std::io::Error::other("eth0")))?;
             if !has_address(&ph, eth0, ip).await? {
-                ph.address().add(eth0, ip.into(), self.cidr.prefix_len()).execute().await.map_err(nl(format!("adding {ip}")))?;
+                ph.address()
+                    .add(eth0, ip.into(), self.cidr.prefix_len())
+                    .execute()
+                    .await
+                    .map_err(nl(format!("adding {ip}")))?;
             }
             ph.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await.map_err(nl("eth0 up"))?;
             let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(self.gateway()).build();

@@ -47,7 +47,10 @@ pub fn remove(path: &Path) -> std::io::Result<()> {
 }
 
 /// Runs `f` on a thread inside the namespace at `path` and returns its result (for creating netlink sockets there).
-pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     let file = File::open(path)?;
     // Sockets made on the thread (netlink) register with the caller's tokio reactor, if there is one.
     let runtime = tokio::runtime::Handle::try_current().ok();

@@ -87,7 +87,8 @@ pub async fn reconcile(handle: &Handle, want: &BTreeMap<Ipv4Net, Ipv4Addr>) -> R
 /// Follows the Nodes and keeps the routes in step, until the task is dropped.
 pub async fn run(client: kube::Client, handle: Handle, me: String) {
     let (reader, writer) = reflector::store::<Node>();
-    let stream = reflector(writer, watcher(kube::Api::<Node>::all(client), watcher::Config::default())).default_backoff();
+    let stream =
+        reflector(writer, watcher(kube::Api::<Node>::all(client), watcher::Config::default())).default_backoff();
     futures::pin_mut!(stream);
     let mut last: Option<BTreeMap<Ipv4Net, Ipv4Addr>> = None;
     let mut listed = false;

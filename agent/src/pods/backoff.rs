@@ -46,7 +46,9 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
 pub fn decide(entry: Option<Entry>, finished: Timestamp, now: Timestamp, policy: &BackoffPolicy) -> Decision {
     let live = entry.filter(|e| since(now, e.updated) <= policy.reset_after);
     match live {
-        Some(e) if since(now, finished) < e.window => Decision::Wait { until: plus(finished, e.window), window: e.window },
+        Some(e) if since(now, finished) < e.window => {
+            Decision::Wait { until: plus(finished, e.window), window: e.window }
+        }
         Some(e) => Decision::RestartNow(Entry { window: (e.window * 2).min(policy.max), updated: now }),
         None => Decision::RestartNow(Entry { window: policy.initial, updated: now }),
     }
@@ -98,9 +100,15 @@ mod tests {
         let entry = Entry { window: secs(40), updated: t0 };
         let finished = Timestamp::from_second(1_100).expect("ts");
         let now = Timestamp::from_second(1_120).expect("ts");
-        assert_eq!(decide(Some(entry), finished, now, &p), Decision::Wait { until: Timestamp::from_second(1_140).expect("ts"), window: secs(40) });
+        assert_eq!(
+            decide(Some(entry), finished, now, &p),
+            Decision::Wait { until: Timestamp::from_second(1_140).expect("ts"), window: secs(40) }
+        );
         let later = Timestamp::from_second(1_141).expect("ts");
-        assert_eq!(decide(Some(entry), finished, later, &p), Decision::RestartNow(Entry { window: secs(80), updated: later }));
+        assert_eq!(
+            decide(Some(entry), finished, later, &p),
+            Decision::RestartNow(Entry { window: secs(80), updated: later })
+        );
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<Container
     let mut mounts = Vec::new();
     let mounted = |dest: &str, mounts: &[BindMount]| mounts.iter().any(|m| m.destination == dest);
     for vm in c.volume_mounts.clone().unwrap_or_default() {
-        let base = inp.volumes.get(&vm.name).ok_or_else(|| format!("volume {:?} not found in the pod's volumes", vm.name))?;
+        let base =
+            inp.volumes.get(&vm.name).ok_or_else(|| format!("volume {:?} not found in the pod's volumes", vm.name))?;
         let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) if valid_sub_path(sub) => {
                 let p = base.join(sub);
@@ -86,7 +87,11 @@ pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<Container
         };
         mounts.push(BindMount { source, destination: vm.mount_path.clone(), read_only: vm.read_only == Some(true) });
     }
-    for (dest, src) in [("/etc/hosts", &inp.files.hosts), ("/etc/resolv.conf", &inp.files.resolv), ("/etc/hostname", &inp.files.hostname)] {
+    for (dest, src) in [
+        ("/etc/hosts", &inp.files.hosts),
+        ("/etc/resolv.conf", &inp.files.resolv),
+        ("/etc/hostname", &inp.files.hostname),
+    ] {
         if !mounted(dest, &mounts) {
             mounts.push(BindMount { source: src.clone(), destination: dest.into(), read_only: false });
         }
@@ -106,7 +111,12 @@ pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<Container
         .into_iter()
         .filter_map(|g| u32::try_from(g).ok())
         .collect();
-    let workdir = c.working_dir.clone().filter(|w| !w.is_empty()).or_else(|| inp.image_workdir.clone().filter(|w| !w.is_empty())).unwrap_or_else(|| "/".into());
+    let workdir = c
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| inp.image_workdir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
     Ok(ContainerConfig {
         args: inp.args.clone(),
         env: inp.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -162,14 +172,27 @@ mod tests {
         let c = Container {
             name: "c".into(),
             volume_mounts: Some(vec![
-                VolumeMount { name: "data".into(), mount_path: "/data".into(), read_only: Some(true), ..Default::default() },
-                VolumeMount { name: "data".into(), mount_path: "/sub".into(), sub_path: Some("x/y".into()), ..Default::default() },
+                VolumeMount {
+                    name: "data".into(),
+                    mount_path: "/data".into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: "data".into(),
+                    mount_path: "/sub".into(),
+                    sub_path: Some("x/y".into()),
+                    ..Default::default()
+                },
             ]),
             ..Default::default()
         };
         let cfg = config(&pod, &c, &inputs(&vols, &files, Path::new("/p/tlog"))).expect("config");
         let dests: Vec<&str> = cfg.mounts.iter().map(|m| m.destination.as_str()).collect();
-        assert_eq!(dests, vec!["/data", "/sub", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/dev/termination-log"]);
+        assert_eq!(
+            dests,
+            vec!["/data", "/sub", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/dev/termination-log"]
+        );
         assert!(cfg.mounts[0].read_only);
         assert!(dir.path().join("x/y").is_dir(), "subPath directories are created");
         assert_eq!(cfg.cwd, "/app");
@@ -180,9 +203,24 @@ mod tests {
         let vols: BTreeMap<String, PathBuf> = [("data".to_string(), PathBuf::from("/tmp"))].into();
         let files = PodFiles { hosts: "/h".into(), resolv: "/r".into(), hostname: "/n".into() };
         let pod = Pod::default();
-        let escape = Container { volume_mounts: Some(vec![VolumeMount { name: "data".into(), mount_path: "/x".into(), sub_path: Some("../etc".into()), ..Default::default() }]), ..Default::default() };
+        let escape = Container {
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".into(),
+                mount_path: "/x".into(),
+                sub_path: Some("../etc".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
         assert!(config(&pod, &escape, &inputs(&vols, &files, Path::new("/t"))).is_err());
-        let unknown = Container { volume_mounts: Some(vec![VolumeMount { name: "nope".into(), mount_path: "/x".into(), ..Default::default() }]), ..Default::default() };
+        let unknown = Container {
+            volume_mounts: Some(vec![VolumeMount {
+                name: "nope".into(),
+                mount_path: "/x".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
         assert!(config(&pod, &unknown, &inputs(&vols, &files, Path::new("/t"))).is_err());
     }
 
@@ -196,6 +234,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(limits(&c), Limits { memory: Some(32 << 20), cpu_limit_milli: Some(500), cpu_request_milli: Some(100) });
+        assert_eq!(
+            limits(&c),
+            Limits { memory: Some(32 << 20), cpu_limit_milli: Some(500), cpu_request_milli: Some(100) }
+        );
     }
 }

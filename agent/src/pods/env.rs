@@ -31,14 +31,23 @@ pub struct PodFacts {
 /// The value of a `fieldRef` path.
 pub fn field_value(pod: &Pod, facts: &PodFacts, path: &str) -> Result<String, String> {
     let m = &pod.metadata;
-    let lookup = |map: &Option<BTreeMap<String, String>>, key: &str| map.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default();
-    let sub = |prefix: &str| path.strip_prefix(prefix).and_then(|r| r.strip_prefix("['")).and_then(|r| r.strip_suffix("']")).map(str::to_string);
+    let lookup = |map: &Option<BTreeMap<String, String>>, key: &str| {
+        map.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default()
+    };
+    let sub = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix("['"))
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_string)
+    };
     Ok(match path {
         "metadata.name" => m.name.clone().unwrap_or_default(),
         "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
         "metadata.uid" => m.uid.clone().unwrap_or_default(),
         "spec.nodeName" => facts.node_name.clone(),
-        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
+        "spec.serviceAccountName" => {
+            pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into())
+        }
         "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
         "metadata.labels" => format_map(m.labels.as_ref()),
@@ -62,7 +71,13 @@ pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
 
 /// The value of a `resourceFieldRef` (`limits.cpu` in cores rounded up by the divisor, `limits.memory` in bytes…).
 /// A missing limit is reported as the node's allocatable amount, as Kubernetes does.
-pub fn resource_value(c: &Container, resource: &str, divisor: Option<&str>, node_cpus: u64, node_memory: u64) -> Result<String, String> {
+pub fn resource_value(
+    c: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    node_cpus: u64,
+    node_memory: u64,
+) -> Result<String, String> {
     use skiff_api::quantity::Quantity;
     let res = c.resources.as_ref();
     let (kind, name) = resource.split_once('.').ok_or_else(|| format!("unsupported resourceFieldRef {resource}"))?;
@@ -155,7 +170,11 @@ fn secret_string(s: &Secret, key: &str) -> Option<String> {
 }
 
 fn config_map_string(c: &ConfigMap, key: &str) -> Option<String> {
-    c.data.as_ref().and_then(|d| d.get(key)).cloned().or_else(|| c.binary_data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+    c.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned()
+        .or_else(|| c.binary_data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned()))
 }
 
 /// Inputs of [`container_env`] besides the container.
@@ -249,10 +268,18 @@ pub fn container_env(c: &Container, inp: &EnvInputs<'_>) -> Result<Vec<(String, 
                 Some(field_value(inp.pod, inp.facts, &f.field_path)?)
             } else if let Some(r) = &from.resource_field_ref {
                 let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-                    Some(n) => inp.pod.spec.as_ref().and_then(|s| s.containers.iter().find(|x| x.name == n)).unwrap_or(c),
+                    Some(n) => {
+                        inp.pod.spec.as_ref().and_then(|s| s.containers.iter().find(|x| x.name == n)).unwrap_or(c)
+                    }
                     None => c,
                 };
-                Some(resource_value(target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), inp.node_cpus, inp.node_memory)?)
+                Some(resource_value(
+                    target,
+                    &r.resource,
+                    r.divisor.as_ref().map(|d| d.0.as_str()),
+                    inp.node_cpus,
+                    inp.node_memory,
+                )?)
             } else {
                 Some(String::new())
             }
@@ -292,17 +319,25 @@ pub fn argv(c: &Container, image: &RunConfig, env: &[(String, String)]) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ConfigMapKeySelector, EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
     use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::{
+        ConfigMapKeySelector, EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector,
+    };
 
     struct Objects;
 
     impl Lookup for Objects {
         fn config_map(&self, name: &str) -> Option<ConfigMap> {
-            (name == "cfg").then(|| ConfigMap { data: Some([("color".to_string(), "blue".to_string())].into()), ..Default::default() })
+            (name == "cfg").then(|| ConfigMap {
+                data: Some([("color".to_string(), "blue".to_string())].into()),
+                ..Default::default()
+            })
         }
         fn secret(&self, name: &str) -> Option<Secret> {
-            (name == "sec").then(|| Secret { data: Some([("pw".to_string(), ByteString(b"hunter2".to_vec()))].into()), ..Default::default() })
+            (name == "sec").then(|| Secret {
+                data: Some([("pw".to_string(), ByteString(b"hunter2".to_vec()))].into()),
+                ..Default::default()
+            })
         }
     }
 
@@ -324,10 +359,46 @@ mod tests {
         let c = Container {
             name: "c".into(),
             env: Some(vec![
-                env_var("COLOR", None, Some(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: "cfg".into(), key: "color".into(), optional: None }), ..Default::default() })),
-                env_var("PW", None, Some(EnvVarSource { secret_key_ref: Some(SecretKeySelector { name: "sec".into(), key: "pw".into(), optional: None }), ..Default::default() })),
-                env_var("ME", None, Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }), ..Default::default() })),
-                env_var("IP", None, Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: None }), ..Default::default() })),
+                env_var(
+                    "COLOR",
+                    None,
+                    Some(EnvVarSource {
+                        config_map_key_ref: Some(ConfigMapKeySelector {
+                            name: "cfg".into(),
+                            key: "color".into(),
+                            optional: None,
+                        }),
+                        ..Default::default()
+                    }),
+                ),
+                env_var(
+                    "PW",
+                    None,
+                    Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: "sec".into(),
+                            key: "pw".into(),
+                            optional: None,
+                        }),
+                        ..Default::default()
+                    }),
+                ),
+                env_var(
+                    "ME",
+                    None,
+                    Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
+                        ..Default::default()
+                    }),
+                ),
+                env_var(
+                    "IP",
+                    None,
+                    Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: None }),
+                        ..Default::default()
+                    }),
+                ),
                 env_var("GREETING", Some("$(ME) is $(COLOR), $$(ME) and $(NOPE)"), None),
             ]),
             ..Default::default()
@@ -348,17 +419,35 @@ mod tests {
         let image = RunConfig::default();
         let missing = |name: &str, key: &str, optional: Option<bool>| Container {
             name: "c".into(),
-            env: Some(vec![env_var("X", None, Some(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: name.into(), key: key.into(), optional }), ..Default::default() }))]),
+            env: Some(vec![env_var(
+                "X",
+                None,
+                Some(EnvVarSource {
+                    config_map_key_ref: Some(ConfigMapKeySelector { name: name.into(), key: key.into(), optional }),
+                    ..Default::default()
+                }),
+            )]),
             ..Default::default()
         };
-        assert_eq!(container_env(&missing("nope", "k", None), &inputs(&pod, &facts, &image)).expect_err("missing"), "configmap \"nope\" not found");
-        assert_eq!(container_env(&missing("cfg", "k", None), &inputs(&pod, &facts, &image)).expect_err("missing key"), "couldn't find key k in ConfigMap default/cfg");
-        assert!(container_env(&missing("nope", "k", Some(true)), &inputs(&pod, &facts, &image)).expect("optional").is_empty());
+        assert_eq!(
+            container_env(&missing("nope", "k", None), &inputs(&pod, &facts, &image)).expect_err("missing"),
+            "configmap \"nope\" not found"
+        );
+        assert_eq!(
+            container_env(&missing("cfg", "k", None), &inputs(&pod, &facts, &image)).expect_err("missing key"),
+            "couldn't find key k in ConfigMap default/cfg"
+        );
+        assert!(
+            container_env(&missing("nope", "k", Some(true)), &inputs(&pod, &facts, &image))
+                .expect("optional")
+                .is_empty()
+        );
     }
 
     #[test]
     fn command_replaces_entrypoint_and_args_replace_cmd() {
-        let image = RunConfig { entrypoint: Some(vec!["/ep".into()]), cmd: Some(vec!["default".into()]), ..Default::default() };
+        let image =
+            RunConfig { entrypoint: Some(vec!["/ep".into()]), cmd: Some(vec!["default".into()]), ..Default::default() };
         let env = vec![("N".to_string(), "3".to_string())];
         let mut c = Container { name: "c".into(), ..Default::default() };
         assert_eq!(argv(&c, &image, &env), vec!["/ep", "default"]);
@@ -374,7 +463,13 @@ mod tests {
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let c = Container {
             name: "c".into(),
-            resources: Some(ResourceRequirements { limits: Some([("cpu".to_string(), Quantity("250m".into())), ("memory".to_string(), Quantity("64Mi".into()))].into()), ..Default::default() }),
+            resources: Some(ResourceRequirements {
+                limits: Some(
+                    [("cpu".to_string(), Quantity("250m".into())), ("memory".to_string(), Quantity("64Mi".into()))]
+                        .into(),
+                ),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert_eq!(resource_value(&c, "limits.cpu", None, 4, 0).expect("cpu"), "1");
@@ -388,7 +483,11 @@ mod tests {
         use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
         let svc = Service {
             metadata: kube::api::ObjectMeta { name: Some("redis-main".into()), ..Default::default() },
-            spec: Some(ServiceSpec { cluster_ip: Some("10.96.0.20".into()), ports: Some(vec![ServicePort { port: 6379, name: Some("redis".into()), ..Default::default() }]), ..Default::default() }),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.20".into()),
+                ports: Some(vec![ServicePort { port: 6379, name: Some("redis".into()), ..Default::default() }]),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let m: BTreeMap<_, _> = service_env(&[svc]).into_iter().collect();

@@ -6,13 +6,16 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 /// The pod's host name (`spec.hostname` or the pod name, at most 63 characters).
 pub fn hostname(pod: &Pod) -> String {
-    let h = pod.spec.as_ref().and_then(|s| s.hostname.clone()).or_else(|| pod.metadata.name.clone()).unwrap_or_default();
+    let h =
+        pod.spec.as_ref().and_then(|s| s.hostname.clone()).or_else(|| pod.metadata.name.clone()).unwrap_or_default();
     h.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
 }
 
 /// `/etc/hosts`: localhost, the pod's own name (with its subdomain FQDN if any) and `hostAliases`.
 pub fn hosts_file(pod: &Pod, ip: Option<Ipv4Addr>, domain: &str) -> String {
-    let mut s = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
+    let mut s = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
     let name = hostname(pod);
     if let Some(ip) = ip {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -90,13 +93,20 @@ pub fn resolv_conf(pod: &Pod, dns: Ipv4Addr, domain: &str, node_resolv: &str) ->
 fn lookup_id(db: &str, name: &str) -> Option<(u32, u32)> {
     db.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name)).then(|| Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0))))?
+        (f.first() == Some(&name))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0))))?
     })
 }
 
 /// The container's uid and gid: the security context wins over the image's `USER` (`uid`, `uid:gid`, `name`,
 /// `name:group`, names looked up in the image's `/etc/passwd` and `/etc/group`).
-pub fn user(pod: &Pod, c: &Container, image_user: Option<&str>, passwd: &str, group: &str) -> Result<(u32, u32), String> {
+pub fn user(
+    pod: &Pod,
+    c: &Container,
+    image_user: Option<&str>,
+    passwd: &str,
+    group: &str,
+) -> Result<(u32, u32), String> {
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
     let csc = c.security_context.clone().unwrap_or_default();
     let run_as_user = csc.run_as_user.or(psc.run_as_user);
@@ -110,7 +120,8 @@ pub fn user(pod: &Pod, c: &Container, image_user: Option<&str>, passwd: &str, gr
                 gid = lookup_passwd_gid(passwd, n).unwrap_or(0);
             }
             Err(_) => {
-                let (u2, g2) = lookup_id(passwd, un).ok_or_else(|| format!("unable to find user {un}: no matching entries in passwd file"))?;
+                let (u2, g2) = lookup_id(passwd, un)
+                    .ok_or_else(|| format!("unable to find user {un}: no matching entries in passwd file"))?;
                 uid = u2;
                 gid = g2;
             }
@@ -118,7 +129,9 @@ pub fn user(pod: &Pod, c: &Container, image_user: Option<&str>, passwd: &str, gr
         if let Some(g) = gn {
             gid = match g.parse::<u32>() {
                 Ok(n) => n,
-                Err(_) => lookup_id(group, g).map(|(gid, _)| gid).ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+                Err(_) => lookup_id(group, g)
+                    .map(|(gid, _)| gid)
+                    .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
             };
         }
     }
@@ -160,7 +173,10 @@ mod tests {
     #[test]
     fn cluster_first_pods_search_their_namespace_first() {
         let r = resolv_conf(&pod("shop", "web"), Ipv4Addr::new(10, 96, 0, 10), "cluster.local", "");
-        assert_eq!(r, "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n");
+        assert_eq!(
+            r,
+            "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
     }
 
     #[test]
@@ -199,11 +215,22 @@ mod tests {
         assert_eq!(user(&p, &c, Some("1000:1000"), passwd, group), Ok((1000, 1000)));
         assert!(user(&p, &c, Some("nobody-here"), passwd, group).is_err());
         let mut p2 = p.clone();
-        p2.spec.as_mut().expect("spec").security_context = Some(PodSecurityContext { run_as_user: Some(33), ..Default::default() });
+        p2.spec.as_mut().expect("spec").security_context =
+            Some(PodSecurityContext { run_as_user: Some(33), ..Default::default() });
         assert_eq!(user(&p2, &c, Some("1000"), passwd, group), Ok((33, 33)));
-        let c2 = Container { security_context: Some(SecurityContext { run_as_user: Some(7), run_as_group: Some(8), ..Default::default() }), ..Default::default() };
+        let c2 = Container {
+            security_context: Some(SecurityContext {
+                run_as_user: Some(7),
+                run_as_group: Some(8),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(user(&p2, &c2, None, passwd, group), Ok((7, 8)));
-        let c3 = Container { security_context: Some(SecurityContext { run_as_non_root: Some(true), ..Default::default() }), ..Default::default() };
+        let c3 = Container {
+            security_context: Some(SecurityContext { run_as_non_root: Some(true), ..Default::default() }),
+            ..Default::default()
+        };
         assert!(user(&p, &c3, None, passwd, group).is_err());
     }
 }

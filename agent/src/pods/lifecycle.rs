@@ -22,7 +22,12 @@ pub fn hook(h: &LifecycleHandler) -> Option<Hook> {
     if h.exec.is_none() && h.http_get.is_none() && h.tcp_socket.is_none() {
         return None;
     }
-    Some(Hook::Probe(Box::new(Probe { exec: h.exec.clone(), http_get: h.http_get.clone(), tcp_socket: h.tcp_socket.clone(), ..Default::default() })))
+    Some(Hook::Probe(Box::new(Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        ..Default::default()
+    })))
 }
 
 /// Runs a handler within `limit`; `Err` carries the failure message.
@@ -44,7 +49,8 @@ mod tests {
 
     #[test]
     fn handlers_become_probes_or_sleeps() {
-        let exec = LifecycleHandler { exec: Some(ExecAction { command: Some(vec!["true".into()]) }), ..Default::default() };
+        let exec =
+            LifecycleHandler { exec: Some(ExecAction { command: Some(vec!["true".into()]) }), ..Default::default() };
         assert!(matches!(hook(&exec), Some(Hook::Probe(p)) if p.exec.is_some()));
         let sleep = LifecycleHandler { sleep: Some(SleepAction { seconds: 3 }), ..Default::default() };
         assert!(matches!(hook(&sleep), Some(Hook::Sleep(d)) if d == Duration::from_secs(3)));

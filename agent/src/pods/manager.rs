@@ -78,7 +78,12 @@ impl Manager {
     fn reap(&mut self) {
         self.workers.retain(|_, h| !h.task.is_finished());
         let running = self.workers.len() as i64;
-        let containers = self.ctx.views.read().map(|v| v.values().map(|p| p.containers.values().filter(|c| c.running).count() as i64).sum()).unwrap_or(0);
+        let containers = self
+            .ctx
+            .views
+            .read()
+            .map(|v| v.values().map(|p| p.containers.values().filter(|c| c.running).count() as i64).sum())
+            .unwrap_or(0);
         self.ctx.metrics.set_running(running, containers);
     }
 
@@ -120,7 +125,8 @@ impl Manager {
                 let _ = h.tx.send(PodEvent::Removed);
             }
         }
-        let orphans: Vec<PodRecord> = self.records.values().filter(|r| !seen.contains(&r.uid) && !r.static_pod).cloned().collect();
+        let orphans: Vec<PodRecord> =
+            self.records.values().filter(|r| !seen.contains(&r.uid) && !r.static_pod).cloned().collect();
         for r in orphans {
             tracing::info!(pod = %r.name, namespace = %r.namespace, "cleaning up a pod the API no longer has");
             let mut pod = Pod::default();
@@ -186,7 +192,12 @@ impl Manager {
 }
 
 /// Runs the manager until `shutdown`; containers keep running after it returns.
-pub async fn run(ctx: Arc<Ctx>, mut statics: mpsc::UnboundedReceiver<StaticEvent>, mut config_changes: mpsc::UnboundedReceiver<String>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    mut statics: mpsc::UnboundedReceiver<StaticEvent>,
+    mut config_changes: mpsc::UnboundedReceiver<String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let mut exits = match crate::runtime::exits::watch(&ctx.paths.exits()) {
         Ok(rx) => rx,
         Err(e) => {

@@ -146,7 +146,10 @@ pub async fn probe_once(p: &Probe, c: &Container, target: &Target, timeout: Dura
         if let Some(e) = &p.exec {
             let argv = e.command.clone().unwrap_or_default();
             let mut cmd = target.runtime.exec(&target.container_id, &argv, None);
-            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
             let out = cmd.output().await.map_err(|e| format!("exec: {e}"))?;
             if out.status.success() {
                 return Ok(());
@@ -161,12 +164,16 @@ pub async fn probe_once(p: &Probe, c: &Container, target: &Target, timeout: Dura
             let host: IpAddr = h.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(target.pod_ip);
             let port = port_of(&h.port, c)?;
             let path = h.path.clone().unwrap_or_else(|| "/".into());
-            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n");
+            let mut req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n"
+            );
             for hd in h.http_headers.clone().unwrap_or_default() {
                 req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
             }
             req.push_str("\r\n");
-            let tcp = tokio::net::TcpStream::connect(SocketAddr::new(host, port)).await.map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
+            let tcp = tokio::net::TcpStream::connect(SocketAddr::new(host, port))
+                .await
+                .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
             let head = if h.scheme.as_deref() == Some("HTTPS") {
                 let tls = tokio_rustls::TlsConnector::from(insecure_tls());
                 let name = rustls::pki_types::ServerName::IpAddress(host.into());
@@ -178,13 +185,23 @@ pub async fn probe_once(p: &Probe, c: &Container, target: &Target, timeout: Dura
                 s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
                 read_head(&mut s).await?
             };
-            let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad HTTP answer {head:?}"))?;
-            return if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) };
+            let code: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("bad HTTP answer {head:?}"))?;
+            return if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            };
         }
         if let Some(t) = &p.tcp_socket {
             let host: IpAddr = t.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(target.pod_ip);
             let port = port_of(&t.port, c)?;
-            tokio::net::TcpStream::connect(SocketAddr::new(host, port)).await.map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+            tokio::net::TcpStream::connect(SocketAddr::new(host, port))
+                .await
+                .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
             return Ok(());
         }
         if let Some(g) = &p.grpc {
@@ -221,13 +238,30 @@ pub fn insecure_tls() -> Arc<rustls::ClientConfig> {
     #[derive(Debug)]
     struct Any(Arc<rustls::crypto::CryptoProvider>);
     impl rustls::client::danger::ServerCertVerifier for Any {
-        fn verify_server_cert(&self, _: &rustls::pki_types::CertificateDer<'_>, _: &[rustls::pki_types::CertificateDer<'_>], _: &rustls::pki_types::ServerName<'_>, _: &[u8], _: rustls::pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         }
-        fn verify_tls12_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
             rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
         }
-        fn verify_tls13_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
             rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -238,16 +272,19 @@ pub fn insecure_tls() -> Arc<rustls::ClientConfig> {
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(Any(provider))).with_no_client_auth());
-    Arc::new(cfg.unwrap_or_else(|_| rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()))
+    Arc::new(cfg.unwrap_or_else(|_| {
+        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+    }))
 }
 
 /// `grpc.health.v1.Health/Check` over h2c: SERVING (1) is success.
 async fn grpc_health(addr: SocketAddr, service: &str) -> Result<(), String> {
     use http_body_util::BodyExt as _;
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("dial {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("h2 handshake with {addr}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("h2 handshake with {addr}: {e}"))?;
     let driver = tokio::spawn(conn);
     let mut msg = Vec::new();
     if !service.is_empty() {
@@ -275,7 +312,9 @@ async fn grpc_health(addr: SocketAddr, service: &str) -> Result<(), String> {
     let data = collected.to_bytes();
     match data.get(5..7) {
         Some([0x08, 1]) => Ok(()),
-        Some([0x08, s]) => Err(format!("service unhealthy (responded with {})", if *s == 2 { "NOT_SERVING" } else { "UNKNOWN" })),
+        Some([0x08, s]) => {
+            Err(format!("service unhealthy (responded with {})", if *s == 2 { "NOT_SERVING" } else { "UNKNOWN" }))
+        }
         _ => Err("service unhealthy (responded with UNKNOWN)".into()),
     }
 }
@@ -295,7 +334,13 @@ pub struct ProbeResult {
     pub message: String,
 }
 
-async fn probe_loop(kind: ProbeKind, p: Probe, c: Container, target: Target, tx: mpsc::UnboundedSender<PodEvent>) -> bool {
+async fn probe_loop(
+    kind: ProbeKind,
+    p: Probe,
+    c: Container,
+    target: Target,
+    tx: mpsc::UnboundedSender<PodEvent>,
+) -> bool {
     let t = Timing::of(&p);
     tokio::time::sleep(t.initial_delay).await;
     let mut verdict = Verdict::new();
@@ -308,7 +353,13 @@ async fn probe_loop(kind: ProbeKind, p: Probe, c: Container, target: Target, tx:
             let _ = tx.send(PodEvent::ProbeFailed { container: c.name.clone(), kind, message: m.clone() });
         }
         if let Some(v) = verdict.feed(r.is_ok(), &t) {
-            let _ = tx.send(PodEvent::Probe(ProbeResult { container: c.name.clone(), container_id: target.container_id.clone(), kind, ok: v, message }));
+            let _ = tx.send(PodEvent::Probe(ProbeResult {
+                container: c.name.clone(),
+                container_id: target.container_id.clone(),
+                kind,
+                ok: v,
+                message,
+            }));
             match (kind, v) {
                 (ProbeKind::Startup, true) => return true,
                 (ProbeKind::Startup | ProbeKind::Liveness, false) => return false,
@@ -320,7 +371,11 @@ async fn probe_loop(kind: ProbeKind, p: Probe, c: Container, target: Target, tx:
 }
 
 /// Runs the probes of a container run until aborted (the handle aborts on drop).
-pub fn spawn(c: &Container, target: Target, tx: mpsc::UnboundedSender<PodEvent>) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    c: &Container,
+    target: Target,
+    tx: mpsc::UnboundedSender<PodEvent>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if c.startup_probe.is_none() && c.liveness_probe.is_none() && c.readiness_probe.is_none() {
         return None;
     }
@@ -331,8 +386,12 @@ pub fn spawn(c: &Container, target: Target, tx: mpsc::UnboundedSender<PodEvent>)
         {
             return;
         }
-        let live = c.liveness_probe.clone().map(|p| probe_loop(ProbeKind::Liveness, p, c.clone(), target.clone(), tx.clone()));
-        let ready = c.readiness_probe.clone().map(|p| probe_loop(ProbeKind::Readiness, p, c.clone(), target.clone(), tx.clone()));
+        let live =
+            c.liveness_probe.clone().map(|p| probe_loop(ProbeKind::Liveness, p, c.clone(), target.clone(), tx.clone()));
+        let ready = c
+            .readiness_probe
+            .clone()
+            .map(|p| probe_loop(ProbeKind::Readiness, p, c.clone(), target.clone(), tx.clone()));
         match (live, ready) {
             (Some(l), Some(r)) => {
                 tokio::select! {
@@ -365,7 +424,13 @@ mod tests {
 
     #[test]
     fn verdicts_change_only_at_the_thresholds() {
-        let t = Timing { initial_delay: Duration::ZERO, period: Duration::from_secs(1), timeout: Duration::from_secs(1), success_threshold: 2, failure_threshold: 3 };
+        let t = Timing {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 2,
+            failure_threshold: 3,
+        };
         let mut v = Verdict::new();
         assert_eq!(v.feed(true, &t), None);
         assert_eq!(v.feed(true, &t), Some(true));
@@ -380,7 +445,11 @@ mod tests {
     #[test]
     fn named_ports_resolve_from_the_container() {
         use k8s_openapi::api::core::v1::ContainerPort;
-        let c = Container { name: "c".into(), ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]), ..Default::default() };
+        let c = Container {
+            name: "c".into(),
+            ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]),
+            ..Default::default()
+        };
         assert_eq!(port_of(&IntOrString::String("http".into()), &c), Ok(8080));
         assert_eq!(port_of(&IntOrString::Int(90), &c), Ok(90));
         assert!(port_of(&IntOrString::String("nope".into()), &c).is_err());
@@ -403,14 +472,36 @@ mod tests {
         let target = Target {
             pod_ip: "127.0.0.1".parse().expect("ip"),
             container_id: "x".into(),
-            runtime: Arc::new(crate::runtime::runc::Runc::new("runc".into(), "/nonexistent".into(), crate::config::ShimCommand { program: "true".into(), args: vec![] }, "/nonexistent".into(), 1 << 20)),
+            runtime: Arc::new(crate::runtime::runc::Runc::new(
+                "runc".into(),
+                "/nonexistent".into(),
+                crate::config::ShimCommand { program: "true".into(), args: vec![] },
+                "/nonexistent".into(),
+                1 << 20,
+            )),
             metrics: Metrics::new(),
         };
-        let http = |path: &str| Probe { http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(i32::from(port)), ..Default::default() }), ..Default::default() };
+        let http = |path: &str| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::Int(i32::from(port)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let c = Container::default();
         assert_eq!(probe_once(&http("/ok"), &c, &target, Duration::from_secs(2)).await, Ok(()));
-        assert_eq!(probe_once(&http("/bad"), &c, &target, Duration::from_secs(2)).await, Err("HTTP probe failed with statuscode: 503".into()));
-        let tcp = Probe { tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction { port: IntOrString::Int(i32::from(port)), host: None }), ..Default::default() };
+        assert_eq!(
+            probe_once(&http("/bad"), &c, &target, Duration::from_secs(2)).await,
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
+        let tcp = Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                port: IntOrString::Int(i32::from(port)),
+                host: None,
+            }),
+            ..Default::default()
+        };
         assert_eq!(probe_once(&tcp, &c, &target, Duration::from_secs(2)).await, Ok(()));
     }
 }

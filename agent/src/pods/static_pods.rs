@@ -61,7 +61,8 @@ pub fn pods_of(text: &str, file: &str, node: &str) -> Result<Vec<Pod>, String> {
 /// The mirror of a static pod as created in the API.
 pub fn mirror_of(pod: &Pod, node_uid: Option<&str>, node: &str) -> Pod {
     let mut m = pod.clone();
-    let hash = pod.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/config.hash")).cloned().unwrap_or_default();
+    let hash =
+        pod.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/config.hash")).cloned().unwrap_or_default();
     m.metadata.uid = None;
     m.metadata.resource_version = None;
     m.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(MIRROR_ANNOTATION.into(), hash);
@@ -82,7 +83,11 @@ pub fn mirror_of(pod: &Pod, node_uid: Option<&str>, node: &str) -> Pod {
 fn read_dir(dir: &Path, node: &str) -> BTreeMap<String, Pod> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json")).collect();
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+        .collect();
     files.sort();
     for f in files {
         let Ok(text) = std::fs::read_to_string(&f) else { continue };
@@ -138,10 +143,18 @@ pub async fn run(client: kube::Client, dir: std::path::PathBuf, node: String, tx
         for (uid, pod) in &known {
             if !now.contains_key(uid) {
                 let _ = tx.send(StaticEvent::Remove(uid.clone()));
-                let still_named = now.values().any(|p| p.metadata.name == pod.metadata.name && p.metadata.namespace == pod.metadata.namespace);
+                let still_named = now
+                    .values()
+                    .any(|p| p.metadata.name == pod.metadata.name && p.metadata.namespace == pod.metadata.namespace);
                 if !still_named {
-                    let api: Api<Pod> = Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
-                    let _ = api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                    let api: Api<Pod> =
+                        Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+                    let _ = api
+                        .delete(
+                            pod.metadata.name.as_deref().unwrap_or_default(),
+                            &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+                        )
+                        .await;
                 }
             }
         }
@@ -154,7 +167,8 @@ pub async fn run(client: kube::Client, dir: std::path::PathBuf, node: String, tx
 mod tests {
     use super::*;
 
-    const MANIFEST: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+    const MANIFEST: &str =
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
 
     #[test]
     fn static_pods_are_named_after_the_node_and_get_a_content_hash() {

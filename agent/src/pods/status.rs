@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -53,11 +53,21 @@ fn terminated(t: &Termination) -> ContainerStateTerminated {
 }
 
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
-    ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message }), ..Default::default() }
+    ContainerState {
+        waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message }),
+        ..Default::default()
+    }
 }
 
 /// The status of one container.
-pub fn container_status(c: &Container, rec: Option<&ContainerRecord>, probe: ProbeState, policy: &str, init: bool, initializing: bool) -> ContainerStatus {
+pub fn container_status(
+    c: &Container,
+    rec: Option<&ContainerRecord>,
+    probe: ProbeState,
+    policy: &str,
+    init: bool,
+    initializing: bool,
+) -> ContainerStatus {
     let default_wait = if initializing && !init { "PodInitializing" } else { "ContainerCreating" };
     let mut st = ContainerStatus {
         name: c.name.clone(),
@@ -115,7 +125,9 @@ pub fn phase(spec: &PodSpec, init: &[ContainerStatus], containers: &[ContainerSt
         match st {
             Some(ContainerState { terminated: Some(t), .. }) if t.exit_code == 0 => {}
             Some(ContainerState { terminated: Some(_), .. }) => failed_init += 1,
-            Some(ContainerState { waiting: Some(_), .. }) if s.last_state.as_ref().is_some_and(|l| l.terminated.as_ref().is_some_and(|t| t.exit_code != 0)) => {
+            Some(ContainerState { waiting: Some(_), .. })
+                if s.last_state.as_ref().is_some_and(|l| l.terminated.as_ref().is_some_and(|t| t.exit_code != 0)) =>
+            {
                 failed_init += 1;
                 pending_init += 1;
             }
@@ -169,7 +181,14 @@ pub fn phase(spec: &PodSpec, init: &[ContainerStatus], containers: &[ContainerSt
     "Pending"
 }
 
-fn condition(ty: &str, ok: bool, reason: Option<&str>, message: Option<String>, previous: &[PodCondition], now: &Time) -> PodCondition {
+fn condition(
+    ty: &str,
+    ok: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+    previous: &[PodCondition],
+    now: &Time,
+) -> PodCondition {
     let status = if ok { "True" } else { "False" };
     let since = previous
         .iter()
@@ -212,7 +231,16 @@ pub fn pod_status(pod: &Pod, rec: &PodRecord, obs: &Observed) -> PodStatus {
     let init_specs = spec.init_containers.clone().unwrap_or_default();
     let init: Vec<ContainerStatus> = init_specs
         .iter()
-        .map(|c| container_status(c, rec.containers.get(&c.name), ProbeState { started: true, ready: true }, &policy, true, false))
+        .map(|c| {
+            container_status(
+                c,
+                rec.containers.get(&c.name),
+                ProbeState { started: true, ready: true },
+                &policy,
+                true,
+                false,
+            )
+        })
         .collect();
     let initializing = init.iter().any(|s| !s.ready);
     let containers: Vec<ContainerStatus> = spec
@@ -234,7 +262,14 @@ pub fn pod_status(pod: &Pod, rec: &PodRecord, obs: &Observed) -> PodStatus {
     conditions.push(if init_ok {
         condition("Initialized", true, None, None, &previous, &now)
     } else {
-        condition("Initialized", false, Some("ContainersNotInitialized"), Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))), &previous, &now)
+        condition(
+            "Initialized",
+            false,
+            Some("ContainersNotInitialized"),
+            Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))),
+            &previous,
+            &now,
+        )
     });
     let ready = unready.is_empty() && !terminal;
     let (reason, message) = if ready {
@@ -246,12 +281,20 @@ pub fn pod_status(pod: &Pod, rec: &PodRecord, obs: &Observed) -> PodStatus {
     };
     conditions.push(condition("Ready", ready, reason, message.clone(), &previous, &now));
     conditions.push(condition("ContainersReady", ready, reason, message, &previous, &now));
-    let scheduled = previous.iter().find(|c| c.type_ == "PodScheduled").cloned().unwrap_or_else(|| condition("PodScheduled", true, None, None, &previous, &now));
+    let scheduled = previous
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .cloned()
+        .unwrap_or_else(|| condition("PodScheduled", true, None, None, &previous, &now));
     conditions.push(scheduled);
     // Keep conditions others own (readiness gates, DisruptionTarget, …).
     let ours = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
     conditions.extend(previous.iter().filter(|c| !ours.contains(&c.type_.as_str())).cloned());
-    let pod_ip = if spec.host_network == Some(true) { Some(obs.host_ip.clone()) } else { rec.net.as_ref().filter(|_| !rec.finished).map(|n| n.ip.to_string()) };
+    let pod_ip = if spec.host_network == Some(true) {
+        Some(obs.host_ip.clone())
+    } else {
+        rec.net.as_ref().filter(|_| !rec.finished).map(|n| n.ip.to_string())
+    };
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
@@ -286,20 +329,35 @@ mod tests {
     }
 
     fn running() -> ContainerRecord {
-        ContainerRecord { current: Some(Instance { id: "x".into(), started_at: "2026-01-01T00:00:00Z".into(), ..Default::default() }), ..Default::default() }
+        ContainerRecord {
+            current: Some(Instance { id: "x".into(), started_at: "2026-01-01T00:00:00Z".into(), ..Default::default() }),
+            ..Default::default()
+        }
     }
 
     fn exited(code: i32) -> ContainerRecord {
         let mut r = running();
         if let Some(c) = r.current.as_mut() {
-            c.exit = Some(Termination { exit_code: code, reason: if code == 0 { "Completed" } else { "Error" }.into(), finished_at: "2026-01-01T00:00:05Z".into(), ..Default::default() });
+            c.exit = Some(Termination {
+                exit_code: code,
+                reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                finished_at: "2026-01-01T00:00:05Z".into(),
+                ..Default::default()
+            });
         }
         r
     }
 
     fn status(p: &Pod, recs: &[(&str, ContainerRecord)], probes: &[(&str, ProbeState)]) -> PodStatus {
-        let rec = PodRecord { containers: recs.iter().map(|(n, r)| (n.to_string(), r.clone())).collect(), ..Default::default() };
-        let obs = Observed { probes: probes.iter().map(|(n, p)| (n.to_string(), *p)).collect(), host_ip: "10.0.0.11".into(), now: Some(Timestamp::UNIX_EPOCH) };
+        let rec = PodRecord {
+            containers: recs.iter().map(|(n, r)| (n.to_string(), r.clone())).collect(),
+            ..Default::default()
+        };
+        let obs = Observed {
+            probes: probes.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
+            host_ip: "10.0.0.11".into(),
+            now: Some(Timestamp::UNIX_EPOCH),
+        };
         pod_status(p, &rec, &obs)
     }
 
@@ -314,7 +372,10 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Pending"));
         let w = s.container_statuses.expect("statuses")[0].state.clone().expect("state").waiting.expect("waiting");
         assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
-        assert_eq!(cond(&status(&pod("Always", &["a"], &[]), &[], &[]), "Ready"), ("False".into(), Some("ContainersNotReady".into())));
+        assert_eq!(
+            cond(&status(&pod("Always", &["a"], &[]), &[], &[]), "Ready"),
+            ("False".into(), Some("ContainersNotReady".into()))
+        );
     }
 
     #[test]
@@ -332,7 +393,10 @@ mod tests {
     fn phases_follow_the_restart_policy() {
         assert_eq!(status(&pod("Never", &["a"], &[]), &[("a", exited(0))], &[]).phase.as_deref(), Some("Succeeded"));
         assert_eq!(status(&pod("Never", &["a"], &[]), &[("a", exited(1))], &[]).phase.as_deref(), Some("Failed"));
-        assert_eq!(status(&pod("OnFailure", &["a"], &[]), &[("a", exited(0))], &[]).phase.as_deref(), Some("Succeeded"));
+        assert_eq!(
+            status(&pod("OnFailure", &["a"], &[]), &[("a", exited(0))], &[]).phase.as_deref(),
+            Some("Succeeded")
+        );
         let s = status(&pod("Never", &["a", "b"], &[]), &[("a", exited(0)), ("b", running())], &[]);
         assert_eq!(s.phase.as_deref(), Some("Running"));
         let done = status(&pod("Never", &["a"], &[]), &[("a", exited(0))], &[]);
@@ -343,11 +407,15 @@ mod tests {
     fn a_crash_looping_container_waits_with_its_last_termination() {
         let mut r = exited(2);
         r.restart_count = 3;
-        r.waiting = Some(crate::pods::record::Waiting { reason: "CrashLoopBackOff".into(), message: "back-off 20s".into() });
+        r.waiting =
+            Some(crate::pods::record::Waiting { reason: "CrashLoopBackOff".into(), message: "back-off 20s".into() });
         let s = status(&pod("Always", &["a"], &[]), &[("a", r)], &[]);
         let cs = &s.container_statuses.expect("statuses")[0];
         assert_eq!(cs.restart_count, 3);
-        assert_eq!(cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()), Some("CrashLoopBackOff"));
+        assert_eq!(
+            cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()),
+            Some("CrashLoopBackOff")
+        );
         assert_eq!(cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code), Some(2));
         assert_eq!(s.phase.as_deref(), Some("Running"));
     }
@@ -371,7 +439,12 @@ mod tests {
         let mut p = pod("Always", &["a"], &[]);
         let old = Time(Timestamp::from_second(100).expect("ts"));
         p.status = Some(PodStatus {
-            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: "False".into(), last_transition_time: Some(old.clone()), ..Default::default() }]),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                last_transition_time: Some(old.clone()),
+                ..Default::default()
+            }]),
             ..Default::default()
         });
         let s = status(&p, &[], &[]);
@@ -385,10 +458,13 @@ mod tests {
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let mut p = pod("Always", &["a"], &[]);
         assert_eq!(qos_class(p.spec.as_ref().expect("spec")), "BestEffort");
-        let lim: BTreeMap<String, Quantity> = [("cpu".to_string(), Quantity("100m".into())), ("memory".to_string(), Quantity("64Mi".into()))].into();
-        p.spec.as_mut().expect("spec").containers[0].resources = Some(ResourceRequirements { limits: Some(lim.clone()), ..Default::default() });
+        let lim: BTreeMap<String, Quantity> =
+            [("cpu".to_string(), Quantity("100m".into())), ("memory".to_string(), Quantity("64Mi".into()))].into();
+        p.spec.as_mut().expect("spec").containers[0].resources =
+            Some(ResourceRequirements { limits: Some(lim.clone()), ..Default::default() });
         assert_eq!(qos_class(p.spec.as_ref().expect("spec")), "Guaranteed");
-        p.spec.as_mut().expect("spec").containers[0].resources = Some(ResourceRequirements { requests: Some(lim), ..Default::default() });
+        p.spec.as_mut().expect("spec").containers[0].resources =
+            Some(ResourceRequirements { requests: Some(lim), ..Default::default() });
         assert_eq!(qos_class(p.spec.as_ref().expect("spec")), "Burstable");
     }
 }

@@ -23,7 +23,14 @@ fn mode_of(item_mode: Option<i32>, default_mode: Option<i32>, fallback: u32) -> 
 }
 
 /// The files of a configMap or secret volume: every key, or only `items` (key → path, mode).
-pub fn key_files(data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, default_mode: Option<i32>, kind: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Payload>, MountError> {
+pub fn key_files(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    kind: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Payload>, MountError> {
     let mut out = BTreeMap::new();
     match items {
         None => {
@@ -38,7 +45,10 @@ pub fn key_files(data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, 
                         if !atomic::valid_path(&it.path) {
                             return Err(format!("invalid path {:?} for key {}", it.path, it.key));
                         }
-                        out.insert(it.path.clone(), Payload { data: v.clone(), mode: mode_of(it.mode, default_mode, 0o644) });
+                        out.insert(
+                            it.path.clone(),
+                            Payload { data: v.clone(), mode: mode_of(it.mode, default_mode, 0o644) },
+                        );
                     }
                     None if optional => {}
                     None => return Err(format!("configuration key {:?} not found in {kind} {name:?}", it.key)),
@@ -51,7 +61,8 @@ pub fn key_files(data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, 
 
 /// The data of a ConfigMap as bytes.
 pub fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let mut m: BTreeMap<String, Vec<u8>> = cm.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    let mut m: BTreeMap<String, Vec<u8>> =
+        cm.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
     for (k, v) in cm.binary_data.clone().unwrap_or_default() {
         m.insert(k, v.0);
     }
@@ -60,7 +71,8 @@ pub fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
 
 /// The data of a Secret as bytes.
 pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut m: BTreeMap<String, Vec<u8>> = s.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    let mut m: BTreeMap<String, Vec<u8>> =
+        s.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
     for (k, v) in s.string_data.clone().unwrap_or_default() {
         m.insert(k, v.into_bytes());
     }
@@ -68,7 +80,14 @@ pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The files of downwardAPI items.
-pub fn downward_files(pod: &Pod, facts: &PodFacts, items: &[DownwardAPIVolumeFile], default_mode: Option<i32>, node_cpus: u64, node_memory: u64) -> Result<BTreeMap<String, Payload>, MountError> {
+pub fn downward_files(
+    pod: &Pod,
+    facts: &PodFacts,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: Option<i32>,
+    node_cpus: u64,
+    node_memory: u64,
+) -> Result<BTreeMap<String, Payload>, MountError> {
     let mut out = BTreeMap::new();
     for it in items {
         if !atomic::valid_path(&it.path) {
@@ -78,7 +97,12 @@ pub fn downward_files(pod: &Pod, facts: &PodFacts, items: &[DownwardAPIVolumeFil
             env::field_value(pod, facts, &f.field_path)?
         } else if let Some(r) = &it.resource_field_ref {
             let spec = pod.spec.as_ref().ok_or("pod without spec")?;
-            let c = spec.containers.iter().find(|c| Some(&c.name) == r.container_name.as_ref()).or(spec.containers.first()).ok_or("pod without containers")?;
+            let c = spec
+                .containers
+                .iter()
+                .find(|c| Some(&c.name) == r.container_name.as_ref())
+                .or(spec.containers.first())
+                .ok_or("pod without containers")?;
             env::resource_value(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), node_cpus, node_memory)?
         } else {
             String::new()
@@ -109,7 +133,9 @@ pub fn atomic_files(v: &Volume, inp: &VolumeInputs<'_>) -> Option<Result<BTreeMa
     if let Some(c) = &v.config_map {
         let optional = c.optional == Some(true);
         return Some(match inp.lookup.config_map(&c.name) {
-            Some(cm) => key_files(&config_map_data(&cm), c.items.as_deref(), c.default_mode, "ConfigMap", &c.name, optional),
+            Some(cm) => {
+                key_files(&config_map_data(&cm), c.items.as_deref(), c.default_mode, "ConfigMap", &c.name, optional)
+            }
             None if optional => Ok(BTreeMap::new()),
             None => Err(format!("configmap {:?} not found", c.name)),
         });
@@ -124,7 +150,14 @@ pub fn atomic_files(v: &Volume, inp: &VolumeInputs<'_>) -> Option<Result<BTreeMa
         });
     }
     if let Some(d) = &v.downward_api {
-        return Some(downward_files(inp.pod, inp.facts, d.items.as_deref().unwrap_or_default(), d.default_mode, inp.node_cpus, inp.node_memory));
+        return Some(downward_files(
+            inp.pod,
+            inp.facts,
+            d.items.as_deref().unwrap_or_default(),
+            d.default_mode,
+            inp.node_cpus,
+            inp.node_memory,
+        ));
     }
     if let Some(p) = &v.projected {
         return Some(projected_files(v, p, inp));
@@ -132,29 +165,53 @@ pub fn atomic_files(v: &Volume, inp: &VolumeInputs<'_>) -> Option<Result<BTreeMa
     None
 }
 
-fn projected_files(v: &Volume, p: &k8s_openapi::api::core::v1::ProjectedVolumeSource, inp: &VolumeInputs<'_>) -> Result<BTreeMap<String, Payload>, MountError> {
+fn projected_files(
+    v: &Volume,
+    p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    inp: &VolumeInputs<'_>,
+) -> Result<BTreeMap<String, Payload>, MountError> {
     {
         let mut all = BTreeMap::new();
         for src in p.sources.clone().unwrap_or_default() {
             let part = if let Some(c) = &src.config_map {
                 let optional = c.optional == Some(true);
                 match inp.lookup.config_map(&c.name) {
-                    Some(cm) => key_files(&config_map_data(&cm), c.items.as_deref(), p.default_mode, "ConfigMap", &c.name, optional),
+                    Some(cm) => key_files(
+                        &config_map_data(&cm),
+                        c.items.as_deref(),
+                        p.default_mode,
+                        "ConfigMap",
+                        &c.name,
+                        optional,
+                    ),
                     None if optional => Ok(BTreeMap::new()),
                     None => Err(format!("configmap {:?} not found", c.name)),
                 }
             } else if let Some(s) = &src.secret {
                 let optional = s.optional == Some(true);
                 match inp.lookup.secret(&s.name) {
-                    Some(sec) => key_files(&secret_data(&sec), s.items.as_deref(), p.default_mode, "Secret", &s.name, optional),
+                    Some(sec) => {
+                        key_files(&secret_data(&sec), s.items.as_deref(), p.default_mode, "Secret", &s.name, optional)
+                    }
                     None if optional => Ok(BTreeMap::new()),
                     None => Err(format!("secret {:?} not found", s.name)),
                 }
             } else if let Some(d) = &src.downward_api {
-                downward_files(inp.pod, inp.facts, d.items.as_deref().unwrap_or_default(), p.default_mode, inp.node_cpus, inp.node_memory)
+                downward_files(
+                    inp.pod,
+                    inp.facts,
+                    d.items.as_deref().unwrap_or_default(),
+                    p.default_mode,
+                    inp.node_cpus,
+                    inp.node_memory,
+                )
             } else if let Some(t) = &src.service_account_token {
                 match inp.tokens.get(&(v.name.clone(), t.path.clone())) {
-                    Some(tok) => Ok([(t.path.clone(), Payload { data: tok.clone().into_bytes(), mode: mode_of(None, p.default_mode, 0o644) })].into()),
+                    Some(tok) => Ok([(
+                        t.path.clone(),
+                        Payload { data: tok.clone().into_bytes(), mode: mode_of(None, p.default_mode, 0o644) },
+                    )]
+                    .into()),
                     None => Err(format!("no service account token yet for {}", t.path)),
                 }
             } else {
@@ -201,7 +258,10 @@ pub fn kind_dir(v: &Volume) -> &'static str {
 /// The host path behind a bound PersistentVolume.
 pub fn pv_path(pv: &PersistentVolume) -> Option<PathBuf> {
     let spec = pv.spec.as_ref()?;
-    spec.host_path.as_ref().map(|h| PathBuf::from(&h.path)).or_else(|| spec.local.as_ref().map(|l| PathBuf::from(&l.path)))
+    spec.host_path
+        .as_ref()
+        .map(|h| PathBuf::from(&h.path))
+        .or_else(|| spec.local.as_ref().map(|l| PathBuf::from(&l.path)))
 }
 
 /// Prepares the directory of one non-claim volume; returns its host path. `atomic_files` results are written
@@ -216,13 +276,23 @@ pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<P
     if let Some(e) = &v.empty_dir {
         std::fs::create_dir_all(&path).map_err(|e| format!("creating emptyDir {}: {e}", v.name))?;
         if e.medium.as_deref() == Some("Memory") && !super::mounts::is_mount_point(&path) {
-            let size = e.size_limit.as_ref().and_then(|q| q.0.parse::<skiff_api::quantity::Quantity>().ok()).map(|q| q.as_units());
+            let size = e
+                .size_limit
+                .as_ref()
+                .and_then(|q| q.0.parse::<skiff_api::quantity::Quantity>().ok())
+                .map(|q| q.as_units());
             let opts = match size {
                 Some(s) if s > 0 => format!("mode=1777,size={s}"),
                 _ => "mode=1777".to_string(),
             };
-            nix::mount::mount(Some("tmpfs"), &path, Some("tmpfs"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some(opts.as_str()))
-                .map_err(|e| format!("mounting tmpfs for emptyDir {}: {e}", v.name))?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(opts.as_str()),
+            )
+            .map_err(|e| format!("mounting tmpfs for emptyDir {}: {e}", v.name))?;
         } else {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
@@ -232,7 +302,9 @@ pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<P
     if let Some(h) = &v.host_path {
         let p = PathBuf::from(&h.path);
         match h.type_.as_deref().unwrap_or("") {
-            "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| format!("creating hostPath {}: {e}", h.path))?,
+            "DirectoryOrCreate" => {
+                std::fs::create_dir_all(&p).map_err(|e| format!("creating hostPath {}: {e}", h.path))?
+            }
             "FileOrCreate" => {
                 if let Some(parent) = p.parent() {
                     let _ = std::fs::create_dir_all(parent);
@@ -241,9 +313,13 @@ pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<P
                     std::fs::write(&p, b"").map_err(|e| format!("creating hostPath {}: {e}", h.path))?;
                 }
             }
-            "Directory" if !p.is_dir() => return Err(format!("hostPath type check failed: {} is not a directory", h.path)),
+            "Directory" if !p.is_dir() => {
+                return Err(format!("hostPath type check failed: {} is not a directory", h.path));
+            }
             "File" if !p.is_file() => return Err(format!("hostPath type check failed: {} is not a file", h.path)),
-            "Socket" | "CharDevice" | "BlockDevice" if !p.exists() => return Err(format!("hostPath type check failed: {} does not exist", h.path)),
+            "Socket" | "CharDevice" | "BlockDevice" if !p.exists() => {
+                return Err(format!("hostPath type check failed: {} does not exist", h.path));
+            }
             _ => {}
         }
         return Ok(p);
@@ -252,10 +328,20 @@ pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<P
 }
 
 /// The PersistentVolumeClaim and, if bound, its volume.
-pub async fn claim(client: &kube::Client, ns: &str, name: &str) -> Result<(PersistentVolumeClaim, Option<PersistentVolume>), MountError> {
+pub async fn claim(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<(PersistentVolumeClaim, Option<PersistentVolume>), MountError> {
     let pvcs: kube::Api<PersistentVolumeClaim> = kube::Api::namespaced(client.clone(), ns);
-    let pvc = pvcs.get_opt(name).await.map_err(|e| format!("reading claim {name}: {e}"))?.ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
-    let Some(vol) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty()) else { return Ok((pvc, None)) };
+    let pvc = pvcs
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading claim {name}: {e}"))?
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+    let Some(vol) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty()) else {
+        return Ok((pvc, None));
+    };
     let pvs: kube::Api<PersistentVolume> = kube::Api::all(client.clone());
     let pv = pvs.get_opt(&vol).await.map_err(|e| format!("reading volume {vol}: {e}"))?;
     Ok((pvc, pv))
@@ -263,7 +349,10 @@ pub async fn claim(client: &kube::Client, ns: &str, name: &str) -> Result<(Persi
 
 /// The `local-path` PersistentVolume for an unbound claim on node `node`, with its directory under `base`.
 pub fn local_path_volume(pvc: &PersistentVolumeClaim, node: &str, base: &Path) -> PersistentVolume {
-    use k8s_openapi::api::core::v1::{HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference, PersistentVolumeSpec, VolumeNodeAffinity};
+    use k8s_openapi::api::core::v1::{
+        HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
+        PersistentVolumeSpec, VolumeNodeAffinity,
+    };
     let uid = pvc.metadata.uid.clone().unwrap_or_default();
     let ns = pvc.metadata.namespace.clone().unwrap_or_default();
     let name = pvc.metadata.name.clone().unwrap_or_default();
@@ -272,20 +361,40 @@ pub fn local_path_volume(pvc: &PersistentVolumeClaim, node: &str, base: &Path) -
     PersistentVolume {
         metadata: kube::api::ObjectMeta {
             name: Some(format!("pvc-{uid}")),
-            annotations: Some([("pv.kubernetes.io/provisioned-by".to_string(), "skiff.dev/local-path".to_string())].into()),
+            annotations: Some(
+                [("pv.kubernetes.io/provisioned-by".to_string(), "skiff.dev/local-path".to_string())].into(),
+            ),
             ..Default::default()
         },
         spec: Some(PersistentVolumeSpec {
-            capacity: spec.resources.as_ref().and_then(|r| r.requests.clone()).map(|r| r.into_iter().filter(|(k, _)| k == "storage").collect()),
+            capacity: spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.clone())
+                .map(|r| r.into_iter().filter(|(k, _)| k == "storage").collect()),
             access_modes: spec.access_modes.clone(),
             storage_class_name: spec.storage_class_name.clone(),
             persistent_volume_reclaim_policy: Some("Delete".into()),
-            host_path: Some(HostPathVolumeSource { path: dir.display().to_string(), type_: Some("DirectoryOrCreate".into()) }),
-            claim_ref: Some(ObjectReference { kind: Some("PersistentVolumeClaim".into()), api_version: Some("v1".into()), namespace: Some(ns), name: Some(name), uid: Some(uid), ..Default::default() }),
+            host_path: Some(HostPathVolumeSource {
+                path: dir.display().to_string(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            claim_ref: Some(ObjectReference {
+                kind: Some("PersistentVolumeClaim".into()),
+                api_version: Some("v1".into()),
+                namespace: Some(ns),
+                name: Some(name),
+                uid: Some(uid),
+                ..Default::default()
+            }),
             node_affinity: Some(VolumeNodeAffinity {
                 required: Some(NodeSelector {
                     node_selector_terms: vec![NodeSelectorTerm {
-                        match_expressions: Some(vec![NodeSelectorRequirement { key: "kubernetes.io/hostname".into(), operator: "In".into(), values: Some(vec![node.into()]) }]),
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "kubernetes.io/hostname".into(),
+                            operator: "In".into(),
+                            values: Some(vec![node.into()]),
+                        }]),
                         ..Default::default()
                     }],
                 }),

@@ -62,7 +62,13 @@ fn uid_of(pod: &Pod) -> String {
 
 impl Worker {
     /// A worker for `pod`, continuing `record` if the agent already knew the pod.
-    pub fn new(ctx: Arc<Ctx>, pod: Arc<Pod>, record: Option<PodRecord>, rx: mpsc::UnboundedReceiver<PodEvent>, tx: mpsc::UnboundedSender<PodEvent>) -> Self {
+    pub fn new(
+        ctx: Arc<Ctx>,
+        pod: Arc<Pod>,
+        record: Option<PodRecord>,
+        rx: mpsc::UnboundedReceiver<PodEvent>,
+        tx: mpsc::UnboundedSender<PodEvent>,
+    ) -> Self {
         let rec = record.unwrap_or_else(|| PodRecord {
             uid: uid_of(&pod),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -103,7 +109,9 @@ impl Worker {
     }
 
     fn save(&self) {
-        if let Err(e) = std::fs::create_dir_all(self.pod_dir()).and_then(|()| self.rec.save(&self.pod_dir().join("record.json"))) {
+        if let Err(e) =
+            std::fs::create_dir_all(self.pod_dir()).and_then(|()| self.rec.save(&self.pod_dir().join("record.json")))
+        {
             tracing::warn!(pod = %self.rec.name, error = %e, "saving the pod record failed");
         }
     }
@@ -116,7 +124,12 @@ impl Worker {
             name: Some(self.rec.name.clone()),
             uid: Some(self.rec.uid.clone()),
             field_path: container.map(|c| {
-                let init = self.pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).is_some_and(|ics| ics.iter().any(|i| i.name == c));
+                let init = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|ics| ics.iter().any(|i| i.name == c));
                 if init { format!("spec.initContainers{{{c}}}") } else { format!("spec.containers{{{c}}}") }
             }),
             ..Default::default()
@@ -164,7 +177,13 @@ impl Worker {
             PodEvent::Exited(id) => self.on_exit(&id).await,
             PodEvent::Probe(r) => self.on_probe(r).await,
             PodEvent::ProbeFailed { container, kind, message } => {
-                self.event(Some(&container), EventType::Warning, "Unhealthy", &format!("{} probe failed: {message}", kind.as_str())).await;
+                self.event(
+                    Some(&container),
+                    EventType::Warning,
+                    "Unhealthy",
+                    &format!("{} probe failed: {message}", kind.as_str()),
+                )
+                .await;
             }
             PodEvent::Refresh => {
                 if self.rec.net.is_some() || self.host_network() {
@@ -212,7 +231,14 @@ impl Worker {
                 }
                 _ => {
                     // Stopped without a shim record: the shim was lost with the container.
-                    self.finish_run(&name, &inst, ExitRecord { exit_code: 137, signal: None, finished_at: now_str(), start_error: None }, Some("ContainerStatusUnknown"), Some("The container could not be located when the agent restarted".into())).await;
+                    self.finish_run(
+                        &name,
+                        &inst,
+                        ExitRecord { exit_code: 137, signal: None, finished_at: now_str(), start_error: None },
+                        Some("ContainerStatusUnknown"),
+                        Some("The container could not be located when the agent restarted".into()),
+                    )
+                    .await;
                 }
             }
         }
@@ -224,15 +250,27 @@ impl Worker {
         }
         let state = ProbeState { started: c.startup_probe.is_none(), ready: c.readiness_probe.is_none() };
         self.probe_state.insert(c.name.clone(), state);
-        let ip = self.rec.net.as_ref().map(|n| std::net::IpAddr::V4(n.ip)).unwrap_or(std::net::IpAddr::V4(self.ctx.node.ip));
-        let target = probes::Target { pod_ip: ip, container_id: id.to_string(), runtime: self.ctx.runtime.clone(), metrics: self.ctx.metrics.clone() };
+        let ip =
+            self.rec.net.as_ref().map(|n| std::net::IpAddr::V4(n.ip)).unwrap_or(std::net::IpAddr::V4(self.ctx.node.ip));
+        let target = probes::Target {
+            pod_ip: ip,
+            container_id: id.to_string(),
+            runtime: self.ctx.runtime.clone(),
+            metrics: self.ctx.metrics.clone(),
+        };
         if let Some(h) = probes::spawn(c, target, self.tx.clone()) {
             self.probes.insert(c.name.clone(), h);
         }
     }
 
     async fn on_probe(&mut self, r: probes::ProbeResult) {
-        let current = self.rec.containers.get(&r.container).and_then(|c| c.current.as_ref()).filter(|i| i.exit.is_none()).map(|i| i.id.clone());
+        let current = self
+            .rec
+            .containers
+            .get(&r.container)
+            .and_then(|c| c.current.as_ref())
+            .filter(|i| i.exit.is_none())
+            .map(|i| i.id.clone());
         if current.as_deref() != Some(r.container_id.as_str()) {
             return;
         }
@@ -246,7 +284,13 @@ impl Worker {
                     c.kill_reason = Some(what.into());
                 }
                 self.save();
-                self.event(Some(&r.container), EventType::Normal, "Killing", &format!("Container {} failed {what} probe, will be restarted", r.container)).await;
+                self.event(
+                    Some(&r.container),
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Container {} failed {what} probe, will be restarted", r.container),
+                )
+                .await;
                 self.stop_container(&r.container, &r.container_id).await;
             }
             (ProbeKind::Liveness, true) => {}
@@ -261,7 +305,9 @@ impl Worker {
         }
         let rt = self.ctx.runtime.clone();
         let id = id.to_string();
-        let pre_stop = self.container_spec(name).and_then(|(c, _)| c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()).map(|h| (c, h)));
+        let pre_stop = self
+            .container_spec(name)
+            .and_then(|(c, _)| c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()).map(|h| (c, h)));
         let target = self.probe_target(&id);
         tokio::spawn(async move {
             let limit = Duration::from_secs(u64::try_from(grace).unwrap_or(30));
@@ -283,26 +329,49 @@ impl Worker {
     }
 
     fn probe_target(&self, id: &str) -> probes::Target {
-        let ip = self.rec.net.as_ref().map(|n| std::net::IpAddr::V4(n.ip)).unwrap_or(std::net::IpAddr::V4(self.ctx.node.ip));
-        probes::Target { pod_ip: ip, container_id: id.to_string(), runtime: self.ctx.runtime.clone(), metrics: self.ctx.metrics.clone() }
+        let ip =
+            self.rec.net.as_ref().map(|n| std::net::IpAddr::V4(n.ip)).unwrap_or(std::net::IpAddr::V4(self.ctx.node.ip));
+        probes::Target {
+            pod_ip: ip,
+            container_id: id.to_string(),
+            runtime: self.ctx.runtime.clone(),
+            metrics: self.ctx.metrics.clone(),
+        }
     }
 
     /// A container run ended: record how, and clean up its runc state and root file system.
     async fn on_exit(&mut self, id: &str) {
-        let Some((name, inst)) = self.rec.containers.iter().find_map(|(n, c)| c.current.as_ref().filter(|i| i.id == id && i.exit.is_none()).map(|i| (n.clone(), i.clone()))) else {
+        let Some((name, inst)) = self.rec.containers.iter().find_map(|(n, c)| {
+            c.current.as_ref().filter(|i| i.id == id && i.exit.is_none()).map(|i| (n.clone(), i.clone()))
+        }) else {
             // Already recorded (a start failure also leaves an exit record): only tidy up.
             let _ = std::fs::remove_file(self.ctx.paths.exit_file(id));
             return;
         };
-        let record = ExitRecord::read(&self.ctx.paths.exit_file(id)).unwrap_or(ExitRecord { exit_code: 137, signal: None, finished_at: now_str(), start_error: Some("the container's exit status was lost".into()) });
+        let record = ExitRecord::read(&self.ctx.paths.exit_file(id)).unwrap_or(ExitRecord {
+            exit_code: 137,
+            signal: None,
+            finished_at: now_str(),
+            start_error: Some("the container's exit status was lost".into()),
+        });
         self.finish_run(&name, &inst, record, None, None).await;
     }
 
-    async fn finish_run(&mut self, name: &str, inst: &Instance, record: ExitRecord, reason: Option<&str>, message: Option<String>) {
+    async fn finish_run(
+        &mut self,
+        name: &str,
+        inst: &Instance,
+        record: ExitRecord,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) {
         let cg = self.ctx.container_cgroup(&self.rec.uid, &inst.id);
         let oom = self.ctx.cgroups.oom_kills(&cg) > 0;
         let bundle = self.ctx.paths.container(&inst.id);
-        let tlog = std::fs::read(bundle.join("termination-log")).ok().map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned()).filter(|m| !m.is_empty());
+        let tlog = std::fs::read(bundle.join("termination-log"))
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+            .filter(|m| !m.is_empty());
         let reason = reason.map(str::to_string).unwrap_or_else(|| {
             if record.start_error.is_some() {
                 "StartError".into()
@@ -316,7 +385,9 @@ impl Worker {
         });
         let mut message = message.or(record.start_error.clone()).or(tlog);
         if message.is_none() && record.exit_code != 0 {
-            let fallback = self.container_spec(name).is_some_and(|(c, _)| c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"));
+            let fallback = self
+                .container_spec(name)
+                .is_some_and(|(c, _)| c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"));
             if fallback {
                 message = Some(super::super::server::logs::tail_text(&self.log_path(name, inst.attempt), 80, 2048));
             }
@@ -342,7 +413,13 @@ impl Worker {
         self.save();
         self.cleanup_run(&inst.id).await;
         if reason == "OOMKilled" {
-            self.event(Some(name), EventType::Warning, "OOMKilled", &format!("Container {name} was killed by the OOM killer (memory limit)")).await;
+            self.event(
+                Some(name),
+                EventType::Warning,
+                "OOMKilled",
+                &format!("Container {name} was killed by the OOM killer (memory limit)"),
+            )
+            .await;
         }
         tracing::info!(pod = %self.rec.name, container = %name, exit_code = record.exit_code, %reason, "container ended");
     }
@@ -398,13 +475,25 @@ impl Worker {
                     self.ctx.metrics.operation("create_sandbox", started.elapsed().as_secs_f64());
                 }
                 Err(e) => {
-                    self.event(None, EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}")).await;
+                    self.event(
+                        None,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {e}"),
+                    )
+                    .await;
                     return Some(Duration::from_secs(5));
                 }
             }
         }
         if let Err(e) = self.write_pod_files() {
-            self.event(None, EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to write the pod's /etc files: {e}")).await;
+            self.event(
+                None,
+                EventType::Warning,
+                "FailedCreatePodSandBox",
+                &format!("Failed to write the pod's /etc files: {e}"),
+            )
+            .await;
             return Some(Duration::from_secs(5));
         }
         if !self.prepare_volumes().await {
@@ -415,7 +504,12 @@ impl Worker {
         let now = Timestamp::now();
         // Init containers, one at a time, in order.
         for c in spec.init_containers.clone().unwrap_or_default() {
-            let r = self.rec.containers.entry(c.name.clone()).or_insert_with(|| ContainerRecord { init: true, ..Default::default() }).clone();
+            let r = self
+                .rec
+                .containers
+                .entry(c.name.clone())
+                .or_insert_with(|| ContainerRecord { init: true, ..Default::default() })
+                .clone();
             if r.succeeded() {
                 continue;
             }
@@ -466,13 +560,22 @@ impl Worker {
         let r = self.rec.containers.get_mut(name)?;
         match backoff::decide(r.backoff, finished, now, &policy) {
             Decision::Wait { until, window } => {
-                let msg = format!("back-off {}s restarting failed container={name} pod={}_{}({})", window.as_secs(), self.rec.name, self.rec.namespace, self.rec.uid);
+                let msg = format!(
+                    "back-off {}s restarting failed container={name} pod={}_{}({})",
+                    window.as_secs(),
+                    self.rec.name,
+                    self.rec.namespace,
+                    self.rec.uid
+                );
                 let fresh = r.waiting.as_ref().is_none_or(|w| w.reason != "CrashLoopBackOff");
                 r.waiting = Some(Waiting { reason: "CrashLoopBackOff".into(), message: msg });
                 if fresh {
                     let reference = self.reference(Some(name));
                     let rec = self.ctx.recorder.clone();
-                    tokio::spawn(async move { rec.record(&reference, EventType::Warning, "BackOff", "Back-off restarting failed container").await });
+                    tokio::spawn(async move {
+                        rec.record(&reference, EventType::Warning, "BackOff", "Back-off restarting failed container")
+                            .await
+                    });
                 }
                 let ms = until.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
                 Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
@@ -498,7 +601,9 @@ impl Worker {
         // Image pull back-off.
         if let Some((entry, failed_at)) = self.rec.containers.get(&name).and_then(|r| r.pull_backoff.clone()) {
             let failed: Timestamp = failed_at.parse().unwrap_or_else(|_| Timestamp::now());
-            if let Decision::Wait { until, .. } = backoff::decide(Some(entry), failed, Timestamp::now(), &self.ctx.cfg.backoff) {
+            if let Decision::Wait { until, .. } =
+                backoff::decide(Some(entry), failed, Timestamp::now(), &self.ctx.cfg.backoff)
+            {
                 self.set_waiting(&name, "ImagePullBackOff", &format!("Back-off pulling image {image_name:?}"));
                 let ms = until.as_millisecond().saturating_sub(Timestamp::now().as_millisecond()).max(0);
                 return Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
@@ -509,16 +614,31 @@ impl Worker {
             Err(e) => {
                 let now = Timestamp::now();
                 let r = self.rec.containers.entry(name.clone()).or_default();
-                let entry = match backoff::decide(r.pull_backoff.as_ref().map(|(e, _)| *e), now, now, &self.ctx.cfg.backoff) {
-                    Decision::RestartNow(e) => e,
-                    Decision::Wait { .. } => r.pull_backoff.as_ref().map(|(e, _)| *e).unwrap_or(backoff::Entry { window: self.ctx.cfg.backoff.initial, updated: now }),
-                };
+                let entry =
+                    match backoff::decide(r.pull_backoff.as_ref().map(|(e, _)| *e), now, now, &self.ctx.cfg.backoff) {
+                        Decision::RestartNow(e) => e,
+                        Decision::Wait { .. } => r
+                            .pull_backoff
+                            .as_ref()
+                            .map(|(e, _)| *e)
+                            .unwrap_or(backoff::Entry { window: self.ctx.cfg.backoff.initial, updated: now }),
+                    };
                 r.pull_backoff = Some((entry, now.to_string()));
-                let reason = if matches!(e, crate::images::ImageError::NeverPull(_)) { "ErrImageNeverPull" } else { "ErrImagePull" };
+                let reason = if matches!(e, crate::images::ImageError::NeverPull(_)) {
+                    "ErrImageNeverPull"
+                } else {
+                    "ErrImagePull"
+                };
                 r.waiting = Some(Waiting { reason: reason.into(), message: e.to_string() });
                 self.save();
                 self.ctx.metrics.pull("failed", None);
-                self.event(Some(&name), EventType::Warning, "Failed", &format!("Failed to pull image {image_name:?}: {e}")).await;
+                self.event(
+                    Some(&name),
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Failed to pull image {image_name:?}: {e}"),
+                )
+                .await;
                 self.event(Some(&name), EventType::Warning, "Failed", &format!("Error: {reason}")).await;
                 return Some(entry.window);
             }
@@ -529,15 +649,37 @@ impl Worker {
         match &obtained {
             crate::images::Obtained::Present => {
                 self.ctx.metrics.pull("present", None);
-                self.event(Some(&name), EventType::Normal, "Pulled", &format!("Container image {image_name:?} already present on machine")).await;
+                self.event(
+                    Some(&name),
+                    EventType::Normal,
+                    "Pulled",
+                    &format!("Container image {image_name:?} already present on machine"),
+                )
+                .await;
             }
             crate::images::Obtained::Pulled(d) => {
                 self.ctx.metrics.pull("pulled", Some(d.as_secs_f64()));
-                self.event(Some(&name), EventType::Normal, "Pulled", &format!("Successfully pulled image {image_name:?} in {:.3}s. Image size: {} bytes.", d.as_secs_f64(), image.size)).await;
+                self.event(
+                    Some(&name),
+                    EventType::Normal,
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image {image_name:?} in {:.3}s. Image size: {} bytes.",
+                        d.as_secs_f64(),
+                        image.size
+                    ),
+                )
+                .await;
             }
             crate::images::Obtained::LocalFallback(why) => {
                 self.ctx.metrics.pull("local_fallback", None);
-                self.event(Some(&name), EventType::Warning, "Pulled", &format!("Registry unreachable ({why}); using image {image_name:?} already present on machine")).await;
+                self.event(
+                    Some(&name),
+                    EventType::Warning,
+                    "Pulled",
+                    &format!("Registry unreachable ({why}); using image {image_name:?} already present on machine"),
+                )
+                .await;
             }
         }
         // Environment and argv.
@@ -549,11 +691,23 @@ impl Worker {
             .services
             .state()
             .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()) || (s.metadata.namespace.as_deref() == Some("default") && s.metadata.name.as_deref() == Some("kubernetes")))
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns.as_str())
+                    || (s.metadata.namespace.as_deref() == Some("default")
+                        && s.metadata.name.as_deref() == Some("kubernetes"))
+            })
             .map(|s| (**s).clone())
             .collect();
         let lookup = NamespaceLookup { caches: &self.ctx.caches, namespace: &ns };
-        let inputs = EnvInputs { pod: &self.pod, facts: &facts, lookup: &lookup, services: &services, image: &image.run, node_cpus: self.ctx.node.cpus, node_memory: self.ctx.node.memory };
+        let inputs = EnvInputs {
+            pod: &self.pod,
+            facts: &facts,
+            lookup: &lookup,
+            services: &services,
+            image: &image.run,
+            node_cpus: self.ctx.node.cpus,
+            node_memory: self.ctx.node.memory,
+        };
         let mut envs = match env::container_env(c, &inputs) {
             Ok(e) => e,
             Err(msg) => return self.config_error(&name, &msg).await,
@@ -561,7 +715,9 @@ impl Worker {
         if !envs.iter().any(|(k, _)| k == "HOSTNAME") {
             envs.insert(0, ("HOSTNAME".into(), etc::hostname(&self.pod)));
         }
-        if let Some(ks) = services.iter().find(|s| s.metadata.name.as_deref() == Some("kubernetes") && s.metadata.namespace.as_deref() == Some("default")) {
+        if let Some(ks) = services.iter().find(|s| {
+            s.metadata.name.as_deref() == Some("kubernetes") && s.metadata.namespace.as_deref() == Some("default")
+        }) {
             if let Some(ip) = ks.spec.as_ref().and_then(|s| s.cluster_ip.clone()) {
                 for (k, v) in [("KUBERNETES_SERVICE_HOST", ip), ("KUBERNETES_SERVICE_PORT", "443".to_string())] {
                     if !envs.iter().any(|(x, _)| x == k) {
@@ -577,7 +733,11 @@ impl Worker {
         // Root file system.
         let layers = match self.ctx.images.layers(&image).await {
             Ok(l) => l,
-            Err(e) => return self.config_error_reason(&name, "CreateContainerError", &format!("unpacking image layers: {e}")).await,
+            Err(e) => {
+                return self
+                    .config_error_reason(&name, "CreateContainerError", &format!("unpacking image layers: {e}"))
+                    .await;
+            }
         };
         let prev = self.rec.containers.get(&name).cloned().unwrap_or_default();
         let attempt = match &prev.current {
@@ -589,7 +749,10 @@ impl Worker {
         let rootfs = bundle.join("rootfs");
         let _ = mounts::unmount_under(&bundle);
         let _ = std::fs::remove_dir_all(&bundle);
-        if let Err(e) = std::fs::create_dir_all(&bundle).map_err(|e| e.to_string()).and_then(|()| crate::images::layers::mount_rootfs(&layers, &bundle.join("upper"), &bundle.join("work"), &rootfs).map_err(|e| e.to_string())) {
+        if let Err(e) = std::fs::create_dir_all(&bundle).map_err(|e| e.to_string()).and_then(|()| {
+            crate::images::layers::mount_rootfs(&layers, &bundle.join("upper"), &bundle.join("work"), &rootfs)
+                .map_err(|e| e.to_string())
+        }) {
             let _ = std::fs::remove_dir_all(&bundle);
             return self.config_error_reason(&name, "CreateContainerError", &e).await;
         }
@@ -639,7 +802,8 @@ impl Worker {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::remove_file(&log);
-        let launched = self.ctx.runtime.launch(&LaunchSpec { id: id.clone(), bundle: bundle.clone(), log_path: log }).await;
+        let launched =
+            self.ctx.runtime.launch(&LaunchSpec { id: id.clone(), bundle: bundle.clone(), log_path: log }).await;
         self.ctx.metrics.operation("start_container", started.elapsed().as_secs_f64());
         let now = now_str();
         let r = self.rec.containers.entry(name.clone()).or_default();
@@ -651,7 +815,16 @@ impl Worker {
             r.restart_count += 1;
             self.ctx.metrics.restart();
         }
-        let mut inst = Instance { id: id.clone(), attempt, pid: 0, shim_pid: 0, started_at: now.clone(), image: image.reference.clone(), image_id: Reference::image_id(&image), exit: None };
+        let mut inst = Instance {
+            id: id.clone(),
+            attempt,
+            pid: 0,
+            shim_pid: 0,
+            started_at: now.clone(),
+            image: image.reference.clone(),
+            image_id: Reference::image_id(&image),
+            exit: None,
+        };
         match launched {
             Ok(l) => {
                 inst.pid = l.pid;
@@ -664,7 +837,13 @@ impl Worker {
                 if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
                     let target = self.probe_target(&id);
                     if let Err(msg) = super::lifecycle::run(&h, c, &target, Duration::from_secs(30)).await {
-                        self.event(Some(&name), EventType::Warning, "FailedPostStartHook", &format!("PostStartHook failed: {msg}")).await;
+                        self.event(
+                            Some(&name),
+                            EventType::Warning,
+                            "FailedPostStartHook",
+                            &format!("PostStartHook failed: {msg}"),
+                        )
+                        .await;
                         if let Some(r) = self.rec.containers.get_mut(&name) {
                             r.kill_reason = Some("postStart hook failed".into());
                         }
@@ -674,10 +853,24 @@ impl Worker {
                 None
             }
             Err(RuntimeError::Start(msg)) => {
-                inst.exit = Some(Termination { exit_code: 128, signal: None, reason: "StartError".into(), message: Some(msg.clone()), started_at: Some(now.clone()), finished_at: now_str(), container_id: format!("runc://{id}") });
+                inst.exit = Some(Termination {
+                    exit_code: 128,
+                    signal: None,
+                    reason: "StartError".into(),
+                    message: Some(msg.clone()),
+                    started_at: Some(now.clone()),
+                    finished_at: now_str(),
+                    container_id: format!("runc://{id}"),
+                });
                 r.current = Some(inst);
                 self.save();
-                self.event(Some(&name), EventType::Warning, "Failed", &format!("Error: failed to start container {name:?}: {msg}")).await;
+                self.event(
+                    Some(&name),
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: failed to start container {name:?}: {msg}"),
+                )
+                .await;
                 self.cleanup_run(&id).await;
                 Some(Duration::from_millis(10))
             }
@@ -694,7 +887,12 @@ impl Worker {
     }
 
     async fn config_error_reason(&mut self, name: &str, reason: &str, msg: &str) -> Option<Duration> {
-        let changed = self.rec.containers.get(name).and_then(|r| r.waiting.as_ref()).is_none_or(|w| w.reason != reason || w.message != msg);
+        let changed = self
+            .rec
+            .containers
+            .get(name)
+            .and_then(|r| r.waiting.as_ref())
+            .is_none_or(|w| w.reason != reason || w.message != msg);
         self.rec.containers.entry(name.to_string()).or_default();
         self.set_waiting(name, reason, msg);
         self.save();
@@ -711,7 +909,12 @@ impl Worker {
         if phase != "Succeeded" && phase != "Failed" {
             return None;
         }
-        let running: Vec<(String, String)> = self.rec.containers.iter().filter_map(|(n, c)| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i.id.clone()))).collect();
+        let running: Vec<(String, String)> = self
+            .rec
+            .containers
+            .iter()
+            .filter_map(|(n, c)| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i.id.clone())))
+            .collect();
         if !running.is_empty() {
             for (n, id) in running {
                 self.stop_container(&n, &id).await;
@@ -727,7 +930,11 @@ impl Worker {
 
     fn facts(&self) -> PodFacts {
         PodFacts {
-            pod_ip: if self.host_network() { self.ctx.node.ip.to_string() } else { self.rec.net.as_ref().map(|n| n.ip.to_string()).unwrap_or_default() },
+            pod_ip: if self.host_network() {
+                self.ctx.node.ip.to_string()
+            } else {
+                self.rec.net.as_ref().map(|n| n.ip.to_string()).unwrap_or_default()
+            },
             host_ip: self.ctx.node.ip.to_string(),
             node_name: self.ctx.node.name.clone(),
         }
@@ -749,15 +956,21 @@ impl Worker {
             Ok(())
         };
         write_if_changed(&f.hosts, etc::hosts_file(&self.pod, ip, &self.ctx.cfg.cluster_domain))?;
-        write_if_changed(&f.resolv, etc::resolv_conf(&self.pod, self.ctx.cfg.cluster_dns, &self.ctx.cfg.cluster_domain, &self.ctx.node_resolv))?;
+        write_if_changed(
+            &f.resolv,
+            etc::resolv_conf(&self.pod, self.ctx.cfg.cluster_dns, &self.ctx.cfg.cluster_domain, &self.ctx.node_resolv),
+        )?;
         write_if_changed(&f.hostname, format!("{}\n", etc::hostname(&self.pod)))
     }
 
     async fn issue_tokens(&mut self) -> Result<(), String> {
-        let sa = self.pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+        let sa =
+            self.pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
         for (vol, path, audience, expiry) in volumes::token_requests(&self.pod) {
             let key = (vol.clone(), path.clone());
-            let fresh = self.tokens.get(&key).is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(u64::try_from(expiry).unwrap_or(3600) * 8 / 10));
+            let fresh = self.tokens.get(&key).is_some_and(|(_, at)| {
+                at.elapsed() < Duration::from_secs(u64::try_from(expiry).unwrap_or(3600) * 8 / 10)
+            });
             if fresh {
                 continue;
             }
@@ -766,9 +979,14 @@ impl Worker {
                 "spec": {"audiences": audience.map(|a| vec![a]).unwrap_or_default(), "expirationSeconds": expiry,
                          "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.rec.name, "uid": self.rec.uid}}
             });
-            let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.ctx.client.clone(), &self.rec.namespace);
-            let resp: serde_json::Value = api.create_subresource("token", &sa, &kube::api::PostParams::default(), &body).await.map_err(|e| format!("requesting a token for service account {sa}: {e}"))?;
-            let token = resp.pointer("/status/token").and_then(|t| t.as_str()).ok_or("the token request returned no token")?;
+            let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(self.ctx.client.clone(), &self.rec.namespace);
+            let resp: serde_json::Value = api
+                .create_subresource("token", &sa, &kube::api::PostParams::default(), &body)
+                .await
+                .map_err(|e| format!("requesting a token for service account {sa}: {e}"))?;
+            let token =
+                resp.pointer("/status/token").and_then(|t| t.as_str()).ok_or("the token request returned no token")?;
             self.tokens.insert(key, (token.to_string(), Instant::now()));
         }
         Ok(())
@@ -785,8 +1003,20 @@ impl Worker {
             }
             Err(msg) => {
                 if self.volume_error.as_deref() != Some(msg.as_str()) {
-                    let names: Vec<String> = self.pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).map(|v| v.iter().map(|v| v.name.clone()).collect()).unwrap_or_default();
-                    self.event(None, EventType::Warning, "FailedMount", &format!("MountVolume.SetUp failed for volumes [{}]: {msg}", names.join(" "))).await;
+                    let names: Vec<String> = self
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.volumes.as_ref())
+                        .map(|v| v.iter().map(|v| v.name.clone()).collect())
+                        .unwrap_or_default();
+                    self.event(
+                        None,
+                        EventType::Warning,
+                        "FailedMount",
+                        &format!("MountVolume.SetUp failed for volumes [{}]: {msg}", names.join(" ")),
+                    )
+                    .await;
                     self.volume_error = Some(msg);
                 }
                 false
@@ -798,7 +1028,8 @@ impl Worker {
         self.issue_tokens().await?;
         let facts = self.facts();
         let ns = self.rec.namespace.clone();
-        let tokens: BTreeMap<(String, String), String> = self.tokens.iter().map(|(k, (t, _))| (k.clone(), t.clone())).collect();
+        let tokens: BTreeMap<(String, String), String> =
+            self.tokens.iter().map(|(k, (t, _))| (k.clone(), t.clone())).collect();
         let dir = self.pod_dir().join("volumes");
         let mut out = BTreeMap::new();
         for v in self.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
@@ -807,7 +1038,14 @@ impl Worker {
                 continue;
             }
             let lookup = NamespaceLookup { caches: &self.ctx.caches, namespace: &ns };
-            let inp = VolumeInputs { pod: &self.pod, facts: &facts, lookup: &lookup, node_cpus: self.ctx.node.cpus, node_memory: self.ctx.node.memory, tokens: &tokens };
+            let inp = VolumeInputs {
+                pod: &self.pod,
+                facts: &facts,
+                lookup: &lookup,
+                node_cpus: self.ctx.node.cpus,
+                node_memory: self.ctx.node.memory,
+                tokens: &tokens,
+            };
             out.insert(v.name.clone(), volumes::prepare_local(&v, &dir, &inp)?);
         }
         Ok(out)
@@ -816,7 +1054,8 @@ impl Worker {
     async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
         let (pvc, pv) = volumes::claim(&self.ctx.client, ns, claim).await?;
         if let Some(pv) = pv {
-            let p = volumes::pv_path(&pv).ok_or_else(|| format!("volume of claim {claim} has no host path this node can mount"))?;
+            let p = volumes::pv_path(&pv)
+                .ok_or_else(|| format!("volume of claim {claim} has no host path this node can mount"))?;
             std::fs::create_dir_all(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
             return Ok(p);
         }
@@ -836,9 +1075,17 @@ impl Worker {
         }
         let pv_name = pv.metadata.name.clone().unwrap_or_default();
         let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), ns);
-        pvcs.patch(claim, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": pv_name}}))).await.map_err(|e| format!("binding claim {claim}: {e}"))?;
+        pvcs.patch(claim, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"volumeName": pv_name}})))
+            .await
+            .map_err(|e| format!("binding claim {claim}: {e}"))?;
         let _ = pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound", "accessModes": pvc.spec.as_ref().and_then(|s| s.access_modes.clone()), "capacity": pv.spec.as_ref().and_then(|s| s.capacity.clone())}}))).await;
-        let _ = pvs.patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}}))).await;
+        let _ = pvs
+            .patch_status(
+                &pv_name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": {"phase": "Bound"}})),
+            )
+            .await;
         Ok(path)
     }
 
@@ -863,12 +1110,19 @@ impl Worker {
                     id: cur.map(|i| i.id.clone()),
                     running: r.running(),
                     log: cur.map(|i| self.log_path(name, i.attempt)),
-                    previous_log: cur.filter(|i| i.attempt > 0).map(|i| self.log_path(name, i.attempt - 1)).filter(|p| p.exists()),
+                    previous_log: cur
+                        .filter(|i| i.attempt > 0)
+                        .map(|i| self.log_path(name, i.attempt - 1))
+                        .filter(|p| p.exists()),
                     cgroup: cur.filter(|i| i.exit.is_none()).map(|i| self.ctx.container_cgroup(&self.rec.uid, &i.id)),
                 },
             );
         }
-        let view = PodView { uid: self.rec.uid.clone(), created: self.pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()), containers };
+        let view = PodView {
+            uid: self.rec.uid.clone(),
+            created: self.pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+            containers,
+        };
         if let Ok(mut v) = self.ctx.views.write() {
             v.insert((self.rec.namespace.clone(), self.rec.name.clone()), view);
         }
@@ -876,7 +1130,8 @@ impl Worker {
 
     async fn write_status(&mut self) {
         let st = status::pod_status(&self.pod, &self.rec, &self.observed());
-        let ready = st.conditions.as_ref().is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ready =
+            st.conditions.as_ref().is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready && !self.reported_start {
             self.reported_start = true;
             self.ctx.metrics.pod_started(self.seen.elapsed().as_secs_f64());
@@ -887,7 +1142,10 @@ impl Worker {
         }
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.rec.namespace);
         let name = self.status_target();
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": value.clone()}))).await {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": value.clone()})))
+            .await
+        {
             Ok(p) => {
                 self.last_status = Some(value);
                 if !self.rec.static_pod {
@@ -933,18 +1191,30 @@ impl Worker {
         let grace = if self.removed {
             Duration::from_secs(2)
         } else {
-            let g = self.pod.metadata.deletion_grace_period_seconds.or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30);
+            let g = self
+                .pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                .unwrap_or(30);
             Duration::from_secs(u64::try_from(g).unwrap_or(0))
         };
         let deadline = Instant::now() + grace;
         for (_, h) in std::mem::take(&mut self.probes) {
             h.abort();
         }
-        let running: Vec<(String, String)> = self.rec.containers.iter().filter_map(|(n, c)| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i.id.clone()))).collect();
+        let running: Vec<(String, String)> = self
+            .rec
+            .containers
+            .iter()
+            .filter_map(|(n, c)| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i.id.clone())))
+            .collect();
         let mut hooks = Vec::new();
         for (name, id) in &running {
             self.event(Some(name), EventType::Normal, "Killing", &format!("Stopping container {name}")).await;
-            let pre = self.container_spec(name).and_then(|(c, _)| c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()).map(|h| (c, h)));
+            let pre = self
+                .container_spec(name)
+                .and_then(|(c, _)| c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()).map(|h| (c, h)));
             let rt = self.ctx.runtime.clone();
             let target = self.probe_target(id);
             let id = id.clone();
@@ -959,15 +1229,32 @@ impl Worker {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), h).await;
         }
         self.wait_for_exits(deadline).await;
-        let still: Vec<(String, String)> = self.rec.containers.iter().filter_map(|(n, c)| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i.id.clone()))).collect();
+        let still: Vec<(String, String)> = self
+            .rec
+            .containers
+            .iter()
+            .filter_map(|(n, c)| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i.id.clone())))
+            .collect();
         for (_, id) in &still {
             let _ = self.ctx.runtime.signal(id, "KILL").await;
         }
         self.wait_for_exits(Instant::now() + Duration::from_secs(5)).await;
         // Anything whose shim never reported: record it as killed.
-        let lost: Vec<(String, Instance)> = self.rec.containers.iter().filter_map(|(n, c)| c.current.clone().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i))).collect();
+        let lost: Vec<(String, Instance)> = self
+            .rec
+            .containers
+            .iter()
+            .filter_map(|(n, c)| c.current.clone().filter(|i| i.exit.is_none()).map(|i| (n.clone(), i)))
+            .collect();
         for (n, i) in lost {
-            self.finish_run(&n, &i, ExitRecord { exit_code: 137, signal: Some(9), finished_at: now_str(), start_error: None }, None, None).await;
+            self.finish_run(
+                &n,
+                &i,
+                ExitRecord { exit_code: 137, signal: Some(9), finished_at: now_str(), start_error: None },
+                None,
+                None,
+            )
+            .await;
         }
         self.teardown_sandbox().await;
         let _ = std::fs::remove_dir_all(self.ctx.paths.pod_logs(&self.rec.namespace, &self.rec.name, &self.rec.uid));
@@ -977,7 +1264,11 @@ impl Worker {
         }
         if !self.removed && !self.rec.static_pod {
             let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.rec.namespace);
-            let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(self.rec.uid.clone()), resource_version: None }), ..Default::default() };
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions { uid: Some(self.rec.uid.clone()), resource_version: None }),
+                ..Default::default()
+            };
             match api.delete(&self.rec.name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
@@ -1004,7 +1295,12 @@ impl Worker {
                 Ok(None) => return,
                 Err(_) => {
                     // No event: look at the exit records directly (covers a lost notification).
-                    let ids: Vec<String> = self.rec.containers.values().filter_map(|c| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| i.id.clone())).collect();
+                    let ids: Vec<String> = self
+                        .rec
+                        .containers
+                        .values()
+                        .filter_map(|c| c.current.as_ref().filter(|i| i.exit.is_none()).map(|i| i.id.clone()))
+                        .collect();
                     for id in ids {
                         if self.ctx.paths.exit_file(&id).exists() {
                             self.on_exit(&id).await;
@@ -1021,6 +1317,8 @@ struct Reference;
 
 impl Reference {
     fn image_id(image: &crate::images::Image) -> String {
-        crate::images::Reference::parse(&image.reference).map(|r| r.with_digest(&image.manifest_digest)).unwrap_or_else(|_| image.manifest_digest.clone())
+        crate::images::Reference::parse(&image.reference)
+            .map(|r| r.with_digest(&image.manifest_digest))
+            .unwrap_or_else(|_| image.manifest_digest.clone())
     }
 }

@@ -43,10 +43,12 @@ impl Runc {
     }
 
     async fn run(&self, operation: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>, RuntimeError> {
-        let out = self.command().args(args).output().await.map_err(|source| RuntimeError::Spawn {
-            program: self.runc.display().to_string(),
-            source,
-        })?;
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .await
+            .map_err(|source| RuntimeError::Spawn { program: self.runc.display().to_string(), source })?;
         if out.status.success() {
             Ok(out.stdout)
         } else {
@@ -96,7 +98,10 @@ impl Runtime for Runc {
             Ok(Ok(Some(l))) => l,
             Ok(Ok(None)) => {
                 let log = std::fs::read_to_string(spec.bundle.join("shim.log")).unwrap_or_default();
-                return Err(RuntimeError::Start(format!("the shim ended without starting the container: {}", log.trim())));
+                return Err(RuntimeError::Start(format!(
+                    "the shim ended without starting the container: {}",
+                    log.trim()
+                )));
             }
             Ok(Err(e)) => return Err(RuntimeError::Start(format!("reading from the shim: {e}"))),
             Err(_) => return Err(RuntimeError::Start("runc did not start the container within 120 s".into())),
@@ -110,9 +115,11 @@ impl Runtime for Runc {
 
     async fn state(&self, id: &str) -> Result<Option<RuncState>, RuntimeError> {
         match self.run("state", id, &["state", id]).await {
-            Ok(out) => serde_json::from_slice(&out)
-                .map(Some)
-                .map_err(|e| RuntimeError::Runc { operation: "state", id: id.into(), message: e.to_string() }),
+            Ok(out) => serde_json::from_slice(&out).map(Some).map_err(|e| RuntimeError::Runc {
+                operation: "state",
+                id: id.into(),
+                message: e.to_string(),
+            }),
             Err(e) if missing(&e) => Ok(None),
             Err(e) => Err(e),
         }
@@ -120,17 +127,25 @@ impl Runtime for Runc {
 
     async fn list(&self) -> Result<Vec<RuncState>, RuntimeError> {
         let out = self.run("list", "", &["list", "--format", "json"]).await?;
-        let v: Option<Vec<RuncState>> = serde_json::from_slice(&out)
-            .map_err(|e| RuntimeError::Runc { operation: "list", id: String::new(), message: e.to_string() })?;
+        let v: Option<Vec<RuncState>> = serde_json::from_slice(&out).map_err(|e| RuntimeError::Runc {
+            operation: "list",
+            id: String::new(),
+            message: e.to_string(),
+        })?;
         Ok(v.unwrap_or_default())
     }
 
     async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
-        let args: Vec<&str> = if signal == "KILL" { vec!["kill", "--all", id, signal] } else { vec!["kill", id, signal] };
+        let args: Vec<&str> =
+            if signal == "KILL" { vec!["kill", "--all", id, signal] } else { vec!["kill", id, signal] };
         match self.run("kill", id, &args).await {
             Ok(_) => Ok(()),
             Err(e) if missing(&e) => Ok(()),
-            Err(RuntimeError::Runc { message, .. }) if message.contains("not running") || message.contains("process already finished") => Ok(()),
+            Err(RuntimeError::Runc { message, .. })
+                if message.contains("not running") || message.contains("process already finished") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
-use nix::fcntl::OFlag;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -146,7 +146,8 @@ fn run(args: &ShimArgs) -> std::io::Result<()> {
     mask.add(Signal::SIGCHLD);
     // The children's signal masks are reset by std's spawn, so the container does not inherit this.
     mask.thread_block().map_err(std::io::Error::from)?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)?;
+    let sigfd =
+        SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)?;
 
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
@@ -227,7 +228,12 @@ fn run(args: &ShimArgs) -> std::io::Result<()> {
             loop {
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(p, code)) if p == Pid::from_raw(pid) => {
-                        exit = Some(ExitRecord { exit_code: code, signal: None, finished_at: now_rfc3339(), start_error: None });
+                        exit = Some(ExitRecord {
+                            exit_code: code,
+                            signal: None,
+                            finished_at: now_rfc3339(),
+                            start_error: None,
+                        });
                     }
                     Ok(WaitStatus::Signaled(p, sig, _)) if p == Pid::from_raw(pid) => {
                         exit = Some(ExitRecord {
@@ -388,8 +394,11 @@ mod tests {
     fn the_last_runc_error_is_the_start_failure_message() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("runc.log");
-        std::fs::write(&p, "{\"level\":\"info\",\"msg\":\"x\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n")
-            .expect("write");
+        std::fs::write(
+            &p,
+            "{\"level\":\"info\",\"msg\":\"x\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n",
+        )
+        .expect("write");
         assert_eq!(runc_error(&p).as_deref(), Some("exec: \"nope\": not found"));
     }
 }

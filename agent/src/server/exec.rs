@@ -82,7 +82,9 @@ pub fn parse_resize(data: &[u8]) -> Option<(u16, u16)> {
 }
 
 async fn receive_master(listener: tokio::net::UnixListener) -> std::io::Result<OwnedFd> {
-    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.map_err(|_| std::io::Error::other("runc did not send the terminal"))??;
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .map_err(|_| std::io::Error::other("runc did not send the terminal"))??;
     let std_stream = stream.into_std()?;
     std_stream.set_nonblocking(false)?;
     tokio::task::spawn_blocking(move || -> std::io::Result<OwnedFd> {
@@ -91,7 +93,8 @@ async fn receive_master(listener: tokio::net::UnixListener) -> std::io::Result<O
         let mut buf = [0u8; 4096];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(std_stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).map_err(std::io::Error::from)?;
+        let msg = recvmsg::<()>(std_stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+            .map_err(std::io::Error::from)?;
         for c in msg.cmsgs().map_err(std::io::Error::from)? {
             if let ControlMessageOwned::ScmRights(fds) = c
                 && let Some(fd) = fds.first()
@@ -106,7 +109,14 @@ async fn receive_master(listener: tokio::net::UnixListener) -> std::io::Result<O
 }
 
 /// Runs the exec session on an upgraded socket.
-pub async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, id: String, opts: ExecOptions, scratch: std::path::PathBuf, v5: bool) {
+pub async fn session(
+    socket: WebSocket,
+    runtime: Arc<dyn Runtime>,
+    id: String,
+    opts: ExecOptions,
+    scratch: std::path::PathBuf,
+    v5: bool,
+) {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
     let writer = tokio::spawn(async move {
@@ -145,7 +155,15 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, channel: u8, tx: mpsc::
     }
 }
 
-async fn run(stream: &mut futures::stream::SplitStream<WebSocket>, out: &mpsc::Sender<Message>, runtime: Arc<dyn Runtime>, id: &str, opts: &ExecOptions, scratch: &std::path::Path, v5: bool) -> Result<i32, String> {
+async fn run(
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    out: &mpsc::Sender<Message>,
+    runtime: Arc<dyn Runtime>,
+    id: &str,
+    opts: &ExecOptions,
+    scratch: &std::path::Path,
+    v5: bool,
+) -> Result<i32, String> {
     let null = std::process::Stdio::null;
     if opts.tty {
         std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
@@ -237,7 +255,11 @@ mod tests {
 
     #[test]
     fn exec_options_collect_repeated_commands() {
-        let q: Vec<(String, String)> = [("command", "sh"), ("command", "-c"), ("command", "exit 3"), ("stdout", "true"), ("stdin", "1")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let q: Vec<(String, String)> =
+            [("command", "sh"), ("command", "-c"), ("command", "exit 3"), ("stdout", "true"), ("stdin", "1")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
         let o = ExecOptions::from_query(&q).expect("ok");
         assert_eq!(o.command, vec!["sh", "-c", "exit 3"]);
         assert!(o.stdin && o.stdout && !o.stderr && !o.tty);

@@ -28,7 +28,12 @@ pub fn parse_line(s: &str) -> Option<Line> {
     let _stream = it.next()?;
     let tag = it.next()?;
     let content = it.next().unwrap_or("");
-    Some(Line { time: time_text.parse().ok()?, time_text: time_text.to_string(), content: content.to_string(), full: tag != "P" })
+    Some(Line {
+        time: time_text.parse().ok()?,
+        time_text: time_text.to_string(),
+        content: content.to_string(),
+        full: tag != "P",
+    })
 }
 
 /// The query options.
@@ -58,8 +63,13 @@ impl Options {
                 "follow" => o.follow = flag(),
                 "timestamps" => o.timestamps = flag(),
                 "previous" => o.previous = flag(),
-                "tailLines" => o.tail_lines = Some(v.parse::<i64>().map_err(|_| format!("invalid tailLines {v:?}"))?.max(0) as usize),
-                "limitBytes" => o.limit_bytes = Some(v.parse::<usize>().map_err(|_| format!("invalid limitBytes {v:?}"))?),
+                "tailLines" => {
+                    o.tail_lines =
+                        Some(v.parse::<i64>().map_err(|_| format!("invalid tailLines {v:?}"))?.max(0) as usize)
+                }
+                "limitBytes" => {
+                    o.limit_bytes = Some(v.parse::<usize>().map_err(|_| format!("invalid limitBytes {v:?}"))?)
+                }
                 "sinceSeconds" => {
                     let s: i64 = v.parse().map_err(|_| format!("invalid sinceSeconds {v:?}"))?;
                     o.since = now.checked_sub(jiff::SignedDuration::from_secs(s.max(0))).ok();
@@ -154,7 +164,14 @@ pub fn tail_text(path: &Path, lines: usize, max_bytes: usize) -> String {
 
 /// Follows `path` from byte `offset`, sending rendered text to `tx` until `running()` turns false (and the file
 /// has been read to its end), the receiver goes away, or `max` passes.
-pub async fn follow(path: PathBuf, mut offset: u64, opts: Options, tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>, running: impl Fn() -> bool + Send + 'static, max: Duration) {
+pub async fn follow(
+    path: PathBuf,
+    mut offset: u64,
+    opts: Options,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    running: impl Fn() -> bool + Send + 'static,
+    max: Duration,
+) {
     let deadline = tokio::time::Instant::now() + max;
     let mut pending = String::new();
     let mut sent = 0usize;
@@ -251,7 +268,11 @@ mod tests {
     fn query_options_are_parsed_with_errors_for_bad_numbers() {
         let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("ts");
         let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
-        let o = Options::from_query(&q(&[("follow", "true"), ("tailLines", "5"), ("sinceSeconds", "30"), ("previous", "true")]), now).expect("ok");
+        let o = Options::from_query(
+            &q(&[("follow", "true"), ("tailLines", "5"), ("sinceSeconds", "30"), ("previous", "true")]),
+            now,
+        )
+        .expect("ok");
         assert!(o.follow && o.previous);
         assert_eq!(o.tail_lines, Some(5));
         assert_eq!(o.since, Some("2026-01-01T00:00:30Z".parse().expect("ts")));

@@ -51,11 +51,20 @@ fn pairs(q: Option<String>) -> Vec<(String, String)> {
 
 fn find(s: &Shared, ns: &str, pod: &str, container: &str) -> Result<crate::pods::ContainerView, Response> {
     let views = s.views.read().map_err(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "state unavailable"))?;
-    let p = views.get(&(ns.to_string(), pod.to_string())).ok_or_else(|| text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node")))?;
-    p.containers.get(container).cloned().ok_or_else(|| text(StatusCode::NOT_FOUND, format!("container {container:?} not found in pod {ns}/{pod}")))
+    let p = views
+        .get(&(ns.to_string(), pod.to_string()))
+        .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node")))?;
+    p.containers
+        .get(container)
+        .cloned()
+        .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("container {container:?} not found in pod {ns}/{pod}")))
 }
 
-async fn container_logs(State(s): State<Shared>, Path((ns, pod, container)): Path<(String, String, String)>, RawQuery(q): RawQuery) -> Response {
+async fn container_logs(
+    State(s): State<Shared>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let opts = match logs::Options::from_query(&pairs(q), jiff::Timestamp::now()) {
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -67,12 +76,22 @@ async fn container_logs(State(s): State<Shared>, Path((ns, pod, container)): Pat
     let path = if opts.previous {
         match view.previous_log {
             Some(p) => p,
-            None => return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {pod:?} not found")),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("previous terminated container {container:?} in pod {pod:?} not found"),
+                );
+            }
         }
     } else {
         match view.log {
             Some(p) => p,
-            None => return text(StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} is waiting to start: ContainerCreating")),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"),
+                );
+            }
         }
     };
     let initial = {
@@ -96,7 +115,13 @@ async fn container_logs(State(s): State<Shared>, Path((ns, pod, container)): Pat
     }
     let views = s.views.clone();
     let running = move || {
-        views.read().ok().and_then(|v| v.get(&(ns.clone(), pod.clone())).and_then(|p| p.containers.get(&container).map(|c| c.running))).unwrap_or(false)
+        views
+            .read()
+            .ok()
+            .and_then(|v| {
+                v.get(&(ns.clone(), pod.clone())).and_then(|p| p.containers.get(&container).map(|c| c.running))
+            })
+            .unwrap_or(false)
     };
     let mut follow_opts = opts.clone();
     follow_opts.limit_bytes = opts.limit_bytes.map(|n| n.saturating_sub(sent));
@@ -105,7 +130,12 @@ async fn container_logs(State(s): State<Shared>, Path((ns, pod, container)): Pat
     (StatusCode::OK, plain, Body::from_stream(stream)).into_response()
 }
 
-async fn exec_handler(State(s): State<Shared>, Path((ns, pod, container)): Path<(String, String, String)>, RawQuery(q): RawQuery, ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
+async fn exec_handler(
+    State(s): State<Shared>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
     let opts = match exec::ExecOptions::from_query(&pairs(q)) {
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -184,9 +214,13 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::Serve
                     return;
                 }
             };
-            let svc = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| app.clone().oneshot(req.map(Body::new)));
+            let svc = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req.map(Body::new))
+            });
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -199,11 +233,20 @@ pub async fn serve_plain(listener: tokio::net::TcpListener, app: Router) {
 }
 
 /// Binds both endpoints and spawns them.
-pub async fn start(s: Shared, kubelet: SocketAddr, metrics: Option<SocketAddr>, tls: rustls::ServerConfig) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::AgentError> {
-    let l = tokio::net::TcpListener::bind(kubelet).await.map_err(|e| crate::AgentError::Serve { what: "the kubelet endpoint", message: format!("{kubelet}: {e}") })?;
+pub async fn start(
+    s: Shared,
+    kubelet: SocketAddr,
+    metrics: Option<SocketAddr>,
+    tls: rustls::ServerConfig,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::AgentError> {
+    let l = tokio::net::TcpListener::bind(kubelet)
+        .await
+        .map_err(|e| crate::AgentError::Serve { what: "the kubelet endpoint", message: format!("{kubelet}: {e}") })?;
     let mut tasks = vec![tokio::spawn(serve_tls(l, Arc::new(tls), router(s.clone())))];
     if let Some(m) = metrics {
-        let l = tokio::net::TcpListener::bind(m).await.map_err(|e| crate::AgentError::Serve { what: "the metrics endpoint", message: format!("{m}: {e}") })?;
+        let l = tokio::net::TcpListener::bind(m)
+            .await
+            .map_err(|e| crate::AgentError::Serve { what: "the metrics endpoint", message: format!("{m}: {e}") })?;
         tasks.push(tokio::spawn(serve_plain(l, metrics_router(s))));
     }
     Ok(tasks)

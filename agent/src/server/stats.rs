@@ -101,7 +101,13 @@ impl Stats {
         for cg in cgroups {
             let Some(usage) = self.cgroups.usage(&cg) else { continue };
             if let Some(p) = st.prev.get(&cg) {
-                figures.insert(cg.clone(), Figures { nanocores: rate(p.usage.cpu_ns, p.at, usage.cpu_ns, now), memory: usage.memory_working_set });
+                figures.insert(
+                    cg.clone(),
+                    Figures {
+                        nanocores: rate(p.usage.cpu_ns, p.at, usage.cpu_ns, now),
+                        memory: usage.memory_working_set,
+                    },
+                );
             } else {
                 figures.insert(cg.clone(), Figures { nanocores: 0, memory: usage.memory_working_set });
             }

@@ -14,10 +14,14 @@ pub fn self_signed(names: &[String]) -> Result<(String, String), String> {
     for n in names {
         match n.parse::<std::net::IpAddr>() {
             Ok(ip) => params.subject_alt_names.push(rcgen::SanType::IpAddress(ip)),
-            Err(_) => params.subject_alt_names.push(rcgen::SanType::DnsName(n.clone().try_into().map_err(|e| format!("{n}: {e}"))?)),
+            Err(_) => params
+                .subject_alt_names
+                .push(rcgen::SanType::DnsName(n.clone().try_into().map_err(|e| format!("{n}: {e}"))?)),
         }
     }
-    params.distinguished_name.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_else(|| "skiff-agent".into()));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_else(|| "skiff-agent".into()));
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let key_pair = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert_pem = params.self_signed(&key_pair).map_err(|e| e.to_string())?.pem();
@@ -50,8 +54,12 @@ pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<rust
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.map_err(|e| format!("cluster CA: {e}"))?).map_err(|e| format!("cluster CA: {e}"))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().map_err(|e| format!("client verifier: {e}"))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("serving certificate: {e}"))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("serving certificate: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("serving key: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

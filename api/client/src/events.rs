@@ -107,7 +107,13 @@ fn tokio_stream_like(mut rx: tokio::sync::mpsc::Receiver<Pending>) -> impl futur
 }
 
 impl Inner {
-    async fn try_record(&self, object: &ObjectReference, ty: EventType, reason: &str, message: &str) -> Result<(), kube::Error> {
+    async fn try_record(
+        &self,
+        object: &ObjectReference,
+        ty: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), kube::Error> {
         let ns = object.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = Time(jiff::Timestamp::now());
@@ -115,7 +121,9 @@ impl Inner {
         let mut seen = self.seen.lock().await;
         if let Some((ens, name, count)) = seen.get(&key).cloned() {
             let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now});
-            let r = Api::<Event>::namespaced(self.client.clone(), &ens).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            let r = Api::<Event>::namespaced(self.client.clone(), &ens)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
             if r.is_ok() {
                 seen.insert(key, (ens, name, count + 1));
                 return Ok(());

@@ -44,7 +44,8 @@ pub async fn connect(kubeconfig: &Path) -> Result<kube::Client, ClientError> {
     install_crypto_provider();
     let err = |source| ClientError::Kubeconfig { path: kubeconfig.display().to_string(), source };
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(err)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(err)?;
+    let cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(err)?;
     Ok(kube::Client::try_from(cfg)?)
 }
 

@@ -36,10 +36,9 @@ pub fn to_text_format(openmetrics: &str) -> String {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
             // The TYPE line follows the HELP line (after an optional UNIT line).
-            let ty = lines[i..]
-                .iter()
-                .take(2)
-                .find_map(|l| l.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')).filter(|(n, _)| *n == name).map(|(_, t)| t));
+            let ty = lines[i..].iter().take(2).find_map(|l| {
+                l.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')).filter(|(n, _)| *n == name).map(|(_, t)| t)
+            });
             let renamed = family_name(name, ty.unwrap_or(""));
             out.push_str(&format!("# HELP {renamed} {help}\n"));
             continue;
@@ -91,7 +90,10 @@ mod tests {
         h.observe(0.5);
         r.register_with_unit("latency", "Latency", prometheus_client::registry::Unit::Seconds, h);
         let text = encode(&r);
-        assert!(text.contains("# HELP demo_requests_total Requests served.\n# TYPE demo_requests_total counter\n"), "{text}");
+        assert!(
+            text.contains("# HELP demo_requests_total Requests served.\n# TYPE demo_requests_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("demo_requests_total{host=\"a\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE demo_open gauge\ndemo_open 7\n"), "{text}");
         assert!(text.contains("# TYPE demo_latency_seconds histogram\n"), "{text}");

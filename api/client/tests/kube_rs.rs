@@ -69,9 +69,15 @@ async fn kube_rs_lists_watches_patches_applies_and_writes_status() {
     // strategic merge patch, merge patch
     let p = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}}});
     let d = deploys.patch("a", &PatchParams::default(), &Patch::Strategic(&p)).await.expect("smp");
-    assert_eq!(d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers[0].image.clone()), Some(Some("nginx:2".into())));
+    assert_eq!(
+        d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers[0].image.clone()),
+        Some(Some("nginx:2".into()))
+    );
     assert_eq!(d.metadata.generation, Some(2));
-    let d = deploys.patch("a", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}}))).await.expect("merge");
+    let d = deploys
+        .patch("a", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})))
+        .await
+        .expect("merge");
     assert_eq!(d.metadata.labels.as_ref().and_then(|l| l.get("x")).map(String::as_str), Some("y"));
     assert_eq!(d.metadata.generation, Some(2), "a metadata change does not bump the generation");
 
@@ -79,16 +85,27 @@ async fn kube_rs_lists_watches_patches_applies_and_writes_status() {
     let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "b"}}, "template": {"metadata": {"labels": {"app": "b"}},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
-    let b = deploys.patch("b", &PatchParams::apply("skiff-test"), &Patch::Apply(&applied)).await.expect("apply creates");
+    let b =
+        deploys.patch("b", &PatchParams::apply("skiff-test"), &Patch::Apply(&applied)).await.expect("apply creates");
     assert_eq!(b.spec.as_ref().and_then(|s| s.replicas), Some(2));
-    assert!(b.metadata.managed_fields.as_ref().is_some_and(|m| m.iter().any(|e| e.manager.as_deref() == Some("skiff-test"))));
-    let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}, "spec": {"replicas": 5}});
-    let err = deploys.patch("b", &PatchParams::apply("someone-else"), &Patch::Apply(&other)).await.expect_err("conflict");
+    assert!(
+        b.metadata
+            .managed_fields
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|e| e.manager.as_deref() == Some("skiff-test")))
+    );
+    let other =
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}, "spec": {"replicas": 5}});
+    let err =
+        deploys.patch("b", &PatchParams::apply("someone-else"), &Patch::Apply(&other)).await.expect_err("conflict");
     match err {
         kube::Error::Api(s) => assert_eq!(s.code, 409, "{s:?}"),
         other => panic!("expected a 409, got {other:?}"),
     }
-    let forced = deploys.patch("b", &PatchParams::apply("someone-else").force(), &Patch::Apply(&other)).await.expect("forced apply");
+    let forced = deploys
+        .patch("b", &PatchParams::apply("someone-else").force(), &Patch::Apply(&other))
+        .await
+        .expect("forced apply");
     assert_eq!(forced.spec.as_ref().and_then(|s| s.replicas), Some(5));
 
     // the status subresource writes status only; the main resource ignores status
@@ -96,6 +113,13 @@ async fn kube_rs_lists_watches_patches_applies_and_writes_status() {
     let d = deploys.patch_status("b", &PatchParams::default(), &Patch::Merge(&st)).await.expect("status patch");
     assert_eq!(d.status.as_ref().and_then(|s| s.replicas), Some(7));
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(5));
-    let d = deploys.patch("b", &PatchParams::default(), &Patch::Merge(&json!({"status": {"replicas": 1}}))).await.expect("main patch");
-    assert_eq!(d.status.as_ref().and_then(|s| s.replicas), Some(7), "status changes through the main resource are ignored");
+    let d = deploys
+        .patch("b", &PatchParams::default(), &Patch::Merge(&json!({"status": {"replicas": 1}})))
+        .await
+        .expect("main patch");
+    assert_eq!(
+        d.status.as_ref().and_then(|s| s.replicas),
+        Some(7),
+        "status changes through the main resource are ignored"
+    );
 }

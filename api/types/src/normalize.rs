@@ -6,16 +6,16 @@
 //!   (for `fieldValidation=Strict` they are an error, for `Warn` a warning).
 //! - Every validation error is reported at once, with its field path.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::defaults as d;
 use crate::validation::{self as v, ErrorList, NameRule};
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
     scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
@@ -196,11 +196,16 @@ pub fn normalize(input: Value, steps: Steps) -> Option<Result<Normalized, Normal
     }
     let s = steps;
     Some(match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Pod") => run::<core::Pod>(i, s, |p| {
-            if let Some(spec) = p.spec.as_mut() {
-                d::default_pod_spec(spec)
-            }
-        }, v::validate_pod),
+        ("v1", "Pod") => run::<core::Pod>(
+            i,
+            s,
+            |p| {
+                if let Some(spec) = p.spec.as_mut() {
+                    d::default_pod_spec(spec)
+                }
+            },
+            v::validate_pod,
+        ),
         ("v1", "Service") => run::<core::Service>(i, s, d::default_service, v::validate_service),
         ("v1", "Endpoints") => run::<core::Endpoints>(i, s, none, meta_validator!(core::Endpoints, true)),
         ("v1", "ConfigMap") => run::<core::ConfigMap>(i, s, none, v::validate_config_map),
@@ -226,11 +231,15 @@ pub fn normalize(input: Value, steps: Steps) -> Option<Result<Normalized, Normal
             run::<autoscaling::HorizontalPodAutoscaler>(i, s, d::default_hpa, v::validate_hpa)
         }
         ("networking.k8s.io/v1", "Ingress") => run::<networking::Ingress>(i, s, none, v::validate_ingress),
-        ("networking.k8s.io/v1", "IngressClass") => run::<networking::IngressClass>(i, s, none, v::validate_ingress_class),
+        ("networking.k8s.io/v1", "IngressClass") => {
+            run::<networking::IngressClass>(i, s, none, v::validate_ingress_class)
+        }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             run::<networking::NetworkPolicy>(i, s, none, meta_validator!(networking::NetworkPolicy, true))
         }
-        ("discovery.k8s.io/v1", "EndpointSlice") => run::<discovery::EndpointSlice>(i, s, none, v::validate_endpoint_slice),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            run::<discovery::EndpointSlice>(i, s, none, v::validate_endpoint_slice)
+        }
         ("coordination.k8s.io/v1", "Lease") => run::<coordination::Lease>(i, s, none, v::validate_lease),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             run::<apiextensions::CustomResourceDefinition>(i, s, none, v::validate_crd)

@@ -48,7 +48,12 @@ mod tests {
         assert_eq!(class(&spec(serde_json::json!({"containers": [{"name": "a"}]}))), "BestEffort");
         let equal = serde_json::json!({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1000m"}}}]});
         assert_eq!(class(&spec(equal)), "Guaranteed", "equal quantities written differently");
-        assert_eq!(class(&spec(serde_json::json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}]}))), "Burstable");
+        assert_eq!(
+            class(&spec(
+                serde_json::json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}]})
+            )),
+            "Burstable"
+        );
         let init = serde_json::json!({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}], "initContainers": [{"name": "i"}]});
         assert_eq!(class(&spec(init)), "Burstable", "an init container without limits");
     }

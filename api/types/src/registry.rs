@@ -146,8 +146,25 @@ struct Def {
     has_status: bool,
 }
 
-const fn def(group: &'static str, version: &'static str, kind: &'static str, plural: &'static str, scope: Scope) -> Def {
-    Def { group, version, kind, plural, scope, short: &[], categories: &[], subresources: &[], fields: &[], has_status: false }
+const fn def(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    scope: Scope,
+) -> Def {
+    Def {
+        group,
+        version,
+        kind,
+        plural,
+        scope,
+        short: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        has_status: false,
+    }
 }
 
 impl Def {
@@ -191,12 +208,25 @@ const BUILTIN: &[Def] = &[
             "status.podIP",
             "status.nominatedNodeName",
         ]),
-    def("", "v1", "Service", "services", Namespaced).short(&["svc"]).all().status().sub(&["status", "proxy"]).fields(&["spec.clusterIP", "spec.type"]),
+    def("", "v1", "Service", "services", Namespaced)
+        .short(&["svc"])
+        .all()
+        .status()
+        .sub(&["status", "proxy"])
+        .fields(&["spec.clusterIP", "spec.type"]),
     def("", "v1", "Endpoints", "endpoints", Namespaced).short(&["ep"]),
     def("", "v1", "ConfigMap", "configmaps", Namespaced).short(&["cm"]),
     def("", "v1", "Secret", "secrets", Namespaced).fields(&["type"]),
-    def("", "v1", "Namespace", "namespaces", Cluster).short(&["ns"]).status().sub(&["status", "finalize"]).fields(&["status.phase"]),
-    def("", "v1", "Node", "nodes", Cluster).short(&["no"]).status().sub(&["status", "proxy"]).fields(&["spec.unschedulable"]),
+    def("", "v1", "Namespace", "namespaces", Cluster)
+        .short(&["ns"])
+        .status()
+        .sub(&["status", "finalize"])
+        .fields(&["status.phase"]),
+    def("", "v1", "Node", "nodes", Cluster)
+        .short(&["no"])
+        .status()
+        .sub(&["status", "proxy"])
+        .fields(&["spec.unschedulable"]),
     def("", "v1", "Event", "events", Namespaced).short(&["ev"]).fields(&[
         "involvedObject.kind",
         "involvedObject.namespace",
@@ -212,24 +242,50 @@ const BUILTIN: &[Def] = &[
     ]),
     def("", "v1", "ServiceAccount", "serviceaccounts", Namespaced).short(&["sa"]).sub(&["token"]),
     def("", "v1", "PersistentVolume", "persistentvolumes", Cluster).short(&["pv"]).status().sub(&["status"]),
-    def("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", Namespaced).short(&["pvc"]).status().sub(&["status"]),
+    def("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", Namespaced)
+        .short(&["pvc"])
+        .status()
+        .sub(&["status"]),
     def("", "v1", "ResourceQuota", "resourcequotas", Namespaced).short(&["quota"]).status().sub(&["status"]),
     def("", "v1", "LimitRange", "limitranges", Namespaced).short(&["limits"]),
-    def("apps", "v1", "Deployment", "deployments", Namespaced).short(&["deploy"]).all().status().sub(&["status", "scale"]),
-    def("apps", "v1", "ReplicaSet", "replicasets", Namespaced).short(&["rs"]).all().status().sub(&["status", "scale"]).fields(&["status.replicas"]),
-    def("apps", "v1", "StatefulSet", "statefulsets", Namespaced).short(&["sts"]).all().status().sub(&["status", "scale"]),
+    def("apps", "v1", "Deployment", "deployments", Namespaced)
+        .short(&["deploy"])
+        .all()
+        .status()
+        .sub(&["status", "scale"]),
+    def("apps", "v1", "ReplicaSet", "replicasets", Namespaced)
+        .short(&["rs"])
+        .all()
+        .status()
+        .sub(&["status", "scale"])
+        .fields(&["status.replicas"]),
+    def("apps", "v1", "StatefulSet", "statefulsets", Namespaced)
+        .short(&["sts"])
+        .all()
+        .status()
+        .sub(&["status", "scale"]),
     def("apps", "v1", "DaemonSet", "daemonsets", Namespaced).short(&["ds"]).all().status().sub(&["status"]),
     def("apps", "v1", "ControllerRevision", "controllerrevisions", Namespaced),
     def("batch", "v1", "Job", "jobs", Namespaced).all().status().sub(&["status"]).fields(&["status.successful"]),
     def("batch", "v1", "CronJob", "cronjobs", Namespaced).short(&["cj"]).all().status().sub(&["status"]),
-    def("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", Namespaced).short(&["hpa"]).all().status().sub(&["status"]),
+    def("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", Namespaced)
+        .short(&["hpa"])
+        .all()
+        .status()
+        .sub(&["status"]),
     def("networking.k8s.io", "v1", "Ingress", "ingresses", Namespaced).short(&["ing"]).status().sub(&["status"]),
     def("networking.k8s.io", "v1", "IngressClass", "ingressclasses", Cluster),
     def("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", Namespaced).short(&["netpol"]),
     def("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", Namespaced),
     def("coordination.k8s.io", "v1", "Lease", "leases", Namespaced),
-    def("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", Cluster).short(&["crd", "crds"]).status().sub(&["status"]),
-    def("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", Namespaced).short(&["pdb"]).status().sub(&["status"]),
+    def("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", Cluster)
+        .short(&["crd", "crds"])
+        .status()
+        .sub(&["status"]),
+    def("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", Namespaced)
+        .short(&["pdb"])
+        .status()
+        .sub(&["status"]),
     def("storage.k8s.io", "v1", "StorageClass", "storageclasses", Cluster).short(&["sc"]),
     def("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", Cluster).short(&["pc"]),
     def("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", Cluster),
@@ -290,7 +346,11 @@ pub fn builtin() -> Vec<ResourceInfo> {
             subresources: d.subresources.iter().map(|s| subresource(d, s)).collect(),
             selectable_fields: d.fields.iter().map(|s| s.to_string()).collect(),
             has_status: d.has_status,
-            verbs: if d.group == METRICS_GROUP { vec!["get".into(), "list".into()] } else { ALL_VERBS.iter().map(|s| s.to_string()).collect() },
+            verbs: if d.group == METRICS_GROUP {
+                vec!["get".into(), "list".into()]
+            } else {
+                ALL_VERBS.iter().map(|s| s.to_string()).collect()
+            },
             custom: false,
             printer_columns: Vec::new(),
         })
@@ -360,7 +420,11 @@ impl Registry {
     }
 
     /// The resources of one group-version.
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a Arc<ResourceInfo>> {
+    pub fn in_group_version<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ResourceInfo>> {
         self.resources.iter().filter(move |r| r.group == group && r.version == version)
     }
 }
@@ -417,7 +481,17 @@ mod tests {
         let r = Registry::with_builtins();
         let all: Vec<&str> =
             r.all().iter().filter(|r| r.categories.iter().any(|c| c == "all")).map(|r| r.plural.as_str()).collect();
-        for p in ["pods", "services", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs", "horizontalpodautoscalers"] {
+        for p in [
+            "pods",
+            "services",
+            "deployments",
+            "replicasets",
+            "statefulsets",
+            "daemonsets",
+            "jobs",
+            "cronjobs",
+            "horizontalpodautoscalers",
+        ] {
             assert!(all.contains(&p), "{p} in category all");
         }
         assert_eq!(r.get("networking.k8s.io", "v1", "ingresses").expect("served").short_names, vec!["ing"]);

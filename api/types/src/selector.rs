@@ -102,9 +102,15 @@ impl Selector {
             let req = if let Some(key) = term.strip_prefix('!') {
                 Requirement::DoesNotExist(valid_key(key.trim()).map_err(|m| err(&m))?)
             } else if let Some((k, v)) = term.split_once("!=") {
-                Requirement::NotEquals(valid_key(k.trim()).map_err(|m| err(&m))?, valid_value(v.trim()).map_err(|m| err(&m))?)
+                Requirement::NotEquals(
+                    valid_key(k.trim()).map_err(|m| err(&m))?,
+                    valid_value(v.trim()).map_err(|m| err(&m))?,
+                )
             } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                Requirement::Equals(valid_key(k.trim()).map_err(|m| err(&m))?, valid_value(v.trim()).map_err(|m| err(&m))?)
+                Requirement::Equals(
+                    valid_key(k.trim()).map_err(|m| err(&m))?,
+                    valid_value(v.trim()).map_err(|m| err(&m))?,
+                )
             } else if let Some((k, rest)) = split_set_op(term, " notin ") {
                 Requirement::NotIn(valid_key(k).map_err(|m| err(&m))?, parse_set(rest).map_err(|m| err(&m))?)
             } else if let Some((k, rest)) = split_set_op(term, " in ") {
@@ -158,9 +164,10 @@ impl Selector {
     pub fn matches_object(&self, obj: &Value) -> bool {
         let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         !self.nothing
-            && self.requirements.iter().all(|r| {
-                r.matches(&|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_string))
-            })
+            && self
+                .requirements
+                .iter()
+                .all(|r| r.matches(&|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_string)))
     }
 
     /// The keys the selector constrains.
@@ -229,12 +236,16 @@ fn valid_key(k: &str) -> Result<String, String> {
         None => (None, k),
     };
     if let Some(p) = prefix
-        && (p.is_empty() || p.len() > 253 || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+        && (p.is_empty()
+            || p.len() > 253
+            || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
     {
         return Err(format!("invalid label key prefix {p:?}"));
     }
     if name.is_empty() || name.len() > 63 || !is_label_chars(name) {
-        return Err(format!("invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        return Err(format!(
+            "invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
     }
     Ok(k.to_string())
 }
@@ -244,7 +255,9 @@ fn valid_value(v: &str) -> Result<String, String> {
         return Ok(String::new());
     }
     if v.len() > 63 || !is_label_chars(v) {
-        return Err(format!("invalid label value {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        return Err(format!(
+            "invalid label value {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
     }
     Ok(v.to_string())
 }
@@ -276,7 +289,10 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(SelectorError { input: input.to_string(), message: format!("invalid field selector term {term:?}") });
+                return Err(SelectorError {
+                    input: input.to_string(),
+                    message: format!("invalid field selector term {term:?}"),
+                });
             };
             terms.push((field.trim().to_string(), eq, value.trim().to_string()));
         }

@@ -124,7 +124,10 @@ pub fn field(ty: Option<&str>, field: &str) -> Field {
     if field == "metadata" {
         return obj("ObjectMeta");
     }
-    ty.and_then(|t| SCHEMA.get(t)).and_then(|fields| fields.get(field)).copied().unwrap_or(Field { list: ListType::Atomic, ty: None })
+    ty.and_then(|t| SCHEMA.get(t))
+        .and_then(|fields| fields.get(field))
+        .copied()
+        .unwrap_or(Field { list: ListType::Atomic, ty: None })
 }
 
 /// The schema type at the root of a kind: its `spec` and `status` are `<Kind>Spec` and `<Kind>Status`.
@@ -185,12 +188,19 @@ fn directive<'a>(p: &'a Map<String, Value>, path: &str) -> Result<Option<&'a str
     match p.get("$patch") {
         None => Ok(None),
         Some(Value::String(s)) if matches!(s.as_str(), "replace" | "delete" | "merge") => Ok(Some(s)),
-        Some(other) => Err(PatchError::Directive { path: path.to_string(), message: format!("unknown $patch value {other}") }),
+        Some(other) => {
+            Err(PatchError::Directive { path: path.to_string(), message: format!("unknown $patch value {other}") })
+        }
     }
 }
 
 /// Merges `patch` into `orig`; `None` means the map itself is deleted.
-fn merge_map(orig: &Map<String, Value>, patch: &Map<String, Value>, at: At<'_>, path: &str) -> Result<Option<Map<String, Value>>, PatchError> {
+fn merge_map(
+    orig: &Map<String, Value>,
+    patch: &Map<String, Value>,
+    at: At<'_>,
+    path: &str,
+) -> Result<Option<Map<String, Value>>, PatchError> {
     match directive(patch, path)? {
         Some("replace") => return Ok(Some(clean_map(patch))),
         Some("delete") => return Ok(None),
@@ -212,7 +222,10 @@ fn merge_map(orig: &Map<String, Value>, patch: &Map<String, Value>, at: At<'_>, 
         }
         if let Some(f) = k.strip_prefix("$deleteFromPrimitiveList/") {
             let Value::Array(gone) = pv else {
-                return Err(PatchError::Directive { path: here, message: "$deleteFromPrimitiveList needs a list".into() });
+                return Err(PatchError::Directive {
+                    path: here,
+                    message: "$deleteFromPrimitiveList needs a list".into(),
+                });
             };
             if let Some(Value::Array(list)) = out.get_mut(f) {
                 list.retain(|v| !gone.contains(v));
@@ -413,9 +426,11 @@ mod tests {
 
     #[test]
     fn primitive_sets_and_their_delete_directive() {
-        let out = apply(&deployment(), &json!({"metadata": {"finalizers": ["b", "a"]}}), "Deployment").expect("applies");
+        let out =
+            apply(&deployment(), &json!({"metadata": {"finalizers": ["b", "a"]}}), "Deployment").expect("applies");
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
-        let out = apply(&out, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}), "Deployment").expect("applies");
+        let out = apply(&out, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}), "Deployment")
+            .expect("applies");
         assert_eq!(out["metadata"]["finalizers"], json!(["b"]));
     }
 
@@ -427,7 +442,12 @@ mod tests {
         let out = apply(&cm, &json!({"data": {"$patch": "replace", "Z": "9"}}), "ConfigMap").expect("applies");
         assert_eq!(out["data"], json!({"Z": "9"}));
         let svc = json!({"spec": {"externalIPs": ["1.1.1.1", "2.2.2.2"], "ports": [{"port": 80}, {"port": 443}]}});
-        let out = apply(&svc, &json!({"spec": {"externalIPs": ["3.3.3.3"], "ports": [{"port": 80, "name": "http"}]}}), "Service").expect("applies");
+        let out = apply(
+            &svc,
+            &json!({"spec": {"externalIPs": ["3.3.3.3"], "ports": [{"port": 80, "name": "http"}]}}),
+            "Service",
+        )
+        .expect("applies");
         assert_eq!(out["spec"]["externalIPs"], json!(["3.3.3.3"]));
         assert_eq!(out["spec"]["ports"], json!([{"port": 80, "name": "http"}, {"port": 443}]));
     }
@@ -436,7 +456,10 @@ mod tests {
     fn rollout_restart_adds_an_annotation_to_the_template() {
         let patch = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-21T07:21:54Z"}}}}});
         let out = apply(&deployment(), &patch, "Deployment").expect("applies");
-        assert_eq!(out["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"], "2026-11-21T07:21:54Z");
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"],
+            "2026-11-21T07:21:54Z"
+        );
         assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().expect("list").len(), 2);
     }
 

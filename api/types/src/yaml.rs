@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn lists_are_flattened() {
-        let text = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}]}"#;
+        let text =
+            r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}]}"#;
         let docs = parse_documents(text).expect("valid list");
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0]["kind"], "Pod");

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use skiff_api::normalize::{normalize, FieldValidation, Steps};
+use skiff_api::normalize::{FieldValidation, Steps, normalize};
 
 fn corpus() -> Vec<(String, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
@@ -25,7 +25,9 @@ fn corpus() -> Vec<(String, Value)> {
 fn documentation_manifests_round_trip_unchanged() {
     for (name, doc) in corpus() {
         let steps = Steps { defaults: false, validate: false, fields: FieldValidation::Strict };
-        let n = normalize(doc.clone(), steps).unwrap_or_else(|| panic!("{name}: not a built-in kind")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let n = normalize(doc.clone(), steps)
+            .unwrap_or_else(|| panic!("{name}: not a built-in kind"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut expected = doc;
         // Secret data written as YAML blocks carries line breaks that Kubernetes' base64 decoder skips.
         if let Some(Value::Object(data)) = expected.get_mut("data").filter(|_| n.object["kind"] == "Secret") {
@@ -41,7 +43,8 @@ fn documentation_manifests_round_trip_unchanged() {
 fn documentation_manifests_are_valid_once_defaulted() {
     for (name, mut doc) in corpus() {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        let cluster_scoped = ["Namespace", "PersistentVolume", "IngressClass", "CustomResourceDefinition"].contains(&kind.as_str());
+        let cluster_scoped =
+            ["Namespace", "PersistentVolume", "IngressClass", "CustomResourceDefinition"].contains(&kind.as_str());
         if !cluster_scoped && doc["metadata"].get("namespace").is_none() {
             doc["metadata"]["namespace"] = Value::from("default");
         }

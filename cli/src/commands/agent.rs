@@ -127,7 +127,8 @@ impl Args {
         cfg.insecure_registries = self.insecure_registries.clone();
         cfg.runc = self.runc.clone();
         if self.lb {
-            let pin_dir = self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));
+            let pin_dir =
+                self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));
             cfg.lb = LbMode::On { pin_dir, metrics_addr: self.lb_metrics_addr };
         }
         cfg.validate()?;
@@ -140,7 +141,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Sub::Shim { args }) => std::process::exit(skiff_agent::runtime::shim::main(&args)),
         Some(Sub::Reset { data_dir, cgroup_root, bridge, keep_network, runc }) => {
-            let r = skiff_agent::cleanup::Reset { data_dir: std::path::absolute(data_dir)?, cgroup_root, runc, bridge: (!keep_network).then_some(bridge) };
+            let r = skiff_agent::cleanup::Reset {
+                data_dir: std::path::absolute(data_dir)?,
+                cgroup_root,
+                runc,
+                bridge: (!keep_network).then_some(bridge),
+            };
             let left = super::runtime()?.block_on(skiff_agent::cleanup::reset(&r));
             if !left.is_empty() {
                 anyhow::bail!("could not remove everything: {left:?}");

@@ -75,7 +75,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             for img in list {
                 let r = Reference::parse(&img.reference)?;
                 let id = img.config_digest.trim_start_matches("sha256:").chars().take(12).collect::<String>();
-                println!("{:<50} {:<20} {:<14} {:>8}", r.name(), r.tag.clone().unwrap_or_else(|| "<none>".into()), id, human(img.size));
+                println!(
+                    "{:<50} {:<20} {:<14} {:>8}",
+                    r.name(),
+                    r.tag.clone().unwrap_or_else(|| "<none>".into()),
+                    id,
+                    human(img.size)
+                );
             }
             Ok(())
         }

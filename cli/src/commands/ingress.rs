@@ -55,8 +55,9 @@ pub struct Args {
     /// Pid file.
     #[arg(long, default_value = "/tmp/skiff-ingress.pid")]
     pid_file: PathBuf,
-    /// Seconds to keep serving after SIGTERM before closing listeners.
-    #[arg(long, default_value_t = 0)]
+    /// Seconds that requests in flight and keep-alive clients get to finish after SIGTERM (or after handing the
+    /// sockets to a new binary on SIGQUIT) before the remaining connections are cut. Listeners close at once.
+    #[arg(long, default_value_t = 5)]
     grace_period: u64,
 }
 

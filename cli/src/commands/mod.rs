@@ -42,7 +42,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 
 /// Waits for SIGINT or SIGTERM.
 pub async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -103,7 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .context("no node address found: give --node-ip (or --interface)")?,
         };
-        progress.step(&format!("node {node_name} at {node_ip}; starting the API server (SQLite datastore, certificates)…"));
+        progress
+            .step(&format!("node {node_name} at {node_ip}; starting the API server (SQLite datastore, certificates)…"));
         let cfg = super::server::Args {
             data_dir: data_dir.join("server"),
             listen: SocketAddr::from(([0, 0, 0, 0], args.api_port)),
@@ -132,11 +133,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         agent_cfg.metrics_addr = Some(ports.agent_metrics);
         agent_cfg.cgroup_root = args.cgroup_root.clone();
         if !args.no_lb {
-            let pin_dir = args.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node_name));
+            let pin_dir = args
+                .lb_pin_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node_name));
             agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics) };
         }
         agent_cfg.validate()?;
-        let agent_client = skiff_agent::client::connect(&server.url, &server.pki.node_token, &server.pki.ca.cert_pem).await?;
+        let agent_client =
+            skiff_agent::client::connect(&server.url, &server.pki.node_token, &server.pki.ca.cert_pem).await?;
         progress.step(&format!(
             "starting the node agent (runc, pod network on skiff0, cluster DNS{})…",
             if args.no_lb { "" } else { ", eBPF Service load balancer" }
@@ -150,7 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let ingress = if args.no_ingress {
             None
         } else {
-            progress.step(&format!("starting the ingress controller on ports {} and {}…", args.http_port, args.https_port));
+            progress
+                .step(&format!("starting the ingress controller on ports {} and {}…", args.http_port, args.https_port));
             ensure_ingress_class(&admin).await?;
             Some(start_ingress(&args, &kubeconfig, &data_dir, node_ip, ports.ingress_metrics).await?)
         };
@@ -234,7 +240,8 @@ async fn start_ingress(
         pid_file: data_dir.join("ingress.pid"),
         ..skiff_ingress::IngressConfig::default()
     };
-    let started = tokio::task::spawn_blocking(move || skiff_ingress::runtime::Embedded::start_api(config, kube_config)).await?;
+    let started =
+        tokio::task::spawn_blocking(move || skiff_ingress::runtime::Embedded::start_api(config, kube_config)).await?;
     started.context("starting the ingress controller")
 }
 

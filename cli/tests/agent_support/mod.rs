@@ -49,7 +49,11 @@ pub fn container_status(p: &Value, container: &str) -> Option<Value> {
 
 /// The pod's condition status (`True`/`False`).
 pub fn condition(p: &Value, ty: &str) -> Option<String> {
-    p.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == ty).and_then(|c| c["status"].as_str().map(str::to_string))
+    p.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
 }
 
 /// Waits until `check` holds for the pod (read every 100 ms), returning it.
@@ -57,7 +61,9 @@ pub fn wait_pod(c: &Cluster, name: &str, limit: Duration, what: &str, check: imp
     match wait_for(limit, what, || pod(c, name).filter(|p| check(p))) {
         Ok(p) => p,
         Err(e) => {
-            let last = pod(c, name).map(|p| serde_json::to_string_pretty(&p["status"]).unwrap_or_default()).unwrap_or_default();
+            let last = pod(c, name)
+                .map(|p| serde_json::to_string_pretty(&p["status"]).unwrap_or_default())
+                .unwrap_or_default();
             fail(c, &format!("pod {name}: {e}\nlast status: {last}"))
         }
     }
@@ -93,7 +99,11 @@ pub fn exec(c: &Cluster, name: &str, container: &str, argv: &[&str], stdin: Opti
         s.write_all(data).expect("writing stdin");
     }
     let out = child.wait_with_output().expect("kubectl ends");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Applies YAML or fails with the logs.

@@ -2,15 +2,21 @@
 
 use serde_json::Value;
 
-use super::error::{ApiError, ApiResult};
 use super::Api;
+use super::error::{ApiError, ApiResult};
 use crate::quota::{self, Usage};
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::Selector;
 
 impl Api {
     /// Rejects a write that would take a namespace over one of its ResourceQuotas.
-    pub(crate) async fn admit_quota(&self, info: &ResourceInfo, ns: Option<&str>, new: &Value, old: Option<&Value>) -> ApiResult<()> {
+    pub(crate) async fn admit_quota(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        new: &Value,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
         let Some(ns) = ns else { return Ok(()) };
         if matches!(info.plural.as_str(), "resourcequotas" | "events" | "leases" | "endpointslices" | "endpoints") {
             return Ok(());
@@ -83,11 +89,21 @@ impl Api {
     pub async fn namespace_usage(&self, ns: &str, resources: &[String]) -> ApiResult<Usage> {
         let mut total = Usage::new();
         let affects = |r: &ResourceInfo| {
-            let count = if r.group.is_empty() { format!("count/{}", r.plural) } else { format!("count/{}.{}", r.plural, r.group) };
+            let count = if r.group.is_empty() {
+                format!("count/{}", r.plural)
+            } else {
+                format!("count/{}.{}", r.plural, r.group)
+            };
             resources.iter().any(|k| {
                 *k == count
                     || match (r.group.as_str(), r.plural.as_str()) {
-                        ("", "pods") => k == "pods" || k.starts_with("requests.") && k != "requests.storage" || k.starts_with("limits.") || k == "cpu" || k == "memory",
+                        ("", "pods") => {
+                            k == "pods"
+                                || k.starts_with("requests.") && k != "requests.storage"
+                                || k.starts_with("limits.")
+                                || k == "cpu"
+                                || k == "memory"
+                        }
                         ("", "services") => k.starts_with("services"),
                         ("", "persistentvolumeclaims") => k == "persistentvolumeclaims" || k == "requests.storage",
                         ("", p) => k == p,

@@ -8,10 +8,10 @@
 use std::net::Ipv4Addr;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
 use super::Api;
+use super::error::{ApiError, ApiResult};
 use crate::storage::StorageError;
 use skiff_api::validation::{ErrorList, NODE_PORT_RANGE};
 
@@ -80,7 +80,8 @@ impl Api {
             return Ok(());
         }
         let requested = svc.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_string();
-        let previous = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).unwrap_or_default().to_string();
+        let previous =
+            old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).unwrap_or_default().to_string();
         let ip = if requested == "None" {
             "None".to_string()
         } else if !previous.is_empty() && (requested.is_empty() || requested == previous) {
@@ -90,10 +91,22 @@ impl Api {
                 .parse()
                 .map_err(|_| invalid("Service", &name, "spec.clusterIP", &requested, "must be a valid IPv4 address"))?;
             if !in_cidr(parsed) {
-                return Err(invalid("Service", &name, "spec.clusterIP", &requested, "provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/12"));
+                return Err(invalid(
+                    "Service",
+                    &name,
+                    "spec.clusterIP",
+                    &requested,
+                    "provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/12",
+                ));
             }
             if !self.claim(format!("{IP_PREFIX}{parsed}"), &ns, &name).await? {
-                return Err(invalid("Service", &name, "spec.clusterIP", &requested, "provided IP is already allocated"));
+                return Err(invalid(
+                    "Service",
+                    &name,
+                    "spec.clusterIP",
+                    &requested,
+                    "provided IP is already allocated",
+                ));
             }
             requested
         } else {
@@ -104,7 +117,9 @@ impl Api {
             let old_ports: Vec<(i64, i64)> = old
                 .and_then(|o| o.pointer("/spec/ports"))
                 .and_then(Value::as_array)
-                .map(|ps| ps.iter().filter_map(|p| Some((p.get("port")?.as_i64()?, p.get("nodePort")?.as_i64()?))).collect())
+                .map(|ps| {
+                    ps.iter().filter_map(|p| Some((p.get("port")?.as_i64()?, p.get("nodePort")?.as_i64()?))).collect()
+                })
                 .unwrap_or_default();
             if let Some(Value::Array(ports)) = svc.pointer_mut("/spec/ports") {
                 for p in ports.iter_mut() {
@@ -116,10 +131,22 @@ impl Api {
                         (None, Some(k)) => k,
                         (Some(w), _) => {
                             if !NODE_PORT_RANGE.contains(&(w as i32)) {
-                                return Err(invalid("Service", &name, "spec.ports[].nodePort", &w.to_string(), "provided port is not in the valid range. The range of valid ports is 30000-32767"));
+                                return Err(invalid(
+                                    "Service",
+                                    &name,
+                                    "spec.ports[].nodePort",
+                                    &w.to_string(),
+                                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                                ));
                             }
                             if !self.claim(format!("{PORT_PREFIX}{w}"), &ns, &name).await? {
-                                return Err(invalid("Service", &name, "spec.ports[].nodePort", &w.to_string(), "provided port is already allocated"));
+                                return Err(invalid(
+                                    "Service",
+                                    &name,
+                                    "spec.ports[].nodePort",
+                                    &w.to_string(),
+                                    "provided port is already allocated",
+                                ));
                             }
                             w
                         }
@@ -150,10 +177,16 @@ impl Api {
     async fn allocate_ip(&self, ns: &str, name: &str) -> ApiResult<Ipv4Addr> {
         let (base, len) = SERVICE_CIDR;
         let size = 1u32 << (32 - len);
-        if ns == "default" && name == "kubernetes" && self.claim(format!("{IP_PREFIX}{KUBERNETES_SERVICE_IP}"), ns, name).await? {
+        if ns == "default"
+            && name == "kubernetes"
+            && self.claim(format!("{IP_PREFIX}{KUBERNETES_SERVICE_IP}"), ns, name).await?
+        {
             return Ok(KUBERNETES_SERVICE_IP);
         }
-        if ns == "kube-system" && name == "kube-dns" && self.claim(format!("{IP_PREFIX}{DNS_SERVICE_IP}"), ns, name).await? {
+        if ns == "kube-system"
+            && name == "kube-dns"
+            && self.claim(format!("{IP_PREFIX}{DNS_SERVICE_IP}"), ns, name).await?
+        {
             return Ok(DNS_SERVICE_IP);
         }
         // random probing, then a bounded linear scan
@@ -188,8 +221,13 @@ impl Api {
     /// Assigns a node its pod CIDR (a free /24 of the cluster CIDR) unless it asked for one; keeps the one it has.
     pub async fn allocate_pod_cidr(&self, node: &mut Value, old: Option<&Value>) -> ApiResult<()> {
         let name = skiff_api::meta::name(node).to_string();
-        let kept = old.and_then(|o| o.pointer("/spec/podCIDR")).and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
-        let wanted = node.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
+        let kept = old
+            .and_then(|o| o.pointer("/spec/podCIDR"))
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        let wanted =
+            node.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
         let cidr = match (kept, wanted) {
             (Some(k), _) => k,
             (None, Some(w)) => {
@@ -209,7 +247,9 @@ impl Api {
                 found.ok_or_else(|| ApiError::internal("allocating a pod CIDR", &"the cluster CIDR is full"))?
             }
         };
-        if let Some(spec) = node.as_object_mut().map(|m| m.entry("spec").or_insert_with(|| json!({}))).and_then(Value::as_object_mut) {
+        if let Some(spec) =
+            node.as_object_mut().map(|m| m.entry("spec").or_insert_with(|| json!({}))).and_then(Value::as_object_mut)
+        {
             spec.insert("podCIDR".into(), json!(cidr));
             spec.insert("podCIDRs".into(), json!([cidr]));
         }

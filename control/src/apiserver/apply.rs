@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::managed::{self, Entry};
 use super::writes::{WriteOptions, Written};
-use super::{fields, Api};
+use super::{Api, fields};
 use skiff_api::meta;
 use skiff_api::registry::ResourceInfo;
 
@@ -44,7 +44,8 @@ pub fn merge(kind: &str, live: &Value, applied: &Value, manager: &str, force: bo
             if fields::value_at(applied, &leaf, kind) != fields::value_at(live, &leaf, kind) {
                 let mut cur = &mut differing;
                 for seg in &leaf {
-                    cur = cur.as_object_mut().expect("built as objects").entry(seg.clone()).or_insert_with(|| json!({}));
+                    cur =
+                        cur.as_object_mut().expect("built as objects").entry(seg.clone()).or_insert_with(|| json!({}));
                 }
                 leaves.push(leaf);
             }
@@ -58,14 +59,23 @@ pub fn merge(kind: &str, live: &Value, applied: &Value, manager: &str, force: bo
             for leaf in leaves {
                 let single = leaf.iter().rev().fold(json!({}), |acc, seg| json!({ seg.clone(): acc }));
                 let field = fields::paths(&single).into_iter().next().unwrap_or_default();
-                conflicts.push(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), field, segments: leaf });
+                conflicts.push(Conflict {
+                    manager: e.manager.clone(),
+                    api_version: e.api_version.clone(),
+                    field,
+                    segments: leaf,
+                });
             }
         }
     }
     if !conflicts.is_empty() {
         return Err(conflicts);
     }
-    let previous = entries.iter().find(|e| e.manager == manager && e.operation == "Apply").map(|e| e.fields.clone()).unwrap_or_else(|| json!({}));
+    let previous = entries
+        .iter()
+        .find(|e| e.manager == manager && e.operation == "Apply")
+        .map(|e| e.fields.clone())
+        .unwrap_or_else(|| json!({}));
     let others = entries
         .iter()
         .filter(|e| !(e.manager == manager && e.operation == "Apply"))
@@ -77,7 +87,14 @@ pub fn merge(kind: &str, live: &Value, applied: &Value, manager: &str, force: bo
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
     entries.retain(|e| !fields::is_empty(&e.fields));
     let api_version = applied.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    entries.push(Entry { manager: manager.to_string(), operation: "Apply".into(), api_version, subresource: None, time: managed::now(), fields: applied_set });
+    entries.push(Entry {
+        manager: manager.to_string(),
+        operation: "Apply".into(),
+        api_version,
+        subresource: None,
+        time: managed::now(),
+        fields: applied_set,
+    });
     managed::write(&mut new, &entries);
     Ok(new)
 }
@@ -95,19 +112,21 @@ impl Api {
         force: bool,
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let manager = opts
-            .field_manager
-            .clone()
-            .filter(|m| !m.is_empty())
-            .ok_or_else(|| ApiError::bad_request("PATCH, application/apply-patch+yaml requests require fieldManager to be set"))?;
-        let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the applied configuration is not UTF-8"))?;
+        let manager = opts.field_manager.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
+            ApiError::bad_request("PATCH, application/apply-patch+yaml requests require fieldManager to be set")
+        })?;
+        let text =
+            std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the applied configuration is not UTF-8"))?;
         let mut docs = skiff_api::yaml::parse_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if docs.len() != 1 {
             return Err(ApiError::bad_request("an applied configuration must be exactly one object"));
         }
         let mut applied = docs.remove(0);
         if meta::name(&applied) != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", meta::name(&applied))));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta::name(&applied)
+            )));
         }
         if let Some(m) = applied.pointer_mut("/metadata").and_then(Value::as_object_mut) {
             m.remove("managedFields");
@@ -138,7 +157,13 @@ impl Api {
                 Err(conflicts) => return Err(conflict_error(&conflicts)),
             };
             match self.commit_update(info, ns, name, &cur, new, subresource, opts, &manager).await {
-                Err(e) if e.code == 409 && e.reason == "Conflict" && e.details.as_ref().is_none_or(|d| d.get("causes").is_none()) => continue,
+                Err(e)
+                    if e.code == 409
+                        && e.reason == "Conflict"
+                        && e.details.as_ref().is_none_or(|d| d.get("causes").is_none()) =>
+                {
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -168,7 +193,10 @@ fn conflict_error(conflicts: &[Conflict]) -> ApiError {
         .iter()
         .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": c.field}))
         .collect();
-    let lines: Vec<String> = conflicts.iter().map(|c| format!("conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.field)).collect();
+    let lines: Vec<String> = conflicts
+        .iter()
+        .map(|c| format!("conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.field))
+        .collect();
     let message = if lines.len() == 1 {
         format!("Apply failed with 1 conflict: {}", lines[0])
     } else {
@@ -187,7 +215,8 @@ mod tests {
 
     #[test]
     fn apply_owns_its_fields_and_removes_what_it_stops_applying() {
-        let live = merge("ConfigMap", &json!({}), &cm(json!({"a": "1", "b": "2"})), "alice", false).expect("no conflict");
+        let live =
+            merge("ConfigMap", &json!({}), &cm(json!({"a": "1", "b": "2"})), "alice", false).expect("no conflict");
         assert_eq!(live["data"], json!({"a": "1", "b": "2"}));
         let live = merge("ConfigMap", &live, &cm(json!({"a": "1"})), "alice", false).expect("no conflict");
         assert_eq!(live["data"], json!({"a": "1"}), "b is no longer applied by its only owner");
@@ -196,7 +225,8 @@ mod tests {
     #[test]
     fn changing_another_managers_field_conflicts_unless_forced() {
         let live = merge("ConfigMap", &json!({}), &cm(json!({"a": "1"})), "alice", false).expect("no conflict");
-        let same = merge("ConfigMap", &live, &cm(json!({"a": "1"})), "bob", false).expect("same value is shared ownership");
+        let same =
+            merge("ConfigMap", &live, &cm(json!({"a": "1"})), "bob", false).expect("same value is shared ownership");
         assert_eq!(managed::read(&same).len(), 2);
         let err = merge("ConfigMap", &live, &cm(json!({"a": "2"})), "bob", false).expect_err("conflict");
         assert_eq!(err[0].manager, "alice");

@@ -7,11 +7,11 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::error::{ApiError, ApiResult};
 use super::Api;
+use super::error::{ApiError, ApiResult};
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,14 @@ fn b64(data: &[u8]) -> String {
 }
 
 /// Signs a service-account token for `namespace/name` (uid `uid`), valid for `seconds`, optionally bound to a pod.
-pub fn sign_token(key: &[u8], namespace: &str, name: &str, uid: &str, seconds: i64, pod: Option<(&str, &str)>) -> (String, i64) {
+pub fn sign_token(
+    key: &[u8],
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    seconds: i64,
+    pod: Option<(&str, &str)>,
+) -> (String, i64) {
     let now = jiff::Timestamp::now().as_second();
     let exp = now + seconds;
     let mut k8s = json!({"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}});
@@ -67,7 +74,8 @@ pub fn verify_token(key: &[u8], token: &str) -> Option<Value> {
     mac.update(format!("{h}.{p}").as_bytes());
     let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
     mac.verify_slice(&sig).ok()?;
-    let claims: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
     let exp = claims.get("exp")?.as_i64()?;
     (exp > jiff::Timestamp::now().as_second()).then_some(claims)
 }
@@ -76,7 +84,10 @@ impl Api {
     /// Authenticates a bearer token.
     pub async fn authenticate_token(&self, token: &str) -> Option<User> {
         if !self.auth.node_token.is_empty() && token == self.auth.node_token {
-            return Some(User { name: "system:node-bootstrap".into(), groups: vec!["system:nodes".into(), "system:authenticated".into()] });
+            return Some(User {
+                name: "system:node-bootstrap".into(),
+                groups: vec!["system:nodes".into(), "system:authenticated".into()],
+            });
         }
         if let Some(user) = self.auth.static_tokens.get(token) {
             return Some(user.clone());
@@ -90,7 +101,10 @@ impl Api {
         if skiff_api::meta::uid(&sa.object) != uid {
             return None;
         }
-        if let (Some(pod), Some(pod_uid)) = (claims.pointer("/kubernetes.io/pod/name").and_then(Value::as_str), claims.pointer("/kubernetes.io/pod/uid").and_then(Value::as_str)) {
+        if let (Some(pod), Some(pod_uid)) = (
+            claims.pointer("/kubernetes.io/pod/name").and_then(Value::as_str),
+            claims.pointer("/kubernetes.io/pod/uid").and_then(Value::as_str),
+        ) {
             let p = self.try_get(&self.builtin("", "pods"), Some(ns), pod).await.ok()??;
             if skiff_api::meta::uid(&p.object) != pod_uid {
                 return None;
@@ -98,7 +112,11 @@ impl Api {
         }
         Some(User {
             name: format!("system:serviceaccount:{ns}:{name}"),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
         })
     }
 
@@ -107,17 +125,30 @@ impl Api {
         let sa = self.get(&self.builtin("", "serviceaccounts"), Some(ns), name).await?;
         let seconds = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
         if seconds < 600 {
-            return Err(ApiError::bad_request("spec.expirationSeconds: may not specify a duration less than 10 minutes"));
+            return Err(ApiError::bad_request(
+                "spec.expirationSeconds: may not specify a duration less than 10 minutes",
+            ));
         }
-        let bound = match (req.pointer("/spec/boundObjectRef/kind").and_then(Value::as_str), req.pointer("/spec/boundObjectRef/name").and_then(Value::as_str)) {
+        let bound = match (
+            req.pointer("/spec/boundObjectRef/kind").and_then(Value::as_str),
+            req.pointer("/spec/boundObjectRef/name").and_then(Value::as_str),
+        ) {
             (Some("Pod"), Some(pod)) => {
                 let p = self.get(&self.builtin("", "pods"), Some(ns), pod).await?;
                 Some((pod.to_string(), skiff_api::meta::uid(&p.object).to_string()))
             }
             _ => None,
         };
-        let (token, exp) = sign_token(&self.auth.sa_key, ns, name, skiff_api::meta::uid(&sa.object), seconds, bound.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
-        let exp_ts = jiff::Timestamp::from_second(exp).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+        let (token, exp) = sign_token(
+            &self.auth.sa_key,
+            ns,
+            name,
+            skiff_api::meta::uid(&sa.object),
+            seconds,
+            bound.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        );
+        let exp_ts =
+            jiff::Timestamp::from_second(exp).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
         let mut out = req.clone();
         out["kind"] = json!("TokenRequest");
         out["apiVersion"] = json!("authentication.k8s.io/v1");

@@ -1,10 +1,10 @@
 //! CustomResourceDefinitions: every served version of a CRD becomes a resource in the registry (discovered,
 //! served, watched) as soon as the CRD is stored; deleting the CRD deletes its objects.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::writes::WriteOptions;
 use super::Api;
+use super::writes::WriteOptions;
 use skiff_api::registry::{PrinterColumn, ResourceInfo, Scope, Subresource};
 
 /// Orders versions as Kubernetes does: GA before beta before alpha, higher numbers first, others last.
@@ -34,7 +34,10 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
     let spec = crd.get("spec").cloned().unwrap_or_default();
     let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
     let list = |p: &str| -> Vec<String> {
-        spec.pointer(p).and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        spec.pointer(p)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     let group = s("/group");
     let kind = s("/names/kind");
@@ -46,7 +49,9 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
     let scope = if s("/scope") == "Cluster" { Scope::Cluster } else { Scope::Namespaced };
     let mut versions: Vec<Value> = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
     versions.retain(|v| v.get("served").and_then(Value::as_bool).unwrap_or(false));
-    versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v.get("name").and_then(Value::as_str).unwrap_or_default())));
+    versions.sort_by_key(|v| {
+        std::cmp::Reverse(version_priority(v.get("name").and_then(Value::as_str).unwrap_or_default()))
+    });
     versions
         .iter()
         .map(|v| {
@@ -82,7 +87,10 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
                 has_status: v.pointer("/subresources/status").is_some(),
                 subresources,
                 selectable_fields: Vec::new(),
-                verbs: ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"].iter().map(|s| s.to_string()).collect(),
+                verbs: ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 custom: true,
                 printer_columns: v
                     .get("additionalPrinterColumns")
@@ -124,10 +132,11 @@ impl Api {
         }
         match new {
             Some(crd) => {
-                let established = crd
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| c.iter().any(|c| c.get("type") == Some(&json!("Established")) && c.get("status") == Some(&json!("True"))));
+                let established = crd.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.get("type") == Some(&json!("Established")) && c.get("status") == Some(&json!("True"))
+                    })
+                });
                 if !established {
                     self.establish_crd(crd).await;
                 }
@@ -163,7 +172,10 @@ impl Api {
             ],
         });
         let opts = WriteOptions { field_manager: Some("skiff-apiextensions".into()), ..Default::default() };
-        if let Err(e) = Box::pin(self.commit_update(&info, None, &name, &cur, obj, Some("status"), &opts, "skiff-apiextensions")).await {
+        if let Err(e) =
+            Box::pin(self.commit_update(&info, None, &name, &cur, obj, Some("status"), &opts, "skiff-apiextensions"))
+                .await
+        {
             tracing::warn!(error = %e, crd = %name, "marking the CRD established failed");
         }
     }

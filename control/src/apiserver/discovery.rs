@@ -1,9 +1,9 @@
 //! Discovery: `/version`, aggregated discovery (`apidiscovery.k8s.io/v2`) and the legacy documents
 //! (`APIVersions`, `APIGroupList`, `APIResourceList`), all generated from the registry.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use skiff_api::registry::{Registry, ResourceInfo, KUBERNETES_MINOR, KUBERNETES_VERSION};
+use skiff_api::registry::{KUBERNETES_MINOR, KUBERNETES_VERSION, Registry, ResourceInfo};
 
 /// The content type of aggregated discovery.
 pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -72,13 +72,15 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group_entry(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or_default()})
 }
 
 /// Legacy `/apis`.
 pub fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_entry(&g, &vs)).collect();
+    let groups: Vec<Value> =
+        reg.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_entry(&g, &vs)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

@@ -1,8 +1,8 @@
 //! API errors: every failure is answered with a `metav1.Status` carrying the reason and code kubectl expects.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::storage::StorageError;
 use skiff_api::normalize::NormalizeError;
@@ -63,7 +63,10 @@ impl ApiError {
 
     /// 404 for a missing object.
     pub fn not_found(info: &ResourceInfo, name: &str) -> Self {
-        ApiError { details: Some(details(info, name)), ..Self::new(404, "NotFound", format!("{} \"{name}\" not found", info.qualified_plural())) }
+        ApiError {
+            details: Some(details(info, name)),
+            ..Self::new(404, "NotFound", format!("{} \"{name}\" not found", info.qualified_plural()))
+        }
     }
 
     /// 404 for an unknown path.
@@ -119,7 +122,10 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({content_type}) - accepted media types include: {}", accepted.join(", ")),
+            format!(
+                "the body of the request was in an unknown format ({content_type}) - accepted media types include: {}",
+                accepted.join(", ")
+            ),
         )
     }
 
@@ -140,7 +146,10 @@ impl ApiError {
         if !info.group.is_empty() {
             d["group"] = Value::from(info.group.clone());
         }
-        ApiError { details: Some(d), ..Self::new(422, "Invalid", format!("{qualified_kind} \"{name}\" is invalid: {}", errs.summary())) }
+        ApiError {
+            details: Some(d),
+            ..Self::new(422, "Invalid", format!("{qualified_kind} \"{name}\" is invalid: {}", errs.summary()))
+        }
     }
 
     /// 422 for a request that is well-formed but cannot be carried out (a JSON patch test that fails).
@@ -178,7 +187,9 @@ impl ApiError {
             StorageError::NotFound { .. } => Self::not_found(info, name),
             StorageError::AlreadyExists { .. } => Self::already_exists(info, name),
             StorageError::Conflict { .. } => Self::conflict(info, name),
-            StorageError::Compacted { requested, .. } => Self::expired(format!("too old resource version: {requested}")),
+            StorageError::Compacted { requested, .. } => {
+                Self::expired(format!("too old resource version: {requested}"))
+            }
             StorageError::FutureRevision { requested, current } => {
                 Self::timeout(format!("Too large resource version: {requested}, current: {current}"))
             }

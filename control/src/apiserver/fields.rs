@@ -8,8 +8,19 @@ use serde_json::{Map, Value};
 use skiff_api::smp::{self, ListType};
 
 /// Fields never tracked in managed fields.
-const UNTRACKED_META: &[&str] =
-    &["name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "generateName"];
+const UNTRACKED_META: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    "generateName",
+];
 
 /// The field set of an object of `kind`.
 pub fn of_object(obj: &Value, kind: &str) -> Value {
@@ -286,7 +297,10 @@ mod tests {
             "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "i"}]}}}});
         let set = of_object(&d, "Deployment");
         assert_eq!(set["f:metadata"], json!({"f:labels": {"f:app": {}}}));
-        assert_eq!(set["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"], json!({".": {}, "f:name": {}, "f:image": {}}));
+        assert_eq!(
+            set["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"],
+            json!({".": {}, "f:name": {}, "f:image": {}})
+        );
         let mut p = paths(&set);
         p.sort();
         assert!(p.contains(&".spec.replicas".to_string()));
@@ -301,14 +315,20 @@ mod tests {
         assert_eq!(intersection(&a, &b), b);
         assert_eq!(union(&b, &json!({"f:data": {}})), json!({"f:spec": {"f:replicas": {}}, "f:data": {}}));
         let mut obj = json!({"spec": {"replicas": 1, "paused": true, "template": {"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}}});
-        remove_from(&mut obj, &json!({"f:spec": {"f:paused": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"b\"}": {".": {}}}}}}}));
+        remove_from(
+            &mut obj,
+            &json!({"f:spec": {"f:paused": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"b\"}": {".": {}}}}}}}),
+        );
         assert_eq!(obj, json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a"}]}}}}));
     }
 
     #[test]
     fn values_are_found_by_set_paths() {
         let d = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "i:1"}]}}}});
-        let path: Vec<String> = ["f:spec", "f:template", "f:spec", "f:containers", "k:{\"name\":\"web\"}", "f:image"].iter().map(|s| s.to_string()).collect();
+        let path: Vec<String> = ["f:spec", "f:template", "f:spec", "f:containers", "k:{\"name\":\"web\"}", "f:image"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(value_at(&d, &path, "Deployment"), Some(&json!("i:1")));
     }
 }

@@ -6,18 +6,18 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::objects::ListQuery;
-use super::request::{content_type, parse_path, representation, Query, Representation, ResourcePath, Target};
+use super::request::{Query, Representation, ResourcePath, Target, content_type, parse_path, representation};
 use super::table::{self, Include};
 use super::watch::WatchRequest;
 use super::writes::{DeleteOptions, Deleted, WriteOptions};
-use super::{protobuf, subresources, Api};
+use super::{Api, protobuf, subresources};
 use skiff_api::normalize::FieldValidation;
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::{FieldSelector, Selector};
@@ -67,7 +67,8 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
 
 /// Rejects a request whose declared length is over the limit before reading it.
 fn check_length(headers: &HeaderMap, limit: usize) -> ApiResult<()> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     match declared {
         Some(n) if n > limit => Err(ApiError::too_large(limit)),
         _ => Ok(()),
@@ -78,7 +79,8 @@ fn check_length(headers: &HeaderMap, limit: usize) -> ApiResult<()> {
 fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
     match ct.as_str() {
-        "application/json" | "" => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/json" | "" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
         "application/yaml" => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
             let mut docs = skiff_api::yaml::parse_documents(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -87,8 +89,16 @@ fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
             }
             Ok(docs.remove(0))
         }
-        protobuf::MEDIA_TYPE => protobuf::decode(body).map_err(|e| ApiError::unsupported_media_type(&format!("{ct}: {e}"), &["application/json", "application/yaml", protobuf::MEDIA_TYPE])),
-        other => Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml", protobuf::MEDIA_TYPE])),
+        protobuf::MEDIA_TYPE => protobuf::decode(body).map_err(|e| {
+            ApiError::unsupported_media_type(
+                &format!("{ct}: {e}"),
+                &["application/json", "application/yaml", protobuf::MEDIA_TYPE],
+            )
+        }),
+        other => Err(ApiError::unsupported_media_type(
+            other,
+            &["application/json", "application/yaml", protobuf::MEDIA_TYPE],
+        )),
     }
 }
 
@@ -97,12 +107,18 @@ fn write_options(q: &Query) -> ApiResult<WriteOptions> {
         None | Some("") | Some("Warn") => FieldValidation::Warn,
         Some("Strict") => FieldValidation::Strict,
         Some("Ignore") => FieldValidation::Ignore,
-        Some(other) => return Err(ApiError::bad_request(format!("fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            )));
+        }
     };
     let dry_run = match q.get("dryRun") {
         None | Some("") => false,
         Some("All") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}: only All is supported"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}: only All is supported")));
+        }
     };
     let field_manager = q.get("fieldManager").map(str::to_string);
     if field_manager.as_deref().is_some_and(|m| m.len() > 128) {
@@ -112,8 +128,10 @@ fn write_options(q: &Query) -> ApiResult<WriteOptions> {
 }
 
 fn selectors(q: &Query) -> ApiResult<(Selector, FieldSelector)> {
-    let labels = Selector::parse(q.get("labelSelector").unwrap_or_default()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let labels = Selector::parse(q.get("labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((labels, fields))
 }
 
@@ -122,12 +140,20 @@ fn list_kind(info: &ResourceInfo) -> String {
 }
 
 /// Renders a list in the representation the client asked for.
-fn render_list(info: &ResourceInfo, headers: &HeaderMap, q: &Query, items: Vec<Value>, rv: &str, cont: Option<&str>) -> Response {
+fn render_list(
+    info: &ResourceInfo,
+    headers: &HeaderMap,
+    q: &Query,
+    items: Vec<Value>,
+    rv: &str,
+    cont: Option<&str>,
+) -> Response {
     match representation(headers) {
         Representation::Table => {
             let t = table::table(info, &items, rv, cont, Include::parse(q.get("includeObject")), true);
             let mut r = json_response(StatusCode::OK, &t);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
             r
         }
         Representation::Metadata => {
@@ -139,14 +165,20 @@ fn render_list(info: &ResourceInfo, headers: &HeaderMap, q: &Query, items: Vec<V
             if let Some(c) = cont {
                 md["continue"] = json!(c);
             }
-            json_response(StatusCode::OK, &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": md, "items": items}))
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": md, "items": items}),
+            )
         }
         Representation::Object => {
             let mut md = json!({"resourceVersion": rv});
             if let Some(c) = cont {
                 md["continue"] = json!(c);
             }
-            json_response(StatusCode::OK, &json!({"kind": list_kind(info), "apiVersion": info.api_version(), "metadata": md, "items": items}))
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": list_kind(info), "apiVersion": info.api_version(), "metadata": md, "items": items}),
+            )
         }
     }
 }
@@ -156,18 +188,24 @@ fn render_object(info: &ResourceInfo, headers: &HeaderMap, q: &Query, code: Stat
     match representation(headers) {
         Representation::Table => {
             let rv = skiff_api::meta::resource_version(obj).to_string();
-            let t = table::table(info, std::slice::from_ref(obj), &rv, None, Include::parse(q.get("includeObject")), true);
+            let t =
+                table::table(info, std::slice::from_ref(obj), &rv, None, Include::parse(q.get("includeObject")), true);
             let mut r = json_response(code, &t);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
             r
         }
-        Representation::Metadata => json_response(code, &json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata")})),
+        Representation::Metadata => json_response(
+            code,
+            &json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata")}),
+        ),
         Representation::Object => json_response(code, obj),
     }
 }
 
 fn success_status(info: &ResourceInfo, obj: &Value) -> Value {
-    let mut details = json!({"name": skiff_api::meta::name(obj), "kind": info.plural, "uid": skiff_api::meta::uid(obj)});
+    let mut details =
+        json!({"name": skiff_api::meta::name(obj), "kind": info.plural, "uid": skiff_api::meta::uid(obj)});
     if !info.group.is_empty() {
         details["group"] = json!(info.group);
     }
@@ -181,14 +219,23 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    let mut propagation = v.get("propagationPolicy").and_then(Value::as_str).map(str::to_string).or_else(|| q.get("propagationPolicy").map(str::to_string));
+    let mut propagation = v
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| q.get("propagationPolicy").map(str::to_string));
     if propagation.is_none() {
-        if let Some(orphan) = v.get("orphanDependents").and_then(Value::as_bool).or_else(|| q.get("orphanDependents").map(|o| o == "true")) {
+        if let Some(orphan) = v
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or_else(|| q.get("orphanDependents").map(|o| o == "true"))
+        {
             propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
         }
     }
     let grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64).or(q.int("gracePeriodSeconds")?);
-    let dry_run = v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All")) || q.get("dryRun") == Some("All");
+    let dry_run = v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All"))
+        || q.get("dryRun") == Some("All");
     Ok(DeleteOptions {
         propagation,
         grace_period,
@@ -207,7 +254,10 @@ pub async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) 
     let (verb, resource, result) = route(&api, &method, &uri, &headers, body, upgrade).await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
     let code = response.status().as_u16().to_string();
-    api.metrics.requests.get_or_create(&super::metrics::RequestLabels { verb: verb.to_string(), resource: resource.clone(), code }).inc();
+    api.metrics
+        .requests
+        .get_or_create(&super::metrics::RequestLabels { verb: verb.to_string(), resource: resource.clone(), code })
+        .inc();
     if verb != "watch" {
         api.metrics
             .latency
@@ -244,7 +294,11 @@ async fn route(
     match target {
         Target::CoreRoot => {
             let agg = discovery::wants_aggregated(&accept);
-            let v = if agg { discovery::aggregated(&reg(), true) } else { discovery::api_versions(&api.config.advertise_address) };
+            let v = if agg {
+                discovery::aggregated(&reg(), true)
+            } else {
+                discovery::api_versions(&api.config.advertise_address)
+            };
             ("get", "discovery".into(), discovery_response(Some(v), agg))
         }
         Target::GroupsRoot => {
@@ -253,9 +307,11 @@ async fn route(
             ("get", "discovery".into(), discovery_response(Some(v), agg))
         }
         Target::Group(g) => ("get", "discovery".into(), discovery_response(discovery::api_group(&reg(), &g), false)),
-        Target::GroupVersion { group, version } => {
-            ("get", "discovery".into(), discovery_response(discovery::api_resource_list(&reg(), &group, &version), false))
-        }
+        Target::GroupVersion { group, version } => (
+            "get",
+            "discovery".into(),
+            discovery_response(discovery::api_resource_list(&reg(), &group, &version), false),
+        ),
         Target::Resource(rp) => {
             let q = Query::parse(uri.query());
             let Some(info) = api.resource(&rp.group, &rp.version, &rp.plural) else {
@@ -264,7 +320,11 @@ async fn route(
             let resource = info.plural.clone();
             if info.group == skiff_api::registry::METRICS_GROUP {
                 if *method != Method::GET {
-                    return ("get", resource, Err(ApiError::method_not_allowed("the resource metrics API is read-only")));
+                    return (
+                        "get",
+                        resource,
+                        Err(ApiError::method_not_allowed("the resource metrics API is read-only")),
+                    );
                 }
                 return ("get", resource, api.resource_metrics(&rp, &q).await);
             }
@@ -330,7 +390,14 @@ async fn resource_request(
                     resource_version: q.get("resourceVersion").map(str::to_string),
                 };
                 let page = api.list(&info, ns, &lq).await?;
-                Ok(render_list(&info, headers, q, page.items, &page.revision.to_string(), page.continue_token.as_deref()))
+                Ok(render_list(
+                    &info,
+                    headers,
+                    q,
+                    page.items,
+                    &page.revision.to_string(),
+                    page.continue_token.as_deref(),
+                ))
             }
             .await;
             (verb, r)
@@ -340,7 +407,8 @@ async fn resource_request(
                 // the deprecated single-object watch
                 let r = async {
                     let (labels, _) = selectors(q)?;
-                    let fields = FieldSelector::parse(&format!("metadata.name={name}")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    let fields = FieldSelector::parse(&format!("metadata.name={name}"))
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
                     let req = WatchRequest {
                         namespace: rp.namespace.clone(),
                         resource_version: q.get("resourceVersion").map(str::to_string),
@@ -404,7 +472,9 @@ async fn resource_request(
                 let body = read_body(body, limit).await?;
                 let opts = delete_options(q, &body)?;
                 match api.delete(&info, ns, name, &opts).await? {
-                    Deleted::Gone(obj) if info.group.is_empty() && info.plural == "pods" => Ok(json_response(StatusCode::OK, &obj)),
+                    Deleted::Gone(obj) if info.group.is_empty() && info.plural == "pods" => {
+                        Ok(json_response(StatusCode::OK, &obj))
+                    }
                     Deleted::Gone(obj) => Ok(json_response(StatusCode::OK, &success_status(&info, &obj))),
                     Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
                 }
@@ -427,7 +497,10 @@ async fn resource_request(
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(json_response(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                ))
             }
             .await;
             ("deletecollection", r)
@@ -452,11 +525,16 @@ async fn resource_request(
                     }
                     Method::PATCH => {
                         let body = read_body(body, limit).await?;
-                        let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?;
+                        let patch: Value = serde_json::from_slice(&body)
+                            .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?;
                         let cur = api.get(&info, ns, name).await?;
                         let scale = subresources::scale_of(&info, &cur.object)?;
                         let ct = content_type(headers);
-                        let ct = if ct == "application/strategic-merge-patch+json" { "application/merge-patch+json".to_string() } else { ct };
+                        let ct = if ct == "application/strategic-merge-patch+json" {
+                            "application/merge-patch+json".to_string()
+                        } else {
+                            ct
+                        };
                         let patched = super::patch::apply_patch(&info, &ct, &scale, &patch)?;
                         // a patch that does not pin the resourceVersion applies to whatever is current
                         let mut patched = patched;
@@ -465,7 +543,10 @@ async fn resource_request(
                                 md.remove("resourceVersion");
                             }
                         }
-                        Ok(json_response(StatusCode::OK, &api.write_scale(&info, ns, name, patched, &opts, true).await?))
+                        Ok(json_response(
+                            StatusCode::OK,
+                            &api.write_scale(&info, ns, name, patched, &opts, true).await?,
+                        ))
                     }
                     _ => Err(ApiError::method_not_allowed("scale supports GET, PUT and PATCH")),
                 }

@@ -4,7 +4,7 @@
 //! other managers; an `Apply` operation owns exactly the fields of its applied configuration (see [`super::apply`]).
 //! Entries shrink to the fields that still exist and disappear when empty.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::fields;
 
@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn an_update_takes_the_fields_it_changed() {
-        let mut created = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
+        let mut created =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
         record_update(None, &mut created, "kubectl-create", "ConfigMap", None);
         let e = read(&created);
         assert_eq!(e.len(), 1);

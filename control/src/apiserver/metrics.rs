@@ -1,7 +1,7 @@
 //! The API server's Prometheus metrics (`skiff_apiserver_*`).
 
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

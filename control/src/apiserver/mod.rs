@@ -32,12 +32,12 @@ pub mod writes;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::storage::Storage;
 use auth::{PeerIdentity, User};
@@ -94,8 +94,20 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     /// A server over `store` serving the built-in resources.
-    pub fn new(store: Arc<dyn Storage>, config: ApiConfig, auth: AuthConfig, agent_tls: Option<Arc<rustls::ClientConfig>>) -> Arc<Self> {
-        Arc::new(Api { store, registry: RwLock::new(Registry::with_builtins()), config, auth, metrics: metrics::Metrics::new(), agent_tls })
+    pub fn new(
+        store: Arc<dyn Storage>,
+        config: ApiConfig,
+        auth: AuthConfig,
+        agent_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<Self> {
+        Arc::new(Api {
+            store,
+            registry: RwLock::new(Registry::with_builtins()),
+            config,
+            auth,
+            metrics: metrics::Metrics::new(),
+            agent_tls,
+        })
     }
 
     /// A snapshot of the registry.

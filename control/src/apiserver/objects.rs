@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
 use super::Api;
+use super::error::{ApiError, ApiResult};
 use crate::storage::{KeyValue, ListOptions, Revision};
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::{FieldSelector, Selector};
@@ -24,7 +24,8 @@ pub struct Stored {
 
 /// Decodes a stored value as an object of `info`.
 pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Value> {
-    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal("decoding a stored object", &e))?;
+    let mut obj: Value =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal("decoding a stored object", &e))?;
     let md = skiff_api::meta::metadata_mut(&mut obj);
     md.insert("resourceVersion".into(), Value::from(kv.mod_revision.to_string()));
     if let Value::Object(m) = &mut obj {
@@ -71,7 +72,8 @@ pub struct ListPage {
 }
 
 fn encode_continue(revision: Revision, start: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(json!({"v": "meta.k8s.io/v1", "rv": revision, "start": start}).to_string())
+    base64::engine::general_purpose::STANDARD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": revision, "start": start}).to_string())
 }
 
 fn decode_continue(token: &str) -> ApiResult<(Revision, String)> {
@@ -113,7 +115,9 @@ impl Api {
     pub async fn list(&self, info: &ResourceInfo, namespace: Option<&str>, q: &ListQuery) -> ApiResult<ListPage> {
         for f in q.fields.fields() {
             if !info.selectable(f) {
-                return Err(ApiError::bad_request(format!("\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")));
+                return Err(ApiError::bad_request(format!(
+                    "\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+                )));
             }
         }
         let prefix = collection_prefix(info, namespace);
@@ -139,7 +143,8 @@ impl Api {
         if let Some(rv) = q.resource_version.as_deref().filter(|rv| !rv.is_empty() && *rv != "0")
             && revision.is_none()
         {
-            let rv: Revision = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            let rv: Revision =
+                rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
             let current = self.store.revision().await.map_err(|e| ApiError::internal("revision", &e))?;
             if rv > current {
                 return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {current}")));
@@ -189,7 +194,12 @@ impl Api {
     }
 
     /// Lists every object of `info` in a namespace (or all) matching `labels` (for controllers inside the server).
-    pub async fn list_all(&self, info: &ResourceInfo, namespace: Option<&str>, labels: Selector) -> ApiResult<Vec<Value>> {
+    pub async fn list_all(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        labels: Selector,
+    ) -> ApiResult<Vec<Value>> {
         let q = ListQuery { labels, ..Default::default() };
         Ok(self.list(info, namespace, &q).await?.items)
     }

@@ -2,7 +2,7 @@
 //! group-version-kind and declaring the `fieldValidation` parameter. That is what `kubectl apply` checks before it
 //! sends `fieldValidation=Strict` (see shared/docs/kubectl-wire.md §2); validation itself is the server's.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use skiff_api::registry::Registry;
@@ -30,11 +30,16 @@ pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<V
             {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
             {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}},
         ]);
-        let op = |id: &str| {
-            json!({"operationId": format!("{id}{}", r.kind), "x-kubernetes-action": id, "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {"200": {"description": "OK"}}})
+        let op = |id: &str| json!({"operationId": format!("{id}{}", r.kind), "x-kubernetes-action": id, "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {"200": {"description": "OK"}}});
+        paths.insert(
+            path,
+            json!({"patch": op("patch"), "put": op("replace"), "get": op("read"), "delete": op("delete")}),
+        );
+        let coll = if r.namespaced() {
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{prefix}/{}", r.plural)
         };
-        paths.insert(path, json!({"patch": op("patch"), "put": op("replace"), "get": op("read"), "delete": op("delete")}));
-        let coll = if r.namespaced() { format!("{prefix}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{prefix}/{}", r.plural) };
         paths.insert(coll, json!({"post": op("create"), "get": op("list")}));
     }
     any.then(|| json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": skiff_api::registry::KUBERNETES_VERSION}, "paths": paths, "components": {"schemas": {}}}))

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::Api;
 use super::error::{ApiError, ApiResult};
 use super::writes::{WriteOptions, Written};
-use super::Api;
 use skiff_api::meta;
 use skiff_api::registry::ResourceInfo;
 
@@ -22,10 +22,11 @@ pub const PATCH_TYPES: &[&str] = &[
 pub fn apply_patch(info: &ResourceInfo, content_type: &str, base: &Value, patch: &Value) -> ApiResult<Value> {
     match content_type {
         "application/json-patch+json" => {
-            let p: json_patch::Patch =
-                serde_json::from_value(patch.clone()).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
             let mut out = base.clone();
-            json_patch::patch(&mut out, &p).map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
+            json_patch::patch(&mut out, &p)
+                .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
             Ok(out)
         }
         "application/merge-patch+json" => {
@@ -66,7 +67,8 @@ impl Api {
         if content_type == "application/apply-patch+yaml" {
             return self.server_side_apply(info, ns, name, subresource, body, force, opts).await;
         }
-        let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+        let patch: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
         let ns = if info.namespaced() { ns } else { None };
         for _ in 0..16 {
             let cur = self.get(info, ns, name).await?;
@@ -80,7 +82,8 @@ impl Api {
                 return Err(ApiError::bad_request("the name of the object may not be changed by a patch"));
             }
             let explicit_rv = patch.pointer("/metadata/resourceVersion").is_some()
-                || (content_type == "application/json-patch+json" && body.windows(16).any(|w| w == b"resourceVersion\""));
+                || (content_type == "application/json-patch+json"
+                    && body.windows(16).any(|w| w == b"resourceVersion\""));
             match self.commit_update(info, ns, name, &cur, patched, subresource, opts, "unknown").await {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && !explicit_rv => continue,
                 other => return other,

@@ -10,14 +10,14 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use super::Api;
 use super::error::{ApiError, ApiResult};
 use super::request::Query;
-use super::Api;
 use skiff_api::registry::ResourceInfo;
 
 /// A rustls client verifier that accepts any server certificate (see the module's caveats).
@@ -63,7 +63,9 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
 pub fn agent_client_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -121,7 +123,7 @@ impl Api {
                 return Err(ApiError::bad_request(format!(
                     "a container name must be specified for pod {name}, choose one of: [{}]",
                     containers.join(" ")
-                )))
+                )));
             }
         };
         let all_containers = pod
@@ -134,9 +136,11 @@ impl Api {
         if !all_containers {
             return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
         }
-        let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
+        let node_name = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
         if sub == "log" {
             let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
             let started = pod
@@ -145,14 +149,25 @@ impl Api {
                 .into_iter()
                 .chain(pod.pointer("/status/initContainerStatuses").and_then(Value::as_array))
                 .flatten()
-                .any(|c| c.get("name").and_then(Value::as_str) == Some(container.as_str()) && (c.pointer("/state/waiting").is_none() || c.get("lastState").is_some_and(|l| l.get("terminated").is_some())));
+                .any(|c| {
+                    c.get("name").and_then(Value::as_str) == Some(container.as_str())
+                        && (c.pointer("/state/waiting").is_none()
+                            || c.get("lastState").is_some_and(|l| l.get("terminated").is_some()))
+                });
             if phase == "Pending" && !started {
-                return Err(ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")));
+                return Err(ApiError::bad_request(format!(
+                    "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+                )));
             }
         }
         let node = self.get(&self.builtin("", "nodes"), None, node_name).await?.object;
-        let (ip, port) = node_endpoint(&node).ok_or_else(|| ApiError::internal("proxying to the node", &format!("node {node_name} has no agent endpoint")))?;
-        let tls = self.agent_tls.clone().ok_or_else(|| ApiError::internal("proxying to the node", &"no agent client credentials"))?;
+        let (ip, port) = node_endpoint(&node).ok_or_else(|| {
+            ApiError::internal("proxying to the node", &format!("node {node_name} has no agent endpoint"))
+        })?;
+        let tls = self
+            .agent_tls
+            .clone()
+            .ok_or_else(|| ApiError::internal("proxying to the node", &"no agent client credentials"))?;
         let path = match sub {
             "log" => format!("/containerLogs/{ns}/{name}/{container}"),
             "exec" => format!("/exec/{ns}/{name}/{container}"),
@@ -187,7 +202,8 @@ async fn proxy_to(
         .map_err(|e| unreachable(&e))?;
     let server_name = rustls::pki_types::ServerName::try_from(ip.to_string()).map_err(|e| unreachable(&e))?;
     let stream = tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await.map_err(|e| unreachable(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });

@@ -128,7 +128,10 @@ impl Query {
     pub fn int(&self, key: &str) -> Result<Option<i64>, super::error::ApiError> {
         self.get(key)
             .filter(|v| !v.is_empty())
-            .map(|v| v.parse::<i64>().map_err(|_| super::error::ApiError::bad_request(format!("invalid value for {key}: {v:?}"))))
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| super::error::ApiError::bad_request(format!("invalid value for {key}: {v:?}")))
+            })
             .transpose()
     }
 }
@@ -199,9 +202,15 @@ mod tests {
         assert_eq!(parse_path("/api/v1/pods"), res("", None, "pods", None, None));
         assert_eq!(parse_path("/api/v1/namespaces"), res("", None, "namespaces", None, None));
         assert_eq!(parse_path("/api/v1/namespaces/default"), res("", None, "namespaces", Some("default"), None));
-        assert_eq!(parse_path("/api/v1/namespaces/x/finalize"), res("", None, "namespaces", Some("x"), Some("finalize")));
+        assert_eq!(
+            parse_path("/api/v1/namespaces/x/finalize"),
+            res("", None, "namespaces", Some("x"), Some("finalize"))
+        );
         assert_eq!(parse_path("/api/v1/namespaces/default/pods"), res("", Some("default"), "pods", None, None));
-        assert_eq!(parse_path("/apis/apps/v1/namespaces/d/deployments/web/scale"), res("apps", Some("d"), "deployments", Some("web"), Some("scale")));
+        assert_eq!(
+            parse_path("/apis/apps/v1/namespaces/d/deployments/web/scale"),
+            res("apps", Some("d"), "deployments", Some("web"), Some("scale"))
+        );
         assert_eq!(parse_path("/api/v1/nodes/n1/status"), res("", None, "nodes", Some("n1"), Some("status")));
         assert_eq!(parse_path("/healthz"), None);
     }

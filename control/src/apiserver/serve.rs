@@ -45,7 +45,8 @@ pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.server.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| ServeError::Pem(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).map_err(|e| ServeError::Pem(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).map_err(|e| ServeError::Pem(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -59,7 +60,8 @@ pub fn identity_of(der: &[u8]) -> Option<User> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let mut groups: Vec<String> = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    let mut groups: Vec<String> =
+        subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
     groups.push("system:authenticated".into());
     Some(User { name, groups })
 }
@@ -91,7 +93,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                     return;
                 }
             };
-            let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_of(c.as_ref()));
+            let identity =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_of(c.as_ref()));
             let svc = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 if let Some(u) = &identity {
                     req.extensions_mut().insert(PeerIdentity(u.clone()));

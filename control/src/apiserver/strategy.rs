@@ -2,7 +2,7 @@
 //! and the `status` subresource split an object between them, when `metadata.generation` moves, which fields are
 //! immutable.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use skiff_api::registry::ResourceInfo;
 use skiff_api::validation::ErrorList;
 
@@ -180,7 +180,9 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> ErrorLi
             }
         }
         ("", "Secret" | "ConfigMap") => {
-            if old.get("immutable") == Some(&json!(true)) && (old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData")) {
+            if old.get("immutable") == Some(&json!(true))
+                && (old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData"))
+            {
                 errs.forbidden("data", "field is immutable when `immutable` is set");
             }
         }
@@ -266,8 +268,14 @@ mod tests {
     #[test]
     fn qos_classes_follow_requests_and_limits() {
         assert_eq!(qos_class(Some(&json!({"containers": [{"name": "a"}]}))), "BestEffort");
-        assert_eq!(qos_class(Some(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}))), "Guaranteed");
-        assert_eq!(qos_class(Some(&json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]}))), "Burstable");
+        assert_eq!(
+            qos_class(Some(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}))),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(Some(&json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]}))),
+            "Burstable"
+        );
     }
 
     #[test]

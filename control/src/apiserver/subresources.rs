@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
+use super::Api;
 use super::error::{ApiError, ApiResult};
 use super::objects::Stored;
 use super::writes::{DeleteOptions, WriteOptions, Written};
-use super::Api;
 use skiff_api::meta;
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::Selector;
@@ -48,7 +48,15 @@ pub fn scale_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Value> {
 
 impl Api {
     /// Writes a Scale (PUT, or PATCH already applied to the current Scale) to its parent object.
-    pub async fn write_scale(&self, info: &Arc<ResourceInfo>, ns: Option<&str>, name: &str, scale: Value, opts: &WriteOptions, retry: bool) -> ApiResult<Value> {
+    pub async fn write_scale(
+        &self,
+        info: &Arc<ResourceInfo>,
+        ns: Option<&str>,
+        name: &str,
+        scale: Value,
+        opts: &WriteOptions,
+        retry: bool,
+    ) -> ApiResult<Value> {
         let (replicas_at, _) = scale_paths(info).ok_or_else(|| ApiError::no_route("scale"))?;
         let replicas = scale
             .pointer("/spec/replicas")
@@ -87,15 +95,35 @@ impl Api {
         for _ in 0..16 {
             let cur = self.get(&pods, Some(ns), name).await?;
             if meta::is_terminating(&cur.object) {
-                return Err(ApiError::conflict_message(format!("pod {name} is being deleted, cannot be assigned to a host"), None));
+                return Err(ApiError::conflict_message(
+                    format!("pod {name} is being deleted, cannot be assigned to a host"),
+                    None,
+                ));
             }
-            if let Some(existing) = cur.object.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-                return Err(ApiError::conflict_message(format!("pod {name} is already assigned to node \"{existing}\""), None));
+            if let Some(existing) =
+                cur.object.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::conflict_message(
+                    format!("pod {name} is already assigned to node \"{existing}\""),
+                    None,
+                ));
             }
             let mut obj = cur.object.clone();
             obj["spec"]["nodeName"] = json!(node);
             set_condition(&mut obj, "PodScheduled", "True", None, None);
-            match self.commit_update(&pods, Some(ns), name, &cur, obj, Some("binding"), &WriteOptions::default(), "kube-scheduler").await {
+            match self
+                .commit_update(
+                    &pods,
+                    Some(ns),
+                    name,
+                    &cur,
+                    obj,
+                    Some("binding"),
+                    &WriteOptions::default(),
+                    "kube-scheduler",
+                )
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if e.code == 409 => continue,
                 Err(e) => return Err(e),
@@ -110,7 +138,9 @@ impl Api {
         let pod = self.get(&pods, Some(ns), name).await?;
         let pdbs = self.builtin("policy", "poddisruptionbudgets");
         for pdb in self.list_all(&pdbs, Some(ns), Selector::everything()).await? {
-            let Some(sel) = pdb.pointer("/spec/selector").and_then(|s| serde_json::from_value(s.clone()).ok()) else { continue };
+            let Some(sel) = pdb.pointer("/spec/selector").and_then(|s| serde_json::from_value(s.clone()).ok()) else {
+                continue;
+            };
             let Ok(sel) = Selector::from_label_selector(&sel) else { continue };
             if !sel.matches_object(&pod.object) {
                 continue;

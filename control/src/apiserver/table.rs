@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::columns;
 use skiff_api::registry::ResourceInfo;
@@ -37,7 +37,8 @@ pub const fn wide(name: &'static str) -> Column {
 }
 
 /// The name column.
-pub const NAME: Column = Column { name: Cow::Borrowed("Name"), type_: Cow::Borrowed("string"), format: "name", priority: 0 };
+pub const NAME: Column =
+    Column { name: Cow::Borrowed("Name"), type_: Cow::Borrowed("string"), format: "name", priority: 0 };
 /// The age column.
 pub const AGE: Column = col("Age");
 
@@ -64,7 +65,14 @@ impl Include {
 }
 
 /// Renders objects of `info` as a Table.
-pub fn table(info: &ResourceInfo, objects: &[Value], resource_version: &str, continue_token: Option<&str>, include: Include, with_columns: bool) -> Value {
+pub fn table(
+    info: &ResourceInfo,
+    objects: &[Value],
+    resource_version: &str,
+    continue_token: Option<&str>,
+    include: Include,
+    with_columns: bool,
+) -> Value {
     let (defs, cells): (Vec<Column>, Box<dyn Fn(&Value) -> Vec<Value>>) = columns::for_kind(info);
     let column_definitions: Vec<Value> = if with_columns {
         defs.iter()

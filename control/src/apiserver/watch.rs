@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::Api;
 use super::error::{ApiError, ApiResult};
-use super::objects::{collection_prefix, decode, ListQuery};
+use super::objects::{ListQuery, collection_prefix, decode};
 use super::request::Representation;
 use super::table::{self, Include};
-use super::Api;
 use crate::storage::{EventKind, Revision, StorageError};
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::{FieldSelector, Selector};
@@ -66,10 +66,13 @@ impl Encoder {
     fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = match self.representation {
             Representation::Object => obj.clone(),
-            Representation::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata")}),
+            Representation::Metadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata")})
+            }
             Representation::Table => {
                 let rv = skiff_api::meta::resource_version(obj).to_string();
-                let t = table::table(&self.info, std::slice::from_ref(obj), &rv, None, self.include, !self.sent_columns);
+                let t =
+                    table::table(&self.info, std::slice::from_ref(obj), &rv, None, self.include, !self.sent_columns);
                 self.sent_columns = true;
                 t
             }
@@ -82,7 +85,9 @@ impl Encoder {
         if initial_end {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        line(&json!({"type": "BOOKMARK", "object": {"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": md}}))
+        line(
+            &json!({"type": "BOOKMARK", "object": {"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": md}}),
+        )
     }
 }
 
@@ -112,7 +117,12 @@ impl Api {
             Representation::Table => "application/json;as=Table;v=v1;g=meta.k8s.io",
             _ => "application/json",
         };
-        let mut enc = Encoder { info: info.clone(), representation: req.representation, include: req.include, sent_columns: false };
+        let mut enc = Encoder {
+            info: info.clone(),
+            representation: req.representation,
+            include: req.include,
+            sent_columns: false,
+        };
         self.metrics.watches.inc();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
@@ -150,7 +160,9 @@ impl Api {
                 Ok(s) => s,
                 Err(e) => {
                     let err = match e {
-                        StorageError::Compacted { requested, .. } => ApiError::expired(format!("too old resource version: {requested}")),
+                        StorageError::Compacted { requested, .. } => {
+                            ApiError::expired(format!("too old resource version: {requested}"))
+                        }
                         e => ApiError::from_storage(&info, "", e),
                     };
                     let _ = tx.send(Ok(error_event(&err))).await;
@@ -159,7 +171,8 @@ impl Api {
                 }
             };
             let mut last = from;
-            let mut bookmark_timer = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+            let mut bookmark_timer =
+                tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,

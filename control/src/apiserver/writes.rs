@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::objects::{decode, encode, Stored};
-use super::{managed, strategy, Api};
+use super::objects::{Stored, decode, encode};
+use super::{Api, managed, strategy};
 use crate::storage::StorageError;
 use skiff_api::meta;
-use skiff_api::normalize::{normalize, FieldValidation, Steps};
+use skiff_api::normalize::{FieldValidation, Steps, normalize};
 use skiff_api::registry::ResourceInfo;
-use skiff_api::validation::{validate_object_meta, ErrorList, NameRule};
+use skiff_api::validation::{ErrorList, NameRule, validate_object_meta};
 
 /// Options of a write request.
 #[derive(Debug, Clone, Default)]
@@ -73,12 +73,20 @@ fn random_suffix() -> String {
 
 /// Kinds that `PUT` may create.
 fn create_on_update(info: &ResourceInfo) -> bool {
-    matches!((info.group.as_str(), info.plural.as_str()), ("", "endpoints") | ("", "events") | ("coordination.k8s.io", "leases"))
+    matches!(
+        (info.group.as_str(), info.plural.as_str()),
+        ("", "endpoints") | ("", "events") | ("coordination.k8s.io", "leases")
+    )
 }
 
 impl Api {
     /// Normalizes (decodes, defaults, validates) an object of `info`.
-    pub(crate) fn normalize_object(&self, info: &ResourceInfo, obj: Value, fields: FieldValidation) -> ApiResult<(Value, Vec<String>)> {
+    pub(crate) fn normalize_object(
+        &self,
+        info: &ResourceInfo,
+        obj: Value,
+        fields: FieldValidation,
+    ) -> ApiResult<(Value, Vec<String>)> {
         let name = meta::name(&obj).to_string();
         let kind = info.kind.clone();
         match normalize(obj.clone(), Steps { defaults: true, validate: true, fields }) {
@@ -115,7 +123,13 @@ impl Api {
     }
 
     /// Creates an object in `namespace` (from the URL).
-    pub async fn create(&self, info: &Arc<ResourceInfo>, namespace: Option<&str>, mut obj: Value, opts: &WriteOptions) -> ApiResult<Written> {
+    pub async fn create(
+        &self,
+        info: &Arc<ResourceInfo>,
+        namespace: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be a JSON object"));
         }
@@ -181,12 +195,18 @@ impl Api {
         let av = m.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
         let kind = m.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
         if !kind.is_empty() && kind != info.kind {
-            return Err(ApiError::bad_request(format!("the kind of the object ({kind}) does not match the resource ({})", info.kind)));
+            return Err(ApiError::bad_request(format!(
+                "the kind of the object ({kind}) does not match the resource ({})",
+                info.kind
+            )));
         }
         if !av.is_empty() && av != info.api_version() {
             let (group, _) = meta::split_api_version(&av);
             if group != info.group {
-                return Err(ApiError::bad_request(format!("the API version in the data ({av}) does not match the expected API version ({})", info.api_version())));
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({av}) does not match the expected API version ({})",
+                    info.api_version()
+                )));
             }
         }
         m.insert("apiVersion".into(), json!(info.api_version()));
@@ -202,9 +222,12 @@ impl Api {
             md.remove("namespace");
             return Ok(None);
         }
-        let url_ns = url_ns.ok_or_else(|| ApiError::bad_request(format!("{} must be created in a namespace", info.plural)))?;
+        let url_ns =
+            url_ns.ok_or_else(|| ApiError::bad_request(format!("{} must be created in a namespace", info.plural)))?;
         if !body_ns.is_empty() && body_ns != url_ns {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         md.insert("namespace".into(), json!(url_ns));
         Ok(Some(url_ns.to_string()))
@@ -223,7 +246,9 @@ impl Api {
         self.fill_type(info, &mut obj)?;
         let body_name = meta::name(&obj).to_string();
         if !body_name.is_empty() && body_name != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
         meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
         let ns = self.check_namespace(info, namespace, &mut obj)?;
@@ -297,13 +322,18 @@ impl Api {
         }
         if self.finished_deleting(info, &new) {
             let key = info.storage_key(ns, name);
-            let kv = self.store.delete(&key, Some(cur.revision)).await.map_err(|e| ApiError::from_storage(info, name, e))?;
+            let kv =
+                self.store.delete(&key, Some(cur.revision)).await.map_err(|e| ApiError::from_storage(info, name, e))?;
             let gone = decode(info, &kv)?;
             self.after_write(info, Some(&cur.object), None).await;
             return Ok(Written { object: gone, created: false, warnings });
         }
         let key = info.storage_key(ns, name);
-        let kv = self.store.update(&key, encode(&new)?, cur.revision).await.map_err(|e| ApiError::from_storage(info, name, e))?;
+        let kv = self
+            .store
+            .update(&key, encode(&new)?, cur.revision)
+            .await
+            .map_err(|e| ApiError::from_storage(info, name, e))?;
         let object = decode(info, &kv)?;
         if is_service {
             self.release_service(&cur.object, Some(&object)).await;
@@ -326,9 +356,20 @@ impl Api {
     }
 
     /// Deletes an object, honouring finalizers, propagation policy and (for pods on a node) a grace period.
-    pub async fn delete(&self, info: &Arc<ResourceInfo>, namespace: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Deleted> {
-        if info.group.is_empty() && info.plural == "namespaces" && matches!(name, "default" | "kube-system" | "kube-public") {
-            return Err(ApiError::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+    pub async fn delete(
+        &self,
+        info: &Arc<ResourceInfo>,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Deleted> {
+        if info.group.is_empty()
+            && info.plural == "namespaces"
+            && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
         }
         let ns = if info.namespaced() { namespace } else { None };
         for _ in 0..16 {
@@ -337,7 +378,10 @@ impl Api {
                 && uid != meta::uid(&cur.object)
             {
                 return Err(ApiError::conflict_message(
-                    format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&cur.object)),
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta::uid(&cur.object)
+                    ),
                     None,
                 ));
             }
@@ -345,7 +389,10 @@ impl Api {
                 && *rv != cur.revision.to_string()
             {
                 return Err(ApiError::conflict_message(
-                    format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", cur.revision),
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        cur.revision
+                    ),
                     None,
                 ));
             }
@@ -358,7 +405,12 @@ impl Api {
             let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
             let mut grace = 0;
             if is_pod && bound && !finished {
-                grace = opts.grace_period.unwrap_or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)).max(0);
+                grace = opts
+                    .grace_period
+                    .unwrap_or_else(|| {
+                        obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)
+                    })
+                    .max(0);
                 let current = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
                 if grace > 0 && current.is_none_or(|c| grace < c) {
                     let md = meta::metadata_mut(&mut obj);
@@ -394,8 +446,10 @@ impl Api {
                 }
             }
             let is_ns = info.group.is_empty() && info.plural == "namespaces";
-            let spec_finalizers = is_ns && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-            let must_wait = !meta::finalizers(&obj).is_empty() || spec_finalizers || (is_pod && bound && grace > 0 && !finished);
+            let spec_finalizers =
+                is_ns && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+            let must_wait =
+                !meta::finalizers(&obj).is_empty() || spec_finalizers || (is_pod && bound && grace > 0 && !finished);
             if must_wait {
                 if !meta::is_terminating(&obj) {
                     let md = meta::metadata_mut(&mut obj);
@@ -439,12 +493,16 @@ impl Api {
 
     /// Side effects of a committed write: releasing Service allocations, (un)registering custom resources.
     pub(crate) async fn after_write(&self, info: &ResourceInfo, old: Option<&Value>, new: Option<&Value>) {
-        if info.group.is_empty() && info.plural == "services" && new.is_none()
+        if info.group.is_empty()
+            && info.plural == "services"
+            && new.is_none()
             && let Some(old) = old
         {
             self.release_service(old, None).await;
         }
-        if info.group.is_empty() && info.plural == "nodes" && new.is_none()
+        if info.group.is_empty()
+            && info.plural == "nodes"
+            && new.is_none()
             && let Some(old) = old
         {
             self.release_pod_cidr(old).await;

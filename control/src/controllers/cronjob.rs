@@ -24,7 +24,12 @@ pub const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
 /// The most recent scheduled time in `(after, now]`, the number of times missed in that interval (capped), and the
 /// next scheduled time after `now`.
-pub fn schedule_times(schedule: &str, tz: Option<&str>, after: jiff::Timestamp, now: jiff::Timestamp) -> Result<(Option<jiff::Timestamp>, usize, jiff::Timestamp), String> {
+pub fn schedule_times(
+    schedule: &str,
+    tz: Option<&str>,
+    after: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> Result<(Option<jiff::Timestamp>, usize, jiff::Timestamp), String> {
     let cron = skiff_api::validation::parse_schedule(schedule)?;
     let zone = match tz {
         Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| e.to_string())?,
@@ -83,7 +88,9 @@ pub fn job_for(cj: &CronJob, scheduled: jiff::Timestamp) -> Job {
     meta.name = Some(name);
     meta.namespace = cj.metadata.namespace.clone();
     meta.owner_references = Some(vec![owner_ref(cj)]);
-    meta.annotations.get_or_insert_with(Default::default).insert(SCHEDULED.into(), scheduled.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(SCHEDULED.into(), scheduled.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
     Job { metadata: ObjectMeta { ..meta }, spec: Some(tmpl.spec.unwrap_or_else(JobSpec::default)), status: None }
 }
 
@@ -98,9 +105,13 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let capi: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     let recorder = ctx.recorders.get("cronjob-controller");
     let oref = skiff_client::events::reference(cj.as_ref());
-    let mut jobs: Vec<Arc<Job>> = super::informers::in_namespace(&ctx.jobs, &ns).into_iter().filter(|j| controlled_by(&j.metadata, &uid)).collect();
+    let mut jobs: Vec<Arc<Job>> = super::informers::in_namespace(&ctx.jobs, &ns)
+        .into_iter()
+        .filter(|j| controlled_by(&j.metadata, &uid))
+        .collect();
     jobs.sort_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let mut active: Vec<Arc<Job>> = jobs.iter().filter(|j| job_finished(j).is_none() && j.metadata.deletion_timestamp.is_none()).cloned().collect();
+    let mut active: Vec<Arc<Job>> =
+        jobs.iter().filter(|j| job_finished(j).is_none() && j.metadata.deletion_timestamp.is_none()).cloned().collect();
     let mut status = cj.status.clone().unwrap_or_default();
     // history limits
     let mut successful: Vec<&Arc<Job>> = jobs.iter().filter(|j| job_finished(j) == Some(true)).collect();
@@ -108,29 +119,55 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     if let Some(last) = successful.last().and_then(|j| j.status.as_ref()?.completion_time.clone()) {
         status.last_successful_time = Some(last);
     }
-    for (list, limit) in [(&mut successful, spec.successful_jobs_history_limit.unwrap_or(3)), (&mut failed, spec.failed_jobs_history_limit.unwrap_or(1))] {
+    for (list, limit) in [
+        (&mut successful, spec.successful_jobs_history_limit.unwrap_or(3)),
+        (&mut failed, spec.failed_jobs_history_limit.unwrap_or(1)),
+    ] {
         let limit = limit.max(0) as usize;
         if list.len() > limit {
             for j in &list[..list.len() - limit] {
                 let jn = j.metadata.name.clone().unwrap_or_default();
                 match japi.delete(&jn, &DeleteParams::background()).await {
-                    Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {jn}")).await,
+                    Ok(_) => {
+                        recorder
+                            .record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {jn}"))
+                            .await
+                    }
                     Err(kube::Error::Api(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
         }
     }
-    let after = status.last_schedule_time.as_ref().map(|t| t.0).or_else(|| cj.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now);
+    let after = status
+        .last_schedule_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| cj.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
     let (due, missed, next) = match schedule_times(&spec.schedule, spec.time_zone.as_deref(), after, now) {
         Ok(v) => v,
         Err(e) => {
-            recorder.record(&oref, EventType::Warning, "UnparseableSchedule", &format!("unparseable schedule {:?}: {e}", spec.schedule)).await;
+            recorder
+                .record(
+                    &oref,
+                    EventType::Warning,
+                    "UnparseableSchedule",
+                    &format!("unparseable schedule {:?}: {e}", spec.schedule),
+                )
+                .await;
             return Ok(Action::await_change());
         }
     };
     if missed > 100 {
-        recorder.record(&oref, EventType::Warning, "TooManyMissedTimes", "too many missed start times, the most recent one is used").await;
+        recorder
+            .record(
+                &oref,
+                EventType::Warning,
+                "TooManyMissedTimes",
+                "too many missed start times, the most recent one is used",
+            )
+            .await;
     }
     if let Some(scheduled) = due
         && spec.suspend != Some(true)
@@ -139,16 +176,34 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
         let too_late = spec.starting_deadline_seconds.is_some_and(|d| late > d);
         let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
         if too_late {
-            recorder.record(&oref, EventType::Warning, "MissSchedule", &format!("Missed scheduled time to start a job: {}", scheduled.strftime("%Y-%m-%dT%H:%M:%SZ"))).await;
+            recorder
+                .record(
+                    &oref,
+                    EventType::Warning,
+                    "MissSchedule",
+                    &format!("Missed scheduled time to start a job: {}", scheduled.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                )
+                .await;
             status.last_schedule_time = Some(Time(scheduled));
         } else if policy == "Forbid" && !active.is_empty() {
-            recorder.record(&oref, EventType::Normal, "JobAlreadyActive", "Not starting job because prior execution is running and concurrency policy is Forbid").await;
+            recorder
+                .record(
+                    &oref,
+                    EventType::Normal,
+                    "JobAlreadyActive",
+                    "Not starting job because prior execution is running and concurrency policy is Forbid",
+                )
+                .await;
         } else {
             if policy == "Replace" {
                 for j in &active {
                     let jn = j.metadata.name.clone().unwrap_or_default();
                     match japi.delete(&jn, &DeleteParams::background()).await {
-                        Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {jn}")).await,
+                        Ok(_) => {
+                            recorder
+                                .record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {jn}"))
+                                .await
+                        }
                         Err(kube::Error::Api(_)) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -164,7 +219,9 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => {
-                    recorder.record(&oref, EventType::Warning, "FailedCreate", &format!("Error creating job: {e}")).await;
+                    recorder
+                        .record(&oref, EventType::Warning, "FailedCreate", &format!("Error creating job: {e}"))
+                        .await;
                     return Err(e.into());
                 }
             }
@@ -185,7 +242,11 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
 
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, cron_jobs: ReflectHandle<CronJob>, jobs: ReflectHandle<Job>) {
-    Controller::for_shared_stream(cron_jobs, ctx.cron_jobs.clone()).owns_shared_stream(jobs).run(reconcile, super::error_policy, ctx).for_each(|_| async {}).await;
+    Controller::for_shared_stream(cron_jobs, ctx.cron_jobs.clone())
+        .owns_shared_stream(jobs)
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 #[cfg(test)]
@@ -198,20 +259,25 @@ mod tests {
 
     #[test]
     fn every_minute_fires_once_per_minute() {
-        let (due, missed, next) = schedule_times("* * * * *", None, t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:30Z")).expect("valid");
+        let (due, missed, next) =
+            schedule_times("* * * * *", None, t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:30Z")).expect("valid");
         assert_eq!((due, missed), (None, 0));
         assert_eq!(next, t("2026-01-01T00:01:00Z"));
-        let (due, missed, _) = schedule_times("* * * * *", None, t("2026-01-01T00:00:00Z"), t("2026-01-01T00:03:10Z")).expect("valid");
+        let (due, missed, _) =
+            schedule_times("* * * * *", None, t("2026-01-01T00:00:00Z"), t("2026-01-01T00:03:10Z")).expect("valid");
         assert_eq!(due, Some(t("2026-01-01T00:03:00Z")));
         assert_eq!(missed, 3);
     }
 
     #[test]
     fn macros_and_time_zones() {
-        let (_, _, next) = schedule_times("@hourly", None, t("2026-01-01T00:10:00Z"), t("2026-01-01T00:10:00Z")).expect("valid");
+        let (_, _, next) =
+            schedule_times("@hourly", None, t("2026-01-01T00:10:00Z"), t("2026-01-01T00:10:00Z")).expect("valid");
         assert_eq!(next, t("2026-01-01T01:00:00Z"));
         // 09:00 in New York (UTC-5 in January) is 14:00 UTC
-        let (_, _, next) = schedule_times("0 9 * * *", Some("America/New_York"), t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z")).expect("valid");
+        let (_, _, next) =
+            schedule_times("0 9 * * *", Some("America/New_York"), t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z"))
+                .expect("valid");
         assert_eq!(next, t("2026-01-01T14:00:00Z"));
         assert!(schedule_times("not a schedule", None, t("2026-01-01T00:00:00Z"), t("2026-01-01T00:00:00Z")).is_err());
     }
@@ -223,6 +289,9 @@ mod tests {
         .expect("cronjob");
         let j = job_for(&cj, t("2026-01-01T00:01:00Z"));
         assert_eq!(j.metadata.name.as_deref(), Some("hello-29453761"));
-        assert_eq!(j.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULED)).map(String::as_str), Some("2026-01-01T00:01:00Z"));
+        assert_eq!(
+            j.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULED)).map(String::as_str),
+            Some("2026-01-01T00:01:00Z")
+        );
     }
 }

@@ -158,7 +158,10 @@ impl Recorders {
     /// The recorder of `component`.
     pub fn get(&self, component: &str) -> Recorder {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.entry(component.to_string()).or_insert_with(|| Recorder::new(self.client.clone(), component, None)).clone()
+        cache
+            .entry(component.to_string())
+            .or_insert_with(|| Recorder::new(self.client.clone(), component, None))
+            .clone()
     }
 }
 

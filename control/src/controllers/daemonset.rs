@@ -24,7 +24,12 @@ pub const HASH_LABEL: &str = "controller-revision-hash";
 
 /// The tolerations every DaemonSet pod gets (so it stays on not-ready, unreachable, pressured, cordoned nodes).
 pub fn default_tolerations() -> Vec<Toleration> {
-    let t = |key: &str, effect: &str| Toleration { key: Some(key.into()), operator: Some("Exists".into()), effect: Some(effect.into()), ..Default::default() };
+    let t = |key: &str, effect: &str| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.into()),
+        ..Default::default()
+    };
     vec![
         t("node.kubernetes.io/not-ready", "NoExecute"),
         t("node.kubernetes.io/unreachable", "NoExecute"),
@@ -63,7 +68,12 @@ pub enum DsAction {
 }
 
 /// Plans pods per node and the status.
-pub fn plan(ds: &DaemonSet, nodes: &[Arc<Node>], pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<DsAction>, DaemonSetStatus) {
+pub fn plan(
+    ds: &DaemonSet,
+    nodes: &[Arc<Node>],
+    pods: &[Arc<Pod>],
+    now: jiff::Timestamp,
+) -> (Vec<DsAction>, DaemonSetStatus) {
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let spec = ds.spec.clone().unwrap_or_default();
     let hash = template_hash(&spec.template, ds.status.as_ref().and_then(|s| s.collision_count));
@@ -119,7 +129,10 @@ pub fn plan(ds: &DaemonSet, nodes: &[Arc<Node>], pods: &[Arc<Pod>], now: jiff::T
     }
     if spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate" {
         let max_unavailable = super::util::scaled_value(
-            spec.update_strategy.as_ref().and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.max_unavailable.as_ref()),
+            spec.update_strategy
+                .as_ref()
+                .and_then(|u| u.rolling_update.as_ref())
+                .and_then(|r| r.max_unavailable.as_ref()),
             desired,
             true,
             "1",
@@ -157,7 +170,11 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
     }
     let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)).is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    let gone = |n: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(n))
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    };
     if !ctx.expectations.satisfied(&uid, present, gone) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -179,18 +196,31 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
                 let mut pspec = with_defaults(&spec.template.spec.clone().unwrap_or_default());
                 pspec.node_name = Some(node.clone());
                 ctx.expectations.expect(&uid, [pod_name.clone()], Vec::new());
-                match papi.create(&PostParams::default(), &Pod { metadata: meta, spec: Some(pspec), status: None }).await {
-                    Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulCreate", &format!("Created pod: {pod_name}")).await,
+                match papi
+                    .create(&PostParams::default(), &Pod { metadata: meta, spec: Some(pspec), status: None })
+                    .await
+                {
+                    Ok(_) => {
+                        recorder
+                            .record(&oref, EventType::Normal, "SuccessfulCreate", &format!("Created pod: {pod_name}"))
+                            .await
+                    }
                     Err(e) => {
                         ctx.expectations.creation_failed(&uid, &pod_name);
-                        recorder.record(&oref, EventType::Warning, "FailedCreate", &format!("Error creating: {e}")).await;
+                        recorder
+                            .record(&oref, EventType::Warning, "FailedCreate", &format!("Error creating: {e}"))
+                            .await;
                     }
                 }
             }
             DsAction::Delete(pod_name) => {
                 ctx.expectations.expect(&uid, Vec::new(), [pod_name.clone()]);
                 match papi.delete(pod_name, &DeleteParams::default()).await {
-                    Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod_name}")).await,
+                    Ok(_) => {
+                        recorder
+                            .record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod_name}"))
+                            .await
+                    }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -212,7 +242,9 @@ pub async fn run(ctx: Arc<Ctx>, sets: ReflectHandle<DaemonSet>, pods: ReflectHan
     let store = ctx.daemon_sets.clone();
     Controller::for_shared_stream(sets, ctx.daemon_sets.clone())
         .owns_shared_stream(pods)
-        .watches_shared_stream(nodes, move |_node: Arc<Node>| store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>())
+        .watches_shared_stream(nodes, move |_node: Arc<Node>| {
+            store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
+        })
         .run(reconcile, super::error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -229,7 +261,10 @@ mod tests {
     }
 
     fn node(name: &str, labels: serde_json::Value, taints: serde_json::Value) -> Arc<Node> {
-        Arc::new(serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}})).expect("node"))
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}))
+                .expect("node"),
+        )
     }
 
     #[test]
@@ -237,7 +272,11 @@ mod tests {
         let nodes = vec![
             node("n1", json!({"disk": "ssd"}), json!([])),
             node("n2", json!({"disk": "hdd"}), json!([])),
-            node("n3", json!({"disk": "ssd"}), json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}])),
+            node(
+                "n3",
+                json!({"disk": "ssd"}),
+                json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]),
+            ),
             node("n4", json!({"disk": "ssd"}), json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}])),
         ];
         let (actions, status) = plan(&ds(json!({"disk": "ssd"})), &nodes, &[], jiff::Timestamp::now());

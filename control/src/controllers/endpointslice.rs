@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, Service,
+};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -63,7 +65,9 @@ pub fn desired(svc: &Service, pods: &[Arc<Pod>], nodes: &[Arc<Node>]) -> Vec<Des
     let svc_name = svc.metadata.name.clone().unwrap_or_default();
     let zones: BTreeMap<String, String> = nodes
         .iter()
-        .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone")?.clone())))
+        .filter_map(|n| {
+            Some((n.metadata.name.clone()?, n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone")?.clone()))
+        })
         .collect();
     let mut groups: BTreeMap<Vec<(String, i32, String)>, Vec<Endpoint>> = BTreeMap::new();
     for p in pods {
@@ -77,7 +81,11 @@ pub fn desired(svc: &Service, pods: &[Arc<Pod>], nodes: &[Arc<Node>]) -> Vec<Des
             .flatten()
             .filter_map(|sp| {
                 let target = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
-                Some((sp.name.clone().unwrap_or_default(), resolve_port(p, &target)?, sp.protocol.clone().unwrap_or_else(|| "TCP".into())))
+                Some((
+                    sp.name.clone().unwrap_or_default(),
+                    resolve_port(p, &target)?,
+                    sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                ))
             })
             .collect();
         if ports.is_empty() && spec.ports.as_ref().is_some_and(|p| !p.is_empty()) {
@@ -109,13 +117,24 @@ pub fn desired(svc: &Service, pods: &[Arc<Pod>], nodes: &[Arc<Node>]) -> Vec<Des
             ..Default::default()
         });
     }
-    let app_protocol = |name: &str| spec.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or_default() == name).and_then(|p| p.app_protocol.clone());
+    let app_protocol = |name: &str| {
+        spec.ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == name)
+            .and_then(|p| p.app_protocol.clone())
+    };
     let mut out = Vec::new();
     for (ports, mut endpoints) in groups {
         endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
         let ports: Vec<EndpointPort> = ports
             .iter()
-            .map(|(name, port, proto)| EndpointPort { name: Some(name.clone()), port: Some(*port), protocol: Some(proto.clone()), app_protocol: app_protocol(name) })
+            .map(|(name, port, proto)| EndpointPort {
+                name: Some(name.clone()),
+                port: Some(*port),
+                protocol: Some(proto.clone()),
+                app_protocol: app_protocol(name),
+            })
             .collect();
         for chunk in endpoints.chunks(MAX_PER_SLICE) {
             out.push(DesiredSlice { ports: ports.clone(), endpoints: chunk.to_vec() });
@@ -136,15 +155,30 @@ pub fn endpoints_object(svc: &Service, slices: &[DesiredSlice]) -> Endpoints {
                 target_ref: e.target_ref.clone(),
                 hostname: e.hostname.clone(),
             };
-            let ready: Vec<EndpointAddress> = s.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true)).map(addr).collect();
-            let not_ready: Vec<EndpointAddress> = s.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(true)).map(addr).collect();
+            let ready: Vec<EndpointAddress> = s
+                .endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .map(addr)
+                .collect();
+            let not_ready: Vec<EndpointAddress> = s
+                .endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(true))
+                .map(addr)
+                .collect();
             EndpointSubset {
                 addresses: (!ready.is_empty()).then_some(ready),
                 not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
                 ports: Some(
                     s.ports
                         .iter()
-                        .map(|p| CorePort { name: p.name.clone().filter(|n| !n.is_empty()), port: p.port.unwrap_or(0), protocol: p.protocol.clone(), app_protocol: p.app_protocol.clone() })
+                        .map(|p| CorePort {
+                            name: p.name.clone().filter(|n| !n.is_empty()),
+                            port: p.port.unwrap_or(0),
+                            protocol: p.protocol.clone(),
+                            app_protocol: p.app_protocol.clone(),
+                        })
                         .collect(),
                 ),
             }
@@ -153,7 +187,12 @@ pub fn endpoints_object(svc: &Service, slices: &[DesiredSlice]) -> Endpoints {
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.insert("endpoints.kubernetes.io/managed-by".into(), "endpoint-controller".into());
     Endpoints {
-        metadata: ObjectMeta { name: svc.metadata.name.clone(), namespace: svc.metadata.namespace.clone(), labels: Some(labels), ..Default::default() },
+        metadata: ObjectMeta {
+            name: svc.metadata.name.clone(),
+            namespace: svc.metadata.namespace.clone(),
+            labels: Some(labels),
+            ..Default::default()
+        },
         subsets: (!subsets.is_empty()).then_some(subsets),
     }
 }
@@ -231,7 +270,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
 }
 
 /// Runs the controller: Service changes, and pod changes mapped to the Services that select the pod.
-pub async fn run(ctx: Arc<Ctx>, services: ReflectHandle<Service>, slices: ReflectHandle<EndpointSlice>, pods: ReflectHandle<Pod>) {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    services: ReflectHandle<Service>,
+    slices: ReflectHandle<EndpointSlice>,
+    pods: ReflectHandle<Pod>,
+) {
     let store = ctx.services.clone();
     Controller::for_shared_stream(services, ctx.services.clone())
         .owns_shared_stream(slices)
@@ -242,7 +286,12 @@ pub async fn run(ctx: Arc<Ctx>, services: ReflectHandle<Service>, slices: Reflec
                 .state()
                 .into_iter()
                 .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
-                .filter(|s| s.spec.as_ref().and_then(|sp| sp.selector.as_ref()).is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))))
+                .filter(|s| {
+                    s.spec
+                        .as_ref()
+                        .and_then(|sp| sp.selector.as_ref())
+                        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                })
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -272,7 +321,11 @@ mod tests {
 
     #[test]
     fn conditions_follow_readiness_and_termination() {
-        let pods = vec![pod("a", "10.244.0.2", "http", 8080, true, false), pod("b", "10.244.0.3", "http", 8080, false, false), pod("c", "10.244.0.4", "http", 8080, true, true)];
+        let pods = vec![
+            pod("a", "10.244.0.2", "http", 8080, true, false),
+            pod("b", "10.244.0.3", "http", 8080, false, false),
+            pod("c", "10.244.0.4", "http", 8080, true, true),
+        ];
         let s = desired(&svc(json!(8080)), &pods, &[]);
         assert_eq!(s.len(), 1);
         let c: Vec<(bool, bool, bool)> = s[0]
@@ -289,7 +342,11 @@ mod tests {
 
     #[test]
     fn named_ports_resolve_per_pod_and_split_slices() {
-        let pods = vec![pod("a", "10.244.0.2", "web", 8080, true, false), pod("b", "10.244.0.3", "web", 9090, true, false), pod("x", "10.244.0.9", "other", 1, true, false)];
+        let pods = vec![
+            pod("a", "10.244.0.2", "web", 8080, true, false),
+            pod("b", "10.244.0.3", "web", 9090, true, false),
+            pod("x", "10.244.0.9", "other", 1, true, false),
+        ];
         let s = desired(&svc(json!("web")), &pods, &[]);
         let ports: Vec<i32> = s.iter().map(|d| d.ports[0].port.expect("port")).collect();
         assert_eq!(ports, vec![8080, 9090]);
@@ -299,7 +356,9 @@ mod tests {
 
     #[test]
     fn large_services_are_split_into_slices_of_one_hundred() {
-        let pods: Vec<Arc<Pod>> = (0..250).map(|i| pod(&format!("p{i}"), &format!("10.244.{}.{}", i / 200, i % 200 + 2), "http", 80, true, false)).collect();
+        let pods: Vec<Arc<Pod>> = (0..250)
+            .map(|i| pod(&format!("p{i}"), &format!("10.244.{}.{}", i / 200, i % 200 + 2), "http", 80, true, false))
+            .collect();
         let s = desired(&svc(json!(80)), &pods, &[]);
         assert_eq!(s.iter().map(|d| d.endpoints.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
     }

@@ -23,9 +23,18 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Expectations {
     /// Records that `creates` will appear and `deletes` will disappear (names).
-    pub fn expect(&self, key: &str, creates: impl IntoIterator<Item = String>, deletes: impl IntoIterator<Item = String>) {
+    pub fn expect(
+        &self,
+        key: &str,
+        creates: impl IntoIterator<Item = String>,
+        deletes: impl IntoIterator<Item = String>,
+    ) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let p = m.entry(key.to_string()).or_insert_with(|| Pending { creates: HashSet::new(), deletes: HashSet::new(), since: Instant::now() });
+        let p = m.entry(key.to_string()).or_insert_with(|| Pending {
+            creates: HashSet::new(),
+            deletes: HashSet::new(),
+            since: Instant::now(),
+        });
         p.creates.extend(creates);
         p.deletes.extend(deletes);
         p.since = Instant::now();

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::locate;
-use crate::apiserver::writes::DeleteOptions;
 use crate::apiserver::Api;
+use crate::apiserver::writes::DeleteOptions;
 use crate::storage::EventKind;
 use skiff_api::meta;
 use skiff_api::registry::ResourceInfo;
@@ -80,10 +80,24 @@ impl Graph {
         Some((uid, node))
     }
 
-    fn upsert(&mut self, key: &str, info: Arc<ResourceInfo>, namespace: Option<String>, name: String, obj: &Value) -> String {
+    fn upsert(
+        &mut self,
+        key: &str,
+        info: Arc<ResourceInfo>,
+        namespace: Option<String>,
+        name: String,
+        obj: &Value,
+    ) -> String {
         self.remove(key);
         let uid = meta::uid(obj).to_string();
-        let node = Node { info, namespace, name, owners: owners_of(obj), finalizers: meta::finalizers(obj), deleting: meta::is_terminating(obj) };
+        let node = Node {
+            info,
+            namespace,
+            name,
+            owners: owners_of(obj),
+            finalizers: meta::finalizers(obj),
+            deleting: meta::is_terminating(obj),
+        };
         for o in &node.owners {
             self.dependents.entry(o.uid.clone()).or_default().insert(uid.clone());
         }
@@ -106,7 +120,11 @@ pub async fn run(api: Arc<Api>) {
 async fn run_once(api: &Arc<Api>) -> Result<(), String> {
     let rev = api.store.revision().await.map_err(|e| e.to_string())?;
     let mut graph = Graph::default();
-    let all = api.store.list("/registry/", crate::storage::ListOptions { revision: Some(rev), ..Default::default() }).await.map_err(|e| e.to_string())?;
+    let all = api
+        .store
+        .list("/registry/", crate::storage::ListOptions { revision: Some(rev), ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?;
     for kv in &all.items {
         if let Some((info, ns, name)) = locate(api, &kv.key)
             && let Ok(obj) = serde_json::from_slice::<Value>(&kv.value)
@@ -169,13 +187,19 @@ async fn rescan(api: &Arc<Api>, graph: &Graph) {
 
 /// Handles one present object: its deletion policy towards its dependents, and its own owners.
 async fn process(api: &Arc<Api>, graph: &Graph, uid: &str, node: &Node) {
-    let deps: Vec<Node> = graph.dependents.get(uid).map(|d| d.iter().filter_map(|u| graph.nodes.get(u).cloned()).collect()).unwrap_or_default();
+    let deps: Vec<Node> = graph
+        .dependents
+        .get(uid)
+        .map(|d| d.iter().filter_map(|u| graph.nodes.get(u).cloned()).collect())
+        .unwrap_or_default();
     if node.deleting && node.finalizers.iter().any(|f| f == "orphan") {
         for d in &deps {
             let owner = uid.to_string();
             let r = api
                 .update_with(&d.info, d.namespace.as_deref(), &d.name, None, "garbage-collector", |o| {
-                    let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else { return false };
+                    let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else {
+                        return false;
+                    };
                     let before = refs.len();
                     refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner.as_str()));
                     refs.len() != before
@@ -265,7 +289,9 @@ async fn collect(api: &Arc<Api>, graph: &Graph, node: &Node) {
     } else {
         let r = api
             .update_with(&node.info, node.namespace.as_deref(), &node.name, None, "garbage-collector", |o| {
-                let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else { return false };
+                let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else {
+                    return false;
+                };
                 refs.retain(|r| !r.get("uid").and_then(Value::as_str).is_some_and(|u| dangling.iter().any(|d| d == u)));
                 true
             })

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus};
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch};
@@ -31,7 +33,12 @@ pub type PodUsage = (i64, i64);
 #[async_trait::async_trait]
 pub trait MetricsSource: Send + Sync + std::fmt::Debug {
     /// Usage of the pods in `ns` matching `selector`, by pod name.
-    async fn pod_usage(&self, client: &kube::Client, ns: &str, selector: &str) -> Result<HashMap<String, PodUsage>, String>;
+    async fn pod_usage(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        selector: &str,
+    ) -> Result<HashMap<String, PodUsage>, String>;
 }
 
 /// Reads `metrics.k8s.io/v1beta1` PodMetrics through the API server.
@@ -40,16 +47,27 @@ pub struct ResourceMetricsApi;
 
 #[async_trait::async_trait]
 impl MetricsSource for ResourceMetricsApi {
-    async fn pod_usage(&self, client: &kube::Client, ns: &str, selector: &str) -> Result<HashMap<String, PodUsage>, String> {
+    async fn pod_usage(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        selector: &str,
+    ) -> Result<HashMap<String, PodUsage>, String> {
         let sel: String = url::form_urlencoded::byte_serialize(selector.as_bytes()).collect();
-        let req = http::Request::get(format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={sel}")).body(Vec::new()).map_err(|e| e.to_string())?;
+        let req = http::Request::get(format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={sel}"))
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
         let list: serde_json::Value = client.request(req).await.map_err(|e| e.to_string())?;
         let mut out = HashMap::new();
         for item in list.get("items").and_then(|i| i.as_array()).into_iter().flatten() {
             let name = item.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
             let (mut cpu, mut mem) = (0i64, 0i64);
             for c in item.get("containers").and_then(|c| c.as_array()).into_iter().flatten() {
-                let q = |k: &str| c.pointer(&format!("/usage/{k}")).and_then(|v| v.as_str()).and_then(|s| s.parse::<skiff_api::quantity::Quantity>().ok());
+                let q = |k: &str| {
+                    c.pointer(&format!("/usage/{k}"))
+                        .and_then(|v| v.as_str())
+                        .and_then(|s| s.parse::<skiff_api::quantity::Quantity>().ok())
+                };
                 cpu += q("cpu").map(|q| q.as_milli()).unwrap_or(0);
                 mem += q("memory").map(|q| q.as_units()).unwrap_or(0);
             }
@@ -72,8 +90,15 @@ impl InjectedMetrics {
 
 #[async_trait::async_trait]
 impl MetricsSource for InjectedMetrics {
-    async fn pod_usage(&self, client: &kube::Client, ns: &str, selector: &str) -> Result<HashMap<String, PodUsage>, String> {
-        let Some(u) = *self.0.lock().unwrap_or_else(|p| p.into_inner()) else { return Err("no metrics injected".into()) };
+    async fn pod_usage(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        selector: &str,
+    ) -> Result<HashMap<String, PodUsage>, String> {
+        let Some(u) = *self.0.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Err("no metrics injected".into());
+        };
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let list = pods.list(&kube::api::ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
         Ok(list.items.into_iter().filter_map(|p| p.metadata.name).map(|n| (n, u)).collect())
@@ -94,7 +119,13 @@ pub struct PodSample {
 }
 
 /// The replica count one resource metric asks for, and the utilization it measured (percent).
-pub fn replicas_for(current: i32, target_utilization: i32, resource: &str, pods: &[PodSample], usage: &HashMap<String, PodUsage>) -> Result<(i32, i32), String> {
+pub fn replicas_for(
+    current: i32,
+    target_utilization: i32,
+    resource: &str,
+    pods: &[PodSample],
+    usage: &HashMap<String, PodUsage>,
+) -> Result<(i32, i32), String> {
     let request = |p: &PodSample| if resource == "cpu" { p.cpu_request } else { p.memory_request };
     let used = |u: &PodUsage| if resource == "cpu" { u.0 } else { u.1 };
     if pods.is_empty() {
@@ -175,15 +206,32 @@ fn default_rules(up: bool) -> HPAScalingRules {
 }
 
 /// Applies `behavior` (stabilization windows over past recommendations, then rate policies) and min/max.
-pub fn stabilize(hpa: &HorizontalPodAutoscaler, current: i32, recommendation: i32, history: &[(jiff::Timestamp, i32)], now: jiff::Timestamp) -> (i32, Option<&'static str>) {
+pub fn stabilize(
+    hpa: &HorizontalPodAutoscaler,
+    current: i32,
+    recommendation: i32,
+    history: &[(jiff::Timestamp, i32)],
+    now: jiff::Timestamp,
+) -> (i32, Option<&'static str>) {
     let spec = hpa.spec.clone().unwrap_or_default();
     let behavior = spec.behavior.clone().unwrap_or_default();
-    let up = behavior.scale_up.clone().map(|r| merge_rules(r, default_rules(true))).unwrap_or_else(|| default_rules(true));
-    let down = behavior.scale_down.clone().map(|r| merge_rules(r, default_rules(false))).unwrap_or_else(|| default_rules(false));
-    let within = |secs: i32| history.iter().filter(move |(t, _)| now.duration_since(*t).as_secs() <= i64::from(secs)).map(|(_, r)| *r);
+    let up =
+        behavior.scale_up.clone().map(|r| merge_rules(r, default_rules(true))).unwrap_or_else(|| default_rules(true));
+    let down = behavior
+        .scale_down
+        .clone()
+        .map(|r| merge_rules(r, default_rules(false)))
+        .unwrap_or_else(|| default_rules(false));
+    let within = |secs: i32| {
+        history.iter().filter(move |(t, _)| now.duration_since(*t).as_secs() <= i64::from(secs)).map(|(_, r)| *r)
+    };
     // scale-down takes the highest recommendation of its window, scale-up the lowest of its own
-    let down_floor = within(down.stabilization_window_seconds.unwrap_or(300)).chain([recommendation]).max().unwrap_or(recommendation);
-    let up_ceiling = within(up.stabilization_window_seconds.unwrap_or(0)).chain([recommendation]).min().unwrap_or(recommendation);
+    let down_floor = within(down.stabilization_window_seconds.unwrap_or(300))
+        .chain([recommendation])
+        .max()
+        .unwrap_or(recommendation);
+    let up_ceiling =
+        within(up.stabilization_window_seconds.unwrap_or(0)).chain([recommendation]).min().unwrap_or(recommendation);
     let mut desired = current;
     if recommendation > current {
         desired = up_ceiling.max(current).min(policy_limit(&up, current, true));
@@ -218,14 +266,25 @@ fn merge_rules(mut r: HPAScalingRules, d: HPAScalingRules) -> HPAScalingRules {
 #[derive(Debug, Default)]
 pub struct History(Mutex<HashMap<String, Vec<(jiff::Timestamp, i32)>>>);
 
-fn condition(ty: &str, status: &str, reason: &str, message: &str, now: jiff::Timestamp, prev: &Option<HorizontalPodAutoscalerStatus>) -> HorizontalPodAutoscalerCondition {
+fn condition(
+    ty: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: jiff::Timestamp,
+    prev: &Option<HorizontalPodAutoscalerStatus>,
+) -> HorizontalPodAutoscalerCondition {
     let old = prev.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == ty));
     HorizontalPodAutoscalerCondition {
         type_: ty.into(),
         status: status.into(),
         reason: Some(reason.into()),
         message: Some(message.into()),
-        last_transition_time: if old.is_some_and(|o| o.status == status) { old.and_then(|o| o.last_transition_time.clone()) } else { Some(Time(now)) },
+        last_transition_time: if old.is_some_and(|o| o.status == status) {
+            old.and_then(|o| o.last_transition_time.clone())
+        } else {
+            Some(Time(now))
+        },
     }
 }
 
@@ -244,8 +303,12 @@ async fn set_scale(ctx: &Ctx, ns: &str, kind: &str, name: &str, replicas: i32) -
     let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
     let pp = super::util::pp();
     match kind {
-        "Deployment" => Api::<Deployment>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?,
-        "ReplicaSet" => Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?,
+        "Deployment" => {
+            Api::<Deployment>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?
+        }
+        "ReplicaSet" => {
+            Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?
+        }
         _ => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).patch_scale(name, &pp, &patch).await.map(|_| ())?,
     }
     Ok(())
@@ -262,7 +325,12 @@ fn sample(p: &Pod) -> PodSample {
         }
         Some(total)
     };
-    PodSample { name: p.metadata.name.clone().unwrap_or_default(), ready: is_ready(p), cpu_request: req("cpu"), memory_request: req("memory") }
+    PodSample {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        ready: is_ready(p),
+        cpu_request: req("cpu"),
+        memory_request: req("memory"),
+    }
 }
 
 /// Reconciles one HPA.
@@ -282,7 +350,14 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         Ok(v) => v,
         Err(e) => {
             let st = HorizontalPodAutoscalerStatus {
-                conditions: Some(vec![condition("AbleToScale", "False", "FailedGetScale", &format!("the HPA controller was unable to get the target's current scale: {e}"), now, &hpa.status)]),
+                conditions: Some(vec![condition(
+                    "AbleToScale",
+                    "False",
+                    "FailedGetScale",
+                    &format!("the HPA controller was unable to get the target's current scale: {e}"),
+                    now,
+                    &hpa.status,
+                )]),
                 ..hpa.status.clone().unwrap_or_default()
             };
             let _ = api.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": st}))).await;
@@ -313,10 +388,19 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         match replicas_for(current, target_util, &res.name, &pods, usage) {
             Ok((want, util)) => {
                 if want >= recommendation {
-                    reason_metric = format!("{} resource utilization (percentage of request) {} target", res.name, if util > target_util { "above" } else { "below" });
+                    reason_metric = format!(
+                        "{} resource utilization (percentage of request) {} target",
+                        res.name,
+                        if util > target_util { "above" } else { "below" }
+                    );
                 }
                 recommendation = recommendation.max(want);
-                let avg: i64 = pods.iter().filter_map(|p| usage.get(&p.name)).map(|u| if res.name == "cpu" { u.0 } else { u.1 }).sum::<i64>() / (pods.len().max(1) as i64);
+                let avg: i64 = pods
+                    .iter()
+                    .filter_map(|p| usage.get(&p.name))
+                    .map(|u| if res.name == "cpu" { u.0 } else { u.1 })
+                    .sum::<i64>()
+                    / (pods.len().max(1) as i64);
                 let avg_q = if res.name == "cpu" { format!("{avg}m") } else { avg.to_string() };
                 current_metrics.push(json!({"type": "Resource", "resource": {"name": res.name, "current": {"averageUtilization": util, "averageValue": avg_q}}}));
             }
@@ -340,10 +424,24 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
     if desired != current {
         set_scale(&ctx, &ns, &target.kind, &target.name, desired).await?;
         last_scale = Some(Time(now));
-        recorder.record(&oref, EventType::Normal, "SuccessfulRescale", &format!("New size: {desired}; reason: {reason_metric}")).await;
+        recorder
+            .record(
+                &oref,
+                EventType::Normal,
+                "SuccessfulRescale",
+                &format!("New size: {desired}; reason: {reason_metric}"),
+            )
+            .await;
     }
     let prev = hpa.status.clone();
-    let mut conditions = vec![condition("AbleToScale", "True", if desired != current { "SucceededRescale" } else { "ReadyForNewScale" }, "recommended size matches current size", now, &prev)];
+    let mut conditions = vec![condition(
+        "AbleToScale",
+        "True",
+        if desired != current { "SucceededRescale" } else { "ReadyForNewScale" },
+        "recommended size matches current size",
+        now,
+        &prev,
+    )];
     match &problem {
         Some(p) if current_metrics.is_empty() => {
             conditions.push(condition("ScalingActive", "False", "FailedGetResourceMetric", p, now, &prev));
@@ -352,8 +450,26 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         _ => conditions.push(condition("ScalingActive", "True", "ValidMetricFound", "the HPA was able to successfully calculate a replica count from cpu resource utilization (percentage of request)", now, &prev)),
     }
     conditions.push(match limited {
-        Some(r) => condition("ScalingLimited", "True", r, &format!("the desired replica count is {} than the {} replica count", if r == "TooManyReplicas" { "more" } else { "less" }, if r == "TooManyReplicas" { "maximum" } else { "minimum" }), now, &prev),
-        None => condition("ScalingLimited", "False", "DesiredWithinRange", "the desired count is within the acceptable range", now, &prev),
+        Some(r) => condition(
+            "ScalingLimited",
+            "True",
+            r,
+            &format!(
+                "the desired replica count is {} than the {} replica count",
+                if r == "TooManyReplicas" { "more" } else { "less" },
+                if r == "TooManyReplicas" { "maximum" } else { "minimum" }
+            ),
+            now,
+            &prev,
+        ),
+        None => condition(
+            "ScalingLimited",
+            "False",
+            "DesiredWithinRange",
+            "the desired count is within the acceptable range",
+            now,
+            &prev,
+        ),
     });
     let status = json!({"status": {
         "observedGeneration": hpa.metadata.generation, "currentReplicas": current, "desiredReplicas": desired,
@@ -370,7 +486,10 @@ static HISTORY: std::sync::OnceLock<History> = std::sync::OnceLock::new();
 
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, hpas: ReflectHandle<HorizontalPodAutoscaler>) {
-    Controller::for_shared_stream(hpas, ctx.hpas.clone()).run(reconcile, super::error_policy, ctx).for_each(|_| async {}).await;
+    Controller::for_shared_stream(hpas, ctx.hpas.clone())
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 #[cfg(test)]
@@ -378,7 +497,9 @@ mod tests {
     use super::*;
 
     fn pods(n: usize, ready: bool) -> Vec<PodSample> {
-        (0..n).map(|i| PodSample { name: format!("p{i}"), ready, cpu_request: Some(200), memory_request: Some(1 << 20) }).collect()
+        (0..n)
+            .map(|i| PodSample { name: format!("p{i}"), ready, cpu_request: Some(200), memory_request: Some(1 << 20) })
+            .collect()
     }
 
     fn usage(n: usize, milli: i64) -> HashMap<String, PodUsage> {
@@ -426,7 +547,11 @@ mod tests {
     fn scale_down_waits_for_the_stabilization_window() {
         let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
         let recent = vec![(now - jiff::SignedDuration::from_secs(100), 6)];
-        assert_eq!(stabilize(&hpa(1, 10, None), 6, 2, &recent, now), (6, None), "a higher recommendation 100 s ago holds the count");
+        assert_eq!(
+            stabilize(&hpa(1, 10, None), 6, 2, &recent, now),
+            (6, None),
+            "a higher recommendation 100 s ago holds the count"
+        );
         let old = vec![(now - jiff::SignedDuration::from_secs(400), 6)];
         assert_eq!(stabilize(&hpa(1, 10, None), 6, 2, &old, now), (2, None));
         assert_eq!(stabilize(&hpa(1, 10, Some(30)), 6, 2, &recent, now), (2, None), "a shortened window");

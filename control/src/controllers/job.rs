@@ -56,7 +56,13 @@ fn has_tracking(p: &Pod) -> bool {
 }
 
 fn finished(job: &Job) -> Option<(String, Option<jiff::Timestamp>)> {
-    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True").map(|c| (c.type_.clone(), c.last_transition_time.as_ref().map(|t| t.0)))
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .map(|c| (c.type_.clone(), c.last_transition_time.as_ref().map(|t| t.0)))
 }
 
 /// The back-off before the next pod after `failures` failures: 10 s, doubling, at most 6 minutes.
@@ -127,7 +133,8 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
 
     // 1. counting: uids whose finalizer is gone move to the counters; finished pods are recorded as uncounted
     let mut uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
-    let (mut us, mut uf): (Vec<String>, Vec<String>) = (uncounted.succeeded.clone().unwrap_or_default(), uncounted.failed.clone().unwrap_or_default());
+    let (mut us, mut uf): (Vec<String>, Vec<String>) =
+        (uncounted.succeeded.clone().unwrap_or_default(), uncounted.failed.clone().unwrap_or_default());
     let tracked = |u: &str| owned.iter().any(|x| x.metadata.uid.as_deref() == Some(u) && has_tracking(x));
     let mut succeeded = status.succeeded.unwrap_or(0);
     let mut failed = status.failed.unwrap_or(0);
@@ -179,7 +186,12 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     }
     let total_succeeded = succeeded + us.len() as i32;
     let restarts: i32 = if spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("OnFailure") {
-        owned.iter().filter(|x| is_active(x)).flat_map(|x| x.status.iter().flat_map(|s| s.container_statuses.iter().flatten())).map(|c| c.restart_count).sum()
+        owned
+            .iter()
+            .filter(|x| is_active(x))
+            .flat_map(|x| x.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .map(|c| c.restart_count)
+            .sum()
     } else {
         0
     };
@@ -219,8 +231,16 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     }
     // A reached target (SuccessCriteriaMet / FailureTarget) becomes the final condition once every finished pod is
     // counted and nothing runs any more.
-    let all_counted = status.uncounted_terminated_pods.as_ref().is_none_or(|u| u.succeeded.as_ref().is_none_or(Vec::is_empty) && u.failed.as_ref().is_none_or(Vec::is_empty));
-    let target = status.conditions.iter().flatten().find(|c| (c.type_ == "SuccessCriteriaMet" || c.type_ == "FailureTarget") && c.status == "True").cloned();
+    let all_counted = status
+        .uncounted_terminated_pods
+        .as_ref()
+        .is_none_or(|u| u.succeeded.as_ref().is_none_or(Vec::is_empty) && u.failed.as_ref().is_none_or(Vec::is_empty));
+    let target = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| (c.type_ == "SuccessCriteriaMet" || c.type_ == "FailureTarget") && c.status == "True")
+        .cloned();
     if let Some(t) = target {
         p.delete = active.iter().map(|x| x.metadata.name.clone().unwrap_or_default()).collect();
         if all_counted && active.is_empty() && p.release.is_empty() {
@@ -228,7 +248,12 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
             if ty == "Complete" {
                 status.completion_time = Some(Time(now));
             }
-            status.conditions.get_or_insert_with(Vec::new).push(cond(ty, t.reason.as_deref().unwrap_or_default(), t.message.as_deref().unwrap_or_default(), now));
+            status.conditions.get_or_insert_with(Vec::new).push(cond(
+                ty,
+                t.reason.as_deref().unwrap_or_default(),
+                t.message.as_deref().unwrap_or_default(),
+                now,
+            ));
         } else {
             p.requeue = Some(Duration::from_millis(500));
         }
@@ -239,7 +264,11 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
         let conds = status.conditions.get_or_insert_with(Vec::new);
         conds.push(cond(if ty == "Failed" { "FailureTarget" } else { "SuccessCriteriaMet" }, reason, message, now));
         p.delete = active.iter().map(|x| x.metadata.name.clone().unwrap_or_default()).collect();
-        p.events.push((if ty == "Failed" { EventType::Warning } else { EventType::Normal }, reason.to_string(), message.to_string()));
+        p.events.push((
+            if ty == "Failed" { EventType::Warning } else { EventType::Normal },
+            reason.to_string(),
+            message.to_string(),
+        ));
         p.requeue = Some(Duration::from_millis(500));
     };
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
@@ -296,16 +325,28 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
         let last_failure = owned
             .iter()
             .filter(|x| phase(x) == "Failed")
-            .filter_map(|x| x.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|cs| cs.iter().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0)).max()))
+            .filter_map(|x| {
+                x.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|cs| {
+                    cs.iter()
+                        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
+                        .max()
+                })
+            })
             .max();
         let ready_at = last_failure.map(|t| t + jiff::SignedDuration::try_from(wait).unwrap_or_default());
         match ready_at {
-            Some(t) if t > now && total_failed > 0 => p.requeue = Some(Duration::from_millis((t.duration_since(now).as_millis() as i64).max(100) as u64)),
+            Some(t) if t > now && total_failed > 0 => {
+                p.requeue = Some(Duration::from_millis((t.duration_since(now).as_millis() as i64).max(100) as u64))
+            }
             _ => {
                 if indexed {
                     let running: BTreeSet<i32> = active.iter().filter_map(|x| index_of(x)).collect();
                     let c = completions.unwrap_or(1);
-                    p.create = (0..c).filter(|i| !completed.contains(i) && !running.contains(i)).take((want_active - n_active) as usize).map(Some).collect();
+                    p.create = (0..c)
+                        .filter(|i| !completed.contains(i) && !running.contains(i))
+                        .take((want_active - n_active) as usize)
+                        .map(Some)
+                        .collect();
                 } else {
                     p.create = vec![None; (want_active - n_active) as usize];
                 }
@@ -314,7 +355,10 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     } else if n_active > want_active {
         let mut extra: Vec<&&Arc<Pod>> = active.clone();
         extra.sort_by(|a, b| super::replicaset::deletion_order(a, b));
-        p.delete = extra[..(n_active - want_active) as usize].iter().map(|x| x.metadata.name.clone().unwrap_or_default()).collect();
+        p.delete = extra[..(n_active - want_active) as usize]
+            .iter()
+            .map(|x| x.metadata.name.clone().unwrap_or_default())
+            .collect();
     }
     p.status = status;
     p
@@ -330,7 +374,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     }
     let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)).is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    let gone = |n: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(n))
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    };
     if !ctx.expectations.satisfied(&uid, present, gone) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -352,8 +400,14 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     }
     for pod in &p.release {
         let cur = pods.iter().find(|x| x.metadata.name.as_deref() == Some(pod.as_str()));
-        let remaining: Vec<String> = cur.and_then(|x| x.metadata.finalizers.clone()).unwrap_or_default().into_iter().filter(|f| f != TRACKING).collect();
-        let r = papi.patch(pod, &super::util::pp(), &Patch::Merge(&json!({"metadata": {"finalizers": remaining}}))).await;
+        let remaining: Vec<String> = cur
+            .and_then(|x| x.metadata.finalizers.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f != TRACKING)
+            .collect();
+        let r =
+            papi.patch(pod, &super::util::pp(), &Patch::Merge(&json!({"metadata": {"finalizers": remaining}}))).await;
         if let Err(e) = r
             && !matches!(&e, kube::Error::Api(s) if s.code == 404)
         {
@@ -368,10 +422,15 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         let names: Vec<(String, Option<i32>)> = p
             .create
             .iter()
-            .map(|i| (match i {
-                Some(i) => format!("{name}-{i}-{}", random_suffix()),
-                None => format!("{name}-{}", random_suffix()),
-            }, *i))
+            .map(|i| {
+                (
+                    match i {
+                        Some(i) => format!("{name}-{i}-{}", random_suffix()),
+                        None => format!("{name}-{}", random_suffix()),
+                    },
+                    *i,
+                )
+            })
             .collect();
         ctx.expectations.expect(&uid, names.iter().map(|(n, _)| n.clone()), Vec::new());
         for (pod_name, index) in names {
@@ -385,12 +444,19 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
                 meta.annotations.get_or_insert_with(Default::default).insert(INDEX.into(), i.to_string());
                 meta.labels.get_or_insert_with(Default::default).insert(INDEX.into(), i.to_string());
                 for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
-                    c.env.get_or_insert_with(Vec::new).push(serde_json::from_value(json!({"name": "JOB_COMPLETION_INDEX", "value": i.to_string()})).expect("a valid EnvVar"));
+                    c.env.get_or_insert_with(Vec::new).push(
+                        serde_json::from_value(json!({"name": "JOB_COMPLETION_INDEX", "value": i.to_string()}))
+                            .expect("a valid EnvVar"),
+                    );
                 }
             }
             let pod = Pod { metadata: meta, spec: Some(spec), status: None };
             match papi.create(&PostParams::default(), &pod).await {
-                Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulCreate", &format!("Created pod: {pod_name}")).await,
+                Ok(_) => {
+                    recorder
+                        .record(&oref, EventType::Normal, "SuccessfulCreate", &format!("Created pod: {pod_name}"))
+                        .await
+                }
                 Err(e) => {
                     ctx.expectations.creation_failed(&uid, &pod_name);
                     recorder.record(&oref, EventType::Warning, "FailedCreate", &format!("Error creating: {e}")).await;
@@ -402,7 +468,9 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         ctx.expectations.expect(&uid, Vec::new(), p.delete.clone());
         for pod in &p.delete {
             match papi.delete(pod, &DeleteParams::default()).await {
-                Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod}")).await,
+                Ok(_) => {
+                    recorder.record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod}")).await
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -413,7 +481,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
 
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, jobs: ReflectHandle<Job>, pods: ReflectHandle<Pod>) {
-    Controller::for_shared_stream(jobs, ctx.jobs.clone()).owns_shared_stream(pods).run(reconcile, super::error_policy, ctx).for_each(|_| async {}).await;
+    Controller::for_shared_stream(jobs, ctx.jobs.clone())
+        .owns_shared_stream(pods)
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 #[cfg(test)]
@@ -421,13 +493,17 @@ mod tests {
     use super::*;
 
     fn job(spec: serde_json::Value, status: serde_json::Value) -> Job {
-        let mut s = json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}});
+        let mut s =
+            json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}});
         if let Some(m) = spec.as_object() {
             for (k, v) in m {
                 s[k] = v.clone();
             }
         }
-        serde_json::from_value(json!({"metadata": {"name": "j", "namespace": "d", "uid": "j-uid"}, "spec": s, "status": status})).expect("job")
+        serde_json::from_value(
+            json!({"metadata": {"name": "j", "namespace": "d", "uid": "j-uid"}, "spec": s, "status": status}),
+        )
+        .expect("job")
     }
 
     fn pod(name: &str, phase: &str, tracked: bool, finished_at: Option<&str>) -> Arc<Pod> {
@@ -459,7 +535,10 @@ mod tests {
         let j = job(json!({"completions": 2}), json!({}));
         let pods = vec![pod("a", "Succeeded", true, None)];
         let p = plan(&j, &pods, t("2026-01-01T00:00:00Z"));
-        assert_eq!(p.status.uncounted_terminated_pods.as_ref().and_then(|u| u.succeeded.clone()), Some(vec!["u-a".to_string()]));
+        assert_eq!(
+            p.status.uncounted_terminated_pods.as_ref().and_then(|u| u.succeeded.clone()),
+            Some(vec!["u-a".to_string()])
+        );
         assert_eq!(p.release, vec!["a"]);
         assert_eq!(p.create.len(), 1, "one more completion is needed");
         // next round: the finalizer is gone, the pod is counted
@@ -482,7 +561,14 @@ mod tests {
         let target = plan(&j3, &[], t("2026-01-01T00:01:00Z"));
         let j4 = job(json!({"backoffLimit": 2}), serde_json::to_value(&target.status).expect("status"));
         let done = plan(&j4, &[], t("2026-01-01T00:01:01Z"));
-        assert!(done.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded")));
+        assert!(
+            done.status
+                .conditions
+                .as_ref()
+                .expect("conditions")
+                .iter()
+                .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded"))
+        );
         assert_eq!(backoff(1), Duration::from_secs(10));
         assert_eq!(backoff(3), Duration::from_secs(40));
         assert_eq!(backoff(20), Duration::from_secs(360));
@@ -495,7 +581,10 @@ mod tests {
         assert!(p.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "SuccessCriteriaMet"));
         let j2 = job(json!({"completions": 1}), serde_json::to_value(&p.status).expect("status"));
         let p2 = plan(&j2, &[], t("2026-01-01T00:00:01Z"));
-        assert!(p2.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "Complete"), "Complete once everything is counted");
+        assert!(
+            p2.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "Complete"),
+            "Complete once everything is counted"
+        );
         assert!(p2.status.completion_time.is_some());
         assert_eq!(ranges(&[0, 1, 2, 4, 6, 7].into_iter().collect()), "0-2,4,6-7");
         assert_eq!(parse_ranges("0-2,4"), [0, 1, 2, 4].into_iter().collect());
@@ -505,7 +594,14 @@ mod tests {
     fn the_deadline_fails_the_job() {
         let j = job(json!({"activeDeadlineSeconds": 30}), json!({"startTime": "2026-01-01T00:00:00Z"}));
         let p = plan(&j, &[pod("a", "Running", true, None)], t("2026-01-01T00:00:31Z"));
-        assert!(p.status.conditions.as_ref().expect("conditions").iter().any(|c| c.type_ == "FailureTarget" && c.reason.as_deref() == Some("DeadlineExceeded")));
+        assert!(
+            p.status
+                .conditions
+                .as_ref()
+                .expect("conditions")
+                .iter()
+                .any(|c| c.type_ == "FailureTarget" && c.reason.as_deref() == Some("DeadlineExceeded"))
+        );
         assert_eq!(p.delete, vec!["a"]);
     }
 }

@@ -44,7 +44,11 @@ async fn try_hold(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, 
     }
     let was_ours = current.as_ref().and_then(|l| l.spec.as_ref()?.holder_identity.as_deref()) == Some(identity);
     let transitions = current.as_ref().and_then(|l| l.spec.as_ref()?.lease_transitions).unwrap_or(0);
-    let acquire_time = if was_ours { current.as_ref().and_then(|l| l.spec.as_ref()?.acquire_time.clone()) } else { Some(MicroTime(now)) };
+    let acquire_time = if was_ours {
+        current.as_ref().and_then(|l| l.spec.as_ref()?.acquire_time.clone())
+    } else {
+        Some(MicroTime(now))
+    };
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(name.to_string()),

@@ -28,11 +28,14 @@ fn lb_ips(s: &Service) -> Vec<Ipv4Addr> {
 /// Picks an address for `svc` from `pool` that no other Service holds (its own, or `spec.loadBalancerIP` if free).
 pub fn pick(svc: &Service, pool: (Ipv4Addr, Ipv4Addr), others: &[Arc<Service>]) -> Option<Ipv4Addr> {
     let in_pool = |ip: Ipv4Addr| u32::from(ip) >= u32::from(pool.0) && u32::from(ip) <= u32::from(pool.1);
-    let used: BTreeSet<Ipv4Addr> = others.iter().filter(|o| o.metadata.uid != svc.metadata.uid).flat_map(|o| lb_ips(o)).collect();
+    let used: BTreeSet<Ipv4Addr> =
+        others.iter().filter(|o| o.metadata.uid != svc.metadata.uid).flat_map(|o| lb_ips(o)).collect();
     if let Some(own) = lb_ips(svc).into_iter().find(|ip| in_pool(*ip) && !used.contains(ip)) {
         return Some(own);
     }
-    if let Some(wanted) = svc.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref()).and_then(|ip| ip.parse::<Ipv4Addr>().ok()) {
+    if let Some(wanted) =
+        svc.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref()).and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    {
         return (in_pool(wanted) && !used.contains(&wanted)).then_some(wanted);
     }
     (u32::from(pool.0)..=u32::from(pool.1)).map(Ipv4Addr::from).find(|ip| !used.contains(ip))
@@ -47,7 +50,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     let current = lb_ips(&svc);
     if !is_lb {
         if !current.is_empty() {
-            api.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": {"loadBalancer": {"ingress": null}}}))).await?;
+            api.patch_status(
+                &name,
+                &super::util::pp(),
+                &Patch::Merge(&json!({"status": {"loadBalancer": {"ingress": null}}})),
+            )
+            .await?;
         }
         return Ok(Action::await_change());
     }
@@ -58,13 +66,26 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
         Some(ip) if current != vec![ip] => {
             let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}});
             api.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await?;
-            ctx.recorders.get("service-lb-controller").record(&skiff_client::events::reference(svc.as_ref()), EventType::Normal, "IPAllocated", &format!("Assigned IP [\"{ip}\"]")).await;
+            ctx.recorders
+                .get("service-lb-controller")
+                .record(
+                    &skiff_client::events::reference(svc.as_ref()),
+                    EventType::Normal,
+                    "IPAllocated",
+                    &format!("Assigned IP [\"{ip}\"]"),
+                )
+                .await;
         }
         Some(_) => {}
         None => {
             ctx.recorders
                 .get("service-lb-controller")
-                .record(&skiff_client::events::reference(svc.as_ref()), EventType::Warning, "AllocationFailed", "no free address in the LoadBalancer pool")
+                .record(
+                    &skiff_client::events::reference(svc.as_ref()),
+                    EventType::Warning,
+                    "AllocationFailed",
+                    "no free address in the LoadBalancer pool",
+                )
                 .await;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
@@ -74,7 +95,10 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
 
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, services: ReflectHandle<Service>) {
-    Controller::for_shared_stream(services, ctx.services.clone()).run(reconcile, super::error_policy, ctx).for_each(|_| async {}).await;
+    Controller::for_shared_stream(services, ctx.services.clone())
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 #[cfg(test)]

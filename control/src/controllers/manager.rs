@@ -24,7 +24,9 @@ pub struct ManagerOptions {
 
 impl Default for ManagerOptions {
     fn default() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "skiff".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "skiff".into());
         ManagerOptions {
             config: ControllerConfig::default(),
             clock: Arc::new(SystemClock),
@@ -63,7 +65,14 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
     inf.start(&client);
     inf.wait_until_ready().await;
     tracing::info!("controller informers synced; starting controllers");
-    let ctx = Arc::new(Ctx::new(client, &inf, opts.clock.clone(), opts.schedule_clock.clone(), opts.config.clone(), opts.metrics.clone()));
+    let ctx = Arc::new(Ctx::new(
+        client,
+        &inf,
+        opts.clock.clone(),
+        opts.schedule_clock.clone(),
+        opts.config.clone(),
+        opts.metrics.clone(),
+    ));
     tokio::join!(
         super::replicaset::run(ctx.clone(), rs_trigger, rs_pods),
         super::deployment::run(ctx.clone(), deploy_trigger, deploy_rs),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::apiserver::writes::{DeleteOptions, WriteOptions};
 use crate::apiserver::Api;
+use crate::apiserver::writes::{DeleteOptions, WriteOptions};
 use skiff_api::meta;
 use skiff_api::selector::Selector;
 
@@ -47,7 +47,9 @@ async fn sync_all(api: &Arc<Api>, ca_pem: &str) -> Result<(), crate::apiserver::
         if meta::is_terminating(&ns) {
             if empty_namespace(api, &name).await? {
                 api.update_with(&ns_info, None, &name, Some("finalize"), "namespace-controller", |o| {
-                    let Some(list) = o.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) else { return false };
+                    let Some(list) = o.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) else {
+                        return false;
+                    };
                     let before = list.len();
                     list.retain(|f| f.as_str() != Some("kubernetes"));
                     list.len() != before
@@ -75,7 +77,9 @@ async fn empty_namespace(api: &Arc<Api>, ns: &str) -> Result<bool, crate::apiser
             match api.delete(&info, Some(ns), meta::name(&obj), &opts).await {
                 Ok(_) => {}
                 Err(e) if e.code == 404 => {}
-                Err(e) => tracing::warn!(error = %e, namespace = ns, object = meta::name(&obj), "deleting namespace content failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, namespace = ns, object = meta::name(&obj), "deleting namespace content failed")
+                }
             }
         }
     }
@@ -86,7 +90,15 @@ async fn ensure_defaults(api: &Arc<Api>, ns: &str, ca_pem: &str) -> Result<(), c
     let opts = WriteOptions { field_manager: Some("namespace-controller".into()), ..Default::default() };
     let sa = api.builtin("", "serviceaccounts");
     if api.try_get(&sa, Some(ns), "default").await?.is_none() {
-        match api.create(&sa, Some(ns), json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}), &opts).await {
+        match api
+            .create(
+                &sa,
+                Some(ns),
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}),
+                &opts,
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.code == 409 || e.code == 403 || e.code == 404 => {}
             Err(e) => return Err(e),

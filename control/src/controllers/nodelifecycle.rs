@@ -40,21 +40,61 @@ fn ready_status(node: &Node) -> Option<String> {
 }
 
 /// Decides the managed taints and condition of a node from its last heartbeat.
-pub fn verdict(node: &Node, last_heartbeat: Option<jiff::Timestamp>, grace: Duration, now: jiff::Timestamp) -> NodeVerdict {
+pub fn verdict(
+    node: &Node,
+    last_heartbeat: Option<jiff::Timestamp>,
+    grace: Duration,
+    now: jiff::Timestamp,
+) -> NodeVerdict {
     let silent = last_heartbeat.is_none_or(|t| (now.duration_since(t).as_millis() as i64) > grace.as_millis() as i64);
     let ready = ready_status(node);
     let existing: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    let keep_time = |key: &str, effect: &str| existing.iter().find(|t| t.key == key && t.effect == effect).and_then(|t| t.time_added.clone()).unwrap_or(Time(now));
-    let mut taints: Vec<Taint> = existing.iter().filter(|t| ![UNREACHABLE, NOT_READY, UNSCHEDULABLE].contains(&t.key.as_str())).cloned().collect();
+    let keep_time = |key: &str, effect: &str| {
+        existing
+            .iter()
+            .find(|t| t.key == key && t.effect == effect)
+            .and_then(|t| t.time_added.clone())
+            .unwrap_or(Time(now))
+    };
+    let mut taints: Vec<Taint> = existing
+        .iter()
+        .filter(|t| ![UNREACHABLE, NOT_READY, UNSCHEDULABLE].contains(&t.key.as_str()))
+        .cloned()
+        .collect();
     if silent {
-        taints.push(Taint { key: UNREACHABLE.into(), effect: "NoExecute".into(), time_added: Some(keep_time(UNREACHABLE, "NoExecute")), value: None });
-        taints.push(Taint { key: UNREACHABLE.into(), effect: "NoSchedule".into(), time_added: Some(keep_time(UNREACHABLE, "NoSchedule")), value: None });
+        taints.push(Taint {
+            key: UNREACHABLE.into(),
+            effect: "NoExecute".into(),
+            time_added: Some(keep_time(UNREACHABLE, "NoExecute")),
+            value: None,
+        });
+        taints.push(Taint {
+            key: UNREACHABLE.into(),
+            effect: "NoSchedule".into(),
+            time_added: Some(keep_time(UNREACHABLE, "NoSchedule")),
+            value: None,
+        });
     } else if ready.as_deref() != Some("True") {
-        taints.push(Taint { key: NOT_READY.into(), effect: "NoExecute".into(), time_added: Some(keep_time(NOT_READY, "NoExecute")), value: None });
-        taints.push(Taint { key: NOT_READY.into(), effect: "NoSchedule".into(), time_added: Some(keep_time(NOT_READY, "NoSchedule")), value: None });
+        taints.push(Taint {
+            key: NOT_READY.into(),
+            effect: "NoExecute".into(),
+            time_added: Some(keep_time(NOT_READY, "NoExecute")),
+            value: None,
+        });
+        taints.push(Taint {
+            key: NOT_READY.into(),
+            effect: "NoSchedule".into(),
+            time_added: Some(keep_time(NOT_READY, "NoSchedule")),
+            value: None,
+        });
     }
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-        taints.push(Taint { key: UNSCHEDULABLE.into(), effect: "NoSchedule".into(), time_added: Some(keep_time(UNSCHEDULABLE, "NoSchedule")), value: None });
+        taints.push(Taint {
+            key: UNSCHEDULABLE.into(),
+            effect: "NoSchedule".into(),
+            time_added: Some(keep_time(UNSCHEDULABLE, "NoSchedule")),
+            value: None,
+        });
     }
     NodeVerdict { taints, mark_unknown: silent && ready.as_deref() != Some("Unknown") }
 }
@@ -65,7 +105,12 @@ pub fn should_evict(pod: &Pod, taints: &[Taint], default_timeout: Duration, now:
     taints.iter().filter(|t| t.effect == "NoExecute").any(|taint| {
         let since = taint.time_added.as_ref().map(|t| t.0).unwrap_or(now);
         let elapsed = now.duration_since(since).as_millis() as i64;
-        match tolerations.iter().filter(|t| tolerates(t, taint)).map(|t| t.toleration_seconds).min_by_key(|s| s.unwrap_or(i64::MAX)) {
+        match tolerations
+            .iter()
+            .filter(|t| tolerates(t, taint))
+            .map(|t| t.toleration_seconds)
+            .min_by_key(|s| s.unwrap_or(i64::MAX))
+        {
             None => elapsed >= default_timeout.as_millis() as i64,
             Some(None) => false,
             Some(Some(secs)) => elapsed >= secs * 1000,
@@ -100,7 +145,10 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
     let pods = ctx.pods.state();
     for node in ctx.nodes.state() {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let lease = ctx.leases.state().into_iter().find(|l| l.metadata.namespace.as_deref() == Some("kube-node-lease") && l.metadata.name.as_deref() == Some(name.as_str()));
+        let lease = ctx.leases.state().into_iter().find(|l| {
+            l.metadata.namespace.as_deref() == Some("kube-node-lease")
+                && l.metadata.name.as_deref() == Some(name.as_str())
+        });
         let heartbeat = lease
             .as_ref()
             .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0))
@@ -119,23 +167,51 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
                 .into_iter()
                 .map(|c| json!({"type": c.type_, "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": c.last_heartbeat_time, "lastTransitionTime": Time(now)}))
                 .collect();
-            napi.patch_status(&name, &super::util::pp(), &Patch::Strategic(&json!({"status": {"conditions": conds}}))).await?;
-            recorder.record(&skiff_client::events::reference(node.as_ref()), EventType::Normal, "NodeNotReady", &format!("Node {name} status is now: NodeNotReady")).await;
+            napi.patch_status(&name, &super::util::pp(), &Patch::Strategic(&json!({"status": {"conditions": conds}})))
+                .await?;
+            recorder
+                .record(
+                    &skiff_client::events::reference(node.as_ref()),
+                    EventType::Normal,
+                    "NodeNotReady",
+                    &format!("Node {name} status is now: NodeNotReady"),
+                )
+                .await;
             // pods there can no longer be trusted to serve
-            for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())) {
-                let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
+            for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            {
+                let papi: Api<Pod> =
+                    Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
                 let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": Time(now)}]}});
-                let _ = papi.patch_status(p.metadata.name.as_deref().unwrap_or_default(), &super::util::pp(), &Patch::Strategic(&patch)).await;
+                let _ = papi
+                    .patch_status(
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                        &super::util::pp(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await;
             }
         }
-        for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()) && p.metadata.deletion_timestamp.is_none()) {
+        for p in pods.iter().filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        }) {
             if should_evict(p, &v.taints, ctx.config.default_eviction_timeout, now) {
                 let pname = p.metadata.name.clone().unwrap_or_default();
-                let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
+                let papi: Api<Pod> =
+                    Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
                 match papi.delete(&pname, &DeleteParams::default()).await {
                     Ok(_) => {
                         recorder
-                            .record(&skiff_client::events::reference(p.as_ref()), EventType::Normal, "TaintManagerEviction", &format!("Marking for deletion Pod {}/{pname}", p.metadata.namespace.as_deref().unwrap_or_default()))
+                            .record(
+                                &skiff_client::events::reference(p.as_ref()),
+                                EventType::Normal,
+                                "TaintManagerEviction",
+                                &format!(
+                                    "Marking for deletion Pod {}/{pname}",
+                                    p.metadata.namespace.as_deref().unwrap_or_default()
+                                ),
+                            )
                             .await
                     }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -156,28 +232,42 @@ mod tests {
     }
 
     fn ready_node() -> Node {
-        serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).expect("node")
+        serde_json::from_value(
+            json!({"metadata": {"name": "n"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
+        .expect("node")
     }
 
     #[test]
     fn a_silent_node_is_tainted_unreachable_and_marked_unknown() {
-        let v = verdict(&ready_node(), Some(t("2026-01-01T00:00:00Z")), Duration::from_secs(8), t("2026-01-01T00:00:10Z"));
+        let v =
+            verdict(&ready_node(), Some(t("2026-01-01T00:00:00Z")), Duration::from_secs(8), t("2026-01-01T00:00:10Z"));
         assert!(v.mark_unknown);
         assert!(v.taints.iter().any(|x| x.key == UNREACHABLE && x.effect == "NoExecute"));
-        let fresh = verdict(&ready_node(), Some(t("2026-01-01T00:00:05Z")), Duration::from_secs(8), t("2026-01-01T00:00:10Z"));
+        let fresh =
+            verdict(&ready_node(), Some(t("2026-01-01T00:00:05Z")), Duration::from_secs(8), t("2026-01-01T00:00:10Z"));
         assert!(!fresh.mark_unknown && fresh.taints.is_empty());
     }
 
     #[test]
     fn pods_are_evicted_after_their_toleration() {
-        let taints = vec![Taint { key: UNREACHABLE.into(), effect: "NoExecute".into(), value: None, time_added: Some(Time(t("2026-01-01T00:00:00Z"))) }];
-        let plain: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}})).expect("pod");
+        let taints = vec![Taint {
+            key: UNREACHABLE.into(),
+            effect: "NoExecute".into(),
+            value: None,
+            time_added: Some(Time(t("2026-01-01T00:00:00Z"))),
+        }];
+        let plain: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}})).expect("pod");
         assert!(!should_evict(&plain, &taints, Duration::from_secs(5), t("2026-01-01T00:00:04Z")));
         assert!(should_evict(&plain, &taints, Duration::from_secs(5), t("2026-01-01T00:00:05Z")));
         let patient: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}})).expect("pod");
         assert!(!should_evict(&patient, &taints, Duration::from_secs(5), t("2026-01-01T00:00:30Z")));
         assert!(should_evict(&patient, &taints, Duration::from_secs(5), t("2026-01-01T00:01:00Z")));
-        let forever: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"operator": "Exists"}]}})).expect("pod");
+        let forever: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"operator": "Exists"}]}}),
+        )
+        .expect("pod");
         assert!(!should_evict(&forever, &taints, Duration::from_secs(5), t("2027-01-01T00:00:00Z")));
     }
 }

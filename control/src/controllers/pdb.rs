@@ -19,8 +19,10 @@ use super::util::{is_active, is_ready, scaled_value};
 /// (expected pods, currently healthy, desired healthy, disruptions allowed).
 pub fn budget(pdb: &PodDisruptionBudget, pods: &[Arc<Pod>]) -> (i32, i32, i32, i32) {
     let spec = pdb.spec.clone().unwrap_or_default();
-    let sel = spec.selector.as_ref().and_then(|s| Selector::from_label_selector(s).ok()).unwrap_or_else(Selector::nothing);
-    let selected: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_active(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default())).collect();
+    let sel =
+        spec.selector.as_ref().and_then(|s| Selector::from_label_selector(s).ok()).unwrap_or_else(Selector::nothing);
+    let selected: Vec<&Arc<Pod>> =
+        pods.iter().filter(|p| is_active(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default())).collect();
     let expected = selected.len() as i32;
     let healthy = selected.iter().filter(|p| is_ready(p)).count() as i32;
     let desired = match (&spec.min_available, &spec.max_unavailable) {
@@ -37,7 +39,10 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<A
     let name = pdb.metadata.name.clone().unwrap_or_default();
     let (expected, healthy, desired, allowed) = budget(&pdb, &super::informers::in_namespace(&ctx.pods, &ns));
     let cur = pdb.status.clone().unwrap_or_default();
-    if (cur.expected_pods, cur.current_healthy, cur.desired_healthy, cur.disruptions_allowed) != (expected, healthy, desired, allowed) || cur.observed_generation != pdb.metadata.generation {
+    if (cur.expected_pods, cur.current_healthy, cur.desired_healthy, cur.disruptions_allowed)
+        != (expected, healthy, desired, allowed)
+        || cur.observed_generation != pdb.metadata.generation
+    {
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"status": {"expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed, "observedGeneration": pdb.metadata.generation}});
         api.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await?;
@@ -51,7 +56,12 @@ pub async fn run(ctx: Arc<Ctx>, pdbs: ReflectHandle<PodDisruptionBudget>, pods: 
     Controller::for_shared_stream(pdbs, ctx.pdbs.clone())
         .watches_shared_stream(pods, move |pod: Arc<Pod>| {
             let ns = pod.metadata.namespace.clone();
-            store.state().into_iter().filter(|p| p.metadata.namespace == ns).map(|p| ObjectRef::from_obj(p.as_ref())).collect::<Vec<_>>()
+            store
+                .state()
+                .into_iter()
+                .filter(|p| p.metadata.namespace == ns)
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
         })
         .run(reconcile, super::error_policy, ctx)
         .for_each(|_| async {})

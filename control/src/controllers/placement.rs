@@ -37,7 +37,9 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok())) else {
+            let (Some(v), Some(bound)) =
+                (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
+            else {
                 return false;
             };
             if r.operator == "Gt" { v > bound } else { v < bound }
@@ -67,7 +69,11 @@ pub fn selector_and_affinity_match(node: &Node, spec: &PodSpec) -> bool {
     {
         return false;
     }
-    if let Some(req) = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+    if let Some(req) = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
         && !req.node_selector_terms.iter().any(|t| term_matches(t, node))
     {
         return false;
@@ -108,9 +114,13 @@ mod tests {
 
     #[test]
     fn tolerations_match_taints_by_key_value_and_effect() {
-        let taint: Taint = serde_json::from_value(json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})).expect("taint");
+        let taint: Taint =
+            serde_json::from_value(json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})).expect("taint");
         let t = |v| serde_json::from_value::<Toleration>(v).expect("toleration");
-        assert!(tolerates(&t(json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"})), &taint));
+        assert!(tolerates(
+            &t(json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"})),
+            &taint
+        ));
         assert!(tolerates(&t(json!({"key": "dedicated", "operator": "Exists"})), &taint));
         assert!(tolerates(&t(json!({"operator": "Exists"})), &taint), "an empty key with Exists tolerates everything");
         assert!(!tolerates(&t(json!({"key": "dedicated", "value": "cpu"})), &taint));
@@ -122,11 +132,17 @@ mod tests {
         let n = node(json!({"metadata": {"name": "n1", "labels": {"zone": "a", "gen": "5"}}}));
         assert!(selector_and_affinity_match(&n, &spec(json!({"containers": [], "nodeSelector": {"zone": "a"}}))));
         assert!(!selector_and_affinity_match(&n, &spec(json!({"containers": [], "nodeSelector": {"zone": "b"}}))));
-        let aff = |op: &str, vals: serde_json::Value| spec(json!({"containers": [], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "gen", "operator": op, "values": vals}]}]}}}}));
+        let aff = |op: &str, vals: serde_json::Value| {
+            spec(
+                json!({"containers": [], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "gen", "operator": op, "values": vals}]}]}}}}),
+            )
+        };
         assert!(selector_and_affinity_match(&n, &aff("Gt", json!(["4"]))));
         assert!(!selector_and_affinity_match(&n, &aff("Lt", json!(["4"]))));
         assert!(selector_and_affinity_match(&n, &aff("NotIn", json!(["1"]))));
-        let by_name = spec(json!({"containers": [], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}}));
+        let by_name = spec(
+            json!({"containers": [], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}}),
+        );
         assert!(selector_and_affinity_match(&n, &by_name));
     }
 }

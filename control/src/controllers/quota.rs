@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use skiff_api::selector::Selector;
 
 use crate::apiserver::Api;
@@ -28,9 +28,11 @@ async fn pass(api: &Arc<Api>) -> Result<(), crate::apiserver::error::ApiError> {
         let hard = crate::quota::hard_of(&q);
         let keys: Vec<String> = hard.keys().cloned().collect();
         let usage = api.namespace_usage(&ns, &keys).await?;
-        let used: Map<String, Value> = keys.iter().map(|k| (k.clone(), json!(usage.get(k).copied().unwrap_or_default().to_string()))).collect();
+        let used: Map<String, Value> =
+            keys.iter().map(|k| (k.clone(), json!(usage.get(k).copied().unwrap_or_default().to_string()))).collect();
         let hard_v = q.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
-        if q.pointer("/status/used") != Some(&Value::Object(used.clone())) || q.pointer("/status/hard") != Some(&hard_v) {
+        if q.pointer("/status/used") != Some(&Value::Object(used.clone())) || q.pointer("/status/hard") != Some(&hard_v)
+        {
             api.update_with(&info, Some(&ns), &name, Some("status"), "resourcequota-controller", |o| {
                 o["status"] = json!({"hard": hard_v, "used": used});
                 true

@@ -43,7 +43,11 @@ fn phase_rank(p: &Pod) -> u8 {
 }
 
 fn restarts(p: &Pod) -> i32 {
-    p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().map(|c| c.restart_count).sum()).unwrap_or(0)
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
 }
 
 /// Orders pods most deletable first: unscheduled, then pending/unknown, then not ready, then ready more recently,
@@ -79,7 +83,11 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
             } else if is_active(p) {
                 plan.release.push(p.metadata.name.clone().unwrap_or_default());
             }
-        } else if controller_of(&p.metadata).is_none() && matches && is_active(p) && rs.metadata.deletion_timestamp.is_none() {
+        } else if controller_of(&p.metadata).is_none()
+            && matches
+            && is_active(p)
+            && rs.metadata.deletion_timestamp.is_none()
+        {
             plan.adopt.push(p.metadata.name.clone().unwrap_or_default());
             owned.push(p);
         }
@@ -90,7 +98,8 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
             plan.create = replicas - active.len();
         } else if active.len() > replicas {
             active.sort_by(|a, b| deletion_order(a, b));
-            plan.delete = active[..active.len() - replicas].iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+            plan.delete =
+                active[..active.len() - replicas].iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
         }
     }
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -98,7 +107,10 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     let all_active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
     plan.status = ReplicaSetStatus {
         replicas: all_active.len() as i32,
-        fully_labeled_replicas: Some(all_active.iter().filter(|p| template_labels.iter().all(|(k, v)| labels(p).get(k) == Some(v))).count() as i32),
+        fully_labeled_replicas: Some(
+            all_active.iter().filter(|p| template_labels.iter().all(|(k, v)| labels(p).get(k) == Some(v))).count()
+                as i32,
+        ),
         ready_replicas: Some(all_active.iter().filter(|p| is_ready(p)).count() as i32),
         available_replicas: Some(all_active.iter().filter(|p| is_available(p, min_ready, now)).count() as i32),
         observed_generation: rs.metadata.generation,
@@ -118,7 +130,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)).is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    let gone = |n: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(n))
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    };
     if !ctx.expectations.satisfied(&uid, present, gone) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -135,7 +151,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
         let _ = api.patch(pod, &super::util::pp(), &Patch::Strategic(&patch)).await;
     }
     if p.create > 0 {
-        let template = rs.spec.as_ref().and_then(|s| s.template.clone()).ok_or_else(|| ReconcileError::Invalid("no pod template".into()))?;
+        let template = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.clone())
+            .ok_or_else(|| ReconcileError::Invalid("no pod template".into()))?;
         let names: Vec<String> = (0..p.create.min(500)).map(|_| format!("{name}-{}", random_suffix())).collect();
         ctx.expectations.expect(&uid, names.clone(), Vec::new());
         let creates = names.iter().map(|pod_name| {
@@ -149,10 +169,21 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
         });
         for (pod_name, r) in futures::future::join_all(creates).await {
             match r {
-                Ok(_) => recorder.record(&reference(&rs), EventType::Normal, "SuccessfulCreate", &format!("Created pod: {pod_name}")).await,
+                Ok(_) => {
+                    recorder
+                        .record(
+                            &reference(&rs),
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            &format!("Created pod: {pod_name}"),
+                        )
+                        .await
+                }
                 Err(e) => {
                     ctx.expectations.creation_failed(&uid, &pod_name);
-                    recorder.record(&reference(&rs), EventType::Warning, "FailedCreate", &format!("Error creating: {e}")).await;
+                    recorder
+                        .record(&reference(&rs), EventType::Warning, "FailedCreate", &format!("Error creating: {e}"))
+                        .await;
                 }
             }
         }
@@ -161,7 +192,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
         ctx.expectations.expect(&uid, Vec::new(), p.delete.clone());
         for pod in &p.delete {
             match api.delete(pod, &DeleteParams::default()).await {
-                Ok(_) => recorder.record(&reference(&rs), EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod}")).await,
+                Ok(_) => {
+                    recorder
+                        .record(&reference(&rs), EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
+                        .await
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -184,7 +219,9 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     // the status changes) instead of relying on pod events alone: under load a pod's Ready change was once seen by
     // no pass, which left the status — and so the Deployment's rollout — stale until the next resync.
     let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let settled = p.status.replicas == desired && p.status.ready_replicas == Some(desired) && p.status.available_replicas == Some(desired);
+    let settled = p.status.replicas == desired
+        && p.status.ready_replicas == Some(desired)
+        && p.status.available_replicas == Some(desired);
     if !settled {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
@@ -220,13 +257,15 @@ mod tests {
         let mut v = json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": "web"}, "creationTimestamp": created},
             "spec": {"containers": [{"name": "c"}]}, "status": {"phase": if node.is_some() { "Running" } else { "Pending" }}});
         if let Some(o) = owner {
-            v["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": o, "controller": true}]);
+            v["metadata"]["ownerReferences"] =
+                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": o, "controller": true}]);
         }
         if let Some(n) = node {
             v["spec"]["nodeName"] = json!(n);
         }
         if ready {
-            v["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+            v["status"]["conditions"] =
+                json!([{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
         }
         Arc::new(serde_json::from_value(v).expect("pod"))
     }
@@ -237,7 +276,10 @@ mod tests {
 
     #[test]
     fn missing_replicas_are_created_and_orphans_adopted() {
-        let pods = vec![pod("a", Some("rs-uid"), Some("n1"), true, "2026-01-01T00:00:00Z"), pod("orphan", None, Some("n1"), true, "2026-01-01T00:00:00Z")];
+        let pods = vec![
+            pod("a", Some("rs-uid"), Some("n1"), true, "2026-01-01T00:00:00Z"),
+            pod("orphan", None, Some("n1"), true, "2026-01-01T00:00:00Z"),
+        ];
         let p = plan(&rs(4), &pods, now());
         assert_eq!(p.adopt, vec!["orphan"]);
         assert_eq!(p.create, 2);

@@ -48,7 +48,11 @@ fn revision(pod: &Pod) -> Option<&str> {
 /// The update revision of a StatefulSet: `name-<template hash>`.
 pub fn update_revision(sts: &StatefulSet) -> String {
     let t = sts.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
-    format!("{}-{}", sts.metadata.name.clone().unwrap_or_default(), template_hash(&t, sts.status.as_ref().and_then(|s| s.collision_count)))
+    format!(
+        "{}-{}",
+        sts.metadata.name.clone().unwrap_or_default(),
+        template_hash(&t, sts.status.as_ref().and_then(|s| s.collision_count))
+    )
 }
 
 /// Plans the next actions (at most one at a time under OrderedReady) and the status.
@@ -59,7 +63,8 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let update_rev = update_revision(sts);
-    let current_rev = sts.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
+    let current_rev =
+        sts.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
     let mut by_ordinal: BTreeMap<i32, &Arc<Pod>> = BTreeMap::new();
     for p in pods.iter().filter(|p| controlled_by(&p.metadata, &uid)) {
         if let Some(o) = ordinal(&name, p) {
@@ -67,7 +72,8 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
         }
     }
     let mut actions = Vec::new();
-    let healthy = |p: &Pod| is_active(p) && is_ready(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    let healthy =
+        |p: &Pod| is_active(p) && is_ready(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     // replace failed pods; create missing ones
     for o in 0..replicas {
         match by_ordinal.get(&o) {
@@ -107,10 +113,16 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
         }
     }
     // rolling update, highest ordinal first, one at a time once everything is healthy
-    let rolling = spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate";
-    let partition = spec.update_strategy.as_ref().and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
+    let rolling =
+        spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate";
+    let partition =
+        spec.update_strategy.as_ref().and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
     if rolling && actions.is_empty() && all_healthy {
-        if let Some(p) = (partition..replicas).rev().filter_map(|o| by_ordinal.get(&o)).find(|p| revision(p) != Some(update_rev.as_str())) {
+        if let Some(p) = (partition..replicas)
+            .rev()
+            .filter_map(|o| by_ordinal.get(&o))
+            .find(|p| revision(p) != Some(update_rev.as_str()))
+        {
             actions.push(StsAction::Delete(p.metadata.name.clone().unwrap_or_default()));
         }
     }
@@ -123,7 +135,11 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
         replicas: live.len() as i32,
         ready_replicas: Some(live.iter().filter(|p| is_ready(p)).count() as i32),
         available_replicas: Some(live.iter().filter(|p| super::util::is_available(p, min_ready, now)).count() as i32),
-        current_replicas: Some(if done { updated } else { live.iter().filter(|p| revision(p) == Some(current_rev.as_str())).count() as i32 }),
+        current_replicas: Some(if done {
+            updated
+        } else {
+            live.iter().filter(|p| revision(p) == Some(current_rev.as_str())).count() as i32
+        }),
         updated_replicas: Some(updated),
         current_revision: Some(if done { update_rev.clone() } else { current_rev }),
         update_revision: Some(update_rev),
@@ -157,7 +173,10 @@ pub fn pod_for(sts: &StatefulSet, o: i32, revision: &str) -> Pod {
         vols.retain(|v| v.name != cname);
         vols.push(Volume {
             name: cname.clone(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: format!("{cname}-{pod_name}"), read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: format!("{cname}-{pod_name}"),
+                read_only: None,
+            }),
             ..Default::default()
         });
     }
@@ -174,7 +193,11 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     }
     let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)).is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    let gone = |n: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(n))
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    };
     if !ctx.expectations.satisfied(&uid, present, gone) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -184,10 +207,26 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     let oref = skiff_client::events::reference(sts.as_ref());
     // the revision object
     let rapi: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
-    if !ctx.revisions.state().iter().any(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()) && r.metadata.name.as_deref() == Some(update_rev.as_str())) {
-        let next = ctx.revisions.state().iter().filter(|r| controlled_by(&r.metadata, &uid)).map(|r| r.revision).max().unwrap_or(0) + 1;
+    if !ctx.revisions.state().iter().any(|r| {
+        r.metadata.namespace.as_deref() == Some(ns.as_str()) && r.metadata.name.as_deref() == Some(update_rev.as_str())
+    }) {
+        let next = ctx
+            .revisions
+            .state()
+            .iter()
+            .filter(|r| controlled_by(&r.metadata, &uid))
+            .map(|r| r.revision)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let rev = ControllerRevision {
-            metadata: ObjectMeta { name: Some(update_rev.clone()), namespace: Some(ns.clone()), owner_references: Some(vec![owner_ref(sts.as_ref())]), labels: sts.spec.as_ref().and_then(|s| s.selector.match_labels.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(update_rev.clone()),
+                namespace: Some(ns.clone()),
+                owner_references: Some(vec![owner_ref(sts.as_ref())]),
+                labels: sts.spec.as_ref().and_then(|s| s.selector.match_labels.clone()),
+                ..Default::default()
+            },
             data: Some(RawExtension(json!({"spec": {"template": sts.spec.as_ref().map(|s| s.template.clone())}}))),
             revision: next,
         };
@@ -215,7 +254,16 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
                         };
                         pvc.status = None;
                         match capi.create(&PostParams::default(), &pvc).await {
-                            Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulCreate", &format!("create Claim {cname} Pod {pod_name} in StatefulSet {name} success")).await,
+                            Ok(_) => {
+                                recorder
+                                    .record(
+                                        &oref,
+                                        EventType::Normal,
+                                        "SuccessfulCreate",
+                                        &format!("create Claim {cname} Pod {pod_name} in StatefulSet {name} success"),
+                                    )
+                                    .await
+                            }
                             Err(kube::Error::Api(e)) if e.code == 409 => {}
                             Err(e) => return Err(e.into()),
                         }
@@ -223,17 +271,42 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
                 }
                 ctx.expectations.expect(&uid, [pod_name.clone()], Vec::new());
                 match papi.create(&PostParams::default(), &pod).await {
-                    Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulCreate", &format!("create Pod {pod_name} in StatefulSet {name} successful")).await,
+                    Ok(_) => {
+                        recorder
+                            .record(
+                                &oref,
+                                EventType::Normal,
+                                "SuccessfulCreate",
+                                &format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                            )
+                            .await
+                    }
                     Err(e) => {
                         ctx.expectations.creation_failed(&uid, &pod_name);
-                        recorder.record(&oref, EventType::Warning, "FailedCreate", &format!("create Pod {pod_name} in StatefulSet {name} failed error: {e}")).await;
+                        recorder
+                            .record(
+                                &oref,
+                                EventType::Warning,
+                                "FailedCreate",
+                                &format!("create Pod {pod_name} in StatefulSet {name} failed error: {e}"),
+                            )
+                            .await;
                     }
                 }
             }
             StsAction::Delete(pod_name) => {
                 ctx.expectations.expect(&uid, Vec::new(), [pod_name.clone()]);
                 match papi.delete(pod_name, &DeleteParams::default()).await {
-                    Ok(_) => recorder.record(&oref, EventType::Normal, "SuccessfulDelete", &format!("delete Pod {pod_name} in StatefulSet {name} successful")).await,
+                    Ok(_) => {
+                        recorder
+                            .record(
+                                &oref,
+                                EventType::Normal,
+                                "SuccessfulDelete",
+                                &format!("delete Pod {pod_name} in StatefulSet {name} successful"),
+                            )
+                            .await
+                    }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -252,7 +325,11 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
 
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, sets: ReflectHandle<StatefulSet>, pods: ReflectHandle<Pod>) {
-    Controller::for_shared_stream(sets, ctx.stateful_sets.clone()).owns_shared_stream(pods).run(reconcile, super::error_policy, ctx).for_each(|_| async {}).await;
+    Controller::for_shared_stream(sets, ctx.stateful_sets.clone())
+        .owns_shared_stream(pods)
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 #[cfg(test)]
@@ -278,10 +355,16 @@ mod tests {
         let s = sts(3, "OrderedReady", "v1");
         let rev = update_revision(&s);
         assert_eq!(plan(&s, &[], jiff::Timestamp::now()).0, vec![StsAction::Create(0)]);
-        assert!(plan(&s, &[pod(&s, 0, false, &rev)], jiff::Timestamp::now()).0.is_empty(), "wait for web-0 to be ready");
+        assert!(
+            plan(&s, &[pod(&s, 0, false, &rev)], jiff::Timestamp::now()).0.is_empty(),
+            "wait for web-0 to be ready"
+        );
         assert_eq!(plan(&s, &[pod(&s, 0, true, &rev)], jiff::Timestamp::now()).0, vec![StsAction::Create(1)]);
         let parallel = sts(3, "Parallel", "v1");
-        assert_eq!(plan(&parallel, &[], jiff::Timestamp::now()).0, vec![StsAction::Create(0), StsAction::Create(1), StsAction::Create(2)]);
+        assert_eq!(
+            plan(&parallel, &[], jiff::Timestamp::now()).0,
+            vec![StsAction::Create(0), StsAction::Create(1), StsAction::Create(2)]
+        );
     }
 
     #[test]
@@ -291,7 +374,10 @@ mod tests {
         assert_eq!(p.metadata.name.as_deref(), Some("web-0"));
         let spec = p.spec.expect("spec");
         assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("web-0"), Some("nginx")));
-        assert_eq!(spec.volumes.expect("volumes")[0].persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("www-web-0"));
+        assert_eq!(
+            spec.volumes.expect("volumes")[0].persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()),
+            Some("www-web-0")
+        );
     }
 
     #[test]

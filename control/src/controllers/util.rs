@@ -131,7 +131,12 @@ pub fn template_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
 }
 
 /// Resolves an int-or-percent against `total`, rounding up or down.
-pub fn scaled_value(v: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, total: i32, round_up: bool, default: &str) -> i32 {
+pub fn scaled_value(
+    v: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    total: i32,
+    round_up: bool,
+    default: &str,
+) -> i32 {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let v = v.cloned().unwrap_or_else(|| IntOrString::String(default.into()));
     match v {
@@ -168,7 +173,14 @@ mod tests {
     fn template_hashes_ignore_the_hash_label_and_change_with_the_template() {
         let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}})).expect("template");
         let mut labelled = t.clone();
-        labelled.metadata.as_mut().expect("meta").labels.as_mut().expect("labels").insert("pod-template-hash".into(), "x".into());
+        labelled
+            .metadata
+            .as_mut()
+            .expect("meta")
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert("pod-template-hash".into(), "x".into());
         assert_eq!(template_hash(&t, None), template_hash(&labelled, None));
         let mut other = t.clone();
         other.spec.as_mut().expect("spec").containers[0].image = Some("i:2".into());

@@ -104,5 +104,8 @@ pub async fn run(s: &dyn Storage) {
         Err(StorageError::Compacted { .. })
     ));
     assert_eq!(s.get("/t/a").await.expect("get").expect("present").value, b("2"));
-    assert_eq!(s.list("/t/", ListOptions { revision: Some(now), ..Default::default() }).await.expect("list").items.len(), 5);
+    assert_eq!(
+        s.list("/t/", ListOptions { revision: Some(now), ..Default::default() }).await.expect("list").items.len(),
+        5
+    );
 }

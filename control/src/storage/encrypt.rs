@@ -89,7 +89,10 @@ impl Sealer {
         }
         let nonce_bytes: [u8; 12] = body[..12].try_into().expect("checked length");
         let nonce = Nonce::from(nonce_bytes);
-        let pt = self.cipher.decrypt(&nonce, &body[12..]).map_err(|_| fail("authentication failed (wrong key or corrupted data)".into()))?;
+        let pt = self
+            .cipher
+            .decrypt(&nonce, &body[12..])
+            .map_err(|_| fail("authentication failed (wrong key or corrupted data)".into()))?;
         kv.value = Bytes::from(pt);
         Ok(kv)
     }
@@ -159,8 +162,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("db.sqlite");
         let key = [7u8; 32];
-        let s = Encrypted::new(SqliteStorage::open(&path).expect("opens"), &key, "key1", vec!["/registry/secrets/".into()]);
-        s.create("/registry/secrets/default/db", Bytes::from_static(b"{\"data\":\"hunter2-plaintext\"}")).await.expect("create");
+        let s =
+            Encrypted::new(SqliteStorage::open(&path).expect("opens"), &key, "key1", vec!["/registry/secrets/".into()]);
+        s.create("/registry/secrets/default/db", Bytes::from_static(b"{\"data\":\"hunter2-plaintext\"}"))
+            .await
+            .expect("create");
         s.create("/registry/configmaps/default/c", Bytes::from_static(b"visible-config")).await.expect("create");
         let got = s.get("/registry/secrets/default/db").await.expect("get").expect("present");
         assert_eq!(got.value, Bytes::from_static(b"{\"data\":\"hunter2-plaintext\"}"));
@@ -174,7 +180,12 @@ mod tests {
         let hay = String::from_utf8_lossy(&raw);
         assert!(!hay.contains("hunter2-plaintext"), "the secret is in the file in plain text");
         assert!(hay.contains("visible-config"), "the check can see plain values");
-        let wrong = Encrypted::new(SqliteStorage::open(&path).expect("opens"), &[8u8; 32], "key1", vec!["/registry/secrets/".into()]);
+        let wrong = Encrypted::new(
+            SqliteStorage::open(&path).expect("opens"),
+            &[8u8; 32],
+            "key1",
+            vec!["/registry/secrets/".into()],
+        );
         assert!(matches!(wrong.get("/registry/secrets/default/db").await, Err(StorageError::Decrypt { .. })));
     }
 }

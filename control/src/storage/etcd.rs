@@ -4,8 +4,8 @@
 //! a `Txn` comparing `create_revision` (create) or `mod_revision` (update, delete), `Watch` with `prev_kv` from a
 //! revision, and `Compact`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
@@ -13,7 +13,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{prefix_end, Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream};
+use super::{
+    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream, prefix_end,
+};
 
 fn backend(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StorageError {
     move |e| {
@@ -89,7 +91,9 @@ impl Storage for EtcdStorage {
             o = o.with_revision(r);
         }
         let resp = self.client.kv_client().get(start, Some(o)).await.map_err(|e| match backend("list")(e) {
-            StorageError::Compacted { .. } => StorageError::Compacted { requested: opts.revision.unwrap_or(0), compacted: 0 },
+            StorageError::Compacted { .. } => {
+                StorageError::Compacted { requested: opts.revision.unwrap_or(0), compacted: 0 }
+            }
             other => other,
         })?;
         let revision = opts.revision.unwrap_or_else(|| header_rev(resp.header()));
@@ -146,7 +150,11 @@ impl Storage for EtcdStorage {
         if !resp.succeeded() {
             return match Self::current_of(&resp) {
                 None => Err(StorageError::NotFound { key: key.to_string() }),
-                Some(cur) => Err(StorageError::Conflict { key: key.to_string(), expected: expected.unwrap_or(0), actual: cur.mod_revision }),
+                Some(cur) => Err(StorageError::Conflict {
+                    key: key.to_string(),
+                    expected: expected.unwrap_or(0),
+                    actual: cur.mod_revision,
+                }),
             };
         }
         let rev = header_rev(resp.header());
@@ -186,11 +194,19 @@ impl Storage for EtcdStorage {
                 };
                 if resp.compact_revision() > 0 {
                     seen.fetch_max(resp.compact_revision(), Ordering::SeqCst);
-                    let _ = tx.send(Err(StorageError::Compacted { requested: after, compacted: resp.compact_revision() })).await;
+                    let _ = tx
+                        .send(Err(StorageError::Compacted { requested: after, compacted: resp.compact_revision() }))
+                        .await;
                     return;
                 }
                 if resp.canceled() {
-                    let _ = tx.send(Err(StorageError::Backend { backend: "etcd", operation: "watch", source: resp.cancel_reason().to_string().into() })).await;
+                    let _ = tx
+                        .send(Err(StorageError::Backend {
+                            backend: "etcd",
+                            operation: "watch",
+                            source: resp.cancel_reason().to_string().into(),
+                        }))
+                        .await;
                     return;
                 }
                 for ev in resp.events() {
@@ -225,7 +241,12 @@ impl Storage for EtcdStorage {
     }
 
     async fn revision(&self) -> Result<Revision, StorageError> {
-        let resp = self.client.kv_client().get("/", Some(GetOptions::new().with_count_only())).await.map_err(backend("revision"))?;
+        let resp = self
+            .client
+            .kv_client()
+            .get("/", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(backend("revision"))?;
         Ok(header_rev(resp.header()))
     }
 

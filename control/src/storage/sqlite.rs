@@ -19,11 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{prefix_end, Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream};
+use super::{
+    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream, prefix_end,
+};
 
 const READERS: usize = 4;
 const MAX_BATCH: usize = 256;
@@ -90,7 +92,9 @@ impl SqliteStorage {
             )
             .map_err(backend("create schema"))?;
         let meta = |name: &str| -> Result<i64, StorageError> {
-            writer.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).map_err(backend("read meta"))
+            writer
+                .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+                .map_err(backend("read meta"))
         };
         let revision = meta("revision")?;
         let compacted = meta("compacted")?;
@@ -114,7 +118,8 @@ impl SqliteStorage {
 
     async fn write(&self, op: Op) -> Result<Option<Event>, StorageError> {
         let (reply, rx) = oneshot::channel();
-        let closed = || StorageError::Backend { backend: "sqlite", operation: "write", source: "writer thread stopped".into() };
+        let closed =
+            || StorageError::Backend { backend: "sqlite", operation: "write", source: "writer thread stopped".into() };
         self.writes.send(Request { op, reply }).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
@@ -130,7 +135,11 @@ impl SqliteStorage {
             f(&conn)
         })
         .await
-        .map_err(|e| StorageError::Backend { backend: "sqlite", operation: "read task", source: Box::new(e) })?
+        .map_err(|e| StorageError::Backend {
+            backend: "sqlite",
+            operation: "read task",
+            source: Box::new(e),
+        })?
     }
 }
 
@@ -169,7 +178,8 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, shared: Ar
                 results.push(apply(&tx, &req.op, &mut rev, &shared));
             }
             if rev != start_rev {
-                tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [rev]).map_err(backend("bump revision"))?;
+                tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [rev])
+                    .map_err(backend("bump revision"))?;
             }
             tx.commit().map_err(backend("commit"))?;
             Ok(results)
@@ -189,14 +199,23 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, shared: Ar
                 tracing::error!(error = %e, "sqlite transaction failed; the batch is rejected");
                 let msg = e.to_string();
                 for req in batch {
-                    let _ = req.reply.send(Err(StorageError::Backend { backend: "sqlite", operation: "commit", source: msg.clone().into() }));
+                    let _ = req.reply.send(Err(StorageError::Backend {
+                        backend: "sqlite",
+                        operation: "commit",
+                        source: msg.clone().into(),
+                    }));
                 }
             }
         }
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, rev: &mut Revision, shared: &Shared) -> Result<Option<Event>, StorageError> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    rev: &mut Revision,
+    shared: &Shared,
+) -> Result<Option<Event>, StorageError> {
     match op {
         Op::Create { key, value } => {
             if get_current(tx, key)?.is_some() {
@@ -208,14 +227,19 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, rev: &mut Revision, shared: &S
                 params![*rev, key, value.as_ref()],
             )
             .map_err(backend("insert"))?;
-            tx.execute("INSERT INTO current(key, rev) VALUES (?1, ?2)", params![key, *rev]).map_err(backend("insert current"))?;
+            tx.execute("INSERT INTO current(key, rev) VALUES (?1, ?2)", params![key, *rev])
+                .map_err(backend("insert current"))?;
             let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision: *rev, mod_revision: *rev };
             Ok(Some(Event { kind: EventKind::Put, kv, prev: None }))
         }
         Op::Update { key, value, expected } => {
             let prev = get_current(tx, key)?.ok_or_else(|| StorageError::NotFound { key: key.clone() })?;
             if prev.mod_revision != *expected {
-                return Err(StorageError::Conflict { key: key.clone(), expected: *expected, actual: prev.mod_revision });
+                return Err(StorageError::Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    actual: prev.mod_revision,
+                });
             }
             *rev += 1;
             tx.execute(
@@ -223,8 +247,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, rev: &mut Revision, shared: &S
                 params![*rev, key, prev.create_revision, prev.mod_revision, value.as_ref()],
             )
             .map_err(backend("insert"))?;
-            tx.execute("UPDATE current SET rev = ?2 WHERE key = ?1", params![key, *rev]).map_err(backend("update current"))?;
-            let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision: prev.create_revision, mod_revision: *rev };
+            tx.execute("UPDATE current SET rev = ?2 WHERE key = ?1", params![key, *rev])
+                .map_err(backend("update current"))?;
+            let kv = KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+                create_revision: prev.create_revision,
+                mod_revision: *rev,
+            };
             Ok(Some(Event { kind: EventKind::Put, kv, prev: Some(prev) }))
         }
         Op::Delete { key, expected } => {
@@ -232,7 +262,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, rev: &mut Revision, shared: &S
             if let Some(expected) = expected
                 && prev.mod_revision != *expected
             {
-                return Err(StorageError::Conflict { key: key.clone(), expected: *expected, actual: prev.mod_revision });
+                return Err(StorageError::Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    actual: prev.mod_revision,
+                });
             }
             *rev += 1;
             tx.execute(
@@ -241,7 +275,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, rev: &mut Revision, shared: &S
             )
             .map_err(backend("insert"))?;
             tx.execute("DELETE FROM current WHERE key = ?1", [key]).map_err(backend("delete current"))?;
-            let kv = KeyValue { key: key.clone(), value: prev.value.clone(), create_revision: prev.create_revision, mod_revision: *rev };
+            let kv = KeyValue {
+                key: key.clone(),
+                value: prev.value.clone(),
+                create_revision: prev.create_revision,
+                mod_revision: *rev,
+            };
             Ok(Some(Event { kind: EventKind::Delete, kv, prev: Some(prev) }))
         }
         Op::Compact { revision } => {
@@ -257,7 +296,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, rev: &mut Revision, shared: &S
                 [revision],
             )
             .map_err(backend("compact"))?;
-            tx.execute("UPDATE meta SET value = ?1 WHERE name = 'compacted'", [revision]).map_err(backend("compact meta"))?;
+            tx.execute("UPDATE meta SET value = ?1 WHERE name = 'compacted'", [revision])
+                .map_err(backend("compact meta"))?;
             shared.compacted.store(revision, Ordering::SeqCst);
             Ok(None)
         }
@@ -330,7 +370,9 @@ impl Storage for SqliteStorage {
                          WHERE c.key >= ?1 AND c.key < ?2 ORDER BY c.key LIMIT ?3",
                     )
                     .map_err(backend("prepare list"))?;
-                stmt.query_map(params![start, end, limit], row_kv).map_err(backend("list"))?.collect::<Result<Vec<_>, _>>()
+                stmt.query_map(params![start, end, limit], row_kv)
+                    .map_err(backend("list"))?
+                    .collect::<Result<Vec<_>, _>>()
             } else {
                 let mut stmt = tx
                     .prepare_cached(

@@ -22,7 +22,8 @@ impl Cluster {
 
     /// Starts a cluster with these controller options (`None`: the API server alone).
     pub fn start_with(controllers: Option<skiff_control::controllers::manager::ManagerOptions>) -> Cluster {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = skiff_control::server::ServerConfig {
             data_dir: dir.path().join("server"),
@@ -48,7 +49,9 @@ impl Cluster {
         use std::io::Write;
         let mut cmd = Command::new("kubectl");
         cmd.env("KUBECONFIG", &self.server.kubeconfig).arg("--cache-dir").arg(&self.cache).args(args);
-        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl runs (is it installed?)");
         if let Some(input) = stdin {
             child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
@@ -61,21 +64,35 @@ impl Cluster {
     /// Runs kubectl, expecting success; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = self.kubectl_output(args, None);
-        assert!(out.status.success(), "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs kubectl with stdin, expecting success.
     pub fn kubectl_in(&self, args: &[&str], stdin: &str) -> String {
         let out = self.kubectl_output(args, Some(stdin));
-        assert!(out.status.success(), "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs kubectl expecting failure; returns stderr.
     pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_output(args, stdin);
-        assert!(!out.status.success(), "kubectl {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 

@@ -59,14 +59,18 @@ impl SimNodes {
             .expect("a node");
             let created = nodes.create(&PostParams::default(), &node).await.expect("node registered");
             // status is written through the status subresource after creation
-            nodes.patch_status(n, &PatchParams::default(), &Patch::Merge(&json!({"status": node.status}))).await.expect("node status");
+            nodes
+                .patch_status(n, &PatchParams::default(), &Patch::Merge(&json!({"status": node.status})))
+                .await
+                .expect("node status");
             let _ = created;
         }
         let silent: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut tasks = Vec::new();
         // heartbeats
         {
-            let (client, names, silent) = (client.clone(), names.iter().map(|s| s.to_string()).collect::<Vec<_>>(), silent.clone());
+            let (client, names, silent) =
+                (client.clone(), names.iter().map(|s| s.to_string()).collect::<Vec<_>>(), silent.clone());
             tasks.push(tokio::spawn(async move {
                 let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
                 loop {
@@ -92,7 +96,8 @@ impl SimNodes {
         }
         // the fake kubelet
         {
-            let (client, names, silent) = (client.clone(), names.iter().map(|s| s.to_string()).collect::<HashSet<_>>(), silent.clone());
+            let (client, names, silent) =
+                (client.clone(), names.iter().map(|s| s.to_string()).collect::<HashSet<_>>(), silent.clone());
             tasks.push(tokio::spawn(async move {
                 let pods: Api<Pod> = Api::all(client.clone());
                 let mut stream = watcher(pods, watcher::Config::default()).boxed();

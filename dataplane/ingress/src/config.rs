@@ -50,7 +50,9 @@ pub struct IngressConfig {
     pub max_retries: u32,
     /// Accept HTTP/2 without TLS (h2c, prior knowledge) on the plain listener.
     pub h2c: bool,
-    /// After SIGTERM, keep serving this long before closing listeners.
+    /// After SIGTERM (or after handing the sockets to a new binary), how long requests in flight and keep-alive
+    /// clients get to finish before the remaining connections are cut; listeners close at once (Pingora's
+    /// `grace_period_seconds`). `skiff ingress` uses 5 s.
     pub grace_period: Duration,
     /// Then wait this long for in-flight requests.
     pub graceful_shutdown_timeout: Duration,

@@ -66,10 +66,7 @@ pub async fn check(Ext(state): Ext<Arc<State>>, body: Bytes) -> Response {
     };
     let status = status_of(&state);
     println!("grpc health check service={service:?} -> {status}");
-    let frames = vec![
-        Ok::<_, Infallible>(Frame::data(response_frame(status))),
-        Ok(Frame::trailers(trailers(0, ""))),
-    ];
+    let frames = vec![Ok::<_, Infallible>(Frame::data(response_frame(status))), Ok(Frame::trailers(trailers(0, "")))];
     grpc_response(Body::new(StreamBody::new(futures::stream::iter(frames))))
 }
 

@@ -2,8 +2,8 @@
 
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDaemonSet,
-    RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
-    StatefulSetUpdateStrategy,
+    RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
@@ -51,7 +51,9 @@ pub fn default_stateful_set(s: &mut StatefulSet) {
     if us.type_.get_or_insert_with(|| "RollingUpdate".into()) == "RollingUpdate" {
         us.rolling_update.get_or_insert_with(RollingUpdateStatefulSetStrategy::default).partition.get_or_insert(0);
     }
-    let p = spec.persistent_volume_claim_retention_policy.get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+    let p = spec
+        .persistent_volume_claim_retention_policy
+        .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
     p.when_deleted.get_or_insert_with(|| "Retain".into());
     p.when_scaled.get_or_insert_with(|| "Retain".into());
     for c in spec.volume_claim_templates.iter_mut().flatten() {
@@ -169,11 +171,13 @@ pub fn default_hpa(h: &mut HorizontalPodAutoscaler) {
         spec.min_replicas.get_or_insert(1);
         if spec.metrics.as_ref().is_none_or(Vec::is_empty) {
             // autoscaling/v2 default: 80% average CPU utilization
-            spec.metrics = Some(vec![serde_json::from_value(serde_json::json!({
-                "type": "Resource",
-                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}
-            }))
-            .expect("a valid MetricSpec literal")]);
+            spec.metrics = Some(vec![
+                serde_json::from_value(serde_json::json!({
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}
+                }))
+                .expect("a valid MetricSpec literal"),
+            ]);
         }
     }
 }

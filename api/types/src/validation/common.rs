@@ -60,9 +60,15 @@ fn name_problem(rule: NameRule, name: &str) -> Option<&'static str> {
         return None;
     }
     Some(match rule {
-        NameRule::Dns1123Subdomain => "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
-        NameRule::Dns1123Label => "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
-        NameRule::Dns1035Label => "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+        NameRule::Dns1123Subdomain => {
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        }
+        NameRule::Dns1123Label => {
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+        }
+        NameRule::Dns1035Label => {
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+        }
         NameRule::PathSegment => "may not contain '/' or '%' and may not be '.' or '..'",
     })
 }
@@ -137,13 +143,21 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule,
     }
     for (i, f) in meta.finalizers.iter().flatten().enumerate() {
         if !is_qualified_name(f) {
-            errs.invalid(format!("metadata.finalizers[{i}]"), f, "name is neither a standard finalizer name nor is it fully qualified");
+            errs.invalid(
+                format!("metadata.finalizers[{i}]"),
+                f,
+                "name is neither a standard finalizer name nor is it fully qualified",
+            );
         }
     }
 }
 
 /// Validates a quantity string at `path`; returns it parsed.
-pub fn quantity(q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity, path: &str, errs: &mut ErrorList) -> Option<crate::quantity::Quantity> {
+pub fn quantity(
+    q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    path: &str,
+    errs: &mut ErrorList,
+) -> Option<crate::quantity::Quantity> {
     match crate::quantity::parse(q) {
         Ok(v) => Some(v),
         Err(e) => {

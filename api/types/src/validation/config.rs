@@ -6,15 +6,19 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-use super::common::{is_dns1035_label, is_dns1123_subdomain, quantity, validate_object_meta, NameRule};
-use super::pod::check_enum;
 use super::ErrorList;
+use super::common::{NameRule, is_dns1035_label, is_dns1123_subdomain, quantity, validate_object_meta};
+use super::pod::check_enum;
 
 /// At most this many bytes of data in a ConfigMap or Secret.
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
 fn config_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k != "." && k != ".." && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn check_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, errs: &mut ErrorList) {
@@ -50,7 +54,9 @@ pub fn validate_secret(s: &Secret, errs: &mut ErrorList) {
     if size > MAX_CONFIG_BYTES {
         errs.push("data", super::ErrorKind::TooLong, None, format!("must have at most {MAX_CONFIG_BYTES} bytes"));
     }
-    let has = |k: &str| s.data.as_ref().is_some_and(|d| d.contains_key(k)) || s.string_data.as_ref().is_some_and(|d| d.contains_key(k));
+    let has = |k: &str| {
+        s.data.as_ref().is_some_and(|d| d.contains_key(k)) || s.string_data.as_ref().is_some_and(|d| d.contains_key(k))
+    };
     match s.type_.as_deref() {
         Some("kubernetes.io/tls") => {
             for k in ["tls.crt", "tls.key"] {
@@ -59,7 +65,9 @@ pub fn validate_secret(s: &Secret, errs: &mut ErrorList) {
                 }
             }
         }
-        Some("kubernetes.io/dockerconfigjson") if !has(".dockerconfigjson") => errs.required("data[.dockerconfigjson]", ""),
+        Some("kubernetes.io/dockerconfigjson") if !has(".dockerconfigjson") => {
+            errs.required("data[.dockerconfigjson]", "")
+        }
         Some("kubernetes.io/basic-auth") if !has("username") && !has("password") => {
             errs.required("data", "either username or password is required")
         }
@@ -76,7 +84,12 @@ pub fn validate_namespace(n: &Namespace, errs: &mut ErrorList) {
 pub fn validate_node(n: &Node, errs: &mut ErrorList) {
     validate_object_meta(&n.metadata, false, NameRule::Dns1123Subdomain, errs);
     for (i, t) in n.spec.iter().flat_map(|s| s.taints.iter().flatten()).enumerate() {
-        check_enum(&t.effect, &["NoSchedule", "PreferNoSchedule", "NoExecute"], &format!("spec.taints[{i}].effect"), errs);
+        check_enum(
+            &t.effect,
+            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            &format!("spec.taints[{i}].effect"),
+            errs,
+        );
         if t.key.is_empty() {
             errs.required(format!("spec.taints[{i}].key"), "");
         }
@@ -91,7 +104,9 @@ pub fn validate_service_account(s: &ServiceAccount, errs: &mut ErrorList) {
 /// Validates an Event.
 pub fn validate_event(e: &Event, errs: &mut ErrorList) {
     validate_object_meta(&e.metadata, true, NameRule::PathSegment, errs);
-    if e.involved_object.kind.as_deref().unwrap_or_default().is_empty() && e.involved_object.name.as_deref().unwrap_or_default().is_empty() {
+    if e.involved_object.kind.as_deref().unwrap_or_default().is_empty()
+        && e.involved_object.name.as_deref().unwrap_or_default().is_empty()
+    {
         errs.required("involvedObject", "");
     }
 }
@@ -166,7 +181,11 @@ pub fn validate_crd(c: &CustomResourceDefinition, errs: &mut ErrorList) {
     }
     let expected = format!("{}.{}", s.names.plural, s.group);
     if c.metadata.name.as_deref() != Some(expected.as_str()) {
-        errs.invalid("metadata.name", c.metadata.name.as_deref().unwrap_or_default(), format!("must be spec.names.plural+\".\"+spec.group ({expected})"));
+        errs.invalid(
+            "metadata.name",
+            c.metadata.name.as_deref().unwrap_or_default(),
+            format!("must be spec.names.plural+\".\"+spec.group ({expected})"),
+        );
     }
     check_enum(&s.scope, &["Cluster", "Namespaced"], "spec.scope", errs);
     if s.versions.is_empty() {

@@ -8,7 +8,9 @@ mod network;
 mod pod;
 mod workloads;
 
-pub use common::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_iana_svc_name, validate_object_meta, NameRule};
+pub use common::{
+    NameRule, is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_iana_svc_name, validate_object_meta,
+};
 pub use config::*;
 pub use network::*;
 pub use pod::{validate_pod, validate_pod_spec, validate_pod_template, validate_pod_template_with_claims};
@@ -104,7 +106,13 @@ impl ErrorList {
     }
 
     /// Records an error.
-    pub fn push(&mut self, field: impl Into<String>, kind: ErrorKind, value: Option<String>, detail: impl Into<String>) {
+    pub fn push(
+        &mut self,
+        field: impl Into<String>,
+        kind: ErrorKind,
+        value: Option<String>,
+        detail: impl Into<String>,
+    ) {
         self.0.push(FieldError { field: field.into(), kind, value, detail: detail.into() });
     }
 
@@ -121,7 +129,12 @@ impl ErrorList {
     /// A value is not one of `allowed`.
     pub fn not_supported(&mut self, field: impl Into<String>, value: &str, allowed: &[&str]) {
         let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
-        self.push(field, ErrorKind::NotSupported, Some(format!("\"{value}\"")), format!("supported values: {}", list.join(", ")));
+        self.push(
+            field,
+            ErrorKind::NotSupported,
+            Some(format!("\"{value}\"")),
+            format!("supported values: {}", list.join(", ")),
+        );
     }
 
     /// A value appears twice.

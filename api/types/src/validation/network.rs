@@ -8,9 +8,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::common::{is_dns1123_subdomain, is_iana_svc_name, validate_labels, validate_object_meta, NameRule};
-use super::pod::check_enum;
 use super::ErrorList;
+use super::common::{NameRule, is_dns1123_subdomain, is_iana_svc_name, validate_labels, validate_object_meta};
+use super::pod::check_enum;
 
 /// The NodePort range, inclusive.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i32> = 30000..=32767;
@@ -29,7 +29,9 @@ pub fn validate_service(s: &Service, errs: &mut ErrorList) {
     if ty == "ExternalName" {
         match spec.external_name.as_deref() {
             None | Some("") => errs.required("spec.externalName", ""),
-            Some(n) if !is_dns1123_subdomain(n.trim_end_matches('.')) => errs.invalid("spec.externalName", n, "must be a valid DNS name"),
+            Some(n) if !is_dns1123_subdomain(n.trim_end_matches('.')) => {
+                errs.invalid("spec.externalName", n, "must be a valid DNS name")
+            }
             _ => {}
         }
     }
@@ -69,7 +71,11 @@ pub fn validate_service(s: &Service, errs: &mut ErrorList) {
                 errs.invalid(format!("{pp}.targetPort"), t, "must be between 1 and 65535, inclusive");
             }
             Some(IntOrString::String(t)) if !is_iana_svc_name(t) => {
-                errs.invalid(format!("{pp}.targetPort"), t, "must contain only lowercase alphanumerics and '-', at most 15 characters");
+                errs.invalid(
+                    format!("{pp}.targetPort"),
+                    t,
+                    "must contain only lowercase alphanumerics and '-', at most 15 characters",
+                );
             }
             _ => {}
         }
@@ -77,22 +83,35 @@ pub fn validate_service(s: &Service, errs: &mut ErrorList) {
             if !matches!(ty, "NodePort" | "LoadBalancer") {
                 errs.forbidden(format!("{pp}.nodePort"), "may not be used when `type` is 'ClusterIP'");
             } else if !NODE_PORT_RANGE.contains(&np) {
-                errs.invalid(format!("{pp}.nodePort"), np, "provided port is not in the valid range. The range of valid ports is 30000-32767");
+                errs.invalid(
+                    format!("{pp}.nodePort"),
+                    np,
+                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                );
             }
         }
     }
     if let Some(a) = &spec.session_affinity {
         check_enum(a, &["None", "ClientIP"], "spec.sessionAffinity", errs);
     }
-    if let Some(t) = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds)
+    if let Some(t) =
+        spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds)
         && !(1..=86400).contains(&t)
     {
-        errs.invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", t, "must be greater than 0 and less than 86400");
+        errs.invalid(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            t,
+            "must be greater than 0 and less than 86400",
+        );
     }
     if let Some(p) = &spec.external_traffic_policy {
         check_enum(p, &["Cluster", "Local"], "spec.externalTrafficPolicy", errs);
         if !matches!(ty, "NodePort" | "LoadBalancer") {
-            errs.invalid("spec.externalTrafficPolicy", p, "may only be set when `type` is 'NodePort' or 'LoadBalancer'");
+            errs.invalid(
+                "spec.externalTrafficPolicy",
+                p,
+                "may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+            );
         }
     }
     if let Some(p) = &spec.internal_traffic_policy {
@@ -119,9 +138,13 @@ fn validate_backend(b: &IngressBackend, path: &str, errs: &mut ErrorList) {
             match &s.port {
                 None => errs.required(format!("{path}.service.port"), "port name or number is required"),
                 Some(p) => match (&p.name, p.number) {
-                    (Some(_), Some(_)) => errs.invalid(format!("{path}.service.port"), "", "cannot set both port name & port number"),
+                    (Some(_), Some(_)) => {
+                        errs.invalid(format!("{path}.service.port"), "", "cannot set both port name & port number")
+                    }
                     (None, None) => errs.invalid(format!("{path}.service.port"), "", "port name or number is required"),
-                    (None, Some(n)) if !(1..=65535).contains(&n) => errs.invalid(format!("{path}.service.port.number"), n, "must be between 1 and 65535, inclusive"),
+                    (None, Some(n)) if !(1..=65535).contains(&n) => {
+                        errs.invalid(format!("{path}.service.port.number"), n, "must be between 1 and 65535, inclusive")
+                    }
                     _ => {}
                 },
             }
@@ -158,7 +181,11 @@ pub fn validate_ingress(ing: &Ingress, errs: &mut ErrorList) {
             if h.parse::<IpAddr>().is_ok() {
                 errs.invalid(format!("{rp}.host"), h, "must be a DNS name, not an IP address");
             } else if !is_ingress_host(h) {
-                errs.invalid(format!("{rp}.host"), h, "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain");
+                errs.invalid(
+                    format!("{rp}.host"),
+                    h,
+                    "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain",
+                );
             }
         }
         let Some(http) = &r.http else { continue };
@@ -217,7 +244,11 @@ pub fn validate_endpoint_slice(s: &EndpointSlice, errs: &mut ErrorList) {
                 _ => is_dns1123_subdomain(a),
             };
             if !ok {
-                errs.invalid(format!("endpoints[{i}].addresses[{j}]"), a, format!("must be a valid {} address", s.address_type));
+                errs.invalid(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    a,
+                    format!("must be a valid {} address", s.address_type),
+                );
             }
         }
     }

@@ -4,8 +4,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Volume};
 
-use super::common::{is_dns1123_label, is_iana_svc_name, quantity, validate_labels, validate_object_meta, NameRule};
 use super::ErrorList;
+use super::common::{NameRule, is_dns1123_label, is_iana_svc_name, quantity, validate_labels, validate_object_meta};
 
 /// Validates a Pod.
 pub fn validate_pod(pod: &Pod, errs: &mut ErrorList) {
@@ -56,7 +56,12 @@ fn validate_spec(spec: &PodSpec, path: &str, claims: &[String], errs: &mut Error
         check_enum(p, &["Always", "OnFailure", "Never"], &format!("{path}.restartPolicy"), errs);
     }
     if let Some(p) = &spec.dns_policy {
-        check_enum(p, &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"], &format!("{path}.dnsPolicy"), errs);
+        check_enum(
+            p,
+            &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+            &format!("{path}.dnsPolicy"),
+            errs,
+        );
     }
     errs.non_negative(format!("{path}.terminationGracePeriodSeconds"), spec.termination_grace_period_seconds);
     if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
@@ -77,7 +82,11 @@ fn validate_spec(spec: &PodSpec, path: &str, claims: &[String], errs: &mut Error
             check_enum(e, &["NoSchedule", "PreferNoSchedule", "NoExecute"], &format!("{p}.effect"), errs);
         }
         if t.key.as_deref().unwrap_or_default().is_empty() && t.operator.as_deref() != Some("Exists") {
-            errs.invalid(format!("{p}.operator"), t.operator.as_deref().unwrap_or("Equal"), "operator must be Exists when `key` is empty, which means \"match all values and all keys\"");
+            errs.invalid(
+                format!("{p}.operator"),
+                t.operator.as_deref().unwrap_or("Equal"),
+                "operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            );
         }
     }
     if let Some(h) = &spec.hostname
@@ -133,7 +142,13 @@ fn validate_volumes(volumes: &[Volume], path: &str, errs: &mut ErrorList) -> BTr
     names
 }
 
-fn validate_container(c: &Container, path: &str, volumes: &BTreeSet<String>, names: &mut HashSet<String>, errs: &mut ErrorList) {
+fn validate_container(
+    c: &Container,
+    path: &str,
+    volumes: &BTreeSet<String>,
+    names: &mut HashSet<String>,
+    errs: &mut ErrorList,
+) {
     if c.name.is_empty() {
         errs.required(format!("{path}.name"), "");
     } else if !is_dns1123_label(&c.name) {
@@ -172,25 +187,43 @@ fn validate_container(c: &Container, path: &str, volumes: &BTreeSet<String>, nam
         if e.name.is_empty() {
             errs.required(format!("{ep}.name"), "");
         } else if e.name.contains('=') {
-            errs.invalid(format!("{ep}.name"), &e.name, "a valid environment variable name must consist only of printable ASCII characters other than '='");
+            errs.invalid(
+                format!("{ep}.name"),
+                &e.name,
+                "a valid environment variable name must consist only of printable ASCII characters other than '='",
+            );
         }
         if e.value.is_some() && e.value_from.is_some() {
             errs.invalid(format!("{ep}.valueFrom"), "", "may not be specified when `value` is not empty");
         }
         if let Some(vf) = &e.value_from {
-            let n = [vf.config_map_key_ref.is_some(), vf.secret_key_ref.is_some(), vf.field_ref.is_some(), vf.resource_field_ref.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let n = [
+                vf.config_map_key_ref.is_some(),
+                vf.secret_key_ref.is_some(),
+                vf.field_ref.is_some(),
+                vf.resource_field_ref.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if n != 1 {
-                errs.invalid(format!("{ep}.valueFrom"), "", "must specify exactly one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`");
+                errs.invalid(
+                    format!("{ep}.valueFrom"),
+                    "",
+                    "must specify exactly one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+                );
             }
         }
     }
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
         let mp = format!("{path}.volumeMounts[{i}]");
         if !volumes.contains(&m.name) {
-            errs.push(format!("{mp}.name"), super::ErrorKind::NotSupported, Some(format!("\"{}\"", m.name)), "volume not found");
+            errs.push(
+                format!("{mp}.name"),
+                super::ErrorKind::NotSupported,
+                Some(format!("\"{}\"", m.name)),
+                "volume not found",
+            );
         }
         if m.mount_path.is_empty() {
             errs.required(format!("{mp}.mountPath"), "");
@@ -199,7 +232,11 @@ fn validate_container(c: &Container, path: &str, volumes: &BTreeSet<String>, nam
     if let Some(r) = &c.resources {
         validate_resources(r, &format!("{path}.resources"), errs);
     }
-    for (probe, name) in [(&c.liveness_probe, "livenessProbe"), (&c.readiness_probe, "readinessProbe"), (&c.startup_probe, "startupProbe")] {
+    for (probe, name) in [
+        (&c.liveness_probe, "livenessProbe"),
+        (&c.readiness_probe, "readinessProbe"),
+        (&c.startup_probe, "startupProbe"),
+    ] {
         if let Some(p) = probe {
             validate_probe(p, &format!("{path}.{name}"), errs);
         }
@@ -224,20 +261,32 @@ fn validate_resources(r: &ResourceRequirements, path: &str, errs: &mut ErrorList
             if let Some(l) = parsed_limits.get(k)
                 && v > *l
             {
-                errs.invalid(format!("{path}.requests"), &q.0, format!("must be less than or equal to {k} limit of {l}"));
+                errs.invalid(
+                    format!("{path}.requests"),
+                    &q.0,
+                    format!("must be less than or equal to {k} limit of {l}"),
+                );
             }
         }
     }
 }
 
 fn validate_probe(p: &Probe, path: &str, errs: &mut ErrorList) {
-    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()].iter().filter(|b| **b).count();
+    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if handlers == 0 {
         errs.required(path, "must specify a handler type");
     } else if handlers > 1 {
         errs.forbidden(path, "may not specify more than 1 handler type");
     }
-    for (v, f) in [(p.period_seconds, "periodSeconds"), (p.timeout_seconds, "timeoutSeconds"), (p.success_threshold, "successThreshold"), (p.failure_threshold, "failureThreshold")] {
+    for (v, f) in [
+        (p.period_seconds, "periodSeconds"),
+        (p.timeout_seconds, "timeoutSeconds"),
+        (p.success_threshold, "successThreshold"),
+        (p.failure_threshold, "failureThreshold"),
+    ] {
         if let Some(v) = v.filter(|v| *v < 1) {
             errs.invalid(format!("{path}.{f}"), v, "must be greater than or equal to 1");
         }

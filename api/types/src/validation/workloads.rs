@@ -7,20 +7,27 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::common::{validate_object_meta, NameRule};
-use super::pod::{check_enum, validate_pod_template};
 use super::ErrorList;
+use super::common::{NameRule, validate_object_meta};
+use super::pod::{check_enum, validate_pod_template};
 use crate::selector::Selector;
 
 /// Checks that `selector` is non-empty and selects the template's labels.
-fn selector_matches_template(selector: Option<&LabelSelector>, template: &PodTemplateSpec, path: &str, errs: &mut ErrorList) {
+fn selector_matches_template(
+    selector: Option<&LabelSelector>,
+    template: &PodTemplateSpec,
+    path: &str,
+    errs: &mut ErrorList,
+) {
     let Some(sel) = selector else {
         errs.required(format!("{path}.selector"), "");
         return;
     };
     match Selector::from_label_selector(sel) {
         Err(e) => errs.invalid(format!("{path}.selector"), "", e.message),
-        Ok(s) if s.is_empty() => errs.invalid(format!("{path}.selector"), "{}", "empty selector is invalid for deployment"),
+        Ok(s) if s.is_empty() => {
+            errs.invalid(format!("{path}.selector"), "{}", "empty selector is invalid for deployment")
+        }
         Ok(s) => {
             let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
             if !s.matches(&labels) {
@@ -80,8 +87,12 @@ pub fn validate_deployment(d: &Deployment, errs: &mut ErrorList) {
             errs.forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'");
         }
         if let Some(ru) = &strategy.rolling_update {
-            let surge0 = ru.max_surge.as_ref().is_some_and(|v| int_or_percent(v, "spec.strategy.rollingUpdate.maxSurge", errs));
-            let unavail0 = ru.max_unavailable.as_ref().is_some_and(|v| int_or_percent(v, "spec.strategy.rollingUpdate.maxUnavailable", errs));
+            let surge0 =
+                ru.max_surge.as_ref().is_some_and(|v| int_or_percent(v, "spec.strategy.rollingUpdate.maxSurge", errs));
+            let unavail0 = ru
+                .max_unavailable
+                .as_ref()
+                .is_some_and(|v| int_or_percent(v, "spec.strategy.rollingUpdate.maxUnavailable", errs));
             if surge0 && unavail0 {
                 errs.invalid("spec.strategy.rollingUpdate.maxUnavailable", 0, "may not be 0 when `maxSurge` is 0");
             }
@@ -193,16 +204,18 @@ pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
     if expanded.split_whitespace().count() != 5 {
         return Err(format!("expected exactly 5 fields, found {}: {s}", expanded.split_whitespace().count()));
     }
-    croner::parser::CronParser::new()
-        .parse(expanded)
-        .map_err(|e| e.to_string())
+    croner::parser::CronParser::new().parse(expanded).map_err(|e| e.to_string())
 }
 
 /// Validates a CronJob.
 pub fn validate_cron_job(c: &CronJob, errs: &mut ErrorList) {
     validate_object_meta(&c.metadata, true, NameRule::Dns1123Subdomain, errs);
     if c.metadata.name.as_deref().is_some_and(|n| n.len() > 52) {
-        errs.invalid("metadata.name", c.metadata.name.as_deref().unwrap_or_default(), "must be no more than 52 characters");
+        errs.invalid(
+            "metadata.name",
+            c.metadata.name.as_deref().unwrap_or_default(),
+            "must be no more than 52 characters",
+        );
     }
     let Some(spec) = &c.spec else { return errs.required("spec", "") };
     if spec.schedule.is_empty() {
@@ -246,12 +259,22 @@ pub fn validate_hpa(h: &HorizontalPodAutoscaler, errs: &mut ErrorList) {
     }
     for (i, m) in spec.metrics.iter().flatten().enumerate() {
         let p = format!("spec.metrics[{i}]");
-        check_enum(&m.type_, &["Resource", "ContainerResource", "Pods", "Object", "External"], &format!("{p}.type"), errs);
+        check_enum(
+            &m.type_,
+            &["Resource", "ContainerResource", "Pods", "Object", "External"],
+            &format!("{p}.type"),
+            errs,
+        );
         if m.type_ == "Resource" {
             match &m.resource {
                 None => errs.required(format!("{p}.resource"), "must populate information for the given metric source"),
                 Some(r) => {
-                    check_enum(&r.target.type_, &["Utilization", "Value", "AverageValue"], &format!("{p}.resource.target.type"), errs);
+                    check_enum(
+                        &r.target.type_,
+                        &["Utilization", "Value", "AverageValue"],
+                        &format!("{p}.resource.target.type"),
+                        errs,
+                    );
                     if let Some(u) = r.target.average_utilization.filter(|u| *u <= 0) {
                         errs.invalid(format!("{p}.resource.target.averageUtilization"), u, "must be greater than 0");
                     }

@@ -1,13 +1,13 @@
 //! The columns of each kind, as the Kubernetes API server's printers define them.
 
-mod pods;
-mod workloads;
 mod network;
 mod other;
+mod pods;
+mod workloads;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::table::{age, Column, AGE, NAME};
+use super::table::{AGE, Column, NAME, age};
 use skiff_api::registry::ResourceInfo;
 
 /// A row renderer.
@@ -51,7 +51,12 @@ pub fn for_kind(info: &ResourceInfo) -> (Vec<Column>, Cells) {
 /// `Name`, `Created At` (what the server prints for kinds without a printer).
 pub fn default_columns() -> (Vec<Column>, Cells) {
     let cols = vec![NAME, Column { name: "Created At".into(), type_: "date".into(), format: "", priority: 0 }];
-    (cols, Box::new(|o| vec![super::table::name(o), o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)]))
+    (
+        cols,
+        Box::new(|o| {
+            vec![super::table::name(o), o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)]
+        }),
+    )
 }
 
 fn custom(info: &ResourceInfo) -> (Vec<Column>, Cells) {
@@ -76,7 +81,9 @@ fn custom(info: &ResourceInfo) -> (Vec<Column>, Cells) {
             for pc in &pcs {
                 let v = json_path(o, &pc.json_path).cloned().unwrap_or(Value::Null);
                 cells.push(if pc.type_ == "date" {
-                    super::table::since(Some(&v)).map(|s| json!(super::table::human_duration(s))).unwrap_or(json!("<unknown>"))
+                    super::table::since(Some(&v))
+                        .map(|s| json!(super::table::human_duration(s)))
+                        .unwrap_or(json!("<unknown>"))
                 } else {
                     v
                 });
@@ -123,9 +130,15 @@ pub fn selector_string(sel: Option<&Value>) -> String {
 
 /// Container names and images of a pod template spec.
 pub fn containers_and_images(spec: Option<&Value>) -> (String, String) {
-    let cs: Vec<&Value> = spec.and_then(|s| s.get("containers")).and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
-    let names: Vec<String> = cs.iter().map(|c| c.get("name").and_then(Value::as_str).unwrap_or_default().to_string()).collect();
-    let images: Vec<String> = cs.iter().map(|c| c.get("image").and_then(Value::as_str).unwrap_or_default().to_string()).collect();
+    let cs: Vec<&Value> = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let names: Vec<String> =
+        cs.iter().map(|c| c.get("name").and_then(Value::as_str).unwrap_or_default().to_string()).collect();
+    let images: Vec<String> =
+        cs.iter().map(|c| c.get("image").and_then(Value::as_str).unwrap_or_default().to_string()).collect();
     (names.join(","), images.join(","))
 }
 

@@ -1,9 +1,9 @@
 //! Services, endpoints and ingress.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{i, s, Cells};
-use crate::apiserver::table::{age, col, name, wide, Column, AGE, NAME};
+use super::{Cells, i, s};
+use crate::apiserver::table::{AGE, Column, NAME, age, col, name, wide};
 
 fn ports_of(svc: &Value) -> String {
     let ports = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -36,13 +36,21 @@ fn external_ip(svc: &Value) -> String {
             let lb: Vec<String> = svc
                 .pointer("/status/loadBalancer/ingress")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.get("ip").or(v.get("hostname")).and_then(Value::as_str).map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.get("ip").or(v.get("hostname")).and_then(Value::as_str).map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             ips.extend(lb);
             if ips.is_empty() { "<pending>".into() } else { ips.join(",") }
         }
         _ => {
-            if ips.is_empty() { "<none>".into() } else { ips.join(",") }
+            if ips.is_empty() {
+                "<none>".into()
+            } else {
+                ips.join(",")
+            }
         }
     }
 }
@@ -80,7 +88,13 @@ pub fn endpoints() -> (Vec<Column>, Cells) {
         Box::new(|ep| {
             let mut list = Vec::new();
             for subset in ep.get("subsets").and_then(Value::as_array).into_iter().flatten() {
-                let ports: Vec<i64> = subset.get("ports").and_then(Value::as_array).into_iter().flatten().map(|p| i(p, "/port")).collect();
+                let ports: Vec<i64> = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| i(p, "/port"))
+                    .collect();
                 for a in subset.get("addresses").and_then(Value::as_array).into_iter().flatten() {
                     let ip = s(a, "/ip");
                     if ports.is_empty() {
@@ -91,7 +105,11 @@ pub fn endpoints() -> (Vec<Column>, Cells) {
                     }
                 }
             }
-            let shown = if list.len() > 3 { format!("{} + {} more...", list[..3].join(","), list.len() - 3) } else { super::join_or_none(&list) };
+            let shown = if list.len() > 3 {
+                format!("{} + {} more...", list[..3].join(","), list.len() - 3)
+            } else {
+                super::join_or_none(&list)
+            };
             vec![name(ep), json!(shown), age(ep)]
         }),
     )
@@ -103,7 +121,13 @@ pub fn endpoint_slices() -> (Vec<Column>, Cells) {
     (
         cols,
         Box::new(|es| {
-            let ports: Vec<String> = es.get("ports").and_then(Value::as_array).into_iter().flatten().map(|p| i(p, "/port").to_string()).collect();
+            let ports: Vec<String> = es
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| i(p, "/port").to_string())
+                .collect();
             let addrs: Vec<String> = es
                 .get("endpoints")
                 .and_then(Value::as_array)
@@ -112,7 +136,11 @@ pub fn endpoint_slices() -> (Vec<Column>, Cells) {
                 .flat_map(|e| e.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default())
                 .filter_map(|a| a.as_str().map(str::to_string))
                 .collect();
-            let shown = if addrs.len() > 3 { format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3) } else { super::join_or_none(&addrs) };
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                super::join_or_none(&addrs)
+            };
             vec![name(es), json!(s(es, "/addressType")), json!(super::join_or_none(&ports)), json!(shown), age(es)]
         }),
     )
@@ -158,7 +186,10 @@ pub fn ingress_classes() -> (Vec<Column>, Cells) {
     (
         cols,
         Box::new(|c| {
-            let params = c.pointer("/spec/parameters").map(|p| format!("{}/{}", s(p, "/kind"), s(p, "/name"))).unwrap_or_else(|| "<none>".into());
+            let params = c
+                .pointer("/spec/parameters")
+                .map(|p| format!("{}/{}", s(p, "/kind"), s(p, "/name")))
+                .unwrap_or_else(|| "<none>".into());
             vec![name(c), json!(s(c, "/spec/controller")), json!(params), age(c)]
         }),
     )

@@ -1,9 +1,9 @@
 //! Configuration, storage, cluster and coordination kinds.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{i, s, Cells};
-use crate::apiserver::table::{age, col, human_duration, int, name, since, wide, Column, AGE, NAME};
+use super::{Cells, i, s};
+use crate::apiserver::table::{AGE, Column, NAME, age, col, human_duration, int, name, since, wide};
 
 fn count(v: Option<&Value>) -> usize {
     v.and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)
@@ -11,12 +11,18 @@ fn count(v: Option<&Value>) -> usize {
 
 /// `kubectl get configmaps`.
 pub fn config_maps() -> (Vec<Column>, Cells) {
-    (vec![NAME, int("Data"), AGE], Box::new(|c| vec![name(c), json!(count(c.get("data")) + count(c.get("binaryData"))), age(c)]))
+    (
+        vec![NAME, int("Data"), AGE],
+        Box::new(|c| vec![name(c), json!(count(c.get("data")) + count(c.get("binaryData"))), age(c)]),
+    )
 }
 
 /// `kubectl get secrets`.
 pub fn secrets() -> (Vec<Column>, Cells) {
-    (vec![NAME, col("Type"), int("Data"), AGE], Box::new(|c| vec![name(c), json!(s(c, "/type")), json!(count(c.get("data"))), age(c)]))
+    (
+        vec![NAME, col("Type"), int("Data"), AGE],
+        Box::new(|c| vec![name(c), json!(s(c, "/type")), json!(count(c.get("data"))), age(c)]),
+    )
 }
 
 /// `kubectl get namespaces`.
@@ -26,7 +32,12 @@ pub fn namespaces() -> (Vec<Column>, Cells) {
 
 /// `kubectl get serviceaccounts`.
 pub fn service_accounts() -> (Vec<Column>, Cells) {
-    (vec![NAME, int("Secrets"), AGE], Box::new(|a| vec![name(a), json!(a.get("secrets").and_then(Value::as_array).map(Vec::len).unwrap_or(0)), age(a)]))
+    (
+        vec![NAME, int("Secrets"), AGE],
+        Box::new(|a| {
+            vec![name(a), json!(a.get("secrets").and_then(Value::as_array).map(Vec::len).unwrap_or(0)), age(a)]
+        }),
+    )
 }
 
 /// `kubectl get events`.
@@ -46,10 +57,15 @@ pub fn events() -> (Vec<Column>, Cells) {
     (
         cols,
         Box::new(|e| {
-            let last = e.get("lastTimestamp").filter(|v| !v.is_null()).or(e.get("eventTime")).or(e.pointer("/metadata/creationTimestamp"));
+            let last = e
+                .get("lastTimestamp")
+                .filter(|v| !v.is_null())
+                .or(e.get("eventTime"))
+                .or(e.pointer("/metadata/creationTimestamp"));
             let first = e.get("firstTimestamp").filter(|v| !v.is_null()).or(e.get("eventTime"));
             let ago = |t: Option<&Value>| since(t).map(human_duration).unwrap_or_else(|| "<unknown>".into());
-            let object = format!("{}/{}", s(e, "/involvedObject/kind").to_ascii_lowercase(), s(e, "/involvedObject/name"));
+            let object =
+                format!("{}/{}", s(e, "/involvedObject/kind").to_ascii_lowercase(), s(e, "/involvedObject/name"));
             let source = {
                 let c = s(e, "/source/component");
                 let c = if c.is_empty() { s(e, "/reportingComponent") } else { c };
@@ -108,7 +124,11 @@ pub fn pvs() -> (Vec<Column>, Cells) {
     (
         cols,
         Box::new(|p| {
-            let claim = if s(p, "/spec/claimRef/name").is_empty() { String::new() } else { format!("{}/{}", s(p, "/spec/claimRef/namespace"), s(p, "/spec/claimRef/name")) };
+            let claim = if s(p, "/spec/claimRef/name").is_empty() {
+                String::new()
+            } else {
+                format!("{}/{}", s(p, "/spec/claimRef/namespace"), s(p, "/spec/claimRef/name"))
+            };
             vec![
                 name(p),
                 json!(s(p, "/spec/capacity/storage")),
@@ -128,7 +148,17 @@ pub fn pvs() -> (Vec<Column>, Cells) {
 
 /// `kubectl get pvc`.
 pub fn pvcs() -> (Vec<Column>, Cells) {
-    let cols = vec![NAME, col("Status"), col("Volume"), col("Capacity"), col("Access Modes"), col("StorageClass"), col("VolumeAttributesClass"), AGE, wide("VolumeMode")];
+    let cols = vec![
+        NAME,
+        col("Status"),
+        col("Volume"),
+        col("Capacity"),
+        col("Access Modes"),
+        col("StorageClass"),
+        col("VolumeAttributesClass"),
+        AGE,
+        wide("VolumeMode"),
+    ];
     (
         cols,
         Box::new(|c| {
@@ -153,7 +183,12 @@ pub fn quotas() -> (Vec<Column>, Cells) {
     (
         cols,
         Box::new(|q| {
-            let hard = q.pointer("/status/hard").or(q.pointer("/spec/hard")).and_then(Value::as_object).cloned().unwrap_or_default();
+            let hard = q
+                .pointer("/status/hard")
+                .or(q.pointer("/spec/hard"))
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             let used = q.pointer("/status/used").and_then(Value::as_object).cloned().unwrap_or_default();
             let (mut req, mut lim) = (Vec::new(), Vec::new());
             for (k, v) in &hard {
@@ -177,20 +212,43 @@ pub fn pdbs() -> (Vec<Column>, Cells) {
     (
         cols,
         Box::new(|p| {
-            let v = |ptr: &str| p.pointer(ptr).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "N/A".into());
-            vec![name(p), json!(v("/spec/minAvailable")), json!(v("/spec/maxUnavailable")), json!(i(p, "/status/disruptionsAllowed")), age(p)]
+            let v = |ptr: &str| {
+                p.pointer(ptr)
+                    .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    .unwrap_or_else(|| "N/A".into())
+            };
+            vec![
+                name(p),
+                json!(v("/spec/minAvailable")),
+                json!(v("/spec/maxUnavailable")),
+                json!(i(p, "/status/disruptionsAllowed")),
+                age(p),
+            ]
         }),
     )
 }
 
 /// `kubectl get storageclasses`.
 pub fn storage_classes() -> (Vec<Column>, Cells) {
-    let cols = vec![NAME, col("Provisioner"), col("ReclaimPolicy"), col("VolumeBindingMode"), col("AllowVolumeExpansion"), AGE];
+    let cols = vec![
+        NAME,
+        col("Provisioner"),
+        col("ReclaimPolicy"),
+        col("VolumeBindingMode"),
+        col("AllowVolumeExpansion"),
+        AGE,
+    ];
     (
         cols,
         Box::new(|c| {
-            let default = c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true");
-            let n = if default { format!("{} (default)", skiff_api::meta::name(c)) } else { skiff_api::meta::name(c).to_string() };
+            let default =
+                c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str)
+                    == Some("true");
+            let n = if default {
+                format!("{} (default)", skiff_api::meta::name(c))
+            } else {
+                skiff_api::meta::name(c).to_string()
+            };
             vec![
                 json!(n),
                 json!(s(c, "/provisioner")),

@@ -1,9 +1,9 @@
 //! Pods and Nodes.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{s, Cells};
-use crate::apiserver::table::{age, col, human_duration, name, since, wide, Column, AGE, NAME};
+use super::{Cells, s};
+use crate::apiserver::table::{AGE, Column, NAME, age, col, human_duration, name, since, wide};
 
 /// The pod status kubectl shows: the most telling container reason, `Init:x/y`, `Terminating`, or the phase.
 pub fn pod_status(pod: &Value) -> String {
@@ -25,7 +25,9 @@ pub fn pod_status(pod: &Value) -> String {
             format!("Init:{r}")
         } else if exit.is_some() {
             format!("Init:ExitCode:{}", exit.unwrap_or_default())
-        } else if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| *r != "PodInitializing") {
+        } else if let Some(r) =
+            c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| *r != "PodInitializing")
+        {
             format!("Init:{r}")
         } else {
             format!("Init:{n}/{init_total}")
@@ -37,7 +39,9 @@ pub fn pod_status(pod: &Value) -> String {
         for c in statuses("/status/containerStatuses").iter().rev() {
             if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
                 reason = r.to_string();
-            } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+            } else if let Some(r) =
+                c.pointer("/state/terminated/reason").and_then(Value::as_str).filter(|r| !r.is_empty())
+            {
                 reason = r.to_string();
             } else if let Some(code) = c.pointer("/state/terminated/exitCode").and_then(Value::as_i64) {
                 reason = match c.pointer("/state/terminated/signal").and_then(Value::as_i64) {
@@ -60,7 +64,17 @@ pub fn pod_status(pod: &Value) -> String {
 
 /// `kubectl get pods`.
 pub fn pods() -> (Vec<Column>, Cells) {
-    let cols = vec![NAME, col("Ready"), col("Status"), col("Restarts"), AGE, wide("IP"), wide("Node"), wide("Nominated Node"), wide("Readiness Gates")];
+    let cols = vec![
+        NAME,
+        col("Ready"),
+        col("Status"),
+        col("Restarts"),
+        AGE,
+        wide("IP"),
+        wide("Node"),
+        wide("Nominated Node"),
+        wide("Readiness Gates"),
+    ];
     (
         cols,
         Box::new(|p| {
@@ -81,7 +95,11 @@ pub fn pods() -> (Vec<Column>, Cells) {
                 let conds = p.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
                 let ok = g
                     .iter()
-                    .filter(|gate| conds.iter().any(|c| c.get("type") == gate.get("conditionType") && c.get("status") == Some(&json!("True"))))
+                    .filter(|gate| {
+                        conds.iter().any(|c| {
+                            c.get("type") == gate.get("conditionType") && c.get("status") == Some(&json!("True"))
+                        })
+                    })
                     .count();
                 format!("{ok}/{}", g.len())
             });
@@ -93,7 +111,11 @@ pub fn pods() -> (Vec<Column>, Cells) {
                 age(p),
                 json!(if s(p, "/status/podIP").is_empty() { "<none>" } else { s(p, "/status/podIP") }),
                 json!(if s(p, "/spec/nodeName").is_empty() { "<none>" } else { s(p, "/spec/nodeName") }),
-                json!(if s(p, "/status/nominatedNodeName").is_empty() { "<none>" } else { s(p, "/status/nominatedNodeName") }),
+                json!(if s(p, "/status/nominatedNodeName").is_empty() {
+                    "<none>"
+                } else {
+                    s(p, "/status/nominatedNodeName")
+                }),
                 json!(gates.unwrap_or_else(|| "<none>".into())),
             ]
         }),
@@ -130,7 +152,9 @@ pub fn nodes() -> (Vec<Column>, Cells) {
             let roles: Vec<String> = n
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object)
-                .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).map(str::to_string).collect())
+                .map(|l| {
+                    l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).map(str::to_string).collect()
+                })
                 .unwrap_or_default();
             let addr = |t: &str| {
                 n.pointer("/status/addresses")

@@ -1,13 +1,22 @@
 //! Workload controllers.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{containers_and_images, i, s, selector_string, Cells};
-use crate::apiserver::table::{age, col, human_duration, int, name, since, wide, Column, AGE, NAME};
+use super::{Cells, containers_and_images, i, s, selector_string};
+use crate::apiserver::table::{AGE, Column, NAME, age, col, human_duration, int, name, since, wide};
 
 /// `kubectl get deployments`.
 pub fn deployments() -> (Vec<Column>, Cells) {
-    let cols = vec![NAME, col("Ready"), int("Up-to-date"), int("Available"), AGE, wide("Containers"), wide("Images"), wide("Selector")];
+    let cols = vec![
+        NAME,
+        col("Ready"),
+        int("Up-to-date"),
+        int("Available"),
+        AGE,
+        wide("Containers"),
+        wide("Images"),
+        wide("Selector"),
+    ];
     (
         cols,
         Box::new(|d| {
@@ -28,7 +37,16 @@ pub fn deployments() -> (Vec<Column>, Cells) {
 
 /// `kubectl get replicasets`.
 pub fn replica_sets() -> (Vec<Column>, Cells) {
-    let cols = vec![NAME, int("Desired"), int("Current"), int("Ready"), AGE, wide("Containers"), wide("Images"), wide("Selector")];
+    let cols = vec![
+        NAME,
+        int("Desired"),
+        int("Current"),
+        int("Ready"),
+        AGE,
+        wide("Containers"),
+        wide("Images"),
+        wide("Selector"),
+    ];
     (
         cols,
         Box::new(|r| {
@@ -54,7 +72,13 @@ pub fn stateful_sets() -> (Vec<Column>, Cells) {
         cols,
         Box::new(|r| {
             let (c, im) = containers_and_images(r.pointer("/spec/template/spec"));
-            vec![name(r), json!(format!("{}/{}", i(r, "/status/readyReplicas"), i(r, "/spec/replicas"))), age(r), json!(c), json!(im)]
+            vec![
+                name(r),
+                json!(format!("{}/{}", i(r, "/status/readyReplicas"), i(r, "/spec/replicas"))),
+                age(r),
+                json!(c),
+                json!(im),
+            ]
         }),
     )
 }
@@ -102,7 +126,8 @@ pub fn daemon_sets() -> (Vec<Column>, Cells) {
 
 fn job_status(j: &Value) -> &'static str {
     let conds = j.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let has = |t: &str| conds.iter().any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True")));
+    let has =
+        |t: &str| conds.iter().any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True")));
     if has("Complete") {
         "Complete"
     } else if has("Failed") {
@@ -118,7 +143,16 @@ fn job_status(j: &Value) -> &'static str {
 
 /// `kubectl get jobs`.
 pub fn jobs() -> (Vec<Column>, Cells) {
-    let cols = vec![NAME, col("Status"), col("Completions"), col("Duration"), AGE, wide("Containers"), wide("Images"), wide("Selector")];
+    let cols = vec![
+        NAME,
+        col("Status"),
+        col("Completions"),
+        col("Duration"),
+        AGE,
+        wide("Containers"),
+        wide("Images"),
+        wide("Selector"),
+    ];
     (
         cols,
         Box::new(|j| {
@@ -127,7 +161,11 @@ pub fn jobs() -> (Vec<Column>, Cells) {
                 Some(n) => format!("{}/{n}", i(j, "/status/succeeded")),
                 None => {
                     let p = j.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
-                    if p > 1 { format!("{}/1 of {p}", i(j, "/status/succeeded")) } else { format!("{}/1", i(j, "/status/succeeded")) }
+                    if p > 1 {
+                        format!("{}/1 of {p}", i(j, "/status/succeeded"))
+                    } else {
+                        format!("{}/1", i(j, "/status/succeeded"))
+                    }
                 }
             };
             let duration = match (since(j.pointer("/status/startTime")), since(j.pointer("/status/completionTime"))) {
@@ -135,7 +173,16 @@ pub fn jobs() -> (Vec<Column>, Cells) {
                 (Some(start), None) => human_duration(start),
                 _ => String::new(),
             };
-            vec![name(j), json!(job_status(j)), json!(completions), json!(duration), age(j), json!(c), json!(im), json!(selector_string(j.pointer("/spec/selector")))]
+            vec![
+                name(j),
+                json!(job_status(j)),
+                json!(completions),
+                json!(duration),
+                age(j),
+                json!(c),
+                json!(im),
+                json!(selector_string(j.pointer("/spec/selector"))),
+            ]
         }),
     )
 }
@@ -158,7 +205,8 @@ pub fn cron_jobs() -> (Vec<Column>, Cells) {
         cols,
         Box::new(|c| {
             let (cn, im) = containers_and_images(c.pointer("/spec/jobTemplate/spec/template/spec"));
-            let last = since(c.pointer("/status/lastScheduleTime")).map(human_duration).unwrap_or_else(|| "<none>".into());
+            let last =
+                since(c.pointer("/status/lastScheduleTime")).map(human_duration).unwrap_or_else(|| "<none>".into());
             let tz = s(c, "/spec/timeZone");
             vec![
                 name(c),

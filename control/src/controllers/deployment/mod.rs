@@ -19,7 +19,7 @@ use skiff_client::events::EventType;
 
 use super::ctx::{Ctx, ReconcileError};
 use super::util::{controlled_by, controller_of, owner_ref};
-use plan::{limits, RsAction, DESIRED, MAX, REVISION};
+use plan::{DESIRED, MAX, REVISION, RsAction, limits};
 
 /// Reconciles one Deployment.
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
@@ -38,14 +38,21 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
     }
     let recorder = ctx.recorders.get("deployment-controller");
     let oref = skiff_client::events::reference(d.as_ref());
-    let selector = d.spec.as_ref().map(|s| Selector::from_label_selector(&s.selector)).transpose().map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    let selector = d
+        .spec
+        .as_ref()
+        .map(|s| Selector::from_label_selector(&s.selector))
+        .transpose()
+        .map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let all = super::informers::in_namespace(&ctx.replica_sets, &ns);
     let mut owned: Vec<Arc<ReplicaSet>> = Vec::new();
     for rs in all {
         if controlled_by(&rs.metadata, &uid) {
             owned.push(rs);
         } else if controller_of(&rs.metadata).is_none()
-            && selector.as_ref().is_some_and(|s| !s.is_empty() && s.matches(&rs.metadata.labels.clone().unwrap_or_default()))
+            && selector
+                .as_ref()
+                .is_some_and(|s| !s.is_empty() && s.matches(&rs.metadata.labels.clone().unwrap_or_default()))
         {
             // adopt an orphaned ReplicaSet that matches
             let patch = json!({"metadata": {"ownerReferences": [owner_ref(d.as_ref())]}});
@@ -67,7 +74,14 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                 match rsapi.create(&PostParams::default(), rs).await {
                     Ok(_) => {
                         let to = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-                        recorder.record(&oref, EventType::Normal, "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} from 0 to {to}")).await;
+                        recorder
+                            .record(
+                                &oref,
+                                EventType::Normal,
+                                "ScalingReplicaSet",
+                                &format!("Scaled up replica set {rs_name} from 0 to {to}"),
+                            )
+                            .await;
                         progressed = true;
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -84,7 +98,12 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                         // a ReplicaSet of that name with another template: a hash collision
                         let count = d.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
                         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-                        dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": {"collisionCount": count}}))).await?;
+                        dapi.patch_status(
+                            &name,
+                            &crate::controllers::util::pp(),
+                            &Patch::Merge(&json!({"status": {"collisionCount": count}})),
+                        )
+                        .await?;
                         return Ok(Action::requeue(Duration::from_millis(200)));
                     }
                     Err(e) => {
@@ -97,7 +116,14 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                 let patch = json!({"metadata": {"annotations": {DESIRED: desired.to_string(), MAX: (desired + surge).to_string()}}, "spec": {"replicas": to}});
                 rsapi.patch(rs_name, &crate::controllers::util::pp(), &Patch::Merge(&patch)).await?;
                 let verb = if to > from { "up" } else { "down" };
-                recorder.record(&oref, EventType::Normal, "ScalingReplicaSet", &format!("Scaled {verb} replica set {rs_name} from {from} to {to}")).await;
+                recorder
+                    .record(
+                        &oref,
+                        EventType::Normal,
+                        "ScalingReplicaSet",
+                        &format!("Scaled {verb} replica set {rs_name} from {from} to {to}"),
+                    )
+                    .await;
                 progressed = true;
             }
             RsAction::Annotate { name: rs_name, annotations } => {
@@ -105,7 +131,13 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                 if let Some(cause) = d.metadata.annotations.as_ref().and_then(|x| x.get(plan::CHANGE_CAUSE)) {
                     a.insert(plan::CHANGE_CAUSE.into(), cause.clone());
                 }
-                rsapi.patch(rs_name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"metadata": {"annotations": a}}))).await?;
+                rsapi
+                    .patch(
+                        rs_name,
+                        &crate::controllers::util::pp(),
+                        &Patch::Merge(&json!({"metadata": {"annotations": a}})),
+                    )
+                    .await?;
             }
             RsAction::Delete(rs_name) => match rsapi.delete(rs_name, &DeleteParams::background()).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
@@ -118,31 +150,70 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
         && d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)) != Some(rev)
     {
         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        dapi.patch(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"metadata": {"annotations": {REVISION: rev}}}))).await?;
+        dapi.patch(
+            &name,
+            &crate::controllers::util::pp(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {REVISION: rev}}})),
+        )
+        .await?;
     }
     let previous = d.status.clone().unwrap_or_default();
-    let status = status::compute(&d, &owned, p.new_rs.as_deref(), progressed || changed_counts(&previous, &d, &owned, p.new_rs.as_deref()), ctx.now());
+    let status = status::compute(
+        &d,
+        &owned,
+        p.new_rs.as_deref(),
+        progressed || changed_counts(&previous, &d, &owned, p.new_rs.as_deref()),
+        ctx.now(),
+    );
     if d.status.as_ref() != Some(&status) {
-        let was_timed_out = previous.conditions.as_ref().is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")));
-        let now_timed_out = status.conditions.as_ref().is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")));
+        let was_timed_out = previous
+            .conditions
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")));
+        let now_timed_out = status
+            .conditions
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")));
         if now_timed_out && !was_timed_out {
-            recorder.record(&oref, EventType::Warning, "ProgressDeadlineExceeded", &format!("Deployment {name} has timed out progressing")).await;
+            recorder
+                .record(
+                    &oref,
+                    EventType::Warning,
+                    "ProgressDeadlineExceeded",
+                    &format!("Deployment {name} has timed out progressing"),
+                )
+                .await;
         }
         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        match dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
+        match dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": status}))).await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let done = status.conditions.as_ref().is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable")));
+    let done = status
+        .conditions
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable")));
     let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(600);
-    Ok(Action::requeue(if done { Duration::from_secs(300) } else { Duration::from_secs((deadline as u64).clamp(1, 30)) }))
+    Ok(Action::requeue(if done {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs((deadline as u64).clamp(1, 30))
+    }))
 }
 
-fn changed_counts(previous: &k8s_openapi::api::apps::v1::DeploymentStatus, d: &Deployment, owned: &[Arc<ReplicaSet>], new_rs: Option<&str>) -> bool {
+fn changed_counts(
+    previous: &k8s_openapi::api::apps::v1::DeploymentStatus,
+    d: &Deployment,
+    owned: &[Arc<ReplicaSet>],
+    new_rs: Option<&str>,
+) -> bool {
     let s = status::compute(d, owned, new_rs, false, jiff::Timestamp::UNIX_EPOCH);
-    previous.updated_replicas != s.updated_replicas || previous.available_replicas != s.available_replicas || previous.replicas != s.replicas
+    previous.updated_replicas != s.updated_replicas
+        || previous.available_replicas != s.available_replicas
+        || previous.replicas != s.replicas
 }
 
 /// Runs the controller.

@@ -88,8 +88,10 @@ pub fn limits(d: &Deployment) -> (i32, i32) {
 /// The ReplicaSet whose template is the Deployment's.
 pub fn find_new<'a>(d: &Deployment, owned: &'a [Arc<ReplicaSet>]) -> Option<&'a Arc<ReplicaSet>> {
     let want = without_hash(&d.spec.as_ref()?.template);
-    let mut matching: Vec<&Arc<ReplicaSet>> =
-        owned.iter().filter(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).map(without_hash).as_ref() == Some(&want)).collect();
+    let mut matching: Vec<&Arc<ReplicaSet>> = owned
+        .iter()
+        .filter(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).map(without_hash).as_ref() == Some(&want))
+        .collect();
     matching.sort_by_key(|rs| created(rs));
     matching.into_iter().next()
 }
@@ -123,7 +125,12 @@ pub fn new_replica_set(d: &Deployment, replicas: i32, revision: i64, collision_c
             owner_references: Some(vec![owner_ref(d)]),
             ..Default::default()
         },
-        spec: Some(ReplicaSetSpec { replicas: Some(replicas), min_ready_seconds: spec.min_ready_seconds, selector, template: Some(template) }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
         status: None,
     }
 }
@@ -158,7 +165,11 @@ pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>]) -> Plan {
         if recreate && old_total > 0 {
             for o in &olds {
                 if replicas_of(o) > 0 {
-                    out.actions.push(RsAction::Scale { name: o.metadata.name.clone().unwrap_or_default(), from: replicas_of(o), to: 0 });
+                    out.actions.push(RsAction::Scale {
+                        name: o.metadata.name.clone().unwrap_or_default(),
+                        from: replicas_of(o),
+                        to: 0,
+                    });
                 }
             }
         }
@@ -186,7 +197,8 @@ pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>]) -> Plan {
         }
     };
     if recreate {
-        let old_running: i32 = olds.iter().map(|r| replicas_of(r) + r.status.as_ref().map(|s| s.replicas).unwrap_or(0)).sum();
+        let old_running: i32 =
+            olds.iter().map(|r| replicas_of(r) + r.status.as_ref().map(|s| s.replicas).unwrap_or(0)).sum();
         for o in &olds {
             scale(&mut out, o, 0);
         }
@@ -248,8 +260,16 @@ fn with_cleanup(mut out: Plan, d: &Deployment, olds: &[&Arc<ReplicaSet>]) -> Pla
     let limit = d.spec.as_ref().and_then(|s| s.revision_history_limit).unwrap_or(10).max(0) as usize;
     let mut idle: Vec<&&Arc<ReplicaSet>> = olds
         .iter()
-        .filter(|o| replicas_of(o) == 0 && o.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0 && o.metadata.deletion_timestamp.is_none())
-        .filter(|o| !out.actions.iter().any(|a| matches!(a, RsAction::Scale { name, .. } if Some(name) == o.metadata.name.as_ref())))
+        .filter(|o| {
+            replicas_of(o) == 0
+                && o.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0
+                && o.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|o| {
+            !out.actions
+                .iter()
+                .any(|a| matches!(a, RsAction::Scale { name, .. } if Some(name) == o.metadata.name.as_ref()))
+        })
         .collect();
     if idle.len() > limit {
         idle.sort_by_key(|o| revision_of(o));
@@ -274,8 +294,14 @@ mod tests {
 
     fn rs_for(d: &Deployment, replicas: i32, available: i32, revision: i64, created: &str) -> Arc<ReplicaSet> {
         let mut rs = new_replica_set(d, replicas, revision, None);
-        rs.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().expect("time")));
-        rs.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus { replicas, available_replicas: Some(available), ready_replicas: Some(available), ..Default::default() });
+        rs.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().expect("time")));
+        rs.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+            replicas,
+            available_replicas: Some(available),
+            ready_replicas: Some(available),
+            ..Default::default()
+        });
         Arc::new(rs)
     }
 
@@ -290,8 +316,20 @@ mod tests {
         match &p.actions[..] {
             [RsAction::Create(rs)] => {
                 assert_eq!(rs.spec.as_ref().and_then(|s| s.replicas), Some(3));
-                assert_eq!(rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).map(String::as_str), Some("1"));
-                assert!(rs.spec.as_ref().expect("spec").selector.match_labels.as_ref().expect("labels").contains_key("pod-template-hash"));
+                assert_eq!(
+                    rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).map(String::as_str),
+                    Some("1")
+                );
+                assert!(
+                    rs.spec
+                        .as_ref()
+                        .expect("spec")
+                        .selector
+                        .match_labels
+                        .as_ref()
+                        .expect("labels")
+                        .contains_key("pod-template-hash")
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -321,16 +359,31 @@ mod tests {
         let old2 = rs_for(&v1, 2, 2, 1, "2026-01-01T00:00:00Z");
         let new_ready = rs_for(&v2, 1, 1, 2, "2026-01-02T00:00:00Z");
         let p = plan(&v2, &[old2, new_ready.clone()]);
-        assert_eq!(p.actions, vec![RsAction::Scale { name: new_ready.metadata.name.clone().expect("name"), from: 1, to: 2 }]);
+        assert_eq!(
+            p.actions,
+            vec![RsAction::Scale { name: new_ready.metadata.name.clone().expect("name"), from: 1, to: 2 }]
+        );
     }
 
     #[test]
     fn the_default_strategy_rounds_surge_up_and_unavailability_down() {
-        let d = deployment(3, "v1", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+        let d = deployment(
+            3,
+            "v1",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+        );
         assert_eq!(limits(&d), (1, 0));
-        let d = deployment(10, "v1", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+        let d = deployment(
+            10,
+            "v1",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+        );
         assert_eq!(limits(&d), (3, 2));
-        let d = deployment(3, "v1", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}));
+        let d = deployment(
+            3,
+            "v1",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}),
+        );
         assert_eq!(limits(&d), (0, 1), "both zero is not allowed: one pod may be unavailable");
     }
 
@@ -359,7 +412,11 @@ mod tests {
         // roll back to v1's template
         let p = plan(&v1, &[rs1.clone(), rs2.clone(), rs3]);
         assert_eq!(p.revision.as_deref(), Some("4"));
-        assert!(p.actions.iter().any(|a| matches!(a, RsAction::Annotate { name, .. } if Some(name) == rs1.metadata.name.as_ref())));
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, RsAction::Annotate { name, .. } if Some(name) == rs1.metadata.name.as_ref()))
+        );
         assert!(p.actions.iter().any(|a| matches!(a, RsAction::Scale { to: 1, .. })));
         // with revisionHistoryLimit 1, of the idle old sets only the newest revision stays
         let idle_old = rs_for(&v2, 0, 0, 2, "2026-01-02T00:00:00Z");

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 use skiff_api::quantity::Quantity;
 
-use crate::controllers::placement::{node_ready, preferred_affinity_score, selector_and_affinity_match, untolerated_taint};
+use crate::controllers::placement::{
+    node_ready, preferred_affinity_score, selector_and_affinity_match, untolerated_taint,
+};
 
 /// What is already committed on a node.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +45,9 @@ pub fn request_of(pod: &Pod) -> Request {
         .containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| p.host_port.filter(|hp| *hp > 0).map(|hp| (hp, p.protocol.clone().unwrap_or_else(|| "TCP".into()))))
+        .filter_map(|p| {
+            p.host_port.filter(|hp| *hp > 0).map(|hp| (hp, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+        })
         .collect();
     Request {
         cpu_milli: usage.get("requests.cpu").map(Quantity::as_milli).unwrap_or(0),
@@ -68,14 +72,19 @@ pub fn add(usage: &mut NodeUsage, r: &Request) {
 pub fn allocatable(node: &Node) -> (i64, i64, i64) {
     let a = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
     let q = |k: &str| a.get(k).and_then(|q| q.0.parse::<Quantity>().ok());
-    (q("cpu").map(|q| q.as_milli()).unwrap_or(0), q("memory").map(|q| q.as_units()).unwrap_or(0), q("pods").map(|q| q.as_units()).unwrap_or(110))
+    (
+        q("cpu").map(|q| q.as_milli()).unwrap_or(0),
+        q("memory").map(|q| q.as_units()).unwrap_or(0),
+        q("pods").map(|q| q.as_units()).unwrap_or(110),
+    )
 }
 
 /// Why a node cannot take the pod (the phrases of kube-scheduler's messages), or `None` if it can.
 pub fn filter(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> Option<String> {
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let tolerated = spec.tolerations.iter().flatten().any(|t| {
-            t.key.as_deref() == Some("node.kubernetes.io/unschedulable") || (t.key.as_deref().unwrap_or_default().is_empty() && t.operator.as_deref() == Some("Exists"))
+            t.key.as_deref() == Some("node.kubernetes.io/unschedulable")
+                || (t.key.as_deref().unwrap_or_default().is_empty() && t.operator.as_deref() == Some("Exists"))
         });
         if !tolerated {
             return Some("node(s) were unschedulable".into());
@@ -113,7 +122,9 @@ pub fn score(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage, max_
     let free = |cap: i64, used: i64| if cap <= 0 { 0 } else { ((cap - used).max(0) * 100) / cap };
     let least_allocated = (free(cpu, usage.cpu_milli + req.cpu_milli) + free(mem, usage.memory + req.memory)) / 2;
     let spread = match &req.owner {
-        Some(o) if max_owner_count > 0 => 100 - (usage.by_owner.get(o).copied().unwrap_or(0) * 100) / (max_owner_count + 1),
+        Some(o) if max_owner_count > 0 => {
+            100 - (usage.by_owner.get(o).copied().unwrap_or(0) * 100) / (max_owner_count + 1)
+        }
         _ => 100,
     };
     least_allocated + 2 * spread + preferred_affinity_score(node, spec)
@@ -161,11 +172,21 @@ mod tests {
         assert_eq!(filter(&node("n1", "1", json!({})), &spec, &r, &NodeUsage::default()), None);
         let busy = NodeUsage { cpu_milli: 800, ..Default::default() };
         assert_eq!(filter(&node("n1", "1", json!({})), &spec, &r, &busy).as_deref(), Some("Insufficient cpu"));
-        let tainted = node("n2", "4", json!({"spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}));
-        assert_eq!(filter(&tainted, &spec, &r, &NodeUsage::default()).as_deref(), Some("node(s) had untolerated taint {node.kubernetes.io/unreachable: }"));
+        let tainted = node(
+            "n2",
+            "4",
+            json!({"spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}),
+        );
+        assert_eq!(
+            filter(&tainted, &spec, &r, &NodeUsage::default()).as_deref(),
+            Some("node(s) had untolerated taint {node.kubernetes.io/unreachable: }")
+        );
         let cordoned = node("n3", "4", json!({"spec": {"unschedulable": true}}));
         assert_eq!(filter(&cordoned, &spec, &r, &NodeUsage::default()).as_deref(), Some("node(s) were unschedulable"));
-        let msg = unschedulable_message(3, &["Insufficient cpu".into(), "node(s) were unschedulable".into(), "Insufficient cpu".into()]);
+        let msg = unschedulable_message(
+            3,
+            &["Insufficient cpu".into(), "node(s) were unschedulable".into(), "Insufficient cpu".into()],
+        );
         assert_eq!(msg, "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.");
     }
 

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::ctx::Ctx;
 use super::util::{is_deleting, is_terminal};
-use filter::{add, filter, request_of, score, unschedulable_message, NodeUsage};
+use filter::{NodeUsage, add, filter, request_of, score, unschedulable_message};
 
 /// A decision for one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,12 +47,20 @@ pub fn pending(p: &Pod) -> bool {
 }
 
 /// Schedules `pending` pods (in order) onto `nodes`, given current `usage`; pure.
-pub fn decide(nodes: &[Arc<Node>], usage: &mut HashMap<String, NodeUsage>, pending: &[Arc<Pod>]) -> Vec<(Arc<Pod>, Decision)> {
+pub fn decide(
+    nodes: &[Arc<Node>],
+    usage: &mut HashMap<String, NodeUsage>,
+    pending: &[Arc<Pod>],
+) -> Vec<(Arc<Pod>, Decision)> {
     let mut out = Vec::with_capacity(pending.len());
     for p in pending {
         let spec = p.spec.clone().unwrap_or_default();
         let req = request_of(p);
-        let max_owner = req.owner.as_ref().map(|o| usage.values().map(|u| u.by_owner.get(o).copied().unwrap_or(0)).max().unwrap_or(0)).unwrap_or(0);
+        let max_owner = req
+            .owner
+            .as_ref()
+            .map(|o| usage.values().map(|u| u.by_owner.get(o).copied().unwrap_or(0)).max().unwrap_or(0))
+            .unwrap_or(0);
         let mut best: Option<(i64, String)> = None;
         let mut reasons = Vec::new();
         for n in nodes {
@@ -125,16 +133,27 @@ pub async fn run(ctx: Arc<Ctx>, pods: ReflectHandle<Pod>, nodes: ReflectHandle<N
     }
 }
 
-async fn schedule_once(ctx: &Arc<Ctx>, assumed: &mut HashMap<String, (String, Arc<Pod>)>, reported: &mut BTreeMap<String, String>) {
+async fn schedule_once(
+    ctx: &Arc<Ctx>,
+    assumed: &mut HashMap<String, (String, Arc<Pod>)>,
+    reported: &mut BTreeMap<String, String>,
+) {
     let pods = ctx.pods.state();
     let by_key: HashMap<String, &Arc<Pod>> = pods.iter().map(|p| (key(p), p)).collect();
     assumed.retain(|k, _| by_key.get(k).is_some_and(|p| pending(p)));
     reported.retain(|k, _| by_key.get(k).is_some_and(|p| pending(p)));
-    let mut todo: Vec<Arc<Pod>> = pods.iter().filter(|p| pending(p) && !assumed.contains_key(&key(p))).cloned().collect();
+    let mut todo: Vec<Arc<Pod>> =
+        pods.iter().filter(|p| pending(p) && !assumed.contains_key(&key(p))).cloned().collect();
     if todo.is_empty() {
         return;
     }
-    todo.sort_by_key(|p| (std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)), p.metadata.creation_timestamp.as_ref().map(|t| t.0), key(p)));
+    todo.sort_by_key(|p| {
+        (
+            std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            key(p),
+        )
+    });
     let nodes = ctx.nodes.state();
     let mut usage = usage_of(&pods, assumed);
     let decisions = decide(&nodes, &mut usage, &todo);
@@ -155,8 +174,21 @@ async fn schedule_once(ctx: &Arc<Ctx>, assumed: &mut HashMap<String, (String, Ar
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": ctx.now()}]}});
-                let _ = api.patch_status(pod.metadata.name.as_deref().unwrap_or_default(), &crate::controllers::util::pp(), &Patch::Strategic(&patch)).await;
-                recorder.record(&skiff_client::events::reference(pod.as_ref()), EventType::Warning, "FailedScheduling", &msg).await;
+                let _ = api
+                    .patch_status(
+                        pod.metadata.name.as_deref().unwrap_or_default(),
+                        &crate::controllers::util::pp(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await;
+                recorder
+                    .record(
+                        &skiff_client::events::reference(pod.as_ref()),
+                        EventType::Warning,
+                        "FailedScheduling",
+                        &msg,
+                    )
+                    .await;
             }
         }
     }
@@ -183,7 +215,9 @@ async fn schedule_once(ctx: &Arc<Ctx>, assumed: &mut HashMap<String, (String, Ar
         match r {
             Ok(()) => {
                 let msg = format!("Successfully assigned {k} to {node}");
-                recorder.record(&skiff_client::events::reference(pod.as_ref()), EventType::Normal, "Scheduled", &msg).await;
+                recorder
+                    .record(&skiff_client::events::reference(pod.as_ref()), EventType::Normal, "Scheduled", &msg)
+                    .await;
             }
             Err(e) => {
                 tracing::debug!(pod = %k, error = %e, "binding failed");
@@ -219,20 +253,26 @@ mod tests {
         let pods: Vec<Arc<Pod>> = (0..3).map(|i| pod(&format!("p{i}"), "400m", "rs1")).collect();
         let mut usage = HashMap::new();
         let d = decide(&nodes, &mut usage, &pods);
-        let mut chosen: Vec<String> = d.iter().filter_map(|(_, d)| if let Decision::Bind(n) = d { Some(n.clone()) } else { None }).collect();
+        let mut chosen: Vec<String> =
+            d.iter().filter_map(|(_, d)| if let Decision::Bind(n) = d { Some(n.clone()) } else { None }).collect();
         chosen.sort();
         assert_eq!(chosen, vec!["n1", "n2", "n3"], "one replica per node");
         // three more fit (800m per node), the seventh does not
         let more: Vec<Arc<Pod>> = (3..7).map(|i| pod(&format!("p{i}"), "400m", "rs1")).collect();
         let d = decide(&nodes, &mut usage, &more);
-        assert!(matches!(&d[3].1, Decision::Unschedulable(m) if m == "0/3 nodes are available: 3 Insufficient cpu."), "{:?}", d[3].1);
+        assert!(
+            matches!(&d[3].1, Decision::Unschedulable(m) if m == "0/3 nodes are available: 3 Insufficient cpu."),
+            "{:?}",
+            d[3].1
+        );
     }
 
     #[test]
     fn bound_terminating_pods_still_hold_their_resources() {
         let mut p = (*pod("old", "900m", "x")).clone();
         p.spec.as_mut().expect("spec").node_name = Some("n1".into());
-        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        p.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
         let usage = usage_of(&[Arc::new(p)], &HashMap::new());
         assert_eq!(usage["n1"].cpu_milli, 900);
     }

@@ -21,6 +21,9 @@ use crate::table::Route;
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// While shutting down, how long an idle keep-alive connection waits for one last request.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What became of a connection.
 pub enum Served {
     /// Closed (or the client went away).
@@ -96,13 +99,18 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
         if buf.capacity() - buf.len() < READ_CHUNK / 2 {
             buf.reserve(READ_CHUNK);
         }
-        let read = if idle {
-            if *shutdown.borrow() {
-                return close(io).await;
-            }
+        let read = if idle && *shutdown.borrow() {
+            // draining: a busy client's next request is microseconds away; answer it (with `Connection: close`)
+            // rather than close under it, which would fail a request a client had already sent
+            tokio::time::timeout(DRAIN_IDLE, io.read_buf(&mut buf)).await
+        } else if idle {
             tokio::select! {
                 r = tokio::time::timeout(app.settings.keepalive_timeout, io.read_buf(&mut buf)) => r,
-                _ = shutdown.changed() => return close(io).await,
+                // reading is cancel-safe: nothing is lost, the loop reads again in draining mode
+                changed = shutdown.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return close(io).await, // the server is gone
+                },
             }
         } else {
             tokio::time::timeout(app.settings.client_timeout, io.read_buf(&mut buf)).await
