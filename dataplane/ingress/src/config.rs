@@ -34,7 +34,7 @@ pub struct IngressConfig {
     /// (no cross-thread wake-ups per request); see docs/ingress.md.
     pub work_stealing: bool,
     /// Serve plain HTTP/1.1 requests on the fast path ([`crate::fast`]) and only the rest through Pingora's proxy
-    /// phases. On by default: measured 0.57× → see docs/ingress.md.
+    /// phases. On by default: it is what puts the ingress ahead of nginx (docs/ingress.md#benchmarks).
     pub fast_path: bool,
     /// Access log destination.
     pub access_log: AccessLog,

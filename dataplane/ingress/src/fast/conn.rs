@@ -12,14 +12,17 @@ use super::exchange::{self, Exchange};
 use super::request::{self, MAX_HEADERS, Parsed};
 use super::response;
 use super::{FastPath, replay::Replay};
-use crate::proxy::access_log;
 use crate::proxy::admission::{self, Answer};
 use crate::proxy::ctx::ConnectionGuard;
 use crate::proxy::record::{self, Finished};
+use crate::proxy::{access_log, headers};
 use crate::table::Route;
 
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// Longest wait for a closing connection's last bytes to leave.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// While shutting down, how long an idle keep-alive connection waits for one last request.
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -46,8 +49,10 @@ pub struct Conn {
 /// Buffers reused by every request of a connection.
 #[derive(Default)]
 pub struct Scratch {
-    /// Bytes to write (upstream request, then client response head and first body bytes).
+    /// The request sent upstream (kept until the response arrives: a retry sends it again).
     pub out: Vec<u8>,
+    /// Bytes for the client: a response head and the body bytes that came with it, or an answer.
+    pub head: Vec<u8>,
     /// Bytes read from the upstream.
     pub up: Vec<u8>,
 }
@@ -72,6 +77,8 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut scratch = Scratch::default();
     let head_limit = app.settings.max_header_bytes;
+    // a request (head and body) must arrive within the client timeout of its first byte: slow clients are cut off
+    let mut deadline = None;
     loop {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let idle = match request::parse(&buf, &mut storage) {
@@ -89,6 +96,7 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
                 } else {
                     buf.drain(..total);
                 }
+                deadline = None;
                 continue;
             }
             Parsed::Fast(_) => false,
@@ -113,7 +121,8 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
                 },
             }
         } else {
-            tokio::time::timeout(app.settings.client_timeout, io.read_buf(&mut buf)).await
+            let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + app.settings.client_timeout);
+            tokio::time::timeout_at(until, io.read_buf(&mut buf)).await
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Served::Closed,
@@ -127,9 +136,13 @@ fn delegate(io: Stream, buf: Vec<u8>, why: &'static str) -> Served {
     Served::Delegate(Box::new(Replay::new(io, buf)))
 }
 
+/// Flushes and closes (TLS `close_notify`), giving a client that no longer reads at most [`CLOSE_WAIT`].
 async fn close(mut io: Stream) -> Served {
-    let _ = io.flush().await;
-    let _ = io.shutdown().await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        let _ = io.flush().await;
+        let _ = io.shutdown().await;
+    })
+    .await;
     Served::Closed
 }
 
@@ -152,7 +165,7 @@ async fn handle(
 ) -> Flow {
     let start = Instant::now();
     let table = app.table.load_full();
-    let host = request::host_key(h.host);
+    let host = headers::host_key(h.host);
     let path = h.path();
     let found = table.lookup(&host, path);
     if found.route.is_some_and(|r| needs_pingora(r)) {
@@ -171,7 +184,7 @@ async fn handle(
     let mut id_buf = [0u8; 32];
     let request_id = match h.request_id {
         Some(id) => id,
-        None => request::new_request_id(&mut id_buf),
+        None => headers::new_request_id(&mut id_buf),
     };
     let route = found.route;
     let mut slot = None;
@@ -179,17 +192,20 @@ async fn handle(
         Err(answer) => Some(answer),
         Ok(()) => {
             let route = route.expect("admit answers requests without a route");
-            match admission::limit(route, conn.client) {
-                Err(answer) => Some(answer),
-                Ok(s) => {
-                    slot = s;
-                    if route.policy.max_body_bytes.is_some_and(|max| body.len() as u64 > max) {
-                        Some(text(413, "413 request entity too large\n"))
-                    } else if route.backend.pool().is_none() {
-                        let reason = route.backend.unavailable_reason();
-                        Some(text(503, format!("503 service unavailable: {reason}\n")))
-                    } else {
-                        None
+            // the order of Pingora's request_filter: body size, then limits, then endpoints
+            if route.policy.max_body_bytes.is_some_and(|max| body.len() as u64 > max) {
+                Some(text(413, "413 request entity too large\n"))
+            } else {
+                match admission::limit(route, conn.client) {
+                    Err(answer) => Some(answer),
+                    Ok(s) => {
+                        slot = s;
+                        if route.backend.pool().is_none() {
+                            let reason = route.backend.unavailable_reason();
+                            Some(text(503, format!("503 service unavailable: {reason}\n")))
+                        } else {
+                            None
+                        }
                     }
                 }
             }
@@ -197,9 +213,9 @@ async fn handle(
     };
     let outcome = match answer {
         Some(a) => {
-            s.out.clear();
-            response::answer(&mut s.out, a.status, a.location.as_deref(), &a.body, close);
-            let ok = write(io, &s.out).await;
+            s.head.clear();
+            response::answer(&mut s.head, a.status, a.location.as_deref(), &a.body, close, h.method == "HEAD");
+            let ok = write(io, &s.head, app.settings.client_timeout).await;
             exchange::Outcome::answered(a.status, ok, close)
         }
         None => {
@@ -224,6 +240,7 @@ async fn handle(
                 client_close: close,
                 metrics: &app.metrics,
                 max_retries: app.settings.max_retries,
+                client_timeout: app.settings.client_timeout,
             };
             ex.run(io, s).await
         }
@@ -239,7 +256,7 @@ async fn handle(
         Finished {
             labels,
             handles: route.map(|r| &r.handles),
-            method: crate::proxy::headers::method_label(h.method),
+            method: headers::method_label(h.method),
             status: outcome.status,
             seconds,
             upstream: outcome.upstream_seconds.zip(route.map(|r| &*r.backend)),
@@ -275,7 +292,8 @@ fn text(status: u16, body: impl Into<String>) -> Answer {
     Answer { status, location: None, body: body.into() }
 }
 
-/// Writes `bytes` to the client and flushes; false when the client is gone.
-pub async fn write(io: &mut Stream, bytes: &[u8]) -> bool {
-    io.write_all(bytes).await.is_ok() && io.flush().await.is_ok()
+/// Writes `bytes` to the client and flushes; false when the client is gone or does not read for `timeout`.
+pub async fn write(io: &mut Stream, bytes: &[u8], timeout: std::time::Duration) -> bool {
+    let all = async { io.write_all(bytes).await.is_ok() && io.flush().await.is_ok() };
+    tokio::time::timeout(timeout, all).await.unwrap_or(false)
 }

@@ -1,8 +1,9 @@
 //! One request's trip upstream: pick an endpoint, get a connection (idle one or new), send, relay the response.
 //!
 //! Failures follow the Pingora path's rules: a failed connect counts against the endpoint (ejecting it after
-//! repeated failures) and is retried on another endpoint; a pooled connection the pod had closed is replaced by a
-//! fresh one (idempotent requests are resent, others are only sent on a connection checked to be open); an error
+//! repeated failures) and is retried on another endpoint; a pooled connection is used only when it is still open
+//! with nothing unread on it, and if the pod closes it under the request anyway, an idempotent request is resent on
+//! a fresh connection (others are not: the pod may have acted on them); an error
 //! before the response head answers 502 (504 on a timeout); after it, the client connection is closed, as nginx
 //! does, since the response can no longer be completed.
 
@@ -90,8 +91,19 @@ enum Stage {
     BeforeResponse(Failure),
     /// Something arrived but no head was sent to the client yet: answer 502/504.
     BeforeHead(Failure),
-    /// The client already has the head: close the connection.
-    AfterHead(Failure),
+    /// The client already has (part of) the response: close the connection.
+    AfterHead(Failure, Partial),
+}
+
+/// What reached the client before an exchange broke off.
+#[derive(Debug, Clone, Copy, Default)]
+struct Partial {
+    /// Status sent (0: only 1xx heads, or nothing, before the client went away).
+    status: u16,
+    /// Body bytes sent.
+    body_bytes: u64,
+    /// Seconds until the response head arrived.
+    upstream_seconds: Option<f64>,
 }
 
 /// One request going upstream.
@@ -108,6 +120,8 @@ pub struct Exchange<'a> {
     pub metrics: &'a Metrics,
     /// Connect retries on other endpoints.
     pub max_retries: u32,
+    /// How long a client may take to accept response bytes (slow readers are cut off).
+    pub client_timeout: Duration,
 }
 
 /// Progress of one response towards the client.
@@ -137,8 +151,8 @@ impl Exchange<'_> {
                 let pooled = if fresh_only { None } else { pool::take(endpoint.addr) };
                 let reused = pooled.is_some();
                 let mut up = match pooled {
-                    Some(up) if self.head.idempotent() || still_open(&up) => up,
-                    Some(_) => continue,
+                    Some(up) if still_open(&up) => up,
+                    Some(_) => continue, // closed by the pod, or stray bytes: never used again
                     None => match connect(endpoint.addr, self.policy.connect_timeout).await {
                         Ok(up) => up,
                         Err(timed_out) => break Err(timed_out),
@@ -156,12 +170,13 @@ impl Exchange<'_> {
                         endpoint.stats.finish(None);
                         return self.fail(io, s, e, tried, Some(endpoint.addr)).await;
                     }
-                    Err(Stage::AfterHead(e)) => {
-                        endpoint.stats.finish(None);
+                    Err(Stage::AfterHead(e, partial)) => {
+                        endpoint.stats.finish(partial.upstream_seconds.map(|s| (s * 1e9) as u64));
                         return Outcome {
-                            status: 502,
-                            body_bytes: 0,
-                            upstream_seconds: None,
+                            // nginx's 499 when the client left before any answer
+                            status: if partial.status == 0 { 499 } else { partial.status },
+                            body_bytes: partial.body_bytes,
+                            upstream_seconds: partial.upstream_seconds,
                             endpoint: Some(endpoint.addr),
                             tried,
                             keep: false,
@@ -211,9 +226,9 @@ impl Exchange<'_> {
     ) -> Outcome {
         let status = if matches!(e, Failure::Timeout(_)) { 504 } else { 502 };
         let body = if status == 504 { "504 gateway timeout\n" } else { "502 bad gateway\n" };
-        s.out.clear();
-        response::answer(&mut s.out, status, None, body, self.client_close);
-        let written = write(io, &s.out).await;
+        s.head.clear();
+        response::answer(&mut s.head, status, None, body, self.client_close, self.head.method == "HEAD");
+        let written = write(io, &s.head, self.client_timeout).await;
         Outcome { endpoint, tried, error: Some(e), ..Outcome::answered(status, written, self.client_close) }
     }
 
@@ -237,32 +252,41 @@ impl Exchange<'_> {
             set: &self.policy.response_headers,
         };
         s.up.clear();
-        // the head (after any 1xx heads, which are passed on as they come)
+        // the head (after any 1xx heads, which are passed on as they come); `s.out` keeps the request for a retry
+        let mut interim_sent = false;
         let resp = loop {
             if !s.up.is_empty() {
-                s.out.clear();
-                match response::relay_head(&s.up, &client, &mut s.out) {
+                s.head.clear();
+                match response::relay_head(&s.up, &client, &mut s.head) {
                     Ok(Some(r)) if r.interim => {
-                        if !write(io, &s.out).await {
-                            return Err(Stage::AfterHead(Failure::ClientGone));
+                        if !write(io, &s.head, self.client_timeout).await {
+                            return Err(Stage::AfterHead(Failure::ClientGone, Partial::default()));
                         }
+                        interim_sent = true;
                         s.up.drain(..r.head_len);
                         continue;
                     }
                     Ok(Some(r)) => break r,
                     Ok(None) => {}
+                    Err(e) if interim_sent => return Err(Stage::AfterHead(e.into(), Partial::default())),
                     Err(e) => return Err(Stage::BeforeHead(e.into())),
                 }
             }
-            let first = s.up.is_empty();
+            // nothing of the response seen yet: the pod may have closed an idle connection under the request
+            let first = s.up.is_empty() && !interim_sent;
             match self.read(up, &mut s.up).await {
                 Ok(0) if first => {
                     let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
                     return Err(Stage::BeforeResponse(Failure::Upstream("read", eof)));
                 }
+                Ok(0) if interim_sent => {
+                    let bad = response::BadResponse("closed after an informational response");
+                    return Err(Stage::AfterHead(bad.into(), Partial::default()));
+                }
                 Ok(0) => return Err(Stage::BeforeHead(response::BadResponse("closed inside the head").into())),
                 Ok(_) => {}
                 Err(e) if first && !matches!(e, Failure::Timeout(_)) => return Err(Stage::BeforeResponse(e)),
+                Err(e) if interim_sent => return Err(Stage::AfterHead(e, Partial::default())),
                 Err(e) => return Err(Stage::BeforeHead(e)),
             }
         };
@@ -294,14 +318,15 @@ impl Exchange<'_> {
         if first_body < avail.len() {
             reusable = false; // bytes beyond the response: the connection is out of step
         }
-        s.out.extend_from_slice(&avail[..first_body]);
-        if !write(io, &s.out).await {
-            return Err(Stage::AfterHead(Failure::ClientGone));
+        s.head.extend_from_slice(&avail[..first_body]);
+        let mut sent = Partial { status: resp.status, body_bytes: 0, upstream_seconds: Some(upstream_seconds) };
+        if !write(io, &s.head, self.client_timeout).await {
+            return Err(Stage::AfterHead(Failure::ClientGone, sent));
         }
-        let mut body_bytes = first_body as u64;
+        sent.body_bytes = first_body as u64;
         while !done {
             s.up.clear();
-            let n = self.read(up, &mut s.up).await.map_err(Stage::AfterHead)?;
+            let n = self.read(up, &mut s.up).await.map_err(|e| Stage::AfterHead(e, sent))?;
             let take = match resp.framing {
                 Framing::UntilClose if n == 0 => {
                     done = true;
@@ -309,7 +334,7 @@ impl Exchange<'_> {
                 }
                 _ if n == 0 => {
                     let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "closed inside the body");
-                    return Err(Stage::AfterHead(Failure::Upstream("read", eof)));
+                    return Err(Stage::AfterHead(Failure::Upstream("read", eof), sent));
                 }
                 Framing::Length(_) => {
                     let take = left.min(n as u64) as usize;
@@ -318,7 +343,7 @@ impl Exchange<'_> {
                     take
                 }
                 Framing::Chunked => {
-                    let take = chunked.feed(&s.up).map_err(|e| Stage::AfterHead(e.into()))?;
+                    let take = chunked.feed(&s.up).map_err(|e| Stage::AfterHead(e.into(), sent))?;
                     done = chunked.is_done();
                     take
                 }
@@ -327,12 +352,18 @@ impl Exchange<'_> {
             if take < n {
                 reusable = false;
             }
-            if take > 0 && !write(io, &s.up[..take]).await {
-                return Err(Stage::AfterHead(Failure::ClientGone));
+            if take > 0 && !write(io, &s.up[..take], self.client_timeout).await {
+                return Err(Stage::AfterHead(Failure::ClientGone, sent));
             }
-            body_bytes += take as u64;
+            sent.body_bytes += take as u64;
         }
-        Ok(Relayed { status: resp.status, body_bytes, upstream_seconds, reusable, close_client: resp.close_client })
+        Ok(Relayed {
+            status: resp.status,
+            body_bytes: sent.body_bytes,
+            upstream_seconds,
+            reusable,
+            close_client: resp.close_client,
+        })
     }
 
     /// One read from the upstream within the read timeout.
@@ -363,8 +394,8 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, bool>
     }
 }
 
-/// Whether an idle connection is still open (no EOF or stray bytes waiting): checked before sending a request
-/// that must not be sent twice.
+/// Whether an idle connection is still open with nothing waiting: a pod that closed it, or that sent bytes after
+/// its last response (a body after HEAD or 204, say), must never get — or answer — another client's request.
 fn still_open(up: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     matches!(up.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)

@@ -126,6 +126,9 @@ pub fn parse<'b>(buf: &'b [u8], storage: &'b mut [httparse::Header<'b>; MAX_HEAD
     let (Some(host), 1) = (host, hosts) else {
         return Parsed::Delegate("not exactly one Host");
     };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)) {
+        return Parsed::Delegate("Host is not host[:port]"); // userinfo, spaces, …: Pingora validates and answers
+    }
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_BODY {
         return Parsed::Delegate("large body");
@@ -149,20 +152,6 @@ fn content_length(v: &str) -> Option<u64> {
         return None;
     }
     v.parse().ok()
-}
-
-/// The host of a raw `Host` value: lower case, without port or trailing dot (the table's key).
-pub fn host_key(raw: &str) -> std::borrow::Cow<'_, str> {
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
-        None => raw.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(raw, |(h, _)| h),
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    }
 }
 
 /// What the ingress adds to a request on its way upstream.
@@ -261,20 +250,10 @@ pub fn format_u64(mut n: u64, buf: &mut [u8]) -> &[u8] {
     }
 }
 
-/// A new random request id: 32 hexadecimal digits (ingress-nginx `$req_id`).
-pub fn new_request_id(buf: &mut [u8; 32]) -> &str {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (a, b) = (crate::table::random(), crate::table::random());
-    for (i, byte) in a.to_be_bytes().iter().chain(b.to_be_bytes().iter()).enumerate() {
-        buf[2 * i] = HEX[usize::from(byte >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(byte & 15)];
-    }
-    std::str::from_utf8(buf).expect("hex digits are ASCII")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::{host_key, new_request_id};
 
     fn with_parsed<R>(raw: &[u8], f: impl FnOnce(Parsed<'_>) -> R) -> R {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -326,6 +305,8 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: evil@victim.example\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: \r\n\r\n",
         ] {
             assert!(delegated(raw), "{raw:?} should be delegated");
         }

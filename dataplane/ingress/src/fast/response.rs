@@ -5,10 +5,11 @@
 //! route's custom headers replace same-named ones; `Connection: close` is added when the client connection ends
 //! after this response. Bodies pass through byte for byte, chunked ones included.
 
-use super::request::MAX_HEADERS;
+/// Largest response head accepted from an upstream (Pingora's limit).
+pub const MAX_HEAD: usize = 1024 * 1024;
 
-/// Largest response head accepted from an upstream.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Most response header lines accepted (Pingora's limit).
+pub const MAX_HEADERS: usize = 256;
 
 /// How the response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,10 @@ pub struct Client<'a> {
 pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<Option<Response>, BadResponse> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
-    let head_len = match resp.parse(buf) {
+    let mut config = httparse::ParserConfig::default();
+    // `Name : value` is tolerated as Pingora does (the name is written back without the space); obs-fold is not
+    config.allow_spaces_after_header_name_in_responses(true);
+    let head_len = match config.parse_response(&mut resp, buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(BadResponse("head too large")),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -148,8 +152,9 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A response the ingress writes itself (404, 503, redirects, limits): one buffer, head and body.
-pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str, close: bool) {
+/// A response the ingress writes itself (404, 503, redirects, limits): one buffer, head and body (no body bytes
+/// for a HEAD request: its `Content-Length` is the one a GET would get).
+pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str, close: bool, head_request: bool) {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut digits = [0u8; 20];
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -166,7 +171,9 @@ pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
+    if !head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +268,8 @@ mod tests {
         ] {
             assert!(relay_head(raw.as_bytes(), &PLAIN, &mut out).is_err(), "{raw:?}");
         }
+        let (_, spaced) = relay("HTTP/1.1 200 OK\r\nX-Spaced : 1\r\nContent-Length: 0\r\n\r\n", &PLAIN);
+        assert!(spaced.contains("\r\nX-Spaced: 1\r\n"), "{spaced}");
         let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD));
         assert!(relay_head(huge.as_bytes(), &PLAIN, &mut out).is_err());
     }
@@ -268,11 +277,19 @@ mod tests {
     #[test]
     fn answers_are_complete_responses() {
         let mut out = Vec::new();
-        answer(&mut out, 308, Some("https://a/"), "", false);
+        answer(&mut out, 308, Some("https://a/"), "", false, false);
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
             "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\nContent-Type: text/plain; charset=utf-8\r\n\
              Content-Length: 0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        answer(&mut out, 404, None, "not here\n", true, true);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\n\
+             Connection: close\r\n\r\n",
+            "no body after a HEAD request"
         );
     }
 }

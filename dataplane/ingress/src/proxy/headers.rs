@@ -21,31 +21,41 @@ pub fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
         Some(h) => h,
         None => req.uri.authority()?.as_str(),
     };
+    Some(host_key(raw))
+}
+
+/// The host of a raw `Host` value: lower case, without port or trailing dot (the routing table's key).
+pub fn host_key(raw: &str) -> Cow<'_, str> {
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
         None => raw.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(raw, |(h, _)| h),
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
+        Cow::Owned(host.to_ascii_lowercase())
     } else {
-        Some(Cow::Borrowed(host))
+        Cow::Borrowed(host)
     }
 }
 
-/// The client's `X-Request-ID`, or a new random 32-hex-digit one (ingress-nginx `$req_id`).
+/// The client's `X-Request-ID`, or a new random one ([`new_request_id`]).
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
     if let Some(v) = req.headers.get("x-request-id").filter(|v| !v.is_empty() && v.len() <= 200) {
         return v.clone();
     }
     let mut buf = [0u8; 32];
+    HeaderValue::from_str(new_request_id(&mut buf)).expect("hex digits are a valid header value")
+}
+
+/// A new random request id: 32 hexadecimal digits (ingress-nginx `$req_id`), written into `buf`.
+pub fn new_request_id(buf: &mut [u8; 32]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b) = (random(), random());
     for (i, byte) in a.to_be_bytes().iter().chain(b.to_be_bytes().iter()).enumerate() {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         buf[2 * i] = HEX[usize::from(byte >> 4)];
         buf[2 * i + 1] = HEX[usize::from(byte & 15)];
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    std::str::from_utf8(buf).expect("hex digits are ASCII")
 }
 
 /// The upstream URI after `rewrite-target`, or `None` when the path does not match the rewrite regex.

@@ -105,6 +105,12 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 return;
             }
+            "/stray" => {
+                // a broken pod: a body after the head of a HEAD response, in a later segment
+                let r = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                r.and(s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged").await)
+            }
             "/bad" => {
                 let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
                 return;
@@ -145,10 +151,19 @@ async fn client(
 }
 
 async fn send(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, method: &str, path: &str) -> Reply {
+    send_to(sender, method, "raw.test", path).await
+}
+
+async fn send_to(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    host: &str,
+    path: &str,
+) -> Reply {
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "raw.test")
+        .header("host", host)
         .body(Full::new(Bytes::new()))
         .expect("request");
     tokio::time::timeout(Duration::from_secs(10), sender.ready())
@@ -334,4 +349,27 @@ async fn the_fast_path_and_pingoras_path_send_the_same_request_upstream() {
     assert_eq!(f, s, "fast path and Pingora path differ");
     assert_eq!(f["headers"]["host"], "inner.local");
     assert_eq!(f["body_bytes"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_requests_get_no_body_and_stray_upstream_bytes_reach_no_client() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "")).await;
+    let (mut c, _task) = client(ingress.http).await;
+    // the ingress's own answers: a HEAD gets the head only, and the connection stays in step
+    let missing = send_to(&mut c, "HEAD", "nope.test", "/").await;
+    assert_eq!((missing.status, missing.body.as_str()), (404, ""));
+    assert!(missing.header("content-length").is_some_and(|l| l != "0"), "the length a GET would get");
+    assert_eq!(send(&mut c, "GET", "/echo").await.body, "GET /echo body= conn=1");
+    // a pod writing bytes after a HEAD response: that connection is never used for another request
+    let head = send(&mut c, "HEAD", "/stray").await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let (mut other, _t) = client(ingress.http).await;
+        let r = send(&mut other, "GET", "/echo").await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.starts_with("GET /echo body= conn=") && !r.body.contains("forged"), "{}", r.body);
+        assert_ne!(r.body, "GET /echo body= conn=1", "the connection with stray bytes was dropped");
+    }
 }
