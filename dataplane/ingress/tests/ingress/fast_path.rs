@@ -308,13 +308,18 @@ async fn broken_and_slow_upstreams_answer_502_and_504_and_the_client_connection_
     assert_eq!(slow.status, 504, "{}", slow.body);
     let fine = send(&mut c, "GET", "/echo").await;
     assert_eq!(fine.status, 200, "the client connection is still usable");
-    let m = ingress.metrics_text().await;
+    // a request is counted after its response is written: wait (bounded) for the last one
+    let counted = |m: &str, status: &str| {
+        m.lines().any(|l| l.starts_with("skiff_ingress_requests_total{") && l.contains(&format!("status=\"{status}\"")))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut m = ingress.metrics_text().await;
+    while !["502", "504", "200"].iter().all(|s| counted(&m, s)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = ingress.metrics_text().await;
+    }
     for status in ["502", "504", "200"] {
-        assert!(
-            m.lines()
-                .any(|l| l.starts_with("skiff_ingress_requests_total{") && l.contains(&format!("status=\"{status}\""))),
-            "no {status} counted:\n{m}"
-        );
+        assert!(counted(&m, status), "no {status} counted:\n{m}");
     }
 }
 

@@ -25,9 +25,19 @@ use skiff_ingress::{IngressConfig, Objects};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A free loopback port (bound, then released).
+/// A free loopback port (bound, then released), never handed out twice in this process: tests run side by side,
+/// and a port released here could otherwise be handed to a second ingress before the first one binds it.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let port = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no unused loopback port in 1,000 tries");
 }
 
 /// A running upstream: answers every request with a JSON echo naming `name`.
