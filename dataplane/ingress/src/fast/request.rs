@@ -97,7 +97,7 @@ pub fn parse<'b>(buf: &'b [u8], storage: &'b mut [httparse::Header<'b>; MAX_HEAD
             hosts += 1;
             host = std::str::from_utf8(h.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = std::str::from_utf8(h.value).ok().and_then(content_length) else {
+            let Some(n) = content_length(h.value) else {
                 return Parsed::Delegate("bad Content-Length");
             };
             if body_len.is_some_and(|m| m != n) {
@@ -146,8 +146,9 @@ pub fn parse<'b>(buf: &'b [u8], storage: &'b mut [httparse::Header<'b>; MAX_HEAD
     })
 }
 
-fn content_length(v: &str) -> Option<u64> {
-    let v = v.trim_matches([' ', '\t']);
+/// A `Content-Length` value: digits only (no sign, no list), surrounding blanks allowed, at most 18 digits.
+pub fn content_length(v: &[u8]) -> Option<u64> {
+    let v = std::str::from_utf8(v).ok()?.trim_matches([' ', '\t']);
     if v.is_empty() || v.len() > 18 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -81,12 +81,7 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
     let (mut said_close, mut said_keep_alive) = (false, false);
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .map(|v| v.trim_matches([' ', '\t']))
-                .filter(|v| !v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(BadResponse("bad Content-Length"))?;
+            let n = super::request::content_length(h.value).ok_or(BadResponse("bad Content-Length"))?;
             if length.is_some_and(|m| m != n) {
                 return Err(BadResponse("conflicting Content-Length"));
             }

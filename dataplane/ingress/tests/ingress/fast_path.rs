@@ -63,12 +63,7 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let len = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                    .unwrap_or(0);
+                let len = content_length(req.headers).unwrap_or(0);
                 if buf.len() >= n + len {
                     let out = (
                         req.method.unwrap_or_default().to_owned(),
@@ -138,6 +133,12 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
     }
 }
 
+/// The `Content-Length` of a parsed head.
+fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    let h = headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"))?;
+    std::str::from_utf8(h.value).ok()?.parse().ok()
+}
+
 /// An HTTP/1.1 client connection sending several requests in turn.
 async fn client(
     addr: SocketAddr,
@@ -186,12 +187,7 @@ async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<String> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(h)) = resp.parse(&buf) {
-            let len = resp
-                .headers
-                .iter()
-                .find(|x| x.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|x| std::str::from_utf8(x.value).ok()?.parse::<usize>().ok())
-                .expect("Content-Length");
+            let len = content_length(resp.headers).expect("Content-Length");
             if buf.len() >= h + len {
                 out.push(format!("{} {}", resp.code.unwrap_or(0), String::from_utf8_lossy(&buf[h..h + len])));
                 buf.drain(..h + len);
