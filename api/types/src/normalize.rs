@@ -176,6 +176,23 @@ fn meta_only<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis:
 
 fn none<T>(_: &mut T) {}
 
+/// RBAC objects are named as path segments, not DNS names: Kubernetes' own roles are `system:node`,
+/// `system:controller:deployment-controller` (`ValidateRBACName` upstream).
+fn rbac_meta<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+    namespaced: bool,
+) -> impl Fn(&T, &mut ErrorList) {
+    move |o, errs| v::validate_object_meta(o.metadata(), namespaced, NameRule::PathSegment, errs)
+}
+
+macro_rules! rbac_validator {
+    ($t:ty, $ns:expr) => {{
+        fn f(o: &$t, errs: &mut ErrorList) {
+            rbac_meta::<$t>($ns)(o, errs)
+        }
+        f as fn(&$t, &mut ErrorList)
+    }};
+}
+
 macro_rules! meta_validator {
     ($t:ty, $ns:expr) => {{
         fn f(o: &$t, errs: &mut ErrorList) {
@@ -253,15 +270,15 @@ pub fn normalize(input: Value, steps: Steps) -> Option<Result<Normalized, Normal
         ("scheduling.k8s.io/v1", "PriorityClass") => {
             run::<scheduling::PriorityClass>(i, s, none, meta_validator!(scheduling::PriorityClass, false))
         }
-        ("rbac.authorization.k8s.io/v1", "Role") => run::<rbac::Role>(i, s, none, meta_validator!(rbac::Role, true)),
+        ("rbac.authorization.k8s.io/v1", "Role") => run::<rbac::Role>(i, s, none, rbac_validator!(rbac::Role, true)),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
-            run::<rbac::RoleBinding>(i, s, none, meta_validator!(rbac::RoleBinding, true))
+            run::<rbac::RoleBinding>(i, s, none, rbac_validator!(rbac::RoleBinding, true))
         }
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
-            run::<rbac::ClusterRole>(i, s, none, meta_validator!(rbac::ClusterRole, false))
+            run::<rbac::ClusterRole>(i, s, none, rbac_validator!(rbac::ClusterRole, false))
         }
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-            run::<rbac::ClusterRoleBinding>(i, s, none, meta_validator!(rbac::ClusterRoleBinding, false))
+            run::<rbac::ClusterRoleBinding>(i, s, none, rbac_validator!(rbac::ClusterRoleBinding, false))
         }
         _ => return None,
     })

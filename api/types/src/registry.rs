@@ -294,7 +294,15 @@ const BUILTIN: &[Def] = &[
     def("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", Namespaced),
     def("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", Cluster),
     def("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", Cluster),
+    def("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", Cluster),
+    def("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", Cluster),
+    def("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", Cluster),
+    def("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", Cluster),
+    def("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", Namespaced),
 ];
+
+/// Groups whose resources are only created and answered, never stored (`kubectl auth whoami`, `auth can-i`).
+pub const REVIEW_GROUPS: &[&str] = &["authentication.k8s.io", "authorization.k8s.io"];
 
 fn subresource(owner: &Def, name: &str) -> Subresource {
     let verbs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
@@ -348,6 +356,8 @@ pub fn builtin() -> Vec<ResourceInfo> {
             has_status: d.has_status,
             verbs: if d.group == METRICS_GROUP {
                 vec!["get".into(), "list".into()]
+            } else if REVIEW_GROUPS.contains(&d.group) {
+                vec!["create".into()]
             } else {
                 ALL_VERBS.iter().map(|s| s.to_string()).collect()
             },

@@ -75,7 +75,7 @@ fn check_length(headers: &HeaderMap, limit: usize) -> ApiResult<()> {
     }
 }
 
-/// Decodes an object body (JSON, YAML or, for a few kinds, protobuf).
+/// Decodes an object body (JSON, YAML or, for every built-in kind, protobuf).
 fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
     match ct.as_str() {
@@ -89,11 +89,12 @@ fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
             }
             Ok(docs.remove(0))
         }
-        protobuf::MEDIA_TYPE => protobuf::decode(body).map_err(|e| {
-            ApiError::unsupported_media_type(
+        protobuf::MEDIA_TYPE => protobuf::decode(body).map_err(|e| match e {
+            protobuf::ProtobufError::UnknownKind { .. } => ApiError::unsupported_media_type(
                 &format!("{ct}: {e}"),
                 &["application/json", "application/yaml", protobuf::MEDIA_TYPE],
-            )
+            ),
+            protobuf::ProtobufError::Malformed(_) => ApiError::bad_request(e.to_string()),
         }),
         other => Err(ApiError::unsupported_media_type(
             other,
@@ -251,7 +252,8 @@ pub async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) 
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
-    let (verb, resource, result) = route(&api, &method, &uri, &headers, body, upgrade).await;
+    let user = parts.extensions.get::<super::auth::User>().cloned();
+    let (verb, resource, result) = route(&api, &method, &uri, &headers, body, upgrade, user.as_ref()).await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
     let code = response.status().as_u16().to_string();
     api.metrics
@@ -274,6 +276,7 @@ async fn route(
     headers: &HeaderMap,
     body: Body,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
+    user: Option<&super::auth::User>,
 ) -> (&'static str, String, ApiResult<Response>) {
     let Some(target) = parse_path(uri.path()) else {
         return ("get", uri.path().to_string(), Err(ApiError::no_route(uri.path())));
@@ -328,10 +331,33 @@ async fn route(
                 }
                 return ("get", resource, api.resource_metrics(&rp, &q).await);
             }
+            if super::reviews::is_review(&info) {
+                return ("create", resource, review(api, &info, &rp, method, headers, body, user).await);
+            }
             let (verb, result) = resource_request(api, info, rp, method, &q, headers, body, upgrade).await;
             (verb, resource, result)
         }
     }
+}
+
+/// Creates (answers) a review resource; nothing is stored.
+async fn review(
+    api: &Arc<Api>,
+    info: &ResourceInfo,
+    rp: &ResourcePath,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+    user: Option<&super::auth::User>,
+) -> ApiResult<Response> {
+    if *method != Method::POST || rp.name.is_some() {
+        return Err(ApiError::method_not_allowed(format!("{} can only be created", info.qualified_plural())));
+    }
+    let user = user.ok_or_else(ApiError::unauthorized)?;
+    let body = read_body(body, api.config.max_body).await?;
+    let obj = decode_object(headers, &body)?;
+    let answered = super::reviews::answer(info, user, rp.namespace.as_deref(), obj)?;
+    Ok(json_response(StatusCode::CREATED, &answered))
 }
 
 #[allow(clippy::too_many_lines)]

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod alloc;
 pub mod apply;
 pub mod auth;
+pub mod authz;
 pub mod columns;
 pub mod crd;
 pub mod discovery;
@@ -22,6 +23,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod proxy;
 pub mod request;
+pub mod reviews;
 pub mod serve;
 pub mod strategy;
 pub mod subresources;
@@ -118,7 +120,7 @@ impl Api {
 
 /// Paths anyone may read.
 fn public(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz" | "/metrics")
+    matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz" | "/metrics")
 }
 
 async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
@@ -222,6 +224,8 @@ async fn not_found(req: Request) -> Response {
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/version", get(version))
+        // the Python client asks for `/version/`; the real API server answers both
+        .route("/version/", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use skiff_api::registry::ResourceInfo;
 use skiff_api::validation::ErrorList;
 
-/// Prepares a new object: server-owned status fields start empty (or at their initial value).
+/// Prepares a new object: server-owned status fields start empty (`{}`) or at their initial value.
 pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
     let Value::Object(m) = obj else { return };
     match (info.group.as_str(), info.kind.as_str()) {
@@ -24,10 +24,15 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
             m.remove("status");
         }
         ("batch", "Job") => {
-            m.remove("status");
+            m.insert("status".into(), json!({}));
             generate_job_selector(m);
         }
-        _ if info.has_status || info.custom => {
+        // a built-in kind's status is a Go struct: the real API server answers a create with `status: {}`, and
+        // clients read it right away (`d.status.ready_replicas` in the Python client)
+        _ if info.has_status && !info.custom => {
+            m.insert("status".into(), json!({}));
+        }
+        _ if info.custom => {
             m.remove("status");
         }
         _ => {}

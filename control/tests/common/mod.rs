@@ -12,6 +12,8 @@ pub struct Cluster {
     pub server: skiff_control::server::RunningServer,
     pub dir: tempfile::TempDir,
     pub runtime: tokio::runtime::Runtime,
+    /// The kubectl binary the helpers run (`kubectl`, the dispatcher, or a fixed version such as `kubectl.1.31`).
+    pub kubectl_bin: &'static str,
     cache: PathBuf,
 }
 
@@ -36,7 +38,7 @@ impl Cluster {
         };
         let server = runtime.block_on(skiff_control::server::start(cfg)).expect("server starts");
         let cache = dir.path().join("kube-cache");
-        Cluster { server, dir, runtime, cache }
+        Cluster { server, dir, runtime, kubectl_bin: "kubectl", cache }
     }
 
     /// A kube-rs client for the cluster.
@@ -47,7 +49,7 @@ impl Cluster {
     /// Runs kubectl with the cluster's kubeconfig.
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = Command::new(self.kubectl_bin);
         cmd.env("KUBECONFIG", &self.server.kubeconfig).arg("--cache-dir").arg(&self.cache).args(args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -115,4 +117,15 @@ impl Cluster {
         }
         panic!("timed out after {timeout:?} waiting for: {what}");
     }
+}
+
+/// The path of a fixed kubectl version (`1.31`), installed beside the `kubectl` dispatcher on these machines.
+pub fn kubectl_version(minor: &str) -> &'static str {
+    let dispatcher = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()))
+        .expect("kubectl is on PATH");
+    let dir = std::fs::canonicalize(&dispatcher).expect("kubectl resolves").parent().expect("a directory").to_owned();
+    let versioned = dir.join(format!("kubectl.{minor}"));
+    assert!(versioned.exists(), "{} is installed", versioned.display());
+    Box::leak(versioned.to_string_lossy().into_owned().into_boxed_str())
 }

@@ -1,0 +1,137 @@
+//! The vendored Kubernetes API schema: the descriptor set compiled from `generated.proto` by `build.rs`, and the
+//! notes on the JSON form that `scripts/vendor-k8s-api` derived from the Go types (`json-fields.tsv`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use prost_reflect::{DescriptorPool, MessageDescriptor};
+
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kubernetes.fds"));
+static JSON_FIELDS: &str = include_str!("../../../../api/vendor/kubernetes/json-fields.tsv");
+
+/// What the Go type of one protobuf field says about its JSON form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldNote {
+    /// The JSON name, when it differs from the protobuf field name.
+    pub json_name: Option<String>,
+    /// An embedded struct: its fields appear directly in the parent's JSON object.
+    pub inline: bool,
+    /// A Go pointer: a zero value on the wire was set on purpose and is kept.
+    pub pointer: bool,
+}
+
+/// The compiled schema.
+pub struct Schema {
+    pool: DescriptorPool,
+    fields: HashMap<(String, u32), FieldNote>,
+    lists: HashSet<String>,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema").field("fields", &self.fields.len()).field("lists", &self.lists.len()).finish()
+    }
+}
+
+/// The schema of the served Kubernetes version, loaded on first use.
+pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let pool = DescriptorPool::decode(DESCRIPTORS).expect("build.rs wrote a valid descriptor set");
+    let (fields, lists) = parse_notes(JSON_FIELDS);
+    Schema { pool, fields, lists }
+});
+
+fn parse_notes(text: &str) -> (HashMap<(String, u32), FieldNote>, HashSet<String>) {
+    let (mut fields, mut lists) = (HashMap::new(), HashSet::new());
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let [message, number, json, flags] = cols[..] else { continue };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if flags.contains(&"list") {
+            lists.insert(message.to_string());
+            continue;
+        }
+        let Ok(number) = number.parse::<u32>() else { continue };
+        let note = FieldNote {
+            json_name: flags.contains(&"rename").then(|| json.to_string()),
+            inline: flags.contains(&"inline"),
+            pointer: flags.contains(&"pointer"),
+        };
+        fields.insert((message.to_string(), number), note);
+    }
+    (fields, lists)
+}
+
+impl Schema {
+    /// The message of a top-level kind, found from its apiVersion (`apps/v1`) and kind (`Deployment`).
+    pub fn message(&self, api_version: &str, kind: &str) -> Option<MessageDescriptor> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        if version.is_empty() || kind.is_empty() || !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let package = match group {
+            "" => "k8s.io.api.core".to_string(),
+            "apiextensions.k8s.io" => "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions".to_string(),
+            "internal.apiserver.k8s.io" => "k8s.io.api.apiserverinternal".to_string(),
+            "meta.k8s.io" => "k8s.io.apimachinery.pkg.apis.meta".to_string(),
+            g => format!("k8s.io.api.{}", g.split('.').next().unwrap_or(g)),
+        };
+        self.pool.get_message_by_name(&format!("{package}.{version}.{kind}"))
+    }
+
+    /// A message by its full protobuf name.
+    pub fn message_by_name(&self, name: &str) -> Option<MessageDescriptor> {
+        self.pool.get_message_by_name(name)
+    }
+
+    /// The note on field `number` of `message`, if its Go type says anything the descriptor does not.
+    pub fn note(&self, message: &str, number: u32) -> Option<&FieldNote> {
+        self.fields.get(&(message.to_string(), number))
+    }
+
+    /// Whether `message` wraps a Go slice, so its JSON form is the array of its `items`.
+    pub fn is_list(&self, message: &str) -> bool {
+        self.lists.contains(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_group_maps_to_its_package() {
+        for (av, kind) in [
+            ("v1", "Pod"),
+            ("apps/v1", "Deployment"),
+            ("batch/v1", "CronJob"),
+            ("networking.k8s.io/v1", "Ingress"),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+            ("autoscaling/v1", "HorizontalPodAutoscaler"),
+            ("autoscaling/v2", "HorizontalPodAutoscaler"),
+            ("policy/v1", "PodDisruptionBudget"),
+            ("scheduling.k8s.io/v1", "PriorityClass"),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            ("authorization.k8s.io/v1", "SelfSubjectAccessReview"),
+            ("authentication.k8s.io/v1", "TokenRequest"),
+            ("coordination.k8s.io/v1", "Lease"),
+            ("discovery.k8s.io/v1", "EndpointSlice"),
+            ("events.k8s.io/v1", "Event"),
+            ("meta.k8s.io/v1", "DeleteOptions"),
+        ] {
+            assert!(SCHEMA.message(av, kind).is_some(), "{av} {kind}");
+        }
+        assert!(SCHEMA.message("example.com/v1", "Widget").is_none());
+        assert!(SCHEMA.message("v1", "").is_none());
+        assert!(SCHEMA.message("apps/v1.x", "Deployment").is_none());
+    }
+
+    #[test]
+    fn notes_say_what_the_go_types_say() {
+        assert!(SCHEMA.note("k8s.io.api.apps.v1.DeploymentSpec", 1).is_some_and(|n| n.pointer));
+        assert!(SCHEMA.note("k8s.io.api.core.v1.Volume", 2).is_some_and(|n| n.inline));
+        let r = SCHEMA.note("k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps", 3);
+        assert_eq!(r.and_then(|n| n.json_name.as_deref()), Some("$ref"));
+        assert!(SCHEMA.is_list("k8s.io.apimachinery.pkg.apis.meta.v1.Verbs"));
+        assert!(SCHEMA.note("k8s.io.api.core.v1.ServicePort", 5).is_none(), "nodePort is not a pointer");
+    }
+}
