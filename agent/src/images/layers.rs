@@ -48,12 +48,11 @@ pub fn unpack(reader: impl Read, dst: &Path) -> Result<(), ImageError> {
             return Err(ImageError::Invalid(format!("layer entry {} leaves the layer", path.display())));
         }
         let rel_parent = path.parent().unwrap_or(Path::new(""));
-        let parent = dst.join(rel_parent.strip_prefix("/").unwrap_or(rel_parent));
         if name == ".wh..wh..opq" {
-            std::fs::create_dir_all(&parent).map_err(io("creating an opaque directory"))?;
+            let parent = directory_in_layer(dst, rel_parent)?;
             xattr::set(&parent, "trusted.overlay.opaque", b"y").map_err(io("marking an opaque directory"))?;
         } else if let Some(hidden) = name.strip_prefix(".wh.") {
-            std::fs::create_dir_all(&parent).map_err(io("creating a whiteout's directory"))?;
+            let parent = directory_in_layer(dst, rel_parent)?;
             let target = parent.join(hidden);
             let _ = std::fs::remove_file(&target);
             nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
@@ -63,6 +62,36 @@ pub fn unpack(reader: impl Read, dst: &Path) -> Result<(), ImageError> {
         }
     }
     Ok(())
+}
+
+/// The directory `rel` inside the layer being unpacked at `dst`, created as needed, never through a symlink.
+///
+/// Whiteouts are written by this module, not by the tar crate (whose `unpack_in` checks that an entry stays inside
+/// the layer), so their parent is walked one component at a time: an image that plants `x -> /etc` and then
+/// `x/.wh.shadow` must not delete the host's `/etc/shadow` (issue 17).
+fn directory_in_layer(dst: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
+    let mut dir = dst.to_path_buf();
+    for c in rel.components() {
+        let std::path::Component::Normal(part) = c else { continue };
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ImageError::Invalid(format!(
+                    "layer whiteout under {} goes through a symlink",
+                    rel.display()
+                )));
+            }
+            Ok(_) => {
+                return Err(ImageError::Invalid(format!("layer whiteout under {}: not a directory", rel.display())));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            }
+            Err(e) => return Err(io(format!("inspecting {}", dir.display()))(e)),
+        }
+    }
+    Ok(dir)
 }
 
 /// Makes sure every layer of `image` is unpacked; returns their directories, base first.
@@ -134,6 +163,44 @@ mod tests {
             b.append_data(&mut h, path, *data).expect("append");
         }
         b.into_inner().expect("tar")
+    }
+
+    fn symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &Path) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_link(&mut h, path, target).expect("symlink");
+    }
+
+    #[test]
+    fn whiteouts_never_reach_through_a_symlink_the_image_planted() {
+        // issue 17: `x -> /etc` then `x/.wh.shadow` deleted the host's /etc/shadow
+        let victim = tempfile::tempdir().expect("tempdir");
+        std::fs::write(victim.path().join("shadow"), b"root:x").expect("victim file");
+        for whiteout in ["x/.wh.shadow", "x/.wh..wh..opq", "x/sub/.wh.shadow"] {
+            let mut b = tar::Builder::new(Vec::new());
+            symlink(&mut b, "x", victim.path());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append_data(&mut h, whiteout, &b""[..]).expect("whiteout");
+            let tar = b.into_inner().expect("tar");
+            let dst = tempfile::tempdir().expect("tempdir");
+            let err = unpack(&tar[..], dst.path()).expect_err("a whiteout through a symlink is refused");
+            assert!(err.to_string().contains("symlink"), "{err}");
+            assert_eq!(std::fs::read(victim.path().join("shadow")).expect("still there"), b"root:x", "{whiteout}");
+            assert!(!victim.path().join("sub").exists(), "{whiteout}");
+            assert!(xattr::get(victim.path(), "trusted.overlay.opaque").ok().flatten().is_none(), "{whiteout}");
+        }
     }
 
     #[test]

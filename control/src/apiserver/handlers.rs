@@ -229,7 +229,7 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
         if let Some(orphan) = v
             .get("orphanDependents")
             .and_then(Value::as_bool)
-            .or_else(|| q.get("orphanDependents").map(|o| o == "true"))
+            .or_else(|| q.get("orphanDependents").map(|_| q.flag("orphanDependents")))
         {
             propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
         }

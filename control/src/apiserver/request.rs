@@ -121,7 +121,8 @@ impl Query {
 
     /// A boolean parameter (`true`/`1`).
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1" | ""))
+        // Go's strconv.ParseBool, as the real API server parses flags; the Python client sends `watch=True`
+        matches!(self.get(key), Some("true" | "True" | "TRUE" | "t" | "T" | "1" | ""))
     }
 
     /// An integer parameter.
