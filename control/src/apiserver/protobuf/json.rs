@@ -148,7 +148,8 @@ enum Special {
     Value(Value),
 }
 
-fn get(m: &DynamicMessage, number: u32) -> Option<Pb> {
+/// Field `number` of `m`, when it is on the wire.
+pub(super) fn get(m: &DynamicMessage, number: u32) -> Option<Pb> {
     let f = m.descriptor().get_field(number)?;
     m.has_field(&f).then(|| m.get_field(&f).into_owned())
 }
@@ -161,7 +162,8 @@ fn int(m: &DynamicMessage, number: u32) -> i64 {
     }
 }
 
-fn text(m: &DynamicMessage, number: u32) -> String {
+/// String field `number` of `m` (`""` when absent).
+pub(super) fn text(m: &DynamicMessage, number: u32) -> String {
     match get(m, number) {
         Some(Pb::String(s)) => s,
         _ => String::new(),

@@ -16,7 +16,9 @@ mod json;
 mod schema;
 mod time;
 
-use prost_reflect::{DynamicMessage, ReflectMessage, Value as Pb};
+use prost_reflect::{DynamicMessage, Value as Pb};
+
+use json::{get as field, text as string};
 use serde_json::{Map, Value};
 
 pub use schema::{FieldNote, SCHEMA, Schema};
@@ -43,18 +45,6 @@ pub enum ProtobufError {
 impl ProtobufError {
     pub(crate) fn new(m: impl Into<String>) -> Self {
         Self::Malformed(m.into())
-    }
-}
-
-fn field(m: &DynamicMessage, number: u32) -> Option<Pb> {
-    let f = m.descriptor().get_field(number)?;
-    m.has_field(&f).then(|| m.get_field(&f).into_owned())
-}
-
-fn string(m: &DynamicMessage, number: u32) -> String {
-    match field(m, number) {
-        Some(Pb::String(s)) => s,
-        _ => String::new(),
     }
 }
 
