@@ -1,4 +1,4 @@
-//! `kubectl create <generator>`, `run`, `expose`, `create job --from` (kubectl sends these objects as protobuf) and
+//! `kubectl create <generator>`, `run`, `expose`, `autoscale`, `create job --from` (kubectl sends these objects as protobuf) and
 //! `auth whoami`/`auth can-i` (issue 11). Each command runs with kubectl 1.31, 1.32 and 1.33, and the test checks the object the server stored,
 //! not just the exit code.
 
@@ -48,6 +48,20 @@ fn generators_create_what_they_say(kubectl: &'static str) {
     let s = c.get_json(&["svc", "my-app"]);
     assert_eq!(s["spec"]["selector"], json!({"app": "my-app"}));
     assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
+
+    // autoscale creates an autoscaling/v1 HPA (kubectl 1.32); it is stored as v2 and reads back in both versions
+    ok(&["autoscale", "deployment", "my-app", "--min=2", "--max=5", "--cpu-percent=60"], "autoscaled");
+    let v2 = c.get_json(&["hpa", "my-app"]);
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 60);
+    assert_eq!(v2["spec"]["minReplicas"], 2);
+    let raw = c.kubectl(&["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/my-app"]);
+    let v1: Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(v1["apiVersion"], "autoscaling/v1");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 60);
+    assert_eq!(v1["spec"]["scaleTargetRef"]["name"], "my-app");
+    let hpas = c.kubectl(&["get", "hpa", "-o", "name"]);
+    assert_eq!(hpas.lines().count(), 1, "one object, two versions: {hpas}");
 
     ok(&["create", "job", "once", "--image=busybox", "--", "echo", "hi"], "job.batch/once created");
     let j = c.get_json(&["job", "once"]);

@@ -273,6 +273,11 @@ const BUILTIN: &[Def] = &[
         .all()
         .status()
         .sub(&["status"]),
+    // served beside v2 (the storage version) for `kubectl autoscale`; converted by the API server
+    def("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", Namespaced)
+        .short(&["hpa"])
+        .status()
+        .sub(&["status"]),
     def("networking.k8s.io", "v1", "Ingress", "ingresses", Namespaced).short(&["ing"]).status().sub(&["status"]),
     def("networking.k8s.io", "v1", "IngressClass", "ingressclasses", Cluster),
     def("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", Namespaced).short(&["netpol"]),

@@ -186,6 +186,14 @@ fn render_list(
 
 /// Renders one object in the representation the client asked for.
 fn render_object(info: &ResourceInfo, headers: &HeaderMap, q: &Query, code: StatusCode, obj: &Value) -> Response {
+    // a write through a converted version answers in that version
+    let served;
+    let obj = if super::conversion::storage_version(info).is_some() {
+        served = super::conversion::to_served(info, obj.clone());
+        &served
+    } else {
+        obj
+    };
     match representation(headers) {
         Representation::Table => {
             let rv = skiff_api::meta::resource_version(obj).to_string();

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod auth;
 pub mod authz;
 pub mod columns;
+pub mod conversion;
 pub mod crd;
 pub mod discovery;
 pub mod error;

@@ -24,8 +24,9 @@ pub struct Stored {
 
 /// Decodes a stored value as an object of `info`.
 pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Value> {
-    let mut obj: Value =
+    let obj: Value =
         serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal("decoding a stored object", &e))?;
+    let mut obj = super::conversion::to_served(info, obj);
     let md = skiff_api::meta::metadata_mut(&mut obj);
     md.insert("resourceVersion".into(), Value::from(kv.mod_revision.to_string()));
     if let Value::Object(m) = &mut obj {
@@ -210,6 +211,12 @@ impl Api {
     }
 
     /// The resource for an `apiVersion` and `kind`.
+    /// The resource `info`'s objects are stored as, when `info` is a version converted at the edge.
+    pub fn storage_info(&self, info: &ResourceInfo) -> Option<Arc<ResourceInfo>> {
+        super::conversion::storage_version(info).and_then(|(g, v)| self.resource(g, v, &info.plural))
+    }
+
+    /// The resource for an object's apiVersion and kind.
     pub fn resource_for_kind(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
         self.registry.read().unwrap_or_else(|p| p.into_inner()).by_kind(api_version, kind)
     }

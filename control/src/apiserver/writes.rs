@@ -134,6 +134,10 @@ impl Api {
             return Err(ApiError::bad_request("the request body must be a JSON object"));
         }
         self.fill_type(info, &mut obj)?;
+        if let Some(storage) = self.storage_info(info) {
+            let obj = super::conversion::to_storage(info, obj);
+            return Box::pin(self.create(&storage, namespace, obj, opts)).await;
+        }
         let ns = self.check_namespace(info, namespace, &mut obj)?;
         {
             let md = meta::metadata_mut(&mut obj);
@@ -244,6 +248,10 @@ impl Api {
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
         self.fill_type(info, &mut obj)?;
+        if let Some(storage) = self.storage_info(info) {
+            let obj = super::conversion::to_storage(info, obj);
+            return Box::pin(self.update(&storage, namespace, name, obj, subresource, opts)).await;
+        }
         let body_name = meta::name(&obj).to_string();
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -287,6 +295,14 @@ impl Api {
         opts: &WriteOptions,
         default_manager: &str,
     ) -> ApiResult<Written> {
+        if let Some(storage) = self.storage_info(info) {
+            // a patch or apply through a converted version was computed on the served form
+            let cur =
+                Stored { object: super::conversion::to_storage(info, cur.object.clone()), revision: cur.revision };
+            let new = super::conversion::to_storage(info, new);
+            return Box::pin(self.commit_update(&storage, ns, name, &cur, new, subresource, opts, default_manager))
+                .await;
+        }
         strategy::prepare_for_update(info, &cur.object, &mut new, subresource);
         let (mut new, warnings) = self.normalize_object(info, new, opts.field_validation)?;
         strategy::set_generation(info, &cur.object, &mut new, subresource);

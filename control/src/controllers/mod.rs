@@ -52,7 +52,7 @@ pub fn locate(api: &Api, key: &str) -> Option<(Arc<skiff_api::registry::Resource
     let info = reg
         .all()
         .iter()
-        .filter(|r| key.starts_with(&r.storage_prefix()))
+        .filter(|r| key.starts_with(&r.storage_prefix()) && crate::apiserver::conversion::storage_version(r).is_none())
         .max_by_key(|r| r.storage_prefix().len())?
         .clone();
     let rest = &key[info.storage_prefix().len()..];

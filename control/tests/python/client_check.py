@@ -72,6 +72,23 @@ check(apps.read_namespaced_deployment("web", NS).spec.replicas == 3, "scale writ
 apps.patch_namespaced_deployment_status("web", NS, {"status": {"observedGeneration": 1, "replicas": 0}})
 check(apps.read_namespaced_deployment_status("web", NS).status.observed_generation == 1, "status subresource")
 
+# autoscaling/v1 beside v2: one object, converted at the edge, nothing lost through a v1 patch
+v1api, v2api = client.AutoscalingV1Api(), client.AutoscalingV2Api()
+v1api.create_namespaced_horizontal_pod_autoscaler(NS, {
+    "metadata": {"name": "web"},
+    "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+             "minReplicas": 1, "maxReplicas": 4, "targetCPUUtilizationPercentage": 70}})
+h2 = v2api.read_namespaced_horizontal_pod_autoscaler("web", NS)
+check(h2.spec.metrics[0].resource.target.average_utilization == 70, "a v1 target reads as a v2 metric")
+v2api.patch_namespaced_horizontal_pod_autoscaler("web", NS, {"spec": {"metrics": [
+    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}},
+    {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]}})
+v1api.patch_namespaced_horizontal_pod_autoscaler("web", NS, {"spec": {"maxReplicas": 7}})
+h2 = v2api.read_namespaced_horizontal_pod_autoscaler("web", NS)
+check(h2.spec.max_replicas == 7 and len(h2.spec.metrics) == 2, "a v1 patch keeps the v2-only metric")
+h1 = v1api.list_namespaced_horizontal_pod_autoscaler(NS).items
+check(len(h1) == 1 and h1[0].spec.target_cpu_utilization_percentage == 70, "v1 lists convert each item")
+
 # list with limit/continue, label and field selectors
 for i in range(2, 7):
     core.create_namespaced_config_map(NS, {"metadata": {"name": f"c{i}"}, "data": {}})
