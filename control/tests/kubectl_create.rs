@@ -1,5 +1,5 @@
 //! `kubectl create <generator>`, `run`, `expose`, `autoscale`, `create job --from` (kubectl sends these objects as protobuf) and
-//! `auth whoami`/`auth can-i` (issue 11). Each command runs with kubectl 1.31, 1.32 and 1.33, and the test checks the object the server stored,
+//! `auth whoami`/`auth can-i` and `explain` (issue 11). Each command runs with kubectl 1.31, 1.32 and 1.33, and the test checks the object the server stored,
 //! not just the exit code.
 
 mod common;
@@ -132,6 +132,16 @@ fn generators_create_what_they_say(kubectl: &'static str) {
     assert_eq!(p["spec"]["containers"][0]["args"], json!(["sleep", "3600"]));
     assert_eq!(p["spec"]["containers"][0]["env"], json!([{"name": "A", "value": "1"}]));
     assert_eq!(p["metadata"]["labels"], json!({"app": "shell"}));
+
+    // explain reads the served OpenAPI v3 schemas (descriptions and types of the served version)
+    let out = c.kubectl(&["explain", "deployment.spec.replicas"]);
+    assert!(out.contains("replicas") && out.contains("<integer>") && out.contains("Number of desired pods"), "{out}");
+    let out = c.kubectl(&["explain", "pod.spec.containers.ports"]);
+    assert!(out.contains("containerPort") && out.contains("-required-"), "{out}");
+    let out = c.kubectl(&["explain", "hpa.spec", "--api-version=autoscaling/v1"]);
+    assert!(out.contains("targetCPUUtilizationPercentage"), "{out}");
+    let out = c.kubectl(&["explain", "ingress", "--recursive"]);
+    assert!(out.contains("pathType") && out.contains("secretName"), "{out}");
 
     // who am I, and what may I do (answered by the server's authorizer; RBAC is issue 14)
     let who: Value = serde_json::from_str(&c.kubectl(&["auth", "whoami", "-o", "json"])).expect("JSON");

@@ -21,7 +21,7 @@ use prost_reflect::{DynamicMessage, Value as Pb};
 use json::{get as field, text as string};
 use serde_json::{Map, Value};
 
-pub use schema::{FieldNote, SCHEMA, Schema};
+pub use schema::{FieldNote, ListMeta, SCHEMA, Schema};
 
 /// The protobuf media type.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";

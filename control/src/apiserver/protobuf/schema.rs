@@ -20,11 +20,27 @@ pub struct FieldNote {
     pub pointer: bool,
 }
 
+/// The strategic-merge and server-side-apply metadata of one field, as the OpenAPI documents carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListMeta {
+    /// `x-kubernetes-patch-strategy` (`merge`, `retainKeys`, `merge,retainKeys`).
+    pub strategy: Option<String>,
+    /// `x-kubernetes-patch-merge-key`.
+    pub merge_key: Option<String>,
+    /// `x-kubernetes-list-type` (`atomic`, `set`, `map`).
+    pub list_type: Option<String>,
+    /// `x-kubernetes-list-map-keys`.
+    pub list_map_keys: Vec<String>,
+    /// `x-kubernetes-map-type` (`atomic`, `granular`).
+    pub map_type: Option<String>,
+}
+
 /// The compiled schema.
 pub struct Schema {
     pool: DescriptorPool,
     fields: HashMap<(String, u32), FieldNote>,
     lists: HashSet<String>,
+    list_meta: HashMap<(String, String), ListMeta>,
 }
 
 impl std::fmt::Debug for Schema {
@@ -36,12 +52,14 @@ impl std::fmt::Debug for Schema {
 /// The schema of the served Kubernetes version, loaded on first use.
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let pool = DescriptorPool::decode(DESCRIPTORS).expect("build.rs wrote a valid descriptor set");
-    let (fields, lists) = parse_notes(JSON_FIELDS);
-    Schema { pool, fields, lists }
+    let (fields, lists, list_meta) = parse_notes(JSON_FIELDS);
+    Schema { pool, fields, lists, list_meta }
 });
 
-fn parse_notes(text: &str) -> (HashMap<(String, u32), FieldNote>, HashSet<String>) {
-    let (mut fields, mut lists) = (HashMap::new(), HashSet::new());
+type Notes = (HashMap<(String, u32), FieldNote>, HashSet<String>, HashMap<(String, String), ListMeta>);
+
+fn parse_notes(text: &str) -> Notes {
+    let (mut fields, mut lists, mut list_meta) = (HashMap::new(), HashSet::new(), HashMap::new());
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let cols: Vec<&str> = line.split('\t').collect();
         let [message, number, json, flags] = cols[..] else { continue };
@@ -51,14 +69,29 @@ fn parse_notes(text: &str) -> (HashMap<(String, u32), FieldNote>, HashSet<String
             continue;
         }
         let Ok(number) = number.parse::<u32>() else { continue };
+        let value = |key: &str| flags.iter().find_map(|f| f.strip_prefix(key)).map(|v| v.replace('+', ","));
+        let meta = ListMeta {
+            strategy: value("strategy="),
+            merge_key: value("merge-key="),
+            list_type: value("list-type="),
+            list_map_keys: value("list-map-keys=")
+                .map(|v| v.split('|').map(str::to_string).collect())
+                .unwrap_or_default(),
+            map_type: value("map-type="),
+        };
+        if meta != ListMeta::default() {
+            list_meta.insert((message.to_string(), json.to_string()), meta);
+        }
         let note = FieldNote {
             json_name: flags.contains(&"rename").then(|| json.to_string()),
             inline: flags.contains(&"inline"),
             pointer: flags.contains(&"pointer"),
         };
-        fields.insert((message.to_string(), number), note);
+        if note != FieldNote::default() {
+            fields.insert((message.to_string(), number), note);
+        }
     }
-    (fields, lists)
+    (fields, lists, list_meta)
 }
 
 impl Schema {
@@ -86,6 +119,16 @@ impl Schema {
     /// The note on field `number` of `message`, if its Go type says anything the descriptor does not.
     pub fn note(&self, message: &str, number: u32) -> Option<&FieldNote> {
         self.fields.get(&(message.to_string(), number))
+    }
+
+    /// The list/patch metadata of the field with JSON name `field` in `message` (a protobuf message name).
+    pub fn list_meta(&self, message: &str, field: &str) -> Option<&ListMeta> {
+        self.list_meta.get(&(message.to_string(), field.to_string()))
+    }
+
+    /// Every field with list/patch metadata: (protobuf message name, JSON field name, metadata).
+    pub fn all_list_meta(&self) -> impl Iterator<Item = (&str, &str, &ListMeta)> {
+        self.list_meta.iter().map(|((m, f), meta)| (m.as_str(), f.as_str(), meta))
     }
 
     /// Whether `message` wraps a Go slice, so its JSON form is the array of its `items`.
@@ -133,5 +176,12 @@ mod tests {
         assert_eq!(r.and_then(|n| n.json_name.as_deref()), Some("$ref"));
         assert!(SCHEMA.is_list("k8s.io.apimachinery.pkg.apis.meta.v1.Verbs"));
         assert!(SCHEMA.note("k8s.io.api.core.v1.ServicePort", 5).is_none(), "nodePort is not a pointer");
+        let ports = SCHEMA.list_meta("k8s.io.api.core.v1.Container", "ports").expect("ports have list metadata");
+        assert_eq!(ports.merge_key.as_deref(), Some("containerPort"));
+        assert_eq!(ports.list_map_keys, ["containerPort", "protocol"]);
+        let volumes = SCHEMA.list_meta("k8s.io.api.core.v1.PodSpec", "volumes").expect("volumes");
+        assert_eq!(volumes.strategy.as_deref(), Some("merge,retainKeys"));
+        let args = SCHEMA.list_meta("k8s.io.api.core.v1.Container", "args").expect("args");
+        assert_eq!(args.list_type.as_deref(), Some("atomic"));
     }
 }

@@ -1,6 +1,9 @@
-//! A minimal OpenAPI v3, generated from the registry: one PATCH operation per kind, tagged with its
-//! group-version-kind and declaring the `fieldValidation` parameter. That is what `kubectl apply` checks before it
-//! sends `fieldValidation=Strict` (see shared/docs/kubectl-wire.md §2); validation itself is the server's.
+//! OpenAPI v3, generated from the registry: the operations of each kind, tagged with its group-version-kind and
+//! declaring the `fieldValidation` parameter (what `kubectl apply` checks before it sends `fieldValidation=Strict`,
+//! see shared/docs/kubectl-wire.md §2), and the schemas of the built-in kinds ([`schemas`]: what `kubectl explain`
+//! reads and kubectl's client-side apply takes its merge metadata from).
+
+mod schemas;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -42,7 +45,7 @@ pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<V
         };
         paths.insert(coll, json!({"post": op("create"), "get": op("list")}));
     }
-    any.then(|| json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": skiff_api::registry::KUBERNETES_VERSION}, "paths": paths, "components": {"schemas": {}}}))
+    any.then(|| json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": skiff_api::registry::KUBERNETES_VERSION}, "paths": paths, "components": {"schemas": schemas::for_group_version(group, version)}}))
 }
 
 /// The content hash of a document (cache key in the root's URLs).
