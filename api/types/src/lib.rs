@@ -9,7 +9,8 @@
 //! - [`registry`]: every built-in resource with its group, version, kind, scope, short names and categories;
 //! - [`validation`] and [`defaults`]: what the API server checks and fills in, per kind, with field paths;
 //! - [`normalize`]: decode, default and validate a built-in object as the API server stores it;
-//! - [`smp`]: strategic merge patch with the merge keys of every built-in type;
+//! - [`schema`]: the vendored Kubernetes type definitions (protobuf descriptors and notes from the Go types);
+//! - [`smp`]: strategic merge patch with the merge keys of every built-in type, from [`schema`];
 //! - [`meta`]: helpers over the `metadata` of an untyped object.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@ pub mod normalize;
 pub mod qos;
 pub mod quantity;
 pub mod registry;
+pub mod schema;
 pub mod selector;
 pub mod smp;
 pub mod validation;

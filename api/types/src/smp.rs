@@ -2,14 +2,17 @@
 //! `patchMergeKey`, primitive lists merged as sets, and the `$patch`, `$retainKeys`, `$setElementOrder/…` and
 //! `$deleteFromPrimitiveList/…` directives that `kubectl apply`, `set image` and `rollout restart` send.
 //!
-//! The merge metadata is a small schema: for each API type, the fields that are lists merged by key or as sets, and
-//! the fields whose type has such lists further down. Every other list is atomic (replaced whole), as in Kubernetes.
-//! The same schema gives server-side apply its list-map keys.
+//! The merge metadata comes from the vendored Kubernetes types ([`crate::schema`]): the `patchStrategy`/
+//! `patchMergeKey` of each field (and, where a field has none, its `listType`/`listMapKeys`), and each field's type
+//! to walk into. Every other list is atomic (replaced whole), as in Kubernetes. The same metadata gives server-side
+//! apply its list-map keys.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
+
+use crate::schema::{MergeList, SCHEMA};
 
 /// How a list field merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +20,7 @@ pub enum ListType {
     /// Replaced whole.
     Atomic,
     /// Elements are objects merged by these keys (the first is the strategic-merge `patchMergeKey`).
-    Map(&'static [&'static str]),
+    Map(&'static [String]),
     /// Elements are primitives merged as a set.
     Set,
 }
@@ -27,7 +30,7 @@ pub enum ListType {
 pub struct Field {
     /// How the field merges when it is a list.
     pub list: ListType,
-    /// The schema type of the field (or of its list elements), when it has merge metadata of its own.
+    /// The schema type (protobuf message name) of the field, or of its list elements or map values.
     pub ty: Option<&'static str>,
 }
 
@@ -47,103 +50,39 @@ pub enum PatchError {
     },
 }
 
-const fn map(keys: &'static [&'static str]) -> Field {
-    Field { list: ListType::Map(keys), ty: None }
-}
-const fn map_of(keys: &'static [&'static str], ty: &'static str) -> Field {
-    Field { list: ListType::Map(keys), ty: Some(ty) }
-}
-const fn set() -> Field {
-    Field { list: ListType::Set, ty: None }
-}
-const fn obj(ty: &'static str) -> Field {
-    Field { list: ListType::Atomic, ty: Some(ty) }
-}
+const ATOMIC: Field = Field { list: ListType::Atomic, ty: None };
+const OBJECT_META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
-type Schema = HashMap<&'static str, HashMap<&'static str, Field>>;
-
-static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
-    let conditions = ("conditions", map(&["type"]));
-    let template = ("template", obj("PodTemplateSpec"));
-    let defs: Vec<(&'static str, Vec<(&'static str, Field)>)> = vec![
-        ("ObjectMeta", vec![("finalizers", set()), ("ownerReferences", map(&["uid"]))]),
-        ("PodTemplateSpec", vec![("metadata", obj("ObjectMeta")), ("spec", obj("PodSpec"))]),
-        (
-            "PodSpec",
-            vec![
-                ("containers", map_of(&["name"], "Container")),
-                ("initContainers", map_of(&["name"], "Container")),
-                ("ephemeralContainers", map_of(&["name"], "Container")),
-                ("volumes", map(&["name"])),
-                ("imagePullSecrets", map(&["name"])),
-                ("hostAliases", map(&["ip"])),
-                ("topologySpreadConstraints", map(&["topologyKey", "whenUnsatisfiable"])),
-                ("resourceClaims", map(&["name"])),
-                ("schedulingGates", map(&["name"])),
-            ],
-        ),
-        (
-            "Container",
-            vec![
-                ("ports", map(&["containerPort", "protocol"])),
-                ("env", map(&["name"])),
-                ("volumeMounts", map(&["mountPath"])),
-                ("volumeDevices", map(&["devicePath"])),
-                ("resizePolicy", map(&["resourceName"])),
-            ],
-        ),
-        ("PodStatus", vec![conditions, ("podIPs", map(&["ip"])), ("hostIPs", map(&["ip"]))]),
-        ("DeploymentSpec", vec![template]),
-        ("DeploymentStatus", vec![conditions]),
-        ("ReplicaSetSpec", vec![template]),
-        ("ReplicaSetStatus", vec![conditions]),
-        ("StatefulSetSpec", vec![template]),
-        ("StatefulSetStatus", vec![conditions]),
-        ("DaemonSetSpec", vec![template]),
-        ("DaemonSetStatus", vec![conditions]),
-        ("JobSpec", vec![template]),
-        ("JobStatus", vec![conditions]),
-        ("CronJobSpec", vec![("jobTemplate", obj("JobTemplateSpec"))]),
-        ("JobTemplateSpec", vec![("metadata", obj("ObjectMeta")), ("spec", obj("JobSpec"))]),
-        ("ServiceSpec", vec![("ports", map(&["port", "protocol"]))]),
-        ("ServiceStatus", vec![conditions]),
-        ("NodeSpec", vec![("podCIDRs", set())]),
-        ("NodeStatus", vec![conditions, ("addresses", map(&["type"]))]),
-        ("NamespaceStatus", vec![conditions]),
-        ("PersistentVolumeClaimStatus", vec![conditions]),
-        ("HorizontalPodAutoscalerStatus", vec![conditions]),
-        ("CustomResourceDefinitionStatus", vec![conditions]),
-        ("PodDisruptionBudgetStatus", vec![conditions]),
-        ("IngressStatus", vec![]),
-    ];
-    defs.into_iter().map(|(name, fields)| (name, fields.into_iter().collect())).collect()
+/// The message of each built-in kind, by kind name: the first served version in the registry wins (the preferred
+/// one: autoscaling/v2 for HorizontalPodAutoscaler).
+static ROOTS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+    let mut roots = HashMap::new();
+    for r in crate::registry::builtin() {
+        if let Some(m) = SCHEMA.kind_message(&r.api_version(), &r.kind) {
+            roots.entry(r.kind.clone()).or_insert(m);
+        }
+    }
+    roots
 });
 
-/// The merge metadata of `field` in schema type `ty`; fields without metadata are atomic.
+/// The merge metadata of `field` in schema type `ty` (a protobuf message name); fields without metadata are atomic.
 pub fn field(ty: Option<&str>, field: &str) -> Field {
-    if field == "metadata" {
-        return obj("ObjectMeta");
-    }
-    ty.and_then(|t| SCHEMA.get(t))
-        .and_then(|fields| fields.get(field))
-        .copied()
-        .unwrap_or(Field { list: ListType::Atomic, ty: None })
+    let Some(f) = ty.and_then(|t| SCHEMA.merge_field(t, field)) else { return ATOMIC };
+    let list = match &f.list {
+        MergeList::Atomic => ListType::Atomic,
+        MergeList::Set => ListType::Set,
+        MergeList::Map(keys) => ListType::Map(keys.as_slice()),
+    };
+    Field { list, ty: f.ty.as_deref() }
 }
 
-/// The schema type at the root of a kind: its `spec` and `status` are `<Kind>Spec` and `<Kind>Status`.
-pub fn root_field(kind: &str, field: &str) -> Field {
-    match field {
-        "metadata" => obj("ObjectMeta"),
-        "spec" | "status" => {
-            let name = format!("{kind}{}", if field == "spec" { "Spec" } else { "Status" });
-            match SCHEMA.get_key_value(name.as_str()) {
-                Some((k, _)) => obj(k),
-                None => Field { list: ListType::Atomic, ty: None },
-            }
-        }
-        // Pod templates (PodTemplate kind) keep their template at the root.
-        "template" => obj("PodTemplateSpec"),
-        _ => Field { list: ListType::Atomic, ty: None },
+/// The merge metadata of a top-level field of a `kind` object. Kinds outside the built-in schema (custom
+/// resources) merge atomically below their `metadata`.
+pub fn root_field(kind: &str, name: &str) -> Field {
+    match ROOTS.get(kind) {
+        Some(root) => field(Some(root.as_str()), name),
+        None if name == "metadata" => Field { list: ListType::Atomic, ty: Some(OBJECT_META) },
+        None => ATOMIC,
     }
 }
 
@@ -282,7 +221,7 @@ fn merge_list(orig: &[Value], patch: &[Value], f: Field, path: &str) -> Result<V
             Ok(out)
         }
         ListType::Map(keys) => {
-            let key = keys[0];
+            let key = keys[0].as_str();
             if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
                 return Ok(patch
                     .iter()
@@ -336,7 +275,7 @@ fn merge_list(orig: &[Value], patch: &[Value], f: Field, path: &str) -> Result<V
 fn reorder(list: &mut Vec<Value>, order: &[Value], lt: ListType) {
     let key_of = |v: &Value| -> Option<Value> {
         match lt {
-            ListType::Map(keys) => v.get(keys[0]).cloned(),
+            ListType::Map(keys) => v.get(&keys[0]).cloned(),
             _ => Some(v.clone()),
         }
     };
@@ -461,6 +400,29 @@ mod tests {
             "2026-11-21T07:21:54Z"
         );
         assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().expect("list").len(), 2);
+    }
+
+    #[test]
+    fn merge_metadata_is_upstreams_from_the_vendored_types() {
+        let pod_spec = root_field("Pod", "spec").ty;
+        assert_eq!(pod_spec, Some("k8s.io.api.core.v1.PodSpec"));
+        let containers = field(pod_spec, "containers");
+        assert!(matches!(containers.list, ListType::Map(k) if k == ["name"]));
+        let ports = field(containers.ty, "ports");
+        assert!(matches!(ports.list, ListType::Map(k) if k == ["containerPort", "protocol"]));
+        // the hand-kept table merged resizePolicy by resourceName; upstream keeps it atomic
+        assert_eq!(field(containers.ty, "resizePolicy").list, ListType::Atomic);
+        assert_eq!(field(pod_spec, "tolerations").list, ListType::Atomic);
+        assert!(matches!(field(pod_spec, "hostAliases").list, ListType::Map(k) if k == ["ip"]));
+        // embedded structs: a Volume's sources are its own fields
+        let volumes = field(pod_spec, "volumes");
+        assert_eq!(field(volumes.ty, "configMap").ty, Some("k8s.io.api.core.v1.ConfigMapVolumeSource"));
+        assert_eq!(field(root_field("Deployment", "metadata").ty, "finalizers").list, ListType::Set);
+        assert_eq!(root_field("Widget", "metadata").ty, Some(OBJECT_META), "custom resources keep metadata");
+        assert_eq!(
+            root_field("HorizontalPodAutoscaler", "spec").ty,
+            Some("k8s.io.api.autoscaling.v2.HorizontalPodAutoscalerSpec")
+        );
     }
 
     #[test]

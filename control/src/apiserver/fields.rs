@@ -38,7 +38,7 @@ pub fn of_object(obj: &Value, kind: &str) -> Value {
                         if UNTRACKED_META.contains(&mk.as_str()) {
                             continue;
                         }
-                        mset.insert(format!("f:{mk}"), of_value(mv, smp::field(Some("ObjectMeta"), mk)));
+                        mset.insert(format!("f:{mk}"), of_value(mv, smp::field(f.ty, mk)));
                     }
                     if !mset.is_empty() {
                         out.insert("f:metadata".into(), Value::Object(mset));
@@ -89,11 +89,11 @@ fn of_value(v: &Value, f: smp::Field) -> Value {
 }
 
 /// The `k:{…}` path element of a list-map element.
-pub fn element_key(item: &Value, keys: &[&str]) -> Option<String> {
+pub fn element_key(item: &Value, keys: &[String]) -> Option<String> {
     let mut k = Map::new();
     for key in keys {
-        if let Some(v) = item.get(*key) {
-            k.insert((*key).to_string(), v.clone());
+        if let Some(v) = item.get(key) {
+            k.insert(key.clone(), v.clone());
         }
     }
     if k.is_empty() {

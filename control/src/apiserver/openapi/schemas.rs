@@ -16,7 +16,7 @@ use schemars::SchemaGenerator;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use crate::apiserver::protobuf::SCHEMA;
+use skiff_api::schema::SCHEMA;
 
 /// Registers the schema of one kind with the generator; returns its definition name.
 type Register = fn(&mut SchemaGenerator) -> String;

@@ -13,7 +13,6 @@
 //!   recursion limit, raw JSON members that are not JSON, and times out of range.
 
 mod json;
-mod schema;
 mod time;
 
 use prost_reflect::{DynamicMessage, Value as Pb};
@@ -21,7 +20,7 @@ use prost_reflect::{DynamicMessage, Value as Pb};
 use json::{get as field, text as string};
 use serde_json::{Map, Value};
 
-pub use schema::{FieldNote, ListMeta, SCHEMA, Schema};
+use skiff_api::schema::SCHEMA;
 
 /// The protobuf media type.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";

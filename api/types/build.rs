@@ -1,6 +1,7 @@
-//! Compiles the vendored Kubernetes `generated.proto` files (api/vendor/kubernetes) into one descriptor set that the
-//! API server decodes protobuf request bodies with (see `apiserver::protobuf`). protox is a pure-Rust protobuf
-//! compiler, so no `protoc` is needed for this.
+//! Compiles the vendored Kubernetes `generated.proto` files (api/vendor/kubernetes) into one descriptor set: the
+//! schema of every built-in type ([`schema`](src/schema.rs)), which the API server decodes protobuf request bodies
+//! with and strategic merge patch takes its merge metadata from. protox is a pure-Rust protobuf compiler, so no
+//! `protoc` is needed for this.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,7 @@ fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/vendor/kubernetes/proto");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/kubernetes/proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     protos(&root, &mut files)?;

@@ -1,13 +1,15 @@
-//! The vendored Kubernetes API schema: the descriptor set compiled from `generated.proto` by `build.rs`, and the
-//! notes on the JSON form that `scripts/vendor-k8s-api` derived from the Go types (`json-fields.tsv`).
+//! The vendored Kubernetes API schema (api/vendor/kubernetes): the descriptor set compiled from `generated.proto`
+//! by `build.rs`, and the notes on the JSON form that `scripts/vendor-k8s-api` derived from the Go types
+//! (`json-fields.tsv`): renamed, embedded and pointer fields, slice wrappers, and the strategic-merge/apply
+//! metadata of list and map fields.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use prost_reflect::{DescriptorPool, MessageDescriptor};
+use prost_reflect::{DescriptorPool, Kind, MessageDescriptor};
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kubernetes.fds"));
-static JSON_FIELDS: &str = include_str!("../../../../api/vendor/kubernetes/json-fields.tsv");
+static JSON_FIELDS: &str = include_str!("../../vendor/kubernetes/json-fields.tsv");
 
 /// What the Go type of one protobuf field says about its JSON form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,12 +37,33 @@ pub struct ListMeta {
     pub map_type: Option<String>,
 }
 
+/// How a list field merges, in strategic merge patch and in server-side apply's field sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeList {
+    /// Replaced whole.
+    Atomic,
+    /// Elements are objects merged by these keys (the first is the strategic-merge `patchMergeKey`).
+    Map(Vec<String>),
+    /// Elements are primitives merged as a set.
+    Set,
+}
+
+/// The merge metadata of one field (by its JSON name) of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeField {
+    /// How the field merges when it is a list.
+    pub list: MergeList,
+    /// The message of the field's value (or of its list elements or map values), when it is a message.
+    pub ty: Option<String>,
+}
+
 /// The compiled schema.
 pub struct Schema {
     pool: DescriptorPool,
     fields: HashMap<(String, u32), FieldNote>,
     lists: HashSet<String>,
     list_meta: HashMap<(String, String), ListMeta>,
+    merge: HashMap<String, HashMap<String, MergeField>>,
 }
 
 impl std::fmt::Debug for Schema {
@@ -53,8 +76,25 @@ impl std::fmt::Debug for Schema {
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     let pool = DescriptorPool::decode(DESCRIPTORS).expect("build.rs wrote a valid descriptor set");
     let (fields, lists, list_meta) = parse_notes(JSON_FIELDS);
-    Schema { pool, fields, lists, list_meta }
+    let mut schema = Schema { pool, fields, lists, list_meta, merge: HashMap::new() };
+    schema.merge = schema.pool.all_messages().map(|m| (m.full_name().to_string(), schema.merge_fields(&m))).collect();
+    schema
 });
+
+fn merge_list(meta: Option<&ListMeta>) -> MergeList {
+    let Some(meta) = meta else { return MergeList::Atomic };
+    let merge = meta.strategy.as_deref().is_some_and(|s| s.split(',').any(|p| p == "merge"));
+    match (merge, &meta.merge_key, meta.list_type.as_deref()) {
+        (true, Some(key), _) => {
+            let mut keys = vec![key.clone()];
+            keys.extend(meta.list_map_keys.iter().filter(|k| *k != key).cloned());
+            MergeList::Map(keys)
+        }
+        (true, None, _) | (false, _, Some("set")) => MergeList::Set,
+        (false, _, Some("map")) if !meta.list_map_keys.is_empty() => MergeList::Map(meta.list_map_keys.clone()),
+        _ => MergeList::Atomic,
+    }
+}
 
 type Notes = (HashMap<(String, u32), FieldNote>, HashSet<String>, HashMap<(String, String), ListMeta>);
 
@@ -95,6 +135,43 @@ fn parse_notes(text: &str) -> Notes {
 }
 
 impl Schema {
+    /// The merge metadata of every field of `m` by JSON name; an embedded (`,inline`) field contributes its own
+    /// fields, as in the JSON form.
+    fn merge_fields(&self, m: &MessageDescriptor) -> HashMap<String, MergeField> {
+        let mut out = HashMap::new();
+        for f in m.fields() {
+            let note = self.note(m.full_name(), f.number());
+            let child = match f.kind() {
+                Kind::Message(d) if f.is_map() => match d.map_entry_value_field().kind() {
+                    Kind::Message(v) => Some(v),
+                    _ => None,
+                },
+                Kind::Message(d) => Some(d),
+                _ => None,
+            };
+            if note.is_some_and(|n| n.inline) {
+                if let Some(c) = &child {
+                    out.extend(self.merge_fields(c));
+                }
+                continue;
+            }
+            let json = note.and_then(|n| n.json_name.clone()).unwrap_or_else(|| f.name().to_string());
+            let list = merge_list(self.list_meta(m.full_name(), &json));
+            out.insert(json, MergeField { list, ty: child.map(|c| c.full_name().to_string()) });
+        }
+        out
+    }
+
+    /// The merge metadata of field `field` (JSON name) of message `message`.
+    pub fn merge_field(&self, message: &str, field: &str) -> Option<&MergeField> {
+        self.merge.get(message).and_then(|m| m.get(field))
+    }
+
+    /// The message name of a top-level kind (`apps/v1`, `Deployment` → `k8s.io.api.apps.v1.Deployment`).
+    pub fn kind_message(&self, api_version: &str, kind: &str) -> Option<String> {
+        self.message(api_version, kind).map(|m| m.full_name().to_string())
+    }
+
     /// The message of a top-level kind, found from its apiVersion (`apps/v1`) and kind (`Deployment`).
     pub fn message(&self, api_version: &str, kind: &str) -> Option<MessageDescriptor> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
