@@ -11,6 +11,7 @@
 //! - [`normalize`]: decode, default and validate a built-in object as the API server stores it;
 //! - [`schema`]: the vendored Kubernetes type definitions (protobuf descriptors and notes from the Go types);
 //! - [`smp`]: strategic merge patch with the merge keys of every built-in type, from [`schema`];
+//! - [`structural`]: custom resources against their CRD's structural schema (pruning, defaults, validation);
 //! - [`meta`]: helpers over the `metadata` of an untyped object.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -26,5 +27,6 @@ pub mod registry;
 pub mod schema;
 pub mod selector;
 pub mod smp;
+pub mod structural;
 pub mod validation;
 pub mod yaml;

@@ -80,6 +80,8 @@ pub struct ResourceInfo {
     pub custom: bool,
     /// Extra printer columns (custom resources).
     pub printer_columns: Vec<PrinterColumn>,
+    /// The structural schema (`openAPIV3Schema`) of a custom resource's version, when its CRD has one.
+    pub schema: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 impl ResourceInfo {
@@ -368,6 +370,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
             },
             custom: false,
             printer_columns: Vec::new(),
+            schema: None,
         })
         .collect()
 }

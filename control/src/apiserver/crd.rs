@@ -92,6 +92,11 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
                     .map(|s| s.to_string())
                     .collect(),
                 custom: true,
+                schema: v
+                    .pointer("/schema/openAPIV3Schema")
+                    .filter(|s| s.is_object())
+                    .cloned()
+                    .map(std::sync::Arc::new),
                 printer_columns: v
                     .get("additionalPrinterColumns")
                     .and_then(Value::as_array)

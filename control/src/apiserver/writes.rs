@@ -98,10 +98,34 @@ impl Api {
                         .map_err(|e| ApiError::bad_request(format!("error decoding metadata: {e}")))?;
                 let mut errs = ErrorList::default();
                 validate_object_meta(&md, info.namespaced(), NameRule::Dns1123Subdomain, &mut errs);
+                let (mut obj, mut warnings) = (obj, Vec::new());
+                if let Some(schema) = &info.schema {
+                    // the CRD's structural schema: unknown fields go (an error under fieldValidation=Strict, a
+                    // warning under Warn, as for built-in kinds), defaults come, the rest is checked
+                    let unknown = skiff_api::structural::prune(&mut obj, schema);
+                    if !unknown.is_empty() {
+                        match fields {
+                            FieldValidation::Strict => {
+                                return Err(ApiError::from_normalize(
+                                    info,
+                                    &kind,
+                                    &name,
+                                    skiff_api::normalize::NormalizeError::UnknownFields(unknown),
+                                ));
+                            }
+                            FieldValidation::Warn => {
+                                warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+                            }
+                            FieldValidation::Ignore => {}
+                        }
+                    }
+                    skiff_api::structural::default(&mut obj, schema);
+                    errs.0.extend(skiff_api::structural::validate(&obj, schema).0);
+                }
                 if !errs.is_empty() {
                     return Err(ApiError::invalid(info, &kind, &name, &errs));
                 }
-                Ok((obj, Vec::new()))
+                Ok((obj, warnings))
             }
         }
     }

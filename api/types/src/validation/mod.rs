@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Forbidden,
     /// A value is too long.
     TooLong,
+    /// Too many items or properties.
+    TooMany,
 }
 
 impl ErrorKind {
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Duplicate => "FieldValueDuplicate",
             ErrorKind::Forbidden => "FieldValueForbidden",
             ErrorKind::TooLong => "FieldValueTooLong",
+            ErrorKind::TooMany => "FieldValueTooMany",
         }
     }
 
@@ -56,6 +59,7 @@ impl ErrorKind {
             ErrorKind::Duplicate => "Duplicate value",
             ErrorKind::Forbidden => "Forbidden",
             ErrorKind::TooLong => "Too long",
+            ErrorKind::TooMany => "Too many",
         }
     }
 }
