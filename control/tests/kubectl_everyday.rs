@@ -14,9 +14,9 @@ fn web_pods(c: &Cluster) -> Vec<Value> {
     pods["items"].as_array().cloned().unwrap_or_default()
 }
 
-#[test]
-fn wait_get_all_events_diff_and_drain_work_as_in_kubernetes() {
-    let c = Cluster::start();
+fn wait_get_all_events_diff_and_drain_work_as_in_kubernetes(kubectl: &'static str) {
+    let mut c = Cluster::start();
+    c.kubectl_bin = kubectl;
     let sim = c.runtime.block_on(SimNodes::start(c.client(), &["n1", "n2"], "4", "8Gi"));
     c.kubectl(&["create", "deployment", "web", "--image=busybox", "--replicas=3"]);
     c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
@@ -77,4 +77,19 @@ fn wait_get_all_events_diff_and_drain_work_as_in_kubernetes() {
     });
     c.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"]);
     drop(sim);
+}
+
+#[test]
+fn everyday_commands_work_with_kubectl_1_31() {
+    wait_get_all_events_diff_and_drain_work_as_in_kubernetes(common::kubectl_version("1.31"));
+}
+
+#[test]
+fn everyday_commands_work_with_kubectl_1_32() {
+    wait_get_all_events_diff_and_drain_work_as_in_kubernetes(common::kubectl_version("1.32"));
+}
+
+#[test]
+fn everyday_commands_work_with_kubectl_1_33() {
+    wait_get_all_events_diff_and_drain_work_as_in_kubernetes(common::kubectl_version("1.33"));
 }

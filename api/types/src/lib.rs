@@ -10,6 +10,7 @@
 //! - [`validation`] and [`defaults`]: what the API server checks and fills in, per kind, with field paths;
 //! - [`normalize`]: decode, default and validate a built-in object as the API server stores it;
 //! - [`schema`]: the vendored Kubernetes type definitions (protobuf descriptors and notes from the Go types);
+//! - [`protobuf`]: protobuf request bodies of every built-in kind, decoded into the JSON they stand for;
 //! - [`smp`]: strategic merge patch with the merge keys of every built-in type, from [`schema`];
 //! - [`structural`]: custom resources against their CRD's structural schema (pruning, defaults, validation);
 //! - [`meta`]: helpers over the `metadata` of an untyped object.
@@ -21,6 +22,7 @@ pub use k8s_openapi;
 pub mod defaults;
 pub mod meta;
 pub mod normalize;
+pub mod protobuf;
 pub mod qos;
 pub mod quantity;
 pub mod registry;

@@ -17,7 +17,9 @@ use super::request::{Query, Representation, ResourcePath, Target, content_type, 
 use super::table::{self, Include};
 use super::watch::WatchRequest;
 use super::writes::{DeleteOptions, Deleted, WriteOptions};
-use super::{Api, protobuf, subresources};
+use skiff_api::protobuf;
+
+use super::{Api, subresources};
 use skiff_api::normalize::FieldValidation;
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::{FieldSelector, Selector};

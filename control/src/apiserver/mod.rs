@@ -21,7 +21,6 @@ pub mod metrics_api;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
-pub mod protobuf;
 pub mod proxy;
 pub mod request;
 pub mod reviews;

@@ -20,7 +20,7 @@ use prost_reflect::{DynamicMessage, Value as Pb};
 use json::{get as field, text as string};
 use serde_json::{Map, Value};
 
-use skiff_api::schema::SCHEMA;
+use crate::schema::SCHEMA;
 
 /// The protobuf media type.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -82,7 +82,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     Ok(Value::Object(out))
 }
 
-/// Encodes a JSON object into the envelope kubectl would send (tests and fuzzing build bodies with it).
+/// Encodes a JSON object into the envelope kubectl would send (tests build bodies with it).
 ///
 /// Zero values in `object` stay on the wire, as Go's encoder writes its non-pointer fields.
 #[cfg(test)]

@@ -15,7 +15,7 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, MapKey, ReflectMessage, Val
 use serde_json::{Map, Number, Value, json};
 
 use super::ProtobufError;
-use skiff_api::schema::SCHEMA;
+use crate::schema::SCHEMA;
 
 const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
 const EXT: &str = "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1";
