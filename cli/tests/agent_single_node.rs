@@ -29,6 +29,9 @@ fn pods_on_one_node_behave_as_in_kubernetes() {
     if wanted("exec") {
         exec_reports_exit_codes_and_takes_stdin(&c);
     }
+    if wanted("cp") {
+        cp_copies_files_both_ways(&c);
+    }
     if wanted("dns") {
         cluster_dns_answers_from_inside_a_pod(&c);
     }
@@ -117,6 +120,20 @@ fn exec_reports_exit_codes_and_takes_stdin(c: &Cluster) {
     assert_eq!(out, "hello through stdin\n");
     let (code, out, _) = exec(c, "duo", "web", &["cat", "/etc/hostname"], None);
     assert_eq!((code, out.trim()), (0, "duo"));
+}
+
+fn cp_copies_files_both_ways(c: &Cluster) {
+    step("kubectl cp: into a container and back (tar over exec)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("notes.txt");
+    let body: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&local, &body).expect("local file");
+    kubectl(c, &["cp", &local.to_string_lossy(), "duo:/tmp/notes.txt", "-c", "client"]);
+    let (code, out, _) = exec(c, "duo", "client", &["wc", "-l", "/tmp/notes.txt"], None);
+    assert_eq!((code, out.split_whitespace().next()), (0, Some("2000")), "{out}");
+    let back = dir.path().join("back.txt");
+    kubectl(c, &["cp", "duo:/tmp/notes.txt", &back.to_string_lossy(), "-c", "client"]);
+    assert_eq!(std::fs::read_to_string(&back).expect("copied back"), body);
 }
 
 fn cluster_dns_answers_from_inside_a_pod(c: &Cluster) {
