@@ -51,6 +51,10 @@ fn widget(spec: &str) -> String {
 #[test]
 fn custom_resources_follow_their_structural_schema() {
     let c = Cluster::start_with(None);
+    // a schema that is not structural (a property without a type) is refused before anything is served
+    let loose = CRD.replace("size: {type: integer, minimum: 1, maximum: 10}", "size: {minimum: 1}");
+    let err = c.kubectl_fails(&["apply", "-f", "-"], Some(&loose));
+    assert!(err.contains("properties[spec].properties[size].type: Required value"), "{err}");
     c.kubectl_in(&["apply", "-f", "-"], CRD);
     c.kubectl(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=10s"]);
     c.eventually("widgets are served", Duration::from_secs(10), || {

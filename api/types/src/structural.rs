@@ -11,6 +11,42 @@ use serde_json::{Map, Value};
 
 use crate::validation::{ErrorKind, ErrorList};
 
+/// Checks that a CRD's schema is structural, as the apiextensions server requires before it serves the CRD: an
+/// object at the root, and a `type` on every node below `properties`, `items` and `additionalProperties` unless
+/// the node is `x-kubernetes-int-or-string` or `x-kubernetes-preserve-unknown-fields` (the value validations
+/// under `allOf`/`anyOf`/`oneOf`/`not` need none).
+pub fn check_structural(schema: &Value, path: &str, errs: &mut ErrorList) {
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {}
+        Some(other) => errs.invalid(format!("{path}.type"), other, "must be object at the root"),
+        None if preserves_unknown(schema) => {}
+        None => errs.required(format!("{path}.type"), "must not be empty at the root"),
+    }
+    structural_children(schema, path, errs);
+}
+
+fn structural_children(schema: &Value, path: &str, errs: &mut ErrorList) {
+    let mut node = |s: &Value, at: String| {
+        let typed = s.get("type").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
+        let exempt = preserves_unknown(s) || s.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+        if !typed && !exempt {
+            errs.required(format!("{at}.type"), "must not be empty for specified object fields");
+        }
+        structural_children(s, &at, errs);
+    };
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, s) in props {
+            node(s, format!("{path}.properties[{k}]"));
+        }
+    }
+    if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+        node(items, format!("{path}.items"));
+    }
+    if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        node(add, format!("{path}.additionalProperties"));
+    }
+}
+
 fn preserves_unknown(schema: &Value) -> bool {
     schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
 }
@@ -358,6 +394,29 @@ mod tests {
                 "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}
             }
         })
+    }
+
+    #[test]
+    fn only_structural_schemas_are_accepted() {
+        let mut errs = ErrorList::default();
+        check_structural(&schema(), "s", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        let bad = json!({"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}, "b": {}}},
+                                                         "list": {"type": "array", "items": {}}}});
+        let mut errs = ErrorList::default();
+        check_structural(&bad, "s", &mut errs);
+        let text: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "s.properties[spec].type: Required value: must not be empty for specified object fields",
+                "s.properties[spec].properties[b].type: Required value: must not be empty for specified object fields",
+                "s.properties[list].items.type: Required value: must not be empty for specified object fields",
+            ]
+        );
+        let mut errs = ErrorList::default();
+        check_structural(&json!({"type": "string"}), "s", &mut errs);
+        assert_eq!(errs.0[0].to_string(), r#"s.type: Invalid value: "string": must be object at the root"#);
     }
 
     #[test]

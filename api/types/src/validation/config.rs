@@ -198,5 +198,13 @@ pub fn validate_crd(c: &CustomResourceDefinition, errs: &mut ErrorList) {
         if !super::common::is_dns1123_label(&v.name) {
             errs.invalid(format!("spec.versions[{i}].name"), &v.name, "must be a DNS label");
         }
+        let at = format!("spec.versions[{i}].schema.openAPIV3Schema");
+        match v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()) {
+            None => errs.required(at, "schemas are required"),
+            Some(schema) => match serde_json::to_value(schema) {
+                Ok(schema) => crate::structural::check_structural(&schema, &at, errs),
+                Err(e) => errs.invalid(at, "schema", e.to_string()),
+            },
+        }
     }
 }
