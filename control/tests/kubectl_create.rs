@@ -2,6 +2,7 @@
 //! `auth whoami`/`auth can-i` and `explain` (issue 11). Each command runs with kubectl 1.31, 1.32 and 1.33, and the test checks the object the server stored,
 //! not just the exit code.
 
+#[macro_use]
 mod common;
 
 use common::Cluster;
@@ -165,17 +166,4 @@ fn generators_create_what_they_say(kubectl: &'static str) {
     assert!(!c.kubectl_output(&["get", "deploy", "dry"], None).status.success());
 }
 
-#[test]
-fn generators_work_with_kubectl_1_31() {
-    generators_create_what_they_say(common::kubectl_version("1.31"));
-}
-
-#[test]
-fn generators_work_with_kubectl_1_32() {
-    generators_create_what_they_say(common::kubectl_version("1.32"));
-}
-
-#[test]
-fn generators_work_with_kubectl_1_33() {
-    generators_create_what_they_say(common::kubectl_version("1.33"));
-}
+per_kubectl_version!(generators_create_what_they_say => generators_work_with_kubectl_1_31, generators_work_with_kubectl_1_32, generators_work_with_kubectl_1_33);

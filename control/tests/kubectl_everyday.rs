@@ -1,6 +1,7 @@
 //! Everyday kubectl commands against the API server, its controllers and simulated kubelets (issue 11): `wait
 //! --for=jsonpath`, `get all -A`, `events`, `diff`, `drain` with evictions that honour a PodDisruptionBudget.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -79,17 +80,4 @@ fn wait_get_all_events_diff_and_drain_work_as_in_kubernetes(kubectl: &'static st
     drop(sim);
 }
 
-#[test]
-fn everyday_commands_work_with_kubectl_1_31() {
-    wait_get_all_events_diff_and_drain_work_as_in_kubernetes(common::kubectl_version("1.31"));
-}
-
-#[test]
-fn everyday_commands_work_with_kubectl_1_32() {
-    wait_get_all_events_diff_and_drain_work_as_in_kubernetes(common::kubectl_version("1.32"));
-}
-
-#[test]
-fn everyday_commands_work_with_kubectl_1_33() {
-    wait_get_all_events_diff_and_drain_work_as_in_kubernetes(common::kubectl_version("1.33"));
-}
+per_kubectl_version!(wait_get_all_events_diff_and_drain_work_as_in_kubernetes => everyday_commands_work_with_kubectl_1_31, everyday_commands_work_with_kubectl_1_32, everyday_commands_work_with_kubectl_1_33);

@@ -129,3 +129,24 @@ pub fn kubectl_version(minor: &str) -> &'static str {
     assert!(versioned.exists(), "{} is installed", versioned.display());
     Box::leak(versioned.to_string_lossy().into_owned().into_boxed_str())
 }
+
+/// One test per kubectl version the server supports (1.31, 1.32, 1.33), each running `$check` with that kubectl.
+#[allow(unused_macros)]
+macro_rules! per_kubectl_version {
+    ($check:ident => $v31:ident, $v32:ident, $v33:ident) => {
+        #[test]
+        fn $v31() {
+            $check(common::kubectl_version("1.31"));
+        }
+
+        #[test]
+        fn $v32() {
+            $check(common::kubectl_version("1.32"));
+        }
+
+        #[test]
+        fn $v33() {
+            $check(common::kubectl_version("1.33"));
+        }
+    };
+}
