@@ -373,6 +373,30 @@ fn requests_without_credentials_get_401() {
         .output()
         .expect("curl runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"code\":401"));
+    // the review resources answer who the caller is and what it may do: nobody anonymous gets an answer
+    for (path, kind) in [
+        ("/apis/authentication.k8s.io/v1/selfsubjectreviews", "SelfSubjectReview"),
+        ("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "SelfSubjectAccessReview"),
+    ] {
+        let body =
+            format!(r#"{{"kind":"{kind}","spec":{{"resourceAttributes":{{"verb":"get","resource":"secrets"}}}}}}"#);
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args(["-d", &body, &format!("{}{path}", c.server.url)])
+            .output()
+            .expect("curl runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{path}");
+    }
 }
 
 #[test]
