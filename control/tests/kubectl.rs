@@ -395,7 +395,7 @@ fn requests_without_credentials_get_401() {
             .args(["-d", &body, &format!("{}{path}", c.server.url)])
             .output()
             .expect("curl runs");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{path}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{path}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

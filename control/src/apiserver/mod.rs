@@ -147,9 +147,21 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
             next.run(req).await
         }
         None if public(&path) => next.run(req).await,
-        None => ApiError::unauthorized().into_response(),
+        None => {
+            // Read (a bounded part of) the body first: an HTTP/2 stream answered while its body is unread is reset,
+            // and some clients (curl 7.88) then report the reset instead of the 401.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                axum::body::to_bytes(req.into_body(), UNAUTHENTICATED_BODY_LIMIT),
+            )
+            .await;
+            ApiError::unauthorized().into_response()
+        }
     }
 }
+
+/// The most of an unauthenticated request's body that is read before it is refused.
+const UNAUTHENTICATED_BODY_LIMIT: usize = 64 * 1024;
 
 async fn version() -> Response {
     handlers::json_response(StatusCode::OK, &discovery::version())
