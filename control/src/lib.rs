@@ -6,5 +6,6 @@ pub mod controllers;
 pub mod kubeconfig;
 pub mod pki;
 pub mod quota;
+pub mod rbac;
 pub mod server;
 pub mod storage;

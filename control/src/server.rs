@@ -127,6 +127,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let crds = api.load_crds().await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
     tracing::info!(crds, "custom resources registered");
     bootstrap(&api, &advertise).await?;
+    crate::controllers::rbac::reconcile_defaults(&api)
+        .await
+        .map_err(|e| ServerError::Bootstrap(format!("default roles: {e}")))?;
     let tls = Arc::new(apiserver::serve::tls_config(&pki)?);
     tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone())));
     tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));

@@ -1,86 +1,289 @@
-//! Authorization decisions: who may do what. Every review resource (`kubectl auth can-i`, SubjectAccessReview)
-//! asks this module, so its answers are the server's own.
-//!
-//! # Caveats
-//! RBAC is not enforced yet (issue 14): every authenticated user may do everything, and this module says so — in
-//! the `reason` of each decision — rather than pretending otherwise. The RBAC authorizer replaces [`decide`] and
-//! [`rules`] without changing their callers.
+//! Authorization as the API server applies it: a cached [`Policy`] (re-read after any RBAC write through this
+//! server, and at least every second so that writes through other servers are seen), the check of every request
+//! before it reaches a handler, impersonation, and the RBAC escalation check of Role and binding writes. The
+//! decisions themselves are pure functions in [`crate::rbac`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use skiff_api::registry::ResourceInfo;
+use skiff_api::selector::Selector;
+
+use super::Api;
 use super::auth::User;
+use super::error::{ApiError, ApiResult};
+use crate::rbac::{self, Attributes, Policy, Rule};
 
-/// What a request would do, as Kubernetes' authorizers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attributes {
-    /// A request on a resource.
-    Resource {
-        /// `get`, `list`, `create`, …
-        verb: String,
-        /// The API group (`""` for core).
-        group: String,
-        /// The resource (`pods`).
-        resource: String,
-        /// The subresource (`log`), if any.
-        subresource: String,
-        /// The namespace (`""` for all or for cluster-scoped resources).
-        namespace: String,
-        /// The object's name (`""` for all).
-        name: String,
-    },
-    /// A request on a path outside the resource API (`/healthz`, `/version`).
-    NonResource {
-        /// `get`, `post`, …
-        verb: String,
-        /// The path.
-        path: String,
-    },
+/// The API group of the RBAC kinds.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+const RBAC_KINDS: [&str; 4] = ["clusterroles", "roles", "clusterrolebindings", "rolebindings"];
+/// How old a cached policy may be before it is read again.
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+struct Cached {
+    policy: Arc<Policy>,
+    generation: u64,
+    loaded: Instant,
 }
 
-/// An authorizer's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// Whether the request is allowed.
-    pub allowed: bool,
-    /// Why, in words.
-    pub reason: String,
+/// The authorizer's cached view of the RBAC objects.
+pub struct Authz {
+    current: ArcSwap<Cached>,
+    generation: AtomicU64,
+    reload: tokio::sync::Mutex<()>,
 }
 
-const NO_RBAC: &str = "RBAC is not enforced yet: every authenticated user may do everything";
-
-/// Whether `user` may do what `attrs` describe.
-pub fn decide(user: &User, attrs: &Attributes) -> Decision {
-    let _ = (user, attrs);
-    Decision { allowed: true, reason: NO_RBAC.to_string() }
+impl Default for Authz {
+    fn default() -> Self {
+        Authz {
+            current: ArcSwap::from_pointee(Cached {
+                policy: Arc::new(Policy::default()),
+                generation: u64::MAX,
+                loaded: Instant::now(),
+            }),
+            generation: AtomicU64::new(0),
+            reload: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
-/// One rule of what a user may do (the shape of SelfSubjectRulesReview's `resourceRules`/`nonResourceRules`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rule {
-    /// Verbs on resources of API groups, optionally limited to some names.
-    Resource {
-        /// Verbs (`*` for all).
-        verbs: Vec<String>,
-        /// API groups (`*` for all).
-        groups: Vec<String>,
-        /// Resources (`*` for all).
-        resources: Vec<String>,
-        /// Names (empty for all).
-        names: Vec<String>,
-    },
-    /// Verbs on non-resource paths.
-    NonResource {
-        /// Verbs (`*` for all).
-        verbs: Vec<String>,
-        /// Paths (`*` for all).
-        urls: Vec<String>,
-    },
+impl std::fmt::Debug for Authz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authz").field("generation", &self.generation).finish_non_exhaustive()
+    }
 }
 
-/// Everything `user` may do in `namespace`.
-pub fn rules(user: &User, namespace: &str) -> Vec<Rule> {
-    let _ = (user, namespace);
-    let all = || vec!["*".to_string()];
-    vec![
-        Rule::Resource { verbs: all(), groups: all(), resources: all(), names: Vec::new() },
-        Rule::NonResource { verbs: all(), urls: all() },
-    ]
+impl Authz {
+    /// Marks the cached policy stale (after an RBAC write).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn fresh(&self) -> Option<Arc<Policy>> {
+        let c = self.current.load();
+        (c.generation == self.generation.load(Ordering::SeqCst) && c.loaded.elapsed() < MAX_AGE)
+            .then(|| c.policy.clone())
+    }
+}
+
+/// The `Forbidden` Status of a denied request, worded as Kubernetes does.
+pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> ApiError {
+    let mut msg = rbac::forbidden_message(user, attrs);
+    if !reason.is_empty() {
+        msg = format!("{msg}: {reason}");
+    }
+    match attrs {
+        Attributes::NonResource { .. } => ApiError::forbidden(format!("forbidden: {msg}")),
+        Attributes::Resource { group, resource, name, .. } => {
+            let qualified = if group.is_empty() { resource.clone() } else { format!("{resource}.{group}") };
+            let subject = if name.is_empty() { qualified } else { format!("{qualified} \"{name}\"") };
+            let mut e = ApiError::forbidden(format!("{subject} is forbidden: {msg}"));
+            e.details = Some(json!({"name": name, "group": group, "kind": resource}));
+            e
+        }
+    }
+}
+
+const IMPERSONATE_USER: &str = "impersonate-user";
+const IMPERSONATE_GROUP: &str = "impersonate-group";
+const IMPERSONATE_UID: &str = "impersonate-uid";
+const IMPERSONATE_EXTRA: &str = "impersonate-extra-";
+
+/// What impersonation headers ask for, and the checks each needs (`impersonate` on users, groups, service
+/// accounts, uids or user extras), as Kubernetes' impersonation filter does.
+pub fn impersonation_checks(headers: &HeaderMap) -> ApiResult<Option<(User, Vec<Attributes>)>> {
+    let values = |name: &str| -> Vec<String> {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+    };
+    let user = values(IMPERSONATE_USER).into_iter().next();
+    let groups = values(IMPERSONATE_GROUP);
+    let uid = values(IMPERSONATE_UID).into_iter().next();
+    let extras: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str().strip_prefix(IMPERSONATE_EXTRA)?;
+            Some((key.to_string(), v.to_str().ok()?.to_string()))
+        })
+        .collect();
+    let Some(name) = user else {
+        if groups.is_empty() && uid.is_none() && extras.is_empty() {
+            return Ok(None);
+        }
+        return Err(ApiError::bad_request(format!(
+            "requested {:?} without impersonating a user",
+            groups.iter().chain(uid.iter()).collect::<Vec<_>>()
+        )));
+    };
+    let mut checks = Vec::new();
+    let mut result_groups = groups.clone();
+    if let Some(rest) = name.strip_prefix("system:serviceaccount:") {
+        let (ns, sa) = rest.split_once(':').unwrap_or((rest, ""));
+        checks.push(Attributes::resource("impersonate", "", "serviceaccounts", ns, sa));
+        if groups.is_empty() {
+            result_groups = vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")];
+        }
+    } else {
+        checks.push(Attributes::resource("impersonate", "", "users", "", &name));
+    }
+    for g in &groups {
+        checks.push(Attributes::resource("impersonate", "", "groups", "", g));
+    }
+    if let Some(u) = &uid {
+        checks.push(Attributes::resource("impersonate", "authentication.k8s.io", "uids", "", u));
+    }
+    for (key, value) in &extras {
+        checks.push(Attributes::Resource {
+            verb: "impersonate".into(),
+            group: "authentication.k8s.io".into(),
+            resource: "userextras".into(),
+            subresource: key.clone(),
+            namespace: String::new(),
+            name: value.clone(),
+        });
+    }
+    if !result_groups.iter().any(|g| g == "system:authenticated") && name != "system:anonymous" {
+        result_groups.push("system:authenticated".into());
+    }
+    Ok(Some((User { name, groups: result_groups }, checks)))
+}
+
+impl Api {
+    /// The current RBAC policy (read again when an RBAC write made it stale, or after a second).
+    pub async fn policy(&self) -> ApiResult<Arc<Policy>> {
+        if let Some(p) = self.authz.fresh() {
+            return Ok(p);
+        }
+        let _one_reader = self.authz.reload.lock().await;
+        if let Some(p) = self.authz.fresh() {
+            return Ok(p);
+        }
+        let generation = self.authz.generation.load(Ordering::SeqCst);
+        let mut objects = Vec::new();
+        for plural in RBAC_KINDS {
+            objects.extend(self.list_all(&self.builtin(RBAC_GROUP, plural), None, Selector::everything()).await?);
+        }
+        let policy = Arc::new(Policy::from_objects(objects.iter()));
+        self.authz.current.store(Arc::new(Cached { policy: policy.clone(), generation, loaded: Instant::now() }));
+        Ok(policy)
+    }
+
+    /// Authorizes a request of `user` (after impersonation, which it also authorizes): the user the request runs
+    /// as, or the 403 to answer.
+    pub async fn authorize(&self, user: User, headers: &HeaderMap, attrs: &Attributes) -> ApiResult<User> {
+        let policy = self.policy().await?;
+        let user = match impersonation_checks(headers)? {
+            None => user,
+            Some((target, checks)) => {
+                for check in &checks {
+                    if !rbac::decide(&policy, &user, check).allowed {
+                        return Err(forbidden(&user, check, ""));
+                    }
+                }
+                target
+            }
+        };
+        let d = rbac::decide(&policy, &user, attrs);
+        if d.allowed { Ok(user) } else { Err(forbidden(&user, attrs, &d.reason)) }
+    }
+
+    /// The RBAC escalation check of a write of a Role, ClusterRole or binding by `user`: the rules it grants must
+    /// be held by the user (in its namespace, or cluster-wide), unless the user may `escalate` (roles) or `bind`
+    /// (the role a binding refers to).
+    pub(crate) async fn admit_rbac(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        new: &Value,
+        user: Option<&User>,
+    ) -> ApiResult<()> {
+        let Some(user) = user else { return Ok(()) };
+        if info.group != RBAC_GROUP {
+            return Ok(());
+        }
+        let policy = self.policy().await?;
+        let namespace = ns.unwrap_or_default();
+        let name = skiff_api::meta::name(new);
+        let (requested, special) = match info.plural.as_str() {
+            "roles" | "clusterroles" => {
+                (Rule::list_of(new), Attributes::resource("escalate", RBAC_GROUP, &info.plural, namespace, name))
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                let role_ref: rbac::policy::RoleRef =
+                    serde_json::from_value(new.get("roleRef").cloned().unwrap_or_default()).unwrap_or_default();
+                let plural = if role_ref.kind == "Role" { "roles" } else { "clusterroles" };
+                let bind = Attributes::resource("bind", RBAC_GROUP, plural, namespace, &role_ref.name);
+                if rbac::decide(&policy, user, &bind).allowed {
+                    return Ok(());
+                }
+                match policy.role_rules(namespace, &role_ref) {
+                    Some(rules) => (rules.to_vec(), bind),
+                    None => {
+                        return Err(ApiError::forbidden(format!(
+                            "{}.{RBAC_GROUP} {name:?} is forbidden: {} {:?} not found and user {:?} may not bind it",
+                            info.plural, role_ref.kind, role_ref.name, user.name
+                        )));
+                    }
+                }
+            }
+            _ => return Ok(()),
+        };
+        if rbac::decide(&policy, user, &special).allowed {
+            return Ok(());
+        }
+        let missing = rbac::not_held(&policy, user, namespace, &requested);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let groups = user.groups.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(" ");
+        let rules = missing.iter().map(Rule::to_string).collect::<Vec<_>>().join("\n");
+        Err(ApiError::forbidden(format!(
+            "{}.{RBAC_GROUP} {name:?} is forbidden: user {:?} (groups=[{groups}]) is attempting to grant RBAC permissions not currently held:\n{rules}",
+            info.plural, user.name
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn impersonation_asks_for_each_part() {
+        let mut h = HeaderMap::new();
+        assert_eq!(impersonation_checks(&h).expect("no headers"), None);
+        h.insert("impersonate-group", HeaderValue::from_static("devs"));
+        assert!(impersonation_checks(&h).is_err(), "groups without a user are refused");
+        h.insert("impersonate-user", HeaderValue::from_static("bob"));
+        h.append("impersonate-group", HeaderValue::from_static("ops"));
+        let (u, checks) = impersonation_checks(&h).expect("valid").expect("impersonating");
+        assert_eq!(u.name, "bob");
+        assert_eq!(u.groups, vec!["devs", "ops", "system:authenticated"]);
+        assert_eq!(checks.len(), 3);
+        assert_eq!(checks[0], Attributes::resource("impersonate", "", "users", "", "bob"));
+
+        let mut sa = HeaderMap::new();
+        sa.insert("impersonate-user", HeaderValue::from_static("system:serviceaccount:team:ci"));
+        let (u, checks) = impersonation_checks(&sa).expect("valid").expect("impersonating");
+        assert_eq!(checks, vec![Attributes::resource("impersonate", "", "serviceaccounts", "team", "ci")]);
+        assert!(u.groups.contains(&"system:serviceaccounts:team".to_string()));
+    }
+
+    #[test]
+    fn forbidden_statuses_are_worded_as_upstream() {
+        let u = User { name: "bob".into(), groups: vec![] };
+        let e = forbidden(&u, &Attributes::resource("get", "", "secrets", "team", "s"), "");
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            r#"secrets "s" is forbidden: User "bob" cannot get resource "secrets" in API group "" in the namespace "team""#
+        );
+        let e = forbidden(&u, &Attributes::resource("list", "apps", "deployments", "", ""), "");
+        assert!(e.message.starts_with("deployments.apps is forbidden: User \"bob\" cannot list"), "{}", e.message);
+    }
 }

@@ -105,7 +105,7 @@ fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     }
 }
 
-fn write_options(q: &Query) -> ApiResult<WriteOptions> {
+fn write_options(q: &Query, user: Option<&super::auth::User>) -> ApiResult<WriteOptions> {
     let field_validation = match q.get("fieldValidation") {
         None | Some("") | Some("Warn") => FieldValidation::Warn,
         Some("Strict") => FieldValidation::Strict,
@@ -127,7 +127,7 @@ fn write_options(q: &Query) -> ApiResult<WriteOptions> {
     if field_manager.as_deref().is_some_and(|m| m.len() > 128) {
         return Err(ApiError::bad_request("fieldManager must be at most 128 characters"));
     }
-    Ok(WriteOptions { dry_run, field_manager, field_validation })
+    Ok(WriteOptions { dry_run, field_manager, field_validation, user: user.cloned() })
 }
 
 fn selectors(q: &Query) -> ApiResult<(Selector, FieldSelector)> {
@@ -344,7 +344,7 @@ async fn route(
             if super::reviews::is_review(&info) {
                 return ("create", resource, review(api, &info, &rp, method, headers, body, user).await);
             }
-            let (verb, result) = resource_request(api, info, rp, method, &q, headers, body, upgrade).await;
+            let (verb, result) = resource_request(api, info, rp, method, &q, headers, body, upgrade, user).await;
             (verb, resource, result)
         }
     }
@@ -366,7 +366,8 @@ async fn review(
     let user = user.ok_or_else(ApiError::unauthorized)?;
     let body = read_body(body, api.config.max_body).await?;
     let obj = decode_object(headers, &body)?;
-    let answered = super::reviews::answer(info, user, rp.namespace.as_deref(), obj)?;
+    let policy = api.policy().await?;
+    let answered = super::reviews::answer(info, user, rp.namespace.as_deref(), obj, &policy)?;
     Ok(json_response(StatusCode::CREATED, &answered))
 }
 
@@ -381,6 +382,7 @@ async fn resource_request(
     headers: &HeaderMap,
     body: Body,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
+    user: Option<&super::auth::User>,
 ) -> (&'static str, ApiResult<Response>) {
     if !info.namespaced() && rp.namespace.is_some() {
         return ("get", Err(ApiError::no_route(&format!("{} is not namespaced", info.plural))));
@@ -470,7 +472,7 @@ async fn resource_request(
         }
         (Method::POST, None, None) => {
             let r = async {
-                let opts = write_options(q)?;
+                let opts = write_options(q, user)?;
                 let body = read_body(body, limit).await?;
                 let obj = decode_object(headers, &body)?;
                 let w = api.create(&info, ns, obj, &opts).await?;
@@ -481,7 +483,7 @@ async fn resource_request(
         }
         (Method::PUT, Some(name), None | Some("status") | Some("finalize")) => {
             let r = async {
-                let opts = write_options(q)?;
+                let opts = write_options(q, user)?;
                 let body = read_body(body, limit).await?;
                 let obj = decode_object(headers, &body)?;
                 let w = api.update(&info, ns, name, obj, sub, &opts).await?;
@@ -493,7 +495,7 @@ async fn resource_request(
         }
         (Method::PATCH, Some(name), None | Some("status")) => {
             let r = async {
-                let opts = write_options(q)?;
+                let opts = write_options(q, user)?;
                 let body = read_body(body, limit).await?;
                 let ct = content_type(headers);
                 let w = api.patch(&info, ns, name, sub, &ct, &body, q.flag("force"), &opts).await?;
@@ -548,7 +550,7 @@ async fn resource_request(
                 _ => "patch",
             };
             let r = async {
-                let opts = write_options(q)?;
+                let opts = write_options(q, user)?;
                 match m {
                     Method::GET => {
                         let s = api.get(&info, ns, name).await?;

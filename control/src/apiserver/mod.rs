@@ -44,6 +44,7 @@ use axum::routing::get;
 use crate::storage::Storage;
 use auth::{PeerIdentity, User};
 use error::ApiError;
+use request::Query;
 use skiff_api::registry::Registry;
 
 /// Static settings of the API server.
@@ -86,6 +87,8 @@ pub struct Api {
     pub metrics: Arc<metrics::Metrics>,
     /// TLS client configuration towards node agents (logs, exec).
     pub agent_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The authorizer's view of the RBAC objects.
+    pub authz: authz::Authz,
 }
 
 impl std::fmt::Debug for Api {
@@ -109,6 +112,7 @@ impl Api {
             auth,
             metrics: metrics::Metrics::new(),
             agent_tls,
+            authz: authz::Authz::default(),
         })
     }
 
@@ -118,9 +122,9 @@ impl Api {
     }
 }
 
-/// Paths anyone may read.
+/// Paths anyone may read, without credentials (what `system:public-info-viewer` grants).
 fn public(path: &str) -> bool {
-    matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz" | "/metrics")
+    matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz")
 }
 
 async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
@@ -143,24 +147,34 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
     };
     match user {
         Some(u) => {
-            req.extensions_mut().insert(u);
-            next.run(req).await
+            let watch = Query::parse(req.uri().query()).flag("watch");
+            let attrs = crate::rbac::attributes::of_request(req.method().as_str(), &path, watch);
+            match api.authorize(u, req.headers(), &attrs).await {
+                Ok(u) => {
+                    req.extensions_mut().insert(u);
+                    next.run(req).await
+                }
+                Err(e) => refuse(req, e).await,
+            }
         }
         None if public(&path) => next.run(req).await,
-        None => {
-            // Read (a bounded part of) the body first: an HTTP/2 stream answered while its body is unread is reset,
-            // and some clients (curl 7.88) then report the reset instead of the 401.
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                axum::body::to_bytes(req.into_body(), UNAUTHENTICATED_BODY_LIMIT),
-            )
-            .await;
-            ApiError::unauthorized().into_response()
-        }
+        None => refuse(req, ApiError::unauthorized()).await,
     }
 }
 
-/// The most of an unauthenticated request's body that is read before it is refused.
+/// Answers `e` to a request that is refused before its handler, after reading (a bounded part of) its body: an
+/// HTTP/2 stream answered while its body is unread is reset, and some clients (curl 7.88) then report the reset
+/// instead of the answer.
+async fn refuse(req: Request, e: ApiError) -> Response {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        axum::body::to_bytes(req.into_body(), UNAUTHENTICATED_BODY_LIMIT),
+    )
+    .await;
+    e.into_response()
+}
+
+/// The most of a refused request's body that is read before the answer.
 const UNAUTHENTICATED_BODY_LIMIT: usize = 64 * 1024;
 
 async fn version() -> Response {

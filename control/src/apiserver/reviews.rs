@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use skiff_api::registry::ResourceInfo;
 
 use super::auth::User;
-use super::authz::{self, Attributes, Rule};
 use super::error::{ApiError, ApiResult};
+use crate::rbac::{self, Attributes, Policy, Rule};
 
 /// The kinds answered here, by (group, plural).
 pub fn is_review(info: &ResourceInfo) -> bool {
@@ -60,22 +60,27 @@ fn attributes(spec: &Value) -> ApiResult<Attributes> {
 fn rules_status(rules: &[Rule]) -> Value {
     let (mut resource, mut non_resource) = (Vec::new(), Vec::new());
     for r in rules {
-        match r {
-            Rule::Resource { verbs, groups, resources, names } => {
-                let mut v = json!({"verbs": verbs, "apiGroups": groups, "resources": resources});
-                if !names.is_empty() {
-                    v["resourceNames"] = json!(names);
-                }
-                resource.push(v);
+        if r.non_resource_urls.is_empty() {
+            let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+            if !r.resource_names.is_empty() {
+                v["resourceNames"] = json!(r.resource_names);
             }
-            Rule::NonResource { verbs, urls } => non_resource.push(json!({"verbs": verbs, "nonResourceURLs": urls})),
+            resource.push(v);
+        } else {
+            non_resource.push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
         }
     }
     json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false})
 }
 
 /// Answers a review created by `user` at `namespace` (LocalSubjectAccessReview only).
-pub fn answer(info: &ResourceInfo, user: &User, namespace: Option<&str>, mut obj: Value) -> ApiResult<Value> {
+pub fn answer(
+    info: &ResourceInfo,
+    user: &User,
+    namespace: Option<&str>,
+    mut obj: Value,
+    policy: &Policy,
+) -> ApiResult<Value> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind != info.kind {
         return Err(ApiError::bad_request(format!("the body is a {kind:?}, not a {}", info.kind)));
@@ -84,7 +89,7 @@ pub fn answer(info: &ResourceInfo, user: &User, namespace: Option<&str>, mut obj
     let status = match info.plural.as_str() {
         "selfsubjectreviews" => json!({"userInfo": {"username": user.name, "groups": user.groups}}),
         "selfsubjectaccessreviews" => {
-            let d = authz::decide(user, &attributes(&spec)?);
+            let d = rbac::decide(policy, user, &attributes(&spec)?);
             json!({"allowed": d.allowed, "reason": d.reason})
         }
         "subjectaccessreviews" | "localsubjectaccessreviews" => {
@@ -100,12 +105,12 @@ pub fn answer(info: &ResourceInfo, user: &User, namespace: Option<&str>, mut obj
                     )));
                 }
             }
-            let d = authz::decide(&subject, &attrs);
+            let d = rbac::decide(policy, &subject, &attrs);
             json!({"allowed": d.allowed, "reason": d.reason})
         }
         "selfsubjectrulesreviews" => {
             let ns = text(&spec, "/namespace");
-            rules_status(&authz::rules(user, &ns))
+            rules_status(&rbac::rules(policy, user, &ns))
         }
         other => return Err(ApiError::no_route(other)),
     };
@@ -129,6 +134,21 @@ mod tests {
             .expect("a served review resource")
     }
 
+    /// alice may read pods in `default`; everyone may check their own access.
+    fn policy() -> Policy {
+        let objects = [
+            json!({"kind": "Role", "metadata": {"name": "pods", "namespace": "default"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+            json!({"kind": "RoleBinding", "metadata": {"name": "alice", "namespace": "default"},
+                "roleRef": {"kind": "Role", "name": "pods"}, "subjects": [{"kind": "User", "name": "alice"}]}),
+            json!({"kind": "ClusterRole", "metadata": {"name": "self"},
+                "rules": [{"nonResourceURLs": ["/version"], "verbs": ["get"]}]}),
+            json!({"kind": "ClusterRoleBinding", "metadata": {"name": "self"},
+                "roleRef": {"kind": "ClusterRole", "name": "self"}, "subjects": [{"kind": "Group", "name": "system:authenticated"}]}),
+        ];
+        Policy::from_objects(objects.iter())
+    }
+
     fn alice() -> User {
         User { name: "alice".into(), groups: vec!["dev".into(), "system:authenticated".into()] }
     }
@@ -137,33 +157,41 @@ mod tests {
     fn whoami_answers_with_the_callers_identity() {
         let i = info("authentication.k8s.io", "SelfSubjectReview", "selfsubjectreviews");
         let req = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}});
-        let out = answer(&i, &alice(), None, req).expect("answered");
+        let out = answer(&i, &alice(), None, req, &policy()).expect("answered");
         assert_eq!(out["status"]["userInfo"], json!({"username": "alice", "groups": ["dev", "system:authenticated"]}));
     }
 
     #[test]
     fn access_reviews_need_exactly_the_attributes_kubernetes_needs() {
         let i = info("authorization.k8s.io", "SelfSubjectAccessReview", "selfsubjectaccessreviews");
-        let req = json!({"kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}});
-        let out = answer(&i, &alice(), None, req).expect("answered");
-        assert_eq!(out["status"]["allowed"], true);
-        assert!(out["status"]["reason"].as_str().is_some_and(|r| r.contains("RBAC is not enforced")));
+        let ask = |ns: &str, resource: &str| {
+            let req = json!({"kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {"verb": "get", "resource": resource, "namespace": ns}}});
+            answer(&i, &alice(), None, req, &policy()).expect("answered")["status"].clone()
+        };
+        let yes = ask("default", "pods");
+        assert_eq!(yes["allowed"], true);
+        assert_eq!(yes["reason"], r#"RBAC: allowed by RoleBinding "default/alice" of Role "pods" to User "alice""#);
+        assert_eq!(ask("other", "pods")["allowed"], false);
+        assert_eq!(ask("default", "secrets")["allowed"], false);
         let bad = json!({"kind": "SelfSubjectAccessReview", "spec": {}});
-        assert_eq!(answer(&i, &alice(), None, bad).expect_err("no attributes").code, 422);
+        assert_eq!(answer(&i, &alice(), None, bad, &policy()).expect_err("no attributes").code, 422);
         let wrong = json!({"kind": "SubjectAccessReview", "spec": {}});
-        assert_eq!(answer(&i, &alice(), None, wrong).expect_err("wrong kind").code, 400);
+        assert_eq!(answer(&i, &alice(), None, wrong, &policy()).expect_err("wrong kind").code, 400);
         let s = info("authorization.k8s.io", "SubjectAccessReview", "subjectaccessreviews");
         let nobody = json!({"kind": "SubjectAccessReview", "spec": {"resourceAttributes": {"verb": "get"}}});
-        assert_eq!(answer(&s, &alice(), None, nobody).expect_err("no subject").code, 422);
+        assert_eq!(answer(&s, &alice(), None, nobody, &policy()).expect_err("no subject").code, 422);
     }
 
     #[test]
     fn rules_reviews_list_rules_in_kubernetes_shape() {
         let i = info("authorization.k8s.io", "SelfSubjectRulesReview", "selfsubjectrulesreviews");
         let req = json!({"kind": "SelfSubjectRulesReview", "spec": {"namespace": "default"}});
-        let out = answer(&i, &alice(), None, req).expect("answered");
-        assert_eq!(out["status"]["resourceRules"][0]["verbs"], json!(["*"]));
-        assert_eq!(out["status"]["nonResourceRules"][0]["nonResourceURLs"], json!(["*"]));
+        let out = answer(&i, &alice(), None, req, &policy()).expect("answered");
+        assert_eq!(
+            out["status"]["resourceRules"],
+            json!([{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}])
+        );
+        assert_eq!(out["status"]["nonResourceRules"], json!([{"verbs": ["get"], "nonResourceURLs": ["/version"]}]));
         assert_eq!(out["status"]["incomplete"], false);
     }
 }

@@ -23,6 +23,8 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// `fieldValidation`.
     pub field_validation: FieldValidation,
+    /// Who writes (for the RBAC escalation check); `None` for the server's own writes.
+    pub user: Option<super::auth::User>,
 }
 
 impl WriteOptions {
@@ -188,6 +190,7 @@ impl Api {
             self.admit_namespace(info, ns.as_deref().unwrap_or_default(), &name).await?;
         }
         self.admit_quota(info, ns.as_deref(), &obj, None).await?;
+        self.admit_rbac(info, ns.as_deref(), &obj, opts.user.as_ref()).await?;
         managed::record_update(None, &mut obj, &opts.manager("unknown"), &info.kind, None);
         let is_service = info.group.is_empty() && info.plural == "services";
         if is_service && !opts.dry_run {
@@ -343,6 +346,7 @@ impl Api {
             }
         }
         self.admit_quota(info, ns, &new, Some(&cur.object)).await?;
+        self.admit_rbac(info, ns, &new, opts.user.as_ref()).await?;
         managed::record_update(Some(&cur.object), &mut new, &opts.manager(default_manager), &info.kind, subresource);
         let is_service = info.group.is_empty() && info.plural == "services";
         if is_service && subresource.is_none() && !opts.dry_run {
@@ -533,6 +537,9 @@ impl Api {
 
     /// Side effects of a committed write: releasing Service allocations, (un)registering custom resources.
     pub(crate) async fn after_write(&self, info: &ResourceInfo, old: Option<&Value>, new: Option<&Value>) {
+        if info.group == super::authz::RBAC_GROUP {
+            self.authz.invalidate();
+        }
         if info.group.is_empty()
             && info.plural == "services"
             && new.is_none()

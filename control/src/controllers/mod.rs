@@ -20,6 +20,7 @@ pub mod nodelifecycle;
 pub mod pdb;
 pub mod placement;
 pub mod quota;
+pub mod rbac;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
@@ -37,6 +38,7 @@ use ctx::{Ctx, ReconcileError};
 pub fn spawn_api_machinery(api: Arc<Api>, ca_pem: String) {
     tokio::spawn(gc::run(api.clone()));
     tokio::spawn(quota::run(api.clone()));
+    tokio::spawn(rbac::run(api.clone()));
     tokio::spawn(namespaces::run(api, ca_pem));
 }
 
