@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub compaction_interval: Duration,
     /// The workload controllers and the scheduler (leader-elected); `None` runs the API server alone.
     pub controllers: Option<crate::controllers::manager::ManagerOptions>,
+    /// Connection, time and in-flight limits.
+    pub limits: apiserver::limits::Limits,
 }
 
 /// Why the server could not start.
@@ -120,7 +122,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .map_err(ServerError::Bootstrap)?;
     let api = Api::new(
         store,
-        ApiConfig { advertise_address: advertise.clone(), ..Default::default() },
+        ApiConfig { advertise_address: advertise.clone(), limits: cfg.limits.clone(), ..Default::default() },
         AuthConfig { node_token: pki.node_token.clone(), sa_key: pki.sa_key.clone(), ..Default::default() },
         Some(Arc::new(agent_tls)),
     );
@@ -131,7 +133,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Bootstrap(format!("default roles: {e}")))?;
     let tls = Arc::new(apiserver::serve::tls_config(&pki)?);
-    tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone())));
+    tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone()), cfg.limits.clone()));
     tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
     crate::controllers::spawn_api_machinery(api.clone(), pki.ca.cert_pem.clone());
     let url = format!("https://{advertise}");

@@ -400,6 +400,55 @@ fn requests_without_credentials_get_401() {
 }
 
 #[test]
+fn bodies_that_are_not_objects_get_400_on_every_write() {
+    let c = Cluster::start_with(None);
+    c.kubectl(&["create", "serviceaccount", "sa"]);
+    c.kubectl(&["create", "configmap", "cm", "--from-literal=a=b"]);
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: busybox}]}\n",
+    );
+    let pki = &c.server.pki.dir;
+    let base = format!("{}/api/v1/namespaces/default", c.server.url);
+    let cases: &[(&str, String, &str, &str)] = &[
+        ("POST", format!("{base}/serviceaccounts/sa/token"), "application/json", "[]"),
+        ("POST", format!("{base}/pods/p/eviction"), "application/json", "[1]"),
+        ("POST", format!("{base}/pods/p/binding"), "application/json", "\"x\""),
+        ("POST", format!("{base}/configmaps"), "application/json", "[]"),
+        ("PUT", format!("{base}/configmaps/cm"), "application/json", "null"),
+        ("POST", format!("{base}/configmaps"), "application/yaml", "- a\n- b\n"),
+        ("PATCH", format!("{base}/configmaps/cm"), "application/merge-patch+json", "[]"),
+        ("PATCH", format!("{base}/configmaps/cm"), "application/strategic-merge-patch+json", "[]"),
+        ("PATCH", format!("{base}/configmaps/cm?fieldManager=t"), "application/apply-patch+yaml", "[]"),
+        ("POST", "https://x/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(), "application/json", "[]"),
+    ];
+    for (method, url, ct, body) in cases {
+        let url = url.replace("https://x", &c.server.url);
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "--data-binary", body])
+            .args(["-H", &format!("Content-Type: {ct}")])
+            .arg("--cacert")
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .arg(&url)
+            .output()
+            .expect("curl runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "400", "{method} {url} ({ct}) with {body}");
+    }
+    // a JSON patch that replaces the whole object with a non-object is refused too
+    let err = c.kubectl_fails(
+        &["patch", "configmap", "cm", "--type=json", "-p", r#"[{"op":"replace","path":"","value":[]}]"#],
+        None,
+    );
+    assert!(err.contains("made the object an array"), "{err}");
+    // and the server is still there
+    c.kubectl(&["get", "configmap", "cm"]);
+}
+
+#[test]
 fn bad_requests_get_the_right_status() {
     let c = Cluster::start_with(None);
     c.kubectl_in(&["apply", "-f", "-"], MANIFEST);

@@ -157,7 +157,10 @@ fn scenario_7_prometheus_scrapes_everything(c: &Cluster) {
     endpoints.push(("ingress".into(), "http://10.0.0.11:10254/metrics".into()));
     for (what, url) in &endpoints {
         let ca = pki.join("ca.crt").display().to_string();
-        let text = c.server_ns.exec("curl", &["-sf", "--max-time", "5", "--cacert", &ca, url]);
+        // the API server's metrics need a grant (system:monitoring or an admin): scrape with the admin certificate
+        let (crt, key) = (pki.join("admin.crt").display().to_string(), pki.join("admin.key").display().to_string());
+        let text =
+            c.server_ns.exec("curl", &["-sf", "--max-time", "5", "--cacert", &ca, "--cert", &crt, "--key", &key, url]);
         let text = text.unwrap_or_else(|e| fail(c, &format!("{what} at {url}: {e}")));
         let mut check = c.server_ns.command("promtool");
         check
@@ -186,11 +189,13 @@ fn scenario_7_prometheus_scrapes_everything(c: &Cluster) {
     let config = format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
          scrape_configs:\n\
-         - job_name: apiserver\n  scheme: https\n  tls_config: {{ca_file: '{}'}}\n  static_configs: [{{targets: ['10.0.0.2:6443']}}]\n\
+         - job_name: apiserver\n  scheme: https\n  tls_config: {{ca_file: '{}', cert_file: '{}', key_file: '{}'}}\n  static_configs: [{{targets: ['10.0.0.2:6443']}}]\n\
          - job_name: agent\n  static_configs: [{{targets: [{}]}}]\n\
          - job_name: lb\n  static_configs: [{{targets: [{}]}}]\n\
          - job_name: ingress\n  static_configs: [{{targets: ['10.0.0.11:10254']}}]\n",
         pki.join("ca.crt").display(),
+        pki.join("admin.crt").display(),
+        pki.join("admin.key").display(),
         nodes(10255),
         nodes(10249)
     );

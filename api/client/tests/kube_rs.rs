@@ -20,6 +20,7 @@ async fn server() -> (skiff_control::server::RunningServer, tempfile::TempDir) {
         datastore: skiff_control::server::Datastore::Sqlite,
         compaction_interval: Duration::from_secs(300),
         controllers: None,
+        limits: Default::default(),
     };
     (skiff_control::server::start(cfg).await.expect("server starts"), dir)
 }

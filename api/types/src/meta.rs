@@ -157,3 +157,15 @@ mod tests {
         assert_eq!(split_api_version("v1"), ("", "v1"));
     }
 }
+
+/// A JSON value's type with its article, for messages: `an array`, `a string`, `null`.
+pub fn describe_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

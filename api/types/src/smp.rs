@@ -112,16 +112,7 @@ pub fn apply(original: &Value, patch: &Value, kind: &str) -> Result<Value, Patch
     Ok(Value::Object(merge_map(o, p, At::Root(kind), "")?.unwrap_or_default()))
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::meta::describe_type as type_name;
 
 fn directive<'a>(p: &'a Map<String, Value>, path: &str) -> Result<Option<&'a str>, PatchError> {
     match p.get("$patch") {

@@ -27,6 +27,15 @@ pub struct Args {
     /// Watch history kept before compaction, in seconds.
     #[arg(long, default_value_t = 300)]
     pub compaction_interval: u64,
+    /// Requests one user may have in flight (watches and streams not counted); more are answered 429.
+    #[arg(long, default_value_t = 100)]
+    pub max_requests_inflight_per_user: usize,
+    /// Requests in flight over all users (members of system:masters are exempt).
+    #[arg(long, default_value_t = 600)]
+    pub max_requests_inflight: usize,
+    /// Open connections at most.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
 }
 
 /// Parses `--datastore`.
@@ -53,6 +62,12 @@ impl Args {
             datastore: datastore(&self.datastore)?,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
             controllers: Some(Default::default()),
+            limits: skiff_control::apiserver::limits::Limits {
+                inflight_per_user: self.max_requests_inflight_per_user.max(1),
+                inflight_total: self.max_requests_inflight.max(1),
+                max_connections: self.max_connections.max(1),
+                ..Default::default()
+            },
         })
     }
 }

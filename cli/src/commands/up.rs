@@ -112,6 +112,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tls_san: vec![node_name.clone()],
             datastore: "sqlite".into(),
             compaction_interval: 300,
+            max_requests_inflight_per_user: 100,
+            max_requests_inflight: 600,
+            max_connections: 4096,
         }
         .config()?;
         let server = skiff_control::server::start(cfg).await?;

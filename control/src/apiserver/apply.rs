@@ -122,6 +122,12 @@ impl Api {
             return Err(ApiError::bad_request("an applied configuration must be exactly one object"));
         }
         let mut applied = docs.remove(0);
+        if !applied.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "an applied configuration must be an object, not {}",
+                meta::describe_type(&applied)
+            )));
+        }
         if meta::name(&applied) != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",

@@ -162,6 +162,15 @@ impl ApiError {
         Self::new(429, "TooManyRequests", message)
     }
 
+    /// 429 for a client over its share, with `Retry-After` (and `details.retryAfterSeconds`), as Kubernetes'
+    /// priority and fairness answers.
+    pub fn throttled(retry_after_seconds: u64) -> Self {
+        ApiError {
+            details: Some(serde_json::json!({"retryAfterSeconds": retry_after_seconds})),
+            ..Self::too_many_requests("Too many requests, please try again later.")
+        }
+    }
+
     /// 500 InternalError; the cause is logged, not shown.
     pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(%cause, "{context}");
@@ -216,6 +225,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.status()).unwrap_or_default();
         let mut r = (code, body).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(s) = self.details.as_ref().and_then(|d| d.get("retryAfterSeconds")).and_then(Value::as_u64) {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         r
     }
 }

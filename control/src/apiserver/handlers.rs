@@ -79,6 +79,17 @@ fn check_length(headers: &HeaderMap, limit: usize) -> ApiResult<()> {
 
 /// Decodes an object body (JSON, YAML or, for every built-in kind, protobuf).
 fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let v = decode_value(headers, body)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the request body must be an object, not {}",
+            skiff_api::meta::describe_type(&v)
+        )));
+    }
+    Ok(v)
+}
+
+fn decode_value(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
     match ct.as_str() {
         "application/json" | "" => serde_json::from_slice(body)

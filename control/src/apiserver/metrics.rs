@@ -43,6 +43,10 @@ pub struct Metrics {
     pub watches: Gauge<i64, AtomicI64>,
     /// The datastore's current revision.
     pub revision: Gauge<i64, AtomicI64>,
+    /// Requests answered 429 because their user had too many in flight.
+    pub rejected: Counter,
+    /// Requests refused by the authorizer (403).
+    pub forbidden: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -66,7 +70,15 @@ impl Metrics {
         registry.register("watches", "Open watch streams", watches.clone());
         let revision = Gauge::<i64, AtomicI64>::default();
         registry.register("storage_revision", "The datastore's current revision", revision.clone());
-        Arc::new(Metrics { registry, requests, latency, watches, revision })
+        let rejected = Counter::default();
+        registry.register(
+            "throttled_requests",
+            "Requests answered 429: their user had too many in flight",
+            rejected.clone(),
+        );
+        let forbidden = Counter::default();
+        registry.register("forbidden_requests", "Requests the authorizer refused (403)", forbidden.clone());
+        Arc::new(Metrics { registry, requests, latency, watches, revision, rejected, forbidden })
     }
 
     /// The text exposition.

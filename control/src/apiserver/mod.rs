@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod handlers;
+pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod metrics_api;
@@ -22,6 +23,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod proxy;
+pub mod read_deadline;
 pub mod request;
 pub mod reviews;
 pub mod serve;
@@ -54,11 +56,17 @@ pub struct ApiConfig {
     pub advertise_address: String,
     /// Request body limit in bytes (413 above it).
     pub max_body: usize,
+    /// Connection, time and in-flight limits.
+    pub limits: limits::Limits,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { advertise_address: "127.0.0.1:6443".into(), max_body: 3 * 1024 * 1024 }
+        ApiConfig {
+            advertise_address: "127.0.0.1:6443".into(),
+            max_body: 3 * 1024 * 1024,
+            limits: limits::Limits::default(),
+        }
     }
 }
 
@@ -89,6 +97,8 @@ pub struct Api {
     pub agent_tls: Option<Arc<rustls::ClientConfig>>,
     /// The authorizer's view of the RBAC objects.
     pub authz: authz::Authz,
+    /// Requests in flight per user.
+    pub inflight: Arc<limits::InFlight>,
 }
 
 impl std::fmt::Debug for Api {
@@ -108,11 +118,12 @@ impl Api {
         Arc::new(Api {
             store,
             registry: RwLock::new(Registry::with_builtins()),
-            config,
             auth,
             metrics: metrics::Metrics::new(),
             agent_tls,
             authz: authz::Authz::default(),
+            inflight: limits::InFlight::new(config.limits.clone()),
+            config,
         })
     }
 
@@ -149,13 +160,31 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
         Some(u) => {
             let watch = Query::parse(req.uri().query()).flag("watch");
             let attrs = crate::rbac::attributes::of_request(req.method().as_str(), &path, watch);
-            match api.authorize(u, req.headers(), &attrs).await {
-                Ok(u) => {
-                    req.extensions_mut().insert(u);
-                    next.run(req).await
+            let u = match api.authorize(u, req.headers(), &attrs).await {
+                Ok(u) => u,
+                Err(e) => {
+                    if e.code == 403 {
+                        api.metrics.forbidden.inc();
+                        tracing::debug!(message = %e.message, "forbidden");
+                    }
+                    return refuse(req, e).await;
                 }
-                Err(e) => refuse(req, e).await,
-            }
+            };
+            let follow = Query::parse(req.uri().query()).flag("follow");
+            let exempt = u.groups.iter().any(|g| g == crate::rbac::authorizer::SUPERUSER_GROUP);
+            let _permit = if exempt || limits::is_long_running(&attrs, follow) {
+                None
+            } else {
+                match api.inflight.admit(&u.name) {
+                    Some(p) => Some(p),
+                    None => {
+                        api.metrics.rejected.inc();
+                        return refuse(req, ApiError::throttled(1)).await;
+                    }
+                }
+            };
+            req.extensions_mut().insert(u);
+            next.run(req).await
         }
         None if public(&path) => next.run(req).await,
         None => refuse(req, ApiError::unauthorized()).await,
@@ -265,5 +294,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/apis/{*rest}", axum::routing::any(handlers::dispatch))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        // a bug in a handler answers 500 (a Status) instead of dropping the connection
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            ApiError::internal("the request handler failed", &"panic").into_response()
+        }))
         .with_state(api)
 }

@@ -27,6 +27,12 @@ pub fn apply_patch(info: &ResourceInfo, content_type: &str, base: &Value, patch:
             let mut out = base.clone();
             json_patch::patch(&mut out, &p)
                 .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
+            if !out.is_object() {
+                return Err(ApiError::unprocessable(format!(
+                    "the JSON patch made the object {}",
+                    meta::describe_type(&out)
+                )));
+            }
             Ok(out)
         }
         "application/merge-patch+json" => {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -14,6 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::auth::{PeerIdentity, User};
+use super::limits::Limits;
+use super::read_deadline::FirstReadDeadline;
 use crate::pki::Pki;
 
 /// Why the listener could not start.
@@ -66,9 +68,13 @@ pub fn identity_of(der: &[u8]) -> Option<User> {
     Some(User { name, groups })
 }
 
-/// Serves `app` over HTTPS on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
+/// Serves `app` over HTTPS on `listener` until the task is dropped, within `limits`: at most
+/// `max_connections` open (further ones are closed at once), the TLS handshake and the first bytes after it in
+/// time, each HTTP/1.1 request head in time (which also ends idle keep-alive connections), HTTP/2 peers that answer
+/// keep-alive pings.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, limits: Limits) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = match listener.accept().await {
             Ok(c) => c,
@@ -78,11 +84,18 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = limits.max_connections, "too many connections: closed");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -103,8 +116,15 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(limits.h2_keepalive))
+                .keep_alive_timeout(limits.h2_keepalive);
+            let io = FirstReadDeadline::new(tls, limits.header_read_timeout);
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

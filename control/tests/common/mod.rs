@@ -24,6 +24,18 @@ impl Cluster {
 
     /// Starts a cluster with these controller options (`None`: the API server alone).
     pub fn start_with(controllers: Option<skiff_control::controllers::manager::ManagerOptions>) -> Cluster {
+        Self::start_full(controllers, Default::default())
+    }
+
+    /// Starts the API server alone with these limits.
+    pub fn start_with_limits(limits: skiff_control::apiserver::limits::Limits) -> Cluster {
+        Self::start_full(None, limits)
+    }
+
+    fn start_full(
+        controllers: Option<skiff_control::controllers::manager::ManagerOptions>,
+        limits: skiff_control::apiserver::limits::Limits,
+    ) -> Cluster {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -35,6 +47,7 @@ impl Cluster {
             datastore: skiff_control::server::Datastore::Sqlite,
             compaction_interval: Duration::from_secs(300),
             controllers,
+            limits,
         };
         let server = runtime.block_on(skiff_control::server::start(cfg)).expect("server starts");
         let cache = dir.path().join("kube-cache");
