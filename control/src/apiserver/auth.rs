@@ -35,15 +35,28 @@ fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }
 
-/// Signs a service-account token for `namespace/name` (uid `uid`), valid for `seconds`, optionally bound to a pod.
-pub fn sign_token(
-    key: &[u8],
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    seconds: i64,
-    pod: Option<(&str, &str)>,
-) -> (String, i64) {
+/// What a service-account token is for.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSpec<'a> {
+    /// The namespace of the service account.
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its uid.
+    pub uid: &'a str,
+    /// Validity in seconds.
+    pub seconds: i64,
+    /// The pod (name, uid) it is bound to, if any.
+    pub pod: Option<(&'a str, &'a str)>,
+    /// Audiences (the API server's own, [`ISSUER`], when empty).
+    pub audiences: &'a [String],
+}
+
+/// Signs a service-account token; returns it and its expiry (Unix seconds).
+pub fn sign_token(key: &[u8], spec: &TokenSpec<'_>) -> (String, i64) {
+    let TokenSpec { namespace, name, uid, seconds, pod, audiences } = *spec;
+    let audiences: Vec<&str> =
+        if audiences.is_empty() { vec![ISSUER] } else { audiences.iter().map(String::as_str).collect() };
     let now = jiff::Timestamp::now().as_second();
     let exp = now + seconds;
     let mut k8s = json!({"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}});
@@ -51,7 +64,7 @@ pub fn sign_token(
         k8s["pod"] = json!({"name": pn, "uid": pu});
     }
     let claims = json!({
-        "iss": ISSUER, "aud": [ISSUER], "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        "iss": ISSUER, "aud": audiences, "sub": format!("system:serviceaccount:{namespace}:{name}"),
         "iat": now, "nbf": now, "exp": exp, "kubernetes.io": k8s,
     });
     let header = b64(json!({"alg": "HS256", "typ": "JWT"}).to_string().as_bytes());
@@ -63,7 +76,7 @@ pub fn sign_token(
     (format!("{signing_input}.{sig}"), exp)
 }
 
-/// Verifies a token's signature and expiry; returns its claims.
+/// Verifies a token's signature, issuer, audience (the API server's own) and expiry; returns its claims.
 pub fn verify_token(key: &[u8], token: &str) -> Option<Value> {
     let mut parts = token.split('.');
     let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
@@ -77,7 +90,12 @@ pub fn verify_token(key: &[u8], token: &str) -> Option<Value> {
     let claims: Value =
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
     let exp = claims.get("exp")?.as_i64()?;
-    (exp > jiff::Timestamp::now().as_second()).then_some(claims)
+    let for_us = match claims.get("aud")? {
+        Value::String(a) => a == ISSUER,
+        Value::Array(a) => a.iter().any(|x| x == ISSUER),
+        _ => false,
+    };
+    (claims.get("iss")? == ISSUER && for_us && exp > jiff::Timestamp::now().as_second()).then_some(claims)
 }
 
 /// Whether two secrets are equal, in time that depends only on their lengths.
@@ -152,13 +170,21 @@ impl Api {
             }
             _ => None,
         };
+        let audiences: Vec<String> = req
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
         let (token, exp) = sign_token(
             &self.auth.sa_key,
-            ns,
-            name,
-            skiff_api::meta::uid(&sa.object),
-            seconds,
-            bound.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            &TokenSpec {
+                namespace: ns,
+                name,
+                uid: skiff_api::meta::uid(&sa.object),
+                seconds,
+                pod: bound.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                audiences: &audiences,
+            },
         );
         let exp_ts =
             jiff::Timestamp::from_second(exp).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
@@ -166,6 +192,8 @@ impl Api {
         out["kind"] = json!("TokenRequest");
         out["apiVersion"] = json!("authentication.k8s.io/v1");
         out["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": null});
+        out["spec"]["audiences"] = json!(if audiences.is_empty() { vec![ISSUER.to_string()] } else { audiences });
+        out["spec"]["expirationSeconds"] = json!(seconds);
         out["status"] = json!({"token": token, "expirationTimestamp": exp_ts});
         Ok(out)
     }
@@ -177,12 +205,19 @@ mod tests {
 
     #[test]
     fn tokens_verify_only_with_their_key_and_before_expiry() {
-        let (t, _) = sign_token(b"k1", "default", "sa", "u1", 3600, None);
+        let spec = TokenSpec { namespace: "default", name: "sa", uid: "u1", seconds: 3600, pod: None, audiences: &[] };
+        let (t, _) = sign_token(b"k1", &spec);
         let claims = verify_token(b"k1", &t).expect("valid");
         assert_eq!(claims["sub"], "system:serviceaccount:default:sa");
         assert!(verify_token(b"k2", &t).is_none());
-        let (expired, _) = sign_token(b"k1", "default", "sa", "u1", -10, None);
+        let (expired, _) = sign_token(b"k1", &TokenSpec { seconds: -10, ..spec });
         assert!(verify_token(b"k1", &expired).is_none());
+        // a token for another audience (a vault, a CI system) is not a credential for the API server
+        let vault = ["vault".to_string()];
+        let (other, _) = sign_token(b"k1", &TokenSpec { audiences: &vault, ..spec });
+        assert!(verify_token(b"k1", &other).is_none());
+        let both = ["vault".to_string(), ISSUER.to_string()];
+        assert!(verify_token(b"k1", &sign_token(b"k1", &TokenSpec { audiences: &both, ..spec }).0).is_some());
         assert!(verify_token(b"k1", "a.b").is_none());
     }
 }

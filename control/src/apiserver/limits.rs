@@ -127,9 +127,12 @@ mod tests {
         let b1 = f.admit("b").expect("another user is served");
         assert!(f.admit("c").is_none(), "the total is reached");
         drop(a1);
-        let _c = f.admit("c").expect("a freed place is reused");
+        let c = f.admit("c").expect("a freed place is reused");
         drop(b1);
-        assert!(f.admit("a").is_none(), "a is still at its own limit");
+        let _a3 = f.admit("a").expect("a has one place left");
+        assert!(f.admit("b").is_none(), "the total is reached again");
+        drop(c);
+        assert!(f.admit("a").is_none(), "a is at its own limit");
         assert!(f.admit("b").is_some());
     }
 

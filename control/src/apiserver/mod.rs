@@ -27,6 +27,7 @@ pub mod read_deadline;
 pub mod request;
 pub mod reviews;
 pub mod serve;
+pub mod serviceaccount;
 pub mod strategy;
 pub mod subresources;
 pub mod table;

@@ -76,21 +76,21 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn silence_is_cut_and_talk_is_not() {
         let (client, server) = tokio::io::duplex(64);
-        let mut s = FirstReadDeadline::new(server, Duration::from_secs(5));
+        let mut s = FirstReadDeadline::new(server, Duration::from_millis(200));
         let mut buf = [0u8; 8];
         let e = s.read(&mut buf).await.expect_err("nothing was sent");
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         drop(client);
 
         let (mut client, server) = tokio::io::duplex(64);
-        let mut s = FirstReadDeadline::new(server, Duration::from_secs(5));
+        let mut s = FirstReadDeadline::new(server, Duration::from_millis(200));
         client.write_all(b"GET").await.expect("write");
         assert_eq!(s.read(&mut buf).await.expect("read"), 3);
         // after the first bytes, silence is the protocol's business (keep-alive, watches)
-        let pending = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await;
+        let pending = tokio::time::timeout(Duration::from_millis(600), s.read(&mut buf)).await;
         assert!(pending.is_err(), "no deadline after the first bytes");
     }
 }

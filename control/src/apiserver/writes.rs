@@ -189,6 +189,9 @@ impl Api {
         if info.plural != "namespaces" {
             self.admit_namespace(info, ns.as_deref().unwrap_or_default(), &name).await?;
         }
+        if info.group.is_empty() && info.plural == "pods" {
+            obj = self.admit_service_account(ns.as_deref().unwrap_or_default(), obj).await?;
+        }
         self.admit_quota(info, ns.as_deref(), &obj, None).await?;
         self.admit_rbac(info, ns.as_deref(), &obj, opts.user.as_ref()).await?;
         managed::record_update(None, &mut obj, &opts.manager("unknown"), &info.kind, None);
