@@ -198,6 +198,7 @@ impl Cluster {
         for i in 0..c.nodes.len() {
             c.wait_node_ready(i, Duration::from_secs(90))?;
         }
+        c.route_pod_networks_from_server()?;
         if let Some(i) = c.cfg.ingress_node {
             c.start_ingress(i)?;
         }
@@ -425,6 +426,20 @@ impl Cluster {
         args.extend_from_slice(object);
         args.extend(["-o", jp.as_str()]);
         self.kubectl(&args)
+    }
+
+    /// Routes each node's pod network through that node from the server's namespace, as a control-plane host on
+    /// the nodes' network with host routes to the pod CIDRs: pods reach the API server (the `kubernetes` Service
+    /// balances to it) and its answers come back. (The server is not a node here; pod traffic is not translated.)
+    fn route_pod_networks_from_server(&self) -> std::io::Result<()> {
+        for n in &self.nodes {
+            let cidr = self.jsonpath(&["node", &n.name], "{.spec.podCIDR}")?;
+            let cidr = cidr.trim();
+            if !cidr.is_empty() {
+                self.server_ns.ip(&["route", "replace", cidr, "via", &n.ip.to_string()])?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until node `i` reports Ready.

@@ -3,7 +3,9 @@
 //!    window, reading the resource metrics the agents serve through `metrics.k8s.io`;
 //! 5. a CronJob running every minute, and a failing Job retried up to its backoffLimit;
 //! 6. a ConfigMap and a Secret reaching a pod as environment variables and files; the datastore holds no Secret
-//!    value in plain text.
+//!    value in plain text;
+//! - and a pod's own identity (issue 14): kube-rs' in-cluster configuration in a pod reads what the pod's service
+//!   account is granted and is refused the rest; a pod with automounting off has no token.
 //!
 //! Needs root (network namespaces, runc, BPF) and the built-in images of `scripts/setup`.
 
@@ -19,6 +21,7 @@ fn hpa_jobs_cronjobs_config_and_secrets() {
     kubectl(&c, &["apply", "-f", &repo_root().join("manifests/scenarios/jobs.yaml").display().to_string()]);
     let jobs_applied = Instant::now();
     scenario_6_config_and_secrets(&c);
+    in_cluster_identity(&c);
     scenario_4_hpa(&c);
     scenario_5_jobs(&c, jobs_applied);
 }
@@ -63,6 +66,80 @@ fn scenario_6_config_and_secrets(c: &Cluster) {
         "the ConfigMap's value was found in the datastore, so the Secret search looked at the right files"
     );
     kubectl(c, &["delete", "pod", "config-reader", "--wait=false"]);
+}
+
+const IDENTITY: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader-reads-pods}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects: [{kind: ServiceAccount, name: reader}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-reader}
+spec:
+  serviceAccountName: reader
+  containers: [{name: echo, image: skiff/echo:v1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-token}
+spec:
+  automountServiceAccountToken: false
+  containers: [{name: echo, image: skiff/echo:v1}]
+"#;
+
+/// What the pod's in-cluster client gets for a GET of `path`: (code, the whole answer).
+fn from_inside(c: &Cluster, pod: &str, path: &str) -> (i64, serde_json::Value) {
+    let url = format!("http://127.0.0.1:8080/kube?path={path}");
+    let (code, out) = exec(c, pod, &["wget", "-qO-", &url]);
+    assert_eq!(code, 0, "wget in {pod}: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| fail(c, &format!("{e}: {out}")));
+    (v["code"].as_i64().unwrap_or(-1), v)
+}
+
+fn in_cluster_identity(c: &Cluster) {
+    step("a pod's service account: kube-rs in-cluster config gets what the Role grants, nothing more");
+    apply(c, IDENTITY);
+    kubectl(c, &["wait", "--for=condition=Ready", "pod/api-reader", "pod/no-token", "--timeout=90s"]);
+    let volumes = kubectl(c, &["get", "pod", "api-reader", "-o", "jsonpath={.spec.volumes[*].name}"]);
+    assert!(volumes.contains("kube-api-access-"), "{volumes}");
+    let (_, ns) = exec(c, "api-reader", &["cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"]);
+    assert_eq!(ns, "default");
+    let (code, pods) = from_inside(c, "api-reader", "/api/v1/namespaces/default/pods");
+    assert_eq!(code, 200, "{pods}");
+    assert!(
+        pods["body"]["items"].as_array().is_some_and(|i| i.iter().any(|p| p["metadata"]["name"] == "api-reader")),
+        "{pods}"
+    );
+    for (path, words) in [
+        (
+            "/api/v1/namespaces/default/secrets",
+            r#"cannot list resource "secrets" in API group "" in the namespace "default""#,
+        ),
+        ("/api/v1/namespaces/kube-system/pods", r#"in the namespace "kube-system""#),
+        ("/api/v1/nodes", "at the cluster scope"),
+    ] {
+        let (code, answer) = from_inside(c, "api-reader", path);
+        assert_eq!(code, 403, "{path}: {answer}");
+        let msg = answer["body"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("system:serviceaccount:default:reader") && msg.contains(words), "{path}: {msg}");
+    }
+    let (code, answer) = from_inside(c, "no-token", "/api/v1/namespaces/default/pods");
+    assert_eq!(code, 0, "no token mounted, so no in-cluster configuration: {answer}");
+    let (rc, _) = exec(c, "no-token", &["ls", "/var/run/secrets/kubernetes.io/serviceaccount"]);
+    assert_ne!(rc, 0, "nothing mounted where the token would be");
+    kubectl(c, &["delete", "pod", "api-reader", "no-token", "--wait=false"]);
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -7,11 +7,14 @@
 //! - `/healthz`, `/readyz`: 200 or 500/503; `POST /healthz?healthy=false`, `POST /readyz?ready=false` flip them;
 //! - `/burn?ms=500`: burns one core for that long (HPA demos); `/exit?code=3`: ends the process with that code;
 //! - `/ws`: WebSocket echo;
+//! - `/kube?path=/api/v1/…`: a GET on the Kubernetes API with kube-rs' in-cluster configuration (the pod's own
+//!   service-account token), answered as `{"code": …, "body": …}`;
 //! - `grpc.health.v1.Health/Check` and `/Watch` over h2c, SERVING while ready.
 //!
 //! Every request is logged as one line on stdout. SIGTERM ends it after `ECHO_SHUTDOWN_DELAY` (default 0s).
 
 mod grpc;
+mod kube_api;
 mod routes;
 mod state;
 

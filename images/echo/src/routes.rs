@@ -26,6 +26,7 @@ pub fn app(state: Shared) -> Router {
         .route("/burn", any(burn))
         .route("/exit", any(exit))
         .route("/ws", get(ws))
+        .route("/kube", get(crate::kube_api::call))
         .route("/grpc.health.v1.Health/Check", post(crate::grpc::check))
         .route("/grpc.health.v1.Health/Watch", post(crate::grpc::watch))
         .fallback(echo)
