@@ -4,6 +4,8 @@
 //!
 //! Everything is loaded again on later starts, so certificates and tokens stay valid across restarts.
 
+use crate::storage::encrypt::NamedKey;
+use base64::Engine as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -59,8 +61,86 @@ pub struct Pki {
     pub sa_key: Vec<u8>,
     /// The token nodes join with (`skiff agent --token`).
     pub node_token: String,
-    /// AES-256 key encrypting Secrets at rest.
-    pub encryption_key: [u8; 32],
+    /// AES-256 keys encrypting Secrets at rest (`encryption-keys`): the first seals, all open.
+    pub encryption_keys: Vec<NamedKey>,
+    /// Whether the encryption key file was missing and has just been made.
+    pub encryption_keys_created: bool,
+}
+
+/// The file of the Secret encryption keys: one `NAME BASE64KEY` per line, the first used for writes.
+pub const ENCRYPTION_KEYS: &str = "encryption-keys";
+
+/// A new encryption key with a fresh name.
+pub fn new_encryption_key() -> NamedKey {
+    NamedKey { name: format!("key-{}", random_hex(4)), key: rand::random() }
+}
+
+/// Parses an `encryption-keys` file.
+pub fn parse_encryption_keys(text: &str) -> Result<Vec<NamedKey>, String> {
+    let mut keys: Vec<NamedKey> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, b64) =
+            line.split_once(char::is_whitespace).ok_or(format!("line {}: expected `NAME BASE64KEY`", i + 1))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| format!("line {}: the key is not base64: {e}", i + 1))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| format!("line {}: the key must be 32 bytes", i + 1))?;
+        if keys.iter().any(|k| k.name == name) {
+            return Err(format!("line {}: key {name:?} appears twice", i + 1));
+        }
+        keys.push(NamedKey { name: name.to_string(), key });
+    }
+    if keys.is_empty() {
+        return Err("no key".into());
+    }
+    Ok(keys)
+}
+
+/// Renders an `encryption-keys` file.
+pub fn render_encryption_keys(keys: &[NamedKey]) -> String {
+    let mut out =
+        String::from("# Secret encryption keys: NAME BASE64KEY; the first seals new writes, every one opens.\n");
+    for k in keys {
+        out.push_str(&format!("{} {}\n", k.name, base64::engine::general_purpose::STANDARD.encode(k.key)));
+    }
+    out
+}
+
+/// Writes the encryption keys (owner-only), atomically: a crash leaves the old file or the new one.
+pub fn write_encryption_keys(dir: &Path, keys: &[NamedKey]) -> Result<(), PkiError> {
+    let tmp = dir.join(format!("{ENCRYPTION_KEYS}.tmp"));
+    write_private(&tmp, render_encryption_keys(keys).as_bytes())?;
+    let path = dir.join(ENCRYPTION_KEYS);
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// Loads the encryption keys: `encryption-keys`, else the single key of older versions (`encryption.key`, named
+/// `key1`), else a new key (and `true`).
+fn load_encryption_keys(dir: &Path) -> Result<(Vec<NamedKey>, bool), PkiError> {
+    let path = dir.join(ENCRYPTION_KEYS);
+    let invalid = |path: &Path, m: String| PkiError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, m),
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        return Ok((parse_encryption_keys(&text).map_err(|m| invalid(&path, m))?, false));
+    }
+    let legacy = dir.join("encryption.key");
+    if legacy.exists() {
+        let bytes = std::fs::read(&legacy).map_err(io(&legacy))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| invalid(&legacy, "must hold exactly 32 bytes".into()))?;
+        let keys = vec![NamedKey { name: "key1".into(), key }];
+        write_encryption_keys(dir, &keys)?;
+        return Ok((keys, false));
+    }
+    let keys = vec![new_encryption_key()];
+    write_encryption_keys(dir, &keys)?;
+    Ok((keys, true))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -136,12 +216,17 @@ impl Pki {
         })?)
         .trim()
         .to_string();
-        let enc = load_or_secret(dir, "encryption.key", || (0..32).map(|_| rand::random::<u8>()).collect())?;
-        let encryption_key: [u8; 32] = enc.as_slice().try_into().map_err(|_| PkiError::Io {
-            path: dir.join("encryption.key"),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "must hold exactly 32 bytes"),
-        })?;
-        Ok(Pki { dir: dir.to_path_buf(), ca, server, admin, sa_key, node_token, encryption_key })
+        let (encryption_keys, encryption_keys_created) = load_encryption_keys(dir)?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            server,
+            admin,
+            sa_key,
+            node_token,
+            encryption_keys,
+            encryption_keys_created,
+        })
     }
 
     /// Issues a client certificate signed by the cluster CA (for nodes and users).
@@ -217,7 +302,9 @@ mod tests {
         assert_eq!(a.ca.cert_pem, b.ca.cert_pem);
         assert_eq!(a.server.cert_pem, b.server.cert_pem);
         assert_eq!(a.node_token, b.node_token);
-        assert_eq!(a.encryption_key, b.encryption_key);
+        let names = |p: &Pki| p.encryption_keys.iter().map(|k| (k.name.clone(), k.key)).collect::<Vec<_>>();
+        assert_eq!(names(&a), names(&b));
+        assert!(a.encryption_keys_created && !b.encryption_keys_created);
         let c = Pki::load_or_create(dir.path(), &["node-2".into()]).expect("loaded");
         assert_ne!(a.server.cert_pem, c.server.cert_pem, "a new name gets a new serving certificate");
         assert_eq!(a.ca.cert_pem, c.ca.cert_pem);

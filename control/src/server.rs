@@ -87,18 +87,89 @@ pub struct RunningServer {
     pub kubeconfig: PathBuf,
 }
 
-async fn open_store(cfg: &ServerConfig, pki: &Pki) -> Result<Arc<dyn Storage>, ServerError> {
-    let prefixes = vec!["/registry/secrets/".to_string()];
+/// Where Secrets are stored (and encrypted).
+const SECRETS_PREFIX: &str = "/registry/secrets/";
+
+async fn open_backend(cfg: &ServerConfig) -> Result<Box<dyn Storage>, ServerError> {
     Ok(match &cfg.datastore {
-        Datastore::Sqlite => {
-            let db = SqliteStorage::open(cfg.data_dir.join("state.db"))?;
-            Arc::new(Encrypted::new(db, &pki.encryption_key, "key1", prefixes))
-        }
-        Datastore::Etcd(endpoints) => {
-            let etcd = crate::storage::etcd::EtcdStorage::connect(endpoints).await?;
-            Arc::new(Encrypted::new(etcd, &pki.encryption_key, "key1", prefixes))
-        }
+        Datastore::Sqlite => Box::new(SqliteStorage::open(cfg.data_dir.join("state.db"))?),
+        Datastore::Etcd(endpoints) => Box::new(crate::storage::etcd::EtcdStorage::connect(endpoints).await?),
     })
+}
+
+async fn open_store(cfg: &ServerConfig, pki: &Pki) -> Result<Arc<dyn Storage>, ServerError> {
+    let store = Encrypted::new(open_backend(cfg).await?, &pki.encryption_keys, vec![SECRETS_PREFIX.to_string()]);
+    if let Err(e) = check_encryption_keys(&store, pki).await {
+        if pki.encryption_keys_created {
+            // the key made on this start is useless for what is stored: do not leave it to be mistaken for one
+            let _ = std::fs::remove_file(pki.dir.join(crate::pki::ENCRYPTION_KEYS));
+        }
+        return Err(e);
+    }
+    Ok(Arc::new(store))
+}
+
+/// Refuses to start when stored Secrets were sealed with a key the server does not have (a lost or replaced key
+/// file), or when a configured key does not open what it sealed: serving would lose them.
+async fn check_encryption_keys(store: &Encrypted<Box<dyn Storage>>, pki: &Pki) -> Result<(), ServerError> {
+    let raw = store.inner().list(SECRETS_PREFIX, Default::default()).await?;
+    let mut missing: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut checked = std::collections::BTreeSet::new();
+    for kv in &raw.items {
+        let Some(name) = crate::storage::encrypt::sealed_with(&kv.value) else { continue };
+        if !pki.encryption_keys.iter().any(|k| k.name == name) {
+            *missing.entry(name).or_default() += 1;
+        } else if checked.insert(name.clone())
+            && let Err(e) = store.get(&kv.key).await
+        {
+            return Err(ServerError::Bootstrap(format!(
+                "the Secret encryption key {name:?} in {} does not open {}: {e}; restore the right key file",
+                pki.dir.join(crate::pki::ENCRYPTION_KEYS).display(),
+                kv.key
+            )));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what: Vec<String> = missing.iter().map(|(k, n)| format!("{n} with key {k:?}")).collect();
+    let file = pki.dir.join(crate::pki::ENCRYPTION_KEYS);
+    let how = if pki.encryption_keys_created {
+        format!("{} was missing", file.display())
+    } else {
+        format!("{} does not have that key", file.display())
+    };
+    Err(ServerError::Bootstrap(format!(
+        "the datastore holds encrypted Secrets ({}) and {how}: restore the key file from a backup (the server refuses \
+         to start rather than serve Secrets it cannot read)",
+        what.join(", ")
+    )))
+}
+
+/// Adds a new Secret encryption key (first, so it seals from now on; the old ones still open) and re-encrypts
+/// every Secret with it. Run with the server stopped (every server of the cluster needs the new key file before it
+/// starts again). Returns the new key's name and the number of Secrets rewritten.
+pub async fn rotate_encryption_key(cfg: &ServerConfig) -> Result<(String, usize), ServerError> {
+    let dir = cfg.data_dir.join("pki");
+    if !dir.join(crate::pki::ENCRYPTION_KEYS).exists() && !dir.join("encryption.key").exists() {
+        return Err(ServerError::Bootstrap(format!("no encryption keys in {}: nothing to rotate", dir.display())));
+    }
+    let pki = Pki::load_or_create(&dir, &[])?;
+    let store = Encrypted::new(open_backend(cfg).await?, &pki.encryption_keys, vec![SECRETS_PREFIX.to_string()]);
+    check_encryption_keys(&store, &pki).await?;
+    let new = crate::pki::new_encryption_key();
+    let mut keys = vec![new.clone()];
+    keys.extend(pki.encryption_keys.iter().cloned());
+    crate::pki::write_encryption_keys(&dir, &keys)?;
+    let store = Encrypted::new(store.into_inner(), &keys, vec![SECRETS_PREFIX.to_string()]);
+    let mut rewritten = 0;
+    for kv in store.list(SECRETS_PREFIX, Default::default()).await?.items {
+        // compare-and-swap on the revision read: a Secret changed meanwhile (by a server still running, which the
+        // instructions rule out) fails the rotation rather than being overwritten
+        store.update(&kv.key, kv.value.clone(), kv.mod_revision).await?;
+        rewritten += 1;
+    }
+    Ok((new.name, rewritten))
 }
 
 /// Starts the API server (and its in-process controllers) and writes the admin kubeconfig.

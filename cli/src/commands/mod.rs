@@ -4,6 +4,7 @@ mod agent;
 mod image;
 mod ingress;
 mod lb;
+mod secrets;
 mod server;
 mod up;
 mod version;
@@ -25,6 +26,8 @@ pub enum Command {
     Agent(agent::Args),
     /// Manage the node's image store (import, ls, pull, rm).
     Image(image::Args),
+    /// Manage the encryption of Secrets at rest (rotate-key).
+    Secrets(secrets::Args),
 }
 
 /// Runs one subcommand to completion.
@@ -37,6 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Lb(args) => lb::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Image(args) => image::run(args),
+        Command::Secrets(args) => secrets::run(args),
     }
 }
 

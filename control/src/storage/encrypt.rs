@@ -1,19 +1,37 @@
 //! Encryption at rest: values under chosen key prefixes (Secrets) are sealed with AES-256-GCM before they reach the
 //! backend, as Kubernetes' `aesgcm` encryption provider does.
 //!
-//! A sealed value is `k8s:enc:aesgcm:v1:<key name>:` followed by a random 12-byte nonce and the ciphertext. Values
-//! without the marker (written before encryption was turned on) are read as they are.
+//! A sealed value is `k8s:enc:aesgcm:v2:<key name>:` followed by a random 12-byte nonce and the ciphertext, with
+//! the storage key as additional authenticated data (a ciphertext moved to another key does not open). Values
+//! sealed by earlier versions (`…:v1:…`, without that binding) are still read; values without a marker (written
+//! before encryption) are read as they are. Several keys may be configured: the first seals, all open.
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{Event, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream};
 
-const MARKER: &str = "k8s:enc:aesgcm:v1:";
+const MARKER_V1: &str = "k8s:enc:aesgcm:v1:";
+const MARKER: &str = "k8s:enc:aesgcm:v2:";
+
+/// A named 32-byte AES-256 key.
+#[derive(Clone)]
+pub struct NamedKey {
+    /// The name written into every value it seals.
+    pub name: String,
+    /// The key.
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for NamedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedKey").field("name", &self.name).finish_non_exhaustive()
+    }
+}
 
 /// A [`Storage`] that encrypts values under `prefixes`.
 pub struct Encrypted<S> {
@@ -22,23 +40,37 @@ pub struct Encrypted<S> {
     prefixes: Vec<String>,
 }
 
-/// The cipher and the name of its key.
+/// The ciphers and the names of their keys; the first seals.
 struct Sealer {
-    cipher: Aes256Gcm,
-    key_name: String,
+    ciphers: Vec<(String, Aes256Gcm)>,
 }
 
 impl<S> std::fmt::Debug for Encrypted<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encrypted").field("key_name", &self.sealer.key_name).field("prefixes", &self.prefixes).finish()
+        let names: Vec<&str> = self.sealer.ciphers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Encrypted").field("keys", &names).field("prefixes", &self.prefixes).finish()
     }
 }
 
+/// The name of the key a stored value was sealed with, if it is sealed.
+pub fn sealed_with(value: &[u8]) -> Option<String> {
+    let rest = value.strip_prefix(MARKER.as_bytes()).or_else(|| value.strip_prefix(MARKER_V1.as_bytes()))?;
+    let colon = rest.iter().position(|b| *b == b':')?;
+    Some(String::from_utf8_lossy(&rest[..colon]).into_owned())
+}
+
 impl<S: Storage> Encrypted<S> {
-    /// Wraps `inner`, sealing values under `prefixes` with the 32-byte `key` named `key_name`.
-    pub fn new(inner: S, key: &[u8; 32], key_name: &str, prefixes: Vec<String>) -> Self {
-        let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte key is valid for AES-256");
-        Encrypted { inner, sealer: Arc::new(Sealer { cipher, key_name: key_name.to_string() }), prefixes }
+    /// Wraps `inner`, sealing values under `prefixes` with the first of `keys` and opening with any of them.
+    ///
+    /// # Panics
+    /// If `keys` is empty.
+    pub fn new(inner: S, keys: &[NamedKey], prefixes: Vec<String>) -> Self {
+        assert!(!keys.is_empty(), "at least one encryption key");
+        let ciphers = keys
+            .iter()
+            .map(|k| (k.name.clone(), Aes256Gcm::new_from_slice(&k.key).expect("a 32-byte key is valid for AES-256")))
+            .collect();
+        Encrypted { inner, sealer: Arc::new(Sealer { ciphers }), prefixes }
     }
 
     fn covered(&self, key: &str) -> bool {
@@ -55,17 +87,27 @@ impl<S: Storage> Encrypted<S> {
     fn open(&self, kv: KeyValue) -> Result<KeyValue, StorageError> {
         self.sealer.open(kv)
     }
+
+    /// The storage underneath (sealed values as stored).
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The storage underneath, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl Sealer {
     fn seal(&self, key: &str, value: Bytes) -> Result<Bytes, StorageError> {
+        let (name, cipher) = &self.ciphers[0];
         let nonce_bytes: [u8; 12] = rand::random();
         let nonce = Nonce::from(nonce_bytes);
-        let ct = self
-            .cipher
-            .encrypt(&nonce, value.as_ref())
+        let ct = cipher
+            .encrypt(&nonce, Payload { msg: value.as_ref(), aad: key.as_bytes() })
             .map_err(|e| StorageError::Decrypt { key: key.to_string(), reason: format!("encryption failed: {e}") })?;
-        let header = format!("{MARKER}{}:", self.key_name);
+        let header = format!("{MARKER}{name}:");
         let mut out = Vec::with_capacity(header.len() + 12 + ct.len());
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(&nonce_bytes);
@@ -74,25 +116,29 @@ impl Sealer {
     }
 
     fn open(&self, mut kv: KeyValue) -> Result<KeyValue, StorageError> {
-        let Some(rest) = kv.value.strip_prefix(MARKER.as_bytes()) else {
+        let (rest, bound) = if let Some(r) = kv.value.strip_prefix(MARKER.as_bytes()) {
+            (r, true)
+        } else if let Some(r) = kv.value.strip_prefix(MARKER_V1.as_bytes()) {
+            (r, false)
+        } else {
             return Ok(kv);
         };
         let fail = |reason: String| StorageError::Decrypt { key: kv.key.clone(), reason };
         let colon = rest.iter().position(|b| *b == b':').ok_or_else(|| fail("malformed header".into()))?;
         let name = String::from_utf8_lossy(&rest[..colon]);
-        if name != self.key_name {
+        let Some((_, cipher)) = self.ciphers.iter().find(|(n, _)| *n == name) else {
             return Err(fail(format!("sealed with key {name:?}, which this server does not have")));
-        }
+        };
         let body = &rest[colon + 1..];
         if body.len() < 12 {
             return Err(fail("truncated value".into()));
         }
         let nonce_bytes: [u8; 12] = body[..12].try_into().expect("checked length");
         let nonce = Nonce::from(nonce_bytes);
-        let pt = self
-            .cipher
-            .decrypt(&nonce, &body[12..])
-            .map_err(|_| fail("authentication failed (wrong key or corrupted data)".into()))?;
+        let aad: &[u8] = if bound { kv.key.as_bytes() } else { b"" };
+        let pt = cipher.decrypt(&nonce, Payload { msg: &body[12..], aad }).map_err(|_| {
+            fail("authentication failed (wrong key, corrupted data, or a value moved from another key)".into())
+        })?;
         kv.value = Bytes::from(pt);
         Ok(kv)
     }
@@ -161,9 +207,8 @@ mod tests {
     async fn sealed_values_are_not_in_the_database_file_and_read_back_in_plain_text() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("db.sqlite");
-        let key = [7u8; 32];
-        let s =
-            Encrypted::new(SqliteStorage::open(&path).expect("opens"), &key, "key1", vec!["/registry/secrets/".into()]);
+        let keys = [NamedKey { name: "key1".into(), key: [7u8; 32] }];
+        let s = Encrypted::new(SqliteStorage::open(&path).expect("opens"), &keys, vec!["/registry/secrets/".into()]);
         s.create("/registry/secrets/default/db", Bytes::from_static(b"{\"data\":\"hunter2-plaintext\"}"))
             .await
             .expect("create");
@@ -182,10 +227,43 @@ mod tests {
         assert!(hay.contains("visible-config"), "the check can see plain values");
         let wrong = Encrypted::new(
             SqliteStorage::open(&path).expect("opens"),
-            &[8u8; 32],
-            "key1",
+            &[NamedKey { name: "key1".into(), key: [8u8; 32] }],
             vec!["/registry/secrets/".into()],
         );
         assert!(matches!(wrong.get("/registry/secrets/default/db").await, Err(StorageError::Decrypt { .. })));
+    }
+
+    #[tokio::test]
+    async fn keys_rotate_and_ciphertexts_are_bound_to_their_storage_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db.sqlite");
+        let old = NamedKey { name: "old".into(), key: [1u8; 32] };
+        let new = NamedKey { name: "new".into(), key: [2u8; 32] };
+        let prefixes = || vec!["/registry/secrets/".to_string()];
+        let a = Encrypted::new(SqliteStorage::open(&path).expect("opens"), std::slice::from_ref(&old), prefixes());
+        a.create("/registry/secrets/ns/a", Bytes::from_static(b"alpha")).await.expect("create");
+        a.create("/registry/secrets/ns/b", Bytes::from_static(b"bravo")).await.expect("create");
+        drop(a);
+        // the new key first: old values still open, new writes use the new key
+        let b = Encrypted::new(SqliteStorage::open(&path).expect("opens"), &[new.clone(), old.clone()], prefixes());
+        assert_eq!(
+            b.get("/registry/secrets/ns/a").await.expect("get").expect("there").value,
+            Bytes::from_static(b"alpha")
+        );
+        let kv = b.inner().get("/registry/secrets/ns/a").await.expect("raw").expect("there");
+        assert_eq!(sealed_with(&kv.value).as_deref(), Some("old"));
+        b.update("/registry/secrets/ns/a", Bytes::from_static(b"alpha"), kv.mod_revision).await.expect("rewrite");
+        let kv = b.inner().get("/registry/secrets/ns/a").await.expect("raw").expect("there");
+        assert_eq!(sealed_with(&kv.value).as_deref(), Some("new"));
+        // a ciphertext copied under another key does not open
+        let stolen = b.inner().get("/registry/secrets/ns/a").await.expect("raw").expect("there").value;
+        let target = b.inner().get("/registry/secrets/ns/b").await.expect("raw").expect("there");
+        b.inner().update("/registry/secrets/ns/b", stolen, target.mod_revision).await.expect("raw swap");
+        assert!(matches!(b.get("/registry/secrets/ns/b").await, Err(StorageError::Decrypt { .. })));
+        // without the old key, a value it sealed is an error, not garbage
+        drop(b);
+        let c = Encrypted::new(SqliteStorage::open(&path).expect("opens"), std::slice::from_ref(&new), prefixes());
+        c.create("/registry/secrets/ns/c", Bytes::from_static(b"charlie")).await.expect("create");
+        assert!(c.get("/registry/secrets/ns/c").await.expect("get").is_some());
     }
 }

@@ -184,6 +184,46 @@ pub trait Storage: Send + Sync + 'static {
     async fn compacted_revision(&self) -> Result<Revision, StorageError>;
 }
 
+/// A boxed store is a store (so wrappers such as encryption can sit on a backend chosen at run time).
+#[async_trait::async_trait]
+impl Storage for Box<dyn Storage> {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
+        (**self).get(key).await
+    }
+
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StorageError> {
+        (**self).list(prefix, opts).await
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StorageError> {
+        (**self).create(key, value).await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue, StorageError> {
+        (**self).update(key, value, expected).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StorageError> {
+        (**self).delete(key, expected).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StorageError> {
+        (**self).watch(prefix, after).await
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StorageError> {
+        (**self).compact(revision).await
+    }
+
+    async fn revision(&self) -> Result<Revision, StorageError> {
+        (**self).revision().await
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision, StorageError> {
+        (**self).compacted_revision().await
+    }
+}
+
 /// The end of the key range `[prefix, prefix_end(prefix))`, as etcd computes it.
 pub fn prefix_end(prefix: &str) -> String {
     let mut bytes = prefix.as_bytes().to_vec();

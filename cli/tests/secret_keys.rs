@@ -1,0 +1,120 @@
+//! Secret encryption keys (issue 14): `skiff secrets rotate-key` re-encrypts every Secret with a new key and the
+//! server still reads them; a server whose key file is lost refuses to start (instead of making a new key and
+//! serving Secrets it cannot read), and starts again once the file is restored.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn server(dir: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["server", "--data-dir", &dir.to_string_lossy(), "--listen", &format!("127.0.0.1:{port}")]);
+    cmd
+}
+
+fn start(dir: &Path, port: u16) -> Server {
+    let child = server(dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("skiff server starts");
+    let s = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kubectl(dir, &["get", "--raw", "/readyz"]).is_err() {
+        assert!(Instant::now() < deadline, "the server did not come up within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s
+}
+
+fn kubectl(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out =
+        Command::new("kubectl").env("KUBECONFIG", dir.join("kubeconfig")).args(args).output().expect("kubectl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn secret_value(dir: &Path, name: &str) -> String {
+    kubectl(dir, &["get", "secret", name, "-o", "jsonpath={.data.v}"]).expect("the secret reads")
+}
+
+fn key_names(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("pki/encryption-keys")).expect("the key file");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn database_holds(dir: &Path, needle: &str) -> bool {
+    ["state.db", "state.db-wal"]
+        .iter()
+        .any(|f| std::fs::read(dir.join(f)).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())))
+}
+
+#[test]
+fn keys_rotate_and_a_lost_key_stops_the_server() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let port = free_port();
+    let s = start(dir, port);
+    for i in 0..5 {
+        kubectl(dir, &["create", "secret", "generic", &format!("s{i}"), &format!("--from-literal=v=plain-value-{i}")])
+            .expect("created");
+    }
+    let before = key_names(dir);
+    assert_eq!(before.len(), 1);
+    drop(s);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["secrets", "rotate-key", "--data-dir", &dir.to_string_lossy()])
+        .output()
+        .expect("rotate-key runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let after = key_names(dir);
+    assert_eq!(after.len(), 2, "the new key first, the old one kept: {after:?}");
+    assert_eq!(after[1], before[0]);
+    assert!(said.contains(&format!("new encryption key {:?}", after[0])), "{said}");
+    assert!(said.contains("Secrets re-encrypted"), "{said}");
+    assert!(
+        !database_holds(dir, "plain-value-3") && !database_holds(dir, "cGxhaW4tdmFsdWUtMw"),
+        "no plain text at rest"
+    );
+    assert!(database_holds(dir, &format!("k8s:enc:aesgcm:v2:{}:", after[0])), "values sealed with the new key");
+
+    // the rotated Secrets read back, and without the old key too (nothing uses it any more)
+    let s = start(dir, port);
+    assert_eq!(secret_value(dir, "s3"), "cGxhaW4tdmFsdWUtMw==");
+    drop(s);
+    let keys = std::fs::read_to_string(dir.join("pki/encryption-keys")).expect("keys");
+    let only_new: String = keys.lines().filter(|l| !l.starts_with(&before[0])).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("pki/encryption-keys"), &only_new).expect("dropping the old key");
+    let s = start(dir, port);
+    assert_eq!(secret_value(dir, "s0"), "cGxhaW4tdmFsdWUtMA==");
+    drop(s);
+
+    // a lost key file: the server refuses to start, says why, and leaves no new key behind
+    let saved = std::fs::read(dir.join("pki/encryption-keys")).expect("keys");
+    std::fs::remove_file(dir.join("pki/encryption-keys")).expect("losing the key file");
+    let out = server(dir, port).output().expect("skiff server runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server must not start: {err}");
+    assert!(err.contains("holds encrypted Secrets") && err.contains("was missing") && err.contains("restore"), "{err}");
+    assert!(!dir.join("pki/encryption-keys").exists(), "the useless new key was removed");
+    std::fs::write(dir.join("pki/encryption-keys"), &saved).expect("restoring the key file");
+    let _s = start(dir, port);
+    assert_eq!(secret_value(dir, "s4"), "cGxhaW4tdmFsdWUtNA==");
+}
