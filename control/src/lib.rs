@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod controllers;
 pub mod kubeconfig;
 pub mod pki;
+pub mod podsecurity;
 pub mod quota;
 pub mod rbac;
 pub mod server;

@@ -22,6 +22,7 @@ pub mod metrics_api;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod podsecurity;
 pub mod proxy;
 pub mod read_deadline;
 pub mod request;

@@ -184,7 +184,7 @@ impl Api {
             md.remove("selfLink");
         }
         strategy::prepare_for_create(info, &mut obj);
-        let (mut obj, warnings) = self.normalize_object(info, obj, opts.field_validation)?;
+        let (mut obj, mut warnings) = self.normalize_object(info, obj, opts.field_validation)?;
         let name = meta::name(&obj).to_string();
         if info.plural != "namespaces" {
             self.admit_namespace(info, ns.as_deref().unwrap_or_default(), &name).await?;
@@ -192,6 +192,7 @@ impl Api {
         if info.group.is_empty() && info.plural == "pods" {
             obj = self.admit_service_account(ns.as_deref().unwrap_or_default(), obj).await?;
         }
+        warnings.extend(self.admit_pod_security(info, ns.as_deref(), &obj, None, None).await?);
         self.admit_quota(info, ns.as_deref(), &obj, None).await?;
         self.admit_rbac(info, ns.as_deref(), &obj, opts.user.as_ref()).await?;
         managed::record_update(None, &mut obj, &opts.manager("unknown"), &info.kind, None);
@@ -334,7 +335,7 @@ impl Api {
                 .await;
         }
         strategy::prepare_for_update(info, &cur.object, &mut new, subresource);
-        let (mut new, warnings) = self.normalize_object(info, new, opts.field_validation)?;
+        let (mut new, mut warnings) = self.normalize_object(info, new, opts.field_validation)?;
         strategy::set_generation(info, &cur.object, &mut new, subresource);
         let errs = strategy::validate_update(info, &cur.object, &new);
         if !errs.is_empty() {
@@ -348,6 +349,7 @@ impl Api {
                 return Err(ApiError::invalid(info, &info.kind, name, &e));
             }
         }
+        warnings.extend(self.admit_pod_security(info, ns, &new, Some(&cur.object), subresource).await?);
         self.admit_quota(info, ns, &new, Some(&cur.object)).await?;
         self.admit_rbac(info, ns, &new, opts.user.as_ref()).await?;
         managed::record_update(Some(&cur.object), &mut new, &opts.manager(default_manager), &info.kind, subresource);
