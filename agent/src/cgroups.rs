@@ -113,6 +113,27 @@ impl Cgroups {
         self.own.get(controller).map(|d| d.join(rel))
     }
 
+    /// Sets the most processes `rel` (and everything under it) may hold, creating it: `pids.max` in the v1 `pids`
+    /// hierarchy, or in the unified one after enabling the `pids` controller on the way down (best effort: a
+    /// cgroup that holds processes itself cannot enable it, and the write of `pids.max` then fails).
+    pub fn limit_pids(&self, rel: &str, max: u64) -> std::io::Result<()> {
+        let dir = if let Some(d) = self.dir("pids", rel) {
+            std::fs::create_dir_all(&d)?;
+            d
+        } else if let Some(base) = self.own.get("") {
+            let mut cur = base.clone();
+            for part in rel.split('/').filter(|p| !p.is_empty()) {
+                let _ = std::fs::write(cur.join("cgroup.subtree_control"), "+pids");
+                cur = cur.join(part);
+                std::fs::create_dir_all(&cur)?;
+            }
+            cur
+        } else {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no pids cgroup controller"));
+        };
+        std::fs::write(dir.join("pids.max"), max.to_string())
+    }
+
     /// `rel` in every hierarchy (deduplicated: co-mounted controllers share a directory).
     pub fn all_dirs(&self, rel: &str) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = self.own.values().map(|d| d.join(rel)).collect();

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/skiff/agent";
 /// Where images are kept by default (shared by `skiff up`, `skiff agent`, `skiff image` and the tests).
 pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/skiff/images";
+/// The default pids limit of a pod (a fork bomb stops there, not at the node's limit).
+pub const DEFAULT_POD_MAX_PIDS: u64 = 16_384;
 /// The kubelet port.
 pub const DEFAULT_KUBELET_PORT: u16 = 10250;
 /// The cluster DNS Service address (kube-system/kube-dns).
@@ -113,6 +115,12 @@ pub struct AgentConfig {
     pub backoff: BackoffPolicy,
     /// Bytes after which a container log file is rotated.
     pub log_max_bytes: u64,
+    /// Give containers without a seccomp profile the `RuntimeDefault` one (kubelet's `--seccomp-default`).
+    pub seccomp_default: bool,
+    /// Where `Localhost` seccomp profiles are (`<data dir>/seccomp` when `None`).
+    pub seccomp_dir: Option<PathBuf>,
+    /// Most processes (and threads) one pod may run (`pids.max` of its cgroup); `None`: unlimited.
+    pub pod_max_pids: Option<u64>,
 }
 
 impl AgentConfig {
@@ -140,6 +148,9 @@ impl AgentConfig {
             max_pods: 110,
             backoff: BackoffPolicy::default(),
             log_max_bytes: 10 * 1024 * 1024,
+            seccomp_default: false,
+            seccomp_dir: None,
+            pod_max_pids: Some(DEFAULT_POD_MAX_PIDS),
         }
     }
 

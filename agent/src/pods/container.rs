@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use skiff_api::quantity::Quantity;
 
+use crate::runtime::seccomp;
 use crate::runtime::spec::{BindMount, ContainerConfig, Limits};
 
 /// Files of the pod directory that every container mounts.
@@ -44,6 +45,10 @@ pub struct RunInputs<'a> {
     pub netns: Option<PathBuf>,
     /// Relative cgroup path.
     pub cgroups_path: String,
+    /// Whether containers without a seccomp profile get `RuntimeDefault`.
+    pub seccomp_default: bool,
+    /// Where `Localhost` seccomp profiles are.
+    pub seccomp_dir: &'a Path,
 }
 
 fn quantity(c: &Container, kind: &str, res: &str) -> Option<Quantity> {
@@ -69,6 +74,11 @@ pub fn valid_sub_path(p: &str) -> bool {
 /// The runtime configuration.
 pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<ContainerConfig, String> {
     let spec = pod.spec.clone().unwrap_or_default();
+    if spec.host_users == Some(false) {
+        return Err("hostUsers: false (a user namespace per pod) is not supported by this node: its volumes would \
+                    need idmapped mounts, which Skiff's agent does not make yet"
+            .into());
+    }
     let mut mounts = Vec::new();
     let mounted = |dest: &str, mounts: &[BindMount]| mounts.iter().any(|m| m.destination == dest);
     for vm in c.volume_mounts.clone().unwrap_or_default() {
@@ -117,7 +127,7 @@ pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<Container
         .filter(|w| !w.is_empty())
         .or_else(|| inp.image_workdir.clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
-    Ok(ContainerConfig {
+    let mut cfg = ContainerConfig {
         args: inp.args.clone(),
         env: inp.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         cwd: workdir,
@@ -139,7 +149,18 @@ pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<Container
             "BestEffort" => 1000,
             _ => 500,
         },
-    })
+        seccomp: None,
+    };
+    let pod_sc = spec.security_context.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    let container_sc = c.security_context.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    cfg.seccomp = match seccomp::choose(pod_sc.as_ref(), container_sc.as_ref(), privileged, inp.seccomp_default) {
+        seccomp::Profile::Unconfined => None,
+        seccomp::Profile::RuntimeDefault => {
+            Some(seccomp::runtime_default(&crate::runtime::spec::capabilities(&cfg), seccomp::host_arch()))
+        }
+        seccomp::Profile::Localhost(name) => Some(seccomp::localhost(inp.seccomp_dir, &name)?),
+    };
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -160,6 +181,8 @@ mod tests {
             rootfs: "/r".into(),
             netns: Some("/n".into()),
             cgroups_path: "skiff/podu/c".into(),
+            seccomp_default: false,
+            seccomp_dir: Path::new("/nonexistent"),
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Worker {
     volume_paths: BTreeMap<String, PathBuf>,
     volume_error: Option<String>,
     tokens: BTreeMap<(String, String), (String, Instant)>,
+    /// Whether the pod's cgroup has its pids limit.
+    pids_limited: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -91,6 +93,7 @@ impl Worker {
             volume_paths: BTreeMap::new(),
             volume_error: None,
             tokens: BTreeMap::new(),
+            pids_limited: false,
         }
     }
 
@@ -496,6 +499,21 @@ impl Worker {
             .await;
             return Some(Duration::from_secs(5));
         }
+        if let Some(max) = self.ctx.cfg.pod_max_pids.filter(|_| !self.pids_limited) {
+            match self.ctx.cgroups.limit_pids(&self.ctx.pod_cgroup(&self.rec.uid), max) {
+                Ok(()) => self.pids_limited = true,
+                Err(e) => {
+                    self.event(
+                        None,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to limit the pod's processes to {max}: {e}"),
+                    )
+                    .await;
+                    return Some(Duration::from_secs(5));
+                }
+            }
+        }
         if !self.prepare_volumes().await {
             return Some(Duration::from_secs(10));
         }
@@ -768,6 +786,7 @@ impl Worker {
             }
         };
         let files = self.pod_files();
+        let seccomp_dir = self.ctx.cfg.seccomp_dir.clone().unwrap_or_else(|| self.ctx.cfg.data_dir.join("seccomp"));
         let run = RunInputs {
             args: argv,
             env: envs,
@@ -779,6 +798,8 @@ impl Worker {
             rootfs: rootfs.clone(),
             netns: self.rec.net.as_ref().map(|n| n.netns.clone()),
             cgroups_path: self.ctx.container_cgroup(&self.rec.uid, &id),
+            seccomp_default: self.ctx.cfg.seccomp_default,
+            seccomp_dir: &seccomp_dir,
         };
         let cfg = match container::config(&self.pod, c, &run) {
             Ok(cfg) => cfg,

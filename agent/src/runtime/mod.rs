@@ -9,6 +9,7 @@
 
 pub mod exits;
 pub mod runc;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 

@@ -127,6 +127,8 @@ pub struct ContainerConfig {
     pub terminal: bool,
     /// `/proc/self/oom_score_adj`.
     pub oom_score_adj: i32,
+    /// The OCI `linux.seccomp` filter, if any.
+    pub seccomp: Option<Value>,
 }
 
 /// Normalises `net_admin` / `NET_ADMIN` / `CAP_NET_ADMIN` to `CAP_NET_ADMIN`.
@@ -227,7 +229,7 @@ pub fn oci_config(cfg: &ContainerConfig) -> Value {
             vec!["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         )
     };
-    json!({
+    let mut out = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": cfg.terminal,
@@ -257,7 +259,11 @@ pub fn oci_config(cfg: &ContainerConfig) -> Value {
             "maskedPaths": masked,
             "readonlyPaths": readonly,
         },
-    })
+    });
+    if let Some(s) = &cfg.seccomp {
+        out["linux"]["seccomp"] = s.clone();
+    }
+    out
 }
 
 #[cfg(test)]

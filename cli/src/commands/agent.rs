@@ -71,6 +71,15 @@ pub struct Args {
     /// The runc executable.
     #[arg(long, default_value = "runc")]
     runc: PathBuf,
+    /// Give every container without a seccomp profile the RuntimeDefault one (as kubelet's flag).
+    #[arg(long)]
+    seccomp_default: bool,
+    /// Where Localhost seccomp profiles are (default `<data dir>/seccomp`).
+    #[arg(long, value_name = "DIR")]
+    seccomp_dir: Option<PathBuf>,
+    /// Most processes and threads one pod may run (`-1`: unlimited).
+    #[arg(long, default_value_t = config::DEFAULT_POD_MAX_PIDS as i64, allow_hyphen_values = true)]
+    pod_max_pids: i64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -126,6 +135,9 @@ impl Args {
         cfg.serve_dns = !self.no_dns;
         cfg.insecure_registries = self.insecure_registries.clone();
         cfg.runc = self.runc.clone();
+        cfg.seccomp_default = self.seccomp_default;
+        cfg.seccomp_dir = self.seccomp_dir.as_ref().map(std::path::absolute).transpose()?;
+        cfg.pod_max_pids = u64::try_from(self.pod_max_pids).ok().filter(|n| *n > 0);
         if self.lb {
             let pin_dir =
                 self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));

@@ -28,6 +28,16 @@ pub fn cluster(what: &str, nodes: usize) -> Option<Cluster> {
     Some(Cluster::start(cfg).expect("starting the cluster"))
 }
 
+/// As [`cluster`], with extra flags for every agent.
+pub fn cluster_with(what: &str, nodes: usize, agent_args: &[&str]) -> Option<Cluster> {
+    if !skiff_testkit::require_privileges(what) {
+        return None;
+    }
+    let mut cfg = ClusterConfig::new(env!("CARGO_BIN_EXE_skiff").into(), nodes);
+    cfg.agent_args.extend(agent_args.iter().map(|a| a.to_string()));
+    Some(Cluster::start(cfg).expect("starting the cluster"))
+}
+
 /// Fails with the cluster's recent logs attached.
 pub fn fail(c: &Cluster, msg: &str) -> ! {
     panic!("{msg}\n\n{}", c.logs_tail(60));
