@@ -156,8 +156,8 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     f.sync_all().map_err(io(path))
 }
 
-fn validity(params: &mut CertificateParams, years: i16) {
-    let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
+fn validity(params: &mut CertificateParams, years: i16, now: jiff::Timestamp) {
+    let now = now.to_zoned(jiff::tz::TimeZone::UTC);
     let start = now.date().yesterday().unwrap_or(now.date());
     params.not_before = rcgen::date_time_ymd(i32::from(start.year()), start.month() as u8, start.day() as u8);
     params.not_after =
@@ -177,15 +177,21 @@ impl Pki {
     /// Loads the PKI from `dir`, creating whatever is missing. `server_names` are the DNS names and IP addresses the
     /// serving certificate is valid for (localhost, 127.0.0.1, the node's addresses and `10.96.0.1` are always added).
     pub fn load_or_create(dir: &Path, server_names: &[String]) -> Result<Pki, PkiError> {
+        Self::load_or_create_at(dir, server_names, jiff::Timestamp::now())
+    }
+
+    /// [`Pki::load_or_create`] as of `now`: certificates issued then, and the API server's and the admin's
+    /// renewed (signed by the same CA) when less than a third of their lifetime is left at `now`.
+    pub fn load_or_create_at(dir: &Path, server_names: &[String], now: jiff::Timestamp) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let ca = load_or(dir, "ca", || {
+        let ca = load_or(dir, "ca", None, || {
             let key = KeyPair::generate().map_err(cert_err("CA key"))?;
             let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
             p.distinguished_name = dn("skiff-ca", None);
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             p.key_usages =
                 vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-            validity(&mut p, 10);
+            validity(&mut p, 10, now);
             let cert = p.self_signed(&key).map_err(cert_err("CA certificate"))?;
             Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
         })?;
@@ -207,9 +213,18 @@ impl Pki {
             // the serving certificate must cover every name asked for: make a new one
             let _ = std::fs::remove_file(dir.join("apiserver.crt"));
         }
-        let server = load_or(dir, "apiserver", || issue(&ca, "skiff-apiserver", None, &names, true))?;
+        if let Some((from, to)) = validity_of(&ca.cert_pem)
+            && needs_renewal(from, to, now.as_second())
+        {
+            tracing::warn!(
+                expires = %jiff::Timestamp::from_second(to).map(|t| t.to_string()).unwrap_or_default(),
+                "the cluster CA is in the last third of its life: plan a CA rotation (every certificate changes)"
+            );
+        }
+        let server = load_or(dir, "apiserver", Some(now), || issue(&ca, "skiff-apiserver", None, &names, true, now))?;
         std::fs::write(&names_file, names.join(",")).map_err(io(&names_file))?;
-        let admin = load_or(dir, "admin", || issue(&ca, "skiff-admin", Some("system:masters"), &[], false))?;
+        let admin =
+            load_or(dir, "admin", Some(now), || issue(&ca, "skiff-admin", Some("system:masters"), &[], false, now))?;
         let sa_key = load_or_secret(dir, "sa.key", || random_hex(32).into_bytes())?;
         let node_token = String::from_utf8_lossy(&load_or_secret(dir, "node-token", || {
             format!("skiff-node.{}", random_hex(16)).into_bytes()
@@ -231,7 +246,7 @@ impl Pki {
 
     /// Issues a client certificate signed by the cluster CA (for nodes and users).
     pub fn issue_client(&self, common_name: &str, organization: Option<&str>) -> Result<CertPair, PkiError> {
-        issue(&self.ca, common_name, organization, &[], false)
+        issue(&self.ca, common_name, organization, &[], false, jiff::Timestamp::now())
     }
 }
 
@@ -244,7 +259,14 @@ fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
     d
 }
 
-fn issue(ca: &CertPair, cn: &str, org: Option<&str>, names: &[String], server: bool) -> Result<CertPair, PkiError> {
+fn issue(
+    ca: &CertPair,
+    cn: &str,
+    org: Option<&str>,
+    names: &[String],
+    server: bool,
+    now: jiff::Timestamp,
+) -> Result<CertPair, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_err("CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(cert_err("CA certificate"))?;
     let key = KeyPair::generate().map_err(cert_err("key"))?;
@@ -261,23 +283,68 @@ fn issue(ca: &CertPair, cn: &str, org: Option<&str>, names: &[String], server: b
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     p.extended_key_usages =
         vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-    validity(&mut p, if server { 2 } else { 1 });
+    validity(&mut p, if server { 2 } else { 1 }, now);
     let cert = p.signed_by(&key, &issuer).map_err(cert_err("certificate"))?;
     Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-fn load_or(dir: &Path, name: &str, make: impl FnOnce() -> Result<CertPair, PkiError>) -> Result<CertPair, PkiError> {
+/// The validity of a PEM certificate: (notBefore, notAfter) in Unix seconds.
+pub fn validity_of(cert_pem: &str) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` should be renewed at `now`: when less than a third
+/// of its lifetime is left (about eight months for the two-year serving certificate, four for the one-year client
+/// certificates), or it has expired.
+pub fn needs_renewal(not_before: i64, not_after: i64, now: i64) -> bool {
+    now >= not_after - (not_after - not_before) / 3
+}
+
+/// Loads `name.crt`/`name.key`, or makes them; with `renew_at`, also makes them again when the certificate is
+/// due for renewal at that time (or cannot be read).
+fn load_or(
+    dir: &Path,
+    name: &str,
+    renew_at: Option<jiff::Timestamp>,
+    make: impl FnOnce() -> Result<CertPair, PkiError>,
+) -> Result<CertPair, PkiError> {
     let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     if crt.exists() && key.exists() {
-        return Ok(CertPair {
+        let pair = CertPair {
             cert_pem: std::fs::read_to_string(&crt).map_err(io(&crt))?,
             key_pem: std::fs::read_to_string(&key).map_err(io(&key))?,
+        };
+        let due = renew_at.is_some_and(|now| {
+            validity_of(&pair.cert_pem).is_none_or(|(from, to)| needs_renewal(from, to, now.as_second()))
         });
+        if !due {
+            return Ok(pair);
+        }
+        tracing::info!(certificate = name, "renewing a certificate due for renewal (the CA is kept)");
     }
     let pair = make()?;
-    write_private(&key, pair.key_pem.as_bytes())?;
-    std::fs::write(&crt, &pair.cert_pem).map_err(io(&crt))?;
+    // the key first, then the certificate: both written whole before either is replaced
+    let (tmp_key, tmp_crt) = (dir.join(format!("{name}.key.tmp")), dir.join(format!("{name}.crt.tmp")));
+    write_private(&tmp_key, pair.key_pem.as_bytes())?;
+    std::fs::write(&tmp_crt, &pair.cert_pem).map_err(io(&tmp_crt))?;
+    std::fs::rename(&tmp_key, &key).map_err(io(&key))?;
+    std::fs::rename(&tmp_crt, &crt).map_err(io(&crt))?;
     Ok(pair)
+}
+
+/// Renews the API server's and the admin's certificates now, whatever their age (`skiff certs rotate`); the CA
+/// and every other credential are kept.
+pub fn rotate_certificates(dir: &Path, server_names: &[String]) -> Result<Pki, PkiError> {
+    for f in ["apiserver.crt", "admin.crt"] {
+        let path = dir.join(f);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    Pki::load_or_create(dir, server_names)
 }
 
 fn load_or_secret(dir: &Path, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, PkiError> {
@@ -293,6 +360,34 @@ fn load_or_secret(dir: &Path, name: &str, make: impl FnOnce() -> Vec<u8>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_are_renewed_in_the_last_third_of_their_life_and_the_ca_is_kept() {
+        let day = 86_400;
+        assert!(!needs_renewal(0, 300 * day, 100 * day));
+        assert!(!needs_renewal(0, 300 * day, 199 * day));
+        assert!(needs_renewal(0, 300 * day, 200 * day));
+        assert!(needs_renewal(0, 300 * day, 400 * day), "expired");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = jiff::Timestamp::now();
+        let a = Pki::load_or_create_at(dir.path(), &[], start).expect("created");
+        let (_, server_end) = validity_of(&a.server.cert_pem).expect("parses");
+        let (_, admin_end) = validity_of(&a.admin.cert_pem).expect("parses");
+        // a month later nothing changes
+        let b =
+            Pki::load_or_create_at(dir.path(), &[], start + jiff::SignedDuration::from_hours(24 * 30)).expect("loaded");
+        assert_eq!((a.server.cert_pem.clone(), a.admin.cert_pem.clone()), (b.server.cert_pem, b.admin.cert_pem));
+        // a day past the server certificate's expiry (a faked clock): both are renewed, valid then, by the same CA
+        let later = jiff::Timestamp::from_second(server_end + day).expect("a time");
+        let c = Pki::load_or_create_at(dir.path(), &[], later).expect("renewed");
+        assert_eq!(c.ca.cert_pem, a.ca.cert_pem);
+        let (from, to) = validity_of(&c.server.cert_pem).expect("parses");
+        assert!(from <= later.as_second() && to > later.as_second() + 300 * day, "valid from then on");
+        assert!(validity_of(&c.admin.cert_pem).expect("parses").1 > admin_end);
+        // and what is on disk is the renewed pair
+        assert_eq!(std::fs::read_to_string(dir.path().join("apiserver.crt")).expect("read"), c.server.cert_pem);
+    }
 
     #[test]
     fn the_pki_is_created_once_and_loaded_after() {

@@ -203,7 +203,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     crate::controllers::rbac::reconcile_defaults(&api)
         .await
         .map_err(|e| ServerError::Bootstrap(format!("default roles: {e}")))?;
-    let tls = Arc::new(apiserver::serve::tls_config(&pki)?);
+    let (tls, serving) = apiserver::serve::tls_config(&pki)?;
+    let tls = Arc::new(tls);
     tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone()), cfg.limits.clone()));
     tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
     crate::controllers::spawn_api_machinery(api.clone(), pki.ca.cert_pem.clone());
@@ -218,6 +219,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     );
     kubeconfig::write(&kubeconfig_path, &content)
         .map_err(|e| ServerError::Io { context: format!("writing {}", kubeconfig_path.display()), source: e })?;
+    tokio::spawn(certificate_loop(
+        CertificateWatch {
+            dir: pki.dir.clone(),
+            names: names.clone(),
+            url: url.clone(),
+            kubeconfig: kubeconfig_path.clone(),
+        },
+        pki.clone(),
+        serving,
+    ));
     if let Some(opts) = cfg.controllers.clone() {
         let client = skiff_client::connect(&kubeconfig_path)
             .await
@@ -226,6 +237,51 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server ready");
     Ok(RunningServer { api, addr, url, pki, kubeconfig: kubeconfig_path })
+}
+
+/// What the certificate loop watches.
+struct CertificateWatch {
+    dir: PathBuf,
+    names: Vec<String>,
+    url: String,
+    kubeconfig: PathBuf,
+}
+
+/// Every minute: renews certificates due for renewal (and picks up `skiff certs rotate`); a new serving
+/// certificate is used from the next handshake, a new admin certificate rewrites the admin kubeconfig.
+async fn certificate_loop(w: CertificateWatch, mut current: Pki, serving: Arc<apiserver::serve::ServingCert>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let pki = match Pki::load_or_create(&w.dir, &w.names) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the certificates failed");
+                continue;
+            }
+        };
+        if pki.server.cert_pem != current.server.cert_pem {
+            match serving.replace(&pki.server.cert_pem, &pki.server.key_pem) {
+                Ok(()) => tracing::info!("serving a renewed certificate"),
+                Err(e) => tracing::warn!(error = %e, "the renewed serving certificate does not load"),
+            }
+        }
+        if pki.admin.cert_pem != current.admin.cert_pem {
+            let content = kubeconfig::render(
+                "skiff",
+                &w.url,
+                &pki.ca.cert_pem,
+                "skiff-admin",
+                Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem },
+            );
+            match kubeconfig::write(&w.kubeconfig, &content) {
+                Ok(()) => tracing::info!(kubeconfig = %w.kubeconfig.display(), "admin kubeconfig rewritten"),
+                Err(e) => tracing::warn!(error = %e, "rewriting the admin kubeconfig failed"),
+            }
+        }
+        current = pki;
+    }
 }
 
 /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.

@@ -1,6 +1,7 @@
 //! The subcommands, one file each.
 
 mod agent;
+mod certs;
 mod image;
 mod ingress;
 mod lb;
@@ -28,6 +29,8 @@ pub enum Command {
     Image(image::Args),
     /// Manage the encryption of Secrets at rest (rotate-key).
     Secrets(secrets::Args),
+    /// The API server's certificates: check their expiry, rotate them.
+    Certs(certs::Args),
 }
 
 /// Runs one subcommand to completion.
@@ -41,6 +44,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Image(args) => image::run(args),
         Command::Secrets(args) => secrets::run(args),
+        Command::Certs(args) => certs::run(args),
     }
 }
 

@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -32,9 +33,45 @@ pub enum ServeError {
     Verifier(String),
 }
 
-/// The server's TLS configuration: the serving certificate, client certificates verified against the cluster CA
-/// when presented (bearer tokens cover clients without one), h2 and http/1.1.
-pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
+/// The serving certificate, replaceable while the server runs (a renewed certificate is used by the next
+/// handshake).
+#[derive(Debug)]
+pub struct ServingCert {
+    current: arc_swap::ArcSwap<CertifiedKey>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServingCert {
+    fn load(
+        provider: &rustls::crypto::CryptoProvider,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<CertifiedKey, ServeError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServeError::Pem(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| ServeError::Pem(e.to_string()))?;
+        let signing = provider.key_provider.load_private_key(key)?;
+        Ok(CertifiedKey::new(certs, signing))
+    }
+
+    /// Serves this certificate and key (PEM) from the next handshake on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), ServeError> {
+        self.current.store(Arc::new(Self::load(&self.provider, cert_pem, key_pem)?));
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The server's TLS configuration: the serving certificate (replaceable through the returned handle), client
+/// certificates verified against the cluster CA when presented (bearer tokens cover clients without one), h2 and
+/// http/1.1.
+pub fn tls_config(pki: &Pki) -> Result<(rustls::ServerConfig, Arc<ServingCert>), ServeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
@@ -44,17 +81,20 @@ pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServeError> {
         .allow_unauthenticated()
         .build()
         .map_err(|e| ServeError::Verifier(e.to_string()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.server.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ServeError::Pem(e.to_string()))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).map_err(|e| ServeError::Pem(e.to_string()))?;
+    let serving = Arc::new(ServingCert {
+        current: arc_swap::ArcSwap::from_pointee(ServingCert::load(
+            &provider,
+            &pki.server.cert_pem,
+            &pki.server.key_pem,
+        )?),
+        provider: provider.clone(),
+    });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(serving.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok((cfg, serving))
 }
 
 /// The user named by a verified client certificate: CN is the name, each O a group.
