@@ -169,6 +169,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
         stats,
         node: cfg.node_name.clone(),
         scratch: paths.root().join("exec"),
+        client: Some(client.clone()),
     };
     tasks.extend(
         server::start(shared, SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), cfg.metrics_addr, tls).await?,

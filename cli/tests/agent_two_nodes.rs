@@ -144,6 +144,72 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
             )
             .unwrap_or_default();
         assert!(agent_metrics.contains("skiff_agent_pod_start_duration_seconds_count"), "{agent_metrics}");
+
+        step("another certificate the CA signed is authorized per request (SubjectAccessReview on nodes/proxy)");
+        let alice_key = c.dir.join("alice.key");
+        let alice_csr = c.dir.join("alice.csr");
+        let alice_crt = c.dir.join("alice.crt");
+        let p = |x: &std::path::Path| x.display().to_string();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &p(&alice_key)]);
+        openssl(&["req", "-new", "-key", &p(&alice_key), "-subj", "/CN=alice", "-out", &p(&alice_csr)]);
+        // a v3 client certificate (webpki refuses v1)
+        let ext = c.dir.join("alice.ext");
+        std::fs::write(&ext, "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n")
+            .expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&alice_csr),
+            "-CA",
+            &p(&pki.join("ca.crt")),
+            "-CAkey",
+            &p(&pki.join("ca.key")),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&alice_crt),
+        ]);
+        let logs_url = "https://10.0.0.11:10250/containerLogs/default/a/web";
+        let as_alice = || {
+            c.server_ns
+                .exec(
+                    "curl",
+                    &[
+                        "-sk",
+                        "--max-time",
+                        "5",
+                        "-w",
+                        " %{http_code}",
+                        "--cert",
+                        &p(&alice_crt),
+                        "--key",
+                        &p(&alice_key),
+                        logs_url,
+                    ],
+                )
+                .unwrap_or_default()
+        };
+        let refused = as_alice();
+        assert!(
+            refused.ends_with(" 403")
+                && refused.contains("Forbidden (user=alice, verb=get, resource=nodes, subresource=proxy)"),
+            "{refused}"
+        );
+        kubectl(&c, &["create", "clusterrole", "node-proxy", "--verb=get", "--resource=nodes/proxy"]);
+        kubectl(&c, &["create", "clusterrolebinding", "alice-proxy", "--clusterrole=node-proxy", "--user=alice"]);
+        let allowed = wait_for(Duration::from_secs(10), "alice's grant", || {
+            let out = as_alice();
+            out.ends_with(" 200").then_some(out)
+        });
+        allowed.unwrap_or_else(|e| fail(&c, &format!("{e}: {}", as_alice())));
     } else {
         eprintln!(
             "the server keeps no admin.crt/admin.key files; the client-certificate success path is covered by kubectl logs/exec"

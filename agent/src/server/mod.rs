@@ -1,7 +1,9 @@
-//! The kubelet-style HTTPS endpoint (client certificates signed by the cluster CA required): container logs,
+//! The kubelet-style HTTPS endpoint (client certificates signed by the cluster CA required, each caller authorized
+//! by [`authz`]): container logs,
 //! exec, `/healthz`, Prometheus `/metrics`, and `metrics.k8s.io` resource metrics; plus `/metrics` and `/healthz`
 //! over plain HTTP on the metrics address for Prometheus.
 
+pub mod authz;
 pub mod exec;
 pub mod logs;
 pub mod stats;
@@ -39,6 +41,9 @@ pub struct Shared {
     pub node: String,
     /// Scratch space (console sockets).
     pub scratch: std::path::PathBuf,
+    /// The API client that asks the API server about callers (SubjectAccessReview); `None` refuses every caller
+    /// outside `system:masters`.
+    pub client: Option<kube::Client>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -184,6 +189,7 @@ pub fn router(s: Shared) -> Router {
         .route("/exec/{ns}/{pod}/{container}", get(exec_handler).post(exec_handler))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(pod_metrics))
         .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(node_metrics))
+        .layer(axum::middleware::from_fn_with_state(s.clone(), authz::authorize))
         .with_state(s)
 }
 
@@ -214,7 +220,12 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::Serve
                     return;
                 }
             };
-            let svc = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let caller =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| authz::caller_of(c));
+            let svc = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(c) = &caller {
+                    req.extensions_mut().insert(c.clone());
+                }
                 app.clone().oneshot(req.map(Body::new))
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);

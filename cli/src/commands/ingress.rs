@@ -22,8 +22,8 @@ pub struct Args {
     /// HTTPS listener (`none` for no TLS listener).
     #[arg(long, default_value = "0.0.0.0:443")]
     https_addr: String,
-    /// Prometheus metrics listener (`none` to disable).
-    #[arg(long, default_value = "0.0.0.0:10254")]
+    /// Prometheus metrics listener (`none` to disable); unauthenticated, so loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:10254")]
     metrics_addr: String,
     /// IngressClass name served when no IngressClass object of that name exists.
     #[arg(long, default_value = "skiff")]

@@ -44,6 +44,10 @@ pub struct Args {
     /// bpffs directory of the load balancer's pinned maps and programs (default `/sys/fs/bpf/skiff/<node>`).
     #[arg(long, value_name = "DIR")]
     pub lb_pin_dir: Option<PathBuf>,
+    /// Address the plain-HTTP metrics ports (agent 10255, load balancer 10249, ingress 10254) listen on; they are
+    /// unauthenticated, so the default is loopback (give the node's address, or 0.0.0.0, for a Prometheus elsewhere).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub metrics_bind_address: Ipv4Addr,
     /// Do not run the ingress controller.
     #[arg(long)]
     pub no_ingress: bool,
@@ -67,11 +71,11 @@ struct Ports {
 }
 
 impl Ports {
-    fn new() -> Self {
+    fn new(bind: Ipv4Addr) -> Self {
         Ports {
-            agent_metrics: SocketAddr::from(([0, 0, 0, 0], 10255)),
-            lb_metrics: SocketAddr::from(([0, 0, 0, 0], 10249)),
-            ingress_metrics: SocketAddr::from(([0, 0, 0, 0], 10254)),
+            agent_metrics: SocketAddr::from((bind, 10255)),
+            lb_metrics: SocketAddr::from((bind, 10249)),
+            ingress_metrics: SocketAddr::from((bind, 10254)),
         }
     }
 }
@@ -122,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::copy(&server.kubeconfig, &kubeconfig).with_context(|| format!("writing {}", kubeconfig.display()))?;
         progress.step(&format!("API server, controllers and scheduler ready at {}", server.url));
 
-        let ports = Ports::new();
+        let ports = Ports::new(args.metrics_bind_address);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -188,6 +188,9 @@ fn node_rules() -> Vec<Value> {
         rule(&["discovery.k8s.io"], &["endpointslices"], &["get", "list", "watch", "create", "patch", "update"]),
         rule(&["networking.k8s.io"], &["networkpolicies", "ingresses", "ingressclasses"], READ),
         rule(&["storage.k8s.io"], &["csidrivers", "storageclasses"], READ),
+        // the node endpoint asks the API server about its callers, as kubelet's delegated authorization does
+        rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
     ]
 }
 

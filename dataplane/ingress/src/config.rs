@@ -71,7 +71,7 @@ impl Default for IngressConfig {
         IngressConfig {
             http_addr: "0.0.0.0:80".into(),
             https_addr: Some("0.0.0.0:443".into()),
-            metrics_addr: Some("0.0.0.0:10254".into()),
+            metrics_addr: Some("127.0.0.1:10254".into()),
             compile: CompileConfig::default(),
             threads: 1,
             work_stealing: false,
