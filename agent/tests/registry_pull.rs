@@ -1,7 +1,8 @@
 //! Pulls from a real OCI registry: Debian's `docker-registry` on the loopback of a network namespace this test
 //! creates, an image pushed into it with `skopeo`, then pulled by the agent's image service (manifest, config and
 //! layers verified against their digests), unpacked, and looked up by tag and by digest; a missing image is
-//! NotFound. Needs root (network namespace) and the docker-registry and skopeo packages (scripts/setup).
+//! NotFound. A registry behind htpasswd authentication refuses anonymous pulls and wrong credentials, and serves
+//! the pull secret's. Needs root (network namespace) and the docker-registry and skopeo packages (scripts/setup).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -119,4 +120,74 @@ fn images_are_pulled_from_a_registry_and_verified() {
         .expect("inside the namespace");
     let opts = result.expect("pull");
     assert!(opts.starts_with("lowerdir="), "{opts}");
+}
+
+#[test]
+fn private_images_need_their_pull_secret() {
+    if !require_privileges("the private registry test") {
+        return;
+    }
+    let ns = NetNs::new("skprv").expect("netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hash = bcrypt::hash("s3cret-pull", 4).expect("bcrypt");
+    std::fs::write(dir.path().join("htpasswd"), format!("puller:{hash}\n")).expect("htpasswd");
+    let config = dir.path().join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\nauth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+            dir.path().join("data").display(),
+            dir.path().join("htpasswd").display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = ns.command("docker-registry");
+    cmd.arg("serve").arg(&config);
+    let _registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        // any HTTP answer (401 here) means it listens
+        ns.exec("curl", &["-s", "-o", "/dev/null", "http://127.0.0.1:5000/v2/"]).is_ok()
+    });
+    assert!(up, "the registry did not start");
+    let src = dir.path().join("src");
+    source_layout(&src);
+    ns.exec(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "puller:s3cret-pull",
+            &format!("oci:{}:hello", src.display()),
+            "docker://127.0.0.1:5000/private/hello:1",
+        ],
+    )
+    .expect("skopeo push with credentials");
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let good = serde_json::json!({"auths": {"127.0.0.1:5000": {"auth": b64("puller:s3cret-pull")}}});
+    let wrong = serde_json::json!({"auths": {"127.0.0.1:5000": {"username": "puller", "password": "guess"}}});
+    let elsewhere = serde_json::json!({"auths": {"registry.example.com": {"auth": b64("puller:s3cret-pull")}}});
+    let store_dir = dir.path().join("store");
+    ns.enter(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let images = Images::open(&store_dir, vec![]).expect("store");
+            let image = "127.0.0.1:5000/private/hello:1";
+            for (what, configs) in
+                [("no secret", vec![]), ("wrong password", vec![wrong]), ("another registry's", vec![elsewhere])]
+            {
+                let r = images.ensure_with(image, None, &configs).await;
+                assert!(matches!(r, Err(ImageError::Unauthorized(_))), "{what}: {r:?}");
+            }
+            let (img, how) = images.ensure_with(image, None, &[good]).await.expect("pulled with the secret");
+            assert!(matches!(how, Obtained::Pulled(_)), "{how:?}");
+            assert_eq!(img.run.cmd, Some(vec!["/bin/true".to_string()]));
+        });
+    })
+    .expect("inside the namespace");
 }

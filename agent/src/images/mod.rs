@@ -9,6 +9,7 @@
 //! an error as in Kubernetes.
 
 pub mod archive;
+pub mod auth;
 pub mod layers;
 pub mod pull;
 pub mod reference;
@@ -49,6 +50,9 @@ pub enum ImageError {
     /// The registry refused or answered something unusable.
     #[error("pull failed: {0}")]
     Pull(String),
+    /// The registry wants credentials, or refused the ones given.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// The image is absent and the policy forbids pulling it.
     #[error("container image {0:?} is not present with pull policy of Never")]
     NeverPull(String),
@@ -119,6 +123,17 @@ impl Images {
 
     /// Makes `image` available according to `policy`.
     pub async fn ensure(&self, image: &str, policy: Option<&str>) -> Result<(Image, Obtained), ImageError> {
+        self.ensure_with(image, policy, &[]).await
+    }
+
+    /// [`Images::ensure`] with the docker configs of the pod's image pull secrets: a pull uses the first that has
+    /// credentials for the image's registry.
+    pub async fn ensure_with(
+        &self,
+        image: &str,
+        policy: Option<&str>,
+        pull_configs: &[serde_json::Value],
+    ) -> Result<(Image, Obtained), ImageError> {
         let reference = Reference::parse(image)?;
         let policy = PullPolicy::of(policy, &reference);
         let name = reference.to_string();
@@ -134,7 +149,8 @@ impl Images {
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(img)) => Ok((img, Obtained::Present)),
             (PullPolicy::IfNotPresent | PullPolicy::Always, local) => {
                 let started = Instant::now();
-                match self.puller.pull(&self.store, &reference).await {
+                let creds = pull_configs.iter().find_map(|c| auth::for_registry(c, &reference.registry));
+                match self.puller.pull(&self.store, &reference, creds.as_ref()).await {
                     Ok(img) => Ok((img, Obtained::Pulled(started.elapsed()))),
                     Err(ImageError::Unreachable(why)) if local.is_some() => {
                         let img = local.expect("checked to be Some");

@@ -3,6 +3,7 @@
 //! layers into the store, each verified against its digest; anonymous bearer tokens when the registry asks
 //! (`WWW-Authenticate: Bearer realm=…`); redirects for blobs.
 
+use super::auth::Credentials;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -91,14 +92,14 @@ impl Puller {
         &self,
         url: &str,
         accept: Option<&str>,
-        token: Option<&str>,
+        authorization: Option<&str>,
     ) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
         let mut req = Request::get(url);
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
         }
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        if let Some(t) = authorization {
+            req = req.header(header::AUTHORIZATION, t);
         }
         let req = req.body(Empty::new()).map_err(|e| ImageError::Pull(format!("building a request for {url}: {e}")))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req)).await {
@@ -108,7 +109,19 @@ impl Puller {
         }
     }
 
-    async fn token(&self, challenge: &HeaderValue) -> Result<String, ImageError> {
+    /// The `Authorization` value that answers a challenge: a bearer token from the realm (asked for with the
+    /// credentials, if any), or the credentials themselves for `Basic`.
+    async fn answer(&self, challenge: &HeaderValue, creds: Option<&Credentials>) -> Result<String, ImageError> {
+        let text = challenge.to_str().unwrap_or_default().trim();
+        if text.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")) {
+            return creds.map(Credentials::basic).ok_or_else(|| {
+                ImageError::Unauthorized("the registry needs credentials (an image pull secret)".into())
+            });
+        }
+        Ok(format!("Bearer {}", self.token(challenge, creds).await?))
+    }
+
+    async fn token(&self, challenge: &HeaderValue, creds: Option<&Credentials>) -> Result<String, ImageError> {
         let c = challenge
             .to_str()
             .ok()
@@ -121,7 +134,14 @@ impl Puller {
                 url.query_pairs_mut().append_pair(k, v);
             }
         }
-        let resp = self.send(url.as_str(), None, None).await?;
+        let basic = creds.map(Credentials::basic);
+        let resp = self.send(url.as_str(), None, basic.as_deref()).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(ImageError::Unauthorized(format!(
+                "the token endpoint refused {}",
+                if creds.is_some() { "the credentials" } else { "an anonymous pull (an image pull secret is needed)" }
+            )));
+        }
         if !resp.status().is_success() {
             return Err(ImageError::Pull(format!("token endpoint answered {}", resp.status())));
         }
@@ -135,21 +155,33 @@ impl Puller {
             .ok_or_else(|| ImageError::Pull("no token in the answer".into()))
     }
 
-    /// GET with an anonymous token if asked for one, following up to 5 redirects.
+    /// GET, answering an authentication challenge once (anonymously, or with `creds`), following up to 5
+    /// redirects.
     async fn get(
         &self,
         url: &str,
         accept: Option<&str>,
-        token: &mut Option<String>,
+        auth: &mut Option<String>,
+        creds: Option<&Credentials>,
     ) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
         let mut url = url.to_string();
         for _ in 0..6 {
-            let mut resp = self.send(&url, accept, token.as_deref()).await?;
-            if resp.status() == StatusCode::UNAUTHORIZED && token.is_none() {
+            let mut resp = self.send(&url, accept, auth.as_deref()).await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && auth.is_none() {
                 if let Some(ch) = resp.headers().get(header::WWW_AUTHENTICATE).cloned() {
-                    *token = Some(self.token(&ch).await?);
-                    resp = self.send(&url, accept, token.as_deref()).await?;
+                    *auth = Some(self.answer(&ch, creds).await?);
+                    resp = self.send(&url, accept, auth.as_deref()).await?;
                 }
+            }
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                return Err(ImageError::Unauthorized(format!(
+                    "{url}: the registry refused {}",
+                    if creds.is_some() {
+                        "the credentials"
+                    } else {
+                        "an anonymous pull (an image pull secret is needed)"
+                    }
+                )));
             }
             if resp.status().is_redirection() {
                 let loc = resp
@@ -169,18 +201,23 @@ impl Puller {
     }
 
     /// Pulls `reference` into `store` and names it there.
-    pub async fn pull(&self, store: &Store, reference: &Reference) -> Result<Image, ImageError> {
+    pub async fn pull(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        creds: Option<&Credentials>,
+    ) -> Result<Image, ImageError> {
         let base = self.base(reference);
         let mut token = None;
         let (mut bytes, mut media_type) =
-            self.manifest(&format!("{base}/manifests/{}", reference.reference()), &mut token, reference).await?;
+            self.manifest(&format!("{base}/manifests/{}", reference.reference()), &mut token, reference, creds).await?;
         if media_type == store::OCI_INDEX || media_type == store::DOCKER_LIST {
             let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Pull(format!("index: {e}")))?;
             let d = pick_platform(&index)
                 .ok_or_else(|| ImageError::Pull(format!("{reference} has no linux image for this architecture")))?
                 .clone();
             (bytes, media_type) =
-                self.manifest(&format!("{base}/manifests/{}", d.digest), &mut token, reference).await?;
+                self.manifest(&format!("{base}/manifests/{}", d.digest), &mut token, reference, creds).await?;
             if store::digest_of(&bytes) != d.digest {
                 return Err(ImageError::Pull(format!("manifest content does not match {}", d.digest)));
             }
@@ -196,7 +233,7 @@ impl Puller {
         }
         for blob in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
             if !store.has_blob(&blob.digest) {
-                self.blob(store, &base, blob, &mut token).await?;
+                self.blob(store, &base, blob, &mut token, creds).await?;
             }
         }
         let desc = Descriptor {
@@ -215,8 +252,9 @@ impl Puller {
         url: &str,
         token: &mut Option<String>,
         reference: &Reference,
+        creds: Option<&Credentials>,
     ) -> Result<(Vec<u8>, String), ImageError> {
-        let resp = self.get(url, Some(ACCEPT), token).await?;
+        let resp = self.get(url, Some(ACCEPT), token, creds).await?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND => return Err(ImageError::NotFound(reference.to_string())),
@@ -253,8 +291,9 @@ impl Puller {
         base: &str,
         d: &Descriptor,
         token: &mut Option<String>,
+        creds: Option<&Credentials>,
     ) -> Result<(), ImageError> {
-        let resp = self.get(&format!("{base}/blobs/{}", d.digest), None, token).await?;
+        let resp = self.get(&format!("{base}/blobs/{}", d.digest), None, token, creds).await?;
         if !resp.status().is_success() {
             return Err(ImageError::Pull(format!("blob {}: the registry answered {}", d.digest, resp.status())));
         }

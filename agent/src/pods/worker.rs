@@ -627,7 +627,13 @@ impl Worker {
                 return Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
             }
         }
-        let (image, obtained) = match self.ctx.images.ensure(&image_name, c.image_pull_policy.as_deref()).await {
+        let pull_configs = self.pull_configs();
+        let (image, obtained) = match self
+            .ctx
+            .images
+            .ensure_with(&image_name, c.image_pull_policy.as_deref(), &pull_configs)
+            .await
+        {
             Ok(x) => x,
             Err(e) => {
                 let now = Timestamp::now();
@@ -982,6 +988,27 @@ impl Worker {
             etc::resolv_conf(&self.pod, self.ctx.cfg.cluster_dns, &self.ctx.cfg.cluster_domain, &self.ctx.node_resolv),
         )?;
         write_if_changed(&f.hostname, format!("{}\n", etc::hostname(&self.pod)))
+    }
+
+    /// The docker configs of the pod's image pull secrets (service-account admission has copied the account's in),
+    /// in order; a Secret that is missing or holds no docker config is skipped, as kubelet does.
+    fn pull_configs(&self) -> Vec<serde_json::Value> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        let lookup = NamespaceLookup { caches: &self.ctx.caches, namespace: &self.rec.namespace };
+        names
+            .iter()
+            .filter_map(|n| crate::pods::env::Lookup::secret(&lookup, n))
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .filter_map(|s| crate::images::auth::config_of_secret(&s))
+            .collect()
     }
 
     async fn issue_tokens(&mut self) -> Result<(), String> {

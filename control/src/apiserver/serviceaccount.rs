@@ -2,7 +2,7 @@
 //! names another service account, which must exist; unless `automountServiceAccountToken` is false (on the pod,
 //! else on the service account), a `kube-api-access-*` projected volume (a bound, expiring token, the cluster CA and
 //! the namespace) is mounted read-only at [`MOUNT_PATH`] in every container, where client libraries' in-cluster
-//! configuration looks.
+//! configuration looks; a pod without `imagePullSecrets` gets the account's.
 
 use serde_json::{Value, json};
 
@@ -32,13 +32,21 @@ pub fn is_mirror(pod: &Value) -> bool {
     pod.pointer("/metadata/annotations").and_then(|a| a.get(MIRROR)).is_some()
 }
 
-/// The pod as admitted: its service account set, and the token volume added and mounted unless automounting is
-/// off (`sa_automount` is the service account's `automountServiceAccountToken`). `suffix` names the volume.
-pub fn admit(mut pod: Value, sa_automount: Option<bool>, suffix: &str) -> Value {
+/// The pod as admitted: its service account set, the account's image pull secrets when the pod names none, and
+/// the token volume added and mounted unless automounting is off (on the pod, else on the account `sa`). `suffix`
+/// names the volume.
+pub fn admit(mut pod: Value, sa: &Value, suffix: &str) -> Value {
     let account = account_of(&pod);
+    let sa_automount = sa.get("automountServiceAccountToken").and_then(Value::as_bool);
     let spec = &mut pod["spec"];
     spec["serviceAccountName"] = json!(account);
     spec["serviceAccount"] = json!(account);
+    let has_pull_secrets = spec.get("imagePullSecrets").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    if let Some(secrets) = sa.get("imagePullSecrets").filter(|s| s.as_array().is_some_and(|a| !a.is_empty()))
+        && !has_pull_secrets
+    {
+        spec["imagePullSecrets"] = secrets.clone();
+    }
     let automount = spec.get("automountServiceAccountToken").and_then(Value::as_bool).or(sa_automount).unwrap_or(true);
     if !automount {
         return pod;
@@ -116,8 +124,7 @@ impl Api {
                 "pods \"{name}\" is forbidden: error looking up service account {ns}/{account}: serviceaccount \"{account}\" not found"
             )));
         };
-        let sa_automount = sa.get("automountServiceAccountToken").and_then(Value::as_bool);
-        Ok(admit(pod, sa_automount, &suffix()))
+        Ok(admit(pod, &sa, &suffix()))
     }
 }
 
@@ -149,12 +156,17 @@ mod tests {
             assert_eq!(p.pointer(path).expect(path)["mountPath"], MOUNT_PATH, "{path}");
         }
         // off on the pod; off on the account unless the pod turns it on
-        let off = admit(pod(json!({"automountServiceAccountToken": false, "containers": [{"name": "a"}]})), None, "x");
+        let off =
+            admit(pod(json!({"automountServiceAccountToken": false, "containers": [{"name": "a"}]})), &json!({}), "x");
         assert!(off["spec"].get("volumes").is_none());
-        let sa_off = admit(pod(json!({"containers": [{"name": "a"}]})), Some(false), "x");
+        let sa_off =
+            admit(pod(json!({"containers": [{"name": "a"}]})), &json!({"automountServiceAccountToken": false}), "x");
         assert!(sa_off["spec"].get("volumes").is_none());
-        let pod_on =
-            admit(pod(json!({"automountServiceAccountToken": true, "containers": [{"name": "a"}]})), Some(false), "x");
+        let pod_on = admit(
+            pod(json!({"automountServiceAccountToken": true, "containers": [{"name": "a"}]})),
+            &json!({"automountServiceAccountToken": false}),
+            "x",
+        );
         assert!(pod_on["spec"].get("volumes").is_some());
         // a container that mounts something at the path already keeps it
         let own = admit(
@@ -166,6 +178,15 @@ mod tests {
         );
         assert!(own["spec"].get("volumes").is_none());
         assert_eq!(own["spec"]["serviceAccount"], "ci");
+    }
+
+    #[test]
+    fn the_accounts_pull_secrets_reach_pods_that_name_none() {
+        let sa = json!({"imagePullSecrets": [{"name": "regcred"}]});
+        let p = admit(pod(json!({"containers": [{"name": "a"}]})), &sa, "x");
+        assert_eq!(p["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]));
+        let own = admit(pod(json!({"imagePullSecrets": [{"name": "mine"}], "containers": [{"name": "a"}]})), &sa, "x");
+        assert_eq!(own["spec"]["imagePullSecrets"], json!([{"name": "mine"}]));
     }
 
     #[test]
