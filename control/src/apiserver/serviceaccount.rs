@@ -142,7 +142,7 @@ mod tests {
             pod(
                 json!({"containers": [{"name": "a"}, {"name": "b", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}], "initContainers": [{"name": "i"}]}),
             ),
-            None,
+            &json!({}),
             "abcde",
         );
         assert_eq!(p["spec"]["serviceAccountName"], "default");
@@ -173,7 +173,7 @@ mod tests {
             pod(
                 json!({"serviceAccountName": "ci", "containers": [{"name": "a", "volumeMounts": [{"name": "mine", "mountPath": MOUNT_PATH}]}]}),
             ),
-            None,
+            &json!({}),
             "x",
         );
         assert!(own["spec"].get("volumes").is_none());
