@@ -264,12 +264,32 @@ pub fn pv_path(pv: &PersistentVolume) -> Option<PathBuf> {
         .or_else(|| spec.local.as_ref().map(|l| PathBuf::from(&l.path)))
 }
 
+/// Mounts a tmpfs (nosuid, nodev) at `path` unless one is there already.
+fn mount_tmpfs(path: &Path, opts: &str, volume: &str) -> Result<(), MountError> {
+    if super::mounts::is_mount_point(path) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(opts),
+    )
+    .map_err(|e| format!("mounting tmpfs for volume {volume}: {e}"))
+}
+
 /// Prepares the directory of one non-claim volume; returns its host path. `atomic_files` results are written
 /// atomically.
 pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<PathBuf, MountError> {
     let path = dir.join(kind_dir(v)).join(&v.name);
     if let Some(files) = atomic_files(v, inp) {
         let files = files?;
+        if v.secret.is_some() || v.projected.is_some() {
+            // Secrets and tokens never reach the node's disk, as kubelet keeps them
+            std::fs::create_dir_all(&path).map_err(|e| format!("creating volume {}: {e}", v.name))?;
+            mount_tmpfs(&path, "mode=0755", &v.name)?;
+        }
         atomic::write(&path, &files).map_err(|e| format!("writing volume {}: {e}", v.name))?;
         return Ok(path);
     }
@@ -285,14 +305,7 @@ pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<P
                 Some(s) if s > 0 => format!("mode=1777,size={s}"),
                 _ => "mode=1777".to_string(),
             };
-            nix::mount::mount(
-                Some("tmpfs"),
-                &path,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                Some(opts.as_str()),
-            )
-            .map_err(|e| format!("mounting tmpfs for emptyDir {}: {e}", v.name))?;
+            mount_tmpfs(&path, &opts, &v.name)?;
         } else {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
