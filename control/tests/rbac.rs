@@ -314,3 +314,69 @@ fn default_roles_exist_and_aggregated_roles_grow() {
     ]);
     assert_eq!(code(&["-H", &bearer]), "200");
 }
+
+#[test]
+fn the_escape_hatches_are_closed() {
+    let c = Cluster::start_with(None);
+    c.kubectl(&["create", "namespace", "team"]);
+    c.kubectl(&["create", "serviceaccount", "lead", "-n", "team"]);
+    // the lead may create ClusterRoles and patch ConfigMaps, nothing more
+    c.kubectl(&["create", "clusterrole", "role-maker", "--verb=create,get", "--resource=clusterroles"]);
+    c.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "lead-roles",
+        "--clusterrole=role-maker",
+        "--serviceaccount=team:lead",
+    ]);
+    c.kubectl(&["create", "role", "cm-patcher", "--verb=get,patch", "--resource=configmaps", "-n", "team"]);
+    c.kubectl(&["create", "rolebinding", "lead-cm", "--role=cm-patcher", "--serviceaccount=team:lead", "-n", "team"]);
+    let token = c.kubectl(&["create", "token", "lead", "-n", "team"]);
+    let lead = token_kubeconfig(&c, "lead", token.trim());
+
+    // an aggregation rule would gather cluster-admin's rules: it needs every right
+    let aggregating = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: sneaky}\naggregationRule:\n  clusterRoleSelectors: [{matchLabels: {kubernetes.io/bootstrapping: rbac-defaults}}]\nrules: []\n";
+    let (ok, _, err) = kubectl_as_in(&c, &lead, &["create", "-f", "-"], aggregating);
+    assert!(!ok && err.contains("not currently held"), "{err}");
+    // patch alone does not create (server-side apply of a missing object)
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: new-one, namespace: team}\ndata: {a: b}\n";
+    let (ok, _, err) = kubectl_as_in(&c, &lead, &["apply", "--server-side", "-f", "-"], cm);
+    assert!(!ok && err.contains("cannot create resource \"configmaps\""), "{err}");
+    // a binding's roleRef cannot change
+    c.kubectl(&["create", "rolebinding", "fixed", "--role=cm-patcher", "--user=bob", "-n", "team"]);
+    let err = c.kubectl_fails(
+        &[
+            "patch",
+            "rolebinding",
+            "fixed",
+            "-n",
+            "team",
+            "--type=merge",
+            "-p",
+            r#"{"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"}}"#,
+        ],
+        None,
+    );
+    assert!(err.contains("cannot change roleRef"), "{err}");
+
+    // node credentials: no tokens for accounts of pods that are not scheduled, no plain pods
+    let node = token_kubeconfig(&c, "node", &c.server.pki.node_token);
+    refused(&c, &node, &["create", "token", "lead", "-n", "team"], "a node may only request tokens bound to a pod");
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team}\nspec: {nodeName: n1, containers: [{name: c, image: busybox}]}\n";
+    let (ok, _, err) = kubectl_as_in(&c, &node, &["create", "-f", "-"], pod);
+    assert!(!ok && err.contains("can only create mirror pods"), "{err}");
+    let mirror = "apiVersion: v1\nkind: Pod\nmetadata: {name: m, namespace: team, annotations: {kubernetes.io/config.mirror: x}}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: busybox}]\n  volumes: [{name: s, secret: {secretName: x}}]\n";
+    let (ok, _, err) = kubectl_as_in(&c, &node, &["create", "-f", "-"], mirror);
+    assert!(!ok && err.contains("mirror pods may not reference secrets"), "{err}");
+}
+
+fn kubectl_as_in(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = c.kubectl_output(&all, Some(stdin));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

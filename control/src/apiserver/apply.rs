@@ -141,6 +141,10 @@ impl Api {
         let ns = if info.namespaced() { ns } else { None };
         for _ in 0..16 {
             let Some(cur) = self.try_get(info, ns, name).await? else {
+                if subresource.is_some() {
+                    return Err(ApiError::not_found(info, name));
+                }
+                self.authorize_implicit_create(info, ns, name, opts).await?;
                 let mut obj = applied.clone();
                 let entry = Entry {
                     manager: manager.clone(),

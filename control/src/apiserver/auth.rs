@@ -26,6 +26,9 @@ pub struct User {
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub User);
 
+/// The longest a requested token may live (as upstream's 2^32 seconds).
+pub const MAX_TOKEN_SECONDS: i64 = 1 << 32;
+
 /// The audience and issuer of service-account tokens.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -151,8 +154,9 @@ impl Api {
         })
     }
 
-    /// `serviceaccounts/{name}/token`: issues a TokenRequest.
-    pub async fn token_request(&self, ns: &str, name: &str, req: &Value) -> ApiResult<Value> {
+    /// `serviceaccounts/{name}/token`: issues a TokenRequest for `caller` (whose kind of identity may limit it:
+    /// nodes only get tokens bound to a scheduled pod that runs as that account, as NodeRestriction allows).
+    pub async fn token_request(&self, ns: &str, name: &str, req: &Value, caller: Option<&User>) -> ApiResult<Value> {
         let sa = self.get(&self.builtin("", "serviceaccounts"), Some(ns), name).await?;
         let seconds = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
         if seconds < 600 {
@@ -160,15 +164,51 @@ impl Api {
                 "spec.expirationSeconds: may not specify a duration less than 10 minutes",
             ));
         }
+        if seconds > MAX_TOKEN_SECONDS {
+            return Err(ApiError::bad_request(format!(
+                "spec.expirationSeconds: may not specify a duration longer than {MAX_TOKEN_SECONDS} seconds"
+            )));
+        }
+        let is_node = caller.is_some_and(|u| u.groups.iter().any(|g| g == "system:nodes"));
         let bound = match (
             req.pointer("/spec/boundObjectRef/kind").and_then(Value::as_str),
             req.pointer("/spec/boundObjectRef/name").and_then(Value::as_str),
         ) {
             (Some("Pod"), Some(pod)) => {
                 let p = self.get(&self.builtin("", "pods"), Some(ns), pod).await?;
-                Some((pod.to_string(), skiff_api::meta::uid(&p.object).to_string()))
+                let uid = skiff_api::meta::uid(&p.object);
+                if let Some(want) =
+                    req.pointer("/spec/boundObjectRef/uid").and_then(Value::as_str).filter(|u| !u.is_empty())
+                    && want != uid
+                {
+                    return Err(ApiError::conflict_message(
+                        format!("the UID in the bound object reference ({want}) does not match pod {pod}'s ({uid})"),
+                        None,
+                    ));
+                }
+                if is_node {
+                    let runs_as = super::serviceaccount::account_of(&p.object);
+                    let scheduled =
+                        p.object.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+                    if runs_as != name || !scheduled {
+                        return Err(ApiError::forbidden(format!(
+                            "serviceaccounts \"{name}\" is forbidden: a node may only request tokens for the service account of a scheduled pod bound in the request (pod {pod} runs as {runs_as:?})"
+                        )));
+                    }
+                }
+                Some((pod.to_string(), uid.to_string()))
             }
-            _ => None,
+            (Some(kind), _) => {
+                return Err(ApiError::bad_request(format!(
+                    "spec.boundObjectRef.kind: Unsupported value: {kind:?}: supported values: \"Pod\""
+                )));
+            }
+            (None, _) if is_node => {
+                return Err(ApiError::forbidden(format!(
+                    "serviceaccounts \"{name}\" is forbidden: a node may only request tokens bound to a pod"
+                )));
+            }
+            (None, _) => None,
         };
         let audiences: Vec<String> = req
             .pointer("/spec/audiences")

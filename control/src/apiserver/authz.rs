@@ -120,8 +120,12 @@ pub fn impersonation_checks(headers: &HeaderMap) -> ApiResult<Option<(User, Vec<
     };
     let mut checks = Vec::new();
     let mut result_groups = groups.clone();
-    if let Some(rest) = name.strip_prefix("system:serviceaccount:") {
-        let (ns, sa) = rest.split_once(':').unwrap_or((rest, ""));
+    // a well-formed service-account name is checked as that account; anything else as a user
+    let account = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'));
+    if let Some((ns, sa)) = account {
         checks.push(Attributes::resource("impersonate", "", "serviceaccounts", ns, sa));
         if groups.is_empty() {
             result_groups = vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")];
@@ -145,8 +149,9 @@ pub fn impersonation_checks(headers: &HeaderMap) -> ApiResult<Option<(User, Vec<
             name: value.clone(),
         });
     }
-    if !result_groups.iter().any(|g| g == "system:authenticated") && name != "system:anonymous" {
-        result_groups.push("system:authenticated".into());
+    let implied = if name == "system:anonymous" { "system:unauthenticated" } else { "system:authenticated" };
+    if !result_groups.iter().any(|g| g == implied) {
+        result_groups.push(implied.into());
     }
     Ok(Some((User { name, groups: result_groups }, checks)))
 }
@@ -190,6 +195,21 @@ impl Api {
         if d.allowed { Ok(user) } else { Err(forbidden(&user, attrs, &d.reason)) }
     }
 
+    /// An update or apply that would create the object needs `create` too (as upstream's
+    /// `createAuthorizerAttributes`): `patch` or `update` alone never creates.
+    pub(crate) async fn authorize_implicit_create(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &super::writes::WriteOptions,
+    ) -> ApiResult<()> {
+        let Some(user) = opts.user.as_ref() else { return Ok(()) };
+        let attrs = Attributes::resource("create", &info.group, &info.plural, ns.unwrap_or_default(), name);
+        let d = rbac::decide(&*self.policy().await?, user, &attrs);
+        if d.allowed { Ok(()) } else { Err(forbidden(user, &attrs, &d.reason)) }
+    }
+
     /// The RBAC escalation check of a write of a Role, ClusterRole or binding by `user`: the rules it grants must
     /// be held by the user (in its namespace, or cluster-wide), unless the user may `escalate` (roles) or `bind`
     /// (the role a binding refers to).
@@ -198,18 +218,41 @@ impl Api {
         info: &ResourceInfo,
         ns: Option<&str>,
         new: &Value,
+        old: Option<&Value>,
         user: Option<&User>,
     ) -> ApiResult<()> {
-        let Some(user) = user else { return Ok(()) };
         if info.group != RBAC_GROUP {
             return Ok(());
         }
+        if let Some(old) = old
+            && old.get("roleRef").is_some()
+            && old.get("roleRef") != new.get("roleRef")
+        {
+            return Err(ApiError::unprocessable(format!(
+                "{} {:?} is invalid: roleRef: Invalid value: {}: cannot change roleRef",
+                info.kind,
+                skiff_api::meta::name(new),
+                new.get("roleRef").cloned().unwrap_or_default()
+            )));
+        }
+        let Some(user) = user else { return Ok(()) };
         let policy = self.policy().await?;
         let namespace = ns.unwrap_or_default();
         let name = skiff_api::meta::name(new);
         let (requested, special) = match info.plural.as_str() {
             "roles" | "clusterroles" => {
-                (Rule::list_of(new), Attributes::resource("escalate", RBAC_GROUP, &info.plural, namespace, name))
+                let mut rules = Rule::list_of(new);
+                // an aggregation rule can gather any rule of any ClusterRole: setting or changing one takes holding
+                // everything (as upstream: "must have cluster-admin privileges to use the aggregationRule")
+                let aggregation = new.get("aggregationRule");
+                if aggregation.is_some_and(|a| !a.is_null())
+                    && old.and_then(|o| o.get("aggregationRule")) != aggregation
+                {
+                    let all = || vec![rbac::rule::ALL.to_string()];
+                    rules.push(Rule { verbs: all(), api_groups: all(), resources: all(), ..Rule::default() });
+                    rules.push(Rule { verbs: all(), non_resource_urls: all(), ..Rule::default() });
+                }
+                (rules, Attributes::resource("escalate", RBAC_GROUP, &info.plural, namespace, name))
             }
             "rolebindings" | "clusterrolebindings" => {
                 let role_ref: rbac::policy::RoleRef =
@@ -272,6 +315,11 @@ mod tests {
         let (u, checks) = impersonation_checks(&sa).expect("valid").expect("impersonating");
         assert_eq!(checks, vec![Attributes::resource("impersonate", "", "serviceaccounts", "team", "ci")]);
         assert!(u.groups.contains(&"system:serviceaccounts:team".to_string()));
+        // a malformed account name is a user name, which needs the cluster-wide right
+        let mut bad = HeaderMap::new();
+        bad.insert("impersonate-user", HeaderValue::from_static("system:serviceaccount:team"));
+        let (_, checks) = impersonation_checks(&bad).expect("valid").expect("impersonating");
+        assert_eq!(checks, vec![Attributes::resource("impersonate", "", "users", "", "system:serviceaccount:team")]);
     }
 
     #[test]

@@ -617,7 +617,7 @@ async fn resource_request(
                         api.evict(ns, name, &v).await?;
                         Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
                     }
-                    _ => Ok(json_response(StatusCode::CREATED, &api.token_request(ns, name, &v).await?)),
+                    _ => Ok(json_response(StatusCode::CREATED, &api.token_request(ns, name, &v, user).await?)),
                 }
             }
             .await;

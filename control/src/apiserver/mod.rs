@@ -19,6 +19,7 @@ pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod metrics_api;
+pub mod noderestriction;
 pub mod objects;
 pub mod openapi;
 pub mod patch;

@@ -99,6 +99,10 @@ impl Api {
     pub(crate) async fn admit_service_account(&self, ns: &str, pod: Value) -> ApiResult<Value> {
         let name = skiff_api::meta::name(&pod).to_string();
         if is_mirror(&pod) {
+            // the node that made it could not be checked for rights to what it names
+            if let Some(problem) = super::noderestriction::mirror_pod_problem(&pod) {
+                return Err(ApiError::forbidden(format!("pods {name:?} is forbidden: {problem}")));
+            }
             return Ok(pod);
         }
         let account = account_of(&pod);

@@ -190,11 +190,13 @@ impl Api {
             self.admit_namespace(info, ns.as_deref().unwrap_or_default(), &name).await?;
         }
         if info.group.is_empty() && info.plural == "pods" {
+            super::noderestriction::check_pod_create(opts.user.as_ref(), &obj)
+                .map_err(|m| ApiError::forbidden(format!("pods {:?} is forbidden: {m}", meta::name(&obj))))?;
             obj = self.admit_service_account(ns.as_deref().unwrap_or_default(), obj).await?;
         }
         warnings.extend(self.admit_pod_security(info, ns.as_deref(), &obj, None, None).await?);
         self.admit_quota(info, ns.as_deref(), &obj, None).await?;
-        self.admit_rbac(info, ns.as_deref(), &obj, opts.user.as_ref()).await?;
+        self.admit_rbac(info, ns.as_deref(), &obj, None, opts.user.as_ref()).await?;
         managed::record_update(None, &mut obj, &opts.manager("unknown"), &info.kind, None);
         let is_service = info.group.is_empty() && info.plural == "services";
         if is_service && !opts.dry_run {
@@ -295,6 +297,7 @@ impl Api {
         for _ in 0..16 {
             let Some(cur) = self.try_get(info, ns.as_deref(), name).await? else {
                 if create_on_update(info) && subresource.is_none() {
+                    self.authorize_implicit_create(info, ns.as_deref(), name, opts).await?;
                     if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
                         m.remove("resourceVersion");
                     }
@@ -351,7 +354,7 @@ impl Api {
         }
         warnings.extend(self.admit_pod_security(info, ns, &new, Some(&cur.object), subresource).await?);
         self.admit_quota(info, ns, &new, Some(&cur.object)).await?;
-        self.admit_rbac(info, ns, &new, opts.user.as_ref()).await?;
+        self.admit_rbac(info, ns, &new, Some(&cur.object), opts.user.as_ref()).await?;
         managed::record_update(Some(&cur.object), &mut new, &opts.manager(default_manager), &info.kind, subresource);
         let is_service = info.group.is_empty() && info.plural == "services";
         if is_service && subresource.is_none() && !opts.dry_run {
