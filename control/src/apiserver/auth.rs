@@ -126,7 +126,13 @@ impl Api {
         if found.is_some() {
             return found;
         }
+        let now = std::time::Instant::now();
+        if let Some(u) = self.tokens.get(token, now) {
+            return Some(u);
+        }
         let claims = verify_token(&self.auth.sa_key, token)?;
+        let left = claims.get("exp")?.as_i64()? - jiff::Timestamp::now().as_second();
+        let expires = now + std::time::Duration::from_secs(u64::try_from(left).ok()?);
         let ns = claims.pointer("/kubernetes.io/namespace")?.as_str()?;
         let name = claims.pointer("/kubernetes.io/serviceaccount/name")?.as_str()?;
         let uid = claims.pointer("/kubernetes.io/serviceaccount/uid")?.as_str()?;
@@ -144,14 +150,16 @@ impl Api {
                 return None;
             }
         }
-        Some(User {
+        let user = User {
             name: format!("system:serviceaccount:{ns}:{name}"),
             groups: vec![
                 "system:serviceaccounts".into(),
                 format!("system:serviceaccounts:{ns}"),
                 "system:authenticated".into(),
             ],
-        })
+        };
+        self.tokens.put(token, user.clone(), now, expires);
+        Some(user)
     }
 
     /// `serviceaccounts/{name}/token`: issues a TokenRequest for `caller` (whose kind of identity may limit it:

@@ -33,6 +33,7 @@ pub mod serviceaccount;
 pub mod strategy;
 pub mod subresources;
 pub mod table;
+pub mod token_cache;
 pub mod watch;
 pub mod writes;
 
@@ -102,6 +103,8 @@ pub struct Api {
     pub authz: authz::Authz,
     /// Requests in flight per user.
     pub inflight: Arc<limits::InFlight>,
+    /// Service-account tokens verified in the last seconds.
+    pub tokens: token_cache::TokenCache,
 }
 
 impl std::fmt::Debug for Api {
@@ -126,6 +129,7 @@ impl Api {
             agent_tls,
             authz: authz::Authz::default(),
             inflight: limits::InFlight::new(config.limits.clone()),
+            tokens: token_cache::TokenCache::default(),
             config,
         })
     }

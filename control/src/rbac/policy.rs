@@ -85,13 +85,62 @@ impl Binding {
     }
 }
 
-/// Every Role, ClusterRole, RoleBinding and ClusterRoleBinding, indexed.
+/// Bindings by the subjects they name: user names (service accounts as their user names) and group names, each to
+/// the positions of the bindings that name it.
+#[derive(Debug, Clone, Default)]
+struct SubjectIndex {
+    users: HashMap<String, Vec<usize>>,
+    groups: HashMap<String, Vec<usize>>,
+}
+
+impl SubjectIndex {
+    fn build(bindings: &[Binding]) -> SubjectIndex {
+        let mut ix = SubjectIndex::default();
+        for (i, b) in bindings.iter().enumerate() {
+            for s in &b.subjects {
+                let (map, key) = match s.kind.as_str() {
+                    "User" => (&mut ix.users, s.name.clone()),
+                    "Group" => (&mut ix.groups, s.name.clone()),
+                    "ServiceAccount" => {
+                        let ns = if s.namespace.is_empty() { &b.namespace } else { &s.namespace };
+                        if ns.is_empty() {
+                            continue;
+                        }
+                        (&mut ix.users, format!("system:serviceaccount:{ns}:{}", s.name))
+                    }
+                    _ => continue,
+                };
+                let list = map.entry(key).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        ix
+    }
+
+    /// The positions of the bindings that may name `user`, in binding order.
+    fn candidates(&self, user: &User) -> Vec<usize> {
+        let mut v: Vec<usize> = self.users.get(&user.name).into_iter().flatten().copied().collect();
+        for g in &user.groups {
+            v.extend(self.groups.get(g).into_iter().flatten().copied());
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Every Role, ClusterRole, RoleBinding and ClusterRoleBinding, indexed (bindings also by subject, so a decision
+/// looks only at the bindings that name the user or one of its groups).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     cluster_roles: HashMap<String, Vec<Rule>>,
     roles: HashMap<(String, String), Vec<Rule>>,
     cluster_bindings: Vec<Binding>,
     bindings: HashMap<String, Vec<Binding>>,
+    cluster_index: SubjectIndex,
+    indexes: HashMap<String, SubjectIndex>,
 }
 
 impl Policy {
@@ -115,6 +164,8 @@ impl Policy {
                 _ => {}
             }
         }
+        p.cluster_index = SubjectIndex::build(&p.cluster_bindings);
+        p.indexes = p.bindings.iter().map(|(ns, b)| (ns.clone(), SubjectIndex::build(b))).collect();
         p
     }
 
@@ -133,8 +184,13 @@ impl Policy {
     /// Calls `visit` with each rule granted to `user` in `namespace` (cluster-wide grants always; a namespace's
     /// RoleBindings when `namespace` is not empty) and the grant's description, until `visit` returns `false`.
     pub fn visit(&self, user: &User, namespace: &str, mut visit: impl FnMut(&str, &Rule) -> bool) {
-        let namespaced = if namespace.is_empty() { None } else { self.bindings.get(namespace) };
-        for b in self.cluster_bindings.iter().chain(namespaced.into_iter().flatten()) {
+        let cluster = self.cluster_index.candidates(user).into_iter().map(|i| &self.cluster_bindings[i]);
+        let namespaced: Vec<&Binding> =
+            match (namespace.is_empty(), self.bindings.get(namespace), self.indexes.get(namespace)) {
+                (false, Some(list), Some(ix)) => ix.candidates(user).into_iter().map(|i| &list[i]).collect(),
+                _ => Vec::new(),
+            };
+        for b in cluster.chain(namespaced) {
             let Some(subject) = b.subject_for(user) else { continue };
             let Some(rules) = self.role_rules(&b.namespace, &b.role_ref) else { continue };
             let why = b.describe(subject);
