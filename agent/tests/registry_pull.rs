@@ -54,6 +54,33 @@ fn source_layout(dir: &std::path::Path) {
         .expect("tag");
 }
 
+/// Debian's docker-registry on 127.0.0.1:5000 of `ns`, storing under `dir`, behind htpasswd authentication when
+/// given; returns once it answers.
+fn start_registry(ns: &NetNs, dir: &std::path::Path, htpasswd: Option<&std::path::Path>) -> Child {
+    let auth = htpasswd
+        .map(|p| format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", p.display()))
+        .unwrap_or_default();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n{auth}",
+            dir.join("data").display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = ns.command("docker-registry");
+    cmd.arg("serve").arg(&config);
+    let registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
+    // any HTTP answer (401 behind authentication) means it listens
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ns.exec("curl", &["-s", "-o", "/dev/null", "http://127.0.0.1:5000/v2/"]).is_ok()
+    });
+    assert!(up, "the registry did not start");
+    registry
+}
+
 #[test]
 fn images_are_pulled_from_a_registry_and_verified() {
     if !require_privileges("the registry pull test") {
@@ -61,17 +88,7 @@ fn images_are_pulled_from_a_registry_and_verified() {
     }
     let ns = NetNs::new("skreg").expect("netns");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("registry.yml");
-    std::fs::write(&config, format!("version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n", dir.path().join("data").display())).expect("config");
-    let mut cmd = ns.command("docker-registry");
-    cmd.arg("serve").arg(&config);
-    let _registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        ns.exec("sh", &["-c", "exec 3<>/dev/tcp/127.0.0.1/5000"]).is_ok()
-            || ns.exec("curl", &["-sf", "http://127.0.0.1:5000/v2/"]).is_ok()
-    });
-    assert!(up, "the registry did not start");
+    let _registry = start_registry(&ns, dir.path(), None);
     let src = dir.path().join("src");
     source_layout(&src);
     ns.exec(
@@ -131,25 +148,7 @@ fn private_images_need_their_pull_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hash = bcrypt::hash("s3cret-pull", 4).expect("bcrypt");
     std::fs::write(dir.path().join("htpasswd"), format!("puller:{hash}\n")).expect("htpasswd");
-    let config = dir.path().join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\nauth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
-            dir.path().join("data").display(),
-            dir.path().join("htpasswd").display()
-        ),
-    )
-    .expect("config");
-    let mut cmd = ns.command("docker-registry");
-    cmd.arg("serve").arg(&config);
-    let _registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        // any HTTP answer (401 here) means it listens
-        ns.exec("curl", &["-s", "-o", "/dev/null", "http://127.0.0.1:5000/v2/"]).is_ok()
-    });
-    assert!(up, "the registry did not start");
+    let _registry = start_registry(&ns, dir.path(), Some(&dir.path().join("htpasswd")));
     let src = dir.path().join("src");
     source_layout(&src);
     ns.exec(

@@ -3,21 +3,12 @@
 //! due; `skiff certs rotate` renews them on demand.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server(Child);
+mod server_support;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+use server_support::{Server, free_port};
 
 fn skiff(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).output().expect("skiff runs");

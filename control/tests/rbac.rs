@@ -26,9 +26,23 @@ fn token_kubeconfig(c: &Cluster, name: &str, token: &str) -> PathBuf {
 
 /// Runs kubectl with `kubeconfig`: (success, stdout, stderr).
 fn kubectl_as(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    kubectl_as_with(c, kubeconfig, args, None)
+}
+
+/// [`kubectl_as`] with `stdin`.
+fn kubectl_as_in(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    kubectl_as_with(c, kubeconfig, args, Some(stdin))
+}
+
+fn kubectl_as_with(
+    c: &Cluster,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
     let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
     all.extend_from_slice(args);
-    let out = c.kubectl_output(&all, None);
+    let out = c.kubectl_output(&all, stdin);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -359,6 +373,12 @@ fn the_escape_hatches_are_closed() {
     );
     assert!(err.contains("cannot change roleRef"), "{err}");
 
+    // token requests: only pods as bound objects, within the longest lifetime
+    let err = c.kubectl_fails(&["create", "token", "lead", "-n", "team", "--bound-object-kind=Secret", "--bound-object-name=x"], None);
+    assert!(err.contains("spec.boundObjectRef.kind: Unsupported value: \"Secret\""), "{err}");
+    let err = c.kubectl_fails(&["create", "token", "lead", "-n", "team", "--duration=2000000h"], None);
+    assert!(err.contains("may not specify a duration longer than"), "{err}");
+
     // node credentials: no tokens for accounts of pods that are not scheduled, no plain pods
     let node = token_kubeconfig(&c, "node", &c.server.pki.node_token);
     refused(&c, &node, &["create", "token", "lead", "-n", "team"], "a node may only request tokens bound to a pod");
@@ -368,15 +388,4 @@ fn the_escape_hatches_are_closed() {
     let mirror = "apiVersion: v1\nkind: Pod\nmetadata: {name: m, namespace: team, annotations: {kubernetes.io/config.mirror: x}}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: busybox}]\n  volumes: [{name: s, secret: {secretName: x}}]\n";
     let (ok, _, err) = kubectl_as_in(&c, &node, &["create", "-f", "-"], mirror);
     assert!(!ok && err.contains("mirror pods may not reference secrets"), "{err}");
-}
-
-fn kubectl_as_in(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    let out = c.kubectl_output(&all, Some(stdin));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }

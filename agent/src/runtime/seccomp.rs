@@ -12,8 +12,10 @@ use std::path::{Component, Path};
 
 use serde_json::{Value, json};
 
-/// The vendored default profile.
-const DEFAULT_PROFILE: &str = include_str!("../../vendor/seccomp/default.json");
+/// The vendored default profile, parsed once.
+static DEFAULT_PROFILE: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    serde_json::from_str(include_str!("../../vendor/seccomp/default.json")).expect("the vendored profile is JSON")
+});
 
 /// A container's seccomp profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +118,7 @@ fn strings(v: Option<&Value>) -> Vec<&str> {
 /// (`CAP_…` names) on architecture `arch` (`amd64`): the rules whose `includes` all hold and whose `excludes` do
 /// not, as Docker's and containerd's loaders keep them.
 pub fn runtime_default(caps: &[String], arch: &str) -> Value {
-    let profile: Value = serde_json::from_str(DEFAULT_PROFILE).expect("the vendored profile is JSON");
+    let profile: &Value = &DEFAULT_PROFILE;
     let scmp_arch = match arch {
         "amd64" => "SCMP_ARCH_X86_64",
         "arm64" => "SCMP_ARCH_AARCH64",

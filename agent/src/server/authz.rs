@@ -22,10 +22,7 @@ pub struct Caller {
 
 /// The caller named by a DER certificate.
 pub fn caller_of(der: &[u8]) -> Option<Caller> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    let (name, groups) = skiff_client::identity::subject_of(der)?;
     Some(Caller { name, groups })
 }
 

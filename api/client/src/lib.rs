@@ -2,11 +2,13 @@
 //!
 //! - [`connect`]: a `kube::Client` from a kubeconfig file, or from the in-cluster service-account token;
 //! - [`events`]: a recorder of core/v1 Events (what `kubectl describe` shows);
+//! - [`identity`]: the user and groups a client certificate names;
 //! - re-exports of the kube-runtime pieces in use (watcher, reflector, Controller).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod events;
+pub mod identity;
 pub mod metrics;
 
 use std::path::Path;

@@ -15,6 +15,11 @@ pub const BUSYBOX: &str = "busybox";
 
 /// A cluster of `nodes` nodes, or `None` (with the reason printed) when the test cannot run here.
 pub fn cluster(what: &str, nodes: usize) -> Option<Cluster> {
+    cluster_with(what, nodes, &[])
+}
+
+/// As [`cluster`], with extra flags for every agent.
+pub fn cluster_with(what: &str, nodes: usize, agent_args: &[&str]) -> Option<Cluster> {
     if !skiff_testkit::require_privileges(what) {
         return None;
     }
@@ -24,15 +29,6 @@ pub fn cluster(what: &str, nodes: usize) -> Option<Cluster> {
         text.contains("docker.io/skiff/echo:v1") && text.contains("docker.io/library/busybox:latest"),
         "the built-in images are missing from /var/lib/skiff/images: run scripts/setup"
     );
-    let cfg = ClusterConfig::new(env!("CARGO_BIN_EXE_skiff").into(), nodes);
-    Some(Cluster::start(cfg).expect("starting the cluster"))
-}
-
-/// As [`cluster`], with extra flags for every agent.
-pub fn cluster_with(what: &str, nodes: usize, agent_args: &[&str]) -> Option<Cluster> {
-    if !skiff_testkit::require_privileges(what) {
-        return None;
-    }
     let mut cfg = ClusterConfig::new(env!("CARGO_BIN_EXE_skiff").into(), nodes);
     cfg.agent_args.extend(agent_args.iter().map(|a| a.to_string()));
     Some(Cluster::start(cfg).expect("starting the cluster"))

@@ -165,8 +165,8 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
     };
     match user {
         Some(u) => {
-            let watch = Query::parse(req.uri().query()).flag("watch");
-            let attrs = crate::rbac::attributes::of_request(req.method().as_str(), &path, watch);
+            let query = Query::parse(req.uri().query());
+            let attrs = crate::rbac::attributes::of_request(req.method().as_str(), &path, query.flag("watch"));
             let u = match api.authorize(u, req.headers(), &attrs).await {
                 Ok(u) => u,
                 Err(e) => {
@@ -177,7 +177,7 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
                     return refuse(req, e).await;
                 }
             };
-            let follow = Query::parse(req.uri().query()).flag("follow");
+            let follow = query.flag("follow");
             let exempt = u.groups.iter().any(|g| g == crate::rbac::authorizer::SUPERUSER_GROUP);
             let _permit = if exempt || limits::is_long_running(&attrs, follow) {
                 None

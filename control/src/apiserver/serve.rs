@@ -99,11 +99,7 @@ pub fn tls_config(pki: &Pki) -> Result<(rustls::ServerConfig, Arc<ServingCert>),
 
 /// The user named by a verified client certificate: CN is the name, each O a group.
 pub fn identity_of(der: &[u8]) -> Option<User> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let mut groups: Vec<String> =
-        subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    let (name, mut groups) = skiff_client::identity::subject_of(der)?;
     groups.push("system:authenticated".into());
     Some(User { name, groups })
 }

@@ -43,6 +43,18 @@ impl Attributes {
         }
     }
 
+    /// A subresource request's attributes.
+    pub fn subresource(verb: &str, group: &str, resource: &str, sub: &str, namespace: &str, name: &str) -> Attributes {
+        Attributes::Resource {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
     /// The verb.
     pub fn verb(&self) -> &str {
         match self {
@@ -100,15 +112,10 @@ pub fn of_request(method: &str, path: &str, watch: bool) -> Attributes {
 mod tests {
     use super::*;
 
+    use Attributes as A;
+
     fn res(verb: &str, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Attributes {
-        Attributes::Resource {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            subresource: sub.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        }
+        A::subresource(verb, group, resource, sub, ns, name)
     }
 
     #[test]

@@ -119,15 +119,10 @@ mod tests {
         Policy::from_objects(objects.iter())
     }
 
+    use Attributes as A;
+
     fn res(verb: &str, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Attributes {
-        Attributes::Resource {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            subresource: sub.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        }
+        A::subresource(verb, group, resource, sub, ns, name)
     }
 
     #[test]
