@@ -32,6 +32,9 @@ fn pods_on_one_node_behave_as_in_kubernetes() {
     if wanted("cp") {
         cp_copies_files_both_ways(&c);
     }
+    if wanted("portforward") {
+        port_forward_reaches_pods_and_services(&c);
+    }
     if wanted("dns") {
         cluster_dns_answers_from_inside_a_pod(&c);
     }
@@ -120,6 +123,82 @@ fn exec_reports_exit_codes_and_takes_stdin(c: &Cluster) {
     assert_eq!(out, "hello through stdin\n");
     let (code, out, _) = exec(c, "duo", "web", &["cat", "/etc/hostname"], None);
     assert_eq!((code, out.trim()), (0, "duo"));
+}
+
+/// `kubectl port-forward TARGET 0:PORT` with a given kubectl, in the server's namespace; the local port it chose.
+fn port_forward(c: &Cluster, kubectl: &std::path::Path, target: &str, port: &str) -> (skiff_testkit::Child, u16) {
+    let mut cmd = c.server_ns.command(kubectl);
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(["port-forward", "--address", "127.0.0.1", target]);
+    cmd.arg(format!("0:{port}"));
+    let mut child = skiff_testkit::Child::spawn(cmd, format!("kubectl port-forward {target}")).expect("kubectl runs");
+    let line = child
+        .read_line_starting("Forwarding from 127.0.0.1:")
+        .unwrap_or_else(|e| fail(c, &format!("port-forward {target} with {}: {e}", kubectl.display())));
+    let local = line.split_whitespace().next().and_then(|p| p.parse().ok());
+    let local = local.unwrap_or_else(|| fail(c, &format!("kubectl printed {line:?}")));
+    (child, local)
+}
+
+/// An HTTP GET through a local port in the server's namespace (bounded by curl's own limit).
+fn get_local(c: &Cluster, port: u16, path: &str) -> Result<String, String> {
+    c.server_ns
+        .exec("curl", &["-sS", "--max-time", "10", &format!("http://127.0.0.1:{port}{path}")])
+        .map_err(|e| e.to_string())
+}
+
+fn port_forward_reaches_pods_and_services(c: &Cluster) {
+    step("kubectl port-forward: pod and service, over SPDY (1.30) and WebSocket (1.31+), refused for the wrong user");
+    apply(
+        c,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: pf-svc}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    // kubectl 1.30 speaks SPDY on the upgraded connection; 1.31 and later tunnel it in WebSocket messages.
+    for (minor, target, port) in
+        [("1.30", "pod/duo", "8080"), ("1.32", "pod/duo", "8080"), ("1.33", "svc/pf-svc", "80")]
+    {
+        let kubectl = skiff_testkit::kubectl_version(minor);
+        let (_forward, local) = port_forward(c, &kubectl, target, port);
+        // Several connections through one forward, each a separate pair of streams.
+        for i in 0..3 {
+            let path = format!("/pf-{minor}-{i}");
+            let out = get_local(c, local, &path).unwrap_or_else(|e| fail(c, &format!("{minor} {target}: {e}")));
+            let v: serde_json::Value =
+                serde_json::from_str(out.trim()).unwrap_or_else(|e| fail(c, &format!("echo answered {out:?}: {e}")));
+            assert_eq!((v["pod"].as_str(), v["path"].as_str()), (Some("duo"), Some(path.as_str())), "kubectl {minor}");
+        }
+    }
+    // A port nothing listens on: the connection through the forward fails with kubelet's message on the error
+    // stream (kubectl 1.31+ then ends the forward: "lost connection to pod").
+    let (_forward, local) = port_forward(c, &skiff_testkit::kubectl_version("1.32"), "pod/duo", "9");
+    assert!(get_local(c, local, "/").is_err(), "nothing listens on port 9 in the pod");
+    // A user who may read pods but not port-forward to them is refused by the API server.
+    apply(
+        c,
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: mallory-reads}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
+"#,
+    );
+    let (ok, _, err) = c
+        .kubectl_output(&["--as=mallory", "port-forward", "pod/duo", "0:8080"], None)
+        .unwrap_or_else(|e| fail(c, &e.to_string()));
+    assert!(!ok && err.contains("cannot create resource \"pods/portforward\""), "mallory may not port-forward: {err}");
+    kubectl(c, &["delete", "service/pf-svc", "rolebinding/mallory-reads", "role/pod-reader"]);
 }
 
 fn cp_copies_files_both_ways(c: &Cluster) {

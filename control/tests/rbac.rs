@@ -374,7 +374,10 @@ fn the_escape_hatches_are_closed() {
     assert!(err.contains("cannot change roleRef"), "{err}");
 
     // token requests: only pods as bound objects, within the longest lifetime
-    let err = c.kubectl_fails(&["create", "token", "lead", "-n", "team", "--bound-object-kind=Secret", "--bound-object-name=x"], None);
+    let err = c.kubectl_fails(
+        &["create", "token", "lead", "-n", "team", "--bound-object-kind=Secret", "--bound-object-name=x"],
+        None,
+    );
     assert!(err.contains("spec.boundObjectRef.kind: Unsupported value: \"Secret\""), "{err}");
     let err = c.kubectl_fails(&["create", "token", "lead", "-n", "team", "--duration=2000000h"], None);
     assert!(err.contains("may not specify a duration longer than"), "{err}");

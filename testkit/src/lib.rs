@@ -36,6 +36,17 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id() % 100_000)
 }
 
+/// The path of a fixed kubectl version (`"1.31"`), installed beside the `kubectl` dispatcher on these machines.
+pub fn kubectl_version(minor: &str) -> std::path::PathBuf {
+    let dispatcher = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()))
+        .expect("kubectl is on PATH");
+    let dir = std::fs::canonicalize(&dispatcher).expect("kubectl resolves").parent().expect("a directory").to_owned();
+    let versioned = dir.join(format!("kubectl.{minor}"));
+    assert!(versioned.exists(), "{} is installed", versioned.display());
+    versioned
+}
+
 /// Runs a command to completion and turns a failure into an error that includes its stderr.
 pub fn run(cmd: &mut std::process::Command) -> std::io::Result<String> {
     let out = cmd.output()?;

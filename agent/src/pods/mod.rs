@@ -128,6 +128,10 @@ pub struct PodView {
     pub created: Option<String>,
     /// Containers by name.
     pub containers: BTreeMap<String, ContainerView>,
+    /// Its bound network namespace, once it has one (`None` for a `hostNetwork` pod or one not yet set up).
+    pub netns: Option<PathBuf>,
+    /// Whether it uses the node's network namespace.
+    pub host_network: bool,
 }
 
 /// (namespace, name) → view.

@@ -1170,6 +1170,8 @@ impl Worker {
             uid: self.rec.uid.clone(),
             created: self.pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
             containers,
+            netns: self.rec.net.as_ref().map(|n| n.netns.clone()),
+            host_network: self.host_network(),
         };
         if let Ok(mut v) = self.ctx.views.write() {
             v.insert((self.rec.namespace.clone(), self.rec.name.clone()), view);

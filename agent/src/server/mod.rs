@@ -1,11 +1,13 @@
 //! The kubelet-style HTTPS endpoint (client certificates signed by the cluster CA required, each caller authorized
 //! by [`authz`]): container logs,
-//! exec, `/healthz`, Prometheus `/metrics`, and `metrics.k8s.io` resource metrics; plus `/metrics` and `/healthz`
+//! exec, port-forward, `/healthz`, Prometheus `/metrics`, and `metrics.k8s.io` resource metrics; plus `/metrics` and `/healthz`
 //! over plain HTTP on the metrics address for Prometheus.
 
 pub mod authz;
 pub mod exec;
 pub mod logs;
+pub mod portforward;
+pub mod spdy;
 pub mod stats;
 pub mod tls;
 
@@ -165,6 +167,80 @@ async fn exec_handler(
     })
 }
 
+async fn portforward_handler(
+    State(s): State<Shared>,
+    Path((ns, pod)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let target = {
+        let Ok(views) = s.views.read() else { return text(StatusCode::INTERNAL_SERVER_ERROR, "state unavailable") };
+        let Some(view) = views.get(&(ns.clone(), pod.clone())) else {
+            return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found on this node"));
+        };
+        if view.netns.is_none() && !view.host_network {
+            return text(StatusCode::BAD_REQUEST, format!("pod {ns}/{pod} has no network yet"));
+        }
+        portforward::Target { pod: format!("{ns}/{pod}"), uid: view.uid.clone(), netns: view.netns.clone() }
+    };
+    let started = std::time::Instant::now();
+    let metrics = s.metrics.clone();
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    if upgrade == "websocket" {
+        use axum::extract::FromRequestParts as _;
+        let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(ws) => ws.protocols([portforward::WEBSOCKET_PROTOCOL]),
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.body_text()),
+        };
+        if ws.selected_protocol().is_none() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("port-forward over WebSocket needs the {} subprotocol", portforward::WEBSOCKET_PROTOCOL),
+            );
+        }
+        return ws.on_upgrade(move |socket| async move {
+            portforward::session(portforward::websocket_bytes(socket), target).await;
+            metrics.operation("port_forward", started.elapsed().as_secs_f64());
+        });
+    }
+    if !upgrade.starts_with("spdy/3.1") {
+        return text(StatusCode::BAD_REQUEST, "port-forward needs an upgrade to SPDY/3.1 or WebSocket");
+    }
+    let offered = parts
+        .headers
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == portforward::SPDY_PROTOCOL);
+    if !offered {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to upgrade: unable to negotiate protocol: the client must offer {}",
+                portforward::SPDY_PROTOCOL
+            ),
+        );
+    }
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "this connection cannot be upgraded");
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => portforward::session(TokioIo::new(io), target).await,
+            Err(e) => tracing::debug!(error = %e, "port-forward: the SPDY upgrade did not complete"),
+        }
+        metrics.operation("port_forward", started.elapsed().as_secs_f64());
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", portforward::SPDY_PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "building the answer failed"))
+}
+
 async fn metrics_handler(State(s): State<Shared>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, skiff_client::metrics::CONTENT_TYPE)], s.metrics.encode()).into_response()
 }
@@ -187,6 +263,7 @@ pub fn router(s: Shared) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec_handler).post(exec_handler))
+        .route("/portForward/{ns}/{pod}", get(portforward_handler).post(portforward_handler))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(pod_metrics))
         .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(node_metrics))
         .layer(axum::middleware::from_fn_with_state(s.clone(), authz::authorize))

@@ -111,6 +111,18 @@ impl Api {
         }
         let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
         let pod = self.get(info, Some(ns), name).await?.object;
+        let node_name = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?
+            .to_string();
+        if sub == "portforward" {
+            // Ports travel in the stream headers; no container is named.
+            return self
+                .proxy_to_node(&node_name, method, &format!("/portForward/{ns}/{name}"), q, headers, body, upgrade)
+                .await;
+        }
         let containers: Vec<String> = pod
             .pointer("/spec/containers")
             .and_then(Value::as_array)
@@ -136,11 +148,6 @@ impl Api {
         if !all_containers {
             return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
         }
-        let node_name = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
         if sub == "log" {
             let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
             let started = pod
@@ -160,6 +167,28 @@ impl Api {
                 )));
             }
         }
+        let path = match sub {
+            "log" => format!("/containerLogs/{ns}/{name}/{container}"),
+            "exec" => format!("/exec/{ns}/{name}/{container}"),
+            "attach" => format!("/attach/{ns}/{name}/{container}"),
+            other => format!("/{other}/{ns}/{name}"),
+        };
+        self.proxy_to_node(&node_name, method, &path, q, headers, body, upgrade).await
+    }
+
+    /// Sends a request to the agent of `node_name` at `path` with the query (less `container`, which the path
+    /// names).
+    #[allow(clippy::too_many_arguments)]
+    async fn proxy_to_node(
+        &self,
+        node_name: &str,
+        method: &Method,
+        path: &str,
+        q: &Query,
+        headers: &HeaderMap,
+        body: Body,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> ApiResult<Response> {
         let node = self.get(&self.builtin("", "nodes"), None, node_name).await?.object;
         let (ip, port) = node_endpoint(&node).ok_or_else(|| {
             ApiError::internal("proxying to the node", &format!("node {node_name} has no agent endpoint"))
@@ -168,16 +197,10 @@ impl Api {
             .agent_tls
             .clone()
             .ok_or_else(|| ApiError::internal("proxying to the node", &"no agent client credentials"))?;
-        let path = match sub {
-            "log" => format!("/containerLogs/{ns}/{name}/{container}"),
-            "exec" => format!("/exec/{ns}/{name}/{container}"),
-            "attach" => format!("/attach/{ns}/{name}/{container}"),
-            other => format!("/{other}/{ns}/{name}"),
-        };
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(q.pairs().iter().filter(|(k, _)| k != "container"))
             .finish();
-        let uri = if query.is_empty() { path } else { format!("{path}?{query}") };
+        let uri = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
         proxy_to(tls, &ip, port, method, &uri, headers, body, upgrade).await
     }
 }

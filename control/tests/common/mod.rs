@@ -134,13 +134,8 @@ impl Cluster {
 
 /// The path of a fixed kubectl version (`1.31`), installed beside the `kubectl` dispatcher on these machines.
 pub fn kubectl_version(minor: &str) -> &'static str {
-    let dispatcher = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()))
-        .expect("kubectl is on PATH");
-    let dir = std::fs::canonicalize(&dispatcher).expect("kubectl resolves").parent().expect("a directory").to_owned();
-    let versioned = dir.join(format!("kubectl.{minor}"));
-    assert!(versioned.exists(), "{} is installed", versioned.display());
-    Box::leak(versioned.to_string_lossy().into_owned().into_boxed_str())
+    let path = skiff_testkit::kubectl_version(minor);
+    Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
 }
 
 /// One test per kubectl version the server supports (1.31, 1.32, 1.33), each running `$check` with that kubectl.
