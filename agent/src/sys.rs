@@ -20,3 +20,22 @@ pub fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     // it, so handing its ownership to an OwnedFd is sound.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
+
+/// Receives one descriptor sent with `SCM_RIGHTS` on a connected Unix socket (blocking), as runc sends a
+/// terminal's master end to its `--console-socket`.
+pub fn recv_fd(sock: &impl AsRawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            return Ok(own_fd(*fd));
+        }
+    }
+    Err(std::io::Error::other("no descriptor in the message"))
+}

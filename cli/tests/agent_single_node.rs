@@ -32,6 +32,9 @@ fn pods_on_one_node_behave_as_in_kubernetes() {
     if wanted("cp") {
         cp_copies_files_both_ways(&c);
     }
+    if wanted("attach") {
+        attach_joins_a_running_container_and_run_i_rm_cleans_up(&c);
+    }
     if wanted("portforward") {
         port_forward_reaches_pods_and_services(&c);
     }
@@ -146,6 +149,108 @@ fn get_local(c: &Cluster, port: u16, path: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A Role letting `user` read pods (and nothing else), removed on drop.
+struct PodReader<'a>(&'a Cluster);
+
+impl<'a> PodReader<'a> {
+    fn bind(c: &'a Cluster, user: &str) -> Self {
+        apply(
+            c,
+            &format!(
+                r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader}}
+rules: [{{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: pod-reader}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]
+"#
+            ),
+        );
+        PodReader(c)
+    }
+}
+
+impl Drop for PodReader<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kubectl_output(&["delete", "rolebinding/pod-reader", "role/pod-reader"], None);
+    }
+}
+
+fn attach_joins_a_running_container_and_run_i_rm_cleans_up(c: &Cluster) {
+    step("kubectl attach and kubectl run -i --rm: stdin to the main process, its output back, the pod removed");
+    // run -i --rm: kubectl creates the pod (stdin, stdinOnce), attaches, sends its stdin, and deletes the pod after.
+    let mut cmd = c.server_ns.command("kubectl");
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig);
+    cmd.args(["run", "reader", "-i", "--rm", "--restart=Never", "--image", BUSYBOX, "--"]);
+    cmd.args(["sh", "-c", r#"read line; echo "got: $line"; read more || echo "stdin closed""#]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"hello attach\n").expect("stdin");
+        // Dropping it ends kubectl's stdin: with stdinOnce, the container's stdin closes and `read more` fails.
+    }
+    let done = wait_for(Duration::from_secs(90), "kubectl run -i --rm to end", || child.try_wait().ok().flatten());
+    if let Err(e) = done {
+        let _ = child.kill();
+        fail(c, &e.to_string());
+    }
+    let out = child.wait_with_output().expect("kubectl ends");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubectl run -i --rm: {stdout}{stderr}");
+    assert!(stdout.contains("got: hello attach"), "the container read kubectl's stdin: {stdout:?} {stderr:?}");
+    assert!(stdout.contains("stdin closed"), "stdinOnce closed the container's stdin: {stdout:?}");
+    wait_gone(c, "reader", Duration::from_secs(60));
+
+    // attach to a running container: its output from now on; leaving does not stop it.
+    apply(
+        c,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ticker}}
+spec:
+  nodeName: n1
+  containers:
+  - name: t
+    image: {BUSYBOX}
+    stdin: true
+    command: ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done & cat"]
+"#
+        ),
+    );
+    wait_pod(c, "ticker", Duration::from_secs(60), "running", |p| {
+        container_status(p, "t").is_some_and(|s| s.pointer("/state/running").is_some())
+    });
+    for round in 0..2 {
+        let mut cmd = c.server_ns.command("kubectl");
+        cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(["attach", "-i", "ticker"]);
+        let mut session = skiff_testkit::Child::spawn(cmd, "kubectl attach").expect("kubectl runs");
+        session.read_line_starting("tick ").unwrap_or_else(|e| fail(c, &format!("attach round {round}: {e}")));
+        // Without stdinOnce the container's stdin stays open across sessions: cat echoes each session's input.
+        let word = format!("echoed-{round}");
+        session.send_line(&word).expect("stdin");
+        session.read_line_starting(&word).unwrap_or_else(|e| fail(c, &format!("attach round {round} stdin: {e}")));
+    }
+    let p = pod(c, "ticker").expect("ticker");
+    let t = container_status(&p, "t").expect("status");
+    assert!(t.pointer("/state/running").is_some() && t["restartCount"] == 0, "leaving did not stop it: {t}");
+
+    // A user who may read pods but not attach to them is refused.
+    let _reader = PodReader::bind(c, "mallory");
+    let (ok, _, err) =
+        c.kubectl_output(&["--as=mallory", "attach", "ticker"], None).unwrap_or_else(|e| fail(c, &e.to_string()));
+    assert!(!ok && err.contains("cannot create resource \"pods/attach\""), "mallory may not attach: {err}");
+    kubectl(c, &["delete", "pod", "ticker", "--grace-period=1"]);
+}
+
 fn port_forward_reaches_pods_and_services(c: &Cluster) {
     step("kubectl port-forward: pod and service, over SPDY (1.30) and WebSocket (1.31+), refused for the wrong user");
     apply(
@@ -179,26 +284,12 @@ spec:
     let (_forward, local) = port_forward(c, &skiff_testkit::kubectl_version("1.32"), "pod/duo", "9");
     assert!(get_local(c, local, "/").is_err(), "nothing listens on port 9 in the pod");
     // A user who may read pods but not port-forward to them is refused by the API server.
-    apply(
-        c,
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: pod-reader}
-rules: [{apiGroups: [""], resources: [pods], verbs: [get, list]}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: mallory-reads}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
-"#,
-    );
+    let _reader = PodReader::bind(c, "mallory");
     let (ok, _, err) = c
         .kubectl_output(&["--as=mallory", "port-forward", "pod/duo", "0:8080"], None)
         .unwrap_or_else(|e| fail(c, &e.to_string()));
     assert!(!ok && err.contains("cannot create resource \"pods/portforward\""), "mallory may not port-forward: {err}");
-    kubectl(c, &["delete", "service/pf-svc", "rolebinding/mallory-reads", "role/pod-reader"]);
+    kubectl(c, &["delete", "service/pf-svc"]);
 }
 
 fn cp_copies_files_both_ways(c: &Cluster) {

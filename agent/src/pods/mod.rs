@@ -117,6 +117,10 @@ pub struct ContainerView {
     pub previous_log: Option<PathBuf>,
     /// Its cgroup, relative to the agent's.
     pub cgroup: Option<String>,
+    /// The current run's bundle directory (where its attach socket is).
+    pub bundle: Option<PathBuf>,
+    /// Whether it was given a terminal (`tty: true`).
+    pub tty: bool,
 }
 
 /// One pod as the kubelet endpoint sees it.

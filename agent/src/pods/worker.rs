@@ -829,8 +829,18 @@ impl Worker {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::remove_file(&log);
-        let launched =
-            self.ctx.runtime.launch(&LaunchSpec { id: id.clone(), bundle: bundle.clone(), log_path: log }).await;
+        let launched = self
+            .ctx
+            .runtime
+            .launch(&LaunchSpec {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                log_path: log,
+                stdin: c.stdin == Some(true),
+                stdin_once: c.stdin_once == Some(true),
+                tty: c.tty == Some(true),
+            })
+            .await;
         self.ctx.metrics.operation("start_container", started.elapsed().as_secs_f64());
         let now = now_str();
         let r = self.rec.containers.entry(name.clone()).or_default();
@@ -1163,6 +1173,8 @@ impl Worker {
                         .map(|i| self.log_path(name, i.attempt - 1))
                         .filter(|p| p.exists()),
                     cgroup: cur.filter(|i| i.exit.is_none()).map(|i| self.ctx.container_cgroup(&self.rec.uid, &i.id)),
+                    bundle: cur.map(|i| self.ctx.paths.container(&i.id)),
+                    tty: self.container_spec(name).is_some_and(|(c, _)| c.tty == Some(true)),
                 },
             );
         }

@@ -7,10 +7,12 @@
 //! collects its exit status, the agent can be restarted (or killed) without stopping its containers or losing
 //! their exit codes: **fail-static**. The agent learns about exits by watching the `exits/` directory ([`exits`]).
 
+pub mod attach;
 pub mod exits;
 pub mod runc;
 pub mod seccomp;
 pub mod shim;
+pub mod shim_attach;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +64,12 @@ pub struct LaunchSpec {
     pub bundle: PathBuf,
     /// The CRI-format log file.
     pub log_path: PathBuf,
+    /// Keep stdin open for attached sessions (`stdin: true`).
+    pub stdin: bool,
+    /// Close it after the first session that used it (`stdinOnce: true`).
+    pub stdin_once: bool,
+    /// Run on a terminal (`tty: true`).
+    pub tty: bool,
 }
 
 /// A started container.

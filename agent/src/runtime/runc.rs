@@ -76,6 +76,9 @@ impl Runtime for Runc {
             log: spec.log_path.clone(),
             exit: self.exits.join(format!("{}.json", spec.id)),
             log_max: self.log_max,
+            stdin: spec.stdin,
+            stdin_once: spec.stdin_once,
+            tty: spec.tty,
         };
         let _ = std::fs::remove_file(&args.exit);
         let io = |context: String| move |source| RuntimeError::Io { context, source };

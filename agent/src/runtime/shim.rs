@@ -8,13 +8,19 @@
 //! 3. prints `started <pid>` (or `failed <message>`) on stdout for the agent, once;
 //! 4. copies the pipes to the log file in the CRI format (`<RFC 3339 nanos> stdout|stderr F|P <line>`), rotating the
 //!    file (to `<file>.1`) past `--log-max` bytes;
-//! 5. when the container ends, drains the pipes (at most 2 s) and writes the exit record `--exit` atomically.
+//! 5. serves the attach socket (`attach.sock` in the bundle, see [`super::attach`]): output to every attached
+//!    session, and stdin (a pipe, with `--stdin true`) from them;
+//! 6. when the container ends, drains the pipes (at most 2 s) and writes the exit record `--exit` atomically.
 //!
-//! It uses blocking I/O and `poll(2)` on the two pipes and a signalfd for SIGCHLD: one thread, no runtime.
+//! With `--tty true` runc hands the shim the terminal's master end (through a console socket) and that one
+//! descriptor is the container's output and input.
+//!
+//! It uses `poll(2)` on the pipes, the attach sessions and a signalfd for SIGCHLD: one thread, no runtime.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +33,18 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::ExitRecord;
+use super::attach;
+use super::shim_attach::Attach;
+
+/// The console socket's name in the bundle (runc sends the terminal's master end there).
+const CONSOLE_SOCKET: &str = "console.sock";
+
+fn set_nonblocking(fd: &impl AsFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(std::io::Error::from)?;
+    Ok(())
+}
 
 /// Longest line kept whole; longer output is split into partial (`P`) records, like CRI runtimes do.
 const MAX_LINE: usize = 16 * 1024;
@@ -48,6 +66,12 @@ pub struct ShimArgs {
     pub exit: PathBuf,
     /// Rotation size.
     pub log_max: u64,
+    /// The container reads stdin (`stdin: true`): a pipe the attach socket writes to.
+    pub stdin: bool,
+    /// Close stdin when the first attached session that used it ends (`stdinOnce`).
+    pub stdin_once: bool,
+    /// The container runs on a terminal (`tty: true`).
+    pub tty: bool,
 }
 
 impl ShimArgs {
@@ -69,6 +93,12 @@ impl ShimArgs {
             p(&self.exit),
             "--log-max".into(),
             self.log_max.to_string(),
+            "--stdin".into(),
+            self.stdin.to_string(),
+            "--stdin-once".into(),
+            self.stdin_once.to_string(),
+            "--tty".into(),
+            self.tty.to_string(),
         ]
     }
 
@@ -86,6 +116,9 @@ impl ShimArgs {
                 "--log" => a.log = value.into(),
                 "--exit" => a.exit = value.into(),
                 "--log-max" => a.log_max = value.parse().map_err(|_| format!("bad --log-max {value}"))?,
+                "--stdin" => a.stdin = value.parse().map_err(|_| format!("bad --stdin {value}"))?,
+                "--stdin-once" => a.stdin_once = value.parse().map_err(|_| format!("bad --stdin-once {value}"))?,
+                "--tty" => a.tty = value.parse().map_err(|_| format!("bad --tty {value}"))?,
                 other => return Err(format!("unknown shim flag {other}")),
             }
         }
@@ -149,25 +182,56 @@ fn run(args: &ShimArgs) -> std::io::Result<()> {
     let sigfd =
         SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)?;
 
-    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    // Socket paths go through a descriptor of the bundle directory: the bundle's own path may be too long for one.
+    let bundle_dir = File::open(&args.bundle)?;
+    let via_dir =
+        |name: &str| PathBuf::from(format!("/proc/{}/fd/{}/{name}", std::process::id(), bundle_dir.as_raw_fd()));
+    let _ = std::fs::remove_file(args.bundle.join(attach::SOCKET));
+    let attach_listener = UnixListener::bind(via_dir(attach::SOCKET))?;
+    attach_listener.set_nonblocking(true)?;
+    let console = if args.tty {
+        let _ = std::fs::remove_file(args.bundle.join(CONSOLE_SOCKET));
+        Some(UnixListener::bind(via_dir(CONSOLE_SOCKET))?)
+    } else {
+        None
+    };
+    let mut stdin_write: Option<File> = None;
+    let mut runc_stdin = Stdio::null();
+    if args.stdin && !args.tty {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        set_nonblocking(&w)?;
+        stdin_write = Some(File::from(w));
+        runc_stdin = Stdio::from(r);
+    }
+    let mut pipes = Vec::new();
+    let (runc_out, runc_err) = if args.tty {
+        (Stdio::null(), Stdio::null())
+    } else {
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        pipes.push(Stream::new("stdout", attach::kind::STDOUT, out_r));
+        pipes.push(Stream::new("stderr", attach::kind::STDERR, err_r));
+        (Stdio::from(out_w), Stdio::from(err_w))
+    };
     let runc_log = args.bundle.join("runc.log");
     let pid_file = args.bundle.join("pid");
     let _ = std::fs::remove_file(&pid_file);
-    let status = Command::new(&args.runc)
-        .arg("--root")
-        .arg(&args.root)
-        .arg("--log")
-        .arg(&runc_log)
-        .args(["--log-format", "json", "run", "--detach", "--bundle"])
+    let mut runc = Command::new(&args.runc);
+    runc.arg("--root").arg(&args.root).arg("--log").arg(&runc_log).args(["--log-format", "json", "run", "--detach"]);
+    if console.is_some() {
+        runc.arg("--console-socket").arg(via_dir(CONSOLE_SOCKET));
+    }
+    let status = runc
+        .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
+        .stdin(runc_stdin)
+        .stdout(runc_out)
+        .stderr(runc_err)
         .status();
+    drop(runc);
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -184,10 +248,38 @@ fn run(args: &ShimArgs) -> std::io::Result<()> {
         say(&format!("failed {}", msg.replace('\n', " ")));
         return Ok(());
     };
+    let mut terminal = None;
+    if let Some(listener) = console {
+        let _ = std::fs::remove_file(args.bundle.join(CONSOLE_SOCKET));
+        // runc sent the terminal before it returned; the message waits in the socket.
+        listener.set_nonblocking(true)?;
+        let master = listener.accept().and_then(|(sock, _)| crate::sys::recv_fd(&sock)).map(File::from);
+        match master {
+            Ok(m) => {
+                let reader = m.try_clone()?;
+                // The one open file description is shared: non-blocking for the stdin writer, which the output
+                // reader tolerates (it reads only after poll says so, and treats EAGAIN as "nothing yet").
+                set_nonblocking(&m)?;
+                pipes.push(Stream::new("stdout", attach::kind::STDOUT, reader.into()));
+                if args.stdin {
+                    stdin_write = Some(m.try_clone()?);
+                }
+                terminal = Some(m);
+            }
+            Err(e) => {
+                let msg = format!("receiving the container's terminal from runc: {e}");
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = write_exit(&args.exit, &start_failure(&msg));
+                say(&format!("failed {msg}"));
+                return Ok(());
+            }
+        }
+    }
+    let mut attach = Attach::new(attach_listener, stdin_write, args.stdin_once, terminal);
     say(&format!("started {pid}"));
 
     let mut log = LogFile::open(&args.log, args.log_max)?;
-    let mut streams = [Stream::new("stdout", out_r), Stream::new("stderr", err_r)];
+    let mut streams = pipes;
     let mut exit: Option<ExitRecord> = None;
     let mut drain_deadline: Option<Instant> = None;
     loop {
@@ -203,26 +295,35 @@ fn run(args: &ShimArgs) -> std::io::Result<()> {
             Some(_) => PollTimeout::from(100u16),
             None => PollTimeout::NONE,
         };
-        let (ready_out, ready_err, ready_sig) = {
-            let mut fds = Vec::with_capacity(3);
+        let (ready, ready_sig, attach_events) = {
+            let attach_set = attach.poll_set();
+            let mut fds = Vec::with_capacity(streams.len() + 1 + attach_set.len());
             for s in &streams {
                 let flags = if s.eof { PollFlags::empty() } else { PollFlags::POLLIN };
                 fds.push(PollFd::new(s.fd.as_fd(), flags));
             }
             fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
+            fds.extend(attach_set.iter().map(|(fd, flags)| PollFd::new(*fd, *flags)));
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
-            let hit = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            (hit(&fds[0]), hit(&fds[1]), hit(&fds[2]))
+            let events: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+            let n = streams.len();
+            (
+                events[..n].iter().map(|e| !e.is_empty()).collect::<Vec<bool>>(),
+                !events[n].is_empty(),
+                events[n + 1..].to_vec(),
+            )
         };
-        for (ready, s) in [(ready_out, 0usize), (ready_err, 1usize)] {
-            if ready {
-                streams[s].read_into(&mut log)?;
+        for (i, hit) in ready.into_iter().enumerate() {
+            if hit {
+                let data = streams[i].read_into(&mut log)?;
+                attach.broadcast(streams[i].kind, &data);
             }
         }
+        attach.handle(&attach_events);
         if ready_sig {
             while let Ok(Some(_)) = sigfd.read_signal() {}
             loop {
@@ -252,6 +353,8 @@ fn run(args: &ShimArgs) -> std::io::Result<()> {
             }
         }
     }
+    attach.finish(Duration::from_secs(1));
+    let _ = std::fs::remove_file(args.bundle.join(attach::SOCKET));
     for s in &mut streams {
         s.flush_partial(&mut log)?;
     }
@@ -271,22 +374,25 @@ fn start_failure(msg: &str) -> ExitRecord {
 /// One of the container's output pipes.
 struct Stream {
     name: &'static str,
+    kind: u8,
     fd: File,
     buf: Vec<u8>,
     eof: bool,
 }
 
 impl Stream {
-    fn new(name: &'static str, fd: OwnedFd) -> Self {
-        Stream { name, fd: File::from(fd), buf: Vec::new(), eof: false }
+    fn new(name: &'static str, kind: u8, fd: OwnedFd) -> Self {
+        Stream { name, kind, fd: File::from(fd), buf: Vec::new(), eof: false }
     }
 
-    fn read_into(&mut self, log: &mut LogFile) -> std::io::Result<()> {
+    /// Reads what is there into the log; returns the bytes read (for attached sessions).
+    fn read_into(&mut self, log: &mut LogFile) -> std::io::Result<Vec<u8>> {
         let mut chunk = [0u8; 65536];
         match self.fd.read(&mut chunk) {
             Ok(0) => {
                 self.eof = true;
-                self.flush_partial(log)
+                self.flush_partial(log)?;
+                Ok(Vec::new())
             }
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
@@ -298,12 +404,16 @@ impl Stream {
                     let part: Vec<u8> = self.buf.drain(..MAX_LINE).collect();
                     log.record(self.name, 'P', &part)?;
                 }
-                Ok(())
+                Ok(chunk[..n].to_vec())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {
+                Ok(Vec::new())
+            }
             Err(_) => {
+                // EIO from a terminal whose container ended is its end of output.
                 self.eof = true;
-                self.flush_partial(log)
+                self.flush_partial(log)?;
+                Ok(Vec::new())
             }
         }
     }
@@ -365,11 +475,15 @@ mod tests {
             log: "/l".into(),
             exit: "/e.json".into(),
             log_max: 4096,
+            stdin: true,
+            stdin_once: true,
+            tty: false,
         };
         let b = ShimArgs::parse(&a.to_flags()).expect("parses");
         assert_eq!(b.id, "c1");
         assert_eq!(b.exit, PathBuf::from("/e.json"));
         assert_eq!(b.log_max, 4096);
+        assert!(b.stdin && b.stdin_once && !b.tty);
         assert!(ShimArgs::parse(&["--id".into()]).is_err());
     }
 

@@ -33,6 +33,15 @@ pub struct ExecOptions {
 impl ExecOptions {
     /// From query pairs.
     pub fn from_query(pairs: &[(String, String)]) -> Result<Self, String> {
+        let o = Self::streams_from_query(pairs)?;
+        if o.command.is_empty() {
+            return Err("you must specify at least 1 command".into());
+        }
+        Ok(o)
+    }
+
+    /// The streams an attach asks for (a command, if given, is ignored).
+    pub fn streams_from_query(pairs: &[(String, String)]) -> Result<Self, String> {
         let mut o = ExecOptions::default();
         for (k, v) in pairs {
             let on = v == "true" || v == "1";
@@ -44,9 +53,6 @@ impl ExecOptions {
                 "tty" => o.tty = on,
                 _ => {}
             }
-        }
-        if o.command.is_empty() {
-            return Err("you must specify at least 1 command".into());
         }
         if !(o.stdin || o.stdout || o.stderr) {
             return Err("you must specify at least one of stdin, stdout, stderr".into());
@@ -66,7 +72,27 @@ pub fn status_message(code: i32) -> serde_json::Value {
     }
 }
 
-fn frame(channel: u8, data: &[u8]) -> Message {
+/// A task sending the messages of the returned channel, then a normal close frame once the channel closes: kubectl's
+/// WebSocket executor treats any other closure (even one without a code, 1005) as an error of the session.
+pub(super) fn writer(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let task = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let normal = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
+        let _ = sink.send(Message::Close(Some(normal))).await;
+        let _ = sink.close().await;
+    });
+    (tx, task)
+}
+
+/// A channel message: the channel byte, then the data.
+pub(super) fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
     v.extend_from_slice(data);
@@ -87,22 +113,8 @@ async fn receive_master(listener: tokio::net::UnixListener) -> std::io::Result<O
         .map_err(|_| std::io::Error::other("runc did not send the terminal"))??;
     let std_stream = stream.into_std()?;
     std_stream.set_nonblocking(false)?;
-    tokio::task::spawn_blocking(move || -> std::io::Result<OwnedFd> {
-        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-        use std::os::fd::AsRawFd as _;
-        let mut buf = [0u8; 4096];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(std_stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
-            .map_err(std::io::Error::from)?;
-        for c in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(fds) = c
-                && let Some(fd) = fds.first()
-            {
-                return Ok(crate::sys::own_fd(*fd));
-            }
-        }
-        Err(std::io::Error::other("no terminal descriptor in runc's message"))
+    tokio::task::spawn_blocking(move || {
+        crate::sys::recv_fd(&std_stream).map_err(|e| std::io::Error::other(format!("runc's terminal message: {e}")))
     })
     .await
     .map_err(std::io::Error::other)?
@@ -117,20 +129,8 @@ pub async fn session(
     scratch: std::path::PathBuf,
     v5: bool,
 ) {
-    let (mut sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            if sink.send(m).await.is_err() {
-                break;
-            }
-        }
-        // A close frame with status 1000: kubectl's WebSocket executor treats any other closure (even one without
-        // a code, 1005) as an error of the session.
-        let normal = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
-        let _ = sink.send(Message::Close(Some(normal))).await;
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = socket.split();
+    let (out_tx, writer) = writer(sink);
     let code = run(&mut stream, &out_tx, runtime, &id, &opts, &scratch, v5).await;
     let status = match code {
         Ok(code) => status_message(code),

@@ -1,8 +1,9 @@
 //! The kubelet-style HTTPS endpoint (client certificates signed by the cluster CA required, each caller authorized
 //! by [`authz`]): container logs,
-//! exec, port-forward, `/healthz`, Prometheus `/metrics`, and `metrics.k8s.io` resource metrics; plus `/metrics` and `/healthz`
+//! exec, attach, port-forward, `/healthz`, Prometheus `/metrics`, and `metrics.k8s.io` resource metrics; plus `/metrics` and `/healthz`
 //! over plain HTTP on the metrics address for Prometheus.
 
+pub mod attach;
 pub mod authz;
 pub mod exec;
 pub mod logs;
@@ -167,6 +168,36 @@ async fn exec_handler(
     })
 }
 
+async fn attach_handler(
+    State(s): State<Shared>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let opts = match exec::ExecOptions::streams_from_query(&pairs(q)) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let view = match find(&s, &ns, &pod, &container) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let (Some(bundle), true) = (view.bundle, view.running) else {
+        return text(StatusCode::BAD_REQUEST, format!("container {container} is not running"));
+    };
+    let Ok(ws) = ws else {
+        return text(StatusCode::BAD_REQUEST, "attach needs a WebSocket upgrade (v5.channel.k8s.io)");
+    };
+    let started = std::time::Instant::now();
+    let metrics = s.metrics.clone();
+    let ws = ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"]);
+    let v5 = ws.selected_protocol().and_then(|p| p.to_str().ok()) == Some("v5.channel.k8s.io");
+    ws.on_upgrade(move |socket| async move {
+        attach::session(socket, bundle, opts, v5).await;
+        metrics.operation("attach", started.elapsed().as_secs_f64());
+    })
+}
+
 async fn portforward_handler(
     State(s): State<Shared>,
     Path((ns, pod)): Path<(String, String)>,
@@ -263,6 +294,7 @@ pub fn router(s: Shared) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec_handler).post(exec_handler))
+        .route("/attach/{ns}/{pod}/{container}", get(attach_handler).post(attach_handler))
         .route("/portForward/{ns}/{pod}", get(portforward_handler).post(portforward_handler))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(pod_metrics))
         .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(node_metrics))
