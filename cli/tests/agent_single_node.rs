@@ -208,6 +208,41 @@ fn attach_joins_a_running_container_and_run_i_rm_cleans_up(c: &Cluster) {
     assert!(stdout.contains("stdin closed"), "stdinOnce closed the container's stdin: {stdout:?}");
     wait_gone(c, "reader", Duration::from_secs(60));
 
+    // run -it: the container gets a terminal (runc's console, held by the shim); kubectl needs one too (script's).
+    let inner = format!(
+        "kubectl --kubeconfig {} run term -it --rm --restart=Never --image {BUSYBOX} -- sh -c 'read x; tty; echo \"typed $x\"'",
+        c.kubeconfig.display()
+    );
+    let mut cmd = c.server_ns.command("script");
+    cmd.args(["-qec", &inner, "/dev/null"]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("script runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let typed = wait_for(Duration::from_secs(90), "the terminal pod to run", || {
+        pod(c, "term").filter(|p| container_status(p, "term").is_some_and(|s| s.pointer("/state/running").is_some()))
+    });
+    if let Err(e) = typed {
+        let _ = child.kill();
+        fail(c, &e.to_string());
+    }
+    // Give kubectl a moment to attach before typing (what is typed earlier reaches the terminal anyway).
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        use std::io::Write as _;
+        stdin.write_all(b"over-the-tty\r").expect("typing");
+    }
+    let done = wait_for(Duration::from_secs(60), "kubectl run -it to end", || child.try_wait().ok().flatten());
+    if let Err(e) = done {
+        let _ = child.kill();
+        fail(c, &e.to_string());
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("script ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "the container runs on a terminal: {text:?}");
+    assert!(text.contains("typed over-the-tty"), "typed input reached it through the terminal: {text:?}");
+    wait_gone(c, "term", Duration::from_secs(60));
+
     // attach to a running container: its output from now on; leaving does not stop it.
     apply(
         c,

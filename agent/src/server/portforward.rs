@@ -295,14 +295,13 @@ pub fn websocket_bytes(socket: WebSocket) -> tokio::io::DuplexStream {
     tokio::spawn(async move {
         let inbound = async {
             while let Some(Ok(m)) = ws_rx.next().await {
-                match m {
-                    Message::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
+                let data = match m {
+                    Message::Binary(b) => b,
                     Message::Close(_) => break,
-                    _ => {}
+                    _ => continue,
+                };
+                if wr.write_all(&data).await.is_err() {
+                    break;
                 }
             }
             let _ = wr.shutdown().await;
