@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::cas::{self, Attempt};
 use super::error::{ApiError, ApiResult};
 use super::managed::{self, Entry};
 use super::writes::{WriteOptions, Written};
@@ -139,7 +140,7 @@ impl Api {
             m.remove("resourceVersion");
         }
         let ns = if info.namespaced() { ns } else { None };
-        for _ in 0..16 {
+        cas::retry!(info, name, {
             let Some(cur) = self.try_get(info, ns, name).await? else {
                 if subresource.is_some() {
                     return Err(ApiError::not_found(info, name));
@@ -155,7 +156,7 @@ impl Api {
                     fields: fields::of_object(&applied, &info.kind),
                 };
                 managed::write(&mut obj, &[entry]);
-                return self.create(info, ns, obj, opts).await;
+                return self.create(info, ns, obj, opts).await.map(Attempt::Done);
             };
             let new = match merge(&info.kind, &cur.object, &applied, &manager, force) {
                 Ok(v) => v,
@@ -166,18 +167,8 @@ impl Api {
                 }
                 Err(conflicts) => return Err(conflict_error(&conflicts)),
             };
-            match self.commit_update(info, ns, name, &cur, new, subresource, opts, &manager).await {
-                Err(e)
-                    if e.code == 409
-                        && e.reason == "Conflict"
-                        && e.details.as_ref().is_none_or(|d| d.get("causes").is_none()) =>
-                {
-                    continue;
-                }
-                other => return other,
-            }
-        }
-        Err(ApiError::conflict(info, name))
+            cas::settle(self.commit_update(info, ns, name, &cur, new, subresource, opts, &manager).await, true)
+        })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod apply;
 pub mod auth;
 pub mod authz;
+pub mod cas;
 pub mod columns;
 pub mod conversion;
 pub mod crd;

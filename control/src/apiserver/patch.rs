@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::Api;
+use super::cas;
 use super::error::{ApiError, ApiResult};
 use super::writes::{WriteOptions, Written};
 use skiff_api::meta;
@@ -76,7 +77,7 @@ impl Api {
         let patch: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
         let ns = if info.namespaced() { ns } else { None };
-        for _ in 0..16 {
+        cas::retry!(info, name, {
             let cur = self.get(info, ns, name).await?;
             let patched = apply_patch(info, content_type, &cur.object, &patch)?;
             let rv = meta::resource_version(&patched).to_string();
@@ -90,11 +91,10 @@ impl Api {
             let explicit_rv = patch.pointer("/metadata/resourceVersion").is_some()
                 || (content_type == "application/json-patch+json"
                     && body.windows(16).any(|w| w == b"resourceVersion\""));
-            match self.commit_update(info, ns, name, &cur, patched, subresource, opts, "unknown").await {
-                Err(e) if e.code == 409 && e.reason == "Conflict" && !explicit_rv => continue,
-                other => return other,
-            }
-        }
-        Err(ApiError::conflict(info, name))
+            cas::settle(
+                self.commit_update(info, ns, name, &cur, patched, subresource, opts, "unknown").await,
+                !explicit_rv,
+            )
+        })
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::Api;
+use super::cas;
 use super::error::{ApiError, ApiResult};
 use super::objects::Stored;
-use super::writes::{DeleteOptions, WriteOptions, Written};
+use super::writes::{DeleteOptions, WriteOptions};
 use skiff_api::meta;
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::Selector;
@@ -63,7 +64,7 @@ impl Api {
             .and_then(Value::as_i64)
             .ok_or_else(|| ApiError::bad_request("spec.replicas of a Scale must be an integer"))?;
         let precondition = meta::resource_version(&scale).to_string();
-        for _ in 0..16 {
+        let written = cas::retry!(info, name, {
             let cur: Stored = self.get(info, ns, name).await?;
             if !precondition.is_empty() && precondition != cur.revision.to_string() {
                 return Err(ApiError::conflict(info, name));
@@ -74,13 +75,12 @@ impl Api {
             } else if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("replicas".into(), json!(replicas));
             }
-            match self.commit_update(info, ns, name, &cur, obj, None, opts, "unknown").await {
-                Ok(Written { object, .. }) => return scale_of(info, &object),
-                Err(e) if e.code == 409 && retry && precondition.is_empty() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ApiError::conflict(info, name))
+            cas::settle(
+                self.commit_update(info, ns, name, &cur, obj, None, opts, "unknown").await,
+                retry && precondition.is_empty(),
+            )
+        })?;
+        scale_of(info, &written.object)
     }
 
     /// Binds a pod to a node (`pods/{name}/binding`), as the scheduler does.
@@ -92,7 +92,7 @@ impl Api {
             .ok_or_else(|| ApiError::bad_request("a Binding needs target.name"))?
             .to_string();
         let pods = self.builtin("", "pods");
-        for _ in 0..16 {
+        cas::retry!(&pods, name, {
             let cur = self.get(&pods, Some(ns), name).await?;
             if meta::is_terminating(&cur.object) {
                 return Err(ApiError::conflict_message(
@@ -111,7 +111,7 @@ impl Api {
             let mut obj = cur.object.clone();
             obj["spec"]["nodeName"] = json!(node);
             set_condition(&mut obj, "PodScheduled", "True", None, None);
-            match self
+            let written = self
                 .commit_update(
                     &pods,
                     Some(ns),
@@ -122,14 +122,9 @@ impl Api {
                     &WriteOptions::default(),
                     "kube-scheduler",
                 )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code == 409 => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ApiError::conflict(&pods, name))
+                .await;
+            cas::settle(written.map(|_| ()), true)
+        })
     }
 
     /// Evicts a pod (`pods/{name}/eviction`): deletes it unless a PodDisruptionBudget forbids it.

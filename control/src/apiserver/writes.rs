@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::cas::{self, Attempt};
 use super::error::{ApiError, ApiResult};
 use super::objects::{Stored, decode, encode};
 use super::{Api, managed, strategy};
@@ -294,26 +295,25 @@ impl Api {
         meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
         let ns = self.check_namespace(info, namespace, &mut obj)?;
         let precondition = meta::resource_version(&obj).to_string();
-        for _ in 0..16 {
+        cas::retry!(info, name, {
             let Some(cur) = self.try_get(info, ns.as_deref(), name).await? else {
                 if create_on_update(info) && subresource.is_none() {
                     self.authorize_implicit_create(info, ns.as_deref(), name, opts).await?;
+                    let mut obj = obj.clone();
                     if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
                         m.remove("resourceVersion");
                     }
-                    return self.create(info, ns.as_deref(), obj, opts).await;
+                    return self.create(info, ns.as_deref(), obj, opts).await.map(Attempt::Done);
                 }
                 return Err(ApiError::not_found(info, name));
             };
             if !precondition.is_empty() && precondition != cur.revision.to_string() {
                 return Err(ApiError::conflict(info, name));
             }
-            match self.commit_update(info, ns.as_deref(), name, &cur, obj.clone(), subresource, opts, "unknown").await {
-                Err(e) if e.code == 409 && e.reason == "Conflict" && precondition.is_empty() => continue,
-                other => return other,
-            }
-        }
-        Err(ApiError::conflict(info, name))
+            let written =
+                self.commit_update(info, ns.as_deref(), name, &cur, obj.clone(), subresource, opts, "unknown").await;
+            cas::settle(written, precondition.is_empty())
+        })
     }
 
     /// Stores `new` over `cur` (compare-and-swap on `cur`'s revision). The common tail of update and patch.
@@ -424,7 +424,7 @@ impl Api {
             )));
         }
         let ns = if info.namespaced() { namespace } else { None };
-        for _ in 0..16 {
+        cas::retry!(info, name, {
             let cur = self.get(info, ns, name).await?;
             if let Some(uid) = &opts.uid
                 && uid != meta::uid(&cur.object)
@@ -474,7 +474,7 @@ impl Api {
                     changed = true;
                 }
                 if current.is_some() && grace > 0 && !changed {
-                    return Ok(Deleted::Pending(cur.object));
+                    return Ok(Attempt::Done(Deleted::Pending(cur.object)));
                 }
             }
             // propagation policy finalizers
@@ -514,33 +514,32 @@ impl Api {
                     changed = true;
                 }
                 if !changed {
-                    return Ok(Deleted::Pending(cur.object));
+                    return Ok(Attempt::Done(Deleted::Pending(cur.object)));
                 }
                 if opts.dry_run {
-                    return Ok(Deleted::Pending(obj));
+                    return Ok(Attempt::Done(Deleted::Pending(obj)));
                 }
                 let key = info.storage_key(ns, name);
-                match self.store.update(&key, encode(&obj)?, cur.revision).await {
-                    Ok(kv) => return Ok(Deleted::Pending(decode(info, &kv)?)),
-                    Err(StorageError::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_storage(info, name, e)),
-                }
+                return match self.store.update(&key, encode(&obj)?, cur.revision).await {
+                    Ok(kv) => Ok(Attempt::Done(Deleted::Pending(decode(info, &kv)?))),
+                    Err(StorageError::Conflict { .. }) => Ok(Attempt::LostRace),
+                    Err(e) => Err(ApiError::from_storage(info, name, e)),
+                };
             }
             if opts.dry_run {
-                return Ok(Deleted::Gone(cur.object));
+                return Ok(Attempt::Done(Deleted::Gone(cur.object)));
             }
             let key = info.storage_key(ns, name);
             match self.store.delete(&key, Some(cur.revision)).await {
                 Ok(kv) => {
                     let gone = decode(info, &kv)?;
                     self.after_write(info, Some(&cur.object), None).await;
-                    return Ok(Deleted::Gone(gone));
+                    Ok(Attempt::Done(Deleted::Gone(gone)))
                 }
-                Err(StorageError::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_storage(info, name, e)),
+                Err(StorageError::Conflict { .. }) => Ok(Attempt::LostRace),
+                Err(e) => Err(ApiError::from_storage(info, name, e)),
             }
-        }
-        Err(ApiError::conflict(info, name))
+        })
     }
 
     /// Side effects of a committed write: releasing Service allocations, (un)registering custom resources.
@@ -586,19 +585,16 @@ impl Api {
         mut change: impl FnMut(&mut Value) -> bool,
     ) -> ApiResult<Option<Value>> {
         let opts = WriteOptions { field_manager: Some(manager.to_string()), ..Default::default() };
-        for _ in 0..16 {
-            let Some(cur) = self.try_get(info, ns, name).await? else { return Ok(None) };
+        cas::retry!(info, name, {
+            let Some(cur) = self.try_get(info, ns, name).await? else { return Ok(Attempt::Done(None)) };
             let mut obj = cur.object.clone();
             if !change(&mut obj) {
-                return Ok(None);
+                return Ok(Attempt::Done(None));
             }
             match self.commit_update(info, ns, name, &cur, obj, subresource, &opts, manager).await {
-                Ok(w) => return Ok(Some(w.object)),
-                Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
-                Err(e) if e.code == 404 => return Ok(None),
-                Err(e) => return Err(e),
+                Err(e) if e.code == 404 => Ok(Attempt::Done(None)),
+                r => cas::settle(r.map(|w| Some(w.object)), true),
             }
-        }
-        Err(ApiError::conflict(info, name))
+        })
     }
 }
