@@ -12,6 +12,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bootstrap;
 pub mod cgroups;
 pub mod cleanup;
 pub mod client;

@@ -216,6 +216,45 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
         );
     }
 
+    step("each agent has its own certificate, issued through a CSR, and writes only as itself");
+    let csrs = kubectl(&c, &["get", "csr", "-o", "json"]);
+    let csrs: serde_json::Value = serde_json::from_str(&csrs).expect("json");
+    for node in ["n1", "n2"] {
+        let found = csrs["items"].as_array().into_iter().flatten().any(|i| {
+            i["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(&format!("node-csr-{node}-")))
+                && i["spec"]["username"] == "system:bootstrap:skiff"
+                && i["status"]["certificate"].as_str().is_some_and(|s| !s.is_empty())
+        });
+        assert!(found, "{node} joined with the token and got its certificate: {csrs}");
+    }
+    let n1_pki = c.nodes[0].data_dir.join("pki");
+    let n1_cert = std::fs::read_to_string(n1_pki.join("node-client.crt")).expect("n1's certificate");
+    assert_eq!(
+        skiff_client::identity::subject_of_pem(&n1_cert),
+        Some(("system:node:n1".to_string(), vec!["system:nodes".to_string()]))
+    );
+    let node_kubeconfig = c.dir.join("n1.kubeconfig");
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: {}}}}}]\nusers: [{{name: n1, user: {{client-certificate: {}, client-key: {}}}}}]\ncontexts: [{{name: n1, context: {{cluster: c, user: n1}}}}]\ncurrent-context: n1\n",
+        c.server_url,
+        pki.join("ca.crt").display(),
+        n1_pki.join("node-client.crt").display(),
+        n1_pki.join("node-client.key").display()
+    );
+    std::fs::write(&node_kubeconfig, kc).expect("kubeconfig");
+    let as_n1 = |args: &[&str]| {
+        let mut cmd = c.server_ns.command("kubectl");
+        cmd.arg("--kubeconfig").arg(&node_kubeconfig).args(args);
+        let out = cmd.output().expect("kubectl runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = as_n1(&["label", "node", "n2", "stolen=yes"]);
+    assert!(!ok && err.contains("is not allowed to modify node \"n2\""), "n1 cannot change n2: {err}");
+    let (ok, err) = as_n1(&["delete", "pod", "b", "--wait=false"]);
+    assert!(!ok && err.contains("can only modify pods with spec.nodeName set to itself"), "n1 cannot delete n2's pod: {err}");
+    let (ok, err) = as_n1(&["label", "node", "n1", "checked=yes"]);
+    assert!(ok, "n1 changes itself: {err}");
+
     step("pods are cleaned up on both nodes");
     kubectl(&c, &["delete", "pods", "--all", "--wait=false"]);
     wait_gone(&c, "a", Duration::from_secs(30));

@@ -2,6 +2,7 @@
 //! admission, the controllers and the scheduler.
 
 pub mod apiserver;
+pub mod certificates;
 pub mod controllers;
 pub mod kubeconfig;
 pub mod pki;

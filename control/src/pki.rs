@@ -288,20 +288,9 @@ fn issue(
     Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-/// The validity of a PEM certificate: (notBefore, notAfter) in Unix seconds.
-pub fn validity_of(cert_pem: &str) -> Option<(i64, i64)> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
-    let v = cert.validity();
-    Some((v.not_before.timestamp(), v.not_after.timestamp()))
-}
-
-/// Whether a certificate valid from `not_before` to `not_after` should be renewed at `now`: when less than a third
-/// of its lifetime is left (about eight months for the two-year serving certificate, four for the one-year client
-/// certificates), or it has expired.
-pub fn needs_renewal(not_before: i64, not_after: i64, now: i64) -> bool {
-    now >= not_after - (not_after - not_before) / 3
-}
+/// When certificates are due: less than a third of their lifetime left (about eight months for the two-year serving
+/// certificate, four for the one-year client certificates), or expired.
+pub use skiff_client::identity::{needs_renewal, validity_of};
 
 /// Loads `name.crt`/`name.key`, or makes them; with `renew_at`, also makes them again when the certificate is
 /// due for renewal at that time (or cannot be read).

@@ -207,7 +207,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let tls = Arc::new(tls);
     tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone()), cfg.limits.clone()));
     tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
-    crate::controllers::spawn_api_machinery(api.clone(), pki.ca.cert_pem.clone());
+    crate::controllers::spawn_api_machinery(api.clone(), pki.ca.clone());
     let url = format!("https://{advertise}");
     let kubeconfig_path = cfg.data_dir.join("kubeconfig");
     let content = kubeconfig::render(

@@ -10,18 +10,8 @@ use std::time::Duration;
 
 use common::Cluster;
 
-/// A kubeconfig that authenticates with `token` only (no client certificate).
 fn token_kubeconfig(c: &Cluster, name: &str, token: &str) -> PathBuf {
-    let content = skiff_control::kubeconfig::render(
-        "skiff",
-        &c.server.url,
-        &c.server.pki.ca.cert_pem,
-        name,
-        skiff_control::kubeconfig::Credential::Token(token),
-    );
-    let path = c.dir.path().join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, content).expect("writing a kubeconfig");
-    path
+    c.token_kubeconfig(name, token)
 }
 
 /// Runs kubectl with `kubeconfig`: (success, stdout, stderr).
@@ -258,7 +248,7 @@ fn escalation_and_impersonation_need_their_own_rights() {
 #[test]
 fn node_credentials_cannot_administer_the_cluster() {
     let c = Cluster::start_with(None);
-    let node = token_kubeconfig(&c, "node", &c.server.pki.node_token);
+    let node = c.node_kubeconfig("n1");
     // what an agent needs works
     allowed(&c, &node, &["get", "pods", "-A"]);
     allowed(&c, &node, &["get", "services", "-A"]);
@@ -383,7 +373,7 @@ fn the_escape_hatches_are_closed() {
     assert!(err.contains("may not specify a duration longer than"), "{err}");
 
     // node credentials: no tokens for accounts of pods that are not scheduled, no plain pods
-    let node = token_kubeconfig(&c, "node", &c.server.pki.node_token);
+    let node = c.node_kubeconfig("n1");
     refused(&c, &node, &["create", "token", "lead", "-n", "team"], "a node may only request tokens bound to a pod");
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team}\nspec: {nodeName: n1, containers: [{name: c, image: busybox}]}\n";
     let (ok, _, err) = kubectl_as_in(&c, &node, &["create", "-f", "-"], pod);

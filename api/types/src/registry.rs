@@ -294,6 +294,11 @@ const BUILTIN: &[Def] = &[
         .status()
         .sub(&["status"]),
     def("storage.k8s.io", "v1", "StorageClass", "storageclasses", Cluster).short(&["sc"]),
+    def("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", Cluster)
+        .short(&["csr"])
+        .status()
+        .sub(&["status", "approval"])
+        .fields(&["spec.signerName"]),
     def("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", Cluster).short(&["pc"]),
     def("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", Cluster),
     def("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", Namespaced),
@@ -334,6 +339,7 @@ fn subresource(owner: &Def, name: &str) -> Subresource {
         "eviction" => other("policy", "v1", "Eviction", verbs(&["create"])),
         "token" => other("authentication.k8s.io", "v1", "TokenRequest", verbs(&["create"])),
         "finalize" => same(verbs(&["update"])),
+        "approval" => same(verbs(&["get", "patch", "update"])),
         "ephemeralcontainers" => same(verbs(&["get", "patch", "update"])),
         "log" => other("", "v1", "Pod", verbs(&["get"])),
         "exec" | "attach" | "portforward" => other("", "v1", "PodExecOptions", verbs(&["create", "get"])),

@@ -26,6 +26,10 @@ pub struct Args {
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// Lifetime to ask for the node's client certificate (seconds; the server caps it at a year, its default). It
+    /// is renewed when a third of it is left.
+    #[arg(long, value_name = "SECONDS")]
+    node_certificate_seconds: Option<u64>,
     /// This node's address (default: the first address of --interface, or the first global IPv4 address).
     #[arg(long)]
     node_ip: Option<Ipv4Addr>,
@@ -171,7 +175,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let token = args.token.clone().context("--token (or SKIFF_NODE_TOKEN) is required")?;
             let cfg = args.config()?;
             super::runtime()?.block_on(async move {
-                let client = skiff_agent::client::connect(&server, token.trim(), &cfg.ca_cert_pem).await?;
+                let pki = skiff_agent::paths::Paths::new(cfg.data_dir.clone()).pki();
+                let lifetime = args.node_certificate_seconds.map(std::time::Duration::from_secs);
+                let client = skiff_agent::bootstrap::connect_node(
+                    &server,
+                    token.trim(),
+                    &cfg.ca_cert_pem,
+                    &cfg.node_name,
+                    &pki,
+                    lifetime,
+                )
+                .await?;
                 eprintln!("skiff agent: node {} joining {server}", cfg.node_name);
                 skiff_agent::run(client, cfg, super::wait_for_shutdown()).await?;
                 Ok(())

@@ -147,8 +147,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics) };
         }
         agent_cfg.validate()?;
-        let agent_client =
-            skiff_agent::client::connect(&server.url, &server.pki.node_token, &server.pki.ca.cert_pem).await?;
+        let agent_client = skiff_agent::bootstrap::connect_node(
+            &server.url,
+            &server.pki.node_token,
+            &server.pki.ca.cert_pem,
+            &node_name,
+            &skiff_agent::paths::Paths::new(agent_cfg.data_dir.clone()).pki(),
+            None,
+        )
+        .await?;
         progress.step(&format!(
             "starting the node agent (runc, pod network on skiff0, cluster DNS{})…",
             if args.no_lb { "" } else { ", eBPF Service load balancer" }

@@ -22,6 +22,9 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+/// The user the node join token authenticates as (a bootstrap token's form, `system:bootstrap:<id>`).
+pub const BOOTSTRAP_USER: &str = "system:bootstrap:skiff";
+
 /// The identity in a verified client certificate.
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub User);
@@ -111,9 +114,10 @@ impl Api {
     /// Authenticates a bearer token.
     pub async fn authenticate_token(&self, token: &str) -> Option<User> {
         if !self.auth.node_token.is_empty() && same_secret(token, &self.auth.node_token) {
+            // the join token only bootstraps: it may ask for a node certificate and nothing else
             return Some(User {
-                name: "system:node-bootstrap".into(),
-                groups: vec!["system:nodes".into(), "system:authenticated".into()],
+                name: BOOTSTRAP_USER.into(),
+                groups: vec![crate::certificates::BOOTSTRAPPERS_GROUP.into(), "system:authenticated".into()],
             });
         }
         // every static token is compared, each in constant time, so timing tells nothing about any of them
@@ -196,11 +200,13 @@ impl Api {
                 }
                 if is_node {
                     let runs_as = super::serviceaccount::account_of(&p.object);
-                    let scheduled =
-                        p.object.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-                    if runs_as != name || !scheduled {
+                    // bound to the asking node itself (a node of no name owns no pod)
+                    let me = caller.and_then(super::noderestriction::node_name);
+                    let on_me =
+                        p.object.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| Some(n) == me);
+                    if runs_as != name || !on_me {
                         return Err(ApiError::forbidden(format!(
-                            "serviceaccounts \"{name}\" is forbidden: a node may only request tokens for the service account of a scheduled pod bound in the request (pod {pod} runs as {runs_as:?})"
+                            "serviceaccounts \"{name}\" is forbidden: a node may only request tokens for the service account of a pod bound to it and named in the request (pod {pod} runs as {runs_as:?})"
                         )));
                     }
                 }

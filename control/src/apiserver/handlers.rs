@@ -235,7 +235,7 @@ fn success_status(info: &ResourceInfo, obj: &Value) -> Value {
 }
 
 /// Parses delete options from the body and the query.
-fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
+fn delete_options(q: &Query, body: &[u8], user: Option<&super::auth::User>) -> ApiResult<DeleteOptions> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -264,6 +264,7 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
         uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
         resource_version: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
         dry_run,
+        user: user.cloned(),
     })
 }
 
@@ -451,7 +452,7 @@ async fn resource_request(
             .await;
             (verb, r)
         }
-        (Method::GET, Some(name), None | Some("status")) => {
+        (Method::GET, Some(name), None | Some("status" | "approval")) => {
             if q.flag("watch") {
                 // the deprecated single-object watch
                 let r = async {
@@ -492,7 +493,7 @@ async fn resource_request(
             .await;
             ("create", r)
         }
-        (Method::PUT, Some(name), None | Some("status") | Some("finalize")) => {
+        (Method::PUT, Some(name), None | Some("status" | "finalize" | "approval")) => {
             let r = async {
                 let opts = write_options(q, user)?;
                 let body = read_body(body, limit).await?;
@@ -504,7 +505,7 @@ async fn resource_request(
             .await;
             ("update", r)
         }
-        (Method::PATCH, Some(name), None | Some("status")) => {
+        (Method::PATCH, Some(name), None | Some("status" | "approval")) => {
             let r = async {
                 let opts = write_options(q, user)?;
                 let body = read_body(body, limit).await?;
@@ -519,7 +520,7 @@ async fn resource_request(
         (Method::DELETE, Some(name), None) => {
             let r = async {
                 let body = read_body(body, limit).await?;
-                let opts = delete_options(q, &body)?;
+                let opts = delete_options(q, &body, user)?;
                 match api.delete(&info, ns, name, &opts).await? {
                     Deleted::Gone(obj) if info.group.is_empty() && info.plural == "pods" => {
                         Ok(json_response(StatusCode::OK, &obj))
@@ -534,7 +535,7 @@ async fn resource_request(
         (Method::DELETE, None, None) => {
             let r = async {
                 let body = read_body(body, limit).await?;
-                let opts = delete_options(q, &body)?;
+                let opts = delete_options(q, &body, user)?;
                 let (labels, fields) = selectors(q)?;
                 let items = api.list(&info, ns, &ListQuery { labels, fields, ..Default::default() }).await?.items;
                 for o in &items {

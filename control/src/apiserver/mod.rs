@@ -12,6 +12,7 @@ pub mod cas;
 pub mod columns;
 pub mod conversion;
 pub mod crd;
+pub mod csr;
 pub mod discovery;
 pub mod error;
 pub mod fields;
@@ -106,6 +107,8 @@ pub struct Api {
     pub inflight: Arc<limits::InFlight>,
     /// Service-account tokens verified in the last seconds.
     pub tokens: token_cache::TokenCache,
+    /// Woken by every CertificateSigningRequest write (the approver and signer wait on it).
+    pub csr_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Api {
@@ -131,6 +134,7 @@ impl Api {
             authz: authz::Authz::default(),
             inflight: limits::InFlight::new(config.limits.clone()),
             tokens: token_cache::TokenCache::default(),
+            csr_changed: tokio::sync::Notify::new(),
             config,
         })
     }

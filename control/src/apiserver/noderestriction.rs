@@ -1,10 +1,12 @@
-//! What nodes may create, as Kubernetes' NodeRestriction admission limits it (the part that does not need a
-//! per-node identity): a node creates only mirror pods of its static pods, bound to a node, and a mirror pod —
-//! whoever creates it — may not use a service account, Secrets, ConfigMaps or claims (the API server could not
-//! check the node's right to them).
+//! What nodes may write, as Kubernetes' NodeRestriction admission limits it. Each node has its own identity
+//! (`system:node:NAME` in `system:nodes`, from its client certificate), and:
+//! - changes only its own Node object and its own Lease;
+//! - changes and deletes only pods bound to it, and creates only mirror pods of its static pods, bound to it;
+//! - a mirror pod, whoever creates it, may not use a service account, Secrets, ConfigMaps or claims (the API
+//!   server could not check the node's right to them).
 //!
-//! # Caveats
-//! Nodes share one identity (`system:node-bootstrap`), so "bound to *this* node" is not checked yet.
+//! Which Secrets and ConfigMaps a node may *read* is RBAC's `system:node` role today, not yet a graph of the pods
+//! bound to it (kube-apiserver's Node authorizer).
 
 use serde_json::Value;
 
@@ -59,19 +61,77 @@ pub fn mirror_pod_problem(pod: &Value) -> Option<String> {
     None
 }
 
-/// Whether `user` may create `pod`: nodes only mirror pods bound to a node.
+/// Whether `user` is in the nodes' group.
+fn is_node(user: &User) -> bool {
+    user.groups.iter().any(|g| g == crate::certificates::NODES_GROUP)
+}
+
+/// The node `user` is (`system:node:NAME`), if it is one; a member of `system:nodes` without such a name is a
+/// node of no name, which owns nothing.
+pub fn node_name(user: &User) -> Option<&str> {
+    user.name.strip_prefix(crate::certificates::NODE_USER_PREFIX).filter(|n| !n.is_empty())
+}
+
+fn bound_to(pod: &Value) -> &str {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Whether `user` may create `pod`: nodes only mirror pods bound to themselves.
 pub fn check_pod_create(user: Option<&User>, pod: &Value) -> Result<(), String> {
-    let Some(user) = user.filter(|u| u.groups.iter().any(|g| g == "system:nodes")) else { return Ok(()) };
+    let Some(user) = user.filter(|u| is_node(u)) else { return Ok(()) };
     if !is_mirror(pod) {
         return Err(format!(
             "pod does not have \"kubernetes.io/config.mirror\" annotation, node {:?} can only create mirror pods",
             user.name
         ));
     }
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
-        return Err(format!("node {:?} can only create pods with spec.nodeName set", user.name));
+    if bound_to(pod).is_empty() || Some(bound_to(pod)) != node_name(user) {
+        return Err(format!("node {:?} can only create pods with spec.nodeName set to itself", user.name));
     }
     Ok(())
+}
+
+/// Whether node `user` may change or delete (`new` is `None`) the object `old` of `group`/`plural` named `name`
+/// (through `subresource`); anyone else is not this admission's business.
+pub fn check_node_write(
+    user: Option<&User>,
+    group: &str,
+    plural: &str,
+    name: &str,
+    old: &Value,
+    new: Option<&Value>,
+) -> Result<(), String> {
+    let Some(user) = user.filter(|u| is_node(u)) else { return Ok(()) };
+    let me = node_name(user);
+    match (group, plural) {
+        ("", "nodes") if me != Some(name) => {
+            Err(format!("node {:?} is not allowed to modify node {name:?}", user.name))
+        }
+        ("coordination.k8s.io", "leases") if me != Some(name) => {
+            Err(format!("node {:?} is not allowed to modify lease {name:?}", user.name))
+        }
+        ("", "pods") => {
+            let theirs = [Some(old), new].into_iter().flatten().any(|p| Some(bound_to(p)) != me);
+            if theirs {
+                return Err(format!("node {:?} can only modify pods with spec.nodeName set to itself", user.name));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether node `user` may create `obj` (a Node or Lease of its own name only; pods: [`check_pod_create`]).
+pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &Value) -> Result<(), String> {
+    let Some(user) = user.filter(|u| is_node(u)) else { return Ok(()) };
+    let name = skiff_api::meta::name(obj);
+    match (group, plural) {
+        ("", "pods") => check_pod_create(Some(user), obj),
+        ("", "nodes") | ("coordination.k8s.io", "leases") if node_name(user) != Some(name) => {
+            Err(format!("node {:?} is not allowed to create {plural} {name:?}", user.name))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -80,9 +140,37 @@ mod tests {
 
     use super::*;
 
+    fn node(name: &str) -> User {
+        User { name: format!("system:node:{name}"), groups: vec!["system:nodes".into(), "system:authenticated".into()] }
+    }
+
+    #[test]
+    fn a_node_changes_only_itself_and_its_own_pods() {
+        let (n1, n2) = (node("n1"), node("n2"));
+        let pod_on = |n: &str| json!({"metadata": {"name": "p"}, "spec": {"nodeName": n}});
+        let nothing = json!({});
+        assert!(check_node_write(Some(&n1), "", "nodes", "n1", &nothing, Some(&nothing)).is_ok());
+        assert!(check_node_write(Some(&n1), "", "nodes", "n2", &nothing, None).is_err(), "another node");
+        assert!(check_node_write(Some(&n1), "coordination.k8s.io", "leases", "n2", &nothing, Some(&nothing)).is_err());
+        assert!(check_node_write(Some(&n1), "", "pods", "p", &pod_on("n1"), Some(&pod_on("n1"))).is_ok());
+        assert!(check_node_write(Some(&n2), "", "pods", "p", &pod_on("n1"), Some(&pod_on("n1"))).is_err());
+        assert!(check_node_write(Some(&n1), "", "pods", "p", &pod_on("n1"), Some(&pod_on("n2"))).is_err(), "moving it");
+        assert!(check_node_write(Some(&n2), "", "pods", "p", &pod_on("n1"), None).is_err(), "deleting another's");
+        assert!(check_node_write(Some(&n1), "", "services", "s", &nothing, None).is_ok(), "RBAC's business");
+        let admin = User { name: "admin".into(), groups: vec!["system:masters".into()] };
+        assert!(check_node_write(Some(&admin), "", "nodes", "n2", &nothing, None).is_ok());
+        let nameless = User { name: "system:node-bootstrap".into(), groups: vec!["system:nodes".into()] };
+        assert!(check_node_write(Some(&nameless), "", "nodes", "n1", &nothing, None).is_err(), "owns nothing");
+        assert!(check_node_create(Some(&n1), "", "nodes", &json!({"metadata": {"name": "n2"}})).is_err());
+        assert!(check_node_create(Some(&n1), "", "nodes", &json!({"metadata": {"name": "n1"}})).is_ok());
+        let mirror_on = |n: &str| json!({"metadata": {"name": "m", "annotations": {"kubernetes.io/config.mirror": "x"}}, "spec": {"nodeName": n}});
+        assert!(check_node_create(Some(&n1), "", "pods", &mirror_on("n1")).is_ok());
+        assert!(check_node_create(Some(&n1), "", "pods", &mirror_on("n2")).is_err(), "a mirror pod of another node");
+    }
+
     #[test]
     fn nodes_create_only_clean_mirror_pods() {
-        let node = User { name: "system:node-bootstrap".into(), groups: vec!["system:nodes".into()] };
+        let node = node("n1");
         let mirror = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "x"}}, "spec": {"nodeName": "n1", "containers": [{"name": "c"}]}});
         assert!(check_pod_create(Some(&node), &mirror).is_ok());
         assert!(mirror_pod_problem(&mirror).is_none());

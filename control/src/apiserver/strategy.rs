@@ -84,7 +84,11 @@ pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, sub
             merged["spec"]["finalizers"] = finalizers;
             *new = merged;
         }
+        Some("approval") if super::csr::is_csr(info) => *new = super::csr::merge_approval(old, new),
         Some("status") => {
+            if super::csr::is_csr(info) {
+                super::csr::keep_decisions(old, new);
+            }
             let status = new.get("status").cloned();
             let mut merged = old.clone();
             match status {
@@ -167,6 +171,7 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> ErrorLi
         }
     };
     match (info.group.as_str(), info.kind.as_str()) {
+        (super::csr::GROUP, "CertificateSigningRequest") => errs = super::csr::validate_update(old, new),
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             immutable(&mut errs, "/spec/selector", "spec.selector");
         }

@@ -58,6 +58,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// Who deletes (NodeRestriction); `None` for the server's own deletes.
+    pub user: Option<super::auth::User>,
 }
 
 /// What a delete did.
@@ -187,12 +189,16 @@ impl Api {
         strategy::prepare_for_create(info, &mut obj);
         let (mut obj, mut warnings) = self.normalize_object(info, obj, opts.field_validation)?;
         let name = meta::name(&obj).to_string();
+        if super::csr::is_csr(info) {
+            super::csr::prepare_create(&mut obj, opts.user.as_ref())
+                .map_err(|e| ApiError::invalid(info, &info.kind, &name, &e))?;
+        }
         if info.plural != "namespaces" {
             self.admit_namespace(info, ns.as_deref().unwrap_or_default(), &name).await?;
         }
+        super::noderestriction::check_node_create(opts.user.as_ref(), &info.group, &info.plural, &obj)
+            .map_err(|m| ApiError::forbidden(format!("{} {:?} is forbidden: {m}", info.plural, meta::name(&obj))))?;
         if info.group.is_empty() && info.plural == "pods" {
-            super::noderestriction::check_pod_create(opts.user.as_ref(), &obj)
-                .map_err(|m| ApiError::forbidden(format!("pods {:?} is forbidden: {m}", meta::name(&obj))))?;
             obj = self.admit_service_account(ns.as_deref().unwrap_or_default(), obj).await?;
         }
         warnings.extend(self.admit_pod_security(info, ns.as_deref(), &obj, None, None).await?);
@@ -355,6 +361,18 @@ impl Api {
         warnings.extend(self.admit_pod_security(info, ns, &new, Some(&cur.object), subresource).await?);
         self.admit_quota(info, ns, &new, Some(&cur.object)).await?;
         self.admit_rbac(info, ns, &new, Some(&cur.object), opts.user.as_ref()).await?;
+        super::noderestriction::check_node_write(
+            opts.user.as_ref(),
+            &info.group,
+            &info.plural,
+            name,
+            &cur.object,
+            Some(&new),
+        )
+        .map_err(|m| ApiError::forbidden(format!("{} {name:?} is forbidden: {m}", info.plural)))?;
+        if super::csr::is_csr(info) {
+            self.admit_csr(&new, &cur.object, subresource, opts.user.as_ref()).await?;
+        }
         managed::record_update(Some(&cur.object), &mut new, &opts.manager(default_manager), &info.kind, subresource);
         let is_service = info.group.is_empty() && info.plural == "services";
         if is_service && subresource.is_none() && !opts.dry_run {
@@ -426,6 +444,15 @@ impl Api {
         let ns = if info.namespaced() { namespace } else { None };
         cas::retry!(info, name, {
             let cur = self.get(info, ns, name).await?;
+            super::noderestriction::check_node_write(
+                opts.user.as_ref(),
+                &info.group,
+                &info.plural,
+                name,
+                &cur.object,
+                None,
+            )
+            .map_err(|m| ApiError::forbidden(format!("{} {name:?} is forbidden: {m}", info.plural)))?;
             if let Some(uid) = &opts.uid
                 && uid != meta::uid(&cur.object)
             {
@@ -546,6 +573,9 @@ impl Api {
     pub(crate) async fn after_write(&self, info: &ResourceInfo, old: Option<&Value>, new: Option<&Value>) {
         if info.group == super::authz::RBAC_GROUP {
             self.authz.invalidate();
+        }
+        if info.group == super::csr::GROUP {
+            self.csr_changed.notify_one();
         }
         if info.group.is_empty()
             && info.plural == "services"

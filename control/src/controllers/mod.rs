@@ -3,6 +3,7 @@
 //! kube-controller-manager and kube-scheduler do), under leader election ([`manager`]).
 
 pub mod cronjob;
+pub mod csr;
 pub mod ctx;
 pub mod daemonset;
 pub mod deployment;
@@ -34,8 +35,11 @@ use kube::runtime::controller::Action;
 use crate::apiserver::Api;
 use ctx::{Ctx, ReconcileError};
 
-/// Starts the garbage collector, the namespace lifecycle and the quota status controllers (in-process).
-pub fn spawn_api_machinery(api: Arc<Api>, ca_pem: String) {
+/// Starts the garbage collector, the namespace lifecycle, the quota status and the certificate controllers
+/// (in-process).
+pub fn spawn_api_machinery(api: Arc<Api>, ca: crate::pki::CertPair) {
+    let ca_pem = ca.cert_pem.clone();
+    tokio::spawn(csr::run(api.clone(), ca));
     tokio::spawn(gc::run(api.clone()));
     tokio::spawn(quota::run(api.clone()));
     tokio::spawn(rbac::run(api.clone()));

@@ -191,6 +191,8 @@ fn node_rules() -> Vec<Value> {
         // the node endpoint asks the API server about its callers, as kubelet's delegated authorization does
         rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
         rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        // renewing its own client certificate
+        rule(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"]),
     ]
 }
 
@@ -243,6 +245,21 @@ pub fn objects() -> Vec<Value> {
             vec![urls(&["/healthz", "/healthz/*", "/livez", "/livez/*", "/readyz", "/readyz/*", "/metrics"], &["get"])],
         ),
         cluster_role("system:node", &[], node_rules()),
+        cluster_role(
+            "system:node-bootstrapper",
+            &[],
+            vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"])],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[],
+            vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"], &["create"])],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[],
+            vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"], &["create"])],
+        ),
         binding("cluster-admin", "cluster-admin", &[("Group", "system:masters")]),
         binding("system:discovery", "system:discovery", &[("Group", "system:authenticated")]),
         binding("system:basic-user", "system:basic-user", &[("Group", "system:authenticated")]),
@@ -253,6 +270,18 @@ pub fn objects() -> Vec<Value> {
         ),
         binding("system:monitoring", "system:monitoring", &[("Group", "system:monitoring")]),
         binding("system:node", "system:node", &[("Group", "system:nodes")]),
+        // the join token's group may ask for a node certificate, which is then approved (kubeadm's bindings)
+        binding("system:node-bootstrapper", "system:node-bootstrapper", &[("Group", "system:bootstrappers")]),
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", "system:bootstrappers")],
+        ),
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", "system:nodes")],
+        ),
     ]
 }
 

@@ -111,6 +111,88 @@ impl Cluster {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// A kubeconfig that authenticates with `token` only (no client certificate).
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let content = skiff_control::kubeconfig::render(
+            "skiff",
+            &self.server.url,
+            &self.server.pki.ca.cert_pem,
+            name,
+            skiff_control::kubeconfig::Credential::Token(token),
+        );
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, content).expect("writing a kubeconfig");
+        path
+    }
+
+    /// A kubeconfig with a client certificate.
+    pub fn cert_kubeconfig(&self, name: &str, cert_pem: &str, key_pem: &str) -> PathBuf {
+        let content = skiff_control::kubeconfig::render(
+            "skiff",
+            &self.server.url,
+            &self.server.pki.ca.cert_pem,
+            name,
+            skiff_control::kubeconfig::Credential::ClientCert { cert_pem, key_pem },
+        );
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, content).expect("writing a kubeconfig");
+        path
+    }
+
+    /// Creates a CertificateSigningRequest for `cn`/`orgs` as the holder of `kubeconfig`: (CSR name, key PEM).
+    pub fn request_certificate(
+        &self,
+        kubeconfig: &std::path::Path,
+        cn: &str,
+        orgs: &[&str],
+        signer: &str,
+    ) -> (String, String) {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for o in orgs {
+            p.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
+        }
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let pem = p.serialize_request(&key).expect("csr").pem().expect("pem");
+        let name = format!("csr-{}", cn.replace(':', "-"));
+        let yaml = format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {}\n  signerName: {signer}\n  usages: [digital signature, client auth]\n",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        );
+        let out = self
+            .kubectl_output(&["--kubeconfig", kubeconfig.to_str().expect("utf-8"), "create", "-f", "-"], Some(&yaml));
+        assert!(out.status.success(), "creating {name}: {}", String::from_utf8_lossy(&out.stderr));
+        (name, key.serialize_pem())
+    }
+
+    /// Waits (bounded) for the certificate of CSR `name`.
+    pub fn issued_certificate(&self, name: &str) -> String {
+        use base64::Engine as _;
+        let mut cert = String::new();
+        self.eventually(&format!("CSR {name} to be signed"), Duration::from_secs(20), || {
+            let b64 = self.kubectl(&["get", "csr", name, "-o", "jsonpath={.status.certificate}"]);
+            cert = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default())
+                .unwrap_or_default();
+            !cert.is_empty()
+        });
+        cert
+    }
+
+    /// A kubeconfig for node `node` with its own certificate, obtained as an agent obtains it: a request made with
+    /// the join token, approved and signed by the server.
+    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        let token = self.token_kubeconfig("bootstrap", &self.server.pki.node_token);
+        let (csr, key) = self.request_certificate(
+            &token,
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            "kubernetes.io/kube-apiserver-client-kubelet",
+        );
+        let cert = self.issued_certificate(&csr);
+        self.cert_kubeconfig(node, &cert, &key)
+    }
+
     /// Parses `kubectl get … -o json`.
     pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
         let mut a: Vec<&str> = vec!["get"];

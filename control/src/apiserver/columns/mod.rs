@@ -42,6 +42,7 @@ pub fn for_kind(info: &ResourceInfo) -> (Vec<Column>, Cells) {
         ("", "PersistentVolumeClaim") => other::pvcs(),
         ("", "ResourceQuota") => other::quotas(),
         ("coordination.k8s.io", "Lease") => other::leases(),
+        ("certificates.k8s.io", "CertificateSigningRequest") => other::csrs(),
         ("policy", "PodDisruptionBudget") => other::pdbs(),
         ("storage.k8s.io", "StorageClass") => other::storage_classes(),
         _ => default_columns(),

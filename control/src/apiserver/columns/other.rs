@@ -206,6 +206,41 @@ pub fn leases() -> (Vec<Column>, Cells) {
     (vec![NAME, col("Holder"), AGE], Box::new(|l| vec![name(l), json!(s(l, "/spec/holderIdentity")), age(l)]))
 }
 
+/// `kubectl get csr`: the condition column lists the decisions and `Issued` once signed, or `Pending`.
+pub fn csrs() -> (Vec<Column>, Cells) {
+    let cols = vec![NAME, AGE, col("SignerName"), col("Requestor"), col("RequestedDuration"), col("Condition")];
+    (
+        cols,
+        Box::new(|c| {
+            let mut conditions: Vec<String> = c
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|x| x.get("status").and_then(Value::as_str) != Some("False"))
+                .filter_map(|x| x.get("type").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            if c.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+                conditions.push("Issued".into());
+            }
+            let condition = if conditions.is_empty() { "Pending".to_string() } else { conditions.join(",") };
+            let duration = c
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64)
+                .map(|secs| crate::apiserver::table::human_duration(secs))
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name(c),
+                age(c),
+                json!(s(c, "/spec/signerName")),
+                json!(s(c, "/spec/username")),
+                json!(duration),
+                json!(condition),
+            ]
+        }),
+    )
+}
+
 /// `kubectl get pdb`.
 pub fn pdbs() -> (Vec<Column>, Cells) {
     let cols = vec![NAME, col("Min Available"), col("Max Unavailable"), int("Allowed Disruptions"), AGE];

@@ -1,0 +1,211 @@
+//! The CSR approver and signer, inside the API server process (kube-controller-manager's `csrapproving` and
+//! `csrsigning`): node client requests are approved when the requester may `create` the
+//! `certificatesigningrequests/nodeclient` (bootstrap) or `…/selfnodeclient` (renewal) subresource; approved
+//! requests for the served signers are signed with the cluster CA. Every CSR write wakes it; it also looks every
+//! 30 s. Decisions are [`crate::certificates`]'s; this is the I/O around them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use skiff_api::selector::Selector;
+
+use crate::apiserver::Api;
+use crate::apiserver::auth::User;
+use crate::apiserver::csr::{self, GROUP};
+use crate::apiserver::error::ApiResult;
+use crate::certificates::{self, approve, request, sign};
+use crate::pki::CertPair;
+use crate::rbac::{self, attributes::Attributes};
+
+/// The longest certificate the signer issues (kube-controller-manager's `--cluster-signing-duration` default).
+pub const MAX_SECONDS: i64 = 365 * 24 * 3600;
+
+const MANAGER: &str = "certificate-controller";
+
+/// What one pass decided for one CSR.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing to do (decided and signed, denied, failed, another signer's, or waiting for a person).
+    Nothing,
+    /// Approve it; the requester may ask for this kind of certificate (the RBAC subresource it was checked on).
+    Approve(&'static str),
+    /// Sign it.
+    Sign,
+    /// Mark it failed with this message.
+    Fail(String),
+}
+
+/// Decides what to do with `csr`; `may` answers whether the requester may `create` a subresource of
+/// `certificatesigningrequests` (the RBAC question of auto-approval).
+pub fn plan(csr: &Value, may: impl Fn(&User, &str) -> bool) -> Step {
+    let signer = csr::signer(csr);
+    let done = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+    if done || !certificates::is_served_signer(signer) {
+        return Step::Nothing;
+    }
+    if certificates::has_condition(csr, "Denied") || certificates::has_condition(csr, "Failed") {
+        return Step::Nothing;
+    }
+    if certificates::has_condition(csr, "Approved") {
+        return Step::Sign;
+    }
+    let req = match csr::request_pem(csr).and_then(|pem| request::parse(&pem)) {
+        Ok(r) => r,
+        Err(e) => return Step::Fail(e),
+    };
+    let requester = User {
+        name: csr.pointer("/spec/username").and_then(Value::as_str).unwrap_or_default().to_string(),
+        groups: csr
+            .pointer("/spec/groups")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default(),
+    };
+    match approve::auto_approval(signer, &csr::usages(csr), &requester.name, &req) {
+        Some(sub) if may(&requester, sub) => Step::Approve(sub),
+        _ => Step::Nothing,
+    }
+}
+
+fn condition(kind: &str, reason: &str, message: &str) -> Value {
+    let now = crate::apiserver::managed::now();
+    json!({"type": kind, "status": "True", "reason": reason, "message": message, "lastUpdateTime": now, "lastTransitionTime": now})
+}
+
+/// One pass over every CSR.
+pub async fn pass(api: &Arc<Api>, ca: &CertPair) -> ApiResult<()> {
+    let info = api.builtin(GROUP, "certificatesigningrequests");
+    let policy = api.policy().await?;
+    let may = |u: &User, sub: &str| {
+        let attrs = Attributes::subresource("create", GROUP, "certificatesigningrequests", sub, "", "");
+        rbac::decide(&policy, u, &attrs).allowed
+    };
+    for c in api.list_all(&info, None, Selector::everything()).await? {
+        let name = skiff_api::meta::name(&c).to_string();
+        match plan(&c, may) {
+            Step::Nothing => {}
+            Step::Approve(sub) => {
+                let message = format!("Auto approving node client certificate after SubjectAccessReview ({sub}).");
+                let approved = condition("Approved", "AutoApproved", &message);
+                api.update_with(&info, None, &name, Some("approval"), MANAGER, |o| {
+                    push_condition(o, approved.clone());
+                    true
+                })
+                .await?;
+                tracing::info!(csr = %name, "approved a node client certificate request");
+            }
+            Step::Sign => {
+                let pem = csr::request_pem(&c).map(|p| String::from_utf8_lossy(&p).into_owned()).unwrap_or_default();
+                let usages = csr::usages(&c);
+                let r = sign::SignRequest {
+                    request_pem: &pem,
+                    signer: csr::signer(&c),
+                    usages: &usages,
+                    expiration_seconds: c.pointer("/spec/expirationSeconds").and_then(Value::as_i64),
+                };
+                match sign::sign(&r, &ca.cert_pem, &ca.key_pem, MAX_SECONDS, jiff::Timestamp::now().as_second()) {
+                    Ok(cert) => {
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(cert);
+                        api.update_with(&info, None, &name, Some("status"), MANAGER, |o| {
+                            if !o.get("status").is_some_and(Value::is_object) {
+                                o["status"] = json!({});
+                            }
+                            o["status"]["certificate"] = json!(b64);
+                            true
+                        })
+                        .await?;
+                        tracing::info!(csr = %name, "signed a certificate request");
+                    }
+                    Err(e) => fail(api, &info, &name, &e).await?,
+                }
+            }
+            Step::Fail(e) => fail(api, &info, &name, &e).await?,
+        }
+    }
+    Ok(())
+}
+
+fn push_condition(o: &mut Value, c: Value) {
+    if !o.get("status").is_some_and(Value::is_object) {
+        o["status"] = json!({});
+    }
+    match o["status"].get_mut("conditions").and_then(Value::as_array_mut) {
+        Some(cs) => cs.push(c),
+        None => o["status"]["conditions"] = json!([c]),
+    }
+}
+
+async fn fail(
+    api: &Arc<Api>,
+    info: &Arc<skiff_api::registry::ResourceInfo>,
+    name: &str,
+    message: &str,
+) -> ApiResult<()> {
+    tracing::info!(csr = %name, %message, "a certificate request failed");
+    let failed = condition("Failed", "SignerValidationFailure", message);
+    api.update_with(info, None, name, Some("status"), MANAGER, |o| {
+        push_condition(o, failed.clone());
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+/// Approves and signs as requests come; runs forever.
+pub async fn run(api: Arc<Api>, ca: CertPair) {
+    loop {
+        if let Err(e) = pass(&api, &ca).await {
+            tracing::debug!(error = %e, "certificate controller pass failed");
+        }
+        tokio::select! {
+            _ = api.csr_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificates::request::tests::make;
+
+    fn csr(cn: &str, orgs: &[&str], requester: &str, signer: &str) -> Value {
+        let (pem, _) = make(cn, orgs, &[]);
+        json!({"metadata": {"name": "c"},
+               "spec": {"request": base64::engine::general_purpose::STANDARD.encode(pem), "signerName": signer,
+                        "usages": ["digital signature", "client auth"], "username": requester, "groups": ["system:bootstrappers"]},
+               "status": {}})
+    }
+
+    #[test]
+    fn node_requests_are_approved_when_rbac_allows_then_signed() {
+        let c = csr("system:node:n1", &["system:nodes"], "system:bootstrap:skiff", certificates::KUBELET_CLIENT_SIGNER);
+        let bootstrappers =
+            |u: &User, sub: &str| sub == "nodeclient" && u.groups.iter().any(|g| g == "system:bootstrappers");
+        assert_eq!(plan(&c, bootstrappers), Step::Approve("nodeclient"));
+        assert_eq!(plan(&c, |_, _| false), Step::Nothing, "without the RBAC grant a person decides");
+        let mut approved = c.clone();
+        push_condition(&mut approved, condition("Approved", "AutoApproved", ""));
+        assert_eq!(plan(&approved, |_, _| false), Step::Sign);
+        approved["status"]["certificate"] = json!("Y2VydA==");
+        assert_eq!(plan(&approved, |_, _| true), Step::Nothing);
+    }
+
+    #[test]
+    fn other_requests_wait_for_a_person_or_another_signer() {
+        let admin = csr("admin", &["system:masters"], "mallory", certificates::KUBELET_CLIENT_SIGNER);
+        assert_eq!(plan(&admin, |_, _| true), Step::Nothing, "not a node certificate: never auto-approved");
+        let user = csr("alice", &[], "alice", certificates::CLIENT_SIGNER);
+        assert_eq!(plan(&user, |_, _| true), Step::Nothing);
+        let foreign = csr("system:node:n1", &["system:nodes"], "x", "example.com/signer");
+        assert_eq!(plan(&foreign, |_, _| true), Step::Nothing);
+        let mut denied = csr("system:node:n1", &["system:nodes"], "x", certificates::KUBELET_CLIENT_SIGNER);
+        push_condition(&mut denied, condition("Denied", "No", ""));
+        assert_eq!(plan(&denied, |_, _| true), Step::Nothing);
+        let mut broken = user.clone();
+        broken["spec"]["request"] = json!("bm90IGEgcmVxdWVzdA==");
+        assert!(matches!(plan(&broken, |_, _| true), Step::Fail(_)));
+    }
+}

@@ -1,0 +1,162 @@
+//! Per-node identity with the real kubectl (issue 14): the join token can only ask for a node certificate, which
+//! the server approves and signs by itself; other requests wait for a person with the right to approve; each node's
+//! certificate names it, and a node changes only its own Node, Lease and pods.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+
+const KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+
+fn run(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = c.kubectl_output(&all, stdin);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn whoami(c: &Cluster, kubeconfig: &std::path::Path) -> serde_json::Value {
+    let (ok, out, err) = run(c, kubeconfig, &["auth", "whoami", "-o", "json"], None);
+    assert!(ok, "whoami: {err}");
+    serde_json::from_str(&out).expect("json")
+}
+
+#[test]
+fn the_join_token_only_bootstraps_a_node_identity() {
+    let c = Cluster::start_with(None);
+    let token = c.token_kubeconfig("bootstrap", &c.server.pki.node_token);
+    // the token itself reads and changes nothing
+    for args in [&["get", "pods", "-A"][..], &["get", "secrets", "-A"], &["get", "nodes"]] {
+        let (ok, _, err) = run(&c, &token, args, None);
+        assert!(!ok && err.contains("User \"system:bootstrap:skiff\" cannot"), "{args:?}: {err}");
+    }
+    // a node certificate asked for with it is approved and signed without anyone
+    let n1 = c.node_kubeconfig("n1");
+    let me = whoami(&c, &n1);
+    assert_eq!(me["status"]["userInfo"]["username"], "system:node:n1");
+    assert!(me["status"]["userInfo"]["groups"].to_string().contains("system:nodes"), "{me}");
+    let csr = c.get_json(&["csr", "csr-system-node-n1"]);
+    let approved = &csr["status"]["conditions"][0];
+    assert_eq!((approved["type"].as_str(), approved["reason"].as_str()), (Some("Approved"), Some("AutoApproved")));
+    assert_eq!(csr["spec"]["username"], "system:bootstrap:skiff", "the requester is recorded by the server");
+
+    // what is not a plain node certificate is left to a person, even when asked for with the token
+    let (admin_csr, _) = c.request_certificate(&token, "skiff-admin", &["system:masters"], KUBELET_SIGNER);
+    let (user_csr, _) = c.request_certificate(&token, "eve", &[], CLIENT_SIGNER);
+    let (node_with_masters, _) =
+        c.request_certificate(&token, "system:node:n9", &["system:nodes", "system:masters"], KUBELET_SIGNER);
+    // n2's request goes through the controller after the others: once it is signed, they have been looked at
+    let _n2 = c.node_kubeconfig("n2");
+    for name in [&admin_csr, &user_csr, &node_with_masters] {
+        let csr = c.get_json(&["csr", name]);
+        assert!(
+            csr["status"].get("certificate").is_none() && csr["status"].get("conditions").is_none(),
+            "{name} stays pending: {csr}"
+        );
+    }
+    let table = c.kubectl(&["get", "csr"]);
+    assert!(table.contains("Pending") && table.contains("Approved,Issued"), "{table}");
+    // and the token cannot approve them
+    let (ok, _, err) = run(&c, &token, &["certificate", "approve", &admin_csr], None);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+}
+
+#[test]
+fn a_person_with_the_right_approves_other_requests() {
+    let c = Cluster::start_with(None);
+    let admin = c.server.kubeconfig.clone();
+    let (alice_csr, alice_key) = c.request_certificate(&admin, "alice", &["dev"], CLIENT_SIGNER);
+    let (eve_csr, _) = c.request_certificate(&admin, "eve", &[], CLIENT_SIGNER);
+
+    // mallory may update approvals but holds no `approve` on the signer: refused, as upstream
+    let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-updater}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [get, list]}\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/approval], verbs: [update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: mallory-csr}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-updater}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]\n";
+    c.kubectl_in(&["apply", "-f", "-"], role);
+    let err = c.kubectl_fails(&["certificate", "approve", &alice_csr, "--as=mallory"], None);
+    assert!(err.contains("user not permitted to approve requests with signerName"), "{err}");
+    // …and with it, allowed
+    let signer_role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: client-approver}}\nrules:\n- {{apiGroups: [certificates.k8s.io], resources: [signers], resourceNames: [\"{CLIENT_SIGNER}\"], verbs: [approve]}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: mallory-approves}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: client-approver}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}}]\n"
+    );
+    c.kubectl_in(&["apply", "-f", "-"], &signer_role);
+    c.eventually("mallory may approve", Duration::from_secs(10), || {
+        c.kubectl_output(&["certificate", "approve", &alice_csr, "--as=mallory"], None).status.success()
+    });
+    let cert = c.issued_certificate(&alice_csr);
+    let alice = c.cert_kubeconfig("alice", &cert, &alice_key);
+    let me = whoami(&c, &alice);
+    assert_eq!(me["status"]["userInfo"]["username"], "alice");
+    assert!(me["status"]["userInfo"]["groups"].to_string().contains("dev"), "{me}");
+
+    // a denied request is never signed, and a decision cannot be reversed
+    c.kubectl(&["certificate", "deny", &eve_csr]);
+    let mut both = c.get_json(&["csr", &eve_csr]);
+    let approved = serde_json::json!({"type": "Approved", "status": "True", "reason": "Changed", "message": "my mind"});
+    both["status"]["conditions"].as_array_mut().expect("conditions").push(approved);
+    let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{eve_csr}/approval");
+    let err = c.kubectl_fails(&["replace", "--raw", &path, "-f", "-"], Some(&both.to_string()));
+    assert!(err.contains("cannot be both approved and denied"), "{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    let eve = c.get_json(&["csr", &eve_csr]);
+    assert!(eve["status"].get("certificate").is_none(), "{eve}");
+    // the spec is the requester's and stays so
+    let err = c.kubectl_fails(
+        &["patch", "csr", &alice_csr, "--type=merge", "-p", r#"{"spec":{"signerName":"example.com/other"}}"#],
+        None,
+    );
+    assert!(err.contains("immutable"), "{err}");
+}
+
+#[test]
+fn a_node_changes_only_its_own_node_lease_and_pods() {
+    let c = Cluster::start_with(None);
+    for n in ["n1", "n2"] {
+        c.kubectl_in(&["apply", "-f", "-"], &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n"));
+    }
+    let (n1, n2) = (c.node_kubeconfig("n1"), c.node_kubeconfig("n2"));
+    let (ok, _, err) = run(&c, &n1, &["label", "node", "n1", "role=edge"], None);
+    assert!(ok, "a node labels itself: {err}");
+    let (ok, _, err) = run(&c, &n1, &["label", "node", "n2", "role=edge"], None);
+    assert!(!ok && err.contains("is not allowed to modify node \"n2\""), "{err}");
+    let (ok, _, err) = run(&c, &n1, &["delete", "node", "n2"], None);
+    assert!(!ok && err.contains("is not allowed to modify node"), "{err}");
+
+    let lease = |n: &str| {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {n}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {n}}}\n"
+        )
+    };
+    c.kubectl_in(&["apply", "-f", "-"], &lease("n2"));
+    let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(&lease("n1")));
+    assert!(ok, "a node creates its own lease: {err}");
+    let (ok, _, err) = run(&c, &n1, &["annotate", "lease", "n2", "-n", "kube-node-lease", "x=y"], None);
+    assert!(!ok && err.contains("not allowed to modify lease"), "{err}");
+
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: on-n2}\nspec: {nodeName: n2, containers: [{name: c, image: busybox}]}\n",
+    );
+    // status writes as an agent makes them (PATCH pods/status), with each node's own client
+    let patch_status = |kubeconfig: &std::path::Path| {
+        c.runtime.block_on(async {
+            let client = skiff_client::connect(kubeconfig).await.expect("client");
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "default");
+            let patch = serde_json::json!({"status": {"phase": "Running"}});
+            pods.patch_status("on-n2", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await
+        })
+    };
+    let err = patch_status(&n1).expect_err("n1 may not write n2's pod").to_string();
+    assert!(err.contains("can only modify pods with spec.nodeName set to itself"), "{err}");
+    patch_status(&n2).expect("n2 writes its own pod's status");
+    let (ok, _, err) = run(&c, &n1, &["delete", "pod", "on-n2", "--grace-period=0", "--force"], None);
+    assert!(!ok && err.contains("can only modify pods"), "{err}");
+    let mirror = "apiVersion: v1\nkind: Pod\nmetadata: {name: m, annotations: {kubernetes.io/config.mirror: x}}\nspec: {nodeName: n2, containers: [{name: c, image: busybox}]}\n";
+    let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(mirror));
+    assert!(!ok && err.contains("spec.nodeName set to itself"), "n1 cannot create n2's mirror pod: {err}");
+}
