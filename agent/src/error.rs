@@ -22,7 +22,7 @@ pub enum AgentError {
         context: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The container runtime failed.
     #[error(transparent)]
@@ -53,6 +53,6 @@ impl AgentError {
     /// An API error with context.
     pub fn api(context: impl Into<String>) -> impl FnOnce(kube::Error) -> AgentError {
         let context = context.into();
-        move |source| AgentError::Api { context, source }
+        move |source| AgentError::Api { context, source: Box::new(source) }
     }
 }
