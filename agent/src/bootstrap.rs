@@ -125,6 +125,11 @@ pub async fn request_certificate(
         if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
             let cert = String::from_utf8(cert.0)
                 .map_err(|_| AgentError::Config("the issued certificate is not PEM".into()))?;
+            if !usable(&cert, node, jiff::Timestamp::now().as_second()) {
+                return Err(AgentError::Config(format!(
+                    "the certificate issued for {name} does not name node {node} or is not valid now"
+                )));
+            }
             return Ok((cert, key));
         }
         if tokio::time::Instant::now() >= deadline {

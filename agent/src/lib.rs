@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::mpsc;
@@ -117,19 +117,14 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     tasks.push(tokio::spawn(node::status_loop(client.clone(), facts.clone(), cfg.data_dir.clone())));
     tasks.push(tokio::spawn(network::routes::run(client.clone(), net.handle().clone(), cfg.node_name.clone())));
     // Watched objects.
+    // Secrets and ConfigMaps are watched one by one, as pods need them (the node may read no others).
     let (config_tx, config_rx) = mpsc::unbounded_channel();
-    let (config_maps, t1) = follow::<ConfigMap>(&client, Some(config_tx.clone()));
-    let (secrets, t2) = follow::<Secret>(&client, Some(config_tx));
+    let objects = Arc::new(pods::watched::PodObjects::new(client.clone(), config_tx));
     let (services, t3) = follow::<Service>(&client, None);
     let (slices, t4) = follow::<EndpointSlice>(&client, None);
-    tasks.extend([t1, t2, t3, t4]);
-    let listed = async {
-        let _ = config_maps.wait_until_ready().await;
-        let _ = secrets.wait_until_ready().await;
-        let _ = services.wait_until_ready().await;
-    };
-    if tokio::time::timeout(Duration::from_secs(60), listed).await.is_err() {
-        return Err(AgentError::Config("could not list ConfigMaps, Secrets and Services within a minute".into()));
+    tasks.extend([t3, t4]);
+    if tokio::time::timeout(Duration::from_secs(60), services.wait_until_ready()).await.is_err() {
+        return Err(AgentError::Config("could not list Services within a minute".into()));
     }
     // DNS.
     if cfg.serve_dns {
@@ -150,7 +145,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
         images,
         net,
         cgroups: cgroups.clone(),
-        caches: pods::Caches { config_maps, secrets, services },
+        caches: pods::Caches { objects, services },
         views: views.clone(),
         metrics: metrics.clone(),
         recorder: skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),

@@ -251,7 +251,10 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
     let (ok, err) = as_n1(&["label", "node", "n2", "stolen=yes"]);
     assert!(!ok && err.contains("is not allowed to modify node \"n2\""), "n1 cannot change n2: {err}");
     let (ok, err) = as_n1(&["delete", "pod", "b", "--wait=false"]);
-    assert!(!ok && err.contains("can only modify pods with spec.nodeName set to itself"), "n1 cannot delete n2's pod: {err}");
+    assert!(
+        !ok && err.contains("can only modify pods with spec.nodeName set to itself"),
+        "n1 cannot delete n2's pod: {err}"
+    );
     let (ok, err) = as_n1(&["label", "node", "n1", "checked=yes"]);
     assert!(ok, "n1 changes itself: {err}");
 

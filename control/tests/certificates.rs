@@ -61,6 +61,32 @@ fn the_join_token_only_bootstraps_a_node_identity() {
             "{name} stays pending: {csr}"
         );
     }
+    // once n1 is registered, the shared token cannot get its name again (a node could become another)
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
+    let again = c.kubectl_output(&["delete", "csr", "csr-system-node-n1"], None);
+    assert!(again.status.success());
+    let (n1_again, _) = c.request_certificate(&token, "system:node:n1", &["system:nodes"], KUBELET_SIGNER);
+    let _n3 = c.node_kubeconfig("n3");
+    let csr = c.get_json(&["csr", &n1_again]);
+    assert!(csr["status"].get("conditions").is_none(), "a registered node's name waits for a person: {csr}");
+
+    // a subject two parsers could read differently (two CNs, the second another node) is refused at once
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout"])
+        .arg(dir.path().join("k.pem"))
+        .args(["-subj", "/O=system:nodes/CN=system:node:n9/CN=system:node:n1"])
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use base64::Engine as _;
+    let yaml = format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: two-cns}}\nspec:\n  request: {}\n  signerName: {KUBELET_SIGNER}\n  usages: [client auth]\n",
+        base64::engine::general_purpose::STANDARD.encode(&out.stdout)
+    );
+    let (ok, _, err) = run(&c, &token, &["create", "-f", "-"], Some(&yaml));
+    assert!(!ok && err.contains("one common name"), "{err}");
+
     let table = c.kubectl(&["get", "csr"]);
     assert!(table.contains("Pending") && table.contains("Approved,Issued"), "{table}");
     // and the token cannot approve them
@@ -116,10 +142,11 @@ fn a_person_with_the_right_approves_other_requests() {
 #[test]
 fn a_node_changes_only_its_own_node_lease_and_pods() {
     let c = Cluster::start_with(None);
+    // as agents do: a certificate first, then the Node registered with it
+    let (n1, n2) = (c.node_kubeconfig("n1"), c.node_kubeconfig("n2"));
     for n in ["n1", "n2"] {
         c.kubectl_in(&["apply", "-f", "-"], &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n"));
     }
-    let (n1, n2) = (c.node_kubeconfig("n1"), c.node_kubeconfig("n2"));
     let (ok, _, err) = run(&c, &n1, &["label", "node", "n1", "role=edge"], None);
     assert!(ok, "a node labels itself: {err}");
     let (ok, _, err) = run(&c, &n1, &["label", "node", "n2", "role=edge"], None);
@@ -156,6 +183,42 @@ fn a_node_changes_only_its_own_node_lease_and_pods() {
     patch_status(&n2).expect("n2 writes its own pod's status");
     let (ok, _, err) = run(&c, &n1, &["delete", "pod", "on-n2", "--grace-period=0", "--force"], None);
     assert!(!ok && err.contains("can only modify pods"), "{err}");
+    // evicting is deleting: n1 cannot evict n2's pod
+    let evicted = c.runtime.block_on(async {
+        let client = skiff_client::connect(&n1).await.expect("client");
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "default");
+        pods.evict("on-n2", &kube::api::EvictParams::default()).await
+    });
+    let err = evicted.expect_err("n1 may not evict n2's pod").to_string();
+    assert!(err.contains("can only modify pods"), "{err}");
+
+    // reading: only the Secrets and ConfigMaps of the node's own pods, one at a time
+    c.kubectl(&["create", "secret", "generic", "for-n2", "--from-literal=k=v"]);
+    c.kubectl(&["create", "secret", "generic", "unused", "--from-literal=k=v"]);
+    c.kubectl(&["create", "configmap", "cm-for-n2", "--from-literal=k=v"]);
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: reads}\nspec:\n  nodeName: n2\n  containers: [{name: c, image: busybox, envFrom: [{configMapRef: {name: cm-for-n2}}]}]\n  volumes: [{name: s, secret: {secretName: for-n2}}]\n",
+    );
+    let (ok, _, err) = run(&c, &n2, &["get", "secret", "for-n2"], None);
+    assert!(ok, "n2 reads its pod's Secret: {err}");
+    let (ok, _, err) = run(&c, &n2, &["get", "configmap", "cm-for-n2"], None);
+    assert!(ok, "n2 reads its pod's ConfigMap: {err}");
+    let (ok, _, err) = run(&c, &n2, &["get", "secrets", "--field-selector", "metadata.name=for-n2"], None);
+    assert!(ok, "a list of it by name (what a watch of one object asks): {err}");
+    for (who, args) in [
+        (&n1, &["get", "secret", "for-n2"][..]),
+        (&n2, &["get", "secret", "unused"]),
+        (&n2, &["get", "secrets"]),
+        (&n2, &["get", "secrets", "-A"]),
+        (&n2, &["delete", "secret", "for-n2"]),
+    ] {
+        let (ok, _, err) = run(&c, who, args, None);
+        assert!(!ok && err.contains("forbidden"), "{args:?} is refused: {err}");
+    }
+    let (_, _, err) = run(&c, &n1, &["get", "secret", "for-n2"], None);
+    assert!(err.contains("no relationship found between node 'n1' and this object"), "{err}");
+
     let mirror = "apiVersion: v1\nkind: Pod\nmetadata: {name: m, annotations: {kubernetes.io/config.mirror: x}}\nspec: {nodeName: n2, containers: [{name: c, image: busybox}]}\n";
     let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(mirror));
     assert!(!ok && err.contains("spec.nodeName set to itself"), "n1 cannot create n2's mirror pod: {err}");

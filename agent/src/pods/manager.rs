@@ -76,7 +76,14 @@ impl Manager {
     }
 
     fn reap(&mut self) {
-        self.workers.retain(|_, h| !h.task.is_finished());
+        let objects = self.ctx.caches.objects.clone();
+        self.workers.retain(|uid, h| {
+            let done = h.task.is_finished();
+            if done {
+                objects.release(uid);
+            }
+            !done
+        });
         let running = self.workers.len() as i64;
         let containers = self
             .ctx
@@ -98,6 +105,7 @@ impl Manager {
         }
         let pod = Arc::new(pod);
         if self.workers.contains_key(&uid) {
+            self.ctx.caches.objects.register(&pod);
             self.send(&uid, PodEvent::Update(pod));
             return;
         }
@@ -105,6 +113,7 @@ impl Manager {
         if terminal(&pod) && !known && pod.metadata.deletion_timestamp.is_none() {
             return;
         }
+        self.ctx.caches.objects.register(&pod);
         self.spawn(pod, false, false);
     }
 

@@ -15,6 +15,7 @@ pub mod record;
 pub mod static_pods;
 pub mod status;
 pub mod volumes;
+pub mod watched;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 
 use crate::cgroups::Cgroups;
 use crate::config::AgentConfig;
@@ -70,13 +71,12 @@ pub struct NodeIdentity {
     pub memory: u64,
 }
 
-/// The API objects pods read, from watches (no request per pod).
+/// The API objects pods read, from watches (no request per pod): Services cluster-wide (for the environment's
+/// service variables), Secrets and ConfigMaps one by one, those the node's pods use ([`watched`]).
 #[derive(Clone)]
 pub struct Caches {
-    /// ConfigMaps.
-    pub config_maps: Store<ConfigMap>,
-    /// Secrets.
-    pub secrets: Store<Secret>,
+    /// Secrets and ConfigMaps of this node's pods.
+    pub objects: Arc<watched::PodObjects>,
     /// Services.
     pub services: Store<Service>,
 }
@@ -97,10 +97,10 @@ pub struct NamespaceLookup<'a> {
 
 impl env::Lookup for NamespaceLookup<'_> {
     fn config_map(&self, name: &str) -> Option<ConfigMap> {
-        self.caches.config_maps.get(&ObjectRef::new(name).within(self.namespace)).map(|c| (*c).clone())
+        self.caches.objects.config_maps.get(self.namespace, name).map(|c| (*c).clone())
     }
     fn secret(&self, name: &str) -> Option<Secret> {
-        self.caches.secrets.get(&ObjectRef::new(name).within(self.namespace)).map(|s| (*s).clone())
+        self.caches.objects.secrets.get(self.namespace, name).map(|s| (*s).clone())
     }
 }
 

@@ -627,6 +627,7 @@ impl Worker {
                 return Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
             }
         }
+        self.objects_listed().await;
         let pull_configs = self.pull_configs();
         let (image, obtained) = match self
             .ctx
@@ -1000,6 +1001,14 @@ impl Worker {
         write_if_changed(&f.hostname, format!("{}\n", etc::hostname(&self.pod)))
     }
 
+    /// Waits (briefly) until the Secrets and ConfigMaps this pod names have been listed by their watches: a missing
+    /// one is then really missing, not merely not seen yet.
+    async fn objects_listed(&self) {
+        if !self.ctx.caches.objects.synced(&self.pod, Duration::from_secs(10)).await {
+            tracing::debug!(pod = %self.rec.name, "the pod's Secrets and ConfigMaps are not all listed yet");
+        }
+    }
+
     /// The docker configs of the pod's image pull secrets (service-account admission has copied the account's in),
     /// in order; a Secret that is missing or holds no docker config is skipped, as kubelet does.
     fn pull_configs(&self) -> Vec<serde_json::Value> {
@@ -1083,6 +1092,7 @@ impl Worker {
     }
 
     async fn try_prepare_volumes(&mut self) -> Result<BTreeMap<String, PathBuf>, String> {
+        self.objects_listed().await;
         self.issue_tokens().await?;
         let facts = self.facts();
         let ns = self.rec.namespace.clone();

@@ -20,6 +20,9 @@ pub const MAX_BACKLOG: usize = 4 << 20;
 /// Stdin bytes buffered before sessions stop being read.
 const MAX_STDIN: usize = 1 << 20;
 
+/// Sessions attached at once; more are closed as they come.
+pub const MAX_SESSIONS: usize = 16;
+
 /// One attached session.
 struct Session {
     sock: UnixStream,
@@ -151,7 +154,7 @@ impl Attach {
         for _ in 0..16 {
             match self.listener.accept() {
                 Ok((sock, _)) => {
-                    if sock.set_nonblocking(true).is_ok() {
+                    if self.sessions.len() < MAX_SESSIONS && sock.set_nonblocking(true).is_ok() {
                         self.sessions.push(Session {
                             sock,
                             input: Vec::new(),

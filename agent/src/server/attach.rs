@@ -41,6 +41,37 @@ async fn run(
     if opts.stdin {
         wr.write_all(&sock::frame(kind::ATTACH_STDIN, b"")).await.map_err(|e| e.to_string())?;
     }
+    // Input goes through its own task: a container that does not read its stdin must not keep this session from
+    // seeing the client leave.
+    let (input, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = queued.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let result = pump(ws, out, &mut rd, &input, opts, v5).await;
+    drop(input);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), writer).await.is_err() {
+        abort.abort();
+    }
+    result
+}
+
+/// How long input may wait for the container to take it before the session gives up.
+const INPUT_WAIT: Duration = Duration::from_secs(30);
+
+async fn pump(
+    ws: &mut futures::stream::SplitStream<WebSocket>,
+    out: &tokio::sync::mpsc::Sender<Message>,
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    input: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    opts: &ExecOptions,
+    v5: bool,
+) -> Result<(), String> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 32 * 1024];
     loop {
@@ -66,17 +97,16 @@ async fn run(
                         (255, Some(0)) if v5 && opts.stdin => Some(sock::frame(kind::CLOSE_STDIN, b"")),
                         _ => None,
                     },
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        // The client left: the session ends, the container goes on.
-                        let _ = wr.shutdown().await;
-                        return Ok(());
-                    }
+                    // The client left: the session ends (closing its stdin), the container goes on.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
                     _ => None,
                 };
-                if let Some(f) = forward
-                    && wr.write_all(&f).await.is_err()
-                {
-                    return Ok(());
+                if let Some(f) = forward {
+                    match tokio::time::timeout(INPUT_WAIT, input.send(f)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Ok(()),
+                        Err(_) => return Err("the container has not taken its input for 30 s".into()),
+                    }
                 }
             }
         }

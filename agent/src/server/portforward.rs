@@ -32,6 +32,19 @@ const CHUNK: usize = 32 * 1024;
 /// How long a connection to the pod may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Forwarded connections one session may hold at once (each is a pair of streams).
+const MAX_FORWARDS: usize = 64;
+
+/// Data frames queued towards one pod connection before the stream is reset: kubectl does not honour SPDY's
+/// flow control, so a pod that stops reading must not stall the session's other streams.
+const QUEUED_FRAMES: usize = 64;
+
+/// RST_STREAM status: too many streams.
+const RST_REFUSED: u32 = 3;
+
+/// RST_STREAM status: a stream sent more than was taken.
+const RST_FLOW_CONTROL: u32 = 7;
+
 /// Where the forwarded connections go: the pod's network namespace, or the node's for a `hostNetwork` pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -140,8 +153,9 @@ where
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
         loop {
-            let (frame, used) = match Frame::parse(&buf) {
+            let (frame, used) = match Frame::parse(&buf[at..]) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -150,7 +164,7 @@ where
                     break 'read;
                 }
             };
-            buf.drain(..used);
+            at += used;
             let send = |f: Frame| {
                 let tx = out_tx.clone();
                 async move { tx.send(f.encode()).await.is_ok() }
@@ -177,13 +191,22 @@ where
                     if !send(reply).await {
                         break 'read;
                     }
+                    if forwards.contains_key(&stream) || error_streams.values().any(|s| *s == stream) {
+                        tracing::debug!(stream, pod = %target.pod, "port-forward: a stream id was used twice");
+                        let _ = send(Frame::GoAway { last_stream: stream }).await;
+                        break 'read;
+                    }
+                    if forwards.len() >= MAX_FORWARDS || error_streams.len() >= MAX_FORWARDS {
+                        let _ = send(Frame::RstStream { stream, status: RST_REFUSED }).await;
+                        continue;
+                    }
                     match req.kind {
                         StreamKind::Error => {
                             error_streams.insert(req.request_id, stream);
                         }
                         StreamKind::Data => {
                             let error_stream = error_streams.remove(&req.request_id);
-                            let (to_pod, from_client) = mpsc::channel(16);
+                            let (to_pod, from_client) = mpsc::channel(QUEUED_FRAMES);
                             let task = tokio::spawn(forward(
                                 target.clone(),
                                 req.port,
@@ -199,10 +222,14 @@ where
                 Frame::Data { stream, flags, data } => {
                     if let Some(f) = forwards.get(&stream) {
                         let fin = flags & FLAG_FIN != 0;
-                        let ok = (data.is_empty() || f.to_pod.send(Some(data)).await.is_ok())
-                            && (!fin || f.to_pod.send(None).await.is_ok());
+                        let ok = (data.is_empty() || f.to_pod.try_send(Some(data)).is_ok())
+                            && (!fin || f.to_pod.try_send(None).is_ok());
                         if !ok {
-                            forwards.remove(&stream);
+                            // the pod does not keep up (or its connection ended): reset this stream only
+                            if let Some(f) = forwards.remove(&stream) {
+                                f.task.abort();
+                            }
+                            let _ = send(Frame::RstStream { stream, status: RST_FLOW_CONTROL }).await;
                         }
                     } else if !error_streams.values().any(|s| *s == stream) && !data.is_empty() {
                         // Data on a stream that was never opened or is already gone (the error streams' empty FIN
@@ -223,12 +250,16 @@ where
                 Frame::SynReply { .. } | Frame::Ignored(_) => {}
             }
         }
+        buf.drain(..at);
     }
     for (_, f) in forwards.drain() {
         f.task.abort();
     }
     drop(out_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let writer_abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+        writer_abort.abort();
+    }
 }
 
 /// One local connection: dial the pod, then copy both ways; a failed dial is reported on the error stream.

@@ -13,7 +13,8 @@
 //! - [`protobuf`]: protobuf request bodies of every built-in kind, decoded into the JSON they stand for;
 //! - [`smp`]: strategic merge patch with the merge keys of every built-in type, from [`schema`];
 //! - [`structural`]: custom resources against their CRD's structural schema (pruning, defaults, validation);
-//! - [`meta`]: helpers over the `metadata` of an untyped object.
+//! - [`meta`]: helpers over the `metadata` of an untyped object;
+//! - [`references`]: the Secrets, ConfigMaps and claims a pod names (what its node may read).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod normalize;
 pub mod protobuf;
 pub mod qos;
 pub mod quantity;
+pub mod references;
 pub mod registry;
 pub mod schema;
 pub mod selector;

@@ -191,8 +191,46 @@ impl Api {
                 target
             }
         };
+        if let Some(verdict) = self.node_graph(&user, attrs).await? {
+            return match verdict {
+                Ok(()) => Ok(user),
+                Err(reason) => Err(forbidden(&user, attrs, &reason)),
+            };
+        }
         let d = rbac::decide(&policy, &user, attrs);
         if d.allowed { Ok(user) } else { Err(forbidden(&user, attrs, &d.reason)) }
+    }
+
+    /// The node authorizer (kube-apiserver's `Node` mode): a node (`system:node:NAME` in `system:nodes`) reads a
+    /// Secret or ConfigMap only if a pod bound to it refers to it ([`skiff_api::references`]), one object at a time
+    /// (get, or a list/watch of it by name), and never writes one. `None`: not this authorizer's question.
+    async fn node_graph(&self, user: &User, attrs: &Attributes) -> ApiResult<Option<Result<(), String>>> {
+        let Attributes::Resource { verb, group, resource, subresource, namespace, name } = attrs else {
+            return Ok(None);
+        };
+        let watched =
+            group.is_empty() && subresource.is_empty() && matches!(resource.as_str(), "secrets" | "configmaps");
+        let is_node = user.groups.iter().any(|g| g == crate::certificates::NODES_GROUP);
+        if !watched || !is_node {
+            return Ok(None);
+        }
+        let Some(node) = super::noderestriction::node_name(user) else {
+            return Ok(Some(Err("a node without a name has no relationship with any object".into())));
+        };
+        let refusal = || format!("no relationship found between node '{node}' and this object");
+        if !matches!(verb.as_str(), "get" | "list" | "watch") || name.is_empty() || namespace.is_empty() {
+            return Ok(Some(Err(refusal())));
+        }
+        let pods = self.builtin("", "pods");
+        let bound = self.list_all(&pods, Some(namespace), Selector::everything()).await?;
+        let related = bound
+            .iter()
+            .filter(|p| p.pointer("/spec/nodeName").and_then(serde_json::Value::as_str) == Some(node))
+            .any(|p| {
+                let r = skiff_api::references::of_pod(p);
+                if resource == "secrets" { r.secrets.contains(name) } else { r.config_maps.contains(name) }
+            });
+        Ok(Some(if related { Ok(()) } else { Err(refusal()) }))
     }
 
     /// An update or apply that would create the object needs `create` too (as upstream's

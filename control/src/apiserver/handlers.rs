@@ -615,7 +615,7 @@ async fn resource_request(
                         Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
                     }
                     "eviction" => {
-                        api.evict(ns, name, &v).await?;
+                        api.evict(ns, name, &v, user).await?;
                         Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
                     }
                     _ => Ok(json_response(StatusCode::CREATED, &api.token_request(ns, name, &v, user).await?)),

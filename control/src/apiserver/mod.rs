@@ -171,7 +171,8 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
     match user {
         Some(u) => {
             let query = Query::parse(req.uri().query());
-            let attrs = crate::rbac::attributes::of_request(req.method().as_str(), &path, query.flag("watch"));
+            let attrs = crate::rbac::attributes::of_request(req.method().as_str(), &path, query.flag("watch"))
+                .with_selected_name(query.get("fieldSelector"));
             let u = match api.authorize(u, req.headers(), &attrs).await {
                 Ok(u) => u,
                 Err(e) => {

@@ -61,6 +61,9 @@ pub fn mirror_pod_problem(pod: &Value) -> Option<String> {
     None
 }
 
+/// The namespace of node Leases.
+const NODE_LEASES: &str = "kube-node-lease";
+
 /// Whether `user` is in the nodes' group.
 fn is_node(user: &User) -> bool {
     user.groups.iter().any(|g| g == crate::certificates::NODES_GROUP)
@@ -107,7 +110,7 @@ pub fn check_node_write(
         ("", "nodes") if me != Some(name) => {
             Err(format!("node {:?} is not allowed to modify node {name:?}", user.name))
         }
-        ("coordination.k8s.io", "leases") if me != Some(name) => {
+        ("coordination.k8s.io", "leases") if me != Some(name) || skiff_api::meta::namespace(old) != NODE_LEASES => {
             Err(format!("node {:?} is not allowed to modify lease {name:?}", user.name))
         }
         ("", "pods") => {
@@ -127,7 +130,12 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
     let name = skiff_api::meta::name(obj);
     match (group, plural) {
         ("", "pods") => check_pod_create(Some(user), obj),
-        ("", "nodes") | ("coordination.k8s.io", "leases") if node_name(user) != Some(name) => {
+        ("", "nodes") if node_name(user) != Some(name) => {
+            Err(format!("node {:?} is not allowed to create {plural} {name:?}", user.name))
+        }
+        ("coordination.k8s.io", "leases")
+            if node_name(user) != Some(name) || skiff_api::meta::namespace(obj) != NODE_LEASES =>
+        {
             Err(format!("node {:?} is not allowed to create {plural} {name:?}", user.name))
         }
         _ => Ok(()),
@@ -152,6 +160,14 @@ mod tests {
         assert!(check_node_write(Some(&n1), "", "nodes", "n1", &nothing, Some(&nothing)).is_ok());
         assert!(check_node_write(Some(&n1), "", "nodes", "n2", &nothing, None).is_err(), "another node");
         assert!(check_node_write(Some(&n1), "coordination.k8s.io", "leases", "n2", &nothing, Some(&nothing)).is_err());
+        let lease = |ns: &str| json!({"metadata": {"name": "n1", "namespace": ns}});
+        assert!(
+            check_node_write(Some(&n1), "coordination.k8s.io", "leases", "n1", &lease("kube-node-lease"), None).is_ok()
+        );
+        assert!(
+            check_node_write(Some(&n1), "coordination.k8s.io", "leases", "n1", &lease("kube-system"), None).is_err()
+        );
+        assert!(check_node_create(Some(&n1), "coordination.k8s.io", "leases", &lease("default")).is_err());
         assert!(check_node_write(Some(&n1), "", "pods", "p", &pod_on("n1"), Some(&pod_on("n1"))).is_ok());
         assert!(check_node_write(Some(&n2), "", "pods", "p", &pod_on("n1"), Some(&pod_on("n1"))).is_err());
         assert!(check_node_write(Some(&n1), "", "pods", "p", &pod_on("n1"), Some(&pod_on("n2"))).is_err(), "moving it");

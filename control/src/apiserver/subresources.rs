@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::Api;
+use super::auth::User;
 use super::cas;
 use super::error::{ApiError, ApiResult};
 use super::objects::Stored;
@@ -128,7 +129,7 @@ impl Api {
     }
 
     /// Evicts a pod (`pods/{name}/eviction`): deletes it unless a PodDisruptionBudget forbids it.
-    pub async fn evict(&self, ns: &str, name: &str, eviction: &Value) -> ApiResult<()> {
+    pub async fn evict(&self, ns: &str, name: &str, eviction: &Value, user: Option<&User>) -> ApiResult<()> {
         let pods = self.builtin("", "pods");
         let pod = self.get(&pods, Some(ns), name).await?;
         let pdbs = self.builtin("policy", "poddisruptionbudgets");
@@ -151,7 +152,9 @@ impl Api {
             }
         }
         let grace = eviction.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
-        self.delete(&pods, Some(ns), name, &DeleteOptions { grace_period: grace, ..Default::default() }).await?;
+        // the evicting user's deletion: NodeRestriction keeps a node to the pods bound to it
+        let opts = DeleteOptions { grace_period: grace, user: user.cloned(), ..Default::default() };
+        self.delete(&pods, Some(ns), name, &opts).await?;
         Ok(())
     }
 }

@@ -29,12 +29,12 @@ pub fn is_served_signer(signer: &str) -> bool {
     signer == KUBELET_CLIENT_SIGNER || signer == CLIENT_SIGNER
 }
 
-/// A CSR condition's type and status, read from `status.conditions`.
+/// Whether a CSR has the condition `kind` with status `True` (in `status.conditions`).
 pub fn has_condition(csr: &serde_json::Value, kind: &str) -> bool {
     csr.pointer("/status/conditions").and_then(serde_json::Value::as_array).is_some_and(|cs| {
         cs.iter().any(|c| {
             c.get("type").and_then(serde_json::Value::as_str) == Some(kind)
-                && c.get("status").and_then(serde_json::Value::as_str) != Some("False")
+                && c.get("status").and_then(serde_json::Value::as_str) == Some("True")
         })
     })
 }

@@ -28,6 +28,19 @@ pub fn parse(pem: &[u8]) -> Result<Request, String> {
         .map_err(|e| format!("the certificate request does not parse: {e}"))?;
     csr.verify_signature().map_err(|e| format!("the certificate request's signature is invalid: {e}"))?;
     let subject = &csr.certification_request_info.subject;
+    // one value per name part, one common name, nothing but CN and O: parsers that differ on which of several
+    // values wins (the first or the last) must not disagree on who the certificate names
+    if subject.iter().any(|rdn| rdn.iter().count() != 1) {
+        return Err("the subject may not have multi-valued name parts".into());
+    }
+    if subject.iter_common_name().count() > 1 {
+        return Err("the subject may have one common name only".into());
+    }
+    let known =
+        [x509_parser::oid_registry::OID_X509_COMMON_NAME, x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME];
+    if let Some(other) = subject.iter_attributes().find(|a| !known.contains(a.attr_type())) {
+        return Err(format!("the subject may name only CN and O, not {}", other.attr_type()));
+    }
     let text =
         |v: &x509_parser::x509::AttributeTypeAndValue<'_>| v.as_str().map(str::to_string).map_err(|e| e.to_string());
     let common_name = subject.iter_common_name().next().map(text).transpose()?.unwrap_or_default();
@@ -81,6 +94,36 @@ pub(crate) mod tests {
         assert!(r.alt_names.is_empty() && !r.wants_ca);
         let (pem, _) = make("web", &[], &["web.example"]);
         assert_eq!(parse(pem.as_bytes()).expect("parses").alt_names, vec!["DNS:web.example"]);
+    }
+
+    #[test]
+    fn a_subject_that_parsers_could_read_differently_is_refused() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "system:node:n2");
+        p.distinguished_name.push(rcgen::DnType::CountryName, "XX");
+        let pem = p.serialize_request(&key).expect("csr").pem().expect("pem");
+        assert!(parse(pem.as_bytes()).expect_err("refused").contains("only CN and O"));
+        // rcgen keeps one value per attribute type, so requests with two CNs (or a multi-valued part) come from
+        // OpenSSL, as an attacker would make them
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("k.pem");
+        for (subject, multi, expected) in [
+            ("/O=system:nodes/CN=system:node:n2/CN=system:node:n1", false, "one common name"),
+            ("/O=system:nodes/CN=system:node:n2+CN=system:node:n1", true, "multi-valued"),
+        ] {
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout"]);
+            cmd.arg(&key).args(["-subj", subject]);
+            if multi {
+                cmd.arg("-multivalue-rdn");
+            }
+            let out = cmd.output().expect("openssl runs");
+            assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+            let err = parse(&out.stdout).expect_err("refused");
+            assert!(err.contains(expected), "{subject}: {err}");
+        }
     }
 
     #[test]

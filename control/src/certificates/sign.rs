@@ -42,9 +42,19 @@ pub fn sign(
     } else {
         check_client_usages(r.usages)?;
     }
+    if req.organizations.len() > 1 {
+        return Err("this signer issues certificates of one group (O) at most".into());
+    }
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(r.request_pem)
         .map_err(|e| format!("the certificate request cannot be signed: {e}"))?;
     let p = &mut csr.params;
+    // the subject is exactly what was checked, not what another parser made of the request
+    let mut dn = rcgen::DistinguishedName::new();
+    for o in &req.organizations {
+        dn.push(rcgen::DnType::OrganizationName, o.as_str());
+    }
+    dn.push(rcgen::DnType::CommonName, req.common_name.as_str());
+    p.distinguished_name = dn;
     p.is_ca = IsCa::ExplicitNoCa;
     if r.signer == KUBELET_CLIENT_SIGNER {
         p.subject_alt_names.clear();
@@ -70,6 +80,12 @@ pub fn sign(
     let key = KeyPair::from_pem(ca_key_pem).map_err(|e| format!("the CA key: {e}"))?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, key).map_err(|e| format!("the CA certificate: {e}"))?;
     let cert = csr.signed_by(&issuer).map_err(|e| format!("signing: {e}"))?;
+    // and the certificate says so, as the API server will read it
+    let (user, groups) =
+        skiff_client::identity::subject_of(cert.der()).ok_or("the signed certificate does not parse")?;
+    if user != req.common_name || groups != req.organizations {
+        return Err(format!("the signed certificate names {user:?} {groups:?}, not the request's subject"));
+    }
     Ok(cert.pem())
 }
 

@@ -15,6 +15,7 @@ use crate::apiserver::Api;
 use crate::apiserver::auth::User;
 use crate::apiserver::csr::{self, GROUP};
 use crate::apiserver::error::ApiResult;
+use crate::apiserver::writes::DeleteOptions;
 use crate::certificates::{self, approve, request, sign};
 use crate::pki::CertPair;
 use crate::rbac::{self, attributes::Attributes};
@@ -38,8 +39,11 @@ pub enum Step {
 }
 
 /// Decides what to do with `csr`; `may` answers whether the requester may `create` a subresource of
-/// `certificatesigningrequests` (the RBAC question of auto-approval).
-pub fn plan(csr: &Value, may: impl Fn(&User, &str) -> bool) -> Step {
+/// `certificatesigningrequests` (the RBAC question of auto-approval), `registered` whether a Node of that name
+/// exists. The join token is shared by every node, so it bootstraps only names no node has yet: a node that has
+/// joined renews with its own certificate, and asking anew for a registered name (a rebuilt machine, or a node
+/// trying to become another) waits for a person.
+pub fn plan(csr: &Value, may: impl Fn(&User, &str) -> bool, registered: impl Fn(&str) -> bool) -> Step {
     let signer = csr::signer(csr);
     let done = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
     if done || !certificates::is_served_signer(signer) {
@@ -63,7 +67,9 @@ pub fn plan(csr: &Value, may: impl Fn(&User, &str) -> bool) -> Step {
             .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .unwrap_or_default(),
     };
+    let node = req.common_name.strip_prefix(certificates::NODE_USER_PREFIX).unwrap_or_default();
     match approve::auto_approval(signer, &csr::usages(csr), &requester.name, &req) {
+        Some("nodeclient") if registered(node) => Step::Nothing,
         Some(sub) if may(&requester, sub) => Step::Approve(sub),
         _ => Step::Nothing,
     }
@@ -82,47 +88,91 @@ pub async fn pass(api: &Arc<Api>, ca: &CertPair) -> ApiResult<()> {
         let attrs = Attributes::subresource("create", GROUP, "certificatesigningrequests", sub, "", "");
         rbac::decide(&policy, u, &attrs).allowed
     };
+    let nodes: std::collections::HashSet<String> = api
+        .list_all(&api.builtin("", "nodes"), None, Selector::everything())
+        .await?
+        .iter()
+        .map(|n| skiff_api::meta::name(n).to_string())
+        .collect();
+    let registered = |n: &str| nodes.contains(n);
+    let now = jiff::Timestamp::now().as_second();
     for c in api.list_all(&info, None, Selector::everything()).await? {
         let name = skiff_api::meta::name(&c).to_string();
-        match plan(&c, may) {
-            Step::Nothing => {}
-            Step::Approve(sub) => {
-                let message = format!("Auto approving node client certificate after SubjectAccessReview ({sub}).");
-                let approved = condition("Approved", "AutoApproved", &message);
-                api.update_with(&info, None, &name, Some("approval"), MANAGER, |o| {
-                    push_condition(o, approved.clone());
-                    true
-                })
-                .await?;
-                tracing::info!(csr = %name, "approved a node client certificate request");
+        if expired(&c, now) {
+            if let Err(e) = api.delete(&info, None, &name, &DeleteOptions::default()).await {
+                tracing::debug!(csr = %name, error = %e, "removing an old certificate request failed");
             }
-            Step::Sign => {
-                let pem = csr::request_pem(&c).map(|p| String::from_utf8_lossy(&p).into_owned()).unwrap_or_default();
-                let usages = csr::usages(&c);
-                let r = sign::SignRequest {
-                    request_pem: &pem,
-                    signer: csr::signer(&c),
-                    usages: &usages,
-                    expiration_seconds: c.pointer("/spec/expirationSeconds").and_then(Value::as_i64),
-                };
-                match sign::sign(&r, &ca.cert_pem, &ca.key_pem, MAX_SECONDS, jiff::Timestamp::now().as_second()) {
-                    Ok(cert) => {
-                        let b64 = base64::engine::general_purpose::STANDARD.encode(cert);
-                        api.update_with(&info, None, &name, Some("status"), MANAGER, |o| {
-                            if !o.get("status").is_some_and(Value::is_object) {
-                                o["status"] = json!({});
-                            }
-                            o["status"]["certificate"] = json!(b64);
-                            true
-                        })
-                        .await?;
-                        tracing::info!(csr = %name, "signed a certificate request");
-                    }
-                    Err(e) => fail(api, &info, &name, &e).await?,
-                }
-            }
-            Step::Fail(e) => fail(api, &info, &name, &e).await?,
+            continue;
         }
+        // one request's failure does not hold up the others
+        if let Err(e) = act(api, &info, ca, &c, plan(&c, may, registered)).await {
+            tracing::debug!(csr = %name, error = %e, "acting on a certificate request failed; next pass");
+        }
+    }
+    Ok(())
+}
+
+/// How long requests are kept, as kube-controller-manager's CSR cleaner: decided ones an hour, pending ones a day.
+const KEEP_DECIDED: i64 = 3600;
+const KEEP_PENDING: i64 = 24 * 3600;
+
+/// Whether `csr` is old enough to be removed at `now`.
+pub fn expired(csr: &Value, now: i64) -> bool {
+    let created = csr
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or(now, |t| t.as_second());
+    let decided = ["Approved", "Denied", "Failed"].iter().any(|k| certificates::has_condition(csr, k));
+    now - created > if decided { KEEP_DECIDED } else { KEEP_PENDING }
+}
+
+async fn act(
+    api: &Arc<Api>,
+    info: &Arc<skiff_api::registry::ResourceInfo>,
+    ca: &CertPair,
+    c: &Value,
+    step: Step,
+) -> ApiResult<()> {
+    let name = skiff_api::meta::name(c).to_string();
+    match step {
+        Step::Nothing => {}
+        Step::Approve(sub) => {
+            let message = format!("Auto approving node client certificate after SubjectAccessReview ({sub}).");
+            let approved = condition("Approved", "AutoApproved", &message);
+            api.update_with(info, None, &name, Some("approval"), MANAGER, |o| {
+                push_condition(o, approved.clone());
+                true
+            })
+            .await?;
+            tracing::info!(csr = %name, "approved a node client certificate request");
+        }
+        Step::Sign => {
+            let pem = csr::request_pem(c).map(|p| String::from_utf8_lossy(&p).into_owned()).unwrap_or_default();
+            let usages = csr::usages(c);
+            let r = sign::SignRequest {
+                request_pem: &pem,
+                signer: csr::signer(c),
+                usages: &usages,
+                expiration_seconds: c.pointer("/spec/expirationSeconds").and_then(Value::as_i64),
+            };
+            match sign::sign(&r, &ca.cert_pem, &ca.key_pem, MAX_SECONDS, jiff::Timestamp::now().as_second()) {
+                Ok(cert) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(cert);
+                    api.update_with(info, None, &name, Some("status"), MANAGER, |o| {
+                        if !o.get("status").is_some_and(Value::is_object) {
+                            o["status"] = json!({});
+                        }
+                        o["status"]["certificate"] = json!(b64);
+                        true
+                    })
+                    .await?;
+                    tracing::info!(csr = %name, "signed a certificate request");
+                }
+                Err(e) => fail(api, info, &name, &e).await?,
+            }
+        }
+        Step::Fail(e) => fail(api, info, &name, &e).await?,
     }
     Ok(())
 }
@@ -184,28 +234,53 @@ mod tests {
         let c = csr("system:node:n1", &["system:nodes"], "system:bootstrap:skiff", certificates::KUBELET_CLIENT_SIGNER);
         let bootstrappers =
             |u: &User, sub: &str| sub == "nodeclient" && u.groups.iter().any(|g| g == "system:bootstrappers");
-        assert_eq!(plan(&c, bootstrappers), Step::Approve("nodeclient"));
-        assert_eq!(plan(&c, |_, _| false), Step::Nothing, "without the RBAC grant a person decides");
+        let nobody = |_: &str| false;
+        assert_eq!(plan(&c, bootstrappers, nobody), Step::Approve("nodeclient"));
+        assert_eq!(plan(&c, |_, _| false, nobody), Step::Nothing, "without the RBAC grant a person decides");
+        assert_eq!(
+            plan(&c, bootstrappers, |n| n == "n1"),
+            Step::Nothing,
+            "n1 has joined: the token cannot get its name"
+        );
+        let renewal = csr("system:node:n1", &["system:nodes"], "system:node:n1", certificates::KUBELET_CLIENT_SIGNER);
+        let selves = |_: &User, sub: &str| sub == "selfnodeclient";
+        assert_eq!(plan(&renewal, selves, |n| n == "n1"), Step::Approve("selfnodeclient"), "a node renews itself");
         let mut approved = c.clone();
         push_condition(&mut approved, condition("Approved", "AutoApproved", ""));
-        assert_eq!(plan(&approved, |_, _| false), Step::Sign);
+        assert_eq!(plan(&approved, |_, _| false, |_| false), Step::Sign);
         approved["status"]["certificate"] = json!("Y2VydA==");
-        assert_eq!(plan(&approved, |_, _| true), Step::Nothing);
+        assert_eq!(plan(&approved, |_, _| true, |_| false), Step::Nothing);
+    }
+
+    #[test]
+    fn old_requests_are_cleaned_up() {
+        let at = |t: &str, cond: Option<&str>| {
+            let mut c = json!({"metadata": {"creationTimestamp": t}, "status": {}});
+            if let Some(k) = cond {
+                push_condition(&mut c, condition(k, "x", ""));
+            }
+            c
+        };
+        let now = "2026-12-01T12:00:00Z".parse::<jiff::Timestamp>().expect("time").as_second();
+        assert!(!expired(&at("2026-12-01T11:30:00Z", Some("Approved")), now));
+        assert!(expired(&at("2026-12-01T10:30:00Z", Some("Approved")), now));
+        assert!(!expired(&at("2026-12-01T00:30:00Z", None), now), "pending: a day");
+        assert!(expired(&at("2026-11-30T10:00:00Z", None), now));
     }
 
     #[test]
     fn other_requests_wait_for_a_person_or_another_signer() {
         let admin = csr("admin", &["system:masters"], "mallory", certificates::KUBELET_CLIENT_SIGNER);
-        assert_eq!(plan(&admin, |_, _| true), Step::Nothing, "not a node certificate: never auto-approved");
+        assert_eq!(plan(&admin, |_, _| true, |_| false), Step::Nothing, "not a node certificate: never auto-approved");
         let user = csr("alice", &[], "alice", certificates::CLIENT_SIGNER);
-        assert_eq!(plan(&user, |_, _| true), Step::Nothing);
+        assert_eq!(plan(&user, |_, _| true, |_| false), Step::Nothing);
         let foreign = csr("system:node:n1", &["system:nodes"], "x", "example.com/signer");
-        assert_eq!(plan(&foreign, |_, _| true), Step::Nothing);
+        assert_eq!(plan(&foreign, |_, _| true, |_| false), Step::Nothing);
         let mut denied = csr("system:node:n1", &["system:nodes"], "x", certificates::KUBELET_CLIENT_SIGNER);
         push_condition(&mut denied, condition("Denied", "No", ""));
-        assert_eq!(plan(&denied, |_, _| true), Step::Nothing);
+        assert_eq!(plan(&denied, |_, _| true, |_| false), Step::Nothing);
         let mut broken = user.clone();
         broken["spec"]["request"] = json!("bm90IGEgcmVxdWVzdA==");
-        assert!(matches!(plan(&broken, |_, _| true), Step::Fail(_)));
+        assert!(matches!(plan(&broken, |_, _| true, |_| false), Step::Fail(_)));
     }
 }

@@ -55,6 +55,23 @@ impl Attributes {
         }
     }
 
+    /// A list or watch of one object by a `metadata.name` field selector names that object, as kube-apiserver's
+    /// request info does (so a watch of one Secret is authorized as that Secret).
+    pub fn with_selected_name(self, field_selector: Option<&str>) -> Attributes {
+        match self {
+            Attributes::Resource { verb, group, resource, subresource, namespace, name }
+                if name.is_empty() && matches!(verb.as_str(), "list" | "watch") =>
+            {
+                let selected = field_selector
+                    .and_then(|f| skiff_api::selector::FieldSelector::parse(f).ok())
+                    .and_then(|f| f.equality("metadata.name").map(str::to_string))
+                    .unwrap_or_default();
+                Attributes::Resource { verb, group, resource, subresource, namespace, name: selected }
+            }
+            other => other,
+        }
+    }
+
     /// The verb.
     pub fn verb(&self) -> &str {
         match self {

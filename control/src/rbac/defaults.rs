@@ -175,7 +175,7 @@ fn node_rules() -> Vec<Value> {
         rule(&[""], &["pods/status"], &["patch", "update"]),
         rule(&[""], &["pods/eviction"], &["create"]),
         rule(&[""], &["services", "endpoints", "namespaces"], READ),
-        rule(&[""], &["configmaps", "secrets"], READ),
+        // Secrets and ConfigMaps: the node authorizer, for the objects of the node's own pods only
         rule(
             &[""],
             &["persistentvolumeclaims", "persistentvolumes"],
