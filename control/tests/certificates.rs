@@ -12,14 +12,7 @@ const KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 
 fn run(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    let out = c.kubectl_output(&all, stdin);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.kubectl_with(kubeconfig, args, stdin)
 }
 
 fn whoami(c: &Cluster, kubeconfig: &std::path::Path) -> serde_json::Value {

@@ -30,14 +30,7 @@ fn kubectl_as_with(
     args: &[&str],
     stdin: Option<&str>,
 ) -> (bool, String, String) {
-    let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    let out = c.kubectl_output(&all, stdin);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.kubectl_with(kubeconfig, args, stdin)
 }
 
 fn refused(c: &Cluster, kc: &std::path::Path, args: &[&str], expected: &str) {

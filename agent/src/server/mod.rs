@@ -138,30 +138,44 @@ async fn container_logs(
     (StatusCode::OK, plain, Body::from_stream(stream)).into_response()
 }
 
+/// What exec and attach check before upgrading: the streams asked for, the container (running), the WebSocket
+/// with its channel protocol (v5 or v4). The error is the answer to send, as [`find`]'s.
+#[allow(clippy::result_large_err)] // a Response, returned once per request
+fn stream_request(
+    s: &Shared,
+    (ns, pod, container): (&str, &str, &str),
+    opts: Result<exec::ExecOptions, String>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    what: &str,
+) -> Result<(exec::ExecOptions, crate::pods::ContainerView, WebSocketUpgrade, bool), Response> {
+    let opts = opts.map_err(|e| text(StatusCode::BAD_REQUEST, e))?;
+    let view = find(s, ns, pod, container)?;
+    if !view.running {
+        return Err(text(StatusCode::BAD_REQUEST, format!("container {container} is not running")));
+    }
+    let ws =
+        ws.map_err(|_| text(StatusCode::BAD_REQUEST, format!("{what} needs a WebSocket upgrade (v5.channel.k8s.io)")))?;
+    let ws = ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"]);
+    let v5 = ws.selected_protocol().and_then(|p| p.to_str().ok()) == Some("v5.channel.k8s.io");
+    Ok((opts, view, ws, v5))
+}
+
 async fn exec_handler(
     State(s): State<Shared>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let opts = match exec::ExecOptions::from_query(&pairs(q)) {
-        Ok(o) => o,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
-    };
-    let view = match find(&s, &ns, &pod, &container) {
-        Ok(v) => v,
+    let opts = exec::ExecOptions::from_query(&pairs(q));
+    let (opts, view, ws, v5) = match stream_request(&s, (&ns, &pod, &container), opts, ws, "exec") {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let (Some(id), true) = (view.id, view.running) else {
+    let Some(id) = view.id else {
         return text(StatusCode::BAD_REQUEST, format!("container {container} is not running"));
-    };
-    let Ok(ws) = ws else {
-        return text(StatusCode::BAD_REQUEST, "exec needs a WebSocket upgrade (v5.channel.k8s.io)");
     };
     let started = std::time::Instant::now();
     let metrics = s.metrics.clone();
-    let ws = ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"]);
-    let v5 = ws.selected_protocol().and_then(|p| p.to_str().ok()) == Some("v5.channel.k8s.io");
     ws.on_upgrade(move |socket| async move {
         exec::session(socket, s.runtime.clone(), id, opts, s.scratch.clone(), v5).await;
         metrics.operation("exec", started.elapsed().as_secs_f64());
@@ -174,24 +188,16 @@ async fn attach_handler(
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let opts = match exec::ExecOptions::streams_from_query(&pairs(q)) {
-        Ok(o) => o,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
-    };
-    let view = match find(&s, &ns, &pod, &container) {
-        Ok(v) => v,
+    let opts = exec::ExecOptions::streams_from_query(&pairs(q));
+    let (opts, view, ws, v5) = match stream_request(&s, (&ns, &pod, &container), opts, ws, "attach") {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let (Some(bundle), true) = (view.bundle, view.running) else {
+    let Some(bundle) = view.bundle else {
         return text(StatusCode::BAD_REQUEST, format!("container {container} is not running"));
-    };
-    let Ok(ws) = ws else {
-        return text(StatusCode::BAD_REQUEST, "attach needs a WebSocket upgrade (v5.channel.k8s.io)");
     };
     let started = std::time::Instant::now();
     let metrics = s.metrics.clone();
-    let ws = ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"]);
-    let v5 = ws.selected_protocol().and_then(|p| p.to_str().ok()) == Some("v5.channel.k8s.io");
     ws.on_upgrade(move |socket| async move {
         attach::session(socket, bundle, opts, v5).await;
         metrics.operation("attach", started.elapsed().as_secs_f64());

@@ -124,6 +124,18 @@ pub fn check_node_write(
     }
 }
 
+/// [`check_node_write`] as the API's 403.
+pub fn admit_node_write(
+    user: Option<&User>,
+    info: &skiff_api::registry::ResourceInfo,
+    name: &str,
+    old: &Value,
+    new: Option<&Value>,
+) -> Result<(), super::error::ApiError> {
+    check_node_write(user, &info.group, &info.plural, name, old, new)
+        .map_err(|m| super::error::ApiError::forbidden(format!("{} {name:?} is forbidden: {m}", info.plural)))
+}
+
 /// Whether node `user` may create `obj` (a Node or Lease of its own name only; pods: [`check_pod_create`]).
 pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &Value) -> Result<(), String> {
     let Some(user) = user.filter(|u| is_node(u)) else { return Ok(()) };

@@ -361,15 +361,7 @@ impl Api {
         warnings.extend(self.admit_pod_security(info, ns, &new, Some(&cur.object), subresource).await?);
         self.admit_quota(info, ns, &new, Some(&cur.object)).await?;
         self.admit_rbac(info, ns, &new, Some(&cur.object), opts.user.as_ref()).await?;
-        super::noderestriction::check_node_write(
-            opts.user.as_ref(),
-            &info.group,
-            &info.plural,
-            name,
-            &cur.object,
-            Some(&new),
-        )
-        .map_err(|m| ApiError::forbidden(format!("{} {name:?} is forbidden: {m}", info.plural)))?;
+        super::noderestriction::admit_node_write(opts.user.as_ref(), info, name, &cur.object, Some(&new))?;
         if super::csr::is_csr(info) {
             self.admit_csr(&new, &cur.object, subresource, opts.user.as_ref()).await?;
         }
@@ -444,15 +436,7 @@ impl Api {
         let ns = if info.namespaced() { namespace } else { None };
         cas::retry!(info, name, {
             let cur = self.get(info, ns, name).await?;
-            super::noderestriction::check_node_write(
-                opts.user.as_ref(),
-                &info.group,
-                &info.plural,
-                name,
-                &cur.object,
-                None,
-            )
-            .map_err(|m| ApiError::forbidden(format!("{} {name:?} is forbidden: {m}", info.plural)))?;
+            super::noderestriction::admit_node_write(opts.user.as_ref(), info, name, &cur.object, None)?;
             if let Some(uid) = &opts.uid
                 && uid != meta::uid(&cur.object)
             {

@@ -111,6 +111,23 @@ impl Cluster {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Runs kubectl with another kubeconfig: (success, stdout, stderr).
+    pub fn kubectl_with(
+        &self,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let out = self.kubectl_output(&all, stdin);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A kubeconfig that authenticates with `token` only (no client certificate).
     pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
         let content = skiff_control::kubeconfig::render(
