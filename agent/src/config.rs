@@ -105,6 +105,9 @@ pub struct AgentConfig {
     pub cluster_domain: String,
     /// Serve cluster DNS (on the node IP and `cluster_dns`).
     pub serve_dns: bool,
+    /// Where cluster DNS forwards names outside the cluster domain; `None`: the node's `/etc/resolv.conf`
+    /// nameservers; an empty list: nowhere (such names are NXDOMAIN).
+    pub dns_upstream: Option<Vec<std::net::SocketAddr>>,
     /// The eBPF Service load balancer.
     pub lb: LbMode,
     /// Registries reached over plain HTTP (`host:port`); `localhost` and `127.*` always are.
@@ -143,6 +146,7 @@ impl AgentConfig {
             cluster_dns: CLUSTER_DNS,
             cluster_domain: "cluster.local".into(),
             serve_dns: true,
+            dns_upstream: None,
             lb: LbMode::Off,
             insecure_registries: Vec::new(),
             max_pods: 110,

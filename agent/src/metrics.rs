@@ -42,6 +42,9 @@ struct Inner {
     pull_seconds: Histogram,
     operations: Family<OperationLabels, Histogram>,
     dns: Family<RcodeLabels, Counter>,
+    dns_forward: Family<RcodeLabels, Counter>,
+    dns_cache_hits: Counter,
+    dns_cache_misses: Counter,
 }
 
 /// The metrics (cheap to clone).
@@ -100,6 +103,16 @@ impl Metrics {
         );
         let dns = Family::<RcodeLabels, Counter>::default();
         registry.register("dns_queries", "Cluster DNS queries answered, by response code", dns.clone());
+        let dns_forward = Family::<RcodeLabels, Counter>::default();
+        registry.register(
+            "dns_forward_responses",
+            "Answers of the upstream resolvers to forwarded queries, by response code (NODATA: no records; SERVFAIL: none came)",
+            dns_forward.clone(),
+        );
+        let dns_cache_hits = Counter::default();
+        registry.register("dns_cache_hits", "Forwarded queries answered from the cache", dns_cache_hits.clone());
+        let dns_cache_misses = Counter::default();
+        registry.register("dns_cache_misses", "Forwarded queries sent upstream", dns_cache_misses.clone());
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -112,6 +125,9 @@ impl Metrics {
                 pull_seconds,
                 operations,
                 dns,
+                dns_forward,
+                dns_cache_hits,
+                dns_cache_misses,
             }),
         }
     }
@@ -154,6 +170,20 @@ impl Metrics {
     /// Counts a DNS answer.
     pub fn dns(&self, rcode: &str) {
         self.inner.dns.get_or_create(&RcodeLabels { rcode: rcode.into() }).inc();
+    }
+
+    /// Counts an answer of the upstream resolvers.
+    pub fn dns_forward(&self, rcode: &str) {
+        self.inner.dns_forward.get_or_create(&RcodeLabels { rcode: rcode.into() }).inc();
+    }
+
+    /// Counts a forwarded query answered from the cache (`true`) or sent upstream.
+    pub fn dns_cache(&self, hit: bool) {
+        if hit {
+            self.inner.dns_cache_hits.inc()
+        } else {
+            self.inner.dns_cache_misses.inc()
+        };
     }
 
     /// The classic text exposition format ([`skiff_client::metrics::CONTENT_TYPE`]).

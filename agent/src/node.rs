@@ -167,6 +167,11 @@ pub fn status(f: &NodeFacts, conds: Vec<NodeCondition>) -> NodeStatus {
     }
 }
 
+/// Marks the Node as run with its own certificate ([`skiff_client::identity::NODE_CERTIFICATE_ANNOTATION`]).
+fn certificate_annotation() -> std::collections::BTreeMap<String, String> {
+    [(skiff_client::identity::NODE_CERTIFICATE_ANNOTATION.to_string(), "true".to_string())].into()
+}
+
 /// Creates or updates the Node; returns it as stored (with `spec.podCIDR` once assigned).
 pub async fn register(client: &kube::Client, f: &NodeFacts, data_dir: &std::path::Path) -> Result<Node, AgentError> {
     let api: Api<Node> = Api::all(client.clone());
@@ -179,6 +184,7 @@ pub async fn register(client: &kube::Client, f: &NodeFacts, data_dir: &std::path
             metadata: kube::api::ObjectMeta {
                 name: Some(f.name.clone()),
                 labels: Some(labels(f)),
+                annotations: Some(certificate_annotation()),
                 ..Default::default()
             },
             ..Default::default()
@@ -189,7 +195,8 @@ pub async fn register(client: &kube::Client, f: &NodeFacts, data_dir: &std::path
             Err(e) => return Err(AgentError::api(format!("creating node {}", f.name))(e)),
         }
     } else {
-        api.patch(&f.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels(f)}})))
+        let metadata = json!({"metadata": {"labels": labels(f), "annotations": certificate_annotation()}});
+        api.patch(&f.name, &PatchParams::default(), &Patch::Merge(metadata))
             .await
             .map_err(AgentError::api("updating node labels"))?;
         tracing::info!(node = %f.name, "node already registered; status updated");

@@ -55,13 +55,21 @@ fn the_join_token_only_bootstraps_a_node_identity() {
         );
     }
     // once n1 is registered, the shared token cannot get its name again (a node could become another)
-    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1, annotations: {skiff.dev/node-certificate: \"true\"}}\n",
+    );
     let again = c.kubectl_output(&["delete", "csr", "csr-system-node-n1"], None);
     assert!(again.status.success());
     let (n1_again, _) = c.request_certificate(&token, "system:node:n1", &["system:nodes"], KUBELET_SIGNER);
     let _n3 = c.node_kubeconfig("n3");
     let csr = c.get_json(&["csr", &n1_again]);
     assert!(csr["status"].get("conditions").is_none(), "a registered node's name waits for a person: {csr}");
+
+    // a Node an older agent registered (no annotation) may bootstrap once: upgrading an agent needs no person
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata: {name: old}\n");
+    let old = c.node_kubeconfig("old");
+    assert_eq!(whoami(&c, &old)["status"]["userInfo"]["username"], "system:node:old");
 
     // a subject two parsers could read differently (two CNs, the second another node) is refused at once
     let dir = tempfile::tempdir().expect("tempdir");

@@ -319,6 +319,11 @@ impl Cluster {
             a.extend(["--lb".into(), "--lb-pin-dir".into(), pins.path().display().to_string()]);
             a.extend(["--lb-metrics-addr".into(), format!("{}:{LB_METRICS_PORT}", n.ip)]);
         }
+        // the nodes have no way out, so the machine's resolvers are out of reach: names outside the cluster are
+        // NXDOMAIN unless a test gives its own upstream
+        if !self.cfg.agent_args.iter().any(|x| x == "--dns-upstream") {
+            a.extend(["--dns-upstream".into(), "none".into()]);
+        }
         a.extend(self.cfg.agent_args.clone());
         a
     }

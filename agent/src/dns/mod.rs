@@ -4,6 +4,7 @@
 //! service load balancer can send pods' DNS traffic to their node's server.
 
 pub mod records;
+pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -57,6 +58,30 @@ struct Handler {
     view: View,
     domain: String,
     metrics: Metrics,
+    upstream: Option<std::sync::Arc<upstream::Upstream>>,
+}
+
+impl Handler {
+    /// The records a CNAME's target has for `t`, so the answer is complete as CoreDNS makes it: from the cluster
+    /// when the target is in the cluster domain, from the upstream otherwise.
+    async fn chase(&self, target: &Name, t: RecordType) -> Vec<Record> {
+        let text = target.to_ascii();
+        if records::in_domain(&text, &self.domain) {
+            return match records::answer(&text, qtype(t), &self.domain, &self.view) {
+                Answer::A(ips) => {
+                    ips.into_iter().map(|ip| Record::from_rdata(target.clone(), TTL, RData::A(A(ip)))).collect()
+                }
+                _ => Vec::new(),
+            };
+        }
+        match &self.upstream {
+            Some(up) => match up.resolve(target, t).await {
+                upstream::Forwarded::Records(rs) => rs,
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        }
+    }
 }
 
 fn qtype(t: RecordType) -> QType {
@@ -81,10 +106,26 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = true;
-        meta.recursion_available = false;
+        meta.recursion_available = self.upstream.is_some();
         let mut answers: Vec<Record> = Vec::new();
         match request.request_info() {
             Err(_) => meta.response_code = ResponseCode::FormErr,
+            Ok(info)
+                if !records::in_domain(&info.query.name().to_string(), &self.domain) && self.upstream.is_some() =>
+            {
+                // a name outside the cluster: the node's resolvers answer it (not authoritatively)
+                meta.authoritative = false;
+                meta.recursion_available = true;
+                let qname = info.query.original().name().clone();
+                if let Some(up) = &self.upstream {
+                    match up.resolve(&qname, info.query.query_type()).await {
+                        upstream::Forwarded::Records(rs) => answers.extend(rs),
+                        upstream::Forwarded::NoData => {}
+                        upstream::Forwarded::NxDomain => meta.response_code = ResponseCode::NXDomain,
+                        upstream::Forwarded::Failed => meta.response_code = ResponseCode::ServFail,
+                    }
+                }
+            }
             Ok(info) => {
                 let name = info.query.name().to_string();
                 let qname = info.query.original().name().clone();
@@ -93,7 +134,11 @@ impl RequestHandler for Handler {
                         .extend(ips.into_iter().map(|ip| Record::from_rdata(qname.clone(), TTL, RData::A(A(ip))))),
                     Answer::Cname(target) => {
                         if let Some(t) = fqdn(&target) {
-                            answers.push(Record::from_rdata(qname.clone(), TTL, RData::CNAME(CNAME(t))));
+                            answers.push(Record::from_rdata(qname.clone(), TTL, RData::CNAME(CNAME(t.clone()))));
+                            // an ExternalName Service: its target's addresses in the same answer
+                            if info.query.query_type() != RecordType::CNAME {
+                                answers.extend(self.chase(&t, info.query.query_type()).await);
+                            }
                         }
                     }
                     Answer::Srv(list) => {
@@ -135,8 +180,9 @@ pub async fn serve(
     view: View,
     domain: String,
     metrics: Metrics,
+    upstream: Option<std::sync::Arc<upstream::Upstream>>,
 ) -> Result<tokio::task::JoinHandle<()>, crate::AgentError> {
-    let mut server = hickory_server::Server::new(Handler { view, domain, metrics });
+    let mut server = hickory_server::Server::new(Handler { view, domain, metrics, upstream });
     for ip in addrs {
         let addr = SocketAddr::new(ip, port);
         let udp = tokio::net::UdpSocket::bind(addr)

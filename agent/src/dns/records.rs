@@ -4,8 +4,8 @@
 //! - `host.svc.ns.svc.<domain>`: a headless Service's endpoint with that hostname;
 //! - `_port._proto.svc.ns.svc.<domain>`: SRV records for named ports;
 //! - `a-b-c-d.ns.pod.<domain>`: the address a.b.c.d;
-//! - names that exist but have no record of the asked type answer NOERROR without records; everything else is
-//!   NXDOMAIN at once (there is no upstream to forward to).
+//! - names that exist but have no record of the asked type answer NOERROR without records; other names of the
+//!   cluster domain are NXDOMAIN; names outside it are [`super::upstream`]'s.
 
 use std::net::Ipv4Addr;
 
@@ -92,6 +92,15 @@ pub fn pod_ip(label: &str) -> Option<Ipv4Addr> {
 }
 
 /// Answers `name` (any case, with or without the final dot) of type `q` in cluster domain `domain`.
+/// Whether `name` is in the cluster domain (`domain` itself or below it): those names are answered here, all
+/// others are forwarded.
+pub fn in_domain(name: &str, domain: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    name == domain || name.ends_with(&format!(".{domain}"))
+}
+
+/// The answer for `name` (a name of the cluster domain) and query type `q`.
 pub fn answer(name: &str, q: QType, domain: &str, cluster: &dyn Cluster) -> Answer {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
@@ -343,5 +352,13 @@ mod tests {
         assert_eq!(answer("shop.svc.cluster.local", QType::A, "cluster.local", &f), Answer::NoData);
         assert_eq!(answer("nons.svc.cluster.local", QType::A, "cluster.local", &f), Answer::NxDomain);
         assert_eq!(answer("web.shop.svc.cluster.local.example.com", QType::A, "cluster.local", &f), Answer::NxDomain);
+    }
+
+    #[test]
+    fn the_cluster_domain_is_answered_here_and_the_rest_forwarded() {
+        assert!(in_domain("web.default.svc.cluster.local.", "cluster.local"));
+        assert!(in_domain("Cluster.Local", "cluster.local."));
+        assert!(!in_domain("db-01.example.com.", "cluster.local"));
+        assert!(!in_domain("notcluster.local.", "cluster.local"), "a suffix is not the domain");
     }
 }

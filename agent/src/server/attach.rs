@@ -74,9 +74,13 @@ async fn pump(
 ) -> Result<(), String> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 32 * 1024];
+    // a session in which nothing moved either way for kubelet's streaming idle timeout ends
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(last + super::portforward::IDLE_TIMEOUT) => return Ok(()),
             n = rd.read(&mut chunk) => {
+                last = tokio::time::Instant::now();
                 let n = match n {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(n) => n,
@@ -90,6 +94,7 @@ async fn pump(
                 }
             }
             msg = ws.next() => {
+                last = tokio::time::Instant::now();
                 let forward = match msg {
                     Some(Ok(Message::Binary(b))) if !b.is_empty() => match (b[0], b.get(1)) {
                         (0, _) if opts.stdin => Some(sock::frame(kind::STDIN, &b[1..])),

@@ -236,7 +236,7 @@ async fn portforward_handler(
             );
         }
         return ws.on_upgrade(move |socket| async move {
-            portforward::session(portforward::websocket_bytes(socket), target).await;
+            portforward::session(portforward::websocket_bytes(socket), target, portforward::IDLE_TIMEOUT).await;
             metrics.operation("port_forward", started.elapsed().as_secs_f64());
         });
     }
@@ -264,7 +264,7 @@ async fn portforward_handler(
     };
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(io) => portforward::session(TokioIo::new(io), target).await,
+            Ok(io) => portforward::session(TokioIo::new(io), target, portforward::IDLE_TIMEOUT).await,
             Err(e) => tracing::debug!(error = %e, "port-forward: the SPDY upgrade did not complete"),
         }
         metrics.operation("port_forward", started.elapsed().as_secs_f64());

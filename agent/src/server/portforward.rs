@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -31,6 +33,10 @@ const CHUNK: usize = 32 * 1024;
 
 /// How long a connection to the pod may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A session in which no byte moved either way for this long is closed (kubelet's default
+/// `--streaming-connection-idle-timeout`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 
 /// Forwarded connections one session may hold at once (each is a pair of streams).
 const MAX_FORWARDS: usize = 64;
@@ -126,18 +132,25 @@ struct Forward {
     task: JoinHandle<()>,
 }
 
-/// Runs a port-forward session on `io` until the client goes away.
-pub async fn session<S>(io: S, target: Target)
+/// Runs a port-forward session on `io` until the client goes away, or nothing moved for `idle`
+/// ([`IDLE_TIMEOUT`] in service).
+pub async fn session<S>(io: S, target: Target, idle: Duration)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    // the last time bytes moved either way (milliseconds since the session began)
+    let began = tokio::time::Instant::now();
+    let check = (idle / 4).min(Duration::from_secs(60));
+    let last_active = Arc::new(AtomicU64::new(0));
+    let active = last_active.clone();
     let writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
             if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
                 return;
             }
+            active.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
         let _ = wr.shutdown().await;
     });
@@ -148,10 +161,19 @@ where
     let mut chunk = vec![0u8; 64 * 1024];
     'read: loop {
         forwards.retain(|_, f| !f.task.is_finished());
-        let n = match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = match tokio::time::timeout(check, rd.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                let quiet = (began.elapsed().as_millis() as u64).saturating_sub(last_active.load(Ordering::Relaxed));
+                if quiet >= idle.as_millis() as u64 {
+                    tracing::debug!(pod = %target.pod, quiet_ms = quiet, "port-forward: idle, closing");
+                    break;
+                }
+                continue;
+            }
         };
+        last_active.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
         loop {
@@ -404,7 +426,7 @@ mod tests {
         };
         let (client, server) = tokio::io::duplex(64 * 1024);
         let target = Target { pod: "default/p".into(), uid: "u1".into(), netns: None };
-        tokio::spawn(session(server, target));
+        tokio::spawn(session(server, target, IDLE_TIMEOUT));
         let (mut rd, mut wr) = tokio::io::split(client);
         let mut codec = HeaderCodec::default();
         let syn = |codec: &mut HeaderCodec, stream: u32, kind: &str, port: u16, id: &str| {
@@ -475,5 +497,21 @@ mod tests {
                 assert_eq!(theirs.decode(block).expect("inflates"), vec![]);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_session_where_nothing_moves_is_closed() {
+        let (client, server) = tokio::io::duplex(1024);
+        let target = Target { pod: "default/p".into(), uid: "u".into(), netns: None };
+        let idle = Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
+        let ended = tokio::spawn(session(server, target, idle));
+        let (mut rd, _wr) = tokio::io::split(client);
+        let mut b = [0u8; 16];
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), rd.read(&mut b)).await.expect("closed in time").expect("read");
+        assert_eq!(n, 0, "the session closed its side");
+        assert!(started.elapsed() >= idle);
+        ended.await.expect("session ended");
     }
 }

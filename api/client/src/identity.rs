@@ -29,3 +29,8 @@ pub fn subject_of_pem(cert_pem: &str) -> Option<(String, Vec<String>)> {
 pub fn needs_renewal(not_before: i64, not_after: i64, now: i64) -> bool {
     now >= not_after - (not_after - not_before) / 3
 }
+
+/// The annotation a node's agent puts on its Node once it runs with its own certificate: from then on, the shared
+/// join token may not bootstrap that name again (a node registered by an older agent, without it, may bootstrap
+/// once, so that upgrading the agent does not need a person).
+pub const NODE_CERTIFICATE_ANNOTATION: &str = "skiff.dev/node-certificate";

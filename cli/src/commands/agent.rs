@@ -60,6 +60,10 @@ pub struct Args {
     /// Do not serve cluster DNS.
     #[arg(long)]
     no_dns: bool,
+    /// Where cluster DNS forwards names outside the cluster domain (`IP` or `IP:PORT`, repeatable; `none` to answer
+    /// them NXDOMAIN). Default: the `nameserver` lines of this machine's /etc/resolv.conf.
+    #[arg(long, value_name = "ADDR")]
+    dns_upstream: Vec<String>,
     /// Run the eBPF Service load balancer for this node's pods.
     #[arg(long)]
     lb: bool,
@@ -137,6 +141,7 @@ impl Args {
         cfg.cgroup_root = self.cgroup_root.clone();
         cfg.bridge = self.bridge.clone();
         cfg.serve_dns = !self.no_dns;
+        cfg.dns_upstream = parse_upstreams(&self.dns_upstream)?;
         cfg.insecure_registries = self.insecure_registries.clone();
         cfg.runc = self.runc.clone();
         cfg.seccomp_default = self.seccomp_default;
@@ -150,6 +155,26 @@ impl Args {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// `--dns-upstream` values: none given is `None` (the machine's resolvers), `none` an empty list.
+fn parse_upstreams(values: &[String]) -> anyhow::Result<Option<Vec<SocketAddr>>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    if values.iter().any(|v| v == "none") {
+        anyhow::ensure!(values.len() == 1, "--dns-upstream none cannot be given with addresses");
+        return Ok(Some(Vec::new()));
+    }
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<SocketAddr>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| anyhow::anyhow!("--dns-upstream {v:?}: expected IP or IP:PORT"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// Runs `skiff agent`.

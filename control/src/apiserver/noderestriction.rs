@@ -61,6 +61,22 @@ pub fn mirror_pod_problem(pod: &Value) -> Option<String> {
     None
 }
 
+/// Labels only an administrator sets on a Node (upstream's NodeRestriction reserves them the same way), so a
+/// workload can be kept to nodes an admin vouched for.
+const RESTRICTED_LABELS: &str = "node-restriction.kubernetes.io/";
+
+fn restricted_labels(node: &Value) -> Vec<(String, String)> {
+    node.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.iter()
+                .filter(|(k, _)| k.starts_with(RESTRICTED_LABELS))
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The namespace of node Leases.
 const NODE_LEASES: &str = "kube-node-lease";
 
@@ -110,6 +126,10 @@ pub fn check_node_write(
         ("", "nodes") if me != Some(name) => {
             Err(format!("node {:?} is not allowed to modify node {name:?}", user.name))
         }
+        ("", "nodes") if new.is_some_and(|n| restricted_labels(n) != restricted_labels(old)) => Err(format!(
+            "node {:?} is not allowed to modify labels with the prefix {RESTRICTED_LABELS:?} (an admin sets them, to keep workloads to nodes it vouches for)",
+            user.name
+        )),
         ("coordination.k8s.io", "leases") if me != Some(name) || skiff_api::meta::namespace(old) != NODE_LEASES => {
             Err(format!("node {:?} is not allowed to modify lease {name:?}", user.name))
         }
@@ -145,6 +165,9 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
         ("", "nodes") if node_name(user) != Some(name) => {
             Err(format!("node {:?} is not allowed to create {plural} {name:?}", user.name))
         }
+        ("", "nodes") if !restricted_labels(obj).is_empty() => {
+            Err(format!("node {:?} is not allowed to set labels with the prefix {RESTRICTED_LABELS:?}", user.name))
+        }
         ("coordination.k8s.io", "leases")
             if node_name(user) != Some(name) || skiff_api::meta::namespace(obj) != NODE_LEASES =>
         {
@@ -171,6 +194,12 @@ mod tests {
         let nothing = json!({});
         assert!(check_node_write(Some(&n1), "", "nodes", "n1", &nothing, Some(&nothing)).is_ok());
         assert!(check_node_write(Some(&n1), "", "nodes", "n2", &nothing, None).is_err(), "another node");
+        let labelled = |v: &str| json!({"metadata": {"name": "n1", "labels": {"node-restriction.kubernetes.io/pci": v, "zone": "a"}}});
+        let plain = json!({"metadata": {"name": "n1", "labels": {"zone": "b"}}});
+        assert!(check_node_write(Some(&n1), "", "nodes", "n1", &labelled("yes"), Some(&labelled("yes"))).is_ok());
+        assert!(check_node_write(Some(&n1), "", "nodes", "n1", &plain, Some(&labelled("yes"))).is_err(), "adding");
+        assert!(check_node_write(Some(&n1), "", "nodes", "n1", &labelled("yes"), Some(&plain)).is_err(), "removing");
+        assert!(check_node_create(Some(&n1), "", "nodes", &labelled("yes")).is_err());
         assert!(check_node_write(Some(&n1), "coordination.k8s.io", "leases", "n2", &nothing, Some(&nothing)).is_err());
         let lease = |ns: &str| json!({"metadata": {"name": "n1", "namespace": ns}});
         assert!(

@@ -39,10 +39,10 @@ pub enum Step {
 }
 
 /// Decides what to do with `csr`; `may` answers whether the requester may `create` a subresource of
-/// `certificatesigningrequests` (the RBAC question of auto-approval), `registered` whether a Node of that name
-/// exists. The join token is shared by every node, so it bootstraps only names no node has yet: a node that has
-/// joined renews with its own certificate, and asking anew for a registered name (a rebuilt machine, or a node
-/// trying to become another) waits for a person.
+/// `certificatesigningrequests` (the RBAC question of auto-approval), `registered` whether a Node of that name runs
+/// with its own certificate already. The join token is shared by every node, so it bootstraps only names no such
+/// node has: a node that has joined renews with its own certificate, and asking anew for its name (a rebuilt
+/// machine, or a node trying to become another) waits for a person.
 pub fn plan(csr: &Value, may: impl Fn(&User, &str) -> bool, registered: impl Fn(&str) -> bool) -> Step {
     let signer = csr::signer(csr);
     let done = csr.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
@@ -88,10 +88,16 @@ pub async fn pass(api: &Arc<Api>, ca: &CertPair) -> ApiResult<()> {
         let attrs = Attributes::subresource("create", GROUP, "certificatesigningrequests", sub, "", "");
         rbac::decide(&policy, u, &attrs).allowed
     };
+    // names whose agent already runs with its own certificate (an older agent's Node may bootstrap once)
     let nodes: std::collections::HashSet<String> = api
         .list_all(&api.builtin("", "nodes"), None, Selector::everything())
         .await?
         .iter()
+        .filter(|n| {
+            n.pointer("/metadata/annotations")
+                .and_then(|a| a.get(skiff_client::identity::NODE_CERTIFICATE_ANNOTATION))
+                .is_some()
+        })
         .map(|n| skiff_api::meta::name(n).to_string())
         .collect();
     let registered = |n: &str| nodes.contains(n);
