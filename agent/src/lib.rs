@@ -130,10 +130,12 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     if cfg.serve_dns {
         let view = dns::View { services: services.clone(), slices: slices.clone() };
         let addrs = vec![IpAddr::V4(node_ip), IpAddr::V4(cfg.cluster_dns)];
-        let servers = cfg.dns_upstream.clone().unwrap_or_else(|| {
-            let exclude = [IpAddr::V4(node_ip), IpAddr::V4(cfg.cluster_dns)];
-            dns::upstream::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &exclude)
-        });
+        let own = [IpAddr::V4(node_ip), IpAddr::V4(cfg.cluster_dns)];
+        let servers = match cfg.dns_upstream.clone() {
+            Some(given) => dns::upstream::without_self(given, &own),
+            None => dns::upstream::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &own),
+        };
+        let local = vec![ipnet::IpNet::V4(cidr), ipnet::IpNet::from(IpAddr::V4(node_ip))];
         let upstream = if servers.is_empty() {
             tracing::info!("cluster DNS forwards nothing: no upstream resolvers");
             None
@@ -141,7 +143,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
             tracing::info!(?servers, "cluster DNS forwards other names to these resolvers");
             Some(Arc::new(dns::upstream::Upstream::new(&servers, metrics.clone())?))
         };
-        tasks.push(dns::serve(addrs, 53, view, cfg.cluster_domain.clone(), metrics.clone(), upstream).await?);
+        tasks.push(dns::serve(addrs, 53, view, cfg.cluster_domain.clone(), metrics.clone(), upstream, local).await?);
         tasks.push(tokio::spawn(dns::publish(client.clone(), cfg.node_name.clone(), node_ip)));
     }
     // Pods.

@@ -72,9 +72,10 @@ async fn names_outside_the_cluster_are_forwarded_cached_and_chased() {
     let corp_port = free_port();
     let corp =
         view(vec![service("it", "db", serde_json::json!({"clusterIP": "192.0.2.10", "ports": [{"port": 5432}]}))]);
-    let corp_task = dns::serve(vec![localhost], corp_port, corp, "corp.example".into(), Metrics::new(), None)
-        .await
-        .expect("corp DNS");
+    let corp_task =
+        dns::serve(vec![localhost], corp_port, corp, "corp.example".into(), Metrics::new(), None, Vec::new())
+            .await
+            .expect("corp DNS");
 
     // the cluster's DNS, forwarding to it; an ExternalName Service points at the corporate name
     let metrics = Metrics::new();
@@ -89,10 +90,17 @@ async fn names_outside_the_cluster_are_forwarded_cached_and_chased() {
         ),
     ]);
     let port = free_port();
-    let task =
-        dns::serve(vec![localhost], port, cluster, "cluster.local".into(), metrics.clone(), Some(Arc::new(upstream)))
-            .await
-            .expect("cluster DNS");
+    let task = dns::serve(
+        vec![localhost],
+        port,
+        cluster,
+        "cluster.local".into(),
+        metrics.clone(),
+        Some(Arc::new(upstream)),
+        Vec::new(),
+    )
+    .await
+    .expect("cluster DNS");
     let at = SocketAddr::new(localhost, port);
 
     // a cluster name: answered here, authoritatively
@@ -107,6 +115,9 @@ async fn names_outside_the_cluster_are_forwarded_cached_and_chased() {
         assert_eq!(addresses(&m), vec![Ipv4Addr::new(192, 0, 2, 10)], "round {round}");
         assert!(!m.metadata.authoritative && m.metadata.recursion_available);
     }
+    // never ANY (amplification)
+    let m = ask(at, "db.it.svc.corp.example.", RecordType::ANY).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     // unknown outside names: NXDOMAIN, as the upstream said
     let m = ask(at, "nothing.it.svc.corp.example.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);

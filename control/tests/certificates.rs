@@ -154,6 +154,13 @@ fn a_node_changes_only_its_own_node_lease_and_pods() {
     assert!(!ok && err.contains("is not allowed to modify node \"n2\""), "{err}");
     let (ok, _, err) = run(&c, &n1, &["delete", "node", "n2"], None);
     assert!(!ok && err.contains("is not allowed to modify node"), "{err}");
+    // nor its taints, nor the labels an admin places workloads by
+    let (ok, _, err) = run(&c, &n1, &["taint", "node", "n1", "dedicated=db:NoSchedule"], None);
+    assert!(!ok && err.contains("is not allowed to modify taints"), "{err}");
+    let (ok, _, err) = run(&c, &n1, &["label", "node", "n1", "node-role.kubernetes.io/control-plane="], None);
+    assert!(!ok && err.contains("is not allowed to modify labels"), "{err}");
+    let (ok, _, err) = run(&c, &n1, &["label", "node", "n1", "topology.kubernetes.io/zone=a"], None);
+    assert!(ok, "kubelet's own labels: {err}");
 
     let lease = |n: &str| {
         format!(
@@ -223,4 +230,10 @@ fn a_node_changes_only_its_own_node_lease_and_pods() {
     let mirror = "apiVersion: v1\nkind: Pod\nmetadata: {name: m, annotations: {kubernetes.io/config.mirror: x}}\nspec: {nodeName: n2, containers: [{name: c, image: busybox}]}\n";
     let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(mirror));
     assert!(!ok && err.contains("spec.nodeName set to itself"), "n1 cannot create n2's mirror pod: {err}");
+    // a mirror pod naming a pull secret would make the node authorizer hand that Secret over: refused
+    let pulls = "apiVersion: v1\nkind: Pod\nmetadata: {name: m2, annotations: {kubernetes.io/config.mirror: x}}\nspec: {nodeName: n1, imagePullSecrets: [{name: for-n2}], containers: [{name: c, image: busybox}]}\n";
+    let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(pulls));
+    assert!(!ok && err.contains("mirror pods may not reference secrets"), "{err}");
+    let (ok, _, _) = run(&c, &n1, &["get", "secret", "for-n2"], None);
+    assert!(!ok, "and the Secret stays out of n1's reach");
 }

@@ -59,6 +59,8 @@ struct Handler {
     domain: String,
     metrics: Metrics,
     upstream: Option<std::sync::Arc<upstream::Upstream>>,
+    /// The clients recursion is for (the node's pod range and addresses; loopback always).
+    local: Vec<ipnet::IpNet>,
 }
 
 impl Handler {
@@ -113,11 +115,17 @@ impl RequestHandler for Handler {
             Ok(info)
                 if !records::in_domain(&info.query.name().to_string(), &self.domain) && self.upstream.is_some() =>
             {
-                // a name outside the cluster: the node's resolvers answer it (not authoritatively)
+                // a name outside the cluster: the node's resolvers answer it (not authoritatively), for local
+                // clients only, and never ANY, zone transfers or other classes
                 meta.authoritative = false;
                 meta.recursion_available = true;
                 let qname = info.query.original().name().clone();
-                if let Some(up) = &self.upstream {
+                let allowed = upstream::may_recurse(request.src().ip(), &self.local)
+                    && upstream::forwardable(info.query.query_type())
+                    && info.query.query_class() == hickory_proto::rr::DNSClass::IN;
+                if !allowed {
+                    meta.response_code = ResponseCode::Refused;
+                } else if let Some(up) = &self.upstream {
                     match up.resolve(&qname, info.query.query_type()).await {
                         upstream::Forwarded::Records(rs) => answers.extend(rs),
                         upstream::Forwarded::NoData => {}
@@ -136,7 +144,8 @@ impl RequestHandler for Handler {
                         if let Some(t) = fqdn(&target) {
                             answers.push(Record::from_rdata(qname.clone(), TTL, RData::CNAME(CNAME(t.clone()))));
                             // an ExternalName Service: its target's addresses in the same answer
-                            if info.query.query_type() != RecordType::CNAME {
+                            let local = upstream::may_recurse(request.src().ip(), &self.local);
+                            if info.query.query_type() != RecordType::CNAME && local {
                                 answers.extend(self.chase(&t, info.query.query_type()).await);
                             }
                         }
@@ -181,8 +190,9 @@ pub async fn serve(
     domain: String,
     metrics: Metrics,
     upstream: Option<std::sync::Arc<upstream::Upstream>>,
+    local: Vec<ipnet::IpNet>,
 ) -> Result<tokio::task::JoinHandle<()>, crate::AgentError> {
-    let mut server = hickory_server::Server::new(Handler { view, domain, metrics, upstream });
+    let mut server = hickory_server::Server::new(Handler { view, domain, metrics, upstream, local });
     for ip in addrs {
         let addr = SocketAddr::new(ip, port);
         let udp = tokio::net::UdpSocket::bind(addr)

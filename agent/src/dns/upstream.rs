@@ -46,16 +46,18 @@ struct Entry {
     expires: Instant,
 }
 
-/// Answers by (name, type), each until its TTL runs out.
+/// Answers by (name, type), each until its TTL runs out; when full, the oldest goes first (a queue of insertions
+/// makes that O(1)).
 pub struct Cache {
     entries: HashMap<(String, RecordType), Entry>,
+    order: std::collections::VecDeque<((String, RecordType), Instant)>,
     max: usize,
 }
 
 impl Cache {
     /// A cache of at most `max` answers.
     pub fn new(max: usize) -> Self {
-        Cache { entries: HashMap::new(), max: max.max(1) }
+        Cache { entries: HashMap::new(), order: std::collections::VecDeque::new(), max: max.max(1) }
     }
 
     fn key(name: &Name, t: RecordType) -> (String, RecordType) {
@@ -90,15 +92,20 @@ impl Cache {
         if answer == Forwarded::Failed || ttl.is_zero() {
             return;
         }
-        if self.entries.len() >= self.max {
-            self.entries.retain(|_, e| e.expires > now);
+        // the queue may name entries replaced or dropped since: those are skipped (bounded by the queue's length)
+        while self.entries.len() >= self.max {
+            let Some((key, stored)) = self.order.pop_front() else { break };
+            if self.entries.get(&key).is_some_and(|e| e.stored == stored) {
+                self.entries.remove(&key);
+            }
         }
-        if self.entries.len() >= self.max
-            && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.stored).map(|(k, _)| k.clone())
-        {
-            self.entries.remove(&oldest);
+        let key = Self::key(name, t);
+        self.order.push_back((key.clone(), now));
+        if self.order.len() > 2 * self.max {
+            let live = &self.entries;
+            self.order.retain(|(k, s)| live.get(k).is_some_and(|e| e.stored == *s));
         }
-        self.entries.insert(Self::key(name, t), Entry { answer, stored: now, expires: now + ttl });
+        self.entries.insert(key, Entry { answer, stored: now, expires: now + ttl });
     }
 
     /// Answers held.
@@ -129,20 +136,41 @@ pub fn ttl_of(answer: &Forwarded, negative_ttl: Option<u32>) -> Duration {
 /// The `nameserver` addresses of a resolv.conf, port 53, leaving out `exclude` (the cluster DNS itself, which
 /// would loop).
 pub fn nameservers(resolv_conf: &str, exclude: &[IpAddr]) -> Vec<SocketAddr> {
-    resolv_conf
+    let servers = resolv_conf
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<IpAddr>().ok())
-        .filter(|ip| !exclude.contains(ip))
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
+        .map(|ip| SocketAddr::new(ip, 53));
+    without_self(servers, exclude)
 }
+
+/// Leaves out the addresses the cluster DNS itself answers on at port 53 (forwarding there would loop).
+pub fn without_self(servers: impl IntoIterator<Item = SocketAddr>, own: &[IpAddr]) -> Vec<SocketAddr> {
+    servers.into_iter().filter(|s| !(s.port() == 53 && own.contains(&s.ip()))).collect()
+}
+
+/// Whether the cluster DNS recurses for a client at `ip`: its pods, the node itself and loopback. Anyone else
+/// reaching the node's port 53 gets cluster names only (REFUSED for others): an open resolver on the node's address
+/// would serve reflection attacks.
+pub fn may_recurse(ip: IpAddr, local: &[ipnet::IpNet]) -> bool {
+    ip.is_loopback() || local.iter().any(|n| n.contains(&ip))
+}
+
+/// Query types never forwarded: ANY (amplification) and zone transfers.
+pub fn forwardable(t: RecordType) -> bool {
+    !matches!(t, RecordType::ANY | RecordType::AXFR | RecordType::IXFR)
+}
+
+/// Forwarded queries in flight at once; past it, SERVFAIL at once (a pod asking for random names must not take
+/// the agent's descriptors).
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// The node's resolvers with a cache in front.
 pub struct Upstream {
     resolver: hickory_resolver::Resolver<TokioRuntimeProvider>,
     cache: Mutex<Cache>,
     metrics: Metrics,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Upstream {
@@ -173,7 +201,12 @@ impl Upstream {
         .with_options(opts)
         .build()
         .map_err(|e| crate::AgentError::Config(format!("the DNS forwarder: {e}")))?;
-        Ok(Upstream { resolver, cache: Mutex::new(Cache::new(CACHE_ENTRIES)), metrics })
+        Ok(Upstream {
+            resolver,
+            cache: Mutex::new(Cache::new(CACHE_ENTRIES)),
+            metrics,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+        })
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -187,6 +220,10 @@ impl Upstream {
             return hit;
         }
         self.metrics.dns_cache(false);
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            self.metrics.dns_forward("SERVFAIL");
+            return Forwarded::Failed;
+        };
         let (answer, negative_ttl) = match self.resolver.lookup(name.clone(), t).await {
             Ok(l) => (Forwarded::Records(l.answers().to_vec()), None),
             Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => {
@@ -271,6 +308,26 @@ mod tests {
         assert!(
             c.get(&Name::from_ascii("c.example.").expect("name"), RecordType::A, t0 + Duration::from_secs(3)).is_some()
         );
+    }
+
+    #[test]
+    fn only_local_clients_get_recursion_and_never_for_any_or_transfers() {
+        let local: Vec<ipnet::IpNet> =
+            vec!["10.244.1.0/24".parse().expect("net"), "10.0.0.11/32".parse().expect("net")];
+        assert!(may_recurse("10.244.1.7".parse().expect("ip"), &local));
+        assert!(may_recurse("10.0.0.11".parse().expect("ip"), &local));
+        assert!(may_recurse("127.0.0.1".parse().expect("ip"), &local));
+        assert!(!may_recurse("203.0.113.9".parse().expect("ip"), &local));
+        assert!(!may_recurse("10.244.2.7".parse().expect("ip"), &local), "another node's pods ask their own node");
+        assert!(forwardable(RecordType::A) && forwardable(RecordType::AAAA) && forwardable(RecordType::MX));
+        assert!(!forwardable(RecordType::ANY) && !forwardable(RecordType::AXFR));
+        let own = ["10.0.0.11".parse().expect("ip")];
+        let given = [
+            "10.0.0.11:53".parse().expect("addr"),
+            "10.0.0.11:5353".parse().expect("addr"),
+            "192.0.2.1:53".parse().expect("addr"),
+        ];
+        assert_eq!(without_self(given, &own), vec![given[1], given[2]]);
     }
 
     #[test]

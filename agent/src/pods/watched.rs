@@ -148,6 +148,15 @@ where
     }
 }
 
+impl<K> Drop for Watched<K> {
+    fn drop(&mut self) {
+        // the watches end with the agent's state, not with the runtime
+        for slot in self.slots.get_mut().unwrap_or_else(|p| p.into_inner()).values() {
+            slot.task.abort();
+        }
+    }
+}
+
 /// The Secrets and ConfigMaps of this node's pods.
 pub struct PodObjects {
     /// Secrets.

@@ -35,7 +35,16 @@ pub struct Authz {
     current: ArcSwap<Cached>,
     generation: AtomicU64,
     reload: tokio::sync::Mutex<()>,
+    /// Node authorizer decisions of the last second, by (node, resource, namespace, name): a node retrying a read
+    /// does not make the server read every pod of the namespace each time.
+    node_graph: std::sync::Mutex<std::collections::HashMap<(String, String, String, String), (bool, Instant)>>,
 }
+
+/// How long a node authorizer decision is reused (a pod bound or unbound takes at most this long to count).
+const NODE_GRAPH_FOR: Duration = Duration::from_secs(1);
+
+/// Node authorizer decisions kept at most (all are dropped when full).
+const NODE_GRAPH_ENTRIES: usize = 10_000;
 
 impl Default for Authz {
     fn default() -> Self {
@@ -47,6 +56,7 @@ impl Default for Authz {
             }),
             generation: AtomicU64::new(0),
             reload: tokio::sync::Mutex::new(()),
+            node_graph: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -221,6 +231,14 @@ impl Api {
         if !matches!(verb.as_str(), "get" | "list" | "watch") || name.is_empty() || namespace.is_empty() {
             return Ok(Some(Err(refusal())));
         }
+        let key = (node.to_string(), resource.clone(), namespace.clone(), name.clone());
+        let cached = {
+            let cache = self.authz.node_graph.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(&key).filter(|(_, at)| at.elapsed() < NODE_GRAPH_FOR).map(|(related, _)| *related)
+        };
+        if let Some(related) = cached {
+            return Ok(Some(if related { Ok(()) } else { Err(refusal()) }));
+        }
         let pods = self.builtin("", "pods");
         let bound = self.list_all(&pods, Some(namespace), Selector::everything()).await?;
         let related = bound
@@ -230,6 +248,13 @@ impl Api {
                 let r = skiff_api::references::of_pod(p);
                 if resource == "secrets" { r.secrets.contains(name) } else { r.config_maps.contains(name) }
             });
+        {
+            let mut cache = self.authz.node_graph.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= NODE_GRAPH_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, (related, Instant::now()));
+        }
         Ok(Some(if related { Ok(()) } else { Err(refusal()) }))
     }
 

@@ -2,11 +2,11 @@
 //! (`system:node:NAME` in `system:nodes`, from its client certificate), and:
 //! - changes only its own Node object and its own Lease;
 //! - changes and deletes only pods bound to it, and creates only mirror pods of its static pods, bound to it;
-//! - a mirror pod, whoever creates it, may not use a service account, Secrets, ConfigMaps or claims (the API
-//!   server could not check the node's right to them).
+//! - does not change its taints, nor labels of the `kubernetes.io`/`k8s.io` namespaces beyond kubelet's own;
+//! - a mirror pod, whoever creates it, may not use a service account, Secrets (pull secrets included),
+//!   ConfigMaps or claims (the node authorizer would let its node read them).
 //!
-//! Which Secrets and ConfigMaps a node may *read* is RBAC's `system:node` role today, not yet a graph of the pods
-//! bound to it (kube-apiserver's Node authorizer).
+//! Which Secrets and ConfigMaps a node may *read* is the node authorizer's (`super::authz`): those its pods name.
 
 use serde_json::Value;
 
@@ -16,6 +16,17 @@ use super::serviceaccount::is_mirror;
 /// Why a mirror pod's spec may not be admitted, if it may not.
 pub fn mirror_pod_problem(pod: &Value) -> Option<String> {
     let spec = pod.get("spec")?;
+    // whatever a pod names, its node may read (the node authorizer): a node's own pods may name nothing
+    let refs = skiff_api::references::of_pod(pod);
+    if !refs.secrets.is_empty() {
+        return Some("mirror pods may not reference secrets".into());
+    }
+    if !refs.config_maps.is_empty() {
+        return Some("mirror pods may not reference configmaps".into());
+    }
+    if !refs.claims.is_empty() {
+        return Some("mirror pods may not reference persistentvolumeclaims".into());
+    }
     if spec.get("serviceAccountName").and_then(Value::as_str).is_some_and(|s| !s.is_empty() && s != "default")
         || spec.get("automountServiceAccountToken").and_then(Value::as_bool) == Some(true)
     {
@@ -61,20 +72,53 @@ pub fn mirror_pod_problem(pod: &Value) -> Option<String> {
     None
 }
 
-/// Labels only an administrator sets on a Node (upstream's NodeRestriction reserves them the same way), so a
-/// workload can be kept to nodes an admin vouched for.
-const RESTRICTED_LABELS: &str = "node-restriction.kubernetes.io/";
+/// The labels in the `kubernetes.io` and `k8s.io` namespaces a node may set on itself (upstream kubelet's list);
+/// every other label of those namespaces (`node-role.kubernetes.io/…`, `node-restriction.kubernetes.io/…`) is an
+/// administrator's, so a workload can be kept to nodes it vouches for.
+const NODE_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
 
-fn restricted_labels(node: &Value) -> Vec<(String, String)> {
+/// Whether a label key is one only an administrator may set on a Node.
+pub fn is_reserved_label(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else { return false };
+    let in_namespace = |ns: &str| prefix == ns || prefix.ends_with(&format!(".{ns}"));
+    let node_prefix = prefix == "kubelet.kubernetes.io" || prefix == "node.kubernetes.io";
+    (in_namespace("kubernetes.io") || in_namespace("k8s.io")) && !node_prefix && !NODE_LABELS.contains(&key)
+}
+
+fn reserved_labels(node: &Value) -> Vec<(String, String)> {
     node.pointer("/metadata/labels")
         .and_then(Value::as_object)
         .map(|l| {
             l.iter()
-                .filter(|(k, _)| k.starts_with(RESTRICTED_LABELS))
+                .filter(|(k, _)| is_reserved_label(k))
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn changed_reserved(old: &Value, new: &Value) -> Vec<String> {
+    let (a, b) = (reserved_labels(old), reserved_labels(new));
+    let mut keys: Vec<String> = a
+        .iter()
+        .filter(|x| !b.contains(x))
+        .chain(b.iter().filter(|x| !a.contains(x)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.dedup();
+    keys
 }
 
 /// The namespace of node Leases.
@@ -126,10 +170,14 @@ pub fn check_node_write(
         ("", "nodes") if me != Some(name) => {
             Err(format!("node {:?} is not allowed to modify node {name:?}", user.name))
         }
-        ("", "nodes") if new.is_some_and(|n| restricted_labels(n) != restricted_labels(old)) => Err(format!(
-            "node {:?} is not allowed to modify labels with the prefix {RESTRICTED_LABELS:?} (an admin sets them, to keep workloads to nodes it vouches for)",
-            user.name
+        ("", "nodes") if new.is_some_and(|n| reserved_labels(n) != reserved_labels(old)) => Err(format!(
+            "node {:?} is not allowed to modify labels {:?} (labels in the kubernetes.io and k8s.io namespaces other than kubelet's are an admin's, so workloads can be kept to nodes it vouches for)",
+            user.name,
+            changed_reserved(old, new.unwrap_or(old))
         )),
+        ("", "nodes") if new.is_some_and(|n| n.pointer("/spec/taints") != old.pointer("/spec/taints")) => {
+            Err(format!("node {:?} is not allowed to modify taints", user.name))
+        }
         ("coordination.k8s.io", "leases") if me != Some(name) || skiff_api::meta::namespace(old) != NODE_LEASES => {
             Err(format!("node {:?} is not allowed to modify lease {name:?}", user.name))
         }
@@ -165,9 +213,11 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
         ("", "nodes") if node_name(user) != Some(name) => {
             Err(format!("node {:?} is not allowed to create {plural} {name:?}", user.name))
         }
-        ("", "nodes") if !restricted_labels(obj).is_empty() => {
-            Err(format!("node {:?} is not allowed to set labels with the prefix {RESTRICTED_LABELS:?}", user.name))
-        }
+        ("", "nodes") if !reserved_labels(obj).is_empty() => Err(format!(
+            "node {:?} is not allowed to set labels {:?}",
+            user.name,
+            reserved_labels(obj).into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+        )),
         ("coordination.k8s.io", "leases")
             if node_name(user) != Some(name) || skiff_api::meta::namespace(obj) != NODE_LEASES =>
         {
@@ -195,6 +245,23 @@ mod tests {
         assert!(check_node_write(Some(&n1), "", "nodes", "n1", &nothing, Some(&nothing)).is_ok());
         assert!(check_node_write(Some(&n1), "", "nodes", "n2", &nothing, None).is_err(), "another node");
         let labelled = |v: &str| json!({"metadata": {"name": "n1", "labels": {"node-restriction.kubernetes.io/pci": v, "zone": "a"}}});
+        for (key, reserved) in [
+            ("node-role.kubernetes.io/control-plane", true),
+            ("node-restriction.kubernetes.io/pci", true),
+            ("example.k8s.io/x", true),
+            ("kubernetes.io/hostname", false),
+            ("topology.kubernetes.io/zone", false),
+            ("node.kubernetes.io/exclude", false),
+            ("kubelet.kubernetes.io/x", false),
+            ("zone", false),
+            ("example.com/x", false),
+        ] {
+            assert_eq!(is_reserved_label(key), reserved, "{key}");
+        }
+        let tainted =
+            json!({"metadata": {"name": "n1"}, "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}});
+        let untainted = json!({"metadata": {"name": "n1"}, "spec": {}});
+        assert!(check_node_write(Some(&n1), "", "nodes", "n1", &tainted, Some(&untainted)).is_err(), "taints");
         let plain = json!({"metadata": {"name": "n1", "labels": {"zone": "b"}}});
         assert!(check_node_write(Some(&n1), "", "nodes", "n1", &labelled("yes"), Some(&labelled("yes"))).is_ok());
         assert!(check_node_write(Some(&n1), "", "nodes", "n1", &plain, Some(&labelled("yes"))).is_err(), "adding");

@@ -89,7 +89,7 @@ pub async fn pass(api: &Arc<Api>, ca: &CertPair) -> ApiResult<()> {
         rbac::decide(&policy, u, &attrs).allowed
     };
     // names whose agent already runs with its own certificate (an older agent's Node may bootstrap once)
-    let nodes: std::collections::HashSet<String> = api
+    let mut nodes: std::collections::HashSet<String> = api
         .list_all(&api.builtin("", "nodes"), None, Selector::everything())
         .await?
         .iter()
@@ -100,7 +100,6 @@ pub async fn pass(api: &Arc<Api>, ca: &CertPair) -> ApiResult<()> {
         })
         .map(|n| skiff_api::meta::name(n).to_string())
         .collect();
-    let registered = |n: &str| nodes.contains(n);
     let now = jiff::Timestamp::now().as_second();
     for c in api.list_all(&info, None, Selector::everything()).await? {
         let name = skiff_api::meta::name(&c).to_string();
@@ -110,8 +109,18 @@ pub async fn pass(api: &Arc<Api>, ca: &CertPair) -> ApiResult<()> {
             }
             continue;
         }
+        let step = plan(&c, may, |n: &str| nodes.contains(n));
+        // a name the token bootstraps is taken for the rest of the pass: two requests for it are not both approved
+        if step == Step::Approve("nodeclient")
+            && let Some(n) = csr::request_pem(&c)
+                .ok()
+                .and_then(|p| request::parse(&p).ok())
+                .and_then(|r| r.common_name.strip_prefix(certificates::NODE_USER_PREFIX).map(str::to_string))
+        {
+            nodes.insert(n);
+        }
         // one request's failure does not hold up the others
-        if let Err(e) = act(api, &info, ca, &c, plan(&c, may, registered)).await {
+        if let Err(e) = act(api, &info, ca, &c, step).await {
             tracing::debug!(csr = %name, error = %e, "acting on a certificate request failed; next pass");
         }
     }
