@@ -37,8 +37,11 @@ pub struct Authz {
     reload: tokio::sync::Mutex<()>,
     /// Node authorizer decisions of the last second, by (node, resource, namespace, name): a node retrying a read
     /// does not make the server read every pod of the namespace each time.
-    node_graph: std::sync::Mutex<std::collections::HashMap<(String, String, String, String), (bool, Instant)>>,
+    node_graph: std::sync::Mutex<std::collections::HashMap<GraphKey, (bool, Instant)>>,
 }
+
+/// (node, resource, namespace, name).
+type GraphKey = (String, String, String, String);
 
 /// How long a node authorizer decision is reused (a pod bound or unbound takes at most this long to count).
 const NODE_GRAPH_FOR: Duration = Duration::from_secs(1);
