@@ -199,10 +199,13 @@ pub async fn client_with(server: &str, ca_pem: &str, cert: Arc<NodeCert>) -> Res
     tls.client_auth_cert_resolver = cert;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
+    // HTTP/2 when the server offers it: the per-object watches of Secrets and ConfigMaps, the pod watch and the
+    // status writes then share one connection instead of one each
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
+        .enable_http2()
         .wrap_connector(http);
     let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, kube::client::Body>(https);

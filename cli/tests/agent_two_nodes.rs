@@ -258,6 +258,16 @@ fn pods_on_two_nodes_reach_each_other_and_the_node_endpoint_is_guarded() {
     let (ok, err) = as_n1(&["label", "node", "n1", "checked=yes"]);
     assert!(ok, "n1 changes itself: {err}");
 
+    step("an agent's watches share its HTTP/2 connection");
+    let server_port = c.server_url.rsplit(':').next().unwrap_or("6443").to_string();
+    let conns = c.nodes[0]
+        .ns
+        .exec("ss", &["-tnH", "state", "established", &format!("( dport = :{server_port} )")])
+        .unwrap_or_default();
+    let n = conns.lines().filter(|l| !l.trim().is_empty()).count();
+    eprintln!("n1's connections to the API server: {n}\n{conns}");
+    assert!((1..=4).contains(&n), "one connection (plus the odd one being replaced), not one per watch: {n}\n{conns}");
+
     step("pods are cleaned up on both nodes");
     kubectl(&c, &["delete", "pods", "--all", "--wait=false"]);
     wait_gone(&c, "a", Duration::from_secs(30));

@@ -19,6 +19,9 @@ use super::limits::Limits;
 use super::read_deadline::FirstReadDeadline;
 use crate::pki::Pki;
 
+/// Concurrent HTTP/2 streams per connection (kube-apiserver's default).
+const H2_STREAMS: u32 = 1000;
+
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -158,7 +161,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(limits.h2_keepalive))
-                .keep_alive_timeout(limits.h2_keepalive);
+                .keep_alive_timeout(limits.h2_keepalive)
+                // kube-apiserver's --http2-max-streams-per-connection: a node's watches share one connection
+                .max_concurrent_streams(H2_STREAMS);
             let io = FirstReadDeadline::new(tls, limits.header_read_timeout);
             if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
