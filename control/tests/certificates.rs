@@ -121,6 +121,22 @@ fn a_person_with_the_right_approves_other_requests() {
     assert_eq!(me["status"]["userInfo"]["username"], "alice");
     assert!(me["status"]["userInfo"]["groups"].to_string().contains("dev"), "{me}");
 
+    // setting a certificate takes `sign` on the signer, besides `update` on the status: a request for a signer this
+    // server does not serve, approved, stays for its own signer, and mallory cannot pose as it
+    let (other_csr, _) = c.request_certificate(&admin, "zed", &[], "example.com/signer");
+    c.kubectl(&["certificate", "approve", &other_csr]);
+    let status_role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-status}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/status], verbs: [update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: mallory-status}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-status}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]\n";
+    c.kubectl_in(&["apply", "-f", "-"], status_role);
+    let mut forged = c.get_json(&["csr", &other_csr]);
+    forged["status"]["certificate"] = serde_json::json!("Zm9yZ2Vk");
+    let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{other_csr}/status");
+    c.eventually("mallory may update the status", Duration::from_secs(10), || {
+        let out = c.kubectl_output(&["replace", "--raw", &path, "-f", "-", "--as=mallory"], Some(&forged.to_string()));
+        String::from_utf8_lossy(&out.stderr).contains("user not permitted to sign requests with signerName")
+    });
+    let other = c.get_json(&["csr", &other_csr]);
+    assert!(other["status"].get("certificate").is_none(), "no certificate without `sign`: {other}");
+
     // a denied request is never signed, and a decision cannot be reversed
     c.kubectl(&["certificate", "deny", &eve_csr]);
     let mut both = c.get_json(&["csr", &eve_csr]);

@@ -95,9 +95,10 @@ pub fn pod_ip(label: &str) -> Option<Ipv4Addr> {
 /// Whether `name` is in the cluster domain (`domain` itself or below it): those names are answered here, all
 /// others are forwarded.
 pub fn in_domain(name: &str, domain: &str) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    name == domain || name.ends_with(&format!(".{domain}"))
+    // asked on every query: compared in place, case-insensitively, without building strings
+    let (name, domain) = (name.trim_end_matches('.').as_bytes(), domain.trim_end_matches('.').as_bytes());
+    let Some(start) = name.len().checked_sub(domain.len()) else { return false };
+    name[start..].eq_ignore_ascii_case(domain) && (start == 0 || name[start - 1] == b'.')
 }
 
 /// The answer for `name` (a name of the cluster domain) and query type `q`.
