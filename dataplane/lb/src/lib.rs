@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod policy;
 pub mod registry;
 pub mod source;
 pub mod store;

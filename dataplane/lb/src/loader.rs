@@ -25,8 +25,8 @@ use aya::{
 };
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
-    MaglevTableL, MaglevTableM, MaglevTableS, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue, maps as names,
-    programs as progs,
+    MaglevTableL, MaglevTableM, MaglevTableS, PolConfig, PolCtKey, PolCtValue, PolEndpoint, PolRuleData, PolRuleValue,
+    PolStatsKey, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue, maps as names, programs as progs,
 };
 
 use crate::{config::LbConfig, error::LbError, maps::LbMaps};
@@ -41,6 +41,9 @@ fn expected(config: &LbConfig) -> Vec<(&'static str, u32, u32, u32, u32)> {
     const ARRAY: u32 = 2;
     const PERCPU_ARRAY: u32 = 6;
     const LRU_HASH: u32 = 9;
+    const PERCPU_HASH: u32 = 5;
+    const LPM_TRIE: u32 = 11;
+    const RINGBUF: u32 = 27;
     let s = &config.map_sizes;
     let sz = |n: usize| n as u32;
     vec![
@@ -58,6 +61,13 @@ fn expected(config: &LbConfig) -> Vec<(&'static str, u32, u32, u32, u32)> {
         (names::BACKEND_STATS, PERCPU_ARRAY, 4, sz(size_of::<Counters>()), s.backends),
         (names::EVENTS, PERCPU_ARRAY, 4, 8, Event::COUNT),
         (names::CONFIG, ARRAY, 4, sz(size_of::<Config>()), 1),
+        (names::POL_IPCACHE, LPM_TRIE, 8, 4, 262_144),
+        (names::POL_ENDPOINTS, HASH, 4, sz(size_of::<PolEndpoint>()), 16_384),
+        (names::POL_RULES, LPM_TRIE, 4 + sz(size_of::<PolRuleData>()), sz(size_of::<PolRuleValue>()), 1_048_576),
+        (names::POL_CT, LRU_HASH, sz(size_of::<PolCtKey>()), sz(size_of::<PolCtValue>()), 262_144),
+        (names::POL_STATS, PERCPU_HASH, sz(size_of::<PolStatsKey>()), 8, 65_536),
+        (names::POL_VERDICTS, RINGBUF, 0, 0, 256 * 1024),
+        (names::POL_CONFIG, ARRAY, 4, sz(size_of::<PolConfig>()), 1),
     ]
 }
 
@@ -173,6 +183,14 @@ impl Dataplane {
             }
         }
         remove_stale_links(&links_dir, &links)?;
+        // The policy programs are pinned, not attached: the agent attaches them to each pod's veth
+        // (`policy::attach`), and those links live in their own directory.
+        let progs_dir = config.pin_dir.join("progs");
+        for name in [progs::POL_FROM_POD, progs::POL_TO_POD] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| LbError::program(name, "load", e))?;
+            pin_program(&progs_dir, name, prog)?;
+        }
 
         let mut taken: Vec<(String, MapData)> = Vec::new();
         for name in names::ALL {
@@ -208,7 +226,9 @@ pub fn load(config: &LbConfig) -> Result<Loaded, LbError> {
     check_available(config)?;
     let maps_dir = config.pin_dir.join("maps");
     let links_dir = config.pin_dir.join("links");
-    for dir in [&maps_dir, &links_dir] {
+    let progs_dir = config.pin_dir.join("progs");
+    let policy_links_dir = config.pin_dir.join("policy-links");
+    for dir in [&maps_dir, &links_dir, &progs_dir, &policy_links_dir] {
         fs::create_dir_all(dir).map_err(|e| LbError::io("creating", dir.clone(), e))?;
     }
     check_pins(config, &maps_dir)?;
@@ -219,7 +239,7 @@ pub fn load(config: &LbConfig) -> Result<Loaded, LbError> {
         loader.map_pin_path(name, path.as_path());
     }
     for (name, _, _, _, max) in expected(config) {
-        if name != names::EVENTS && name != names::CONFIG {
+        if name != names::EVENTS && name != names::CONFIG && !name.starts_with("POL_") {
             loader.map_max_entries(name, max);
         }
     }
@@ -242,13 +262,30 @@ where
 fn map_data(name: &'static str, map: aya::maps::Map) -> Result<MapData, LbError> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(m) | Map::LruHashMap(m) | Map::Array(m) | Map::PerCpuArray(m) => Ok(m),
+        Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::Array(m)
+        | Map::PerCpuArray(m)
+        | Map::LpmTrie(m)
+        | Map::PerCpuHashMap(m)
+        | Map::RingBuf(m) => Ok(m),
         other => Err(LbError::Link { path: PathBuf::from(name), message: format!("unexpected map type {other:?}") }),
     }
 }
 
+/// Pins a loaded program as `<dir>/<name>`, replacing the pin of an older version (links keep the program they hold
+/// until they are attached again).
+fn pin_program(dir: &Path, name: &str, prog: &mut SchedClassifier) -> Result<(), LbError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}-new"));
+    let _ = fs::remove_file(&tmp);
+    let err = |message: String| LbError::Link { path: path.clone(), message };
+    prog.pin(&tmp).map_err(|e| err(format!("pin: {e}")))?;
+    fs::rename(&tmp, &path).map_err(|e| err(format!("rename: {e}")))
+}
+
 /// Pins `link` as `<dir>/<name>`, replacing (and thereby detaching) a link pinned there before.
-fn replace_pin(dir: &Path, name: String, link: FdLink) -> Result<PathBuf, LbError> {
+pub(crate) fn replace_pin(dir: &Path, name: String, link: FdLink) -> Result<PathBuf, LbError> {
     // bpffs refuses names with dots.
     let name = name.replace('.', "_");
     let path = dir.join(&name);
@@ -288,7 +325,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), LbError> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    for sub in ["links", "maps"] {
+    for sub in ["links", "policy-links", "progs", "maps"] {
         let dir = pin_dir.join(sub);
         if let Ok(entries) = fs::read_dir(&dir) {
             for entry in entries.flatten() {

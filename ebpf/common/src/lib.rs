@@ -23,9 +23,11 @@
 mod hash;
 #[cfg(feature = "user")]
 mod pod;
+mod policy;
 mod types;
 
 pub use hash::{flow_hash, mix32, mix64};
+pub use policy::*;
 pub use types::*;
 
 /// Names of the maps in the BPF object, shared so the loader cannot misspell them.
@@ -58,9 +60,23 @@ pub mod maps {
     pub const EVENTS: &str = "LB_EVENTS";
     /// One [`crate::Config`] at index 0.
     pub const CONFIG: &str = "LB_CONFIG";
+    /// LPM trie: IPv4 prefix → peer identity (NetworkPolicy).
+    pub const POL_IPCACHE: &str = "POL_IPCACHE";
+    /// Host-side veth ifindex → [`crate::PolEndpoint`].
+    pub const POL_ENDPOINTS: &str = "POL_ENDPOINTS";
+    /// LPM trie: [`crate::PolRuleData`] → [`crate::PolRuleValue`].
+    pub const POL_RULES: &str = "POL_RULES";
+    /// [`crate::PolCtKey`] → [`crate::PolCtValue`] (LRU).
+    pub const POL_CT: &str = "POL_CT";
+    /// Per-CPU [`crate::PolStatsKey`] → `u64` new flows.
+    pub const POL_STATS: &str = "POL_STATS";
+    /// Ring buffer of [`crate::PolVerdict`].
+    pub const POL_VERDICTS: &str = "POL_VERDICTS";
+    /// One [`crate::PolConfig`] at index 0.
+    pub const POL_CONFIG: &str = "POL_CONFIG";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 21] = [
         SERVICES,
         BACKENDS,
         MAGLEV_S,
@@ -75,6 +91,13 @@ pub mod maps {
         BACKEND_STATS,
         EVENTS,
         CONFIG,
+        POL_IPCACHE,
+        POL_ENDPOINTS,
+        POL_RULES,
+        POL_CT,
+        POL_STATS,
+        POL_VERDICTS,
+        POL_CONFIG,
     ];
 }
 
@@ -92,6 +115,10 @@ pub mod programs {
     pub const TC_INGRESS: &str = "skiff_tc_ingress";
     /// tc egress on the node interface: reverse DNAT of replies from local backends.
     pub const TC_EGRESS: &str = "skiff_tc_egress";
+    /// tc ingress on a pod's host-side veth: NetworkPolicy egress of the pod.
+    pub const POL_FROM_POD: &str = "skiff_pol_from_pod";
+    /// tc egress on a pod's host-side veth: NetworkPolicy ingress of the pod.
+    pub const POL_TO_POD: &str = "skiff_pol_to_pod";
 }
 
 /// Limits shared by the programs and the loader.

@@ -1,6 +1,7 @@
 //! `aya::Pod` for every map type, so user space can read and write the maps (feature `user`).
 #![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; each impl below states why it holds")]
 
+use crate::policy::*;
 use crate::types::*;
 
 macro_rules! pod {
@@ -31,4 +32,12 @@ pod!(
     MaglevTableS,
     MaglevTableM,
     MaglevTableL,
+    PolEndpoint,
+    PolRuleData,
+    PolRuleValue,
+    PolCtKey,
+    PolCtValue,
+    PolStatsKey,
+    PolVerdict,
+    PolConfig,
 );

@@ -34,6 +34,19 @@ fn every_shared_type_has_the_pinned_size_alignment_and_no_implicit_padding() {
     layout!(MaglevMeta, size = 8, align = 4, fields = [size, fingerprint]);
     layout!(Counters, size = 32, align = 8, fields = [packets, bytes, connections, refused]);
     layout!(Config, size = 16, align = 4, fields = [snat_addr, nat_port_min, nat_port_max, generation, flags]);
+    layout!(PolEndpoint, size = 16, align = 4, fields = [addr, identity, flags, pad]);
+    layout!(PolRuleData, size = 12, align = 1, fields = [endpoint, dir, peer, proto, port]);
+    layout!(PolRuleValue, size = 4, align = 4, fields = [policy]);
+    layout!(PolCtKey, size = 16, align = 4, fields = [saddr, daddr, sport, dport, proto, dir, pad]);
+    layout!(PolCtValue, size = 8, align = 4, fields = [generation, policy]);
+    layout!(PolStatsKey, size = 12, align = 4, fields = [addr, policy, dir, verdict, pad]);
+    layout!(
+        PolVerdict,
+        size = 32,
+        align = 4,
+        fields = [saddr, daddr, sport, dport, proto, dir, verdict, pad, endpoint, peer, policy, ifindex]
+    );
+    layout!(PolConfig, size = 8, align = 4, fields = [generation, flags]);
 }
 
 #[test]

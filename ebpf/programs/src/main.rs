@@ -3,6 +3,7 @@
 //! - cgroup `sock_addr` hooks (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`): socket-level load balancing
 //!   for ClusterIP, NodePort-on-node-address, LoadBalancer and external IPs ([`sock`]).
 //! - tc ingress/egress on the node interface: NodePort/LoadBalancer/externalIPs from outside the node ([`tc`]).
+//! - tc ingress/egress on each pod's host-side veth: NetworkPolicy ([`policy`]).
 //!
 //! Every entry point calls a function that maps errors to a verdict; nothing here panics.
 #![no_std]
@@ -10,6 +11,7 @@
 
 mod maps;
 mod packet;
+mod policy;
 mod select;
 mod sock;
 mod tc;
@@ -53,6 +55,18 @@ pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn skiff_tc_egress(ctx: TcContext) -> i32 {
     tc::egress(ctx)
+}
+
+/// tc ingress on a pod's host-side veth: the pod's egress policy.
+#[classifier]
+pub fn skiff_pol_from_pod(ctx: TcContext) -> i32 {
+    policy::from_pod(&ctx)
+}
+
+/// tc egress on a pod's host-side veth: the pod's ingress policy.
+#[classifier]
+pub fn skiff_pol_to_pod(ctx: TcContext) -> i32 {
+    policy::to_pod(&ctx)
 }
 
 #[cfg(not(test))]

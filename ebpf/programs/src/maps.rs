@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
-    MaglevTableL, MaglevTableM, MaglevTableS, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
+    MaglevTableL, MaglevTableM, MaglevTableS, PolConfig, PolCtKey, PolCtValue, PolEndpoint, PolRuleData, PolRuleValue,
+    PolStatsKey, PolVerdict, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
 };
 
 /// Hash maps that user space updates while programs read them do not preallocate: a replaced or removed element is
@@ -71,6 +72,34 @@ pub static LB_EVENTS: PerCpuArray<u64, { Event::COUNT as usize }> = PerCpuArray:
 /// Node configuration written by user space.
 #[btf_map]
 pub static LB_CONFIG: Array<Config, 1> = Array::new();
+
+/// NetworkPolicy: IPv4 prefix (network order bytes) → peer identity.
+#[btf_map]
+pub static POL_IPCACHE: LpmTrie<[u8; 4], u32, 262_144> = LpmTrie::new();
+
+/// NetworkPolicy: host-side veth ifindex → the pod behind it.
+#[btf_map]
+pub static POL_ENDPOINTS: HashMap<u32, PolEndpoint, 16_384, NO_PREALLOC> = HashMap::new();
+
+/// NetworkPolicy: what each endpoint identity may do, per direction, peer identity, protocol and port block.
+#[btf_map]
+pub static POL_RULES: LpmTrie<PolRuleData, PolRuleValue, 1_048_576> = LpmTrie::new();
+
+/// NetworkPolicy: flows a hook allowed (replies pass; established flows skip the rules).
+#[btf_map]
+pub static POL_CT: LruHashMap<PolCtKey, PolCtValue, 262_144> = LruHashMap::new();
+
+/// NetworkPolicy: new-flow verdict counters.
+#[btf_map]
+pub static POL_STATS: PerCpuHashMap<PolStatsKey, u64, 65_536> = PerCpuHashMap::new();
+
+/// NetworkPolicy: every new flow judged, for `skiff policy verdicts` (dropped when user space lags).
+#[btf_map]
+pub static POL_VERDICTS: RingBuf<PolVerdict, { 256 * 1024 }> = RingBuf::new();
+
+/// NetworkPolicy configuration written by user space.
+#[btf_map]
+pub static POL_CONFIG: Array<PolConfig, 1> = Array::new();
 
 /// Counts one event.
 #[inline(always)]
