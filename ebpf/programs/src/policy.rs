@@ -118,7 +118,8 @@ fn judge(ctx: &TcContext, dir: u8) -> Result<i32, i64> {
     let (peer, other) = if dir == DIR_EGRESS { (t.daddr, DIR_INGRESS) } else { (t.saddr, DIR_EGRESS) };
     let generation = POL_CONFIG.get(0).map(|c| c.generation).unwrap_or(0);
 
-    let key = PolCtKey { saddr: t.saddr, daddr: t.daddr, sport: t.sport, dport: t.dport, proto: t.proto, dir, pad: [0; 2] };
+    let key =
+        PolCtKey { saddr: t.saddr, daddr: t.daddr, sport: t.sport, dport: t.dport, proto: t.proto, dir, pad: [0; 2] };
     if let Some(ct) = POL_CT.get_ptr_mut(&key) {
         // SAFETY: an element of this map; a concurrent writer can at worst store the same generation.
         if unsafe { (*ct).generation } == generation {

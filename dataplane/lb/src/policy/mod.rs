@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod compile;
+pub mod enforcer;
 pub mod identity;
 pub mod maps;
 pub mod model;
@@ -17,6 +18,7 @@ pub mod ports;
 mod tests;
 
 pub use compile::{Compiled, NodeView, compile};
+pub use enforcer::Enforcer;
 pub use maps::{PolicyMaps, Verdicts};
 pub use model::{Direction, PolicyNames, PolicyTables};
 pub use plan::{PolicyOp, Programmed, plan};
