@@ -362,7 +362,7 @@ async fn network_policy_truth_table() {
         json!({"podSelector": {}, "ingress": [{"from": [
         {"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
     );
-    t.enforce(&[from_y.clone()]);
+    t.enforce(std::slice::from_ref(&from_y));
     t.check("into x from namespace y", |s, d, _, _| d.namespace != "x" || s.namespace == "y").await;
 
     // 7. Into x/a only from pods b of x (podSelector, the policy's namespace).
@@ -462,7 +462,7 @@ async fn network_policy_truth_table() {
     assert!(t.node_reachable_from(0, 53).await, "a pod under an egress policy still reaches its node");
 
     // 18. A policy updated in place: from-y becomes from-z.
-    t.enforce(&[from_y.clone()]);
+    t.enforce(std::slice::from_ref(&from_y));
     t.check("into x from y (before the update)", |s, d, _, _| d.namespace != "x" || s.namespace == "y").await;
     let mut from_z = from_y.clone();
     from_z["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["ns"] = json!("z");
@@ -492,9 +492,9 @@ async fn network_policy_truth_table() {
     t.pod_labels.insert("y/b".into(), BTreeMap::from([("pod".to_string(), "b".to_string())]));
 
     // 20. A namespace's label changes: z joins ns=y and is let in by from-y.
-    t.enforce(&[from_y.clone()]);
+    t.enforce(std::slice::from_ref(&from_y));
     t.ns_labels.insert("z".into(), BTreeMap::from([("ns".to_string(), "y".to_string())]));
-    t.enforce(&[from_y.clone()]);
+    t.enforce(std::slice::from_ref(&from_y));
     t.check("into x from ns=y, z relabelled", |s, d, _, _| d.namespace != "x" || s.namespace != "x").await;
     t.ns_labels.insert("z".into(), BTreeMap::from([("ns".to_string(), "z".to_string())]));
 
