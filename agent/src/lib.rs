@@ -27,6 +27,7 @@ pub mod network;
 pub mod node;
 pub mod paths;
 pub mod pods;
+pub mod policy;
 pub mod runtime;
 pub mod server;
 mod sys;
@@ -46,7 +47,7 @@ pub use config::{AgentConfig, BackoffPolicy, LbMode, ShimCommand};
 pub use error::AgentError;
 
 /// Follows a resource into a reflector store; sends the namespace of every changed object to `changes`.
-fn follow<K>(
+pub(crate) fn follow<K>(
     client: &kube::Client,
     changes: Option<mpsc::UnboundedSender<String>>,
 ) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
@@ -111,7 +112,23 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     tracing::info!(node = %cfg.node_name, ip = %node_ip, pod_cidr = %cidr, "node registered");
     let dns_ip = cfg.serve_dns.then_some(cfg.cluster_dns);
     let net = Arc::new(network::Network::setup(&cfg.bridge, cidr, dns_ip, &paths.ipam(), &paths.netns_dir()).await?);
-    let metrics = metrics::Metrics::new();
+    // NetworkPolicy rides on the eBPF dataplane: its programs and maps are pinned by the balancer.
+    let policy = match &cfg.lb {
+        LbMode::Off => None,
+        LbMode::On { pin_dir, .. } => {
+            let mut host_addresses = vec![node_ip, network::ipam::gateway(cidr)];
+            host_addresses.extend(dns_ip);
+            let view = skiff_lb::policy::NodeView { name: cfg.node_name.clone(), host_addresses };
+            Some(policy::Policy::new(pin_dir.clone(), view, policy::existing_networks(&paths.pods())))
+        }
+    };
+    let collectors: Vec<Box<dyn prometheus_client::collector::Collector>> = match (&policy, &cfg.lb) {
+        (Some(p), LbMode::On { pin_dir, .. }) => {
+            vec![Box::new(skiff_lb::policy::metrics::FlowCollector::new(pin_dir.clone(), p.names()))]
+        }
+        _ => Vec::new(),
+    };
+    let metrics = metrics::Metrics::with_collectors(collectors);
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     tasks.push(tokio::spawn(node::lease_loop(client.clone(), cfg.node_name.clone(), node_uid)));
     tasks.push(tokio::spawn(node::status_loop(client.clone(), facts.clone(), cfg.data_dir.clone())));
@@ -163,6 +180,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
         metrics: metrics.clone(),
         recorder: skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
         node_resolv,
+        policy: policy.clone(),
     });
     // The kubelet endpoint.
     let stats = server::stats::Stats::new(cgroups.clone(), views.clone(), cfg.node_name.clone());
@@ -179,6 +197,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
         node: cfg.node_name.clone(),
         scratch: paths.root().join("exec"),
         client: Some(client.clone()),
+        policy: policy.clone(),
     };
     tasks.extend(
         server::start(shared, SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), cfg.metrics_addr, tls).await?,
@@ -201,6 +220,9 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
             })))
         }
     };
+    if let Some(p) = &policy {
+        tasks.push(tokio::spawn(Arc::clone(p).run(client.clone())));
+    }
     // Static pods.
     let (static_tx, static_rx) = mpsc::unbounded_channel();
     if let Some(dir) = &cfg.manifests {

@@ -66,7 +66,15 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
+        Self::with_collectors(Vec::new())
+    }
+
+    /// Registers every metric and `collectors` (read at scrape time, e.g. NetworkPolicy flow counters).
+    pub fn with_collectors(collectors: Vec<Box<dyn prometheus_client::collector::Collector>>) -> Self {
         let mut registry = Registry::with_prefix("skiff_agent");
+        for c in collectors {
+            registry.register_collector(c);
+        }
         let pod_start = Histogram::new(latency_buckets());
         registry.register(
             "pod_start_duration_seconds",

@@ -566,12 +566,12 @@ fn watches_resume_from_a_resource_version_and_expire_after_compaction() {
 }
 
 #[test]
-fn a_network_policy_is_stored_with_a_warning_that_it_is_not_enforced() {
+fn a_network_policy_is_stored_without_a_warning_now_that_agents_enforce_it() {
     let c = Cluster::start_with(None);
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
     let out = c.kubectl_output(&["apply", "-f", "-"], Some(policy));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let warned = String::from_utf8_lossy(&out.stderr);
-    assert!(warned.contains("Warning: NetworkPolicy is stored but not enforced by this cluster yet"), "{warned}");
+    assert!(!warned.contains("Warning"), "{warned}");
     c.kubectl(&["get", "networkpolicy", "deny-all"]);
 }

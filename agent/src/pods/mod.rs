@@ -169,6 +169,8 @@ pub struct Ctx {
     pub recorder: skiff_client::events::Recorder,
     /// The node's own resolv.conf (for dnsPolicy Default).
     pub node_resolv: String,
+    /// NetworkPolicy enforcement (none without the eBPF dataplane).
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl std::fmt::Debug for Ctx {

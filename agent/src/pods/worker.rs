@@ -50,6 +50,8 @@ pub struct Worker {
     tokens: BTreeMap<(String, String), (String, Instant)>,
     /// Whether the pod's cgroup has its pids limit.
     pids_limited: bool,
+    /// Whether NetworkPolicy covers the pod's veth (before any container starts).
+    policy_admitted: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -94,6 +96,7 @@ impl Worker {
             volume_error: None,
             tokens: BTreeMap::new(),
             pids_limited: false,
+            policy_admitted: false,
         }
     }
 
@@ -483,6 +486,23 @@ impl Worker {
                         EventType::Warning,
                         "FailedCreatePodSandBox",
                         &format!("Failed to create pod sandbox: {e}"),
+                    )
+                    .await;
+                    return Some(Duration::from_secs(5));
+                }
+            }
+        }
+        if !self.policy_admitted
+            && let (Some(policy), Some(net)) = (&self.ctx.policy, &self.rec.net)
+        {
+            match policy.admit(&self.rec.uid, &self.pod, net).await {
+                Ok(()) => self.policy_admitted = true,
+                Err(e) => {
+                    self.event(
+                        None,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to put the pod under network policy: {e}"),
                     )
                     .await;
                     return Some(Duration::from_secs(5));
@@ -1240,6 +1260,9 @@ impl Worker {
         let ids = self.rec.container_ids();
         for id in ids {
             self.cleanup_run(&id).await;
+        }
+        if let Some(policy) = &self.ctx.policy {
+            policy.forget(&self.rec.uid);
         }
         if !self.host_network() || self.rec.net.is_some() {
             let ip = self.rec.net.as_ref().map(|n| n.ip);

@@ -47,6 +47,8 @@ pub struct Shared {
     /// The API client that asks the API server about callers (SubjectAccessReview); `None` refuses every caller
     /// outside `system:masters`.
     pub client: Option<kube::Client>,
+    /// NetworkPolicy enforcement, for its recent verdicts.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -282,6 +284,19 @@ async fn metrics_handler(State(s): State<Shared>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, skiff_client::metrics::CONTENT_TYPE)], s.metrics.encode()).into_response()
 }
 
+/// Recent NetworkPolicy verdicts of this node, one per line, oldest first (`nodes/proxy`).
+async fn policy_verdicts(State(s): State<Shared>) -> Response {
+    match &s.policy {
+        Some(p) => {
+            let mut body = p.recent_verdicts().join("\n");
+            body.push('\n');
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "network policy is not enforced on this node (the eBPF dataplane is off)\n")
+            .into_response(),
+    }
+}
+
 async fn pod_metrics(State(s): State<Shared>) -> Response {
     axum::Json(s.stats.pod_metrics()).into_response()
 }
@@ -302,6 +317,7 @@ pub fn router(s: Shared) -> Router {
         .route("/exec/{ns}/{pod}/{container}", get(exec_handler).post(exec_handler))
         .route("/attach/{ns}/{pod}/{container}", get(attach_handler).post(attach_handler))
         .route("/portForward/{ns}/{pod}", get(portforward_handler).post(portforward_handler))
+        .route("/policy/verdicts", get(policy_verdicts))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(pod_metrics))
         .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(node_metrics))
         .layer(axum::middleware::from_fn_with_state(s.clone(), authz::authorize))

@@ -624,6 +624,11 @@ async fn resource_request(
             .await;
             ("create", r)
         }
+        (m, Some(name), Some("proxy")) if info.group.is_empty() && info.plural == "nodes" => {
+            let path = rp.proxy_path.clone().unwrap_or_else(|| "/".into());
+            let r = api.proxy_to_node(name, method, &path, q, headers, body, upgrade).await;
+            (if m == Method::GET { "get" } else { "create" }, r)
+        }
         (_, Some(name), Some(s @ ("log" | "exec" | "attach" | "portforward" | "proxy"))) => {
             let r = api.node_proxy(&info, ns, name, s, method, q, headers, body, upgrade).await;
             (if s == "log" { "get" } else { "create" }, r)

@@ -179,7 +179,7 @@ impl Api {
     /// Sends a request to the agent of `node_name` at `path` with the query (less `container`, which the path
     /// names).
     #[allow(clippy::too_many_arguments)]
-    async fn proxy_to_node(
+    pub(crate) async fn proxy_to_node(
         &self,
         node_name: &str,
         method: &Method,

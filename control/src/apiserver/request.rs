@@ -38,6 +38,9 @@ pub struct ResourcePath {
     pub name: Option<String>,
     /// Subresource, if any.
     pub subresource: Option<String>,
+    /// For the `proxy` subresource: the path after it (`/policy/verdicts` of `.../nodes/n1/proxy/policy/verdicts`,
+    /// `/` when there is none).
+    pub proxy_path: Option<String>,
 }
 
 /// Parses a request path.
@@ -63,32 +66,37 @@ pub fn parse_path(path: &str) -> Option<Target> {
     if rest.is_empty() {
         return Some(Target::GroupVersion { group, version });
     }
-    let mk = |namespace: Option<String>, plural: &str, name: Option<&String>, sub: Option<&String>| {
+    let mk = |namespace: Option<String>, plural: &str, tail: &[String]| {
+        let sub = tail.get(1);
+        let proxy_path = (sub.map(String::as_str) == Some("proxy")).then(|| format!("/{}", tail[2..].join("/")));
         Some(Target::Resource(ResourcePath {
             group: group.clone(),
             version: version.clone(),
             namespace,
             plural: plural.to_string(),
-            name: name.cloned(),
+            name: tail.first().cloned(),
             subresource: sub.cloned(),
+            proxy_path,
         }))
     };
+    // Only `proxy` takes a path of its own after the subresource (`nodes/NAME/proxy/metrics`).
+    let fits = |tail: &[String]| tail.len() <= 2 || tail[1] == "proxy";
     let is_namespace_sub = |s: &str| matches!(s, "status" | "finalize");
     match rest {
         [ns, ..] if ns == "namespaces" && group.is_empty() && rest.len() == 3 && is_namespace_sub(&rest[2]) => {
-            mk(None, "namespaces", rest.get(1), rest.get(2))
+            mk(None, "namespaces", &rest[1..])
         }
         [ns, namespace, plural, tail @ ..] if ns == "namespaces" => {
-            if tail.len() > 2 {
+            if !fits(tail) {
                 return None;
             }
-            mk(Some(namespace.clone()), plural, tail.first(), tail.get(1))
+            mk(Some(namespace.clone()), plural, tail)
         }
         [plural, tail @ ..] => {
-            if tail.len() > 2 {
+            if !fits(tail) {
                 return None;
             }
-            mk(None, plural, tail.first(), tail.get(1))
+            mk(None, plural, tail)
         }
         [] => None,
     }
@@ -192,6 +200,7 @@ mod tests {
             plural: plural.into(),
             name: name.map(Into::into),
             subresource: sub.map(Into::into),
+            proxy_path: (sub == Some("proxy")).then(|| "/".to_string()),
         }))
     }
 
@@ -214,6 +223,13 @@ mod tests {
         );
         assert_eq!(parse_path("/api/v1/nodes/n1/status"), res("", None, "nodes", Some("n1"), Some("status")));
         assert_eq!(parse_path("/healthz"), None);
+        let Some(Target::Resource(rp)) = parse_path("/api/v1/nodes/n1/proxy/policy/verdicts") else {
+            panic!("a node proxy path parses")
+        };
+        assert_eq!((rp.name.as_deref(), rp.subresource.as_deref()), (Some("n1"), Some("proxy")));
+        assert_eq!(rp.proxy_path.as_deref(), Some("/policy/verdicts"));
+        assert_eq!(parse_path("/api/v1/nodes/n1/proxy"), res("", None, "nodes", Some("n1"), Some("proxy")));
+        assert_eq!(parse_path("/api/v1/nodes/n1/status/more"), None, "only proxy takes a path");
     }
 
     #[test]

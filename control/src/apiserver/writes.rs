@@ -202,7 +202,6 @@ impl Api {
             obj = self.admit_service_account(ns.as_deref().unwrap_or_default(), obj).await?;
         }
         warnings.extend(self.admit_pod_security(info, ns.as_deref(), &obj, None, None).await?);
-        warnings.extend(unenforced(info));
         self.admit_quota(info, ns.as_deref(), &obj, None).await?;
         self.admit_rbac(info, ns.as_deref(), &obj, None, opts.user.as_ref()).await?;
         managed::record_update(None, &mut obj, &opts.manager("unknown"), &info.kind, None);
@@ -360,7 +359,6 @@ impl Api {
             }
         }
         warnings.extend(self.admit_pod_security(info, ns, &new, Some(&cur.object), subresource).await?);
-        warnings.extend(unenforced(info));
         self.admit_quota(info, ns, &new, Some(&cur.object)).await?;
         self.admit_rbac(info, ns, &new, Some(&cur.object), opts.user.as_ref()).await?;
         super::noderestriction::admit_node_write(opts.user.as_ref(), info, name, &cur.object, Some(&new))?;
@@ -581,14 +579,6 @@ impl Api {
             self.sync_crd(old, new).await;
         }
     }
-}
-
-/// The warning a write of a kind this cluster stores but does not act on gets, so nobody believes a namespace is
-/// isolated when it is not: NetworkPolicies are not enforced yet.
-fn unenforced(info: &ResourceInfo) -> Option<String> {
-    (info.group == "networking.k8s.io" && info.plural == "networkpolicies").then(|| {
-        "NetworkPolicy is stored but not enforced by this cluster yet: traffic is not restricted by it".to_string()
-    })
 }
 
 fn now_plus(seconds: i64) -> String {

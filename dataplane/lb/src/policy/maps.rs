@@ -197,10 +197,4 @@ impl Verdicts {
         }
         out
     }
-
-    /// The ring buffer's descriptor, to wait for records (epoll / tokio `AsyncFd`).
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd as _;
-        self.ring.as_fd()
-    }
 }

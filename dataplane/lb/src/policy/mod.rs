@@ -11,9 +11,11 @@ pub mod compile;
 pub mod enforcer;
 pub mod identity;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod ports;
+pub mod report;
 #[cfg(test)]
 mod tests;
 
