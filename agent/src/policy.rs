@@ -244,28 +244,30 @@ impl Policy {
         namespaces: &Store<Namespace>,
     ) -> policy::Compiled {
         let local = self.local.lock().map(|l| l.clone()).unwrap_or_default();
-        let mut all: Vec<Pod> = Vec::new();
+        let mut all: Vec<Arc<Pod>> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for p in pods.state() {
-            let mut p = (*p).clone();
-            if let Some(uid) = p.metadata.uid.clone()
-                && let Some(l) = local.get(&uid)
-            {
+            let local_pod = p.metadata.uid.as_ref().and_then(|uid| local.get(uid).map(|l| (uid.clone(), l)));
+            match local_pod {
                 // This node knows the address before the API does.
-                fill_local(&mut p, l.ip, &self.node.name);
-                seen.insert(uid);
+                Some((uid, l)) => {
+                    let mut p = (*p).clone();
+                    fill_local(&mut p, l.ip, &self.node.name);
+                    seen.insert(uid);
+                    all.push(Arc::new(p));
+                }
+                None => all.push(p),
             }
-            all.push(p);
         }
         for (uid, l) in &local {
             if let (false, Some(p)) = (seen.contains(uid), &l.pod) {
                 let mut p = p.clone();
                 fill_local(&mut p, l.ip, &self.node.name);
-                all.push(p);
+                all.push(Arc::new(p));
             }
         }
-        let policies: Vec<NetworkPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
-        let namespaces: Vec<Namespace> = namespaces.state().iter().map(|n| (**n).clone()).collect();
+        let policies = policies.state();
+        let namespaces = namespaces.state();
         policy::compile(&policies, &all, &namespaces, &self.node)
     }
 

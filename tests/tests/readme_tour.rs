@@ -145,6 +145,22 @@ fn the_readme_tour_works_as_written() {
             .chain(std::iter::once(line.clone()))
             .collect::<Vec<_>>()
             .join("\n");
+        if line.starts_with("kubectl logs deployment/") {
+            // kubectl picks the pod that has been ready longest, which right after a rollout can be an old pod that
+            // is still terminating and is gone by the time kubectl asks for its logs (on any cluster). A reader
+            // runs this step a moment later; the tour waits for the old pods to finish terminating.
+            let settled = wait_for(Duration::from_secs(30), "old pods to finish terminating", || {
+                let stamps = kubectl_in(
+                    &up.ns,
+                    &kubeconfig,
+                    &["get", "pods", "-o", "jsonpath={.items[*].metadata.deletionTimestamp}"],
+                )?;
+                stamps.trim().is_empty().then_some(())
+            });
+            if let Err(e) = settled {
+                panic!("{e}");
+            }
+        }
         let mut cmd = up.ns.command("sh");
         cmd.arg("-ec").arg(&script).current_dir(repo_root()).env("NODE_IP", NODE_IP).stdin(Stdio::null());
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

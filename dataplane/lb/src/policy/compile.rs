@@ -18,6 +18,7 @@
 //! Numbers come from [`Numbering`]: stable for the same state.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
@@ -119,24 +120,58 @@ struct ParsedPolicy {
 }
 
 /// Compiles the tables for `node` from the whole cluster's policies, pods and namespaces.
-pub fn compile(policies: &[NetworkPolicy], pods: &[Pod], namespaces: &[Namespace], node: &NodeView) -> Compiled {
+/// The objects may be owned or shared (`Arc`s of a watch cache): nothing is cloned wholesale.
+pub fn compile<P, N, S>(policies: &[P], pods: &[N], namespaces: &[S], node: &NodeView) -> Compiled
+where
+    P: Borrow<NetworkPolicy>,
+    N: Borrow<Pod>,
+    S: Borrow<Namespace>,
+{
     let mut skipped = Vec::new();
     let ns_labels: BTreeMap<String, BTreeMap<String, String>> = namespaces
         .iter()
-        .filter_map(|n| {
+        .map(Borrow::borrow)
+        .filter_map(|n: &Namespace| {
             let name = n.metadata.name.clone()?;
             let mut labels = n.metadata.labels.clone().unwrap_or_default();
             labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
             Some((name, labels))
         })
         .collect();
-    let pods: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p, &node.name)).collect();
-    let mut parsed: Vec<ParsedPolicy> = policies.iter().filter_map(|p| parse_policy(p, &mut skipped)).collect();
+    let pods: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p.borrow(), &node.name)).collect();
+    // Pods by namespace, and this node's pods by namespace: a policy selects only in its own namespace.
+    let mut pods_by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut local_by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pods.iter().enumerate() {
+        pods_by_ns.entry(p.namespace.as_str()).or_default().push(i);
+        if p.local {
+            local_by_ns.entry(p.namespace.as_str()).or_default().push(i);
+        }
+    }
+    // Only the rules of policies that select a pod of this node are read (and their problems reported here).
+    let selects_here = |ns: &str, selector: &Selector| {
+        local_by_ns.get(ns).is_some_and(|local| local.iter().any(|i| selector.matches(&pods[*i].labels)))
+    };
+    let mut parsed: Vec<ParsedPolicy> =
+        policies.iter().filter_map(|p| parse_policy(p.borrow(), &mut skipped, selects_here)).collect();
     parsed.sort_by(|a, b| a.key.cmp(&b.key));
+    // The pods of this node each policy selects; only those policies matter here.
+    let selections: Vec<Vec<usize>> = parsed
+        .iter()
+        .map(|policy| {
+            local_by_ns
+                .get(policy.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|i| policy.selector.matches(&pods[*i].labels))
+                .collect()
+        })
+        .collect();
 
-    // Every ipBlock, and the prefixes that carve the address space into sets of equal membership.
+    // Every ipBlock of those policies, and the prefixes that carve the address space into sets of equal membership.
     let mut all_blocks: BTreeSet<Block> = BTreeSet::new();
-    for p in &parsed {
+    for (p, _) in parsed.iter().zip(&selections).filter(|(_, sel)| !sel.is_empty()) {
         for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
             for peer in rule.peers.iter().flatten() {
                 if let Peer::Block(b) = peer {
@@ -236,13 +271,15 @@ pub fn compile(policies: &[NetworkPolicy], pods: &[Pod], namespaces: &[Namespace
         for peer in peers {
             match peer {
                 Peer::Pods { namespaces, pods: pod_sel } => {
-                    for (p, id) in pods.iter().zip(&pod_ids) {
-                        let ns_ok = match namespaces {
-                            Some(sel) => sel.matches(labels_of_ns(&p.namespace)),
-                            None => p.namespace == policy.namespace,
-                        };
-                        if ns_ok && pod_sel.as_ref().is_none_or(|s| s.matches(&p.labels)) {
-                            ids.insert(*id);
+                    let in_namespaces = pods_by_ns.iter().filter(|(ns, _)| match namespaces {
+                        Some(sel) => sel.matches(labels_of_ns(ns)),
+                        None => **ns == policy.namespace,
+                    });
+                    for (_, members) in in_namespaces {
+                        for i in members {
+                            if pod_sel.as_ref().is_none_or(|s| s.matches(&pods[*i].labels)) {
+                                ids.insert(pod_ids[*i]);
+                            }
                         }
                     }
                 }
@@ -263,14 +300,9 @@ pub fn compile(policies: &[NetworkPolicy], pods: &[Pod], namespaces: &[Namespace
         Some(ids)
     };
 
-    for policy in &parsed {
+    for (policy, selection) in parsed.iter().zip(&selections) {
         let policy_id = policy_ids[&policy.key];
-        let selected: BTreeSet<(Ipv4Addr, u32)> = pods
-            .iter()
-            .zip(&pod_ids)
-            .filter(|(p, _)| p.local && p.namespace == policy.namespace && policy.selector.matches(&p.labels))
-            .map(|(p, id)| (p.ip, *id))
-            .collect();
+        let selected: BTreeSet<(Ipv4Addr, u32)> = selection.iter().map(|i| (pods[*i].ip, pod_ids[*i])).collect();
         if selected.is_empty() {
             continue;
         }
@@ -408,7 +440,12 @@ fn protocol(p: Option<&str>) -> Option<u8> {
 /// The peers and ports of each rule of one direction.
 type RuleParts<'a> = Vec<(Option<&'a Vec<NetworkPolicyPeer>>, Option<&'a Vec<NetworkPolicyPort>>)>;
 
-fn parse_policy(p: &NetworkPolicy, skipped: &mut Vec<Skipped>) -> Option<ParsedPolicy> {
+/// A policy's key, namespace and selector; its rules only when `wanted` says its selector matters here.
+fn parse_policy(
+    p: &NetworkPolicy,
+    skipped: &mut Vec<Skipped>,
+    wanted: impl Fn(&str, &Selector) -> bool,
+) -> Option<ParsedPolicy> {
     let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let key = format!("{namespace}/{}", p.metadata.name.as_deref().unwrap_or_default());
     let spec = p.spec.as_ref()?;
@@ -421,6 +458,9 @@ fn parse_policy(p: &NetworkPolicy, skipped: &mut Vec<Skipped>) -> Option<ParsedP
             return None;
         }
     };
+    if !wanted(&namespace, &selector) {
+        return Some(ParsedPolicy { key, namespace, selector, ingress: None, egress: None });
+    }
     let types: Vec<&str> = spec.policy_types.iter().flatten().map(String::as_str).collect();
     let (ingress, egress) = if types.is_empty() {
         (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()))

@@ -72,7 +72,7 @@ fn one_port(proto: u8, port: u16) -> PortMatch {
 #[test]
 fn without_policies_local_pods_are_tracked_but_not_isolated() {
     let w = world();
-    let c = compile(&[], &w.pods, &w.namespaces, &w.node);
+    let c = compile(&[] as &[NetworkPolicy], &w.pods, &w.namespaces, &w.node);
     assert_eq!(c.tables.endpoints.len(), 3, "the three pods of n0");
     assert!(c.tables.endpoints.values().all(|e| !e.ingress_isolated && !e.egress_isolated));
     assert!(c.tables.rules.is_empty());
@@ -279,7 +279,7 @@ fn the_plan_adds_before_it_isolates_and_removes_last_and_is_empty_when_nothing_c
     );
     let veths: BTreeMap<Ipv4Addr, u32> =
         [("10.244.0.2", 12), ("10.244.0.3", 13), ("10.244.0.4", 14)].iter().map(|(a, i)| (ip(a), *i)).collect();
-    let open = compile(&[], &w.pods, &w.namespaces, &w.node);
+    let open = compile(&[] as &[NetworkPolicy], &w.pods, &w.namespaces, &w.node);
     let closed = compile(&[p], &w.pods, &w.namespaces, &w.node);
     let mut current = Programmed::default();
     let first = plan(&current, &open.tables, &veths);
