@@ -35,7 +35,7 @@ use skiff_api::selector::Selector;
 use skiff_ebpf_common::{IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD, PEER_ANY};
 
 use super::{
-    identity::Numbering,
+    identity::{Key, Numbering},
     model::{Direction, EndpointEntry, PolicyNames, PolicyTables, PortMatch, RuleKey, Skipped},
     ports::blocks,
 };
@@ -67,15 +67,28 @@ pub struct Compiled {
     pub skipped: Vec<Skipped>,
 }
 
-/// A pod as policy sees it.
-struct PodView {
-    key: String,
-    namespace: String,
+/// A pod as policy sees it (borrowed from the object).
+struct PodView<'a> {
+    name: &'a str,
+    namespace: &'a str,
     ip: Ipv4Addr,
-    labels: BTreeMap<String, String>,
+    labels: &'a BTreeMap<String, String>,
     local: bool,
     /// (name, protocol, port) of every named container port.
     named: BTreeSet<(String, u8, u16)>,
+}
+
+impl PodView<'_> {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+fn cidr_bytes(n: &Ipv4Net) -> [u8; 5] {
+    let [a, b, c, d] = n.network().octets();
+    [a, b, c, d, n.prefix_len()]
 }
 
 /// One ipBlock: the CIDR less its exceptions.
@@ -138,19 +151,19 @@ where
             Some((name, labels))
         })
         .collect();
-    let pods: Vec<PodView> = pods.iter().filter_map(|p| pod_view(p.borrow(), &node.name)).collect();
+    let pods: Vec<PodView<'_>> = pods.iter().filter_map(|p| pod_view(p.borrow(), &node.name)).collect();
     // Pods by namespace, and this node's pods by namespace: a policy selects only in its own namespace.
     let mut pods_by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut local_by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in pods.iter().enumerate() {
-        pods_by_ns.entry(p.namespace.as_str()).or_default().push(i);
+        pods_by_ns.entry(p.namespace).or_default().push(i);
         if p.local {
-            local_by_ns.entry(p.namespace.as_str()).or_default().push(i);
+            local_by_ns.entry(p.namespace).or_default().push(i);
         }
     }
     // Only the rules of policies that select a pod of this node are read (and their problems reported here).
     let selects_here = |ns: &str, selector: &Selector| {
-        local_by_ns.get(ns).is_some_and(|local| local.iter().any(|i| selector.matches(&pods[*i].labels)))
+        local_by_ns.get(ns).is_some_and(|local| local.iter().any(|i| selector.matches(pods[*i].labels)))
     };
     let mut parsed: Vec<ParsedPolicy> =
         policies.iter().filter_map(|p| parse_policy(p.borrow(), &mut skipped, selects_here)).collect();
@@ -164,7 +177,7 @@ where
                 .into_iter()
                 .flatten()
                 .copied()
-                .filter(|i| policy.selector.matches(&pods[*i].labels))
+                .filter(|i| policy.selector.matches(pods[*i].labels))
                 .collect()
         })
         .collect();
@@ -195,56 +208,65 @@ where
             .join("; ")
     };
 
-    // Identity names.
+    // Identity keys: what an identity stands for, hashed (no strings are built per pod).
     let mut numbering = Numbering::new(IDENTITY_FIRST_ALLOCATED);
-    let pod_identity_name: Vec<String> = pods
+    let block_key = |set: &[usize], k: Key| -> Key {
+        set.iter().fold(k, |k, i| {
+            let b = &all_blocks[*i];
+            b.except.iter().fold(k.feed(&cidr_bytes(&b.cidr)), |k, e| k.feed(&cidr_bytes(e))).feed(b"|")
+        })
+    };
+    let pod_keys: Vec<u64> = pods
         .iter()
         .map(|p| {
-            let blocks = memberships(&Ipv4Net::from(p.ip));
-            format!(
-                "pod ns={} labels={:?} ports={:?} blocks=[{}]",
-                p.namespace,
-                p.labels,
-                p.named,
-                block_names(&blocks)
-            )
+            let mut k = Key::default().feed(b"pod").feed(p.namespace.as_bytes());
+            for (name, value) in p.labels {
+                k = k.feed(name.as_bytes()).feed(value.as_bytes());
+            }
+            k = k.feed(b"ports");
+            for (name, proto, port) in &p.named {
+                k = k.feed(name.as_bytes()).feed(&[*proto]).feed(&port.to_be_bytes());
+            }
+            block_key(&memberships(&Ipv4Net::from(p.ip)), k.feed(b"blocks")).finish()
         })
         .collect();
-    for n in &pod_identity_name {
-        numbering.add(n.clone());
+    for k in &pod_keys {
+        numbering.add(*k);
     }
-    let mut prefixes: BTreeMap<Ipv4Net, Option<String>> = BTreeMap::new();
+    let mut prefixes: BTreeMap<Ipv4Net, Option<(u64, String)>> = BTreeMap::new();
     for b in &all_blocks {
         for net in std::iter::once(&b.cidr).chain(b.except.iter()) {
             let set = memberships(net);
-            let name = (!set.is_empty()).then(|| format!("cidr blocks=[{}]", block_names(&set)));
-            if let Some(n) = &name {
-                numbering.add(n.clone());
-            }
-            prefixes.insert(*net, name);
+            let named = (!set.is_empty()).then(|| {
+                let key = block_key(&set, Key::default().feed(b"cidr")).finish();
+                numbering.add(key);
+                (key, format!("cidr blocks=[{}]", block_names(&set)))
+            });
+            prefixes.insert(*net, named);
         }
     }
     let numbers = numbering.assign();
 
     let mut tables = PolicyTables::default();
     let mut names = PolicyNames::default();
-    for (net, name) in &prefixes {
-        let id = name.as_ref().map_or(IDENTITY_WORLD, |n| numbers[n]);
+    for (net, named) in &prefixes {
+        let id = named.as_ref().map_or(IDENTITY_WORLD, |(k, _)| numbers[k]);
         tables.ipcache.insert(*net, id);
-        names.identities.insert(id, name.clone().unwrap_or_else(|| "world".into()));
+        names.identities.insert(id, named.as_ref().map_or_else(|| "world".into(), |(_, n)| n.clone()));
     }
-    let pod_ids: Vec<u32> = pod_identity_name.iter().map(|n| numbers[n]).collect();
+    let pod_ids: Vec<u32> = pod_keys.iter().map(|k| numbers[k]).collect();
     // Identity → its named ports (every pod of an identity has the same).
     let mut identity_ports: BTreeMap<u32, &BTreeSet<(String, u8, u16)>> = BTreeMap::new();
     for (p, id) in pods.iter().zip(&pod_ids) {
         tables.ipcache.insert(Ipv4Net::from(p.ip), *id);
         identity_ports.insert(*id, &p.named);
-        names.pods.insert(p.ip, p.key.clone());
+        let key = p.key();
         let entry = names.identities.entry(*id).or_default();
         if !entry.is_empty() {
             entry.push_str(", ");
         }
-        entry.push_str(&p.key);
+        entry.push_str(&key);
+        names.pods.insert(p.ip, key);
     }
     for a in &node.host_addresses {
         tables.ipcache.insert(Ipv4Net::from(*a), IDENTITY_HOST);
@@ -255,11 +277,13 @@ where
     // Policy ids.
     let mut policy_numbering = Numbering::new(1);
     for p in &parsed {
-        policy_numbering.add(p.key.clone());
+        policy_numbering.add(Key::of(&p.key));
     }
-    let policy_ids = policy_numbering.assign();
+    let policy_numbers = policy_numbering.assign();
+    let policy_ids: BTreeMap<&str, u32> =
+        parsed.iter().map(|p| (p.key.as_str(), policy_numbers[&Key::of(&p.key)])).collect();
     for (k, id) in &policy_ids {
-        names.policies.insert(*id, k.clone());
+        names.policies.insert(*id, (*k).to_string());
     }
 
     let empty = BTreeMap::new();
@@ -277,7 +301,7 @@ where
                     });
                     for (_, members) in in_namespaces {
                         for i in members {
-                            if pod_sel.as_ref().is_none_or(|s| s.matches(&pods[*i].labels)) {
+                            if pod_sel.as_ref().is_none_or(|s| s.matches(pods[*i].labels)) {
                                 ids.insert(pod_ids[*i]);
                             }
                         }
@@ -301,7 +325,7 @@ where
     };
 
     for (policy, selection) in parsed.iter().zip(&selections) {
-        let policy_id = policy_ids[&policy.key];
+        let policy_id = policy_ids[policy.key.as_str()];
         let selected: BTreeSet<(Ipv4Addr, u32)> = selection.iter().map(|i| (pods[*i].ip, pod_ids[*i])).collect();
         if selected.is_empty() {
             continue;
@@ -397,7 +421,7 @@ fn rule_entries(
     out
 }
 
-fn pod_view(p: &Pod, node: &str) -> Option<PodView> {
+fn pod_view<'a>(p: &'a Pod, node: &str) -> Option<PodView<'a>> {
     let spec = p.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
@@ -407,8 +431,6 @@ fn pod_view(p: &Pod, node: &str) -> Option<PodView> {
         return None;
     }
     let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
-    let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = p.metadata.name.clone().unwrap_or_default();
     let mut named = BTreeSet::new();
     for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
         for port in c.ports.iter().flatten() {
@@ -419,10 +441,10 @@ fn pod_view(p: &Pod, node: &str) -> Option<PodView> {
         }
     }
     Some(PodView {
-        key: format!("{namespace}/{name}"),
-        namespace,
+        name: p.metadata.name.as_deref().unwrap_or_default(),
+        namespace: p.metadata.namespace.as_deref().unwrap_or("default"),
         ip,
-        labels: p.metadata.labels.clone().unwrap_or_default(),
+        labels: p.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
         local: spec.node_name.as_deref() == Some(node),
         named,
     })
