@@ -36,6 +36,17 @@ const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent waits for the balancer to pin the programs and maps.
 const PROGRAMS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where enforcement stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for the programs and the first lists: new pods wait too.
+    Starting,
+    /// The maps follow the cluster.
+    Enforcing,
+    /// The dataplane is not there (its error is logged): pods start unrestricted.
+    Unavailable,
+}
+
 #[derive(Clone, Debug)]
 struct LocalPod {
     ip: Ipv4Addr,
@@ -54,7 +65,7 @@ pub struct Policy {
     wake: Notify,
     requested: AtomicU64,
     done: watch::Sender<u64>,
-    ready: watch::Sender<bool>,
+    state: watch::Sender<State>,
     names: Arc<RwLock<Arc<PolicyNames>>>,
     verdicts: Mutex<VecDeque<String>>,
 }
@@ -81,7 +92,7 @@ impl Policy {
             wake: Notify::new(),
             requested: AtomicU64::new(0),
             done: watch::channel(0).0,
-            ready: watch::channel(false).0,
+            state: watch::channel(State::Starting).0,
             names: Arc::default(),
             verdicts: Mutex::new(VecDeque::new()),
         })
@@ -95,9 +106,11 @@ impl Policy {
     /// Puts a new pod under policy: attaches the programs to its veth and waits until the maps hold its endpoint
     /// (isolated as its policies say). Called before its containers start; an error means "try again later".
     pub async fn admit(&self, uid: &str, pod: &Pod, net: &PodNet) -> Result<(), String> {
-        let mut ready = self.ready.subscribe();
-        if tokio::time::timeout(ADMIT_TIMEOUT, ready.wait_for(|r| *r)).await.is_err() {
-            return Err("network policy enforcement is not ready yet".into());
+        let mut state = self.state.subscribe();
+        match tokio::time::timeout(ADMIT_TIMEOUT, state.wait_for(|s| *s != State::Starting)).await {
+            Ok(Ok(s)) if *s == State::Unavailable => return Ok(()),
+            Ok(Ok(_)) => {}
+            _ => return Err("network policy enforcement is not ready yet".into()),
         }
         policy::attach::attach(&self.pin_dir, &net.veth)
             .map_err(|e| format!("attaching the policy programs to {}: {e}", net.veth))?;
@@ -136,7 +149,11 @@ impl Policy {
 
     /// Runs until the task is dropped.
     pub async fn run(self: Arc<Self>, client: kube::Client) {
-        let Some(mut enforcer) = self.open_maps().await else { return };
+        let Some(mut enforcer) = self.open_maps().await else {
+            // Without the dataplane nothing can be enforced; blocking every pod would not make anything safer.
+            self.state.send_replace(State::Unavailable);
+            return;
+        };
         let (tx, mut changes) = mpsc::unbounded_channel();
         let (policies, t1) = crate::follow::<NetworkPolicy>(&client, Some(tx.clone()));
         let (pods, t2) = crate::follow::<Pod>(&client, Some(tx.clone()));
@@ -148,7 +165,8 @@ impl Policy {
             namespaces.wait_until_ready().boxed(),
         ] {
             if ready.await.is_err() {
-                tracing::error!("the policy watches ended before their first list");
+                tracing::error!("network policy is not enforced: the policy watches ended before their first list");
+                self.state.send_replace(State::Unavailable);
                 return;
             }
         }
@@ -168,7 +186,7 @@ impl Policy {
             }
             let veths: BTreeMap<Ipv4Addr, u32> =
                 self.local.lock().map(|l| l.values().map(|p| (p.ip, p.ifindex)).collect()).unwrap_or_default();
-            let first = !*self.ready.borrow();
+            let first = *self.state.borrow() == State::Starting;
             match enforcer.sync(&compiled.tables, &veths) {
                 // After a restart this says whether anything had to be rewritten (nothing, when nothing changed).
                 Ok(writes) if first => tracing::info!(
@@ -190,7 +208,7 @@ impl Policy {
             if let Ok(mut n) = self.names.write() {
                 *n = Arc::new(compiled.names);
             }
-            self.ready.send_replace(true);
+            self.state.send_replace(State::Enforcing);
             self.done.send_modify(|d| *d = (*d).max(ticket));
             tokio::select! {
                 () = self.wake.notified() => {}
