@@ -68,6 +68,10 @@ pub struct Policy {
     state: watch::Sender<State>,
     names: Arc<RwLock<Arc<PolicyNames>>>,
     verdicts: Mutex<VecDeque<String>>,
+    /// The veths (ifindex) whose endpoint the maps hold, after the last pass.
+    programmed: Mutex<std::collections::BTreeSet<u32>>,
+    /// When this agent started: programs pinned before are the previous run's.
+    started: std::time::SystemTime,
 }
 
 fn ifindex(name: &str) -> Option<u32> {
@@ -95,6 +99,8 @@ impl Policy {
             state: watch::channel(State::Starting).0,
             names: Arc::default(),
             verdicts: Mutex::new(VecDeque::new()),
+            programmed: Mutex::default(),
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -124,9 +130,14 @@ impl Policy {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake.notify_one();
         let mut done = self.done.subscribe();
-        match tokio::time::timeout(ADMIT_TIMEOUT, done.wait_for(|d| *d >= ticket)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err("the pod's network policy was not written in time".into()),
+        if !matches!(tokio::time::timeout(ADMIT_TIMEOUT, done.wait_for(|d| *d >= ticket)).await, Ok(Ok(_))) {
+            return Err("the pod's network policy was not written in time".into());
+        }
+        // The pass ran; it may still have failed to write (a full map): then the pod does not start unrestricted.
+        if self.programmed.lock().is_ok_and(|p| p.contains(&index)) {
+            Ok(())
+        } else {
+            Err("the pod's network policy could not be written (see the agent's log)".into())
         }
     }
 
@@ -205,6 +216,9 @@ impl Policy {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "writing the network policy maps (retried on the next change)"),
             }
+            if let Ok(mut p) = self.programmed.lock() {
+                *p = enforcer.programmed().endpoints.keys().copied().collect();
+            }
             if let Ok(mut n) = self.names.write() {
                 *n = Arc::new(compiled.names);
             }
@@ -223,7 +237,9 @@ impl Policy {
         let prog = self.pin_dir.join("progs").join(skiff_ebpf_common::programs::POL_TO_POD);
         let deadline = tokio::time::Instant::now() + PROGRAMS_TIMEOUT;
         loop {
-            if prog.exists() {
+            // The balancer of this run pins its programs anew; attaching the previous run's would keep pods on them.
+            let fresh = std::fs::metadata(&prog).and_then(|m| m.modified()).is_ok_and(|t| t >= self.started);
+            if fresh {
                 match Enforcer::open(&self.pin_dir) {
                     Ok(e) => return Some(e),
                     Err(e) if tokio::time::Instant::now() >= deadline => {
@@ -264,7 +280,17 @@ impl Policy {
         let local = self.local.lock().map(|l| l.clone()).unwrap_or_default();
         let mut all: Vec<Arc<Pod>> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
+        let local_ips: BTreeMap<Ipv4Addr, &str> = local.iter().map(|(uid, l)| (l.ip, uid.as_str())).collect();
         for p in pods.state() {
+            let uid = p.metadata.uid.as_deref().unwrap_or_default();
+            let ip = p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            // An address this node gave to another pod: a pod object that outlived its sandbox (terminating) must
+            // not lend its identity to the address's new owner.
+            if let Some(owner) = ip.and_then(|ip| local_ips.get(&ip))
+                && *owner != uid
+            {
+                continue;
+            }
             let local_pod = p.metadata.uid.as_ref().and_then(|uid| local.get(uid).map(|l| (uid.clone(), l)));
             match local_pod {
                 // This node knows the address before the API does.

@@ -91,7 +91,9 @@ pub fn of_request(method: &str, path: &str, watch: bool) -> Attributes {
     let sub = rp.subresource.clone().unwrap_or_default();
     let verb = match (method, rp.name.is_some()) {
         _ if matches!(sub.as_str(), "exec" | "attach" | "portforward") && rp.group.is_empty() => "create",
-        ("GET" | "HEAD", _) if watch => "watch",
+        // `watch=true` makes a watch of a collection or (deprecated) of one object, never of a subresource that
+        // proxies (`nodes/NAME/proxy/...?watch` is a `get` of nodes/proxy, as upstream resolves it).
+        ("GET" | "HEAD", _) if watch && matches!(sub.as_str(), "" | "status" | "approval") => "watch",
         ("GET" | "HEAD", true) => "get",
         ("GET" | "HEAD", false) => "list",
         ("POST", _) => "create",
@@ -165,6 +167,8 @@ mod tests {
             ("DELETE", "/api/v1/namespaces/a/secrets/s", false, res("delete", "", "secrets", "", "a", "s")),
             ("DELETE", "/api/v1/namespaces/a/secrets", false, res("deletecollection", "", "secrets", "", "a", "")),
             ("GET", "/api/v1/namespaces/team", false, res("get", "", "namespaces", "", "team", "team")),
+            ("GET", "/api/v1/nodes/n1/proxy/exec/a/p/c", true, res("get", "", "nodes", "proxy", "", "n1")),
+            ("POST", "/api/v1/nodes/n1/proxy/exec/a/p/c", true, res("create", "", "nodes", "proxy", "", "n1")),
         ];
         for (method, path, watch, want) in cases {
             assert_eq!(of_request(method, path, watch), want, "{method} {path}");

@@ -99,6 +99,8 @@ impl Table {
             for (j, name) in NAMES.iter().enumerate() {
                 let n = 2 + 3 * i + j;
                 let ns = NetNs::new("sk-polpod").expect("pod namespace");
+                // Link-local IPv6 usable at once (no duplicate address detection), as an attacker would use it.
+                ns.sysctl("net.ipv6.conf.default.accept_dad", "0").expect("sysctl");
                 let host_if = format!("p{n}");
                 veth(&node, &host_if, &ns, "eth0").expect("veth");
                 node.ip(&["link", "set", &host_if, "master", "cbr0"]).expect("bridge port");
@@ -339,9 +341,15 @@ async fn network_policy_truth_table() {
     t.enforce(&[]);
     t.check("no policies", all).await;
 
+    // Paths around IPv4 unicast reach an unrestricted pod (so the checks below can pass) ...
+    assert!(t.side_paths_reach(0, 3).await.iter().all(|(_, ok)| *ok), "{:?}", t.side_paths_reach(0, 3).await);
+
     // 2. Deny all ingress in x: nothing gets into x; x still reaches out (replies pass).
     t.enforce(&[deny_all_ingress("x")]);
     t.check("deny all ingress in x", |_, d, _, _| d.namespace != "x").await;
+    // ... and none reaches an isolated one: not IPv6 link-local, not IPv4 broadcast.
+    let side = t.side_paths_reach(0, 3).await;
+    assert!(side.iter().all(|(_, ok)| !*ok), "an isolated pod was reached around the policy: {side:?}");
 
     // 3. Deny all egress in x.
     t.enforce(&[np("x", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress"]}))]);
@@ -606,6 +614,53 @@ async fn network_policy_truth_table() {
 }
 
 impl Table {
+    /// Whether pod `src` reaches pod `dst` over IPv6 link-local (TCP) and over IPv4 broadcast (UDP).
+    async fn side_paths_reach(&self, dst: usize, src: usize) -> Vec<(&'static str, bool)> {
+        let port = 83;
+        let (d, s) = (&self.pods[dst], &self.pods[src]);
+        let out = d.ns.ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]).expect("ip -6 addr");
+        let link_local: std::net::Ipv6Addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no link-local address on {}: {out}", d.label()));
+        let (v6, bcast) =
+            d.ns.enter(|| {
+                let l = std::net::TcpListener::bind("[::]:83").expect("v6 listener");
+                l.set_nonblocking(true).expect("nonblocking");
+                let u = std::net::UdpSocket::bind("0.0.0.0:84").expect("udp any");
+                u.set_nonblocking(true).expect("nonblocking");
+                (l, u)
+            })
+            .expect("entering the destination");
+        let (v6, bcast) = (TcpListener::from_std(v6).expect("tokio"), UdpSocket::from_std(bcast).expect("tokio"));
+        let (sock, udp, scope) =
+            s.ns.enter(|| {
+                let scope = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+                let u = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+                u.set_broadcast(true).expect("broadcast");
+                u.set_nonblocking(true).expect("nonblocking");
+                (TcpSocket::new_v6().expect("v6 socket"), u, scope)
+            })
+            .expect("entering the source");
+        let target = SocketAddr::V6(std::net::SocketAddrV6::new(link_local, port, 0, scope));
+        let tcp = tokio::time::timeout(Duration::from_secs(1), async {
+            let accept = v6.accept();
+            let connect = sock.connect(target);
+            let (a, c) = tokio::join!(accept, connect);
+            a.is_ok() && c.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        let udp = UdpSocket::from_std(udp).expect("tokio udp");
+        let _ = udp.send_to(b"all", "10.244.0.255:84").await;
+        let mut buf = [0u8; 8];
+        let got = tokio::time::timeout(Duration::from_secs(1), bcast.recv_from(&mut buf)).await.is_ok();
+        vec![("ipv6 link-local tcp", tcp), ("ipv4 broadcast udp", got)]
+    }
+
     async fn established_connection_follows_policy_changes(&mut self) {
         let addr = SocketAddrV4::new(self.pods[0].ip, 90);
         let listener = self.pods[0]

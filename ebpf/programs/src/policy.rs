@@ -8,8 +8,11 @@
 //! that direction, a rule for the peer's identity or for any peer, the protocol and the port ([`POL_RULES`]).
 //! Allowed: tracked and passed; denied: dropped. Every new-flow verdict is counted and sent to the ring buffer.
 //!
-//! A packet out of the pod whose source is not the pod's address is dropped (no policy can be evaded by spoofing).
-//! Non-first IPv4 fragments carry no ports and pass: the first fragment was judged, and without it the rest cannot be
+//! A packet out of the pod whose source is not the pod's address is dropped (no policy can be evaded by spoofing), and
+//! so is an ARP packet claiming another address. An isolated pod sends and receives nothing but IPv4 and ARP, and no
+//! IPv4 packet that is not addressed to it (broadcast, multicast). Only packets that can open a flow are tracked (for
+//! TCP, a SYN); a stale tracked flow that is now denied is dropped in both directions. Non-first IPv4 fragments
+//! carry no ports and pass after the source check: the first fragment was judged, and without it the rest cannot be
 //! reassembled. Errors reading a packet drop it.
 
 use aya_ebpf::{
@@ -52,23 +55,53 @@ struct Tuple {
     sport: u16,
     dport: u16,
     proto: u8,
+    /// A non-first IPv4 fragment (no ports).
+    fragment: bool,
+    /// TCP with SYN and without ACK: the only packet that opens a tracked TCP flow.
+    opens: bool,
 }
 
-/// The tuple of an IPv4 packet; `None` for other packets and for non-first fragments.
+/// What a frame is.
+enum Frame {
+    Ipv4(Tuple),
+    /// ARP, with the sender's protocol address (network order).
+    Arp(u32),
+    /// Anything else (IPv6 among them; the cluster network is IPv4).
+    Other,
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+const TCP_FLAGS: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Option<Tuple>, i64> {
+fn parse(ctx: &TcContext) -> Result<Frame, i64> {
     let ethertype: u16 = ctx.load(12)?;
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return Ok(None);
+    let ethertype = u16::from_be(ethertype);
+    if ethertype == ETH_P_ARP {
+        // Ethernet/IPv4 ARP: the sender protocol address follows 8 bytes of header and the 6-byte sender MAC.
+        let sender: u32 = ctx.load(ETH_HLEN + 14)?;
+        return Ok(Frame::Arp(sender));
+    }
+    if ethertype != ETH_P_IP {
+        return Ok(Frame::Other);
     }
     let ip: Ipv4Hdr = ctx.load(ETH_HLEN)?;
     if ip.vihl >> 4 != 4 {
         return Err(-1);
     }
-    let mut t = Tuple { saddr: ip.saddr, daddr: ip.daddr, sport: 0, dport: 0, proto: ip.proto };
-    // A non-zero fragment offset: no ports here.
-    if u16::from_be(ip.frag_off) & 0x1fff != 0 {
-        return Ok(None);
+    let mut t = Tuple {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: 0,
+        dport: 0,
+        proto: ip.proto,
+        fragment: u16::from_be(ip.frag_off) & 0x1fff != 0,
+        opens: false,
+    };
+    if t.fragment {
+        return Ok(Frame::Ipv4(t));
     }
     if ip.proto == PROTO_TCP || ip.proto == PROTO_UDP || ip.proto == PROTO_SCTP {
         let ihl = ((ip.vihl & 0x0f) as usize) * 4;
@@ -78,9 +111,13 @@ fn parse(ctx: &TcContext) -> Result<Option<Tuple>, i64> {
         let ports: [u16; 2] = ctx.load(ETH_HLEN + ihl)?;
         t.sport = ports[0];
         t.dport = ports[1];
+        if ip.proto == PROTO_TCP {
+            let flags: u8 = ctx.load(ETH_HLEN + ihl + TCP_FLAGS)?;
+            t.opens = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        }
     }
     let _ = PROTO_ICMP;
-    Ok(Some(t))
+    Ok(Frame::Ipv4(t))
 }
 
 /// What judging a flow found.
@@ -104,15 +141,28 @@ fn judge(ctx: &TcContext, dir: u8) -> Result<i32, i64> {
     let Some(ep) = (unsafe { POL_ENDPOINTS.get(&ifindex).copied() }) else {
         return Ok(NEXT);
     };
-    let Some(t) = parse(ctx)? else {
-        return Ok(NEXT);
+    let flag = if dir == DIR_INGRESS { EP_F_INGRESS_ISOLATED } else { EP_F_EGRESS_ISOLATED };
+    let isolated = (ep.flags & flag) != 0;
+    let t = match parse(ctx)? {
+        Frame::Ipv4(t) => t,
+        // A pod may answer and ask for its own address only.
+        Frame::Arp(sender) if dir == DIR_EGRESS && sender != ep.addr => return Ok(TC_ACT_SHOT),
+        Frame::Arp(_) => return Ok(NEXT),
+        // Not IPv4 (IPv6 link-local, say): an isolated pod neither sends nor receives it.
+        Frame::Other if isolated => return Ok(TC_ACT_SHOT),
+        Frame::Other => return Ok(NEXT),
     };
     if dir == DIR_EGRESS && t.saddr != ep.addr {
-        report(&t, dir, &ep, &Decision { verdict: VERDICT_SPOOFED, policy: 0, peer: 0 }, ifindex);
+        let spoofed = Decision { verdict: VERDICT_SPOOFED, policy: 0, peer: 0 };
+        report(&t, dir, &ep, &spoofed, ifindex);
         return Ok(TC_ACT_SHOT);
     }
     if dir == DIR_INGRESS && t.daddr != ep.addr {
-        // Not for this pod (a frame the bridge flooded): its stack drops it.
+        // Broadcast, multicast or a frame the bridge flooded: an isolated pod gets none of it.
+        return Ok(if isolated { TC_ACT_SHOT } else { NEXT });
+    }
+    if t.fragment {
+        // No ports to judge: the first fragment was judged, and the rest cannot be reassembled without it.
         return Ok(NEXT);
     }
     let (peer, other) = if dir == DIR_EGRESS { (t.daddr, DIR_INGRESS) } else { (t.saddr, DIR_EGRESS) };
@@ -163,17 +213,26 @@ fn judge(ctx: &TcContext, dir: u8) -> Result<i32, i64> {
             }
             return Ok(NEXT);
         }
+        // The flow is revoked: this side may not carry it on either (nor restart it as a flow of its own).
         let _ = POL_CT.remove(&reply);
-        // No longer a reply: judged below as a flow of its own.
+        report(&t, dir, &ep, &Decision { verdict: VERDICT_REVOKED, ..d }, ifindex);
+        return Ok(TC_ACT_SHOT);
     }
 
     let d = decide(&ep, dir, peer, t.proto, t.dport);
-    report(&t, dir, &ep, &d, ifindex);
+    // Only a packet that can open a flow is tracked: for TCP a SYN. Other untracked packets (of a flow revoked or
+    // evicted from the table) are judged one by one, so a revoked connection cannot come back as a new one.
+    let opens = t.proto != PROTO_TCP || t.opens;
+    if !d.allowed() || opens {
+        report(&t, dir, &ep, &d, ifindex);
+    }
     if !d.allowed() {
         return Ok(TC_ACT_SHOT);
     }
-    // A full table only means the flow is judged again on its next packet.
-    let _ = POL_CT.insert(&key, &PolCtValue { generation, policy: d.policy }, BPF_ANY as u64);
+    if opens {
+        // A full table only means the flow is judged again on its next packet.
+        let _ = POL_CT.insert(&key, &PolCtValue { generation, policy: d.policy }, BPF_ANY as u64);
+    }
     Ok(NEXT)
 }
 

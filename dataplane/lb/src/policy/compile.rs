@@ -472,23 +472,37 @@ fn parse_policy(
     let key = format!("{namespace}/{}", p.metadata.name.as_deref().unwrap_or_default());
     let spec = p.spec.as_ref()?;
     let mut skip = |reason: String| skipped.push(Skipped { object: key.clone(), reason });
+    let types: Vec<&str> = spec.policy_types.iter().flatten().map(String::as_str).collect();
+    let (mut ingress, mut egress) = if types.is_empty() {
+        (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()))
+    } else {
+        (types.contains(&"Ingress"), types.contains(&"Egress"))
+    };
+    if let Some(bad) = types.iter().find(|t| !matches!(**t, "Ingress" | "Egress")) {
+        // Fail closed: a policy whose types cannot be read isolates both ways (with the rules it has).
+        skip(format!("policyTypes {bad:?} is not Ingress or Egress: the policy isolates both directions"));
+        (ingress, egress) = (true, true);
+    }
     // An absent podSelector is the empty one: every pod of the namespace.
     let selector = match Selector::from_label_selector(&spec.pod_selector.clone().unwrap_or_default()) {
         Ok(s) => s,
         Err(e) => {
-            skip(format!("podSelector: {e}"));
-            return None;
+            // Fail closed: the pods it meant cannot be told apart, so every pod of the namespace is isolated and this
+            // policy allows nothing (its rules applied to pods it did not mean would open them).
+            skip(format!("podSelector: {e}: every pod of the namespace is isolated and the policy allows nothing"));
+            let everything = Selector::from_label_selector(&Default::default()).ok()?;
+            return Some(ParsedPolicy {
+                key,
+                namespace,
+                selector: everything,
+                ingress: ingress.then(Vec::new),
+                egress: egress.then(Vec::new),
+            });
         }
     };
     if !wanted(&namespace, &selector) {
         return Some(ParsedPolicy { key, namespace, selector, ingress: None, egress: None });
     }
-    let types: Vec<&str> = spec.policy_types.iter().flatten().map(String::as_str).collect();
-    let (ingress, egress) = if types.is_empty() {
-        (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()))
-    } else {
-        (types.contains(&"Ingress"), types.contains(&"Egress"))
-    };
     let mut rules = |list: Option<RuleParts<'_>>| {
         list.unwrap_or_default()
             .into_iter()
@@ -516,7 +530,14 @@ fn peer(p: &NetworkPolicyPeer, skip: &mut impl FnMut(String)) -> Option<Peer> {
         for e in b.except.iter().flatten() {
             match e.parse::<Ipv4Net>() {
                 Ok(n) if cidr.contains(&n) => except.push(n.trunc()),
-                _ => skip(format!("ipBlock except {e:?} is not an IPv4 CIDR inside {}: ignored", b.cidr)),
+                // Fail closed: ignoring the exception would widen the block.
+                _ => {
+                    skip(format!(
+                        "ipBlock except {e:?} is not an IPv4 CIDR inside {}: the block matches nothing",
+                        b.cidr
+                    ));
+                    return None;
+                }
             }
         }
         except.sort();

@@ -1,11 +1,15 @@
 //! The thin executor: keeps the pinned policy maps equal to the compiler's tables.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use super::{
     maps::PolicyMaps,
     model::PolicyTables,
-    plan::{Programmed, after, plan},
+    plan::{PolicyOp, Programmed, after, plan},
 };
 use crate::error::LbError;
 
@@ -42,11 +46,18 @@ impl Enforcer {
         let ops = plan(&self.programmed, tables, veths);
         for op in &ops {
             if let Err(e) = self.maps.execute(op) {
+                // What was written is a prefix of a safe order; tracked flows are judged again under it.
+                let _ = self.maps.execute(&PolicyOp::BumpGeneration);
                 self.programmed = self.maps.read()?;
                 return Err(e);
             }
         }
         after(&mut self.programmed, &ops);
+        if ops.iter().any(|op| matches!(op, PolicyOp::DeleteEndpoint(_))) {
+            // Counters of pods that are gone would otherwise fill the counters map for good.
+            let live: BTreeSet<u32> = self.programmed.endpoints.values().map(|e| e.addr).collect();
+            self.maps.prune_stats(&live)?;
+        }
         Ok(ops.len())
     }
 }

@@ -1,37 +1,35 @@
-//! Stable numbers for identities and policies: a 64-bit hash of what they stand for, folded into the number range,
-//! so the same cluster state gives the same numbers after an agent restart (nothing is rewritten that did not
-//! change) and a number never changes meaning while the tables are being rewritten. The rare collisions of the
-//! folded numbers are resolved by probing, in the order of the 64-bit keys.
+//! Stable numbers for identities and policies: a 64-bit digest of what they stand for, folded into the number
+//! range, so the same cluster state gives the same numbers after an agent restart (nothing is rewritten that did not
+//! change). The digest is SHA-256: a tenant cannot choose labels whose key equals another pod's (that would take a
+//! second preimage of 64 bits, about 2^64 work). Collisions of the folded numbers are resolved by probing, in the
+//! order of the keys; such a collision between a new key and an existing one can move the existing key's number
+//! (about k²/2^33 per change for k identities, documented in docs/network-policy.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// FNV-1a, 64 bits, fed piece by piece: stable across versions and platforms (unlike std's hasher).
-#[derive(Clone, Copy, Debug)]
-pub struct Key(u64);
+use sha2::{Digest as _, Sha256};
 
-impl Default for Key {
-    fn default() -> Self {
-        Key(0xcbf2_9ce4_8422_2325)
-    }
-}
+/// A digest fed piece by piece; each piece is length-prefixed, so `"ab" + "c"` and `"a" + "bc"` differ.
+#[derive(Clone, Debug, Default)]
+pub struct Key(Sha256);
 
 impl Key {
-    /// Feeds bytes, then a separator (so that `"ab" + "c"` and `"a" + "bc"` differ).
+    /// Feeds one piece.
     pub fn feed(mut self, bytes: &[u8]) -> Self {
-        for b in bytes.iter().chain(std::iter::once(&0xff)) {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        self.0.update((bytes.len() as u32).to_be_bytes());
+        self.0.update(bytes);
         self
     }
 
     /// The key of one string.
     pub fn of(s: &str) -> u64 {
-        Key::default().feed(s.as_bytes()).0
+        Key::default().feed(s.as_bytes()).finish()
     }
 
-    /// The hash so far.
+    /// The first 64 bits of the digest.
     pub fn finish(self) -> u64 {
-        self.0
+        let d = self.0.finalize();
+        u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
     }
 }
 

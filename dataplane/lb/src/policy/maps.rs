@@ -136,6 +136,16 @@ impl PolicyMaps {
         self.config.get(&0, 0).map(|c| c.generation).map_err(|e| LbError::map(names::POL_CONFIG, "read", e))
     }
 
+    /// Removes the counters of pods whose address (network order) is not in `live`.
+    pub fn prune_stats(&mut self, live: &std::collections::BTreeSet<u32>) -> Result<(), LbError> {
+        let dead: Vec<PolStatsKey> =
+            self.stats.keys().filter_map(Result::ok).filter(|k| !live.contains(&k.addr)).collect();
+        for k in dead {
+            absent(self.stats.remove(&k)).map_err(|e| LbError::map(names::POL_STATS, "delete", e))?;
+        }
+        Ok(())
+    }
+
     /// New-flow verdict counters, summed over CPUs.
     pub fn stats(&self) -> Result<BTreeMap<PolStatsKey, u64>, LbError> {
         let mut out = BTreeMap::new();

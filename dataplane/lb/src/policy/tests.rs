@@ -301,3 +301,37 @@ fn the_plan_adds_before_it_isolates_and_removes_last_and_is_empty_when_nothing_c
     let ops = plan(&current, &open.tables, &fewer);
     assert!(ops.contains(&PolicyOp::DeleteEndpoint(14)));
 }
+
+#[test]
+fn unreadable_parts_fail_closed() {
+    let w = world();
+    // A bad exception does not widen the block: the peer matches nothing.
+    let p = policy(
+        "x",
+        "bad-except",
+        json!({"podSelector": {}, "ingress": [{"from": [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0"]}}]}]}),
+    );
+    let c = compile(&[p], &w.pods, &w.namespaces, &w.node);
+    assert!(c.tables.rules.is_empty(), "{:?}", c.tables.rules);
+    assert!(c.tables.endpoints[&ip("10.244.0.2")].ingress_isolated);
+    // A selector that cannot be read isolates every pod of the namespace and allows nothing.
+    let p = policy(
+        "x",
+        "bad-selector",
+        json!({"podSelector": {"matchExpressions": [
+        {"key": "app", "operator": "Sometimes", "values": ["a"]}]}, "ingress": [{}]}),
+    );
+    let c = compile(&[p], &w.pods, &w.namespaces, &w.node);
+    assert!(
+        c.tables.endpoints[&ip("10.244.0.2")].ingress_isolated
+            && c.tables.endpoints[&ip("10.244.0.3")].ingress_isolated
+    );
+    assert!(c.tables.rules.is_empty());
+    assert_eq!(c.skipped.len(), 1);
+    // An unknown policy type isolates both directions.
+    let p = policy("x", "bad-type", json!({"podSelector": {}, "policyTypes": ["ingress"], "ingress": [{}]}));
+    let c = compile(&[p], &w.pods, &w.namespaces, &w.node);
+    let e = c.tables.endpoints[&ip("10.244.0.2")];
+    assert!(e.ingress_isolated && e.egress_isolated);
+}
