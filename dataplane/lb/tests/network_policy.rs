@@ -701,6 +701,67 @@ impl Table {
             .expect("echo");
         assert_eq!(&buf, b"2\n");
         echo.abort();
+        self.revoked_connection_is_not_revived_by_the_other_side().await;
+    }
+
+    /// After a revocation the side that may still send (x/a is isolated for ingress only) cannot bring the flow
+    /// back by sending first: the peer's packets still do not get into it.
+    async fn revoked_connection_is_not_revived_by_the_other_side(&mut self) {
+        let addr = SocketAddrV4::new(self.pods[0].ip, 91);
+        let listener = self.pods[0]
+            .ns
+            .enter(|| {
+                let l = std::net::TcpListener::bind(addr).expect("listener");
+                l.set_nonblocking(true).expect("nonblocking");
+                l
+            })
+            .expect("entering x/a");
+        let listener = TcpListener::from_std(listener).expect("tokio listener");
+        let (push_tx, push_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let _ = s.write_all(b"hi\n").await;
+            let _ = push_rx.await;
+            let _ = s.write_all(b"push\n").await;
+            let mut buf = [0u8; 16];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let sock = self.pods[1].ns.enter(|| TcpSocket::new_v4().expect("socket")).expect("entering x/b");
+        let mut conn = tokio::time::timeout(RETRY_TIMEOUT, sock.connect(SocketAddr::V4(addr)))
+            .await
+            .expect("connecting in time")
+            .expect("connecting");
+        let mut hi = [0u8; 3];
+        tokio::time::timeout(RETRY_TIMEOUT, conn.read_exact(&mut hi))
+            .await
+            .expect("greeting in time")
+            .expect("greeting");
+        self.enforce(&[deny_all_ingress("x")]);
+        // x/a may still send (it is isolated for ingress only, and could open a new connection to x/b anyway) ...
+        let _ = push_tx.send(());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ... but nothing of x/b gets into it again: its data is not echoed.
+        conn.write_all(b"3\n").await.expect("writing (buffered)");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(2000);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            !String::from_utf8_lossy(&got).contains("3\n"),
+            "the revoked flow came back through the side that may still send: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        self.enforce(&[]);
+        server.abort();
     }
 
     /// Whether pod `src` reaches a UDP server on the node's gateway address at `port`.
