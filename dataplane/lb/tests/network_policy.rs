@@ -661,17 +661,31 @@ impl Table {
         vec![("ipv6 link-local tcp", tcp), ("ipv4 broadcast udp", got)]
     }
 
-    async fn established_connection_follows_policy_changes(&mut self) {
-        let addr = SocketAddrV4::new(self.pods[0].ip, 90);
-        let listener = self.pods[0]
+    /// A TCP listener on pod `pod`'s address and `port`.
+    fn listen(&self, pod: usize, port: u16) -> (SocketAddrV4, TcpListener) {
+        let addr = SocketAddrV4::new(self.pods[pod].ip, port);
+        let listener = self.pods[pod]
             .ns
             .enter(|| {
                 let l = std::net::TcpListener::bind(addr).expect("listener");
                 l.set_nonblocking(true).expect("nonblocking");
                 l
             })
-            .expect("entering x/a");
-        let listener = TcpListener::from_std(listener).expect("tokio listener");
+            .expect("entering the pod");
+        (addr, TcpListener::from_std(listener).expect("tokio listener"))
+    }
+
+    /// A connection from pod `pod` to `addr`.
+    async fn connect(&self, pod: usize, addr: SocketAddrV4) -> tokio::net::TcpStream {
+        let sock = self.pods[pod].ns.enter(|| TcpSocket::new_v4().expect("socket")).expect("entering the pod");
+        tokio::time::timeout(RETRY_TIMEOUT, sock.connect(SocketAddr::V4(addr)))
+            .await
+            .expect("connecting in time")
+            .expect("connecting")
+    }
+
+    async fn established_connection_follows_policy_changes(&mut self) {
+        let (addr, listener) = self.listen(0, 90);
         let echo = tokio::spawn(async move {
             let Ok((mut s, _)) = listener.accept().await else { return };
             let mut buf = [0u8; 16];
@@ -681,11 +695,7 @@ impl Table {
                 }
             }
         });
-        let sock = self.pods[1].ns.enter(|| TcpSocket::new_v4().expect("socket")).expect("entering x/b");
-        let mut conn = tokio::time::timeout(RETRY_TIMEOUT, sock.connect(SocketAddr::V4(addr)))
-            .await
-            .expect("connecting in time")
-            .expect("connecting");
+        let mut conn = self.connect(1, addr).await;
         let mut buf = [0u8; 2];
         conn.write_all(b"1\n").await.expect("writing");
         tokio::time::timeout(RETRY_TIMEOUT, conn.read_exact(&mut buf)).await.expect("echo in time").expect("echo");
@@ -707,16 +717,7 @@ impl Table {
     /// After a revocation the side that may still send (x/a is isolated for ingress only) cannot bring the flow
     /// back by sending first: the peer's packets still do not get into it.
     async fn revoked_connection_is_not_revived_by_the_other_side(&mut self) {
-        let addr = SocketAddrV4::new(self.pods[0].ip, 91);
-        let listener = self.pods[0]
-            .ns
-            .enter(|| {
-                let l = std::net::TcpListener::bind(addr).expect("listener");
-                l.set_nonblocking(true).expect("nonblocking");
-                l
-            })
-            .expect("entering x/a");
-        let listener = TcpListener::from_std(listener).expect("tokio listener");
+        let (addr, listener) = self.listen(0, 91);
         let (push_tx, push_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let Ok((mut s, _)) = listener.accept().await else { return };
@@ -730,11 +731,7 @@ impl Table {
                 }
             }
         });
-        let sock = self.pods[1].ns.enter(|| TcpSocket::new_v4().expect("socket")).expect("entering x/b");
-        let mut conn = tokio::time::timeout(RETRY_TIMEOUT, sock.connect(SocketAddr::V4(addr)))
-            .await
-            .expect("connecting in time")
-            .expect("connecting");
+        let mut conn = self.connect(1, addr).await;
         let mut hi = [0u8; 3];
         tokio::time::timeout(RETRY_TIMEOUT, conn.read_exact(&mut hi))
             .await

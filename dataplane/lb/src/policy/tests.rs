@@ -240,21 +240,30 @@ fn the_first_policy_by_name_is_credited_and_ids_are_stable() {
     assert!(credited.iter().all(|n| n.as_str() == "x/a"));
 }
 
-#[test]
-fn a_label_change_touches_only_what_it_affects() {
-    let w = world();
-    let p = policy(
+/// x/b (app=b) lets in app=a pods of x.
+fn b_from_a() -> NetworkPolicy {
+    policy(
         "x",
         "from-a",
         json!({"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"from": [
         {"podSelector": {"matchLabels": {"app": "a"}}}]}]}),
-    );
+    )
+}
+
+/// The veths of the three local pods.
+fn veths() -> BTreeMap<Ipv4Addr, u32> {
+    [("10.244.0.2", 12), ("10.244.0.3", 13), ("10.244.0.4", 14)].iter().map(|(a, i)| (ip(a), *i)).collect()
+}
+
+#[test]
+fn a_label_change_touches_only_what_it_affects() {
+    let w = world();
+    let p = b_from_a();
     let before = compile(std::slice::from_ref(&p), &w.pods, &w.namespaces, &w.node);
     let mut pods = w.pods.clone();
     pods[0].metadata.labels = Some(BTreeMap::from([("app".to_string(), "z".to_string())]));
     let now = compile(&[p], &pods, &w.namespaces, &w.node);
-    let veths: BTreeMap<Ipv4Addr, u32> =
-        [("10.244.0.2", 12), ("10.244.0.3", 13), ("10.244.0.4", 14)].iter().map(|(a, i)| (ip(a), *i)).collect();
+    let veths = veths();
     let mut current = Programmed::default();
     after(&mut current, &plan(&Programmed::default(), &before.tables, &veths));
     let ops = plan(&current, &now.tables, &veths);
@@ -271,14 +280,8 @@ fn a_label_change_touches_only_what_it_affects() {
 #[test]
 fn the_plan_adds_before_it_isolates_and_removes_last_and_is_empty_when_nothing_changed() {
     let w = world();
-    let p = policy(
-        "x",
-        "from-a",
-        json!({"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"from": [
-        {"podSelector": {"matchLabels": {"app": "a"}}}]}]}),
-    );
-    let veths: BTreeMap<Ipv4Addr, u32> =
-        [("10.244.0.2", 12), ("10.244.0.3", 13), ("10.244.0.4", 14)].iter().map(|(a, i)| (ip(a), *i)).collect();
+    let p = b_from_a();
+    let veths = veths();
     let open = compile(&[] as &[NetworkPolicy], &w.pods, &w.namespaces, &w.node);
     let closed = compile(&[p], &w.pods, &w.namespaces, &w.node);
     let mut current = Programmed::default();
