@@ -12,7 +12,7 @@
 //! - [`crate::maps::POL_CT`]: LRU, [`PolCtKey`] (tuple + direction) → [`PolCtValue`]: flows a hook allowed, so replies
 //!   pass and established flows skip the rule lookup until the policy generation changes.
 //! - [`crate::maps::POL_STATS`]: per-CPU new-flow verdict counters by [`PolStatsKey`].
-//! - [`crate::maps::POL_VERDICTS`]: ring buffer of [`PolVerdict`] records for every new flow judged.
+//! - [`crate::maps::POL_VERDICTS`]: ring buffer of [`PolVerdict`] records of the flows a policy decided.
 //! - [`crate::maps::POL_CONFIG`]: one [`PolConfig`].
 
 /// Traffic into the pod (judged at the host-side veth's tc egress).

@@ -93,7 +93,7 @@ pub static POL_CT: LruHashMap<PolCtKey, PolCtValue, 262_144> = LruHashMap::new()
 #[btf_map]
 pub static POL_STATS: PerCpuHashMap<PolStatsKey, u64, 65_536> = PerCpuHashMap::new();
 
-/// NetworkPolicy: every new flow judged, for `skiff policy verdicts` (dropped when user space lags).
+/// NetworkPolicy: the flows a policy decided, for the verdicts endpoint (dropped when user space lags).
 #[btf_map]
 pub static POL_VERDICTS: RingBuf<PolVerdict, { 256 * 1024 }> = RingBuf::new();
 

@@ -6,7 +6,8 @@
 //! policy generation moved since: then the flow is judged again and its entry removed when now denied. A new flow is
 //! judged: the peer's identity from the ip cache (the node itself always passes), then, if the pod is isolated in
 //! that direction, a rule for the peer's identity or for any peer, the protocol and the port ([`POL_RULES`]).
-//! Allowed: tracked and passed; denied: dropped. Every new-flow verdict is counted and sent to the ring buffer.
+//! Allowed: tracked and passed; denied: dropped. Every new-flow verdict is counted; what a policy decided also goes
+//! to the ring buffer.
 //!
 //! A packet out of the pod whose source is not the pod's address is dropped (no policy can be evaded by spoofing), and
 //! so is an ARP packet claiming another address. An isolated pod sends and receives nothing but IPv4 and ARP, and no
@@ -268,6 +269,11 @@ fn report(t: &Tuple, dir: u8, ep: &PolEndpoint, d: &Decision, ifindex: u32) {
         None => {
             let _ = POL_STATS.insert(&key, &1u64, BPF_NOEXIST as u64);
         }
+    }
+    // Flows of pods no policy restricts, and flows with the node, are only counted: they are most of the traffic
+    // and say nothing about policy (the ring is for what a policy decided).
+    if d.verdict == VERDICT_NOT_ISOLATED || d.verdict == VERDICT_HOST {
+        return;
     }
     let record = PolVerdict {
         saddr: t.saddr,
