@@ -566,7 +566,7 @@ fn watches_resume_from_a_resource_version_and_expire_after_compaction() {
 }
 
 #[test]
-fn a_network_policy_is_stored_without_a_warning_now_that_agents_enforce_it() {
+fn a_network_policy_is_stored_without_a_warning_and_an_invalid_one_is_refused() {
     let c = Cluster::start_with(None);
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
     let out = c.kubectl_output(&["apply", "-f", "-"], Some(policy));
@@ -574,4 +574,14 @@ fn a_network_policy_is_stored_without_a_warning_now_that_agents_enforce_it() {
     let warned = String::from_utf8_lossy(&out.stderr);
     assert!(!warned.contains("Warning"), "{warned}");
     c.kubectl(&["get", "networkpolicy", "deny-all"]);
+    // A policy implementations would read differently is refused, with the field named.
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]\n    ports: [{endPort: 90}]\n";
+    let out = c.kubectl_output(&["apply", "-f", "-"], Some(bad));
+    assert!(!out.status.success(), "an invalid policy was stored");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.ingress[0].from[0].ipBlock.except[0]") && err.contains("must be a strict subset of `cidr`"),
+        "{err}"
+    );
+    assert!(err.contains("spec.ingress[0].ports[0].endPort"), "{err}");
 }

@@ -252,7 +252,7 @@ pub fn normalize(input: Value, steps: Steps) -> Option<Result<Normalized, Normal
             run::<networking::IngressClass>(i, s, none, v::validate_ingress_class)
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
-            run::<networking::NetworkPolicy>(i, s, none, meta_validator!(networking::NetworkPolicy, true))
+            run::<networking::NetworkPolicy>(i, s, none, v::validate_network_policy)
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             run::<discovery::EndpointSlice>(i, s, none, v::validate_endpoint_slice)

@@ -5,6 +5,7 @@
 mod common;
 mod config;
 mod network;
+mod network_policy;
 mod pod;
 mod workloads;
 
@@ -13,6 +14,7 @@ pub use common::{
 };
 pub use config::*;
 pub use network::*;
+pub use network_policy::validate_network_policy;
 pub use pod::{validate_pod, validate_pod_spec, validate_pod_template, validate_pod_template_with_claims};
 pub use workloads::*;
 
