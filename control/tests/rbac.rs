@@ -375,3 +375,20 @@ fn the_escape_hatches_are_closed() {
     let (ok, _, err) = kubectl_as_in(&c, &node, &["create", "-f", "-"], mirror);
     assert!(!ok && err.contains("mirror pods may not reference secrets"), "{err}");
 }
+
+#[test]
+fn list_and_watch_on_everything_does_not_reach_the_node_proxy() {
+    let c = Cluster::start_with(None);
+    // A monitoring role as people write them: list and watch of every resource (and so every subresource).
+    c.kubectl(&["create", "clusterrole", "watch-all", "--verb=list,watch", "--resource=*"]);
+    c.kubectl(&["create", "clusterrolebinding", "mon-watch", "--clusterrole=watch-all", "--user=mon"]);
+    // `?watch` on a proxied node path is a `get` of nodes/proxy (upstream's reading), which the role lacks; before,
+    // it was authorized as `watch` and went on to the node (exec is reachable behind that proxy).
+    for path in ["/api/v1/nodes/n1/proxy/policy/verdicts?watch=true", "/api/v1/nodes/n1/proxy/exec/a/p/c?watch=1"] {
+        let err = c.kubectl_fails(&["get", "--raw", path, "--as=mon"], None);
+        assert!(err.contains("Forbidden") || err.contains("forbidden"), "{path}: {err}");
+    }
+    // The role itself works.
+    let out = c.kubectl_output(&["get", "--raw", "/api/v1/nodes?watch=true&timeoutSeconds=1", "--as=mon"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
