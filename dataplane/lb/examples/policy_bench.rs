@@ -138,13 +138,22 @@ struct Objects {
 }
 
 fn read(dir: &Path) -> anyhow::Result<Objects> {
-    let v: Value = serde_json::from_slice(&std::fs::read(dir.join("objects.json"))?)?;
-    let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-    Ok(Objects {
-        namespaces: list("namespaces").into_iter().map(serde_json::from_value).collect::<Result<_, _>>()?,
-        pods: list("pods").into_iter().map(serde_json::from_value).collect::<Result<_, _>>()?,
-        policies: list("policies").into_iter().map(serde_json::from_value).collect::<Result<_, _>>()?,
-    })
+    Objects::from_value(&serde_json::from_slice(&std::fs::read(dir.join("objects.json"))?)?)
+}
+
+impl Objects {
+    fn from_value(v: &Value) -> anyhow::Result<Self> {
+        fn list<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> anyhow::Result<Vec<T>> {
+            Ok(v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()?)
+        }
+        Ok(Objects { namespaces: list(v, "namespaces")?, pods: list(v, "pods")?, policies: list(v, "policies")? })
+    }
 }
 
 fn node() -> NodeView {
@@ -234,29 +243,7 @@ fn latency(dir: &Path, pin_dir: &Path, changes: usize) -> anyhow::Result<()> {
 /// The policy set as kube-router programs it on `bench-node`: an ipset per selector (pod addresses) and per ipBlock,
 /// a chain per policy, a firewall chain per local pod, FORWARD jumping through them, conntrack first.
 fn kube_router(objects: &Value) -> anyhow::Result<(String, String)> {
-    let o = Objects {
-        namespaces: objects["namespaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .cloned()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()?,
-        pods: objects["pods"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .cloned()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()?,
-        policies: objects["policies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .cloned()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()?,
-    };
+    let o = Objects::from_value(objects)?;
     let labels_of_ns: BTreeMap<String, BTreeMap<String, String>> = o
         .namespaces
         .iter()

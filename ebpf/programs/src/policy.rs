@@ -171,25 +171,11 @@ fn judge(ctx: &TcContext, dir: u8) -> Result<i32, i64> {
 
     let key =
         PolCtKey { saddr: t.saddr, daddr: t.daddr, sport: t.sport, dport: t.dport, proto: t.proto, dir, pad: [0; 2] };
-    if let Some(ct) = POL_CT.get_ptr_mut(&key) {
-        // SAFETY: an element of this map; a concurrent writer can at worst store the same generation.
-        if unsafe { (*ct).generation } == generation {
-            return Ok(NEXT);
-        }
-        let d = decide(&ep, dir, peer, t.proto, t.dport);
-        if d.allowed() {
-            // SAFETY: as above.
-            unsafe {
-                (*ct).generation = generation;
-                (*ct).policy = d.policy;
-            }
-            return Ok(NEXT);
-        }
-        let _ = POL_CT.remove(&key);
-        report(&t, dir, &ep, &Decision { verdict: VERDICT_REVOKED, ..d }, ifindex);
-        return Ok(TC_ACT_SHOT);
+    // A flow this hook allowed; then a reply of a flow the pod's other hook allowed (judged again as that hook judged
+    // it: same pod, same peer, its port).
+    if let Some(verdict) = tracked(&key, &ep, dir, peer, t.dport, generation) {
+        return Ok(settle(verdict, &t, dir, &ep, ifindex));
     }
-
     let reply = PolCtKey {
         saddr: t.daddr,
         daddr: t.saddr,
@@ -199,25 +185,9 @@ fn judge(ctx: &TcContext, dir: u8) -> Result<i32, i64> {
         dir: other,
         pad: [0; 2],
     };
-    if let Some(ct) = POL_CT.get_ptr_mut(&reply) {
-        // SAFETY: as above.
-        if unsafe { (*ct).generation } == generation {
-            return Ok(NEXT);
-        }
-        // The flow this packet answers, judged again as the other hook judged it: same pod, same peer, its port.
-        let d = decide(&ep, other, peer, t.proto, t.sport);
-        if d.allowed() {
-            // SAFETY: as above.
-            unsafe {
-                (*ct).generation = generation;
-                (*ct).policy = d.policy;
-            }
-            return Ok(NEXT);
-        }
-        // The flow is revoked: this side may not carry it on either (nor restart it as a flow of its own).
-        let _ = POL_CT.remove(&reply);
-        report(&t, dir, &ep, &Decision { verdict: VERDICT_REVOKED, ..d }, ifindex);
-        return Ok(TC_ACT_SHOT);
+    if let Some(verdict) = tracked(&reply, &ep, other, peer, t.sport, generation) {
+        // A revoked flow: this side may not carry it on either (nor restart it as a flow of its own).
+        return Ok(settle(verdict, &t, dir, &ep, ifindex));
     }
 
     let d = decide(&ep, dir, peer, t.proto, t.dport);
@@ -235,6 +205,47 @@ fn judge(ctx: &TcContext, dir: u8) -> Result<i32, i64> {
         let _ = POL_CT.insert(&key, &PolCtValue { generation, policy: d.policy }, BPF_ANY as u64);
     }
     Ok(NEXT)
+}
+
+/// For a tracked flow (`key` in the table): `None` when untracked, else `Ok` to pass it (judged again and refreshed
+/// when the policy generation moved) or `Err` with the denial (the entry is then removed: the flow is revoked).
+#[inline(always)]
+fn tracked(
+    key: &PolCtKey,
+    ep: &PolEndpoint,
+    dir: u8,
+    peer: u32,
+    port: u16,
+    generation: u32,
+) -> Option<Result<(), Decision>> {
+    let ct = POL_CT.get_ptr_mut(key)?;
+    // SAFETY: an element of this map; a concurrent writer can at worst store the same generation.
+    if unsafe { (*ct).generation } == generation {
+        return Some(Ok(()));
+    }
+    let d = decide(ep, dir, peer, key.proto, port);
+    if d.allowed() {
+        // SAFETY: as above.
+        unsafe {
+            (*ct).generation = generation;
+            (*ct).policy = d.policy;
+        }
+        return Some(Ok(()));
+    }
+    let _ = POL_CT.remove(key);
+    Some(Err(Decision { verdict: VERDICT_REVOKED, ..d }))
+}
+
+/// The verdict for a tracked flow: pass, or report the revocation and drop.
+#[inline(always)]
+fn settle(verdict: Result<(), Decision>, t: &Tuple, dir: u8, ep: &PolEndpoint, ifindex: u32) -> i32 {
+    match verdict {
+        Ok(()) => NEXT,
+        Err(d) => {
+            report(t, dir, ep, &d, ifindex);
+            TC_ACT_SHOT
+        }
+    }
 }
 
 /// Judges a new flow of endpoint `ep` with the peer at `peer_addr`.
