@@ -29,6 +29,8 @@ use crate::network::PodNet;
 
 /// How many verdict lines are kept.
 const KEEP_VERDICTS: usize = 1000;
+/// How soon a pass whose map writes failed is tried again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// How often the verdict ring is read.
 const VERDICT_POLL: Duration = Duration::from_millis(200);
 /// How long a new pod waits for its policy to be in place before its start is retried.
@@ -185,13 +187,14 @@ impl Policy {
         self.reattach();
         let _verdicts = AbortOnDrop(tokio::spawn(Arc::clone(&self).read_verdicts()));
         let mut reported = Vec::new();
+        let mut failed = false;
         loop {
             let ticket = self.requested.load(Ordering::SeqCst);
             let started = std::time::Instant::now();
             let compiled = self.compile(&policies, &pods, &namespaces);
             if compiled.skipped != reported {
                 for s in &compiled.skipped {
-                    tracing::warn!(policy = %s.object, reason = %s.reason, "part of a NetworkPolicy matches nothing");
+                    tracing::warn!(policy = %s.object, reason = %s.reason, "part of a NetworkPolicy cannot be read");
                 }
                 reported = compiled.skipped.clone();
             }
@@ -214,7 +217,10 @@ impl Policy {
                     "network policy updated"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "writing the network policy maps (retried on the next change)"),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing the network policy maps (retried)");
+                    failed = true;
+                }
             }
             if let Ok(mut p) = self.programmed.lock() {
                 *p = enforcer.programmed().endpoints.keys().copied().collect();
@@ -224,9 +230,12 @@ impl Policy {
             }
             self.state.send_replace(State::Enforcing);
             self.done.send_modify(|d| *d = (*d).max(ticket));
+            // A failed pass is retried after a pause even when nothing changes.
+            let retry = if std::mem::take(&mut failed) { RETRY_AFTER_FAILURE } else { Duration::MAX };
             tokio::select! {
                 () = self.wake.notified() => {}
                 Some(_) = changes.recv() => {}
+                () = tokio::time::sleep(retry) => {}
             }
             // Fold what is already waiting into the same pass.
             while changes.try_recv().is_ok() {}
