@@ -22,6 +22,8 @@
 //!   `err kind=.. ms=..`.
 //! - `udp COUNT ADDR connected|unconnected`: COUNT exchanges; prints `ok id=.. peer=.. from=..` where `from` is the
 //!   source the socket saw (getpeername or recvfrom).
+//! - `ping COUNT IP`: COUNT ICMP echo requests (raw socket); prints `ok from=IP ms=..` for each reply or
+//!   `err kind=.. ms=..`.
 //! - `hold ADDR`: one connection; prints `connected id=.. peer=.. sockpeer=..`; then each stdin line is sent and the
 //!   reply printed as `reply LINE` (`err ...` when the connection broke).
 //!
@@ -124,8 +126,66 @@ fn run(args: &[String]) -> io::Result<()> {
         "tcp" => tcp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?),
         "udp" => udp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?, arg(args, 3)? == "connected"),
         "hold" => hold(addr(arg(args, 1)?)?),
+        "ping" => ping(count(arg(args, 1)?)?, arg(args, 2)?),
         other => Err(io::Error::other(format!("unknown probe mode {other}"))),
     }
+}
+
+/// The Internet checksum of `data`.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ping(n: u32, target: &str) -> io::Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, recvfrom, sendto, setsockopt, socket, sockopt,
+    };
+    let ip: std::net::Ipv4Addr = target.parse().map_err(|e| io::Error::other(format!("bad address {target}: {e}")))?;
+    let sock = socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Icmp)?;
+    setsockopt(&sock, sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(0, 300_000))?;
+    let dest = SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0));
+    let id = (std::process::id() & 0xffff) as u16;
+    for seq in 0..n {
+        let start = Instant::now();
+        let mut req = vec![8u8, 0, 0, 0];
+        req.extend(id.to_be_bytes());
+        req.extend((seq as u16).to_be_bytes());
+        req.extend(b"skiff-probe-ping");
+        let c = inet_checksum(&req);
+        req[2..4].copy_from_slice(&c.to_be_bytes());
+        sendto(std::os::fd::AsRawFd::as_raw_fd(&sock), &req, &dest, nix::sys::socket::MsgFlags::empty())?;
+        // Replies to other probes' requests arrive on a raw socket too: wait for ours, for at most IO_TIMEOUT.
+        let mut buf = [0u8; 1500];
+        let result = loop {
+            if start.elapsed() > IO_TIMEOUT {
+                break Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+            match recvfrom::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&sock), &mut buf) {
+                Ok((len, from)) => {
+                    let ihl = usize::from(buf[0] & 0x0f) * 4;
+                    let icmp = &buf[ihl.min(len)..len];
+                    if icmp.len() >= 8
+                        && icmp[0] == 0
+                        && icmp[4..6] == id.to_be_bytes()
+                        && icmp[6..8] == (seq as u16).to_be_bytes()
+                    {
+                        break Ok(from.map(|f| f.ip().to_string()).unwrap_or_default());
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => break Err(io::Error::from(e)),
+            }
+        };
+        match result {
+            Ok(from) => say(&format!("ok from={from} ms={}", start.elapsed().as_millis())),
+            Err(e) => say(&format!("err kind={} ms={}", error_kind(&e), start.elapsed().as_millis())),
+        }
+    }
+    Ok(())
 }
 
 fn count(s: &str) -> io::Result<u32> {

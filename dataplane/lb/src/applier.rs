@@ -80,6 +80,10 @@ impl Applier {
             flags: 0,
         };
         maps.write_config(&node_config)?;
+        let nat_writes = maps.write_nat(&crate::nat::config_value(config), &crate::nat::exclusions(config))?;
+        if nat_writes > 0 {
+            tracing::info!(masquerade = ?config.masquerade, writes = nat_writes, "pod egress masquerade programmed");
+        }
         Ok(Self { maps, reg, generation, synced_once: false, config: node_config, names_reset: true })
     }
 

@@ -85,6 +85,9 @@ pub struct LbConfig {
     pub map_sizes: MapSizes,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Pod egress masquerade on the configured interfaces (to the SNAT address, with the SNAT port range); `None`
+    /// leaves pods' packets untranslated.
+    pub masquerade: Option<crate::nat::Masquerade>,
 }
 
 impl LbConfig {
@@ -101,6 +104,7 @@ impl LbConfig {
             limits: Limits::default(),
             map_sizes: MapSizes::default(),
             metrics_addr: None,
+            masquerade: None,
         }
     }
 

@@ -61,6 +61,11 @@ impl Engine {
         &self.applier
     }
 
+    /// The metrics this engine records into.
+    pub fn metrics(&self) -> &Arc<LbMetrics> {
+        &self.metrics
+    }
+
     /// The desired tables of one Service as the store has it now.
     pub fn desired(&self, name: &ServiceName) -> Option<ServiceTables> {
         self.store.tables(name, &self.node, &self.limits)

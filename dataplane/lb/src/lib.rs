@@ -17,6 +17,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod nat;
 pub mod ops;
 pub mod plan;
 pub mod policy;

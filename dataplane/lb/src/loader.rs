@@ -25,8 +25,9 @@ use aya::{
 };
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
-    MaglevTableL, MaglevTableM, MaglevTableS, PolConfig, PolCtKey, PolCtValue, PolEndpoint, PolRuleData, PolRuleValue,
-    PolStatsKey, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue, maps as names, programs as progs,
+    MaglevTableL, MaglevTableM, MaglevTableS, NatConfig, NatEntry, NatEvent, PolConfig, PolCtKey, PolCtValue,
+    PolEndpoint, PolRuleData, PolRuleValue, PolStatsKey, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
+    maps as names, programs as progs,
 };
 
 use crate::{config::LbConfig, error::LbError, maps::LbMaps};
@@ -68,6 +69,10 @@ fn expected(config: &LbConfig) -> Vec<(&'static str, u32, u32, u32, u32)> {
         (names::POL_STATS, PERCPU_HASH, sz(size_of::<PolStatsKey>()), 8, 65_536),
         (names::POL_VERDICTS, RINGBUF, 0, 0, 256 * 1024),
         (names::POL_CONFIG, ARRAY, 4, sz(size_of::<PolConfig>()), 1),
+        (names::NAT, LRU_HASH, sz(size_of::<CtKey>()), sz(size_of::<NatEntry>()), 262_144),
+        (names::NAT_EXCLUDE, LPM_TRIE, 8, 4, 1_024),
+        (names::NAT_CONFIG, ARRAY, 4, sz(size_of::<NatConfig>()), 1),
+        (names::NAT_STATS, PERCPU_ARRAY, 4, 8, NatEvent::COUNT),
     ]
 }
 
@@ -239,7 +244,7 @@ pub fn load(config: &LbConfig) -> Result<Loaded, LbError> {
         loader.map_pin_path(name, path.as_path());
     }
     for (name, _, _, _, max) in expected(config) {
-        if name != names::EVENTS && name != names::CONFIG && !name.starts_with("POL_") {
+        if name != names::EVENTS && name != names::CONFIG && !name.starts_with("POL_") && !name.starts_with("LB_NAT") {
             loader.map_max_entries(name, max);
         }
     }

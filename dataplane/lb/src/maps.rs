@@ -1,12 +1,17 @@
 //! Typed handles to the pinned maps, and the execution of planned [`Op`]s against them.
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use std::collections::BTreeSet;
+
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
 use skiff_ebpf_common::{
     AffinityMatchKey, Backend, Config, Counters, CtKey, CtValue, Event, MAGLEV_L, MAGLEV_M, MAGLEV_S, MaglevMeta,
-    MaglevTable, ServiceKey, ServiceValue, maps as names,
+    MaglevTable, NatConfig, NatEntry, NatEvent, ServiceKey, ServiceValue, maps as names,
 };
 
-use crate::{error::LbError, maglev, model::BackendAddr, ops::Op, registry::MapContents};
+use crate::{error::LbError, maglev, model::BackendAddr, nat::Exclusion, ops::Op, registry::MapContents};
 
 /// How often a table write is retried when the kernel's BPF allocator is momentarily empty (ENOMEM): its per-CPU
 /// caches of large elements are refilled asynchronously.
@@ -26,6 +31,10 @@ pub struct LbMaps {
     backend_stats: PerCpuArray<MapData, Counters>,
     events: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
+    nat: HashMap<MapData, CtKey, NatEntry>,
+    nat_exclude: LpmTrie<MapData, [u8; 4], u32>,
+    nat_config: Array<MapData, NatConfig>,
+    nat_stats: PerCpuArray<MapData, u64>,
     cpus: usize,
 }
 
@@ -57,17 +66,16 @@ impl LbMaps {
             backend_stats: typed(names::BACKEND_STATS, take(names::BACKEND_STATS)?, PerCpuArray::try_from)?,
             events: typed(names::EVENTS, take(names::EVENTS)?, PerCpuArray::try_from)?,
             config: typed(names::CONFIG, take(names::CONFIG)?, Array::try_from)?,
+            nat: typed(names::NAT, take(names::NAT)?, HashMap::try_from)?,
+            nat_exclude: typed(names::NAT_EXCLUDE, take(names::NAT_EXCLUDE)?, LpmTrie::try_from)?,
+            nat_config: typed(names::NAT_CONFIG, take(names::NAT_CONFIG)?, Array::try_from)?,
+            nat_stats: typed(names::NAT_STATS, take(names::NAT_STATS)?, PerCpuArray::try_from)?,
             cpus,
         })
     }
 
     /// Performs one operation.
     pub fn execute(&mut self, op: &Op) -> Result<(), LbError> {
-        let ok_if_absent = |r: Result<(), MapError>, map: &'static str| match r {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(LbError::map(map, "delete", e)),
-        };
         match op {
             Op::PutBackend { id, value } => {
                 self.backends.insert(id, value, 0).map_err(|e| LbError::map(names::BACKENDS, "insert", e))
@@ -228,6 +236,50 @@ impl LbMaps {
         Ok(out)
     }
 
+    /// Programs pod egress masquerade: exclusions added, then the configuration, then exclusions removed (see
+    /// [`crate::nat::exclusion_changes`]). Returns the number of writes (0 when everything was in place).
+    pub fn write_nat(&mut self, config: &NatConfig, wanted: &BTreeSet<Exclusion>) -> Result<usize, LbError> {
+        let programmed: BTreeSet<Exclusion> = self
+            .nat_exclude
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (u8::try_from(k.prefix_len()).unwrap_or(32), k.data()))
+            .collect();
+        let (add, remove) = crate::nat::exclusion_changes(&programmed, wanted);
+        let mut writes = 0;
+        for (len, addr) in &add {
+            self.nat_exclude
+                .insert(&LpmKey::new(u32::from(*len), *addr), 1, 0)
+                .map_err(|e| LbError::map(names::NAT_EXCLUDE, "insert", e))?;
+            writes += 1;
+        }
+        let current = self.nat_config.get(&0, 0).map_err(|e| LbError::map(names::NAT_CONFIG, "read", e))?;
+        if current != *config {
+            self.nat_config.set(0, config, 0).map_err(|e| LbError::map(names::NAT_CONFIG, "write", e))?;
+            writes += 1;
+        }
+        for (len, addr) in &remove {
+            ok_if_absent(self.nat_exclude.remove(&LpmKey::new(u32::from(*len), *addr)), names::NAT_EXCLUDE)?;
+            writes += 1;
+        }
+        Ok(writes)
+    }
+
+    /// The masquerade counters, summed over CPUs.
+    pub fn nat_events(&self) -> Result<Vec<(NatEvent, u64)>, LbError> {
+        let mut out = Vec::new();
+        for e in NatEvent::ALL {
+            let v = self.nat_stats.get(&(e as u32), 0).map_err(|err| LbError::map(names::NAT_STATS, "read", err))?;
+            out.push((e, v.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Masquerade entries (two per translated flow; walks the map; for tests and diagnostics).
+    pub fn nat_entries(&self) -> Vec<(CtKey, NatEntry)> {
+        self.nat.iter().filter_map(Result::ok).collect()
+    }
+
     /// Number of connection tracking entries (walks the map; for metrics and tests).
     pub fn conntrack_entries(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()
@@ -246,6 +298,15 @@ impl LbMaps {
     /// Looks up one backend (tests and diagnostics).
     pub fn backend_entry(&self, id: u32) -> Option<Backend> {
         self.backends.get(&id, 0).ok()
+    }
+}
+
+/// A delete that found nothing to delete is fine.
+fn ok_if_absent(r: Result<(), MapError>, map: &'static str) -> Result<(), LbError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(LbError::map(map, "delete", e)),
     }
 }
 

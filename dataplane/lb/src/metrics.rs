@@ -198,6 +198,38 @@ impl Collector for MapCollector {
                 counter.encode(family.encode_family(labels)?)?;
             }
         }
+        if let Ok(events) = maps.nat_events() {
+            use skiff_ebpf_common::NatEvent as N;
+            let value = |want: N| events.iter().find(|(e, _)| *e == want).map_or(0, |(_, v)| *v);
+            let probe = ConstCounter::new(0u64);
+            let mut flows = encoder.encode_descriptor(
+                "masquerade_flows",
+                "Pod flows to outside the cluster translated to the node address",
+                None,
+                probe.metric_type(),
+            )?;
+            for (e, proto) in [(N::NewTcp, "TCP"), (N::NewUdp, "UDP"), (N::NewIcmp, "ICMP")] {
+                let labels = vec![("protocol".to_string(), proto.to_string())];
+                ConstCounter::new(value(e)).encode(flows.encode_family(&labels)?)?;
+            }
+            let exhausted = encoder.encode_descriptor(
+                "masquerade_port_exhausted",
+                "New pod flows dropped because no translated port was free towards their peer",
+                None,
+                probe.metric_type(),
+            )?;
+            ConstCounter::new(value(N::PortExhausted)).encode(exhausted)?;
+            let mut other = encoder.encode_descriptor(
+                "masquerade_events",
+                "Other masquerade events: ports reused, ICMP errors translated, fragments left untranslated, failed writes",
+                None,
+                probe.metric_type(),
+            )?;
+            for e in [N::PortReused, N::IcmpErrorTranslated, N::FragmentUntranslated, N::InsertFailed] {
+                let labels = vec![("event".to_string(), e.name().to_string())];
+                ConstCounter::new(value(e)).encode(other.encode_family(&labels)?)?;
+            }
+        }
         if let Ok(events) = maps.events() {
             let probe = ConstCounter::new(0u64);
             let mut family = encoder.encode_descriptor(

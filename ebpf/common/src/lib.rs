@@ -21,12 +21,14 @@
 #![deny(missing_docs)]
 
 mod hash;
+mod nat;
 #[cfg(feature = "user")]
 mod pod;
 mod policy;
 mod types;
 
 pub use hash::{flow_hash, mix32, mix64};
+pub use nat::*;
 pub use policy::*;
 pub use types::*;
 
@@ -74,9 +76,17 @@ pub mod maps {
     pub const POL_VERDICTS: &str = "POL_VERDICTS";
     /// One [`crate::PolConfig`] at index 0.
     pub const POL_CONFIG: &str = "POL_CONFIG";
+    /// [`crate::CtKey`] → [`crate::NatEntry`] (LRU): pod egress masquerade.
+    pub const NAT: &str = "LB_NAT";
+    /// LPM trie: IPv4 prefix → `u32` (1): destinations that keep the pod's address.
+    pub const NAT_EXCLUDE: &str = "LB_NAT_EXCLUDE";
+    /// One [`crate::NatConfig`] at index 0.
+    pub const NAT_CONFIG: &str = "LB_NAT_CONFIG";
+    /// Per-CPU `u64` counters indexed by [`crate::NatEvent`].
+    pub const NAT_STATS: &str = "LB_NAT_STATS";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 25] = [
         SERVICES,
         BACKENDS,
         MAGLEV_S,
@@ -98,6 +108,10 @@ pub mod maps {
         POL_STATS,
         POL_VERDICTS,
         POL_CONFIG,
+        NAT,
+        NAT_EXCLUDE,
+        NAT_CONFIG,
+        NAT_STATS,
     ];
 }
 
@@ -113,7 +127,7 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "skiff_getpeername4";
     /// tc ingress on the node interface: NodePort / LoadBalancer / externalIPs DNAT (+SNAT) and reverse SNAT.
     pub const TC_INGRESS: &str = "skiff_tc_ingress";
-    /// tc egress on the node interface: reverse DNAT of replies from local backends.
+    /// tc egress on the node interface: reverse DNAT of replies from local backends, and pod egress masquerade.
     pub const TC_EGRESS: &str = "skiff_tc_egress";
     /// tc ingress on a pod's host-side veth: NetworkPolicy egress of the pod.
     pub const POL_FROM_POD: &str = "skiff_pol_from_pod";

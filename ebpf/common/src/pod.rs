@@ -1,6 +1,7 @@
 //! `aya::Pod` for every map type, so user space can read and write the maps (feature `user`).
 #![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; each impl below states why it holds")]
 
+use crate::nat::*;
 use crate::policy::*;
 use crate::types::*;
 
@@ -40,4 +41,6 @@ pod!(
     PolStatsKey,
     PolVerdict,
     PolConfig,
+    NatConfig,
+    NatEntry,
 );

@@ -2,7 +2,8 @@
 //!
 //! - cgroup `sock_addr` hooks (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`): socket-level load balancing
 //!   for ClusterIP, NodePort-on-node-address, LoadBalancer and external IPs ([`sock`]).
-//! - tc ingress/egress on the node interface: NodePort/LoadBalancer/externalIPs from outside the node ([`tc`]).
+//! - tc ingress/egress on the node interface: NodePort/LoadBalancer/externalIPs from outside the node ([`tc`]),
+//!   and pod egress masquerade ([`nat`]).
 //! - tc ingress/egress on each pod's host-side veth: NetworkPolicy ([`policy`]).
 //!
 //! Every entry point calls a function that maps errors to a verdict; nothing here panics.
@@ -10,6 +11,7 @@
 #![no_main]
 
 mod maps;
+mod nat;
 mod packet;
 mod policy;
 mod select;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
-    MaglevTableL, MaglevTableM, MaglevTableS, PolConfig, PolCtKey, PolCtValue, PolEndpoint, PolRuleData, PolRuleValue,
-    PolStatsKey, PolVerdict, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
+    MaglevTableL, MaglevTableM, MaglevTableS, NatConfig, NatEntry, PolConfig, PolCtKey, PolCtValue, PolEndpoint,
+    PolRuleData, PolRuleValue, PolStatsKey, PolVerdict, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
 };
 
 /// Hash maps that user space updates while programs read them do not preallocate: a replaced or removed element is
@@ -100,6 +100,22 @@ pub static POL_VERDICTS: RingBuf<PolVerdict, { 256 * 1024 }> = RingBuf::new();
 /// NetworkPolicy configuration written by user space.
 #[btf_map]
 pub static POL_CONFIG: Array<PolConfig, 1> = Array::new();
+
+/// Pod egress masquerade: forward and reply entries of translated flows.
+#[btf_map]
+pub static LB_NAT: LruHashMap<CtKey, NatEntry, 262_144> = LruHashMap::new();
+
+/// Pod egress masquerade: destinations that keep the pod's address (network order bytes).
+#[btf_map]
+pub static LB_NAT_EXCLUDE: LpmTrie<[u8; 4], u32, 1_024> = LpmTrie::new();
+
+/// Pod egress masquerade configuration written by user space.
+#[btf_map]
+pub static LB_NAT_CONFIG: Array<NatConfig, 1> = Array::new();
+
+/// Pod egress masquerade counters, see [`skiff_ebpf_common::NatEvent`].
+#[btf_map]
+pub static LB_NAT_STATS: PerCpuArray<u64, { skiff_ebpf_common::NatEvent::COUNT as usize }> = PerCpuArray::new();
 
 /// Counts one event.
 #[inline(always)]

@@ -9,9 +9,12 @@ use skiff_ebpf_common::{CtKey, PROTO_TCP, PROTO_UDP};
 /// Length of an Ethernet header.
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
+/// Offset of the IPv4 header checksum.
+pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+/// Offset of the IPv4 source address.
+pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
+/// Offset of the IPv4 destination address.
+pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
 /// IANA protocol number of ICMP.
@@ -47,12 +50,22 @@ pub struct Ipv4Hdr {
 pub enum Parsed {
     /// Not IPv4, or not a protocol the balancer handles: leave it alone.
     Other,
-    /// An IPv4 fragment: passed untouched.
-    Fragment,
-    /// ICMP: passed untouched.
-    Icmp,
+    /// An IPv4 fragment (the balancer passes it untouched).
+    Fragment(Ip),
+    /// ICMP (the balancer passes it; masquerade translates echo and errors).
+    Icmp(Ip),
     /// A TCP or UDP packet.
     Flow(Flow),
+}
+
+/// The addresses of an IPv4 packet and where its L4 header starts.
+pub struct Ip {
+    /// Source address, network order.
+    pub saddr: u32,
+    /// Destination address, network order.
+    pub daddr: u32,
+    /// Offset of the L4 header.
+    pub l4: usize,
 }
 
 /// An IPv4 TCP/UDP packet's tuple and where its L4 header starts.
@@ -76,21 +89,21 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
     if ip.vihl >> 4 != 4 {
         return Ok(Parsed::Other);
     }
-    // More-fragments flag or a non-zero offset.
-    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
-        return Ok(Parsed::Fragment);
-    }
-    if ip.proto == PROTO_ICMP {
-        return Ok(Parsed::Icmp);
-    }
-    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
-        return Ok(Parsed::Other);
-    }
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Ok(Parsed::Other);
     }
     let l4 = ETH_HLEN + ihl;
+    // More-fragments flag or a non-zero offset.
+    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
+        return Ok(Parsed::Fragment(Ip { saddr: ip.saddr, daddr: ip.daddr, l4 }));
+    }
+    if ip.proto == PROTO_ICMP {
+        return Ok(Parsed::Icmp(Ip { saddr: ip.saddr, daddr: ip.daddr, l4 }));
+    }
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return Ok(Parsed::Other);
+    }
     let ports: [u16; 2] = ctx.load(l4)?;
     let key =
         CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: ports[0], dport: ports[1], proto: ip.proto, pad: [0; 3] };
@@ -120,6 +133,27 @@ pub fn rewrite(ctx: &mut TcContext, flow: &Flow, src: bool, addr: u32, port: u16
     if old_port != port {
         ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, mangled | 2)?;
         ctx.store(port_off, &port, 0)?;
+    }
+    Ok(())
+}
+
+/// Rewrites the outer source (`src == true`) or destination address of an ICMP packet: only the IP checksum covers
+/// it (ICMP has no pseudo-header).
+#[inline(always)]
+pub fn rewrite_ip_addr(ctx: &mut TcContext, src: bool, old: u32, new: u32) -> Result<(), i64> {
+    if old != new {
+        ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)?;
+        ctx.store(if src { IP_SRC_OFF } else { IP_DST_OFF }, &new, 0)?;
+    }
+    Ok(())
+}
+
+/// Replaces a 16-bit field at `off` that the ICMP checksum at `csum_off` covers.
+#[inline(always)]
+pub fn rewrite_icmp_u16(ctx: &mut TcContext, csum_off: usize, off: usize, old: u16, new: u16) -> Result<(), i64> {
+    if old != new {
+        ctx.l4_csum_replace(csum_off, old as u64, new as u64, 2)?;
+        ctx.store(off, &new, 0)?;
     }
     Ok(())
 }

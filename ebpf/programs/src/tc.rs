@@ -17,7 +17,8 @@ use skiff_ebpf_common::{
 };
 
 use crate::{
-    maps::{LB_CONFIG, LB_CT, count, count_refused, event},
+    maps::{LB_CONFIG, LB_CT, LB_NAT, count, count_refused, event},
+    nat,
     packet::{ETH_HLEN, Flow, Parsed, parse, rewrite},
     select::{backend, select, service},
 };
@@ -50,13 +51,16 @@ pub fn egress(mut ctx: TcContext) -> i32 {
 fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
     let flow = match parse(ctx)? {
         Parsed::Flow(flow) => flow,
-        Parsed::Fragment => {
+        Parsed::Fragment(_) => {
             event(Event::TcFragmentPassed);
             return Ok(NEXT);
         }
-        Parsed::Icmp => {
-            event(Event::TcIcmpPassed);
-            return Ok(NEXT);
+        Parsed::Icmp(ip) => {
+            let verdict = nat::ingress_icmp(ctx, &ip)?;
+            if verdict == NEXT {
+                event(Event::TcIcmpPassed);
+            }
+            return Ok(verdict);
         }
         Parsed::Other => return Ok(NEXT),
     };
@@ -66,6 +70,10 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
             event(Event::TcTracked);
             return apply(ctx, &flow, &ct);
         }
+    }
+    let verdict = nat::ingress_flow(ctx, &flow)?;
+    if verdict != NEXT {
+        return Ok(verdict);
     }
     let key = ServiceKey {
         addr: flow.key.daddr,
@@ -139,6 +147,11 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
                 proto: k.proto,
                 pad: [0; 3],
             };
+            // SAFETY: only tested for presence.
+            if unsafe { LB_NAT.get(&reply_key).is_some() } {
+                i += 1;
+                continue; // a pod's masqueraded flow holds this port towards this backend
+            }
             if LB_CT.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
                 port = candidate.to_be();
                 break;
@@ -162,8 +175,14 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
 }
 
 fn try_egress(ctx: &mut TcContext) -> Result<i32, i64> {
-    let Parsed::Flow(flow) = parse(ctx)? else {
-        return Ok(NEXT);
+    let flow = match parse(ctx)? {
+        Parsed::Flow(flow) => flow,
+        Parsed::Icmp(ip) => return nat::egress_icmp(ctx, &ip),
+        Parsed::Fragment(ip) => {
+            nat::egress_fragment(&ip);
+            return Ok(NEXT);
+        }
+        Parsed::Other => return Ok(NEXT),
     };
     // SAFETY: copied at once.
     match unsafe { LB_CT.get(&flow.key).copied() } {
@@ -171,7 +190,7 @@ fn try_egress(ctx: &mut TcContext) -> Result<i32, i64> {
             event(Event::TcTracked);
             apply(ctx, &flow, &ct)
         }
-        _ => Ok(NEXT),
+        _ => nat::egress_flow(ctx, &flow),
     }
 }
 

@@ -1,0 +1,336 @@
+//! Pod egress masquerade on the node interface: a pod's packet to outside the cluster leaves with the node's address
+//! and a port (or ICMP echo identifier) from the configured range; replies and ICMP errors about the flow are
+//! translated back on ingress and handed to the stack, which routes them to the pod.
+//!
+//! A port is unique per (peer address, peer port, protocol): the reply entry is inserted with `BPF_NOEXIST`, and a
+//! port the balancer's own SNAT holds in `LB_CT` is skipped. A port whose flow closed or idled out
+//! ([`NatEntry::reusable`]) is taken over, and the old flow's forward entry removed.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use skiff_ebpf_common::{
+    CtKey, NAT_KIND_FORWARD, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_REPLIED, NAT_ST_RST, NatConfig,
+    NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash, limits,
+};
+
+use crate::{
+    maps::{LB_CT, LB_NAT, LB_NAT_CONFIG, LB_NAT_EXCLUDE, LB_NAT_STATS},
+    packet::{Flow, Ip, Ipv4Hdr, PROTO_ICMP, rewrite, rewrite_icmp_u16, rewrite_ip_addr},
+    tc::NEXT,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// The first 8 bytes of an ICMP header (echo: identifier and sequence; errors: unused).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: u16,
+    id: u16,
+    seq: u16,
+}
+
+fn stat(e: NatEvent) {
+    if let Some(p) = LB_NAT_STATS.get_ptr_mut(e as u32) {
+        // SAFETY: a per-CPU slot of this CPU; programs on one CPU do not run concurrently.
+        unsafe { *p += 1 };
+    }
+}
+
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The masquerade configuration, if masquerade applies to a packet from `saddr` to `daddr`.
+#[inline(always)]
+fn applies(saddr: u32, daddr: u32) -> Option<NatConfig> {
+    let cfg = *LB_NAT_CONFIG.get(0)?;
+    if !cfg.candidate(saddr, daddr) || LB_NAT_EXCLUDE.get(&Key::new(32, daddr.to_ne_bytes())).is_some() {
+        return None;
+    }
+    Some(cfg)
+}
+
+/// The peer's tuple towards the translated `addr:port` of the flow whose pod-side tuple is `fk`.
+#[inline(always)]
+fn reply_key(fk: &CtKey, addr: u32, port: u16) -> CtKey {
+    CtKey { saddr: fk.daddr, daddr: addr, sport: fk.dport, dport: port, proto: fk.proto, pad: [0; 3] }
+}
+
+/// TCP close-state bits a packet with `flags` sets; `out` for the pod's direction.
+#[inline(always)]
+fn tcp_state(flags: u8, out: bool) -> u8 {
+    let mut s = 0;
+    if flags & TCP_RST != 0 {
+        s |= NAT_ST_RST;
+    }
+    if flags & TCP_FIN != 0 {
+        s |= if out { NAT_ST_FIN_OUT } else { NAT_ST_FIN_IN };
+    }
+    s
+}
+
+/// The translated (address, port) for the pod-side tuple `fk`: the flow's, or a newly allocated one.
+#[inline(always)]
+fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<(u32, u16), NatEvent> {
+    let t = now();
+    // SAFETY: copied at once.
+    if let Some(e) = unsafe { LB_NAT.get(fk).copied() }
+        && e.kind == NAT_KIND_FORWARD
+    {
+        let rk = reply_key(fk, e.addr, e.port);
+        if let Some(r) = LB_NAT.get_ptr_mut(&rk) {
+            // SAFETY: a map value pointer; plain integer fields, racing writers only lose a timestamp or a bit.
+            unsafe {
+                if (*r).kind == NAT_KIND_REPLY && (*r).addr == fk.saddr && (*r).port == fk.sport {
+                    (*r).last_seen = t;
+                    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                        // the pod opens a new connection on the same tuple: a fresh flow
+                        (*r).state = 0;
+                    }
+                    (*r).state |= tcp_state(tcp_flags, true);
+                    return Ok((e.addr, e.port));
+                }
+            }
+        }
+        // the flow's port record was taken over or evicted: translate it anew
+    }
+    let range = (cfg.port_max - cfg.port_min) as u32 + 1;
+    let hash = flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
+    let record = NatEntry {
+        addr: fk.saddr,
+        port: fk.sport,
+        kind: NAT_KIND_REPLY,
+        state: tcp_state(tcp_flags, true),
+        last_seen: t,
+    };
+    let mut port = 0u16;
+    let mut i = 0u32;
+    while i < limits::SNAT_PORT_ATTEMPTS {
+        let offset = hash.wrapping_add(i.wrapping_mul(7919));
+        let candidate = ((cfg.port_min as u32 + offset % range) as u16).to_be();
+        i += 1;
+        let rk = reply_key(fk, cfg.addr, candidate);
+        // SAFETY: only tested for presence.
+        if unsafe { LB_CT.get(&rk).is_some() } {
+            continue; // the balancer's SNAT of a NodePort flow holds this port towards this peer
+        }
+        if LB_NAT.insert(&rk, &record, BPF_NOEXIST as u64).is_ok() {
+            port = candidate;
+            break;
+        }
+        // SAFETY: copied at once.
+        let Some(old) = (unsafe { LB_NAT.get(&rk).copied() }) else { continue };
+        if old.reusable(fk.proto, t) {
+            let old_fk = CtKey {
+                saddr: old.addr,
+                daddr: rk.saddr,
+                sport: old.port,
+                dport: rk.sport,
+                proto: rk.proto,
+                pad: [0; 3],
+            };
+            let _ = LB_NAT.remove(&old_fk);
+            if LB_NAT.insert(&rk, &record, BPF_ANY as u64).is_ok() {
+                stat(NatEvent::PortReused);
+                port = candidate;
+                break;
+            }
+        }
+    }
+    if port == 0 {
+        return Err(NatEvent::PortExhausted);
+    }
+    let forward = NatEntry { addr: cfg.addr, port, kind: NAT_KIND_FORWARD, state: 0, last_seen: 0 };
+    if LB_NAT.insert(fk, &forward, BPF_ANY as u64).is_err() {
+        let _ = LB_NAT.remove(&reply_key(fk, cfg.addr, port));
+        return Err(NatEvent::InsertFailed);
+    }
+    stat(match fk.proto {
+        PROTO_TCP => NatEvent::NewTcp,
+        PROTO_UDP => NatEvent::NewUdp,
+        _ => NatEvent::NewIcmp,
+    });
+    Ok((cfg.addr, port))
+}
+
+/// Marks a reply entry as seen from the peer's side; returns the pod's (address, port).
+#[inline(always)]
+fn untranslate(rk: &CtKey, tcp_flags: u8) -> Option<(u32, u16)> {
+    let r = LB_NAT.get_ptr_mut(rk)?;
+    // SAFETY: a map value pointer; plain integer fields.
+    unsafe {
+        if (*r).kind != NAT_KIND_REPLY {
+            return None;
+        }
+        (*r).last_seen = now();
+        (*r).state |= NAT_ST_REPLIED | tcp_state(tcp_flags, false);
+        Some(((*r).addr, (*r).port))
+    }
+}
+
+fn tcp_flags(ctx: &TcContext, flow: &Flow) -> u8 {
+    if flow.key.proto == PROTO_TCP { ctx.load::<u8>(flow.l4 + 13).unwrap_or(0) } else { 0 }
+}
+
+/// Egress: a pod's TCP/UDP packet leaving the node that the balancer did not claim. `NEXT` when it is not
+/// masqueraded.
+#[inline(always)]
+pub fn egress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
+    let Some(cfg) = applies(flow.key.saddr, flow.key.daddr) else {
+        return Ok(NEXT);
+    };
+    match translate(&flow.key, &cfg, tcp_flags(ctx, flow)) {
+        Ok((addr, port)) => {
+            rewrite(ctx, flow, true, addr, port)?;
+            Ok(TC_ACT_OK)
+        }
+        Err(e) => {
+            stat(e);
+            Ok(TC_ACT_SHOT)
+        }
+    }
+}
+
+/// Ingress: a reply to a translated port. `NEXT` when the packet is not one.
+#[inline(always)]
+pub fn ingress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
+    let Some(cfg) = LB_NAT_CONFIG.get(0) else {
+        return Ok(NEXT);
+    };
+    if cfg.flags == 0 || flow.key.daddr != cfg.addr {
+        return Ok(NEXT);
+    }
+    let Some((addr, port)) = untranslate(&flow.key, tcp_flags(ctx, flow)) else {
+        return Ok(NEXT);
+    };
+    rewrite(ctx, flow, false, addr, port)?;
+    Ok(TC_ACT_OK)
+}
+
+/// Egress: a pod's fragment to outside the cluster cannot be translated (no ports in it); counted and passed.
+#[inline(always)]
+pub fn egress_fragment(ip: &Ip) {
+    if applies(ip.saddr, ip.daddr).is_some() {
+        stat(NatEvent::FragmentUntranslated);
+    }
+}
+
+/// Egress: a pod's ICMP echo request to outside the cluster gets the node address and an identifier of the range.
+#[inline(always)]
+pub fn egress_icmp(ctx: &mut TcContext, ip: &Ip) -> Result<i32, i64> {
+    let Some(cfg) = applies(ip.saddr, ip.daddr) else {
+        return Ok(NEXT);
+    };
+    let icmp: IcmpHdr = ctx.load(ip.l4)?;
+    if icmp.kind != ICMP_ECHO {
+        return Ok(NEXT);
+    }
+    let fk = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: icmp.id, dport: 0, proto: PROTO_ICMP, pad: [0; 3] };
+    match translate(&fk, &cfg, 0) {
+        Ok((addr, id)) => {
+            rewrite_icmp_u16(ctx, ip.l4 + 2, ip.l4 + 4, icmp.id, id)?;
+            rewrite_ip_addr(ctx, true, ip.saddr, addr)?;
+            Ok(TC_ACT_OK)
+        }
+        Err(e) => {
+            stat(e);
+            Ok(TC_ACT_SHOT)
+        }
+    }
+}
+
+/// Ingress: an echo reply to a translated identifier, or an ICMP error about a translated flow, goes back to the
+/// pod. `NEXT` when the packet is neither.
+#[inline(always)]
+pub fn ingress_icmp(ctx: &mut TcContext, ip: &Ip) -> Result<i32, i64> {
+    let Some(cfg) = LB_NAT_CONFIG.get(0) else {
+        return Ok(NEXT);
+    };
+    if cfg.flags == 0 || ip.daddr != cfg.addr {
+        return Ok(NEXT);
+    }
+    let icmp: IcmpHdr = ctx.load(ip.l4)?;
+    let csum = ip.l4 + 2;
+    if icmp.kind == ICMP_ECHO_REPLY {
+        let rk = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: 0, dport: icmp.id, proto: PROTO_ICMP, pad: [0; 3] };
+        let Some((addr, id)) = untranslate(&rk, 0) else {
+            return Ok(NEXT);
+        };
+        rewrite_icmp_u16(ctx, csum, ip.l4 + 4, icmp.id, id)?;
+        rewrite_ip_addr(ctx, false, ip.daddr, addr)?;
+        return Ok(TC_ACT_OK);
+    }
+    if icmp.kind != ICMP_DEST_UNREACH && icmp.kind != ICMP_TIME_EXCEEDED && icmp.kind != ICMP_PARAMETER_PROBLEM {
+        return Ok(NEXT);
+    }
+    // The packet the node sent, quoted: its source is the translated address and port.
+    let inner_off = ip.l4 + 8;
+    let inner: Ipv4Hdr = ctx.load(inner_off)?;
+    let ihl = ((inner.vihl & 0x0f) as usize) * 4;
+    if inner.vihl >> 4 != 4 || ihl < 20 || inner.saddr != cfg.addr {
+        return Ok(NEXT);
+    }
+    let inner_l4 = inner_off + ihl;
+    let (rk, port_off, old_port) = match inner.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let ports: [u16; 2] = ctx.load(inner_l4)?;
+            let rk = CtKey {
+                saddr: inner.daddr,
+                daddr: inner.saddr,
+                sport: ports[1],
+                dport: ports[0],
+                proto: inner.proto,
+                pad: [0; 3],
+            };
+            (rk, inner_l4, ports[0])
+        }
+        PROTO_ICMP => {
+            let quoted: IcmpHdr = ctx.load(inner_l4)?;
+            if quoted.kind != ICMP_ECHO {
+                return Ok(NEXT);
+            }
+            let rk = CtKey {
+                saddr: inner.daddr,
+                daddr: inner.saddr,
+                sport: 0,
+                dport: quoted.id,
+                proto: PROTO_ICMP,
+                pad: [0; 3],
+            };
+            (rk, inner_l4 + 4, quoted.id)
+        }
+        _ => return Ok(NEXT),
+    };
+    // SAFETY: copied at once.
+    let Some(r) = (unsafe { LB_NAT.get(&rk).copied() }) else {
+        return Ok(NEXT);
+    };
+    if r.kind != NAT_KIND_REPLY {
+        return Ok(NEXT);
+    }
+    // The ICMP checksum covers the quoted port. It also covers the quoted source address and header checksum, but
+    // those two change together so that their one's-complement sum stays the same. The quoted L4 checksum is left
+    // alone (receivers do not verify it; it is often not even quoted).
+    rewrite_icmp_u16(ctx, csum, port_off, old_port, r.port)?;
+    ctx.l3_csum_replace(inner_off + 10, inner.saddr as u64, r.addr as u64, 4)?;
+    ctx.store(inner_off + 12, &r.addr, 0)?;
+    rewrite_ip_addr(ctx, false, ip.daddr, r.addr)?;
+    stat(NatEvent::IcmpErrorTranslated);
+    Ok(TC_ACT_OK)
+}
