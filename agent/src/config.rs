@@ -12,6 +12,8 @@ pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/skiff/images";
 pub const DEFAULT_POD_MAX_PIDS: u64 = 16_384;
 /// The kubelet port.
 pub const DEFAULT_KUBELET_PORT: u16 = 10250;
+/// The cluster's pod addresses (the API server hands out node pod CIDRs from it).
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The cluster DNS Service address (kube-system/kube-dns).
 pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The version the agent reports as `nodeInfo.kubeletVersion`.
@@ -124,6 +126,9 @@ pub struct AgentConfig {
     pub seccomp_dir: Option<PathBuf>,
     /// Most processes (and threads) one pod may run (`pids.max` of its cgroup); `None`: unlimited.
     pub pod_max_pids: Option<u64>,
+    /// Pod egress masquerade by the load balancer (pods' packets to outside the cluster leave with the node
+    /// address); `None` leaves them untranslated (`--no-masquerade`).
+    pub masquerade: Option<skiff_lb::nat::Masquerade>,
 }
 
 impl AgentConfig {
@@ -155,6 +160,10 @@ impl AgentConfig {
             seccomp_default: false,
             seccomp_dir: None,
             pod_max_pids: Some(DEFAULT_POD_MAX_PIDS),
+            masquerade: Some(skiff_lb::nat::Masquerade {
+                cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("a valid constant"),
+                exclude: Vec::new(),
+            }),
         }
     }
 

@@ -83,6 +83,16 @@ impl HostFacts {
 /// The node's address: the first IPv4 address of `interface`, or else the first global IPv4 address of an interface
 /// that is not loopback or the pod bridge.
 pub async fn detect_node_ip(interface: Option<&str>, bridge: &str) -> Option<Ipv4Addr> {
+    pick_node_ip(&addresses().await?, interface, bridge)
+}
+
+/// The interface that holds `ip`, if one does.
+pub async fn interface_of(ip: Ipv4Addr) -> Option<String> {
+    addresses().await?.into_iter().find(|(_, a)| *a == ip).map(|(n, _)| n)
+}
+
+/// Every (interface name, IPv4 address) pair of this network namespace.
+async fn addresses() -> Option<Vec<(String, Ipv4Addr)>> {
     let handle = crate::network::connect().ok()?;
     let mut names = std::collections::HashMap::new();
     let mut links = handle.link().get().execute();
@@ -105,7 +115,7 @@ pub async fn detect_node_ip(interface: Option<&str>, bridge: &str) -> Option<Ipv
             }
         }
     }
-    pick_node_ip(&found, interface, bridge)
+    Some(found)
 }
 
 /// The choice of [`detect_node_ip`] among (interface, address) pairs.

@@ -1,6 +1,6 @@
 //! Runs the eBPF Service load balancer (skiff-lb, API mode) for this node: socket-level balancing for every pod (the
 //! programs attach to the cgroup-v2 directory holding this node's pods), tc programs on the node interface for
-//! NodePorts, maps pinned under a per-node bpffs directory so they survive agent restarts.
+//! NodePorts and pod egress masquerade, maps pinned under a per-node bpffs directory so they survive agent restarts.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -16,12 +16,14 @@ pub fn config(
     interface: Option<String>,
     pin_dir: PathBuf,
     metrics: Option<SocketAddr>,
+    masquerade: Option<skiff_lb::nat::Masquerade>,
 ) -> LbConfig {
     let mut cfg = LbConfig::new(NodeIdentity { name: node.to_string(), addresses: vec![ip] });
     cfg.pin_dir = pin_dir;
     cfg.cgroup = Some(pods_cgroup);
     cfg.interfaces = interface.into_iter().collect();
     cfg.metrics_addr = metrics;
+    cfg.masquerade = masquerade;
     cfg
 }
 
@@ -49,6 +51,7 @@ mod tests {
             "/sys/fs/cgroup/unified/skiff-n1".into(),
             Some("eth0".into()),
             "/sys/fs/bpf/skiff/n1".into(),
+            None,
             None,
         );
         assert_eq!(cfg.cgroup.as_deref(), Some(std::path::Path::new("/sys/fs/cgroup/unified/skiff-n1")));

@@ -207,13 +207,22 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     let lb_task = match &cfg.lb {
         LbMode::Off => None,
         LbMode::On { pin_dir, metrics_addr } => {
+            // Without --interface, the tc programs go on the interface that holds the node address.
+            let interface = match &cfg.interface {
+                Some(i) => Some(i.clone()),
+                None => host::interface_of(node_ip).await,
+            };
+            if interface.is_none() {
+                tracing::warn!(%node_ip, "no interface holds the node address: no NodePort from outside, no pod egress masquerade");
+            }
             let lbc = lb::config(
                 &cfg.node_name,
                 node_ip,
                 pods_cgroup.clone(),
-                cfg.interface.clone(),
+                interface,
                 pin_dir.clone(),
                 *metrics_addr,
+                cfg.masquerade.clone(),
             );
             Some(tokio::spawn(lb::run(client.clone(), lbc, async move {
                 let _ = lb_stop_rx.await;

@@ -17,7 +17,10 @@
 //! Modes (the value of [`ENV`], space separated):
 //! - `serve-tcp ADDR ID`: for each connection read one line; `who` gets `id=ID peer=IP:PORT`; `hold` gets the same
 //!   and then every further line is echoed back as `ID:LINE`.
+//!   A first line `GET …` is answered as HTTP/1.0 with the same text as the body.
 //! - `serve-udp ADDR ID`: every datagram gets `id=ID peer=IP:PORT`.
+//! - `serve-dns ADDR NAME IP`: a DNS server that knows one name: `A` queries for NAME get IP (TTL 30), everything
+//!   else NXDOMAIN.
 //! - `tcp COUNT ADDR`: COUNT connections, each `who`; prints `ok id=.. peer=.. sockpeer=.. ms=..` or
 //!   `err kind=.. ms=..`.
 //! - `udp COUNT ADDR connected|unconnected`: COUNT exchanges; prints `ok id=.. peer=.. from=..` where `from` is the
@@ -123,6 +126,7 @@ fn run(args: &[String]) -> io::Result<()> {
     match arg(args, 0)? {
         "serve-tcp" => serve_tcp(addr(arg(args, 1)?)?, arg(args, 2)?),
         "serve-udp" => serve_udp(addr(arg(args, 1)?)?, arg(args, 2)?),
+        "serve-dns" => serve_dns(addr(arg(args, 1)?)?, arg(args, 2)?, arg(args, 3)?),
         "tcp" => tcp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?),
         "udp" => udp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?, arg(args, 3)? == "connected"),
         "hold" => hold(addr(arg(args, 1)?)?),
@@ -201,6 +205,55 @@ fn error_kind(e: &io::Error) -> String {
     }
 }
 
+fn serve_dns(addr: SocketAddr, name: &str, ip: &str) -> io::Result<()> {
+    let ip: std::net::Ipv4Addr = ip.parse().map_err(|e| io::Error::other(format!("bad address {ip}: {e}")))?;
+    let want = name.trim_end_matches('.').to_ascii_lowercase();
+    let sock = UdpSocket::bind(addr)?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    say("listening");
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    while start.elapsed() < SERVER_LIFETIME {
+        let Ok((len, peer)) = sock.recv_from(&mut buf) else { continue };
+        if let Some(answer) = dns_answer(&buf[..len], &want, ip) {
+            sock.send_to(&answer, peer)?;
+        }
+    }
+    Ok(())
+}
+
+/// The answer to one DNS query: `ip` for an `A` query of `want`, NXDOMAIN otherwise; `None` for garbage.
+fn dns_answer(q: &[u8], want: &str, ip: std::net::Ipv4Addr) -> Option<Vec<u8>> {
+    if q.len() < 12 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+        return None;
+    }
+    let mut labels = Vec::new();
+    let mut i = 12;
+    for _ in 0..64 {
+        let len = usize::from(*q.get(i)?);
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let question = q.get(12..i + 4)?;
+    let found = labels.join(".") == want;
+    let answers = u16::from(found && qtype == 1);
+    let rcode = if found { 0 } else { 3 };
+    let mut out = vec![q[0], q[1], 0x84 | (q[2] & 0x01), 0x80 | rcode, 0, 1];
+    out.extend(answers.to_be_bytes());
+    out.extend([0, 0, 0, 0]);
+    out.extend(question);
+    if answers == 1 {
+        out.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+        out.extend(ip.octets());
+    }
+    Some(out)
+}
+
 fn serve_tcp(addr: SocketAddr, id: &str) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -228,6 +281,16 @@ fn serve_conn(stream: TcpStream, peer: SocketAddr, id: &str) -> io::Result<()> {
     let mut writer = stream;
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    if line.starts_with("GET ") {
+        // An HTTP client (a pod's wget or curl): the same answer as an HTTP/1.0 response.
+        let mut header = String::new();
+        while reader.read_line(&mut header)? > 0 && !header.trim().is_empty() {
+            header.clear();
+        }
+        let body = format!("id={id} peer={peer}\n");
+        write!(writer, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        return Ok(());
+    }
     writeln!(writer, "id={id} peer={peer}")?;
     if line.trim() != "hold" {
         return Ok(());

@@ -73,6 +73,15 @@ pub struct Args {
     /// Where the load balancer serves its metrics.
     #[arg(long, value_name = "ADDR")]
     lb_metrics_addr: Option<SocketAddr>,
+    /// The cluster's pod addresses: pods' packets to anywhere else leave with the node address (masquerade).
+    #[arg(long, value_name = "CIDR", default_value = config::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Leave pods' packets to outside the cluster untranslated (their network routes pod addresses back).
+    #[arg(long)]
+    no_masquerade: bool,
+    /// Destinations that see pods' own addresses (repeatable; ip-masq-agent's nonMasqueradeCIDRs).
+    #[arg(long, value_name = "CIDR")]
+    no_masquerade_to: Vec<ipnet::Ipv4Net>,
     /// A registry reached over plain HTTP (`host:port`; repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
@@ -147,6 +156,10 @@ impl Args {
         cfg.seccomp_default = self.seccomp_default;
         cfg.seccomp_dir = self.seccomp_dir.as_ref().map(std::path::absolute).transpose()?;
         cfg.pod_max_pids = u64::try_from(self.pod_max_pids).ok().filter(|n| *n > 0);
+        cfg.masquerade = (!self.no_masquerade).then(|| skiff_lb::nat::Masquerade {
+            cluster_cidr: self.cluster_cidr,
+            exclude: self.no_masquerade_to.clone(),
+        });
         if self.lb {
             let pin_dir =
                 self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));

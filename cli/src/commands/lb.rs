@@ -31,6 +31,12 @@ pub struct Args {
     /// Source address for NodePort traffic forwarded to other nodes (default: the first --node-ip).
     #[arg(long, value_name = "IP")]
     snat_address: Option<Ipv4Addr>,
+    /// Masquerade pods' packets from this CIDR to anywhere outside it on the interfaces (off when not given).
+    #[arg(long, value_name = "CIDR")]
+    masquerade_cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// With masquerade: destinations that see pods' own addresses (repeatable).
+    #[arg(long, value_name = "CIDR", requires = "masquerade_cluster_cidr")]
+    no_masquerade_to: Vec<ipnet::Ipv4Net>,
     /// bpffs directory for pinned maps and links.
     #[arg(long, value_name = "DIR", default_value = config::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -61,6 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.cgroup = (!args.no_socket_lb).then_some(args.cgroup);
     cfg.interfaces = args.interfaces;
     cfg.snat_address = args.snat_address;
+    cfg.masquerade = args
+        .masquerade_cluster_cidr
+        .map(|cluster_cidr| skiff_lb::nat::Masquerade { cluster_cidr, exclude: args.no_masquerade_to.clone() });
     cfg.maglev_table_size = args.maglev_table_size;
     cfg.metrics_addr = args.metrics_addr;
     cfg.validate()?;

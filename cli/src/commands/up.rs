@@ -25,8 +25,8 @@ pub struct Args {
     /// This node's address (default: the first address of --interface, or the first global IPv4 address).
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
-    /// The node's main interface: NodePort and LoadBalancer traffic arriving on it is balanced by the tc programs.
-    /// Without it, Services are balanced for the node's own processes and pods (socket level) only.
+    /// The node's main interface: NodePort and LoadBalancer traffic arriving on it is balanced by the tc programs,
+    /// and pods' traffic leaving through it is masqueraded (default: the interface that holds the node address).
     #[arg(long, value_name = "IFACE")]
     pub interface: Option<String>,
     /// The image store (built-in images are put here by `scripts/setup`).
@@ -54,6 +54,12 @@ pub struct Args {
     /// Do not run the eBPF Service load balancer.
     #[arg(long)]
     pub no_lb: bool,
+    /// Leave pods' packets to outside the cluster untranslated (the default gives them the node address).
+    #[arg(long)]
+    pub no_masquerade: bool,
+    /// Destinations that see pods' own addresses (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub no_masquerade_to: Vec<ipnet::Ipv4Net>,
     /// Apply these manifests (with `kubectl apply -f`) once the node is Ready, e.g. `manifests/demo.yaml`.
     #[arg(long, value_name = "FILE")]
     pub apply: Vec<PathBuf>,
@@ -139,6 +145,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         agent_cfg.image_store = std::path::absolute(&args.image_store)?;
         agent_cfg.metrics_addr = Some(ports.agent_metrics);
         agent_cfg.cgroup_root = args.cgroup_root.clone();
+        if args.no_masquerade {
+            agent_cfg.masquerade = None;
+        } else if let Some(m) = &mut agent_cfg.masquerade {
+            m.exclude = args.no_masquerade_to.clone();
+        }
         if !args.no_lb {
             let pin_dir = args
                 .lb_pin_dir
