@@ -36,6 +36,11 @@ pub struct Args {
     /// Open connections at most.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Addresses for LoadBalancer Services (CIDRs or FIRST-LAST ranges, repeatable), written to the
+    /// `kube-system/skiff-lb-pool` ConfigMap if it does not exist yet. Without a pool, LoadBalancer Services get
+    /// the addresses of the nodes that serve them.
+    #[arg(long, value_name = "CIDR|RANGE")]
+    pub lb_pool: Vec<String>,
 }
 
 /// Parses `--datastore`.
@@ -54,6 +59,14 @@ pub fn datastore(spec: &str) -> anyhow::Result<Datastore> {
 impl Args {
     /// The server configuration these flags describe.
     pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut controllers = skiff_control::controllers::manager::ManagerOptions::default();
+        if !self.lb_pool.is_empty() {
+            let text = self.lb_pool.join(",");
+            let reserved = skiff_control::controllers::loadbalancer::pool::reserved_cidrs();
+            skiff_control::controllers::loadbalancer::pool::Pool::parse(&text, &reserved)
+                .map_err(|e| anyhow::anyhow!("--lb-pool: {e}"))?;
+            controllers.config.lb_pool = Some(text);
+        }
         Ok(ServerConfig {
             data_dir: self.data_dir.clone(),
             listen: self.listen,
@@ -61,7 +74,7 @@ impl Args {
             extra_names: self.tls_san.clone(),
             datastore: datastore(&self.datastore)?,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
-            controllers: Some(Default::default()),
+            controllers: Some(controllers),
             limits: skiff_control::apiserver::limits::Limits {
                 inflight_per_user: self.max_requests_inflight_per_user.max(1),
                 inflight_total: self.max_requests_inflight.max(1),

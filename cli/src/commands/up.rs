@@ -54,6 +54,10 @@ pub struct Args {
     /// Do not run the eBPF Service load balancer.
     #[arg(long)]
     pub no_lb: bool,
+    /// Addresses for LoadBalancer Services (CIDRs or FIRST-LAST ranges, repeatable; see `skiff server --lb-pool`).
+    /// Without it, a LoadBalancer Service gets this node's address.
+    #[arg(long, value_name = "CIDR|RANGE")]
+    pub lb_pool: Vec<String>,
     /// Leave pods' packets to outside the cluster untranslated (the default gives them the node address).
     #[arg(long)]
     pub no_masquerade: bool,
@@ -125,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_requests_inflight_per_user: 100,
             max_requests_inflight: 600,
             max_connections: 4096,
+            lb_pool: args.lb_pool.clone(),
         }
         .config()?;
         let server = skiff_control::server::start(cfg).await?;

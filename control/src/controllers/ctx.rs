@@ -65,8 +65,12 @@ pub struct ControllerConfig {
     pub default_eviction_timeout: Duration,
     /// How often each HorizontalPodAutoscaler is evaluated.
     pub hpa_sync_period: Duration,
-    /// LoadBalancer addresses (an inclusive range).
-    pub lb_pool: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// LoadBalancer pool to create as the `kube-system/skiff-lb-pool` ConfigMap if it does not exist (CIDRs and
+    /// ranges, checked by `skiff server` at start); without a pool, LoadBalancer Services get node addresses.
+    pub lb_pool: Option<String>,
+    /// Ports the nodes themselves listen on at their addresses; a LoadBalancer Service on node addresses may not
+    /// use them.
+    pub lb_reserved_ports: Vec<(u16, String)>,
     /// How often periodic controllers (CronJobs, node lifecycle, quotas) look again.
     pub resync: Duration,
 }
@@ -78,9 +82,19 @@ impl Default for ControllerConfig {
             default_eviction_timeout: Duration::from_secs(5),
             hpa_sync_period: Duration::from_secs(15),
             lb_pool: None,
+            lb_reserved_ports: default_reserved_ports(),
             resync: Duration::from_secs(10),
         }
     }
+}
+
+/// What a node listens on at its own address: ssh, DNS (the agent's cluster DNS), the ingress controller's
+/// HTTP/HTTPS, the API server, the kubelet endpoint and the metrics ports of the agent, balancer and ingress.
+pub fn default_reserved_ports() -> Vec<(u16, String)> {
+    let tcp = [22u16, 53, 80, 443, 6443, 10249, 10250, 10254, 10255];
+    let mut out: Vec<(u16, String)> = tcp.iter().map(|p| (*p, "TCP".to_string())).collect();
+    out.push((53, "UDP".to_string()));
+    out
 }
 
 /// The shared context of all controllers.

@@ -1,0 +1,121 @@
+//! LoadBalancer Services get their external addresses (`status.loadBalancer.ingress`): the addresses of the nodes
+//! that serve them by default, or one address each from a pool (see [`plan`] for the rules, [`pool`] for where the
+//! pool comes from). The eBPF balancer on every node answers on them; with a pool, the agent holding an address
+//! announces it on the node's link (ARP). This module is the thin executor: it reads the pool, runs the planner
+//! over the informers' stores and writes the one Service's status, with an Event when it stays pending.
+
+pub mod plan;
+pub mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, Patch, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ReflectHandle;
+use serde_json::json;
+use skiff_client::events::EventType;
+
+use self::plan::{Decision, Inputs, current};
+use self::pool::{POOL_CONFIGMAP, POOL_KEY, POOL_NAMESPACE, Pool, reserved_cidrs};
+use super::ctx::{Ctx, ReconcileError};
+
+const COMPONENT: &str = "service-lb-controller";
+/// How soon a pending Service is looked at again (an address or port may have been freed).
+const PENDING_RETRY: Duration = Duration::from_secs(5);
+
+/// The pool from its ConfigMap: `None` when there is none (node addresses are used).
+async fn read_pool(client: &kube::Client) -> Result<Option<Result<Pool, String>>, ReconcileError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), POOL_NAMESPACE);
+    let Some(cm) = api.get_opt(POOL_CONFIGMAP).await? else { return Ok(None) };
+    let text = cm.data.as_ref().and_then(|d| d.get(POOL_KEY)).cloned().unwrap_or_default();
+    Ok(Some(Pool::parse(&text, &reserved_cidrs())))
+}
+
+/// Reconciles one Service.
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let pool = read_pool(&ctx.client).await?;
+    let (services, nodes, slices) = (ctx.services.state(), ctx.nodes.state(), ctx.slices.state());
+    let inputs = Inputs {
+        services: &services,
+        nodes: &nodes,
+        slices: &slices,
+        pool: pool.as_ref(),
+        reserved: &ctx.config.lb_reserved_ports,
+    };
+    let decision = plan::plan(&inputs).remove(&(ns.clone(), name.clone())).unwrap_or(Decision::Leave);
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let have = current(&svc);
+    let set = |ingress: serde_json::Value| json!({"status": {"loadBalancer": {"ingress": ingress}}});
+    match decision {
+        Decision::Leave => Ok(Action::await_change()),
+        Decision::Clear => {
+            api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await?;
+            Ok(Action::await_change())
+        }
+        Decision::Assign(ips) => {
+            if have != ips {
+                let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
+                api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(json!(ingress)))).await?;
+                let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+                tracing::info!(namespace = %ns, service = %name, addresses = ?ips, "LoadBalancer addresses assigned");
+                ctx.recorders
+                    .get(COMPONENT)
+                    .record(
+                        &skiff_client::events::reference(svc.as_ref()),
+                        EventType::Normal,
+                        "IPAllocated",
+                        &format!("Assigned IP [{}]", list.join(",")),
+                    )
+                    .await;
+            }
+            // Node addresses follow the nodes (one joins, one dies): look again.
+            Ok(Action::requeue(ctx.config.resync))
+        }
+        Decision::Pending(reason) => {
+            if !have.is_empty() {
+                api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await?;
+            }
+            tracing::info!(namespace = %ns, service = %name, %reason, "LoadBalancer Service pending");
+            ctx.recorders
+                .get(COMPONENT)
+                .record(&skiff_client::events::reference(svc.as_ref()), EventType::Warning, "AllocationFailed", &reason)
+                .await;
+            Ok(Action::requeue(PENDING_RETRY))
+        }
+    }
+}
+
+/// Creates the pool ConfigMap from `skiff server --lb-pool` unless it exists (then it is the users' to edit).
+async fn seed_pool(client: &kube::Client, addresses: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), POOL_NAMESPACE);
+    let cm: ConfigMap = match serde_json::from_value(json!({
+        "metadata": {"name": POOL_CONFIGMAP, "namespace": POOL_NAMESPACE},
+        "data": {POOL_KEY: addresses}
+    })) {
+        Ok(cm) => cm,
+        Err(e) => return tracing::error!(error = %e, "building the pool ConfigMap"),
+    };
+    match api.create(&PostParams::default(), &cm).await {
+        Ok(_) => tracing::info!(%addresses, "LoadBalancer pool created"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!("the LoadBalancer pool ConfigMap exists; --lb-pool does not overwrite it")
+        }
+        Err(e) => tracing::error!(error = %e, "creating the LoadBalancer pool ConfigMap"),
+    }
+}
+
+/// Runs the controller.
+pub async fn run(ctx: Arc<Ctx>, services: ReflectHandle<Service>) {
+    if let Some(addresses) = &ctx.config.lb_pool {
+        seed_pool(&ctx.client, addresses).await;
+    }
+    Controller::for_shared_stream(services, ctx.services.clone())
+        .run(reconcile, super::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
