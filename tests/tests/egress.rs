@@ -21,9 +21,7 @@ fn probe_entry() {
 /// `kubectl exec POD -- wget …` with a 3 s limit → (success, output).
 fn fetch(c: &Cluster, pod: &str, url: &str) -> (bool, String) {
     let mut cmd = c.server_ns.command("kubectl");
-    cmd.arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(["exec", pod, "--", "timeout", "3", "wget", "-q", "-O-", url]);
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(["exec", pod, "--", "timeout", "3", "wget", "-q", "-O-", url]);
     let out = cmd.output().expect("kubectl runs");
     let text = if out.status.success() { &out.stdout } else { &out.stderr };
     (out.status.success(), String::from_utf8_lossy(text).into_owned())

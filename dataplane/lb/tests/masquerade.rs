@@ -124,6 +124,23 @@ fn excluded_destinations_keep_the_pod_address() {
 }
 
 #[test]
+fn replies_to_flows_the_outside_opened_keep_the_pod_address() {
+    let Some((c, _servers)) = setup("masquerade leaves replies alone") else { return };
+    let _pod_servers = [c.serve(0, "tcp", 8080, "pod0"), c.serve(0, "udp", 5353, "pod0")];
+    c.client.ip(&["route", "add", "10.244.0.0/16", "via", &node_ip(0).to_string()]).expect("route");
+    let lb = c.start_lb(&masquerading(&c, &[]));
+    // The outside host opens the flows: the pod's answers must come from the pod's address, or the client's
+    // sockets would not take them (a connected UDP socket drops datagrams from another source).
+    let pod = c.pods[0].ip;
+    let tcp = c.run_on_client(&format!("tcp 3 {pod}:8080"));
+    assert!(tcp.iter().all(|l| l.starts_with("ok") && peer(l).0 == CLIENT_IP.to_string()), "{tcp:?}");
+    let udp = c.run_on_client(&format!("udp 3 {pod}:5353 connected"));
+    assert!(udp.iter().all(|l| l.starts_with("ok")), "{udp:?}");
+    assert!(udp.iter().all(|l| probe::field(l, "from") == Some(&*format!("{pod}:5353"))), "{udp:?}");
+    assert_eq!(nat_count(&lb, NatEvent::NewTcp) + nat_count(&lb, NatEvent::NewUdp), 0, "nothing was translated");
+}
+
+#[test]
 fn ports_of_closed_flows_are_reused_and_running_out_is_counted() {
     let Some((c, _servers)) = setup("masquerade port reuse") else { return };
     let mut cfg = masquerading(&c, &[]);

@@ -11,6 +11,11 @@
 //! - [`crate::maps::NAT_CONFIG`]: one [`NatConfig`].
 //! - [`crate::maps::NAT_STATS`]: per-CPU counters indexed by [`NatEvent`].
 //!
+//! Only flows the pod opens are translated: a TCP flow from its SYN, an ICMP echo from its request, and a UDP flow
+//! unless a peer outside the cluster opened it (ingress records such flows as [`NAT_KIND_PASS`] entries under the
+//! pod's tuple). The pod's replies to NodePort traffic another node forwarded to it keep the pod's address, so the
+//! forwarding node can translate them back.
+//!
 //! ICMP echo flows use the echo identifier as the pod-side "port": forward key `(pod, peer, id, 0)`, reply key
 //! `(peer, node, 0, translated id)`.
 
@@ -21,6 +26,10 @@ pub const NAT_F_ENABLED: u32 = 1;
 pub const NAT_KIND_FORWARD: u8 = 0;
 /// [`NatEntry::kind`]: the peer's side of a flow (rewrites the destination on ingress).
 pub const NAT_KIND_REPLY: u8 = 1;
+
+/// [`NatEntry::kind`]: a flow a peer outside the cluster opened towards the pod (UDP; TCP is told apart by its
+/// SYN): the pod's packets of it are replies and keep the pod's address.
+pub const NAT_KIND_PASS: u8 = 2;
 
 /// [`NatEntry::state`]: the pod sent a FIN.
 pub const NAT_ST_FIN_OUT: u8 = 1;

@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    CtKey, NAT_KIND_FORWARD, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_REPLIED, NAT_ST_RST, NatConfig,
-    NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash, limits,
+    CtKey, NAT_KIND_FORWARD, NAT_KIND_PASS, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_REPLIED, NAT_ST_RST,
+    NatConfig, NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash, limits,
 };
 
 use crate::{
@@ -85,12 +85,19 @@ fn tcp_state(flags: u8, out: bool) -> u8 {
     s
 }
 
-/// The translated (address, port) for the pod-side tuple `fk`: the flow's, or a newly allocated one.
+/// The translated (address, port) for the pod-side tuple `fk`: the flow's, or a newly allocated one; `None` when
+/// the packet keeps the pod's address (a reply of a flow the peer opened, or TCP that is not a new connection).
 #[inline(always)]
-fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<(u32, u16), NatEvent> {
+fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, u16)>, NatEvent> {
     let t = now();
     // SAFETY: copied at once.
-    if let Some(e) = unsafe { LB_NAT.get(fk).copied() }
+    let existing = unsafe { LB_NAT.get(fk).copied() };
+    if let Some(e) = existing
+        && e.kind == NAT_KIND_PASS
+    {
+        return Ok(None);
+    }
+    if let Some(e) = existing
         && e.kind == NAT_KIND_FORWARD
     {
         let rk = reply_key(fk, e.addr, e.port);
@@ -104,11 +111,16 @@ fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<(u32, u16), N
                         (*r).state = 0;
                     }
                     (*r).state |= tcp_state(tcp_flags, true);
-                    return Ok((e.addr, e.port));
+                    return Ok(Some((e.addr, e.port)));
                 }
             }
         }
         // the flow's port record was taken over or evicted: translate it anew
+    }
+    if fk.proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        // Only a SYN opens a translated TCP flow: anything else is a reply of a flow the peer opened (a SYN-ACK to
+        // NodePort traffic another node forwarded here) or of one older than the mapping.
+        return Ok(None);
     }
     let range = (cfg.port_max - cfg.port_min) as u32 + 1;
     let hash = flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
@@ -166,7 +178,7 @@ fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<(u32, u16), N
         PROTO_UDP => NatEvent::NewUdp,
         _ => NatEvent::NewIcmp,
     });
-    Ok((cfg.addr, port))
+    Ok(Some((cfg.addr, port)))
 }
 
 /// Marks a reply entry as seen from the peer's side; returns the pod's (address, port).
@@ -196,10 +208,11 @@ pub fn egress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
         return Ok(NEXT);
     };
     match translate(&flow.key, &cfg, tcp_flags(ctx, flow)) {
-        Ok((addr, port)) => {
+        Ok(Some((addr, port))) => {
             rewrite(ctx, flow, true, addr, port)?;
             Ok(TC_ACT_OK)
         }
+        Ok(None) => Ok(NEXT),
         Err(e) => {
             stat(e);
             Ok(TC_ACT_SHOT)
@@ -223,6 +236,26 @@ pub fn ingress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
     Ok(TC_ACT_OK)
 }
 
+/// Ingress: a UDP packet from outside the cluster to a pod that no translation claimed opens a flow of the peer's:
+/// recorded under the pod's tuple so that the pod's answers keep its address.
+#[inline(always)]
+pub fn track_inbound(flow: &Flow) {
+    let k = &flow.key;
+    if k.proto != PROTO_UDP {
+        return;
+    }
+    let Some(cfg) = LB_NAT_CONFIG.get(0) else { return };
+    if cfg.flags == 0 || k.daddr & cfg.src_mask != cfg.src_net || k.saddr & cfg.src_mask == cfg.src_net {
+        return;
+    }
+    let fk = CtKey { saddr: k.daddr, daddr: k.saddr, sport: k.dport, dport: k.sport, proto: k.proto, pad: [0; 3] };
+    // SAFETY: only tested for presence.
+    if unsafe { LB_NAT.get(&fk).is_none() } {
+        let pass = NatEntry { addr: 0, port: 0, kind: NAT_KIND_PASS, state: 0, last_seen: now() };
+        let _ = LB_NAT.insert(&fk, &pass, BPF_NOEXIST as u64);
+    }
+}
+
 /// Egress: a pod's fragment to outside the cluster cannot be translated (no ports in it); counted and passed.
 #[inline(always)]
 pub fn egress_fragment(ip: &Ip) {
@@ -243,7 +276,8 @@ pub fn egress_icmp(ctx: &mut TcContext, ip: &Ip) -> Result<i32, i64> {
     }
     let fk = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: icmp.id, dport: 0, proto: PROTO_ICMP, pad: [0; 3] };
     match translate(&fk, &cfg, 0) {
-        Ok((addr, id)) => {
+        Ok(None) => Ok(NEXT),
+        Ok(Some((addr, id))) => {
             rewrite_icmp_u16(ctx, ip.l4 + 2, ip.l4 + 4, icmp.id, id)?;
             rewrite_ip_addr(ctx, true, ip.saddr, addr)?;
             Ok(TC_ACT_OK)

@@ -84,6 +84,7 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
         pad: [0; 2],
     };
     let Some(svc) = service(&key) else {
+        nat::track_inbound(&flow);
         return Ok(NEXT);
     };
     if svc.count == 0 {
