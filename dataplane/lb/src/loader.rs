@@ -24,10 +24,10 @@ use aya::{
     util::KernelVersion,
 };
 use skiff_ebpf_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
-    MaglevTableL, MaglevTableM, MaglevTableS, NatConfig, NatEntry, NatEvent, PolConfig, PolCtKey, PolCtValue,
-    PolEndpoint, PolRuleData, PolRuleValue, PolStatsKey, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
-    maps as names, programs as progs,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, L2Entry,
+    MaglevMeta, MaglevTableL, MaglevTableM, MaglevTableS, NatConfig, NatEntry, NatEvent, PolConfig, PolCtKey,
+    PolCtValue, PolEndpoint, PolRuleData, PolRuleValue, PolStatsKey, ReverseSkKey, ReverseSkValue, ServiceKey,
+    ServiceValue, maps as names, programs as progs,
 };
 
 use crate::{config::LbConfig, error::LbError, maps::LbMaps};
@@ -73,6 +73,7 @@ fn expected(config: &LbConfig) -> Vec<(&'static str, u32, u32, u32, u32)> {
         (names::NAT_EXCLUDE, LPM_TRIE, 8, 4, 1_024),
         (names::NAT_CONFIG, ARRAY, 4, sz(size_of::<NatConfig>()), 1),
         (names::NAT_STATS, PERCPU_ARRAY, 4, 8, NatEvent::COUNT),
+        (names::L2_ANNOUNCE, HASH, 4, sz(size_of::<L2Entry>()), 1_024),
     ]
 }
 
@@ -244,7 +245,12 @@ pub fn load(config: &LbConfig) -> Result<Loaded, LbError> {
         loader.map_pin_path(name, path.as_path());
     }
     for (name, _, _, _, max) in expected(config) {
-        if name != names::EVENTS && name != names::CONFIG && !name.starts_with("POL_") && !name.starts_with("LB_NAT") {
+        if name != names::EVENTS
+            && name != names::CONFIG
+            && !name.starts_with("POL_")
+            && !name.starts_with("LB_NAT")
+            && name != names::L2_ANNOUNCE
+        {
             loader.map_max_entries(name, max);
         }
     }

@@ -7,8 +7,8 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use skiff_ebpf_common::{
-    AffinityMatchKey, Backend, Config, Counters, CtKey, CtValue, Event, MAGLEV_L, MAGLEV_M, MAGLEV_S, MaglevMeta,
-    MaglevTable, NatConfig, NatEntry, NatEvent, ServiceKey, ServiceValue, maps as names,
+    AffinityMatchKey, Backend, Config, Counters, CtKey, CtValue, Event, L2Entry, MAGLEV_L, MAGLEV_M, MAGLEV_S,
+    MaglevMeta, MaglevTable, NatConfig, NatEntry, NatEvent, ServiceKey, ServiceValue, maps as names,
 };
 
 use crate::{error::LbError, maglev, model::BackendAddr, nat::Exclusion, ops::Op, registry::MapContents};
@@ -35,6 +35,7 @@ pub struct LbMaps {
     nat_exclude: LpmTrie<MapData, [u8; 4], u32>,
     nat_config: Array<MapData, NatConfig>,
     nat_stats: PerCpuArray<MapData, u64>,
+    l2: HashMap<MapData, u32, L2Entry>,
     cpus: usize,
 }
 
@@ -70,6 +71,7 @@ impl LbMaps {
             nat_exclude: typed(names::NAT_EXCLUDE, take(names::NAT_EXCLUDE)?, LpmTrie::try_from)?,
             nat_config: typed(names::NAT_CONFIG, take(names::NAT_CONFIG)?, Array::try_from)?,
             nat_stats: typed(names::NAT_STATS, take(names::NAT_STATS)?, PerCpuArray::try_from)?,
+            l2: typed(names::L2_ANNOUNCE, take(names::L2_ANNOUNCE)?, HashMap::try_from)?,
             cpus,
         })
     }
@@ -261,6 +263,30 @@ impl LbMaps {
         for (len, addr) in &remove {
             ok_if_absent(self.nat_exclude.remove(&LpmKey::new(u32::from(*len), *addr)), names::NAT_EXCLUDE)?;
             writes += 1;
+        }
+        Ok(writes)
+    }
+
+    /// Makes the announced LoadBalancer addresses exactly `wanted` (address → interface): entries added or changed
+    /// first, then the others removed. Returns the number of writes.
+    pub fn set_announced(
+        &mut self,
+        wanted: &std::collections::BTreeMap<std::net::Ipv4Addr, L2Entry>,
+    ) -> Result<usize, LbError> {
+        let key = |ip: &std::net::Ipv4Addr| u32::from_ne_bytes(ip.octets());
+        let mut writes = 0;
+        for (ip, entry) in wanted {
+            if self.l2.get(&key(ip), 0).ok().as_ref() != Some(entry) {
+                self.l2.insert(key(ip), *entry, 0).map_err(|e| LbError::map(names::L2_ANNOUNCE, "insert", e))?;
+                writes += 1;
+            }
+        }
+        let programmed: Vec<u32> = self.l2.keys().filter_map(Result::ok).collect();
+        for k in programmed {
+            if !wanted.contains_key(&std::net::Ipv4Addr::from(k.to_ne_bytes())) {
+                ok_if_absent(self.l2.remove(&k), names::L2_ANNOUNCE)?;
+                writes += 1;
+            }
         }
         Ok(writes)
     }

@@ -229,6 +229,14 @@ impl Collector for MapCollector {
                 let labels = vec![("event".to_string(), e.name().to_string())];
                 ConstCounter::new(value(e)).encode(other.encode_family(&labels)?)?;
             }
+            drop(other);
+            let arp = encoder.encode_descriptor(
+                "l2_arp_replies",
+                "ARP requests for announced LoadBalancer addresses answered by this node",
+                None,
+                probe.metric_type(),
+            )?;
+            ConstCounter::new(value(N::ArpAnswered)).encode(arp)?;
         }
         if let Ok(events) = maps.events() {
             let probe = ConstCounter::new(0u64);

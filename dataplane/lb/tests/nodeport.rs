@@ -137,3 +137,53 @@ fn pods_on_the_node_reach_the_node_port_through_the_socket_hooks() {
     assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
     assert!(lines.iter().all(|l| probe::field(l, "sockpeer") == Some(target.as_str())), "{lines:?}");
 }
+
+/// (ifindex, MAC) of `dev` in `ns`.
+fn link(ns: &skiff_testkit::NetNs, dev: &str) -> (u32, [u8; 6]) {
+    let out = ns.ip(&["-j", "link", "show", dev]).expect("ip link");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+    let ifindex = v[0]["ifindex"].as_u64().expect("ifindex") as u32;
+    let mac: Vec<u8> = v[0]["address"]
+        .as_str()
+        .expect("address")
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    (ifindex, mac.try_into().expect("6 bytes"))
+}
+
+#[test]
+fn an_announced_pool_address_is_answered_by_arp_on_the_lan_and_balanced() {
+    let Some((c, _servers)) = setup() else { return };
+    let mut lb = c.start_lb(&c.config());
+    let vip = "192.168.50.200";
+    let mut svc = nodeport(json!({"type": "LoadBalancer"}));
+    svc.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": vip}]}})).ok();
+    apply(&mut lb, vec![svc], vec![slice("web", &both(&c), 8080, "TCP")]);
+    let target = format!("{vip}:80");
+
+    // Nobody answers for the address yet: the client cannot even resolve it.
+    let before = c.run_on_client(&format!("tcp 1 {target}"));
+    assert!(before[0].starts_with("err"), "{before:?}");
+
+    let (ifindex, mac) = c.nodes[0].ns.enter(|| link(&c.nodes[0].ns, "eth0")).expect("node 0");
+    let mut maps = skiff_lb::loader::open_pinned(c.pins.path()).expect("pinned maps");
+    let entry = skiff_ebpf_common::L2Entry { ifindex, mac, pad: [0; 2] };
+    let wanted = [(vip.parse().expect("ip"), entry)].into_iter().collect();
+    assert_eq!(maps.set_announced(&wanted).expect("announce"), 1);
+    assert_eq!(maps.set_announced(&wanted).expect("announce"), 0, "nothing to write the second time");
+    c.client.ip(&["neigh", "flush", "dev", "eth0"]).expect("flush the client's ARP cache");
+    let lines = c.run_on_client(&format!("tcp 10 {target}"));
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    let neigh = c.client.ip(&["neigh", "show", vip]).expect("neigh");
+    let mac_text = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    assert!(neigh.contains(&mac_text), "the client resolved the address to node 0's MAC: {neigh}");
+    let arp = lb.applier().maps().nat_events().expect("counters");
+    assert!(arp.iter().any(|(e, v)| *e == skiff_ebpf_common::NatEvent::ArpAnswered && *v >= 1), "{arp:?}");
+
+    // Withdrawn: new resolutions fail again.
+    assert_eq!(maps.set_announced(&Default::default()).expect("withdraw"), 1);
+    c.client.ip(&["neigh", "flush", "dev", "eth0"]).expect("flush");
+    let after = c.run_on_client(&format!("tcp 1 {target}"));
+    assert!(after[0].starts_with("err"), "{after:?}");
+}

@@ -84,9 +84,11 @@ pub mod maps {
     pub const NAT_CONFIG: &str = "LB_NAT_CONFIG";
     /// Per-CPU `u64` counters indexed by [`crate::NatEvent`].
     pub const NAT_STATS: &str = "LB_NAT_STATS";
+    /// LoadBalancer address (`u32`, network order) → [`crate::L2Entry`]: ARP answered by this node.
+    pub const L2_ANNOUNCE: &str = "LB_L2_ANNOUNCE";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         SERVICES,
         BACKENDS,
         MAGLEV_S,
@@ -112,6 +114,7 @@ pub mod maps {
         NAT_EXCLUDE,
         NAT_CONFIG,
         NAT_STATS,
+        L2_ANNOUNCE,
     ];
 }
 

@@ -121,7 +121,19 @@ impl NatEntry {
     }
 }
 
-/// Indexes of the per-CPU counters in [`crate::maps::NAT_STATS`].
+/// Value of [`crate::maps::L2_ANNOUNCE`]: a LoadBalancer address this node answers ARP for, on which interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct L2Entry {
+    /// The interface (ifindex) requests arrive on and replies leave by.
+    pub ifindex: u32,
+    /// That interface's MAC address.
+    pub mac: [u8; 6],
+    /// Padding, always zero.
+    pub pad: [u8; 2],
+}
+
+/// Indexes of the per-CPU counters in [`crate::maps::NAT_STATS`] (masquerade, and ARP answers of L2 announcement).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NatEvent {
@@ -141,13 +153,15 @@ pub enum NatEvent {
     FragmentUntranslated = 6,
     /// A map write failed; the packet was dropped.
     InsertFailed = 7,
+    /// An ARP request for an announced LoadBalancer address was answered (L2 announcement).
+    ArpAnswered = 8,
 }
 
 impl NatEvent {
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every counter, in index order.
-    pub const ALL: [NatEvent; 8] = [
+    pub const ALL: [NatEvent; 9] = [
         NatEvent::NewTcp,
         NatEvent::NewUdp,
         NatEvent::NewIcmp,
@@ -156,6 +170,7 @@ impl NatEvent {
         NatEvent::IcmpErrorTranslated,
         NatEvent::FragmentUntranslated,
         NatEvent::InsertFailed,
+        NatEvent::ArpAnswered,
     ];
 
     /// A stable snake_case name, used as a metric label.
@@ -169,6 +184,7 @@ impl NatEvent {
             NatEvent::IcmpErrorTranslated => "icmp_error_translated",
             NatEvent::FragmentUntranslated => "fragment_untranslated",
             NatEvent::InsertFailed => "insert_failed",
+            NatEvent::ArpAnswered => "arp_answered",
         }
     }
 }

@@ -43,4 +43,5 @@ pod!(
     PolConfig,
     NatConfig,
     NatEntry,
+    L2Entry,
 );

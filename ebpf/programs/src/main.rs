@@ -3,13 +3,14 @@
 //! - cgroup `sock_addr` hooks (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`): socket-level load balancing
 //!   for ClusterIP, NodePort-on-node-address, LoadBalancer and external IPs ([`sock`]).
 //! - tc ingress/egress on the node interface: NodePort/LoadBalancer/externalIPs from outside the node ([`tc`]),
-//!   and pod egress masquerade ([`nat`]).
+//!   pod egress masquerade ([`nat`]) and ARP answers for announced LoadBalancer addresses ([`arp`]).
 //! - tc ingress/egress on each pod's host-side veth: NetworkPolicy ([`policy`]).
 //!
 //! Every entry point calls a function that maps errors to a verdict; nothing here panics.
 #![no_std]
 #![no_main]
 
+mod arp;
 mod maps;
 mod nat;
 mod packet;

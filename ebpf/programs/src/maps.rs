@@ -7,9 +7,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use skiff_ebpf_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, MaglevMeta,
-    MaglevTableL, MaglevTableM, MaglevTableS, NatConfig, NatEntry, PolConfig, PolCtKey, PolCtValue, PolEndpoint,
-    PolRuleData, PolRuleValue, PolStatsKey, PolVerdict, ReverseSkKey, ReverseSkValue, ServiceKey, ServiceValue,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counters, CtKey, CtValue, Event, L2Entry,
+    MaglevMeta, MaglevTableL, MaglevTableM, MaglevTableS, NatConfig, NatEntry, PolConfig, PolCtKey, PolCtValue,
+    PolEndpoint, PolRuleData, PolRuleValue, PolStatsKey, PolVerdict, ReverseSkKey, ReverseSkValue, ServiceKey,
+    ServiceValue,
 };
 
 /// Hash maps that user space updates while programs read them do not preallocate: a replaced or removed element is
@@ -116,6 +117,10 @@ pub static LB_NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 /// Pod egress masquerade counters, see [`skiff_ebpf_common::NatEvent`].
 #[btf_map]
 pub static LB_NAT_STATS: PerCpuArray<u64, { skiff_ebpf_common::NatEvent::COUNT as usize }> = PerCpuArray::new();
+
+/// LoadBalancer addresses this node announces (answers ARP for).
+#[btf_map]
+pub static LB_L2_ANNOUNCE: HashMap<u32, L2Entry, 1_024, NO_PREALLOC> = HashMap::new();
 
 /// Counts one event.
 #[inline(always)]

@@ -17,6 +17,7 @@ use skiff_ebpf_common::{
 };
 
 use crate::{
+    arp,
     maps::{LB_CONFIG, LB_CT, LB_NAT, count, count_refused, event},
     nat,
     packet::{ETH_HLEN, Flow, Parsed, parse, rewrite},
@@ -49,6 +50,10 @@ pub fn egress(mut ctx: TcContext) -> i32 {
 }
 
 fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
+    let ethertype: u16 = ctx.load(12)?;
+    if u16::from_be(ethertype) == arp::ETH_P_ARP {
+        return arp::answer(ctx);
+    }
     let flow = match parse(ctx)? {
         Parsed::Flow(flow) => flow,
         Parsed::Fragment(_) => {
