@@ -91,6 +91,19 @@ pub async fn interface_of(ip: Ipv4Addr) -> Option<String> {
     addresses().await?.into_iter().find(|(_, a)| *a == ip).map(|(n, _)| n)
 }
 
+/// The index and MAC address of interface `name` in this network namespace.
+pub async fn link_of(name: &str) -> Option<(u32, [u8; 6])> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let handle = crate::network::connect().ok()?;
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let l = links.try_next().await.ok()??;
+    let mac = l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+        _ => None,
+    })?;
+    Some((l.header.index, mac))
+}
+
 /// Every (interface name, IPv4 address) pair of this network namespace.
 async fn addresses() -> Option<Vec<(String, Ipv4Addr)>> {
     let handle = crate::network::connect().ok()?;

@@ -21,6 +21,7 @@ pub mod dns;
 pub mod error;
 pub mod host;
 pub mod images;
+pub mod l2;
 pub mod lb;
 pub mod metrics;
 pub mod network;
@@ -214,6 +215,14 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
             };
             if interface.is_none() {
                 tracing::warn!(%node_ip, "no interface holds the node address: no NodePort from outside, no pod egress masquerade");
+            }
+            if let Some(iface) = &interface {
+                tasks.push(tokio::spawn(l2::run(
+                    client.clone(),
+                    cfg.node_name.clone(),
+                    iface.clone(),
+                    pin_dir.clone(),
+                )));
             }
             let lbc = lb::config(
                 &cfg.node_name,

@@ -1,6 +1,7 @@
-//! The two operations nix offers no safe wrapper for: setting a terminal's window size (`TIOCSWINSZ`, when
-//! `kubectl exec -t` resizes its terminal) and owning a descriptor received through `SCM_RIGHTS`.
-#![allow(unsafe_code)] // one ioctl and one from_raw_fd, each with its SAFETY comment
+//! The operations nix offers no safe wrapper for: setting a terminal's window size (`TIOCSWINSZ`, when
+//! `kubectl exec -t` resizes its terminal), owning a descriptor received through `SCM_RIGHTS`, and sending one
+//! Ethernet frame on a packet socket (gratuitous ARP).
+#![allow(unsafe_code)] // one ioctl, two from_raw_fd, one socket and one sendto, each with its SAFETY comment
 
 use std::os::fd::AsRawFd;
 
@@ -38,4 +39,37 @@ pub fn recv_fd(sock: &impl AsRawFd) -> std::io::Result<std::os::fd::OwnedFd> {
         }
     }
     Err(std::io::Error::other("no descriptor in the message"))
+}
+
+/// Sends one Ethernet `frame` (destination MAC first) out of interface `ifindex` of this network namespace.
+pub fn send_frame(ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::FromRawFd as _;
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: a plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain integers and arrays; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = i32::try_from(ifindex).map_err(|_| std::io::Error::other("ifindex out of range"))?;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(frame.get(..6).ok_or_else(|| std::io::Error::other("short frame"))?);
+    // SAFETY: `fd` is an open packet socket; the buffer pointer and length describe `frame`, and the address
+    // pointer and length describe the live `addr` value.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }

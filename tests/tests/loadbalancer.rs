@@ -130,3 +130,105 @@ fn load_balancer_services_answer_on_node_addresses_and_collisions_stay_pending()
     assert!(failed.is_empty(), "{report}; failures: {:?}", failed.iter().take(5).collect::<Vec<_>>());
     assert!(samples.iter().any(|s| matches!(&s.result, Ok((v, _)) if v == "v2")), "the new version answered");
 }
+
+fn holder(c: &Cluster, lease: &str) -> String {
+    c.kubectl(&["-n", "kube-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}"])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn pool_addresses_are_announced_on_the_link_and_move_when_the_holder_dies() {
+    if !skiff_testkit::require_privileges("LoadBalancer pool with L2 announcement") {
+        return;
+    }
+    let mut cfg = ClusterConfig::full(skiff_binary(), 3);
+    cfg.ingress_node = None;
+    cfg.server_args = vec!["--lb-pool".into(), "10.0.0.200-10.0.0.201".into()];
+    step("starting a 3-node cluster with the LoadBalancer pool 10.0.0.200-10.0.0.201");
+    let mut c = Cluster::start(cfg).expect("starting the cluster");
+    // n3 runs the app but never announces: killing the announcing node does not kill the backend.
+    kubectl(&c, &["label", "node", "n3", "node.kubernetes.io/exclude-from-external-load-balancers="]);
+    apply(
+        &c,
+        &APP.replace("replicas: 2", "replicas: 1").replace(
+            "    spec:\n      terminationGracePeriodSeconds",
+            "    spec:\n      nodeName: n3\n      terminationGracePeriodSeconds",
+        ),
+    );
+    kubectl(&c, &["rollout", "status", "deployment/echo", "--timeout=90s"]);
+
+    step("the Service gets the pool's first address; the client reaches it through ARP answered by its holder");
+    wait(&c, Duration::from_secs(30), "a pool address", || (ingress_ips(&c, "web") == "10.0.0.200").then_some(()));
+    let url = "http://10.0.0.200:8088/";
+    let reached = wait_for(Duration::from_secs(20), "an answer on 10.0.0.200:8088", || {
+        c.on_client("curl", &["-sf", "--max-time", "1", url]).ok().filter(|o| o.contains("\"pod\""))
+    });
+    if let Err(e) = reached {
+        fail(&c, &e.to_string());
+    }
+    let first = holder(&c, "skiff-lb-10-0-0-200");
+    assert!(first == "n1" || first == "n2", "an eligible node holds the address: {first:?}");
+
+    step("addresses are unique; an exhausted pool leaves the Service pending until the pool is edited");
+    apply(&c, &service("second", 9000));
+    apply(&c, &service("third", 9001));
+    wait(&c, Duration::from_secs(30), "the second address", || {
+        (ingress_ips(&c, "second") == "10.0.0.201").then_some(())
+    });
+    pending_event(&c, "third", "no free address in the LoadBalancer pool (2 addresses");
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "kube-system",
+            "patch",
+            "configmap",
+            "skiff-lb-pool",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"addresses":"10.0.0.200-10.0.0.201, 10.0.0.210"}}"#,
+        ],
+    );
+    wait(&c, Duration::from_secs(30), "the edited pool's address", || {
+        (ingress_ips(&c, "third") == "10.0.0.210").then_some(())
+    });
+
+    step(&format!("the holder {first} dies (agent killed, link down) under load"));
+    let addr: SocketAddr = "10.0.0.200:8088".parse().expect("address");
+    let load = Load::start_with_timeout(
+        &c,
+        addr,
+        "lb.example",
+        "/",
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let i = if first == "n1" { 0 } else { 1 };
+    let killed_at = load.started.elapsed();
+    c.kill_agent(i);
+    c.set_link(i, false).expect("link down");
+    let other = if first == "n1" { "n2" } else { "n1" };
+    wait(&c, Duration::from_secs(20), "the other node to take the address over", || {
+        (holder(&c, "skiff-lb-10-0-0-200") == other).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let samples = load.finish();
+    let failed = failures(&samples);
+    // The gap: from the kill to the first answer after the last failed request.
+    let last_failure = failed.iter().map(|s| s.at).max().unwrap_or(killed_at);
+    let resumed = samples.iter().find(|s| s.at > last_failure && s.result.is_ok()).map(|s| s.at - killed_at);
+    step(&format!(
+        "failover: {}; answers resumed {:.2} s after the kill ({} failed requests)",
+        summary(&samples),
+        resumed.map_or(f64::NAN, |d| d.as_secs_f64()),
+        failed.len()
+    ));
+    assert!(failed.iter().all(|s| s.at >= killed_at), "nothing failed before the kill: {failed:?}");
+    let resumed = resumed.unwrap_or_else(|| fail(&c, "no answer after the holder died"));
+    assert!(resumed < Duration::from_secs(10), "the address moved: answers resumed after {resumed:?}");
+    assert!(samples.last().is_some_and(|s| s.result.is_ok()), "and keep coming");
+}

@@ -123,6 +123,31 @@ fn changed_reserved(old: &Value, new: &Value) -> Vec<String> {
 
 /// The namespace of node Leases.
 const NODE_LEASES: &str = "kube-node-lease";
+/// Where the agents' LoadBalancer announcement Leases live (`skiff-lb-A-B-C-D`, see the agent's `l2` module).
+const ANNOUNCE_NAMESPACE: &str = "kube-system";
+/// Name prefix of the announcement Leases.
+const ANNOUNCE_PREFIX: &str = "skiff-lb-";
+
+fn holder(lease: &Value) -> &str {
+    lease.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default()
+}
+
+fn is_announcement(name: &str, lease: &Value) -> bool {
+    name.starts_with(ANNOUNCE_PREFIX) && skiff_api::meta::namespace(lease) == ANNOUNCE_NAMESPACE
+}
+
+/// Whether node `me` may write an announcement Lease from `old` to `new` (`None`: delete): it may claim one for
+/// itself (create, renew, take over) and release or delete its own, but never name another node as holder, nor
+/// release or delete another node's.
+fn announcement_write(me: Option<&str>, old: Option<&Value>, new: Option<&Value>) -> bool {
+    let Some(me) = me else { return false };
+    let old_holder = old.map(holder).unwrap_or_default();
+    match new.map(holder) {
+        Some(h) if h == me => true,
+        Some("") | None => old_holder == me || old_holder.is_empty(),
+        Some(_) => false,
+    }
+}
 
 /// Whether `user` is in the nodes' group.
 fn is_node(user: &User) -> bool {
@@ -178,6 +203,16 @@ pub fn check_node_write(
         ("", "nodes") if new.is_some_and(|n| n.pointer("/spec/taints") != old.pointer("/spec/taints")) => {
             Err(format!("node {:?} is not allowed to modify taints", user.name))
         }
+        ("coordination.k8s.io", "leases") if is_announcement(name, old) => {
+            if announcement_write(me, Some(old), new) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node {:?} may only hold, renew or release announcement lease {name:?} for itself",
+                    user.name
+                ))
+            }
+        }
         ("coordination.k8s.io", "leases") if me != Some(name) || skiff_api::meta::namespace(old) != NODE_LEASES => {
             Err(format!("node {:?} is not allowed to modify lease {name:?}", user.name))
         }
@@ -218,6 +253,13 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
             user.name,
             reserved_labels(obj).into_iter().map(|(k, _)| k).collect::<Vec<_>>()
         )),
+        ("coordination.k8s.io", "leases") if is_announcement(name, obj) => {
+            if announcement_write(node_name(user), None, Some(obj)) && holder(obj) == node_name(user).unwrap_or("-") {
+                Ok(())
+            } else {
+                Err(format!("node {:?} may only create announcement lease {name:?} as its holder", user.name))
+            }
+        }
         ("coordination.k8s.io", "leases")
             if node_name(user) != Some(name) || skiff_api::meta::namespace(obj) != NODE_LEASES =>
         {
@@ -235,6 +277,44 @@ mod tests {
 
     fn node(name: &str) -> User {
         User { name: format!("system:node:{name}"), groups: vec!["system:nodes".into(), "system:authenticated".into()] }
+    }
+
+    #[test]
+    fn nodes_hold_announcement_leases_only_for_themselves() {
+        let (n1, n2) = (node("n1"), node("n2"));
+        let lease = |holder: &str| {
+            json!({"metadata": {"name": "skiff-lb-10-0-0-200", "namespace": "kube-system"},
+                   "spec": {"holderIdentity": holder}})
+        };
+        let name = "skiff-lb-10-0-0-200";
+        let create = |u: &User, l: &Value| check_node_create(Some(u), "coordination.k8s.io", "leases", l);
+        let write = |u: &User, old: &Value, new: Option<&Value>| {
+            check_node_write(Some(u), "coordination.k8s.io", "leases", name, old, new)
+        };
+        assert!(create(&n1, &lease("n1")).is_ok());
+        assert!(create(&n1, &lease("n2")).is_err(), "not on behalf of another node");
+        assert!(write(&n1, &lease("n1"), Some(&lease("n1"))).is_ok(), "renew");
+        assert!(write(&n1, &lease("n2"), Some(&lease("n1"))).is_ok(), "take over (expiry is the claimant's call)");
+        assert!(write(&n1, &lease("n1"), Some(&lease(""))).is_ok(), "release its own");
+        assert!(write(&n1, &lease("n2"), Some(&lease(""))).is_err(), "not release another's");
+        assert!(write(&n1, &lease("n2"), Some(&lease("n3"))).is_err(), "not hand it to a third");
+        assert!(write(&n2, &lease("n1"), None).is_err(), "not delete another's");
+        assert!(write(&n1, &lease("n1"), None).is_ok());
+        // other Leases in kube-system stay off limits
+        let other = json!({"metadata": {"name": "skiff-controller-manager", "namespace": "kube-system"},
+                           "spec": {"holderIdentity": "n1"}});
+        assert!(
+            check_node_write(
+                Some(&n1),
+                "coordination.k8s.io",
+                "leases",
+                "skiff-controller-manager",
+                &other,
+                Some(&other)
+            )
+            .is_err()
+        );
+        assert!(check_node_create(Some(&n1), "coordination.k8s.io", "leases", &other).is_err());
     }
 
     #[test]

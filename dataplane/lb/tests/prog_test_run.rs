@@ -134,7 +134,8 @@ fn l4_sum(ip: &[u8], l4: &[u8]) -> u16 {
 fn packet(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, frag: u16, udp_no_csum: bool) -> Vec<u8> {
     let payload = b"hello";
     let l4_len = if proto == 6 { 20 } else { 8 } + payload.len();
-    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    // Destination MAC: the test run's device (loopback, all zeros), so the frame is addressed to this host.
+    let mut p = vec![0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
     let total = (20 + l4_len) as u16;
     let mut ip = vec![0x45, 0, 0, 0, 0, 1];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
@@ -262,6 +263,11 @@ fn fragments_icmp_other_destinations_and_truncated_packets_pass_untouched() {
         ("not a service", tcp(CLIENT, 40_004, NODE, 22)),
         // BPF_PROG_TEST_RUN itself insists on a full IPv4 header; cut inside the ports.
         ("truncated", tcp(CLIENT, 40_005, NODE, 30001)[..36].to_vec()),
+        ("a frame for another host's MAC (flooded by a switch)", {
+            let mut p = tcp(CLIENT, 40_006, NODE, 30001);
+            p[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+            p
+        }),
     ] {
         let (v, out) = rig.run(false, &pkt);
         assert_eq!(v, NEXT, "{what}");
@@ -303,6 +309,7 @@ fn random_packets_never_break_the_program_and_unrelated_ones_pass_untouched() {
         if as_ipv4 {
             // A plausible IPv4 TCP header towards the node ports with random everything else.
             pkt.resize(pkt.len().max(38), 0);
+            pkt[..6].fill(0);
             pkt[12..14].copy_from_slice(&[0x08, 0x00]);
             pkt[14] = 0x40 | (pkt[14] & 0x0f);
             pkt[23] = 6;

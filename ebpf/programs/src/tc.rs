@@ -29,6 +29,8 @@ pub const NEXT: i32 = -1;
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 const FIB_NO_NEIGH: i64 = 7;
+/// `skb->pkt_type` of a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
 
 /// Ingress on the node interface.
 #[inline(always)]
@@ -53,6 +55,12 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
     let ethertype: u16 = ctx.load(12)?;
     if u16::from_be(ethertype) == arp::ETH_P_ARP {
         return arp::answer(ctx);
+    }
+    // Frames for another host's MAC (a switch or bridge flooding unknown unicast) are not ours to balance: tc sees
+    // them before the stack drops them, and two nodes answering one flow would break it.
+    // SAFETY: the context pointer of this program.
+    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
+        return Ok(NEXT);
     }
     let flow = match parse(ctx)? {
         Parsed::Flow(flow) => flow,
