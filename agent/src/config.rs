@@ -69,6 +69,9 @@ pub enum LbMode {
         pin_dir: PathBuf,
         /// Where the balancer serves its own metrics, if anywhere.
         metrics_addr: Option<SocketAddr>,
+        /// The cgroup-v2 directory of the node's own processes (normally the hierarchy's root): they reach
+        /// ClusterIPs and NodePorts through the socket hooks. `None`: pods only.
+        node_cgroup: Option<PathBuf>,
     },
 }
 

@@ -207,7 +207,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     let (lb_stop_tx, lb_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let lb_task = match &cfg.lb {
         LbMode::Off => None,
-        LbMode::On { pin_dir, metrics_addr } => {
+        LbMode::On { pin_dir, metrics_addr, node_cgroup } => {
             // Without --interface, the tc programs go on the interface that holds the node address.
             let interface = match &cfg.interface {
                 Some(i) => Some(i.clone()),
@@ -224,7 +224,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
                     pin_dir.clone(),
                 )));
             }
-            let lbc = lb::config(
+            let mut lbc = lb::config(
                 &cfg.node_name,
                 node_ip,
                 pods_cgroup.clone(),
@@ -233,6 +233,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
                 *metrics_addr,
                 cfg.masquerade.clone(),
             );
+            lbc.node_cgroup = node_cgroup.clone();
             Some(tokio::spawn(lb::run(client.clone(), lbc, async move {
                 let _ = lb_stop_rx.await;
             })))

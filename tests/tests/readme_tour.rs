@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_e2e::*;
-use skiff_testkit::{NetNs, PinDir, unique_name, veth};
+use skiff_testkit::{Cgroup, NetNs, PinDir, spawn_in, unique_name, veth};
 
 const NODE_IP: &str = "10.0.8.1";
 
@@ -36,6 +36,7 @@ struct Up {
     ns: NetNs,
     _peer: NetNs,
     _pins: PinDir,
+    node_cgroup: Cgroup,
     groups: Vec<u32>,
 }
 
@@ -94,6 +95,9 @@ fn the_readme_tour_works_as_written() {
     let dir = std::env::temp_dir().join(unique_name("skiff-tour"));
     std::fs::create_dir_all(&dir).expect("data dir");
     let pins = PinDir::new("skiff-tour").expect("pin dir");
+    // The node's own processes: the tour's shell runs here, and `skiff up` attaches its node-scope socket programs
+    // here instead of to the machine's root cgroup.
+    let node_cgroup = Cgroup::new("skiff-tour-node").expect("cgroup");
     let cgroup_root = unique_name("skiff-tour");
     step("skiff up in its own network namespace");
     let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
@@ -112,15 +116,18 @@ fn the_readme_tour_works_as_written() {
             "tour",
             "--cgroup-root",
             &cgroup_root,
-            "--lb-pin-dir",
+            "--lb-node-cgroup",
         ])
+        .arg(node_cgroup.path())
+        .arg("--lb-pin-dir")
         .arg(pins.path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .expect("skiff up");
-    let mut up = Up { child, dir: dir.clone(), cgroup_root, ns, _peer: peer, _pins: pins, groups: Vec::new() };
+    let mut up =
+        Up { child, dir: dir.clone(), cgroup_root, ns, _peer: peer, _pins: pins, node_cgroup, groups: Vec::new() };
     let log_path = dir.with_extension("log");
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let ready = wait_for(Duration::from_secs(120), "`skiff up` to print its summary", || {
@@ -161,8 +168,8 @@ fn the_readme_tour_works_as_written() {
                 panic!("{e}");
             }
         }
-        let mut cmd = up.ns.command("sh");
-        cmd.arg("-ec").arg(&script).current_dir(repo_root()).env("NODE_IP", NODE_IP).stdin(Stdio::null());
+        let mut cmd = spawn_in(Some(&up.node_cgroup), Some(&up.ns), Path::new("sh"), &["-ec".into(), script.clone()]);
+        cmd.current_dir(repo_root()).env("NODE_IP", NODE_IP).stdin(Stdio::null());
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().expect("sh");

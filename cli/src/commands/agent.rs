@@ -73,6 +73,10 @@ pub struct Args {
     /// Where the load balancer serves its metrics.
     #[arg(long, value_name = "ADDR")]
     lb_metrics_addr: Option<SocketAddr>,
+    /// Give the processes of this cgroup-v2 directory (e.g. `/sys/fs/cgroup/unified`, the whole node) socket-level
+    /// access to ClusterIPs and NodePorts. Default: pods only.
+    #[arg(long, value_name = "DIR")]
+    lb_node_cgroup: Option<PathBuf>,
     /// The cluster's pod addresses: pods' packets to anywhere else leave with the node address (masquerade).
     #[arg(long, value_name = "CIDR", default_value = config::DEFAULT_CLUSTER_CIDR)]
     cluster_cidr: ipnet::Ipv4Net,
@@ -163,7 +167,8 @@ impl Args {
         if self.lb {
             let pin_dir =
                 self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));
-            cfg.lb = LbMode::On { pin_dir, metrics_addr: self.lb_metrics_addr };
+            cfg.lb =
+                LbMode::On { pin_dir, metrics_addr: self.lb_metrics_addr, node_cgroup: self.lb_node_cgroup.clone() };
         }
         cfg.validate()?;
         Ok(cfg)

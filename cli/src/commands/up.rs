@@ -54,6 +54,13 @@ pub struct Args {
     /// Do not run the eBPF Service load balancer.
     #[arg(long)]
     pub no_lb: bool,
+    /// Balance Services for the pods only: the node's own processes (a shell, a node exporter) then cannot use
+    /// ClusterIPs. By default the socket programs also attach to the root cgroup for ClusterIPs and NodePorts.
+    #[arg(long)]
+    pub lb_pods_only: bool,
+    /// The cgroup-v2 directory whose processes count as the node's (default: the hierarchy's root).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub lb_node_cgroup: Option<PathBuf>,
     /// Addresses for LoadBalancer Services (CIDRs or FIRST-LAST ranges, repeatable; see `skiff server --lb-pool`).
     /// Without it, a LoadBalancer Service gets this node's address.
     #[arg(long, value_name = "CIDR|RANGE")]
@@ -160,7 +167,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .lb_pin_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node_name));
-            agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics) };
+            let node_cgroup = if args.lb_pods_only {
+                None
+            } else {
+                args.lb_node_cgroup.clone().or_else(skiff_lb::config::cgroup2_root)
+            };
+            agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics), node_cgroup };
         }
         agent_cfg.validate()?;
         let agent_client = skiff_agent::bootstrap::connect_node(

@@ -17,6 +17,11 @@ use crate::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/skiff";
 /// The cgroup-v2 hierarchy on these machines (hybrid mode).
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+/// The root of this machine's cgroup-v2 hierarchy: [`CGROUP2_ROOT`] on hybrid hosts, `/sys/fs/cgroup` on pure v2.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    [CGROUP2_ROOT, "/sys/fs/cgroup"].into_iter().map(PathBuf::from).find(|p| p.join("cgroup.controllers").exists())
+}
+
 /// The cgroup that holds the node's pods (the agent creates it and places every pod under it).
 pub const DEFAULT_POD_CGROUP: &str = "/sys/fs/cgroup/unified/skiff.pods";
 
@@ -68,6 +73,10 @@ pub struct LbConfig {
     pub pin_dir: PathBuf,
     /// cgroup-v2 directory whose processes (the pods) get socket-level balancing; `None` attaches no socket hooks.
     pub cgroup: Option<PathBuf>,
+    /// cgroup-v2 directory of the node's own processes (normally the hierarchy's root, which also holds the pods):
+    /// they get socket-level balancing of ClusterIPs and NodePorts (not LoadBalancer or external IPs). `None`: only
+    /// the pods' cgroup is balanced.
+    pub node_cgroup: Option<PathBuf>,
     /// Node interfaces that get the tc programs (NodePort/LoadBalancer traffic from outside).
     pub interfaces: Vec<String>,
     /// This node.
@@ -96,6 +105,7 @@ impl LbConfig {
         Self {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             cgroup: Some(PathBuf::from(DEFAULT_POD_CGROUP)),
+            node_cgroup: None,
             interfaces: Vec::new(),
             node,
             snat_address: None,

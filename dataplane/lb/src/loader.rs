@@ -171,6 +171,26 @@ impl Dataplane {
                 links.push(replace_pin(&links_dir, name.to_string(), link)?);
             }
         }
+        if let Some(cgroup) = &config.node_cgroup {
+            // The node's own processes: ClusterIPs and NodePorts (the forward programs' node variants), with the same reverse
+            // programs as the pods.
+            let file = fs::File::open(cgroup).map_err(|e| LbError::io("opening cgroup", cgroup.clone(), e))?;
+            for name in [progs::CONNECT4_NODE, progs::SENDMSG4_NODE, progs::RECVMSG4, progs::GETPEERNAME4] {
+                let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| LbError::program(name, "load", e))?;
+                }
+                let id = prog
+                    .attach(&file, CgroupAttachMode::Single)
+                    .map_err(|e| LbError::program(name, format!("attach to {}", cgroup.display()), e))?;
+                let link = prog.take_link(id).map_err(|e| LbError::program(name, "take link", e))?;
+                let link: FdLink = link.try_into().map_err(|e| LbError::Link {
+                    path: links_dir.join(name),
+                    message: format!("not a BPF link: {e}"),
+                })?;
+                links.push(replace_pin(&links_dir, format!("{name}@node"), link)?);
+            }
+        }
         for (name, kind) in [(progs::TC_INGRESS, TcAttachType::Ingress), (progs::TC_EGRESS, TcAttachType::Egress)] {
             if config.interfaces.is_empty() {
                 break;

@@ -155,3 +155,39 @@ fn processes_outside_the_attached_cgroup_are_not_balanced() {
     let outside = probe::client(None, Some(&c.pods[0].ns), "tcp 1 10.96.0.10:80").expect("probe");
     assert!(outside.iter().all(|l| l.starts_with("err")), "{outside:?}");
 }
+
+#[test]
+fn the_nodes_own_processes_reach_cluster_ips_and_node_ports_but_never_external_addresses() {
+    let Some((c, _servers)) = setup() else { return };
+    // Stands in for the node's root cgroup: the test never attaches to the machine's.
+    let node_cgroup = skiff_testkit::Cgroup::new("skiff-lbnode").expect("cgroup");
+    let mut cfg = c.config();
+    cfg.node_cgroup = Some(node_cgroup.path().to_path_buf());
+    let mut lb = c.start_lb(&cfg);
+    apply(
+        &mut lb,
+        vec![service(
+            "web",
+            "10.96.0.10",
+            json!({"type": "NodePort", "externalIPs": ["203.0.113.20"],
+                   "ports": [{"name": "p", "port": 80, "nodePort": 30080, "protocol": "TCP"}]}),
+        )],
+        vec![slice("web", &eps(&c, &[(1, true), (3, true)]), 8080, "TCP")],
+    );
+    let node = &c.nodes[0].ns;
+    let on_node = |spec: &str| probe::client(Some(&node_cgroup), Some(node), spec).expect("probe");
+    let cluster_ip = on_node("tcp 6 10.96.0.10:80");
+    assert!(cluster_ip.iter().all(|l| l.starts_with("ok")), "ClusterIP from the node: {cluster_ip:?}");
+    assert!(cluster_ip.iter().all(|l| probe::field(l, "sockpeer") == Some("10.96.0.10:80")), "{cluster_ip:?}");
+    let node_port = on_node(&format!("tcp 3 {}:30080", common::node_ip(0)));
+    assert!(node_port.iter().all(|l| l.starts_with("ok")), "NodePort on the node's address: {node_port:?}");
+    // An external IP is an address a Service's author chose: the node's own traffic to it is never captured.
+    let external = on_node("tcp 1 203.0.113.20:80");
+    assert!(external.iter().all(|l| l.starts_with("err")), "{external:?}");
+    // The pods still get everything.
+    let from_pod = c.run_in_pod(0, "tcp 2 203.0.113.20:80");
+    assert!(from_pod.iter().all(|l| l.starts_with("ok")), "{from_pod:?}");
+    // And a process in neither cgroup is untouched.
+    let elsewhere = probe::client(None, Some(node), "tcp 1 10.96.0.10:80").expect("probe");
+    assert!(elsewhere.iter().all(|l| l.starts_with("err")), "{elsewhere:?}");
+}

@@ -124,6 +124,10 @@ pub mod programs {
     pub const CONNECT4: &str = "skiff_connect4";
     /// cgroup `sendmsg4`: the same for unconnected UDP `sendto`.
     pub const SENDMSG4: &str = "skiff_sendmsg4";
+    /// cgroup `connect4` on the node's cgroup: the same for ClusterIPs and NodePorts only.
+    pub const CONNECT4_NODE: &str = "skiff_connect4_node";
+    /// cgroup `sendmsg4` on the node's cgroup: the same for ClusterIPs and NodePorts only.
+    pub const SENDMSG4_NODE: &str = "skiff_sendmsg4_node";
     /// cgroup `recvmsg4`: makes replies from a backend look like they come from the service address.
     pub const RECVMSG4: &str = "skiff_recvmsg4";
     /// cgroup `getpeername4`: reports the service address as the peer of a balanced socket.

@@ -24,16 +24,28 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext},
 };
 
-/// cgroup connect4.
+/// cgroup connect4 (pods).
 #[cgroup_sock_addr(connect4)]
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx)
+    sock::forward(&ctx, sock::Scope::Pods)
 }
 
-/// cgroup sendmsg4 (unconnected UDP).
+/// cgroup sendmsg4 (pods' unconnected UDP).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn skiff_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx)
+    sock::forward(&ctx, sock::Scope::Pods)
+}
+
+/// cgroup connect4 (the node's own processes: ClusterIPs and NodePorts).
+#[cgroup_sock_addr(connect4)]
+pub fn skiff_connect4_node(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Scope::Node)
+}
+
+/// cgroup sendmsg4 (the node's own processes: ClusterIPs and NodePorts).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn skiff_sendmsg4_node(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Scope::Node)
 }
 
 /// cgroup recvmsg4 (UDP replies).

@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use skiff_ebpf_common::{
-    AFFINITY_NETNS, Event, PROTO_TCP, PROTO_UDP, ReverseSkKey, ReverseSkValue, SCOPE_INTERNAL, ServiceKey, mix64,
+    AFFINITY_NETNS, Event, PROTO_TCP, PROTO_UDP, ReverseSkKey, ReverseSkValue, SCOPE_INTERNAL, SVC_F_EXTERNAL_IP,
+    SVC_F_LOADBALANCER, ServiceKey, mix64,
 };
 
 use crate::{
@@ -22,9 +23,20 @@ pub const PROCEED: i32 = 1;
 pub const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
+/// Which frontends a socket hook balances.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Pods: every frontend (ClusterIP, NodePort on node addresses, LoadBalancer and external IPs).
+    Pods,
+    /// The node's own processes: ClusterIPs and NodePorts (as kube-proxy gives them). LoadBalancer and external
+    /// IPs are left to the stack, so a Service cannot capture the node's own traffic to an address and port it
+    /// chooses (CVE-2020-8554): the API server's, a database's on the node.
+    Node,
+}
+
 /// `connect4` and `sendmsg4`: rewrite a service address to a backend.
 #[inline(always)]
-pub fn forward(ctx: &SockAddrContext) -> i32 {
+pub fn forward(ctx: &SockAddrContext, scope: Scope) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the context pointer the kernel passed; these fields are readable in connect4/sendmsg4.
     let (proto, addr, port) = unsafe { ((*sa).protocol, (*sa).user_ip4, (*sa).user_port) };
@@ -38,6 +50,9 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
     let Some(svc) = service(&key) else {
         return PROCEED;
     };
+    if scope == Scope::Node && svc.flags & (SVC_F_LOADBALANCER | SVC_F_EXTERNAL_IP) != 0 {
+        return PROCEED;
+    }
     if svc.count == 0 {
         return refuse(svc.service_id, Event::SockRefused);
     }
