@@ -39,10 +39,18 @@ pub const NAT_ST_FIN_IN: u8 = 2;
 pub const NAT_ST_RST: u8 = 4;
 /// [`NatEntry::state`]: the peer answered at least once.
 pub const NAT_ST_REPLIED: u8 = 8;
+/// [`NatEntry::state`]: the pod sent its FIN before the peer did (so the peer does not hold TIME_WAIT).
+pub const NAT_ST_POD_FIRST: u8 = 16;
 
 const SECOND: u64 = 1_000_000_000;
-/// A TCP flow closed by both FINs or a RST frees its port after this long (ns), as Cilium's close timeout.
+/// A TCP flow closed by both FINs, the peer's first, frees its port for another pod after this long (ns), as
+/// Cilium's close timeout: the peer may still hold TIME_WAIT for the translated tuple, and a SYN from a different
+/// pod (other timestamps) could be refused by it.
 pub const NAT_TIMEOUT_TCP_CLOSED: u64 = 10 * SECOND;
+/// A TCP flow reset, or closed by both FINs with the pod's first (the peer holds no TIME_WAIT), or closed and
+/// reopened by the same pod (timestamps keep increasing, so a peer's TIME_WAIT accepts the new SYN, RFC 6191), frees
+/// its port after this long (ns): enough for a last ACK or a retransmitted FIN to pass.
+pub const NAT_TIMEOUT_TCP_QUICK: u64 = SECOND;
 /// A TCP flow the peer never answered frees its port after this long idle (ns).
 pub const NAT_TIMEOUT_TCP_OPENING: u64 = 60 * SECOND;
 /// An established TCP flow frees its port after this long idle (ns), as Cilium's TCP lifetime.
@@ -100,18 +108,21 @@ pub struct NatEntry {
 }
 
 impl NatEntry {
-    /// Whether a reply entry's port may be given to a new flow at `now` (ns): the flow it belonged to is closed
-    /// or idle past its protocol's timeout. A forward entry is never reusable by itself.
-    pub fn reusable(&self, proto: u8, now: u64) -> bool {
+    /// Whether a reply entry's port may be given to a new flow of the pod at `pod` (network order) at `now` (ns):
+    /// the flow it belonged to is closed or idle past its protocol's timeout. A forward entry is never reusable by
+    /// itself.
+    pub fn reusable(&self, proto: u8, now: u64, pod: u32) -> bool {
         if self.kind != NAT_KIND_REPLY {
             return false;
         }
         let idle = now.saturating_sub(self.last_seen);
+        let closed = self.state & (NAT_ST_FIN_OUT | NAT_ST_FIN_IN) == NAT_ST_FIN_OUT | NAT_ST_FIN_IN;
         let timeout = match proto {
-            crate::PROTO_TCP if self.state & NAT_ST_RST != 0 => NAT_TIMEOUT_TCP_CLOSED,
-            crate::PROTO_TCP if self.state & (NAT_ST_FIN_OUT | NAT_ST_FIN_IN) == NAT_ST_FIN_OUT | NAT_ST_FIN_IN => {
-                NAT_TIMEOUT_TCP_CLOSED
+            crate::PROTO_TCP if self.state & NAT_ST_RST != 0 => NAT_TIMEOUT_TCP_QUICK,
+            crate::PROTO_TCP if closed && (self.state & NAT_ST_POD_FIRST != 0 || self.addr == pod) => {
+                NAT_TIMEOUT_TCP_QUICK
             }
+            crate::PROTO_TCP if closed => NAT_TIMEOUT_TCP_CLOSED,
             crate::PROTO_TCP if self.state & NAT_ST_REPLIED == 0 => NAT_TIMEOUT_TCP_OPENING,
             crate::PROTO_TCP => NAT_TIMEOUT_TCP,
             crate::PROTO_UDP => NAT_TIMEOUT_UDP,
@@ -202,28 +213,39 @@ mod tests {
     fn a_port_is_reused_only_after_its_flow_closed_or_idled_out() {
         let t0 = 1_000 * SECOND;
         // (state, proto, idle seconds, reusable)
-        let table: &[(u8, u8, u64, bool)] = &[
-            (NAT_ST_REPLIED, PROTO_TCP, 3600, false),
-            (NAT_ST_REPLIED, PROTO_TCP, 6 * 3600 + 1, true),
-            (0, PROTO_TCP, 59, false),
-            (0, PROTO_TCP, 61, true),
-            (NAT_ST_REPLIED | NAT_ST_FIN_OUT, PROTO_TCP, 11, false),
-            (NAT_ST_REPLIED | NAT_ST_FIN_OUT | NAT_ST_FIN_IN, PROTO_TCP, 9, false),
-            (NAT_ST_REPLIED | NAT_ST_FIN_OUT | NAT_ST_FIN_IN, PROTO_TCP, 11, true),
-            (NAT_ST_REPLIED | NAT_ST_RST, PROTO_TCP, 11, true),
-            (NAT_ST_REPLIED, PROTO_UDP, 59, false),
-            (NAT_ST_REPLIED, PROTO_UDP, 61, true),
-            (NAT_ST_REPLIED, 1, 29, false),
-            (NAT_ST_REPLIED, 1, 31, true),
+        const R: u8 = NAT_ST_REPLIED;
+        const CLOSED: u8 = NAT_ST_REPLIED | NAT_ST_FIN_OUT | NAT_ST_FIN_IN;
+        let (same_pod, other_pod) = (1, 7); // reply() records pod address 1
+        // (state, proto, idle ms, the new flow's pod, reusable)
+        let table: &[(u8, u8, u64, u32, bool)] = &[
+            (R, PROTO_TCP, 3_600_000, other_pod, false),
+            (R, PROTO_TCP, 6 * 3_600_000 + 1, other_pod, true),
+            (0, PROTO_TCP, 59_000, other_pod, false),
+            (0, PROTO_TCP, 61_000, other_pod, true),
+            (R | NAT_ST_FIN_OUT, PROTO_TCP, 11_000, other_pod, false),
+            // the peer closed first: it may hold TIME_WAIT, so another pod waits 10 s, the same pod 1 s
+            (CLOSED, PROTO_TCP, 9_000, other_pod, false),
+            (CLOSED, PROTO_TCP, 11_000, other_pod, true),
+            (CLOSED, PROTO_TCP, 900, same_pod, false),
+            (CLOSED, PROTO_TCP, 1_100, same_pod, true),
+            // the pod closed first: no TIME_WAIT on the peer
+            (CLOSED | NAT_ST_POD_FIRST, PROTO_TCP, 1_100, other_pod, true),
+            (R | NAT_ST_RST, PROTO_TCP, 900, other_pod, false),
+            (R | NAT_ST_RST, PROTO_TCP, 1_100, other_pod, true),
+            (R, PROTO_UDP, 59_000, other_pod, false),
+            (R, PROTO_UDP, 61_000, other_pod, true),
+            (R, 1, 29_000, other_pod, false),
+            (R, 1, 31_000, other_pod, true),
         ];
-        for &(state, proto, idle, want) in table {
+        for &(state, proto, idle, pod, want) in table {
             let e = reply(state, t0);
-            assert_eq!(e.reusable(proto, t0 + idle * SECOND), want, "state {state:#x} proto {proto} idle {idle} s");
+            let now = t0 + idle * 1_000_000;
+            assert_eq!(e.reusable(proto, now, pod), want, "state {state:#x} proto {proto} idle {idle} ms pod {pod}");
         }
         let forward = NatEntry { kind: NAT_KIND_FORWARD, ..reply(NAT_ST_RST, 0) };
-        assert!(!forward.reusable(PROTO_TCP, t0), "forward entries are not port records");
+        assert!(!forward.reusable(PROTO_TCP, t0, other_pod), "forward entries are not port records");
         // a clock that went backwards (last_seen written on another CPU a moment later) is not idle
-        assert!(!reply(0, t0 + SECOND).reusable(PROTO_UDP, t0));
+        assert!(!reply(0, t0 + SECOND).reusable(PROTO_UDP, t0, other_pod));
     }
 
     #[test]

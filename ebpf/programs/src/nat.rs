@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    CtKey, NAT_KIND_FORWARD, NAT_KIND_PASS, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_REPLIED, NAT_ST_RST,
-    NatConfig, NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash, limits,
+    CtKey, NAT_KIND_FORWARD, NAT_KIND_PASS, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_POD_FIRST,
+    NAT_ST_REPLIED, NAT_ST_RST, NatConfig, NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash, limits,
 };
 
 use crate::{
@@ -72,15 +72,22 @@ fn reply_key(fk: &CtKey, addr: u32, port: u16) -> CtKey {
     CtKey { saddr: fk.daddr, daddr: addr, sport: fk.dport, dport: port, proto: fk.proto, pad: [0; 3] }
 }
 
-/// TCP close-state bits a packet with `flags` sets; `out` for the pod's direction.
+/// TCP close-state bits a packet with `flags` adds to `state`; `out` for the pod's direction.
 #[inline(always)]
-fn tcp_state(flags: u8, out: bool) -> u8 {
-    let mut s = 0;
+fn tcp_state(state: u8, flags: u8, out: bool) -> u8 {
+    let mut s = state;
     if flags & TCP_RST != 0 {
         s |= NAT_ST_RST;
     }
     if flags & TCP_FIN != 0 {
-        s |= if out { NAT_ST_FIN_OUT } else { NAT_ST_FIN_IN };
+        if out {
+            s |= NAT_ST_FIN_OUT;
+            if state & NAT_ST_FIN_IN == 0 {
+                s |= NAT_ST_POD_FIRST;
+            }
+        } else {
+            s |= NAT_ST_FIN_IN;
+        }
     }
     s
 }
@@ -110,7 +117,7 @@ fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, 
                         // the pod opens a new connection on the same tuple: a fresh flow
                         (*r).state = 0;
                     }
-                    (*r).state |= tcp_state(tcp_flags, true);
+                    (*r).state = tcp_state((*r).state, tcp_flags, true);
                     return Ok(Some((e.addr, e.port)));
                 }
             }
@@ -128,7 +135,7 @@ fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, 
         addr: fk.saddr,
         port: fk.sport,
         kind: NAT_KIND_REPLY,
-        state: tcp_state(tcp_flags, true),
+        state: tcp_state(0, tcp_flags, true),
         last_seen: t,
     };
     let mut port = 0u16;
@@ -148,7 +155,7 @@ fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, 
         }
         // SAFETY: copied at once.
         let Some(old) = (unsafe { LB_NAT.get(&rk).copied() }) else { continue };
-        if old.reusable(fk.proto, t) {
+        if old.reusable(fk.proto, t, fk.saddr) {
             let old_fk = CtKey {
                 saddr: old.addr,
                 daddr: rk.saddr,
@@ -191,7 +198,7 @@ fn untranslate(rk: &CtKey, tcp_flags: u8) -> Option<(u32, u16)> {
             return None;
         }
         (*r).last_seen = now();
-        (*r).state |= NAT_ST_REPLIED | tcp_state(tcp_flags, false);
+        (*r).state = tcp_state((*r).state, tcp_flags, false) | NAT_ST_REPLIED;
         Some(((*r).addr, (*r).port))
     }
 }
