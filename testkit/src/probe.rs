@@ -21,8 +21,8 @@
 //! - `serve-udp ADDR ID`: every datagram gets `id=ID peer=IP:PORT`.
 //! - `serve-dns ADDR NAME IP`: a DNS server that knows one name: `A` queries for NAME get IP (TTL 30), everything
 //!   else NXDOMAIN.
-//! - `tcp COUNT ADDR`: COUNT connections, each `who`; prints `ok id=.. peer=.. sockpeer=.. ms=..` or
-//!   `err kind=.. ms=..`.
+//! - `tcp COUNT ADDR [PORT]`: COUNT connections, each `who`; prints `ok id=.. peer=.. sockpeer=.. ms=..` or
+//!   `err kind=.. ms=..`. With PORT, connection i is made from local port PORT+i.
 //! - `udp COUNT ADDR connected|unconnected`: COUNT exchanges; prints `ok id=.. peer=.. from=..` where `from` is the
 //!   source the socket saw (getpeername or recvfrom).
 //! - `ping COUNT IP`: COUNT ICMP echo requests (raw socket); prints `ok from=IP ms=..` for each reply or
@@ -127,7 +127,10 @@ fn run(args: &[String]) -> io::Result<()> {
         "serve-tcp" => serve_tcp(addr(arg(args, 1)?)?, arg(args, 2)?),
         "serve-udp" => serve_udp(addr(arg(args, 1)?)?, arg(args, 2)?),
         "serve-dns" => serve_dns(addr(arg(args, 1)?)?, arg(args, 2)?, arg(args, 3)?),
-        "tcp" => tcp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?),
+        "tcp" => {
+            let from = args.get(3).map(|p| p.parse::<u16>()).transpose().map_err(io::Error::other)?;
+            tcp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?, from)
+        }
         "udp" => udp(count(arg(args, 1)?)?, addr(arg(args, 2)?)?, arg(args, 3)? == "connected"),
         "hold" => hold(addr(arg(args, 1)?)?),
         "ping" => ping(count(arg(args, 1)?)?, arg(args, 2)?),
@@ -322,12 +325,44 @@ fn serve_udp(addr: SocketAddr, id: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn tcp(n: u32, target: SocketAddr) -> io::Result<()> {
-    for _ in 0..n {
+/// A TCP connection to `target` from local port `port` (bound first), within [`IO_TIMEOUT`].
+fn connect_from(port: u16, target: SocketAddr) -> io::Result<TcpStream> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, getsockopt, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsFd as _;
+    let SocketAddr::V4(target) = target else { return Err(io::Error::other("IPv4 only")) };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(target)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    let ms = u16::try_from(IO_TIMEOUT.as_millis()).unwrap_or(u16::MAX);
+    if poll(&mut fds, PollTimeout::from(ms))? == 0 {
+        return Err(io::Error::from(io::ErrorKind::TimedOut));
+    }
+    let err = getsockopt(&fd, sockopt::SocketError)?;
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn tcp(n: u32, target: SocketAddr, first_port: Option<u16>) -> io::Result<()> {
+    for i in 0..n {
         let start = Instant::now();
         let ms = |s: Instant| s.elapsed().as_millis();
         let attempt = || -> io::Result<String> {
-            let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+            let stream = match first_port {
+                Some(p) => connect_from(p.wrapping_add(i as u16), target)?,
+                None => TcpStream::connect_timeout(&target, IO_TIMEOUT)?,
+            };
             stream.set_read_timeout(Some(IO_TIMEOUT))?;
             let sockpeer = stream.peer_addr()?;
             (&stream).write_all(b"who\n")?;

@@ -6,7 +6,8 @@
 //!   KUBE-SEP-* DNAT, KUBE-NODEPORTS, KUBE-MARK-MASQ/KUBE-POSTROUTING). The benchmark Service `bench` (ClusterIP
 //!   10.96.0.10:80, NodePort 30080, endpoints from `BENCH_BACKENDS`, comma-separated IPs, port 80) sits in the middle
 //!   of the list.
-//! - `serve YAML PIN_DIR CGROUP IFACE NODE_IP`: `run_from_file` (what `skiff lb --from-file` runs).
+//! - `serve YAML PIN_DIR CGROUP IFACE NODE_IP [CLUSTER_CIDR]`: `run_from_file` (what `skiff lb --from-file` runs),
+//!   with pod egress masquerade for CLUSTER_CIDR when given.
 //! - `sync SERVICES ENDPOINTS CHANGES PIN_DIR`: loads SERVICES × ENDPOINTS into a (detached) dataplane, then times
 //!   CHANGES single-endpoint changes from the store update to the map writes being done.
 //! - `load IP:PORT[,IP:PORT...] CONCURRENCY SECONDS`: short-lived HTTP/1.1 connections (connect, request, read to
@@ -30,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let a = |i: usize| args.get(i).cloned().with_context(|| format!("missing argument {i}: see the module docs"));
     match a(0)?.as_str() {
         "gen" => generate(a(1)?.parse()?, a(2)?.parse()?, &a(3)?, &a(4)?),
-        "serve" => serve(&a(1)?, &a(2)?, &a(3)?, &a(4)?, a(5)?.parse()?),
+        "serve" => serve(&a(1)?, &a(2)?, &a(3)?, &a(4)?, a(5)?.parse()?, args.get(6).map(|c| c.parse()).transpose()?),
         "sync" => sync(a(1)?.parse()?, a(2)?.parse()?, a(3)?.parse()?, &a(4)?),
         "load" => {
             let targets = a(1)?.split(',').map(str::parse).collect::<Result<Vec<SocketAddr>, _>>()?;
@@ -188,8 +189,16 @@ fn kube_proxy_rules(svcs: &[Svc]) -> anyhow::Result<String> {
     Ok(format!("*nat\n{chains}{rules}COMMIT\n"))
 }
 
-fn serve(yaml: &str, pin_dir: &str, cgroup: &str, iface: &str, node_ip: Ipv4Addr) -> anyhow::Result<()> {
+fn serve(
+    yaml: &str,
+    pin_dir: &str,
+    cgroup: &str,
+    iface: &str,
+    node_ip: Ipv4Addr,
+    cluster_cidr: Option<ipnet::Ipv4Net>,
+) -> anyhow::Result<()> {
     let mut cfg = LbConfig::new(NodeIdentity { name: "node-0".into(), addresses: vec![node_ip] });
+    cfg.masquerade = cluster_cidr.map(|cluster_cidr| skiff_lb::nat::Masquerade { cluster_cidr, exclude: Vec::new() });
     cfg.pin_dir = pin_dir.into();
     cfg.cgroup = Some(cgroup.into());
     cfg.interfaces = vec![iface.to_string()];

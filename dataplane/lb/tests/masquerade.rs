@@ -72,11 +72,12 @@ fn a_pod_reaches_an_outside_host_with_the_node_address_and_gets_replies_and_icmp
     assert_eq!(tcp.len(), 20);
     for l in &tcp {
         assert!(l.starts_with("ok"), "{tcp:?}");
-        let (ip, port) = peer(l);
-        assert_eq!(ip, node, "the outside host sees the node address: {l}");
-        assert!((61_000..=65_535).contains(&port), "a port of the NAT range: {l}");
+        assert_eq!(peer(l).0, node, "the outside host sees the node address: {l}");
         assert_eq!(probe::field(l, "sockpeer"), Some(outside_tcp.as_str()), "the pod sees the host it called");
     }
+    // The pod's own source port is kept when nothing else uses it towards that peer, as MASQUERADE does.
+    let kept = c.run_in_pod(0, &format!("tcp 1 {outside_tcp} 40100"));
+    assert_eq!(peer(&kept[0]), (node.clone(), 40_100), "{kept:?}");
     let udp = c.run_in_pod(0, &format!("udp 5 {CLIENT_IP}:5353 connected"));
     assert!(udp.iter().all(|l| l.starts_with("ok") && peer(l).0 == node), "{udp:?}");
     assert!(udp.iter().all(|l| probe::field(l, "from") == Some(&*format!("{CLIENT_IP}:5353"))), "{udp:?}");
@@ -143,26 +144,28 @@ fn replies_to_flows_the_outside_opened_keep_the_pod_address() {
 #[test]
 fn ports_of_closed_flows_are_reused_and_running_out_is_counted() {
     let Some((mut c, _servers)) = setup("masquerade port reuse") else { return };
-    let other = c.add_pod(0).expect("a second pod on node 0");
+    let (b, third) = (c.add_pod(0).expect("pod"), c.add_pod(0).expect("pod"));
     let mut cfg = masquerading(&c, &[]);
     cfg.snat_ports = (61_000, 61_003);
     let lb = c.start_lb(&cfg);
     let target = format!("{CLIENT_IP}:8080");
-    let first = c.run_in_pod(0, &format!("tcp 4 {target}"));
-    assert!(first.iter().all(|l| l.starts_with("ok")), "four ports, four flows: {first:?}");
-    // The server closed each flow first, so it holds TIME_WAIT for the translated tuples: another pod gets none
-    // of the four ports for 10 s.
-    let stranger = c.run_in_pod(other, &format!("tcp 1 {target}"));
+    let node = node_ip(0).to_string();
+    // Pod 0 keeps its ports 40001-40004.
+    let a = c.run_in_pod(0, &format!("tcp 4 {target} 40001"));
+    let kept: Vec<(String, u16)> = a.iter().map(|l| peer(l)).collect();
+    assert_eq!(kept, (40_001..=40_004).map(|p| (node.clone(), p)).collect::<Vec<_>>(), "{a:?}");
+    // Pod b asks for the same ports towards the same server: they are taken, so it gets the range's four.
+    let from_b = c.run_in_pod(b, &format!("tcp 4 {target} 40001"));
+    assert!(from_b.iter().all(|l| l.starts_with("ok") && (61_000..=61_003).contains(&peer(l).1)), "{from_b:?}");
+    // The server closed each of those flows first, so it holds TIME_WAIT for them: a third pod finds no port
+    // (neither its own, which pod 0 used, nor one of the range) for 10 s.
+    let stranger = c.run_in_pod(third, &format!("tcp 1 {target} 40001"));
     assert!(stranger[0].starts_with("err"), "{stranger:?}");
     assert!(nat_count(&lb, NatEvent::PortExhausted) >= 1, "running out is counted");
-    // The same pod may reuse them after 1 s: its timestamps keep growing, so the server's TIME_WAIT takes the SYN.
-    std::thread::sleep(Duration::from_millis(1_300));
-    let again = c.run_in_pod(0, &format!("tcp 2 {target}"));
-    assert!(again.iter().all(|l| l.starts_with("ok")), "the same pod reuses closed ports: {again:?}");
-    std::thread::sleep(Duration::from_secs(10));
-    let later = c.run_in_pod(other, &format!("tcp 1 {target}"));
-    assert!(later.iter().all(|l| l.starts_with("ok")), "after 10 s any pod may: {later:?}");
-    assert!(nat_count(&lb, NatEvent::PortReused) >= 3);
+    std::thread::sleep(Duration::from_secs(11));
+    let later = c.run_in_pod(third, &format!("tcp 1 {target} 40001"));
+    assert!(later.iter().all(|l| l.starts_with("ok")), "closed flows' ports are reused after 10 s: {later:?}");
+    assert!(nat_count(&lb, NatEvent::PortReused) >= 1);
 }
 
 #[test]

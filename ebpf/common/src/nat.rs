@@ -39,17 +39,15 @@ pub const NAT_ST_FIN_IN: u8 = 2;
 pub const NAT_ST_RST: u8 = 4;
 /// [`NatEntry::state`]: the peer answered at least once.
 pub const NAT_ST_REPLIED: u8 = 8;
-/// [`NatEntry::state`]: the pod sent its FIN before the peer did (so the peer does not hold TIME_WAIT).
-pub const NAT_ST_POD_FIRST: u8 = 16;
 
 const SECOND: u64 = 1_000_000_000;
-/// A TCP flow closed by both FINs, the peer's first, frees its port for another pod after this long (ns), as
-/// Cilium's close timeout: the peer may still hold TIME_WAIT for the translated tuple, and a SYN from a different
-/// pod (other timestamps) could be refused by it.
+/// A TCP flow closed by both FINs frees its port for another pod after this long (ns), as Cilium's close timeout:
+/// the peer may hold TIME_WAIT for the translated tuple (which side closed first cannot be told from the FINs alone
+/// when they cross), and a SYN from a different pod (other timestamps) could be refused by it.
 pub const NAT_TIMEOUT_TCP_CLOSED: u64 = 10 * SECOND;
-/// A TCP flow reset, or closed by both FINs with the pod's first (the peer holds no TIME_WAIT), or closed and
-/// reopened by the same pod (timestamps keep increasing, so a peer's TIME_WAIT accepts the new SYN, RFC 6191), frees
-/// its port after this long (ns): enough for a last ACK or a retransmitted FIN to pass.
+/// A TCP flow reset, or closed and reopened by the same pod (its timestamps towards that peer keep increasing, so
+/// a peer's TIME_WAIT accepts the new SYN: RFC 6191), frees its port after this long (ns): enough for a last ACK or
+/// a retransmitted FIN to pass.
 pub const NAT_TIMEOUT_TCP_QUICK: u64 = SECOND;
 /// A TCP flow the peer never answered frees its port after this long idle (ns).
 pub const NAT_TIMEOUT_TCP_OPENING: u64 = 60 * SECOND;
@@ -119,9 +117,7 @@ impl NatEntry {
         let closed = self.state & (NAT_ST_FIN_OUT | NAT_ST_FIN_IN) == NAT_ST_FIN_OUT | NAT_ST_FIN_IN;
         let timeout = match proto {
             crate::PROTO_TCP if self.state & NAT_ST_RST != 0 => NAT_TIMEOUT_TCP_QUICK,
-            crate::PROTO_TCP if closed && (self.state & NAT_ST_POD_FIRST != 0 || self.addr == pod) => {
-                NAT_TIMEOUT_TCP_QUICK
-            }
+            crate::PROTO_TCP if closed && self.addr == pod => NAT_TIMEOUT_TCP_QUICK,
             crate::PROTO_TCP if closed => NAT_TIMEOUT_TCP_CLOSED,
             crate::PROTO_TCP if self.state & NAT_ST_REPLIED == 0 => NAT_TIMEOUT_TCP_OPENING,
             crate::PROTO_TCP => NAT_TIMEOUT_TCP,
@@ -223,13 +219,11 @@ mod tests {
             (0, PROTO_TCP, 59_000, other_pod, false),
             (0, PROTO_TCP, 61_000, other_pod, true),
             (R | NAT_ST_FIN_OUT, PROTO_TCP, 11_000, other_pod, false),
-            // the peer closed first: it may hold TIME_WAIT, so another pod waits 10 s, the same pod 1 s
+            // the peer may hold TIME_WAIT: another pod waits 10 s, the same pod 1 s
             (CLOSED, PROTO_TCP, 9_000, other_pod, false),
             (CLOSED, PROTO_TCP, 11_000, other_pod, true),
             (CLOSED, PROTO_TCP, 900, same_pod, false),
             (CLOSED, PROTO_TCP, 1_100, same_pod, true),
-            // the pod closed first: no TIME_WAIT on the peer
-            (CLOSED | NAT_ST_POD_FIRST, PROTO_TCP, 1_100, other_pod, true),
             (R | NAT_ST_RST, PROTO_TCP, 900, other_pod, false),
             (R | NAT_ST_RST, PROTO_TCP, 1_100, other_pod, true),
             (R, PROTO_UDP, 59_000, other_pod, false),

@@ -3,18 +3,24 @@
 //! translated back on ingress and handed to the stack, which routes them to the pod.
 //!
 //! A port is unique per (peer address, peer port, protocol): the reply entry is inserted with `BPF_NOEXIST`, and a
-//! port the balancer's own SNAT holds in `LB_CT` is skipped. A port whose flow closed or idled out
-//! ([`NatEntry::reusable`]) is taken over, and the old flow's forward entry removed.
+//! port the balancer's own SNAT holds in `LB_CT` is skipped. The pod's own source port is tried first (as the
+//! kernel's MASQUERADE does), unless one of the node's own sockets uses it towards the same peer; then up to
+//! [`ATTEMPTS`] ports of the configured range. A port whose flow closed or idled out ([`NatEntry::reusable`]) is
+//! taken over, and the old flow's forward entry removed.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    EbpfContext as _,
+    bindings::{
+        BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{bpf_ktime_get_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    CtKey, NAT_KIND_FORWARD, NAT_KIND_PASS, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_POD_FIRST,
-    NAT_ST_REPLIED, NAT_ST_RST, NatConfig, NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash, limits,
+    CtKey, NAT_KIND_FORWARD, NAT_KIND_PASS, NAT_KIND_REPLY, NAT_ST_FIN_IN, NAT_ST_FIN_OUT, NAT_ST_REPLIED, NAT_ST_RST,
+    NatConfig, NatEntry, NatEvent, PROTO_TCP, PROTO_UDP, flow_hash,
 };
 
 use crate::{
@@ -23,6 +29,8 @@ use crate::{
     tc::NEXT,
 };
 
+/// Ports tried for a new flow: the pod's own, then hashed probes of the range.
+pub const ATTEMPTS: u32 = 32;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -80,22 +88,47 @@ fn tcp_state(state: u8, flags: u8, out: bool) -> u8 {
         s |= NAT_ST_RST;
     }
     if flags & TCP_FIN != 0 {
-        if out {
-            s |= NAT_ST_FIN_OUT;
-            if state & NAT_ST_FIN_IN == 0 {
-                s |= NAT_ST_POD_FIRST;
-            }
-        } else {
-            s |= NAT_ST_FIN_IN;
-        }
+        s |= if out { NAT_ST_FIN_OUT } else { NAT_ST_FIN_IN };
     }
     s
+}
+
+/// Whether one of the node's own sockets uses `addr:port` towards the peer of `fk` (so the pod's port cannot be
+/// kept: the node's replies and the pod's would share a tuple).
+#[inline(always)]
+fn node_socket_uses(ctx: &TcContext, fk: &CtKey, addr: u32, port: u16) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: fk.daddr,
+                daddr: addr,
+                sport: fk.dport,
+                dport: port,
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: the helpers read `size` bytes of `tuple`, a live stack value, and look the socket up in this
+    // program's network namespace; a socket they return is released at once.
+    unsafe {
+        let sk = if fk.proto == PROTO_TCP {
+            bpf_skc_lookup_tcp(ctx.as_ptr(), &mut tuple, size, netns, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx.as_ptr(), &mut tuple, size, netns, 0)
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk.cast());
+    }
+    true
 }
 
 /// The translated (address, port) for the pod-side tuple `fk`: the flow's, or a newly allocated one; `None` when
 /// the packet keeps the pod's address (a reply of a flow the peer opened, or TCP that is not a new connection).
 #[inline(always)]
-fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, u16)>, NatEvent> {
+fn translate(ctx: &TcContext, fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, u16)>, NatEvent> {
     let t = now();
     // SAFETY: copied at once.
     let existing = unsafe { LB_NAT.get(fk).copied() };
@@ -140,10 +173,22 @@ fn translate(fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, 
     };
     let mut port = 0u16;
     let mut i = 0u32;
-    while i < limits::SNAT_PORT_ATTEMPTS {
-        let offset = hash.wrapping_add(i.wrapping_mul(7919));
-        let candidate = ((cfg.port_min as u32 + offset % range) as u16).to_be();
+    while i < ATTEMPTS {
+        let candidate = if i == 0 {
+            // The pod's own port, as the kernel's MASQUERADE keeps it (ICMP: the echo identifier).
+            if fk.proto != PROTO_ICMP && node_socket_uses(ctx, fk, cfg.addr, fk.sport) {
+                i += 1;
+                continue;
+            }
+            fk.sport
+        } else {
+            let offset = hash.wrapping_add(i.wrapping_mul(7919));
+            ((cfg.port_min as u32 + offset % range) as u16).to_be()
+        };
         i += 1;
+        if candidate == 0 {
+            continue;
+        }
         let rk = reply_key(fk, cfg.addr, candidate);
         // SAFETY: only tested for presence.
         if unsafe { LB_CT.get(&rk).is_some() } {
@@ -214,7 +259,7 @@ pub fn egress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
     let Some(cfg) = applies(flow.key.saddr, flow.key.daddr) else {
         return Ok(NEXT);
     };
-    match translate(&flow.key, &cfg, tcp_flags(ctx, flow)) {
+    match translate(ctx, &flow.key, &cfg, tcp_flags(ctx, flow)) {
         Ok(Some((addr, port))) => {
             rewrite(ctx, flow, true, addr, port)?;
             Ok(TC_ACT_OK)
@@ -282,7 +327,7 @@ pub fn egress_icmp(ctx: &mut TcContext, ip: &Ip) -> Result<i32, i64> {
         return Ok(NEXT);
     }
     let fk = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: icmp.id, dport: 0, proto: PROTO_ICMP, pad: [0; 3] };
-    match translate(&fk, &cfg, 0) {
+    match translate(ctx, &fk, &cfg, 0) {
         Ok(None) => Ok(NEXT),
         Ok(Some((addr, id))) => {
             rewrite_icmp_u16(ctx, ip.l4 + 2, ip.l4 + 4, icmp.id, id)?;
