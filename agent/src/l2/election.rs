@@ -16,6 +16,11 @@ pub const LEASE_PREFIX: &str = "skiff-lb-";
 pub const LEASE_DURATION: Duration = Duration::from_secs(1);
 /// How often the holder renews and the others look.
 pub const TICK: Duration = Duration::from_millis(250);
+/// A holder that has not renewed for this long stops announcing (before [`LEASE_DURATION`], when others may take
+/// over); the kernel side stops answering at the same moment (`L2Entry::expires`).
+pub const RENEW_DEADLINE: Duration = Duration::from_millis(750);
+/// The longest one Lease read or write may take before the pass treats the API server as unreachable.
+pub const API_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// The Lease name of an address.
 pub fn lease_name(ip: Ipv4Addr) -> String {

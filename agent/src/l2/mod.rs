@@ -20,7 +20,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-use self::election::{LEASE_DURATION, LEASE_NAMESPACE, LeaseView, Observations, Step, TICK, decide, lease_name};
+use self::election::{
+    API_TIMEOUT, LEASE_DURATION, LEASE_NAMESPACE, LeaseView, Observations, RENEW_DEADLINE, Step, TICK, decide,
+    lease_name,
+};
 
 /// The gratuitous ARP (an ARP request for `ip` from `ip`, broadcast) a new holder sends.
 pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
@@ -108,6 +111,39 @@ async fn act(api: &Api<Lease>, me: &str, name: &str, step: Step, current: Option
     }
 }
 
+/// The `CLOCK_MONOTONIC` time in ns (what `bpf_ktime_get_ns` reads).
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// One address's pass: read the Lease, decide, write. `Some(true)`: this node holds it now; `Some(false)`: it
+/// does not; `None`: the API server did not answer in time (nothing is known).
+async fn pass(
+    api: &Api<Lease>,
+    me: &str,
+    ip: Ipv4Addr,
+    eligible: bool,
+    needed: bool,
+    obs: &std::sync::Mutex<Observations>,
+) -> Option<bool> {
+    let name = lease_name(ip);
+    let now = Instant::now();
+    let current = match tokio::time::timeout(API_TIMEOUT, api.get_opt(&name)).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            tracing::debug!(lease = name, error = %e, "reading the lease failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let v = current.as_ref().map(view);
+    let age = obs.lock().ok()?.observe(&name, v.as_ref().map(|v| v.version.as_str()), now);
+    let step = decide(me, eligible, v.as_ref(), age);
+    tokio::time::timeout(API_TIMEOUT, act(api, me, &name, step, current.as_ref(), needed)).await.ok()
+}
+
 /// Announces the pool addresses this node wins on `interface` until the task is dropped.
 pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: PathBuf) {
     let (services, _s) = crate::follow::<Service>(&client, None);
@@ -119,10 +155,12 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
         }
     }
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let mut obs = Observations::default();
+    let obs = std::sync::Mutex::new(Observations::default());
     let mut maps = None;
     let mut announced: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    let mut renewed: BTreeMap<Ipv4Addr, Instant> = BTreeMap::new();
+    // Per held address: when it was last renewed (Instant and monotonic ns), and when it was taken.
+    let mut renewed: BTreeMap<Ipv4Addr, (Instant, u64)> = BTreeMap::new();
+    let mut taken: BTreeMap<Ipv4Addr, (Instant, bool)> = BTreeMap::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -136,32 +174,31 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
         for ip in &announced {
             want.entry(*ip).or_insert(false); // no longer wanted at all: release what we hold
         }
-        let mut held = BTreeSet::new();
-        for (ip, eligible) in &want {
-            let name = lease_name(*ip);
-            let now = Instant::now();
-            let current = match api.get_opt(&name).await {
-                Ok(l) => l,
-                Err(e) => {
-                    // Cut off from the API server: keep announcing until the lease would have run out.
-                    if renewed.get(ip).is_some_and(|t| now.duration_since(*t) < LEASE_DURATION) {
-                        held.insert(*ip);
-                    }
-                    tracing::debug!(lease = name, error = %e, "reading the lease failed");
-                    continue;
+        // Every address at once, so one slow Lease does not delay the others' renewals.
+        let results = futures::future::join_all(
+            want.iter().map(|(ip, eligible)| pass(&api, &me, *ip, *eligible, needed.contains(ip), &obs)),
+        )
+        .await;
+        let (now, mono) = (Instant::now(), monotonic_ns());
+        for ((ip, _), result) in want.iter().zip(results) {
+            match result {
+                Some(true) => {
+                    renewed.insert(*ip, (now, mono));
                 }
-            };
-            let v = current.as_ref().map(view);
-            let age = obs.observe(&name, v.as_ref().map(|v| v.version.as_str()), now);
-            let step = decide(&me, *eligible, v.as_ref(), age);
-            if act(&api, &me, &name, step, current.as_ref(), needed.contains(ip)).await {
-                held.insert(*ip);
-                renewed.insert(*ip, now);
+                Some(false) => {
+                    renewed.remove(ip);
+                }
+                None => {} // unknown: keep the last renewal; the deadline below decides
             }
         }
-        let names: BTreeSet<String> = want.keys().map(|ip| lease_name(*ip)).collect();
-        obs.retain(|n| names.contains(n));
-        renewed.retain(|ip, _| held.contains(ip));
+        // Announce only what was renewed within the deadline, which is shorter than the lease: a holder that cannot
+        // renew stops before anyone else may take over (and the kernel stops answering for it at the same time).
+        renewed.retain(|_, (at, _)| now.duration_since(*at) < RENEW_DEADLINE);
+        if let Ok(mut o) = obs.lock() {
+            let names: BTreeSet<String> = want.keys().map(|ip| lease_name(*ip)).collect();
+            o.retain(|n| names.contains(n));
+        }
+        let held: BTreeSet<Ipv4Addr> = renewed.keys().copied().collect();
         if maps.is_none() {
             maps = skiff_lb::loader::open_pinned(&pin_dir).ok();
         }
@@ -169,9 +206,13 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
             tracing::debug!("L2 announcement: the balancer's maps are not pinned yet");
             continue;
         };
-        let entries = held
+        let deadline_ns = u64::try_from(RENEW_DEADLINE.as_nanos()).unwrap_or(u64::MAX);
+        let entries = renewed
             .iter()
-            .map(|ip| (*ip, skiff_ebpf_common::L2Entry { ifindex, mac, pad: [0; 2] }))
+            .map(|(ip, (_, at))| {
+                let expires = at.saturating_add(deadline_ns);
+                (*ip, skiff_ebpf_common::L2Entry { expires, ifindex, mac, pad: [0; 6] })
+            })
             .collect::<BTreeMap<_, _>>();
         if let Err(e) = m.set_announced(&entries) {
             tracing::warn!(error = %e, "L2 announcement: writing the announced addresses failed");
@@ -179,16 +220,27 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
             continue;
         }
         for ip in held.difference(&announced) {
-            // Twice, as arping -U does by default for a takeover.
-            for _ in 0..2 {
+            taken.insert(*ip, (now, false));
+            tracing::info!(%ip, %interface, "announcing LoadBalancer address");
+        }
+        for ip in announced.difference(&held) {
+            taken.remove(ip);
+            tracing::info!(%ip, "no longer announcing LoadBalancer address");
+        }
+        // Gratuitous ARP when an address is taken, twice as arping -U does, and once more a lease duration later:
+        // a previous holder may have answered a request in its last moments.
+        for (ip, (at, repeated)) in taken.iter_mut() {
+            let fresh = !announced.contains(ip);
+            let again = !*repeated && now.duration_since(*at) >= LEASE_DURATION;
+            if !fresh && !again {
+                continue;
+            }
+            *repeated |= again;
+            for _ in 0..if fresh { 2 } else { 1 } {
                 if let Err(e) = crate::sys::send_frame(ifindex, &garp_frame(mac, *ip)) {
                     tracing::warn!(%ip, error = %e, "sending gratuitous ARP failed");
                 }
             }
-            tracing::info!(%ip, %interface, "announcing LoadBalancer address");
-        }
-        for ip in announced.difference(&held) {
-            tracing::info!(%ip, "no longer announcing LoadBalancer address");
         }
         announced = held;
     }

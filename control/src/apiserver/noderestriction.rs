@@ -136,6 +136,16 @@ fn is_announcement(name: &str, lease: &Value) -> bool {
     name.starts_with(ANNOUNCE_PREFIX) && skiff_api::meta::namespace(lease) == ANNOUNCE_NAMESPACE
 }
 
+/// Whether an announcement Lease's name is `skiff-lb-A-B-C-D` for an IPv4 address (so a node cannot make others).
+fn well_formed_announcement(name: &str) -> bool {
+    name.strip_prefix(ANNOUNCE_PREFIX).is_some_and(|rest| {
+        rest.replace('-', ".").parse::<std::net::Ipv4Addr>().is_ok_and(|ip| {
+            let o = ip.octets();
+            rest == format!("{}-{}-{}-{}", o[0], o[1], o[2], o[3])
+        })
+    })
+}
+
 /// Whether node `me` may write an announcement Lease from `old` to `new` (`None`: delete): it may claim one for
 /// itself (create, renew, take over) and release or delete its own, but never name another node as holder, nor
 /// release or delete another node's.
@@ -254,7 +264,10 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
             reserved_labels(obj).into_iter().map(|(k, _)| k).collect::<Vec<_>>()
         )),
         ("coordination.k8s.io", "leases") if is_announcement(name, obj) => {
-            if announcement_write(node_name(user), None, Some(obj)) && holder(obj) == node_name(user).unwrap_or("-") {
+            if well_formed_announcement(name)
+                && announcement_write(node_name(user), None, Some(obj))
+                && holder(obj) == node_name(user).unwrap_or("-")
+            {
                 Ok(())
             } else {
                 Err(format!("node {:?} may only create announcement lease {name:?} as its holder", user.name))
@@ -292,6 +305,12 @@ mod tests {
             check_node_write(Some(u), "coordination.k8s.io", "leases", name, old, new)
         };
         assert!(create(&n1, &lease("n1")).is_ok());
+        let odd = json!({"metadata": {"name": "skiff-lb-anything", "namespace": "kube-system"},
+                         "spec": {"holderIdentity": "n1"}});
+        assert!(create(&n1, &odd).is_err(), "only skiff-lb-A-B-C-D names");
+        let padded = json!({"metadata": {"name": "skiff-lb-010-0-0-1", "namespace": "kube-system"},
+                            "spec": {"holderIdentity": "n1"}});
+        assert!(create(&n1, &padded).is_err(), "one name per address");
         assert!(create(&n1, &lease("n2")).is_err(), "not on behalf of another node");
         assert!(write(&n1, &lease("n1"), Some(&lease("n1"))).is_ok(), "renew");
         assert!(write(&n1, &lease("n2"), Some(&lease("n1"))).is_ok(), "take over (expiry is the claimant's call)");

@@ -168,7 +168,7 @@ fn an_announced_pool_address_is_answered_by_arp_on_the_lan_and_balanced() {
 
     let (ifindex, mac) = c.nodes[0].ns.enter(|| link(&c.nodes[0].ns, "eth0")).expect("node 0");
     let mut maps = skiff_lb::loader::open_pinned(c.pins.path()).expect("pinned maps");
-    let entry = skiff_ebpf_common::L2Entry { ifindex, mac, pad: [0; 2] };
+    let entry = skiff_ebpf_common::L2Entry { expires: u64::MAX, ifindex, mac, pad: [0; 6] };
     let wanted = [(vip.parse().expect("ip"), entry)].into_iter().collect();
     assert_eq!(maps.set_announced(&wanted).expect("announce"), 1);
     assert_eq!(maps.set_announced(&wanted).expect("announce"), 0, "nothing to write the second time");
@@ -180,6 +180,14 @@ fn an_announced_pool_address_is_answered_by_arp_on_the_lan_and_balanced() {
     assert!(neigh.contains(&mac_text), "the client resolved the address to node 0's MAC: {neigh}");
     let arp = lb.applier().maps().nat_events().expect("counters");
     assert!(arp.iter().any(|(e, v)| *e == skiff_ebpf_common::NatEvent::ArpAnswered && *v >= 1), "{arp:?}");
+
+    // Expired (an agent that stopped renewing): no answer, although the entry is still there.
+    let expired = skiff_ebpf_common::L2Entry { expires: 1, ..entry };
+    let wanted_expired = [(vip.parse().expect("ip"), expired)].into_iter().collect();
+    assert_eq!(maps.set_announced(&wanted_expired).expect("announce"), 1);
+    c.client.ip(&["neigh", "flush", "dev", "eth0"]).expect("flush");
+    let unanswered = c.run_on_client(&format!("tcp 1 {target}"));
+    assert!(unanswered[0].starts_with("err"), "{unanswered:?}");
 
     // Withdrawn: new resolutions fail again.
     assert_eq!(maps.set_announced(&Default::default()).expect("withdraw"), 1);

@@ -28,7 +28,7 @@ pub const NAT_KIND_FORWARD: u8 = 0;
 pub const NAT_KIND_REPLY: u8 = 1;
 
 /// [`NatEntry::kind`]: a flow a peer outside the cluster opened towards the pod (UDP; TCP is told apart by its
-/// SYN): the pod's packets of it are replies and keep the pod's address.
+/// SYN): the pod's packets of it are replies and keep the pod's address, until it idles out ([`NAT_TIMEOUT_UDP`]).
 pub const NAT_KIND_PASS: u8 = 2;
 
 /// [`NatEntry::state`]: the pod sent a FIN.
@@ -106,6 +106,24 @@ pub struct NatEntry {
 }
 
 impl NatEntry {
+    /// How long this entry may stay idle before its flow is over (closed TCP: [`NAT_TIMEOUT_TCP_CLOSED`]).
+    pub fn lifetime(&self, proto: u8) -> u64 {
+        let closed = self.state & (NAT_ST_FIN_OUT | NAT_ST_FIN_IN) == NAT_ST_FIN_OUT | NAT_ST_FIN_IN;
+        match proto {
+            crate::PROTO_TCP if self.state & NAT_ST_RST != 0 || closed => NAT_TIMEOUT_TCP_CLOSED,
+            crate::PROTO_TCP if self.state & NAT_ST_REPLIED == 0 => NAT_TIMEOUT_TCP_OPENING,
+            crate::PROTO_TCP => NAT_TIMEOUT_TCP,
+            crate::PROTO_UDP => NAT_TIMEOUT_UDP,
+            _ => NAT_TIMEOUT_ICMP,
+        }
+    }
+
+    /// Whether a reply or pass entry's flow is over at `now` (ns): such an entry translates nothing any more (a
+    /// node socket may use the same tuple later).
+    pub fn expired(&self, proto: u8, now: u64) -> bool {
+        now.saturating_sub(self.last_seen) > self.lifetime(proto)
+    }
+
     /// Whether a reply entry's port may be given to a new flow of the pod at `pod` (network order) at `now` (ns):
     /// the flow it belonged to is closed or idle past its protocol's timeout. A forward entry is never reusable by
     /// itself.
@@ -118,26 +136,26 @@ impl NatEntry {
         let timeout = match proto {
             crate::PROTO_TCP if self.state & NAT_ST_RST != 0 => NAT_TIMEOUT_TCP_QUICK,
             crate::PROTO_TCP if closed && self.addr == pod => NAT_TIMEOUT_TCP_QUICK,
-            crate::PROTO_TCP if closed => NAT_TIMEOUT_TCP_CLOSED,
-            crate::PROTO_TCP if self.state & NAT_ST_REPLIED == 0 => NAT_TIMEOUT_TCP_OPENING,
-            crate::PROTO_TCP => NAT_TIMEOUT_TCP,
-            crate::PROTO_UDP => NAT_TIMEOUT_UDP,
-            _ => NAT_TIMEOUT_ICMP,
+            _ => self.lifetime(proto),
         };
         idle > timeout
     }
 }
 
-/// Value of [`crate::maps::L2_ANNOUNCE`]: a LoadBalancer address this node answers ARP for, on which interface.
+/// Value of [`crate::maps::L2_ANNOUNCE`]: a LoadBalancer address this node answers ARP for, on which interface,
+/// until when.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct L2Entry {
+    /// `CLOCK_MONOTONIC` ns (`bpf_ktime_get_ns`) after which the entry is ignored: the agent extends it on every
+    /// Lease renewal, so a killed or stuck agent stops answering by itself before another node takes over.
+    pub expires: u64,
     /// The interface (ifindex) requests arrive on and replies leave by.
     pub ifindex: u32,
     /// That interface's MAC address.
     pub mac: [u8; 6],
     /// Padding, always zero.
-    pub pad: [u8; 2],
+    pub pad: [u8; 6],
 }
 
 /// Indexes of the per-CPU counters in [`crate::maps::NAT_STATS`] (masquerade, and ARP answers of L2 announcement).

@@ -2,7 +2,10 @@
 //! a Lease per address and writes `LB_L2_ANNOUNCE`) is turned into the reply in place and sent back out of the
 //! interface it came in on, as MetalLB's and Cilium's responders do. The kernel never owns the address.
 
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    programs::TcContext,
+};
 use skiff_ebpf_common::NatEvent;
 
 use crate::{
@@ -47,6 +50,10 @@ pub fn answer(ctx: &mut TcContext) -> Result<i32, i64> {
     let Some(entry) = (unsafe { LB_L2_ANNOUNCE.get(&vip).copied() }) else {
         return Ok(NEXT);
     };
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_ktime_get_ns() } > entry.expires {
+        return Ok(NEXT); // the agent stopped renewing: another node may hold the address now
+    }
     // SAFETY: the context pointer of this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if entry.ifindex != ifindex {

@@ -93,16 +93,19 @@ fn tcp_state(state: u8, flags: u8, out: bool) -> u8 {
     s
 }
 
-/// Whether one of the node's own sockets uses `addr:port` towards the peer of `fk` (so the pod's port cannot be
-/// kept: the node's replies and the pod's would share a tuple).
+/// `bpf_sock.state` of a listening TCP socket.
+const TCP_LISTEN: u32 = 10;
+
+/// Whether one of the node's own sockets (not a listener) has the tuple `addr:port` ↔ `peer:peer_port`: the pod's
+/// port cannot be kept then, and a packet of that tuple from the peer is the node's, not a pod's.
 #[inline(always)]
-fn node_socket_uses(ctx: &TcContext, fk: &CtKey, addr: u32, port: u16) -> bool {
+fn node_socket(ctx: &TcContext, proto: u8, peer: u32, peer_port: u16, addr: u32, port: u16) -> bool {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: fk.daddr,
+                saddr: peer,
                 daddr: addr,
-                sport: fk.dport,
+                sport: peer_port,
                 dport: port,
             },
         },
@@ -110,9 +113,9 @@ fn node_socket_uses(ctx: &TcContext, fk: &CtKey, addr: u32, port: u16) -> bool {
     let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
     let netns = BPF_F_CURRENT_NETNS as u64;
     // SAFETY: the helpers read `size` bytes of `tuple`, a live stack value, and look the socket up in this
-    // program's network namespace; a socket they return is released at once.
+    // program's network namespace; a socket they return is read once and released at once.
     unsafe {
-        let sk = if fk.proto == PROTO_TCP {
+        let sk = if proto == PROTO_TCP {
             bpf_skc_lookup_tcp(ctx.as_ptr(), &mut tuple, size, netns, 0)
         } else {
             bpf_sk_lookup_udp(ctx.as_ptr(), &mut tuple, size, netns, 0)
@@ -120,7 +123,27 @@ fn node_socket_uses(ctx: &TcContext, fk: &CtKey, addr: u32, port: u16) -> bool {
         if sk.is_null() {
             return false;
         }
+        let listening = proto == PROTO_TCP && (*sk).state == TCP_LISTEN;
         bpf_sk_release(sk.cast());
+        !listening
+    }
+}
+
+/// The flow's reply record, when it still belongs to the pod-side tuple `fk`: refreshed as seen from the pod.
+#[inline(always)]
+fn refresh(fk: &CtKey, rk: &CtKey, tcp_flags: u8, t: u64) -> bool {
+    let Some(r) = LB_NAT.get_ptr_mut(rk) else { return false };
+    // SAFETY: a map value pointer; plain integer fields, racing writers only lose a timestamp or a bit.
+    unsafe {
+        if (*r).kind != NAT_KIND_REPLY || (*r).addr != fk.saddr || (*r).port != fk.sport {
+            return false;
+        }
+        (*r).last_seen = t;
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // the pod opens a new connection on the same tuple: a fresh flow
+            (*r).state = 0;
+        }
+        (*r).state = tcp_state((*r).state, tcp_flags, true);
     }
     true
 }
@@ -130,40 +153,6 @@ fn node_socket_uses(ctx: &TcContext, fk: &CtKey, addr: u32, port: u16) -> bool {
 #[inline(always)]
 fn translate(ctx: &TcContext, fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Result<Option<(u32, u16)>, NatEvent> {
     let t = now();
-    // SAFETY: copied at once.
-    let existing = unsafe { LB_NAT.get(fk).copied() };
-    if let Some(e) = existing
-        && e.kind == NAT_KIND_PASS
-    {
-        return Ok(None);
-    }
-    if let Some(e) = existing
-        && e.kind == NAT_KIND_FORWARD
-    {
-        let rk = reply_key(fk, e.addr, e.port);
-        if let Some(r) = LB_NAT.get_ptr_mut(&rk) {
-            // SAFETY: a map value pointer; plain integer fields, racing writers only lose a timestamp or a bit.
-            unsafe {
-                if (*r).kind == NAT_KIND_REPLY && (*r).addr == fk.saddr && (*r).port == fk.sport {
-                    (*r).last_seen = t;
-                    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-                        // the pod opens a new connection on the same tuple: a fresh flow
-                        (*r).state = 0;
-                    }
-                    (*r).state = tcp_state((*r).state, tcp_flags, true);
-                    return Ok(Some((e.addr, e.port)));
-                }
-            }
-        }
-        // the flow's port record was taken over or evicted: translate it anew
-    }
-    if fk.proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        // Only a SYN opens a translated TCP flow: anything else is a reply of a flow the peer opened (a SYN-ACK to
-        // NodePort traffic another node forwarded here) or of one older than the mapping.
-        return Ok(None);
-    }
-    let range = (cfg.port_max - cfg.port_min) as u32 + 1;
-    let hash = flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
     let record = NatEntry {
         addr: fk.saddr,
         port: fk.sport,
@@ -171,12 +160,45 @@ fn translate(ctx: &TcContext, fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Res
         state: tcp_state(0, tcp_flags, true),
         last_seen: t,
     };
+    let opens = fk.proto != PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if let Some(e) = LB_NAT.get_ptr_mut(fk) {
+        // SAFETY: a map value pointer; plain integer fields.
+        let e = unsafe {
+            if (*e).kind == NAT_KIND_PASS && !(*e).expired(fk.proto, t) {
+                (*e).last_seen = t;
+                return Ok(None);
+            }
+            *e
+        };
+        if e.kind == NAT_KIND_FORWARD {
+            let rk = reply_key(fk, e.addr, e.port);
+            if refresh(fk, &rk, tcp_flags, t) {
+                return Ok(Some((e.addr, e.port)));
+            }
+            // The flow's record was evicted (or taken over after idling out): claim the same port again, so an
+            // established flow keeps its tuple; if another flow holds it now, a non-opening packet cannot go on.
+            if LB_NAT.insert(&rk, &record, BPF_NOEXIST as u64).is_ok() {
+                return Ok(Some((e.addr, e.port)));
+            }
+            if !opens {
+                return Err(NatEvent::InsertFailed);
+            }
+        }
+    }
+    if !opens {
+        // Only a SYN opens a translated TCP flow: anything else is a reply of a flow the peer opened (a SYN-ACK to
+        // NodePort traffic another node forwarded here) or of one older than the mapping.
+        return Ok(None);
+    }
+    let range = (cfg.port_max - cfg.port_min) as u32 + 1;
+    let hash = flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
     let mut port = 0u16;
     let mut i = 0u32;
     while i < ATTEMPTS {
         let candidate = if i == 0 {
-            // The pod's own port, as the kernel's MASQUERADE keeps it (ICMP: the echo identifier).
-            if fk.proto != PROTO_ICMP && node_socket_uses(ctx, fk, cfg.addr, fk.sport) {
+            // The pod's own port, as the kernel's MASQUERADE keeps it, unless a node socket has that tuple. (ICMP
+            // identifiers always come from the range: the node's own echo ids cannot be looked up.)
+            if fk.proto == PROTO_ICMP || node_socket(ctx, fk.proto, fk.daddr, fk.dport, cfg.addr, fk.sport) {
                 i += 1;
                 continue;
             }
@@ -201,16 +223,18 @@ fn translate(ctx: &TcContext, fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Res
         // SAFETY: copied at once.
         let Some(old) = (unsafe { LB_NAT.get(&rk).copied() }) else { continue };
         if old.reusable(fk.proto, t, fk.saddr) {
-            let old_fk = CtKey {
-                saddr: old.addr,
-                daddr: rk.saddr,
-                sport: old.port,
-                dport: rk.sport,
-                proto: rk.proto,
-                pad: [0; 3],
-            };
-            let _ = LB_NAT.remove(&old_fk);
-            if LB_NAT.insert(&rk, &record, BPF_ANY as u64).is_ok() {
+            // Remove, then insert only if absent: of two CPUs taking over one port at once, one wins.
+            let _ = LB_NAT.remove(&rk);
+            if LB_NAT.insert(&rk, &record, BPF_NOEXIST as u64).is_ok() {
+                let old_fk = CtKey {
+                    saddr: old.addr,
+                    daddr: rk.saddr,
+                    sport: old.port,
+                    dport: rk.sport,
+                    proto: rk.proto,
+                    pad: [0; 3],
+                };
+                let _ = LB_NAT.remove(&old_fk);
                 stat(NatEvent::PortReused);
                 port = candidate;
                 break;
@@ -233,16 +257,22 @@ fn translate(ctx: &TcContext, fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Res
     Ok(Some((cfg.addr, port)))
 }
 
-/// Marks a reply entry as seen from the peer's side; returns the pod's (address, port).
+/// Marks a reply entry as seen from the peer's side; returns the pod's (address, port). A record whose flow is
+/// over translates nothing (and is removed): the node may use the tuple for itself by now.
 #[inline(always)]
 fn untranslate(rk: &CtKey, tcp_flags: u8) -> Option<(u32, u16)> {
     let r = LB_NAT.get_ptr_mut(rk)?;
+    let t = now();
     // SAFETY: a map value pointer; plain integer fields.
     unsafe {
         if (*r).kind != NAT_KIND_REPLY {
             return None;
         }
-        (*r).last_seen = now();
+        if (*r).expired(rk.proto, t) {
+            let _ = LB_NAT.remove(rk);
+            return None;
+        }
+        (*r).last_seen = t;
         (*r).state = tcp_state((*r).state, tcp_flags, false) | NAT_ST_REPLIED;
         Some(((*r).addr, (*r).port))
     }
@@ -281,6 +311,12 @@ pub fn ingress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
     if cfg.flags == 0 || flow.key.daddr != cfg.addr {
         return Ok(NEXT);
     }
+    let k = &flow.key;
+    let dport = u16::from_be(k.dport);
+    if (dport < cfg.port_min || dport > cfg.port_max) && node_socket(ctx, k.proto, k.saddr, k.sport, k.daddr, k.dport) {
+        // A kept pod port that a node socket has come to use towards the same peer: the node's own flow wins.
+        return Ok(NEXT);
+    }
     let Some((addr, port)) = untranslate(&flow.key, tcp_flags(ctx, flow)) else {
         return Ok(NEXT);
     };
@@ -301,10 +337,18 @@ pub fn track_inbound(flow: &Flow) {
         return;
     }
     let fk = CtKey { saddr: k.daddr, daddr: k.saddr, sport: k.dport, dport: k.sport, proto: k.proto, pad: [0; 3] };
-    // SAFETY: only tested for presence.
-    if unsafe { LB_NAT.get(&fk).is_none() } {
-        let pass = NatEntry { addr: 0, port: 0, kind: NAT_KIND_PASS, state: 0, last_seen: now() };
-        let _ = LB_NAT.insert(&fk, &pass, BPF_NOEXIST as u64);
+    let t = now();
+    match LB_NAT.get_ptr_mut(&fk) {
+        // SAFETY: a map value pointer; a plain integer field.
+        Some(e) => unsafe {
+            if (*e).kind == NAT_KIND_PASS {
+                (*e).last_seen = t;
+            }
+        },
+        None => {
+            let pass = NatEntry { addr: 0, port: 0, kind: NAT_KIND_PASS, state: 0, last_seen: t };
+            let _ = LB_NAT.insert(&fk, &pass, BPF_NOEXIST as u64);
+        }
     }
 }
 

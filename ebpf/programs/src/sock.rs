@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_retval, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use skiff_ebpf_common::{
@@ -37,6 +37,12 @@ pub enum Scope {
 /// `connect4` and `sendmsg4`: rewrite a service address to a backend.
 #[inline(always)]
 pub fn forward(ctx: &SockAddrContext, scope: Scope) -> i32 {
+    // A pod's socket runs the pods' program first; if that refused the connect, the node program has nothing to
+    // add (and must not count the refusal twice).
+    // SAFETY: a helper available to cgroup programs since 5.18; it reads the return value set so far.
+    if scope == Scope::Node && unsafe { bpf_get_retval() } != 0 {
+        return PROCEED;
+    }
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the context pointer the kernel passed; these fields are readable in connect4/sendmsg4.
     let (proto, addr, port) = unsafe { ((*sa).protocol, (*sa).user_ip4, (*sa).user_port) };

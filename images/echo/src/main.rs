@@ -11,7 +11,8 @@
 //!   service-account token), answered as `{"code": …, "body": …}`;
 //! - `grpc.health.v1.Health/Check` and `/Watch` over h2c, SERVING while ready.
 //!
-//! Every request is logged as one line on stdout. SIGTERM ends it after `ECHO_SHUTDOWN_DELAY` (default 0s).
+//! Every request is logged as one line on stdout. SIGTERM makes it not ready and ends it after `ECHO_SHUTDOWN_DELAY`
+//! (default 0s), serving every connection, old and new, until then.
 
 mod grpc;
 mod kube_api;
@@ -50,7 +51,16 @@ async fn serve() -> std::io::Result<()> {
     println!("skiff-echo {} listening on :{port} as {}", state.version, state.hostname);
     let app = routes::app(state.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Until SIGTERM, and for ECHO_SHUTDOWN_DELAY after it (not ready, still accepting: what a well-behaved server
+    // does while Services and ingresses take it out), every connection is served.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        let stop = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -60,7 +70,14 @@ async fn serve() -> std::io::Result<()> {
                     continue;
                 }
             },
-            _ = term.recv() => break,
+            _ = term.recv(), if deadline.is_none() => {
+                let delay = state::duration_env("ECHO_SHUTDOWN_DELAY").unwrap_or_default();
+                println!("SIGTERM: shutting down in {delay:?}");
+                state.set_ready(false);
+                deadline = Some(tokio::time::Instant::now() + delay);
+                continue;
+            }
+            () = stop => break,
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
@@ -74,9 +91,7 @@ async fn serve() -> std::io::Result<()> {
             let _ = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).await;
         });
     }
-    let delay = state::duration_env("ECHO_SHUTDOWN_DELAY").unwrap_or_default();
-    println!("SIGTERM: shutting down in {delay:?}");
-    state.set_ready(false);
-    tokio::time::sleep(delay).await;
+    // Requests accepted in the last moment get to finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
 }

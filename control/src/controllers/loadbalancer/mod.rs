@@ -7,6 +7,7 @@
 pub mod plan;
 pub mod pool;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,26 @@ use super::ctx::{Ctx, ReconcileError};
 const COMPONENT: &str = "service-lb-controller";
 /// How soon a pending Service is looked at again (an address or port may have been freed).
 const PENDING_RETRY: Duration = Duration::from_secs(5);
+
+/// The last pending reason told per Service (namespace/name → reason), so a Service that stays pending gets one
+/// Event per reason rather than one per retry.
+static TOLD: std::sync::Mutex<BTreeMap<(String, String), String>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn said_before(ns: &str, name: &str, reason: &str) -> bool {
+    let Ok(mut told) = TOLD.lock() else { return false };
+    let key = (ns.to_string(), name.to_string());
+    if told.get(&key).is_some_and(|r| r == reason) {
+        return true;
+    }
+    told.insert(key, reason.to_string());
+    false
+}
+
+fn forget(ns: &str, name: &str) {
+    if let Ok(mut told) = TOLD.lock() {
+        told.remove(&(ns.to_string(), name.to_string()));
+    }
+}
 
 /// The pool from its ConfigMap: `None` when there is none (node addresses are used).
 async fn read_pool(client: &kube::Client) -> Result<Option<Result<Pool, String>>, ReconcileError> {
@@ -48,6 +69,10 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
         reserved: &ctx.config.lb_reserved_ports,
     };
     let decision = plan::plan(&inputs).remove(&(ns.clone(), name.clone())).unwrap_or(Decision::Leave);
+    let keep = matches!(decision, Decision::Keep(_));
+    if !matches!(decision, Decision::Pending(_) | Decision::Keep(_)) {
+        forget(&ns, &name);
+    }
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let have = current(&svc);
     let set = |ingress: serde_json::Value| json!({"status": {"loadBalancer": {"ingress": ingress}}});
@@ -76,11 +101,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
             // Node addresses follow the nodes (one joins, one dies): look again.
             Ok(Action::requeue(ctx.config.resync))
         }
-        Decision::Pending(reason) => {
-            if !have.is_empty() {
+        Decision::Pending(reason) | Decision::Keep(reason) => {
+            if !keep && !have.is_empty() {
                 api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await?;
             }
-            tracing::info!(namespace = %ns, service = %name, %reason, "LoadBalancer Service pending");
+            // Told once per reason, not on every retry.
+            if said_before(&ns, &name, &reason) {
+                return Ok(Action::requeue(PENDING_RETRY));
+            }
+            tracing::info!(namespace = %ns, service = %name, %reason, keep, "LoadBalancer Service pending");
             ctx.recorders
                 .get(COMPONENT)
                 .record(&skiff_client::events::reference(svc.as_ref()), EventType::Warning, "AllocationFailed", &reason)

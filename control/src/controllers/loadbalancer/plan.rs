@@ -41,6 +41,8 @@ pub enum Decision {
     Assign(Vec<Ipv4Addr>),
     /// No address; why (for the Event and the log). Addresses it had are removed.
     Pending(String),
+    /// Something is wrong that is not this Service's doing (an invalid pool): keep what it has, and say why.
+    Keep(String),
 }
 
 /// The inputs of [`plan`].
@@ -136,10 +138,37 @@ pub fn plan(inputs: &Inputs<'_>) -> BTreeMap<Key, Decision> {
     candidates.sort_by_key(|s| (current(s).is_empty(), s.metadata.creation_timestamp.as_ref().map(|t| t.0), key(s)));
     let mut claimed: BTreeMap<(Ipv4Addr, PortProto), Key> = BTreeMap::new();
     let mut held: BTreeMap<Ipv4Addr, Key> = BTreeMap::new();
+    // First every holder keeps what is still valid for it, so that no Service, however old, is given an address
+    // or port another one holds (an older holder whose own address became invalid competes for a new one below).
+    for s in &candidates {
+        match inputs.pool {
+            Some(Ok(pool)) => {
+                let allowed = |ip: &Ipv4Addr| requested(s).is_none_or(|r| r.as_ref().ok() == Some(ip));
+                if let Some(ip) = current(s).into_iter().find(|ip| pool.contains(*ip) && allowed(ip)) {
+                    held.entry(ip).or_insert_with(|| key(s));
+                }
+            }
+            Some(Err(_)) => {}
+            None => {
+                let Ok(serving) = serving(s, inputs) else { continue };
+                let ports = ports(s);
+                for a in current(s).into_iter().filter(|a| serving.contains(a)) {
+                    let free = ports.iter().all(|p| {
+                        !inputs.reserved.contains(p) && claimed.get(&(a, p.clone())).is_none_or(|k| *k == key(s))
+                    });
+                    if free {
+                        for p in &ports {
+                            claimed.insert((a, p.clone()), key(s));
+                        }
+                    }
+                }
+            }
+        }
+    }
     for s in candidates {
         let decision = match inputs.pool {
             Some(Ok(pool)) => from_pool(s, pool, &mut held),
-            Some(Err(e)) => Decision::Pending(format!("the LoadBalancer pool is invalid: {e}")),
+            Some(Err(e)) => Decision::Keep(format!("the LoadBalancer pool is invalid: {e}")),
             None => from_nodes(s, inputs, &mut claimed),
         };
         out.insert(key(s), decision);
@@ -183,8 +212,8 @@ fn from_pool(s: &Service, pool: &Pool, held: &mut BTreeMap<Ipv4Addr, Key>) -> De
     }
 }
 
-fn from_nodes(s: &Service, inputs: &Inputs<'_>, claimed: &mut BTreeMap<(Ipv4Addr, PortProto), Key>) -> Decision {
-    let me = key(s);
+/// The node addresses `s` may have (its `loadBalancerIP` applied), or why there are none.
+fn serving(s: &Service, inputs: &Inputs<'_>) -> Result<Vec<Ipv4Addr>, String> {
     let local = s.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
     let with_endpoints = if local { Some(nodes_with_endpoints(s, inputs.slices)) } else { None };
     let mut nodes: Vec<&Arc<Node>> = inputs
@@ -195,25 +224,35 @@ fn from_nodes(s: &Service, inputs: &Inputs<'_>, claimed: &mut BTreeMap<(Ipv4Addr
         .filter(|n| with_endpoints.as_ref().is_none_or(|w| w.contains(n.metadata.name.as_deref().unwrap_or_default())))
         .collect();
     nodes.sort_by_key(|n| n.metadata.name.clone());
-    let mut addrs: Vec<Ipv4Addr> = nodes.iter().filter_map(|n| node_address(n)).collect();
-    addrs.dedup();
+    let mut addrs: Vec<Ipv4Addr> = Vec::new();
+    for a in nodes.iter().filter_map(|n| node_address(n)) {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
     if addrs.is_empty() {
-        return Decision::Pending(if local {
+        return Err(if local {
             "no Ready node has a ready endpoint of this Service (externalTrafficPolicy: Local)".into()
         } else {
             "no Ready node can carry LoadBalancer addresses".into()
         });
     }
     match requested(s) {
-        Some(Err(e)) => return Decision::Pending(e),
-        Some(Ok(want)) if !addrs.contains(&want) => {
-            return Decision::Pending(format!(
-                "spec.loadBalancerIP {want} is not the address of a node that serves this Service (no pool is configured)"
-            ));
-        }
-        Some(Ok(want)) => addrs = vec![want],
-        None => {}
+        Some(Err(e)) => Err(e),
+        Some(Ok(want)) if !addrs.contains(&want) => Err(format!(
+            "spec.loadBalancerIP {want} is not the address of a node that serves this Service (no pool is configured)"
+        )),
+        Some(Ok(want)) => Ok(vec![want]),
+        None => Ok(addrs),
     }
+}
+
+fn from_nodes(s: &Service, inputs: &Inputs<'_>, claimed: &mut BTreeMap<(Ipv4Addr, PortProto), Key>) -> Decision {
+    let me = key(s);
+    let addrs = match serving(s, inputs) {
+        Ok(a) => a,
+        Err(reason) => return Decision::Pending(reason),
+    };
     let ports = ports(s);
     let mut usable = Vec::new();
     let mut reason = None;
@@ -355,6 +394,35 @@ mod tests {
     }
 
     #[test]
+    fn an_older_holder_that_must_move_never_takes_a_younger_holders_address() {
+        // "old" held 10.0.0.200 but now asks for 10.0.0.201, which "young" holds: it waits.
+        let d = run(
+            &[
+                svc("old", 1, json!({"loadBalancerIP": "10.0.0.201"}), &["10.0.0.200"]),
+                svc("young", 2, json!({}), &["10.0.0.201"]),
+            ],
+            Some("10.0.0.200-10.0.0.202"),
+        );
+        assert_eq!(d["young"], Decision::Assign(ips(&["10.0.0.201"])));
+        assert!(
+            matches!(&d["old"], Decision::Pending(r) if r.contains("held by Service default/young")),
+            "{:?}",
+            d["old"]
+        );
+        // On node addresses: "old" held n1's port 9000, but its endpoints are on n2 only now (Local), where
+        // "young" holds port 9000.
+        let d = run(
+            &[
+                svc("old", 1, json!({"externalTrafficPolicy": "Local", "ports": [{"port": 9000}]}), &["10.0.0.11"]),
+                svc("young", 2, json!({"ports": [{"port": 9000}], "loadBalancerIP": "10.0.0.12"}), &["10.0.0.12"]),
+            ],
+            None,
+        );
+        assert_eq!(d["young"], Decision::Assign(ips(&["10.0.0.12"])));
+        assert!(matches!(&d["old"], Decision::Pending(_)), "{:?}", d["old"]);
+    }
+
+    #[test]
     fn load_balancer_ip_and_class_are_honoured() {
         let d = run(
             &[
@@ -393,9 +461,11 @@ mod tests {
         assert!(
             matches!(&d["late"], Decision::Pending(r) if r.contains("no free address in the LoadBalancer pool (2 addresses"))
         );
-        let bad = run(&[svc("x", 1, json!({}), &[])], Some("10.244.0.0/24"));
+        let bad = run(&[svc("x", 1, json!({}), &["10.0.0.200"])], Some("10.244.0.0/24"));
         assert!(
-            matches!(&bad["x"], Decision::Pending(r) if r.contains("pool is invalid") && r.contains("cluster CIDR"))
+            matches!(&bad["x"], Decision::Keep(r) if r.contains("pool is invalid") && r.contains("cluster CIDR")),
+            "a typo in the pool takes no address away: {:?}",
+            bad["x"]
         );
     }
 
