@@ -122,7 +122,8 @@ fn main() -> anyhow::Result<()> {
         let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"port": 80}]}}))?;
         svc_writer.apply_watcher_event(&Event::Apply(svc));
-        let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "web-1", "namespace": "default",
+        let slice: EndpointSlice =
+            serde_json::from_value(json!({"metadata": {"name": "web-1", "namespace": "default",
             "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4", "endpoints": []}))?;
         slice_writer.apply_watcher_event(&Event::Apply(slice));
         let metrics = skiff_agent::metrics::Metrics::new();

@@ -112,9 +112,9 @@ mod tests {
             node("n3", "10.0.0.13", json!({EXCLUDE_LABEL: ""})),
         ];
         let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-        let n1 = targets(&services, &nodes, &[slice.clone()], "n1");
+        let n1 = targets(&services, &nodes, std::slice::from_ref(&slice), "n1");
         assert_eq!(n1, [(ip("10.0.0.200"), true), (ip("10.0.0.201"), false)].into_iter().collect());
-        let n2 = targets(&services, &nodes, &[slice.clone()], "n2");
+        let n2 = targets(&services, &nodes, std::slice::from_ref(&slice), "n2");
         assert_eq!(n2, [(ip("10.0.0.200"), true), (ip("10.0.0.201"), true)].into_iter().collect());
         let n3 = targets(&services, &nodes, &[slice], "n3");
         assert_eq!(n3, [(ip("10.0.0.200"), false), (ip("10.0.0.201"), false)].into_iter().collect());
