@@ -189,6 +189,40 @@ fn a_node_changes_only_its_own_node_lease_and_pods() {
     let (ok, _, err) = run(&c, &n1, &["annotate", "lease", "n2", "-n", "kube-node-lease", "x=y"], None);
     assert!(!ok && err.contains("not allowed to modify lease"), "{err}");
 
+    // LoadBalancer announcement Leases (kube-system/skiff-lb-A-B-C-D): a node holds, renews and releases them for
+    // itself only
+    let announce = |name: &str, holder: &str| {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-system}}\nspec: {{holderIdentity: \"{holder}\", leaseDurationSeconds: 1}}\n"
+        )
+    };
+    let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(&announce("skiff-lb-10-0-0-200", "n1")));
+    assert!(ok, "a node takes an address for itself: {err}");
+    let (ok, _, err) = run(&c, &n2, &["create", "-f", "-"], Some(&announce("skiff-lb-10-0-0-201", "n1")));
+    assert!(!ok && err.contains("as its holder"), "not on another node's behalf: {err}");
+    let (ok, _, err) = run(&c, &n1, &["create", "-f", "-"], Some(&announce("skiff-lb-whatever", "n1")));
+    assert!(!ok && err.contains("as its holder"), "only skiff-lb-A-B-C-D names: {err}");
+    let release = r#"{"spec":{"holderIdentity":""}}"#;
+    let (ok, _, err) = run(
+        &c,
+        &n2,
+        &["patch", "lease", "skiff-lb-10-0-0-200", "-n", "kube-system", "--type=merge", "-p", release],
+        None,
+    );
+    assert!(!ok && err.contains("only hold, renew or release"), "n2 cannot release n1's address: {err}");
+    let (ok, _, err) = run(&c, &n2, &["delete", "lease", "skiff-lb-10-0-0-200", "-n", "kube-system"], None);
+    assert!(!ok && err.contains("only hold, renew or release"), "nor delete it: {err}");
+    let take = r#"{"spec":{"holderIdentity":"n2"}}"#;
+    let (ok, _, err) =
+        run(&c, &n2, &["patch", "lease", "skiff-lb-10-0-0-200", "-n", "kube-system", "--type=merge", "-p", take], None);
+    assert!(ok, "an expired holder's address may be taken over by the claimant: {err}");
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: some-controller, namespace: kube-system}\nspec: {holderIdentity: x}\n",
+    );
+    let (ok, _, err) = run(&c, &n1, &["annotate", "lease", "some-controller", "-n", "kube-system", "x=y"], None);
+    assert!(!ok && err.contains("not allowed to modify lease"), "other kube-system Leases stay off limits: {err}");
+
     c.kubectl_in(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: Pod\nmetadata: {name: on-n2}\nspec: {nodeName: n2, containers: [{name: c, image: busybox}]}\n",
