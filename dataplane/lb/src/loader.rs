@@ -155,41 +155,14 @@ impl Dataplane {
         let links_dir = config.pin_dir.join("links");
         let mut links = Vec::new();
         if let Some(cgroup) = &config.cgroup {
-            // Link-based cgroup attachments always allow several programs (the kernel rejects attach flags for them).
-            let file = fs::File::open(cgroup).map_err(|e| LbError::io("opening cgroup", cgroup.clone(), e))?;
-            for name in [progs::CONNECT4, progs::SENDMSG4, progs::RECVMSG4, progs::GETPEERNAME4] {
-                let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-                prog.load().map_err(|e| LbError::program(name, "load", e))?;
-                let id = prog
-                    .attach(&file, CgroupAttachMode::Single)
-                    .map_err(|e| LbError::program(name, format!("attach to {}", cgroup.display()), e))?;
-                let link = prog.take_link(id).map_err(|e| LbError::program(name, "take link", e))?;
-                let link: FdLink = link.try_into().map_err(|e| LbError::Link {
-                    path: links_dir.join(name),
-                    message: format!("not a BPF link: {e}"),
-                })?;
-                links.push(replace_pin(&links_dir, name.to_string(), link)?);
-            }
+            let names = [progs::CONNECT4, progs::SENDMSG4, progs::RECVMSG4, progs::GETPEERNAME4];
+            links.extend(attach_cgroup(&mut ebpf, &links_dir, cgroup, names, "")?);
         }
         if let Some(cgroup) = &config.node_cgroup {
-            // The node's own processes: ClusterIPs and NodePorts (the forward programs' node variants), with the same reverse
-            // programs as the pods.
-            let file = fs::File::open(cgroup).map_err(|e| LbError::io("opening cgroup", cgroup.clone(), e))?;
-            for name in [progs::CONNECT4_NODE, progs::SENDMSG4_NODE, progs::RECVMSG4, progs::GETPEERNAME4] {
-                let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-                if prog.fd().is_err() {
-                    prog.load().map_err(|e| LbError::program(name, "load", e))?;
-                }
-                let id = prog
-                    .attach(&file, CgroupAttachMode::Single)
-                    .map_err(|e| LbError::program(name, format!("attach to {}", cgroup.display()), e))?;
-                let link = prog.take_link(id).map_err(|e| LbError::program(name, "take link", e))?;
-                let link: FdLink = link.try_into().map_err(|e| LbError::Link {
-                    path: links_dir.join(name),
-                    message: format!("not a BPF link: {e}"),
-                })?;
-                links.push(replace_pin(&links_dir, format!("{name}@node"), link)?);
-            }
+            // The node's own processes: ClusterIPs and NodePorts (the forward programs' node variants), with the same
+            // reverse programs as the pods.
+            let names = [progs::CONNECT4_NODE, progs::SENDMSG4_NODE, progs::RECVMSG4, progs::GETPEERNAME4];
+            links.extend(attach_cgroup(&mut ebpf, &links_dir, cgroup, names, "@node")?);
         }
         for (name, kind) in [(progs::TC_INGRESS, TcAttachType::Ingress), (progs::TC_EGRESS, TcAttachType::Egress)] {
             if config.interfaces.is_empty() {
@@ -233,6 +206,35 @@ impl Dataplane {
         })?;
         Ok(Self { maps, resumed, links })
     }
+}
+
+/// Attaches the cgroup programs `names` to `cgroup` (loading those not loaded yet) and pins each link as
+/// `<name><suffix>` under `links_dir`. Link-based cgroup attachments always allow several programs (the kernel
+/// rejects attach flags for them).
+fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    links_dir: &Path,
+    cgroup: &Path,
+    names: [&'static str; 4],
+    suffix: &str,
+) -> Result<Vec<PathBuf>, LbError> {
+    let file = fs::File::open(cgroup).map_err(|e| LbError::io("opening cgroup", cgroup.to_path_buf(), e))?;
+    let mut pinned = Vec::new();
+    for name in names {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| LbError::program(name, "load", e))?;
+        }
+        let id = prog
+            .attach(&file, CgroupAttachMode::Single)
+            .map_err(|e| LbError::program(name, format!("attach to {}", cgroup.display()), e))?;
+        let link = prog.take_link(id).map_err(|e| LbError::program(name, "take link", e))?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e| LbError::Link { path: links_dir.join(name), message: format!("not a BPF link: {e}") })?;
+        pinned.push(replace_pin(links_dir, format!("{name}{suffix}"), link)?);
+    }
+    Ok(pinned)
 }
 
 /// The BPF object loaded with its maps pinned (reused if they were pinned before); nothing attached.
