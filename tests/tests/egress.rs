@@ -32,10 +32,10 @@ fn pods_reach_the_outside_by_address_by_upstream_name_and_through_an_external_na
     if !skiff_testkit::require_privileges("pod egress end to end") {
         return;
     }
-    let mut cfg = ClusterConfig::full(skiff_binary(), 2);
+    let mut cfg = ClusterConfig::full(skiff_binary(), 3);
     cfg.ingress_node = None;
     cfg.agent_args = vec!["--dns-upstream".into(), format!("{CLIENT_IP}:53")];
-    step("starting a 2-node cluster whose agents forward DNS to the outside host");
+    step("starting a 3-node cluster whose agents forward DNS to the outside host");
     let c = Cluster::start(cfg).expect("starting the cluster");
     let outside = c.client.as_ref().expect("the client namespace");
     outside.ip(&["addr", "add", &format!("{OUTSIDE}/32"), "dev", "eth0"]).expect("outside address");

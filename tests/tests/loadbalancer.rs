@@ -68,7 +68,7 @@ fn pending_event(c: &Cluster, svc: &str, needle: &str) -> String {
 
 #[test]
 fn load_balancer_services_answer_on_node_addresses_and_collisions_stay_pending() {
-    let Some(c) = cluster("LoadBalancer Services on node addresses", 2) else { return };
+    let Some(c) = cluster("LoadBalancer Services on node addresses", 3) else { return };
     let nodes: Vec<String> = c.nodes.iter().map(|n| n.ip.to_string()).collect();
     apply(&c, APP);
     kubectl(&c, &["rollout", "status", "deployment/echo", "--timeout=90s"]);
