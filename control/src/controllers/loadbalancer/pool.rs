@@ -69,9 +69,21 @@ impl Pool {
         self.ranges.iter().flat_map(|(a, b)| (u32::from(*a)..=u32::from(*b)).map(Ipv4Addr::from))
     }
 
-    /// How many addresses the pool has.
+    /// How many distinct addresses the pool has (overlapping ranges count once).
     pub fn size(&self) -> u64 {
-        self.ranges.iter().map(|(a, b)| u64::from(u32::from(*b) - u32::from(*a)) + 1).sum()
+        let mut ranges: Vec<(u32, u32)> = self.ranges.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))).collect();
+        ranges.sort_unstable();
+        let (mut total, mut covered_to) = (0u64, None::<u32>);
+        for (a, b) in ranges {
+            let start = match covered_to {
+                Some(c) if c >= b => continue,
+                Some(c) if c >= a => c + 1,
+                _ => a,
+            };
+            total += u64::from(b - start) + 1;
+            covered_to = Some(b);
+        }
+        total
     }
 }
 
@@ -98,6 +110,8 @@ mod tests {
         let all: Vec<Ipv4Addr> = p.addresses().collect();
         assert_eq!(all, vec![ip("10.0.0.201"), ip("10.0.0.202"), ip("10.0.0.240"), ip("10.0.0.241"), ip("192.0.2.7")]);
         assert_eq!(p.size(), 5);
+        let overlapping = Pool::parse("10.0.0.1-10.0.0.10, 10.0.0.5-10.0.0.12, 10.0.0.3", &[]).expect("pool");
+        assert_eq!(overlapping.size(), 12, "overlaps count once");
         assert!(p.contains(ip("10.0.0.241")) && !p.contains(ip("10.0.0.200")));
         let one = Pool::parse("198.51.100.9/32", &[]).expect("pool");
         assert_eq!(one.addresses().collect::<Vec<_>>(), vec![ip("198.51.100.9")]);
