@@ -191,6 +191,30 @@ impl AgentConfig {
         if self.ca_cert_pem.trim().is_empty() {
             return bad("the cluster CA certificate is empty".into());
         }
+        if let LbMode::On { node_cgroup: Some(dir), .. } = &self.lb
+            && !dir.join("cgroup.controllers").exists()
+        {
+            return bad(format!("--lb-node-cgroup {}: not a cgroup-v2 directory", dir.display()));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_cgroup_that_is_not_a_cgroup_is_refused_at_start() {
+        let mut cfg = AgentConfig::new("n1", "-----BEGIN CERTIFICATE-----");
+        cfg.lb = LbMode::On {
+            pin_dir: "/sys/fs/bpf/skiff/n1".into(),
+            metrics_addr: None,
+            node_cgroup: Some("/nonexistent/cgroup".into()),
+        };
+        let err = cfg.validate().expect_err("refused").to_string();
+        assert!(err.contains("--lb-node-cgroup /nonexistent/cgroup: not a cgroup-v2 directory"), "{err}");
+        cfg.lb = LbMode::On { pin_dir: "/sys/fs/bpf/skiff/n1".into(), metrics_addr: None, node_cgroup: None };
+        assert!(cfg.validate().is_ok());
     }
 }

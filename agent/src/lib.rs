@@ -111,6 +111,12 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     let node_uid = registered.metadata.uid.clone();
     let cidr = node::pod_cidr(&client, &cfg.node_name, registered).await?;
     tracing::info!(node = %cfg.node_name, ip = %node_ip, pod_cidr = %cidr, "node registered");
+    if let Some(m) = &cfg.masquerade
+        && !m.cluster_cidr.contains(&cidr)
+    {
+        tracing::warn!(pod_cidr = %cidr, cluster_cidr = %m.cluster_cidr,
+            "this node's pod CIDR is outside --cluster-cidr: its pods' traffic to the outside is not masqueraded");
+    }
     let dns_ip = cfg.serve_dns.then_some(cfg.cluster_dns);
     let net = Arc::new(network::Network::setup(&cfg.bridge, cidr, dns_ip, &paths.ipam(), &paths.netns_dir()).await?);
     // NetworkPolicy rides on the eBPF dataplane: its programs and maps are pinned by the balancer.

@@ -148,6 +148,11 @@ impl LbConfig {
                 ));
             }
         }
+        if let Some(cg) = &self.node_cgroup
+            && !cg.join("cgroup.controllers").exists()
+        {
+            return bad(format!("the node cgroup {} is not a cgroup-v2 directory", cg.display()));
+        }
         if self.limits.max_backends == 0 || self.limits.max_backends > usize::from(limits::MAX_SLOTS) {
             return bad(format!("max backends per Service port must be 1..={}", limits::MAX_SLOTS));
         }

@@ -258,9 +258,10 @@ fn translate(ctx: &TcContext, fk: &CtKey, cfg: &NatConfig, tcp_flags: u8) -> Res
 }
 
 /// Marks a reply entry as seen from the peer's side; returns the pod's (address, port). A record whose flow is
-/// over translates nothing (and is removed): the node may use the tuple for itself by now.
+/// over translates nothing (and is removed): the node may use the tuple for itself by now. `claim` may still
+/// refuse the packet, given the record.
 #[inline(always)]
-fn untranslate(rk: &CtKey, tcp_flags: u8) -> Option<(u32, u16)> {
+fn untranslate(rk: &CtKey, tcp_flags: u8, claim: impl FnOnce(&NatEntry) -> bool) -> Option<(u32, u16)> {
     let r = LB_NAT.get_ptr_mut(rk)?;
     let t = now();
     // SAFETY: a map value pointer; plain integer fields.
@@ -270,6 +271,9 @@ fn untranslate(rk: &CtKey, tcp_flags: u8) -> Option<(u32, u16)> {
         }
         if (*r).expired(rk.proto, t) {
             let _ = LB_NAT.remove(rk);
+            return None;
+        }
+        if !claim(&*r) {
             return None;
         }
         (*r).last_seen = t;
@@ -313,11 +317,14 @@ pub fn ingress_flow(ctx: &mut TcContext, flow: &Flow) -> Result<i32, i64> {
     }
     let k = &flow.key;
     let dport = u16::from_be(k.dport);
-    if (dport < cfg.port_min || dport > cfg.port_max) && node_socket(ctx, k.proto, k.saddr, k.sport, k.daddr, k.dport) {
-        // A kept pod port that a node socket has come to use towards the same peer: the node's own flow wins.
-        return Ok(NEXT);
-    }
-    let Some((addr, port)) = untranslate(&flow.key, tcp_flags(ctx, flow)) else {
+    let kept = dport < cfg.port_min || dport > cfg.port_max;
+    // A kept pod port that a node socket also uses towards the same peer: the node's own flow wins. Asked once per
+    // flow, before its first answer (the node's traffic without a record never gets this far).
+    let claim = |r: &NatEntry| {
+        !(kept && r.state & NAT_ST_REPLIED == 0 && node_socket(ctx, k.proto, k.saddr, k.sport, k.daddr, k.dport))
+    };
+    let flags = tcp_flags(ctx, flow);
+    let Some((addr, port)) = untranslate(&flow.key, flags, claim) else {
         return Ok(NEXT);
     };
     rewrite(ctx, flow, false, addr, port)?;
@@ -399,7 +406,7 @@ pub fn ingress_icmp(ctx: &mut TcContext, ip: &Ip) -> Result<i32, i64> {
     let csum = ip.l4 + 2;
     if icmp.kind == ICMP_ECHO_REPLY {
         let rk = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: 0, dport: icmp.id, proto: PROTO_ICMP, pad: [0; 3] };
-        let Some((addr, id)) = untranslate(&rk, 0) else {
+        let Some((addr, id)) = untranslate(&rk, 0, |_| true) else {
             return Ok(NEXT);
         };
         rewrite_icmp_u16(ctx, csum, ip.l4 + 4, icmp.id, id)?;
