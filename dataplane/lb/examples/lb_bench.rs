@@ -13,6 +13,10 @@
 //! - `load IP:PORT[,IP:PORT...] CONCURRENCY SECONDS`: short-lived HTTP/1.1 connections (connect, request, read to
 //!   EOF, close), each thread rotating over the targets; prints connections/s and connect+request latency
 //!   percentiles.
+//! - `keepalive IP:PORT[,IP:PORT...] THREADS CONNECTIONS SECONDS [SOURCE_IP]`: what `wrk -tTHREADS -cCONNECTIONS` does (keep-alive
+//!   HTTP/1.1 requests, one in flight per connection, each thread an event loop), except that each thread spreads its
+//!   connections over the targets round-robin: spread over the backends by the client itself, it is the no-balancer reference of the
+//!   NodePort rounds with the same client shape. Connections come from SOURCE_IP when given. Prints requests/s and request latency percentiles.
 
 use std::{
     collections::BTreeSet,
@@ -36,6 +40,11 @@ fn main() -> anyhow::Result<()> {
         "load" => {
             let targets = a(1)?.split(',').map(str::parse).collect::<Result<Vec<SocketAddr>, _>>()?;
             load(&targets, a(2)?.parse()?, a(3)?.parse()?)
+        }
+        "keepalive" => {
+            let targets = a(1)?.split(',').map(str::parse).collect::<Result<Vec<SocketAddr>, _>>()?;
+            let source = args.get(5).map(|s| s.parse()).transpose()?;
+            keepalive(&targets, a(2)?.parse()?, a(3)?.parse()?, a(4)?.parse()?, source)
         }
         other => bail!("unknown mode {other}"),
     }
@@ -319,4 +328,149 @@ fn load(targets: &[SocketAddr], concurrency: usize, seconds: f64) -> anyhow::Res
         percentile(&all, 0.99)
     );
     Ok(())
+}
+
+/// One keep-alive connection's request loop until `deadline`: request latencies in µs, or the first error. A server
+/// that closes the connection between responses (nginx does after `keepalive_requests`) is connected to again, as
+/// wrk does.
+async fn keepalive_connection(
+    target: SocketAddr,
+    source: Option<Ipv4Addr>,
+    deadline: Instant,
+) -> std::io::Result<Vec<f64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(source) = source {
+            socket.bind(SocketAddr::new(source.into(), 0))?;
+        }
+        let c = socket.connect(target).await?;
+        c.set_nodelay(true)?;
+        std::io::Result::Ok(c)
+    };
+    let mut c = connect().await?;
+    let mut lat = Vec::with_capacity(200_000);
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let mut reconnected = false;
+        // One response: its head, then Content-Length bytes of body.
+        let got = loop {
+            c.write_all(request).await?;
+            let mut got = 0;
+            loop {
+                let n = c.read(&mut buf[got..]).await?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                if response_length(&buf[..got]).is_some_and(|len| got >= len) || got == buf.len() {
+                    break;
+                }
+            }
+            if got > 0 || reconnected {
+                break got;
+            }
+            c = connect().await?;
+            reconnected = true;
+        };
+        if response_length(&buf[..got]) != Some(got) {
+            return Err(std::io::Error::other(format!(
+                "not one whole response: {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            )));
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        if closes(&buf[..got]) {
+            c = connect().await?;
+        }
+    }
+    Ok(lat)
+}
+
+/// Whether a response says the server closes the connection after it.
+fn closes(response: &[u8]) -> bool {
+    String::from_utf8_lossy(response).lines().take_while(|l| !l.is_empty()).any(|l| {
+        l.split_once(':')
+            .is_some_and(|(n, v)| n.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close"))
+    })
+}
+
+/// The whole length of the HTTP/1.1 response at the start of `buf` once its head is in (a Content-Length body).
+fn response_length(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let body = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+    })?;
+    Some(head_end + body)
+}
+
+fn keepalive(
+    targets: &[SocketAddr],
+    threads: usize,
+    connections: usize,
+    seconds: f64,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<()> {
+    if targets.is_empty() || threads == 0 || connections < threads {
+        bail!("need a target, a thread and at least one connection per thread");
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let results: Vec<anyhow::Result<Vec<f64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                s.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(async {
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for i in (thread..connections).step_by(threads) {
+                            // Every thread spans all targets (as a balancer spreads each thread's connections).
+                            tasks.spawn(keepalive_connection(targets[(i / threads) % targets.len()], source, deadline));
+                        }
+                        let mut lat = Vec::new();
+                        while let Some(done) = tasks.join_next().await {
+                            lat.extend(done??);
+                        }
+                        Ok(lat)
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a load thread panicked"))))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_by(f64::total_cmp);
+    println!(
+        "requests={} requests_per_s={:.0} p50_us={:.0} p99_us={:.0}",
+        all.len(),
+        all.len() as f64 / seconds,
+        percentile(&all, 0.5),
+        percentile(&all, 0.99)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_length;
+
+    #[test]
+    fn a_response_is_complete_at_its_content_length() {
+        let r = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\n\r\nok\n";
+        assert_eq!(response_length(r), Some(r.len()));
+        assert_eq!(response_length(&r[..20]), None);
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\ncontent-length:  10\r\n\r\n"), Some(41));
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), None);
+        assert!(super::closes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"));
+        assert!(!super::closes(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nConnection: close"));
+    }
 }
