@@ -379,3 +379,103 @@ fn invalid_controller_specs_are_rejected_with_field_paths() {
     let err = c.kubectl_fails(&["apply", "-f", "-"], Some(&WEB.replace("replicas: 3", "replicas: -2")));
     assert!(err.contains("spec.replicas"), "{err}");
 }
+
+/// Leader election under clock skew: a holder whose clock runs an hour behind keeps renewing (so its renewTime is
+/// always an hour old here). This candidate must not take over while the Lease keeps changing, and must once it has
+/// stopped changing for a lease duration. The election this replaces judged expiry from renewTime and took over at
+/// once: two leaders. A leader whose Lease is taken stops its work, tasks it owns included.
+#[test]
+fn leader_election_judges_expiry_from_observed_changes_not_the_holders_clock() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{Api, PostParams};
+    use skiff_control::controllers::leader::{LEASE_DURATION, RENEW_EVERY, run_as_leader};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let c = Cluster::start();
+    let client = c.client();
+    c.runtime.block_on(async move {
+        let api: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+        let skewed = || MicroTime(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1));
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "skew-test", "namespace": "kube-system"},
+            "spec": {"holderIdentity": "skewed-server", "leaseDurationSeconds": 15}
+        }))
+        .expect("lease");
+        api.create(&PostParams::default(), &lease).await.expect("create the Lease");
+        let (renewing, holder) = (api.clone(), "skewed-server");
+        let renewer = tokio::spawn(async move {
+            for _ in 0..600 {
+                let mut l = renewing.get("skew-test").await.expect("read the Lease");
+                let spec = l.spec.as_mut().expect("spec");
+                spec.holder_identity = Some(holder.into());
+                spec.renew_time = Some(skewed());
+                renewing.replace("skew-test", &PostParams::default(), &l).await.expect("renew");
+                tokio::time::sleep(RENEW_EVERY).await;
+            }
+        });
+
+        let (started, ticks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (s, t) = (started.clone(), ticks.clone());
+        let election = tokio::spawn(async move {
+            run_as_leader(client, "skew-test", "candidate", move || {
+                let (s, t) = (s.clone(), t.clone());
+                async move {
+                    s.store(true, Ordering::SeqCst);
+                    let mut owned = tokio::task::JoinSet::new();
+                    owned.spawn(async move {
+                        loop {
+                            t.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    });
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await
+        });
+
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(!started.load(Ordering::SeqCst), "took over a Lease its holder keeps renewing (clock skew)");
+
+        renewer.abort();
+        let _ = renewer.await;
+        let stopped = std::time::Instant::now();
+        for _ in 0..300 {
+            if started.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let waited = stopped.elapsed();
+        assert!(started.load(Ordering::SeqCst), "never took over a Lease nobody renews");
+        assert!(
+            waited >= LEASE_DURATION - RENEW_EVERY && waited < LEASE_DURATION + RENEW_EVERY * 4,
+            "took over {waited:?} after the holder stopped; the lease lasts {LEASE_DURATION:?}"
+        );
+        let l = api.get("skew-test").await.expect("read the Lease");
+        assert_eq!(l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()), Some("candidate"));
+
+        // Another instance takes the Lease (as one that judged it expired would): the leader stops its work.
+        let mut stolen = false;
+        for _ in 0..10 {
+            let mut l = api.get("skew-test").await.expect("read the Lease");
+            l.spec.as_mut().expect("spec").holder_identity = Some("thief".into());
+            match api.replace("skew-test", &PostParams::default(), &l).await {
+                Ok(_) => {
+                    stolen = true;
+                    break;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => continue, // the leader renewed in between
+                Err(e) => panic!("steal the Lease: {e}"),
+            }
+        }
+        assert!(stolen, "could not write the Lease");
+        tokio::time::sleep(RENEW_EVERY * 3).await;
+        let before = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(before > 0, "the work never ran");
+        assert_eq!(ticks.load(Ordering::SeqCst), before, "the work's own task kept running after the lease was lost");
+        election.abort();
+    });
+}

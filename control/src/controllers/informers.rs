@@ -41,10 +41,10 @@ where
         self.writer.as_ref().expect("subscribe before the informer starts").subscribe().expect("a shared store")
     }
 
-    fn start(&mut self, client: kube::Client) {
+    fn start(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>) {
         let Some(writer) = self.writer.take() else { return };
         let api: Api<K> = Api::all(client);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
                 .reflect_shared(writer)
@@ -94,6 +94,8 @@ pub struct Informers {
     pub pdbs: Informer<PodDisruptionBudget>,
     /// ResourceQuotas.
     pub quotas: Informer<ResourceQuota>,
+    /// The watch tasks: they end when this is dropped (a leader that loses its lease drops it).
+    tasks: tokio::task::JoinSet<()>,
 }
 
 impl Informers {
@@ -117,28 +119,29 @@ impl Informers {
             pvcs: Informer::new(),
             pdbs: Informer::new(),
             quotas: Informer::new(),
+            tasks: tokio::task::JoinSet::new(),
         }
     }
 
     /// Starts every watch.
     pub fn start(&mut self, client: &kube::Client) {
-        self.pods.start(client.clone());
-        self.nodes.start(client.clone());
-        self.namespaces.start(client.clone());
-        self.replica_sets.start(client.clone());
-        self.deployments.start(client.clone());
-        self.stateful_sets.start(client.clone());
-        self.daemon_sets.start(client.clone());
-        self.revisions.start(client.clone());
-        self.jobs.start(client.clone());
-        self.cron_jobs.start(client.clone());
-        self.services.start(client.clone());
-        self.slices.start(client.clone());
-        self.hpas.start(client.clone());
-        self.leases.start(client.clone());
-        self.pvcs.start(client.clone());
-        self.pdbs.start(client.clone());
-        self.quotas.start(client.clone());
+        self.pods.start(client.clone(), &mut self.tasks);
+        self.nodes.start(client.clone(), &mut self.tasks);
+        self.namespaces.start(client.clone(), &mut self.tasks);
+        self.replica_sets.start(client.clone(), &mut self.tasks);
+        self.deployments.start(client.clone(), &mut self.tasks);
+        self.stateful_sets.start(client.clone(), &mut self.tasks);
+        self.daemon_sets.start(client.clone(), &mut self.tasks);
+        self.revisions.start(client.clone(), &mut self.tasks);
+        self.jobs.start(client.clone(), &mut self.tasks);
+        self.cron_jobs.start(client.clone(), &mut self.tasks);
+        self.services.start(client.clone(), &mut self.tasks);
+        self.slices.start(client.clone(), &mut self.tasks);
+        self.hpas.start(client.clone(), &mut self.tasks);
+        self.leases.start(client.clone(), &mut self.tasks);
+        self.pvcs.start(client.clone(), &mut self.tasks);
+        self.pdbs.start(client.clone(), &mut self.tasks);
+        self.quotas.start(client.clone(), &mut self.tasks);
     }
 
     /// Waits until every store has its first full list.

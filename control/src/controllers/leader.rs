@@ -1,74 +1,86 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so several control-plane instances run one active
-//! set of controllers: the holder renews the Lease every 2 s; another instance takes it over once it has not been
-//! renewed for its duration; an instance that cannot renew stops its work before the Lease can expire.
+//! set of controllers.
+//!
+//! Expiry is judged as client-go's leader election judges it: from when *this* candidate last saw the Lease change
+//! (its `resourceVersion`), on this candidate's monotonic clock, never from the holder's `renewTime`, so clock skew
+//! between servers cannot make two leaders. Every write carries the `resourceVersion` it was decided on, so two
+//! candidates that both see an expired Lease cannot both take it. The holder renews every [`RENEW_EVERY`] and stops
+//! its work once it has not renewed for [`RENEW_DEADLINE`], counted from the *start* of its last successful renewal,
+//! which is no later than when any other candidate can have seen that renewal: it has stopped before another
+//! candidate's [`LEASE_DURATION`] can run out. The decision is the pure [`decide`]; [`run_as_leader`] carries it out.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 
-/// How long a Lease is valid without renewal.
+/// How long a Lease is valid without renewal (as seen by the other candidates).
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How often the holder renews and the others look.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// A holder that has not renewed for this long stops its work (well before [`LEASE_DURATION`]).
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest one Lease read or write may take.
+const API_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// What a Lease says about `identity` now.
+/// What to do about the Lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    /// We hold it (or may take it): renew/acquire.
-    Acquire,
-    /// Someone else holds a valid lease.
-    Follower,
+pub enum Step {
+    /// No Lease exists: create it as holder.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Released, or its holder has not renewed for a lease duration as we saw it: take it over.
+    TakeOver,
+    /// Someone else holds it: wait.
+    Wait,
 }
 
-/// Decides from the current Lease whether `identity` may hold it at `now`.
-pub fn standing(lease: Option<&Lease>, identity: &str, now: jiff::Timestamp) -> Standing {
-    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else { return Standing::Acquire };
-    if spec.holder_identity.as_deref().is_none_or(|h| h == identity || h.is_empty()) {
-        return Standing::Acquire;
-    }
-    let duration = spec.lease_duration_seconds.map(i64::from).unwrap_or(LEASE_DURATION.as_secs() as i64);
-    match spec.renew_time.as_ref() {
-        Some(t) if now.duration_since(t.0).as_secs() <= duration => Standing::Follower,
-        _ => Standing::Acquire,
+/// Decides for `identity` from the Lease as read and how long this candidate has seen its current version unchanged.
+pub fn decide(lease: Option<&Lease>, identity: &str, unchanged_for: Duration) -> Step {
+    let Some(lease) = lease else { return Step::Create };
+    let spec = lease.spec.as_ref();
+    match spec.and_then(|s| s.holder_identity.as_deref()) {
+        Some(holder) if holder == identity => Step::Renew,
+        None | Some("") => Step::TakeOver,
+        Some(_) => {
+            let duration = spec
+                .and_then(|s| s.lease_duration_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .filter(|s| *s > 0)
+                .map_or(LEASE_DURATION, Duration::from_secs);
+            if unchanged_for > duration { Step::TakeOver } else { Step::Wait }
+        }
     }
 }
 
-/// Tries to acquire or renew the lease; `Ok(true)` when we hold it afterwards.
-async fn try_hold(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
-    let now = jiff::Timestamp::now();
-    let current = api.get_opt(name).await?;
-    if standing(current.as_ref(), identity, now) == Standing::Follower {
-        return Ok(false);
+/// When this candidate first saw the Lease's current version.
+#[derive(Debug, Default)]
+pub struct Observer {
+    seen: Option<(String, Instant)>,
+}
+
+impl Observer {
+    /// Records the version read at `now` (`None`: no Lease); returns how long it has been unchanged.
+    pub fn observe(&mut self, version: Option<&str>, now: Instant) -> Duration {
+        let Some(version) = version else {
+            self.seen = None;
+            return Duration::ZERO;
+        };
+        match &self.seen {
+            Some((v, since)) if v == version => now.saturating_duration_since(*since),
+            _ => {
+                self.seen = Some((version.to_string(), now));
+                Duration::ZERO
+            }
+        }
     }
-    let was_ours = current.as_ref().and_then(|l| l.spec.as_ref()?.holder_identity.as_deref()) == Some(identity);
-    let transitions = current.as_ref().and_then(|l| l.spec.as_ref()?.lease_transitions).unwrap_or(0);
-    let acquire_time = if was_ours {
-        current.as_ref().and_then(|l| l.spec.as_ref()?.acquire_time.clone())
-    } else {
-        Some(MicroTime(now))
-    };
-    let lease = Lease {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some("kube-system".into()),
-            resource_version: current.as_ref().and_then(|l| l.metadata.resource_version.clone()),
-            ..Default::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(identity.to_string()),
-            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
-            acquire_time,
-            renew_time: Some(MicroTime(now)),
-            lease_transitions: Some(if was_ours { transitions } else { transitions + 1 }),
-            ..Default::default()
-        }),
-    };
-    let r = match current {
-        Some(_) => api.replace(name, &PostParams::default(), &lease).await,
-        None => api.create(&PostParams::default(), &lease).await,
-    };
+}
+
+/// Whether this instance holds the Lease after `step`'s write (false when the write lost a race).
+fn write_outcome(r: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
     match r {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -76,34 +88,97 @@ async fn try_hold(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, 
     }
 }
 
-/// Runs `work` whenever this instance holds the Lease `kube-system/<name>`; stops it when the lease is lost.
+/// The Lease `identity` writes to hold it, built on `current` (whose `resourceVersion` guards the write).
+fn held_lease(current: Option<&Lease>, name: &str, identity: &str, now: jiff::Timestamp) -> Lease {
+    let spec = current.and_then(|l| l.spec.as_ref());
+    let was_ours = spec.and_then(|s| s.holder_identity.as_deref()) == Some(identity);
+    let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("kube-system".into()),
+            resource_version: current.and_then(|l| l.metadata.resource_version.clone()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(identity.to_string()),
+            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            acquire_time: if was_ours { spec.and_then(|s| s.acquire_time.clone()) } else { Some(MicroTime(now)) },
+            // For people reading the Lease; no candidate judges expiry by it.
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(if was_ours { transitions } else { transitions + 1 }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// One election round: reads the Lease, decides, writes; `Ok(true)` when we hold it afterwards.
+async fn try_hold(api: &Api<Lease>, name: &str, identity: &str, observer: &mut Observer) -> Result<bool, kube::Error> {
+    let current = api.get_opt(name).await?;
+    let unchanged_for =
+        observer.observe(current.as_ref().and_then(|l| l.metadata.resource_version.as_deref()), Instant::now());
+    let step = decide(current.as_ref(), identity, unchanged_for);
+    if step == Step::TakeOver {
+        tracing::info!(lease = name, identity, ?unchanged_for, "the leader lease expired as seen here; taking it over");
+    }
+    let lease = held_lease(current.as_ref(), name, identity, jiff::Timestamp::now());
+    match step {
+        Step::Wait => Ok(false),
+        Step::Create => write_outcome(api.create(&PostParams::default(), &lease).await),
+        Step::Renew | Step::TakeOver => write_outcome(api.replace(name, &PostParams::default(), &lease).await),
+    }
+}
+
+/// [`try_hold`] bounded by `limit`.
+async fn attempt(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    observer: &mut Observer,
+    limit: Duration,
+) -> Result<bool, String> {
+    match tokio::time::timeout(limit, try_hold(api, name, identity, observer)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// Runs `work` whenever this instance holds the Lease `kube-system/<name>`; stops it when the lease is lost. `work`'s
+/// future is dropped (and awaited) before another round of the election: whatever it owns, such as a
+/// [`tokio::task::JoinSet`] of its tasks, is gone with it.
 pub async fn run_as_leader<F, Fut>(client: kube::Client, name: &str, identity: &str, work: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let api: Api<Lease> = Api::namespaced(client, "kube-system");
+    let mut observer = Observer::default();
     loop {
-        match try_hold(&api, name, identity).await {
+        let started = Instant::now();
+        match attempt(&api, name, identity, &mut observer, API_TIMEOUT).await {
             Ok(true) => {
                 tracing::info!(lease = name, identity, "became the leader");
-                let task = tokio::spawn(work());
-                let mut last_renewal = std::time::Instant::now();
-                loop {
-                    tokio::time::sleep(RENEW_EVERY).await;
-                    match try_hold(&api, name, identity).await {
-                        Ok(true) => last_renewal = std::time::Instant::now(),
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "renewing the leader lease failed");
-                            if last_renewal.elapsed() > LEASE_DURATION - RENEW_EVERY * 2 {
-                                break;
-                            }
-                        }
+                let mut task = tokio::spawn(work());
+                // Leadership ends at this instant unless a renewal that starts before it succeeds; nothing waits past it.
+                let mut deadline = started + RENEW_DEADLINE;
+                let lost = loop {
+                    tokio::select! {
+                        _ = &mut task => break "the controllers ended",
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.min(Instant::now() + RENEW_EVERY))) => {}
                     }
-                }
+                    let attempt_started = Instant::now();
+                    let Some(left) = deadline.checked_duration_since(attempt_started).filter(|d| !d.is_zero()) else {
+                        break "the lease could not be renewed in time";
+                    };
+                    match attempt(&api, name, identity, &mut observer, left.min(API_TIMEOUT)).await {
+                        Ok(true) => deadline = attempt_started + RENEW_DEADLINE,
+                        Ok(false) => break "another instance holds the lease",
+                        Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
+                    }
+                };
                 task.abort();
-                tracing::warn!(lease = name, identity, "lost the leader lease; controllers stopped");
+                let _ = task.await;
+                tracing::warn!(lease = name, identity, reason = lost, "lost the leader lease; controllers stopped");
             }
             Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "leader election attempt failed"),
@@ -117,16 +192,76 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn lease(holder: &str, renewed: &str) -> Lease {
-        serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed}})).expect("lease")
+    fn lease(holder: &str, version: &str, renewed: &str) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": "l", "resourceVersion": version},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed}
+        }))
+        .expect("lease")
     }
 
     #[test]
-    fn a_valid_lease_of_another_holder_makes_us_a_follower_until_it_expires() {
-        let now: jiff::Timestamp = "2026-01-01T00:00:20Z".parse().expect("time");
-        assert_eq!(standing(None, "me", now), Standing::Acquire);
-        assert_eq!(standing(Some(&lease("me", "2026-01-01T00:00:19.000000Z")), "me", now), Standing::Acquire);
-        assert_eq!(standing(Some(&lease("other", "2026-01-01T00:00:10.000000Z")), "me", now), Standing::Follower);
-        assert_eq!(standing(Some(&lease("other", "2026-01-01T00:00:01.000000Z")), "me", now), Standing::Acquire);
+    fn the_decision_table() {
+        let s = Duration::from_secs;
+        let other = lease("other", "7", "2026-01-01T00:00:00.000000Z");
+        let released = lease("", "7", "2026-01-01T00:00:00.000000Z");
+        for (lease, me, unchanged, want) in [
+            (None, "me", s(0), Step::Create),
+            (Some(&other), "other", s(0), Step::Renew),
+            (Some(&other), "other", s(60), Step::Renew),
+            (Some(&other), "me", s(0), Step::Wait),
+            (Some(&other), "me", s(15), Step::Wait),
+            (Some(&other), "me", s(16), Step::TakeOver),
+            (Some(&released), "me", s(0), Step::TakeOver),
+        ] {
+            assert_eq!(decide(lease, me, unchanged), want, "{me} {unchanged:?} {lease:?}");
+        }
+    }
+
+    #[test]
+    fn expiry_counts_from_when_this_candidate_saw_the_version_not_from_the_holders_clock() {
+        // Clock skew: the holder's clock runs an hour behind ours, so its renewTime is always an hour old here (the
+        // election this replaces took that as expired and made a second leader). The holder keeps renewing, so the
+        // version keeps changing and the Lease never expires, whatever renewTime says.
+        let t0 = Instant::now();
+        let mut seen = Observer::default();
+        for (i, at) in [0u64, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 40].into_iter().enumerate() {
+            let l = lease("other", &format!("{}", 100 + i), "2026-01-01T00:00:00.000000Z");
+            let unchanged = seen.observe(l.metadata.resource_version.as_deref(), t0 + Duration::from_secs(at));
+            assert_eq!(decide(Some(&l), "me", unchanged), Step::Wait, "renewed at {at} s");
+        }
+        // Now the holder stops (its last version, seen at 40 s, stays): it may be taken over only a lease duration after we saw that
+        // version, even though its renewTime is in the future here (a holder whose clock runs ahead).
+        let last = lease("other", "111", "2099-01-01T00:00:00.000000Z");
+        for (at, want) in [(41, Step::Wait), (55, Step::Wait), (56, Step::TakeOver)] {
+            let unchanged = seen.observe(Some("111"), t0 + Duration::from_secs(at));
+            assert_eq!(decide(Some(&last), "me", unchanged), want, "at {at} s");
+        }
+        assert_eq!(seen.observe(None, t0 + Duration::from_secs(58)), Duration::ZERO, "a deleted Lease is forgotten");
+    }
+
+    #[test]
+    fn the_holder_stops_before_any_other_candidate_may_take_over() {
+        // The holder counts from the start of its renewal, which is no later than anyone else can see its effect, and
+        // no attempt runs past its deadline; the margin covers stopping the work and clocks that tick at different
+        // rates.
+        assert!(RENEW_DEADLINE + Duration::from_secs(3) < LEASE_DURATION);
+        assert!(RENEW_DEADLINE > RENEW_EVERY * 2 + API_TIMEOUT, "one failed renewal does not end leadership");
+    }
+
+    #[test]
+    fn holding_keeps_the_acquire_time_and_counts_transitions() {
+        let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        let mut mine = lease("me", "9", "2026-01-01T00:00:00.000000Z");
+        mine.spec.as_mut().expect("spec").acquire_time = Some(MicroTime("2026-01-01T00:00:00Z".parse().expect("t")));
+        mine.spec.as_mut().expect("spec").lease_transitions = Some(3);
+        let renewed = held_lease(Some(&mine), "l", "me", now);
+        let spec = renewed.spec.as_ref().expect("spec");
+        assert_eq!(renewed.metadata.resource_version.as_deref(), Some("9"), "the write is guarded by what was read");
+        assert_eq!(spec.acquire_time, mine.spec.as_ref().expect("spec").acquire_time);
+        assert_eq!(spec.lease_transitions, Some(3));
+        let taken = held_lease(Some(&mine), "l", "other", now);
+        let spec = taken.spec.as_ref().expect("spec");
+        assert_eq!((spec.acquire_time.as_ref().map(|t| t.0), spec.lease_transitions), (Some(now), Some(4)));
     }
 }

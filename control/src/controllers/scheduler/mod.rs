@@ -108,13 +108,15 @@ pub fn usage_of(pods: &[Arc<Pod>], assumed: &HashMap<String, (String, Arc<Pod>)>
 /// Runs the scheduler.
 pub async fn run(ctx: Arc<Ctx>, pods: ReflectHandle<Pod>, nodes: ReflectHandle<Node>) {
     let kick = Arc::new(Notify::new());
+    // Dropped (and so stopped) with this future when the leader loses its lease.
+    let mut triggers = tokio::task::JoinSet::new();
     let k = kick.clone();
-    tokio::spawn(pods.for_each(move |_| {
+    triggers.spawn(pods.for_each(move |_| {
         k.notify_one();
         async {}
     }));
     let k = kick.clone();
-    tokio::spawn(nodes.for_each(move |_| {
+    triggers.spawn(nodes.for_each(move |_| {
         k.notify_one();
         async {}
     }));

@@ -117,8 +117,10 @@ pub struct Annotations {
     pub limit_rps: Option<u32>,
     /// `limit-connections` per client IP.
     pub limit_connections: Option<u32>,
-    /// `whitelist-source-range` / `allowlist-source-range`; empty allows everyone.
-    pub allow: Vec<ipnet::IpNet>,
+    /// `whitelist-source-range` / `allowlist-source-range`: `None` allows everyone, `Some` only clients in these
+    /// networks; an annotation with an entry that is not a CIDR gives `Some(vec![])`, which denies every client
+    /// (fail closed, as ingress-nginx denies a location whose annotation does not parse).
+    pub allow: Option<Vec<ipnet::IpNet>>,
     /// Redirect everything to another URL.
     pub redirect: Option<Redirect>,
     /// `app-root`: redirect `/` here.
@@ -193,14 +195,28 @@ pub fn parse(annotations: &BTreeMap<String, String>, d: &Defaults) -> (Annotatio
             None
         }
     };
-    let mut allow = Vec::new();
+    let mut allow: Option<Vec<ipnet::IpNet>> = None;
+    let mut allow_invalid = false;
     for key in ["whitelist-source-range", "allowlist-source-range"] {
-        for cidr in get(key).iter().flat_map(|v| v.split(',')).map(str::trim).filter(|c| !c.is_empty()) {
+        let Some(value) = get(key).filter(|v| !v.trim().is_empty()) else { continue };
+        let list = allow.get_or_insert_with(Vec::new);
+        let entries: Vec<&str> = value.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+        if entries.is_empty() {
+            allow_invalid = true;
+            bad(key, format!("no CIDR in {value:?}: the route denies every client until it is fixed"));
+        }
+        for cidr in entries {
             match parse_cidr(cidr) {
-                Some(net) => allow.push(net),
-                None => bad(key, format!("invalid CIDR {cidr:?} skipped")),
+                Some(net) => list.push(net),
+                None => {
+                    allow_invalid = true;
+                    bad(key, format!("invalid CIDR {cidr:?}: the route denies every client until it is fixed"));
+                }
             }
         }
+    }
+    if allow_invalid {
+        allow = Some(Vec::new());
     }
     let redirect = match (get("permanent-redirect"), get("temporal-redirect")) {
         (Some(url), _) if !url.is_empty() => {
@@ -337,7 +353,7 @@ mod tests {
         assert_eq!(a.max_body_bytes, Some(1 << 20));
         assert_eq!((a.connect_timeout.as_secs(), a.read_timeout.as_secs()), (5, 60));
         assert_eq!(a.protocol, BackendProtocol::Http);
-        assert!(a.canary.is_none() && a.redirect.is_none() && a.allow.is_empty());
+        assert!(a.canary.is_none() && a.redirect.is_none() && a.allow.is_none());
     }
 
     #[test]
@@ -374,7 +390,7 @@ mod tests {
         assert_eq!(a.rewrite_target.as_deref(), Some("/$2"));
         assert_eq!(a.affinity, Some(Affinity { name: "route".into(), path: "/".into(), max_age: Some(3600) }));
         assert_eq!((a.limit_rps, a.limit_connections), (Some(10), Some(3)));
-        assert_eq!(a.allow.len(), 2);
+        assert_eq!(a.allow.as_ref().map(Vec::len), Some(2));
         assert_eq!(a.redirect, Some(Redirect { url: "https://example.org/".into(), code: 302 }));
         assert_eq!(a.app_root.as_deref(), Some("/app"));
         assert_eq!(a.custom_headers.as_deref(), Some("default/headers"));
@@ -398,6 +414,21 @@ mod tests {
         let c = a.canary.expect("canary");
         assert_eq!((c.weight, c.weight_total), (30, 100));
         assert_eq!((c.header.as_deref(), c.cookie.as_deref()), (Some("X-Canary"), Some("c")));
+    }
+
+    #[test]
+    fn an_allowlist_that_does_not_parse_denies_everyone() {
+        for value in ["10.0.0.0/33", "10.0.0.0/8, nonsense", " , ", "10.0.0.0/8,,300.1.1.1"] {
+            let (a, problems) = parse(&ann(&[("whitelist-source-range", value)]), &Defaults::default());
+            assert_eq!(a.allow, Some(Vec::new()), "{value:?} must deny every client");
+            assert!(problems.iter().any(|p| p.message.contains("denies every client")), "{value:?}: {problems:?}");
+        }
+        let (a, problems) =
+            parse(&ann(&[("allowlist-source-range", " 10.0.0.0/8 ,192.168.1.1 ")]), &Defaults::default());
+        assert_eq!(a.allow.as_ref().map(Vec::len), Some(2));
+        assert!(problems.is_empty(), "{problems:?}");
+        let (a, _) = parse(&ann(&[("whitelist-source-range", "")]), &Defaults::default());
+        assert_eq!(a.allow, None, "an empty annotation restricts nothing");
     }
 
     #[test]

@@ -53,8 +53,16 @@ pub fn admit(found: &Lookup<'_>, req: &Request<'_>) -> Result<(), Answer> {
         return Err(Answer::text(404, "404 page not found: no Ingress rule matches this host and path\n"));
     };
     let policy = &route.policy;
-    if !policy.allow.is_empty() && !req.client.is_some_and(|ip| policy.allow.iter().any(|net| net.contains(&ip))) {
-        return Err(Answer::text(403, "403 forbidden: client address not allowed by whitelist-source-range\n"));
+    if let Some(allow) = &policy.allow {
+        if allow.is_empty() {
+            return Err(Answer::text(
+                403,
+                "403 forbidden: the route's whitelist-source-range is invalid; no client is allowed\n",
+            ));
+        }
+        if !req.client.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
+            return Err(Answer::text(403, "403 forbidden: client address not allowed by whitelist-source-range\n"));
+        }
     }
     if let Some(r) = &policy.redirect {
         return Err(Answer::redirect(r.code, r.url.clone()));

@@ -140,8 +140,8 @@ pub struct Policy {
     pub rate: Option<Arc<RateLimiter>>,
     /// Concurrent requests per client.
     pub conns: Option<Arc<ConnLimiter>>,
-    /// Allowed client networks (empty: everyone).
-    pub allow: Vec<ipnet::IpNet>,
+    /// Allowed client networks: `None` is everyone, `Some` only these (an empty list is nobody).
+    pub allow: Option<Vec<ipnet::IpNet>>,
     /// Redirect every request.
     pub redirect: Option<Redirect>,
     /// Redirect `/` to this path.

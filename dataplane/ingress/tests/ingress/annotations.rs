@@ -32,6 +32,19 @@ async fn rewrites_redirects_and_allowlists_behave_like_ingress_nginx() {
             &[("allow.test", "/", "svc")],
             "",
         ),
+        // An allowlist that does not parse denies everyone (it used to admit everyone when no entry parsed).
+        ingress_yaml(
+            "broken",
+            &format!("{P}/whitelist-source-range: \"127.0.0.1/33, loopback\""),
+            &[("broken.test", "/", "svc")],
+            "",
+        ),
+        ingress_yaml(
+            "half",
+            &format!("{P}/allowlist-source-range: \"127.0.0.0/8, 10.0.0.0/40\""),
+            &[("half.test", "/", "svc")],
+            "",
+        ),
         ingress_yaml("vhost", &format!("{P}/upstream-vhost: internal.local"), &[("vhost.test", "/", "svc")], ""),
     ]
     .concat();
@@ -45,6 +58,11 @@ async fn rewrites_redirects_and_allowlists_behave_like_ingress_nginx() {
     assert_eq!((r.status, r.header("location").as_deref()), (301, Some("https://example.org/new")));
     assert_eq!(ingress.get("deny.test", "/").await.status, 403);
     assert_eq!(ingress.get("allow.test", "/").await.status, 200);
+    for host in ["broken.test", "half.test"] {
+        let r = ingress.get(host, "/").await;
+        assert_eq!(r.status, 403, "{host}: an allowlist that does not parse must deny");
+        assert!(r.body.contains("invalid"), "{host}: {}", r.body);
+    }
     assert_eq!(ingress.get("vhost.test", "/").await.json()["headers"]["host"], "internal.local");
 }
 
