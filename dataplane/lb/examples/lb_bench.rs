@@ -317,17 +317,22 @@ fn load(targets: &[SocketAddr], concurrency: usize, seconds: f64) -> anyhow::Res
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
-    let mut all: Vec<f64> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+    let all: Vec<f64> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
     let errors: u64 = results.iter().map(|(_, e)| e).sum();
-    all.sort_by(f64::total_cmp);
-    println!(
-        "conns={} errors={errors} conns_per_s={:.0} p50_us={:.0} p99_us={:.0}",
-        all.len(),
-        all.len() as f64 / seconds,
-        percentile(&all, 0.5),
-        percentile(&all, 0.99)
-    );
+    println!("{}", rate_line("conns", all, seconds, &format!(" errors={errors}")));
     Ok(())
+}
+
+/// `WHAT=n[EXTRA] WHAT_per_s=r p50_us=… p99_us=…` for the latencies (µs) of `seconds` of load.
+fn rate_line(what: &str, mut latencies: Vec<f64>, seconds: f64, extra: &str) -> String {
+    latencies.sort_by(f64::total_cmp);
+    format!(
+        "{what}={}{extra} {what}_per_s={:.0} p50_us={:.0} p99_us={:.0}",
+        latencies.len(),
+        latencies.len() as f64 / seconds,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    )
 }
 
 /// One keep-alive connection's request loop until `deadline`: request latencies in µs, or the first error. A server
@@ -448,27 +453,28 @@ fn keepalive(
     for r in results {
         all.extend(r?);
     }
-    all.sort_by(f64::total_cmp);
-    println!(
-        "requests={} requests_per_s={:.0} p50_us={:.0} p99_us={:.0}",
-        all.len(),
-        all.len() as f64 / seconds,
-        percentile(&all, 0.5),
-        percentile(&all, 0.99)
-    );
+    println!("{}", rate_line("requests", all, seconds, ""));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::response_length;
+    use super::{rate_line, response_length};
+
+    #[test]
+    fn the_rate_line_is_what_bench_lb_parses() {
+        assert_eq!(
+            rate_line("conns", vec![300.0, 100.0, 200.0], 2.0, " errors=1"),
+            "conns=3 errors=1 conns_per_s=2 p50_us=200 p99_us=300"
+        );
+    }
 
     #[test]
     fn a_response_is_complete_at_its_content_length() {
         let r = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\n\r\nok\n";
         assert_eq!(response_length(r), Some(r.len()));
         assert_eq!(response_length(&r[..20]), None);
-        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\ncontent-length:  10\r\n\r\n"), Some(41));
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\ncontent-length:  10\r\n\r\n"), Some(50));
         assert_eq!(response_length(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), None);
         assert!(super::closes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"));
         assert!(!super::closes(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nConnection: close"));
