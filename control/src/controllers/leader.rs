@@ -121,11 +121,11 @@ async fn try_hold(api: &Api<Lease>, name: &str, identity: &str, observer: &mut O
     if step == Step::TakeOver {
         tracing::info!(lease = name, identity, ?unchanged_for, "the leader lease expired as seen here; taking it over");
     }
-    let lease = held_lease(current.as_ref(), name, identity, jiff::Timestamp::now());
+    let lease = || held_lease(current.as_ref(), name, identity, jiff::Timestamp::now());
     match step {
         Step::Wait => Ok(false),
-        Step::Create => write_outcome(api.create(&PostParams::default(), &lease).await),
-        Step::Renew | Step::TakeOver => write_outcome(api.replace(name, &PostParams::default(), &lease).await),
+        Step::Create => write_outcome(api.create(&PostParams::default(), &lease()).await),
+        Step::Renew | Step::TakeOver => write_outcome(api.replace(name, &PostParams::default(), &lease()).await),
     }
 }
 
