@@ -207,7 +207,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let tls = Arc::new(tls);
     tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone()), cfg.limits.clone()));
     tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
-    crate::controllers::spawn_api_machinery(api.clone(), pki.ca.clone());
     let url = format!("https://{advertise}");
     let kubeconfig_path = cfg.data_dir.join("kubeconfig");
     let content = kubeconfig::render(
@@ -229,11 +228,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         pki.clone(),
         serving,
     ));
+    // With controllers, the API machinery runs with them on the leader only; an API server alone runs it itself.
+    let (machinery_api, ca) = (api.clone(), pki.ca.clone());
+    let machinery = move || -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(crate::controllers::run_api_machinery(machinery_api.clone(), ca.clone()))
+    };
     if let Some(opts) = cfg.controllers.clone() {
         let client = skiff_client::connect(&kubeconfig_path)
             .await
             .map_err(|e| ServerError::Bootstrap(format!("controller client: {e}")))?;
-        tokio::spawn(crate::controllers::manager::run(client, opts));
+        tokio::spawn(crate::controllers::manager::run(client, opts, Some(Arc::new(machinery))));
+    } else {
+        tokio::spawn(machinery());
     }
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server ready");
     Ok(RunningServer { api, addr, url, pki, kubeconfig: kubeconfig_path })

@@ -89,12 +89,23 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
     );
 }
 
-/// Runs the controllers whenever this instance is the leader.
-pub async fn run(client: kube::Client, opts: ManagerOptions) {
+/// Other work that must run on one instance only (the server's API machinery), started and stopped with the
+/// controllers.
+pub type Singletons = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Runs the controllers, and `singletons`, whenever this instance is the leader.
+pub async fn run(client: kube::Client, opts: ManagerOptions, singletons: Option<Singletons>) {
     let identity = opts.identity.clone();
     super::leader::run_as_leader(client.clone(), "skiff-controller-manager", &identity, move || {
-        let (client, opts) = (client.clone(), opts.clone());
-        async move { run_controllers(client, opts).await }
+        let (client, opts, singletons) = (client.clone(), opts.clone(), singletons.clone());
+        async move {
+            let others = async move {
+                if let Some(start) = singletons {
+                    start().await;
+                }
+            };
+            tokio::join!(run_controllers(client, opts), others);
+        }
     })
     .await;
 }

@@ -1,6 +1,7 @@
-//! Controllers. The API machinery ones ([`gc`], [`namespaces`], [`quota`]) run inside `skiff server` directly on
-//! the store; the workload controllers and the scheduler run on kube-runtime against the API (as
-//! kube-controller-manager and kube-scheduler do), under leader election ([`manager`]).
+//! Controllers. The API machinery ones ([`gc`], [`namespaces`], [`quota`], [`csr`], [`rbac`] aggregation) run inside
+//! `skiff server` directly on the store; the workload controllers and the scheduler run on kube-runtime against the
+//! API (as kube-controller-manager and kube-scheduler do). When the server runs controllers, all of them, the API
+//! machinery included, run only on the instance that holds the leader Lease ([`manager`], [`leader`]).
 
 pub mod cronjob;
 pub mod csr;
@@ -35,15 +36,17 @@ use kube::runtime::controller::Action;
 use crate::apiserver::Api;
 use ctx::{Ctx, ReconcileError};
 
-/// Starts the garbage collector, the namespace lifecycle, the quota status and the certificate controllers
-/// (in-process).
-pub fn spawn_api_machinery(api: Arc<Api>, ca: crate::pki::CertPair) {
+/// Runs the garbage collector, the namespace lifecycle, the quota status, the certificate and the ClusterRole
+/// aggregation controllers (in-process) until the future is dropped.
+pub async fn run_api_machinery(api: Arc<Api>, ca: crate::pki::CertPair) {
     let ca_pem = ca.cert_pem.clone();
-    tokio::spawn(csr::run(api.clone(), ca));
-    tokio::spawn(gc::run(api.clone()));
-    tokio::spawn(quota::run(api.clone()));
-    tokio::spawn(rbac::run(api.clone()));
-    tokio::spawn(namespaces::run(api, ca_pem));
+    tokio::join!(
+        csr::run(api.clone(), ca),
+        gc::run(api.clone()),
+        quota::run(api.clone()),
+        rbac::run(api.clone()),
+        namespaces::run(api, ca_pem),
+    );
 }
 
 /// What every kube-runtime controller does with a failed reconcile: log it and retry soon.
