@@ -8,10 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-/// Namespace of the announcement Leases.
-pub const LEASE_NAMESPACE: &str = "kube-system";
-/// Name prefix of the announcement Leases.
-pub const LEASE_PREFIX: &str = "skiff-lb-";
+pub use skiff_api::loadbalancer::{ANNOUNCE_NAMESPACE as LEASE_NAMESPACE, ANNOUNCE_PREFIX as LEASE_PREFIX};
 /// A holder that has not renewed for this long (as seen by the others) loses the address.
 pub const LEASE_DURATION: Duration = Duration::from_secs(1);
 /// How often the holder renews and the others look.
@@ -24,8 +21,7 @@ pub const API_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// The Lease name of an address.
 pub fn lease_name(ip: Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("{LEASE_PREFIX}{}-{}-{}-{}", o[0], o[1], o[2], o[3])
+    skiff_api::loadbalancer::announcement_lease(ip)
 }
 
 /// What this agent sees of a Lease.

@@ -3,8 +3,9 @@
 //! on the node interface (`LB_L2_ANNOUNCE`). A node that takes an address over sends gratuitous ARP so that hosts on
 //! the link move to it at once. This module is the thin I/O loop around those two pure parts.
 //!
-//! A holder that cannot renew for a lease duration withdraws; a killed agent leaves its answers in place (the maps
-//! are pinned: fail-static) until another node takes the address over.
+//! A holder that cannot renew within [`RENEW_DEADLINE`] (counted from the start of its last successful renewal)
+//! withdraws; the kernel's answers carry the same deadline (`L2Entry::expires`), so a killed agent's node stops
+//! answering for the address on its own, before another node may take it over.
 
 pub mod election;
 pub mod targets;
@@ -118,8 +119,10 @@ fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// One address's pass: read the Lease, decide, write. `Some(true)`: this node holds it now; `Some(false)`: it
-/// does not; `None`: the API server did not answer in time (nothing is known).
+/// One address's pass: read the Lease, decide, write, all within [`API_TIMEOUT`]. `Some((true, at, mono))`: this
+/// node holds it, renewed no earlier than `at` (and `mono`, in `CLOCK_MONOTONIC` ns): the moment the pass started,
+/// which is before any other node can have seen the write, so deadlines counted from it end before the others'
+/// lease duration does. `Some((false, ..))`: it does not hold it; `None`: the API server did not answer in time.
 async fn pass(
     api: &Api<Lease>,
     me: &str,
@@ -127,21 +130,24 @@ async fn pass(
     eligible: bool,
     needed: bool,
     obs: &std::sync::Mutex<Observations>,
-) -> Option<bool> {
+) -> Option<(bool, Instant, u64)> {
     let name = lease_name(ip);
-    let now = Instant::now();
-    let current = match tokio::time::timeout(API_TIMEOUT, api.get_opt(&name)).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            tracing::debug!(lease = name, error = %e, "reading the lease failed");
-            return None;
-        }
-        Err(_) => return None,
+    let (started, mono) = (Instant::now(), monotonic_ns());
+    let round = async {
+        let current = match api.get_opt(&name).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(lease = name, error = %e, "reading the lease failed");
+                return None;
+            }
+        };
+        let v = current.as_ref().map(view);
+        let age = obs.lock().ok()?.observe(&name, v.as_ref().map(|v| v.version.as_str()), started);
+        let step = decide(me, eligible, v.as_ref(), age);
+        Some(act(api, me, &name, step, current.as_ref(), needed).await)
     };
-    let v = current.as_ref().map(view);
-    let age = obs.lock().ok()?.observe(&name, v.as_ref().map(|v| v.version.as_str()), now);
-    let step = decide(me, eligible, v.as_ref(), age);
-    tokio::time::timeout(API_TIMEOUT, act(api, me, &name, step, current.as_ref(), needed)).await.ok()
+    let held = tokio::time::timeout(API_TIMEOUT, round).await.ok()??;
+    Some((held, started, mono))
 }
 
 /// Announces the pool addresses this node wins on `interface` until the task is dropped.
@@ -179,13 +185,13 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
             want.iter().map(|(ip, eligible)| pass(&api, &me, *ip, *eligible, needed.contains(ip), &obs)),
         )
         .await;
-        let (now, mono) = (Instant::now(), monotonic_ns());
+        let now = Instant::now();
         for ((ip, _), result) in want.iter().zip(results) {
             match result {
-                Some(true) => {
-                    renewed.insert(*ip, (now, mono));
+                Some((true, at, mono)) => {
+                    renewed.insert(*ip, (at, mono));
                 }
-                Some(false) => {
+                Some((false, ..)) => {
                     renewed.remove(ip);
                 }
                 None => {} // unknown: keep the last renewal; the deadline below decides

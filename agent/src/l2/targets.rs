@@ -13,21 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// The `spec.loadBalancerClass` Skiff implements (as does an unset class).
-pub const CLASS: &str = "skiff.dev/service-lb";
-const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-
-fn has_ready_endpoint_on(svc: &Service, slices: &[Arc<EndpointSlice>], me: &str) -> bool {
-    let (ns, name) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref());
-    slices
-        .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == ns)
-        .filter(|s| {
-            s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str) == name
-        })
-        .flat_map(|s| s.endpoints.iter())
-        .any(|e| e.node_name.as_deref() == Some(me) && e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-}
+use skiff_api::loadbalancer::{EXCLUDE_LABEL, is_our_class, nodes_with_ready_endpoints};
 
 /// Every address to announce → whether this node (`me`) may announce it.
 pub fn targets(
@@ -49,12 +35,11 @@ pub fn targets(
     let mut out = BTreeMap::new();
     for svc in services {
         let Some(spec) = svc.spec.as_ref() else { continue };
-        let ours = spec.load_balancer_class.as_deref().is_none_or(|c| c.is_empty() || c == CLASS);
-        if spec.type_.as_deref() != Some("LoadBalancer") || !ours {
+        if spec.type_.as_deref() != Some("LoadBalancer") || !is_our_class(spec.load_balancer_class.as_deref()) {
             continue;
         }
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let eligible = !excluded && (!local || has_ready_endpoint_on(svc, slices, me));
+        let eligible = !excluded && (!local || nodes_with_ready_endpoints(svc, slices).contains(me));
         let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
         for ip in ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()) {
             if !node_addrs.contains(&ip) {

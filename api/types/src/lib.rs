@@ -21,6 +21,7 @@
 pub use k8s_openapi;
 
 pub mod defaults;
+pub mod loadbalancer;
 pub mod meta;
 pub mod normalize;
 pub mod protobuf;

@@ -56,7 +56,7 @@ pub struct Args {
     pub no_lb: bool,
     /// Balance Services for the pods only: the node's own processes (a shell, a node exporter) then cannot use
     /// ClusterIPs. By default the socket programs also attach to the root cgroup for ClusterIPs and NodePorts.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lb_node_cgroup")]
     pub lb_pods_only: bool,
     /// The cgroup-v2 directory whose processes count as the node's (default: the hierarchy's root).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -170,7 +170,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let node_cgroup = if args.lb_pods_only {
                 None
             } else {
-                args.lb_node_cgroup.clone().or_else(skiff_lb::config::cgroup2_root)
+                let root = args.lb_node_cgroup.clone().or_else(skiff_lb::config::cgroup2_root);
+                if root.is_none() {
+                    tracing::warn!("no cgroup-v2 hierarchy found: the node's own processes get no ClusterIPs");
+                }
+                root
             };
             agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics), node_cgroup };
         }

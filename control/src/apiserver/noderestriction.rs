@@ -123,27 +123,16 @@ fn changed_reserved(old: &Value, new: &Value) -> Vec<String> {
 
 /// The namespace of node Leases.
 const NODE_LEASES: &str = "kube-node-lease";
-/// Where the agents' LoadBalancer announcement Leases live (`skiff-lb-A-B-C-D`, see the agent's `l2` module).
-const ANNOUNCE_NAMESPACE: &str = "kube-system";
-/// Name prefix of the announcement Leases.
-const ANNOUNCE_PREFIX: &str = "skiff-lb-";
+use skiff_api::loadbalancer::{ANNOUNCE_NAMESPACE, is_announcement_lease};
 
 fn holder(lease: &Value) -> &str {
     lease.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default()
 }
 
+/// Whether a Lease is an announcement Lease: well-formed name in the announcement namespace. Any other Lease there,
+/// even one whose name merely starts with the prefix, stays off limits to nodes.
 fn is_announcement(name: &str, lease: &Value) -> bool {
-    name.starts_with(ANNOUNCE_PREFIX) && skiff_api::meta::namespace(lease) == ANNOUNCE_NAMESPACE
-}
-
-/// Whether an announcement Lease's name is `skiff-lb-A-B-C-D` for an IPv4 address (so a node cannot make others).
-fn well_formed_announcement(name: &str) -> bool {
-    name.strip_prefix(ANNOUNCE_PREFIX).is_some_and(|rest| {
-        rest.replace('-', ".").parse::<std::net::Ipv4Addr>().is_ok_and(|ip| {
-            let o = ip.octets();
-            rest == format!("{}-{}-{}-{}", o[0], o[1], o[2], o[3])
-        })
-    })
+    is_announcement_lease(name) && skiff_api::meta::namespace(lease) == ANNOUNCE_NAMESPACE
 }
 
 /// Whether node `me` may write an announcement Lease from `old` to `new` (`None`: delete): it may claim one for
@@ -264,10 +253,8 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
             reserved_labels(obj).into_iter().map(|(k, _)| k).collect::<Vec<_>>()
         )),
         ("coordination.k8s.io", "leases") if is_announcement(name, obj) => {
-            if well_formed_announcement(name)
-                && announcement_write(node_name(user), None, Some(obj))
-                && holder(obj) == node_name(user).unwrap_or("-")
-            {
+            // well-formed (is_announcement) and held by the creating node itself
+            if node_name(user).is_some_and(|me| holder(obj) == me) {
                 Ok(())
             } else {
                 Err(format!("node {:?} may only create announcement lease {name:?} as its holder", user.name))
@@ -334,6 +321,15 @@ mod tests {
             .is_err()
         );
         assert!(check_node_create(Some(&n1), "coordination.k8s.io", "leases", &other).is_err());
+        // nor may a node take a kube-system Lease that only looks like an announcement (made by someone else)
+        for odd_name in ["skiff-lb-anything", "skiff-lb-010-0-0-1"] {
+            let odd =
+                json!({"metadata": {"name": odd_name, "namespace": "kube-system"}, "spec": {"holderIdentity": ""}});
+            let mine = json!({"metadata": {"name": odd_name, "namespace": "kube-system"},
+                              "spec": {"holderIdentity": "n1"}});
+            let w = check_node_write(Some(&n1), "coordination.k8s.io", "leases", odd_name, &odd, Some(&mine));
+            assert!(w.is_err(), "{odd_name}");
+        }
     }
 
     #[test]

@@ -40,13 +40,14 @@ use ctx::{Ctx, ReconcileError};
 /// aggregation controllers (in-process) until the future is dropped.
 pub async fn run_api_machinery(api: Arc<Api>, ca: crate::pki::CertPair) {
     let ca_pem = ca.cert_pem.clone();
-    tokio::join!(
-        csr::run(api.clone(), ca),
-        gc::run(api.clone()),
-        quota::run(api.clone()),
-        rbac::run(api.clone()),
-        namespaces::run(api, ca_pem),
-    );
+    // Each its own task, as before (they run in parallel); the set aborts them when this future is dropped.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(csr::run(api.clone(), ca));
+    tasks.spawn(gc::run(api.clone()));
+    tasks.spawn(quota::run(api.clone()));
+    tasks.spawn(rbac::run(api.clone()));
+    tasks.spawn(namespaces::run(api, ca_pem));
+    while tasks.join_next().await.is_some() {}
 }
 
 /// What every kube-runtime controller does with a failed reconcile: log it and retry soon.

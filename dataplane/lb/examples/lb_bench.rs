@@ -13,10 +13,11 @@
 //! - `load IP:PORT[,IP:PORT...] CONCURRENCY SECONDS`: short-lived HTTP/1.1 connections (connect, request, read to
 //!   EOF, close), each thread rotating over the targets; prints connections/s and connect+request latency
 //!   percentiles.
-//! - `keepalive IP:PORT[,IP:PORT...] THREADS CONNECTIONS SECONDS [SOURCE_IP]`: what `wrk -tTHREADS -cCONNECTIONS` does (keep-alive
-//!   HTTP/1.1 requests, one in flight per connection, each thread an event loop), except that each thread spreads its
-//!   connections over the targets round-robin: spread over the backends by the client itself, it is the no-balancer reference of the
-//!   NodePort rounds with the same client shape. Connections come from SOURCE_IP when given. Prints requests/s and request latency percentiles.
+//! - `keepalive IP:PORT[,IP:PORT...] THREADS CONNECTIONS SECONDS [SOURCE_IP]`: what `wrk -tTHREADS -cCONNECTIONS`
+//!   does (keep-alive HTTP/1.1 requests, one in flight per connection, each thread an event loop), except that each
+//!   thread spreads its connections over the targets round-robin: spread over the backends by the client itself, it
+//!   is the no-balancer reference of the NodePort rounds with the same client shape. Connections come from SOURCE_IP
+//!   when given. Prints requests/s and request latency percentiles.
 
 use std::{
     collections::BTreeSet,

@@ -47,19 +47,31 @@ fn forget(ns: &str, name: &str) {
     }
 }
 
-/// The pool from its ConfigMap: `None` when there is none (node addresses are used).
-async fn read_pool(client: &kube::Client) -> Result<Option<Result<Pool, String>>, ReconcileError> {
+/// The pool's text: the ConfigMap's, or with no ConfigMap the server's `--lb-pool` (a deleted ConfigMap must not
+/// move every pool address onto node addresses while the server is configured with a pool). `None`: no pool (node
+/// addresses are used).
+fn pool_text(cm: Option<&ConfigMap>, configured: Option<&str>) -> Option<String> {
+    match cm {
+        Some(cm) => Some(cm.data.as_ref().and_then(|d| d.get(POOL_KEY)).cloned().unwrap_or_default()),
+        None => configured.map(str::to_string),
+    }
+}
+
+/// The pool from its ConfigMap (or `--lb-pool`): `None` when there is none (node addresses are used).
+async fn read_pool(
+    client: &kube::Client,
+    configured: Option<&str>,
+) -> Result<Option<Result<Pool, String>>, ReconcileError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), POOL_NAMESPACE);
-    let Some(cm) = api.get_opt(POOL_CONFIGMAP).await? else { return Ok(None) };
-    let text = cm.data.as_ref().and_then(|d| d.get(POOL_KEY)).cloned().unwrap_or_default();
-    Ok(Some(Pool::parse(&text, &reserved_cidrs())))
+    let cm = api.get_opt(POOL_CONFIGMAP).await?;
+    Ok(pool_text(cm.as_ref(), configured).map(|text| Pool::parse(&text, &reserved_cidrs())))
 }
 
 /// Reconciles one Service.
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let pool = read_pool(&ctx.client).await?;
+    let pool = read_pool(&ctx.client, ctx.config.lb_pool.as_deref()).await?;
     let (services, nodes, slices) = (ctx.services.state(), ctx.nodes.state(), ctx.slices.state());
     let inputs = Inputs {
         services: &services,
@@ -147,4 +159,19 @@ pub async fn run(ctx: Arc<Ctx>, services: ReflectHandle<Service>) {
         .run(reconcile, super::error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configmap_is_the_pool_and_without_it_the_servers_flag_is() {
+        let cm: ConfigMap = serde_json::from_value(json!({"data": {POOL_KEY: "10.0.0.200-10.0.0.201"}})).expect("cm");
+        assert_eq!(pool_text(Some(&cm), Some("10.9.0.0/30")).as_deref(), Some("10.0.0.200-10.0.0.201"));
+        let empty: ConfigMap = serde_json::from_value(json!({})).expect("cm");
+        assert_eq!(pool_text(Some(&empty), Some("10.9.0.0/30")).as_deref(), Some(""), "an emptied pool stays a pool");
+        assert_eq!(pool_text(None, Some("10.9.0.0/30")).as_deref(), Some("10.9.0.0/30"), "a deleted pool");
+        assert_eq!(pool_text(None, None), None, "no pool at all: node addresses");
+    }
 }

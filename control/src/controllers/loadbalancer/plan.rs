@@ -13,7 +13,7 @@
 //! alone. Services that hold an address are placed first (oldest first), so a newcomer never takes an address or
 //! port from a Service that has it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -22,10 +22,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::pool::Pool;
 
-/// The `spec.loadBalancerClass` this controller implements (as does an unset class).
-pub const CLASS: &str = "skiff.dev/service-lb";
-/// Nodes with this label never carry LoadBalancer addresses (the Kubernetes well-known label).
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+pub use skiff_api::loadbalancer::{CLASS, EXCLUDE_LABEL};
+use skiff_api::loadbalancer::{is_our_class, nodes_with_ready_endpoints};
 
 /// A port with its protocol.
 pub type PortProto = (u16, String);
@@ -82,7 +80,7 @@ fn is_lb(s: &Service) -> bool {
 }
 
 fn ours(s: &Service) -> bool {
-    s.spec.as_ref().and_then(|s| s.load_balancer_class.as_deref()).is_none_or(|c| c.is_empty() || c == CLASS)
+    is_our_class(s.spec.as_ref().and_then(|s| s.load_balancer_class.as_deref()))
 }
 
 fn ports(s: &Service) -> Vec<PortProto> {
@@ -101,22 +99,6 @@ pub fn node_address(n: &Node) -> Option<Ipv4Addr> {
     let addrs = n.status.as_ref()?.addresses.as_ref()?;
     let of = |t: &str| addrs.iter().filter(|a| a.type_ == t).find_map(|a| a.address.parse::<Ipv4Addr>().ok());
     of("ExternalIP").or_else(|| of("InternalIP"))
-}
-
-/// Nodes with a ready endpoint of `s`.
-fn nodes_with_endpoints(s: &Service, slices: &[Arc<EndpointSlice>]) -> BTreeSet<String> {
-    let (ns, name) = key(s);
-    slices
-        .iter()
-        .filter(|sl| sl.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|sl| {
-            let labels = sl.metadata.labels.as_ref();
-            labels.and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str) == Some(name.as_str())
-        })
-        .flat_map(|sl| sl.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .filter_map(|e| e.node_name.clone())
-        .collect()
 }
 
 /// The decision for every Service of `inputs` (by namespace and name).
@@ -215,7 +197,7 @@ fn from_pool(s: &Service, pool: &Pool, held: &mut BTreeMap<Ipv4Addr, Key>) -> De
 /// The node addresses `s` may have (its `loadBalancerIP` applied), or why there are none.
 fn serving(s: &Service, inputs: &Inputs<'_>) -> Result<Vec<Ipv4Addr>, String> {
     let local = s.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
-    let with_endpoints = if local { Some(nodes_with_endpoints(s, inputs.slices)) } else { None };
+    let with_endpoints = if local { Some(nodes_with_ready_endpoints(s, inputs.slices)) } else { None };
     let mut nodes: Vec<&Arc<Node>> = inputs
         .nodes
         .iter()

@@ -34,7 +34,10 @@ impl Pool {
                 (a, b)
             } else if item.contains('/') {
                 let n: Ipv4Net = item.parse().map_err(|_| format!("{item:?} is not a CIDR"))?;
-                let n = n.trunc();
+                if n != n.trunc() {
+                    // 10.0.0.200/24 would hand out the whole /24 (the router's address too): say so instead
+                    return Err(format!("{item:?} has host bits set: write {} or a FIRST-LAST range", n.trunc()));
+                }
                 if n.prefix_len() >= 31 {
                     (n.network(), n.broadcast())
                 } else {
@@ -45,6 +48,11 @@ impl Pool {
                 let a: Ipv4Addr = item.parse().map_err(|_| format!("{item:?} is not an address, CIDR or range"))?;
                 (a, a)
             };
+            for a in [first, last] {
+                if a.is_loopback() || a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.is_link_local() {
+                    return Err(format!("{item}: {a} cannot be a LoadBalancer address"));
+                }
+            }
             for (what, net) in reserved {
                 let (lo, hi) = (u32::from(net.network()), u32::from(net.broadcast()));
                 if u32::from(first) <= hi && u32::from(last) >= lo {
@@ -128,5 +136,9 @@ mod tests {
         assert!(err("10.0.0.0/33").contains("not a CIDR"));
         assert!(err("pool").contains("not an address"));
         assert!(err(" , ").contains("no address"));
+        assert!(err("10.0.0.200/24").contains("host bits set: write 10.0.0.0/24"), "not silently the whole /24");
+        for special in ["127.0.0.1", "224.0.0.5", "0.0.0.0", "255.255.255.255", "169.254.1.1"] {
+            assert!(err(special).contains("cannot be a LoadBalancer address"), "{special}");
+        }
     }
 }
