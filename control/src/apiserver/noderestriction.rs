@@ -123,7 +123,7 @@ fn changed_reserved(old: &Value, new: &Value) -> Vec<String> {
 
 /// The namespace of node Leases.
 const NODE_LEASES: &str = "kube-node-lease";
-use skiff_api::loadbalancer::{ANNOUNCE_NAMESPACE, is_announcement_lease};
+use skiff_api::loadbalancer::{ANNOUNCE_NAMESPACE, ANNOUNCE_PREFIX, is_announcement_lease};
 
 fn holder(lease: &Value) -> &str {
     lease.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default()
@@ -252,9 +252,11 @@ pub fn check_node_create(user: Option<&User>, group: &str, plural: &str, obj: &V
             user.name,
             reserved_labels(obj).into_iter().map(|(k, _)| k).collect::<Vec<_>>()
         )),
-        ("coordination.k8s.io", "leases") if is_announcement(name, obj) => {
-            // well-formed (is_announcement) and held by the creating node itself
-            if node_name(user).is_some_and(|me| holder(obj) == me) {
+        ("coordination.k8s.io", "leases")
+            if name.starts_with(ANNOUNCE_PREFIX) && skiff_api::meta::namespace(obj) == ANNOUNCE_NAMESPACE =>
+        {
+            // only the exact name of an address, held by the creating node itself
+            if is_announcement_lease(name) && node_name(user).is_some_and(|me| holder(obj) == me) {
                 Ok(())
             } else {
                 Err(format!("node {:?} may only create announcement lease {name:?} as its holder", user.name))
