@@ -47,6 +47,9 @@ pub struct Metrics {
     pub rejected: Counter,
     /// Requests refused by the authorizer (403).
     pub forbidden: Counter,
+    /// Failed controller reconciles, by controller, operation and reason (`skiff_controller_reconcile_errors_total`;
+    /// the controllers of this process count into it).
+    pub controller_errors: Family<crate::controllers::retry::ErrorLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -56,7 +59,14 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("skiff_apiserver");
+        let mut root = Registry::default();
+        let controller_errors = Family::<crate::controllers::retry::ErrorLabels, Counter>::default();
+        root.sub_registry_with_prefix("skiff_controller").register(
+            "reconcile_errors",
+            "Failed controller reconciles and passes, by controller, operation (sync, status) and reason",
+            controller_errors.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("skiff_apiserver");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "API requests by verb, resource and HTTP code", requests.clone());
         let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
@@ -78,7 +88,16 @@ impl Metrics {
         );
         let forbidden = Counter::default();
         registry.register("forbidden_requests", "Requests the authorizer refused (403)", forbidden.clone());
-        Arc::new(Metrics { registry, requests, latency, watches, revision, rejected, forbidden })
+        Arc::new(Metrics {
+            registry: root,
+            requests,
+            latency,
+            watches,
+            revision,
+            rejected,
+            forbidden,
+            controller_errors,
+        })
     }
 
     /// The text exposition.

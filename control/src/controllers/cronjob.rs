@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_client::events::EventType;
 
@@ -103,7 +103,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let now = ctx.schedule_clock.now();
     let japi: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let capi: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let recorder = ctx.recorders.get("cronjob-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = skiff_client::events::reference(cj.as_ref());
     let mut jobs: Vec<Arc<Job>> = super::informers::in_namespace(&ctx.jobs, &ns)
         .into_iter()
@@ -133,7 +133,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
                             .record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {jn}"))
                             .await
                     }
-                    Err(kube::Error::Api(_)) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -204,7 +204,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
                                 .record(&oref, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {jn}"))
                                 .await
                         }
-                        Err(kube::Error::Api(_)) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -231,20 +231,22 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let refs: Vec<ObjectReference> = active.iter().map(|j| reference(j)).collect();
     status.active = (!refs.is_empty()).then_some(refs);
     if cj.status.as_ref() != Some(&status) {
-        match capi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::retry::status_written(
+            capi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await,
+        )?;
     }
     let wait = (next.duration_since(now).as_millis() as i64).max(100) as u64;
     Ok(Action::requeue(Duration::from_millis(wait.min(ctx.config.resync.as_millis() as u64).max(100))))
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "cronjob-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, cron_jobs: ReflectHandle<CronJob>, jobs: ReflectHandle<Job>) {
+pub async fn run(ctx: Arc<Ctx>, cron_jobs: Subscription<CronJob>, jobs: Subscription<Job>) {
     Controller::for_shared_stream(cron_jobs, ctx.cron_jobs.clone())
         .owns_shared_stream(jobs)
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -147,6 +147,8 @@ pub struct Ctx {
     pub config: ControllerConfig,
     /// Where HPA reads pod metrics.
     pub metrics: Arc<dyn super::hpa::MetricsSource>,
+    /// Failed reconciles: their count, and each object's back-off.
+    pub retries: super::retry::Retries,
 }
 
 /// One event recorder per controller (so `kubectl describe` shows who did what).
@@ -188,6 +190,7 @@ impl Ctx {
         schedule_clock: Arc<dyn Clock>,
         config: ControllerConfig,
         metrics: Arc<dyn super::hpa::MetricsSource>,
+        retries: super::retry::Retries,
     ) -> Self {
         Ctx {
             recorders: Recorders { client: client.clone(), cache: Arc::default() },
@@ -214,6 +217,7 @@ impl Ctx {
             schedule_clock,
             config,
             metrics,
+            retries,
         }
     }
 
@@ -229,6 +233,9 @@ pub enum ReconcileError {
     /// The API answered with an error.
     #[error("API: {0}")]
     Api(#[from] kube::Error),
+    /// Writing the object's status failed (the next pass writes it again).
+    #[error("writing status: {0}")]
+    Status(kube::Error),
     /// The object is malformed in a way validation did not catch.
     #[error("{0}")]
     Invalid(String),

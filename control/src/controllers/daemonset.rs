@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skiff_client::events::EventType;
 
@@ -182,7 +183,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
     let spec = ds.spec.clone().unwrap_or_default();
     let hash = template_hash(&spec.template, ds.status.as_ref().and_then(|s| s.collision_count));
     let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let recorder = ctx.recorders.get("daemonset-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = skiff_client::events::reference(ds.as_ref());
     for a in &actions {
         match a {
@@ -229,23 +230,25 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
     }
     if ds.status.as_ref() != Some(&status) {
         let dapi: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        match dapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::retry::status_written(
+            dapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await,
+        )?;
     }
     Ok(Action::requeue(Duration::from_secs(if actions.is_empty() { 300 } else { 2 })))
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "daemonset-controller";
+
 /// Runs the controller: DaemonSet and pod changes, and every node change (which may make any DaemonSet apply).
-pub async fn run(ctx: Arc<Ctx>, sets: ReflectHandle<DaemonSet>, pods: ReflectHandle<Pod>, nodes: ReflectHandle<Node>) {
+pub async fn run(ctx: Arc<Ctx>, sets: Subscription<DaemonSet>, pods: Subscription<Pod>, nodes: Subscription<Node>) {
     let store = ctx.daemon_sets.clone();
     Controller::for_shared_stream(sets, ctx.daemon_sets.clone())
         .owns_shared_stream(pods)
         .watches_shared_stream(nodes, move |_node: Arc<Node>| {
             store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
         })
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

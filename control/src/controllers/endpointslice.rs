@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, Service,
@@ -15,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use skiff_api::selector::Selector;
 
 use super::ctx::{Ctx, ReconcileError};
@@ -247,10 +248,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     }
     for extra in existing.iter().skip(want.len()) {
         let n = extra.metadata.name.clone().unwrap_or_default();
-        match api.delete(&n, &DeleteParams::default()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::retry::unless_gone(api.delete(&n, &DeleteParams::default()).await)?;
     }
     // the legacy Endpoints object
     let eps = endpoints_object(&svc, &want);
@@ -269,12 +267,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
+/// The controller's name in Events and metrics.
+pub const COMPONENT: &str = "endpointslice-controller";
+
 /// Runs the controller: Service changes, and pod changes mapped to the Services that select the pod.
 pub async fn run(
     ctx: Arc<Ctx>,
-    services: ReflectHandle<Service>,
-    slices: ReflectHandle<EndpointSlice>,
-    pods: ReflectHandle<Pod>,
+    services: Subscription<Service>,
+    slices: Subscription<EndpointSlice>,
+    pods: Subscription<Pod>,
 ) {
     let store = ctx.services.clone();
     Controller::for_shared_stream(services, ctx.services.clone())
@@ -295,7 +296,7 @@ pub async fn run(
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(COMPONENT, reconcile), super::retry::policy(COMPONENT), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{
@@ -15,7 +16,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_api::selector::Selector;
 use skiff_client::events::EventType;
@@ -344,7 +344,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
     let now = ctx.now();
     let period = ctx.config.hpa_sync_period;
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
-    let recorder = ctx.recorders.get("horizontal-pod-autoscaler");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = skiff_client::events::reference(hpa.as_ref());
     let (current, selector) = match scale_target(&ctx, &ns, &target.kind, &target.name).await {
         Ok(v) => v,
@@ -360,7 +360,9 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
                 )]),
                 ..hpa.status.clone().unwrap_or_default()
             };
-            let _ = api.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": st}))).await;
+            super::retry::status_written(
+                api.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": st}))).await,
+            )?;
             return Ok(Action::requeue(period));
         }
     };
@@ -475,19 +477,19 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         "observedGeneration": hpa.metadata.generation, "currentReplicas": current, "desiredReplicas": desired,
         "currentMetrics": current_metrics, "conditions": conditions, "lastScaleTime": last_scale,
     }});
-    match api.patch_status(&name, &super::util::pp(), &Patch::Merge(&status)).await {
-        Ok(_) | Err(kube::Error::Api(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
+    super::retry::status_written(api.patch_status(&name, &super::util::pp(), &Patch::Merge(&status)).await)?;
     Ok(Action::requeue(period))
 }
 
 static HISTORY: std::sync::OnceLock<History> = std::sync::OnceLock::new();
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "horizontal-pod-autoscaler";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, hpas: ReflectHandle<HorizontalPodAutoscaler>) {
+pub async fn run(ctx: Arc<Ctx>, hpas: Subscription<HorizontalPodAutoscaler>) {
     Controller::for_shared_stream(hpas, ctx.hpas.clone())
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -1,10 +1,18 @@
 //! Shared informers: one watch per kind, a reflector store every controller reads, and subscriptions that trigger
 //! controllers on changes. Controllers start only after every store has its first full list (STYLE 7).
+//!
+//! Subscriptions are fed here, not by kube-runtime's shared reflector: its `ReflectHandle` looks each changed
+//! object up in the store when the subscriber gets to it and, when the object is gone by then (deleted while the
+//! subscriber lagged), answers `Pending` without arranging a wake-up, so the subscriber's task sleeps with events
+//! queued until something else wakes it. It also passes no deletions on, so a pod deleted without a graceful phase
+//! (`--grace-period=0 --force`, or never scheduled) triggered none of its owners. That was the missed event of
+//! issue 18. Here every applied or deleted object is sent, as the object itself, after the store holds the change,
+//! and a re-list sends what it added, changed or found gone.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -14,17 +22,25 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+/// How many changes a subscriber may lag behind before the watch waits for it (nothing is dropped).
 const BUFFER: usize = 1024;
 
-/// A store and the writer that feeds it (until the informer is started).
+/// A stream of changed objects: every object a watch applied or deleted, in order, each sent after the store holds
+/// the change. A deleted object arrives as its last state.
+pub type Subscription<K> = async_broadcast::Receiver<Arc<K>>;
+
+/// A store, the writer that feeds it (until the informer is started) and the channel its changes go out on.
 pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     /// What controllers read.
     pub store: Store<K>,
     writer: Option<Writer<K>>,
+    changes: async_broadcast::Sender<Arc<K>>,
+    // Keeps the channel open while nobody subscribes.
+    _idle: async_broadcast::InactiveReceiver<Arc<K>>,
 }
 
 impl<K> Informer<K>
@@ -32,29 +48,65 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     fn new() -> Self {
-        let (store, writer) = reflector::store_shared(BUFFER);
-        Informer { store, writer: Some(writer) }
+        let writer = Writer::default();
+        let (mut changes, idle) = async_broadcast::broadcast(BUFFER);
+        // Without subscribers a change goes nowhere; with them, a full buffer makes the watch wait.
+        changes.set_await_active(false);
+        changes.set_overflow(false);
+        Informer { store: writer.as_reader(), writer: Some(writer), changes, _idle: idle.deactivate() }
     }
 
     /// A stream of changed objects (call before [`Informers::start`]).
-    pub fn subscribe(&self) -> ReflectHandle<K> {
-        self.writer.as_ref().expect("subscribe before the informer starts").subscribe().expect("a shared store")
+    pub fn subscribe(&self) -> Subscription<K> {
+        assert!(self.writer.is_some(), "subscribe before the informer starts");
+        self.changes.new_receiver()
     }
 
     fn start(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>) {
         let Some(writer) = self.writer.take() else { return };
         let api: Api<K> = Api::all(client);
-        tasks.spawn(async move {
-            watcher(api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .reflect_shared(writer)
-                .for_each(|ev| async move {
-                    if let Err(e) = ev {
-                        tracing::debug!(error = %e, kind = %K::kind(&()), "watch error (retrying)");
-                    }
-                })
-                .await;
-        });
+        let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+        tasks.spawn(feed(events, writer, self.changes.clone()));
+    }
+}
+
+/// Applies watch events to the store and sends each changed object to the subscribers, until `events` ends.
+async fn feed<K, S>(events: S, mut writer: Writer<K>, changes: async_broadcast::Sender<Arc<K>>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let store = writer.as_reader();
+    let mut events = std::pin::pin!(events);
+    // The store's objects when a re-list began: those the new list lacks were deleted meanwhile.
+    let mut before_relist: Vec<Arc<K>> = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(error = %e, kind = %K::kind(&()), "watch error (retrying)");
+                continue;
+            }
+        };
+        if matches!(event, watcher::Event::Init) {
+            before_relist = store.state();
+        }
+        writer.apply_watcher_event(&event);
+        let changed: Vec<Arc<K>> = match event {
+            watcher::Event::Apply(obj) => store.get(&ObjectRef::from_obj(&obj)).into_iter().collect(),
+            watcher::Event::Delete(obj) => vec![Arc::new(obj)],
+            watcher::Event::InitDone => {
+                let gone = std::mem::take(&mut before_relist)
+                    .into_iter()
+                    .filter(|old| store.get(&ObjectRef::from_obj(old.as_ref())).is_none());
+                store.state().into_iter().chain(gone).collect()
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+        };
+        for obj in changed {
+            // An error means nobody subscribes: there is no one to tell.
+            let _ = changes.broadcast_direct(obj).await;
+        }
     }
 }
 
@@ -177,4 +229,112 @@ impl Default for Informers {
 /// The objects of a store in one namespace.
 pub fn in_namespace<K: kube::Resource<DynamicType = ()> + Clone + 'static>(store: &Store<K>, ns: &str) -> Vec<Arc<K>> {
     store.state().into_iter().filter(|o| o.meta().namespace.as_deref() == Some(ns)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use kube::runtime::watcher::Event;
+
+    fn pod(name: &str, rv: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("d".into());
+        p.metadata.resource_version = Some(rv.into());
+        p
+    }
+
+    fn channel() -> (async_broadcast::Sender<Arc<Pod>>, Subscription<Pod>) {
+        let (mut tx, rx) = async_broadcast::broadcast(BUFFER);
+        tx.set_overflow(false);
+        (tx, rx)
+    }
+
+    /// What a subscriber that lagged behind `events` receives, as name@resourceVersion.
+    async fn received(events: Vec<Event<Pod>>, writer: Writer<Pod>) -> Vec<String> {
+        let (tx, rx) = channel();
+        feed(futures::stream::iter(events.into_iter().map(Ok)), writer, tx).await;
+        let got: Vec<Arc<Pod>> = tokio::time::timeout(Duration::from_secs(5), rx.collect()).await.expect("not stalled");
+        got.iter()
+            .map(|p| {
+                format!(
+                    "{}@{}",
+                    p.metadata.name.as_deref().unwrap_or(""),
+                    p.metadata.resource_version.as_deref().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_gets_every_change_including_deletions_of_objects_already_gone() {
+        let writer = Writer::default();
+        let store = writer.as_reader();
+        let events = vec![
+            Event::Apply(pod("a", "1")),
+            Event::Apply(pod("b", "2")),
+            Event::Apply(pod("a", "3")),
+            Event::Delete(pod("a", "4")),
+            Event::Apply(pod("c", "5")),
+        ];
+        // "a" is no longer in the store when the subscriber reads its changes: each still arrives, as it was.
+        assert_eq!(received(events, writer).await, ["a@1", "b@2", "a@3", "a@4", "c@5"].map(String::from));
+        assert!(store.get(&ObjectRef::new("a").within("d")).is_none());
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_relist_sends_what_it_holds_and_what_it_found_gone() {
+        let writer = Writer::default();
+        let store = writer.as_reader();
+        let events = vec![
+            Event::Init,
+            Event::InitApply(pod("a", "1")),
+            Event::InitApply(pod("b", "2")),
+            Event::InitDone,
+            // the watch broke; "a" was deleted and "b" changed while it was down
+            Event::Init,
+            Event::InitApply(pod("b", "7")),
+            Event::InitDone,
+        ];
+        let mut got = received(events, writer).await;
+        got[..2].sort();
+        got[2..].sort();
+        assert_eq!(got, ["a@1", "b@2", "a@1", "b@7"].map(String::from));
+        assert_eq!(store.len(), 1);
+    }
+
+    /// Why the subscriptions are not kube-runtime's `ReflectHandle`: when the object a change names is gone from the
+    /// store by the time the subscriber reads it, the handle answers `Pending` without arranging a wake-up, so the
+    /// task that polls it sleeps with later changes queued until something else wakes it (in a controller: a
+    /// requeue timer, which is why the old 2 s re-read hid this). If this starts failing, kube-runtime fixed it.
+    #[tokio::test]
+    async fn kube_runtimes_shared_handle_stalls_on_a_change_whose_object_is_gone() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(me: &Arc<Self>) {
+                me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let (store, writer) = kube::runtime::reflector::store_shared::<Pod>(16);
+        let handle = writer.subscribe().expect("shared");
+        let events = vec![Event::Apply(pod("a", "1")), Event::Delete(pod("a", "2")), Event::Apply(pod("b", "3"))];
+        futures::stream::iter(events.into_iter().map(Ok::<_, watcher::Error>))
+            .reflect_shared(writer)
+            .for_each(|_| async {})
+            .await;
+        assert_eq!(store.len(), 1, "b is in the store");
+        let wakes = Arc::new(Count(Default::default()));
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut handle = std::pin::pin!(handle);
+        assert!(handle.as_mut().poll_next(&mut cx).is_pending(), "the change of the deleted a");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing wakes the subscriber");
+        // ... although b's change was queued all along: polled again by hand, it comes out.
+        let next = handle.as_mut().poll_next(&mut cx);
+        assert!(matches!(&next, std::task::Poll::Ready(Some(p)) if p.metadata.name.as_deref() == Some("b")));
+    }
 }

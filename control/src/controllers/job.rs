@@ -10,13 +10,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_client::events::EventType;
 
@@ -385,18 +385,17 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     let p = plan(&job, &pods, ctx.now());
     let japi: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let recorder = ctx.recorders.get("job-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = skiff_client::events::reference(job.as_ref());
     if p.delete_job {
-        match japi.delete(&name, &DeleteParams::background()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::retry::unless_gone(japi.delete(&name, &DeleteParams::background()).await)?;
         return Ok(Action::await_change());
     }
     // status first: finished pods are recorded before their finalizers go
     if job.status.as_ref() != Some(&p.status) {
-        japi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": p.status}))).await?;
+        super::retry::status_written(
+            japi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": p.status}))).await,
+        )?;
     }
     for pod in &p.release {
         let cur = pods.iter().find(|x| x.metadata.name.as_deref() == Some(pod.as_str()));
@@ -479,11 +478,14 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     Ok(p.requeue.map(Action::requeue).unwrap_or_else(|| Action::requeue(Duration::from_secs(300))))
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "job-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, jobs: ReflectHandle<Job>, pods: ReflectHandle<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, jobs: Subscription<Job>, pods: Subscription<Pod>) {
     Controller::for_shared_stream(jobs, ctx.jobs.clone())
         .owns_shared_stream(pods)
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

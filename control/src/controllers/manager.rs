@@ -20,6 +20,11 @@ pub struct ManagerOptions {
     pub metrics: Arc<dyn MetricsSource>,
     /// This instance's identity in leader election.
     pub identity: String,
+    /// Where failed reconciles are counted (`skiff_controller_reconcile_errors_total`).
+    pub errors: prometheus_client::metrics::family::Family<
+        super::retry::ErrorLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 impl Default for ManagerOptions {
@@ -33,6 +38,7 @@ impl Default for ManagerOptions {
             schedule_clock: Arc::new(SystemClock),
             metrics: Arc::new(ResourceMetricsApi),
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            errors: Default::default(),
         }
     }
 }
@@ -72,6 +78,7 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
         opts.schedule_clock.clone(),
         opts.config.clone(),
         opts.metrics.clone(),
+        super::retry::Retries::new(opts.errors.clone()),
     ));
     tokio::join!(
         super::replicaset::run(ctx.clone(), rs_trigger, rs_pods),

@@ -24,17 +24,13 @@ pub mod placement;
 pub mod quota;
 pub mod rbac;
 pub mod replicaset;
+pub mod retry;
 pub mod scheduler;
 pub mod statefulset;
 pub mod util;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use kube::runtime::controller::Action;
-
 use crate::apiserver::Api;
-use ctx::{Ctx, ReconcileError};
+use std::sync::Arc;
 
 /// Runs the garbage collector, the namespace lifecycle, the quota status, the certificate and the ClusterRole
 /// aggregation controllers (in-process) until the future is dropped.
@@ -48,12 +44,6 @@ pub async fn run_api_machinery(api: Arc<Api>, ca: crate::pki::CertPair) {
     tasks.spawn(rbac::run(api.clone()));
     tasks.spawn(namespaces::run(api, ca_pem));
     while tasks.join_next().await.is_some() {}
-}
-
-/// What every kube-runtime controller does with a failed reconcile: log it and retry soon.
-pub fn error_policy<K>(_obj: Arc<K>, err: &ReconcileError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
 }
 
 /// Maps a storage key to its resource, namespace and name.

@@ -127,13 +127,17 @@ fn same_taints(a: &[Taint], b: &[Taint]) -> bool {
     x == y
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "node-controller";
+
 /// Runs the controller (a periodic pass over every node).
 pub async fn run(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        // A failed pass is counted and tried again, whole, on the next tick.
         if let Err(e) = pass(&ctx).await {
-            tracing::debug!(error = %e, "node lifecycle pass failed");
+            ctx.retries.count(CONTROLLER, &super::ctx::ReconcileError::Api(e));
         }
     }
 }
@@ -141,7 +145,7 @@ pub async fn run(ctx: Arc<Ctx>) {
 async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
     let now = ctx.now();
     let napi: Api<Node> = Api::all(ctx.client.clone());
-    let recorder = ctx.recorders.get("node-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let pods = ctx.pods.state();
     for node in ctx.nodes.state() {
         let name = node.metadata.name.clone().unwrap_or_default();
@@ -167,6 +171,22 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
                 .into_iter()
                 .map(|c| json!({"type": c.type_, "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": c.last_heartbeat_time, "lastTransitionTime": Time(now)}))
                 .collect();
+            // Pods there can no longer be trusted to serve. They are marked first: if that fails, the node is not
+            // marked either, and the next pass does both.
+            for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            {
+                let papi: Api<Pod> =
+                    Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
+                let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": Time(now)}]}});
+                super::retry::unless_gone(
+                    papi.patch_status(
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                        &super::util::pp(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await,
+                )?;
+            }
             napi.patch_status(&name, &super::util::pp(), &Patch::Strategic(&json!({"status": {"conditions": conds}})))
                 .await?;
             recorder
@@ -177,20 +197,6 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
                     &format!("Node {name} status is now: NodeNotReady"),
                 )
                 .await;
-            // pods there can no longer be trusted to serve
-            for p in pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
-            {
-                let papi: Api<Pod> =
-                    Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
-                let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": Time(now)}]}});
-                let _ = papi
-                    .patch_status(
-                        p.metadata.name.as_deref().unwrap_or_default(),
-                        &super::util::pp(),
-                        &Patch::Strategic(&patch),
-                    )
-                    .await;
-            }
         }
         for p in pods.iter().filter(|p| {
             p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())

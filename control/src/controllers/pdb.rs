@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skiff_api::selector::Selector;
 
@@ -45,13 +46,16 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<A
     {
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"status": {"expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed, "observedGeneration": pdb.metadata.generation}});
-        api.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await?;
+        super::retry::status_written(api.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await)?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "disruption-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, pdbs: ReflectHandle<PodDisruptionBudget>, pods: ReflectHandle<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, pdbs: Subscription<PodDisruptionBudget>, pods: Subscription<Pod>) {
     let store = ctx.pdbs.clone();
     Controller::for_shared_stream(pdbs, ctx.pdbs.clone())
         .watches_shared_stream(pods, move |pod: Arc<Pod>| {
@@ -63,7 +67,7 @@ pub async fn run(ctx: Arc<Ctx>, pdbs: ReflectHandle<PodDisruptionBudget>, pods: 
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -5,12 +5,12 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_api::selector::Selector;
 use skiff_client::events::EventType;
@@ -140,7 +140,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     }
     let p = plan(&rs, &pods, ctx.now());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let recorder = ctx.recorders.get("replicaset-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = owner_ref(rs.as_ref());
     for pod in &p.adopt {
         let patch = json!({"metadata": {"ownerReferences": [oref]}});
@@ -148,7 +148,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     }
     for pod in &p.release {
         let patch = json!({"metadata": {"ownerReferences": [{"$patch": "delete", "uid": uid}]}});
-        let _ = api.patch(pod, &super::util::pp(), &Patch::Strategic(&patch)).await;
+        super::retry::unless_gone(api.patch(pod, &super::util::pp(), &Patch::Strategic(&patch)).await)?;
     }
     if p.create > 0 {
         let template = rs
@@ -205,39 +205,30 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     if rs.status.as_ref() != Some(&p.status) {
         let rsapi: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"status": p.status});
-        match rsapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::retry::status_written(rsapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&patch)).await)?;
     }
-    // The status just written counted the pods as they were before this pass's creates and deletes; look again
-    // soon so the counts follow even if the events of those changes arrived while this pass was running.
-    if p.create > 0 || !p.delete.is_empty() {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    // Until every replica is ready and available, look again every two seconds (from the cache; a write only when
-    // the status changes) instead of relying on pod events alone: under load a pod's Ready change was once seen by
-    // no pass, which left the status — and so the Deployment's rollout — stale until the next resync.
-    let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let settled = p.status.replicas == desired
-        && p.status.ready_replicas == Some(desired)
-        && p.status.available_replicas == Some(desired);
-    if !settled {
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    }
+    // No look-again timer here: the changes of this pass's creates and deletes, and every later pod change, come
+    // back as pod events (informers.rs says why some once did not).
     // requeue while pods wait for minReadySeconds to count as available
     let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     if min_ready > 0 && p.status.available_replicas != p.status.ready_replicas {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // The resync every Kubernetes controller has: a safety net measured in minutes, not the way changes arrive.
+    Ok(Action::requeue(RESYNC))
 }
 
+/// How often a ReplicaSet is looked at with no change to trigger it.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "replicaset-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, trigger: ReflectHandle<ReplicaSet>, pods: ReflectHandle<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, trigger: Subscription<ReplicaSet>, pods: Subscription<Pod>) {
     Controller::for_shared_stream(trigger, ctx.replica_sets.clone())
         .owns_shared_stream(pods)
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
@@ -14,7 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_client::events::EventType;
 
@@ -203,7 +203,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     }
     let (actions, status) = plan(&sts, &pods, ctx.now());
     let update_rev = status.update_revision.clone().unwrap_or_default();
-    let recorder = ctx.recorders.get("statefulset-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = skiff_client::events::reference(sts.as_ref());
     // the revision object
     let rapi: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
@@ -231,7 +231,9 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
             revision: next,
         };
         match rapi.create(&PostParams::default(), &rev).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            // an earlier pass made it
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -315,19 +317,21 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     }
     if sts.status.as_ref() != Some(&status) {
         let sapi: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        match sapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::retry::status_written(
+            sapi.patch_status(&name, &super::util::pp(), &Patch::Merge(&json!({"status": status}))).await,
+        )?;
     }
     Ok(Action::requeue(Duration::from_secs(if actions.is_empty() { 300 } else { 2 })))
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "statefulset-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, sets: ReflectHandle<StatefulSet>, pods: ReflectHandle<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, sets: Subscription<StatefulSet>, pods: Subscription<Pod>) {
     Controller::for_shared_stream(sets, ctx.stateful_sets.clone())
         .owns_shared_stream(pods)
-        .run(reconcile, super::error_policy, ctx)
+        .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::controllers::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, DeleteParams, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_api::selector::Selector;
 use skiff_client::events::EventType;
@@ -36,7 +36,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
     if !ctx.expectations.satisfied(&uid, present, |_| true) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    let recorder = ctx.recorders.get("deployment-controller");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let oref = skiff_client::events::reference(d.as_ref());
     let selector = d
         .spec
@@ -98,12 +98,14 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                         // a ReplicaSet of that name with another template: a hash collision
                         let count = d.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
                         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-                        dapi.patch_status(
-                            &name,
-                            &crate::controllers::util::pp(),
-                            &Patch::Merge(&json!({"status": {"collisionCount": count}})),
-                        )
-                        .await?;
+                        crate::controllers::retry::status_written(
+                            dapi.patch_status(
+                                &name,
+                                &crate::controllers::util::pp(),
+                                &Patch::Merge(&json!({"status": {"collisionCount": count}})),
+                            )
+                            .await,
+                        )?;
                         return Ok(Action::requeue(Duration::from_millis(200)));
                     }
                     Err(e) => {
@@ -139,10 +141,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                     )
                     .await?;
             }
-            RsAction::Delete(rs_name) => match rsapi.delete(rs_name, &DeleteParams::background()).await {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => return Err(e.into()),
-            },
+            RsAction::Delete(rs_name) => {
+                crate::controllers::retry::unless_gone(rsapi.delete(rs_name, &DeleteParams::background()).await)?
+            }
         }
     }
     // the Deployment carries its current revision
@@ -185,12 +186,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reco
                 .await;
         }
         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        match dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": status}))).await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::controllers::retry::status_written(
+            dapi.patch_status(&name, &crate::controllers::util::pp(), &Patch::Merge(&json!({"status": status}))).await,
+        )?;
     }
     let done = status
         .conditions
@@ -216,11 +214,18 @@ fn changed_counts(
         || previous.replicas != s.replicas
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "deployment-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, trigger: ReflectHandle<Deployment>, replica_sets: ReflectHandle<ReplicaSet>) {
+pub async fn run(ctx: Arc<Ctx>, trigger: Subscription<Deployment>, replica_sets: Subscription<ReplicaSet>) {
     Controller::for_shared_stream(trigger, ctx.deployments.clone())
         .owns_shared_stream(replica_sets)
-        .run(reconcile, super::error_policy, ctx)
+        .run(
+            crate::controllers::retry::reconciler(CONTROLLER, reconcile),
+            crate::controllers::retry::policy(CONTROLLER),
+            ctx,
+        )
         .for_each(|_| async {})
         .await;
 }

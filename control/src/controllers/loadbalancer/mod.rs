@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::controllers::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, Patch, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_client::events::EventType;
 
@@ -23,7 +23,6 @@ use self::plan::{Decision, Inputs, current};
 use self::pool::{POOL_CONFIGMAP, POOL_KEY, POOL_NAMESPACE, Pool, reserved_cidrs};
 use super::ctx::{Ctx, ReconcileError};
 
-const COMPONENT: &str = "service-lb-controller";
 /// How soon a pending Service is looked at again (an address or port may have been freed).
 const PENDING_RETRY: Duration = Duration::from_secs(5);
 
@@ -91,17 +90,21 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
     match decision {
         Decision::Leave => Ok(Action::await_change()),
         Decision::Clear => {
-            api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await?;
+            super::retry::status_written(
+                api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await,
+            )?;
             Ok(Action::await_change())
         }
         Decision::Assign(ips) => {
             if have != ips {
                 let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
-                api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(json!(ingress)))).await?;
+                super::retry::status_written(
+                    api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(json!(ingress)))).await,
+                )?;
                 let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
                 tracing::info!(namespace = %ns, service = %name, addresses = ?ips, "LoadBalancer addresses assigned");
                 ctx.recorders
-                    .get(COMPONENT)
+                    .get(CONTROLLER)
                     .record(
                         &skiff_client::events::reference(svc.as_ref()),
                         EventType::Normal,
@@ -115,7 +118,9 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
         }
         Decision::Pending(reason) | Decision::Keep(reason) => {
             if !keep && !have.is_empty() {
-                api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await?;
+                super::retry::status_written(
+                    api.patch_status(&name, &super::util::pp(), &Patch::Merge(&set(serde_json::Value::Null))).await,
+                )?;
             }
             // Told once per reason, not on every retry.
             if said_before(&ns, &name, &reason) {
@@ -123,7 +128,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
             }
             tracing::info!(namespace = %ns, service = %name, %reason, keep, "LoadBalancer Service pending");
             ctx.recorders
-                .get(COMPONENT)
+                .get(CONTROLLER)
                 .record(&skiff_client::events::reference(svc.as_ref()), EventType::Warning, "AllocationFailed", &reason)
                 .await;
             Ok(Action::requeue(PENDING_RETRY))
@@ -150,13 +155,20 @@ async fn seed_pool(client: &kube::Client, addresses: &str) {
     }
 }
 
+/// The controller's name in Events and metrics.
+pub const CONTROLLER: &str = "service-lb-controller";
+
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, services: ReflectHandle<Service>) {
+pub async fn run(ctx: Arc<Ctx>, services: Subscription<Service>) {
     if let Some(addresses) = &ctx.config.lb_pool {
         seed_pool(&ctx.client, addresses).await;
     }
     Controller::for_shared_stream(services, ctx.services.clone())
-        .run(reconcile, super::error_policy, ctx)
+        .run(
+            crate::controllers::retry::reconciler(CONTROLLER, reconcile),
+            crate::controllers::retry::policy(CONTROLLER),
+            ctx,
+        )
         .for_each(|_| async {})
         .await;
 }

@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::controllers::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PostParams};
-use kube::runtime::reflector::ReflectHandle;
 use serde_json::json;
 use skiff_client::events::EventType;
 use tokio::sync::Notify;
@@ -105,8 +105,11 @@ pub fn usage_of(pods: &[Arc<Pod>], assumed: &HashMap<String, (String, Arc<Pod>)>
     usage
 }
 
+/// The scheduler's name in Events and metrics.
+pub const CONTROLLER: &str = "default-scheduler";
+
 /// Runs the scheduler.
-pub async fn run(ctx: Arc<Ctx>, pods: ReflectHandle<Pod>, nodes: ReflectHandle<Node>) {
+pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Node>) {
     let kick = Arc::new(Notify::new());
     // Dropped (and so stopped) with this future when the leader loses its lease.
     let mut triggers = tokio::task::JoinSet::new();
@@ -159,7 +162,7 @@ async fn schedule_once(
     let nodes = ctx.nodes.state();
     let mut usage = usage_of(&pods, assumed);
     let decisions = decide(&nodes, &mut usage, &todo);
-    let recorder = ctx.recorders.get("default-scheduler");
+    let recorder = ctx.recorders.get(CONTROLLER);
     let mut binds = Vec::new();
     for (pod, d) in decisions {
         let k = key(&pod);
@@ -172,17 +175,24 @@ async fn schedule_once(
                 if reported.get(&k) == Some(&msg) {
                     continue;
                 }
-                reported.insert(k, msg.clone());
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": ctx.now()}]}});
-                let _ = api
-                    .patch_status(
+                let written = crate::controllers::retry::status_written(
+                    api.patch_status(
                         pod.metadata.name.as_deref().unwrap_or_default(),
                         &crate::controllers::util::pp(),
                         &Patch::Strategic(&patch),
                     )
-                    .await;
+                    .await,
+                );
+                match written {
+                    // Reported once per message; a failed write is tried again on the next pass.
+                    Ok(()) => {
+                        reported.insert(k, msg.clone());
+                    }
+                    Err(e) => ctx.retries.count(CONTROLLER, &e),
+                }
                 recorder
                     .record(
                         &skiff_client::events::reference(pod.as_ref()),
@@ -222,8 +232,18 @@ async fn schedule_once(
                     .await;
             }
             Err(e) => {
-                tracing::debug!(pod = %k, error = %e, "binding failed");
+                // Tried again on the next pass (the pod is still unbound in the cache).
                 assumed.remove(&k);
+                let message = format!("Binding rejected: {e}");
+                ctx.retries.count(CONTROLLER, &crate::controllers::ctx::ReconcileError::Api(e));
+                recorder
+                    .record(
+                        &skiff_client::events::reference(pod.as_ref()),
+                        EventType::Warning,
+                        "FailedScheduling",
+                        &message,
+                    )
+                    .await;
             }
         }
     }
