@@ -157,6 +157,17 @@ async fn kubelet(client: kube::Client, node: String, index: usize, seen: Shared)
             continue;
         }
         if !started.insert(uid.clone()) {
+            // As kubelet (and the agent) do: when another writer changed the Ready condition (the node lifecycle
+            // controller marks pods NotReady when a Lease is late), write the pod's real status again.
+            if !is_ready(&pod) {
+                let patch = json!({"status": {"conditions": [
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now()},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now()}]}});
+                let pods = pods.clone();
+                tokio::spawn(async move {
+                    let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await;
+                });
+            }
             continue;
         }
         next_ip += 1;
@@ -167,8 +178,10 @@ async fn kubelet(client: kube::Client, node: String, index: usize, seen: Shared)
         tokio::spawn(async move {
             let cs: Vec<_> = containers
                 .iter()
-                .map(|c| json!({"name": c, "image": "sim", "imageID": "", "ready": true, "started": true,
-                                "restartCount": 0, "state": {"running": {"startedAt": now()}}}))
+                .map(|c| {
+                    json!({"name": c, "image": "sim", "imageID": "", "ready": true, "started": true,
+                                "restartCount": 0, "state": {"running": {"startedAt": now()}}})
+                })
                 .collect();
             let status = json!({"status": {
                 "phase": "Running", "hostIP": "10.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now(),
@@ -204,8 +217,8 @@ async fn heartbeats(client: kube::Client, nodes: Vec<String>) {
                 if let Err(kube::Error::Api(e)) = leases.patch(&n, &PatchParams::default(), &Patch::Merge(&spec)).await
                     && e.code == 404
                 {
-                    let lease = serde_json::from_value(json!({"metadata": {"name": n}, "spec": spec["spec"]}))
-                        .expect("lease");
+                    let lease =
+                        serde_json::from_value(json!({"metadata": {"name": n}, "spec": spec["spec"]})).expect("lease");
                     let _ = leases.create(&PostParams::default(), &lease).await;
                 }
                 if status_too {
@@ -229,7 +242,10 @@ fn parse_histogram(metrics: &str) -> Histogram {
         let Some(rest) = line.strip_prefix("skiff_apiserver_request_duration_seconds_bucket{") else { continue };
         let Some((labels, value)) = rest.split_once("} ") else { continue };
         let label = |k: &str| {
-            labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=\""))).map(|v| v.trim_end_matches('"').to_string())
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
         };
         let (Some(verb), Some(resource), Some(le)) = (label("verb"), label("resource"), label("le")) else { continue };
         let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
@@ -293,7 +309,7 @@ impl Bench {
     }
 
     async fn scrape(&self) -> Histogram {
-        let req = k8s_openapi::http::Request::get("/metrics").body(Vec::new()).expect("request");
+        let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
         parse_histogram(&self.client.request_text(req).await.unwrap_or_default())
     }
 
@@ -391,7 +407,10 @@ async fn main() {
     let watchers: usize = std::env::var("WATCHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let steps: Vec<usize> = [1_000, 5_000, 10_000].into_iter().filter(|s| *s <= top).collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("nodes {nodes}, steps {steps:?} pods in {DEPLOYMENTS} Deployments, {watchers} watchers; load average before: {}", load.trim());
+    println!(
+        "nodes {nodes}, steps {steps:?} pods in {DEPLOYMENTS} Deployments, {watchers} watchers; load average before: {}",
+        load.trim()
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
@@ -435,9 +454,13 @@ async fn main() {
         async move {
             api.create(&PostParams::default(), &node).await.expect("node registered");
             let status = json!({"status": node.status});
-            api.patch_status(&node.metadata.name.clone().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .expect("node status");
+            api.patch_status(
+                &node.metadata.name.clone().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+            .expect("node status");
         }
     });
     futures::stream::iter(registrations).buffer_unordered(16).collect::<Vec<_>>().await;
@@ -448,6 +471,8 @@ async fn main() {
         tasks.spawn(kubelet(client.clone(), n.clone(), i, seen.clone()));
     }
     bench.report(&format!("{nodes} nodes registered"), started, cpu0, 0).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (base_rss, _) = usage(server_pid);
 
     // watchers: the real kubectl, each its own watch of every pod
     let mut watch_procs = Vec::new();
@@ -479,7 +504,12 @@ async fn main() {
         bench.report(&format!("scale to {pods}"), started, cpu0, *pods).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (rss, _) = usage(server_pid);
-        println!("   idle RSS after settling: {} MiB ({:.1} KiB per pod)", rss / 1024, rss as f64 / *pods as f64);
+        println!(
+            "   idle RSS after settling: {} MiB; {:.1} KiB per pod beyond the {} MiB before any pod",
+            rss / 1024,
+            (rss as f64 - base_rss as f64) / *pods as f64,
+            base_rss / 1024
+        );
     }
     let total = *steps.last().unwrap_or(&0);
 
@@ -518,7 +548,10 @@ async fn main() {
     );
     let (rss, cpu) = usage(server_pid);
     let own = cpu_seconds("/proc/self/stat");
-    println!("server: RSS {} MiB, CPU {cpu:.0} s in all; this process (simulated kubelets): CPU {own:.0} s", rss / 1024);
+    println!(
+        "server: RSS {} MiB, CPU {cpu:.0} s in all; this process (simulated kubelets): CPU {own:.0} s",
+        rss / 1024
+    );
     drop(watch_procs);
     tasks.abort_all();
     drop(server);

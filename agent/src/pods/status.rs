@@ -310,8 +310,33 @@ pub fn pod_status(pod: &Pod, rec: &PodRecord, obs: &Observed) -> PodStatus {
     }
 }
 
+/// Whether the API's copy of the pod still says what the agent last wrote for each condition it owns. Another
+/// writer (the node lifecycle controller marks pods NotReady when the node's Lease is late) can change one; the
+/// agent then writes its own view again, as kubelet's status manager does.
+pub fn conditions_agree(ours: Option<&[PodCondition]>, api: Option<&[PodCondition]>) -> bool {
+    ours.unwrap_or_default().iter().all(|mine| {
+        api.unwrap_or_default().iter().any(|theirs| theirs.type_ == mine.type_ && theirs.status == mine.status)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn conditions_disagree_when_another_writer_changed_one_the_agent_owns() {
+        let c = |t: &str, st: &str| PodCondition { type_: t.into(), status: st.into(), ..Default::default() };
+        let ours = [c("Ready", "True"), c("ContainersReady", "True")];
+        let table: Vec<(Option<Vec<PodCondition>>, bool)> = vec![
+            (Some(vec![c("ContainersReady", "True"), c("Ready", "True"), c("PodScheduled", "True")]), true),
+            (Some(vec![c("ContainersReady", "True"), c("Ready", "False")]), false),
+            (Some(vec![c("ContainersReady", "True")]), false),
+            (None, false),
+        ];
+        for (api, want) in table {
+            assert_eq!(conditions_agree(Some(&ours), api.as_deref()), want, "{api:?}");
+        }
+        assert!(conditions_agree(None, None), "nothing of ours to disagree with");
+    }
+
     use super::*;
     use crate::pods::record::Instance;
 

@@ -1229,7 +1229,13 @@ impl Worker {
             self.ctx.metrics.pod_started(self.seen.elapsed().as_secs_f64());
         }
         let Ok(value) = serde_json::to_value(&st) else { return };
-        if self.last_status.as_ref() == Some(&value) {
+        // (a static pod's object is its manifest, not the API's copy)
+        let api_agrees = self.rec.static_pod
+            || status::conditions_agree(
+                st.conditions.as_deref(),
+                self.pod.status.as_ref().and_then(|s| s.conditions.as_deref()),
+            );
+        if self.last_status.as_ref() == Some(&value) && api_agrees {
             return;
         }
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.rec.namespace);

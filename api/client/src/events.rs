@@ -118,14 +118,15 @@ impl Inner {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = Time(jiff::Timestamp::now());
         let key = (object.uid.clone().unwrap_or_default(), reason.to_string(), message.to_string());
-        let mut seen = self.seen.lock().await;
-        if let Some((ens, name, count)) = seen.get(&key).cloned() {
+        // The lock is not held across the API calls: events of different objects go out concurrently.
+        let known = self.seen.lock().await.get(&key).cloned();
+        if let Some((ens, name, count)) = known {
             let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now});
             let r = Api::<Event>::namespaced(self.client.clone(), &ens)
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await;
             if r.is_ok() {
-                seen.insert(key, (ens, name, count + 1));
+                self.seen.lock().await.insert(key, (ens, name, count + 1));
                 return Ok(());
             }
         }
@@ -145,6 +146,7 @@ impl Inner {
             ..Default::default()
         };
         api.create(&PostParams::default(), &ev).await?;
+        let mut seen = self.seen.lock().await;
         if seen.len() > 4096 {
             seen.clear();
         }

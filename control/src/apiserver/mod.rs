@@ -13,6 +13,7 @@ pub mod columns;
 pub mod conversion;
 pub mod crd;
 pub mod csr;
+pub mod decoded;
 pub mod discovery;
 pub mod error;
 pub mod fields;
@@ -109,6 +110,8 @@ pub struct Api {
     pub tokens: token_cache::TokenCache,
     /// Woken by every CertificateSigningRequest write (the approver and signer wait on it).
     pub csr_changed: tokio::sync::Notify,
+    /// Watch events decoded once for every watcher.
+    pub decoded: decoded::Decoded,
 }
 
 impl std::fmt::Debug for Api {
@@ -135,6 +138,7 @@ impl Api {
             inflight: limits::InFlight::new(config.limits.clone()),
             tokens: token_cache::TokenCache::default(),
             csr_changed: tokio::sync::Notify::new(),
+            decoded: decoded::Decoded::default(),
             config,
         })
     }

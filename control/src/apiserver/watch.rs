@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::Api;
 use super::error::{ApiError, ApiResult};
-use super::objects::{ListQuery, collection_prefix, decode};
+use super::objects::{ListQuery, collection_prefix};
 use super::request::Representation;
 use super::table::{self, Include};
 use crate::storage::{EventKind, Revision, StorageError};
@@ -128,6 +128,7 @@ impl Api {
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + req.timeout.unwrap_or(DEFAULT_TIMEOUT);
             let matches = |o: &Value| req.labels.matches_object(o) && req.fields.matches(o);
+            let selects_all = req.labels.is_empty() && req.fields.is_empty();
             let mut from = match start {
                 Some(r) => r,
                 None => api.store.revision().await.unwrap_or(0),
@@ -194,8 +195,13 @@ impl Api {
                             }
                         };
                         last = ev.revision();
-                        let Ok(obj) = decode(&info, &ev.kv) else { continue };
-                        let prev_match = ev.prev.as_ref().and_then(|p| decode(&info, p).ok()).is_some_and(|p| matches(&p));
+                        let Ok(obj) = api.decoded.get(&info, &ev.kv) else { continue };
+                        // Without selectors every object matches: the previous one need not be decoded.
+                        let prev_match = match &ev.prev {
+                            None => false,
+                            Some(_) if selects_all => true,
+                            Some(p) => api.decoded.get(&info, p).is_ok_and(|p| matches(&p)),
+                        };
                         let ty = match ev.kind {
                             EventKind::Delete => prev_match.then_some("DELETED"),
                             EventKind::Put if ev.is_create() => matches(&obj).then_some("ADDED"),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use skiff_api::quantity::Quantity;
 
 use crate::controllers::placement::{
@@ -37,10 +37,12 @@ pub struct Request {
     pub owner: Option<String>,
 }
 
-/// The scheduling request of a pod spec.
+/// The scheduling request of a pod: what its containers request (the larger of the containers' sum and the largest
+/// init container, as quota counts it), read from the typed spec (this runs for every pod on every pass).
 pub fn request_of(pod: &Pod) -> Request {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let usage = crate::quota::pod_resources(&serde_json::to_value(&spec).unwrap_or_default());
+    let Some(spec) = pod.spec.as_ref() else {
+        return Request { owner: owner_of(pod), ..Default::default() };
+    };
     let host_ports = spec
         .containers
         .iter()
@@ -50,11 +52,30 @@ pub fn request_of(pod: &Pod) -> Request {
         })
         .collect();
     Request {
-        cpu_milli: usage.get("requests.cpu").map(Quantity::as_milli).unwrap_or(0),
-        memory: usage.get("requests.memory").map(Quantity::as_units).unwrap_or(0),
+        cpu_milli: requested(spec, "cpu", Quantity::as_milli),
+        memory: requested(spec, "memory", Quantity::as_units),
         host_ports,
-        owner: crate::controllers::util::controller_of(&pod.metadata).map(|r| r.uid.clone()),
+        owner: owner_of(pod),
     }
+}
+
+fn owner_of(pod: &Pod) -> Option<String> {
+    crate::controllers::util::controller_of(&pod.metadata).map(|r| r.uid.clone())
+}
+
+fn requested(spec: &PodSpec, resource: &str, amount: fn(&Quantity) -> i64) -> i64 {
+    let of = |c: &Container| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(resource))
+            .and_then(|q| q.0.parse::<Quantity>().ok())
+            .map(|q| amount(&q))
+            .unwrap_or(0)
+    };
+    let containers: i64 = spec.containers.iter().map(of).sum();
+    let init = spec.init_containers.iter().flatten().map(of).max().unwrap_or(0);
+    containers.max(init)
 }
 
 /// Adds a pod's request to a node's usage.
@@ -70,8 +91,8 @@ pub fn add(usage: &mut NodeUsage, r: &Request) {
 
 /// A node's allocatable cpu (millicores), memory (bytes) and pods.
 pub fn allocatable(node: &Node) -> (i64, i64, i64) {
-    let a = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
-    let q = |k: &str| a.get(k).and_then(|q| q.0.parse::<Quantity>().ok());
+    let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let q = |k: &str| a.and_then(|a| a.get(k)).and_then(|q| q.0.parse::<Quantity>().ok());
     (
         q("cpu").map(|q| q.as_milli()).unwrap_or(0),
         q("memory").map(|q| q.as_units()).unwrap_or(0),
@@ -147,6 +168,29 @@ pub fn unschedulable_message(total: usize, reasons: &[String]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_request_is_the_larger_of_the_containers_sum_and_the_largest_init_container() {
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).expect("pod")
+        };
+        let c = |cpu: &str, mem: &str| json!({"name": "c", "resources": {"requests": {"cpu": cpu, "memory": mem}}});
+        let table = [
+            (json!({"containers": [c("100m", "64Mi"), c("250m", "1Gi")]}), 350, 64 * 1024 * 1024 + 1024 * 1024 * 1024),
+            (
+                json!({"containers": [c("100m", "64Mi")], "initContainers": [c("2", "1Mi"), c("500m", "8Mi")]}),
+                2000,
+                64 * 1024 * 1024,
+            ),
+            (json!({"containers": [{"name": "c"}]}), 0, 0),
+            (json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1.5"}}}]}), 1500, 0),
+        ];
+        for (spec, cpu, mem) in table {
+            let r = request_of(&pod(spec.clone()));
+            assert_eq!((r.cpu_milli, r.memory), (cpu, mem), "{spec}");
+        }
+        assert_eq!(request_of(&serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod")).cpu_milli, 0);
+    }
 
     fn node(name: &str, cpu: &str, extra: serde_json::Value) -> Node {
         let mut v = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},

@@ -53,31 +53,33 @@ pub fn decide(
     pending: &[Arc<Pod>],
 ) -> Vec<(Arc<Pod>, Decision)> {
     let mut out = Vec::with_capacity(pending.len());
+    let nothing = NodeUsage::default();
+    let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
     for p in pending {
-        let spec = p.spec.clone().unwrap_or_default();
+        let spec = p.spec.as_ref().unwrap_or(&no_spec);
         let req = request_of(p);
         let max_owner = req
             .owner
             .as_ref()
             .map(|o| usage.values().map(|u| u.by_owner.get(o).copied().unwrap_or(0)).max().unwrap_or(0))
             .unwrap_or(0);
-        let mut best: Option<(i64, String)> = None;
+        let mut best: Option<(i64, &str)> = None;
         let mut reasons = Vec::new();
         for n in nodes {
-            let name = n.metadata.name.clone().unwrap_or_default();
-            let u = usage.get(&name).cloned().unwrap_or_default();
-            match filter(n, &spec, &req, &u) {
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            let u = usage.get(name).unwrap_or(&nothing);
+            match filter(n, spec, &req, u) {
                 Some(reason) => reasons.push(reason),
                 None => {
-                    let s = score(n, &spec, &req, &u, max_owner);
-                    if best.as_ref().is_none_or(|(bs, bn)| s > *bs || (s == *bs && name < *bn)) {
+                    let s = score(n, spec, &req, u, max_owner);
+                    if best.is_none_or(|(bs, bn)| s > bs || (s == bs && name < bn)) {
                         best = Some((s, name));
                     }
                 }
             }
         }
-        match best {
-            Some((_, node)) => {
+        match best.map(|(_, n)| n.to_string()) {
+            Some(node) => {
                 add(usage.entry(node.clone()).or_default(), &req);
                 out.push((p.clone(), Decision::Bind(node)));
             }

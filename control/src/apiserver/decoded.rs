@@ -1,0 +1,103 @@
+//! Objects decoded for watchers, shared between them: an event's stored bytes are parsed once per served version,
+//! not once per watcher. With 250 watches on pods (a kubelet's each, kubectl's, the controllers'), decoding every
+//! event in every watch was 56% of the server's CPU in `scripts/bench-scale`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use skiff_api::registry::ResourceInfo;
+
+use super::error::ApiResult;
+use super::objects::decode;
+use crate::storage::{KeyValue, Revision};
+
+/// How many decoded objects are kept (watchers further behind decode again).
+const KEEP: usize = 1024;
+
+/// Recently decoded objects by (revision, key, served version).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_revision: HashMap<Revision, Vec<(String, String, Arc<Value>)>>,
+    order: VecDeque<Revision>,
+}
+
+fn served(info: &ResourceInfo) -> String {
+    format!("{}/{}", info.api_version(), info.plural)
+}
+
+impl Decoded {
+    /// `kv` decoded as `info` serves it: from the memo when another watcher decoded it already.
+    pub fn get(&self, info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Arc<Value>> {
+        let version = served(info);
+        {
+            let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let hit = inner
+                .by_revision
+                .get(&kv.mod_revision)
+                .and_then(|objs| objs.iter().find(|(k, v, _)| *k == kv.key && *v == version));
+            if let Some((_, _, obj)) = hit {
+                return Ok(obj.clone());
+            }
+        }
+        let obj = Arc::new(decode(info, kv)?);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Inner { by_revision, order } = &mut *inner;
+        let objs = by_revision.entry(kv.mod_revision).or_default();
+        if !objs.iter().any(|(k, v, _)| *k == kv.key && *v == version) {
+            objs.push((kv.key.clone(), version, obj.clone()));
+            order.push_back(kv.mod_revision);
+        }
+        while order.len() > KEEP {
+            let Some(old) = order.pop_front() else { break };
+            if let Some(objs) = by_revision.get_mut(&old) {
+                objs.remove(0);
+                if objs.is_empty() {
+                    by_revision.remove(&old);
+                }
+            }
+        }
+        Ok(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_api::registry::Registry;
+
+    fn kv(key: &str, rev: Revision, name: &str) -> KeyValue {
+        let value =
+            serde_json::to_vec(&serde_json::json!({"metadata": {"name": name, "namespace": "d"}})).expect("json");
+        KeyValue { key: key.into(), value: value.into(), create_revision: 1, mod_revision: rev }
+    }
+
+    #[test]
+    fn an_object_is_decoded_once_and_shared_until_it_falls_out() {
+        let reg = Registry::with_builtins();
+        let pods = reg.get("", "v1", "pods").expect("pods");
+        let d = Decoded::default();
+        let a = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
+        assert_eq!(a["metadata"]["resourceVersion"], "5");
+        assert_eq!(a["kind"], "Pod");
+        let again = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
+        assert!(Arc::ptr_eq(&a, &again), "the second watcher gets the first one's decoding");
+        // same revision, another key (one transaction, several keys): its own object
+        let b = d.get(&pods, &kv("/registry/pods/d/b", 5, "b")).expect("b");
+        assert_eq!(b["metadata"]["name"], "b");
+        for rev in 6..(6 + KEEP as Revision) {
+            d.get(&pods, &kv("/registry/pods/d/x", rev, "x")).expect("x");
+        }
+        let later = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
+        assert!(!Arc::ptr_eq(&a, &later), "evicted after {KEEP} newer objects");
+        assert_eq!(*later, *a);
+        let inner = d.inner.lock().expect("lock");
+        assert_eq!(inner.order.len(), KEEP);
+        assert_eq!(inner.by_revision.values().map(Vec::len).sum::<usize>(), KEEP);
+    }
+}
