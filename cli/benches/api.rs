@@ -4,22 +4,16 @@
 //! a service account bound to cluster-admin first (token authentication is the same for both). Run with
 //! `scripts/bench-api`.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod support;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use tokio::sync::Mutex;
 
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -89,35 +83,8 @@ where
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args([
-                "server",
-                "--data-dir",
-                &dir.path().to_string_lossy(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--log",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("skiff server"),
-    );
-    let pid = server.0.id();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = loop {
-        if let Ok(c) = skiff_client::connect(&kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (server, client) = support::Server::start(dir.path(), &[]).await;
+    let pid = server.pid();
     tokio::time::sleep(Duration::from_secs(3)).await;
     println!("skiff server idle RSS: {} MiB", rss_kib(pid) / 1024);
 
@@ -230,7 +197,7 @@ async fn main() {
         let kc = dir.path().join(format!("{name}.kubeconfig"));
         let text = skiff_control::kubeconfig::render(
             "bench",
-            &format!("https://127.0.0.1:{port}"),
+            &server.url,
             &ca,
             name,
             skiff_control::kubeconfig::Credential::Token(&token),
