@@ -416,11 +416,31 @@ fn deployments(replicas: usize, image: &str) -> String {
         .join("---\n")
 }
 
+/// A numeric setting from the environment, or its default; anything else ends the bench with a clear message.
+fn setting(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v:?} is not a number");
+            std::process::exit(2)
+        }),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let nodes: usize = std::env::var("NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let top: usize = std::env::var("PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let watchers: usize = std::env::var("WATCHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let nodes = setting("NODES", 200);
+    let top = setting("PODS", 10_000);
+    let watchers = setting("WATCHERS", 50);
+    if nodes < 10 || top < 1_000 {
+        eprintln!("NODES must be at least 10 (10% are drained) and PODS at least 1000 (the first step)");
+        std::process::exit(2);
+    }
+    // a node takes 110 pods; after the drain 90% of the nodes hold them all, with room for the rolling update's surge
+    if top * 5 / 4 > nodes * 9 / 10 * 110 {
+        eprintln!("{top} pods do not fit on {nodes} nodes of 110 pods with 10% drained and a 25% surge");
+        std::process::exit(2);
+    }
     let steps: Vec<usize> = [1_000, 5_000, 10_000].into_iter().filter(|s| *s <= top).collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

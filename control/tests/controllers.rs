@@ -124,7 +124,7 @@ fn a_deployment_rolls_out_updates_rolls_back_and_restarts() {
 #[test]
 #[ignore = "a stress run: scripts/stress-rollout"]
 fn rollout_stress() {
-    let rollouts: usize = std::env::var("ROLLOUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let rollouts: usize = std::env::var("ROLLOUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100).max(1);
     let (c, _sim) = cluster(&["node-a", "node-b", "node-c"]);
     c.kubectl_in(&["apply", "-f", "-"], WEB);
     rollout_done(&c);

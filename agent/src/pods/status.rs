@@ -319,8 +319,38 @@ pub fn conditions_agree(ours: Option<&[PodCondition]>, api: Option<&[PodConditio
     })
 }
 
+/// Whether `update` is an older copy of the pod than the one the agent holds: a watch event that arrives after
+/// the agent's own status write returned a newer copy. Taking it would make [`conditions_agree`] see the agent's
+/// last write as undone and write it again. Resource versions are the store's revisions; a copy whose version does
+/// not parse, or of another pod (uid), is never older.
+pub fn is_older(update: &Pod, held: &Pod) -> bool {
+    let rv = |p: &Pod| p.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    update.metadata.uid == held.metadata.uid && matches!((rv(update), rv(held)), (Some(a), Some(b)) if a < b)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_older_copy_of_the_same_pod_is_older() {
+        let pod = |uid: &str, rv: Option<&str>| {
+            let mut p = Pod::default();
+            p.metadata.uid = Some(uid.into());
+            p.metadata.resource_version = rv.map(String::from);
+            p
+        };
+        let table = [
+            (pod("a", Some("9")), pod("a", Some("10")), true),
+            (pod("a", Some("10")), pod("a", Some("10")), false),
+            (pod("a", Some("11")), pod("a", Some("10")), false),
+            (pod("b", Some("9")), pod("a", Some("10")), false),
+            (pod("a", None), pod("a", Some("10")), false),
+            (pod("a", Some("x")), pod("a", Some("10")), false),
+        ];
+        for (update, held, want) in table {
+            assert_eq!(is_older(&update, &held), want, "{update:?} vs {held:?}");
+        }
+    }
+
     #[test]
     fn conditions_disagree_when_another_writer_changed_one_the_agent_owns() {
         let c = |t: &str, st: &str| PodCondition { type_: t.into(), status: st.into(), ..Default::default() };

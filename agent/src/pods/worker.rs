@@ -178,7 +178,8 @@ impl Worker {
 
     async fn handle(&mut self, ev: PodEvent) {
         match ev {
-            PodEvent::Update(p) => self.pod = p,
+            PodEvent::Update(p) if !status::is_older(&p, &self.pod) => self.pod = p,
+            PodEvent::Update(_) => {}
             PodEvent::Removed => self.removed = true,
             PodEvent::Exited(id) => self.on_exit(&id).await,
             PodEvent::Probe(r) => self.on_probe(r).await,
@@ -1391,7 +1392,7 @@ impl Worker {
             }
             match tokio::time::timeout(left.min(Duration::from_millis(500)), self.rx.recv()).await {
                 Ok(Some(PodEvent::Exited(id))) => self.on_exit(&id).await,
-                Ok(Some(PodEvent::Update(p))) => self.pod = p,
+                Ok(Some(PodEvent::Update(p))) if !status::is_older(&p, &self.pod) => self.pod = p,
                 Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(_) => {

@@ -27,8 +27,9 @@ struct Inner {
     order: VecDeque<Revision>,
 }
 
+/// The served version an object was decoded for: group, version and resource.
 fn served(info: &ResourceInfo) -> String {
-    format!("{}/{}", info.api_version(), info.plural)
+    format!("{}/{}/{}", info.group, info.version, info.plural)
 }
 
 impl Decoded {

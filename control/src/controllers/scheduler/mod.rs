@@ -195,14 +195,7 @@ async fn schedule_once(
                     }
                     Err(e) => ctx.retries.count(CONTROLLER, &e),
                 }
-                recorder
-                    .record(
-                        &skiff_client::events::reference(pod.as_ref()),
-                        EventType::Warning,
-                        "FailedScheduling",
-                        &msg,
-                    )
-                    .await;
+                failed_scheduling(&recorder, &pod, &msg).await;
             }
         }
     }
@@ -238,17 +231,16 @@ async fn schedule_once(
                 assumed.remove(&k);
                 let message = format!("Binding rejected: {e}");
                 ctx.retries.count(CONTROLLER, &crate::controllers::ctx::ReconcileError::Api(e));
-                recorder
-                    .record(
-                        &skiff_client::events::reference(pod.as_ref()),
-                        EventType::Warning,
-                        "FailedScheduling",
-                        &message,
-                    )
-                    .await;
+                failed_scheduling(&recorder, &pod, &message).await;
             }
         }
     }
+}
+
+/// The Warning Event of a pod that could not be scheduled or bound.
+async fn failed_scheduling(recorder: &skiff_client::events::Recorder, pod: &Pod, message: &str) {
+    let oref = skiff_client::events::reference(pod);
+    recorder.record(&oref, EventType::Warning, "FailedScheduling", message).await;
 }
 
 #[cfg(test)]
