@@ -372,16 +372,10 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
-    let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| {
-        pods.iter()
-            .find(|p| p.metadata.name.as_deref() == Some(n))
-            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-    };
-    if !ctx.expectations.satisfied(&uid, present, gone) {
+    if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let p = plan(&job, &pods, ctx.now());
     let japi: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

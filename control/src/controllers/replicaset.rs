@@ -16,7 +16,7 @@ use skiff_api::selector::Selector;
 use skiff_client::events::EventType;
 
 use super::ctx::{Ctx, ReconcileError};
-use super::util::{controlled_by, controller_of, is_active, is_available, is_ready, owner_ref, random_suffix};
+use super::util::{controller_of, is_active, is_available, is_ready, owner_ref, random_suffix};
 
 /// What one reconcile of a ReplicaSet should do.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -72,22 +72,27 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     let spec = rs.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
     let selector = Selector::from_label_selector(&spec.selector).unwrap_or_else(|_| Selector::nothing());
-    let labels = |p: &Pod| p.metadata.labels.clone().unwrap_or_default();
+    static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    fn labels(p: &Pod) -> &std::collections::BTreeMap<String, String> {
+        p.metadata.labels.as_ref().unwrap_or(&NO_LABELS)
+    }
     let mut plan = Plan::default();
     let mut owned: Vec<&Pod> = Vec::new();
     for p in pods {
-        let matches = !selector.is_empty() && selector.matches(&labels(p));
-        if controlled_by(&p.metadata, &uid) {
+        // Another controller's pod is none of this one's business (most pods of a namespace, checked first and
+        // cheaply: this runs over every pod of the namespace on every pass).
+        let controller = controller_of(&p.metadata);
+        if controller.is_some_and(|r| r.uid != uid) {
+            continue;
+        }
+        let matches = !selector.is_empty() && selector.matches(labels(p));
+        if controller.is_some() {
             if matches {
                 owned.push(p);
             } else if is_active(p) {
                 plan.release.push(p.metadata.name.clone().unwrap_or_default());
             }
-        } else if controller_of(&p.metadata).is_none()
-            && matches
-            && is_active(p)
-            && rs.metadata.deletion_timestamp.is_none()
-        {
+        } else if matches && is_active(p) && rs.metadata.deletion_timestamp.is_none() {
             plan.adopt.push(p.metadata.name.clone().unwrap_or_default());
             owned.push(p);
         }
@@ -128,16 +133,10 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let name = rs.metadata.name.clone().unwrap_or_default();
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
-    let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| {
-        pods.iter()
-            .find(|p| p.metadata.name.as_deref() == Some(n))
-            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-    };
-    if !ctx.expectations.satisfied(&uid, present, gone) {
+    if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let p = plan(&rs, &pods, ctx.now());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let recorder = ctx.recorders.get(CONTROLLER);

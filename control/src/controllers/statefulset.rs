@@ -191,16 +191,10 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     if sts.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
-    let present = |n: &str| pods.iter().any(|p| p.metadata.name.as_deref() == Some(n));
-    let gone = |n: &str| {
-        pods.iter()
-            .find(|p| p.metadata.name.as_deref() == Some(n))
-            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-    };
-    if !ctx.expectations.satisfied(&uid, present, gone) {
+    if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    let pods = super::informers::in_namespace(&ctx.pods, &ns);
     let (actions, status) = plan(&sts, &pods, ctx.now());
     let update_rev = status.update_revision.clone().unwrap_or_default();
     let recorder = ctx.recorders.get(CONTROLLER);

@@ -89,19 +89,61 @@ pub fn add(usage: &mut NodeUsage, r: &Request) {
     }
 }
 
-/// A node's allocatable cpu (millicores), memory (bytes) and pods.
-pub fn allocatable(node: &Node) -> (i64, i64, i64) {
-    let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-    let q = |k: &str| a.and_then(|a| a.get(k)).and_then(|q| q.0.parse::<Quantity>().ok());
-    (
-        q("cpu").map(|q| q.as_milli()).unwrap_or(0),
-        q("memory").map(|q| q.as_units()).unwrap_or(0),
-        q("pods").map(|q| q.as_units()).unwrap_or(110),
-    )
+/// Takes a pod's request off a node's usage (the pod finished, was deleted, or its binding failed).
+pub fn remove(usage: &mut NodeUsage, r: &Request) {
+    usage.cpu_milli -= r.cpu_milli;
+    usage.memory -= r.memory;
+    usage.pods -= 1;
+    for port in &r.host_ports {
+        if let Some(i) = usage.host_ports.iter().position(|p| p == port) {
+            usage.host_ports.swap_remove(i);
+        }
+    }
+    if let Some(o) = &r.owner
+        && let Some(n) = usage.by_owner.get_mut(o)
+    {
+        *n -= 1;
+        if *n <= 0 {
+            usage.by_owner.remove(o);
+        }
+    }
+}
+
+/// A node with its allocatable resources parsed once (they are read for every pod on every node).
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The node.
+    pub node: std::sync::Arc<Node>,
+    /// Allocatable millicores.
+    pub cpu_milli: i64,
+    /// Allocatable bytes of memory.
+    pub memory: i64,
+    /// Allocatable pods (110 when the node does not say).
+    pub pods: i64,
+}
+
+impl NodeInfo {
+    /// Parses a node's allocatable resources.
+    pub fn new(node: std::sync::Arc<Node>) -> Self {
+        let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+        let q = |k: &str| a.and_then(|a| a.get(k)).and_then(|q| q.0.parse::<Quantity>().ok());
+        NodeInfo {
+            cpu_milli: q("cpu").map(|q| q.as_milli()).unwrap_or(0),
+            memory: q("memory").map(|q| q.as_units()).unwrap_or(0),
+            pods: q("pods").map(|q| q.as_units()).unwrap_or(110),
+            node,
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.node.metadata.name.as_deref().unwrap_or_default()
+    }
 }
 
 /// Why a node cannot take the pod (the phrases of kube-scheduler's messages), or `None` if it can.
-pub fn filter(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> Option<String> {
+pub fn filter(info: &NodeInfo, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> Option<String> {
+    let node = info.node.as_ref();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let tolerated = spec.tolerations.iter().flatten().any(|t| {
             t.key.as_deref() == Some("node.kubernetes.io/unschedulable")
@@ -120,7 +162,7 @@ pub fn filter(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> 
     if !selector_and_affinity_match(node, spec) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let (cpu, mem, pods) = allocatable(node);
+    let (cpu, mem, pods) = (info.cpu_milli, info.memory, info.pods);
     if usage.pods + 1 > pods {
         return Some("Too many pods".into());
     }
@@ -138,8 +180,8 @@ pub fn filter(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> 
 
 /// How good a feasible node is (higher is better): least allocated, spread across the owner's pods, preferred
 /// affinity.
-pub fn score(node: &Node, spec: &PodSpec, req: &Request, usage: &NodeUsage, max_owner_count: i64) -> i64 {
-    let (cpu, mem, _) = allocatable(node);
+pub fn score(info: &NodeInfo, spec: &PodSpec, req: &Request, usage: &NodeUsage, max_owner_count: i64) -> i64 {
+    let (node, cpu, mem) = (info.node.as_ref(), info.cpu_milli, info.memory);
     let free = |cap: i64, used: i64| if cap <= 0 { 0 } else { ((cap - used).max(0) * 100) / cap };
     let least_allocated = (free(cpu, usage.cpu_milli + req.cpu_milli) + free(mem, usage.memory + req.memory)) / 2;
     let spread = match &req.owner {
@@ -192,13 +234,13 @@ mod tests {
         assert_eq!(request_of(&serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod")).cpu_milli, 0);
     }
 
-    fn node(name: &str, cpu: &str, extra: serde_json::Value) -> Node {
+    fn node(name: &str, cpu: &str, extra: serde_json::Value) -> NodeInfo {
         let mut v = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             "status": {"allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
         if let Some(spec) = extra.get("spec") {
             v["spec"] = spec.clone();
         }
-        serde_json::from_value(v).expect("node")
+        NodeInfo::new(std::sync::Arc::new(serde_json::from_value(v).expect("node")))
     }
 
     fn pod(cpu: &str) -> Pod {

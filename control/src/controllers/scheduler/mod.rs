@@ -3,26 +3,33 @@
 //! spreading an owner's pods, preferred affinity), or marks it Unschedulable with a FailedScheduling event that says
 //! why.
 //!
-//! Decisions are made one pod at a time against an in-memory view of each node that includes pods bound moments
-//! ago and not yet seen by the informer ("assumed"); bindings go out concurrently.
+//! Decisions are made one pod at a time against [`cache::Cache`], a view of each node kept up to date from the pod
+//! changes the informer sends, including pods bound moments ago and not yet seen bound ("assumed"). Bindings go out
+//! as tasks while the next pods are decided; a failed binding puts its pod back in the queue. Pods that fit nowhere
+//! are tried again when capacity changes (a node changed, a pod freed its resources), at most once a second.
 
+pub mod cache;
 pub mod filter;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::controllers::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PostParams};
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skiff_client::events::EventType;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 
 use super::ctx::Ctx;
 use super::util::{is_deleting, is_terminal};
-use filter::{NodeUsage, add, filter, request_of, score, unschedulable_message};
+use cache::{Cache, key};
+use filter::{NodeInfo, NodeUsage, add, filter, request_of, score, unschedulable_message};
 
 /// A decision for one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +38,6 @@ pub enum Decision {
     Bind(String),
     /// No node fits; the message says why.
     Unschedulable(String),
-}
-
-fn key(p: &Pod) -> String {
-    format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default())
 }
 
 /// Whether the default scheduler should place this pod.
@@ -46,179 +49,211 @@ pub fn pending(p: &Pod) -> bool {
         && !is_terminal(p)
 }
 
-/// Schedules `pending` pods (in order) onto `nodes`, given current `usage`; pure.
-pub fn decide(
-    nodes: &[Arc<Node>],
-    usage: &mut HashMap<String, NodeUsage>,
-    pending: &[Arc<Pod>],
-) -> Vec<(Arc<Pod>, Decision)> {
-    let mut out = Vec::with_capacity(pending.len());
+/// Where one pod goes, given what is committed on each node; pure.
+pub fn place(nodes: &[NodeInfo], usage: &HashMap<String, NodeUsage>, pod: &Pod) -> Decision {
     let nothing = NodeUsage::default();
     let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
-    for p in pending {
-        let spec = p.spec.as_ref().unwrap_or(&no_spec);
-        let req = request_of(p);
-        let max_owner = req
-            .owner
-            .as_ref()
-            .map(|o| usage.values().map(|u| u.by_owner.get(o).copied().unwrap_or(0)).max().unwrap_or(0))
-            .unwrap_or(0);
-        let mut best: Option<(i64, &str)> = None;
-        let mut reasons = Vec::new();
-        for n in nodes {
-            let name = n.metadata.name.as_deref().unwrap_or_default();
-            let u = usage.get(name).unwrap_or(&nothing);
-            match filter(n, spec, &req, u) {
-                Some(reason) => reasons.push(reason),
-                None => {
-                    let s = score(n, spec, &req, u, max_owner);
-                    if best.is_none_or(|(bs, bn)| s > bs || (s == bs && name < bn)) {
-                        best = Some((s, name));
-                    }
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
+    let req = request_of(pod);
+    let max_owner = req
+        .owner
+        .as_ref()
+        .map(|o| usage.values().map(|u| u.by_owner.get(o).copied().unwrap_or(0)).max().unwrap_or(0))
+        .unwrap_or(0);
+    let mut best: Option<(i64, &str)> = None;
+    let mut reasons = Vec::new();
+    for n in nodes {
+        let name = n.name();
+        let u = usage.get(name).unwrap_or(&nothing);
+        match filter(n, spec, &req, u) {
+            Some(reason) => reasons.push(reason),
+            None => {
+                let s = score(n, spec, &req, u, max_owner);
+                if best.is_none_or(|(bs, bn)| s > bs || (s == bs && name < bn)) {
+                    best = Some((s, name));
                 }
             }
         }
-        match best.map(|(_, n)| n.to_string()) {
-            Some(node) => {
-                add(usage.entry(node.clone()).or_default(), &req);
-                out.push((p.clone(), Decision::Bind(node)));
-            }
-            None => out.push((p.clone(), Decision::Unschedulable(unschedulable_message(nodes.len(), &reasons)))),
-        }
     }
-    out
+    match best {
+        Some((_, node)) => Decision::Bind(node.to_string()),
+        None => Decision::Unschedulable(unschedulable_message(nodes.len(), &reasons)),
+    }
 }
 
-/// What is committed on each node: every bound pod that has not finished (terminating pods still hold their
-/// resources).
-pub fn usage_of(pods: &[Arc<Pod>], assumed: &HashMap<String, (String, Arc<Pod>)>) -> HashMap<String, NodeUsage> {
-    let mut usage: HashMap<String, NodeUsage> = HashMap::new();
-    for p in pods {
-        if is_terminal(p) {
-            continue;
-        }
-        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) {
-            add(usage.entry(node).or_default(), &request_of(p));
-        }
-    }
-    for (node, p) in assumed.values() {
-        add(usage.entry(node.clone()).or_default(), &request_of(p));
-    }
-    usage
+/// Schedules `pending` pods (in order) onto `nodes`, given current `usage`, which takes each pod placed; pure.
+pub fn decide(
+    nodes: &[NodeInfo],
+    usage: &mut HashMap<String, NodeUsage>,
+    pending: &[Arc<Pod>],
+) -> Vec<(Arc<Pod>, Decision)> {
+    pending
+        .iter()
+        .map(|p| {
+            let d = place(nodes, usage, p);
+            if let Decision::Bind(node) = &d {
+                add(usage.entry(node.clone()).or_default(), &request_of(p));
+            }
+            (p.clone(), d)
+        })
+        .collect()
 }
 
 /// The scheduler's name in Events and metrics.
 pub const CONTROLLER: &str = "default-scheduler";
 
+/// Bindings in flight at once.
+const BINDS_IN_FLIGHT: usize = 32;
+
+/// How often pods that fit nowhere are tried again when capacity changed, and at the latest.
+const RETRY_AFTER_CHANGE: Duration = Duration::from_secs(1);
+const RETRY_AT_LATEST: Duration = Duration::from_secs(10);
+
+/// How often the whole pod cache is read again (the resync that repairs anything a missed change left wrong).
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// A binding's outcome: the pod's key, the pod, the node, and the API's answer.
+type Bound = (String, Arc<Pod>, String, Result<(), kube::Error>);
+
+/// The scheduler loop's state.
+struct Scheduler {
+    ctx: Arc<Ctx>,
+    cache: Cache,
+    nodes: Vec<NodeInfo>,
+    /// pod key -> last unschedulable message reported
+    reported: BTreeMap<String, String>,
+    capacity_changed: bool,
+    last_retry: Instant,
+    binds: JoinSet<Bound>,
+    in_flight: Arc<Semaphore>,
+}
+
+fn lookup(ctx: &Ctx, key: &str) -> Option<Arc<Pod>> {
+    let (ns, name) = key.split_once('/')?;
+    ctx.pods.get(&ObjectRef::new(name).within(ns))
+}
+
 /// Runs the scheduler.
 pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Node>) {
     let kick = Arc::new(Notify::new());
+    let changed: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let nodes_changed = Arc::new(AtomicBool::new(true));
     // Dropped (and so stopped) with this future when the leader loses its lease.
-    let mut triggers = tokio::task::JoinSet::new();
-    let k = kick.clone();
-    triggers.spawn(pods.for_each(move |_| {
+    let mut triggers = JoinSet::new();
+    let (k, c) = (kick.clone(), changed.clone());
+    triggers.spawn(pods.for_each(move |p| {
+        c.lock().unwrap_or_else(|e| e.into_inner()).insert(key(&p));
         k.notify_one();
         async {}
     }));
-    let k = kick.clone();
+    let (k, n) = (kick.clone(), nodes_changed.clone());
     triggers.spawn(nodes.for_each(move |_| {
+        n.store(true, Ordering::Relaxed);
         k.notify_one();
         async {}
     }));
-    // pod key -> (node, pod): bound by us, not yet seen bound in the informer
-    let mut assumed: HashMap<String, (String, Arc<Pod>)> = HashMap::new();
-    // pod key -> last unschedulable message reported
-    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut s = Scheduler {
+        ctx: ctx.clone(),
+        cache: Cache::default(),
+        nodes: Vec::new(),
+        reported: BTreeMap::new(),
+        capacity_changed: true,
+        last_retry: Instant::now(),
+        binds: JoinSet::new(),
+        in_flight: Arc::new(Semaphore::new(BINDS_IN_FLIGHT)),
+    };
+    let mut resynced: Option<Instant> = None;
     loop {
+        if resynced.is_none_or(|t| t.elapsed() >= RESYNC) {
+            s.cache.resync(&ctx.pods.state());
+            resynced = Some(Instant::now());
+        }
+        for k in std::mem::take(&mut *changed.lock().unwrap_or_else(|e| e.into_inner())) {
+            s.cache.update(&k, lookup(&ctx, &k).as_ref());
+        }
+        if nodes_changed.swap(false, Ordering::Relaxed) {
+            s.nodes = ctx.nodes.state().into_iter().map(NodeInfo::new).collect();
+            s.capacity_changed = true;
+        }
+        while let Some(done) = s.binds.try_join_next() {
+            s.bound(done).await;
+        }
+        s.schedule_once().await;
         tokio::select! {
-            _ = kick.notified() => {}
+            _ = kick.notified() => {
+                // let a burst of events settle into one pass
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Some(done) = s.binds.join_next(), if !s.binds.is_empty() => s.bound(done).await,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        // let a burst of events settle into one pass
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        schedule_once(&ctx, &mut assumed, &mut reported).await;
     }
 }
 
-async fn schedule_once(
-    ctx: &Arc<Ctx>,
-    assumed: &mut HashMap<String, (String, Arc<Pod>)>,
-    reported: &mut BTreeMap<String, String>,
-) {
-    let pods = ctx.pods.state();
-    let by_key: HashMap<String, &Arc<Pod>> = pods.iter().map(|p| (key(p), p)).collect();
-    assumed.retain(|k, _| by_key.get(k).is_some_and(|p| pending(p)));
-    reported.retain(|k, _| by_key.get(k).is_some_and(|p| pending(p)));
-    let mut todo: Vec<Arc<Pod>> =
-        pods.iter().filter(|p| pending(p) && !assumed.contains_key(&key(p))).cloned().collect();
-    if todo.is_empty() {
-        return;
-    }
-    todo.sort_by_key(|p| {
-        (
-            std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
-            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            key(p),
-        )
-    });
-    let nodes = ctx.nodes.state();
-    let mut usage = usage_of(&pods, assumed);
-    let decisions = decide(&nodes, &mut usage, &todo);
-    let recorder = ctx.recorders.get(CONTROLLER);
-    let mut binds = Vec::new();
-    for (pod, d) in decisions {
-        let k = key(&pod);
-        match d {
-            Decision::Bind(node) => {
-                assumed.insert(k.clone(), (node.clone(), pod.clone()));
-                binds.push((k, pod, node));
-            }
-            Decision::Unschedulable(msg) => {
-                if reported.get(&k) == Some(&msg) {
-                    continue;
+impl Scheduler {
+    async fn schedule_once(&mut self) {
+        self.reported.retain(|k, _| self.cache.is_waiting(k));
+        if self.cache.take_freed() {
+            self.capacity_changed = true;
+        }
+        let since = self.last_retry.elapsed();
+        let retry = (self.capacity_changed && since >= RETRY_AFTER_CHANGE) || since >= RETRY_AT_LATEST;
+        if retry {
+            self.capacity_changed = false;
+            self.last_retry = Instant::now();
+        }
+        let todo: Vec<Arc<Pod>> =
+            self.cache.waiting().into_iter().filter(|p| retry || !self.reported.contains_key(&key(p))).collect();
+        if todo.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let recorder = ctx.recorders.get(CONTROLLER);
+        for pod in todo {
+            let k = key(&pod);
+            // one pod at a time: each placed pod is counted (assumed) before the next is decided
+            match place(&self.nodes, self.cache.usage(), &pod) {
+                Decision::Bind(node) => {
+                    self.cache.assume(&k, &pod, &node);
+                    let (client, permits) = (ctx.client.clone(), self.in_flight.clone());
+                    self.binds.spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        let r = bind(client, &pod, &node).await;
+                        (k, pod, node, r)
+                    });
                 }
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-                let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": ctx.now()}]}});
-                let written = crate::controllers::retry::status_written(
-                    api.patch_status(
-                        pod.metadata.name.as_deref().unwrap_or_default(),
-                        &crate::controllers::util::pp(),
-                        &Patch::Strategic(&patch),
-                    )
-                    .await,
-                );
-                match written {
-                    // Reported once per message; a failed write is tried again on the next pass.
-                    Ok(()) => {
-                        reported.insert(k, msg.clone());
+                Decision::Unschedulable(msg) => {
+                    if self.reported.get(&k) == Some(&msg) {
+                        continue;
                     }
-                    Err(e) => ctx.retries.count(CONTROLLER, &e),
+                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                    let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": ctx.now()}]}});
+                    let written = crate::controllers::retry::status_written(
+                        api.patch_status(
+                            pod.metadata.name.as_deref().unwrap_or_default(),
+                            &crate::controllers::util::pp(),
+                            &Patch::Strategic(&patch),
+                        )
+                        .await,
+                    );
+                    match written {
+                        // Reported once per message; a failed write is tried again on the next retry.
+                        Ok(()) => {
+                            self.reported.insert(k, msg.clone());
+                        }
+                        Err(e) => ctx.retries.count(CONTROLLER, &e),
+                    }
+                    failed_scheduling(&recorder, &pod, &msg).await;
                 }
-                failed_scheduling(&recorder, &pod, &msg).await;
             }
         }
     }
-    let client = ctx.client.clone();
-    let results: Vec<(String, Arc<Pod>, String, Result<(), kube::Error>)> = futures::stream::iter(binds)
-        .map(|(k, pod, node)| {
-            let client = client.clone();
-            async move {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let api: Api<Pod> = Api::namespaced(client, &ns);
-                let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                let r = api
-                    .create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &PostParams::default(), &body)
-                    .await
-                    .map(|_| ());
-                (k, pod, node, r)
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for (k, pod, node, r) in results {
+
+    /// Takes in a binding's outcome.
+    async fn bound(&mut self, done: Result<Bound, tokio::task::JoinError>) {
+        let Ok((k, pod, node, r)) = done else { return };
+        let recorder = self.ctx.recorders.get(CONTROLLER);
         match r {
             Ok(()) => {
                 let msg = format!("Successfully assigned {k} to {node}");
@@ -227,14 +262,25 @@ async fn schedule_once(
                     .await;
             }
             Err(e) => {
-                // Tried again on the next pass (the pod is still unbound in the cache).
-                assumed.remove(&k);
+                // Tried again on the next pass (the pod waits again, as the pod cache has it now).
+                self.cache.forget(&k, lookup(&self.ctx, &k).as_ref());
                 let message = format!("Binding rejected: {e}");
-                ctx.retries.count(CONTROLLER, &crate::controllers::ctx::ReconcileError::Api(e));
+                self.ctx.retries.count(CONTROLLER, &crate::controllers::ctx::ReconcileError::Api(e));
                 failed_scheduling(&recorder, &pod, &message).await;
             }
         }
     }
+}
+
+/// Binds a pod to a node through the `binding` subresource.
+async fn bind(client: kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    api.create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &PostParams::default(), &body)
+        .await
+        .map(|_| ())
 }
 
 /// The Warning Event of a pod that could not be scheduled or bound.
@@ -248,11 +294,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn node(name: &str, cpu: &str) -> Arc<Node> {
-        Arc::new(
+    fn node(name: &str, cpu: &str) -> NodeInfo {
+        NodeInfo::new(Arc::new(
             serde_json::from_value(json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}}))
                 .expect("node"),
-        )
+        ))
     }
 
     fn pod(name: &str, cpu: &str, owner: &str) -> Arc<Pod> {
@@ -281,15 +327,5 @@ mod tests {
             "{:?}",
             d[3].1
         );
-    }
-
-    #[test]
-    fn bound_terminating_pods_still_hold_their_resources() {
-        let mut p = (*pod("old", "900m", "x")).clone();
-        p.spec.as_mut().expect("spec").node_name = Some("n1".into());
-        p.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        let usage = usage_of(&[Arc::new(p)], &HashMap::new());
-        assert_eq!(usage["n1"].cpu_milli, 900);
     }
 }
