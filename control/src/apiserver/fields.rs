@@ -88,6 +88,102 @@ fn of_value(v: &Value, f: smp::Field) -> Value {
     }
 }
 
+/// The field set of the leaves of `new` whose values differ in `old` (an object of `kind`), in one walk of both:
+/// what [`of_object`] of `new` holds, less every leaf whose value is the same at the same path of `old`.
+pub fn changed(old: &Value, new: &Value, kind: &str) -> Value {
+    let mut out = Map::new();
+    if let Value::Object(m) = new {
+        for (k, v) in m {
+            if k == "apiVersion" || k == "kind" {
+                continue;
+            }
+            let f = smp::root_field(kind, k);
+            let was = old.get(k);
+            if k == "metadata" {
+                if let Value::Object(md) = v {
+                    let mut mset = Map::new();
+                    for (mk, mv) in md {
+                        if UNTRACKED_META.contains(&mk.as_str()) {
+                            continue;
+                        }
+                        if let Some(c) = changed_value(was.and_then(|w| w.get(mk)), mv, smp::field(f.ty, mk)) {
+                            mset.insert(format!("f:{mk}"), c);
+                        }
+                    }
+                    if !mset.is_empty() {
+                        out.insert("f:metadata".into(), Value::Object(mset));
+                    }
+                }
+                continue;
+            }
+            if let Some(c) = changed_value(was, v, f) {
+                out.insert(format!("f:{k}"), c);
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// The changed part of [`of_value`]`(new)`, given the value `old` at the same path (`None`: nothing changed).
+fn changed_value(old: Option<&Value>, new: &Value, f: smp::Field) -> Option<Value> {
+    let leaf = || (old != Some(new)).then(|| Value::Object(Map::new()));
+    match new {
+        Value::Object(m) if !m.is_empty() => {
+            let out = changed_children(old, m, f.ty);
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        Value::Array(items) => match f.list {
+            ListType::Map(keys) => {
+                let mut out = Map::new();
+                let mut elements = 0;
+                for item in items {
+                    let Some(key) = element_key(item, keys) else { continue };
+                    elements += 1;
+                    let was = old.and_then(Value::as_array).and_then(|a| {
+                        a.iter().find(|x| keys.iter().all(|k| item.get(k).is_none_or(|v| x.get(k) == Some(v))))
+                    });
+                    let mut inner = match item {
+                        Value::Object(m) => changed_children(was, m, f.ty),
+                        _ => Map::new(),
+                    };
+                    if was != Some(item) {
+                        inner.insert(".".into(), Value::Object(Map::new()));
+                    }
+                    if !inner.is_empty() {
+                        out.insert(key, Value::Object(inner));
+                    }
+                }
+                // a list with no keyed element is a leaf of its own, as in `of_value`
+                if elements == 0 {
+                    return leaf();
+                }
+                (!out.is_empty()).then_some(Value::Object(out))
+            }
+            ListType::Set if items.is_empty() => leaf(),
+            ListType::Set => {
+                let before = old.and_then(Value::as_array);
+                let mut out = Map::new();
+                for item in items.iter().filter(|i| before.is_none_or(|b| !b.contains(i))) {
+                    out.insert(format!("v:{item}"), Value::Object(Map::new()));
+                }
+                (!out.is_empty()).then_some(Value::Object(out))
+            }
+            ListType::Atomic => leaf(),
+        },
+        _ => leaf(),
+    }
+}
+
+fn changed_children(old: Option<&Value>, m: &Map<String, Value>, ty: Option<&'static str>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, child) in m {
+        if let Some(c) = changed_value(old.and_then(|o| o.get(k)), child, smp::field(ty, k)) {
+            out.insert(format!("f:{k}"), c);
+        }
+    }
+    out
+}
+
 /// The `k:{…}` path element of a list-map element.
 pub fn element_key(item: &Value, keys: &[String]) -> Option<String> {
     let mut k = Map::new();

@@ -34,7 +34,11 @@ pub struct Cache {
 
 /// The key of a pod in the cache (`namespace/name`).
 pub fn key(p: &Pod) -> String {
-    format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 fn bound_node(p: &Pod) -> Option<&str> {
@@ -214,8 +218,11 @@ mod tests {
             Arc::new(p)
         };
         let mut c = Cache::default();
-        for p in [mk("old", 0, "2026-01-01T00:00:00Z"), mk("new", 0, "2026-01-02T00:00:00Z"), mk("vip", 10, "2026-01-03T00:00:00Z")]
-        {
+        for p in [
+            mk("old", 0, "2026-01-01T00:00:00Z"),
+            mk("new", 0, "2026-01-02T00:00:00Z"),
+            mk("vip", 10, "2026-01-03T00:00:00Z"),
+        ] {
             c.update(&key(&p), Some(&p));
         }
         let order: Vec<String> = c.waiting().iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
