@@ -1,9 +1,12 @@
 //! Objects decoded for watchers, shared between them: an event's stored bytes are parsed once per served version,
-//! not once per watcher. With 250 watches on pods (a kubelet's each, kubectl's, the controllers'), decoding every
-//! event in every watch was 56% of the server's CPU in `scripts/bench-scale`.
+//! not once per watcher, and encoded as JSON once for all watchers that send the whole object. With 250 watches on
+//! pods (a kubelet's each, kubectl's, the controllers'), decoding every event in every watch was 56% of the server's
+//! CPU in `scripts/bench-scale`, and encoding it for every watcher another 5%.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
 
 use serde_json::Value;
 use skiff_api::registry::ResourceInfo;
@@ -23,35 +26,61 @@ pub struct Decoded {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_revision: HashMap<Revision, Vec<(String, String, Arc<Value>)>>,
+    by_revision: HashMap<Revision, Vec<(String, Served, Arc<Object>)>>,
     order: VecDeque<Revision>,
 }
 
+/// An object as a watcher is served it.
+#[derive(Debug)]
+pub struct Object {
+    value: Value,
+    json: OnceLock<Bytes>,
+}
+
+impl std::ops::Deref for Object {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl Object {
+    /// The object as JSON, encoded by the first watcher that asks.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).unwrap_or_default()))
+    }
+}
+
 /// The served version an object was decoded for: group, version and resource.
-fn served(info: &ResourceInfo) -> String {
-    format!("{}/{}/{}", info.group, info.version, info.plural)
+#[derive(Debug, PartialEq)]
+struct Served(String, String, String);
+
+impl Served {
+    fn is(&self, info: &ResourceInfo) -> bool {
+        self.0 == info.group && self.1 == info.version && self.2 == info.plural
+    }
 }
 
 impl Decoded {
     /// `kv` decoded as `info` serves it: from the memo when another watcher decoded it already.
-    pub fn get(&self, info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Arc<Value>> {
-        let version = served(info);
+    pub fn get(&self, info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Arc<Object>> {
         {
             let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let hit = inner
                 .by_revision
                 .get(&kv.mod_revision)
-                .and_then(|objs| objs.iter().find(|(k, v, _)| *k == kv.key && *v == version));
+                .and_then(|objs| objs.iter().find(|(k, v, _)| *k == kv.key && v.is(info)));
             if let Some((_, _, obj)) = hit {
                 return Ok(obj.clone());
             }
         }
-        let obj = Arc::new(decode(info, kv)?);
+        let obj = Arc::new(Object { value: decode(info, kv)?, json: OnceLock::new() });
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Inner { by_revision, order } = &mut *inner;
         let objs = by_revision.entry(kv.mod_revision).or_default();
-        if !objs.iter().any(|(k, v, _)| *k == kv.key && *v == version) {
-            objs.push((kv.key.clone(), version, obj.clone()));
+        if !objs.iter().any(|(k, v, _)| *k == kv.key && v.is(info)) {
+            let served = Served(info.group.clone(), info.version.clone(), info.plural.clone());
+            objs.push((kv.key.clone(), served, obj.clone()));
             order.push_back(kv.mod_revision);
         }
         while order.len() > KEEP {
@@ -96,7 +125,8 @@ mod tests {
         }
         let later = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
         assert!(!Arc::ptr_eq(&a, &later), "evicted after {KEEP} newer objects");
-        assert_eq!(*later, *a);
+        assert_eq!(**later, **a);
+        assert_eq!(serde_json::from_slice::<Value>(a.json()).expect("json"), **a, "encoded as decoded");
         let inner = d.inner.lock().expect("lock");
         assert_eq!(inner.order.len(), KEEP);
         assert_eq!(inner.by_revision.values().map(Vec::len).sum::<usize>(), KEEP);

@@ -63,6 +63,21 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// An event line; the whole object's JSON is shared by every watcher (encoded once).
+    fn shared_event(&mut self, ty: &str, obj: &super::decoded::Object) -> Bytes {
+        if !matches!(self.representation, Representation::Object) {
+            return self.event(ty, obj);
+        }
+        let json = obj.json();
+        let mut b = Vec::with_capacity(json.len() + 32);
+        b.extend_from_slice(b"{\"type\":\"");
+        b.extend_from_slice(ty.as_bytes());
+        b.extend_from_slice(b"\",\"object\":");
+        b.extend_from_slice(json);
+        b.extend_from_slice(b"}\n");
+        Bytes::from(b)
+    }
+
     fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = match self.representation {
             Representation::Object => obj.clone(),
@@ -213,7 +228,7 @@ impl Api {
                             },
                         };
                         if let Some(ty) = ty
-                            && tx.send(Ok(enc.event(ty, &obj))).await.is_err()
+                            && tx.send(Ok(enc.shared_event(ty, &obj))).await.is_err()
                         {
                             break;
                         }
@@ -229,5 +244,36 @@ impl Api {
             .header(header::CACHE_CONTROL, "no-cache, private")
             .body(body)
             .map_err(|e| ApiError::internal("building the watch response", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_api::registry::Registry;
+
+    #[test]
+    fn a_shared_event_line_says_what_a_watchers_own_encoding_says() {
+        let pods = Registry::with_builtins().get("", "v1", "pods").expect("pods");
+        let value = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p", "resourceVersion": "3"}});
+        let kv = crate::storage::KeyValue {
+            key: "/registry/pods/d/p".into(),
+            value: serde_json::to_vec(&value).expect("json").into(),
+            create_revision: 3,
+            mod_revision: 3,
+        };
+        let obj = super::super::decoded::Decoded::default().get(&pods, &kv).expect("decoded");
+        let mut enc = Encoder {
+            info: pods,
+            representation: Representation::Object,
+            include: Include::Metadata,
+            sent_columns: false,
+        };
+        let shared = enc.shared_event("MODIFIED", &obj);
+        let own = enc.event("MODIFIED", &obj);
+        assert!(shared.ends_with(b"\n"));
+        let parse = |b: &Bytes| serde_json::from_slice::<Value>(b).expect("one JSON line");
+        assert_eq!(parse(&shared), parse(&own));
+        assert_eq!(parse(&shared)["object"]["metadata"]["name"], "p");
     }
 }
