@@ -1,11 +1,15 @@
 //! The control plane at scale (issue 18): a release `skiff server` (API server, controllers, scheduler, SQLite) in
 //! its own process; NODES (200) simulated kubelets in this one, each as the agent behaves (registration, a Lease
 //! renewed every 3 s, node status every 10 s, its own `spec.nodeName` watch, pods marked Running and Ready the way
-//! the agent writes them, deletions finished); 100 Deployments driven with the real kubectl through 1k, 5k and 10k
-//! pods, a rolling update of all of them, a drain of 10% of the nodes; WATCHERS (50) `kubectl get pods -w`
-//! throughout. It reports what Kubernetes' scalability SLIs measure: API call latency p99 per verb and resource (from
-//! the server's own histogram, per phase), pod startup latency from creation to Running as the kubelets see it,
-//! scheduling throughput, and the server's RSS and CPU. Run with `scripts/bench-scale` (PODS=… to stop earlier).
+//! the agent writes them, deletions finished); 100 Deployments driven through 1k, 5k and 10k pods (the real kubectl,
+//! and the official Python client for the 1k → 5k step), a rolling update of all of them, a drain of 10% of the
+//! nodes; WATCHERS (50) watches of every pod throughout, KUBECTL_WATCHERS (5) of them the real `kubectl get pods -w`
+//! and the rest streaming watches that read each event line without decoding it (the same work for the server;
+//! kubectl decoding and printing every event took ~13% of a core each, so 50 of them left the server a fraction of
+//! this 2-core machine). It reports what Kubernetes' scalability SLIs measure: API call latency p99 per verb and
+//! resource (from the server's own histogram, per phase), pod startup latency from creation to Running as the
+//! kubelets see it, scheduling throughput, and the server's RSS and CPU. Run with `scripts/bench-scale` (PODS=… to
+//! stop earlier).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use futures::StreamExt;
+use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -111,6 +115,24 @@ async fn observe(client: kube::Client, seen: Shared) {
         } else {
             let ready = is_ready(&pod);
             s.live.insert(uid, (ready, node));
+        }
+    }
+}
+
+/// A watch of every pod in the namespace that counts the event lines it receives (reconnecting when the server ends
+/// it), without decoding them.
+async fn streaming_watcher(client: kube::Client, events: Arc<std::sync::atomic::AtomicUsize>) {
+    loop {
+        let uri = format!("/api/v1/namespaces/{NAMESPACE}/pods?watch=true&timeoutSeconds=3600");
+        let Ok(req) = http::Request::get(uri).body(Vec::new()) else { return };
+        match client.request_stream(req).await {
+            Ok(body) => {
+                let mut lines = body.lines();
+                while let Some(Ok(_)) = lines.next().await {
+                    events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
 }
@@ -417,6 +439,19 @@ fn deployments(replicas: usize, image: &str) -> String {
 }
 
 /// A numeric setting from the environment, or its default; anything else ends the bench with a clear message.
+/// Scales every Deployment with the official Python client (cli/benches/scale_deployments.py, in the venv
+/// scripts/setup makes).
+fn python_scale(kubeconfig: &str, replicas: usize) {
+    let venv = std::env::var("SKIFF_PYTHON_VENV").unwrap_or_else(|_| "/opt/skiff/python".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scale_deployments.py");
+    let out = Command::new(format!("{venv}/bin/python"))
+        .args([script, kubeconfig, NAMESPACE, &replicas.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("the Python client venv {venv} is missing ({e}): run scripts/setup"));
+    assert!(out.status.success(), "the Python client failed: {}", String::from_utf8_lossy(&out.stderr));
+    print!("   {}", String::from_utf8_lossy(&out.stdout));
+}
+
 fn setting(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Err(_) => default,
@@ -432,6 +467,7 @@ async fn main() {
     let nodes = setting("NODES", 200);
     let top = setting("PODS", 10_000);
     let watchers = setting("WATCHERS", 50);
+    let kubectl_watchers = setting("KUBECTL_WATCHERS", 5).min(watchers);
     if nodes < 10 || top < 1_000 {
         eprintln!("NODES must be at least 10 (10% are drained) and PODS at least 1000 (the first step)");
         std::process::exit(2);
@@ -444,7 +480,8 @@ async fn main() {
     let steps: Vec<usize> = [1_000, 5_000, 10_000].into_iter().filter(|s| *s <= top).collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "nodes {nodes}, steps {steps:?} pods in {DEPLOYMENTS} Deployments, {watchers} watchers; load average before: {}",
+        "nodes {nodes}, steps {steps:?} pods in {DEPLOYMENTS} Deployments, {watchers} watchers ({kubectl_watchers} \
+         kubectl); load average before: {}",
         load.trim()
     );
 
@@ -491,9 +528,14 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (base_rss, _) = usage(server_pid);
 
-    // watchers: the real kubectl, each its own watch of every pod
+    // watchers, each its own watch of every pod: the real kubectl, and streaming watches
+    let streamed: Vec<Arc<std::sync::atomic::AtomicUsize>> =
+        (kubectl_watchers..watchers).map(|_| Arc::default()).collect();
+    for count in &streamed {
+        tasks.spawn(streaming_watcher(client.clone(), count.clone()));
+    }
     let mut watch_procs = Vec::new();
-    for i in 0..watchers {
+    for i in 0..kubectl_watchers {
         let out = std::fs::File::create(dir.path().join(format!("watch-{i}.out"))).expect("file");
         let child = Command::new("kubectl")
             .arg("--kubeconfig")
@@ -512,6 +554,9 @@ async fn main() {
         let (started, cpu0) = (Instant::now(), usage(server_pid).1);
         if k == 0 {
             bench.kubectl(&["apply", "-f", "-"], Some(&deployments(replicas, "skiff/echo:v1")));
+        } else if k == 1 {
+            // the Python client drives this step (the scale subresource), kubectl the others
+            python_scale(&bench.kubeconfig, replicas);
         } else {
             bench.kubectl(&["scale", "deployment", "--all", "-n", NAMESPACE, &format!("--replicas={replicas}")], None);
         }
@@ -558,16 +603,18 @@ async fn main() {
     bench.report(&format!("drain of {} nodes", drained.len()), started, cpu0, total).await;
 
     let mut events = Vec::new();
-    for i in 0..watchers {
+    for i in 0..kubectl_watchers {
         let text = std::fs::read_to_string(dir.path().join(format!("watch-{i}.out"))).unwrap_or_default();
         events.push(text.lines().count());
     }
-    events.sort();
+    let counted = |v: &[usize]| format!("min {} max {}", v.iter().min().unwrap_or(&0), v.iter().max().unwrap_or(&0));
+    let lines: Vec<usize> = streamed.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();
     println!(
-        "\nwatchers: {} kubectl watches, events received min {} max {}",
+        "\nwatchers: {} kubectl watches, events received {}; {} streaming watches, events received {}",
         events.len(),
-        events.first().unwrap_or(&0),
-        events.last().unwrap_or(&0)
+        counted(&events),
+        lines.len(),
+        counted(&lines)
     );
     let (rss, cpu) = usage(server_pid);
     let own = cpu_seconds("/proc/self/stat");
