@@ -13,7 +13,7 @@ use skiff_api::registry::ResourceInfo;
 
 use super::error::ApiResult;
 use super::objects::decode;
-use crate::storage::{KeyValue, Revision};
+use crate::storage::{KeyValue, Revision, SharedEvent};
 
 /// How many decoded objects are kept (watchers further behind decode again).
 const KEEP: usize = 1024;
@@ -61,7 +61,49 @@ impl Served {
     }
 }
 
+/// The objects of one event as each served version has them, decoded once for every watcher of the event (kept in
+/// the event's own slot: no lookup in the shared memo per watcher).
+#[derive(Debug, Default)]
+pub struct EventObjects {
+    inner: Mutex<Vec<EventEntry>>,
+}
+
+#[derive(Debug)]
+struct EventEntry {
+    served: Served,
+    new: Option<Arc<Object>>,
+    prev: Option<Arc<Object>>,
+}
+
 impl Decoded {
+    /// The object of `ev` (`prev`: the object before it, `None` when the event has none) as `info` serves it,
+    /// decoded by the first watcher that asks and shared with the others.
+    pub fn of_event(&self, info: &ResourceInfo, ev: &SharedEvent, prev: bool) -> ApiResult<Option<Arc<Object>>> {
+        let kv = match (prev, &ev.prev) {
+            (false, _) => &ev.kv,
+            (true, Some(p)) => p,
+            (true, None) => return Ok(None),
+        };
+        let Some(memo) = ev.memo::<EventObjects>() else { return self.get(info, kv).map(Some) };
+        let mut entries = memo.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match entries.iter().position(|e| e.served.is(info)) {
+            Some(i) => i,
+            None => {
+                let served = Served(info.group.clone(), info.version.clone(), info.plural.clone());
+                entries.push(EventEntry { served, new: None, prev: None });
+                entries.len() - 1
+            }
+        };
+        let slot = if prev { &mut entries[i].prev } else { &mut entries[i].new };
+        if let Some(o) = slot {
+            return Ok(Some(o.clone()));
+        }
+        // through the memo by revision: this event's object is the previous object of the key's next event
+        let o = self.get(info, kv)?;
+        *slot = Some(o.clone());
+        Ok(Some(o))
+    }
+
     /// `kv` decoded as `info` serves it: from the memo when another watcher decoded it already.
     pub fn get(&self, info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Arc<Object>> {
         {
@@ -130,5 +172,35 @@ mod tests {
         let inner = d.inner.lock().expect("lock");
         assert_eq!(inner.order.len(), KEEP);
         assert_eq!(inner.by_revision.values().map(Vec::len).sum::<usize>(), KEEP);
+    }
+
+    #[test]
+    fn an_events_objects_are_decoded_once_for_all_its_watchers() {
+        let reg = Registry::with_builtins();
+        let pods = reg.get("", "v1", "pods").expect("pods");
+        let d = Decoded::default();
+        let (before, after) = (kv("/registry/pods/d/a", 5, "a"), kv("/registry/pods/d/a", 6, "a"));
+        let ev = SharedEvent::new(crate::storage::Event {
+            kind: crate::storage::EventKind::Put,
+            kv: after.clone(),
+            prev: Some(before.clone()),
+        });
+        let first = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
+        let second = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
+        assert!(Arc::ptr_eq(&first, &second), "the second watcher gets the first one's object");
+        assert_eq!(first["metadata"]["resourceVersion"], "6");
+        let prev = d.of_event(&pods, &ev, true).expect("decodes").expect("previous object");
+        assert_eq!(prev["metadata"]["resourceVersion"], "5");
+        assert!(Arc::ptr_eq(&prev, &d.of_event(&pods, &ev, true).expect("decodes").expect("previous")));
+        // the next event of the key finds this event's object as its previous one, without decoding again
+        let next = SharedEvent::new(crate::storage::Event {
+            kind: crate::storage::EventKind::Put,
+            kv: kv("/registry/pods/d/a", 7, "a"),
+            prev: Some(after),
+        });
+        assert!(Arc::ptr_eq(&first, &d.of_event(&pods, &next, true).expect("decodes").expect("previous")));
+        let created =
+            SharedEvent::new(crate::storage::Event { kind: crate::storage::EventKind::Put, kv: before, prev: None });
+        assert!(d.of_event(&pods, &created, true).expect("no error").is_none());
     }
 }

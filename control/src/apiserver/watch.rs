@@ -210,12 +210,12 @@ impl Api {
                             }
                         };
                         last = ev.revision();
-                        let Ok(obj) = api.decoded.get(&info, &ev.kv) else { continue };
+                        let Ok(Some(obj)) = api.decoded.of_event(&info, &ev, false) else { continue };
                         // Without selectors every object matches: the previous one need not be decoded.
                         let prev_match = match &ev.prev {
                             None => false,
                             Some(_) if selects_all => true,
-                            Some(p) => api.decoded.get(&info, p).is_ok_and(|p| matches(&p)),
+                            Some(_) => api.decoded.of_event(&info, &ev, true).ok().flatten().is_some_and(|p| matches(&p)),
                         };
                         let ty = match ev.kind {
                             EventKind::Delete => prev_match.then_some("DELETED"),

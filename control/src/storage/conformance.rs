@@ -15,6 +15,8 @@ async fn next_event(w: &mut super::WatchStream) -> super::Event {
         .expect("an event within 5 s")
         .expect("the stream is open")
         .expect("no error")
+        .event
+        .clone()
 }
 
 /// Runs every check against an empty store.

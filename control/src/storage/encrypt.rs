@@ -13,7 +13,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{Event, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream};
+use super::{KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError, WatchStream};
 
 const MARKER_V1: &str = "k8s:enc:aesgcm:v1:";
 const MARKER: &str = "k8s:enc:aesgcm:v2:";
@@ -143,10 +143,17 @@ impl Sealer {
         Ok(kv)
     }
 
-    fn open_event(&self, mut ev: Event) -> Result<Event, StorageError> {
+    fn open_event(&self, shared: Arc<SharedEvent>) -> Result<Arc<SharedEvent>, StorageError> {
+        let sealed =
+            |kv: &KeyValue| kv.value.starts_with(MARKER.as_bytes()) || kv.value.starts_with(MARKER_V1.as_bytes());
+        if !sealed(&shared.kv) && !shared.prev.as_ref().is_some_and(sealed) {
+            // most events: shared as they are
+            return Ok(shared);
+        }
+        let mut ev = shared.event.clone();
         ev.kv = self.open(ev.kv)?;
         ev.prev = ev.prev.map(|p| self.open(p)).transpose()?;
-        Ok(ev)
+        Ok(SharedEvent::new(ev))
     }
 }
 

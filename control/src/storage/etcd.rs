@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream, prefix_end,
+    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError, WatchStream,
+    prefix_end,
 };
 
 fn backend(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StorageError {
@@ -177,7 +178,7 @@ impl Storage for EtcdStorage {
         let seen = self.compacted.clone();
         let opts = WatchOptions::new().with_range(prefix_end(prefix)).with_start_revision(after + 1).with_prev_key();
         let mut stream = self.client.watch_client().watch(prefix, Some(opts)).await.map_err(backend("watch"))?;
-        let (tx, rx) = mpsc::channel::<Result<Event, StorageError>>(1024);
+        let (tx, rx) = mpsc::channel::<Result<std::sync::Arc<SharedEvent>, StorageError>>(1024);
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -220,7 +221,7 @@ impl Storage for EtcdStorage {
                             Event { kind: EventKind::Delete, kv: last, prev }
                         }
                     };
-                    if tx.send(Ok(event)).await.is_err() {
+                    if tx.send(Ok(SharedEvent::new(event))).await.is_err() {
                         return;
                     }
                 }

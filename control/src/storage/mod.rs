@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod sqlite;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -65,6 +66,35 @@ impl Event {
     }
 }
 
+/// An event as every watcher of it receives it (one allocation shared by all), with a slot for what a reader derives
+/// from it once for all of them (the API server keeps the decoded objects there, so 250 watchers of pods do not look
+/// an event's objects up 250 times).
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The change.
+    pub event: Event,
+    memo: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl SharedEvent {
+    /// Wraps an event for sharing.
+    pub fn new(event: Event) -> Arc<Self> {
+        Arc::new(SharedEvent { event, memo: std::sync::OnceLock::new() })
+    }
+
+    /// The readers' slot, of the type the first reader chose (`None` when another type holds it).
+    pub fn memo<T: std::any::Any + Send + Sync + Default>(&self) -> Option<&T> {
+        self.memo.get_or_init(|| Box::new(T::default())).downcast_ref()
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// Options of a prefix listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {
@@ -88,7 +118,7 @@ pub struct ListResult {
 }
 
 /// A stream of changes, in revision order.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event, StorageError>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Arc<SharedEvent>, StorageError>> + Send>>;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

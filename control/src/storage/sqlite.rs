@@ -24,7 +24,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Storage, StorageError, WatchStream, prefix_end,
+    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError, WatchStream,
+    prefix_end,
 };
 
 const READERS: usize = 4;
@@ -49,7 +50,7 @@ struct Request {
 struct Shared {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicI64,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<Arc<SharedEvent>>,
     revision: AtomicI64,
     compacted: AtomicI64,
 }
@@ -190,7 +191,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, shared: Ar
                 for (req, res) in batch.into_iter().zip(results) {
                     if let Ok(Some(ev)) = &res {
                         // no receivers is fine
-                        let _ = shared.events.send(Arc::new(ev.clone()));
+                        let _ = shared.events.send(SharedEvent::new(ev.clone()));
                     }
                     let _ = req.reply.send(res);
                 }
@@ -418,7 +419,7 @@ impl Storage for SqliteStorage {
         }
         // Subscribe before reading history so that nothing falls between the two.
         let mut live = self.shared.events.subscribe();
-        let (tx, rx) = mpsc::channel::<Result<Event, StorageError>>(1024);
+        let (tx, rx) = mpsc::channel::<Result<Arc<SharedEvent>, StorageError>>(1024);
         let prefix = prefix.to_string();
         let this = self.clone();
         tokio::spawn(async move {
@@ -437,7 +438,7 @@ impl Storage for SqliteStorage {
                     let n = page.len();
                     for ev in page {
                         last = ev.revision();
-                        if tx.send(Ok(ev)).await.is_err() {
+                        if tx.send(Ok(SharedEvent::new(ev))).await.is_err() {
                             return;
                         }
                     }
@@ -455,7 +456,7 @@ impl Storage for SqliteStorage {
                                     continue;
                                 }
                                 last = ev.revision();
-                                if tx.send(Ok((*ev).clone())).await.is_err() {
+                                if tx.send(Ok(ev)).await.is_err() {
                                     return;
                                 }
                             }
