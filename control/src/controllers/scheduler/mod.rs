@@ -262,9 +262,11 @@ impl Scheduler {
                     .await;
             }
             Err(e) => {
-                // Tried again on the next pass (the pod waits again, as the pod cache has it now).
+                // The pod waits again, as the pod cache has it now, and is tried again with the pods that did not
+                // fit (not at once: a binding the API keeps rejecting must not spin).
                 self.cache.forget(&k, lookup(&self.ctx, &k).as_ref());
                 let message = format!("Binding rejected: {e}");
+                self.reported.insert(k.clone(), message.clone());
                 self.ctx.retries.count(CONTROLLER, &crate::controllers::ctx::ReconcileError::Api(e));
                 failed_scheduling(&recorder, &pod, &message).await;
             }
