@@ -62,7 +62,8 @@ impl Served {
 }
 
 /// The objects of one event as each served version has them, decoded once for every watcher of the event (kept in
-/// the event's own slot: no lookup in the shared memo per watcher).
+/// the event's own slot: no lookup in the shared memo per watcher). The slot holds them weakly: the memo by revision
+/// keeps them alive, so an event that a slow watcher holds long after does not keep its objects.
 #[derive(Debug, Default)]
 pub struct EventObjects {
     inner: Mutex<Vec<EventEntry>>,
@@ -71,8 +72,8 @@ pub struct EventObjects {
 #[derive(Debug)]
 struct EventEntry {
     served: Served,
-    new: Option<Arc<Object>>,
-    prev: Option<Arc<Object>>,
+    new: std::sync::Weak<Object>,
+    prev: std::sync::Weak<Object>,
 }
 
 impl Decoded {
@@ -90,17 +91,17 @@ impl Decoded {
             Some(i) => i,
             None => {
                 let served = Served(info.group.clone(), info.version.clone(), info.plural.clone());
-                entries.push(EventEntry { served, new: None, prev: None });
+                entries.push(EventEntry { served, new: std::sync::Weak::new(), prev: std::sync::Weak::new() });
                 entries.len() - 1
             }
         };
         let slot = if prev { &mut entries[i].prev } else { &mut entries[i].new };
-        if let Some(o) = slot {
-            return Ok(Some(o.clone()));
+        if let Some(o) = slot.upgrade() {
+            return Ok(Some(o));
         }
         // through the memo by revision: this event's object is the previous object of the key's next event
         let o = self.get(info, kv)?;
-        *slot = Some(o.clone());
+        *slot = Arc::downgrade(&o);
         Ok(Some(o))
     }
 
@@ -202,5 +203,14 @@ mod tests {
         let created =
             SharedEvent::new(crate::storage::Event { kind: crate::storage::EventKind::Put, kv: before, prev: None });
         assert!(d.of_event(&pods, &created, true).expect("no error").is_none());
+        // an event kept by a slow watcher does not keep its objects once the memo by revision lets them go
+        let weak = Arc::downgrade(&first);
+        drop((first, second, prev));
+        for rev in 100..(100 + KEEP as Revision) {
+            d.get(&pods, &kv("/registry/pods/d/x", rev, "x")).expect("x");
+        }
+        assert!(weak.upgrade().is_none(), "freed while the event is still held");
+        let again = d.of_event(&pods, &ev, false).expect("decodes again").expect("object");
+        assert_eq!(again["metadata"]["resourceVersion"], "6");
     }
 }
