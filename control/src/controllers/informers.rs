@@ -65,7 +65,11 @@ where
     fn start(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>) {
         let Some(writer) = self.writer.take() else { return };
         let api: Api<K> = Api::all(client);
-        let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+        // No controller reads managedFields: they are dropped before the store keeps an object (as client-go
+        // informers' transform functions commonly do), which keeps them out of memory for every cached object.
+        let events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
         tasks.spawn(feed(events, writer, self.changes.clone()));
     }
 }
