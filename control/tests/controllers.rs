@@ -619,3 +619,32 @@ fn a_failing_reconcile_is_retried_with_back_off_counted_and_shown_as_an_event() 
         })
     });
 }
+
+#[test]
+fn a_binding_names_the_pod_it_was_decided_for() {
+    // the API server alone: nothing else binds
+    let c = Cluster::start_with(None);
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default}\nspec: {containers: [{name: c, image: i}]}\n");
+    let uid = c.get_json(&["pod", "p"])["metadata"]["uid"].as_str().expect("uid").to_string();
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(c.client(), "default");
+    let bind = |uid: &str| {
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p", "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+        c.runtime.block_on(api.create_subresource::<Value, Value>("binding", "p", &Default::default(), &body))
+    };
+    // a binding decided for an earlier pod of the same name
+    match bind("0b1d-not-this-pod") {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 409, "{e:?}");
+            assert!(e.message.contains("Precondition failed: UID in precondition: 0b1d-not-this-pod"), "{}", e.message);
+        }
+        other => panic!("a binding for another pod's uid was accepted: {other:?}"),
+    }
+    assert_eq!(c.get_json(&["pod", "p"])["spec"].get("nodeName"), None, "left unbound");
+    bind(&uid).expect("the binding for this pod");
+    assert_eq!(c.get_json(&["pod", "p"])["spec"]["nodeName"], "n1");
+    match bind(&uid) {
+        Err(kube::Error::Api(e)) => assert!(e.message.contains("already assigned to node \"n1\""), "{}", e.message),
+        other => panic!("a second binding was accepted: {other:?}"),
+    }
+}

@@ -89,8 +89,32 @@ fn of_value(v: &Value, f: smp::Field) -> Value {
 }
 
 /// The field set of the leaves of `new` whose values differ in `old` (an object of `kind`), in one walk of both:
-/// what [`of_object`] of `new` holds, less every leaf whose value is the same at the same path of `old`.
+/// what [`of_object`] of `new` holds, less every leaf whose value is the same at the same path of `old`
+/// ([`changed_leaf_by_leaf`], which a list-map whose elements repeat a key, or lack one, still goes through: there
+/// a path names the first element that matches it, not each element).
 pub fn changed(old: &Value, new: &Value, kind: &str) -> Value {
+    let mut ambiguous = false;
+    let out = changed_walk(old, new, kind, &mut ambiguous);
+    if ambiguous { changed_leaf_by_leaf(old, new, kind) } else { out }
+}
+
+/// [`changed`] by its definition: every leaf of `new`'s field set looked up in both objects (slow).
+pub fn changed_leaf_by_leaf(old: &Value, new: &Value, kind: &str) -> Value {
+    let all = of_object(new, kind);
+    let mut unchanged = Value::Object(Map::new());
+    for leaf in leaves(&all) {
+        if value_at(old, &leaf, kind) == value_at(new, &leaf, kind) {
+            let mut cur = &mut unchanged;
+            for seg in &leaf {
+                let Some(m) = cur.as_object_mut() else { break };
+                cur = m.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
+            }
+        }
+    }
+    difference(&all, &unchanged)
+}
+
+fn changed_walk(old: &Value, new: &Value, kind: &str, ambiguous: &mut bool) -> Value {
     let mut out = Map::new();
     if let Value::Object(m) = new {
         for (k, v) in m {
@@ -106,7 +130,8 @@ pub fn changed(old: &Value, new: &Value, kind: &str) -> Value {
                         if UNTRACKED_META.contains(&mk.as_str()) {
                             continue;
                         }
-                        if let Some(c) = changed_value(was.and_then(|w| w.get(mk)), mv, smp::field(f.ty, mk)) {
+                        if let Some(c) = changed_value(was.and_then(|w| w.get(mk)), mv, smp::field(f.ty, mk), ambiguous)
+                        {
                             mset.insert(format!("f:{mk}"), c);
                         }
                     }
@@ -116,7 +141,7 @@ pub fn changed(old: &Value, new: &Value, kind: &str) -> Value {
                 }
                 continue;
             }
-            if let Some(c) = changed_value(was, v, f) {
+            if let Some(c) = changed_value(was, v, f, ambiguous) {
                 out.insert(format!("f:{k}"), c);
             }
         }
@@ -125,25 +150,28 @@ pub fn changed(old: &Value, new: &Value, kind: &str) -> Value {
 }
 
 /// The changed part of [`of_value`]`(new)`, given the value `old` at the same path (`None`: nothing changed).
-fn changed_value(old: Option<&Value>, new: &Value, f: smp::Field) -> Option<Value> {
+fn changed_value(old: Option<&Value>, new: &Value, f: smp::Field, ambiguous: &mut bool) -> Option<Value> {
     let leaf = || (old != Some(new)).then(|| Value::Object(Map::new()));
     match new {
         Value::Object(m) if !m.is_empty() => {
-            let out = changed_children(old, m, f.ty);
+            let out = changed_children(old, m, f.ty, ambiguous);
             (!out.is_empty()).then_some(Value::Object(out))
         }
         Value::Array(items) => match f.list {
             ListType::Map(keys) => {
                 let mut out = Map::new();
                 let mut elements = 0;
-                for item in items {
+                for (i, item) in items.iter().enumerate() {
                     let Some(key) = element_key(item, keys) else { continue };
                     elements += 1;
-                    let was = old.and_then(Value::as_array).and_then(|a| {
-                        a.iter().find(|x| keys.iter().all(|k| item.get(k).is_none_or(|v| x.get(k) == Some(v))))
-                    });
+                    let same_key = |x: &Value| keys.iter().all(|k| item.get(k).is_none_or(|v| x.get(k) == Some(v)));
+                    if items.iter().position(same_key) != Some(i) {
+                        // its path names an earlier element
+                        *ambiguous = true;
+                    }
+                    let was = old.and_then(Value::as_array).and_then(|a| a.iter().find(|x| same_key(x)));
                     let mut inner = match item {
-                        Value::Object(m) => changed_children(was, m, f.ty),
+                        Value::Object(m) => changed_children(was, m, f.ty, ambiguous),
                         _ => Map::new(),
                     };
                     if was != Some(item) {
@@ -174,10 +202,15 @@ fn changed_value(old: Option<&Value>, new: &Value, f: smp::Field) -> Option<Valu
     }
 }
 
-fn changed_children(old: Option<&Value>, m: &Map<String, Value>, ty: Option<&'static str>) -> Map<String, Value> {
+fn changed_children(
+    old: Option<&Value>,
+    m: &Map<String, Value>,
+    ty: Option<&'static str>,
+    ambiguous: &mut bool,
+) -> Map<String, Value> {
     let mut out = Map::new();
     for (k, child) in m {
-        if let Some(c) = changed_value(old.and_then(|o| o.get(k)), child, smp::field(ty, k)) {
+        if let Some(c) = changed_value(old.and_then(|o| o.get(k)), child, smp::field(ty, k), ambiguous) {
             out.insert(format!("f:{k}"), c);
         }
     }

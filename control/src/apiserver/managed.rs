@@ -131,20 +131,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, kind: 
 mod tests {
     use super::*;
 
-    /// The definition of [`changed_fields`], leaf by leaf (slow: it looks every leaf up in both objects).
-    fn changed_by_leaves(old: &Value, new: &Value, kind: &str) -> Value {
-        let all = fields::of_object(new, kind);
-        let mut unchanged = json!({});
-        for leaf in fields::leaves(&all) {
-            if fields::value_at(old, &leaf, kind) == fields::value_at(new, &leaf, kind) {
-                let mut cur = &mut unchanged;
-                for seg in &leaf {
-                    cur = cur.as_object_mut().expect("set").entry(seg.clone()).or_insert_with(|| json!({}));
-                }
-            }
-        }
-        fields::difference(&all, &unchanged)
-    }
+    use super::fields::changed_leaf_by_leaf as changed_by_leaves;
 
     #[test]
     fn the_one_walk_diff_finds_exactly_the_changed_leaves() {
@@ -160,6 +147,16 @@ mod tests {
                 "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}], "podIPs": [{"ip": "10.0.0.1"}]}})
         };
         let base = pod("i:1", "True", false, &["a"]);
+        let dup = |env: &[(&str, &str)]| {
+            let mut p = base.clone();
+            p["spec"]["containers"][0]["env"] = env.iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
+            p
+        };
+        let ports = |ports: &[Value]| {
+            let mut p = base.clone();
+            p["spec"]["containers"][0]["ports"] = Value::Array(ports.to_vec());
+            p
+        };
         let table = [
             ("identical", base.clone()),
             ("image", pod("i:2", "True", false, &["a"])),
@@ -168,6 +165,21 @@ mod tests {
             ("set element added", pod("i:1", "True", false, &["a", "b"])),
             ("set element removed", pod("i:1", "True", false, &[])),
             ("everything", pod("i:9", "False", true, &["z"])),
+            ("duplicate keys, same", dup(&[("A", "1"), ("A", "2")])),
+            ("duplicate keys, second changed", dup(&[("A", "1"), ("A", "3")])),
+            ("duplicate keys, first changed", dup(&[("A", "9"), ("A", "2")])),
+            (
+                "an element lacking a key",
+                ports(&[json!({"containerPort": 53, "protocol": "UDP"}), json!({"containerPort": 53})]),
+            ),
+            (
+                "an element lacking a key, changed",
+                ports(&[json!({"containerPort": 53, "protocol": "UDP"}), json!({"containerPort": 53, "name": "x"})]),
+            ),
+            (
+                "list-map emptied",
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"app": "web"}, "finalizers": ["a"]}, "spec": {"nodeName": "n1", "containers": [], "tolerations": [{"key": "k", "operator": "Exists"}], "volumes": []}}),
+            ),
             (
                 "status gone, scalars became objects",
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {}}, "spec": {"nodeName": {"x": 1}, "containers": "c"}}),

@@ -95,6 +95,18 @@ impl Api {
         let pods = self.builtin("", "pods");
         cas::retry!(&pods, name, {
             let cur = self.get(&pods, Some(ns), name).await?;
+            // A binding for a pod that was deleted and made again under its name must not place the new one.
+            if let Some(want) = binding.pointer("/metadata/uid").and_then(Value::as_str).filter(|u| !u.is_empty())
+                && cur.object.pointer("/metadata/uid").and_then(Value::as_str) != Some(want)
+            {
+                return Err(ApiError::conflict_message(
+                    format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {}",
+                        cur.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
+                    ),
+                    None,
+                ));
+            }
             if meta::is_terminating(&cur.object) {
                 return Err(ApiError::conflict_message(
                     format!("pod {name} is being deleted, cannot be assigned to a host"),

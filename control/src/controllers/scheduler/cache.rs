@@ -6,7 +6,7 @@
 //! changed, not the number of pods in the cluster (a full recount of 10,000 pods on every pass was most of the
 //! scheduler's time at scale).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -28,7 +28,8 @@ pub struct Cache {
     placed: HashMap<String, Placed>,
     usage: HashMap<String, NodeUsage>,
     waiting: HashMap<String, Arc<Pod>>,
-    assumed: HashSet<String>,
+    /// pod key -> uid of the pod bound by us, not yet seen bound
+    assumed: HashMap<String, Option<String>>,
     freed: bool,
 }
 
@@ -48,24 +49,30 @@ fn bound_node(p: &Pod) -> Option<&str> {
 impl Cache {
     /// Takes in the current state of the pod at `key` (`None`: it is gone).
     pub fn update(&mut self, key: &str, pod: Option<&Arc<Pod>>) {
-        if self.assumed.contains(key) {
-            if pod.is_some_and(|p| pending(p)) {
+        if let Some(uid) = self.assumed.get(key) {
+            if pod.is_some_and(|p| pending(p) && p.metadata.uid == *uid) {
                 // bound by us a moment ago; the informer has not caught up
                 return;
             }
+            // seen bound, gone, or another pod made under the same name
             self.assumed.remove(key);
         }
-        if let Some(old) = self.placed.remove(key) {
-            self.uncount(&old);
+        let old = self.placed.remove(key);
+        if let Some(old) = &old {
+            self.uncount(old);
         }
         self.waiting.remove(key);
-        let Some(p) = pod else { return };
-        if let Some(node) = bound_node(p).filter(|_| !is_terminal(p)) {
+        let now = pod.and_then(|p| bound_node(p).filter(|_| !is_terminal(p)).map(|node| (p, node)));
+        // Capacity is freed only when a pod leaves its node or finishes, not on every change of a bound pod.
+        if old.as_ref().is_some_and(|o| now.is_none_or(|(_, node)| node != o.node)) {
+            self.freed = true;
+        }
+        if let Some((p, node)) = now {
             // a bound pod holds its resources until it finishes, terminating or not
             let placed = Placed { node: node.to_string(), request: request_of(p) };
             add(self.usage.entry(placed.node.clone()).or_default(), &placed.request);
             self.placed.insert(key.to_string(), placed);
-        } else if pending(p) {
+        } else if let Some(p) = pod.filter(|p| pending(p)) {
             self.waiting.insert(key.to_string(), p.clone());
         }
     }
@@ -79,7 +86,7 @@ impl Cache {
         let placed = Placed { node: node.to_string(), request: request_of(pod) };
         add(self.usage.entry(placed.node.clone()).or_default(), &placed.request);
         self.placed.insert(key.to_string(), placed);
-        self.assumed.insert(key.to_string());
+        self.assumed.insert(key.to_string(), pod.metadata.uid.clone());
     }
 
     /// The binding of an assumed pod failed: forget the assumption and take the pod's current state again.
@@ -95,7 +102,6 @@ impl Cache {
                 self.usage.remove(&old.node);
             }
         }
-        self.freed = true;
     }
 
     /// Whether resources were freed since the last call (pods that did not fit may fit now).
@@ -108,9 +114,9 @@ impl Cache {
         &self.usage
     }
 
-    /// Whether a pod waits for a node.
-    pub fn is_waiting(&self, key: &str) -> bool {
-        self.waiting.contains_key(key)
+    /// The pod waiting for a node under `key`.
+    pub fn waiting_pod(&self, key: &str) -> Option<&Arc<Pod>> {
+        self.waiting.get(key)
     }
 
     /// Takes in the whole pod cache: every pod as it is now, and every key it no longer has as gone.
@@ -141,7 +147,7 @@ impl Cache {
 
     /// Whether a pod is counted on a node without the API having it bound yet.
     pub fn is_assumed(&self, key: &str) -> bool {
-        self.assumed.contains(key)
+        self.assumed.contains_key(key)
     }
 }
 
@@ -206,6 +212,42 @@ mod tests {
         c.take_freed();
         c.forget("d/b", Some(&b));
         assert_eq!((cpu(&c, "n2"), c.waiting().len(), c.take_freed()), (0, 1, true), "waits again");
+    }
+
+    #[test]
+    fn a_pod_made_again_under_an_assumed_name_waits_and_frees_the_assumption() {
+        let with_uid = |p: Arc<Pod>, uid: &str| {
+            let mut p = (*p).clone();
+            p.metadata.uid = Some(uid.into());
+            Arc::new(p)
+        };
+        let mut c = Cache::default();
+        let first = with_uid(pod("a", None, "Pending", false), "u1");
+        c.update("d/a", Some(&first));
+        c.assume("d/a", &first, "n1");
+        c.take_freed();
+        // deleted and made again between two passes: the cache sees only the new pod, unbound
+        let again = with_uid(pod("a", None, "Pending", false), "u2");
+        c.update("d/a", Some(&again));
+        assert_eq!((cpu(&c, "n1"), c.waiting().len(), c.is_assumed("d/a"), c.take_freed()), (0, 1, false, true));
+    }
+
+    #[test]
+    fn only_a_pod_leaving_its_node_or_finishing_frees_capacity() {
+        let mut c = Cache::default();
+        // (change, freed)
+        let table = [
+            ("bound", Some(pod("a", Some("n1"), "Pending", false)), false),
+            ("running: a status change", Some(pod("a", Some("n1"), "Running", false)), false),
+            ("terminating: still holds", Some(pod("a", Some("n1"), "Running", true)), false),
+            ("finished", Some(pod("a", Some("n1"), "Succeeded", true)), true),
+            ("made again on n2", Some(pod("a", Some("n2"), "Running", false)), false),
+            ("deleted", None, true),
+        ];
+        for (what, p, freed) in table {
+            c.update("d/a", p.as_ref());
+            assert_eq!(c.take_freed(), freed, "{what}");
+        }
     }
 
     #[test]

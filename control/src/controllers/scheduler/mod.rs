@@ -120,11 +120,14 @@ struct Scheduler {
     ctx: Arc<Ctx>,
     cache: Cache,
     nodes: Vec<NodeInfo>,
-    /// pod key -> last unschedulable message reported
-    reported: BTreeMap<String, String>,
+    /// pod key -> (uid, last message) of pods that did not fit or whose binding was rejected: tried again with the
+    /// next retry, and their Unschedulable condition written once per message
+    reported: BTreeMap<String, (Option<String>, String)>,
     capacity_changed: bool,
     last_retry: Instant,
     binds: JoinSet<Bound>,
+    /// The pod key of each binding task (to put the pod back if the task itself fails).
+    bind_keys: HashMap<tokio::task::Id, String>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -160,6 +163,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Nod
         capacity_changed: true,
         last_retry: Instant::now(),
         binds: JoinSet::new(),
+        bind_keys: HashMap::new(),
         in_flight: Arc::new(Semaphore::new(BINDS_IN_FLIGHT)),
     };
     let mut resynced: Option<Instant> = None;
@@ -175,7 +179,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Nod
             s.nodes = ctx.nodes.state().into_iter().map(NodeInfo::new).collect();
             s.capacity_changed = true;
         }
-        while let Some(done) = s.binds.try_join_next() {
+        while let Some(done) = s.binds.try_join_next_with_id() {
             s.bound(done).await;
         }
         s.schedule_once().await;
@@ -184,7 +188,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Nod
                 // let a burst of events settle into one pass
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Some(done) = s.binds.join_next(), if !s.binds.is_empty() => s.bound(done).await,
+            Some(done) = s.binds.join_next_with_id(), if !s.binds.is_empty() => s.bound(done).await,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
@@ -192,7 +196,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Nod
 
 impl Scheduler {
     async fn schedule_once(&mut self) {
-        self.reported.retain(|k, _| self.cache.is_waiting(k));
+        self.reported.retain(|k, (uid, _)| self.cache.waiting_pod(k).is_some_and(|p| p.metadata.uid == *uid));
         if self.cache.take_freed() {
             self.capacity_changed = true;
         }
@@ -216,14 +220,16 @@ impl Scheduler {
                 Decision::Bind(node) => {
                     self.cache.assume(&k, &pod, &node);
                     let (client, permits) = (ctx.client.clone(), self.in_flight.clone());
-                    self.binds.spawn(async move {
+                    let task_key = k.clone();
+                    let task = self.binds.spawn(async move {
                         let _permit = permits.acquire_owned().await;
                         let r = bind(client, &pod, &node).await;
                         (k, pod, node, r)
                     });
+                    self.bind_keys.insert(task.id(), task_key);
                 }
                 Decision::Unschedulable(msg) => {
-                    if self.reported.get(&k) == Some(&msg) {
+                    if self.reported.get(&k).is_some_and(|(_, m)| *m == msg) {
                         continue;
                     }
                     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -240,7 +246,7 @@ impl Scheduler {
                     match written {
                         // Reported once per message; a failed write is tried again on the next retry.
                         Ok(()) => {
-                            self.reported.insert(k, msg.clone());
+                            self.reported.insert(k, (pod.metadata.uid.clone(), msg.clone()));
                         }
                         Err(e) => ctx.retries.count(CONTROLLER, &e),
                     }
@@ -251,8 +257,21 @@ impl Scheduler {
     }
 
     /// Takes in a binding's outcome.
-    async fn bound(&mut self, done: Result<Bound, tokio::task::JoinError>) {
-        let Ok((k, pod, node, r)) = done else { return };
+    async fn bound(&mut self, done: Result<(tokio::task::Id, Bound), tokio::task::JoinError>) {
+        let (k, pod, node, r) = match done {
+            Ok((id, bound)) => {
+                self.bind_keys.remove(&id);
+                bound
+            }
+            Err(e) => {
+                // the task itself failed (it panicked): the pod waits again
+                if let Some(k) = self.bind_keys.remove(&e.id()) {
+                    self.cache.forget(&k, lookup(&self.ctx, &k).as_ref());
+                }
+                tracing::error!(error = %e, "a binding task failed");
+                return;
+            }
+        };
         let recorder = self.ctx.recorders.get(CONTROLLER);
         match r {
             Ok(()) => {
@@ -266,7 +285,7 @@ impl Scheduler {
                 // fit (not at once: a binding the API keeps rejecting must not spin).
                 self.cache.forget(&k, lookup(&self.ctx, &k).as_ref());
                 let message = format!("Binding rejected: {e}");
-                self.reported.insert(k.clone(), message.clone());
+                self.reported.insert(k.clone(), (pod.metadata.uid.clone(), message.clone()));
                 self.ctx.retries.count(CONTROLLER, &crate::controllers::ctx::ReconcileError::Api(e));
                 failed_scheduling(&recorder, &pod, &message).await;
             }
@@ -279,7 +298,8 @@ async fn bind(client: kube::Client, pod: &Pod, node: &str) -> Result<(), kube::E
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client, &ns);
-    let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    // with the pod's uid: the API refuses it if the pod was deleted and made again under its name meanwhile
+    let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
     api.create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &PostParams::default(), &body)
         .await
         .map(|_| ())
