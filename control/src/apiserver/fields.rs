@@ -24,6 +24,18 @@ const UNTRACKED_META: &[&str] = &[
 
 /// The field set of an object of `kind`.
 pub fn of_object(obj: &Value, kind: &str) -> Value {
+    root_set(obj, None, kind, |_, v, f| Some(of_value(v, f)))
+}
+
+/// A set over the tracked fields at the top of an object (not `apiVersion` or `kind`; in `metadata`, not the fields
+/// no manager owns), with `set` giving each field's part from its value in `obj` and in `old` (`None` leaves the
+/// field out); `f:metadata` appears only when one of its fields is in.
+fn root_set(
+    obj: &Value,
+    old: Option<&Value>,
+    kind: &str,
+    mut set: impl FnMut(Option<&Value>, &Value, smp::Field) -> Option<Value>,
+) -> Value {
     let mut out = Map::new();
     if let Value::Object(m) = obj {
         for (k, v) in m {
@@ -31,6 +43,7 @@ pub fn of_object(obj: &Value, kind: &str) -> Value {
                 continue;
             }
             let f = smp::root_field(kind, k);
+            let was = old.and_then(|o| o.get(k));
             if k == "metadata" {
                 if let Value::Object(md) = v {
                     let mut mset = Map::new();
@@ -38,7 +51,9 @@ pub fn of_object(obj: &Value, kind: &str) -> Value {
                         if UNTRACKED_META.contains(&mk.as_str()) {
                             continue;
                         }
-                        mset.insert(format!("f:{mk}"), of_value(mv, smp::field(f.ty, mk)));
+                        if let Some(c) = set(was.and_then(|w| w.get(mk)), mv, smp::field(f.ty, mk)) {
+                            mset.insert(format!("f:{mk}"), c);
+                        }
                     }
                     if !mset.is_empty() {
                         out.insert("f:metadata".into(), Value::Object(mset));
@@ -46,7 +61,9 @@ pub fn of_object(obj: &Value, kind: &str) -> Value {
                 }
                 continue;
             }
-            out.insert(format!("f:{k}"), of_value(v, f));
+            if let Some(c) = set(was, v, f) {
+                out.insert(format!("f:{k}"), c);
+            }
         }
     }
     Value::Object(out)
@@ -115,38 +132,7 @@ pub fn changed_leaf_by_leaf(old: &Value, new: &Value, kind: &str) -> Value {
 }
 
 fn changed_walk(old: &Value, new: &Value, kind: &str, ambiguous: &mut bool) -> Value {
-    let mut out = Map::new();
-    if let Value::Object(m) = new {
-        for (k, v) in m {
-            if k == "apiVersion" || k == "kind" {
-                continue;
-            }
-            let f = smp::root_field(kind, k);
-            let was = old.get(k);
-            if k == "metadata" {
-                if let Value::Object(md) = v {
-                    let mut mset = Map::new();
-                    for (mk, mv) in md {
-                        if UNTRACKED_META.contains(&mk.as_str()) {
-                            continue;
-                        }
-                        if let Some(c) = changed_value(was.and_then(|w| w.get(mk)), mv, smp::field(f.ty, mk), ambiguous)
-                        {
-                            mset.insert(format!("f:{mk}"), c);
-                        }
-                    }
-                    if !mset.is_empty() {
-                        out.insert("f:metadata".into(), Value::Object(mset));
-                    }
-                }
-                continue;
-            }
-            if let Some(c) = changed_value(was, v, f, ambiguous) {
-                out.insert(format!("f:{k}"), c);
-            }
-        }
-    }
-    Value::Object(out)
+    root_set(new, Some(old), kind, |was, v, f| changed_value(was, v, f, ambiguous))
 }
 
 /// The changed part of [`of_value`]`(new)`, given the value `old` at the same path (`None`: nothing changed).
