@@ -4,6 +4,7 @@ namespace and the replica count. Exits non-zero at the first error."""
 
 import sys
 
+import kubernetes
 from kubernetes import client, config
 
 config.load_kube_config(sys.argv[1])
@@ -14,4 +15,4 @@ for name in names:
     scale = apps.read_namespaced_deployment_scale(name, ns)
     scale.spec.replicas = replicas
     apps.replace_namespaced_deployment_scale(name, ns, scale)
-print(f"scaled {len(names)} Deployments to {replicas} with the Python client {client.__version__ if hasattr(client, '__version__') else ''}".strip())
+print(f"scaled {len(names)} Deployments to {replicas} with the Python client {kubernetes.__version__}")

@@ -134,7 +134,13 @@ impl Cache {
 
     /// The pods waiting for a node, highest priority first, then oldest first.
     pub fn waiting(&self) -> Vec<Arc<Pod>> {
-        let mut v: Vec<(&String, &Arc<Pod>)> = self.waiting.iter().collect();
+        self.waiting_where(|_| true)
+    }
+
+    /// [`Self::waiting`], only the pods whose key `keep` accepts (chosen before sorting: pods that did not fit wait
+    /// out most passes).
+    pub fn waiting_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<Pod>> {
+        let mut v: Vec<(&String, &Arc<Pod>)> = self.waiting.iter().filter(|(k, _)| keep(k)).collect();
         v.sort_by_key(|(k, p)| {
             (
                 std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),

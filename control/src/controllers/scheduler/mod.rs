@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use super::ctx::Ctx;
 use super::util::{is_deleting, is_terminal};
 use cache::{Cache, key};
-use filter::{NodeInfo, NodeUsage, add, filter, request_of, score, unschedulable_message};
+use filter::{NodeInfo, NodeUsage, filter, request_of, score, unschedulable_message};
 
 /// A decision for one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,24 +79,6 @@ pub fn place(nodes: &[NodeInfo], usage: &HashMap<String, NodeUsage>, pod: &Pod) 
         Some((_, node)) => Decision::Bind(node.to_string()),
         None => Decision::Unschedulable(unschedulable_message(nodes.len(), &reasons)),
     }
-}
-
-/// Schedules `pending` pods (in order) onto `nodes`, given current `usage`, which takes each pod placed; pure.
-pub fn decide(
-    nodes: &[NodeInfo],
-    usage: &mut HashMap<String, NodeUsage>,
-    pending: &[Arc<Pod>],
-) -> Vec<(Arc<Pod>, Decision)> {
-    pending
-        .iter()
-        .map(|p| {
-            let d = place(nodes, usage, p);
-            if let Decision::Bind(node) = &d {
-                add(usage.entry(node.clone()).or_default(), &request_of(p));
-            }
-            (p.clone(), d)
-        })
-        .collect()
 }
 
 /// The scheduler's name in Events and metrics.
@@ -206,8 +188,7 @@ impl Scheduler {
             self.capacity_changed = false;
             self.last_retry = Instant::now();
         }
-        let todo: Vec<Arc<Pod>> =
-            self.cache.waiting().into_iter().filter(|p| retry || !self.reported.contains_key(&key(p))).collect();
+        let todo = self.cache.waiting_where(|k| retry || !self.reported.contains_key(k));
         if todo.is_empty() {
             return;
         }
@@ -314,7 +295,26 @@ async fn failed_scheduling(recorder: &skiff_client::events::Recorder, pod: &Pod,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use filter::add;
     use serde_json::json;
+
+    /// Schedules `pending` pods (in order) onto `nodes`, given current `usage`, which takes each pod placed.
+    fn decide(
+        nodes: &[NodeInfo],
+        usage: &mut HashMap<String, NodeUsage>,
+        pending: &[Arc<Pod>],
+    ) -> Vec<(Arc<Pod>, Decision)> {
+        pending
+            .iter()
+            .map(|p| {
+                let d = place(nodes, usage, p);
+                if let Decision::Bind(node) = &d {
+                    add(usage.entry(node.clone()).or_default(), &request_of(p));
+                }
+                (p.clone(), d)
+            })
+            .collect()
+    }
 
     fn node(name: &str, cpu: &str) -> NodeInfo {
         NodeInfo::new(Arc::new(
