@@ -1,5 +1,5 @@
 //! Images: the local store ([`store`]), imports of archives ([`archive`]), registry pulls ([`pull`]), layers on disk
-//! and root file systems ([`layers`]), and the pull policy.
+//! and root file systems ([`layers`], unpacked by [`unpack`]), and the pull policy.
 //!
 //! # Caveats
 //! Built-in images (`busybox`, `skiff/echo`, marked `dev.skiff.builtin` by `scripts/build-images`) exist only in the
@@ -14,6 +14,7 @@ pub mod layers;
 pub mod pull;
 pub mod reference;
 pub mod store;
+pub mod unpack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
