@@ -46,6 +46,8 @@ pub struct ClusterConfig {
     pub ingress_node: Option<usize>,
     /// Add a client namespace on the lan ([`CLIENT_IP`]), outside every node.
     pub client: bool,
+    /// Every agent gets the same `--cgroup-root`, as agents started with the default on one machine do.
+    pub shared_cgroup_root: bool,
 }
 
 impl ClusterConfig {
@@ -61,6 +63,7 @@ impl ClusterConfig {
             lb: false,
             ingress_node: None,
             client: false,
+            shared_cgroup_root: false,
         }
     }
 
@@ -259,7 +262,10 @@ impl Cluster {
         ns.sysctl("net.ipv4.ip_forward", "1")?;
         let data_dir = self.dir.join(&name);
         std::fs::create_dir_all(&data_dir)?;
-        let cgroup_root = unique_name(&format!("skiff-{name}"));
+        let cgroup_root = match self.nodes.first() {
+            Some(first) if self.cfg.shared_cgroup_root => first.cgroup_root.clone(),
+            _ => unique_name(&format!("skiff-{name}")),
+        };
         let pins = if self.cfg.lb { Some(crate::PinDir::new(&format!("skiff-{name}"))?) } else { None };
         self.nodes.push(Node { name, ns, ip, data_dir, cgroup_root, link, pins, agent: None });
         Ok(())
@@ -372,6 +378,11 @@ impl Cluster {
     /// Removes everything node `i`'s agent left (containers and their processes, mounts, cgroups, pod network)
     /// with `skiff agent reset` inside its namespace — with the agent stopped, the node's pods are gone.
     pub fn reset_node(&self, i: usize) {
+        let _ = self.reset_node_status(i);
+    }
+
+    /// [`Cluster::reset_node`], returning whether `skiff agent reset` succeeded (its output is in `<node>.reset.log`).
+    pub fn reset_node_status(&self, i: usize) -> std::io::Result<std::process::ExitStatus> {
         let n = &self.nodes[i];
         let args: Vec<String> = vec![
             "agent".into(),
@@ -382,7 +393,7 @@ impl Cluster {
             n.cgroup_root.clone(),
         ];
         let log = self.dir.join(format!("{}.reset.log", n.name));
-        let _ = logged(&n.ns, &log, &[], &self.cfg.skiff, &args).status();
+        logged(&n.ns, &log, &[], &self.cfg.skiff, &args).status()
     }
 
     /// Runs kubectl (in the server's namespace) and returns its stdout.
@@ -508,7 +519,7 @@ impl Cluster {
 }
 
 /// Every directory named `root` directly under a cgroup hierarchy's mount (or its memory sub-cgroup).
-fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
+pub fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let self_cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return out };
