@@ -29,9 +29,32 @@ pub struct ShimCommand {
 }
 
 impl ShimCommand {
-    /// The current executable with `agent shim` (what `skiff agent` and `skiff up` use).
+    /// The name of the small shim program built beside `skiff` (`cli/src/bin/skiff-shim.rs`).
+    pub const PROGRAM: &'static str = "skiff-shim";
+
+    /// `skiff-shim` beside the current executable when it is there, else the current executable with `agent shim`
+    /// (what `skiff agent` and `skiff up` use).
+    ///
+    /// Both run the same code; the small program links nothing else, so each container's shim costs a few hundred
+    /// KiB of private memory instead of the megabytes the big binary's relocated data and allocator take
+    /// (docs/benchmarks.md, "Per-container cost").
     pub fn current_skiff() -> Self {
-        let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff"));
+        Self::beside(&std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")))
+    }
+
+    /// `skiff-shim` beside the `skiff` binary at `exe` when it is there, else `exe agent shim`.
+    pub fn beside(exe: &std::path::Path) -> Self {
+        let small = exe.with_file_name(Self::PROGRAM);
+        if small.is_file() { Self::separate(small) } else { Self::embedded(exe.to_path_buf()) }
+    }
+
+    /// The shim as its own program at `program`.
+    pub fn separate(program: PathBuf) -> Self {
+        ShimCommand { program, args: Vec::new() }
+    }
+
+    /// The shim mode of the `skiff` binary at `program` (`skiff agent shim`).
+    pub fn embedded(program: PathBuf) -> Self {
         ShimCommand { program, args: vec!["agent".into(), "shim".into()] }
     }
 }
@@ -203,6 +226,22 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_small_shim_program_is_used_when_it_sits_beside_skiff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let skiff = dir.path().join("skiff");
+        std::fs::write(&skiff, b"").expect("skiff");
+        let alone = ShimCommand::beside(&skiff);
+        assert_eq!(
+            (alone.program.as_path(), alone.args.as_slice()),
+            (skiff.as_path(), &["agent".into(), "shim".into()][..])
+        );
+        std::fs::write(dir.path().join("skiff-shim"), b"").expect("skiff-shim");
+        let beside = ShimCommand::beside(&skiff);
+        assert_eq!(beside.program, dir.path().join("skiff-shim"));
+        assert!(beside.args.is_empty());
+    }
 
     #[test]
     fn a_node_cgroup_that_is_not_a_cgroup_is_refused_at_start() {

@@ -101,6 +101,19 @@ pub struct Args {
     /// Most processes and threads one pod may run (`-1`: unlimited).
     #[arg(long, default_value_t = config::DEFAULT_POD_MAX_PIDS as i64, allow_hyphen_values = true)]
     pod_max_pids: i64,
+    /// Which program watches over each container: `auto` (`skiff-shim` beside this binary when it is there, else
+    /// `skiff agent shim`) or `embedded` (always `skiff agent shim`, a bigger process: for comparison).
+    #[arg(long, value_enum, default_value = "auto")]
+    shim: ShimChoice,
+}
+
+/// `--shim`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ShimChoice {
+    /// `skiff-shim` beside this binary when it is there, else `skiff agent shim`.
+    Auto,
+    /// Always `skiff agent shim`.
+    Embedded,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -160,6 +173,9 @@ impl Args {
         cfg.seccomp_default = self.seccomp_default;
         cfg.seccomp_dir = self.seccomp_dir.as_ref().map(std::path::absolute).transpose()?;
         cfg.pod_max_pids = u64::try_from(self.pod_max_pids).ok().filter(|n| *n > 0);
+        if let ShimChoice::Embedded = self.shim {
+            cfg.shim = skiff_agent::ShimCommand::embedded(std::env::current_exe().context("finding this binary")?);
+        }
         cfg.masquerade = (!self.no_masquerade).then(|| skiff_lb::nat::Masquerade {
             cluster_cidr: self.cluster_cidr,
             exclude: self.no_masquerade_to.clone(),
