@@ -1,6 +1,6 @@
 //! Pod start latency on one real node (runc, pod network, probes): N pods (default 100, `PODS=…`) of `skiff/echo:v1`
-//! with a readiness probe are applied in one `kubectl apply`, and each pod's time from the apply to Ready is taken
-//! by polling the API every 100 ms. Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
+//! with a readiness probe are applied in one `kubectl apply`, then 10 without a probe, and each pod's time from its
+//! creation to Ready is read off one `kubectl get --watch` (this process's clock as the events arrive). Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
 //! each container's shim costs (`/proc/PID/smaps_rollup` of every shim: private memory and PSS), once with the small
 //! `skiff-shim` program and once with the shim mode of the `skiff` binary (`--shim embedded`), side by side
 //! (`SHIM=auto` or `SHIM=embedded` runs one of them).
@@ -82,6 +82,152 @@ struct Figures {
     shims: Vec<(u32, Memory)>,
 }
 
+/// When each pod of the bench was first seen (ADDED) and first Ready, by one `kubectl get --watch` that runs through
+/// the whole bench: the clock is this process's, reading the watch stream as it comes.
+struct Watch {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<(String, bool, Instant)>,
+}
+
+/// One batch of pods: when the apply began, and when each pod was seen and became Ready.
+struct Batch {
+    applied: Instant,
+    seen: BTreeMap<String, Instant>,
+    ready: BTreeMap<String, Instant>,
+    pods: usize,
+}
+
+impl Watch {
+    fn start(c: &Cluster) -> Watch {
+        let mut child = c
+            .server_ns
+            .command("kubectl")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(["get", "pods", "-l", "bench=start", "--watch", "--output-watch-events", "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl get --watch");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout));
+            for event in stream.into_iter::<serde_json::Value>() {
+                let Ok(event) = event else { break };
+                let at = Instant::now();
+                let pod = &event["object"];
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let ready = pod["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                if tx.send((name, ready, at)).is_err() {
+                    break;
+                }
+            }
+        });
+        // the watch is open once its (empty) first list is out; give it a moment
+        std::thread::sleep(Duration::from_millis(500));
+        Watch { child, events }
+    }
+
+    /// Applies `pods` pods named `<prefix><i>` (with `extra` lines in the container) and waits until all are Ready.
+    fn batch(&self, c: &Cluster, prefix: &str, pods: usize, extra: &str) -> Batch {
+        let mut yaml = String::new();
+        for i in 0..pods {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}{i}, labels: {{bench: start}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: echo\n    image: skiff/echo:v1\n{extra}"
+            ));
+        }
+        let mut b = Batch { applied: Instant::now(), seen: BTreeMap::new(), ready: BTreeMap::new(), pods };
+        c.apply(&yaml).expect("kubectl apply");
+        let deadline = b.applied + Duration::from_secs(300);
+        while b.ready.len() < pods {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            let Ok((name, ready, at)) = self.events.recv_timeout(left) else { break };
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            b.seen.entry(name.clone()).or_insert(at);
+            if ready {
+                b.ready.entry(name).or_insert(at);
+            }
+        }
+        b
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // the kubectl this bench started, by its pid
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Batch {
+    fn print(&self, what: &str) {
+        let sorted = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let from_apply = sorted(self.ready.values().map(|r| (*r - self.applied).as_secs_f64()).collect());
+        // From the pod's creation (its ADDED event) to Ready: Kubernetes' pod startup SLI, without the time kubectl
+        // takes to create the other pods of the batch.
+        let own =
+            sorted(self.ready.iter().filter_map(|(n, r)| self.seen.get(n).map(|s| (*r - *s).as_secs_f64())).collect());
+        let last_created = self.seen.values().max().map_or(0.0, |s| (*s - self.applied).as_secs_f64());
+        println!(
+            "{what}: Ready {}/{}; created → Ready p50 {:.3} s, p90 {:.3} s, p99 {:.3} s, max {:.3} s (watch events); apply → Ready p99 {:.2} s, the last pod created {last_created:.2} s after the apply began",
+            self.ready.len(),
+            self.pods,
+            percentile(&own, 50.0),
+            percentile(&own, 90.0),
+            percentile(&own, 99.0),
+            own.last().copied().unwrap_or(f64::NAN),
+            percentile(&from_apply, 99.0),
+        );
+    }
+}
+
+/// The agent's own view of pod starts: (sum, count) of its start and runtime-operation histograms.
+fn agent_phases(c: &Cluster) -> BTreeMap<String, (f64, f64)> {
+    let url = format!("http://{}:{}/metrics", c.nodes[0].ip, skiff_testkit::cluster::AGENT_METRICS_PORT);
+    let text = c.on_node(0, "curl", &["-s", "--max-time", "5", &url]).unwrap_or_default();
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for l in text.lines() {
+        let Some((key, value)) = l.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, which) =
+            if let Some(k) = key.strip_suffix("_sum").or_else(|| key.split_once("_sum{").map(|(n, _)| n)) {
+                (k, 0)
+            } else if let Some(k) = key.strip_suffix("_count").or_else(|| key.split_once("_count{").map(|(n, _)| n)) {
+                (k, 1)
+            } else {
+                continue;
+            };
+        let label = key.split_once("operation=\"").and_then(|(_, r)| r.split_once('"')).map(|(op, _)| op);
+        let phase = match (name, label) {
+            ("skiff_agent_pod_start_duration_seconds", _) => "agent: seen → Ready".to_string(),
+            ("skiff_agent_runtime_operation_duration_seconds", Some(op)) => format!("agent: {op}"),
+            _ => continue,
+        };
+        let e = out.entry(phase).or_default();
+        if which == 0 { e.0 = value } else { e.1 = value }
+    }
+    out
+}
+
+/// Prints the mean of each phase between two readings of [`agent_phases`].
+fn print_phases(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, (f64, f64)>) {
+    for (phase, (sum, count)) in after {
+        let (s0, c0) = before.get(phase).copied().unwrap_or_default();
+        if count - c0 >= 1.0 {
+            println!("    {phase}: mean {:.3} s over {}", (sum - s0) / (count - c0), count - c0);
+        }
+    }
+}
+
 fn main() {
     if !skiff_testkit::require_privileges("the pod start benchmark") {
         return;
@@ -93,7 +239,7 @@ fn main() {
     };
     let runs: Vec<Figures> = kinds.iter().map(|k| run(pods, k)).collect();
     println!();
-    println!("per-container shim, {pods} pods (KiB; from /proc/PID/smaps_rollup):");
+    println!("per-container shim, {} pods (KiB; from /proc/PID/smaps_rollup):", runs.first().map_or(0, |f| f.pods));
     println!(
         "{:<10} {:>6} {:>14} {:>10} {:>10} {:>20}",
         "shim", "shims", "private/shim", "PSS/shim", "RSS/shim", "agent RSS/pod (KiB)"
@@ -122,63 +268,28 @@ fn run(pods: usize, shim: &str) -> Figures {
     // The agent's pid: `sh -c exec nsenter … skiff`, so the child's pid is skiff's.
     let agent = c.agent_pid(0).expect("the agent runs");
     let agent_rss_before = rss_mib(agent);
-    let mut yaml = String::new();
-    for i in 0..pods {
-        yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{bench: start}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: echo\n    image: skiff/echo:v1\n    readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}\n"
-        ));
-    }
+    let watch = Watch::start(&c);
+    let probe = "    readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}\n";
     let cpu0 = proc_cpu_seconds(agent);
-    let applied = Instant::now();
-    c.apply(&yaml).expect("kubectl apply");
-    let mut ready: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut seen: BTreeMap<String, Duration> = BTreeMap::new();
-    let deadline = applied + Duration::from_secs(300);
-    let jp = r#"{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
-    while ready.len() < pods && Instant::now() < deadline {
-        let out = c.kubectl(&["get", "pods", "-l", "bench=start", "-o", &format!("jsonpath={jp}")]).unwrap_or_default();
-        let now = applied.elapsed();
-        for l in out.lines() {
-            let (name, status) = l.split_once(' ').unwrap_or((l, ""));
-            seen.entry(name.to_string()).or_insert(now);
-            if status == "True" {
-                ready.entry(name.to_string()).or_insert(now);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let all = applied.elapsed();
+    let phases0 = agent_phases(&c);
+    let batch = watch.batch(&c, "p", pods, probe);
     let cpu_start = proc_cpu_seconds(agent) - cpu0;
-    let mut secs: Vec<f64> = ready.values().map(Duration::as_secs_f64).collect();
-    secs.sort_by(f64::total_cmp);
-    // From the pod's first appearance in the API (the poll that first lists it) to Ready: Kubernetes' pod startup
-    // SLI, without the time kubectl takes to create the other pods of the batch.
-    let mut own: Vec<f64> =
-        ready.iter().filter_map(|(n, r)| seen.get(n).map(|s| r.saturating_sub(*s).as_secs_f64())).collect();
-    own.sort_by(f64::total_cmp);
-    let created_last = seen.values().max().copied().unwrap_or_default();
-    println!(
-        "pods Ready: {}/{pods}; apply → Ready p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, last {:.2} s (polling every 100 ms); agent CPU while starting: {cpu_start:.1} s",
-        ready.len(),
-        percentile(&secs, 50.0),
-        percentile(&secs, 90.0),
-        percentile(&secs, 99.0),
-        all.as_secs_f64()
-    );
-    println!(
-        "created → Ready (first listed → Ready): p50 {:.2} s, p90 {:.2} s, p99 {:.2} s; the last pod was created {:.2} s after the apply began",
-        percentile(&own, 50.0),
-        percentile(&own, 90.0),
-        percentile(&own, 99.0),
-        created_last.as_secs_f64()
-    );
+    let phases1 = agent_phases(&c);
+    batch.print(&format!("{pods} pods with a readiness probe (period 1 s)"));
+    print_phases(&phases0, &phases1);
+    println!("agent CPU while starting them: {cpu_start:.1} s");
+    let plain = watch.batch(&c, "q", 10, "");
+    plain.print("10 more pods without a probe");
+    print_phases(&phases1, &agent_phases(&c));
+    drop(watch);
+    let running = batch.ready.len() + plain.ready.len();
     std::thread::sleep(Duration::from_secs(5));
     let (cpu_a, t_a) = (proc_cpu_seconds(agent), Instant::now());
     std::thread::sleep(Duration::from_secs(20));
     let idle_cpu = (proc_cpu_seconds(agent) - cpu_a) / t_a.elapsed().as_secs_f64() * 100.0;
     let agent_rss_after = rss_mib(agent);
-    println!("agent at idle with {} pods: RSS {agent_rss_after:.1} MiB, CPU {idle_cpu:.1}% of a core", ready.len());
+    println!("agent at idle with {running} pods: RSS {agent_rss_after:.1} MiB, CPU {idle_cpu:.1}% of a core");
     let shims = shims(&c.nodes[0].data_dir);
     let _ = c.kubectl(&["delete", "pods", "-l", "bench=start", "--wait=false"]);
-    Figures { shim: shim.into(), pods: ready.len(), agent_rss_before, agent_rss_after, shims }
+    Figures { shim: shim.into(), pods: running, agent_rss_before, agent_rss_after, shims }
 }
