@@ -683,11 +683,24 @@ fn a_restarted_agent_readopts_its_pods(c: &mut Cluster) {
             .collect()
     };
     let containers_before = runc_ids(c);
+    let client_id = ids(&before)[1].trim_start_matches("runc://").to_string();
+    let shim = shim_of(&client_id).unwrap_or_else(|| fail(c, &format!("no shim runs for container {client_id}")));
+    let exe = std::fs::read_link(format!("/proc/{shim}/exe")).expect("the shim's executable");
+    assert!(exe.ends_with("skiff-shim"), "containers run under the small skiff-shim program, not {}", exe.display());
     c.kill_agent(0);
     std::thread::sleep(Duration::from_secs(2));
     let ip = before.pointer("/status/podIP").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let answer = c.on_node(0, "wget", &["-qO-", &format!("http://{ip}:8080/")]).unwrap_or_default();
     assert!(answer.contains("\"pod\":\"duo\""), "the pod serves while its agent is down: {answer:?}");
+    // the container writes to its own stdout while no agent runs: the shim keeps logging it
+    let root = c.nodes[0].data_dir.join("runc");
+    let wrote = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["exec", &client_id, "sh", "-c", "echo written-while-the-agent-was-down > /proc/1/fd/1"])
+        .status()
+        .expect("runc exec");
+    assert!(wrote.success(), "runc exec into the client container");
     c.start_agent(0).expect("restarting the agent");
     c.wait_node_ready(0, Duration::from_secs(60)).unwrap_or_else(|e| fail(c, &e.to_string()));
     let after = wait_ready(c, "duo");
@@ -706,6 +719,21 @@ fn a_restarted_agent_readopts_its_pods(c: &mut Cluster) {
     assert_eq!(now, was, "no container was started twice or lost");
     let (code, out, _) = exec(c, "duo", "client", &["echo", "still here"], None);
     assert_eq!((code, out.trim()), (0, "still here"), "exec works through the new agent");
+    let logs = kubectl(c, &["logs", "duo", "-c", "client"]);
+    assert!(logs.contains("written-while-the-agent-was-down"), "the shim logged while the agent was down: {logs:?}");
+    assert_eq!(shim_of(&client_id), Some(shim), "the same shim watches the container");
+}
+
+/// The pid of the shim of container `id` (its command line has `--id ID`).
+fn shim_of(id: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim =
+            args.windows(2).any(|w| w[0] == b"--id" && w[1] == id.as_bytes()) && args.iter().any(|a| *a == b"--exit");
+        is_shim.then_some(pid)
+    })
 }
 
 fn nothing_is_left_behind(c: &Cluster) {
