@@ -30,9 +30,19 @@ fn service(ns: &str, name: &str, spec: serde_json::Value) -> Service {
         .expect("service")
 }
 
+/// A port free for both UDP and TCP on loopback, below the kernel's ephemeral range (32768-60999) so that the
+/// outgoing connections of tests running alongside cannot take it between this check and the bind (CI once failed
+/// with "Address already in use" on a port picked from the ephemeral range).
 fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    for _ in 0..200 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP in 200 tries");
 }
 
 /// One query over UDP, with a bounded wait.
