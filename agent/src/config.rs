@@ -155,6 +155,8 @@ pub struct AgentConfig {
     /// Pod egress masquerade by the load balancer (pods' packets to outside the cluster leave with the node
     /// address); `None` leaves them untranslated (`--no-masquerade`).
     pub masquerade: Option<skiff_lb::nat::Masquerade>,
+    /// When unused images are removed from the store.
+    pub image_gc: crate::images::gc::GcPolicy,
 }
 
 impl AgentConfig {
@@ -190,12 +192,16 @@ impl AgentConfig {
                 cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("a valid constant"),
                 exclude: Vec::new(),
             }),
+            image_gc: crate::images::gc::GcPolicy::default(),
         }
     }
 
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), crate::AgentError> {
         let bad = |m: String| Err(crate::AgentError::Config(m));
+        if let Err(m) = self.image_gc.validate() {
+            return bad(m);
+        }
         if self.node_name.is_empty() || self.node_name.len() > 253 {
             return bad(format!("invalid node name {:?}", self.node_name));
         }

@@ -192,6 +192,15 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     // The kubelet endpoint.
     let stats = server::stats::Stats::new(cgroups.clone(), views.clone(), cfg.node_name.clone());
     tasks.push(tokio::spawn(stats.clone().run()));
+    tasks.push(tokio::spawn(images::gc_run::run(images::gc_run::Collector {
+        images: ctx.images.clone(),
+        policy: cfg.image_gc,
+        period: images::gc_run::PERIOD,
+        pods_dir: paths.pods(),
+        recorder: ctx.recorder.clone(),
+        node: cfg.node_name.clone(),
+        metrics: ctx.metrics.clone(),
+    })));
     let (cert, key) = server::tls::serving_cert(&paths.pki(), &[node_ip.to_string(), cfg.node_name.clone()])
         .map_err(|m| AgentError::Serve { what: "the kubelet endpoint", message: m })?;
     let tls = server::tls::server_config(&cfg.ca_cert_pem, &cert, &key)

@@ -27,6 +27,39 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// A step of a pod's first start, timed by the agent ([`Metrics::start_phase`]).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StartPhase {
+    /// The pod's network: namespace, veth, address, routes.
+    SandboxNetwork,
+    /// A container's image present or pulled (the lookup of a cached image included).
+    ImageReady,
+    /// A container's root file system and runtime config: layers, overlay mount, `config.json`.
+    ContainerConfig,
+    /// The shim and `runc run` until the container's process runs.
+    RuncStart,
+    /// From the last container start to the pod's Ready condition (the first successful readiness probe).
+    FirstProbe,
+}
+
+impl StartPhase {
+    /// The `phase` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartPhase::SandboxNetwork => "sandbox_network",
+            StartPhase::ImageReady => "image_ready",
+            StartPhase::ContainerConfig => "container_config",
+            StartPhase::RuncStart => "runc_start",
+            StartPhase::FirstProbe => "first_probe",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RcodeLabels {
     rcode: String,
 }
@@ -41,6 +74,9 @@ struct Inner {
     pulls: Family<ResultLabels, Counter>,
     pull_seconds: Histogram,
     operations: Family<OperationLabels, Histogram>,
+    phases: Family<PhaseLabels, Histogram>,
+    gc_removed: Counter,
+    gc_freed: Counter,
     dns: Family<RcodeLabels, Counter>,
     dns_forward: Family<RcodeLabels, Counter>,
     dns_cache_hits: Counter,
@@ -109,6 +145,18 @@ impl Metrics {
             "Seconds per runtime operation (sandbox, start, stop, exec)",
             operations.clone(),
         );
+        let phases = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register(
+            "pod_start_phase_duration_seconds",
+            "Seconds per step of a pod's first start (sandbox_network, image_ready, container_config, runc_start, first_probe)",
+            phases.clone(),
+        );
+        let gc_removed = Counter::default();
+        registry.register("image_gc_removed_images", "Images removed by image garbage collection", gc_removed.clone());
+        let gc_freed = Counter::default();
+        registry.register("image_gc_freed_bytes", "Bytes freed by image garbage collection", gc_freed.clone());
         let dns = Family::<RcodeLabels, Counter>::default();
         registry.register("dns_queries", "Cluster DNS queries answered, by response code", dns.clone());
         let dns_forward = Family::<RcodeLabels, Counter>::default();
@@ -132,6 +180,9 @@ impl Metrics {
                 pulls,
                 pull_seconds,
                 operations,
+                phases,
+                gc_removed,
+                gc_freed,
                 dns,
                 dns_forward,
                 dns_cache_hits,
@@ -175,6 +226,17 @@ impl Metrics {
         self.inner.operations.get_or_create(&OperationLabels { operation: op.into() }).observe(secs);
     }
 
+    /// Records how long a step of a pod's first start took.
+    pub fn start_phase(&self, phase: StartPhase, secs: f64) {
+        self.inner.phases.get_or_create(&PhaseLabels { phase: phase.as_str() }).observe(secs);
+    }
+
+    /// Counts what an image garbage collection removed.
+    pub fn image_gc(&self, images: u64, bytes: u64) {
+        self.inner.gc_removed.inc_by(images);
+        self.inner.gc_freed.inc_by(bytes);
+    }
+
     /// Counts a DNS answer.
     pub fn dns(&self, rcode: &str) {
         self.inner.dns.get_or_create(&RcodeLabels { rcode: rcode.into() }).inc();
@@ -216,7 +278,9 @@ mod tests {
         m.pod_started(0.4);
         m.probe("Readiness", false);
         m.pull("present", None);
+        m.start_phase(StartPhase::RuncStart, 0.02);
         let text = m.encode();
+        assert!(text.contains("skiff_agent_pod_start_phase_duration_seconds_count{phase=\"runc_start\"} 1"), "{text}");
         assert!(text.contains("skiff_agent_pod_start_duration_seconds_bucket"), "{text}");
         assert!(
             text.contains("skiff_agent_probe_results_total{probe_type=\"readiness\",result=\"failure\"} 1"),

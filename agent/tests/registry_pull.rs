@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use skiff_agent::images::progress::PullState;
 use skiff_agent::images::store::{Descriptor, OCI_MANIFEST, Store};
 use skiff_agent::images::{ImageError, Images, Obtained, layers};
 use skiff_testkit::{Child, NetNs, require_privileges};
@@ -109,8 +110,15 @@ fn images_are_pulled_from_a_registry_and_verified() {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let images = Images::open(&store_dir, vec![]).expect("store");
-                let (img, how) = images.ensure("127.0.0.1:5000/team/hello:1", None).await?;
+                let (progress, watched) = tokio::sync::watch::channel(PullState::default());
+                let (img, how) = images.ensure_with("127.0.0.1:5000/team/hello:1", None, &[], Some(&progress)).await?;
                 assert!(matches!(how, Obtained::Pulled(_)), "{how:?}");
+                // the pull published its progress: config and layer fetched, every byte counted
+                let p = *watched.borrow();
+                assert!(p.started, "{p:?}");
+                assert_eq!((p.blobs_done, p.blobs_total), (2, 2), "{p:?}");
+                assert_eq!(p.bytes_done, p.bytes_total, "{p:?}");
+                assert!(p.bytes_total > 0, "{p:?}");
                 assert_eq!(img.reference, "127.0.0.1:5000/team/hello:1");
                 assert_eq!(img.run.cmd, Some(vec!["/bin/true".to_string()]));
                 let dirs = images.layers(&img).await?;
@@ -180,10 +188,10 @@ fn private_images_need_their_pull_secret() {
             for (what, configs) in
                 [("no secret", vec![]), ("wrong password", vec![wrong]), ("another registry's", vec![elsewhere])]
             {
-                let r = images.ensure_with(image, None, &configs).await;
+                let r = images.ensure_with(image, None, &configs, None).await;
                 assert!(matches!(r, Err(ImageError::Unauthorized(_))), "{what}: {r:?}");
             }
-            let (img, how) = images.ensure_with(image, None, &[good]).await.expect("pulled with the secret");
+            let (img, how) = images.ensure_with(image, None, &[good], None).await.expect("pulled with the secret");
             assert!(matches!(how, Obtained::Pulled(_)), "{how:?}");
             assert_eq!(img.run.cmd, Some(vec!["/bin/true".to_string()]));
         });

@@ -1,6 +1,6 @@
 //! Two nodes, end to end: pods on different nodes reach each other through the routes the agents program, cluster
-//! DNS answers on both, static pods are mirrored, the kubelet endpoint demands a client certificate and serves
-//! resource metrics, and a registry on loopback (Debian's docker-registry) serves a pull.
+//! DNS answers on both, static pods are mirrored, and the kubelet endpoint demands a client certificate and serves
+//! resource metrics. (Pulls from a registry: `agent_registry.rs`.)
 //!
 //! Needs root (network namespaces, runc, cgroups) and the built-in images of `scripts/setup`.
 

@@ -1,6 +1,8 @@
-//! Pod start latency on one real node (runc, pod network, probes): N pods (default 100, `PODS=…`) of `skiff/echo:v1`
-//! with a readiness probe are applied in one `kubectl apply`, then 10 without a probe, and each pod's time from its
-//! creation to Ready is read off one `kubectl get --watch` (this process's clock as the events arrive). Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
+//! Pod start latency on one real node (runc, pod network, probes): batches of 1, 10 and N pods (default 100,
+//! `PODS=…`) of `skiff/echo:v1` with a readiness probe (period 1 s), each applied in one `kubectl apply`, then 10
+//! without a probe; each pod's time from its creation to scheduled and to Ready is read off one `kubectl get --watch`
+//! (this process's clock as the events arrive), beside the agent's own phases (its
+//! `pod_start_phase_duration_seconds` histogram) and the CPU the whole machine spent per pod. Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
 //! each container's shim costs (`/proc/PID/smaps_rollup` of every shim: private memory and PSS), once with the small
 //! `skiff-shim` program and once with the shim mode of the `skiff` binary (`--shim embedded`), side by side
 //! (`SHIM=auto` or `SHIM=embedded` runs one of them).
@@ -86,15 +88,36 @@ struct Figures {
 /// the whole bench: the clock is this process's, reading the watch stream as it comes.
 struct Watch {
     child: std::process::Child,
-    events: std::sync::mpsc::Receiver<(String, bool, Instant)>,
+    events: std::sync::mpsc::Receiver<PodSeen>,
+}
+
+/// One watch event: the pod, whether it is bound to a node and Ready, and when the event arrived.
+struct PodSeen {
+    name: String,
+    scheduled: bool,
+    ready: bool,
+    at: Instant,
+}
+
+/// Busy CPU seconds of the whole machine so far (every CPU's user, nice, system, irq and softirq time).
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| v.get(*i)).sum::<f64>();
+    busy / 100.0
 }
 
 /// One batch of pods: when the apply began, and when each pod was seen and became Ready.
 struct Batch {
     applied: Instant,
     seen: BTreeMap<String, Instant>,
+    scheduled: BTreeMap<String, Instant>,
     ready: BTreeMap<String, Instant>,
     pods: usize,
+    /// Busy CPU seconds of the machine from the apply to the last Ready.
+    cpu: f64,
 }
 
 impl Watch {
@@ -121,7 +144,8 @@ impl Watch {
                 let ready = pod["status"]["conditions"]
                     .as_array()
                     .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                if tx.send((name, ready, at)).is_err() {
+                let scheduled = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+                if tx.send(PodSeen { name, scheduled, ready, at }).is_err() {
                     break;
                 }
             }
@@ -139,20 +163,32 @@ impl Watch {
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}{i}, labels: {{bench: start}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: echo\n    image: skiff/echo:v1\n{extra}"
             ));
         }
-        let mut b = Batch { applied: Instant::now(), seen: BTreeMap::new(), ready: BTreeMap::new(), pods };
+        let cpu0 = machine_cpu_seconds();
+        let mut b = Batch {
+            applied: Instant::now(),
+            seen: BTreeMap::new(),
+            scheduled: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            pods,
+            cpu: 0.0,
+        };
         c.apply(&yaml).expect("kubectl apply");
         let deadline = b.applied + Duration::from_secs(300);
         while b.ready.len() < pods {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-            let Ok((name, ready, at)) = self.events.recv_timeout(left) else { break };
-            if !name.starts_with(prefix) {
+            let Ok(e) = self.events.recv_timeout(left) else { break };
+            if e.name.strip_prefix(prefix).is_none_or(|i| i.parse::<usize>().is_err()) {
                 continue;
             }
-            b.seen.entry(name.clone()).or_insert(at);
-            if ready {
-                b.ready.entry(name).or_insert(at);
+            b.seen.entry(e.name.clone()).or_insert(e.at);
+            if e.scheduled {
+                b.scheduled.entry(e.name.clone()).or_insert(e.at);
+            }
+            if e.ready {
+                b.ready.entry(e.name).or_insert(e.at);
             }
         }
+        b.cpu = machine_cpu_seconds() - cpu0;
         b
     }
 }
@@ -176,6 +212,9 @@ impl Batch {
         // takes to create the other pods of the batch.
         let own =
             sorted(self.ready.iter().filter_map(|(n, r)| self.seen.get(n).map(|s| (*r - *s).as_secs_f64())).collect());
+        let scheduled = sorted(
+            self.scheduled.iter().filter_map(|(n, r)| self.seen.get(n).map(|s| (*r - *s).as_secs_f64())).collect(),
+        );
         let last_created = self.seen.values().max().map_or(0.0, |s| (*s - self.applied).as_secs_f64());
         println!(
             "{what}: Ready {}/{}; created → Ready p50 {:.3} s, p90 {:.3} s, p99 {:.3} s, max {:.3} s (watch events); apply → Ready p99 {:.2} s, the last pod created {last_created:.2} s after the apply began",
@@ -186,6 +225,13 @@ impl Batch {
             percentile(&own, 99.0),
             own.last().copied().unwrap_or(f64::NAN),
             percentile(&from_apply, 99.0),
+        );
+        println!(
+            "    created → scheduled p50 {:.3} s, p99 {:.3} s; machine CPU {:.2} s busy ({:.0} ms per pod, kubectl apply included)",
+            percentile(&scheduled, 50.0),
+            percentile(&scheduled, 99.0),
+            self.cpu,
+            self.cpu * 1000.0 / self.pods.max(1) as f64,
         );
     }
 }
@@ -206,10 +252,19 @@ fn agent_phases(c: &Cluster) -> BTreeMap<String, (f64, f64)> {
             } else {
                 continue;
             };
-        let label = key.split_once("operation=\"").and_then(|(_, r)| r.split_once('"')).map(|(op, _)| op);
-        let phase = match (name, label) {
-            ("skiff_agent_pod_start_duration_seconds", _) => "agent: seen → Ready".to_string(),
-            ("skiff_agent_runtime_operation_duration_seconds", Some(op)) => format!("agent: {op}"),
+        let label = |l: &str| {
+            key.split_once(&format!("{l}=\"")).and_then(|(_, r)| r.split_once('"')).map(|(v, _)| v.to_string())
+        };
+        let phase = match name {
+            "skiff_agent_pod_start_duration_seconds" => "agent: seen → Ready".to_string(),
+            "skiff_agent_pod_start_phase_duration_seconds" => match label("phase") {
+                Some(p) => format!("agent phase: {p}"),
+                None => continue,
+            },
+            "skiff_agent_runtime_operation_duration_seconds" => match label("operation") {
+                Some(op) => format!("agent operation: {op}"),
+                None => continue,
+            },
             _ => continue,
         };
         let e = out.entry(phase).or_default();
@@ -270,19 +325,25 @@ fn run(pods: usize, shim: &str) -> Figures {
     let agent_rss_before = rss_mib(agent);
     let watch = Watch::start(&c);
     let probe = "    readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}\n";
-    let cpu0 = proc_cpu_seconds(agent);
-    let phases0 = agent_phases(&c);
-    let batch = watch.batch(&c, "p", pods, probe);
-    let cpu_start = proc_cpu_seconds(agent) - cpu0;
-    let phases1 = agent_phases(&c);
-    batch.print(&format!("{pods} pods with a readiness probe (period 1 s)"));
-    print_phases(&phases0, &phases1);
-    println!("agent CPU while starting them: {cpu_start:.1} s");
-    let plain = watch.batch(&c, "q", 10, "");
-    plain.print("10 more pods without a probe");
-    print_phases(&phases1, &agent_phases(&c));
+    let mut running = 0;
+    for (prefix, n, extra, what) in [
+        ("a", 1, probe, "1 pod with a readiness probe (period 1 s)".to_string()),
+        ("b", 10, probe, "10 pods with a readiness probe".to_string()),
+        ("p", pods, probe, format!("{pods} pods with a readiness probe")),
+        ("q", 10, "", "10 more pods without a probe".to_string()),
+    ] {
+        let cpu0 = proc_cpu_seconds(agent);
+        let phases0 = agent_phases(&c);
+        let batch = watch.batch(&c, prefix, n, extra);
+        let agent_cpu = proc_cpu_seconds(agent) - cpu0;
+        batch.print(&what);
+        print_phases(&phases0, &agent_phases(&c));
+        println!("    agent CPU while starting them: {agent_cpu:.2} s");
+        running += batch.ready.len();
+        // let the machine settle between batches
+        std::thread::sleep(Duration::from_secs(3));
+    }
     drop(watch);
-    let running = batch.ready.len() + plain.ready.len();
     std::thread::sleep(Duration::from_secs(5));
     let (cpu_a, t_a) = (proc_cpu_seconds(agent), Instant::now());
     std::thread::sleep(Duration::from_secs(20));

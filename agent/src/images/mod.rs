@@ -10,7 +10,10 @@
 
 pub mod archive;
 pub mod auth;
+pub mod gc;
+pub mod gc_run;
 pub mod layers;
+pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod store;
@@ -100,12 +103,38 @@ pub struct Images {
     store: Store,
     puller: pull::Puller,
     in_flight: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each reference was last made available to a container here (for image GC).
+    last_used: std::sync::Mutex<HashMap<String, jiff::Timestamp>>,
+    since: jiff::Timestamp,
 }
 
 impl Images {
     /// Opens the store at `root`.
     pub fn open(root: &std::path::Path, insecure: Vec<String>) -> Result<Self, ImageError> {
-        Ok(Images { store: Store::open(root)?, puller: pull::Puller::new(insecure), in_flight: Default::default() })
+        Ok(Images {
+            store: Store::open(root)?,
+            puller: pull::Puller::new(insecure),
+            in_flight: Default::default(),
+            last_used: Default::default(),
+            since: jiff::Timestamp::now(),
+        })
+    }
+
+    /// When each reference was last made available to a container by this agent.
+    pub fn last_used(&self) -> HashMap<String, jiff::Timestamp> {
+        self.last_used.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// When this store was opened (images found are taken as used then).
+    pub fn since(&self) -> jiff::Timestamp {
+        self.since
+    }
+
+    fn used(&self, image: &Image) {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.reference.clone(), jiff::Timestamp::now());
     }
 
     /// The store.
@@ -124,16 +153,17 @@ impl Images {
 
     /// Makes `image` available according to `policy`.
     pub async fn ensure(&self, image: &str, policy: Option<&str>) -> Result<(Image, Obtained), ImageError> {
-        self.ensure_with(image, policy, &[]).await
+        self.ensure_with(image, policy, &[], None).await
     }
 
-    /// [`Images::ensure`] with the docker configs of the pod's image pull secrets: a pull uses the first that has
-    /// credentials for the image's registry.
+    /// [`Images::ensure`] with the docker configs of the pod's image pull secrets (a pull uses the first that has
+    /// credentials for the image's registry), publishing a pull's progress on `progress`.
     pub async fn ensure_with(
         &self,
         image: &str,
         policy: Option<&str>,
         pull_configs: &[serde_json::Value],
+        progress: Option<&progress::ProgressTx>,
     ) -> Result<(Image, Obtained), ImageError> {
         let reference = Reference::parse(image)?;
         let policy = PullPolicy::of(policy, &reference);
@@ -144,14 +174,14 @@ impl Images {
         };
         let _guard = lock.lock().await;
         let local = self.find_blocking(name.clone()).await?;
-        match (policy, local) {
+        let got = match (policy, local) {
             (_, Some(img)) if img.builtin => Ok((img, Obtained::Present)),
             (PullPolicy::Never, None) => Err(ImageError::NeverPull(image.to_string())),
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(img)) => Ok((img, Obtained::Present)),
             (PullPolicy::IfNotPresent | PullPolicy::Always, local) => {
                 let started = Instant::now();
                 let creds = pull_configs.iter().find_map(|c| auth::for_registry(c, &reference.registry));
-                match self.puller.pull(&self.store, &reference, creds.as_ref()).await {
+                match self.puller.pull(&self.store, &reference, creds.as_ref(), progress).await {
                     Ok(img) => Ok((img, Obtained::Pulled(started.elapsed()))),
                     Err(ImageError::Unreachable(why)) if local.is_some() => {
                         let img = local.expect("checked to be Some");
@@ -160,7 +190,11 @@ impl Images {
                     Err(e) => Err(e),
                 }
             }
+        };
+        if let Ok((img, _)) = &got {
+            self.used(img);
         }
+        got
     }
 
     /// The unpacked layer directories of `image`, base first (unpacking what is missing).

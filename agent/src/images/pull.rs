@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::ImageError;
 use super::archive::pick_platform;
+use super::progress::ProgressTx;
 use super::reference::Reference;
 use super::store::{self, Descriptor, Image, Index, Manifest, Store};
 
@@ -206,7 +207,14 @@ impl Puller {
         store: &Store,
         reference: &Reference,
         creds: Option<&Credentials>,
+        progress: Option<&ProgressTx>,
     ) -> Result<Image, ImageError> {
+        let report = |f: &dyn Fn(&mut super::progress::PullState)| {
+            if let Some(tx) = progress {
+                tx.send_modify(f);
+            }
+        };
+        report(&|s| s.started = true);
         let base = self.base(reference);
         let mut token = None;
         let (mut bytes, mut media_type) =
@@ -231,10 +239,17 @@ impl Puller {
         {
             tracing::debug!(%want, %digest, "pulled through an index");
         }
-        for blob in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
-            if !store.has_blob(&blob.digest) {
-                self.blob(store, &base, blob, &mut token, creds).await?;
-            }
+        let missing: Vec<&Descriptor> = std::iter::once(&manifest.config)
+            .chain(manifest.layers.iter())
+            .filter(|b| !store.has_blob(&b.digest))
+            .collect();
+        report(&|s| {
+            s.blobs_total = u32::try_from(missing.len()).unwrap_or(u32::MAX);
+            s.bytes_total = missing.iter().map(|b| b.size).sum();
+        });
+        for blob in missing {
+            self.blob(store, &base, blob, &mut token, creds, progress).await?;
+            report(&|s| s.blobs_done += 1);
         }
         let desc = Descriptor {
             media_type: if media_type.is_empty() { store::OCI_MANIFEST.into() } else { media_type },
@@ -292,6 +307,7 @@ impl Puller {
         d: &Descriptor,
         token: &mut Option<String>,
         creds: Option<&Credentials>,
+        progress: Option<&ProgressTx>,
     ) -> Result<(), ImageError> {
         let resp = self.get(&format!("{base}/blobs/{}", d.digest), None, token, creds).await?;
         if !resp.status().is_success() {
@@ -312,6 +328,9 @@ impl Puller {
                     out.write_all(&data)
                         .await
                         .map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })?;
+                    if let Some(tx) = progress {
+                        tx.send_modify(|s| s.bytes_done += data.len() as u64);
+                    }
                 }
             }
             out.flush().await.map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })

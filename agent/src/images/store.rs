@@ -266,8 +266,13 @@ impl Store {
         d.annotations.insert(REF_NAME.into(), reference.to_string());
         index.manifests.push(d);
         index.manifests.sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+        self.write_index(&index)
+    }
+
+    /// Replaces `index.json` (write a temporary file, rename); the caller holds the lock.
+    fn write_index(&self, index: &Index) -> Result<(), ImageError> {
         let tmp = self.root.join(format!(".index-{}.json", std::process::id()));
-        let body = serde_json::to_vec_pretty(&index).map_err(|e| ImageError::Invalid(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(index).map_err(|e| ImageError::Invalid(e.to_string()))?;
         std::fs::write(&tmp, body).map_err(io("writing index.json"))?;
         std::fs::rename(&tmp, self.root.join("index.json")).map_err(io("replacing index.json"))
     }
@@ -278,9 +283,74 @@ impl Store {
         let mut index = self.index()?;
         let before = index.manifests.len();
         index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(reference));
-        let body = serde_json::to_vec_pretty(&index).map_err(|e| ImageError::Invalid(e.to_string()))?;
-        std::fs::write(self.root.join("index.json"), body).map_err(io("writing index.json"))?;
-        Ok(index.manifests.len() != before)
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
+    /// The manifest stored as blob `digest`.
+    pub fn manifest(&self, digest: &str) -> Result<Manifest, ImageError> {
+        serde_json::from_slice(&self.read_blob(digest)?)
+            .map_err(|e| ImageError::Invalid(format!("manifest {digest}: {e}")))
+    }
+
+    /// Every blob a named image of the index needs: its manifest, config and layers.
+    fn referenced(&self, index: &Index) -> Result<std::collections::BTreeSet<String>, ImageError> {
+        let mut out = std::collections::BTreeSet::new();
+        for d in &index.manifests {
+            let m = self.manifest(&d.digest)?;
+            out.insert(d.digest.clone());
+            out.insert(m.config.digest);
+            out.extend(m.layers.into_iter().map(|l| l.digest));
+        }
+        Ok(out)
+    }
+
+    /// Removes the blobs `digests` and their unpacked layers, except those a named image still needs (read under the
+    /// lock, so an image tagged meanwhile keeps its blobs) and those in `keep` (layers mounted by a container).
+    /// Returns the bytes freed.
+    pub fn remove_blobs(
+        &self,
+        digests: &[String],
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<u64, ImageError> {
+        let _guard = self.lock()?;
+        let needed = self.referenced(&self.index()?)?;
+        let mut freed = 0;
+        for d in digests.iter().filter(|d| !needed.contains(*d) && !keep.contains(*d)) {
+            freed += self.blob_bytes(d)?;
+            let unpacked = self.unpacked_dir(d)?;
+            match std::fs::remove_dir_all(&unpacked) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("removing {}", unpacked.display()))(e));
+                }
+                _ => {}
+            }
+            match std::fs::remove_file(self.blob_path(d)?) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("removing blob {d}"))(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(freed)
+    }
+
+    /// The bytes blob `digest` and its unpacked layer take on disk (allocated blocks; 0 when absent).
+    pub fn blob_bytes(&self, digest: &str) -> Result<u64, ImageError> {
+        fn walk(p: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt as _;
+            let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+            let own = meta.blocks() * 512;
+            if !meta.is_dir() {
+                return own;
+            }
+            // a bounded walk: an unpacked layer is a finite tree, and symlinks are not followed
+            own + std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| walk(&e.path())).sum::<u64>()
+        }
+        Ok(walk(&self.blob_path(digest)?) + walk(&self.unpacked_dir(digest)?))
     }
 
     /// Loads the image a manifest descriptor points at.

@@ -197,7 +197,10 @@ impl Network {
     /// Creates the pod's namespace, veth and address (idempotent for a pod that already has them).
     pub async fn attach(&self, uid: &str) -> Result<PodNet, NetworkError> {
         let ns = self.netns_path(uid);
-        netns::create(&ns).map_err(io(format!("creating the network namespace {}", ns.display())))?;
+        let path = ns.clone();
+        off_runtime(move || netns::create(&path))
+            .await
+            .map_err(io(format!("creating the network namespace {}", ns.display())))?;
         let ip = self.ipam.allocate(uid).map_err(io("allocating a pod address"))?;
         let veth = veth_name(uid);
         let result = self.wire(uid, &ns, &veth, ip).await;
@@ -230,8 +233,10 @@ impl Network {
             .await
             .map_err(nl("attaching the veth to the bridge"))?;
         // Inside the pod: lo and eth0 up, the address, the default route.
-        let pod =
-            netns::run_in(ns, || rtnetlink::new_connection()).map_err(io("opening netlink in the pod namespace"))?;
+        let path = ns.to_path_buf();
+        let pod = off_runtime(move || netns::run_in(&path, || rtnetlink::new_connection()))
+            .await
+            .map_err(io("opening netlink in the pod namespace"))?;
         let (conn, ph, _) = pod;
         let driver = tokio::spawn(conn);
         let r = async {
@@ -291,6 +296,12 @@ fn set_peer_netns(msg: &mut LinkMessage, fd: i32) {
             }
         }
     }
+}
+
+/// Runs blocking namespace work (`unshare`, `setns` on a thread of its own) on tokio's blocking pool, so that a burst
+/// of pod starts does not hold the runtime's few workers while the kernel sets namespaces up.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]

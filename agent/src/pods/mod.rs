@@ -10,6 +10,7 @@ pub mod etc;
 pub mod lifecycle;
 pub mod manager;
 pub mod mounts;
+pub mod probe_schedule;
 pub mod probes;
 pub mod record;
 pub mod static_pods;

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::PodEvent;
+use super::probe_schedule::{Attempt, Schedule};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -343,30 +344,38 @@ async fn probe_loop(
 ) -> bool {
     let t = Timing::of(&p);
     tokio::time::sleep(t.initial_delay).await;
+    let began = tokio::time::Instant::now();
+    let mut schedule = Schedule::new(Schedule::warms_up(kind, &p), t.period);
+    let mut attempt = Attempt::Regular;
     let mut verdict = Verdict::new();
     loop {
         let r = probe_once(&p, &c, &target, t.timeout).await;
-        target.metrics.probe(kind.as_str(), r.is_ok());
-        let message = r.as_ref().err().cloned().unwrap_or_default();
-        if let Err(m) = &r {
-            tracing::debug!(container = %c.name, kind = kind.as_str(), message = %m, "probe failed");
-            let _ = tx.send(PodEvent::ProbeFailed { container: c.name.clone(), kind, message: m.clone() });
-        }
-        if let Some(v) = verdict.feed(r.is_ok(), &t) {
-            let _ = tx.send(PodEvent::Probe(ProbeResult {
-                container: c.name.clone(),
-                container_id: target.container_id.clone(),
-                kind,
-                ok: v,
-                message,
-            }));
-            match (kind, v) {
-                (ProbeKind::Startup, true) => return true,
-                (ProbeKind::Startup | ProbeKind::Liveness, false) => return false,
-                _ => {}
+        let ok = r.is_ok();
+        let (next, next_attempt) = schedule.after(attempt, ok, began.elapsed());
+        if Schedule::counts(attempt, ok) {
+            target.metrics.probe(kind.as_str(), ok);
+            let message = r.as_ref().err().cloned().unwrap_or_default();
+            if let Err(m) = &r {
+                tracing::debug!(container = %c.name, kind = kind.as_str(), message = %m, "probe failed");
+                let _ = tx.send(PodEvent::ProbeFailed { container: c.name.clone(), kind, message: m.clone() });
+            }
+            if let Some(v) = verdict.feed(ok, &t) {
+                let _ = tx.send(PodEvent::Probe(ProbeResult {
+                    container: c.name.clone(),
+                    container_id: target.container_id.clone(),
+                    kind,
+                    ok: v,
+                    message,
+                }));
+                match (kind, v) {
+                    (ProbeKind::Startup, true) => return true,
+                    (ProbeKind::Startup | ProbeKind::Liveness, false) => return false,
+                    _ => {}
+                }
             }
         }
-        tokio::time::sleep(t.period).await;
+        attempt = next_attempt;
+        tokio::time::sleep_until(began + next).await;
     }
 }
 

@@ -22,6 +22,7 @@ use super::record::{self, ContainerRecord, Instance, PodRecord, Termination, Wai
 use super::status::{self, Observed, ProbeState};
 use super::volumes::{self, VolumeInputs};
 use super::{ContainerView, Ctx, NamespaceLookup, PodEvent, PodView, etc, mounts};
+use crate::metrics::StartPhase;
 use crate::runtime::{ExitRecord, LaunchSpec, RuntimeError};
 
 /// The longest a worker sleeps without re-checking its pod.
@@ -29,6 +30,26 @@ const RESYNC: Duration = Duration::from_secs(10);
 
 fn now_str() -> String {
     Timestamp::now().to_string()
+}
+
+/// Makes a run's bundle afresh: `rootfs` mounted as an overlay of `layers` with `upper` and `work` beside it, and an
+/// empty `termination-log`. Returns the image's `/etc/passwd` and `/etc/group` (empty when it has none). Blocking: it
+/// runs on tokio's blocking pool.
+fn prepare_bundle(layers: &[PathBuf], bundle: &std::path::Path) -> Result<(String, String), String> {
+    let rootfs = bundle.join("rootfs");
+    let _ = mounts::unmount_under(bundle);
+    let _ = std::fs::remove_dir_all(bundle);
+    if let Err(e) = std::fs::create_dir_all(bundle).map_err(|e| e.to_string()).and_then(|()| {
+        crate::images::layers::mount_rootfs(layers, &bundle.join("upper"), &bundle.join("work"), &rootfs)
+            .map_err(|e| e.to_string())
+    }) {
+        let _ = std::fs::remove_dir_all(bundle);
+        return Err(e);
+    }
+    let _ = std::fs::write(bundle.join("termination-log"), b"");
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    Ok((passwd, group))
 }
 
 /// The pod's worker.
@@ -52,6 +73,8 @@ pub struct Worker {
     pids_limited: bool,
     /// Whether NetworkPolicy covers the pod's veth (before any container starts).
     policy_admitted: bool,
+    /// When the last container run started (for the first-probe phase of the pod's start).
+    container_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -97,6 +120,7 @@ impl Worker {
             tokens: BTreeMap::new(),
             pids_limited: false,
             policy_admitted: false,
+            container_started: None,
         }
     }
 
@@ -480,6 +504,7 @@ impl Worker {
                     self.rec.net = Some(net);
                     self.save();
                     self.ctx.metrics.operation("create_sandbox", started.elapsed().as_secs_f64());
+                    self.ctx.metrics.start_phase(StartPhase::SandboxNetwork, started.elapsed().as_secs_f64());
                 }
                 Err(e) => {
                     self.event(
@@ -650,12 +675,23 @@ impl Worker {
         }
         self.objects_listed().await;
         let pull_configs = self.pull_configs();
-        let (image, obtained) = match self
+        let (progress, watched) = tokio::sync::watch::channel(crate::images::progress::PullState::default());
+        {
+            let reference = self.reference(Some(&name));
+            let recorder = self.ctx.recorder.clone();
+            let every = crate::images::progress::EVERY;
+            tokio::spawn(crate::images::progress::report(watched, image_name.clone(), every, move |message| {
+                let (recorder, reference) = (recorder.clone(), reference.clone());
+                async move { recorder.record(&reference, EventType::Normal, "Pulling", &message).await }
+            }));
+        }
+        let ensured = self
             .ctx
             .images
-            .ensure_with(&image_name, c.image_pull_policy.as_deref(), &pull_configs)
-            .await
-        {
+            .ensure_with(&image_name, c.image_pull_policy.as_deref(), &pull_configs, Some(&progress))
+            .await;
+        drop(progress);
+        let (image, obtained) = match ensured {
             Ok(x) => x,
             Err(e) => {
                 let now = Timestamp::now();
@@ -692,6 +728,11 @@ impl Worker {
         if let Some(r) = self.rec.containers.get_mut(&name) {
             r.pull_backoff = None;
         }
+        let first_start = !self.reported_start;
+        if first_start {
+            self.ctx.metrics.start_phase(StartPhase::ImageReady, started.elapsed().as_secs_f64());
+        }
+        let configuring = Instant::now();
         match &obtained {
             crate::images::Obtained::Present => {
                 self.ctx.metrics.pull("present", None);
@@ -793,19 +834,17 @@ impl Worker {
         let id = record::container_id(&self.rec.uid, &name, attempt);
         let bundle = self.ctx.paths.container(&id);
         let rootfs = bundle.join("rootfs");
-        let _ = mounts::unmount_under(&bundle);
-        let _ = std::fs::remove_dir_all(&bundle);
-        if let Err(e) = std::fs::create_dir_all(&bundle).map_err(|e| e.to_string()).and_then(|()| {
-            crate::images::layers::mount_rootfs(&layers, &bundle.join("upper"), &bundle.join("work"), &rootfs)
-                .map_err(|e| e.to_string())
-        }) {
-            let _ = std::fs::remove_dir_all(&bundle);
-            return self.config_error_reason(&name, "CreateContainerError", &e).await;
-        }
         let tlog = bundle.join("termination-log");
-        let _ = std::fs::write(&tlog, b"");
-        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-        let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+        let prepared = {
+            let bundle = bundle.clone();
+            tokio::task::spawn_blocking(move || prepare_bundle(&layers, &bundle))
+                .await
+                .unwrap_or_else(|e| Err(format!("preparing the bundle: {e}")))
+        };
+        let (passwd, group) = match prepared {
+            Ok(files) => files,
+            Err(e) => return self.config_error_reason(&name, "CreateContainerError", &e).await,
+        };
         let user = match etc::user(&self.pod, c, image.run.user.as_deref(), &passwd, &group) {
             Ok(u) => u,
             Err(msg) => {
@@ -851,6 +890,10 @@ impl Worker {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::remove_file(&log);
+        let launching = Instant::now();
+        if first_start {
+            self.ctx.metrics.start_phase(StartPhase::ContainerConfig, (launching - configuring).as_secs_f64());
+        }
         let launched = self
             .ctx
             .runtime
@@ -864,6 +907,10 @@ impl Worker {
             })
             .await;
         self.ctx.metrics.operation("start_container", started.elapsed().as_secs_f64());
+        if first_start && launched.is_ok() {
+            self.ctx.metrics.start_phase(StartPhase::RuncStart, launching.elapsed().as_secs_f64());
+            self.container_started = Some(Instant::now());
+        }
         let now = now_str();
         let r = self.rec.containers.entry(name.clone()).or_default();
         r.init = init;
@@ -1228,6 +1275,9 @@ impl Worker {
         if ready && !self.reported_start {
             self.reported_start = true;
             self.ctx.metrics.pod_started(self.seen.elapsed().as_secs_f64());
+            if let Some(at) = self.container_started {
+                self.ctx.metrics.start_phase(StartPhase::FirstProbe, at.elapsed().as_secs_f64());
+            }
         }
         let Ok(value) = serde_json::to_value(&st) else { return };
         // (a static pod's object is its manifest, not the API's copy)

@@ -105,6 +105,15 @@ pub struct Args {
     /// `skiff agent shim`) or `embedded` (always `skiff agent shim`, a bigger process: for comparison).
     #[arg(long, value_enum, default_value = "auto")]
     shim: ShimChoice,
+    /// Disk usage of the image store's file system, in percent, at which unused images are removed (100: never).
+    #[arg(long, value_name = "PERCENT", default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Disk usage, in percent, that image garbage collection brings the disk down to.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// Images used or stored more recently than this are never removed (`2m`, `90s`, `1h`).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    image_minimum_gc_age: jiff::SignedDuration,
 }
 
 /// `--shim`.
@@ -173,6 +182,12 @@ impl Args {
         cfg.seccomp_default = self.seccomp_default;
         cfg.seccomp_dir = self.seccomp_dir.as_ref().map(std::path::absolute).transpose()?;
         cfg.pod_max_pids = u64::try_from(self.pod_max_pids).ok().filter(|n| *n > 0);
+        cfg.image_gc = skiff_agent::images::gc::GcPolicy {
+            high_percent: self.image_gc_high_threshold,
+            low_percent: self.image_gc_low_threshold,
+            min_age: std::time::Duration::try_from(self.image_minimum_gc_age)
+                .map_err(|_| anyhow::anyhow!("--image-minimum-gc-age must not be negative"))?,
+        };
         if let ShimChoice::Embedded = self.shim {
             cfg.shim = skiff_agent::ShimCommand::embedded(std::env::current_exe().context("finding this binary")?);
         }
