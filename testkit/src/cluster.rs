@@ -370,6 +370,11 @@ impl Cluster {
         self.nodes[i].agent.as_ref().map(Child::pid)
     }
 
+    /// The API server's pid, while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::pid)
+    }
+
     /// Takes node `i` off the lan (its link down) or puts it back.
     pub fn set_link(&self, i: usize, up: bool) -> std::io::Result<()> {
         self.lan.ip(&["link", "set", &self.nodes[i].link, if up { "up" } else { "down" }]).map(|_| ())

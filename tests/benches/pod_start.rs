@@ -1,8 +1,9 @@
 //! Pod start latency on one real node (runc, pod network, probes): batches of 1, 10 and N pods (default 100,
-//! `PODS=…`) of `skiff/echo:v1` with a readiness probe (period 1 s), each applied in one `kubectl apply`, then 10
-//! without a probe; each pod's time from its creation to scheduled and to Ready is read off one `kubectl get --watch`
+//! `PODS=…`) of `skiff/echo:v1` with a readiness probe (period 1 s), and 10 without a probe on the empty node and
+//! again beside the N, each applied in one `kubectl apply`; each pod's time from its creation to scheduled and to Ready is read off one `kubectl get --watch`
 //! (this process's clock as the events arrive), beside the agent's own phases (its
-//! `pod_start_phase_duration_seconds` histogram) and the CPU the whole machine spent per pod. Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
+//! `pod_start_phase_duration_seconds` histogram) and the CPU the whole machine spent per pod. `PROFILE=FILE` records
+//! a system-wide `perf` profile of the big batch into FILE. Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
 //! each container's shim costs (`/proc/PID/smaps_rollup` of every shim: private memory and PSS), once with the small
 //! `skiff-shim` program and once with the shim mode of the `skiff` binary (`--shim embedded`), side by side
 //! (`SHIM=auto` or `SHIM=embedded` runs one of them).
@@ -322,24 +323,51 @@ fn run(pods: usize, shim: &str) -> Figures {
     let c = Cluster::start(cfg).expect("a one-node cluster");
     // The agent's pid: `sh -c exec nsenter … skiff`, so the child's pid is skiff's.
     let agent = c.agent_pid(0).expect("the agent runs");
+    let server = c.server_pid().expect("the server runs");
     let agent_rss_before = rss_mib(agent);
     let watch = Watch::start(&c);
     let probe = "    readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}\n";
     let mut running = 0;
-    for (prefix, n, extra, what) in [
-        ("a", 1, probe, "1 pod with a readiness probe (period 1 s)".to_string()),
-        ("b", 10, probe, "10 pods with a readiness probe".to_string()),
-        ("p", pods, probe, format!("{pods} pods with a readiness probe")),
-        ("q", 10, "", "10 more pods without a probe".to_string()),
+    // The small batches are deleted (and waited out) before the next: 100 + 10 pods fill the node's 110.
+    for (prefix, n, extra, keep, what) in [
+        ("a", 1, probe, false, "1 pod with a readiness probe (period 1 s)".to_string()),
+        ("b", 10, probe, false, "10 pods with a readiness probe".to_string()),
+        ("c", 10, "", false, "10 pods without a probe".to_string()),
+        ("p", pods, probe, true, format!("{pods} pods with a readiness probe")),
+        ("q", 10, "", true, format!("10 pods without a probe, beside the {pods}")),
     ] {
-        let cpu0 = proc_cpu_seconds(agent);
+        let (cpu0, server_cpu0) = (proc_cpu_seconds(agent), proc_cpu_seconds(server));
         let phases0 = agent_phases(&c);
+        // PROFILE=FILE: a system-wide `perf record` over the big batch only (stopped by its pid)
+        let perf = std::env::var("PROFILE").ok().filter(|_| prefix == "p").map(|out| {
+            std::process::Command::new("perf")
+                .args(["record", "-a", "-g", "-F", "499", "-o", &out])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("perf record")
+        });
         let batch = watch.batch(&c, prefix, n, extra);
+        if let Some(mut p) = perf {
+            let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+            let _ = p.wait();
+        }
         let agent_cpu = proc_cpu_seconds(agent) - cpu0;
+        let server_cpu = proc_cpu_seconds(server) - server_cpu0;
         batch.print(&what);
         print_phases(&phases0, &agent_phases(&c));
-        println!("    agent CPU while starting them: {agent_cpu:.2} s");
-        running += batch.ready.len();
+        println!(
+            "    CPU while starting them: agent {agent_cpu:.2} s, API server and controllers {server_cpu:.2} s, the rest (runc, shims, kubectl, kernel) {:.2} s",
+            batch.cpu - agent_cpu - server_cpu
+        );
+        if keep {
+            running += batch.ready.len();
+        } else {
+            let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+            let mut args = vec!["delete", "pod", "--wait=true", "--timeout=120s"];
+            args.extend(names.iter().map(String::as_str));
+            c.kubectl(&args).expect("deleting the batch");
+        }
         // let the machine settle between batches
         std::thread::sleep(Duration::from_secs(3));
     }

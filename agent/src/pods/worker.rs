@@ -37,8 +37,11 @@ fn now_str() -> String {
 /// runs on tokio's blocking pool.
 fn prepare_bundle(layers: &[PathBuf], bundle: &std::path::Path) -> Result<(String, String), String> {
     let rootfs = bundle.join("rootfs");
-    let _ = mounts::unmount_under(bundle);
-    let _ = std::fs::remove_dir_all(bundle);
+    // (a fresh bundle has nothing mounted; looking costs a read of the machine's mount table)
+    if bundle.exists() {
+        let _ = mounts::unmount_under(bundle);
+        let _ = std::fs::remove_dir_all(bundle);
+    }
     if let Err(e) = std::fs::create_dir_all(bundle).map_err(|e| e.to_string()).and_then(|()| {
         crate::images::layers::mount_rootfs(layers, &bundle.join("upper"), &bundle.join("work"), &rootfs)
             .map_err(|e| e.to_string())
