@@ -315,8 +315,26 @@ fn main() {
     }
 }
 
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Waits (two minutes at most) for the 1-minute load average to fall below 1, e.g. after the build.
+fn quiet() -> f64 {
+    for _ in 0..24 {
+        if load_average() < 1.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    load_average()
+}
+
 fn run(pods: usize, shim: &str) -> Figures {
-    println!("--- {pods} pods, --shim {shim}");
+    let load = quiet();
+    println!("--- {pods} pods, --shim {shim} (load average {load:.2} before the run)");
     let mut cfg = ClusterConfig::new(skiff_binary(), 1);
     cfg.log = "warn".into();
     cfg.agent_args = vec!["--shim".into(), shim.into()];
@@ -347,7 +365,9 @@ fn run(pods: usize, shim: &str) -> Figures {
                 .spawn()
                 .expect("perf record")
         });
+        let load = load_average();
         let batch = watch.batch(&c, prefix, n, extra);
+        println!("(load average {load:.2} before the batch)");
         if let Some(mut p) = perf {
             let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
             let _ = p.wait();
