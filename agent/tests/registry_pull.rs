@@ -5,7 +5,6 @@
 //! the pull secret's. Needs root (network namespace) and the docker-registry and skopeo packages (scripts/setup).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use skiff_agent::images::progress::PullState;
 use skiff_agent::images::store::{Descriptor, OCI_MANIFEST, Store};
@@ -55,31 +54,8 @@ fn source_layout(dir: &std::path::Path) {
         .expect("tag");
 }
 
-/// Debian's docker-registry on 127.0.0.1:5000 of `ns`, storing under `dir`, behind htpasswd authentication when
-/// given; returns once it answers.
 fn start_registry(ns: &NetNs, dir: &std::path::Path, htpasswd: Option<&std::path::Path>) -> Child {
-    let auth = htpasswd
-        .map(|p| format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", p.display()))
-        .unwrap_or_default();
-    let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n{auth}",
-            dir.join("data").display()
-        ),
-    )
-    .expect("config");
-    let mut cmd = ns.command("docker-registry");
-    cmd.arg("serve").arg(&config);
-    let registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
-    // any HTTP answer (401 behind authentication) means it listens
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        ns.exec("curl", &["-s", "-o", "/dev/null", "http://127.0.0.1:5000/v2/"]).is_ok()
-    });
-    assert!(up, "the registry did not start");
-    registry
+    skiff_testkit::registry::start(ns, dir, htpasswd).expect("the registry")
 }
 
 #[test]

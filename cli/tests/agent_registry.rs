@@ -17,31 +17,14 @@ use skiff_testkit::cluster::{Cluster, ClusterConfig};
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pull";
 
-/// The registry in node 0's namespace on 127.0.0.1:5000, behind htpasswd; returns once it answers.
+/// The registry in node 0's namespace on 127.0.0.1:5000, behind htpasswd, holding the echo image as
+/// `private/echo:{1,2,3}`.
 fn start_registry(c: &Cluster, dir: &std::path::Path) -> Child {
     let hash = bcrypt::hash(PASSWORD, 4).expect("bcrypt");
     let htpasswd = dir.join("htpasswd");
     std::fs::write(&htpasswd, format!("{USER}:{hash}\n")).expect("htpasswd");
-    let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\nauth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
-            dir.join("data").display(),
-            htpasswd.display()
-        ),
-    )
-    .expect("config");
     let ns = &c.nodes[0].ns;
-    let mut cmd = ns.command("docker-registry");
-    cmd.arg("serve").arg(&config);
-    let registry = Child::spawn(cmd, "docker-registry").expect("docker-registry (install it with scripts/setup)");
-    // any HTTP answer (401 behind authentication) means it listens
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        ns.exec("curl", &["-s", "-o", "/dev/null", "http://127.0.0.1:5000/v2/"]).is_ok()
-    });
-    assert!(up, "the registry did not start");
+    let registry = skiff_testkit::registry::start(ns, dir, Some(&htpasswd)).expect("the registry");
     for tag in ["1", "2", "3"] {
         ns.exec(
             "skopeo",

@@ -20,6 +20,7 @@ mod netns;
 mod pins;
 mod privileges;
 pub mod probe;
+pub mod registry;
 
 pub use cgroup::{CGROUP2_ROOT, Cgroup};
 pub use child::{Child, spawn_in};
