@@ -316,6 +316,8 @@ impl Puller {
         let (tmp, file) = store.temp_file()?;
         let mut out = tokio::fs::File::from_std(file);
         let mut body = resp.into_body();
+        // hashed as it arrives, so the digest check needs no second read of the file
+        let mut hash = <sha2::Sha256 as sha2::Digest>::new();
         let result: Result<(), ImageError> = async {
             loop {
                 let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
@@ -325,6 +327,7 @@ impl Puller {
                     Err(_) => return Err(ImageError::Pull(format!("blob {}: stalled", d.digest))),
                 };
                 if let Ok(data) = frame.into_data() {
+                    sha2::Digest::update(&mut hash, &data);
                     out.write_all(&data)
                         .await
                         .map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })?;
@@ -341,7 +344,8 @@ impl Puller {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        store.commit_blob(&tmp, &d.digest)
+        let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hash)));
+        store.commit_hashed(&tmp, &d.digest, &actual)
     }
 }
 

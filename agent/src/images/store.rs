@@ -215,6 +215,11 @@ impl Store {
             std::io::copy(&mut f, &mut h).map_err(io("hashing a blob"))?;
             format!("sha256:{}", hex::encode(h.finalize()))
         };
+        self.commit_hashed(tmp, digest, &actual)
+    }
+
+    /// As [`Store::commit_blob`] for a file whose content the writer hashed as it wrote it (`actual`, `sha256:…`).
+    pub fn commit_hashed(&self, tmp: &Path, digest: &str, actual: &str) -> Result<(), ImageError> {
         if actual != digest {
             let _ = std::fs::remove_file(tmp);
             return Err(ImageError::Invalid(format!("blob content is {actual}, expected {digest}")));
@@ -475,5 +480,14 @@ mod tests {
         let wrong = format!("sha256:{}", "0".repeat(64));
         assert!(store.commit_blob(&tmp, &wrong).is_err());
         assert!(!tmp.exists());
+        // the same check for a blob hashed as it was written (a registry's answer)
+        let (tmp, mut f) = store.temp_file().expect("temp");
+        f.write_all(b"abc").expect("write");
+        assert!(store.commit_hashed(&tmp, &wrong, &digest_of(b"abc")).is_err());
+        assert!(!tmp.exists() && !store.has_blob(&wrong));
+        let (tmp, mut f) = store.temp_file().expect("temp");
+        f.write_all(b"abc").expect("write");
+        store.commit_hashed(&tmp, &digest_of(b"abc"), &digest_of(b"abc")).expect("matching digest");
+        assert!(store.has_blob(&digest_of(b"abc")));
     }
 }
