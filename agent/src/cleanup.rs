@@ -100,20 +100,15 @@ pub async fn reset(r: &Reset) -> Leftovers {
     if let Some(bridge) = &r.bridge
         && let Ok(handle) = crate::network::connect()
     {
-        let mut names: Vec<String> = Vec::new();
+        let mut ours: Vec<String> = Vec::new();
         if let Ok(entries) = std::fs::read_dir(paths.pods()) {
             for e in entries.flatten() {
-                names.push(crate::network::veth_name(&e.file_name().to_string_lossy()));
+                ours.push(crate::network::veth_name(&e.file_name().to_string_lossy()));
             }
         }
-        names.push(bridge.clone());
-        names.push(format!("{}-dns", &bridge[..bridge.len().min(11)]));
-        for n in names {
-            use futures::TryStreamExt as _;
-            let mut links = handle.link().get().match_name(n).execute();
-            if let Ok(Some(l)) = links.try_next().await {
-                let _ = handle.link().del(l.header.index).execute().await;
-            }
+        let foreign = remove_network(&handle, bridge, &ours).await;
+        if !foreign.is_empty() {
+            tracing::warn!(%bridge, ports = ?foreign, "the bridge is kept: veths of another agent are attached to it");
         }
     }
     // 4. Mounts, cgroups, files.
@@ -129,6 +124,45 @@ pub async fn reset(r: &Reset) -> Leftovers {
     }
     let pids = own_pids();
     Leftovers { mounts, cgroups: cg_left, pids }
+}
+
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Option<u32> {
+    use futures::TryStreamExt as _;
+    handle.link().get().match_name(name.to_string()).execute().try_next().await.ok().flatten().map(|l| l.header.index)
+}
+
+/// Removes the veths named `ours`, then `bridge` and its DNS interface unless other links are still attached to the
+/// bridge (the pods of another agent that shares it). Returns the names of those other links (empty when the bridge
+/// went).
+pub async fn remove_network(handle: &rtnetlink::Handle, bridge: &str, ours: &[String]) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    for n in ours {
+        if let Some(i) = link_index(handle, n).await {
+            let _ = handle.link().del(i).execute().await;
+        }
+    }
+    let Some(index) = link_index(handle, bridge).await else { return Vec::new() };
+    let mut foreign = Vec::new();
+    let mut links = handle.link().get().execute();
+    // a bounded walk: one dump of this namespace's links
+    while let Ok(Some(l)) = links.try_next().await {
+        let attached = l.attributes.iter().any(|a| matches!(a, LinkAttribute::Controller(c) if *c == index));
+        if attached {
+            let name =
+                l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None });
+            foreign.push(name.unwrap_or_else(|| format!("#{}", l.header.index)));
+        }
+    }
+    if !foreign.is_empty() {
+        return foreign;
+    }
+    for n in [bridge.to_string(), format!("{}-dns", &bridge[..bridge.len().min(11)])] {
+        if let Some(i) = link_index(handle, &n).await {
+            let _ = handle.link().del(i).execute().await;
+        }
+    }
+    Vec::new()
 }
 
 /// The cgroups (relative) of the pods this data directory records: `<root>/pod<uid>` for each `pods/<uid>`.
