@@ -1,6 +1,8 @@
-//! Pods: one worker task per pod ([`worker`]) drives its sandbox, volumes, containers, probes and status; the
-//! manager ([`manager`]) follows the API (pods with `spec.nodeName` = this node) and the manifest directory, routes
-//! container exits to workers, and cleans up what no pod owns any more — only after a complete list.
+//! Pods: for every pod, [`plan`] decides the next steps (sandbox, volumes, containers per restart policy with
+//! back-off, termination) as a pure function, and one worker task per pod ([`worker`]) carries them out and writes
+//! the status; the manager ([`manager`]) follows the API (pods with `spec.nodeName` = this node) and the manifest
+//! directory, routes container exits to workers, and cleans up what no pod owns any more — only after a complete
+//! list.
 
 pub mod atomic;
 pub mod backoff;
@@ -10,6 +12,7 @@ pub mod etc;
 pub mod lifecycle;
 pub mod manager;
 pub mod mounts;
+pub mod plan;
 pub mod probe_schedule;
 pub mod probes;
 pub mod record;
@@ -57,6 +60,15 @@ pub enum PodEvent {
     },
     /// A ConfigMap or Secret the pod may use changed.
     Refresh,
+    /// A container's postStart hook finished.
+    PostStartDone {
+        /// Container name.
+        container: String,
+        /// The run (runc id) it ran for.
+        id: String,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
 }
 
 /// This node.

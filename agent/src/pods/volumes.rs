@@ -279,18 +279,35 @@ fn mount_tmpfs(path: &Path, opts: &str, volume: &str) -> Result<(), MountError> 
     .map_err(|e| format!("mounting tmpfs for volume {volume}: {e}"))
 }
 
-/// Prepares the directory of one non-claim volume; returns its host path. `atomic_files` results are written
-/// atomically.
-pub fn prepare_local(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<PathBuf, MountError> {
-    let path = dir.join(kind_dir(v)).join(&v.name);
-    if let Some(files) = atomic_files(v, inp) {
-        let files = files?;
+/// One non-claim volume to set up on disk: where, and for the atomically written kinds, the files (computed from the
+/// API objects without touching the disk, so [`apply_local`] can run on a blocking thread).
+#[derive(Clone, Debug)]
+pub struct LocalSetup {
+    /// The volume.
+    pub volume: Volume,
+    /// Its directory under the pod's volume directory.
+    pub path: PathBuf,
+    /// The files of a configMap, secret, downwardAPI or projected volume.
+    pub files: Option<BTreeMap<String, Payload>>,
+}
+
+/// What setting up `v` under `dir` means (pure: reads the objects through `inp`, not the disk).
+pub fn local_setup(v: &Volume, dir: &Path, inp: &VolumeInputs<'_>) -> Result<LocalSetup, MountError> {
+    let files = atomic_files(v, inp).transpose()?;
+    Ok(LocalSetup { volume: v.clone(), path: dir.join(kind_dir(v)).join(&v.name), files })
+}
+
+/// Prepares the directory of one non-claim volume; returns its host path. Blocking (mounts, file writes); the
+/// atomically written kinds are swapped in whole.
+pub fn apply_local(setup: &LocalSetup) -> Result<PathBuf, MountError> {
+    let (v, path) = (&setup.volume, setup.path.clone());
+    if let Some(files) = &setup.files {
         if v.secret.is_some() || v.projected.is_some() {
             // Secrets and tokens never reach the node's disk, as kubelet keeps them
             std::fs::create_dir_all(&path).map_err(|e| format!("creating volume {}: {e}", v.name))?;
             mount_tmpfs(&path, "mode=0755", &v.name)?;
         }
-        atomic::write(&path, &files).map_err(|e| format!("writing volume {}: {e}", v.name))?;
+        atomic::write(&path, files).map_err(|e| format!("writing volume {}: {e}", v.name))?;
         return Ok(path);
     }
     if let Some(e) = &v.empty_dir {
