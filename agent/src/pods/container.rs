@@ -136,7 +136,7 @@ pub fn config(pod: &Pod, c: &Container, inp: &RunInputs<'_>) -> Result<Container
         rootfs: inp.rootfs.clone(),
         readonly_rootfs: sc.read_only_root_filesystem == Some(true),
         mounts,
-        netns: inp.netns.clone().unwrap_or_default(),
+        netns: inp.netns.clone(),
         cgroups_path: inp.cgroups_path.clone(),
         limits: limits(c),
         cap_add: caps.add.unwrap_or_default(),

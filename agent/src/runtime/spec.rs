@@ -1,9 +1,16 @@
-//! The OCI runtime configuration (`config.json`) of a container, as a pure function of what the pod asks for.
+//! The OCI runtime configuration (`config.json`) of a container, as a pure function of what the pod asks for, built
+//! from the typed `oci-spec` values.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use serde_json::Value;
 
 /// The capabilities a container gets by default (containerd's default set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -109,8 +116,8 @@ pub struct ContainerConfig {
     pub readonly_rootfs: bool,
     /// Bind mounts, in order.
     pub mounts: Vec<BindMount>,
-    /// The pod's network namespace.
-    pub netns: PathBuf,
+    /// The pod's network namespace (`None`: the node's, for `hostNetwork` pods).
+    pub netns: Option<PathBuf>,
     /// Relative cgroup path.
     pub cgroups_path: String,
     /// Limits.
@@ -179,102 +186,210 @@ pub fn nofile_limit() -> u64 {
     })
 }
 
-/// The `config.json` of a container.
-pub fn oci_config(cfg: &ContainerConfig) -> Value {
-    let caps = capabilities(cfg);
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ];
+/// Why a container's `config.json` could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A capability name the kernel does not know.
+    #[error("unknown capability {0:?}")]
+    Capability(String),
+    /// A seccomp profile that is not a valid OCI `linux.seccomp`.
+    #[error("invalid seccomp profile: {0}")]
+    Seccomp(serde_json::Error),
+    /// A part of the spec was incomplete (a bug in this module).
+    #[error("building {part}: {message}")]
+    Build {
+        /// Which part.
+        part: &'static str,
+        /// The builder's complaint.
+        message: String,
+    },
+}
+
+/// Turns a builder's error into a [`SpecError`] naming the part.
+fn part<T>(name: &'static str) -> impl FnOnce(T) -> SpecError
+where
+    T: std::fmt::Display,
+{
+    move |e| SpecError::Build { part: name, message: e.to_string() }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// A mount of a kernel file system (`proc`, `tmpfs`, …) at `destination`.
+fn kernel_mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
+    let mut b = MountBuilder::default().destination(destination).typ(typ).source(source);
+    if !options.is_empty() {
+        b = b.options(strings(options));
+    }
+    b.build().map_err(part("a mount"))
+}
+
+/// The file systems every container gets, as containerd gives them.
+fn base_mounts() -> Result<Vec<Mount>, SpecError> {
+    [
+        kernel_mount("/proc", "proc", "proc", &[]),
+        kernel_mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        kernel_mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        kernel_mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        kernel_mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        kernel_mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        kernel_mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn bind_mount(m: &BindMount) -> Result<Mount, SpecError> {
+    let mut options = strings(&["rbind", "rprivate"]);
+    if m.read_only {
+        options.push("ro".into());
+    }
+    MountBuilder::default()
+        .destination(&m.destination)
+        .typ("bind")
+        .source(&m.source)
+        .options(options)
+        .build()
+        .map_err(part("a bind mount"))
+}
+
+fn resources(limits: &Limits) -> Result<LinuxResources, SpecError> {
+    let deny_devices =
+        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(part("device rules"))?;
+    let shares = limits.cpu_request_milli.or(limits.cpu_limit_milli).map(cpu_shares).unwrap_or(2);
+    let mut cpu = LinuxCpuBuilder::default().shares(shares);
+    if let Some(l) = limits.cpu_limit_milli {
+        cpu = cpu.quota(cpu_quota(l)).period(100_000u64);
+    }
+    let mut b =
+        LinuxResourcesBuilder::default().devices(vec![deny_devices]).cpu(cpu.build().map_err(part("cpu limits"))?);
+    if let Some(mem) = limits.memory {
+        b = b.memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().map_err(part("memory limits"))?);
+    }
+    b.build().map_err(part("resources"))
+}
+
+fn namespaces(netns: Option<&PathBuf>) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let plain = |typ| LinuxNamespaceBuilder::default().typ(typ).build().map_err(part("a namespace"));
+    let mut out = vec![plain(LinuxNamespaceType::Pid)?];
+    if let Some(path) = netns {
+        let net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path.clone());
+        out.push(net.build().map_err(part("the network namespace"))?);
+    }
+    for typ in [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount, LinuxNamespaceType::Cgroup]
+    {
+        out.push(plain(typ)?);
+    }
+    Ok(out)
+}
+
+fn process(cfg: &ContainerConfig) -> Result<Process, SpecError> {
+    let caps = capabilities(cfg)
+        .into_iter()
+        .map(|c| c.strip_prefix("CAP_").and_then(|n| n.parse::<Capability>().ok()).ok_or(SpecError::Capability(c)))
+        .collect::<Result<Capabilities, _>>()?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(part("capabilities"))?;
+    let user = UserBuilder::default()
+        .uid(cfg.user.0)
+        .gid(cfg.user.1)
+        .additional_gids(cfg.user.2.clone())
+        .build()
+        .map_err(part("the user"))?;
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(nofile_limit())
+        .soft(nofile_limit())
+        .build()
+        .map_err(part("rlimits"))?;
+    ProcessBuilder::default()
+        .terminal(cfg.terminal)
+        .user(user)
+        .args(cfg.args.clone())
+        .env(cfg.env.clone())
+        .cwd(if cfg.cwd.is_empty() { "/" } else { cfg.cwd.as_str() })
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(cfg.no_new_privileges)
+        .oom_score_adj(cfg.oom_score_adj)
+        .build()
+        .map_err(part("the process"))
+}
+
+/// The paths masked and made read-only in an unprivileged container (containerd's lists).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The OCI runtime spec (`config.json`) of a container, typed; an unknown capability or an invalid seccomp profile
+/// is an error, not a runc failure at start.
+pub fn oci_config(cfg: &ContainerConfig) -> Result<Spec, SpecError> {
+    let mut mounts = base_mounts()?;
     for m in &cfg.mounts {
-        let mut options = vec!["rbind", "rprivate"];
-        if m.read_only {
-            options.push("ro");
-        }
-        mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options}));
+        mounts.push(bind_mount(m)?);
     }
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
-    if let Some(mem) = cfg.limits.memory {
-        resources["memory"] = json!({"limit": mem, "swap": mem});
-    }
-    let mut cpu = serde_json::Map::new();
-    if let Some(l) = cfg.limits.cpu_limit_milli {
-        cpu.insert("quota".into(), json!(cpu_quota(l)));
-        cpu.insert("period".into(), json!(100_000));
-    }
-    let shares = cfg.limits.cpu_request_milli.or(cfg.limits.cpu_limit_milli).map(cpu_shares).unwrap_or(2);
-    cpu.insert("shares".into(), json!(shares));
-    resources["cpu"] = Value::Object(cpu);
-    let (masked, readonly): (Vec<&str>, Vec<&str>) = if cfg.privileged {
-        (vec![], vec![])
-    } else {
-        (
-            vec![
-                "/proc/acpi",
-                "/proc/asound",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/timer_stats",
-                "/proc/sched_debug",
-                "/sys/firmware",
-                "/proc/scsi",
-            ],
-            vec!["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-        )
-    };
-    let mut out = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": cfg.terminal,
-            "user": {"uid": cfg.user.0, "gid": cfg.user.1, "additionalGids": cfg.user.2},
-            "args": cfg.args,
-            "env": cfg.env,
-            "cwd": if cfg.cwd.is_empty() { "/" } else { cfg.cwd.as_str() },
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}],
-            "noNewPrivileges": cfg.no_new_privileges,
-            "oomScoreAdj": cfg.oom_score_adj,
-        },
-        "root": {"path": cfg.rootfs, "readonly": cfg.readonly_rootfs},
-        "hostname": cfg.hostname,
-        "mounts": mounts,
-        "linux": {
-            "cgroupsPath": cfg.cgroups_path,
-            "resources": resources,
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "network", "path": cfg.netns},
-                {"type": "ipc"},
-                {"type": "uts"},
-                {"type": "mount"},
-                {"type": "cgroup"},
-            ],
-            "maskedPaths": masked,
-            "readonlyPaths": readonly,
-        },
-    });
+    let (masked, readonly) =
+        if cfg.privileged { (vec![], vec![]) } else { (strings(MASKED_PATHS), strings(READONLY_PATHS)) };
+    let mut linux = LinuxBuilder::default()
+        .cgroups_path(PathBuf::from(&cfg.cgroups_path))
+        .resources(resources(&cfg.limits)?)
+        .namespaces(namespaces(cfg.netns.as_ref())?)
+        .masked_paths(masked)
+        .readonly_paths(readonly);
     if let Some(s) = &cfg.seccomp {
-        out["linux"]["seccomp"] = s.clone();
+        linux = linux.seccomp(serde_json::from_value::<LinuxSeccomp>(s.clone()).map_err(SpecError::Seccomp)?);
     }
-    out
+    let root = RootBuilder::default()
+        .path(cfg.rootfs.clone())
+        .readonly(cfg.readonly_rootfs)
+        .build()
+        .map_err(part("the root"))?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .process(process(cfg)?)
+        .root(root)
+        .hostname(cfg.hostname.clone())
+        .mounts(mounts)
+        .linux(linux.build().map_err(part("linux"))?)
+        .build()
+        .map_err(part("the spec"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn json_of(c: &ContainerConfig) -> Value {
+        serde_json::to_value(oci_config(c).expect("spec")).expect("json")
+    }
 
     fn base() -> ContainerConfig {
         ContainerConfig {
             args: vec!["sleep".into(), "1".into()],
             rootfs: "/r".into(),
-            netns: "/n".into(),
+            netns: Some("/n".into()),
             cgroups_path: "skiff/podu/c".into(),
             ..Default::default()
         }
@@ -301,7 +416,7 @@ mod tests {
     fn limits_become_memory_limit_cfs_quota_and_shares() {
         let mut c = base();
         c.limits = Limits { memory: Some(64 << 20), cpu_limit_milli: Some(250), cpu_request_milli: Some(100) };
-        let v = oci_config(&c);
+        let v = json_of(&c);
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], json!(64 << 20));
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], json!(25_000));
         assert_eq!(v["linux"]["resources"]["cpu"]["period"], json!(100_000));
@@ -315,12 +430,55 @@ mod tests {
             BindMount { source: "/a".into(), destination: "/etc/hosts".into(), read_only: false },
             BindMount { source: "/b".into(), destination: "/data".into(), read_only: true },
         ];
-        let v = oci_config(&c);
+        let v = json_of(&c);
         let ns = v["linux"]["namespaces"].as_array().expect("namespaces");
         assert!(ns.contains(&json!({"type": "network", "path": "/n"})));
         let mounts = v["mounts"].as_array().expect("mounts");
         let n = mounts.len();
         assert_eq!(mounts[n - 2]["destination"], json!("/etc/hosts"));
         assert_eq!(mounts[n - 1]["options"], json!(["rbind", "rprivate", "ro"]));
+    }
+
+    #[test]
+    fn a_host_network_container_joins_no_network_namespace() {
+        let mut c = base();
+        c.netns = None;
+        let v = json_of(&c);
+        let types: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .filter_map(|n| n["type"].as_str())
+            .collect();
+        assert_eq!(types, ["pid", "ipc", "uts", "mount", "cgroup"]);
+    }
+
+    #[test]
+    fn an_unknown_capability_or_a_bad_seccomp_profile_is_refused_before_runc() {
+        let mut c = base();
+        c.cap_add = vec!["NOT_A_CAP".into()];
+        assert!(matches!(oci_config(&c), Err(SpecError::Capability(n)) if n == "CAP_NOT_A_CAP"));
+        let mut c = base();
+        c.seccomp = Some(json!({"defaultAction": "SCMP_ACT_NOPE"}));
+        assert!(matches!(oci_config(&c), Err(SpecError::Seccomp(_))));
+    }
+
+    #[test]
+    fn the_runtime_default_seccomp_profile_is_a_valid_oci_filter() {
+        let mut c = base();
+        let arch = crate::runtime::seccomp::host_arch();
+        c.seccomp = Some(crate::runtime::seccomp::runtime_default(&capabilities(&c), arch));
+        let v = json_of(&c);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], json!("SCMP_ACT_ERRNO"));
+        assert!(v["linux"]["seccomp"]["syscalls"].as_array().is_some_and(|s| s.len() > 10));
+    }
+
+    #[test]
+    fn a_privileged_container_gets_every_capability_and_no_masked_paths() {
+        let mut c = base();
+        c.privileged = true;
+        let v = json_of(&c);
+        assert_eq!(v["process"]["capabilities"]["bounding"].as_array().map(Vec::len), Some(ALL_CAPABILITIES.len()));
+        assert!(v["linux"].get("maskedPaths").is_none_or(|m| m == &json!([])));
     }
 }

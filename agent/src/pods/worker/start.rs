@@ -379,13 +379,8 @@ impl Worker {
             seccomp_dir: &seccomp_dir,
         };
         let cfg = container::config(&self.pod, c, &run).map_err(|m| (CONFIG, m))?;
-        let mut oci = crate::runtime::spec::oci_config(&cfg);
-        if run.netns.is_none()
-            && let Some(nss) = oci.pointer_mut("/linux/namespaces").and_then(|n| n.as_array_mut())
-        {
-            nss.retain(|n| n.get("type").and_then(|t| t.as_str()) != Some("network"));
-        }
-        Ok(oci.to_string())
+        let spec = crate::runtime::spec::oci_config(&cfg).map_err(|e| (CONFIG, e.to_string()))?;
+        serde_json::to_string(&spec).map_err(|e| ("CreateContainerError", format!("encoding config.json: {e}")))
     }
 
     /// A container that cannot start for a reason in its configuration: it waits with `reason` (an event when the
