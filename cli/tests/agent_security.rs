@@ -72,6 +72,14 @@ fn seccomp_pids_and_user_namespaces() {
     let (code, out, _) = exec(&c, "confined", "c", &["sh", "-c", "echo ok > /tmp/f && cat /tmp/f"], None);
     assert_eq!((code, out.trim()), (0, "ok"), "ordinary work goes on");
 
+    step("no capability is inheritable or ambient (a process that execs keeps only what its user gets)");
+    let (code, out, err) = exec(&c, "confined", "c", &["grep", "-E", "^Cap(Inh|Amb):", "/proc/self/status"], None);
+    assert_eq!(code, 0, "{err}");
+    for line in out.lines() {
+        assert!(line.ends_with("0000000000000000"), "no inheritable or ambient capabilities: {out}");
+    }
+    assert_eq!(out.lines().count(), 2, "{out}");
+
     step("Unconfined: no filter");
     assert_eq!(seccomp_mode(&c, "unconfined"), "0");
 

@@ -295,10 +295,14 @@ fn process(cfg: &ContainerConfig) -> Result<Process, SpecError> {
         .into_iter()
         .map(|c| c.strip_prefix("CAP_").and_then(|n| n.parse::<Capability>().ok()).ok_or(SpecError::Capability(c)))
         .collect::<Result<Capabilities, _>>()?;
+    // (the builder's defaults would give inheritable and ambient capabilities: a process that is not root keeps
+    // none, as under containerd)
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
         .build()
         .map_err(part("capabilities"))?;
     let user = UserBuilder::default()
@@ -401,6 +405,23 @@ mod tests {
         c.cap_drop = vec!["ALL".into()];
         c.cap_add = vec!["net_bind_service".into()];
         assert_eq!(capabilities(&c), vec!["CAP_NET_BIND_SERVICE".to_string()]);
+    }
+
+    #[test]
+    fn no_capability_is_inheritable_or_ambient() {
+        let mut c = base();
+        c.cap_add = vec!["NET_ADMIN".into()];
+        let v = json_of(&c);
+        let caps = &v["process"]["capabilities"];
+        assert_eq!(caps["inheritable"], json!([]));
+        assert_eq!(caps["ambient"], json!([]));
+        assert!(caps["effective"].as_array().is_some_and(|a| a.contains(&json!("CAP_NET_ADMIN"))));
+        c.cap_drop = vec!["ALL".into()];
+        c.cap_add = vec![];
+        let v = json_of(&c);
+        for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
+            assert_eq!(v["process"]["capabilities"][set], json!([]), "{set}");
+        }
     }
 
     #[test]
