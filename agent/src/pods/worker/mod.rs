@@ -292,9 +292,14 @@ impl Worker {
     }
 
     async fn on_post_start(&mut self, container: &str, id: &str, error: Option<String>) {
+        // (the hook of an earlier run that ended may finish late: it must not release the current run's hold)
+        let current = self.running_id(container);
+        if current.is_some() && current.as_deref() != Some(id) {
+            return;
+        }
         self.progress.post_start_pending.remove(container);
         let Some(msg) = error else { return };
-        if self.running_id(container).as_deref() != Some(id) {
+        if current.is_none() {
             return;
         }
         self.event(Some(container), EventType::Warning, "FailedPostStartHook", &format!("PostStartHook failed: {msg}"))
