@@ -80,24 +80,6 @@ impl Default for BackoffPolicy {
     }
 }
 
-/// Whether and how the agent runs the eBPF Service load balancer for its node.
-#[derive(Clone, Debug, Default)]
-pub enum LbMode {
-    /// No load balancer (pods reach cluster DNS at 10.96.0.10 through the node's local address only).
-    #[default]
-    Off,
-    /// Run it in-process with its maps pinned under this bpffs directory.
-    On {
-        /// bpffs directory (`/sys/fs/bpf/skiff/<node>` by default).
-        pin_dir: PathBuf,
-        /// Where the balancer serves its own metrics, if anywhere.
-        metrics_addr: Option<SocketAddr>,
-        /// The cgroup-v2 directory of the node's own processes (normally the hierarchy's root): they reach
-        /// ClusterIPs and NodePorts through the socket hooks. `None`: pods only.
-        node_cgroup: Option<PathBuf>,
-    },
-}
-
 /// Settings of one node agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -136,8 +118,6 @@ pub struct AgentConfig {
     /// Where cluster DNS forwards names outside the cluster domain; `None`: the node's `/etc/resolv.conf`
     /// nameservers; an empty list: nowhere (such names are NXDOMAIN).
     pub dns_upstream: Option<Vec<std::net::SocketAddr>>,
-    /// The eBPF Service load balancer.
-    pub lb: LbMode,
     /// Registries reached over plain HTTP (`host:port`); `localhost` and `127.*` always are.
     pub insecure_registries: Vec<String>,
     /// Most pods on this node.
@@ -152,9 +132,6 @@ pub struct AgentConfig {
     pub seccomp_dir: Option<PathBuf>,
     /// Most processes (and threads) one pod may run (`pids.max` of its cgroup); `None`: unlimited.
     pub pod_max_pids: Option<u64>,
-    /// Pod egress masquerade by the load balancer (pods' packets to outside the cluster leave with the node
-    /// address); `None` leaves them untranslated (`--no-masquerade`).
-    pub masquerade: Option<skiff_lb::nat::Masquerade>,
     /// When unused images are removed from the store.
     pub image_gc: crate::images::gc::GcPolicy,
 }
@@ -180,7 +157,6 @@ impl AgentConfig {
             cluster_domain: "cluster.local".into(),
             serve_dns: true,
             dns_upstream: None,
-            lb: LbMode::Off,
             insecure_registries: Vec::new(),
             max_pods: 110,
             backoff: BackoffPolicy::default(),
@@ -188,10 +164,6 @@ impl AgentConfig {
             seccomp_default: false,
             seccomp_dir: None,
             pod_max_pids: Some(DEFAULT_POD_MAX_PIDS),
-            masquerade: Some(skiff_lb::nat::Masquerade {
-                cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("a valid constant"),
-                exclude: Vec::new(),
-            }),
             image_gc: crate::images::gc::GcPolicy::default(),
         }
     }
@@ -220,11 +192,6 @@ impl AgentConfig {
         if self.ca_cert_pem.trim().is_empty() {
             return bad("the cluster CA certificate is empty".into());
         }
-        if let LbMode::On { node_cgroup: Some(dir), .. } = &self.lb
-            && !dir.join("cgroup.controllers").exists()
-        {
-            return bad(format!("--lb-node-cgroup {}: not a cgroup-v2 directory", dir.display()));
-        }
         Ok(())
     }
 }
@@ -247,19 +214,5 @@ mod tests {
         let beside = ShimCommand::beside(&skiff);
         assert_eq!(beside.program, dir.path().join("skiff-shim"));
         assert!(beside.args.is_empty());
-    }
-
-    #[test]
-    fn a_node_cgroup_that_is_not_a_cgroup_is_refused_at_start() {
-        let mut cfg = AgentConfig::new("n1", "-----BEGIN CERTIFICATE-----");
-        cfg.lb = LbMode::On {
-            pin_dir: "/sys/fs/bpf/skiff/n1".into(),
-            metrics_addr: None,
-            node_cgroup: Some("/nonexistent/cgroup".into()),
-        };
-        let err = cfg.validate().expect_err("refused").to_string();
-        assert!(err.contains("--lb-node-cgroup /nonexistent/cgroup: not a cgroup-v2 directory"), "{err}");
-        cfg.lb = LbMode::On { pin_dir: "/sys/fs/bpf/skiff/n1".into(), metrics_addr: None, node_cgroup: None };
-        assert!(cfg.validate().is_ok());
     }
 }

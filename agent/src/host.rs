@@ -91,6 +91,8 @@ pub async fn interface_of(ip: Ipv4Addr) -> Option<String> {
     addresses().await?.into_iter().find(|(_, a)| *a == ip).map(|(n, _)| n)
 }
 
+pub use crate::sys::send_frame;
+
 /// The index and MAC address of interface `name` in this network namespace.
 pub async fn link_of(name: &str) -> Option<(u32, [u8; 6])> {
     use rtnetlink::packet_route::link::LinkAttribute;

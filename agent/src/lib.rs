@@ -17,18 +17,16 @@ pub mod cgroups;
 pub mod cleanup;
 pub mod client;
 pub mod config;
+pub mod dataplane;
 pub mod dns;
 pub mod error;
 pub mod host;
 pub mod images;
-pub mod l2;
-pub mod lb;
 pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod paths;
 pub mod pods;
-pub mod policy;
 pub mod runtime;
 pub mod server;
 mod sys;
@@ -44,11 +42,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::mpsc;
 
-pub use config::{AgentConfig, BackoffPolicy, LbMode, ShimCommand};
+pub use config::{AgentConfig, BackoffPolicy, ShimCommand};
 pub use error::AgentError;
 
 /// Follows a resource into a reflector store; sends the namespace of every changed object to `changes`.
-pub(crate) fn follow<K>(
+pub fn follow<K>(
     client: &kube::Client,
     changes: Option<mpsc::UnboundedSender<String>>,
 ) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
@@ -69,9 +67,18 @@ where
     (reader, task)
 }
 
-/// Runs the agent with `client` until `shutdown` completes. Containers keep running when it returns.
-pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+/// Runs the agent with `client` until `shutdown` completes, with the node's `dataplane` (none: no Service load
+/// balancing and no NetworkPolicy on this node). Containers keep running when it returns.
+pub async fn run(
+    client: kube::Client,
+    cfg: AgentConfig,
+    dataplane: Option<Box<dyn dataplane::Dataplane>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     cfg.validate()?;
+    if let Some(d) = &dataplane {
+        d.validate().map_err(AgentError::Config)?;
+    }
     skiff_client::install_crypto_provider();
     let paths = paths::Paths::new(&cfg.data_dir);
     for d in paths.all_dirs() {
@@ -111,32 +118,35 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     let node_uid = registered.metadata.uid.clone();
     let cidr = node::pod_cidr(&client, &cfg.node_name, registered).await?;
     tracing::info!(node = %cfg.node_name, ip = %node_ip, pod_cidr = %cidr, "node registered");
-    if let Some(m) = &cfg.masquerade
-        && !m.cluster_cidr.contains(&cidr)
-    {
-        tracing::warn!(pod_cidr = %cidr, cluster_cidr = %m.cluster_cidr,
-            "this node's pod CIDR is outside --cluster-cidr: its pods' traffic to the outside is not masqueraded");
-    }
     let dns_ip = cfg.serve_dns.then_some(cfg.cluster_dns);
     let net = Arc::new(network::Network::setup(&cfg.bridge, cidr, dns_ip, &paths.ipam(), &paths.netns_dir()).await?);
-    // NetworkPolicy rides on the eBPF dataplane: its programs and maps are pinned by the balancer.
-    let policy = match &cfg.lb {
-        LbMode::Off => None,
-        LbMode::On { pin_dir, .. } => {
+    // The dataplane starts before any pod: NetworkPolicy admits each new pod before its containers run.
+    let dataplane = match dataplane {
+        Some(d) => {
+            // Without --interface, the tc programs go on the interface that holds the node address.
+            let interface = match &cfg.interface {
+                Some(i) => Some(i.clone()),
+                None => host::interface_of(node_ip).await,
+            };
             let mut host_addresses = vec![node_ip, network::ipam::gateway(cidr)];
             host_addresses.extend(dns_ip);
-            let view = skiff_lb::policy::NodeView { name: cfg.node_name.clone(), host_addresses };
-            Some(policy::Policy::new(pin_dir.clone(), view, policy::existing_networks(&paths.pods())))
+            d.start(dataplane::NodeNetwork {
+                client: client.clone(),
+                node_name: cfg.node_name.clone(),
+                node_ip,
+                pod_cidr: cidr,
+                host_addresses,
+                pods_cgroup: pods_cgroup.clone(),
+                interface,
+                existing: pods::record::existing_networks(&paths.pods()),
+            })
         }
+        None => dataplane::Running::default(),
     };
-    let collectors: Vec<Box<dyn prometheus_client::collector::Collector>> = match (&policy, &cfg.lb) {
-        (Some(p), LbMode::On { pin_dir, .. }) => {
-            vec![Box::new(skiff_lb::policy::metrics::FlowCollector::new(pin_dir.clone(), p.names()))]
-        }
-        _ => Vec::new(),
-    };
+    let policy = dataplane.policy.clone();
+    let collectors = dataplane.collectors;
     let metrics = metrics::Metrics::with_collectors(collectors);
-    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = dataplane.tasks;
     tasks.push(tokio::spawn(node::lease_loop(client.clone(), cfg.node_name.clone(), node_uid)));
     tasks.push(tokio::spawn(node::status_loop(client.clone(), facts.clone(), cfg.data_dir.clone())));
     tasks.push(tokio::spawn(network::routes::run(client.clone(), net.handle().clone(), cfg.node_name.clone())));
@@ -218,45 +228,6 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     tasks.extend(
         server::start(shared, SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), cfg.metrics_addr, tls).await?,
     );
-    // The service load balancer.
-    let (lb_stop_tx, lb_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let lb_task = match &cfg.lb {
-        LbMode::Off => None,
-        LbMode::On { pin_dir, metrics_addr, node_cgroup } => {
-            // Without --interface, the tc programs go on the interface that holds the node address.
-            let interface = match &cfg.interface {
-                Some(i) => Some(i.clone()),
-                None => host::interface_of(node_ip).await,
-            };
-            if interface.is_none() {
-                tracing::warn!(%node_ip, "no interface holds the node address: no NodePort from outside, no pod egress masquerade");
-            }
-            if let Some(iface) = &interface {
-                tasks.push(tokio::spawn(l2::run(
-                    client.clone(),
-                    cfg.node_name.clone(),
-                    iface.clone(),
-                    pin_dir.clone(),
-                )));
-            }
-            let mut lbc = lb::config(
-                &cfg.node_name,
-                node_ip,
-                pods_cgroup.clone(),
-                interface,
-                pin_dir.clone(),
-                *metrics_addr,
-                cfg.masquerade.clone(),
-            );
-            lbc.node_cgroup = node_cgroup.clone();
-            Some(tokio::spawn(lb::run(client.clone(), lbc, async move {
-                let _ = lb_stop_rx.await;
-            })))
-        }
-    };
-    if let Some(p) = &policy {
-        tasks.push(tokio::spawn(Arc::clone(p).run(client.clone())));
-    }
     // Static pods.
     let (static_tx, static_rx) = mpsc::unbounded_channel();
     if let Some(dir) = &cfg.manifests {
@@ -266,9 +237,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: impl Future<O
     }
     tracing::info!(node = %cfg.node_name, kubelet = %SocketAddr::new(IpAddr::V4(node_ip), cfg.kubelet_port), pods_cgroup = %pods_cgroup.display(), "agent running");
     pods::manager::run(ctx, static_rx, config_rx, shutdown).await;
-    let _ = lb_stop_tx.send(());
-    if let Some(t) = lb_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    if let Some(stop) = dataplane.stop {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stop).await;
     }
     for t in tasks {
         t.abort();

@@ -4,6 +4,7 @@
 //! the roles separately; `skiff version` prints what this binary is.
 
 mod commands;
+mod dataplane;
 mod logging;
 
 use clap::Parser;

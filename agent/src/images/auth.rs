@@ -20,14 +20,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl Credentials {
-    /// The `Authorization: Basic …` value.
-    pub fn basic(&self) -> String {
-        let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
-    }
-}
-
 /// The registry a config key names (`https://index.docker.io/v1/` → `docker.io`, `http://r:5000/x` → `r:5000`).
 fn registry_of_key(key: &str) -> String {
     let host = key.split_once("://").map_or(key, |(_, rest)| rest);
@@ -85,7 +77,7 @@ mod tests {
         assert_eq!(for_registry(&cfg, "10.0.0.5:5000").map(|c| c.password), Some("secret:with:colons".into()));
         assert_eq!(for_registry(&cfg, "registry.example.com"), None, "the port is part of the name");
         let legacy = json!({"quay.io": {"auth": b64("q:w")}});
-        assert_eq!(for_registry(&legacy, "quay.io").map(|c| c.basic()), Some(format!("Basic {}", b64("q:w"))));
+        assert_eq!(for_registry(&legacy, "quay.io"), Some(Credentials { username: "q".into(), password: "w".into() }));
         let secret =
             json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&cfg.to_string())}});
         assert_eq!(config_of_secret(&secret), Some(cfg));

@@ -1,19 +1,23 @@
-//! Pulling from an OCI distribution registry (v2 API) over HTTPS, or plain HTTP for `localhost`, `127.*` and
-//! registries configured as insecure: manifest (an index resolves to linux/this architecture), configuration and
-//! layers into the store, each verified against its digest; anonymous bearer tokens when the registry asks
-//! (`WWW-Authenticate: Bearer realm=…`); redirects for blobs.
+//! Pulling from an OCI distribution registry through `oci-client`: HTTPS, or plain HTTP for `localhost`, `127.*`
+//! and registries configured as insecure; anonymous, or with a pull secret's user name and password (sent as
+//! HTTP Basic, or exchanged for a bearer token when the registry's challenge names a token realm). The manifest (an
+//! index resolves to linux/this architecture), configuration and layers go into the store, each verified against
+//! its digest (by the client, and again here as the bytes are written).
+//!
+//! Every pull gets a client of its own: `oci-client` keeps the first credentials it is given per registry, so a
+//! shared client would pull one pod's image with another pod's secret.
 
 use super::auth::Credentials;
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use tokio::io::AsyncWriteExt as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::ImageError;
 use super::archive::pick_platform;
@@ -21,22 +25,17 @@ use super::progress::ProgressTx;
 use super::reference::Reference;
 use super::store::{self, Descriptor, Image, Index, Manifest, Store};
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const ACCEPT: [&str; 4] = [store::OCI_INDEX, store::OCI_MANIFEST, store::DOCKER_LIST, store::DOCKER_MANIFEST];
+/// The longest a manifest (with the authentication before it) may take.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a blob download may go without a byte.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A registry client.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Puller {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     insecure: Vec<String>,
-}
-
-impl std::fmt::Debug for Puller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Puller").field("insecure", &self.insecure).finish()
-    }
 }
 
 /// Whether `registry` is reached over plain HTTP.
@@ -45,160 +44,135 @@ pub fn is_insecure(registry: &str, configured: &[String]) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "[::1]" || configured.iter().any(|c| c == registry)
 }
 
-/// Parses `Bearer realm="…",service="…",scope="…"`.
-pub fn parse_challenge(value: &str) -> Option<BTreeMap<String, String>> {
-    let rest = value.trim().strip_prefix("Bearer ").or_else(|| value.trim().strip_prefix("bearer "))?;
-    let mut out = BTreeMap::new();
-    let mut s = rest;
-    while !s.is_empty() {
-        let (key, after) = s.split_once('=')?;
-        let after = after.trim_start();
-        let (val, rest) = if let Some(q) = after.strip_prefix('"') {
-            let end = q.find('"')?;
-            (&q[..end], q[end + 1..].trim_start_matches(',').trim_start())
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (&after[..end], after[end..].trim_start_matches(',').trim_start())
-        };
-        out.insert(key.trim().to_string(), val.to_string());
-        s = rest;
+/// The media type of a manifest: its `mediaType` field, or, for the older documents without one, an index when it
+/// lists `manifests` and an image manifest otherwise.
+pub fn media_type_of(manifest: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(manifest) else { return String::new() };
+    match v.get("mediaType").and_then(|m| m.as_str()) {
+        Some(m) => m.to_string(),
+        None if v.get("manifests").is_some() => store::OCI_INDEX.into(),
+        None => store::OCI_MANIFEST.into(),
     }
-    Some(out)
+}
+
+/// Who asked, for the messages of refused pulls.
+fn who(with_credentials: bool) -> &'static str {
+    if with_credentials { "the credentials" } else { "an anonymous pull (an image pull secret is needed)" }
+}
+
+/// The [`ImageError`] a client error is: connection failures are `Unreachable` (a stored copy may then be used),
+/// refusals `Unauthorized`, a missing repository or manifest `NotFound`, anything else a failed pull.
+pub fn classify(e: OciDistributionError, what: &str, with_credentials: bool) -> ImageError {
+    use OciDistributionError as E;
+    let refused =
+        |url: &str| ImageError::Unauthorized(format!("{url}: the registry refused {}", who(with_credentials)));
+    match e {
+        E::RequestError(r) if r.is_connect() || r.is_timeout() => ImageError::Unreachable(format!("{what}: {r}")),
+        E::UnauthorizedError { url } => refused(&url),
+        E::AuthenticationFailure(reason) => ImageError::Unauthorized(format!(
+            "{what}: the token endpoint refused {}: {}",
+            who(with_credentials),
+            reason.trim()
+        )),
+        E::RegistryError { envelope, url } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                refused(&url)
+            } else if codes.iter().any(|c| {
+                matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)
+            }) {
+                ImageError::NotFound(what.to_string())
+            } else {
+                ImageError::Pull(format!("{what}: {envelope}"))
+            }
+        }
+        E::ServerError { code: 401 | 403, url, .. } => refused(&url),
+        E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => ImageError::NotFound(what.to_string()),
+        E::ServerError { code, message, .. } => {
+            ImageError::Pull(format!("{what}: the registry answered {code}: {}", message.trim()))
+        }
+        E::IoError(source) => ImageError::Io { context: format!("pulling {what}"), source },
+        other => ImageError::Pull(format!("{what}: {other}")),
+    }
+}
+
+/// The client's form of `r`.
+fn oci_reference(r: &Reference) -> oci_client::Reference {
+    match (&r.digest, &r.tag) {
+        (Some(d), _) => oci_client::Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone()),
+        (None, t) => oci_client::Reference::with_tag(
+            r.registry.clone(),
+            r.repository.clone(),
+            t.clone().unwrap_or_else(|| "latest".into()),
+        ),
+    }
+}
+
+/// The bytes and digest of the manifest `r` names.
+async fn manifest(
+    client: &oci_client::Client,
+    r: oci_client::Reference,
+    auth: &RegistryAuth,
+    what: &str,
+    with_credentials: bool,
+) -> Result<(bytes::Bytes, String), ImageError> {
+    match tokio::time::timeout(MANIFEST_TIMEOUT, client.pull_manifest_raw(&r, auth, &ACCEPT)).await {
+        Ok(got) => got.map_err(|e| classify(e, what, with_credentials)),
+        Err(_) => Err(ImageError::Unreachable(format!("{what}: the manifest did not arrive in time"))),
+    }
+}
+
+/// A blob's file as it is written: hashed (so the digest check needs no second read) and counted in the pull's
+/// progress.
+struct Sink<'a> {
+    file: tokio::fs::File,
+    hash: sha2::Sha256,
+    progress: Option<&'a ProgressTx>,
+}
+
+impl AsyncWrite for Sink<'_> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.file).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            sha2::Digest::update(&mut this.hash, &buf[..*n]);
+            if let Some(tx) = this.progress {
+                tx.send_modify(|s| s.bytes_done += *n as u64);
+            }
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_shutdown(cx)
+    }
 }
 
 impl Puller {
-    /// A client trusting the system's roots.
+    /// A puller trusting the system's roots.
     pub fn new(insecure: Vec<String>) -> Self {
         skiff_client::install_crypto_provider();
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system certificate roots: HTTPS registries will fail verification");
-                let cfg = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
-            }
+        Puller { insecure }
+    }
+
+    fn client(&self, reference: &Reference) -> Result<oci_client::Client, ImageError> {
+        let protocol =
+            if is_insecure(&reference.registry, &self.insecure) { ClientProtocol::Http } else { ClientProtocol::Https };
+        let config = ClientConfig {
+            protocol,
+            // indexes are resolved here, with the store's own platform choice
+            platform_resolver: None,
+            read_timeout: Some(IDLE_TIMEOUT),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            user_agent: concat!("skiff-agent/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
         };
-        let https = builder.https_or_http().enable_http1().build();
-        Puller { client: Client::builder(TokioExecutor::new()).build(https), insecure }
-    }
-
-    fn base(&self, r: &Reference) -> String {
-        let scheme = if is_insecure(&r.registry, &self.insecure) { "http" } else { "https" };
-        format!("{scheme}://{}/v2/{}", r.api_host(), r.repository)
-    }
-
-    async fn send(
-        &self,
-        url: &str,
-        accept: Option<&str>,
-        authorization: Option<&str>,
-    ) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
-        let mut req = Request::get(url);
-        if let Some(a) = accept {
-            req = req.header(header::ACCEPT, a);
-        }
-        if let Some(t) = authorization {
-            req = req.header(header::AUTHORIZATION, t);
-        }
-        let req = req.body(Empty::new()).map_err(|e| ImageError::Pull(format!("building a request for {url}: {e}")))?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(ImageError::Unreachable(format!("{url}: {e}"))),
-            Err(_) => Err(ImageError::Unreachable(format!("{url}: timed out"))),
-        }
-    }
-
-    /// The `Authorization` value that answers a challenge: a bearer token from the realm (asked for with the
-    /// credentials, if any), or the credentials themselves for `Basic`.
-    async fn answer(&self, challenge: &HeaderValue, creds: Option<&Credentials>) -> Result<String, ImageError> {
-        let text = challenge.to_str().unwrap_or_default().trim();
-        if text.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")) {
-            return creds.map(Credentials::basic).ok_or_else(|| {
-                ImageError::Unauthorized("the registry needs credentials (an image pull secret)".into())
-            });
-        }
-        Ok(format!("Bearer {}", self.token(challenge, creds).await?))
-    }
-
-    async fn token(&self, challenge: &HeaderValue, creds: Option<&Credentials>) -> Result<String, ImageError> {
-        let c = challenge
-            .to_str()
-            .ok()
-            .and_then(parse_challenge)
-            .ok_or_else(|| ImageError::Pull("unsupported authentication challenge".into()))?;
-        let realm = c.get("realm").ok_or_else(|| ImageError::Pull("the challenge has no realm".into()))?;
-        let mut url = url::Url::parse(realm).map_err(|e| ImageError::Pull(format!("token realm {realm}: {e}")))?;
-        for k in ["service", "scope"] {
-            if let Some(v) = c.get(k) {
-                url.query_pairs_mut().append_pair(k, v);
-            }
-        }
-        let basic = creds.map(Credentials::basic);
-        let resp = self.send(url.as_str(), None, basic.as_deref()).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(ImageError::Unauthorized(format!(
-                "the token endpoint refused {}",
-                if creds.is_some() { "the credentials" } else { "an anonymous pull (an image pull secret is needed)" }
-            )));
-        }
-        if !resp.status().is_success() {
-            return Err(ImageError::Pull(format!("token endpoint answered {}", resp.status())));
-        }
-        let body = read_all(resp).await?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| ImageError::Pull(format!("token: {e}")))?;
-        v.get("token")
-            .or_else(|| v.get("access_token"))
-            .and_then(|t| t.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| ImageError::Pull("no token in the answer".into()))
-    }
-
-    /// GET, answering an authentication challenge once (anonymously, or with `creds`), following up to 5
-    /// redirects.
-    async fn get(
-        &self,
-        url: &str,
-        accept: Option<&str>,
-        auth: &mut Option<String>,
-        creds: Option<&Credentials>,
-    ) -> Result<http::Response<hyper::body::Incoming>, ImageError> {
-        let mut url = url.to_string();
-        for _ in 0..6 {
-            let mut resp = self.send(&url, accept, auth.as_deref()).await?;
-            if resp.status() == StatusCode::UNAUTHORIZED && auth.is_none() {
-                if let Some(ch) = resp.headers().get(header::WWW_AUTHENTICATE).cloned() {
-                    *auth = Some(self.answer(&ch, creds).await?);
-                    resp = self.send(&url, accept, auth.as_deref()).await?;
-                }
-            }
-            if resp.status() == StatusCode::UNAUTHORIZED {
-                return Err(ImageError::Unauthorized(format!(
-                    "{url}: the registry refused {}",
-                    if creds.is_some() {
-                        "the credentials"
-                    } else {
-                        "an anonymous pull (an image pull secret is needed)"
-                    }
-                )));
-            }
-            if resp.status().is_redirection() {
-                let loc = resp
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .ok_or_else(|| ImageError::Pull("redirect without Location".into()))?;
-                url = url::Url::parse(&url)
-                    .and_then(|u| u.join(loc))
-                    .map_err(|e| ImageError::Pull(format!("redirect {loc}: {e}")))?
-                    .to_string();
-                continue;
-            }
-            return Ok(resp);
-        }
-        Err(ImageError::Pull(format!("too many redirects for {url}")))
+        oci_client::Client::try_from(config)
+            .map_err(|e| ImageError::Pull(format!("setting up a registry client for {}: {e}", reference.registry)))
     }
 
     /// Pulls `reference` into `store` and names it there.
@@ -215,29 +189,35 @@ impl Puller {
             }
         };
         report(&|s| s.started = true);
-        let base = self.base(reference);
-        let mut token = None;
-        let (mut bytes, mut media_type) =
-            self.manifest(&format!("{base}/manifests/{}", reference.reference()), &mut token, reference, creds).await?;
+        let client = self.client(reference)?;
+        let auth =
+            creds.map_or(RegistryAuth::Anonymous, |c| RegistryAuth::Basic(c.username.clone(), c.password.clone()));
+        let what = reference.to_string();
+        let target = oci_reference(reference);
+        let manifest_of = |r: oci_client::Reference| manifest(&client, r, &auth, &what, creds.is_some());
+        // the client checks the bytes against the digest the reference pins, or the registry's
+        // Docker-Content-Digest
+        let (mut bytes, mut digest) = manifest_of(target.clone()).await?;
+        let mut media_type = media_type_of(&bytes);
         if media_type == store::OCI_INDEX || media_type == store::DOCKER_LIST {
             let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Pull(format!("index: {e}")))?;
             let d = pick_platform(&index)
                 .ok_or_else(|| ImageError::Pull(format!("{reference} has no linux image for this architecture")))?
                 .clone();
-            (bytes, media_type) =
-                self.manifest(&format!("{base}/manifests/{}", d.digest), &mut token, reference, creds).await?;
-            if store::digest_of(&bytes) != d.digest {
-                return Err(ImageError::Pull(format!("manifest content does not match {}", d.digest)));
+            (bytes, digest) = manifest_of(target.clone_with_digest(d.digest.clone())).await?;
+            if digest != d.digest {
+                return Err(ImageError::Pull(format!("manifest content is {digest}, the index says {}", d.digest)));
+            }
+            media_type = media_type_of(&bytes);
+            if !d.media_type.is_empty() {
+                media_type = d.media_type;
             }
         }
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| ImageError::Pull(format!("manifest: {e}")))?;
-        let digest = store.write_blob(&bytes)?;
-        if let Some(want) = &reference.digest
-            && want != &digest
-            && media_type != store::OCI_INDEX
-        {
-            tracing::debug!(%want, %digest, "pulled through an index");
+        let stored = store.write_blob(&bytes)?;
+        if stored != digest {
+            return Err(ImageError::Pull(format!("manifest content is {stored}, the registry says {digest}")));
         }
         let missing: Vec<&Descriptor> = std::iter::once(&manifest.config)
             .chain(manifest.layers.iter())
@@ -248,7 +228,10 @@ impl Puller {
             s.bytes_total = missing.iter().map(|b| b.size).sum();
         });
         for blob in missing {
-            self.blob(store, &base, blob, &mut token, creds, progress).await?;
+            self.blob(&client, &target, store, blob, progress).await.map_err(|e| match e {
+                Fetch::Client(e) => classify(e, &format!("{what} blob {}", blob.digest), creds.is_some()),
+                Fetch::Store(e) => e,
+            })?;
             report(&|s| s.blobs_done += 1);
         }
         let desc = Descriptor {
@@ -258,103 +241,46 @@ impl Puller {
             annotations: BTreeMap::new(),
             platform: None,
         };
-        store.tag(&reference.to_string(), desc)?;
-        store.load(&reference.to_string(), &digest)
-    }
-
-    async fn manifest(
-        &self,
-        url: &str,
-        token: &mut Option<String>,
-        reference: &Reference,
-        creds: Option<&Credentials>,
-    ) -> Result<(Vec<u8>, String), ImageError> {
-        let resp = self.get(url, Some(ACCEPT), token, creds).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => return Err(ImageError::NotFound(reference.to_string())),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(ImageError::Pull(format!("{reference}: access denied ({})", resp.status())));
-            }
-            s => return Err(ImageError::Pull(format!("{reference}: the registry answered {s}"))),
-        }
-        let ct = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let bytes = read_all(resp).await?.to_vec();
-        let media_type = if ct.is_empty() || ct == "application/json" {
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
-                .unwrap_or_default()
-        } else {
-            ct
-        };
-        Ok((bytes, media_type))
+        store.tag(&what, desc)?;
+        store.load(&what, &digest)
     }
 
     async fn blob(
         &self,
+        client: &oci_client::Client,
+        image: &oci_client::Reference,
         store: &Store,
-        base: &str,
         d: &Descriptor,
-        token: &mut Option<String>,
-        creds: Option<&Credentials>,
         progress: Option<&ProgressTx>,
-    ) -> Result<(), ImageError> {
-        let resp = self.get(&format!("{base}/blobs/{}", d.digest), None, token, creds).await?;
-        if !resp.status().is_success() {
-            return Err(ImageError::Pull(format!("blob {}: the registry answered {}", d.digest, resp.status())));
-        }
-        let (tmp, file) = store.temp_file()?;
-        let mut out = tokio::fs::File::from_std(file);
-        let mut body = resp.into_body();
-        // hashed as it arrives, so the digest check needs no second read of the file
-        let mut hash = <sha2::Sha256 as sha2::Digest>::new();
-        let result: Result<(), ImageError> = async {
-            loop {
-                let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
-                    Ok(Some(Ok(f))) => f,
-                    Ok(Some(Err(e))) => return Err(ImageError::Pull(format!("blob {}: {e}", d.digest))),
-                    Ok(None) => break,
-                    Err(_) => return Err(ImageError::Pull(format!("blob {}: stalled", d.digest))),
-                };
-                if let Ok(data) = frame.into_data() {
-                    sha2::Digest::update(&mut hash, &data);
-                    out.write_all(&data)
-                        .await
-                        .map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })?;
-                    if let Some(tx) = progress {
-                        tx.send_modify(|s| s.bytes_done += data.len() as u64);
-                    }
-                }
-            }
-            out.flush().await.map_err(|e| ImageError::Io { context: "writing a blob".into(), source: e })
-        }
-        .await;
-        drop(out);
-        if let Err(e) = result {
+    ) -> Result<(), Fetch> {
+        let (tmp, file) = store.temp_file().map_err(Fetch::Store)?;
+        let mut sink = Sink { file: tokio::fs::File::from_std(file), hash: sha2::Digest::new(), progress };
+        let layer = OciDescriptor {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: i64::try_from(d.size).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        let fetched = client.pull_blob(image, &layer, &mut sink).await;
+        let flushed = sink.file.flush().await;
+        drop(sink.file);
+        if let Err(e) = fetched {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            return Err(Fetch::Client(e));
         }
-        let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hash)));
-        store.commit_hashed(&tmp, &d.digest, &actual)
+        if let Err(source) = flushed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Fetch::Store(ImageError::Io { context: "writing a blob".into(), source }));
+        }
+        let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(sink.hash)));
+        store.commit_hashed(&tmp, &d.digest, &actual).map_err(Fetch::Store)
     }
 }
 
-async fn read_all(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes, ImageError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect()).await {
-        Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) => Err(ImageError::Pull(format!("reading an answer: {e}"))),
-        Err(_) => Err(ImageError::Pull("reading an answer timed out".into())),
-    }
+/// Why a blob did not arrive: the registry (classified with the pull's context) or the store.
+enum Fetch {
+    Client(OciDistributionError),
+    Store(ImageError),
 }
 
 #[cfg(test)]
@@ -362,18 +288,78 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_challenges_are_parsed() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#).expect("parses");
-        assert_eq!(c["realm"], "https://auth.docker.io/token");
-        assert_eq!(c["scope"], "repository:library/busybox:pull");
-        assert!(parse_challenge("Basic realm=x").is_none());
-    }
-
-    #[test]
     fn loopback_registries_are_plain_http() {
         assert!(is_insecure("localhost:5000", &[]));
         assert!(is_insecure("127.0.0.1:5000", &[]));
         assert!(!is_insecure("docker.io", &[]));
         assert!(is_insecure("10.0.0.5:5000", &["10.0.0.5:5000".into()]));
+    }
+
+    #[test]
+    fn media_types_are_read_or_inferred() {
+        let cases: [(&str, &str); 4] = [
+            (r#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#, store::DOCKER_MANIFEST),
+            (r#"{"schemaVersion":2,"manifests":[]}"#, store::OCI_INDEX),
+            (r#"{"schemaVersion":2,"config":{},"layers":[]}"#, store::OCI_MANIFEST),
+            ("not json", ""),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(media_type_of(doc.as_bytes()), want, "{doc}");
+        }
+    }
+
+    fn envelope(code: &str) -> OciDistributionError {
+        let envelope = serde_json::from_str(&format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#))
+            .expect("an OCI error envelope");
+        OciDistributionError::RegistryError { envelope, url: "http://r/v2/x/manifests/1".into() }
+    }
+
+    fn server(code: u16) -> OciDistributionError {
+        OciDistributionError::ServerError { code, url: "http://r/v2/x".into(), message: "no".into() }
+    }
+
+    #[test]
+    fn client_errors_become_the_kinds_the_kubelet_reports() {
+        type Kind = fn(&ImageError) -> bool;
+        let unauthorized: Kind = |e| matches!(e, ImageError::Unauthorized(_));
+        let not_found: Kind = |e| matches!(e, ImageError::NotFound(_));
+        let failed: Kind = |e| matches!(e, ImageError::Pull(_));
+        let cases: Vec<(OciDistributionError, Kind)> = vec![
+            (OciDistributionError::UnauthorizedError { url: "http://r/v2/".into() }, unauthorized),
+            (OciDistributionError::AuthenticationFailure("bad".into()), unauthorized),
+            (envelope("UNAUTHORIZED"), unauthorized),
+            (envelope("DENIED"), unauthorized),
+            (envelope("MANIFEST_UNKNOWN"), not_found),
+            (envelope("NAME_UNKNOWN"), not_found),
+            (envelope("TOOMANYREQUESTS"), failed),
+            (server(401), unauthorized),
+            (server(403), unauthorized),
+            (server(404), not_found),
+            (server(500), failed),
+            (OciDistributionError::SpecViolationError("x".into()), failed),
+        ];
+        for (e, kind) in cases {
+            let shown = format!("{e:?}");
+            let got = classify(e, "r/x:1", false);
+            assert!(kind(&got), "{shown} became {got:?}");
+        }
+        let anonymous = classify(server(401), "r/x:1", false).to_string();
+        assert!(anonymous.contains("unauthorized") && anonymous.contains("pull secret"), "{anonymous}");
+        let with_secret = classify(server(401), "r/x:1", true).to_string();
+        assert!(with_secret.contains("refused the credentials"), "{with_secret}");
+    }
+
+    #[test]
+    fn references_keep_their_pin() {
+        let tagged = oci_reference(&Reference::parse("localhost:5000/a/b:1.0").expect("valid"));
+        assert_eq!((tagged.registry(), tagged.repository(), tagged.tag()), ("localhost:5000", "a/b", Some("1.0")));
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let pinned = oci_reference(&Reference::parse(&format!("busybox:1@{d}")).expect("valid"));
+        assert_eq!(
+            (pinned.registry(), pinned.repository(), pinned.digest()),
+            ("docker.io", "library/busybox", Some(d.as_str()))
+        );
+        let latest = oci_reference(&Reference::parse("busybox").expect("valid"));
+        assert_eq!(latest.tag(), Some("latest"));
     }
 }

@@ -183,7 +183,7 @@ pub struct Ctx {
     /// The node's own resolv.conf (for dnsPolicy Default).
     pub node_resolv: String,
     /// NetworkPolicy enforcement (none without the eBPF dataplane).
-    pub policy: Option<Arc<crate::policy::Policy>>,
+    pub policy: Option<Arc<dyn crate::dataplane::PodPolicy>>,
 }
 
 impl std::fmt::Debug for Ctx {

@@ -157,6 +157,17 @@ impl PodRecord {
     }
 }
 
+/// The networks of the unfinished pods this node already runs (uid → network), from their records in `pods_dir`.
+pub fn existing_networks(pods_dir: &Path) -> Vec<(String, PodNet)> {
+    let Ok(entries) = std::fs::read_dir(pods_dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| PodRecord::load(&e.path().join("record.json")))
+        .filter(|r| !r.finished)
+        .filter_map(|r| r.net.map(|n| (r.uid, n)))
+        .collect()
+}
+
 /// The runc id of a container run: `<pod uid>-<name>-<attempt>` (the pod uid is its first 36 characters).
 pub fn container_id(uid: &str, name: &str, attempt: u32) -> String {
     format!("{uid}-{name}-{attempt}")

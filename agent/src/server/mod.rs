@@ -48,7 +48,7 @@ pub struct Shared {
     /// outside `system:masters`.
     pub client: Option<kube::Client>,
     /// NetworkPolicy enforcement, for its recent verdicts.
-    pub policy: Option<Arc<crate::policy::Policy>>,
+    pub policy: Option<Arc<dyn crate::dataplane::PodPolicy>>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {

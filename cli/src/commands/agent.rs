@@ -5,7 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use skiff_agent::{AgentConfig, LbMode, config};
+use skiff_agent::dataplane::Dataplane;
+use skiff_agent::{AgentConfig, config};
 
 /// Flags of `skiff agent`.
 #[derive(Debug, clap::Args)]
@@ -161,7 +162,7 @@ fn hostname() -> String {
 
 impl Args {
     /// The agent configuration these flags describe (reads the CA file).
-    pub fn config(&self) -> anyhow::Result<AgentConfig> {
+    pub fn config(&self) -> anyhow::Result<(AgentConfig, Option<Box<dyn Dataplane>>)> {
         let ca = self.ca_cert.as_ref().context("--ca-cert is required")?;
         let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
         let node = self.node_name.clone().unwrap_or_else(hostname);
@@ -191,18 +192,23 @@ impl Args {
         if let ShimChoice::Embedded = self.shim {
             cfg.shim = skiff_agent::ShimCommand::embedded(std::env::current_exe().context("finding this binary")?);
         }
-        cfg.masquerade = (!self.no_masquerade).then(|| skiff_lb::nat::Masquerade {
-            cluster_cidr: self.cluster_cidr,
-            exclude: self.no_masquerade_to.clone(),
-        });
-        if self.lb {
-            let pin_dir =
-                self.lb_pin_dir.clone().unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node));
-            cfg.lb =
-                LbMode::On { pin_dir, metrics_addr: self.lb_metrics_addr, node_cgroup: self.lb_node_cgroup.clone() };
-        }
         cfg.validate()?;
-        Ok(cfg)
+        let dataplane = self.lb.then(|| crate::dataplane::Ebpf {
+            pin_dir: self
+                .lb_pin_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(skiff_lb::config::DEFAULT_PIN_DIR).join(&node)),
+            metrics_addr: self.lb_metrics_addr,
+            node_cgroup: self.lb_node_cgroup.clone(),
+            masquerade: (!self.no_masquerade).then(|| skiff_lb::nat::Masquerade {
+                cluster_cidr: self.cluster_cidr,
+                exclude: self.no_masquerade_to.clone(),
+            }),
+        });
+        if let Some(d) = &dataplane {
+            d.validate().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok((cfg, dataplane.map(|d| Box::new(d) as Box<dyn Dataplane>)))
     }
 }
 
@@ -247,7 +253,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let server = args.server.clone().context("--server is required")?;
             let token = args.token.clone().context("--token (or SKIFF_NODE_TOKEN) is required")?;
-            let cfg = args.config()?;
+            let (cfg, dataplane) = args.config()?;
             super::runtime()?.block_on(async move {
                 let pki = skiff_agent::paths::Paths::new(cfg.data_dir.clone()).pki();
                 let lifetime = args.node_certificate_seconds.map(std::time::Duration::from_secs);
@@ -261,7 +267,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .await?;
                 eprintln!("skiff agent: node {} joining {server}", cfg.node_name);
-                skiff_agent::run(client, cfg, super::wait_for_shutdown()).await?;
+                skiff_agent::run(client, cfg, dataplane, super::wait_for_shutdown()).await?;
                 Ok(())
             })
         }

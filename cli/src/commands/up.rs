@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
-use skiff_agent::{AgentConfig, LbMode};
+use skiff_agent::AgentConfig;
+use skiff_agent::dataplane::Dataplane;
 
 /// Flags of `skiff up`.
 #[derive(Debug, clap::Args)]
@@ -157,11 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         agent_cfg.image_store = std::path::absolute(&args.image_store)?;
         agent_cfg.metrics_addr = Some(ports.agent_metrics);
         agent_cfg.cgroup_root = args.cgroup_root.clone();
-        if args.no_masquerade {
-            agent_cfg.masquerade = None;
-        } else if let Some(m) = &mut agent_cfg.masquerade {
-            m.exclude = args.no_masquerade_to.clone();
-        }
+        let mut dataplane: Option<Box<dyn Dataplane>> = None;
         if !args.no_lb {
             let pin_dir = args
                 .lb_pin_dir
@@ -176,7 +173,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 root
             };
-            agent_cfg.lb = LbMode::On { pin_dir, metrics_addr: Some(ports.lb_metrics), node_cgroup };
+            let masquerade = (!args.no_masquerade).then(|| skiff_lb::nat::Masquerade {
+                cluster_cidr: skiff_agent::config::DEFAULT_CLUSTER_CIDR.parse().expect("a valid constant"),
+                exclude: args.no_masquerade_to.clone(),
+            });
+            let ebpf =
+                crate::dataplane::Ebpf { pin_dir, metrics_addr: Some(ports.lb_metrics), node_cgroup, masquerade };
+            ebpf.validate().map_err(|e| anyhow::anyhow!(e))?;
+            dataplane = Some(Box::new(ebpf));
         }
         agent_cfg.validate()?;
         let agent_client = skiff_agent::bootstrap::connect_node(
@@ -192,7 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "starting the node agent (runc, pod network on skiff0, cluster DNS{})…",
             if args.no_lb { "" } else { ", eBPF Service load balancer" }
         ));
-        let mut agent = tokio::spawn(skiff_agent::run(agent_client, agent_cfg, stopped(stop_rx.clone())));
+        let mut agent = tokio::spawn(skiff_agent::run(agent_client, agent_cfg, dataplane, stopped(stop_rx.clone())));
 
         let admin = admin_client(&kubeconfig).await?;
         wait_node_ready(&admin, &node_name, Duration::from_secs(args.ready_timeout), &mut agent).await?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-pub use skiff_api::loadbalancer::{ANNOUNCE_NAMESPACE as LEASE_NAMESPACE, ANNOUNCE_PREFIX as LEASE_PREFIX};
+pub use skiff_api::loadbalancer::ANNOUNCE_NAMESPACE as LEASE_NAMESPACE;
 /// A holder that has not renewed for this long (as seen by the others) loses the address.
 pub const LEASE_DURATION: Duration = Duration::from_secs(1);
 /// How often the holder renews and the others look.

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -17,6 +17,7 @@ use std::{
 };
 
 use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
@@ -25,7 +26,8 @@ use kube::runtime::reflector::Store;
 use skiff_lb::policy::{self, Enforcer, NodeView, PolicyNames};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::network::PodNet;
+use skiff_agent::dataplane::PodPolicy;
+use skiff_agent::network::PodNet;
 
 /// How many verdict lines are kept.
 const KEEP_VERDICTS: usize = 1000;
@@ -113,7 +115,7 @@ impl Policy {
 
     /// Puts a new pod under policy: attaches the programs to its veth and waits until the maps hold its endpoint
     /// (isolated as its policies say). Called before its containers start; an error means "try again later".
-    pub async fn admit(&self, uid: &str, pod: &Pod, net: &PodNet) -> Result<(), String> {
+    async fn admit(&self, uid: &str, pod: &Pod, net: &PodNet) -> Result<(), String> {
         let mut state = self.state.subscribe();
         match tokio::time::timeout(ADMIT_TIMEOUT, state.wait_for(|s| *s != State::Starting)).await {
             Ok(Ok(s)) if *s == State::Unavailable => return Ok(()),
@@ -144,7 +146,7 @@ impl Policy {
     }
 
     /// Takes a pod that is going away out of policy.
-    pub fn forget(&self, uid: &str) {
+    fn forget(&self, uid: &str) {
         let gone = self.local.lock().ok().and_then(|mut l| l.remove(uid));
         if let Some(p) = gone
             && let Err(e) = policy::attach::detach(&self.pin_dir, &p.veth)
@@ -156,7 +158,7 @@ impl Policy {
     }
 
     /// Recent verdicts, oldest first.
-    pub fn recent_verdicts(&self) -> Vec<String> {
+    fn recent_verdicts(&self) -> Vec<String> {
         self.verdicts.lock().map(|v| v.iter().cloned().collect()).unwrap_or_default()
     }
 
@@ -168,9 +170,9 @@ impl Policy {
             return;
         };
         let (tx, mut changes) = mpsc::unbounded_channel();
-        let (policies, t1) = crate::follow::<NetworkPolicy>(&client, Some(tx.clone()));
-        let (pods, t2) = crate::follow::<Pod>(&client, Some(tx.clone()));
-        let (namespaces, t3) = crate::follow::<Namespace>(&client, Some(tx));
+        let (policies, t1) = skiff_agent::follow::<NetworkPolicy>(&client, Some(tx.clone()));
+        let (pods, t2) = skiff_agent::follow::<Pod>(&client, Some(tx.clone()));
+        let (namespaces, t3) = skiff_agent::follow::<Namespace>(&client, Some(tx));
         let _guards = [AbortOnDrop(t1), AbortOnDrop(t2), AbortOnDrop(t3)];
         for ready in [
             policies.wait_until_ready().boxed(),
@@ -374,15 +376,18 @@ fn fill_local(p: &mut Pod, ip: Ipv4Addr, node: &str) {
     }
 }
 
-/// The networks of the pods this node already runs, from their records.
-pub fn existing_networks(pods_dir: &Path) -> Vec<(String, PodNet)> {
-    let Ok(entries) = std::fs::read_dir(pods_dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| crate::pods::record::PodRecord::load(&e.path().join("record.json")))
-        .filter(|r| !r.finished)
-        .filter_map(|r| r.net.map(|n| (r.uid, n)))
-        .collect()
+impl PodPolicy for Policy {
+    fn admit<'a>(&'a self, uid: &'a str, pod: &'a Pod, net: &'a PodNet) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(Policy::admit(self, uid, pod, net))
+    }
+
+    fn forget(&self, uid: &str) {
+        Policy::forget(self, uid);
+    }
+
+    fn recent_verdicts(&self) -> Vec<String> {
+        Policy::recent_verdicts(self)
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -152,9 +152,9 @@ async fn pass(
 
 /// Announces the pool addresses this node wins on `interface` until the task is dropped.
 pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: PathBuf) {
-    let (services, _s) = crate::follow::<Service>(&client, None);
-    let (nodes, _n) = crate::follow::<Node>(&client, None);
-    let (slices, _e) = crate::follow::<EndpointSlice>(&client, None);
+    let (services, _s) = skiff_agent::follow::<Service>(&client, None);
+    let (nodes, _n) = skiff_agent::follow::<Node>(&client, None);
+    let (slices, _e) = skiff_agent::follow::<EndpointSlice>(&client, None);
     for ready in [services.wait_until_ready().await, nodes.wait_until_ready().await, slices.wait_until_ready().await] {
         if ready.is_err() {
             return tracing::error!("L2 announcement: the watches ended before their first list");
@@ -171,7 +171,7 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some((ifindex, mac)) = crate::host::link_of(&interface).await else {
+        let Some((ifindex, mac)) = skiff_agent::host::link_of(&interface).await else {
             tracing::warn!(%interface, "L2 announcement: the interface is gone");
             continue;
         };
@@ -243,7 +243,7 @@ pub async fn run(client: kube::Client, me: String, interface: String, pin_dir: P
             }
             *repeated |= again;
             for _ in 0..if fresh { 2 } else { 1 } {
-                if let Err(e) = crate::sys::send_frame(ifindex, &garp_frame(mac, *ip)) {
+                if let Err(e) = skiff_agent::host::send_frame(ifindex, &garp_frame(mac, *ip)) {
                     tracing::warn!(%ip, error = %e, "sending gratuitous ARP failed");
                 }
             }
