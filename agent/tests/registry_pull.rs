@@ -1,8 +1,9 @@
 //! Pulls from a real OCI registry: Debian's `docker-registry` on the loopback of a network namespace this test
 //! creates, an image pushed into it with `skopeo`, then pulled by the agent's image service (manifest, config and
 //! layers verified against their digests), unpacked, and looked up by tag and by digest; a missing image is
-//! NotFound. A registry behind htpasswd authentication refuses anonymous pulls and wrong credentials, and serves
-//! the pull secret's. Needs root (network namespace) and the docker-registry and skopeo packages (scripts/setup).
+//! NotFound. A registry behind htpasswd authentication refuses anonymous pulls and wrong credentials, serves the
+//! pull secret's, and a later pull without a secret is not served with an earlier pull's credentials. Needs root
+//! (network namespace) and the docker-registry and skopeo packages (scripts/setup).
 
 use std::collections::BTreeMap;
 
@@ -148,6 +149,19 @@ fn private_images_need_their_pull_secret() {
         ],
     )
     .expect("skopeo push with credentials");
+    ns.exec(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "puller:s3cret-pull",
+            &format!("oci:{}:hello", src.display()),
+            "docker://127.0.0.1:5000/private/hello:2",
+        ],
+    )
+    .expect("skopeo push of a second tag");
     let b64 = |s: &str| {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(s)
@@ -170,6 +184,9 @@ fn private_images_need_their_pull_secret() {
             let (img, how) = images.ensure_with(image, None, &[good], None).await.expect("pulled with the secret");
             assert!(matches!(how, Obtained::Pulled(_)), "{how:?}");
             assert_eq!(img.run.cmd, Some(vec!["/bin/true".to_string()]));
+            // a later pull without the secret (another pod's) is not served with the earlier pull's credentials
+            let r = images.ensure_with("127.0.0.1:5000/private/hello:2", None, &[], None).await;
+            assert!(matches!(r, Err(ImageError::Unauthorized(_))), "credentials carried over: {r:?}");
         });
     })
     .expect("inside the namespace");
