@@ -1,13 +1,14 @@
 //! `skiff-agent`: the node agent. It registers its Node and keeps it alive (Lease, conditions), runs the pods bound to
 //! it with runc (sandbox network namespace, images, volumes, probes, restarts, graceful termination), reports their
-//! status, serves logs, exec and metrics to the API server, answers cluster DNS, and drives the eBPF service load
-//! balancer for its pods. Running containers outlive the agent (**fail-static**): a restarted agent re-adopts them.
+//! status, serves logs, exec and metrics to the API server, answers cluster DNS, and starts the node's dataplane (the
+//! eBPF Service load balancer and NetworkPolicy, given by the binary that wires them: [`dataplane::Dataplane`]). Running containers outlive the agent (**fail-static**): a restarted agent re-adopts them.
 //!
 //! ```no_run
 //! # async fn demo(client: kube::Client, ca_pem: String) -> Result<(), skiff_agent::AgentError> {
 //! let mut cfg = skiff_agent::AgentConfig::new("node-1", ca_pem);
 //! cfg.data_dir = "/var/lib/skiff/agent".into();
-//! skiff_agent::run(client, cfg, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! // no dataplane: no Service load balancing or NetworkPolicy on this node
+//! skiff_agent::run(client, cfg, None, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 #![deny(missing_docs)]
