@@ -2,7 +2,8 @@
 //! filler file that pushes its usage over the high threshold. The collector removes the least recently used image
 //! that nothing uses and frees its own layer but not the layer it shares with a kept image; it keeps an image whose
 //! layers a mounted overlay uses, a built-in one and one used within the minimum age; when it cannot reach the low
-//! threshold it says by how much. Needs root (mounts).
+//! threshold it says by how much; while a pull holds the store it removes nothing and waits for its next period.
+//! Needs root (mounts).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -148,9 +149,18 @@ fn unused_images_go_least_recently_used_first_until_the_low_threshold() {
     assert!(done.removed.is_empty(), "{done:?}");
     assert_eq!(store.list().expect("list").len(), 5);
 
-    // At 88 %: the oldest unused image goes, which is enough.
+    // At 88 % while a pull holds the store (it may have found old-a's layers present and count on them): the
+    // collection is deferred to the next period and nothing goes.
     fill_to(&fs, 88);
+    let pulling = store.hold_for_pull().expect("hold the store for a pull");
     let done = collect(&store, &policy, &usage, Timestamp::now()).expect("collect");
+    assert!(done.deferred && done.removed.is_empty(), "{done:?}");
+    assert!(store.has_blob(&a.0) && store.has_blob(&old_a), "nothing is removed under a pull");
+    drop(pulling);
+
+    // At 88 %: the oldest unused image goes, which is enough.
+    let done = collect(&store, &policy, &usage, Timestamp::now()).expect("collect");
+    assert!(!done.deferred, "{done:?}");
     assert_eq!(done.removed, vec![name("old-a")], "{done:?}");
     assert_eq!(done.short, 0, "{done:?}");
     assert!(done.freed >= 4 * MIB, "{done:?}");

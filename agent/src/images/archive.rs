@@ -27,6 +27,7 @@ struct DockerEntry {
 /// Imports every image in the archive at `path`; `tag` names an image the archive leaves unnamed (or renames a
 /// single image). Returns the references stored.
 pub fn import(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<String>, ImageError> {
+    let _importing = store.hold_for_pull()?;
     let tag = tag.map(Reference::parse).transpose()?.map(|r| r.to_string());
     let tmp = store.root().join(format!(".import-{}-{:016x}", std::process::id(), rand::random::<u64>()));
     std::fs::create_dir_all(&tmp).map_err(io("creating a scratch directory"))?;

@@ -1,6 +1,7 @@
 //! Carries out image garbage collection ([`super::gc::plan`]) on a store: reads the disk's figures, the named images,
 //! which layers running containers have mounted (any agent's: the store is shared), and applies the plan (untag,
-//! then remove the blobs no image needs any more). Blocking: run it on tokio's blocking pool.
+//! then remove the blobs no image needs any more), never while a pull or import holds the store
+//! ([`Store::hold_for_pull`]). Blocking: run it on tokio's blocking pool.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct Collected {
     pub freed: u64,
     /// Bytes that should have been freed but no image could be removed for (0 when the low threshold was reached).
     pub short: u64,
+    /// The collection was due but a pull or import held the store: it is left to the next period.
+    pub deferred: bool,
 }
 
 /// What the agent knows of image use.
@@ -86,6 +89,11 @@ pub fn collect(store: &Store, policy: &GcPolicy, usage: &Use, now: Timestamp) ->
     if !policy.triggered(disk) {
         return Ok(done);
     }
+    let Some(_collecting) = store.try_hold_for_gc()? else {
+        tracing::info!("image garbage collection deferred to the next period: a pull is under way");
+        done.deferred = true;
+        return Ok(done);
+    };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|source| ImageError::Io { context: "reading /proc/self/mountinfo".into(), source })?;
     let mounted = mounted_layers(&mountinfo, store);

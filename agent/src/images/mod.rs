@@ -181,6 +181,10 @@ impl Images {
             (PullPolicy::IfNotPresent | PullPolicy::Always, local) => {
                 let started = Instant::now();
                 let creds = pull_configs.iter().find_map(|c| auth::for_registry(c, &reference.registry));
+                let store = self.store.clone();
+                let _pulling = tokio::task::spawn_blocking(move || store.hold_for_pull())
+                    .await
+                    .map_err(|e| ImageError::Invalid(e.to_string()))??;
                 match self.puller.pull(&self.store, &reference, creds.as_ref(), progress).await {
                     Ok(img) => Ok((img, Obtained::Pulled(started.elapsed()))),
                     Err(ImageError::Unreachable(why)) if local.is_some() => {

@@ -251,6 +251,36 @@ impl Store {
             .map_err(|(_, e)| ImageError::Io { context: "locking the store".into(), source: e.into() })
     }
 
+    fn pulls_lock(&self) -> Result<File, ImageError> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(".pulls"))
+            .map_err(io("opening the store's pull lock"))
+    }
+
+    /// A shared hold on the store for the whole of one pull or import (blocking while a collection runs): garbage
+    /// collection does not run while any is held, by this process or another agent sharing the store. Without it, a
+    /// pull that found a layer present could see it removed, with the image it was part of, before its own image is
+    /// named and so protects the layer.
+    pub fn hold_for_pull(&self) -> Result<nix::fcntl::Flock<File>, ImageError> {
+        nix::fcntl::Flock::lock(self.pulls_lock()?, nix::fcntl::FlockArg::LockShared)
+            .map_err(|(_, e)| ImageError::Io { context: "holding the store for a pull".into(), source: e.into() })
+    }
+
+    /// The exclusive hold a garbage collection takes; `None` while a pull or import holds the store (the collection
+    /// waits for its next period rather than stall pulls).
+    pub fn try_hold_for_gc(&self) -> Result<Option<nix::fcntl::Flock<File>>, ImageError> {
+        match nix::fcntl::Flock::lock(self.pulls_lock()?, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => Ok(Some(held)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => {
+                Err(ImageError::Io { context: "holding the store for a collection".into(), source: e.into() })
+            }
+        }
+    }
+
     /// The index (empty when missing).
     pub fn index(&self) -> Result<Index, ImageError> {
         match std::fs::read(self.root.join("index.json")) {
