@@ -1,7 +1,7 @@
 //! Lifecycle hooks and graceful termination on a real node, as kubelet does them: containers start in order and a
 //! postStart hook holds back the containers after it; a failing postStart hook kills and restarts its container; a
 //! deleted pod runs its preStop hook before SIGTERM; a container that ignores SIGTERM is killed when the grace
-//! period runs out, and not before.
+//! period runs out, and not before; a second delete with a shorter grace period brings the kill forward.
 //!
 //! Needs root (network namespaces, runc) and the built-in images of `scripts/setup`.
 
@@ -62,6 +62,16 @@ spec:
   - name: c
     image: busybox
     command: [sh, -c, "trap '' TERM; while true; do sleep 0.1; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hurried}}
+spec:
+  terminationGracePeriodSeconds: 120
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "trap '' TERM; while true; do sleep 0.1; done"]
 "#
     )
 }
@@ -115,6 +125,19 @@ fn hooks_and_graceful_termination_follow_kubelet() {
     wait_gone(&c, "stubborn", Duration::from_secs(30));
     let took = asked.elapsed();
     assert!(took >= Duration::from_secs(3), "the pod had its 3 s grace period: gone after {took:?}");
+
+    step("deleted again with a shorter grace period, a stopping container is killed when the shorter one ends");
+    wait_ready(&c, "hurried");
+    kubectl(&c, &["delete", "pod", "hurried", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    kubectl(&c, &["delete", "pod", "hurried", "--grace-period=3", "--wait=false"]);
+    wait_gone(&c, "hurried", Duration::from_secs(40));
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "3 s from the second delete, not the first delete's 120 s: gone after {took:?}"
+    );
 
     kubectl(&c, &["delete", "pod", "ordered", "badhook", "--wait=false"]);
 }

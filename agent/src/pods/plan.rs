@@ -33,8 +33,11 @@ pub struct Progress {
     pub pids_limited: bool,
     /// When the worker began terminating the pod.
     pub terminating_since: Option<Timestamp>,
-    /// Runs (runc ids) the worker has begun stopping.
-    pub stopping: BTreeSet<String>,
+    /// The shortest grace period seen while terminating, and when the worker first saw it: a grace period counts
+    /// from when it was asked for, as kubelet counts a shortened one from when it sees it.
+    pub grace_seen: Option<(Duration, Timestamp)>,
+    /// Runs (runc ids) the worker has begun stopping, with when each gets SIGKILL.
+    pub stopping: BTreeMap<String, Timestamp>,
     /// Probe verdicts by container.
     pub probes: BTreeMap<String, ProbeState>,
     /// Containers whose postStart hook is still running (the containers after them wait, as kubelet's do).
@@ -94,16 +97,24 @@ pub enum Action {
         /// The crash back-off entry from this restart on (a restart renews the window).
         backoff: Option<Entry>,
     },
-    /// Stop a run: preStop hook, SIGTERM, SIGKILL after `grace`.
+    /// Stop a run: preStop hook, SIGTERM, SIGKILL at `kill_at` (the end of the grace period).
     Stop {
         /// Container name.
         container: String,
         /// runc id.
         id: String,
-        /// The grace period.
-        grace: Duration,
+        /// When SIGKILL is sent.
+        kill_at: Timestamp,
         /// Why.
         cause: StopCause,
+    },
+    /// The grace period of a run being stopped was shortened (deleted again with a shorter one, or forcibly):
+    /// SIGTERM again, and SIGKILL at the new `kill_at` instead of the old one (at once when it has passed).
+    Hasten {
+        /// runc id.
+        id: String,
+        /// When SIGKILL is sent now.
+        kill_at: Timestamp,
     },
     /// Look at the exit records of runs still marked running (an exit notification may be lost).
     PollExits,
@@ -322,10 +333,10 @@ fn finish(pod: &Pod, rec: &PodRecord, progress: &Progress, now: Timestamp, plan:
         plan.actions.push(Action::MarkFinished);
         return;
     }
-    let grace = grace_period(pod, false, false);
+    let kill_at = plus(now, grace_period(pod, false, false));
     for (container, id) in runs {
-        if !progress.stopping.contains(&id) {
-            plan.actions.push(Action::Stop { container, id, grace, cause: StopCause::PodFinished });
+        if !progress.stopping.contains_key(&id) {
+            plan.actions.push(Action::Stop { container, id, kill_at, cause: StopCause::PodFinished });
         }
     }
     plan.actions.push(Action::PollExits);
@@ -336,24 +347,33 @@ fn finish(pod: &Pod, rec: &PodRecord, progress: &Progress, now: Timestamp, plan:
 /// whose exit never came written off, then teardown and the final delete.
 fn terminate(pod: &Pod, rec: &PodRecord, progress: &Progress, now: Timestamp) -> Plan {
     let mut plan = Plan::default();
-    let grace = grace_period(pod, progress.removed, true);
     let since = progress.terminating_since.unwrap_or(now);
-    let runs = running(rec);
-    if !runs.is_empty() {
-        let left = until(now, plus(since, grace));
-        let write_off = plus(since, grace + LOST_AFTER_KILL);
-        for (container, id) in runs {
-            if now >= write_off {
-                plan.actions.push(Action::RecordLost { container });
-            } else if !progress.stopping.contains(&id) {
-                plan.actions.push(Action::Stop { container, id, grace: left, cause: StopCause::PodDeleted });
-            }
+    let (grace, from) = progress.grace_seen.unwrap_or((grace_period(pod, progress.removed, true), since));
+    // when a run not yet stopping gets SIGKILL: the end of the (shortest) grace period, counted from when it was seen
+    let kill_at = plus(from, grace).max(now);
+    // the earliest write-off among the runs still awaited
+    let mut awaited: Option<Timestamp> = None;
+    for (container, id) in running(rec) {
+        let planned = progress.stopping.get(&id).copied();
+        // a grace period shortened since the stop began (deleted again, or gone from the API) brings the kill forward;
+        // a longer one never puts it off
+        let kill = planned.map_or(kill_at, |p| p.min(kill_at));
+        let write_off = plus(kill, LOST_AFTER_KILL);
+        if now >= write_off {
+            plan.actions.push(Action::RecordLost { container });
+            continue;
         }
-        if now < write_off {
-            plan.actions.push(Action::PollExits);
-            plan.wake_in(EXIT_POLL.min(until(now, write_off)).max(Duration::from_millis(10)));
-            return plan;
+        match planned {
+            None => plan.actions.push(Action::Stop { container, id, kill_at, cause: StopCause::PodDeleted }),
+            Some(p) if kill_at < p => plan.actions.push(Action::Hasten { id, kill_at }),
+            Some(_) => {}
         }
+        awaited = Some(awaited.map_or(write_off, |w| w.min(write_off)));
+    }
+    if let Some(w) = awaited {
+        plan.actions.push(Action::PollExits);
+        plan.wake_in(EXIT_POLL.min(until(now, w)).max(Duration::from_millis(10)));
+        return plan;
     }
     plan.actions.push(Action::Teardown);
     plan.actions.push(Action::Forget { delete: !progress.removed && !rec.static_pod });
@@ -709,12 +729,7 @@ mod tests {
         assert_eq!(
             plan.actions,
             vec![
-                Action::Stop {
-                    container: "web".into(),
-                    id: "w0".into(),
-                    grace: Duration::from_secs(30),
-                    cause: StopCause::PodDeleted,
-                },
+                Action::Stop { container: "web".into(), id: "w0".into(), kill_at: t(30), cause: StopCause::PodDeleted },
                 Action::PollExits,
             ]
         );
@@ -722,7 +737,7 @@ mod tests {
         assert!(!plan.done);
 
         // stopping already: only look for the exit; the grace left shrinks with time
-        let stopping = Progress { stopping: ["w0".to_string()].into(), ..begun.clone() };
+        let stopping = Progress { stopping: [("w0".to_string(), t(30))].into(), ..begun.clone() };
         let plan = next_actions(&deleted(30), &rec, &stopping, &settings(), t(10));
         assert_eq!(plan.actions, vec![Action::PollExits]);
 
@@ -733,6 +748,45 @@ mod tests {
             vec![Action::RecordLost { container: "web".into() }, Action::Teardown, Action::Forget { delete: true }]
         );
         assert!(plan.done);
+    }
+
+    #[test]
+    fn a_shorter_grace_period_brings_the_kill_forward() {
+        let rec = with(settled(), "web", ContainerRecord { current: Some(run("w0")), ..Default::default() });
+        let secs = Duration::from_secs;
+        let stopping = |seen: Option<(u64, i64)>, removed: bool| Progress {
+            removed,
+            terminating_since: Some(t(0)),
+            grace_seen: seen.map(|(g, at)| (secs(g), t(at))),
+            stopping: [("w0".to_string(), t(30))].into(),
+            ..Default::default()
+        };
+        let hasten = |at: i64| vec![Action::Hasten { id: "w0".into(), kill_at: t(at) }, Action::PollExits];
+        let wait = vec![Action::PollExits];
+        // (pod, progress, now) → actions. Stopping with the kill planned at t=30 (deleted at t=0 with 30 s):
+        let table: Vec<(Pod, Progress, i64, Vec<Action>)> = vec![
+            // deleted again with 5 s, seen at t=10: killed at t=15
+            (deleted(5), stopping(Some((5, 10)), false), 10, hasten(15)),
+            // with 0 at t=10: killed now
+            (deleted(0), stopping(Some((0, 10)), false), 10, hasten(10)),
+            // force-deleted (gone from the API) at t=10: the 2 s of a vanished pod
+            (web(), stopping(Some((2, 10)), true), 10, hasten(12)),
+            // a shortened grace that ends after the planned kill, the same one, or a longer one: nothing changes
+            (deleted(25), stopping(Some((25, 10)), false), 10, wait.clone()),
+            (deleted(30), stopping(Some((30, 0)), false), 10, wait.clone()),
+            (deleted(60), stopping(None, false), 10, wait.clone()),
+            // already brought forward: only look for the exit
+            (
+                deleted(5),
+                Progress { stopping: [("w0".to_string(), t(15))].into(), ..stopping(Some((5, 10)), false) },
+                11,
+                wait,
+            ),
+        ];
+        for (pod, progress, now, want) in table {
+            let plan = next_actions(&pod, &rec, &progress, &settings(), t(now));
+            assert_eq!(plan.actions, want, "{:?} at t={now}", progress.grace_seen);
+        }
     }
 
     #[test]
@@ -751,7 +805,7 @@ mod tests {
         assert!(plan.actions.contains(&Action::Stop {
             container: "web".into(),
             id: "w0".into(),
-            grace: REMOVED_GRACE,
+            kill_at: t(REMOVED_GRACE.as_secs() as i64),
             cause: StopCause::PodDeleted,
         }));
         let empty = with(settled(), "web", ContainerRecord::default());

@@ -314,7 +314,8 @@ impl Worker {
             self.touch();
         }
         let grace = plan::grace_period(&self.pod, false, false);
-        self.stop_run(container, id, grace);
+        let kill_at = Timestamp::now().checked_add(jiff::SignedDuration::try_from(grace).unwrap_or_default());
+        self.stop_run(container, id, kill_at.unwrap_or_else(|_| Timestamp::now()));
     }
 
     /// One pass over the pod; `None` when the worker is done, else when it wants to be woken at the latest.
@@ -324,6 +325,13 @@ impl Worker {
             self.progress.terminating_since = Some(Timestamp::now());
             for (_, h) in std::mem::take(&mut self.probe_tasks) {
                 h.abort();
+            }
+        }
+        if deleting {
+            // when each shorter grace period was first seen (a second delete, or the pod vanishing from the API)
+            let grace = plan::grace_period(&self.pod, self.progress.removed, true);
+            if self.progress.grace_seen.is_none_or(|(seen, _)| grace < seen) {
+                self.progress.grace_seen = Some((grace, Timestamp::now()));
             }
         }
         let settings = Settings {
@@ -379,12 +387,16 @@ impl Worker {
                 }
                 self.start(&c, init).await
             }
-            Action::Stop { container, id, grace, cause } => {
+            Action::Stop { container, id, kill_at, cause } => {
                 if cause == plan::StopCause::PodDeleted {
                     let message = format!("Stopping container {container}");
                     self.event(Some(&container), EventType::Normal, "Killing", &message).await;
                 }
-                self.stop_run(&container, &id, grace);
+                self.stop_run(&container, &id, kill_at);
+                Step::Done
+            }
+            Action::Hasten { id, kill_at } => {
+                self.hasten_stop(&id, kill_at);
                 Step::Done
             }
             Action::PollExits => {

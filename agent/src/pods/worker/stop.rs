@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Preconditions};
 use skiff_client::events::EventType;
@@ -17,6 +18,11 @@ use crate::runtime::ExitRecord;
 /// The most of a log's tail a `FallbackToLogsOnError` message takes.
 const FALLBACK_LINES: usize = 80;
 const FALLBACK_BYTES: usize = 2048;
+
+/// The time from now until `t` (zero when it has passed).
+fn left_until(t: Timestamp) -> Duration {
+    Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
+}
 
 /// Why a run ended, for the exit the agent records.
 struct Ending {
@@ -63,11 +69,13 @@ impl Worker {
     }
 
     /// Begins stopping a run (once): its probes stop, and a task runs the preStop hook, sends SIGTERM, and SIGKILL
-    /// when `grace` has passed. The exit arrives as an event, which ends the task.
-    pub(super) fn stop_run(&mut self, container: &str, id: &str, grace: Duration) {
-        if !self.progress.stopping.insert(id.to_string()) {
+    /// at `kill_at`. The exit arrives as an event, which ends the task.
+    pub(super) fn stop_run(&mut self, container: &str, id: &str, kill_at: Timestamp) {
+        if self.progress.stopping.contains_key(id) {
             return;
         }
+        self.progress.stopping.insert(id.to_string(), kill_at);
+        let grace = left_until(kill_at);
         if let Some(h) = self.probe_tasks.remove(container) {
             h.abort();
         }
@@ -83,6 +91,32 @@ impl Worker {
                 let _ = crate::pods::lifecycle::run(&h, &c, &target, grace).await;
             }
             if let Err(e) = rt.signal(&run, "TERM").await {
+                tracing::debug!(id = %run, error = %e, "SIGTERM failed");
+            }
+            tokio::time::sleep_until(deadline).await;
+            if let Err(e) = rt.signal(&run, "KILL").await {
+                tracing::debug!(id = %run, error = %e, "SIGKILL failed");
+            }
+        });
+        if let Some(old) = self.stop_tasks.insert(id.to_string(), task) {
+            old.abort();
+        }
+    }
+
+    /// Brings a run's SIGKILL forward to `kill_at` (its grace period was shortened): the stop task so far (a preStop
+    /// hook still running included) is replaced by one that sends SIGTERM again and SIGKILL at the new time.
+    pub(super) fn hasten_stop(&mut self, id: &str, kill_at: Timestamp) {
+        let Some(planned) = self.progress.stopping.get_mut(id) else { return };
+        *planned = kill_at;
+        let rt = self.ctx.runtime.clone();
+        let run = id.to_string();
+        let grace = left_until(kill_at);
+        tracing::info!(pod = %self.rec.name, id, grace_ms = grace.as_millis() as u64, "grace period shortened");
+        let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            if !grace.is_zero()
+                && let Err(e) = rt.signal(&run, "TERM").await
+            {
                 tracing::debug!(id = %run, error = %e, "SIGTERM failed");
             }
             tokio::time::sleep_until(deadline).await;
