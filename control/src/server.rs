@@ -22,7 +22,12 @@ pub enum Datastore {
     /// The embedded SQLite file under the data directory.
     Sqlite,
     /// An etcd v3 cluster (`etcd://host:port,host:port`).
-    Etcd(Vec<String>),
+    Etcd {
+        /// The members' client URLs.
+        endpoints: Vec<String>,
+        /// TLS to the members (none: plain HTTP).
+        tls: Option<crate::storage::etcd::EtcdTls>,
+    },
 }
 
 /// Settings of `skiff server`.
@@ -93,7 +98,9 @@ const SECRETS_PREFIX: &str = "/registry/secrets/";
 async fn open_backend(cfg: &ServerConfig) -> Result<Box<dyn Storage>, ServerError> {
     Ok(match &cfg.datastore {
         Datastore::Sqlite => Box::new(SqliteStorage::open(cfg.data_dir.join("state.db"))?),
-        Datastore::Etcd(endpoints) => Box::new(crate::storage::etcd::EtcdStorage::connect(endpoints).await?),
+        Datastore::Etcd { endpoints, tls } => {
+            Box::new(crate::storage::etcd::EtcdStorage::connect_with(endpoints, tls.as_ref()).await?)
+        }
     })
 }
 

@@ -16,6 +16,7 @@
 mod cgroup;
 mod child;
 pub mod cluster;
+pub mod etcd;
 mod netns;
 mod pins;
 mod privileges;

@@ -24,19 +24,21 @@ enum Action {
         /// `sqlite` or `etcd://host:2379[,host:2379…]`, as given to `skiff server`.
         #[arg(long, default_value = "sqlite")]
         datastore: String,
+        #[command(flatten)]
+        etcd_tls: super::server::EtcdTlsArgs,
     },
 }
 
 /// Runs the action.
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.action {
-        Action::RotateKey { data_dir, datastore } => {
+        Action::RotateKey { data_dir, datastore, etcd_tls } => {
             let cfg = ServerConfig {
                 data_dir,
                 listen: ([127, 0, 0, 1], 0).into(),
                 advertise: None,
                 extra_names: Vec::new(),
-                datastore: super::server::datastore(&datastore)?,
+                datastore: super::server::datastore(&datastore, &etcd_tls)?,
                 compaction_interval: Duration::from_secs(300),
                 controllers: None,
                 limits: Default::default(),

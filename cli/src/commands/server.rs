@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use skiff_control::server::{self, Datastore, ServerConfig};
+use skiff_control::storage::etcd::EtcdTls;
 
 /// Flags of `skiff server`.
 #[derive(Debug, clap::Args)]
@@ -24,6 +26,8 @@ pub struct Args {
     /// `sqlite` (embedded, under --data-dir) or `etcd://host:2379[,host:2379…]`.
     #[arg(long, default_value = "sqlite")]
     pub datastore: String,
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
     /// Watch history kept before compaction, in seconds.
     #[arg(long, default_value_t = 300)]
     pub compaction_interval: u64,
@@ -43,15 +47,45 @@ pub struct Args {
     pub lb_pool: Vec<String>,
 }
 
-/// Parses `--datastore`.
-pub fn datastore(spec: &str) -> anyhow::Result<Datastore> {
+/// TLS to etcd, as kube-apiserver takes it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdTlsArgs {
+    /// CA certificate (PEM) of the etcd members' serving certificates: the datastore is reached over TLS.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) this server authenticates to etcd with (needs --etcd-cafile and --etcd-keyfile).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_cafile", "etcd_keyfile"])]
+    pub etcd_certfile: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<std::path::PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    fn load(&self) -> anyhow::Result<Option<EtcdTls>> {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let Some(ca) = &self.etcd_cafile else { return Ok(None) };
+        let client = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        Ok(Some(EtcdTls { ca_pem: read(ca)?, client }))
+    }
+}
+
+/// Parses `--datastore` (with the TLS files, for etcd).
+pub fn datastore(spec: &str, tls: &EtcdTlsArgs) -> anyhow::Result<Datastore> {
     if spec == "sqlite" {
+        anyhow::ensure!(tls.etcd_cafile.is_none(), "--etcd-cafile is for an etcd datastore, not sqlite");
         return Ok(Datastore::Sqlite);
     }
     if let Some(rest) = spec.strip_prefix("etcd://") {
-        let eps: Vec<String> = rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
-        anyhow::ensure!(!eps.is_empty(), "--datastore etcd:// needs at least one host:port");
-        return Ok(Datastore::Etcd(eps));
+        let tls = tls.load()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> =
+            rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("{scheme}://{e}")).collect();
+        anyhow::ensure!(!endpoints.is_empty(), "--datastore etcd:// needs at least one host:port");
+        return Ok(Datastore::Etcd { endpoints, tls });
     }
     anyhow::bail!("--datastore must be `sqlite` or `etcd://host:port[,host:port…]`, not {spec:?}")
 }
@@ -72,7 +106,7 @@ impl Args {
             listen: self.listen,
             advertise: self.advertise_address.clone(),
             extra_names: self.tls_san.clone(),
-            datastore: datastore(&self.datastore)?,
+            datastore: datastore(&self.datastore, &self.etcd_tls)?,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
             controllers: Some(controllers),
             limits: skiff_control::apiserver::limits::Limits {

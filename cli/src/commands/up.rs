@@ -133,6 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             advertise_address: Some(format!("{node_ip}:{}", args.api_port)),
             tls_san: vec![node_name.clone()],
             datastore: "sqlite".into(),
+            etcd_tls: Default::default(),
             compaction_interval: 300,
             max_requests_inflight_per_user: 100,
             max_requests_inflight: 600,

@@ -2,13 +2,18 @@
 //!
 //! Each [`Storage`] operation is one etcd request: `Range` for get and list (prefix range, limit, revision),
 //! a `Txn` comparing `create_revision` (create) or `mod_revision` (update, delete), `Watch` with `prev_kv` from a
-//! revision, and `Compact`.
+//! revision, and `Compact`. With [`EtcdTls`] the connection is TLS, the server's certificate checked against the
+//! given CA and this server authenticated by its client certificate (etcd's `--client-cert-auth`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,6 +45,45 @@ fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+/// How long connecting to an etcd member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// TLS to etcd (PEM): the CA that signed the members' serving certificates, and the client certificate and key this
+/// server authenticates with (kube-apiserver's `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA certificates trusted for the members.
+    pub ca_pem: Vec<u8>,
+    /// The client certificate and key, if the members ask for one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").field("client_certificate", &self.client.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// The endpoints to dial: `etcd://` is `http://`, or `https://` with TLS; a plain `http://` endpoint with TLS
+/// configured is refused (it would send the datastore's contents in clear).
+pub fn endpoints(given: &[String], tls: bool) -> Result<Vec<String>, StorageError> {
+    given
+        .iter()
+        .map(|e| {
+            let scheme = if tls { "https://" } else { "http://" };
+            let e = e.replacen("etcd://", scheme, 1);
+            if tls && e.starts_with("http://") {
+                return Err(StorageError::Backend {
+                    backend: "etcd",
+                    operation: "connect",
+                    source: format!("endpoint {e}: plain HTTP with TLS configured (use https:// or etcd://)").into(),
+                });
+            }
+            Ok(e)
+        })
+        .collect()
+}
+
 /// etcd-backed [`Storage`].
 #[derive(Clone)]
 pub struct EtcdStorage {
@@ -55,10 +99,25 @@ impl std::fmt::Debug for EtcdStorage {
 }
 
 impl EtcdStorage {
-    /// Connects to an etcd cluster (`http://host:port` endpoints; `etcd://` is accepted as `http://`).
+    /// Connects to an etcd cluster over plain HTTP (`http://host:port` endpoints; `etcd://` is accepted as
+    /// `http://`).
     pub async fn connect(endpoints: &[String]) -> Result<Self, StorageError> {
-        let eps: Vec<String> = endpoints.iter().map(|e| e.replacen("etcd://", "http://", 1)).collect();
-        let client = Client::connect(eps, None).await.map_err(backend("connect"))?;
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// Connects to an etcd cluster, over TLS when `tls` is given (`https://host:port` or `etcd://host:port`
+    /// endpoints).
+    pub async fn connect_with(given: &[String], tls: Option<&EtcdTls>) -> Result<Self, StorageError> {
+        let eps = endpoints(given, tls.is_some())?;
+        let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+        if let Some(t) = tls {
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&t.ca_pem));
+            if let Some((cert, key)) = &t.client {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
+        let client = Client::connect(eps, Some(options)).await.map_err(backend("connect"))?;
         Ok(EtcdStorage { client, compacted: Arc::new(AtomicI64::new(0)) })
     }
 
@@ -260,61 +319,97 @@ impl Storage for EtcdStorage {
 mod tests {
     use super::*;
 
-    /// An etcd server (Debian's etcd-server) on loopback ports, removed on drop.
-    struct EtcdProcess {
-        child: std::process::Child,
-        _dir: tempfile::TempDir,
-        endpoint: String,
-    }
-
-    impl Drop for EtcdProcess {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+    /// A member for the test (none, and the test skips, when etcd is missing outside CI).
+    fn start_etcd(
+        dir: &std::path::Path,
+        tls: Option<skiff_testkit::etcd::Tls<'_>>,
+    ) -> Option<skiff_testkit::etcd::Etcd> {
+        match skiff_testkit::etcd::start(dir, tls) {
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !skiff_testkit::is_ci() => {
+                eprintln!("skipping: {e}");
+                None
+            }
+            Err(e) => panic!("starting etcd: {e}"),
         }
     }
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    /// A store on `endpoint` that answers, within 10 s.
+    async fn answering(endpoint: &str, tls: Option<&EtcdTls>) -> EtcdStorage {
+        for _ in 0..100 {
+            if let Ok(s) = EtcdStorage::connect_with(&[endpoint.to_string()], tls).await
+                && s.revision().await.is_ok()
+            {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("etcd at {endpoint} does not answer within 10 s");
     }
 
-    fn start_etcd() -> Option<EtcdProcess> {
-        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"].into_iter().find(|p| std::path::Path::new(p).exists());
-        let Some(bin) = bin else {
-            assert!(std::env::var("CI").is_err(), "etcd is not installed (scripts/setup installs etcd-server)");
-            eprintln!("skipping: etcd is not installed");
-            return None;
-        };
+    #[test]
+    fn tls_endpoints_are_https() {
+        let given = ["etcd://a:2379".to_string(), "https://b:2379".to_string()];
+        assert_eq!(endpoints(&given, true).expect("valid"), ["https://a:2379", "https://b:2379"]);
+        assert_eq!(endpoints(&given[..1], false).expect("valid"), ["http://a:2379"]);
+        let err = endpoints(&["http://a:2379".to_string()], true).expect_err("refused").to_string();
+        assert!(err.contains("plain HTTP with TLS configured"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tls_to_etcd_needs_the_members_ca_and_a_client_certificate() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let child = std::process::Command::new(bin)
-            .args(["--data-dir", &dir.path().join("etcd").to_string_lossy()])
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd starts");
-        Some(EtcdProcess { child, _dir: dir, endpoint })
+        let pki = crate::pki::Pki::load_or_create(&dir.path().join("pki"), &[]).expect("pki");
+        let other = crate::pki::Pki::load_or_create(&dir.path().join("other"), &[]).expect("another CA");
+        let write = |name: &str, pem: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).expect("write");
+            p
+        };
+        let (ca, cert, key) = (
+            write("ca.crt", &pki.ca.cert_pem),
+            write("etcd.crt", &pki.server.cert_pem),
+            write("etcd.key", &pki.server.key_pem),
+        );
+        let tls = skiff_testkit::etcd::Tls { ca: &ca, cert: &cert, key: &key };
+        let Some(etcd) = start_etcd(dir.path(), Some(tls)) else { return };
+        let ours = pki.issue_client("skiff-apiserver", None).expect("client certificate");
+        let theirs = other.issue_client("skiff-apiserver", None).expect("client certificate of another CA");
+        let good = EtcdTls {
+            ca_pem: pki.ca.cert_pem.clone().into(),
+            client: Some((ours.cert_pem.clone().into(), ours.key_pem.clone().into())),
+        };
+
+        // the members' CA and a client certificate it signed: the whole conformance suite over TLS
+        let store = answering(&etcd.endpoint, Some(&good)).await;
+        crate::storage::conformance::run(&store).await;
+
+        // refused: no client certificate, one from another CA, a member certificate from an untrusted CA, no TLS
+        let no_client = EtcdTls { client: None, ..good.clone() };
+        let foreign_client = EtcdTls { client: Some((theirs.cert_pem.into(), theirs.key_pem.into())), ..good.clone() };
+        let wrong_ca = EtcdTls { ca_pem: other.ca.cert_pem.clone().into(), ..good.clone() };
+        let plain = etcd.endpoint.replacen("https://", "http://", 1);
+        let cases: [(&str, &str, Option<&EtcdTls>); 4] = [
+            ("no client certificate", &etcd.endpoint, Some(&no_client)),
+            ("a client certificate of another CA", &etcd.endpoint, Some(&foreign_client)),
+            ("a member certificate this server does not trust", &etcd.endpoint, Some(&wrong_ca)),
+            ("plain HTTP", &plain, None),
+        ];
+        for (what, endpoint, tls) in cases {
+            let attempt = async {
+                let s = EtcdStorage::connect_with(&[endpoint.to_string()], tls).await?;
+                s.revision().await
+            };
+            let r = tokio::time::timeout(std::time::Duration::from_secs(15), attempt).await;
+            assert!(!matches!(r, Ok(Ok(_))), "{what}: etcd answered ({r:?})");
+        }
     }
 
     #[tokio::test]
     async fn the_etcd_backend_passes_the_conformance_suite() {
-        let Some(etcd) = start_etcd() else { return };
-        let mut store = None;
-        for _ in 0..100 {
-            if let Ok(s) = EtcdStorage::connect(std::slice::from_ref(&etcd.endpoint)).await
-                && s.revision().await.is_ok()
-            {
-                store = Some(s);
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let store = store.expect("etcd answers within 10 s");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(etcd) = start_etcd(dir.path(), None) else { return };
+        let store = answering(&etcd.endpoint, None).await;
         crate::storage::conformance::run(&store).await;
     }
 }
