@@ -1,11 +1,11 @@
 //! `skiff server` on an etcd member that serves TLS and asks for client certificates (`--etcd-cafile`,
-//! `--etcd-certfile`, `--etcd-keyfile`): objects, a Secret included, are written and read back through it; a server
-//! without the client certificate, or without TLS, does not start.
+//! `--etcd-certfile`, `--etcd-keyfile`): objects, a Secret included, are written and read back through it, and Events
+//! expire after `--event-ttl`; a server without the client certificate, or without TLS, does not start.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::api::{Api, PostParams};
 
 mod server_support;
@@ -79,7 +79,18 @@ async fn the_server_reaches_etcd_over_tls_with_its_client_certificate() {
     let datastore = format!("etcd://127.0.0.1:{}", etcd.port);
 
     let data = dir.path().join("server");
-    let tls_flags = ["--datastore", &datastore, "--etcd-cafile", &ca, "--etcd-certfile", &cert, "--etcd-keyfile", &key];
+    let tls_flags = [
+        "--datastore",
+        &datastore,
+        "--etcd-cafile",
+        &ca,
+        "--etcd-certfile",
+        &cert,
+        "--etcd-keyfile",
+        &key,
+        "--event-ttl",
+        "2s",
+    ];
     let mut cmd = server(&data, free_port(), &tls_flags);
     let _server = Server(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("skiff server starts"));
     let c = client(&data).await;
@@ -88,7 +99,7 @@ async fn the_server_reaches_etcd_over_tls_with_its_client_certificate() {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "over-tls"}, "data": {"k": "v"}}))
             .expect("configmap");
     cms.create(&PostParams::default(), &cm).await.expect("create a ConfigMap");
-    let secrets: Api<Secret> = Api::namespaced(c, "default");
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "default");
     let s: Secret =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "over-tls"}, "stringData": {"p": "w"}}))
             .expect("secret");
@@ -97,6 +108,23 @@ async fn the_server_reaches_etcd_over_tls_with_its_client_certificate() {
     assert_eq!(got.data.unwrap_or_default().get("k").map(String::as_str), Some("v"));
     let got = secrets.get("over-tls").await.expect("read the Secret back");
     assert_eq!(got.data.unwrap_or_default().get("p").map(|b| b.0.as_slice()), Some(&b"w"[..]));
+
+    // an Event is gone once its 2 s (plus at most the 2 s its lease is reused) have passed; the ConfigMap stays
+    let events: Api<Event> = Api::namespaced(c, "default");
+    let ev: Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "short-lived"},
+        "involvedObject": {"kind": "ConfigMap", "namespace": "default", "name": "over-tls"},
+        "reason": "Testing", "message": "expires", "type": "Normal"
+    }))
+    .expect("event");
+    let created = Instant::now();
+    events.create(&PostParams::default(), &ev).await.expect("create an Event");
+    while events.get_opt("short-lived").await.expect("read the Event").is_some() {
+        assert!(created.elapsed() < Duration::from_secs(20), "the Event outlived its TTL by far");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(created.elapsed() >= Duration::from_secs(2), "the Event lived its TTL: {:?}", created.elapsed());
+    assert!(cms.get_opt("over-tls").await.expect("read").is_some(), "other objects do not expire");
 
     // refused by etcd: no client certificate; no TLS at all
     for (what, flags) in [

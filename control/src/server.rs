@@ -27,6 +27,8 @@ pub enum Datastore {
         endpoints: Vec<String>,
         /// TLS to the members (none: plain HTTP).
         tls: Option<crate::storage::etcd::EtcdTls>,
+        /// How long Events live after their last write (etcd leases; kube-apiserver's `--event-ttl`).
+        event_ttl: Duration,
     },
 }
 
@@ -94,12 +96,21 @@ pub struct RunningServer {
 
 /// Where Secrets are stored (and encrypted).
 const SECRETS_PREFIX: &str = "/registry/secrets/";
+/// Where Events are stored (they expire on etcd).
+const EVENTS_PREFIX: &str = "/registry/events/";
 
 async fn open_backend(cfg: &ServerConfig) -> Result<Box<dyn Storage>, ServerError> {
     Ok(match &cfg.datastore {
         Datastore::Sqlite => Box::new(SqliteStorage::open(cfg.data_dir.join("state.db"))?),
-        Datastore::Etcd { endpoints, tls } => {
-            Box::new(crate::storage::etcd::EtcdStorage::connect_with(endpoints, tls.as_ref()).await?)
+        Datastore::Etcd { endpoints, tls, event_ttl } => {
+            let expiry = crate::storage::etcd::Expiry {
+                prefixes: vec![EVENTS_PREFIX.to_string()],
+                ttl: *event_ttl,
+                reuse: crate::storage::etcd::LEASE_REUSE.min(*event_ttl),
+            };
+            Box::new(
+                crate::storage::etcd::EtcdStorage::connect_with(endpoints, tls.as_ref()).await?.with_expiry(expiry),
+            )
         }
     })
 }

@@ -32,7 +32,7 @@ fn free_port() -> io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr().map(|a| a.port())
 }
 
-/// Starts a member keeping its data under `dir`. An error of kind `NotFound` means etcd is not installed
+/// Starts a member keeping its data under `dir`; returns once it accepts connections. An error of kind `NotFound` means etcd is not installed
 /// (`scripts/setup` installs it); the caller decides whether that skips or fails.
 pub fn start(dir: &Path, tls: Option<Tls<'_>>) -> io::Result<Etcd> {
     let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
@@ -45,7 +45,7 @@ pub fn start(dir: &Path, tls: Option<Tls<'_>>) -> io::Result<Etcd> {
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--data-dir")
         .arg(dir.join("etcd"))
-        .args(["--log-level", "error"])
+        .args(["--logger", "zap", "--log-level", "error"])
         .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
         .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
@@ -54,5 +54,14 @@ pub fn start(dir: &Path, tls: Option<Tls<'_>>) -> io::Result<Etcd> {
         cmd.arg("--cert-file").arg(t.cert).arg("--key-file").arg(t.key);
         cmd.arg("--trusted-ca-file").arg(t.ca).arg("--client-cert-auth");
     }
-    Ok(Etcd { _child: Child::spawn(cmd, "etcd")?, endpoint, port })
+    let etcd = Etcd { _child: Child::spawn(cmd, "etcd")?, endpoint, port };
+    // ready when it accepts connections (a client started before that fails at its first request)
+    let up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if !up {
+        return Err(io::Error::other("etcd did not accept connections within 10 s"));
+    }
+    Ok(etcd)
 }

@@ -28,6 +28,9 @@ pub struct Args {
     pub datastore: String,
     #[command(flatten)]
     pub etcd_tls: EtcdTlsArgs,
+    /// How long Events live after their last write, on etcd (`1h`, `30m`, `90s`).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub event_ttl: Duration,
     /// Watch history kept before compaction, in seconds.
     #[arg(long, default_value_t = 300)]
     pub compaction_interval: u64,
@@ -73,8 +76,18 @@ impl EtcdTlsArgs {
     }
 }
 
-/// Parses `--datastore` (with the TLS files, for etcd).
-pub fn datastore(spec: &str, tls: &EtcdTlsArgs) -> anyhow::Result<Datastore> {
+/// Parses `--event-ttl`: a duration such as `1h`, `30m` or `90s`, of at least a second.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = text.parse().map_err(|e| format!("{text:?} is not a duration such as 1h: {e}"))?;
+    let d = Duration::try_from(d).map_err(|_| format!("{text:?} is negative"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than a second"));
+    }
+    Ok(d)
+}
+
+/// Parses `--datastore` (with the TLS files and the Event TTL, for etcd).
+pub fn datastore(spec: &str, tls: &EtcdTlsArgs, event_ttl: Duration) -> anyhow::Result<Datastore> {
     if spec == "sqlite" {
         anyhow::ensure!(tls.etcd_cafile.is_none(), "--etcd-cafile is for an etcd datastore, not sqlite");
         return Ok(Datastore::Sqlite);
@@ -85,7 +98,7 @@ pub fn datastore(spec: &str, tls: &EtcdTlsArgs) -> anyhow::Result<Datastore> {
         let endpoints: Vec<String> =
             rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("{scheme}://{e}")).collect();
         anyhow::ensure!(!endpoints.is_empty(), "--datastore etcd:// needs at least one host:port");
-        return Ok(Datastore::Etcd { endpoints, tls });
+        return Ok(Datastore::Etcd { endpoints, tls, event_ttl });
     }
     anyhow::bail!("--datastore must be `sqlite` or `etcd://host:port[,host:port…]`, not {spec:?}")
 }
@@ -106,7 +119,7 @@ impl Args {
             listen: self.listen,
             advertise: self.advertise_address.clone(),
             extra_names: self.tls_san.clone(),
-            datastore: datastore(&self.datastore, &self.etcd_tls)?,
+            datastore: datastore(&self.datastore, &self.etcd_tls, self.event_ttl)?,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
             controllers: Some(controllers),
             limits: skiff_control::apiserver::limits::Limits {
@@ -129,4 +142,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::wait_for_shutdown().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ttls_are_durations_of_a_second_or_more() {
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["0s", "500ms", "-1h", "soon", ""] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn etcd_endpoints_are_https_with_a_ca() {
+        let tls = EtcdTlsArgs { etcd_cafile: Some("/nonexistent/ca.crt".into()), ..Default::default() };
+        let err = datastore("etcd://a:2379", &tls, Duration::from_secs(3600)).expect_err("unreadable CA").to_string();
+        assert!(err.contains("/nonexistent/ca.crt"), "{err}");
+        let plain = datastore("etcd://a:2379,b:2379", &EtcdTlsArgs::default(), Duration::from_secs(60)).expect("valid");
+        assert!(
+            matches!(plain, Datastore::Etcd { ref endpoints, tls: None, .. } if endpoints == &["http://a:2379", "http://b:2379"])
+        );
+        assert!(datastore("sqlite", &tls, Duration::from_secs(60)).is_err(), "--etcd-cafile with sqlite is refused");
+    }
 }

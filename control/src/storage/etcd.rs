@@ -84,12 +84,32 @@ pub fn endpoints(given: &[String], tls: bool) -> Result<Vec<String>, StorageErro
         .collect()
 }
 
+/// How long one lease serves the keys written under it, by default (kube-apiserver's
+/// `--lease-reuse-duration-seconds`).
+pub const LEASE_REUSE: Duration = Duration::from_secs(60);
+
+/// Keys that expire: those under `prefixes`, `ttl` after their last write (kube-apiserver's `--event-ttl` for
+/// Events), through etcd leases, so etcd itself deletes them and watchers see the deletion.
+#[derive(Clone, Debug)]
+pub struct Expiry {
+    /// Key prefixes (`/registry/events/`).
+    pub prefixes: Vec<String>,
+    /// How long a key lives after its last write, at least.
+    pub ttl: Duration,
+    /// How long one lease serves the keys written under it ([`LEASE_REUSE`]): a key written at any time within it
+    /// expires between `ttl` and `ttl` + this after that write, and etcd holds one lease per period, not per key.
+    pub reuse: Duration,
+}
+
 /// etcd-backed [`Storage`].
 #[derive(Clone)]
 pub struct EtcdStorage {
     client: Client,
     /// The highest compaction revision seen (etcd reports it only when a request runs into it).
     compacted: Arc<AtomicI64>,
+    expiry: Option<Expiry>,
+    /// The lease keys under `expiry` are written with now, and when it was granted.
+    lease: Arc<tokio::sync::Mutex<Option<(i64, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for EtcdStorage {
@@ -118,7 +138,35 @@ impl EtcdStorage {
             options = options.with_tls(config);
         }
         let client = Client::connect(eps, Some(options)).await.map_err(backend("connect"))?;
-        Ok(EtcdStorage { client, compacted: Arc::new(AtomicI64::new(0)) })
+        Ok(EtcdStorage { client, compacted: Arc::new(AtomicI64::new(0)), expiry: None, lease: Arc::default() })
+    }
+
+    /// Makes the keys `expiry` names expire.
+    pub fn with_expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = Some(expiry);
+        self
+    }
+
+    /// The put options for `key`: a lease when it expires (one lease per reuse period, granted for the TTL plus
+    /// that period, so a key lives at least the TTL after its write). A put without a lease detaches the key from any, so
+    /// an update renews the key's life as kube-apiserver's does.
+    async fn put_options(&self, key: &str) -> Result<Option<etcd_client::PutOptions>, StorageError> {
+        let Some(expiry) = self.expiry.as_ref().filter(|e| e.prefixes.iter().any(|p| key.starts_with(p.as_str())))
+        else {
+            return Ok(None);
+        };
+        let mut current = self.lease.lock().await;
+        let id = match *current {
+            Some((id, granted)) if granted.elapsed() < expiry.reuse => id,
+            _ => {
+                let ttl = i64::try_from((expiry.ttl + expiry.reuse).as_secs_f64().ceil() as u64).unwrap_or(i64::MAX);
+                let granted = std::time::Instant::now();
+                let lease = self.client.lease_client().grant(ttl, None).await.map_err(backend("lease grant"))?;
+                *current = Some((lease.id(), granted));
+                lease.id()
+            }
+        };
+        Ok(Some(etcd_client::PutOptions::new().with_lease(id)))
     }
 
     /// The current value of `key` inside a transaction's failure branch.
@@ -163,7 +211,7 @@ impl Storage for EtcdStorage {
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StorageError> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value.to_vec(), None)])
+            .and_then([TxnOp::put(key, value.to_vec(), self.put_options(key).await?)])
             .or_else([TxnOp::get(key, None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(backend("create"))?;
         if !resp.succeeded() {
@@ -176,7 +224,11 @@ impl Storage for EtcdStorage {
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue, StorageError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(key, value.to_vec(), Some(etcd_client::PutOptions::new().with_prev_key()))])
+            .and_then([TxnOp::put(
+                key,
+                value.to_vec(),
+                Some(self.put_options(key).await?.unwrap_or_default().with_prev_key()),
+            )])
             .or_else([TxnOp::get(key, None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(backend("update"))?;
         if !resp.succeeded() {
@@ -354,6 +406,41 @@ mod tests {
         assert_eq!(endpoints(&given[..1], false).expect("valid"), ["http://a:2379"]);
         let err = endpoints(&["http://a:2379".to_string()], true).expect_err("refused").to_string();
         assert!(err.contains("plain HTTP with TLS configured"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn keys_under_an_expiring_prefix_go_after_their_ttl_and_watchers_see_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(etcd) = start_etcd(dir.path(), None) else { return };
+        let expiry = Expiry {
+            prefixes: vec!["/registry/events/".into()],
+            ttl: Duration::from_secs(2),
+            reuse: Duration::from_secs(1),
+        };
+        let store = answering(&etcd.endpoint, None).await.with_expiry(expiry);
+        let from = store.revision().await.expect("revision");
+        let mut watch = store.watch("/registry/", from).await.expect("watch");
+        let written = std::time::Instant::now();
+        store.create("/registry/events/ns/a", Bytes::from_static(b"a")).await.expect("create an event");
+        store.create("/registry/pods/ns/p", Bytes::from_static(b"p")).await.expect("create a pod");
+        let kept = store.create("/registry/events/ns/b", Bytes::from_static(b"b")).await.expect("create an event");
+        // an update renews the key's life: b, updated 1.5 s later, outlives a
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let renewed = std::time::Instant::now();
+        store.update("/registry/events/ns/b", Bytes::from_static(b"b2"), kept.mod_revision).await.expect("update");
+        let mut gone = Vec::new();
+        while gone.len() < 2 {
+            let next = tokio::time::timeout(Duration::from_secs(15), watch.next()).await;
+            let event = next.expect("the events expire within 15 s").expect("watching").expect("an event");
+            if event.event.kind == EventKind::Delete {
+                gone.push((event.event.kv.key.clone(), std::time::Instant::now()));
+            }
+        }
+        assert_eq!(gone[0].0, "/registry/events/ns/a", "{gone:?}");
+        assert!(gone[0].1 - written >= Duration::from_secs(2), "a lived its TTL: {gone:?}");
+        assert_eq!(gone[1].0, "/registry/events/ns/b", "{gone:?}");
+        assert!(gone[1].1 - renewed >= Duration::from_secs(2), "b lived its TTL after the update: {gone:?}");
+        assert!(store.get("/registry/pods/ns/p").await.expect("get").is_some(), "keys outside the prefix stay");
     }
 
     #[tokio::test]
