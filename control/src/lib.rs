@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod certificates;
 pub mod controllers;
+pub mod event_expiry;
 pub mod kubeconfig;
 pub mod pki;
 pub mod podsecurity;

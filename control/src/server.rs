@@ -27,8 +27,6 @@ pub enum Datastore {
         endpoints: Vec<String>,
         /// TLS to the members (none: plain HTTP).
         tls: Option<crate::storage::etcd::EtcdTls>,
-        /// How long Events live after their last write (etcd leases; kube-apiserver's `--event-ttl`).
-        event_ttl: Duration,
     },
 }
 
@@ -47,6 +45,9 @@ pub struct ServerConfig {
     pub datastore: Datastore,
     /// How much history to keep for watchers before compacting.
     pub compaction_interval: Duration,
+    /// How long Events live after their last write (kube-apiserver's `--event-ttl`): an etcd lease, or a sweep of
+    /// the SQLite store every minute.
+    pub event_ttl: Duration,
     /// The workload controllers and the scheduler (leader-elected); `None` runs the API server alone.
     pub controllers: Option<crate::controllers::manager::ManagerOptions>,
     /// Connection, time and in-flight limits.
@@ -96,17 +97,15 @@ pub struct RunningServer {
 
 /// Where Secrets are stored (and encrypted).
 const SECRETS_PREFIX: &str = "/registry/secrets/";
-/// Where Events are stored (they expire on etcd).
-const EVENTS_PREFIX: &str = "/registry/events/";
 
 async fn open_backend(cfg: &ServerConfig) -> Result<Box<dyn Storage>, ServerError> {
     Ok(match &cfg.datastore {
         Datastore::Sqlite => Box::new(SqliteStorage::open(cfg.data_dir.join("state.db"))?),
-        Datastore::Etcd { endpoints, tls, event_ttl } => {
+        Datastore::Etcd { endpoints, tls } => {
             let expiry = crate::storage::etcd::Expiry {
-                prefixes: vec![EVENTS_PREFIX.to_string()],
-                ttl: *event_ttl,
-                reuse: crate::storage::etcd::LEASE_REUSE.min(*event_ttl),
+                prefixes: vec![crate::event_expiry::EVENTS_PREFIX.to_string()],
+                ttl: cfg.event_ttl,
+                reuse: crate::storage::etcd::LEASE_REUSE.min(cfg.event_ttl),
             };
             Box::new(
                 crate::storage::etcd::EtcdStorage::connect_with(endpoints, tls.as_ref()).await?.with_expiry(expiry),
@@ -225,6 +224,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let tls = Arc::new(tls);
     tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone()), cfg.limits.clone()));
     tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
+    if matches!(cfg.datastore, Datastore::Sqlite) {
+        // etcd expires Events itself (leases)
+        tokio::spawn(crate::event_expiry::run(api.store.clone(), cfg.event_ttl));
+    }
     let url = format!("https://{advertise}");
     let kubeconfig_path = cfg.data_dir.join("kubeconfig");
     let content = kubeconfig::render(

@@ -38,8 +38,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 listen: ([127, 0, 0, 1], 0).into(),
                 advertise: None,
                 extra_names: Vec::new(),
-                datastore: super::server::datastore(&datastore, &etcd_tls, Duration::from_secs(3600))?,
+                datastore: super::server::datastore(&datastore, &etcd_tls)?,
                 compaction_interval: Duration::from_secs(300),
+                event_ttl: Duration::from_secs(3600),
                 controllers: None,
                 limits: Default::default(),
             };

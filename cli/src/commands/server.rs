@@ -28,7 +28,7 @@ pub struct Args {
     pub datastore: String,
     #[command(flatten)]
     pub etcd_tls: EtcdTlsArgs,
-    /// How long Events live after their last write, on etcd (`1h`, `30m`, `90s`).
+    /// How long Events live after their last write (`1h`, `30m`, `90s`).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub event_ttl: Duration,
     /// Watch history kept before compaction, in seconds.
@@ -86,8 +86,8 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `--datastore` (with the TLS files and the Event TTL, for etcd).
-pub fn datastore(spec: &str, tls: &EtcdTlsArgs, event_ttl: Duration) -> anyhow::Result<Datastore> {
+/// Parses `--datastore` (with the TLS files, for etcd).
+pub fn datastore(spec: &str, tls: &EtcdTlsArgs) -> anyhow::Result<Datastore> {
     if spec == "sqlite" {
         anyhow::ensure!(tls.etcd_cafile.is_none(), "--etcd-cafile is for an etcd datastore, not sqlite");
         return Ok(Datastore::Sqlite);
@@ -98,7 +98,7 @@ pub fn datastore(spec: &str, tls: &EtcdTlsArgs, event_ttl: Duration) -> anyhow::
         let endpoints: Vec<String> =
             rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("{scheme}://{e}")).collect();
         anyhow::ensure!(!endpoints.is_empty(), "--datastore etcd:// needs at least one host:port");
-        return Ok(Datastore::Etcd { endpoints, tls, event_ttl });
+        return Ok(Datastore::Etcd { endpoints, tls });
     }
     anyhow::bail!("--datastore must be `sqlite` or `etcd://host:port[,host:port…]`, not {spec:?}")
 }
@@ -119,7 +119,8 @@ impl Args {
             listen: self.listen,
             advertise: self.advertise_address.clone(),
             extra_names: self.tls_san.clone(),
-            datastore: datastore(&self.datastore, &self.etcd_tls, self.event_ttl)?,
+            datastore: datastore(&self.datastore, &self.etcd_tls)?,
+            event_ttl: self.event_ttl,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
             controllers: Some(controllers),
             limits: skiff_control::apiserver::limits::Limits {
@@ -161,12 +162,12 @@ mod tests {
     #[test]
     fn etcd_endpoints_are_https_with_a_ca() {
         let tls = EtcdTlsArgs { etcd_cafile: Some("/nonexistent/ca.crt".into()), ..Default::default() };
-        let err = datastore("etcd://a:2379", &tls, Duration::from_secs(3600)).expect_err("unreadable CA").to_string();
+        let err = datastore("etcd://a:2379", &tls).expect_err("unreadable CA").to_string();
         assert!(err.contains("/nonexistent/ca.crt"), "{err}");
-        let plain = datastore("etcd://a:2379,b:2379", &EtcdTlsArgs::default(), Duration::from_secs(60)).expect("valid");
+        let plain = datastore("etcd://a:2379,b:2379", &EtcdTlsArgs::default()).expect("valid");
         assert!(
             matches!(plain, Datastore::Etcd { ref endpoints, tls: None, .. } if endpoints == &["http://a:2379", "http://b:2379"])
         );
-        assert!(datastore("sqlite", &tls, Duration::from_secs(60)).is_err(), "--etcd-cafile with sqlite is refused");
+        assert!(datastore("sqlite", &tls).is_err(), "--etcd-cafile with sqlite is refused");
     }
 }

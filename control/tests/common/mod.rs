@@ -46,6 +46,7 @@ impl Cluster {
             extra_names: Vec::new(),
             datastore: skiff_control::server::Datastore::Sqlite,
             compaction_interval: Duration::from_secs(300),
+            event_ttl: Duration::from_secs(3600),
             controllers,
             limits,
         };
