@@ -136,32 +136,12 @@ fn private_images_need_their_pull_secret() {
     let _registry = start_registry(&ns, dir.path(), Some(&dir.path().join("htpasswd")));
     let src = dir.path().join("src");
     source_layout(&src);
-    ns.exec(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "puller:s3cret-pull",
-            &format!("oci:{}:hello", src.display()),
-            "docker://127.0.0.1:5000/private/hello:1",
-        ],
-    )
-    .expect("skopeo push with credentials");
-    ns.exec(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "puller:s3cret-pull",
-            &format!("oci:{}:hello", src.display()),
-            "docker://127.0.0.1:5000/private/hello:2",
-        ],
-    )
-    .expect("skopeo push of a second tag");
+    for tag in ["1", "2"] {
+        let dest = format!("docker://127.0.0.1:5000/private/hello:{tag}");
+        let args = ["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "puller:s3cret-pull"];
+        ns.exec("skopeo", &[&args[..], &[&format!("oci:{}:hello", src.display()), &dest]].concat())
+            .expect("skopeo push with credentials");
+    }
     let b64 = |s: &str| {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(s)

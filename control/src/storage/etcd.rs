@@ -147,6 +147,27 @@ impl EtcdStorage {
         self
     }
 
+    /// Runs the write transaction `txn` builds for `key` with the key's put options. When etcd no longer knows the
+    /// lease (revoked, or the cluster restored from a snapshot), the lease is forgotten and the write tried once more
+    /// with a new one.
+    async fn put_txn(
+        &self,
+        key: &str,
+        txn: impl Fn(Option<etcd_client::PutOptions>) -> Txn,
+        operation: &'static str,
+    ) -> Result<etcd_client::TxnResponse, StorageError> {
+        let mut retried = false;
+        loop {
+            match self.client.kv_client().txn(txn(self.put_options(key).await?)).await {
+                Err(e) if !retried && e.to_string().contains("requested lease not found") => {
+                    *self.lease.lock().await = None;
+                    retried = true;
+                }
+                other => return other.map_err(backend(operation)),
+            }
+        }
+    }
+
     /// The put options for `key`: a lease when it expires (one lease per reuse period, granted for the TTL plus
     /// that period, so a key lives at least the TTL after its write). A put without a lease detaches the key from any, so
     /// an update renews the key's life as kube-apiserver's does.
@@ -209,11 +230,13 @@ impl Storage for EtcdStorage {
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StorageError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value.to_vec(), self.put_options(key).await?)])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(backend("create"))?;
+        let txn = |put: Option<etcd_client::PutOptions>| {
+            Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, value.to_vec(), put)])
+                .or_else([TxnOp::get(key, None)])
+        };
+        let resp = self.put_txn(key, txn, "create").await?;
         if !resp.succeeded() {
             return Err(StorageError::AlreadyExists { key: key.to_string() });
         }
@@ -222,15 +245,13 @@ impl Storage for EtcdStorage {
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue, StorageError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(
-                key,
-                value.to_vec(),
-                Some(self.put_options(key).await?.unwrap_or_default().with_prev_key()),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(backend("update"))?;
+        let txn = |put: Option<etcd_client::PutOptions>| {
+            Txn::new()
+                .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+                .and_then([TxnOp::put(key, value.to_vec(), Some(put.unwrap_or_default().with_prev_key()))])
+                .or_else([TxnOp::get(key, None)])
+        };
+        let resp = self.put_txn(key, txn, "update").await?;
         if !resp.succeeded() {
             return match Self::current_of(&resp) {
                 None => Err(StorageError::NotFound { key: key.to_string() }),
@@ -441,6 +462,15 @@ mod tests {
         assert_eq!(gone[1].0, "/registry/events/ns/b", "{gone:?}");
         assert!(gone[1].1 - renewed >= Duration::from_secs(2), "b lived its TTL after the update: {gone:?}");
         assert!(store.get("/registry/pods/ns/p").await.expect("get").is_some(), "keys outside the prefix stay");
+
+        // a lease etcd no longer knows (expired by now, or revoked), while this server still reuses it, is replaced
+        // at the next write, which succeeds
+        let lease = store.lease.lock().await.map(|(id, _)| id).expect("a lease was used");
+        let _ = store.client.lease_client().revoke(lease).await;
+        *store.lease.lock().await = Some((lease, std::time::Instant::now()));
+        store.create("/registry/events/ns/c", Bytes::from_static(b"c")).await.expect("written with a new lease");
+        let now_in_use = store.lease.lock().await.map(|(id, _)| id);
+        assert!(now_in_use.is_some_and(|id| id != lease), "a new lease: {now_in_use:?}");
     }
 
     #[tokio::test]
