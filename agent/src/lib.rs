@@ -1,7 +1,8 @@
 //! `skiff-agent`: the node agent. It registers its Node and keeps it alive (Lease, conditions), runs the pods bound to
 //! it with runc (sandbox network namespace, images, volumes, probes, restarts, graceful termination), reports their
 //! status, serves logs, exec and metrics to the API server, answers cluster DNS, and starts the node's dataplane (the
-//! eBPF Service load balancer and NetworkPolicy, given by the binary that wires them: [`dataplane::Dataplane`]). Running containers outlive the agent (**fail-static**): a restarted agent re-adopts them.
+//! eBPF Service load balancer and NetworkPolicy, given by the binary that wires them: [`dataplane::Dataplane`]).
+//! Running containers outlive the agent (**fail-static**): a restarted agent re-adopts them.
 //!
 //! ```no_run
 //! # async fn demo(client: kube::Client, ca_pem: String) -> Result<(), skiff_agent::AgentError> {

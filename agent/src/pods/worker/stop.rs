@@ -24,6 +24,17 @@ fn left_until(t: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
 }
 
+/// The end of a stop sequence: SIGTERM (when `term`), then SIGKILL at `deadline`.
+async fn term_then_kill(rt: &dyn crate::runtime::Runtime, run: &str, term: bool, deadline: tokio::time::Instant) {
+    if term && let Err(e) = rt.signal(run, "TERM").await {
+        tracing::debug!(id = %run, error = %e, "SIGTERM failed");
+    }
+    tokio::time::sleep_until(deadline).await;
+    if let Err(e) = rt.signal(run, "KILL").await {
+        tracing::debug!(id = %run, error = %e, "SIGKILL failed");
+    }
+}
+
 /// Why a run ended, for the exit the agent records.
 struct Ending {
     record: ExitRecord,
@@ -85,20 +96,18 @@ impl Worker {
             .and_then(|c| c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()).map(|h| (c, h)));
         let target = self.probe_target(id);
         let run = id.to_string();
-        let task = tokio::spawn(async move {
+        self.replace_stop_task(id, async move {
             let deadline = tokio::time::Instant::now() + grace;
             if let Some((c, h)) = pre_stop {
                 let _ = crate::pods::lifecycle::run(&h, &c, &target, grace).await;
             }
-            if let Err(e) = rt.signal(&run, "TERM").await {
-                tracing::debug!(id = %run, error = %e, "SIGTERM failed");
-            }
-            tokio::time::sleep_until(deadline).await;
-            if let Err(e) = rt.signal(&run, "KILL").await {
-                tracing::debug!(id = %run, error = %e, "SIGKILL failed");
-            }
+            term_then_kill(rt.as_ref(), &run, true, deadline).await;
         });
-        if let Some(old) = self.stop_tasks.insert(id.to_string(), task) {
+    }
+
+    /// Makes `task` the one stop sequence of run `id` (a previous one is aborted).
+    fn replace_stop_task(&mut self, id: &str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(old) = self.stop_tasks.insert(id.to_string(), tokio::spawn(task)) {
             old.abort();
         }
     }
@@ -112,21 +121,10 @@ impl Worker {
         let run = id.to_string();
         let grace = left_until(kill_at);
         tracing::info!(pod = %self.rec.name, id, grace_ms = grace.as_millis() as u64, "grace period shortened");
-        let task = tokio::spawn(async move {
+        self.replace_stop_task(id, async move {
             let deadline = tokio::time::Instant::now() + grace;
-            if !grace.is_zero()
-                && let Err(e) = rt.signal(&run, "TERM").await
-            {
-                tracing::debug!(id = %run, error = %e, "SIGTERM failed");
-            }
-            tokio::time::sleep_until(deadline).await;
-            if let Err(e) = rt.signal(&run, "KILL").await {
-                tracing::debug!(id = %run, error = %e, "SIGKILL failed");
-            }
+            term_then_kill(rt.as_ref(), &run, !grace.is_zero(), deadline).await;
         });
-        if let Some(old) = self.stop_tasks.insert(id.to_string(), task) {
-            old.abort();
-        }
     }
 
     /// A container run ended: record how, and clean up its runc state and root file system.
