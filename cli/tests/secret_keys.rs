@@ -1,6 +1,7 @@
 //! Secret encryption keys (issue 14): `skiff secrets rotate-key` re-encrypts every Secret with a new key and the
-//! server still reads them; a server whose key file is lost refuses to start (instead of making a new key and
-//! serving Secrets it cannot read), and starts again once the file is restored.
+//! server still reads them; the keys are kept in the cluster's record in the datastore too (sealed under the server
+//! token, issue 15), so a lost key file comes back from it; a server without the token refuses to start (instead of
+//! making a new key and serving Secrets it cannot read).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,7 +18,12 @@ fn server(dir: &Path, port: u16) -> Command {
 }
 
 fn start(dir: &Path, port: u16) -> Server {
-    let child = server(dir, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("skiff server starts");
+    start_with(dir, port, &[])
+}
+
+fn start_with(dir: &Path, port: u16, args: &[&str]) -> Server {
+    let child =
+        server(dir, port).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("skiff server starts");
     let s = Server(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while kubectl(dir, &["get", "--raw", "/readyz"]).is_err() {
@@ -86,26 +92,43 @@ fn keys_rotate_and_a_lost_key_stops_the_server() {
     );
     assert!(database_holds(dir, &format!("k8s:enc:aesgcm:v2:{}:", after[0])), "values sealed with the new key");
 
-    // the rotated Secrets read back, and without the old key too (nothing uses it any more)
+    // the rotated Secrets read back
     let s = start(dir, port);
     assert_eq!(secret_value(dir, "s3"), "cGxhaW4tdmFsdWUtMw==");
     drop(s);
+    // the cluster's record in the datastore holds both keys: one dropped from the file by hand comes back
     let keys = std::fs::read_to_string(dir.join("pki/encryption-keys")).expect("keys");
     let only_new: String = keys.lines().filter(|l| !l.starts_with(&before[0])).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("pki/encryption-keys"), &only_new).expect("dropping the old key");
     let s = start(dir, port);
+    assert_eq!(key_names(dir), after, "the record's keys, in its order");
     assert_eq!(secret_value(dir, "s0"), "cGxhaW4tdmFsdWUtMA==");
     drop(s);
 
-    // a lost key file: the server refuses to start, says why, and leaves no new key behind
-    let saved = std::fs::read(dir.join("pki/encryption-keys")).expect("keys");
+    // a lost key file is restored from the record (sealed under the server token)
+    std::fs::remove_file(dir.join("pki/encryption-keys")).expect("losing the key file");
+    let s = start(dir, port);
+    assert_eq!(key_names(dir), after);
+    assert_eq!(secret_value(dir, "s1"), "cGxhaW4tdmFsdWUtMQ==");
+    drop(s);
+
+    // lost with the token too: the server refuses to start, says why, and leaves no new key behind
+    let token = std::fs::read(dir.join("pki/server-token")).expect("token");
+    std::fs::remove_file(dir.join("pki/server-token")).expect("losing the token");
     std::fs::remove_file(dir.join("pki/encryption-keys")).expect("losing the key file");
     let out = server(dir, port).output().expect("skiff server runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the server must not start: {err}");
-    assert!(err.contains("holds encrypted Secrets") && err.contains("was missing") && err.contains("restore"), "{err}");
-    assert!(!dir.join("pki/encryption-keys").exists(), "the useless new key was removed");
-    std::fs::write(dir.join("pki/encryption-keys"), &saved).expect("restoring the key file");
-    let _s = start(dir, port);
+    assert!(err.contains("--token") && err.contains("server-token"), "{err}");
+    assert!(!dir.join("pki/encryption-keys").exists(), "no new key was made");
+    // a wrong token is refused the same way
+    let out = server(dir, port).args(["--token", "guessed"]).output().expect("skiff server runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not this one"), "{err}");
+    assert!(!dir.join("pki/encryption-keys").exists(), "no new key was made");
+    // the right token, given on the command line, restores the keys (and the token file)
+    let token = String::from_utf8(token).expect("utf-8");
+    let _s = start_with(dir, port, &["--token", token.trim()]);
     assert_eq!(secret_value(dir, "s4"), "cGxhaW4tdmFsdWUtNA==");
+    assert_eq!(std::fs::read_to_string(dir.join("pki/server-token")).expect("token").trim(), token.trim());
 }

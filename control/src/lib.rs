@@ -2,7 +2,9 @@
 //! admission, the controllers and the scheduler.
 
 pub mod apiserver;
+pub mod apiserver_endpoints;
 pub mod certificates;
+pub mod cluster_secrets;
 pub mod controllers;
 pub mod event_expiry;
 pub mod kubeconfig;

@@ -184,17 +184,7 @@ impl Pki {
     /// renewed (signed by the same CA) when less than a third of their lifetime is left at `now`.
     pub fn load_or_create_at(dir: &Path, server_names: &[String], now: jiff::Timestamp) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let ca = load_or(dir, "ca", None, || {
-            let key = KeyPair::generate().map_err(cert_err("CA key"))?;
-            let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
-            p.distinguished_name = dn("skiff-ca", None);
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages =
-                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-            validity(&mut p, 10, now);
-            let cert = p.self_signed(&key).map_err(cert_err("CA certificate"))?;
-            Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-        })?;
+        let ca = load_or(dir, "ca", None, || new_ca(now))?;
         let mut names: Vec<String> = vec![
             "localhost".into(),
             "127.0.0.1".into(),
@@ -225,12 +215,10 @@ impl Pki {
         std::fs::write(&names_file, names.join(",")).map_err(io(&names_file))?;
         let admin =
             load_or(dir, "admin", Some(now), || issue(&ca, "skiff-admin", Some("system:masters"), &[], false, now))?;
-        let sa_key = load_or_secret(dir, "sa.key", || random_hex(32).into_bytes())?;
-        let node_token = String::from_utf8_lossy(&load_or_secret(dir, "node-token", || {
-            format!("skiff-node.{}", random_hex(16)).into_bytes()
-        })?)
-        .trim()
-        .to_string();
+        let sa_key = load_or_secret(dir, SA_KEY, new_sa_key)?;
+        let node_token = String::from_utf8_lossy(&load_or_secret(dir, NODE_TOKEN, || new_node_token().into_bytes())?)
+            .trim()
+            .to_string();
         let (encryption_keys, encryption_keys_created) = load_encryption_keys(dir)?;
         Ok(Pki {
             dir: dir.to_path_buf(),
@@ -248,6 +236,105 @@ impl Pki {
     pub fn issue_client(&self, common_name: &str, organization: Option<&str>) -> Result<CertPair, PkiError> {
         issue(&self.ca, common_name, organization, &[], false, jiff::Timestamp::now())
     }
+}
+
+/// The service-account signing key's file.
+const SA_KEY: &str = "sa.key";
+/// The node join token's file.
+const NODE_TOKEN: &str = "node-token";
+
+fn new_ca(now: jiff::Timestamp) -> Result<CertPair, PkiError> {
+    let key = KeyPair::generate().map_err(cert_err("CA key"))?;
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
+    p.distinguished_name = dn("skiff-ca", None);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, 10, now);
+    let cert = p.self_signed(&key).map_err(cert_err("CA certificate"))?;
+    Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+fn new_sa_key() -> Vec<u8> {
+    random_hex(32).into_bytes()
+}
+
+fn new_node_token() -> String {
+    format!("skiff-node.{}", random_hex(16))
+}
+
+/// Reads what `dir` holds of the secrets the servers of a cluster share (see [`crate::cluster_secrets`]), without
+/// making anything.
+pub fn read_shared(dir: &Path) -> Result<crate::cluster_secrets::Local, PkiError> {
+    let read = |name: &str| -> Result<Option<Vec<u8>>, PkiError> {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PkiError::Io { path, source: e }),
+        }
+    };
+    let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
+    let ca = match (read("ca.crt")?, read("ca.key")?) {
+        (Some(c), Some(k)) => Some(CertPair { cert_pem: text(c), key_pem: text(k) }),
+        _ => None,
+    };
+    let encryption_keys = if dir.join(ENCRYPTION_KEYS).exists() || dir.join("encryption.key").exists() {
+        Some(load_encryption_keys(dir)?.0)
+    } else {
+        None
+    };
+    Ok(crate::cluster_secrets::Local {
+        ca,
+        sa_key: read(SA_KEY)?,
+        node_token: read(NODE_TOKEN)?.map(|v| text(v).trim().to_string()),
+        encryption_keys,
+    })
+}
+
+/// The shared secrets from `local`, with whatever it lacks newly made (nothing is written).
+pub fn complete_shared(local: &crate::cluster_secrets::Local) -> Result<crate::cluster_secrets::Shared, PkiError> {
+    Ok(crate::cluster_secrets::Shared {
+        ca: match &local.ca {
+            Some(ca) => ca.clone(),
+            None => new_ca(jiff::Timestamp::now())?,
+        },
+        sa_key: local.sa_key.clone().unwrap_or_else(new_sa_key),
+        node_token: local.node_token.clone().unwrap_or_else(new_node_token),
+        encryption_keys: local.encryption_keys.clone().unwrap_or_else(|| vec![new_encryption_key()]),
+    })
+}
+
+/// Writes the shared secrets into `dir` (each file whole, owner-only where secret), replacing what differs.
+pub fn write_shared(dir: &Path, shared: &crate::cluster_secrets::Shared) -> Result<(), PkiError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let replace = |name: &str, data: &[u8], private: bool| -> Result<(), PkiError> {
+        let path = dir.join(name);
+        if std::fs::read(&path).is_ok_and(|v| v == data) {
+            return Ok(());
+        }
+        let tmp = dir.join(format!("{name}.tmp"));
+        if private {
+            write_private(&tmp, data)?;
+        } else {
+            std::fs::write(&tmp, data).map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    };
+    // the key before the certificate, as load_or writes them
+    replace("ca.key", shared.ca.key_pem.as_bytes(), true)?;
+    replace("ca.crt", shared.ca.cert_pem.as_bytes(), false)?;
+    replace(SA_KEY, &shared.sa_key, true)?;
+    replace(NODE_TOKEN, shared.node_token.as_bytes(), true)?;
+    replace(ENCRYPTION_KEYS, render_encryption_keys(&shared.encryption_keys).as_bytes(), true)
+}
+
+/// Writes the server token file (owner-only) unless it already holds `token`.
+pub fn write_token(dir: &Path, token: &str) -> Result<(), PkiError> {
+    let path = dir.join(crate::cluster_secrets::TOKEN_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == token) {
+        return Ok(());
+    }
+    write_private(&path, format!("{token}\n").as_bytes())
 }
 
 fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {

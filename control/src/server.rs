@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub extra_names: Vec<String>,
     /// Datastore.
     pub datastore: Datastore,
+    /// The cluster's server token: seals the shared secrets in the datastore; a server joining a cluster gives the
+    /// first server's. `None`: the one in `<data-dir>/pki/server-token`, or a new one for a new cluster.
+    pub token: Option<String>,
     /// How much history to keep for watchers before compacting.
     pub compaction_interval: Duration,
     /// How long Events live after their last write (kube-apiserver's `--event-ttl`): an etcd lease, or a sweep of
@@ -78,6 +81,9 @@ pub enum ServerError {
     /// Bootstrapping objects.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    /// The cluster's shared secrets.
+    #[error("cluster secrets: {0}")]
+    Secrets(#[from] crate::cluster_secrets::SecretsError),
 }
 
 /// A started server.
@@ -114,29 +120,55 @@ async fn open_backend(cfg: &ServerConfig) -> Result<Box<dyn Storage>, ServerErro
     })
 }
 
-async fn open_store(cfg: &ServerConfig, pki: &Pki) -> Result<Arc<dyn Storage>, ServerError> {
-    let store = Encrypted::new(open_backend(cfg).await?, &pki.encryption_keys, vec![SECRETS_PREFIX.to_string()]);
-    if let Err(e) = check_encryption_keys(&store, pki).await {
-        if pki.encryption_keys_created {
-            // the key made on this start is useless for what is stored: do not leave it to be mistaken for one
-            let _ = std::fs::remove_file(pki.dir.join(crate::pki::ENCRYPTION_KEYS));
+/// Opens the datastore and makes the PKI directory hold the cluster's shared secrets (adopted from the datastore,
+/// or stored there by the cluster's first server), then loads the PKI (this server's own certificates made or
+/// renewed) and wraps the datastore in Secret encryption.
+async fn open_store(cfg: &ServerConfig, names: &[String]) -> Result<(Arc<dyn Storage>, Pki), ServerError> {
+    let backend = open_backend(cfg).await?;
+    let dir = cfg.data_dir.join("pki");
+    let token = crate::cluster_secrets::token(&dir, cfg.token.as_deref())?;
+    crate::cluster_secrets::establish(backend.as_ref(), &dir, token, async |shared| {
+        let raw = backend.list(SECRETS_PREFIX, Default::default()).await?;
+        let missing = missing_keys(&raw.items, &shared.encryption_keys);
+        if missing.is_empty() {
+            return Ok(());
         }
-        return Err(e);
+        Err(crate::cluster_secrets::SecretsError::Conflict(format!(
+            "the datastore holds encrypted Secrets ({missing}) but no record of the cluster's keys, and {} does not \
+             have those keys: restore the key file from a backup (the server refuses to start rather than serve \
+             Secrets it cannot read)",
+            dir.join(crate::pki::ENCRYPTION_KEYS).display()
+        )))
+    })
+    .await?;
+    let pki = Pki::load_or_create(&dir, names)?;
+    let store = Encrypted::new(backend, &pki.encryption_keys, vec![SECRETS_PREFIX.to_string()]);
+    check_encryption_keys(&store, &pki).await?;
+    Ok((Arc::new(store), pki))
+}
+
+/// The keys Secrets in `items` were sealed with that are not among `keys`, with counts (`3 with key "k1"`).
+fn missing_keys(items: &[crate::storage::KeyValue], keys: &[crate::storage::encrypt::NamedKey]) -> String {
+    let mut missing: std::collections::BTreeMap<String, usize> = Default::default();
+    for kv in items {
+        if let Some(name) = crate::storage::encrypt::sealed_with(&kv.value)
+            && !keys.iter().any(|k| k.name == name)
+        {
+            *missing.entry(name).or_default() += 1;
+        }
     }
-    Ok(Arc::new(store))
+    missing.iter().map(|(k, n)| format!("{n} with key {k:?}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Refuses to start when stored Secrets were sealed with a key the server does not have (a lost or replaced key
 /// file), or when a configured key does not open what it sealed: serving would lose them.
 async fn check_encryption_keys(store: &Encrypted<Box<dyn Storage>>, pki: &Pki) -> Result<(), ServerError> {
     let raw = store.inner().list(SECRETS_PREFIX, Default::default()).await?;
-    let mut missing: std::collections::BTreeMap<String, usize> = Default::default();
     let mut checked = std::collections::BTreeSet::new();
     for kv in &raw.items {
         let Some(name) = crate::storage::encrypt::sealed_with(&kv.value) else { continue };
-        if !pki.encryption_keys.iter().any(|k| k.name == name) {
-            *missing.entry(name).or_default() += 1;
-        } else if checked.insert(name.clone())
+        if pki.encryption_keys.iter().any(|k| k.name == name)
+            && checked.insert(name.clone())
             && let Err(e) = store.get(&kv.key).await
         {
             return Err(ServerError::Bootstrap(format!(
@@ -146,10 +178,10 @@ async fn check_encryption_keys(store: &Encrypted<Box<dyn Storage>>, pki: &Pki) -
             )));
         }
     }
+    let missing = missing_keys(&raw.items, &pki.encryption_keys);
     if missing.is_empty() {
         return Ok(());
     }
-    let what: Vec<String> = missing.iter().map(|(k, n)| format!("{n} with key {k:?}")).collect();
     let file = pki.dir.join(crate::pki::ENCRYPTION_KEYS);
     let how = if pki.encryption_keys_created {
         format!("{} was missing", file.display())
@@ -157,26 +189,35 @@ async fn check_encryption_keys(store: &Encrypted<Box<dyn Storage>>, pki: &Pki) -
         format!("{} does not have that key", file.display())
     };
     Err(ServerError::Bootstrap(format!(
-        "the datastore holds encrypted Secrets ({}) and {how}: restore the key file from a backup (the server refuses \
-         to start rather than serve Secrets it cannot read)",
-        what.join(", ")
+        "the datastore holds encrypted Secrets ({missing}) and {how}: restore the key file from a backup (the server refuses \
+         to start rather than serve Secrets it cannot read)"
     )))
 }
 
-/// Adds a new Secret encryption key (first, so it seals from now on; the old ones still open) and re-encrypts
-/// every Secret with it. Run with the server stopped (every server of the cluster needs the new key file before it
-/// starts again). Returns the new key's name and the number of Secrets rewritten.
+/// Adds a new Secret encryption key (first, so it seals from now on; the old ones still open) to this server's key
+/// file and to the cluster's shared secrets in the datastore, and re-encrypts every Secret with it. Run with every
+/// server of the cluster stopped (each adopts the new key from the datastore when it starts again). Returns the
+/// new key's name and the number of Secrets rewritten.
 pub async fn rotate_encryption_key(cfg: &ServerConfig) -> Result<(String, usize), ServerError> {
     let dir = cfg.data_dir.join("pki");
     if !dir.join(crate::pki::ENCRYPTION_KEYS).exists() && !dir.join("encryption.key").exists() {
         return Err(ServerError::Bootstrap(format!("no encryption keys in {}: nothing to rotate", dir.display())));
     }
+    let backend = open_backend(cfg).await?;
+    let token = crate::cluster_secrets::token(&dir, cfg.token.as_deref())?;
+    // the cluster's record first: keys another server added since this one last started are kept
+    let shared = crate::cluster_secrets::establish(backend.as_ref(), &dir, token.clone(), async |_| Ok(())).await?;
     let pki = Pki::load_or_create(&dir, &[])?;
-    let store = Encrypted::new(open_backend(cfg).await?, &pki.encryption_keys, vec![SECRETS_PREFIX.to_string()]);
+    let store = Encrypted::new(backend, &pki.encryption_keys, vec![SECRETS_PREFIX.to_string()]);
     check_encryption_keys(&store, &pki).await?;
     let new = crate::pki::new_encryption_key();
     let mut keys = vec![new.clone()];
     keys.extend(pki.encryption_keys.iter().cloned());
+    // the datastore's record before any Secret is sealed with the new key: a server started meanwhile opens them
+    let token = crate::cluster_secrets::token(&dir, token.as_deref())?
+        .ok_or_else(|| ServerError::Bootstrap(format!("no server token in {}", dir.display())))?;
+    let shared = crate::cluster_secrets::Shared { encryption_keys: keys.clone(), ..shared };
+    crate::cluster_secrets::republish(store.inner().as_ref(), &token, &shared).await?;
     crate::pki::write_encryption_keys(&dir, &keys)?;
     let store = Encrypted::new(store.into_inner(), &keys, vec![SECRETS_PREFIX.to_string()]);
     let mut rewritten = 0;
@@ -203,8 +244,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let advertise_host = advertise.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| advertise.clone());
     let mut names = cfg.extra_names.clone();
     names.push(advertise_host);
-    let pki = Pki::load_or_create(&cfg.data_dir.join("pki"), &names)?;
-    let store = open_store(&cfg, &pki).await?;
+    let (store, pki) = open_store(&cfg, &names).await?;
     let agent_client = pki.issue_client("system:apiserver", Some("system:masters"))?;
     let agent_tls = apiserver::proxy::agent_client_config(&agent_client.cert_pem, &agent_client.key_pem)
         .map_err(ServerError::Bootstrap)?;
@@ -214,8 +254,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         AuthConfig { node_token: pki.node_token.clone(), sa_key: pki.sa_key.clone(), ..Default::default() },
         Some(Arc::new(agent_tls)),
     );
-    let crds = api.load_crds().await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+    let (crds, crd_revision) = api.load_crds().await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
     tracing::info!(crds, "custom resources registered");
+    tokio::spawn(api.clone().follow_crds(crd_revision));
     bootstrap(&api, &advertise).await?;
     crate::controllers::rbac::reconcile_defaults(&api)
         .await
@@ -313,7 +354,8 @@ async fn certificate_loop(w: CertificateWatch, mut current: Pki, serving: Arc<ap
     }
 }
 
-/// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
+/// Creates what every cluster has: the system namespaces and the `kubernetes` Service, whose endpoints every
+/// server then keeps (its own Lease, every live server's address).
 async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
     let opts = WriteOptions { field_manager: Some("skiff-apiserver".into()), ..Default::default() };
     let ns_info = api.builtin("", "namespaces");
@@ -356,24 +398,9 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
             .await
             .map_err(|e| ServerError::Bootstrap(format!("kube-dns service: {e}")))?;
     }
-    let (host, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
-    let port: i64 = port.parse().unwrap_or(6443);
-    if host.parse::<std::net::Ipv4Addr>().is_ok() {
-        let slice_info = api.builtin("discovery.k8s.io", "endpointslices");
-        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "skiff-apiserver"}},
-            "addressType": "IPv4", "endpoints": [{"addresses": [host], "conditions": {"ready": true, "serving": true, "terminating": false}}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
-        let existing = api
-            .try_get(&slice_info, Some("default"), "kubernetes")
-            .await
-            .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
-        let result = match existing {
-            None => api.create(&slice_info, Some("default"), slice, &opts).await,
-            Some(_) => api.update(&slice_info, Some("default"), "kubernetes", slice, None, &opts).await,
-        };
-        result.map_err(|e| ServerError::Bootstrap(format!("kubernetes endpoints: {e}")))?;
-    }
+    let mut seen = crate::apiserver_endpoints::Observations::default();
+    crate::apiserver_endpoints::reconcile(api, advertise, &mut seen).await.map_err(ServerError::Bootstrap)?;
+    tokio::spawn(crate::apiserver_endpoints::run(api.clone(), advertise.to_string(), seen));
     Ok(())
 }
 

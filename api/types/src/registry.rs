@@ -416,6 +416,14 @@ impl Registry {
         self.resources.retain(|r| !(r.custom && r.group == group && r.plural == plural));
     }
 
+    /// Replaces every custom resource with `custom` (built-ins stay).
+    pub fn replace_custom(&mut self, custom: Vec<ResourceInfo>) {
+        self.resources.retain(|r| !r.custom);
+        for info in custom {
+            self.upsert(info);
+        }
+    }
+
     /// The resource served at `group/version/plural`.
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         self.resources.iter().find(|r| r.group == group && r.version == version && r.plural == plural).cloned()

@@ -28,6 +28,11 @@ pub struct Args {
     pub datastore: String,
     #[command(flatten)]
     pub etcd_tls: EtcdTlsArgs,
+    /// The cluster's server token. The first server of a cluster makes one (in `<data-dir>/pki/server-token`)
+    /// unless given; every other server joins with the same token and the same --datastore, and takes the
+    /// cluster's CA, service-account key, node token and Secret encryption keys from the datastore.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// How long Events live after their last write (`1h`, `30m`, `90s`).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub event_ttl: Duration,
@@ -120,6 +125,7 @@ impl Args {
             advertise: self.advertise_address.clone(),
             extra_names: self.tls_san.clone(),
             datastore: datastore(&self.datastore, &self.etcd_tls)?,
+            token: self.token.clone(),
             event_ttl: self.event_ttl,
             compaction_interval: Duration::from_secs(self.compaction_interval.max(10)),
             controllers: Some(controllers),
@@ -140,6 +146,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let s = server::start(cfg).await?;
         eprintln!("skiff server: serving {} (kubeconfig {})", s.url, s.kubeconfig.display());
         eprintln!("  nodes join with: skiff agent --server {} --token {}", s.url, s.pki.node_token);
+        eprintln!(
+            "  servers join with: skiff server --datastore <the same> --token $(cat {})",
+            s.pki.dir.join(skiff_control::cluster_secrets::TOKEN_FILE).display()
+        );
         super::wait_for_shutdown().await;
         Ok(())
     })

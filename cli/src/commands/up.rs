@@ -134,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tls_san: vec![node_name.clone()],
             datastore: "sqlite".into(),
             etcd_tls: Default::default(),
+            token: None,
             event_ttl: Duration::from_secs(3600),
             compaction_interval: 300,
             max_requests_inflight_per_user: 100,

@@ -1,10 +1,14 @@
 //! CustomResourceDefinitions: every served version of a CRD becomes a resource in the registry (discovered,
 //! served, watched) as soon as the CRD is stored; deleting the CRD deletes its objects.
 
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::Api;
 use super::writes::WriteOptions;
+use crate::storage::Revision;
 use skiff_api::registry::{PrinterColumn, ResourceInfo, Scope, Subresource};
 
 /// Orders versions as Kubernetes does: GA before beta before alpha, higher numbers first, others last.
@@ -120,19 +124,33 @@ pub fn resources_of(crd: &Value) -> Vec<ResourceInfo> {
         .collect()
 }
 
+/// The store revisions the served custom resources reflect.
+#[derive(Debug, Default)]
+pub(crate) struct CrdRevisions {
+    /// The revision of the last reload of every CRD.
+    listed: std::sync::atomic::AtomicI64,
+    /// The latest revision of a CRD this server wrote and served at once.
+    written: std::sync::atomic::AtomicI64,
+}
+
 impl Api {
-    /// Brings the registry in line with a CRD change; marks new CRDs Established; deletes the objects of a deleted
-    /// CRD.
-    pub(crate) async fn sync_crd(&self, old: Option<&Value>, new: Option<&Value>) {
+    /// After this server wrote a CRD at `revision`: serves its resources at once (unless a reload of every CRD
+    /// at a later revision, by [`Api::follow_crds`], is served already), marks it Established, and deletes the
+    /// objects of a deleted one.
+    pub(crate) async fn sync_crd(&self, old: Option<&Value>, new: Option<&Value>, revision: Revision) {
         let old_resources = old.map(resources_of).unwrap_or_default();
         let new_resources = new.map(resources_of).unwrap_or_default();
         {
             let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-            for r in &old_resources {
-                reg.remove_custom(&r.group, &r.plural);
-            }
-            for r in &new_resources {
-                reg.upsert(r.clone());
+            let revs = &self.crd_revisions;
+            if revision > revs.listed.load(Ordering::SeqCst) {
+                for r in &old_resources {
+                    reg.remove_custom(&r.group, &r.plural);
+                }
+                for r in &new_resources {
+                    reg.upsert(r.clone());
+                }
+                revs.written.fetch_max(revision, Ordering::SeqCst);
             }
         }
         match new {
@@ -185,17 +203,53 @@ impl Api {
         }
     }
 
-    /// Registers every stored CRD (at start).
-    pub async fn load_crds(&self) -> Result<usize, super::error::ApiError> {
+    /// Serves exactly the custom resources of the CRDs stored at one revision (at start, then after every change
+    /// from any server); returns how many CRDs there are and that revision.
+    pub async fn load_crds(&self) -> Result<(usize, Revision), super::error::ApiError> {
         let info = self.builtin("apiextensions.k8s.io", "customresourcedefinitions");
-        let crds = self.list_all(&info, None, skiff_api::selector::Selector::everything()).await?;
+        let page = self.list(&info, None, &super::objects::ListQuery::default()).await?;
+        let resources: Vec<ResourceInfo> = page.items.iter().flat_map(resources_of).collect();
         let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
-        for crd in &crds {
-            for r in resources_of(crd) {
-                reg.upsert(r);
+        let revs = &self.crd_revisions;
+        // a list older than a CRD this server wrote since is not applied: that write's own event, still to come,
+        // makes the next reload
+        if page.revision > revs.listed.load(Ordering::SeqCst) && page.revision >= revs.written.load(Ordering::SeqCst) {
+            reg.replace_custom(resources);
+            revs.listed.store(page.revision, Ordering::SeqCst);
+        }
+        Ok((page.items.len(), page.revision))
+    }
+
+    /// Keeps the served custom resources in step with the CRDs in the datastore, whichever server wrote them:
+    /// watches the CRDs from `from` (the revision [`Api::load_crds`] read) and reloads them all on every change.
+    /// Runs for the life of the server; a broken or compacted watch is followed by a reload and a new watch.
+    pub async fn follow_crds(self: std::sync::Arc<Self>, mut from: Revision) {
+        let prefix = self.builtin("apiextensions.k8s.io", "customresourcedefinitions").storage_prefix();
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            match self.store.watch(&prefix, from).await {
+                Ok(mut events) => {
+                    while let Some(ev) = events.next().await {
+                        let Ok(ev) = ev else { break };
+                        if ev.revision() <= self.crd_revisions.listed.load(Ordering::SeqCst) {
+                            continue; // a reload has read it already
+                        }
+                        match self.load_crds().await {
+                            Ok((_, rev)) => from = rev,
+                            Err(e) => tracing::warn!(error = %e, "reloading the CRDs failed"),
+                        }
+                        backoff = std::time::Duration::from_millis(200);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "watching the CRDs failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            match self.load_crds().await {
+                Ok((_, rev)) => from = rev,
+                Err(e) => tracing::warn!(error = %e, "reloading the CRDs failed"),
             }
         }
-        Ok(crds.len())
     }
 }
 

@@ -112,6 +112,8 @@ pub struct Api {
     pub csr_changed: tokio::sync::Notify,
     /// Watch events decoded once for every watcher.
     pub decoded: decoded::Decoded,
+    /// The revisions the custom resources in `registry` reflect (changed under the registry's lock).
+    pub(crate) crd_revisions: crd::CrdRevisions,
 }
 
 impl std::fmt::Debug for Api {
@@ -138,6 +140,7 @@ impl Api {
             inflight: limits::InFlight::new(config.limits.clone()),
             tokens: token_cache::TokenCache::default(),
             csr_changed: tokio::sync::Notify::new(),
+            crd_revisions: Default::default(),
             decoded: decoded::Decoded::default(),
             config,
         })

@@ -229,7 +229,7 @@ impl Api {
             }
         };
         let object = decode(info, &kv)?;
-        self.after_write(info, None, Some(&object)).await;
+        self.after_write(info, None, Some(&object), kv.mod_revision).await;
         Ok(Written { object, created: true, warnings })
     }
 
@@ -387,7 +387,7 @@ impl Api {
             let kv =
                 self.store.delete(&key, Some(cur.revision)).await.map_err(|e| ApiError::from_storage(info, name, e))?;
             let gone = decode(info, &kv)?;
-            self.after_write(info, Some(&cur.object), None).await;
+            self.after_write(info, Some(&cur.object), None, kv.mod_revision).await;
             return Ok(Written { object: gone, created: false, warnings });
         }
         let key = info.storage_key(ns, name);
@@ -400,7 +400,7 @@ impl Api {
         if is_service {
             self.release_service(&cur.object, Some(&object)).await;
         }
-        self.after_write(info, Some(&cur.object), Some(&object)).await;
+        self.after_write(info, Some(&cur.object), Some(&object), kv.mod_revision).await;
         Ok(Written { object, created: false, warnings })
     }
 
@@ -544,7 +544,7 @@ impl Api {
             match self.store.delete(&key, Some(cur.revision)).await {
                 Ok(kv) => {
                     let gone = decode(info, &kv)?;
-                    self.after_write(info, Some(&cur.object), None).await;
+                    self.after_write(info, Some(&cur.object), None, kv.mod_revision).await;
                     Ok(Attempt::Done(Deleted::Gone(gone)))
                 }
                 Err(StorageError::Conflict { .. }) => Ok(Attempt::LostRace),
@@ -553,8 +553,15 @@ impl Api {
         })
     }
 
-    /// Side effects of a committed write: releasing Service allocations, (un)registering custom resources.
-    pub(crate) async fn after_write(&self, info: &ResourceInfo, old: Option<&Value>, new: Option<&Value>) {
+    /// Side effects of a write committed at `revision`: releasing Service allocations, (un)registering custom
+    /// resources.
+    pub(crate) async fn after_write(
+        &self,
+        info: &ResourceInfo,
+        old: Option<&Value>,
+        new: Option<&Value>,
+        revision: crate::storage::Revision,
+    ) {
         if info.group == super::authz::RBAC_GROUP {
             self.authz.invalidate();
         }
@@ -576,7 +583,7 @@ impl Api {
             self.release_pod_cidr(old).await;
         }
         if info.group == "apiextensions.k8s.io" && info.plural == "customresourcedefinitions" {
-            self.sync_crd(old, new).await;
+            self.sync_crd(old, new, revision).await;
         }
     }
 }

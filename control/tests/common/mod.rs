@@ -45,6 +45,7 @@ impl Cluster {
             advertise: None,
             extra_names: Vec::new(),
             datastore: skiff_control::server::Datastore::Sqlite,
+            token: None,
             compaction_interval: Duration::from_secs(300),
             event_ttl: Duration::from_secs(3600),
             controllers,

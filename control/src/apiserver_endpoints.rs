@@ -1,0 +1,234 @@
+//! The `kubernetes` Service's endpoints: every live API server, as the upstream lease endpoint reconciler keeps
+//! them. Each server holds a Lease `kube-system/apiserver-<address>` (label `apiserver.kubernetes.io/identity:
+//! kube-apiserver`, the advertised `host:port` as holder) renewed every [`RENEW`], and writes the
+//! `default/kubernetes` EndpointSlice with the servers whose Lease it saw renewed within the Lease's duration.
+//!
+//! Liveness is judged by this server's own clock, from when it saw each Lease's resourceVersion change (as
+//! client-go's leader election does), never from the `renewTime` another server wrote: clock skew between servers
+//! neither keeps a dead server in nor drops a live one. [`plan`] decides, [`run`] reads and writes.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::apiserver::Api;
+use crate::apiserver::writes::WriteOptions;
+
+/// How often a server renews its Lease and rewrites the endpoints.
+pub const RENEW: Duration = Duration::from_secs(5);
+/// How long a Lease lasts without renewal: a dead server leaves the endpoints within this (plus one [`RENEW`]).
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// A Lease dead this long is deleted.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+const NAMESPACE: &str = "kube-system";
+const IDENTITY_LABEL: &str = "apiserver.kubernetes.io/identity";
+const MANAGER: &str = "skiff-apiserver";
+
+/// What the planner needs of one server's Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The Lease's name.
+    pub name: String,
+    /// The server's advertised `host:port` (`spec.holderIdentity`).
+    pub holder: String,
+    /// The Lease's resourceVersion: a change is a renewal.
+    pub version: String,
+    /// `spec.leaseDurationSeconds`.
+    pub duration: Duration,
+}
+
+/// When this server saw each Lease's current version first.
+#[derive(Debug, Default, Clone)]
+pub struct Observations {
+    seen: BTreeMap<String, (String, Instant)>,
+}
+
+/// What the endpoints should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The live servers' addresses (this one's always), sorted.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The port they serve on (this server's; Leases on another port are left out).
+    pub port: u16,
+    /// Leases dead for [`FORGET_AFTER`], to delete.
+    pub forget: Vec<String>,
+}
+
+/// The endpoints given the Leases listed now; records in `seen` when each Lease's version was first seen.
+pub fn plan(own: SocketAddrV4, leases: &[LeaseView], seen: &mut Observations, now: Instant) -> Plan {
+    seen.seen.retain(|name, _| leases.iter().any(|l| &l.name == name));
+    let mut addresses = vec![*own.ip()];
+    let mut forget = Vec::new();
+    for lease in leases {
+        let since = match seen.seen.get(&lease.name) {
+            Some((version, at)) if *version == lease.version => *at,
+            _ => {
+                seen.seen.insert(lease.name.clone(), (lease.version.clone(), now));
+                now
+            }
+        };
+        let quiet = now.saturating_duration_since(since);
+        let Ok(addr) = lease.holder.parse::<SocketAddrV4>() else { continue };
+        if addr == own {
+            continue;
+        }
+        if quiet >= FORGET_AFTER.max(lease.duration) {
+            forget.push(lease.name.clone());
+        } else if quiet < lease.duration && addr.port() == own.port() {
+            addresses.push(*addr.ip());
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    Plan { addresses, port: own.port(), forget }
+}
+
+/// The Lease name for a server advertised at `addr`.
+pub fn lease_name(addr: &str) -> String {
+    let safe: String =
+        addr.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    format!("apiserver-{safe}")
+}
+
+fn view(lease: &Value) -> Option<LeaseView> {
+    Some(LeaseView {
+        name: lease.pointer("/metadata/name")?.as_str()?.to_string(),
+        holder: lease.pointer("/spec/holderIdentity")?.as_str()?.to_string(),
+        version: lease.pointer("/metadata/resourceVersion")?.as_str()?.to_string(),
+        duration: Duration::from_secs(lease.pointer("/spec/leaseDurationSeconds")?.as_u64()?),
+    })
+}
+
+fn now_text() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The EndpointSlice `default/kubernetes` for `plan`.
+fn slice(plan: &Plan) -> Value {
+    let endpoints: Vec<Value> = plan
+        .addresses
+        .iter()
+        .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": MANAGER}},
+        "addressType": "IPv4", "endpoints": endpoints,
+        "ports": [{"name": "https", "port": plan.port, "protocol": "TCP"}]})
+}
+
+/// One pass: renews this server's Lease, reads every server's, and writes the endpoints when they differ. A server
+/// advertised at a name rather than an IPv4 address keeps its Lease but writes no endpoints (`None`).
+pub async fn reconcile(api: &Api, advertise: &str, seen: &mut Observations) -> Result<Option<Plan>, String> {
+    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let leases = api.builtin("coordination.k8s.io", "leases");
+    let name = lease_name(advertise);
+    let renewed = match api.try_get(&leases, Some(NAMESPACE), &name).await.map_err(|e| e.to_string())? {
+        None => {
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": {IDENTITY_LABEL: "kube-apiserver"}},
+                "spec": {"holderIdentity": advertise, "leaseDurationSeconds": LEASE_DURATION.as_secs(),
+                    "acquireTime": now_text(), "renewTime": now_text()}});
+            api.create(&leases, Some(NAMESPACE), lease, &opts).await.map(|_| ())
+        }
+        Some(cur) => {
+            let mut lease = cur.object;
+            lease["spec"]["holderIdentity"] = json!(advertise);
+            lease["spec"]["leaseDurationSeconds"] = json!(LEASE_DURATION.as_secs());
+            lease["spec"]["renewTime"] = json!(now_text());
+            api.update(&leases, Some(NAMESPACE), &name, lease, None, &opts).await.map(|_| ())
+        }
+    };
+    renewed.map_err(|e| format!("renewing lease {NAMESPACE}/{name}: {e}"))?;
+    let Ok(own) = advertise.parse::<SocketAddrV4>() else { return Ok(None) };
+    let selector =
+        skiff_api::selector::Selector::parse(&format!("{IDENTITY_LABEL}=kube-apiserver")).map_err(|e| e.to_string())?;
+    let listed = api.list_all(&leases, Some(NAMESPACE), selector).await.map_err(|e| e.to_string())?;
+    let views: Vec<LeaseView> = listed.iter().filter_map(view).collect();
+    let plan = plan(own, &views, seen, Instant::now());
+    let slices = api.builtin("discovery.k8s.io", "endpointslices");
+    let desired = slice(&plan);
+    let written = match api.try_get(&slices, Some("default"), "kubernetes").await.map_err(|e| e.to_string())? {
+        None => api.create(&slices, Some("default"), desired, &opts).await.map(|_| ()),
+        Some(cur)
+            if cur.object.get("endpoints") == desired.get("endpoints")
+                && cur.object.get("ports") == desired.get("ports") =>
+        {
+            Ok(())
+        }
+        Some(_) => api.update(&slices, Some("default"), "kubernetes", desired, None, &opts).await.map(|_| ()),
+    };
+    written.map_err(|e| format!("writing the kubernetes endpoints: {e}"))?;
+    for dead in &plan.forget {
+        let deleted = api.delete(&leases, Some(NAMESPACE), dead, &Default::default()).await;
+        if let Err(e) = deleted.map(|_| ()) {
+            tracing::debug!(lease = %dead, error = %e, "deleting a dead API server's lease failed");
+        }
+    }
+    Ok(Some(plan))
+}
+
+/// Renews this server's Lease and keeps the endpoints every [`RENEW`], for the life of the server.
+pub async fn run(api: Arc<Api>, advertise: String, mut seen: Observations) {
+    let mut tick = tokio::time::interval(RENEW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = reconcile(&api, &advertise, &mut seen).await {
+            tracing::warn!(error = %e, "keeping the kubernetes endpoints failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(name: &str, holder: &str, version: &str) -> LeaseView {
+        LeaseView { name: name.into(), holder: holder.into(), version: version.into(), duration: LEASE_DURATION }
+    }
+
+    #[test]
+    fn live_servers_are_the_endpoints_judged_by_this_servers_clock() {
+        let own: SocketAddrV4 = "10.0.0.1:6443".parse().expect("addr");
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut seen = Observations::default();
+        let b = lease("apiserver-b", "10.0.0.2:6443", "5");
+        let c = lease("apiserver-c", "10.0.0.3:6443", "7");
+        let other_port = lease("apiserver-d", "10.0.0.4:8443", "9");
+        let garbage = lease("apiserver-e", "not-an-address", "1");
+        let all = [lease("apiserver-own", "10.0.0.1:6443", "3"), b.clone(), c.clone(), other_port, garbage];
+        let addrs = |p: &Plan| p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        // first sight counts as a renewal now, whatever renewTime says
+        let p = plan(own, &all, &mut seen, t0);
+        assert_eq!(addrs(&p), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(p.port, 6443);
+        // b keeps renewing, c stops: c is out once its duration has passed since its last change was seen
+        let b2 = lease("apiserver-b", "10.0.0.2:6443", "11");
+        let later = [b2.clone(), c.clone()];
+        assert_eq!(addrs(&plan(own, &later, &mut seen, t0 + s(10))), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(addrs(&plan(own, &later, &mut seen, t0 + s(15))), ["10.0.0.1", "10.0.0.2"]);
+        // b's renewal at 10 s keeps it until 25 s
+        assert_eq!(addrs(&plan(own, &later, &mut seen, t0 + s(24))), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(addrs(&plan(own, &later, &mut seen, t0 + s(25))), ["10.0.0.1"]);
+        // c renews again: back at once
+        let c2 = lease("apiserver-c", "10.0.0.3:6443", "12");
+        assert_eq!(addrs(&plan(own, &[b2.clone(), c2], &mut seen, t0 + s(26))), ["10.0.0.1", "10.0.0.3"]);
+        // dead for ten minutes: deleted
+        let p = plan(own, &[b2], &mut seen, t0 + s(10 + 600));
+        assert_eq!(p.forget, ["apiserver-b"]);
+        // this server alone, even before its own Lease is listed
+        assert_eq!(addrs(&plan(own, &[], &mut Observations::default(), t0)), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn lease_names_are_dns_labels() {
+        assert_eq!(lease_name("10.0.0.1:6443"), "apiserver-10-0-0-1-6443");
+        assert_eq!(lease_name("API.example:443"), "apiserver-api-example-443");
+    }
+}
