@@ -184,12 +184,14 @@ impl rustls::client::ResolvesClientCert for NodeCert {
     }
 }
 
-/// A kube client of `server` (trusting `ca_pem`) that authenticates with whatever `cert` holds at each connection.
-pub async fn client_with(server: &str, ca_pem: &str, cert: Arc<NodeCert>) -> Result<kube::Client, AgentError> {
+/// A kube client of `servers` (trusting `ca_pem`; the first used until it cannot be reached, then the next, see
+/// [`crate::failover`]) that authenticates with whatever `cert` holds at each connection.
+pub async fn client_with(servers: &[String], ca_pem: &str, cert: Arc<NodeCert>) -> Result<kube::Client, AgentError> {
     use kube::client::ConfigExt as _;
     skiff_client::install_crypto_provider();
-    // the configuration carries the server and CA; the credential is the resolver, set below
-    let text = crate::client::kubeconfig_yaml(server, "", ca_pem);
+    let list = crate::failover::Servers::new(servers).map_err(AgentError::Config)?;
+    // the configuration carries the CA; the server is chosen per request, the credential is the resolver
+    let text = crate::client::kubeconfig_yaml(&list.current_uri().to_string(), "", ca_pem);
     let bad = |e: kube::config::KubeconfigError| AgentError::Config(format!("client configuration: {e}"));
     let kc = kube::config::Kubeconfig::from_yaml(&text).map_err(bad)?;
     let mut config =
@@ -199,6 +201,8 @@ pub async fn client_with(server: &str, ca_pem: &str, cert: Arc<NodeCert>) -> Res
     tls.client_auth_cert_resolver = cert;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
+    // a server that does not answer is left for the next one after this long
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     // HTTP/2 when the server offers it: the per-object watches of Secrets and ConfigMaps, the pod watch and the
     // status writes then share one connection instead of one each
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -209,14 +213,14 @@ pub async fn client_with(server: &str, ca_pem: &str, cert: Arc<NodeCert>) -> Res
         .wrap_connector(http);
     let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, kube::client::Body>(https);
-    let service = tower::ServiceBuilder::new().layer(config.base_uri_layer()).service(hyper_client);
+    let service = tower::ServiceBuilder::new().layer(crate::failover::FailoverLayer(list)).service(hyper_client);
     Ok(kube::Client::new(service, config.default_namespace))
 }
 
 /// Joins the cluster as `node`: the kept certificate, or a new one asked for with `token`; returns the client and
 /// the certificate holder (for [`renew`]).
 pub async fn join(
-    server: &str,
+    servers: &[String],
     token: &str,
     ca_pem: &str,
     node: &str,
@@ -227,16 +231,40 @@ pub async fn join(
     let (cert, key) = match files.load().filter(|(c, _)| usable(c, node, now)) {
         Some(pair) => pair,
         None => {
-            let bootstrap = crate::client::connect(server, token, ca_pem).await?;
-            let (cert, key) = request_certificate(&bootstrap, node, lifetime).await?;
+            let (cert, key) = request_from_any(servers, token, ca_pem, node, lifetime).await?;
             files.save(&cert, &key).map_err(|e| AgentError::Config(format!("saving the node certificate: {e}")))?;
             tracing::info!(node, path = %files.cert.display(), "obtained the node's client certificate");
             (cert, key)
         }
     };
     let holder = Arc::new(NodeCert::new(&cert, &key)?);
-    let client = client_with(server, ca_pem, holder.clone()).await?;
+    let client = client_with(servers, ca_pem, holder.clone()).await?;
     Ok((client, holder))
+}
+
+/// How long a connection to an API server may take before the next server is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The node's first certificate, asked for with the join token from the first of `servers` that answers.
+async fn request_from_any(
+    servers: &[String],
+    token: &str,
+    ca_pem: &str,
+    node: &str,
+    lifetime: Option<Duration>,
+) -> Result<(String, String), AgentError> {
+    let mut last = AgentError::Config("no API server given".into());
+    for server in servers {
+        let bootstrap = crate::client::connect(server, token, ca_pem).await?;
+        match request_certificate(&bootstrap, node, lifetime).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "asking for the node certificate failed; trying the next server");
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Renews the node's certificate (asking as the node itself) whenever a third of its lifetime is left; checks
@@ -275,7 +303,7 @@ pub async fn renew(
 /// [`join`], then keeps the certificate renewed in the background (checked every minute): the client the agent
 /// runs with.
 pub async fn connect_node(
-    server: &str,
+    servers: &[String],
     token: &str,
     ca_pem: &str,
     node: &str,
@@ -283,7 +311,7 @@ pub async fn connect_node(
     lifetime: Option<Duration>,
 ) -> Result<kube::Client, AgentError> {
     let files = Files::under(pki_dir);
-    let (client, holder) = join(server, token, ca_pem, node, &files, lifetime).await?;
+    let (client, holder) = join(servers, token, ca_pem, node, &files, lifetime).await?;
     tokio::spawn(renew(client.clone(), holder, node.to_string(), files, lifetime, Duration::from_secs(60)));
     Ok(client)
 }

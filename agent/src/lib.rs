@@ -22,6 +22,7 @@ pub mod config;
 pub mod dataplane;
 pub mod dns;
 pub mod error;
+pub mod failover;
 pub mod host;
 pub mod images;
 pub mod metrics;

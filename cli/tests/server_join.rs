@@ -2,7 +2,7 @@
 //! takes the cluster's CA, service-account key, node token and Secret encryption keys from the datastore, so a
 //! credential, a Secret or a service-account token made through one works through the other; a CRD created through
 //! one is served by the other without a restart; the `kubernetes` endpoints list both servers and drop one that
-//! dies. A server with a wrong token, or none, refuses to join.
+//! dies; a node client given both fails over when one dies. A server with a wrong token, or none, refuses to join.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -216,8 +216,31 @@ async fn servers_joining_with_the_token_serve_one_cluster() {
         addresses().await == ["127.0.0.2", "127.0.0.3"]
     })
     .await;
+    // a node client given both servers, b first: it joins (its certificate asked for through b), and once b is
+    // killed its next request fails and the one after reaches a
+    let node_token = read(a.join("pki/node-token"));
+    let servers = [url_b.clone(), format!("https://{addr_a}")];
+    let node = skiff_agent::bootstrap::connect_node(
+        &servers,
+        node_token.trim(),
+        &read(ca.clone()),
+        "join-node",
+        &dir.join("node-pki"),
+        None,
+    )
+    .await
+    .expect("the node joins through b");
+    node.apiserver_version().await.expect("the node client reaches b");
     let _ = server_b.0.kill();
     let _ = server_b.0.wait();
+    let mut attempts = 0;
+    while attempts < 5 {
+        attempts += 1;
+        if node.apiserver_version().await.is_ok() {
+            break;
+        }
+    }
+    assert!((2..=3).contains(&attempts), "the node client failed over to a after {attempts} attempts (at most 3)");
     // its last renewal is seen within one renewal period, it is out a lease later, written at the next pass
     let limit = skiff_control::apiserver_endpoints::LEASE_DURATION + 3 * skiff_control::apiserver_endpoints::RENEW;
     let took = eventually(limit, "the dead server dropped from the endpoints within its lease", async || {

@@ -14,9 +14,10 @@ use skiff_agent::{AgentConfig, config};
 pub struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// The API server (`https://host:6443`).
-    #[arg(long)]
-    server: Option<String>,
+    /// The API server (`https://host:6443`); several (repeated or comma-separated) for a cluster of servers: the
+    /// first is used until it cannot be reached, then the next.
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<String>,
     /// The node token (`<server data dir>/pki/node-token`).
     #[arg(long, env = "SKIFF_NODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -251,14 +252,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let server = args.server.clone().context("--server is required")?;
+            anyhow::ensure!(!args.server.is_empty(), "--server is required");
+            let servers = args.server.clone();
             let token = args.token.clone().context("--token (or SKIFF_NODE_TOKEN) is required")?;
             let (cfg, dataplane) = args.config()?;
             super::runtime()?.block_on(async move {
                 let pki = skiff_agent::paths::Paths::new(cfg.data_dir.clone()).pki();
                 let lifetime = args.node_certificate_seconds.map(std::time::Duration::from_secs);
                 let client = skiff_agent::bootstrap::connect_node(
-                    &server,
+                    &servers,
                     token.trim(),
                     &cfg.ca_cert_pem,
                     &cfg.node_name,
@@ -266,7 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     lifetime,
                 )
                 .await?;
-                eprintln!("skiff agent: node {} joining {server}", cfg.node_name);
+                eprintln!("skiff agent: node {} joining {}", cfg.node_name, servers.join(", "));
                 skiff_agent::run(client, cfg, dataplane, super::wait_for_shutdown()).await?;
                 Ok(())
             })

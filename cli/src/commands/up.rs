@@ -187,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         agent_cfg.validate()?;
         let agent_client = skiff_agent::bootstrap::connect_node(
-            &server.url,
+            std::slice::from_ref(&server.url),
             &server.pki.node_token,
             &server.pki.ca.cert_pem,
             &node_name,
