@@ -271,14 +271,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     let url = format!("https://{advertise}");
     let kubeconfig_path = cfg.data_dir.join("kubeconfig");
-    let content = kubeconfig::render(
-        "skiff",
-        &url,
-        &pki.ca.cert_pem,
-        "skiff-admin",
-        Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem },
-    );
-    kubeconfig::write(&kubeconfig_path, &content)
+    kubeconfig::write(&kubeconfig_path, &admin_kubeconfig(&url, &pki))
         .map_err(|e| ServerError::Io { context: format!("writing {}", kubeconfig_path.display()), source: e })?;
     tokio::spawn(certificate_loop(
         CertificateWatch {
@@ -307,6 +300,23 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server ready");
     Ok(RunningServer { api, addr, url, pki, kubeconfig: kubeconfig_path })
+}
+
+/// The admin kubeconfig for `url`, with a note on reaching a cluster of several servers.
+fn admin_kubeconfig(url: &str, pki: &Pki) -> String {
+    let content = kubeconfig::render(
+        "skiff",
+        url,
+        &pki.ca.cert_pem,
+        "skiff-admin",
+        Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem },
+    );
+    format!(
+        "# The admin credential of a skiff cluster. Every server of the cluster (servers joined with\n\
+         # `skiff server --token`) accepts it: to keep working when this server is down, point `server:` at a\n\
+         # load balancer or DNS name in front of all of them (give each server that name with --tls-san), or add\n\
+         # a cluster and context per server and switch with `kubectl config use-context`.\n{content}"
+    )
 }
 
 /// What the certificate loop watches.
@@ -338,14 +348,7 @@ async fn certificate_loop(w: CertificateWatch, mut current: Pki, serving: Arc<ap
             }
         }
         if pki.admin.cert_pem != current.admin.cert_pem {
-            let content = kubeconfig::render(
-                "skiff",
-                &w.url,
-                &pki.ca.cert_pem,
-                "skiff-admin",
-                Credential::ClientCert { cert_pem: &pki.admin.cert_pem, key_pem: &pki.admin.key_pem },
-            );
-            match kubeconfig::write(&w.kubeconfig, &content) {
+            match kubeconfig::write(&w.kubeconfig, &admin_kubeconfig(&w.url, &pki)) {
                 Ok(()) => tracing::info!(kubeconfig = %w.kubeconfig.display(), "admin kubeconfig rewritten"),
                 Err(e) => tracing::warn!(error = %e, "rewriting the admin kubeconfig failed"),
             }
