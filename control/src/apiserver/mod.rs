@@ -112,6 +112,8 @@ pub struct Api {
     pub csr_changed: tokio::sync::Notify,
     /// Watch events decoded once for every watcher.
     pub decoded: decoded::Decoded,
+    /// One storage watch per resource type, shared by every client watch of it.
+    pub watch_cache: crate::storage::watch_cache::WatchCache,
     /// The revisions the custom resources in `registry` reflect (changed under the registry's lock).
     pub(crate) crd_revisions: crd::CrdRevisions,
 }
@@ -131,6 +133,7 @@ impl Api {
         agent_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Arc<Self> {
         Arc::new(Api {
+            watch_cache: crate::storage::watch_cache::WatchCache::new(store.clone()),
             store,
             registry: RwLock::new(Registry::with_builtins()),
             auth,

@@ -172,7 +172,7 @@ impl Api {
                     }
                 }
             }
-            let mut events = match api.store.watch(&prefix, from).await {
+            let mut events = match api.watch_cache.watch(&info.storage_prefix(), &prefix, from).await {
                 Ok(s) => s,
                 Err(e) => {
                     let err = match e {

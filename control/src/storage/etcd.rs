@@ -529,4 +529,47 @@ mod tests {
         let store = answering(&etcd.endpoint, None).await;
         crate::storage::conformance::run(&store).await;
     }
+
+    /// etcd's own count of open watchers (`etcd_debugging_mvcc_watcher_total` on its metrics endpoint).
+    async fn etcd_watchers(endpoint: &str) -> u64 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = endpoint.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("etcd's client port");
+        conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("request");
+        let mut body = String::new();
+        conn.read_to_string(&mut body).await.expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("no watcher count in etcd's metrics"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hundred_cached_watches_are_one_etcd_watch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(etcd) = start_etcd(dir.path(), None) else { return };
+        let store: Arc<dyn Storage> = Arc::new(answering(&etcd.endpoint, None).await);
+        let base = etcd_watchers(&etcd.endpoint).await;
+        let cache = crate::storage::watch_cache::WatchCache::new(store.clone());
+        let from = store.revision().await.expect("revision");
+        let mut cached = Vec::new();
+        for i in 0..200 {
+            let prefix = format!("/registry/configmaps/ns{}/", i % 4);
+            cached.push(cache.watch("/registry/configmaps/", &prefix, from).await.expect("watch"));
+        }
+        store.create("/registry/configmaps/ns1/x", Bytes::from_static(b"x")).await.expect("create");
+        let got = tokio::time::timeout(Duration::from_secs(10), cached[1].next()).await;
+        assert_eq!(got.expect("within 10 s").expect("open").expect("an event").kv.key, "/registry/configmaps/ns1/x");
+        let through_cache = etcd_watchers(&etcd.endpoint).await - base;
+        assert_eq!(through_cache, 1, "200 watchers through the cache");
+        // the same watches on the store itself: one etcd watcher each
+        let mut direct = Vec::new();
+        for i in 0..200 {
+            direct.push(store.watch(&format!("/registry/configmaps/ns{}/", i % 4), from).await.expect("watch"));
+        }
+        let without = etcd_watchers(&etcd.endpoint).await - base - through_cache;
+        assert!(without >= 200, "direct watches are {without} etcd watchers");
+        eprintln!("etcd watchers for 200 client watches: {through_cache} through the cache, {without} without");
+    }
 }

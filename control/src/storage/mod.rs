@@ -11,6 +11,7 @@
 pub mod encrypt;
 pub mod etcd;
 pub mod sqlite;
+pub mod watch_cache;
 
 use std::pin::Pin;
 use std::sync::Arc;
