@@ -292,8 +292,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         let client = skiff_client::connect(&kubeconfig_path)
             .await
             .map_err(|e| ServerError::Bootstrap(format!("controller client: {e}")))?;
-        let opts =
-            crate::controllers::manager::ManagerOptions { errors: api.metrics.controller_errors.clone(), ..opts };
+        // the identity names the server, so whoever reads the Lease knows which one leads
+        let identity = format!("{}_{advertise}", opts.identity);
+        let opts = crate::controllers::manager::ManagerOptions {
+            errors: api.metrics.controller_errors.clone(),
+            identity,
+            ..opts
+        };
         tokio::spawn(crate::controllers::manager::run(client, opts, Some(Arc::new(machinery))));
     } else {
         tokio::spawn(machinery());

@@ -480,7 +480,7 @@ fn leader_election_judges_expiry_from_observed_changes_not_the_holders_clock() {
         let (started, ticks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let (s, t) = (started.clone(), ticks.clone());
         let election = tokio::spawn(async move {
-            run_as_leader(client, "skew-test", "candidate", move || {
+            run_as_leader(client, "skew-test", "candidate", Default::default(), move || {
                 let (s, t) = (s.clone(), t.clone());
                 async move {
                     s.store(true, Ordering::SeqCst);

@@ -32,36 +32,57 @@ fn free_port() -> io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr().map(|a| a.port())
 }
 
+fn binary() -> io::Result<&'static str> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "etcd is not installed (scripts/setup installs it)"))
+}
+
 /// Starts a member keeping its data under `dir`; returns once it accepts connections. An error of kind `NotFound` means etcd is not installed
 /// (`scripts/setup` installs it); the caller decides whether that skips or fails.
 pub fn start(dir: &Path, tls: Option<Tls<'_>>) -> io::Result<Etcd> {
-    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "etcd is not installed (scripts/setup installs it)"))?;
-    let (port, peer) = (free_port()?, free_port()?);
+    Ok(start_cluster(dir, 1, tls)?.pop().expect("one member"))
+}
+
+/// Starts a cluster of `members` members on loopback (peers over plain HTTP, clients over TLS when `tls` is
+/// given), each keeping its data under `dir/etcd-N`; returns once every member accepts connections.
+pub fn start_cluster(dir: &Path, members: usize, tls: Option<Tls<'_>>) -> io::Result<Vec<Etcd>> {
+    let bin = binary()?;
+    let ports: Vec<(u16, u16)> = (0..members).map(|_| Ok((free_port()?, free_port()?))).collect::<io::Result<_>>()?;
+    let name = |i: usize| if members == 1 { "default".to_string() } else { format!("m{i}") };
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", name(i))).collect();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let endpoint = format!("{scheme}://127.0.0.1:{port}");
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg("--data-dir")
-        .arg(dir.join("etcd"))
-        .args(["--logger", "zap", "--log-level", "error"])
-        .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")]);
-    if let Some(t) = tls {
-        cmd.arg("--cert-file").arg(t.cert).arg("--key-file").arg(t.key);
-        cmd.arg("--trusted-ca-file").arg(t.ca).arg("--client-cert-auth");
+    let mut started = Vec::new();
+    for (i, (port, peer)) in ports.iter().enumerate() {
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
+        let data = if members == 1 { dir.join("etcd") } else { dir.join(format!("etcd-{i}")) };
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("--name")
+            .arg(name(i))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--logger", "zap", "--log-level", "error"])
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"]);
+        if let Some(t) = tls {
+            cmd.arg("--cert-file").arg(t.cert).arg("--key-file").arg(t.key);
+            cmd.arg("--trusted-ca-file").arg(t.ca).arg("--client-cert-auth");
+        }
+        started.push(Etcd { _child: Child::spawn(cmd, "etcd")?, endpoint, port: *port });
     }
-    let etcd = Etcd { _child: Child::spawn(cmd, "etcd")?, endpoint, port };
-    // ready when it accepts connections (a client started before that fails at its first request)
-    let up = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    if !up {
-        return Err(io::Error::other("etcd did not accept connections within 10 s"));
+    // ready when each accepts connections (a client started before that fails at its first request)
+    for member in &started {
+        let up = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", member.port)).is_ok()
+        });
+        if !up {
+            return Err(io::Error::other("etcd did not accept connections within 10 s"));
+        }
     }
-    Ok(etcd)
+    Ok(started)
 }

@@ -36,6 +36,16 @@ pub struct Args {
     /// How long Events live after their last write (`1h`, `30m`, `90s`).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub event_ttl: Duration,
+    /// How long the controllers' leader Lease lasts without renewal, as the other servers see it: a dead
+    /// leader's controllers resume on another server about this long after its last renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_ttl)]
+    pub leader_elect_lease_duration: Duration,
+    /// A leader that could not renew for this long stops its controllers (shorter than the lease duration).
+    #[arg(long, default_value = "10s", value_parser = parse_ttl)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and the other servers look.
+    #[arg(long, default_value = "2s", value_parser = parse_ttl)]
+    pub leader_elect_retry_period: Duration,
     /// Watch history kept before compaction, in seconds.
     #[arg(long, default_value_t = 300)]
     pub compaction_interval: u64,
@@ -119,6 +129,12 @@ impl Args {
                 .map_err(|e| anyhow::anyhow!("--lb-pool: {e}"))?;
             controllers.config.lb_pool = Some(text);
         }
+        controllers.election = skiff_control::controllers::leader::Timings {
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        };
+        controllers.election.validate().map_err(|e| anyhow::anyhow!("--leader-elect-*: {e}"))?;
         Ok(ServerConfig {
             data_dir: self.data_dir.clone(),
             listen: self.listen,

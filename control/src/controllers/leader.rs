@@ -25,6 +25,46 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest one Lease read or write may take.
 const API_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// The election's timings (kube-controller-manager's `--leader-elect-lease-duration`, `--leader-elect-renew-deadline`
+/// and `--leader-elect-retry-period`). Shorter ones hand over sooner after a leader dies and make a loaded leader
+/// more likely to lose its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How long a Lease is valid without renewal, as the other candidates see it.
+    pub lease_duration: Duration,
+    /// A holder that has not renewed for this long stops its work.
+    pub renew_deadline: Duration,
+    /// How often the holder renews and the others look.
+    pub retry_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings { lease_duration: LEASE_DURATION, renew_deadline: RENEW_DEADLINE, retry_period: RENEW_EVERY }
+    }
+}
+
+impl Timings {
+    /// Checks lease duration > renew deadline > retry period (each at least 100 ms), as kube-controller-manager
+    /// does: the holder must stop before anyone may take over.
+    pub fn validate(&self) -> Result<(), String> {
+        let ms = Duration::from_millis(100);
+        if self.retry_period < ms || self.renew_deadline <= self.retry_period {
+            return Err(format!(
+                "the renew deadline ({:?}) must be longer than the retry period ({:?}, at least 100 ms)",
+                self.renew_deadline, self.retry_period
+            ));
+        }
+        if self.lease_duration <= self.renew_deadline {
+            return Err(format!(
+                "the lease duration ({:?}) must be longer than the renew deadline ({:?})",
+                self.lease_duration, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What to do about the Lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -89,7 +129,7 @@ fn write_outcome(r: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
 }
 
 /// The Lease `identity` writes to hold it, built on `current` (whose `resourceVersion` guards the write).
-fn held_lease(current: Option<&Lease>, name: &str, identity: &str, now: jiff::Timestamp) -> Lease {
+fn held_lease(current: Option<&Lease>, name: &str, identity: &str, duration: Duration, now: jiff::Timestamp) -> Lease {
     let spec = current.and_then(|l| l.spec.as_ref());
     let was_ours = spec.and_then(|s| s.holder_identity.as_deref()) == Some(identity);
     let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
@@ -102,7 +142,7 @@ fn held_lease(current: Option<&Lease>, name: &str, identity: &str, now: jiff::Ti
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(identity.to_string()),
-            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            lease_duration_seconds: Some(duration.as_secs().max(1) as i32),
             acquire_time: if was_ours { spec.and_then(|s| s.acquire_time.clone()) } else { Some(MicroTime(now)) },
             // For people reading the Lease; no candidate judges expiry by it.
             renew_time: Some(MicroTime(now)),
@@ -113,7 +153,13 @@ fn held_lease(current: Option<&Lease>, name: &str, identity: &str, now: jiff::Ti
 }
 
 /// One election round: reads the Lease, decides, writes; `Ok(true)` when we hold it afterwards.
-async fn try_hold(api: &Api<Lease>, name: &str, identity: &str, observer: &mut Observer) -> Result<bool, kube::Error> {
+async fn try_hold(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    duration: Duration,
+    observer: &mut Observer,
+) -> Result<bool, kube::Error> {
     let current = api.get_opt(name).await?;
     let unchanged_for =
         observer.observe(current.as_ref().and_then(|l| l.metadata.resource_version.as_deref()), Instant::now());
@@ -121,7 +167,7 @@ async fn try_hold(api: &Api<Lease>, name: &str, identity: &str, observer: &mut O
     if step == Step::TakeOver {
         tracing::info!(lease = name, identity, ?unchanged_for, "the leader lease expired as seen here; taking it over");
     }
-    let lease = || held_lease(current.as_ref(), name, identity, jiff::Timestamp::now());
+    let lease = || held_lease(current.as_ref(), name, identity, duration, jiff::Timestamp::now());
     match step {
         Step::Wait => Ok(false),
         Step::Create => write_outcome(api.create(&PostParams::default(), &lease()).await),
@@ -134,10 +180,11 @@ async fn attempt(
     api: &Api<Lease>,
     name: &str,
     identity: &str,
+    duration: Duration,
     observer: &mut Observer,
     limit: Duration,
 ) -> Result<bool, String> {
-    match tokio::time::timeout(limit, try_hold(api, name, identity, observer)).await {
+    match tokio::time::timeout(limit, try_hold(api, name, identity, duration, observer)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
@@ -146,7 +193,7 @@ async fn attempt(
 /// Runs `work` whenever this instance holds the Lease `kube-system/<name>`; stops it when the lease is lost. `work`'s
 /// future is dropped (and awaited) before another round of the election: whatever it owns, such as a
 /// [`tokio::task::JoinSet`] of its tasks, is gone with it.
-pub async fn run_as_leader<F, Fut>(client: kube::Client, name: &str, identity: &str, work: F)
+pub async fn run_as_leader<F, Fut>(client: kube::Client, name: &str, identity: &str, timings: Timings, work: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -155,23 +202,24 @@ where
     let mut observer = Observer::default();
     loop {
         let started = Instant::now();
-        match attempt(&api, name, identity, &mut observer, API_TIMEOUT).await {
+        let lease = timings.lease_duration;
+        match attempt(&api, name, identity, lease, &mut observer, API_TIMEOUT.min(timings.renew_deadline)).await {
             Ok(true) => {
                 tracing::info!(lease = name, identity, "became the leader");
                 let mut task = tokio::spawn(work());
                 // Leadership ends at this instant unless a renewal that starts before it succeeds; nothing waits past it.
-                let mut deadline = started + RENEW_DEADLINE;
+                let mut deadline = started + timings.renew_deadline;
                 let lost = loop {
                     tokio::select! {
                         _ = &mut task => break "the controllers ended",
-                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.min(Instant::now() + RENEW_EVERY))) => {}
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.min(Instant::now() + timings.retry_period))) => {}
                     }
                     let attempt_started = Instant::now();
                     let Some(left) = deadline.checked_duration_since(attempt_started).filter(|d| !d.is_zero()) else {
                         break "the lease could not be renewed in time";
                     };
-                    match attempt(&api, name, identity, &mut observer, left.min(API_TIMEOUT)).await {
-                        Ok(true) => deadline = attempt_started + RENEW_DEADLINE,
+                    match attempt(&api, name, identity, lease, &mut observer, left.min(API_TIMEOUT)).await {
+                        Ok(true) => deadline = attempt_started + timings.renew_deadline,
                         Ok(false) => break "another instance holds the lease",
                         Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
                     }
@@ -183,7 +231,7 @@ where
             Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "leader election attempt failed"),
         }
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(timings.retry_period).await;
     }
 }
 
@@ -250,17 +298,28 @@ mod tests {
     }
 
     #[test]
+    fn timings_must_let_the_holder_stop_first() {
+        let s = Duration::from_secs;
+        assert_eq!(Timings::default().validate(), Ok(()));
+        let t = |l, d, r| Timings { lease_duration: s(l), renew_deadline: s(d), retry_period: s(r) };
+        assert_eq!(t(4, 3, 1).validate(), Ok(()));
+        assert!(t(3, 3, 1).validate().is_err(), "deadline not below the lease");
+        assert!(t(4, 1, 1).validate().is_err(), "retry not below the deadline");
+        assert!(t(4, 3, 0).validate().is_err(), "no retry period");
+    }
+
+    #[test]
     fn holding_keeps_the_acquire_time_and_counts_transitions() {
         let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
         let mut mine = lease("me", "9", "2026-01-01T00:00:00.000000Z");
         mine.spec.as_mut().expect("spec").acquire_time = Some(MicroTime("2026-01-01T00:00:00Z".parse().expect("t")));
         mine.spec.as_mut().expect("spec").lease_transitions = Some(3);
-        let renewed = held_lease(Some(&mine), "l", "me", now);
+        let renewed = held_lease(Some(&mine), "l", "me", LEASE_DURATION, now);
         let spec = renewed.spec.as_ref().expect("spec");
         assert_eq!(renewed.metadata.resource_version.as_deref(), Some("9"), "the write is guarded by what was read");
         assert_eq!(spec.acquire_time, mine.spec.as_ref().expect("spec").acquire_time);
         assert_eq!(spec.lease_transitions, Some(3));
-        let taken = held_lease(Some(&mine), "l", "other", now);
+        let taken = held_lease(Some(&mine), "l", "other", LEASE_DURATION, now);
         let spec = taken.spec.as_ref().expect("spec");
         assert_eq!((spec.acquire_time.as_ref().map(|t| t.0), spec.lease_transitions), (Some(now), Some(4)));
     }

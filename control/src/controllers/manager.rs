@@ -20,6 +20,8 @@ pub struct ManagerOptions {
     pub metrics: Arc<dyn MetricsSource>,
     /// This instance's identity in leader election.
     pub identity: String,
+    /// The leader election's timings.
+    pub election: super::leader::Timings,
     /// Where failed reconciles are counted (`skiff_controller_reconcile_errors_total`).
     pub errors: prometheus_client::metrics::family::Family<
         super::retry::ErrorLabels,
@@ -38,6 +40,7 @@ impl Default for ManagerOptions {
             schedule_clock: Arc::new(SystemClock),
             metrics: Arc::new(ResourceMetricsApi),
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            election: Default::default(),
             errors: Default::default(),
         }
     }
@@ -103,7 +106,7 @@ pub type Singletons = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + 
 /// Runs the controllers, and `singletons`, whenever this instance is the leader.
 pub async fn run(client: kube::Client, opts: ManagerOptions, singletons: Option<Singletons>) {
     let identity = opts.identity.clone();
-    super::leader::run_as_leader(client.clone(), "skiff-controller-manager", &identity, move || {
+    super::leader::run_as_leader(client.clone(), "skiff-controller-manager", &identity, opts.election, move || {
         let (client, opts, singletons) = (client.clone(), opts.clone(), singletons.clone());
         async move {
             let others = async move {
