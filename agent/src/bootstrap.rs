@@ -203,6 +203,7 @@ pub async fn client_with(servers: &[String], ca_pem: &str, cert: Arc<NodeCert>) 
     http.enforce_http(false);
     // a server that does not answer is left for the next one after this long
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_keepalive(Some(Duration::from_secs(30)));
     // HTTP/2 when the server offers it: the per-object watches of Secrets and ConfigMaps, the pod watch and the
     // status writes then share one connection instead of one each
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -211,7 +212,12 @@ pub async fn client_with(servers: &[String], ca_pem: &str, cert: Arc<NodeCert>) 
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+    // a server that stops answering on an open connection (its host gone) is found out within 15 s
     let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Some(Duration::from_secs(10)))
+        .http2_keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_while_idle(true)
         .build::<_, kube::client::Body>(https);
     let service = tower::ServiceBuilder::new().layer(crate::failover::FailoverLayer(list)).service(hyper_client);
     Ok(kube::Client::new(service, config.default_namespace))
@@ -258,10 +264,13 @@ async fn request_from_any(
         let bootstrap = crate::client::connect(server, token, ca_pem).await?;
         match request_certificate(&bootstrap, node, lifetime).await {
             Ok(pair) => return Ok(pair),
-            Err(e) => {
+            // the server could not be reached or failed: the next one shares its datastore and may answer
+            Err(e @ AgentError::Api { .. }) => {
                 tracing::warn!(%server, error = %e, "asking for the node certificate failed; trying the next server");
                 last = e;
             }
+            // an answer (denied, no certificate issued): every server would give the same
+            Err(e) => return Err(e),
         }
     }
     Err(last)

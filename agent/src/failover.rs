@@ -1,7 +1,10 @@
 //! Several API servers behind one client: every request goes to the current server; a request that cannot
 //! connect to it (refused, timed out, TLS handshake failed) moves the client on to the next server, so the retry
 //! every caller makes (watchers, status writes) reaches a live one. Nothing was sent on a failed connection, so
-//! no request is ever applied twice.
+//! no request is ever applied twice. A server that vanishes without closing its connections (a crashed host) is
+//! noticed by HTTP/2 and TCP keep-alives on the client ([`crate::bootstrap::client_with`]): the connection is
+//! dropped, and the next request's new connection fails over. The client does not move back to an earlier server
+//! by itself.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,9 +29,10 @@ impl Servers {
             .iter()
             .map(|s| {
                 let uri: http::Uri = s.parse().map_err(|e| format!("API server {s:?}: {e}"))?;
+                let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty());
                 match (uri.scheme_str(), uri.authority()) {
-                    (Some("https"), Some(_)) => Ok(uri),
-                    _ => Err(format!("API server {s:?}: expected https://host:port")),
+                    (Some("https"), Some(_)) if bare => Ok(uri),
+                    _ => Err(format!("API server {s:?}: expected https://host:port (no path)")),
                 }
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -154,5 +158,7 @@ mod tests {
         assert!(Servers::new(&[]).is_err());
         assert!(Servers::new(&["http://a:1".into()]).is_err(), "plain HTTP refused");
         assert!(Servers::new(&["a:1".into()]).is_err());
+        assert!(Servers::new(&["https://lb/prefix".into()]).is_err(), "a path would be dropped");
+        assert!(Servers::new(&["https://a:1/".into()]).is_ok());
     }
 }

@@ -72,13 +72,16 @@ pub fn plan(own: SocketAddrV4, leases: &[LeaseView], seen: &mut Observations, no
             }
         };
         let quiet = now.saturating_duration_since(since);
-        let Ok(addr) = lease.holder.parse::<SocketAddrV4>() else { continue };
-        if addr == own {
+        let addr = lease.holder.parse::<SocketAddrV4>().ok();
+        if addr == Some(own) {
             continue;
         }
         if quiet >= FORGET_AFTER.max(lease.duration) {
             forget.push(lease.name.clone());
-        } else if quiet < lease.duration && addr.port() == own.port() {
+        } else if let Some(addr) = addr
+            && quiet < lease.duration
+            && addr.port() == own.port()
+        {
             addresses.push(*addr.ip());
         }
     }
@@ -219,9 +222,11 @@ mod tests {
         // c renews again: back at once
         let c2 = lease("apiserver-c", "10.0.0.3:6443", "12");
         assert_eq!(addrs(&plan(own, &[b2.clone(), c2], &mut seen, t0 + s(26))), ["10.0.0.1", "10.0.0.3"]);
-        // dead for ten minutes: deleted
-        let p = plan(own, &[b2], &mut seen, t0 + s(10 + 600));
-        assert_eq!(p.forget, ["apiserver-b"]);
+        // dead for ten minutes: deleted, a holder that is no address too
+        let named = lease("apiserver-n", "api.example:6443", "1");
+        plan(own, &[b2.clone(), named.clone()], &mut seen, t0 + s(26));
+        let p = plan(own, &[b2, named], &mut seen, t0 + s(26 + 600));
+        assert_eq!(p.forget, ["apiserver-b", "apiserver-n"]);
         // this server alone, even before its own Lease is listed
         assert_eq!(addrs(&plan(own, &[], &mut Observations::default(), t0)), ["10.0.0.1"]);
     }

@@ -119,6 +119,15 @@ pub fn decide(local: &Local, stored: Option<&Shared>) -> Result<Decision, Secret
                 .into(),
         ));
     }
+    if let Some(ca) = &local.ca
+        && ca.key_pem.trim() != stored.ca.key_pem.trim()
+    {
+        return Err(SecretsError::Conflict(
+            "this server's ca.key is not the key of the cluster CA it holds (ca.crt matches the cluster's): restore \
+             the right ca.key or start with an empty --data-dir"
+                .into(),
+        ));
+    }
     let mut replaced = Vec::new();
     if local.sa_key.as_ref().is_some_and(|k| *k != stored.sa_key) {
         replaced.push("sa.key");
@@ -285,13 +294,15 @@ pub async fn establish(
                 let shared = pki::complete_shared(&local)?;
                 check(&shared).await?;
                 let token = token.clone().unwrap_or_else(new_token);
+                // the token is saved before anything is sealed with it: a crash after the record is stored must not
+                // leave a record nobody can open
+                pki::write_token(dir, &token)?;
                 match store.create(KEY, Bytes::from(seal(&token, &shared))).await {
                     Ok(_) => {}
                     Err(StorageError::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 }
                 pki::write_shared(dir, &shared)?;
-                pki::write_token(dir, &token)?;
                 tracing::info!(key = KEY, "stored the cluster's shared secrets: other servers join with its token");
                 return Ok(shared);
             }
@@ -308,6 +319,10 @@ pub async fn establish(
                 }
                 if !replaced.is_empty() {
                     tracing::warn!(?replaced, "local copies replaced by the cluster's shared secrets");
+                }
+                if local.ca.is_none() {
+                    // certificates left from a CA this directory no longer has are issued again by the cluster's
+                    pki::forget_issued(dir)?;
                 }
                 pki::write_shared(dir, &shared)?;
                 pki::write_token(dir, token)?;
@@ -431,6 +446,10 @@ mod tests {
         assert!(
             matches!(decide(&other, Some(&stored)), Err(SecretsError::Conflict(m)) if m.contains("another cluster"))
         );
+        // the right CA certificate with another key: refused too
+        let wrong_key =
+            Local { ca: Some(CertPair { cert_pem: "CA".into(), key_pem: "OTHER-key".into() }), ..Default::default() };
+        assert!(matches!(decide(&wrong_key, Some(&stored)), Err(SecretsError::Conflict(m)) if m.contains("ca.key")));
         // the same CA with a stale SA key and node token: the stored ones win, and it is said
         let stale = Local {
             ca: Some(stored.ca.clone()),

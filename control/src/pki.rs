@@ -263,7 +263,7 @@ fn new_node_token() -> String {
 }
 
 /// Reads what `dir` holds of the secrets the servers of a cluster share (see [`crate::cluster_secrets`]), without
-/// making anything.
+/// making anything (a legacy `encryption.key` is converted to `encryption-keys` on the way).
 pub fn read_shared(dir: &Path) -> Result<crate::cluster_secrets::Local, PkiError> {
     let read = |name: &str| -> Result<Option<Vec<u8>>, PkiError> {
         let path = dir.join(name);
@@ -326,6 +326,20 @@ pub fn write_shared(dir: &Path, shared: &crate::cluster_secrets::Shared) -> Resu
     replace(SA_KEY, &shared.sa_key, true)?;
     replace(NODE_TOKEN, shared.node_token.as_bytes(), true)?;
     replace(ENCRYPTION_KEYS, render_encryption_keys(&shared.encryption_keys).as_bytes(), true)
+}
+
+/// Removes this server's own certificates (`apiserver`, `admin`), so the next load issues them from the CA now in
+/// `dir`.
+pub fn forget_issued(dir: &Path) -> Result<(), PkiError> {
+    for name in ["apiserver.crt", "admin.crt"] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PkiError::Io { path, source: e }),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the server token file (owner-only) unless it already holds `token`.

@@ -376,6 +376,8 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
                 &opts,
             )
             .await
+            .map(|_| ())
+            .or_else(created_meanwhile)
             .map_err(|e| ServerError::Bootstrap(format!("namespace {ns}: {e}")))?;
         }
     }
@@ -391,6 +393,8 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
             "spec": {"clusterIP": crate::apiserver::alloc::KUBERNETES_SERVICE_IP.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
         api.create(&svc_info, Some("default"), svc, &opts)
             .await
+            .map(|_| ())
+            .or_else(created_meanwhile)
             .map_err(|e| ServerError::Bootstrap(format!("kubernetes service: {e}")))?;
     }
     let ks = "kube-system";
@@ -404,12 +408,22 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
         api.create(&svc_info, Some(ks), svc, &opts)
             .await
+            .map(|_| ())
+            .or_else(created_meanwhile)
             .map_err(|e| ServerError::Bootstrap(format!("kube-dns service: {e}")))?;
     }
     let mut seen = crate::apiserver_endpoints::Observations::default();
-    crate::apiserver_endpoints::reconcile(api, advertise, &mut seen).await.map_err(ServerError::Bootstrap)?;
+    if let Err(e) = crate::apiserver_endpoints::reconcile(api, advertise, &mut seen).await {
+        // another server starting at the same time may have won a write: the loop tries again in a few seconds
+        tracing::warn!(error = %e, "the first pass over the kubernetes endpoints failed");
+    }
     tokio::spawn(crate::apiserver_endpoints::run(api.clone(), advertise.to_string(), seen));
     Ok(())
+}
+
+/// Treats "already exists" as done: another server starting at the same time created it first.
+fn created_meanwhile(e: crate::apiserver::error::ApiError) -> Result<(), crate::apiserver::error::ApiError> {
+    if e.code == 409 { Ok(()) } else { Err(e) }
 }
 
 /// Compacts history older than `interval` every `interval` (as kube-apiserver asks etcd to).

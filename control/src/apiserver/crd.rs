@@ -236,7 +236,11 @@ impl Api {
                         }
                         match self.load_crds().await {
                             Ok((_, rev)) => from = rev,
-                            Err(e) => tracing::warn!(error = %e, "reloading the CRDs failed"),
+                            Err(e) => {
+                                // reloaded with back-off below, not at the next CRD change, whenever that is
+                                tracing::warn!(error = %e, "reloading the CRDs failed");
+                                break;
+                            }
                         }
                         backoff = std::time::Duration::from_millis(200);
                     }

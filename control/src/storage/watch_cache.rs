@@ -22,11 +22,13 @@ use super::{Revision, SharedEvent, Storage, StorageError, WatchStream};
 /// Events kept per resource type for watchers that start behind or fall behind.
 pub const HISTORY: usize = 1024;
 
-/// What a feed broadcasts: an event, or a gap (watchers must end).
+/// What a feed broadcasts: an event, a gap (watchers must relist), or its storage watch's error (watchers end
+/// with it, as they did on their own storage watch, and watch again).
 #[derive(Clone)]
 enum Item {
     Event(Arc<SharedEvent>),
     Gap,
+    Failed(Arc<str>),
 }
 
 /// One resource type's shared watch.
@@ -83,7 +85,9 @@ impl WatchCache {
             return Ok(f.clone());
         }
         // the first watch of this type: its storage watch is opened here, so a refusal (compacted) reaches the
-        // caller and no feed is left behind
+        // caller and no feed is left behind; a revision from the future starts it now (the store's revision), so
+        // the watchers after it are still served by the feed
+        let after = after.min(self.store.revision().await?);
         let upstream = self.store.watch(type_prefix, after).await?;
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = feeds.get(type_prefix) {
@@ -113,7 +117,14 @@ async fn run_feed(
     let mut backoff = Duration::from_millis(100);
     loop {
         while let Some(ev) = upstream.next().await {
-            let Ok(ev) = ev else { break };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // an event that cannot be read (a value that does not decrypt): every watcher hears of it
+                    let _ = feed.live.send(Item::Failed(e.to_string().into()));
+                    break;
+                }
+            };
             last = ev.revision();
             let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
             state.history.push_back(ev.clone());
@@ -196,6 +207,13 @@ async fn follow(
                 }
                 Ok(Item::Gap) => {
                     let _ = tx.send(Err(StorageError::Compacted { requested: last, compacted: last })).await;
+                    return;
+                }
+                Ok(Item::Failed(reason)) => {
+                    let source = Box::new(std::io::Error::other(reason.to_string()));
+                    let _ = tx
+                        .send(Err(StorageError::Backend { backend: "watch cache", operation: "watch", source }))
+                        .await;
                     return;
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => break, // catch up from the history again

@@ -1,0 +1,219 @@
+//! One API server against three, on one etcd member (issue 15): ConfigMap creates by 16 concurrent clients spread
+//! over the servers, and watch fan-out — 300 watchers spread over the servers, each receiving every one of 200
+//! events — with the number of etcd watchers the servers hold (the watch cache: one per resource type per server).
+//! Release `skiff server`s; run with `scripts/bench-ha`. Prints the load average beside the figures.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+
+/// A `skiff server` process, killed (by pid) on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn connect(kubeconfig: &Path) -> kube::Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = skiff_client::connect(kubeconfig).await
+            && c.apiserver_version().await.is_ok()
+        {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{} did not serve within 60 s", kubeconfig.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn start(dir: &Path, listen: &str, datastore: &str, token: Option<&str>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["server", "--data-dir", &dir.to_string_lossy(), "--listen", listen, "--datastore", datastore])
+        .args(["--log", "warn"]);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    Server(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("skiff server"))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn etcd_watchers(port: u16) -> u64 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("etcd");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("request");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN) as u64
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Figures {
+    creates_per_s: f64,
+    create_p99: Duration,
+    deliveries_per_s: f64,
+    delivery_p99: Duration,
+    etcd_watchers: u64,
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(512)}}))
+        .expect("configmap")
+}
+
+async fn round(clients: &[kube::Client], etcd_port: u16, tag: &str) -> Figures {
+    // creates: 16 workers, 3,000 ConfigMaps, worker w always through server w % n
+    let total = 3000usize;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (api, next) = (Api::<ConfigMap>::namespaced(clients[w % clients.len()].clone(), "default"), next.clone());
+        let tag = tag.to_string();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return lat;
+                }
+                let t = Instant::now();
+                api.create(&PostParams::default(), &cm(&format!("{tag}-{i}"))).await.expect("create");
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.expect("worker"));
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    let (creates_per_s, create_p99) = (total as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.99));
+
+    // fan-out: 300 watchers spread over the servers, 200 events each; latency from the create's acknowledgement
+    let (watchers, events) = (300usize, 200usize);
+    let rv = Api::<ConfigMap>::namespaced(clients[0].clone(), "default")
+        .create(&PostParams::default(), &cm(&format!("{tag}-mark")))
+        .await
+        .expect("mark")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let acked: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let ready = Arc::new(tokio::sync::Barrier::new(watchers + 1));
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let api = Api::<ConfigMap>::namespaced(clients[w % clients.len()].clone(), "default");
+        let (rv, acked, ready, prefix) = (rv.clone(), acked.clone(), ready.clone(), format!("{tag}-fan-"));
+        tasks.push(tokio::spawn(async move {
+            let mut s = api.watch(&WatchParams::default().timeout(120), &rv).await.expect("watch").boxed();
+            ready.wait().await;
+            let mut lat = Vec::with_capacity(events);
+            while lat.len() < events {
+                match s.next().await {
+                    Some(Ok(WatchEvent::Added(o))) => {
+                        let name = o.metadata.name.unwrap_or_default();
+                        if name.starts_with(&prefix) {
+                            let at = acked.lock().expect("lock").get(&name).copied();
+                            lat.push(at.map(|t| t.elapsed()).unwrap_or_default());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("watch ended: {:?}", other.map(|r| r.map(|_| ()))),
+                }
+            }
+            lat
+        }));
+    }
+    ready.wait().await;
+    let watching = etcd_watchers(etcd_port).await;
+    let started = Instant::now();
+    let api = Api::<ConfigMap>::namespaced(clients[0].clone(), "default");
+    for i in 0..events {
+        let name = format!("{tag}-fan-{i}");
+        api.create(&PostParams::default(), &cm(&name)).await.expect("create");
+        acked.lock().expect("lock").insert(name, Instant::now());
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("watcher"));
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    Figures {
+        creates_per_s,
+        create_p99,
+        deliveries_per_s: (watchers * events) as f64 / elapsed.as_secs_f64(),
+        delivery_p99: percentile(&lat, 0.99),
+        etcd_watchers: watching,
+    }
+}
+
+fn print(name: &str, f: &Figures) {
+    println!(
+        "{name:<10} creates {:>7.0}/s p99 {:>6.1} ms | fan-out {:>8.0} deliveries/s p99 {:>6.1} ms | etcd watchers {}",
+        f.creates_per_s,
+        f.create_p99.as_secs_f64() * 1e3,
+        f.deliveries_per_s,
+        f.delivery_p99.as_secs_f64() * 1e3,
+        f.etcd_watchers
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("load average before: {}", load_average());
+    let mut results = Vec::new();
+    for servers in [1usize, 3] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let etcd = skiff_testkit::etcd::start(tmp.path(), None).expect("etcd (scripts/setup installs it)");
+        let datastore = format!("etcd://127.0.0.1:{}", etcd.port);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let dirs: Vec<_> = (0..servers).map(|i| tmp.path().join(format!("s{i}"))).collect();
+        let mut running = vec![start(&dirs[0], &format!("127.0.0.2:{port}"), &datastore, None)];
+        let mut clients = vec![connect(&dirs[0].join("kubeconfig")).await];
+        let token = std::fs::read_to_string(dirs[0].join("pki/server-token")).expect("token");
+        for (i, d) in dirs.iter().enumerate().skip(1) {
+            running.push(start(d, &format!("127.0.0.{}:{port}", i + 2), &datastore, Some(token.trim())));
+            clients.push(connect(&d.join("kubeconfig")).await);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await; // leader elected, bootstrap writes done
+        let f = round(&clients, etcd.port, &format!("r{servers}")).await;
+        print(&format!("{servers} server{}", if servers == 1 { "" } else { "s" }), &f);
+        results.push(f);
+        drop(running);
+    }
+    let (one, three) = (&results[0], &results[1]);
+    println!(
+        "3 servers / 1 server: creates {:.2}x, fan-out deliveries {:.2}x (one etcd member, 2 cores shared by all)",
+        three.creates_per_s / one.creates_per_s,
+        three.deliveries_per_s / one.deliveries_per_s
+    );
+    println!("load average after: {}", load_average());
+}
