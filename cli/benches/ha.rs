@@ -12,27 +12,13 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
-/// A `skiff server` process, killed (by pid) on drop.
-struct Server(std::process::Child);
+#[path = "../tests/server_support/mod.rs"]
+mod server_support;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use server_support::Server;
 
 async fn connect(kubeconfig: &Path) -> kube::Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(c) = skiff_client::connect(kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "{} did not serve within 60 s", kubeconfig.display());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server_support::connect(kubeconfig, Duration::from_secs(60)).await
 }
 
 fn start(dir: &Path, listen: &str, datastore: &str, token: Option<&str>) -> Server {

@@ -10,7 +10,7 @@ use kube::api::{Api, PostParams};
 
 mod server_support;
 
-use server_support::{Server, free_port};
+use server_support::{Server, exits, free_port};
 
 fn server(dir: &std::path::Path, port: u16, datastore: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
@@ -21,34 +21,7 @@ fn server(dir: &std::path::Path, port: u16, datastore: &[&str]) -> Command {
 }
 
 async fn client(dir: &std::path::Path) -> kube::Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = skiff_client::connect(&dir.join("kubeconfig")).await
-            && c.apiserver_version().await.is_ok()
-        {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "the server did not come up within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Runs `cmd` until it exits (at most 30 s): its status and stderr.
-fn exits(mut cmd: Command) -> (std::process::ExitStatus, String) {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("skiff server starts");
-    let mut server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.0.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = server.0.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            return (status, err);
-        }
-        assert!(Instant::now() < deadline, "the server kept running without access to its datastore");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server_support::connect(&dir.join("kubeconfig"), Duration::from_secs(30)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

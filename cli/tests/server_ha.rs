@@ -21,16 +21,7 @@ mod server_support;
 use server_support::{Server, free_port};
 
 async fn connect(kubeconfig: &Path) -> kube::Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(c) = skiff_client::connect(kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "{} did not serve within 60 s", kubeconfig.display());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server_support::connect(kubeconfig, Duration::from_secs(60)).await
 }
 
 /// Polls `check` every 100 ms until it holds, for at most `limit`; how long it took.

@@ -15,44 +15,17 @@ use kube::discovery::ApiResource;
 
 mod server_support;
 
-use server_support::{Server, free_port};
+use server_support::{Server, exits, free_port};
+
+async fn connect(kubeconfig: &Path) -> kube::Client {
+    server_support::connect(kubeconfig, Duration::from_secs(30)).await
+}
 
 fn server(dir: &Path, listen: &str, datastore: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
     cmd.args(["server", "--data-dir", &dir.to_string_lossy(), "--listen", listen, "--datastore", datastore])
         .args(["--log", "warn"]);
     cmd
-}
-
-async fn connect(kubeconfig: &Path) -> kube::Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(c) = skiff_client::connect(kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "the server did not come up within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Runs `cmd` until it exits (at most 30 s): whether it succeeded, and its stderr.
-fn exits(mut cmd: Command) -> (bool, String) {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("skiff server starts");
-    let mut server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.0.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = server.0.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            return (status.success(), err);
-        }
-        assert!(Instant::now() < deadline, "the server kept running: it must refuse to join");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Polls `check` every 200 ms until it holds, for at most `limit`.
@@ -109,10 +82,10 @@ async fn servers_joining_with_the_token_serve_one_cluster() {
         c.args(["--token", "skiff-server.guessed"]);
         c
     });
-    assert!(!ok && err.contains("not this one"), "{err}");
+    assert!(!ok.success() && err.contains("not this one"), "{err}");
     assert!(!dir.join("c/pki/ca.crt").exists(), "a refused server writes no CA");
     let (ok, err) = exits(server(&dir.join("d"), "127.0.0.4:0", &datastore));
-    assert!(!ok && err.contains("no token") && err.contains("--token"), "{err}");
+    assert!(!ok.success() && err.contains("no token") && err.contains("--token"), "{err}");
 
     let mut server_b = Server(
         server(&b, &addr_b, &datastore)
