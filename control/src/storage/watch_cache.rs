@@ -10,6 +10,7 @@
 //! than miss a change.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,11 +44,30 @@ struct FeedState {
     history: VecDeque<Arc<SharedEvent>>,
 }
 
+/// The store, and a count of the storage watches open on it.
+#[derive(Clone)]
+struct Source {
+    store: Arc<dyn Storage>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Source {
+    /// A storage watch, counted while `events` lives (the caller ends it with [`Source::closed`]).
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StorageError> {
+        let events = self.store.watch(prefix, after).await?;
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Ok(events)
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The watch cache of one server.
 pub struct WatchCache {
-    store: Arc<dyn Storage>,
+    source: Source,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
-    storage_watches: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for WatchCache {
@@ -60,12 +80,12 @@ impl std::fmt::Debug for WatchCache {
 impl WatchCache {
     /// A cache over `store`.
     pub fn new(store: Arc<dyn Storage>) -> Self {
-        WatchCache { store, feeds: Mutex::default(), storage_watches: Arc::default() }
+        WatchCache { source: Source { store, open: Arc::default() }, feeds: Mutex::default() }
     }
 
     /// Storage watches open now (the feeds', plus watchers served by the store directly).
     pub fn storage_watches(&self) -> usize {
-        self.storage_watches.load(std::sync::atomic::Ordering::SeqCst)
+        self.source.open.load(Ordering::SeqCst)
     }
 
     /// Changes under `prefix` after revision `after`, from the feed of the resource type stored under
@@ -74,8 +94,8 @@ impl WatchCache {
         debug_assert!(prefix.starts_with(type_prefix));
         let feed = self.feed(type_prefix, after).await?;
         let (tx, rx) = mpsc::channel::<Result<Arc<SharedEvent>, StorageError>>(256);
-        let (store, prefix, watches) = (self.store.clone(), prefix.to_string(), self.storage_watches.clone());
-        tokio::spawn(async move { follow(feed, store, watches, prefix, after, tx).await });
+        let (source, prefix) = (self.source.clone(), prefix.to_string());
+        tokio::spawn(async move { follow(feed, source, prefix, after, tx).await });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -87,8 +107,8 @@ impl WatchCache {
         // the first watch of this type: its storage watch is opened here, so a refusal (compacted) reaches the
         // caller and no feed is left behind; a revision from the future starts it now (the store's revision), so
         // the watchers after it are still served by the feed
-        let after = after.min(self.store.revision().await?);
-        let upstream = self.store.watch(type_prefix, after).await?;
+        let after = after.min(self.source.store.revision().await?);
+        let upstream = self.source.watch(type_prefix, after).await?;
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = feeds.get(type_prefix) {
             return Ok(f.clone()); // another watcher started one meanwhile: ours is dropped
@@ -98,22 +118,13 @@ impl WatchCache {
             live: broadcast::channel(1024).0,
         });
         feeds.insert(type_prefix.to_string(), feed.clone());
-        self.storage_watches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (store, prefix, watches) = (self.store.clone(), type_prefix.to_string(), self.storage_watches.clone());
-        tokio::spawn(run_feed(feed.clone(), store, watches, prefix, after, upstream));
+        tokio::spawn(run_feed(feed.clone(), self.source.clone(), type_prefix.to_string(), after, upstream));
         Ok(feed)
     }
 }
 
 /// Follows the store for one resource type for the life of the server, reconnecting from the last revision seen.
-async fn run_feed(
-    feed: Arc<Feed>,
-    store: Arc<dyn Storage>,
-    watches: Arc<std::sync::atomic::AtomicUsize>,
-    prefix: String,
-    mut last: Revision,
-    mut upstream: WatchStream,
-) {
+async fn run_feed(feed: Arc<Feed>, source: Source, prefix: String, mut last: Revision, mut upstream: WatchStream) {
     let mut backoff = Duration::from_millis(100);
     loop {
         while let Some(ev) = upstream.next().await {
@@ -138,18 +149,15 @@ async fn run_feed(
             let _ = feed.live.send(Item::Event(ev));
             backoff = Duration::from_millis(100);
         }
-        watches.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        source.closed();
         upstream = loop {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            match store.watch(&prefix, last).await {
-                Ok(w) => {
-                    watches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    break w;
-                }
+            match source.watch(&prefix, last).await {
+                Ok(w) => break w,
                 Err(StorageError::Compacted { .. }) => {
                     // the changes since `last` are gone: every watcher must relist; the feed starts again now
-                    let now = match store.revision().await {
+                    let now = match source.store.revision().await {
                         Ok(r) => r,
                         Err(_) => continue,
                     };
@@ -169,8 +177,7 @@ async fn run_feed(
 /// reach back far enough.
 async fn follow(
     feed: Arc<Feed>,
-    store: Arc<dyn Storage>,
-    watches: Arc<std::sync::atomic::AtomicUsize>,
+    source: Source,
     prefix: String,
     mut last: Revision,
     tx: mpsc::Sender<Result<Arc<SharedEvent>, StorageError>>,
@@ -187,7 +194,7 @@ async fn follow(
         };
         let Some((replay, mut live)) = covered else {
             // too far behind for the history: the store serves this watcher from here on
-            return from_store(&*store, &watches, &prefix, last, &tx).await;
+            return from_store(&source, &prefix, last, &tx).await;
         };
         for ev in &replay {
             if !forward(&tx, &prefix, ev, &mut last).await {
@@ -239,20 +246,18 @@ async fn forward(
 
 /// Forwards the store's own watch from `last` (a watcher the history cannot serve).
 async fn from_store(
-    store: &dyn Storage,
-    watches: &std::sync::atomic::AtomicUsize,
+    source: &Source,
     prefix: &str,
     last: Revision,
     tx: &mpsc::Sender<Result<Arc<SharedEvent>, StorageError>>,
 ) {
-    let mut events = match store.watch(prefix, last).await {
+    let mut events = match source.watch(prefix, last).await {
         Ok(w) => w,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
         }
     };
-    watches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     loop {
         tokio::select! {
             _ = tx.closed() => break,
@@ -264,7 +269,7 @@ async fn from_store(
             }
         }
     }
-    watches.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    source.closed();
 }
 
 #[cfg(test)]
