@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod apiserver_endpoints;
 pub mod certificates;
 pub mod cluster_secrets;
+pub mod compaction;
 pub mod controllers;
 pub mod event_expiry;
 pub mod kubeconfig;

@@ -264,7 +264,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let (tls, serving) = apiserver::serve::tls_config(&pki)?;
     let tls = Arc::new(tls);
     tokio::spawn(apiserver::serve::serve(listener, tls, apiserver::router(api.clone()), cfg.limits.clone()));
-    tokio::spawn(compaction_loop(api.clone(), cfg.compaction_interval));
+    tokio::spawn(crate::compaction::run(api.store.clone(), cfg.compaction_interval));
     if matches!(cfg.datastore, Datastore::Sqlite) {
         // etcd expires Events itself (leases)
         tokio::spawn(crate::event_expiry::run(api.store.clone(), cfg.event_ttl));
@@ -426,17 +426,3 @@ fn created_meanwhile(e: crate::apiserver::error::ApiError) -> Result<(), crate::
     if e.code == 409 { Ok(()) } else { Err(e) }
 }
 
-/// Compacts history older than `interval` every `interval` (as kube-apiserver asks etcd to).
-async fn compaction_loop(api: Arc<Api>, interval: Duration) {
-    let mut previous: Option<i64> = None;
-    loop {
-        tokio::time::sleep(interval).await;
-        let Ok(now) = api.store.revision().await else { continue };
-        if let Some(rev) = previous
-            && let Err(e) = api.store.compact(rev).await
-        {
-            tracing::warn!(error = %e, revision = rev, "compaction failed");
-        }
-        previous = Some(now);
-    }
-}

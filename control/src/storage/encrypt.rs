@@ -203,6 +203,10 @@ impl<S: Storage> Storage for Encrypted<S> {
     async fn compacted_revision(&self) -> Result<Revision, StorageError> {
         self.inner.compacted_revision().await
     }
+
+    async fn claim_compaction(&self, seen_version: i64, revision: Revision) -> Result<super::Claim, StorageError> {
+        self.inner.claim_compaction(seen_version, revision).await
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError, WatchStream,
+    Claim, Event, EventKind, KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError, WatchStream,
     prefix_end,
 };
 
@@ -198,6 +198,9 @@ impl EtcdStorage {
         })
     }
 }
+
+/// The key whose version counts compaction claims (kube-apiserver's is `compact_rev_key`).
+pub const COMPACT_CLAIM_KEY: &str = "/skiff/compact-claim";
 
 fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Revision {
     h.map(|h| h.revision()).unwrap_or(0)
@@ -386,6 +389,29 @@ impl Storage for EtcdStorage {
     async fn compacted_revision(&self) -> Result<Revision, StorageError> {
         Ok(self.compacted.load(Ordering::SeqCst))
     }
+
+    async fn claim_compaction(&self, seen_version: i64, revision: Revision) -> Result<Claim, StorageError> {
+        // one transaction decides: the key's version is the number of claims so far, as kube-apiserver's
+        // `compact_rev_key`
+        let txn = Txn::new()
+            .when([Compare::version(COMPACT_CLAIM_KEY, CompareOp::Equal, seen_version)])
+            .and_then([TxnOp::put(COMPACT_CLAIM_KEY, revision.to_string(), None)])
+            .or_else([TxnOp::get(COMPACT_CLAIM_KEY, None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(backend("claim compaction"))?;
+        let current = header_rev(resp.header());
+        if resp.succeeded() {
+            return Ok(Claim { won: true, version: seen_version + 1, current });
+        }
+        let version = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.version()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(Claim { won: false, version, current })
+    }
 }
 
 #[cfg(test)]
@@ -571,5 +597,53 @@ mod tests {
         let without = etcd_watchers(&etcd.endpoint).await - base - through_cache;
         assert!(without >= 200, "direct watches are {without} etcd watchers");
         eprintln!("etcd watchers for 200 client watches: {through_cache} through the cache, {without} without");
+    }
+
+    #[tokio::test]
+    async fn servers_sharing_etcd_compact_once_per_interval_and_watches_resume_within_one() {
+        use crate::compaction::{Turn, next};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(etcd) = start_etcd(dir.path(), None) else { return };
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            servers.push((answering(&etcd.endpoint, None).await, Turn::default()));
+        }
+        let mut compacted = Vec::new();
+        let mut readings = Vec::new();
+        for interval in 0..4 {
+            for i in 0..5 {
+                let key = format!("/registry/configmaps/default/c{interval}-{i}");
+                servers[0].0.create(&key, Bytes::from_static(b"x")).await.expect("create");
+            }
+            readings.push(servers[0].0.revision().await.expect("revision"));
+            let mut winners = 0;
+            for (store, turn) in &mut servers {
+                let claim = store.claim_compaction(turn.seen_version, turn.candidate).await.expect("claim");
+                winners += usize::from(claim.won);
+                let (after, compact) = next(*turn, claim);
+                *turn = after;
+                if let Some(rev) = compact {
+                    store.compact(rev).await.expect("compact");
+                    compacted.push(rev);
+                }
+            }
+            assert_eq!(winners, 1, "interval {interval}: one server claims it");
+        }
+        // no compaction in the first interval; then one per interval, each to the revision one interval old
+        assert_eq!(compacted.len(), 3, "{compacted:?}");
+        assert!(compacted.windows(2).all(|w| w[0] < w[1]), "{compacted:?}");
+        let last = *compacted.last().expect("one");
+        assert!(last >= readings[2] && last < readings[3], "compacted to {last}, readings {readings:?}");
+        // a watch from within the last interval resumes; one from before the compaction is told so
+        let store = &servers[1].0;
+        let mut recent = store.watch("/registry/configmaps/", readings[2]).await.expect("a recent revision resumes");
+        let first = tokio::time::timeout(Duration::from_secs(10), recent.next()).await.expect("within 10 s");
+        assert!(first.expect("open").expect("an event").kv.key.starts_with("/registry/configmaps/default/c3-"));
+        // a store that did not compact itself learns of it from etcd, on the stream
+        let old = match store.watch("/registry/configmaps/", readings[0]).await {
+            Ok(mut w) => tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("within 10 s"),
+            Err(e) => Some(Err(e)),
+        };
+        assert!(matches!(old, Some(Err(StorageError::Compacted { .. }))), "{old:?}");
     }
 }

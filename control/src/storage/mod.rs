@@ -213,6 +213,25 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The oldest revision a watch or a listing can start from.
     async fn compacted_revision(&self) -> Result<Revision, StorageError>;
+
+    /// Claims this interval's compaction among every server sharing the store (see [`crate::compaction`]): wins
+    /// when the shared claim key is still at `seen_version` (and then records `revision` in it), loses when another
+    /// server claimed it first. A store only one server writes (SQLite) is always won.
+    async fn claim_compaction(&self, seen_version: i64, revision: Revision) -> Result<Claim, StorageError> {
+        let _ = revision;
+        Ok(Claim { won: true, version: seen_version + 1, current: self.revision().await? })
+    }
+}
+
+/// The outcome of [`Storage::claim_compaction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Whether this server claimed the interval (and compacts).
+    pub won: bool,
+    /// The claim key's version after the attempt.
+    pub version: i64,
+    /// The store's revision when the claim was decided.
+    pub current: Revision,
 }
 
 /// A boxed store is a store (so wrappers such as encryption can sit on a backend chosen at run time).
@@ -252,6 +271,10 @@ impl Storage for Box<dyn Storage> {
 
     async fn compacted_revision(&self) -> Result<Revision, StorageError> {
         (**self).compacted_revision().await
+    }
+
+    async fn claim_compaction(&self, seen_version: i64, revision: Revision) -> Result<Claim, StorageError> {
+        (**self).claim_compaction(seen_version, revision).await
     }
 }
 
