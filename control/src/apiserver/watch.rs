@@ -19,6 +19,7 @@ use super::error::{ApiError, ApiResult};
 use super::objects::{ListQuery, collection_prefix};
 use super::request::Representation;
 use super::table::{self, Include};
+use crate::storage::watch_cache::Change;
 use crate::storage::{EventKind, Revision, StorageError};
 use skiff_api::registry::ResourceInfo;
 use skiff_api::selector::{FieldSelector, Selector};
@@ -199,7 +200,11 @@ impl Api {
                     ev = events.next() => {
                         let Some(ev) = ev else { break };
                         let ev = match ev {
-                            Ok(ev) => ev,
+                            Ok(Change::Event(ev)) => ev,
+                            Ok(Change::Progress(rev)) => {
+                                last = rev;
+                                continue;
+                            }
                             Err(e) => {
                                 let err = match e {
                                     StorageError::Compacted { requested, .. } => ApiError::expired(format!("too old resource version: {requested}")),

@@ -586,7 +586,9 @@ mod tests {
         }
         store.create("/registry/configmaps/ns1/x", Bytes::from_static(b"x")).await.expect("create");
         let got = tokio::time::timeout(Duration::from_secs(10), cached[1].next()).await;
-        assert_eq!(got.expect("within 10 s").expect("open").expect("an event").kv.key, "/registry/configmaps/ns1/x");
+        let got = got.expect("within 10 s").expect("open").expect("no error");
+        let crate::storage::watch_cache::Change::Event(got) = got else { panic!("an event first: {got:?}") };
+        assert_eq!(got.kv.key, "/registry/configmaps/ns1/x");
         let through_cache = etcd_watchers(&etcd.endpoint).await - base;
         assert_eq!(through_cache, 1, "200 watchers through the cache");
         // the same watches on the store itself: one etcd watcher each

@@ -5,16 +5,21 @@
 //! Each type's *feed* follows the store from the first watch of that type on and keeps its last [`HISTORY`]
 //! events. A client watch from a revision the history covers replays it and then follows the feed live; one from an
 //! older revision is served by the store itself (which answers `Compacted`, 410 Gone to clients, when that is
-//! gone too); a watcher that falls behind the live feed catches up from the history, or from the store. A gap in a
-//! feed (its own watch compacted away while reconnecting) ends its watchers with `Compacted`, so they relist rather
-//! than miss a change.
+//! gone too) until it has caught up with the history, and then joins the feed; a watcher that falls behind the live
+//! feed catches up the same way. A gap in a feed (its own watch compacted away while reconnecting) ends its
+//! watchers with `Compacted`, so they relist rather than miss a change. A feed nobody has watched for its idle time
+//! (a deleted custom resource type, a type watched once) closes its storage watch and is forgotten.
+//!
+//! A watcher of part of a type (one namespace) also hears, as [`Change::Progress`], how far the feed has gone past
+//! its last event, so its bookmarks carry the feed's revision rather than that of its own last event.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -22,6 +27,27 @@ use super::{Revision, SharedEvent, Storage, StorageError, WatchStream};
 
 /// Events kept per resource type for watchers that start behind or fall behind.
 pub const HISTORY: usize = 1024;
+
+/// How long a feed nobody watches lives on (watchers that reconnect within it keep their feed and its history).
+pub const IDLE: Duration = Duration::from_secs(300);
+
+/// How often a watcher hears of the feed's progress past its own last event, at most.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What a cached watch yields.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A change under the watched prefix.
+    Event(Arc<SharedEvent>),
+    /// Every change of the type up to this revision has been seen, and none more under the prefix was sent: a
+    /// bookmark may carry it.
+    Progress(Revision),
+}
+
+/// A stream of [`Change`]s, in revision order.
+pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change, StorageError>> + Send>>;
+
+type Sender = mpsc::Sender<Result<Change, StorageError>>;
 
 /// What a feed broadcasts: an event, a gap (watchers must relist), or its storage watch's error (watchers end
 /// with it, as they did on their own storage watch, and watch again).
@@ -38,11 +64,20 @@ struct Feed {
     live: broadcast::Sender<Item>,
 }
 
+impl Feed {
+    /// Whether the history holds every event after `last`.
+    fn covers(&self, last: Revision) -> bool {
+        last >= self.state.lock().unwrap_or_else(|p| p.into_inner()).covers_after
+    }
+}
+
 struct FeedState {
     /// Every event of the type with a revision above `covers_after` is in `history` (or still to come).
     covers_after: Revision,
     history: VecDeque<Arc<SharedEvent>>,
 }
+
+type Feeds = Arc<Mutex<HashMap<String, Arc<Feed>>>>;
 
 /// The store, and a count of the storage watches open on it.
 #[derive(Clone)]
@@ -67,20 +102,26 @@ impl Source {
 /// The watch cache of one server.
 pub struct WatchCache {
     source: Source,
-    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    feeds: Feeds,
+    idle: Duration,
 }
 
 impl std::fmt::Debug for WatchCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let feeds = self.feeds.lock().map(|f| f.len()).unwrap_or_default();
-        f.debug_struct("WatchCache").field("feeds", &feeds).finish_non_exhaustive()
+        f.debug_struct("WatchCache").field("feeds", &self.feeds()).finish_non_exhaustive()
     }
 }
 
 impl WatchCache {
     /// A cache over `store`.
     pub fn new(store: Arc<dyn Storage>) -> Self {
-        WatchCache { source: Source { store, open: Arc::default() }, feeds: Mutex::default() }
+        WatchCache { source: Source { store, open: Arc::default() }, feeds: Feeds::default(), idle: IDLE }
+    }
+
+    /// The same cache with feeds forgotten after `idle` without watchers instead of [`IDLE`].
+    pub fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Storage watches open now (the feeds', plus watchers served by the store directly).
@@ -88,14 +129,22 @@ impl WatchCache {
         self.source.open.load(Ordering::SeqCst)
     }
 
+    /// Feeds alive now.
+    pub fn feeds(&self) -> usize {
+        self.feeds.lock().map(|f| f.len()).unwrap_or_default()
+    }
+
     /// Changes under `prefix` after revision `after`, from the feed of the resource type stored under
     /// `type_prefix` (which `prefix` starts with).
-    pub async fn watch(&self, type_prefix: &str, prefix: &str, after: Revision) -> Result<WatchStream, StorageError> {
+    pub async fn watch(&self, type_prefix: &str, prefix: &str, after: Revision) -> Result<ChangeStream, StorageError> {
         debug_assert!(prefix.starts_with(type_prefix));
         let feed = self.feed(type_prefix, after).await?;
-        let (tx, rx) = mpsc::channel::<Result<Arc<SharedEvent>, StorageError>>(256);
-        let (source, prefix) = (self.source.clone(), prefix.to_string());
-        tokio::spawn(async move { follow(feed, source, prefix, after, tx).await });
+        let (tx, rx) = mpsc::channel::<Result<Change, StorageError>>(256);
+        let (source, type_prefix, prefix) = (self.source.clone(), type_prefix.to_string(), prefix.to_string());
+        tokio::spawn(async move {
+            let watcher = Watcher { tx: &tx, type_prefix: &type_prefix, prefix: &prefix };
+            follow(feed, source, watcher, after).await
+        });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -111,6 +160,7 @@ impl WatchCache {
         let upstream = self.source.watch(type_prefix, after).await?;
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = feeds.get(type_prefix) {
+            self.source.closed();
             return Ok(f.clone()); // another watcher started one meanwhile: ours is dropped
         }
         let feed = Arc::new(Feed {
@@ -118,70 +168,112 @@ impl WatchCache {
             live: broadcast::channel(1024).0,
         });
         feeds.insert(type_prefix.to_string(), feed.clone());
-        tokio::spawn(run_feed(feed.clone(), self.source.clone(), type_prefix.to_string(), after, upstream));
+        let run = Run { feed: feed.clone(), feeds: self.feeds.clone(), source: self.source.clone(), idle: self.idle };
+        tokio::spawn(run.follow_store(type_prefix.to_string(), after, upstream));
         Ok(feed)
     }
 }
 
-/// Follows the store for one resource type for the life of the server, reconnecting from the last revision seen.
-async fn run_feed(feed: Arc<Feed>, source: Source, prefix: String, mut last: Revision, mut upstream: WatchStream) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        while let Some(ev) = upstream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    // an event that cannot be read (a value that does not decrypt): every watcher hears of it
-                    let _ = feed.live.send(Item::Failed(e.to_string().into()));
-                    break;
+/// A feed's own task.
+struct Run {
+    feed: Arc<Feed>,
+    feeds: Feeds,
+    source: Source,
+    idle: Duration,
+}
+
+impl Run {
+    /// Follows the store for one resource type, reconnecting from the last revision seen, until nobody has watched
+    /// the type for the idle time.
+    async fn follow_store(self, prefix: String, mut last: Revision, mut upstream: WatchStream) {
+        let feed = &self.feed;
+        let mut backoff = Duration::from_millis(100);
+        let mut idle_check = tokio::time::interval(self.idle / 4);
+        let mut unwatched_since = None;
+        loop {
+            loop {
+                let ev = tokio::select! {
+                    ev = upstream.next() => ev,
+                    _ = idle_check.tick() => {
+                        if self.forgotten(&prefix, &mut unwatched_since) {
+                            self.source.closed();
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let ev = match ev {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(e)) => {
+                        // an event that cannot be read (a value that does not decrypt): every watcher hears of it
+                        let _ = feed.live.send(Item::Failed(e.to_string().into()));
+                        break;
+                    }
+                    None => break,
+                };
+                last = ev.revision();
+                let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+                state.history.push_back(ev.clone());
+                if state.history.len() > HISTORY
+                    && let Some(old) = state.history.pop_front()
+                {
+                    state.covers_after = old.revision();
+                }
+                // sent under the lock: a watcher that subscribes while holding it sees each event once, either in
+                // the history or live
+                let _ = feed.live.send(Item::Event(ev));
+                backoff = Duration::from_millis(100);
+            }
+            self.source.closed();
+            upstream = loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match self.source.watch(&prefix, last).await {
+                    Ok(w) => break w,
+                    Err(StorageError::Compacted { .. }) => {
+                        // the changes since `last` are gone: every watcher must relist; the feed starts again now
+                        let now = match self.source.store.revision().await {
+                            Ok(r) => r,
+                            Err(_) => continue,
+                        };
+                        let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+                        state.history.clear();
+                        state.covers_after = now;
+                        last = now;
+                        let _ = feed.live.send(Item::Gap);
+                    }
+                    Err(e) => tracing::debug!(error = %e, %prefix, "the watch cache's storage watch failed; retrying"),
                 }
             };
-            last = ev.revision();
-            let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.history.push_back(ev.clone());
-            if state.history.len() > HISTORY
-                && let Some(old) = state.history.pop_front()
-            {
-                state.covers_after = old.revision();
-            }
-            // sent under the lock: a watcher that subscribes while holding it sees each event once, either in
-            // the history or live
-            let _ = feed.live.send(Item::Event(ev));
-            backoff = Duration::from_millis(100);
         }
-        source.closed();
-        upstream = loop {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            match source.watch(&prefix, last).await {
-                Ok(w) => break w,
-                Err(StorageError::Compacted { .. }) => {
-                    // the changes since `last` are gone: every watcher must relist; the feed starts again now
-                    let now = match source.store.revision().await {
-                        Ok(r) => r,
-                        Err(_) => continue,
-                    };
-                    let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
-                    state.history.clear();
-                    state.covers_after = now;
-                    last = now;
-                    let _ = feed.live.send(Item::Gap);
-                }
-                Err(e) => tracing::debug!(error = %e, %prefix, "the watch cache's storage watch failed; retrying"),
-            }
-        };
+    }
+
+    /// Whether the feed has had no watcher for the idle time, in which case it is taken out of the map here.
+    fn forgotten(&self, prefix: &str, unwatched_since: &mut Option<tokio::time::Instant>) -> bool {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        // the map and this task hold the feed; a watcher holds another, and gets it only from the map, under this
+        // lock: so the count cannot rise while it is read here
+        if Arc::strong_count(&self.feed) > 2 {
+            *unwatched_since = None;
+            return false;
+        }
+        let since = *unwatched_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < self.idle {
+            return false;
+        }
+        feeds.remove(prefix);
+        true
     }
 }
 
-/// One client watch: the history after `last`, then the live feed; from the store when the history does not
+/// One client watch: the history after `last`, then the live feed; from the store while the history does not
 /// reach back far enough.
-async fn follow(
-    feed: Arc<Feed>,
-    source: Source,
-    prefix: String,
-    mut last: Revision,
-    tx: mpsc::Sender<Result<Arc<SharedEvent>, StorageError>>,
-) {
+async fn follow(feed: Arc<Feed>, source: Source, watcher: Watcher<'_>, mut last: Revision) {
+    let (tx, prefix) = (watcher.tx, watcher.prefix);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // the revision of the last event of the type this watcher skipped (not under its prefix) and was not told of
+    let mut unsent: Option<Revision> = None;
     loop {
         // subscribe and copy the history under the feed's lock: nothing falls between the two
         let covered = {
@@ -193,25 +285,41 @@ async fn follow(
             })
         };
         let Some((replay, mut live)) = covered else {
-            // too far behind for the history: the store serves this watcher from here on
-            return from_store(&source, &prefix, last, &tx).await;
+            // too far behind for the history: the store serves this watcher until it has caught up with it
+            match from_store(&feed, &source, &watcher, last, &mut unsent).await {
+                Some(caught_up) => {
+                    last = caught_up;
+                    continue;
+                }
+                None => return,
+            }
         };
         for ev in &replay {
-            if !forward(&tx, &prefix, ev, &mut last).await {
-                return;
+            match forward(tx, prefix, ev, &mut last).await {
+                Forwarded::Sent => unsent = None,
+                Forwarded::Skipped => unsent = Some(last),
+                Forwarded::Gone => return,
             }
         }
         loop {
             let item = tokio::select! {
                 _ = tx.closed() => return,
+                _ = progress.tick(), if unsent.is_some() => {
+                    if let Some(r) = unsent.take()
+                        && tx.send(Ok(Change::Progress(r))).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 item = live.recv() => item,
             };
             match item {
-                Ok(Item::Event(ev)) => {
-                    if !forward(&tx, &prefix, &ev, &mut last).await {
-                        return;
-                    }
-                }
+                Ok(Item::Event(ev)) => match forward(tx, prefix, &ev, &mut last).await {
+                    Forwarded::Sent => unsent = None,
+                    Forwarded::Skipped => unsent = Some(last),
+                    Forwarded::Gone => return,
+                },
                 Ok(Item::Gap) => {
                     let _ = tx.send(Err(StorageError::Compacted { requested: last, compacted: last })).await;
                     return;
@@ -230,46 +338,76 @@ async fn follow(
     }
 }
 
-/// Sends `ev` to the watcher if it is new to it and under its prefix; false once the watcher is gone.
-async fn forward(
-    tx: &mpsc::Sender<Result<Arc<SharedEvent>, StorageError>>,
-    prefix: &str,
-    ev: &Arc<SharedEvent>,
-    last: &mut Revision,
-) -> bool {
-    if ev.revision() <= *last {
-        return true;
-    }
-    *last = ev.revision();
-    !ev.kv.key.starts_with(prefix) || tx.send(Ok(ev.clone())).await.is_ok()
+/// Who a client watch sends to, and what it selects.
+struct Watcher<'a> {
+    tx: &'a Sender,
+    /// The resource type's prefix (its feed's).
+    type_prefix: &'a str,
+    /// The watched part of it.
+    prefix: &'a str,
 }
 
-/// Forwards the store's own watch from `last` (a watcher the history cannot serve).
-async fn from_store(
-    source: &Source,
-    prefix: &str,
-    last: Revision,
-    tx: &mpsc::Sender<Result<Arc<SharedEvent>, StorageError>>,
-) {
-    let mut events = match source.watch(prefix, last).await {
+/// What became of one event for one watcher.
+enum Forwarded {
+    /// Sent to it.
+    Sent,
+    /// Already seen, or not under its prefix.
+    Skipped,
+    /// The watcher is gone.
+    Gone,
+}
+
+/// Sends `ev` to the watcher if it is new to it and under its prefix.
+async fn forward(tx: &Sender, prefix: &str, ev: &Arc<SharedEvent>, last: &mut Revision) -> Forwarded {
+    if ev.revision() <= *last {
+        return Forwarded::Skipped;
+    }
+    *last = ev.revision();
+    if !ev.kv.key.starts_with(prefix) {
+        return Forwarded::Skipped;
+    }
+    match tx.send(Ok(Change::Event(ev.clone()))).await {
+        Ok(()) => Forwarded::Sent,
+        Err(_) => Forwarded::Gone,
+    }
+}
+
+/// Forwards the store's own watch of the whole type from `last` until the feed's history covers the watcher
+/// again (every event of the type counts towards that, so a watcher of a quiet namespace catches up too); returns
+/// the revision it has been served up to then, or `None` once the watcher is gone or its watch failed.
+async fn from_store(feed: &Feed, source: &Source, watcher: &Watcher<'_>, mut last: Revision, unsent: &mut Option<Revision>) -> Option<Revision> {
+    let mut events = match source.watch(watcher.type_prefix, last).await {
         Ok(w) => w,
         Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            return;
+            let _ = watcher.tx.send(Err(e)).await;
+            return None;
         }
     };
-    loop {
+    let caught_up = loop {
         tokio::select! {
-            _ = tx.closed() => break,
+            _ = watcher.tx.closed() => break None,
             ev = events.next() => {
-                let Some(ev) = ev else { break };
-                if tx.send(ev).await.is_err() {
-                    break;
+                let Some(ev) = ev else { break None };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        let _ = watcher.tx.send(Err(e)).await;
+                        break None;
+                    }
+                };
+                match forward(watcher.tx, watcher.prefix, &ev, &mut last).await {
+                    Forwarded::Sent => *unsent = None,
+                    Forwarded::Skipped => *unsent = Some(last),
+                    Forwarded::Gone => break None,
+                }
+                if feed.covers(last) {
+                    break Some(last);
                 }
             }
         }
-    }
+    };
     source.closed();
+    caught_up
 }
 
 #[cfg(test)]
@@ -278,12 +416,17 @@ mod tests {
     use crate::storage::sqlite::SqliteStorage;
     use bytes::Bytes;
 
-    async fn next(w: &mut WatchStream) -> Arc<SharedEvent> {
-        tokio::time::timeout(Duration::from_secs(10), w.next())
-            .await
-            .expect("an event within 10 s")
-            .expect("the stream goes on")
-            .expect("not an error")
+    async fn next(w: &mut ChangeStream) -> Arc<SharedEvent> {
+        loop {
+            let change = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream goes on")
+                .expect("not an error");
+            if let Change::Event(ev) = change {
+                return ev;
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +435,7 @@ mod tests {
         let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
         let cache = WatchCache::new(store.clone());
         let start = store.revision().await.expect("revision");
-        let mut all: Vec<WatchStream> = Vec::new();
+        let mut all: Vec<ChangeStream> = Vec::new();
         for _ in 0..50 {
             all.push(cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch"));
         }
@@ -322,7 +465,9 @@ mod tests {
         // one from before the feed began is served by the store itself
         let mut early = cache.watch("/registry/pods/", "/registry/pods/", 0).await.expect("watch");
         assert_eq!(next(&mut early).await.kv.key, "/registry/pods/a/p1");
-        assert_eq!(cache.storage_watches(), 3);
+        // ...until it reaches the history: then it is back on the feed
+        assert!(settles(|| cache.storage_watches() == 2).await, "{} storage watches", cache.storage_watches());
+        assert_eq!(next(&mut early).await.kv.key, "/registry/pods/b/p2");
         drop(early);
         store.create("/registry/pods/a/p4", Bytes::from_static(b"5")).await.expect("create");
         assert_eq!(next(&mut late).await.kv.key, "/registry/pods/a/p4");
@@ -357,5 +502,65 @@ mod tests {
         for i in 0..n {
             assert_eq!(next(&mut slow).await.kv.key, format!("/registry/pods/a/p{i}"));
         }
+        // and, caught up, it is back on the shared feed: one storage watch again
+        assert!(settles(|| cache.storage_watches() == 1).await, "{} storage watches", cache.storage_watches());
+        store.create("/registry/pods/a/last", Bytes::from_static(b"x")).await.expect("create");
+        assert_eq!(next(&mut slow).await.kv.key, "/registry/pods/a/last");
+    }
+
+    /// Whether `cond` holds within 5 s.
+    async fn settles(cond: impl Fn() -> bool) -> bool {
+        for _ in 0..250 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cond()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_of_a_quiet_namespace_rejoins_the_feed_and_hears_its_progress() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
+        let cache = WatchCache::new(store.clone());
+        let start = store.revision().await.expect("revision");
+        let busy = cache.watch("/registry/pods/", "/registry/pods/busy/", start).await.expect("watch");
+        store.create("/registry/pods/quiet/q", Bytes::from_static(b"q")).await.expect("create");
+        for i in 0..2 * HISTORY {
+            store.create(&format!("/registry/pods/busy/p{i}"), Bytes::from(i.to_string())).await.expect("create");
+        }
+        let now = store.revision().await.expect("revision");
+        // a watcher of the quiet namespace, from before the history: served by the store, it catches up through the
+        // other namespace's events and goes back to the feed
+        let mut quiet = cache.watch("/registry/pods/", "/registry/pods/quiet/", start).await.expect("watch");
+        assert_eq!(next(&mut quiet).await.kv.key, "/registry/pods/quiet/q");
+        assert!(settles(|| cache.storage_watches() == 1).await, "{} storage watches", cache.storage_watches());
+        // its next message is the feed's progress: nothing under its prefix up to the busy namespace's last write
+        let progress = tokio::time::timeout(PROGRESS_EVERY * 3, quiet.next()).await.expect("progress in time");
+        match progress.expect("open").expect("no error") {
+            Change::Progress(rev) => assert_eq!(rev, now),
+            Change::Event(ev) => panic!("no event expected: {}", ev.kv.key),
+        }
+        drop(busy);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_nobody_watches_is_closed_and_a_new_watcher_starts_another() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
+        let cache = WatchCache::new(store.clone()).with_idle(Duration::from_millis(200));
+        let start = store.revision().await.expect("revision");
+        let mut w = cache.watch("/registry/widgets/", "/registry/widgets/", start).await.expect("watch");
+        store.create("/registry/widgets/a/w", Bytes::from_static(b"w")).await.expect("create");
+        assert_eq!(next(&mut w).await.kv.key, "/registry/widgets/a/w");
+        // still watched: kept well past the idle time
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!((cache.feeds(), cache.storage_watches()), (1, 1));
+        drop(w);
+        assert!(settles(|| cache.feeds() == 0 && cache.storage_watches() == 0).await, "the feed was not closed");
+        let mut again = cache.watch("/registry/widgets/", "/registry/widgets/", start).await.expect("watch");
+        assert_eq!(next(&mut again).await.kv.key, "/registry/widgets/a/w", "a new feed, from the watcher's revision");
+        assert_eq!(cache.storage_watches(), 1);
     }
 }
