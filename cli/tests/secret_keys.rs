@@ -132,3 +132,66 @@ fn keys_rotate_and_a_lost_key_stops_the_server() {
     assert_eq!(secret_value(dir, "s4"), "cGxhaW4tdmFsdWUtNA==");
     assert_eq!(std::fs::read_to_string(dir.join("pki/server-token")).expect("token").trim(), token.trim());
 }
+
+fn secrets(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("secrets")
+        .args(args)
+        .args(["--data-dir", &dir.to_string_lossy()])
+        .output()
+        .expect("skiff secrets runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn an_old_key_retires_after_a_rotation_and_the_server_token_rotates() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let port = free_port();
+    let s = start(dir, port);
+    kubectl(dir, &["create", "secret", "generic", "db", "--from-literal=v=retire-me"]).expect("created");
+    drop(s);
+    let first = key_names(dir);
+    // the only key seals the Secret: refused, and nothing changes
+    let (ok, said) = secrets(dir, &["retire-key", &first[0]]);
+    assert!(!ok && said.contains("rotate-key"), "{said}");
+    let (ok, said) = secrets(dir, &["rotate-key"]);
+    assert!(ok, "{said}");
+    let keys = key_names(dir);
+    assert_eq!(keys.len(), 2);
+    // the new key seals now: refused; an unknown key: refused
+    let (ok, said) = secrets(dir, &["retire-key", &keys[0]]);
+    assert!(!ok && said.contains("sealed with now"), "{said}");
+    let (ok, said) = secrets(dir, &["retire-key", "no-such-key"]);
+    assert!(!ok && said.contains("no encryption key"), "{said}");
+    // the old one, which no Secret uses any more after the rotation, goes
+    let file = dir.join("pki/encryption-keys");
+    let before = std::fs::read_to_string(&file).expect("keys");
+    let old_line = before.lines().find(|l| l.starts_with(&format!("{} ", first[0]))).expect("the old key's line");
+    let (ok, said) = secrets(dir, &["retire-key", &first[0]]);
+    assert!(ok, "{said}");
+    assert_eq!(key_names(dir), keys[..1], "the key file keeps only the new key");
+    // a server whose file still has the retired key (a backup restored, a server stopped before) drops it
+    let text = std::fs::read_to_string(&file).expect("keys");
+    std::fs::write(&file, format!("{text}{old_line}\n")).expect("adding it back");
+    let s = start(dir, port);
+    assert_eq!(key_names(dir), keys[..1], "the retired key stays retired");
+    assert_eq!(secret_value(dir, "db"), "cmV0aXJlLW1l");
+    drop(s);
+
+    // the server token rotates: the old one opens nothing any more, the new one (in the token file) does
+    let old = std::fs::read_to_string(dir.join("pki/server-token")).expect("token").trim().to_string();
+    let (ok, said) = secrets(dir, &["rotate-token", "--new-token", &old]);
+    assert!(!ok && said.contains("is the current one"), "{said}");
+    let (ok, said) = secrets(dir, &["rotate-token"]);
+    assert!(ok, "{said}");
+    let new = std::fs::read_to_string(dir.join("pki/server-token")).expect("token").trim().to_string();
+    assert_ne!(new, old);
+    assert!(said.contains(&format!("--token {new}")), "the generated token is printed: {said}");
+    assert!(!dir.join("pki/server-token.new").exists());
+    let out = server(dir, port).args(["--token", &old]).output().expect("skiff server runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not this one"), "the old token is refused: {err}");
+    let _s = start_with(dir, port, &["--token", &new]);
+    assert_eq!(secret_value(dir, "db"), "cmV0aXJlLW1l");
+}

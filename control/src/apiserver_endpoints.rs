@@ -50,18 +50,43 @@ pub struct Observations {
 /// What the endpoints should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The live servers' addresses (this one's always), sorted.
-    pub addresses: Vec<Ipv4Addr>,
-    /// The port they serve on (this server's; Leases on another port are left out).
-    pub port: u16,
+    /// The live servers by the port they serve on (this one always among them), ports ascending: one EndpointSlice
+    /// each, as an EndpointSlice's endpoints share its ports. Every server plans the same groups from the same
+    /// Leases, so servers on different ports do not overwrite each other's view.
+    pub groups: Vec<Group>,
     /// Leases dead for [`FORGET_AFTER`], to delete.
     pub forget: Vec<String>,
+}
+
+/// Live servers on one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The port.
+    pub port: u16,
+    /// Their addresses, sorted.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl Plan {
+    /// The EndpointSlices of the `kubernetes` Service: `kubernetes` for the lowest port's group (the only one
+    /// when every server listens on the same port), `kubernetes-<port>` for the others.
+    pub fn slices(&self) -> Vec<(String, Value)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let name = if i == 0 { "kubernetes".to_string() } else { format!("kubernetes-{}", g.port) };
+                let body = slice(&name, g);
+                (name, body)
+            })
+            .collect()
+    }
 }
 
 /// The endpoints given the Leases listed now; records in `seen` when each Lease's version was first seen.
 pub fn plan(own: SocketAddrV4, leases: &[LeaseView], seen: &mut Observations, now: Instant) -> Plan {
     seen.seen.retain(|name, _| leases.iter().any(|l| &l.name == name));
-    let mut addresses = vec![*own.ip()];
+    let mut live = vec![own];
     let mut forget = Vec::new();
     for lease in leases {
         let since = match seen.seen.get(&lease.name) {
@@ -80,14 +105,23 @@ pub fn plan(own: SocketAddrV4, leases: &[LeaseView], seen: &mut Observations, no
             forget.push(lease.name.clone());
         } else if let Some(addr) = addr
             && quiet < lease.duration
-            && addr.port() == own.port()
         {
-            addresses.push(*addr.ip());
+            live.push(addr);
         }
     }
-    addresses.sort();
-    addresses.dedup();
-    Plan { addresses, port: own.port(), forget }
+    let mut by_port: BTreeMap<u16, Vec<Ipv4Addr>> = BTreeMap::new();
+    for addr in live {
+        by_port.entry(addr.port()).or_default().push(*addr.ip());
+    }
+    let groups = by_port
+        .into_iter()
+        .map(|(port, mut addresses)| {
+            addresses.sort();
+            addresses.dedup();
+            Group { port, addresses }
+        })
+        .collect();
+    Plan { groups, forget }
 }
 
 /// The Lease name for a server advertised at `addr`.
@@ -110,17 +144,17 @@ fn now_text() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// The EndpointSlice `default/kubernetes` for `plan`.
-fn slice(plan: &Plan) -> Value {
-    let endpoints: Vec<Value> = plan
+/// The EndpointSlice `default/<name>` for one group.
+fn slice(name: &str, group: &Group) -> Value {
+    let endpoints: Vec<Value> = group
         .addresses
         .iter()
         .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}))
         .collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": MANAGER}},
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": MANAGER}},
         "addressType": "IPv4", "endpoints": endpoints,
-        "ports": [{"name": "https", "port": plan.port, "protocol": "TCP"}]})
+        "ports": [{"name": "https", "port": group.port, "protocol": "TCP"}]})
 }
 
 /// One pass: renews this server's Lease, reads every server's, and writes the endpoints when they differ. A server
@@ -153,18 +187,29 @@ pub async fn reconcile(api: &Api, advertise: &str, seen: &mut Observations) -> R
     let views: Vec<LeaseView> = listed.iter().filter_map(view).collect();
     let plan = plan(own, &views, seen, Instant::now());
     let slices = api.builtin("discovery.k8s.io", "endpointslices");
-    let desired = slice(&plan);
-    let written = match api.try_get(&slices, Some("default"), "kubernetes").await.map_err(|e| e.to_string())? {
-        None => api.create(&slices, Some("default"), desired, &opts).await.map(|_| ()),
-        Some(cur)
-            if cur.object.get("endpoints") == desired.get("endpoints")
-                && cur.object.get("ports") == desired.get("ports") =>
-        {
-            Ok(())
+    let selector = skiff_api::selector::Selector::parse(&format!(
+        "kubernetes.io/service-name=kubernetes,endpointslice.kubernetes.io/managed-by={MANAGER}"
+    ))
+    .map_err(|e| e.to_string())?;
+    let current = api.list_all(&slices, Some("default"), selector).await.map_err(|e| e.to_string())?;
+    let by_name = |name: &str| current.iter().find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
+    let desired = plan.slices();
+    for (name, want) in &desired {
+        let written = match by_name(name) {
+            None => api.create(&slices, Some("default"), want.clone(), &opts).await.map(|_| ()),
+            Some(cur) if cur.get("endpoints") == want.get("endpoints") && cur.get("ports") == want.get("ports") => Ok(()),
+            Some(_) => api.update(&slices, Some("default"), name, want.clone(), None, &opts).await.map(|_| ()),
+        };
+        written.map_err(|e| format!("writing the kubernetes endpoints ({name}): {e}"))?;
+    }
+    for stale in current.iter().filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str)) {
+        if desired.iter().all(|(name, _)| name != stale) {
+            let deleted = api.delete(&slices, Some("default"), stale, &Default::default()).await;
+            if let Err(e) = deleted.map(|_| ()) {
+                tracing::debug!(slice = %stale, error = %e, "deleting a stale kubernetes EndpointSlice failed");
+            }
         }
-        Some(_) => api.update(&slices, Some("default"), "kubernetes", desired, None, &opts).await.map(|_| ()),
-    };
-    written.map_err(|e| format!("writing the kubernetes endpoints: {e}"))?;
+    }
     for dead in &plan.forget {
         let deleted = api.delete(&leases, Some(NAMESPACE), dead, &Default::default()).await;
         if let Err(e) = deleted.map(|_| ()) {
@@ -206,11 +251,14 @@ mod tests {
         let other_port = lease("apiserver-d", "10.0.0.4:8443", "9");
         let garbage = lease("apiserver-e", "not-an-address", "1");
         let all = [lease("apiserver-own", "10.0.0.1:6443", "3"), b.clone(), c.clone(), other_port, garbage];
-        let addrs = |p: &Plan| p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let addrs = |p: &Plan| p.groups[0].addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         // first sight counts as a renewal now, whatever renewTime says
         let p = plan(own, &all, &mut seen, t0);
         assert_eq!(addrs(&p), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
-        assert_eq!(p.port, 6443);
+        assert_eq!(p.groups[0].port, 6443);
+        // a server on another port is live too, in a slice of its own
+        assert_eq!(p.groups.len(), 2);
+        assert_eq!((p.groups[1].port, p.groups[1].addresses.clone()), (8443, vec![Ipv4Addr::new(10, 0, 0, 4)]));
         // b keeps renewing, c stops: c is out once its duration has passed since its last change was seen
         let b2 = lease("apiserver-b", "10.0.0.2:6443", "11");
         let later = [b2.clone(), c.clone()];
@@ -229,6 +277,25 @@ mod tests {
         assert_eq!(p.forget, ["apiserver-b", "apiserver-n"]);
         // this server alone, even before its own Lease is listed
         assert_eq!(addrs(&plan(own, &[], &mut Observations::default(), t0)), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn servers_on_different_ports_plan_the_same_slices() {
+        let t0 = Instant::now();
+        let a = lease("apiserver-a", "10.0.0.1:6443", "1");
+        let b = lease("apiserver-b", "10.0.0.2:7443", "1");
+        let c = lease("apiserver-c", "10.0.0.3:6443", "1");
+        let all = [a, b, c];
+        let from_a = plan("10.0.0.1:6443".parse().expect("addr"), &all, &mut Observations::default(), t0);
+        let from_b = plan("10.0.0.2:7443".parse().expect("addr"), &all, &mut Observations::default(), t0);
+        assert_eq!(from_a, from_b, "no server overwrites another's view");
+        let slices = from_a.slices();
+        let names: Vec<&str> = slices.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["kubernetes", "kubernetes-7443"]);
+        assert_eq!(slices[0].1["ports"][0]["port"], 6443);
+        assert_eq!(slices[0].1["endpoints"].as_array().map(Vec::len), Some(2));
+        assert_eq!(slices[1].1["endpoints"][0]["addresses"][0], "10.0.0.2");
+        assert_eq!(slices[1].1["metadata"]["labels"]["kubernetes.io/service-name"], "kubernetes");
     }
 
     #[test]

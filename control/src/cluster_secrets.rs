@@ -73,6 +73,9 @@ pub struct Shared {
     pub node_token: String,
     /// The Secret encryption keys, the sealing one first.
     pub encryption_keys: Vec<NamedKey>,
+    /// Names of encryption keys retired from the cluster: a server that still has one in its key file drops it
+    /// rather than adding it back.
+    pub retired: Vec<String>,
 }
 
 /// What a server's PKI directory holds of the shared secrets (each part may be missing).
@@ -138,6 +141,9 @@ pub fn decide(local: &Local, stored: Option<&Shared>) -> Result<Decision, Secret
     let mut keys = stored.encryption_keys.clone();
     let mut republish = false;
     for k in local.encryption_keys.iter().flatten() {
+        if stored.retired.contains(&k.name) {
+            continue; // retired from the cluster: dropped from this server's file too
+        }
         match keys.iter().find(|s| s.name == k.name) {
             Some(s) if s.key != k.key => {
                 return Err(SecretsError::Conflict(format!(
@@ -160,6 +166,30 @@ pub fn decide(local: &Local, stored: Option<&Shared>) -> Result<Decision, Secret
     Ok(Decision::Adopt { shared: Shared { encryption_keys: keys, ..stored.clone() }, republish, replaced })
 }
 
+/// The shared secrets without the encryption key `name`, remembered as retired. Refused for a key the cluster does
+/// not have, for the sealing key (the first: rotate first), and while `sealing_with` Secrets are still sealed
+/// with it (a rotation re-encrypts them).
+pub fn retire(shared: &Shared, name: &str, sealing_with: usize) -> Result<Shared, SecretsError> {
+    let Some(at) = shared.encryption_keys.iter().position(|k| k.name == name) else {
+        let known: Vec<&str> = shared.encryption_keys.iter().map(|k| k.name.as_str()).collect();
+        return Err(SecretsError::Conflict(format!("the cluster has no encryption key {name:?} (it has {known:?})")));
+    };
+    if at == 0 {
+        return Err(SecretsError::Conflict(format!(
+            "{name:?} is the key Secrets are sealed with now: run `skiff secrets rotate-key` first, then retire it"
+        )));
+    }
+    if sealing_with > 0 {
+        return Err(SecretsError::Conflict(format!(
+            "{sealing_with} Secrets are still sealed with {name:?}: run `skiff secrets rotate-key` to re-encrypt them              first (retiring it now would make them unreadable)"
+        )));
+    }
+    let mut out = shared.clone();
+    out.encryption_keys.remove(at);
+    out.retired.push(name.to_string());
+    Ok(out)
+}
+
 fn same_keys(a: &[NamedKey], b: &[NamedKey]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.key == y.key)
 }
@@ -180,6 +210,8 @@ struct Plain {
     sa_key: String,
     node_token: String,
     encryption_keys: String,
+    #[serde(default)]
+    retired: Vec<String>,
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -201,6 +233,7 @@ pub fn seal(token: &str, shared: &Shared) -> Vec<u8> {
         sa_key: b64().encode(&shared.sa_key),
         node_token: shared.node_token.clone(),
         encryption_keys: pki::render_encryption_keys(&shared.encryption_keys),
+        retired: shared.retired.clone(),
     };
     let plain = serde_json::to_vec(&plain).expect("strings serialise");
     let salt: [u8; 16] = rand::random();
@@ -241,7 +274,26 @@ pub fn open(token: &str, record: &[u8]) -> Result<Shared, SecretsError> {
         sa_key: decode("sa_key", &plain.sa_key)?,
         node_token: plain.node_token,
         encryption_keys: pki::parse_encryption_keys(&plain.encryption_keys).map_err(corrupt)?,
+        retired: plain.retired,
     })
+}
+
+/// [`seal`] on a blocking thread: the key derivation takes tens of milliseconds, too long for an async worker.
+async fn sealed(token: &str, shared: &Shared) -> Bytes {
+    let (token, shared) = (token.to_string(), shared.clone());
+    match tokio::task::spawn_blocking(move || seal(&token, &shared)).await {
+        Ok(record) => Bytes::from(record),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// [`open`] on a blocking thread.
+async fn opened(token: &str, record: &Bytes) -> Result<Shared, SecretsError> {
+    let (token, record) = (token.to_string(), record.clone());
+    match tokio::task::spawn_blocking(move || open(&token, &record)).await {
+        Ok(shared) => shared,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// The server token: `given` (and then written to the PKI directory for later starts), else the one in the PKI
@@ -285,7 +337,7 @@ pub async fn establish(
     for _ in 0..3 {
         let stored = store.get(KEY).await?;
         let opened = match (&stored, &token) {
-            (Some(kv), Some(t)) => Some(open(t, &kv.value)?),
+            (Some(kv), Some(t)) => Some(opened(t, &kv.value).await?),
             (Some(_), None) => return Err(SecretsError::NoToken),
             (None, _) => None,
         };
@@ -297,7 +349,7 @@ pub async fn establish(
                 // the token is saved before anything is sealed with it: a crash after the record is stored must not
                 // leave a record nobody can open
                 pki::write_token(dir, &token)?;
-                match store.create(KEY, Bytes::from(seal(&token, &shared))).await {
+                match store.create(KEY, sealed(&token, &shared).await).await {
                     Ok(_) => {}
                     Err(StorageError::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(e.into()),
@@ -311,7 +363,7 @@ pub async fn establish(
                     unreachable!("adopting a stored record")
                 };
                 if republish {
-                    match store.update(KEY, Bytes::from(seal(token, &shared)), kv.mod_revision).await {
+                    match store.update(KEY, sealed(token, &shared).await, kv.mod_revision).await {
                         Ok(_) => tracing::info!("added this server's extra encryption keys to the cluster's"),
                         Err(StorageError::Conflict { .. }) => continue,
                         Err(e) => return Err(e.into()),
@@ -333,15 +385,21 @@ pub async fn establish(
     Err(SecretsError::Conflict(format!("{KEY} kept changing while this server read it; start it again")))
 }
 
-/// Stores `shared` as the cluster's record again (after an encryption key rotation), replacing the record at the
-/// revision it was read at.
+/// Stores `shared` as the cluster's record again (after an encryption key rotation or retirement), replacing the
+/// record at the revision it was read at.
 pub async fn republish(store: &dyn Storage, token: &str, shared: &Shared) -> Result<(), SecretsError> {
+    reseal(store, token, token, shared).await
+}
+
+/// Stores `shared` as the cluster's record sealed under `new_token`, replacing the record that `token` opens (at the
+/// revision it was read at, so a record changed meanwhile fails rather than being overwritten).
+pub async fn reseal(store: &dyn Storage, token: &str, new_token: &str, shared: &Shared) -> Result<(), SecretsError> {
     let Some(kv) = store.get(KEY).await? else {
-        store.create(KEY, Bytes::from(seal(token, shared))).await?;
+        store.create(KEY, sealed(new_token, shared).await).await?;
         return Ok(());
     };
-    open(token, &kv.value)?;
-    store.update(KEY, Bytes::from(seal(token, shared)), kv.mod_revision).await?;
+    opened(token, &kv.value).await?;
+    store.update(KEY, sealed(new_token, shared).await, kv.mod_revision).await?;
     Ok(())
 }
 
@@ -359,7 +417,31 @@ mod tests {
             sa_key: b"sa".to_vec(),
             node_token: "node".into(),
             encryption_keys: vec![key("a", 1)],
+            retired: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_key_retires_only_when_nothing_is_sealed_with_it_and_stays_retired() {
+        let mut s = shared("CA");
+        s.encryption_keys = vec![key("new", 2), key("old", 1)];
+        let err = |r: Result<Shared, SecretsError>| r.expect_err("refused").to_string();
+        assert!(err(retire(&s, "new", 0)).contains("rotate-key` first"), "the sealing key");
+        assert!(err(retire(&s, "old", 3)).contains("3 Secrets are still sealed"), "in use");
+        assert!(err(retire(&s, "nope", 0)).contains("no encryption key \"nope\""), "unknown");
+        let r = retire(&s, "old", 0).expect("retired");
+        assert_eq!(r.encryption_keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(r.retired, ["old"]);
+        // the record keeps the list: a server whose file still has the key drops it instead of adding it back
+        let back = open("t", &seal("t", &r)).expect("opens");
+        assert_eq!(back.retired, ["old"]);
+        let local = Local { encryption_keys: Some(vec![key("new", 2), key("old", 1)]), ..Local::default() };
+        let Decision::Adopt { shared, republish, replaced } = decide(&local, Some(&back)).expect("adopts") else {
+            panic!("a record is stored")
+        };
+        assert_eq!(shared.encryption_keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert!(!republish, "nothing to add to the record");
+        assert!(replaced.contains(&pki::ENCRYPTION_KEYS), "the local file is rewritten");
     }
 
     #[test]

@@ -301,6 +301,7 @@ pub fn complete_shared(local: &crate::cluster_secrets::Local) -> Result<crate::c
         sa_key: local.sa_key.clone().unwrap_or_else(new_sa_key),
         node_token: local.node_token.clone().unwrap_or_else(new_node_token),
         encryption_keys: local.encryption_keys.clone().unwrap_or_else(|| vec![new_encryption_key()]),
+        retired: Vec::new(),
     })
 }
 
@@ -349,6 +350,14 @@ pub fn write_token(dir: &Path, token: &str) -> Result<(), PkiError> {
         return Ok(());
     }
     write_private(&path, format!("{token}\n").as_bytes())
+}
+
+/// Writes `token` beside the token file as `server-token.new` (owner-only), before a record is sealed with it: a
+/// crash between sealing and [`std::fs::rename`]-ing it over the token file leaves the token that opens the record.
+pub fn write_next_token(dir: &Path, token: &str) -> Result<std::path::PathBuf, PkiError> {
+    let path = dir.join(format!("{}.new", crate::cluster_secrets::TOKEN_FILE));
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    Ok(path)
 }
 
 fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {

@@ -230,6 +230,59 @@ pub async fn rotate_encryption_key(cfg: &ServerConfig) -> Result<(String, usize)
     Ok((new.name, rewritten))
 }
 
+/// The datastore and the cluster's shared secrets as this server's token opens them, for the offline `skiff
+/// secrets` commands (run with every server stopped).
+async fn offline_secrets(
+    cfg: &ServerConfig,
+) -> Result<(Box<dyn Storage>, crate::cluster_secrets::Shared, String), ServerError> {
+    let dir = cfg.data_dir.join("pki");
+    let backend = open_backend(cfg).await?;
+    let token = crate::cluster_secrets::token(&dir, cfg.token.as_deref())?
+        .ok_or_else(|| ServerError::Bootstrap(format!("no server token in {} and none given", dir.display())))?;
+    let shared =
+        crate::cluster_secrets::establish(backend.as_ref(), &dir, Some(token.clone()), async |_| Ok(())).await?;
+    Ok((backend, shared, token))
+}
+
+/// Removes the Secret encryption key `name` from the cluster's shared secrets and this server's key file, once no
+/// Secret is sealed with it any more (after a rotation); the record remembers it as retired, so a server whose file
+/// still has it drops it when it starts. Run with every server of the cluster stopped. Returns the keys left.
+pub async fn retire_encryption_key(cfg: &ServerConfig, name: &str) -> Result<Vec<String>, ServerError> {
+    let (backend, shared, token) = offline_secrets(cfg).await?;
+    let raw = backend.list(SECRETS_PREFIX, Default::default()).await?;
+    let sealing_with =
+        raw.items.iter().filter(|kv| crate::storage::encrypt::sealed_with(&kv.value).as_deref() == Some(name)).count();
+    let retired = crate::cluster_secrets::retire(&shared, name, sealing_with)?;
+    crate::cluster_secrets::republish(backend.as_ref(), &token, &retired).await?;
+    crate::pki::write_encryption_keys(&cfg.data_dir.join("pki"), &retired.encryption_keys)?;
+    Ok(retired.encryption_keys.into_iter().map(|k| k.name).collect())
+}
+
+/// Seals the cluster's shared secrets under `new_token` (a new random one when `None`) and writes it to this
+/// server's token file; the old token opens nothing from then on. Run with every server of the cluster stopped;
+/// the others start again with `--token <new>`. Returns the new token.
+pub async fn rotate_server_token(cfg: &ServerConfig, new_token: Option<String>) -> Result<String, ServerError> {
+    let new_token = match new_token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => return Err(ServerError::Bootstrap("the new token is empty".into())),
+        Some(t) => t,
+        None => crate::cluster_secrets::new_token(),
+    };
+    let (backend, shared, token) = offline_secrets(cfg).await?;
+    if new_token == token {
+        return Err(ServerError::Bootstrap("the new token is the current one".into()));
+    }
+    let dir = cfg.data_dir.join("pki");
+    let next = crate::pki::write_next_token(&dir, &new_token)?;
+    if let Err(e) = crate::cluster_secrets::reseal(backend.as_ref(), &token, &new_token, &shared).await {
+        let _ = std::fs::remove_file(&next);
+        return Err(e.into());
+    }
+    let file = dir.join(crate::cluster_secrets::TOKEN_FILE);
+    std::fs::rename(&next, &file)
+        .map_err(|e| ServerError::Io { context: format!("renaming {} to {}", next.display(), file.display()), source: e })?;
+    Ok(new_token)
+}
+
 /// Starts the API server (and its in-process controllers) and writes the admin kubeconfig.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir)
