@@ -3,7 +3,7 @@
 //! three without pause. The leader server is killed (SIGKILL) while a Deployment is scaled: no acknowledged write is
 //! lost, the controllers act again on another server (the time from the kill is printed), and kubectl through the
 //! others keeps working; then an etcd member is killed the same way and writes go on. (No node agents here: pods
-//! are created and scheduled nowhere; `cli/tests/server_join.rs` covers the node client's fail-over.)
+//! are created and scheduled nowhere; `cli/tests/cluster_ha.rs` runs the same kill with real nodes and pods.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -192,12 +192,15 @@ pub async fn reconcile(api: &Api, advertise: &str, seen: &mut Observations) -> R
     ))
     .map_err(|e| e.to_string())?;
     let current = api.list_all(&slices, Some("default"), selector).await.map_err(|e| e.to_string())?;
-    let by_name = |name: &str| current.iter().find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
+    let by_name =
+        |name: &str| current.iter().find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
     let desired = plan.slices();
     for (name, want) in &desired {
         let written = match by_name(name) {
             None => api.create(&slices, Some("default"), want.clone(), &opts).await.map(|_| ()),
-            Some(cur) if cur.get("endpoints") == want.get("endpoints") && cur.get("ports") == want.get("ports") => Ok(()),
+            Some(cur) if cur.get("endpoints") == want.get("endpoints") && cur.get("ports") == want.get("ports") => {
+                Ok(())
+            }
             Some(_) => api.update(&slices, Some("default"), name, want.clone(), None, &opts).await.map(|_| ()),
         };
         written.map_err(|e| format!("writing the kubernetes endpoints ({name}): {e}"))?;

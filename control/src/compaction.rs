@@ -61,10 +61,34 @@ mod tests {
     fn the_first_claim_of_each_interval_compacts_to_the_revision_read_one_interval_earlier() {
         let cases = [
             // (turn before, claim, turn after, compaction)
-            ("first turn ever: nothing read before, nothing to compact", Turn::default(), claim(true, 1, 100), Turn { seen_version: 1, candidate: 100 }, None),
-            ("won with a candidate", Turn { seen_version: 1, candidate: 100 }, claim(true, 2, 250), Turn { seen_version: 2, candidate: 250 }, Some(100)),
-            ("lost: another server claimed; learn its version", Turn { seen_version: 1, candidate: 100 }, claim(false, 4, 260), Turn { seen_version: 4, candidate: 260 }, None),
-            ("lost on the first turn (servers started together)", Turn::default(), claim(false, 7, 90), Turn { seen_version: 7, candidate: 90 }, None),
+            (
+                "first turn ever: nothing read before, nothing to compact",
+                Turn::default(),
+                claim(true, 1, 100),
+                Turn { seen_version: 1, candidate: 100 },
+                None,
+            ),
+            (
+                "won with a candidate",
+                Turn { seen_version: 1, candidate: 100 },
+                claim(true, 2, 250),
+                Turn { seen_version: 2, candidate: 250 },
+                Some(100),
+            ),
+            (
+                "lost: another server claimed; learn its version",
+                Turn { seen_version: 1, candidate: 100 },
+                claim(false, 4, 260),
+                Turn { seen_version: 4, candidate: 260 },
+                None,
+            ),
+            (
+                "lost on the first turn (servers started together)",
+                Turn::default(),
+                claim(false, 7, 90),
+                Turn { seen_version: 7, candidate: 90 },
+                None,
+            ),
         ];
         for (name, before, c, after, compact) in cases {
             assert_eq!(next(before, c), (after, compact), "{name}");

@@ -278,8 +278,10 @@ pub async fn rotate_server_token(cfg: &ServerConfig, new_token: Option<String>) 
         return Err(e.into());
     }
     let file = dir.join(crate::cluster_secrets::TOKEN_FILE);
-    std::fs::rename(&next, &file)
-        .map_err(|e| ServerError::Io { context: format!("renaming {} to {}", next.display(), file.display()), source: e })?;
+    std::fs::rename(&next, &file).map_err(|e| ServerError::Io {
+        context: format!("renaming {} to {}", next.display(), file.display()),
+        source: e,
+    })?;
     Ok(new_token)
 }
 
@@ -478,4 +480,3 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
 fn created_meanwhile(e: crate::apiserver::error::ApiError) -> Result<(), crate::apiserver::error::ApiError> {
     if e.code == 409 { Ok(()) } else { Err(e) }
 }
-

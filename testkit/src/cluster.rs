@@ -48,6 +48,11 @@ pub struct ClusterConfig {
     pub client: bool,
     /// Every agent gets the same `--cgroup-root`, as agents started with the default on one machine do.
     pub shared_cgroup_root: bool,
+    /// API servers (default 1). More than one needs `etcd_members`: server `i` listens on [`server_ip`]`(i)`, the
+    /// later ones join with the first one's server token, and every agent is given all of them in order.
+    pub servers: usize,
+    /// etcd members run on the server namespace's loopback, the servers' datastore (0: each server's SQLite).
+    pub etcd_members: usize,
 }
 
 impl ClusterConfig {
@@ -64,6 +69,8 @@ impl ClusterConfig {
             ingress_node: None,
             client: false,
             shared_cgroup_root: false,
+            servers: 1,
+            etcd_members: 0,
         }
     }
 
@@ -112,16 +119,22 @@ pub struct Cluster {
     pub ca_cert: PathBuf,
     /// The node token.
     pub token: String,
-    /// `https://10.0.0.2:6443`.
+    /// `https://10.0.0.2:6443` (with several servers, all of them, comma-separated, as agents take them).
     pub server_url: String,
     /// The client namespace ([`CLIENT_IP`]), if configured.
     pub client: Option<NetNs>,
-    server: Option<Child>,
+    servers: Vec<Option<Child>>,
     ingress: Option<Child>,
+    etcd: Vec<crate::etcd::Etcd>,
 }
 
-/// The lan address of the API server.
+/// The lan address of the API server (the first one when there are several).
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+/// The lan address of API server `i` (0-based): 10.0.0.2, .3, …
+pub fn server_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 2 + u8::try_from(i).unwrap_or(7).min(7))
+}
 /// The lan address of the client namespace.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 /// The agents' plain-HTTP metrics port.
@@ -176,14 +189,22 @@ impl Cluster {
             server_ns,
             nodes: Vec::new(),
             token: String::new(),
-            server_url: format!("https://{SERVER_IP}:6443"),
+            server_url: String::new(),
             client: None,
-            server: None,
+            servers: Vec::new(),
             ingress: None,
+            etcd: Vec::new(),
         };
+        if c.cfg.servers > 1 && c.cfg.etcd_members == 0 {
+            return Err(std::io::Error::other("several API servers need etcd (ClusterConfig::etcd_members)"));
+        }
+        c.server_url =
+            (0..c.cfg.servers.max(1)).map(|i| format!("https://{}:6443", server_ip(i))).collect::<Vec<_>>().join(",");
         veth(&c.lan, "vsrv", &c.server_ns, "eth0")?;
         c.lan.ip(&["link", "set", "vsrv", "master", "br0"])?;
-        c.server_ns.ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", "eth0"])?;
+        for i in 0..c.cfg.servers.max(1) {
+            c.server_ns.ip(&["addr", "add", &format!("{}/24", server_ip(i)), "dev", "eth0"])?;
+        }
         for i in 1..=c.cfg.nodes {
             c.add_node(i)?;
         }
@@ -194,7 +215,12 @@ impl Cluster {
             ns.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"])?;
             c.client = Some(ns);
         }
-        c.start_server()?;
+        if c.cfg.etcd_members > 0 {
+            c.etcd = crate::etcd::start_cluster_in(Some(&c.server_ns), &c.dir, c.cfg.etcd_members, None)?;
+        }
+        for i in 0..c.cfg.servers.max(1) {
+            c.start_server(i)?;
+        }
         for i in 0..c.nodes.len() {
             c.start_agent(i)?;
         }
@@ -271,28 +297,58 @@ impl Cluster {
         Ok(())
     }
 
-    fn start_server(&mut self) -> std::io::Result<()> {
+    /// The data directory of API server `i` (`server` for the first, `server-<i>` for the others).
+    pub fn server_dir(&self, i: usize) -> PathBuf {
+        if i == 0 { self.dir.join("server") } else { self.dir.join(format!("server-{i}")) }
+    }
+
+    /// Starts (or restarts) API server `i` and waits until it answers.
+    pub fn start_server(&mut self, i: usize) -> std::io::Result<()> {
+        let addr = format!("{}:6443", server_ip(i));
         let mut args: Vec<String> = ["server", "--data-dir"].map(String::from).to_vec();
-        args.push(self.dir.join("server").display().to_string());
-        args.extend([
-            "--listen".into(),
-            format!("{SERVER_IP}:6443"),
-            "--advertise-address".into(),
-            format!("{SERVER_IP}:6443"),
-        ]);
+        args.push(self.server_dir(i).display().to_string());
+        args.extend(["--listen".into(), addr.clone(), "--advertise-address".into(), addr]);
+        if !self.etcd.is_empty() {
+            let endpoints: Vec<String> = self.etcd.iter().map(|e| format!("127.0.0.1:{}", e.port)).collect();
+            args.extend(["--datastore".into(), format!("etcd://{}", endpoints.join(","))]);
+        }
+        if i > 0 {
+            let token = std::fs::read_to_string(self.server_dir(0).join("pki/server-token"))?;
+            args.extend(["--token".into(), token.trim().to_string()]);
+        }
         args.extend(self.cfg.server_args.clone());
-        let log = self.dir.join("server.log");
+        let log = if i == 0 { self.dir.join("server.log") } else { self.dir.join(format!("server-{i}.log")) };
         let cmd = logged(&self.server_ns, &log, &[("SKIFF_LOG", &self.cfg.log)], &self.cfg.skiff, &args);
-        self.server = Some(Child::spawn(cmd, "skiff server")?);
-        let token_file = self.dir.join("server/pki/node-token");
+        let child = Child::spawn(cmd, format!("skiff server {i}"))?;
+        if self.servers.len() <= i {
+            self.servers.resize_with(i + 1, || None);
+        }
+        self.servers[i] = Some(child);
+        let kubeconfig = self.server_dir(i).join("kubeconfig");
+        let token_file = self.server_dir(i).join("pki/node-token");
         wait_for(Duration::from_secs(60), "the API server's credentials", || {
-            (self.kubeconfig.exists() && token_file.exists()).then_some(())
+            (kubeconfig.exists() && token_file.exists()).then_some(())
         })?;
         self.token = std::fs::read_to_string(&token_file)?.trim().to_string();
         wait_for(Duration::from_secs(60), "the API server to answer", || {
-            self.kubectl(&["get", "--raw", "/readyz"]).ok()
+            let out = self
+                .server_ns
+                .command("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--request-timeout=10s", "get", "--raw", "/readyz"])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
         })?;
         Ok(())
+    }
+
+    /// Kills API server `i` with SIGKILL (by pid).
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(s) = self.servers.get_mut(i) {
+            drop(s.take());
+        }
     }
 
     /// The flags the agent of node `i` runs with.
@@ -370,9 +426,9 @@ impl Cluster {
         self.nodes[i].agent.as_ref().map(Child::pid)
     }
 
-    /// The API server's pid, while it runs.
+    /// The (first) API server's pid, while it runs.
     pub fn server_pid(&self) -> Option<u32> {
-        self.server.as_ref().map(Child::pid)
+        self.servers.first()?.as_ref().map(Child::pid)
     }
 
     /// Takes node `i` off the lan (its link down) or puts it back.
@@ -486,6 +542,7 @@ impl Cluster {
     pub fn logs_tail(&self, n: usize) -> String {
         let mut out = String::new();
         let mut files = vec![self.dir.join("server.log"), self.dir.join("ingress.log")];
+        files.extend((1..self.servers.len()).map(|i| self.dir.join(format!("server-{i}.log"))));
         files.extend(self.nodes.iter().map(|nd| self.dir.join(format!("{}.log", nd.name))));
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
@@ -561,7 +618,8 @@ impl Drop for Cluster {
             // Unpinning detaches the node's BPF programs and frees its maps.
             drop(n.pins.take());
         }
-        drop(self.server.take());
+        self.servers.clear();
+        self.etcd.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

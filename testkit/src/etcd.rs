@@ -48,8 +48,28 @@ pub fn start(dir: &Path, tls: Option<Tls<'_>>) -> io::Result<Etcd> {
 /// Starts a cluster of `members` members on loopback (peers over plain HTTP, clients over TLS when `tls` is
 /// given), each keeping its data under `dir/etcd-N`; returns once every member accepts connections.
 pub fn start_cluster(dir: &Path, members: usize, tls: Option<Tls<'_>>) -> io::Result<Vec<Etcd>> {
+    start_cluster_in(None, dir, members, tls)
+}
+
+/// [`start_cluster`] on the loopback of the network namespace `ns` (a test's own; `None`: this machine's).
+pub fn start_cluster_in(
+    ns: Option<&crate::NetNs>,
+    dir: &Path,
+    members: usize,
+    tls: Option<Tls<'_>>,
+) -> io::Result<Vec<Etcd>> {
     let bin = binary()?;
-    let ports: Vec<(u16, u16)> = (0..members).map(|_| Ok((free_port()?, free_port()?))).collect::<io::Result<_>>()?;
+    // a namespace of the test's own has every port free; this machine's loopback is asked
+    let mut next = 2379u16;
+    let mut port = || -> io::Result<u16> {
+        if ns.is_some() {
+            next += 1;
+            Ok(next)
+        } else {
+            free_port()
+        }
+    };
+    let ports: Vec<(u16, u16)> = (0..members).map(|_| Ok((port()?, port()?))).collect::<io::Result<_>>()?;
     let name = |i: usize| if members == 1 { "default".to_string() } else { format!("m{i}") };
     let initial: Vec<String> =
         ports.iter().enumerate().map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", name(i))).collect();
@@ -58,7 +78,10 @@ pub fn start_cluster(dir: &Path, members: usize, tls: Option<Tls<'_>>) -> io::Re
     for (i, (port, peer)) in ports.iter().enumerate() {
         let endpoint = format!("{scheme}://127.0.0.1:{port}");
         let data = if members == 1 { dir.join("etcd") } else { dir.join(format!("etcd-{i}")) };
-        let mut cmd = std::process::Command::new(bin);
+        let mut cmd = match ns {
+            Some(ns) => ns.command(bin),
+            None => std::process::Command::new(bin),
+        };
         cmd.arg("--name")
             .arg(name(i))
             .arg("--data-dir")
@@ -75,10 +98,14 @@ pub fn start_cluster(dir: &Path, members: usize, tls: Option<Tls<'_>>) -> io::Re
         started.push(Etcd { _child: Child::spawn(cmd, "etcd")?, endpoint, port: *port });
     }
     // ready when each accepts connections (a client started before that fails at its first request)
+    let connects = |port: u16| match ns {
+        Some(ns) => ns.enter(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).unwrap_or(false),
+        None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    };
     for member in &started {
         let up = (0..100).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(100));
-            std::net::TcpStream::connect(("127.0.0.1", member.port)).is_ok()
+            connects(member.port)
         });
         if !up {
             return Err(io::Error::other("etcd did not accept connections within 10 s"));

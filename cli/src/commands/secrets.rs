@@ -90,7 +90,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::RotateToken { new_token, target } => {
             let generated = new_token.is_none();
             let token = rt.block_on(skiff_control::server::rotate_server_token(&target.config()?, new_token))?;
-            eprintln!("the cluster's secrets are sealed under the new server token (saved to <data dir>/pki/server-token)");
+            eprintln!(
+                "the cluster's secrets are sealed under the new server token (saved to <data dir>/pki/server-token)"
+            );
             if generated {
                 eprintln!("start the other servers with: --token {token}");
             }

@@ -20,6 +20,11 @@ pub fn cluster(what: &str, nodes: usize) -> Option<Cluster> {
 
 /// As [`cluster`], with extra flags for every agent.
 pub fn cluster_with(what: &str, nodes: usize, agent_args: &[&str]) -> Option<Cluster> {
+    cluster_configured(what, nodes, |cfg| cfg.agent_args.extend(agent_args.iter().map(|a| a.to_string())))
+}
+
+/// As [`cluster`], configured further by `configure`.
+pub fn cluster_configured(what: &str, nodes: usize, configure: impl FnOnce(&mut ClusterConfig)) -> Option<Cluster> {
     if !skiff_testkit::require_privileges(what) {
         return None;
     }
@@ -30,7 +35,7 @@ pub fn cluster_with(what: &str, nodes: usize, agent_args: &[&str]) -> Option<Clu
         "the built-in images are missing from /var/lib/skiff/images: run scripts/setup"
     );
     let mut cfg = ClusterConfig::new(env!("CARGO_BIN_EXE_skiff").into(), nodes);
-    cfg.agent_args.extend(agent_args.iter().map(|a| a.to_string()));
+    configure(&mut cfg);
     Some(Cluster::start(cfg).expect("starting the cluster"))
 }
 

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Claim, Event, EventKind, KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError, WatchStream,
-    prefix_end,
+    Claim, Event, EventKind, KeyValue, ListOptions, ListResult, Revision, SharedEvent, Storage, StorageError,
+    WatchStream, prefix_end,
 };
 
 fn backend(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StorageError {

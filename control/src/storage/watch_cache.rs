@@ -375,7 +375,13 @@ async fn forward(tx: &Sender, prefix: &str, ev: &Arc<SharedEvent>, last: &mut Re
 /// Forwards the store's own watch of the whole type from `last` until the feed's history covers the watcher
 /// again (every event of the type counts towards that, so a watcher of a quiet namespace catches up too); returns
 /// the revision it has been served up to then, or `None` once the watcher is gone or its watch failed.
-async fn from_store(feed: &Feed, source: &Source, watcher: &Watcher<'_>, mut last: Revision, unsent: &mut Option<Revision>) -> Option<Revision> {
+async fn from_store(
+    feed: &Feed,
+    source: &Source,
+    watcher: &Watcher<'_>,
+    mut last: Revision,
+    unsent: &mut Option<Revision>,
+) -> Option<Revision> {
     let mut events = match source.watch(watcher.type_prefix, last).await {
         Ok(w) => w,
         Err(e) => {
