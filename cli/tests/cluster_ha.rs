@@ -3,7 +3,9 @@
 //! The leader server is killed with SIGKILL — and the agents' first server too, when that is another one — and then:
 //! the pods keep running (the same containers, not restarted), both nodes keep renewing their Leases through a
 //! surviving server and stay Ready, a Deployment scaled through a survivor gets its new pods scheduled, started and
-//! Ready, and kubectl keeps working.
+//! Ready, and kubectl keeps working. Then 100 simulated nodes join the two real ones (five of them tainted) and a
+//! DaemonSet is scheduled by the new leader: one pod on every schedulable node, real and simulated, none on a
+//! tainted one, and the two on the real nodes run.
 //!
 //! Needs root (network namespaces, runc, cgroups), etcd and the built-in images of `scripts/setup`.
 
@@ -125,4 +127,160 @@ fn pods_keep_running_and_nodes_fail_over_when_the_leader_server_dies() {
     for i in 0..2 {
         assert!(c.agent_running(i), "agent {i} still runs");
     }
+
+    step("100 simulated nodes join the real ones; a DaemonSet lands on every schedulable one");
+    let (simulated, tainted) = (100usize, 5usize);
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let nodes: Vec<Value> = (0..simulated)
+        .map(|i| {
+            let name = format!("sim-{i:03}");
+            let taints = if i < tainted {
+                serde_json::json!([{"key": "skiff.test/off", "effect": "NoSchedule"}])
+            } else {
+                serde_json::json!([])
+            };
+            let resources = serde_json::json!({"cpu": "4", "memory": "8Gi", "pods": "110"});
+            serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "skiff.test/simulated": "true"}},
+                "spec": {"taints": taints},
+                "status": {"capacity": resources, "allocatable": resources,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+        })
+        .collect();
+    // their Leases first, as a kubelet's heartbeat (the node lifecycle controller gives a node 8 s here)
+    let names: Vec<String> = (0..simulated).map(|i| format!("sim-{i:03}")).collect();
+    let kubelets = SimulatedKubelets::start(&c, names);
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": nodes}).to_string();
+    match c.kubectl_output(&["create", "-f", "-"], Some(list.as_bytes())) {
+        Ok((true, ..)) => {}
+        other => fail(&c, &format!("creating the simulated nodes: {other:?}")),
+    }
+    let t1 = Instant::now();
+    apply(&c, DAEMONSET);
+    let expected: Vec<String> = ["n1".to_string(), "n2".to_string()]
+        .into_iter()
+        .chain((tainted..simulated).map(|i| format!("sim-{i:03}")))
+        .collect();
+    let placed = wait_for(Duration::from_secs(120), "a daemon pod bound to every schedulable node", || {
+        let out = c.kubectl_output(&["get", "pods", "-l", "app=everywhere", "-o", "json"], None).ok()?.1;
+        let list: Value = serde_json::from_str(&out).ok()?;
+        let on: Vec<String> = list["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str).map(String::from))
+            .collect();
+        (on.len() >= expected.len()).then_some(on)
+    })
+    .unwrap_or_else(|e| {
+        let pods = c.kubectl_output(&["get", "pods", "-l", "app=everywhere", "-o", "wide"], None);
+        let ds = c.kubectl_output(&["get", "daemonset", "everywhere", "-o", "yaml"], None);
+        let sim = c.kubectl_output(&["get", "node", "sim-050", "-o", "yaml"], None);
+        fail(&c, &format!("{e}\n{pods:?}\n{ds:?}\n{sim:?}"))
+    });
+    eprintln!("{} daemon pods bound {:?} after the DaemonSet was created", placed.len(), t1.elapsed());
+    let mut sorted = placed.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(sorted, want, "one pod per schedulable node, none on a tainted one");
+    for node in ["n1", "n2"] {
+        wait_for(Duration::from_secs(60), &format!("the daemon pod on {node} Ready"), || {
+            let out = c
+                .kubectl_output(
+                    &[
+                        "get",
+                        "pods",
+                        "-l",
+                        "app=everywhere",
+                        "--field-selector",
+                        &format!("spec.nodeName={node}"),
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .ok()?
+                .1;
+            let list: Value = serde_json::from_str(&out).ok()?;
+            let pod = list["items"].as_array()?.first()?.clone();
+            (condition(&pod, "Ready").as_deref() == Some("True")).then_some(())
+        })
+        .unwrap_or_else(|e| fail(&c, &e.to_string()));
+    }
+    let renewals = kubelets.stop();
+    assert!(renewals >= simulated, "the simulated kubelets renewed their Leases ({renewals} renewals)");
 }
+
+/// What a kubelet does to stay Ready, for nodes with no kubelet: a Lease in `kube-node-lease` per node, renewed
+/// every 2 s (the node lifecycle controller's grace here is 8 s), from a thread inside the server namespace.
+struct SimulatedKubelets {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl SimulatedKubelets {
+    /// Starts renewing, and returns once every Lease has been written once.
+    fn start(c: &Cluster, names: Vec<String>) -> Self {
+        let (first_round, done) = std::sync::mpsc::channel::<()>();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ns, kubeconfig, flag) = (c.server_ns.path().to_path_buf(), c.kubeconfig.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("the server namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the server namespace");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                use k8s_openapi::api::coordination::v1::Lease;
+                use kube::api::{Api, Patch, PatchParams};
+                let client = skiff_client::connect(&kubeconfig).await.expect("a client of the surviving server");
+                let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+                let mut renewals = 0;
+                // bounded: 10 minutes at most, whatever the test does
+                for _ in 0..300 {
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+                    for name in &names {
+                        let lease = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                            "metadata": {"name": name},
+                            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+                        let params = PatchParams::apply("simulated-kubelet").force();
+                        match leases.patch(name, &params, &Patch::Apply(&lease)).await {
+                            Ok(_) => renewals += 1,
+                            Err(e) if renewals == 0 => eprintln!("renewing the Lease of {name}: {e}"),
+                            Err(_) => {}
+                        }
+                    }
+                    let _ = first_round.send(());
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                renewals
+            })
+        });
+        done.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| fail(c, &format!("the first Lease round: {e}")));
+        SimulatedKubelets { stop, thread }
+    }
+
+    /// Stops renewing; the number of renewals made.
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+const DAEMONSET: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: everywhere}
+spec:
+  selector: {matchLabels: {app: everywhere}}
+  template:
+    metadata: {labels: {app: everywhere}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: skiff/echo:v1
+        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+"#;
