@@ -1,7 +1,10 @@
 //! One API server against three, on one etcd member (issue 15): ConfigMap creates by 16 concurrent clients spread
 //! over the servers, and watch fan-out — 300 watchers spread over the servers, each receiving every one of 200
 //! events — with the number of etcd watchers the servers hold (the watch cache: one per resource type per server).
-//! Release `skiff server`s; run with `scripts/bench-ha`. Prints the load average beside the figures.
+//! Then 100 simulated nodes (Leases renewed as kubelets do; ten of them tainted) and a Deployment of 500 pods
+//! requesting CPU: the time from its creation until every pod is bound, with the placement checked (none on a
+//! tainted node, no node over its CPU). Release `skiff server`s; run with `scripts/bench-ha`. Prints the load
+//! average beside the figures.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,6 +17,8 @@ use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 
 #[path = "../tests/server_support/mod.rs"]
 mod server_support;
+#[path = "../tests/simulated_nodes/mod.rs"]
+mod simulated_nodes;
 
 use server_support::Server;
 
@@ -65,6 +70,7 @@ struct Figures {
     deliveries_per_s: f64,
     delivery_p99: Duration,
     etcd_watchers: u64,
+    bound_per_s: f64,
 }
 
 fn cm(name: &str) -> ConfigMap {
@@ -158,17 +164,92 @@ async fn round(clients: &[kube::Client], etcd_port: u16, tag: &str) -> Figures {
         deliveries_per_s: (watchers * events) as f64 / elapsed.as_secs_f64(),
         delivery_p99: percentile(&lat, 0.99),
         etcd_watchers: watching,
+        bound_per_s: scheduling(clients).await,
     }
+}
+
+/// 100 simulated nodes, a Deployment of 500 pods; pods bound per second from the Deployment's creation, after
+/// checking where they went.
+async fn scheduling(clients: &[kube::Client]) -> f64 {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let (nodes, tainted, replicas, per_pod_milli) = (100usize, 10usize, 500usize, 250u64);
+    let names: Vec<String> = (0..nodes).map(|i| format!("sim-{i:03}")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first, first_done) = tokio::sync::oneshot::channel();
+    let kubelets = {
+        let (client, names, stop) = (clients[clients.len() - 1].clone(), names.clone(), stop.clone());
+        tokio::spawn(async move {
+            simulated_nodes::keep_leases(client, &names, stop, || {
+                let _ = first.send(());
+            })
+            .await
+        })
+    };
+    first_done.await.expect("the first Lease round");
+    for (i, name) in names.iter().enumerate() {
+        let api: Api<Node> = Api::all(clients[i % clients.len()].clone());
+        let node: Node = serde_json::from_value(simulated_nodes::node(name, i < tainted)).expect("node");
+        api.create(&PostParams::default(), &node).await.expect("create a simulated node");
+    }
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "spread"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "spread"}},
+            "template": {"metadata": {"labels": {"app": "spread"}},
+                "spec": {"nodeSelector": {simulated_nodes::LABEL: "true"},
+                    "containers": [{"name": "c", "image": "registry.invalid/c:1",
+                        "resources": {"requests": {"cpu": format!("{per_pod_milli}m")}}}]}}}
+    }))
+    .expect("deployment");
+    let started = Instant::now();
+    Api::<Deployment>::namespaced(clients[0].clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+    let pods: Api<Pod> = Api::namespaced(clients[clients.len() - 1].clone(), "default");
+    let placed = loop {
+        let list = pods.list(&kube::api::ListParams::default().labels("app=spread")).await.expect("list pods");
+        let on: Vec<String> = list.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        if on.len() >= replicas {
+            break on;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "{} of {replicas} pods bound after 300 s", on.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let renewals = kubelets.await.expect("the simulated kubelets");
+    let mut per_node: std::collections::BTreeMap<&str, u64> = Default::default();
+    for n in &placed {
+        *per_node.entry(n.as_str()).or_default() += 1;
+    }
+    let on_tainted = placed.iter().filter(|n| names[..tainted].contains(n)).count();
+    let capacity = simulated_nodes::CPU.parse::<u64>().expect("cpus") * 1000 / per_pod_milli;
+    let fullest = per_node.values().copied().max().unwrap_or(0);
+    assert_eq!(placed.len(), replicas);
+    assert_eq!(on_tainted, 0, "pods on tainted nodes");
+    assert!(fullest <= capacity, "a node holds {fullest} pods, room for {capacity}");
+    assert!(per_node.keys().all(|n| names.iter().any(|m| m == n)), "pods bound to unknown nodes");
+    println!(
+        "  scheduling: {replicas} pods bound in {:.2} s over {} of {} untainted simulated nodes (at most {fullest} on \
+         one, room for {capacity}; 0 on the {tainted} tainted); {renewals} Lease renewals",
+        elapsed.as_secs_f64(),
+        per_node.len(),
+        nodes - tainted
+    );
+    replicas as f64 / elapsed.as_secs_f64()
 }
 
 fn print(name: &str, f: &Figures) {
     println!(
-        "{name:<10} creates {:>7.0}/s p99 {:>6.1} ms | fan-out {:>8.0} deliveries/s p99 {:>6.1} ms | etcd watchers {}",
+        "{name:<10} creates {:>7.0}/s p99 {:>6.1} ms | fan-out {:>8.0} deliveries/s p99 {:>6.1} ms | etcd watchers {} \
+         | {:>5.0} pods bound/s",
         f.creates_per_s,
         f.create_p99.as_secs_f64() * 1e3,
         f.deliveries_per_s,
         f.delivery_p99.as_secs_f64() * 1e3,
-        f.etcd_watchers
+        f.etcd_watchers,
+        f.bound_per_s
     );
 }
 
@@ -197,9 +278,11 @@ async fn main() {
     }
     let (one, three) = (&results[0], &results[1]);
     println!(
-        "3 servers / 1 server: creates {:.2}x, fan-out deliveries {:.2}x (one etcd member, 2 cores shared by all)",
+        "3 servers / 1 server: creates {:.2}x, fan-out deliveries {:.2}x, pods bound {:.2}x (one etcd member, 2 cores \
+         shared by all)",
         three.creates_per_s / one.creates_per_s,
-        three.deliveries_per_s / one.deliveries_per_s
+        three.deliveries_per_s / one.deliveries_per_s,
+        three.bound_per_s / one.bound_per_s
     );
     println!("load average after: {}", load_average());
 }

@@ -10,6 +10,7 @@
 //! Needs root (network namespaces, runc, cgroups), etcd and the built-in images of `scripts/setup`.
 
 mod agent_support;
+mod simulated_nodes;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -130,24 +131,8 @@ fn pods_keep_running_and_nodes_fail_over_when_the_leader_server_dies() {
 
     step("100 simulated nodes join the real ones; a DaemonSet lands on every schedulable one");
     let (simulated, tainted) = (100usize, 5usize);
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let nodes: Vec<Value> = (0..simulated)
-        .map(|i| {
-            let name = format!("sim-{i:03}");
-            let taints = if i < tainted {
-                serde_json::json!([{"key": "skiff.test/off", "effect": "NoSchedule"}])
-            } else {
-                serde_json::json!([])
-            };
-            let resources = serde_json::json!({"cpu": "4", "memory": "8Gi", "pods": "110"});
-            serde_json::json!({"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "skiff.test/simulated": "true"}},
-                "spec": {"taints": taints},
-                "status": {"capacity": resources, "allocatable": resources,
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                        "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
-        })
-        .collect();
+    let nodes: Vec<Value> =
+        (0..simulated).map(|i| simulated_nodes::node(&format!("sim-{i:03}"), i < tainted)).collect();
     // their Leases first, as a kubelet's heartbeat (the node lifecycle controller gives a node 8 s here)
     let names: Vec<String> = (0..simulated).map(|i| format!("sim-{i:03}")).collect();
     let kubelets = SimulatedKubelets::start(&c, names);
@@ -230,32 +215,11 @@ impl SimulatedKubelets {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the server namespace");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
-                use k8s_openapi::api::coordination::v1::Lease;
-                use kube::api::{Api, Patch, PatchParams};
                 let client = skiff_client::connect(&kubeconfig).await.expect("a client of the surviving server");
-                let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
-                let mut renewals = 0;
-                // bounded: 10 minutes at most, whatever the test does
-                for _ in 0..300 {
-                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                        break;
-                    }
-                    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-                    for name in &names {
-                        let lease = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                            "metadata": {"name": name},
-                            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
-                        let params = PatchParams::apply("simulated-kubelet").force();
-                        match leases.patch(name, &params, &Patch::Apply(&lease)).await {
-                            Ok(_) => renewals += 1,
-                            Err(e) if renewals == 0 => eprintln!("renewing the Lease of {name}: {e}"),
-                            Err(_) => {}
-                        }
-                    }
+                simulated_nodes::keep_leases(client, &names, flag, || {
                     let _ = first_round.send(());
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                renewals
+                })
+                .await
             })
         });
         done.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| fail(c, &format!("the first Lease round: {e}")));
