@@ -201,7 +201,7 @@ fn pods_keep_running_and_nodes_fail_over_when_the_leader_server_dies() {
 /// every 2 s (the node lifecycle controller's grace here is 8 s), from a thread inside the server namespace.
 struct SimulatedKubelets {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<usize>,
+    thread: Option<std::thread::JoinHandle<usize>>,
 }
 
 impl SimulatedKubelets {
@@ -223,13 +223,30 @@ impl SimulatedKubelets {
             })
         });
         done.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| fail(c, &format!("the first Lease round: {e}")));
-        SimulatedKubelets { stop, thread }
+        SimulatedKubelets { stop, thread: Some(thread) }
     }
 
     /// Stops renewing; the number of renewals made.
-    fn stop(self) -> usize {
+    fn stop(mut self) -> usize {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.thread.join().unwrap_or(0)
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for SimulatedKubelets {
+    /// A failed test stops the renewals too: the thread ends at its next round (within a few seconds) and takes
+    /// nothing else with it.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            for _ in 0..100 {
+                if t.is_finished() {
+                    let _ = t.join();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 

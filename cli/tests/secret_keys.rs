@@ -116,15 +116,15 @@ fn keys_rotate_and_a_lost_key_stops_the_server() {
     let token = std::fs::read(dir.join("pki/server-token")).expect("token");
     std::fs::remove_file(dir.join("pki/server-token")).expect("losing the token");
     std::fs::remove_file(dir.join("pki/encryption-keys")).expect("losing the key file");
-    let out = server(dir, port).output().expect("skiff server runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the server must not start: {err}");
+    let (status, err) = server_support::exits(server(dir, port));
+    assert!(!status.success(), "the server must not start: {err}");
     assert!(err.contains("--token") && err.contains("server-token"), "{err}");
     assert!(!dir.join("pki/encryption-keys").exists(), "no new key was made");
     // a wrong token is refused the same way
-    let out = server(dir, port).args(["--token", "guessed"]).output().expect("skiff server runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("not this one"), "{err}");
+    let mut guessed = server(dir, port);
+    guessed.args(["--token", "guessed"]);
+    let (status, err) = server_support::exits(guessed);
+    assert!(!status.success() && err.contains("not this one"), "{err}");
     assert!(!dir.join("pki/encryption-keys").exists(), "no new key was made");
     // the right token, given on the command line, restores the keys (and the token file)
     let token = String::from_utf8(token).expect("utf-8");
@@ -189,9 +189,10 @@ fn an_old_key_retires_after_a_rotation_and_the_server_token_rotates() {
     assert_ne!(new, old);
     assert!(said.contains(&format!("--token {new}")), "the generated token is printed: {said}");
     assert!(!dir.join("pki/server-token.new").exists());
-    let out = server(dir, port).args(["--token", &old]).output().expect("skiff server runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("not this one"), "the old token is refused: {err}");
+    let mut refused = server(dir, port);
+    refused.args(["--token", &old]);
+    let (status, err) = server_support::exits(refused);
+    assert!(!status.success() && err.contains("not this one"), "the old token is refused: {err}");
     let _s = start_with(dir, port, &["--token", &new]);
     assert_eq!(secret_value(dir, "db"), "cmV0aXJlLW1l");
 }

@@ -1,9 +1,10 @@
 //! The HA control plane (issue 15): a 3-member etcd cluster serving TLS with client certificates, three `skiff
 //! server`s joined with the server token (leader election with a 4 s lease), a client writing ConfigMaps through all
-//! three without pause. The leader server is killed (SIGKILL) while a Deployment is scaled: no acknowledged write is
-//! lost, the controllers act again on another server (the time from the kill is printed), and kubectl through the
-//! others keeps working; then an etcd member is killed the same way and writes go on. (No node agents here: pods
-//! are created and scheduled nowhere; `cli/tests/cluster_ha.rs` runs the same kill with real nodes and pods.)
+//! three without pause. Secrets and custom objects written through each server are read through the others. The
+//! leader server is killed (SIGKILL) while a Deployment is scaled: no acknowledged write is lost, the controllers act
+//! again on another server (the time from the kill is printed), and kubectl through the others keeps working; then
+//! an etcd member is killed the same way and writes go on. (No node agents here: pods are created and scheduled
+//! nowhere; `cli/tests/cluster_ha.rs` runs the same kill with real nodes and pods.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 
 mod server_support;
 
@@ -112,6 +113,49 @@ async fn the_leader_server_and_an_etcd_member_die_under_load_and_nothing_is_lost
         assert_eq!(v.as_deref(), Some(format!("secret {other}").as_str()));
     }
 
+    // custom objects too: a CRD created through one server, an object of it written through each, read through the
+    // next
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(clients[0].clone());
+    let crd = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gadgets.ha.example.com"},
+        "spec": {"group": "ha.example.com", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .expect("crd");
+    crds.create(&PostParams::default(), &crd).await.expect("create the CRD");
+    let resource = kube::discovery::ApiResource {
+        group: "ha.example.com".into(),
+        version: "v1".into(),
+        api_version: "ha.example.com/v1".into(),
+        kind: "Gadget".into(),
+        plural: "gadgets".into(),
+    };
+    for (i, c) in clients.iter().enumerate() {
+        let gadgets: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &resource);
+        let gadget: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ha.example.com/v1", "kind": "Gadget", "metadata": {"name": format!("g{i}")}, "spec": {"from": i}
+        }))
+        .expect("gadget");
+        eventually(Duration::from_secs(10), "the CRD served by every server", async || {
+            // a create applied whose answer was lost is done too
+            match gadgets.create(&PostParams::default(), &gadget).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(e)) => e.code == 409,
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let other = (i + 1) % 3;
+        let gadgets: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &resource);
+        let got = gadgets.get(&format!("g{other}")).await.expect("a custom object written through another server");
+        assert_eq!(got.data["spec"]["from"], other);
+    }
+
     // a Deployment, its one pod made by the leader's controllers
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web"},
@@ -202,7 +246,7 @@ async fn the_leader_server_and_an_etcd_member_die_under_load_and_nothing_is_lost
     let stored: std::collections::BTreeSet<String> = Api::<ConfigMap>::namespaced(via.clone(), "default")
         .list(&ListParams::default())
         .await
-        .expect("list through a surviving server")
+        .expect("list through a surviving server, one etcd member down")
         .items
         .into_iter()
         .filter_map(|c| c.metadata.name)

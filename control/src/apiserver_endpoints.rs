@@ -67,19 +67,31 @@ pub struct Group {
     pub addresses: Vec<Ipv4Addr>,
 }
 
+/// The `kubernetes` Service's target port (`skiff server`'s default).
+pub const DEFAULT_PORT: u16 = 6443;
+
 impl Plan {
-    /// The EndpointSlices of the `kubernetes` Service: `kubernetes` for the lowest port's group (the only one
-    /// when every server listens on the same port), `kubernetes-<port>` for the others.
+    /// The EndpointSlices of the `kubernetes` Service, named after their port alone so that no slice changes name
+    /// while its servers live: `kubernetes` when every server listens on one port (whichever) and for
+    /// [`DEFAULT_PORT`]'s group, `kubernetes-<port>` for the others. In write order: `kubernetes` last, so a
+    /// group leaving it has its own slice before it is taken out.
     pub fn slices(&self) -> Vec<(String, Value)> {
-        self.groups
+        let single = self.groups.len() == 1;
+        let mut out: Vec<(String, Value)> = self
+            .groups
             .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                let name = if i == 0 { "kubernetes".to_string() } else { format!("kubernetes-{}", g.port) };
+            .map(|g| {
+                let name = if single || g.port == DEFAULT_PORT {
+                    "kubernetes".to_string()
+                } else {
+                    format!("kubernetes-{}", g.port)
+                };
                 let body = slice(&name, g);
                 (name, body)
             })
-            .collect()
+            .collect();
+        out.sort_by_key(|(name, _)| name == "kubernetes");
+        out
     }
 }
 
@@ -288,17 +300,24 @@ mod tests {
         let a = lease("apiserver-a", "10.0.0.1:6443", "1");
         let b = lease("apiserver-b", "10.0.0.2:7443", "1");
         let c = lease("apiserver-c", "10.0.0.3:6443", "1");
-        let all = [a, b, c];
+        let d = lease("apiserver-d", "10.0.0.4:5443", "1");
+        let all = [a, b, c, d];
         let from_a = plan("10.0.0.1:6443".parse().expect("addr"), &all, &mut Observations::default(), t0);
         let from_b = plan("10.0.0.2:7443".parse().expect("addr"), &all, &mut Observations::default(), t0);
         assert_eq!(from_a, from_b, "no server overwrites another's view");
         let slices = from_a.slices();
         let names: Vec<&str> = slices.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["kubernetes", "kubernetes-7443"]);
-        assert_eq!(slices[0].1["ports"][0]["port"], 6443);
-        assert_eq!(slices[0].1["endpoints"].as_array().map(Vec::len), Some(2));
+        assert_eq!(names, ["kubernetes-5443", "kubernetes-7443", "kubernetes"], "named by port, `kubernetes` last");
+        let kubernetes = &slices[2].1;
+        assert_eq!(kubernetes["ports"][0]["port"], 6443);
+        assert_eq!(kubernetes["endpoints"].as_array().map(Vec::len), Some(2));
         assert_eq!(slices[1].1["endpoints"][0]["addresses"][0], "10.0.0.2");
         assert_eq!(slices[1].1["metadata"]["labels"]["kubernetes.io/service-name"], "kubernetes");
+        // every server on one port, whichever: one slice named `kubernetes`
+        let same = [lease("apiserver-x", "10.0.0.5:7443", "1")];
+        let alone = plan("10.0.0.2:7443".parse().expect("addr"), &same, &mut Observations::default(), t0);
+        let names: Vec<String> = alone.slices().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["kubernetes"]);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const KEY: &str = "/skiff/cluster-secrets";
 /// The file in the PKI directory holding the token a server seals and opens the record with.
 pub const TOKEN_FILE: &str = "server-token";
 
+/// Where a token being rotated to waits until the record is sealed with it (see [`finish_rotation`]).
+pub const NEXT_TOKEN_FILE: &str = "server-token.new";
+
 /// PBKDF2 rounds for records this version writes (the count is stored in each record, so it can change).
 const ITERATIONS: u32 = 210_000;
 
@@ -181,7 +184,8 @@ pub fn retire(shared: &Shared, name: &str, sealing_with: usize) -> Result<Shared
     }
     if sealing_with > 0 {
         return Err(SecretsError::Conflict(format!(
-            "{sealing_with} Secrets are still sealed with {name:?}: run `skiff secrets rotate-key` to re-encrypt them              first (retiring it now would make them unreadable)"
+            "{sealing_with} Secrets are still sealed with {name:?}: run `skiff secrets rotate-key` to re-encrypt them \
+             first (retiring it now would make them unreadable)"
         )));
     }
     let mut out = shared.clone();
@@ -385,6 +389,42 @@ pub async fn establish(
     Err(SecretsError::Conflict(format!("{KEY} kept changing while this server read it; start it again")))
 }
 
+/// Finishes a token rotation that stopped between sealing the record and renaming the token file (a crash, an
+/// answer lost on the way back from the datastore): `dir`'s [`NEXT_TOKEN_FILE`] replaces the token file when the
+/// stored record opens with it, and is removed when the record opens with the current token (or there is none).
+/// A staged token that opens nothing is left for the operator, and the start goes on to refuse the current one.
+pub async fn finish_rotation(store: &dyn Storage, dir: &Path) -> Result<(), SecretsError> {
+    let next_path = dir.join(NEXT_TOKEN_FILE);
+    let next = match std::fs::read_to_string(&next_path) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(pki::PkiError::Io { path: next_path, source: e }.into()),
+    };
+    let current = token(dir, None)?;
+    let Some(kv) = store.get(KEY).await? else {
+        let _ = std::fs::remove_file(&next_path);
+        return Ok(());
+    };
+    if !next.is_empty() && opened(&next, &kv.value).await.is_ok() {
+        let file = dir.join(TOKEN_FILE);
+        std::fs::rename(&next_path, &file).map_err(|source| pki::PkiError::Io { path: file.clone(), source })?;
+        sync_dir(dir)?;
+        tracing::warn!(file = %file.display(), "finished an interrupted server token rotation");
+    } else if let Some(current) = current
+        && opened(&current, &kv.value).await.is_ok()
+    {
+        let _ = std::fs::remove_file(&next_path);
+    }
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SecretsError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| pki::PkiError::Io { path: dir.to_path_buf(), source }.into())
+}
+
 /// Stores `shared` as the cluster's record again (after an encryption key rotation or retirement), replacing the
 /// record at the revision it was read at.
 pub async fn republish(store: &dyn Storage, token: &str, shared: &Shared) -> Result<(), SecretsError> {
@@ -561,5 +601,33 @@ mod tests {
         // a local key named like a stored one but different: refused
         let clash = Local { encryption_keys: Some(vec![key("a", 9)]), ..Default::default() };
         assert!(matches!(decide(&clash, Some(&stored)), Err(SecretsError::Conflict(m)) if m.contains("\"a\"")));
+    }
+
+    #[tokio::test]
+    async fn a_token_rotation_cut_short_is_finished_by_whichever_token_opens_the_record() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("pki");
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let store = crate::storage::sqlite::SqliteStorage::open(tmp.path().join("state.db")).expect("sqlite");
+        let token_file = || std::fs::read_to_string(dir.join(TOKEN_FILE)).expect("token file").trim().to_string();
+        pki::write_token(&dir, "old").expect("token");
+        store.create(KEY, sealed("old", &shared("CA")).await).await.expect("record");
+        // staged, never sealed: the current token stays, the staged one goes
+        pki::write_next_token(&dir, "new").expect("staged");
+        finish_rotation(&store, &dir).await.expect("finished");
+        assert_eq!(token_file(), "old");
+        assert!(!dir.join(NEXT_TOKEN_FILE).exists());
+        // sealed, not yet renamed (the crash this is for): the staged token takes the file's place
+        pki::write_next_token(&dir, "new").expect("staged");
+        reseal(&store, "old", "new", &shared("CA")).await.expect("resealed");
+        finish_rotation(&store, &dir).await.expect("finished");
+        assert_eq!(token_file(), "new");
+        assert!(!dir.join(NEXT_TOKEN_FILE).exists());
+        // a staged token that opens nothing is left for the operator to look at
+        pki::write_next_token(&dir, "stray").expect("staged");
+        pki::write_token(&dir, "lost").expect("token");
+        finish_rotation(&store, &dir).await.expect("finished");
+        assert!(dir.join(NEXT_TOKEN_FILE).exists());
+        assert_eq!(token_file(), "lost");
     }
 }

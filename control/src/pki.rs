@@ -353,9 +353,10 @@ pub fn write_token(dir: &Path, token: &str) -> Result<(), PkiError> {
 }
 
 /// Writes `token` beside the token file as `server-token.new` (owner-only), before a record is sealed with it: a
-/// crash between sealing and [`std::fs::rename`]-ing it over the token file leaves the token that opens the record.
+/// crash between sealing and renaming it over the token file leaves the token that opens the record, which
+/// [`crate::cluster_secrets::finish_rotation`] puts in place at the next start.
 pub fn write_next_token(dir: &Path, token: &str) -> Result<std::path::PathBuf, PkiError> {
-    let path = dir.join(format!("{}.new", crate::cluster_secrets::TOKEN_FILE));
+    let path = dir.join(crate::cluster_secrets::NEXT_TOKEN_FILE);
     write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(path)
 }

@@ -126,6 +126,7 @@ async fn open_backend(cfg: &ServerConfig) -> Result<Box<dyn Storage>, ServerErro
 async fn open_store(cfg: &ServerConfig, names: &[String]) -> Result<(Arc<dyn Storage>, Pki), ServerError> {
     let backend = open_backend(cfg).await?;
     let dir = cfg.data_dir.join("pki");
+    crate::cluster_secrets::finish_rotation(backend.as_ref(), &dir).await?;
     let token = crate::cluster_secrets::token(&dir, cfg.token.as_deref())?;
     crate::cluster_secrets::establish(backend.as_ref(), &dir, token, async |shared| {
         let raw = backend.list(SECRETS_PREFIX, Default::default()).await?;
@@ -204,6 +205,7 @@ pub async fn rotate_encryption_key(cfg: &ServerConfig) -> Result<(String, usize)
         return Err(ServerError::Bootstrap(format!("no encryption keys in {}: nothing to rotate", dir.display())));
     }
     let backend = open_backend(cfg).await?;
+    crate::cluster_secrets::finish_rotation(backend.as_ref(), &dir).await?;
     let token = crate::cluster_secrets::token(&dir, cfg.token.as_deref())?;
     // the cluster's record first: keys another server added since this one last started are kept
     let shared = crate::cluster_secrets::establish(backend.as_ref(), &dir, token.clone(), async |_| Ok(())).await?;
@@ -237,11 +239,22 @@ async fn offline_secrets(
 ) -> Result<(Box<dyn Storage>, crate::cluster_secrets::Shared, String), ServerError> {
     let dir = cfg.data_dir.join("pki");
     let backend = open_backend(cfg).await?;
+    crate::cluster_secrets::finish_rotation(backend.as_ref(), &dir).await?;
     let token = crate::cluster_secrets::token(&dir, cfg.token.as_deref())?
         .ok_or_else(|| ServerError::Bootstrap(format!("no server token in {} and none given", dir.display())))?;
     let shared =
         crate::cluster_secrets::establish(backend.as_ref(), &dir, Some(token.clone()), async |_| Ok(())).await?;
     Ok((backend, shared, token))
+}
+
+/// Compacts the datastore to its current revision, after an offline change of the cluster's secrets (every server
+/// stopped): older versions of the record (sealed under a token now retired) and of Secrets (sealed with a key now
+/// retired, which watchers resuming from before would be sent as an event's previous value) are gone. Clients
+/// resuming a watch from before it relist (410 Gone), as after any compaction.
+async fn forget_history(store: &dyn Storage) -> Result<(), ServerError> {
+    let now = store.revision().await?;
+    store.compact(now).await?;
+    Ok(())
 }
 
 /// Removes the Secret encryption key `name` from the cluster's shared secrets and this server's key file, once no
@@ -255,6 +268,7 @@ pub async fn retire_encryption_key(cfg: &ServerConfig, name: &str) -> Result<Vec
     let retired = crate::cluster_secrets::retire(&shared, name, sealing_with)?;
     crate::cluster_secrets::republish(backend.as_ref(), &token, &retired).await?;
     crate::pki::write_encryption_keys(&cfg.data_dir.join("pki"), &retired.encryption_keys)?;
+    forget_history(backend.as_ref()).await?;
     Ok(retired.encryption_keys.into_iter().map(|k| k.name).collect())
 }
 

@@ -131,7 +131,7 @@ pub struct Cluster {
 /// The lan address of the API server (the first one when there are several).
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
-/// The lan address of API server `i` (0-based): 10.0.0.2, .3, …
+/// The lan address of API server `i` (0-based, at most 7): 10.0.0.2, .3, … .9.
 pub fn server_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 2 + u8::try_from(i).unwrap_or(7).min(7))
 }
@@ -197,6 +197,9 @@ impl Cluster {
         };
         if c.cfg.servers > 1 && c.cfg.etcd_members == 0 {
             return Err(std::io::Error::other("several API servers need etcd (ClusterConfig::etcd_members)"));
+        }
+        if c.cfg.servers > 8 {
+            return Err(std::io::Error::other("at most 8 API servers (10.0.0.2-10.0.0.9; nodes start at .11)"));
         }
         c.server_url =
             (0..c.cfg.servers.max(1)).map(|i| format!("https://{}:6443", server_ip(i))).collect::<Vec<_>>().join(",");

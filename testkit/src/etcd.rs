@@ -102,13 +102,15 @@ pub fn start_cluster_in(
         Some(ns) => ns.enter(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).unwrap_or(false),
         None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
     };
+    // a member of a new cluster answers once it has a quorum: the later ones must be up too, so this can take a
+    // while on a loaded machine
     for member in &started {
-        let up = (0..100).any(|_| {
+        let up = (0..300).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(100));
             connects(member.port)
         });
         if !up {
-            return Err(io::Error::other("etcd did not accept connections within 10 s"));
+            return Err(io::Error::other("etcd did not accept connections within 30 s"));
         }
     }
     Ok(started)

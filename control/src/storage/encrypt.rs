@@ -152,7 +152,9 @@ impl Sealer {
         }
         let mut ev = shared.event.clone();
         ev.kv = self.open(ev.kv)?;
-        ev.prev = ev.prev.map(|p| self.open(p)).transpose()?;
+        // the previous value is context, not the change: one sealed with a key retired since (history older than the
+        // retirement's compaction) is dropped rather than failing the watch
+        ev.prev = ev.prev.and_then(|p| self.open(p).ok());
         Ok(SharedEvent::new(ev))
     }
 }
@@ -276,5 +278,34 @@ mod tests {
         let c = Encrypted::new(SqliteStorage::open(&path).expect("opens"), std::slice::from_ref(&new), prefixes());
         c.create("/registry/secrets/ns/c", Bytes::from_static(b"charlie")).await.expect("create");
         assert!(c.get("/registry/secrets/ns/c").await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn history_sealed_with_a_retired_key_does_not_fail_a_watch() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db.sqlite");
+        let (old, new) =
+            (NamedKey { name: "old".into(), key: [1u8; 32] }, NamedKey { name: "new".into(), key: [2u8; 32] });
+        let prefixes = || vec!["/registry/secrets/".to_string()];
+        let before = {
+            let s = Encrypted::new(SqliteStorage::open(&path).expect("opens"), std::slice::from_ref(&old), prefixes());
+            let kv = s.create("/registry/secrets/default/db", Bytes::from_static(b"v1")).await.expect("create");
+            kv.mod_revision
+        };
+        // rotated: rewritten with the new key (the event's previous value is the old ciphertext), then the old key
+        // retired
+        let rotated = Encrypted::new(SqliteStorage::open(&path).expect("opens"), &[new.clone(), old], prefixes());
+        rotated.update("/registry/secrets/default/db", Bytes::from_static(b"v1"), before).await.expect("rewrite");
+        drop(rotated);
+        let retired = Encrypted::new(SqliteStorage::open(&path).expect("opens"), &[new], prefixes());
+        let mut w = retired.watch("/registry/secrets/", before).await.expect("watch");
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("the change reads, though its previous value does not");
+        assert_eq!(ev.kv.value, Bytes::from_static(b"v1"));
+        assert!(ev.prev.is_none());
     }
 }

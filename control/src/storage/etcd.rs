@@ -36,6 +36,13 @@ fn backend(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> Storag
     }
 }
 
+/// Whether the member a request went to could not be reached (so the request did not happen there).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    // gRPC's UNAVAILABLE is code 14 (tonic's `Code::Unavailable`)
+    matches!(e, etcd_client::Error::TransportError(_))
+        || matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 14)
+}
+
 fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -141,6 +148,26 @@ impl EtcdStorage {
         Ok(EtcdStorage { client, compacted: Arc::new(AtomicI64::new(0)), expiry: None, lease: Arc::default() })
     }
 
+    /// Runs the read `op`, again (twice more at most, 100 ms apart) when the member it went to could not be reached:
+    /// a read is safe to repeat, and the balanced channel sends the next attempt to a member that answers. (Writes
+    /// are not repeated: one that did happen would then answer as a conflict.)
+    async fn read<T, Fut>(&self, mut op: impl FnMut(etcd_client::KvClient) -> Fut) -> Result<T, etcd_client::Error>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op(self.client.kv_client()).await {
+                Err(e) if attempt < 2 && unreachable(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "an etcd member did not answer a read; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Makes the keys `expiry` names expire.
     pub fn with_expiry(mut self, expiry: Expiry) -> Self {
         self.expiry = Some(expiry);
@@ -209,7 +236,7 @@ fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Revision {
 #[async_trait::async_trait]
 impl Storage for EtcdStorage {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
-        let resp = self.client.kv_client().get(key, None).await.map_err(backend("get"))?;
+        let resp = self.read(|mut kv| async move { kv.get(key, None).await }).await.map_err(backend("get"))?;
         Ok(resp.kvs().first().map(kv_of))
     }
 
@@ -222,12 +249,18 @@ impl Storage for EtcdStorage {
         if let Some(r) = opts.revision {
             o = o.with_revision(r);
         }
-        let resp = self.client.kv_client().get(start, Some(o)).await.map_err(|e| match backend("list")(e) {
-            StorageError::Compacted { .. } => {
-                StorageError::Compacted { requested: opts.revision.unwrap_or(0), compacted: 0 }
-            }
-            other => other,
-        })?;
+        let resp = self
+            .read(|mut kv| {
+                let (start, o) = (start.clone(), o.clone());
+                async move { kv.get(start, Some(o)).await }
+            })
+            .await
+            .map_err(|e| match backend("list")(e) {
+                StorageError::Compacted { .. } => {
+                    StorageError::Compacted { requested: opts.revision.unwrap_or(0), compacted: 0 }
+                }
+                other => other,
+            })?;
         let revision = opts.revision.unwrap_or_else(|| header_rev(resp.header()));
         Ok(ListResult { items: resp.kvs().iter().map(kv_of).collect(), revision, more: resp.more() })
     }
@@ -378,9 +411,7 @@ impl Storage for EtcdStorage {
 
     async fn revision(&self) -> Result<Revision, StorageError> {
         let resp = self
-            .client
-            .kv_client()
-            .get("/", Some(GetOptions::new().with_count_only()))
+            .read(|mut kv| async move { kv.get("/", Some(GetOptions::new().with_count_only())).await })
             .await
             .map_err(backend("revision"))?;
         Ok(header_rev(resp.header()))
