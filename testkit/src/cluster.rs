@@ -53,6 +53,9 @@ pub struct ClusterConfig {
     pub servers: usize,
     /// etcd members run on the server namespace's loopback, the servers' datastore (0: each server's SQLite).
     pub etcd_members: usize,
+    /// The server agents are given first (the others follow in order, wrapping around): with several servers, a
+    /// follower rather than the first (likely leader) server.
+    pub agents_first_server: usize,
 }
 
 impl ClusterConfig {
@@ -71,6 +74,7 @@ impl ClusterConfig {
             shared_cgroup_root: false,
             servers: 1,
             etcd_members: 0,
+            agents_first_server: 0,
         }
     }
 
@@ -201,8 +205,11 @@ impl Cluster {
         if c.cfg.servers > 8 {
             return Err(std::io::Error::other("at most 8 API servers (10.0.0.2-10.0.0.9; nodes start at .11)"));
         }
-        c.server_url =
-            (0..c.cfg.servers.max(1)).map(|i| format!("https://{}:6443", server_ip(i))).collect::<Vec<_>>().join(",");
+        let n = c.cfg.servers.max(1);
+        c.server_url = (0..n)
+            .map(|i| format!("https://{}:6443", server_ip((i + c.cfg.agents_first_server) % n)))
+            .collect::<Vec<_>>()
+            .join(",");
         veth(&c.lan, "vsrv", &c.server_ns, "eth0")?;
         c.lan.ip(&["link", "set", "vsrv", "master", "br0"])?;
         for i in 0..c.cfg.servers.max(1) {

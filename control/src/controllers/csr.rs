@@ -218,16 +218,50 @@ async fn fail(
     Ok(())
 }
 
-/// Approves and signs as requests come; runs forever.
+/// Approves and signs as requests come — written through this server (woken at once) or through another one of the
+/// cluster (seen on this server's watch of the requests) — and every 30 s in any case; runs forever.
 pub async fn run(api: Arc<Api>, ca: CertPair) {
+    let prefix = api.builtin("certificates.k8s.io", "certificatesigningrequests").storage_prefix();
+    let mut changes = None;
     loop {
+        // the watch opens before the pass reads, so a request written meanwhile wakes the next one
+        if changes.is_none() {
+            changes = watch_requests(&api, &prefix).await;
+        }
         if let Err(e) = pass(&api, &ca).await {
             tracing::debug!(error = %e, "certificate controller pass failed");
         }
         tokio::select! {
             _ = api.csr_changed.notified() => {}
+            more = next_change(&mut changes) => {
+                if !more {
+                    changes = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await; // a watch that keeps ending is not a busy loop
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
+    }
+}
+
+/// The store's changes of certificate requests from now on (through the watch cache), if the watch opens.
+async fn watch_requests(api: &Api, prefix: &str) -> Option<crate::storage::watch_cache::ChangeStream> {
+    let now = api.store.revision().await.ok()?;
+    match api.watch_cache.watch(prefix, prefix, now).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!(error = %e, "watching certificate requests failed");
+            None
+        }
+    }
+}
+
+/// Waits for the next change on `changes` (forever when there is no watch); false once the watch ended.
+async fn next_change(changes: &mut Option<crate::storage::watch_cache::ChangeStream>) -> bool {
+    use futures::StreamExt as _;
+    match changes {
+        Some(w) => matches!(w.next().await, Some(Ok(_))),
+        None => std::future::pending().await,
     }
 }
 
