@@ -19,22 +19,31 @@ use agent_support::*;
 use serde_json::Value;
 use skiff_testkit::cluster::{Cluster, server_ip, wait_for};
 
-const DEPLOYMENT: &str = r#"
+/// A workload of echo pods labelled `app: <name>` with a 1 s readiness probe: a Deployment of `replicas`, or (with
+/// `None`) a DaemonSet.
+fn echo_workload(name: &str, replicas: Option<u32>) -> String {
+    let (kind, replicas) = match replicas {
+        Some(n) => ("Deployment", format!("\n  replicas: {n}")),
+        None => ("DaemonSet", String::new()),
+    };
+    format!(
+        r#"
 apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
+kind: {kind}
+metadata: {{name: {name}}}
+spec:{replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: web}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       terminationGracePeriodSeconds: 1
       containers:
       - name: web
         image: skiff/echo:v1
-        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
-"#;
+        readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
 
 /// The web pods by name: (uid, container id, restarts, ready).
 fn web_pods(c: &Cluster) -> BTreeMap<String, (String, String, i64, bool)> {
@@ -110,7 +119,7 @@ fn pods_keep_running_and_nodes_fail_over_when_the_leader_server_dies() {
     }
 
     step("a Deployment of two pods runs on the nodes");
-    apply(&c, DEPLOYMENT);
+    apply(&c, &echo_workload("web", Some(2)));
     wait_for(Duration::from_secs(120), "two web pods Ready", || (ready_count(&c) == 2).then_some(()))
         .unwrap_or_else(|e| fail(&c, &e.to_string()));
     let before = web_pods(&c);
@@ -177,7 +186,7 @@ fn pods_keep_running_and_nodes_fail_over_when_the_leader_server_dies() {
         other => fail(&c, &format!("creating the simulated nodes: {other:?}")),
     }
     let t1 = Instant::now();
-    apply(&c, DAEMONSET);
+    apply(&c, &echo_workload("everywhere", None));
     let expected: Vec<String> = ["n1".to_string(), "n2".to_string()]
         .into_iter()
         .chain((tainted..simulated).map(|i| format!("sim-{i:03}")))
@@ -284,19 +293,3 @@ impl Drop for SimulatedKubelets {
         }
     }
 }
-
-const DAEMONSET: &str = r#"
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: everywhere}
-spec:
-  selector: {matchLabels: {app: everywhere}}
-  template:
-    metadata: {labels: {app: everywhere}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: web
-        image: skiff/echo:v1
-        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
-"#;
