@@ -225,7 +225,7 @@ impl Exchange<'_> {
         endpoint: Option<SocketAddr>,
     ) -> Outcome {
         let status = if matches!(e, Failure::Timeout(_)) { 504 } else { 502 };
-        let body = if status == 504 { "504 gateway timeout\n" } else { "502 bad gateway\n" };
+        let body = crate::proxy::headers::failure_body(status);
         s.head.clear();
         response::answer(&mut s.head, status, None, body, self.client_close, self.head.method == "HEAD");
         let written = write(io, &s.head, self.client_timeout).await;

@@ -119,6 +119,7 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut has_server = false;
     for h in resp.headers.iter() {
         let hop = ["connection", "keep-alive", "proxy-connection"].iter().any(|n| h.name.eq_ignore_ascii_case(n));
         let dropped_length = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
@@ -126,11 +127,16 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
         if hop || dropped_length || replaced {
             continue;
         }
+        has_server |= h.name.eq_ignore_ascii_case("server");
         push_header(out, h.name.as_bytes(), h.value);
     }
     if !interim {
         for (name, value) in client.set {
+            has_server |= name == http::header::SERVER;
             push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !has_server {
+            push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
         }
         if close_client {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -160,6 +166,7 @@ pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str
     if let Some(l) = location {
         push_header(out, b"Location", l.as_bytes());
     }
+    push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
     push_header(out, b"Content-Type", b"text/plain; charset=utf-8");
     push_header(out, b"Content-Length", super::request::format_u64(body.len() as u64, &mut digits));
     if close {
@@ -190,7 +197,18 @@ mod tests {
         assert_eq!(r.framing, Framing::Length(3));
         assert!(r.upstream_reusable && !r.close_client && !r.interim);
         assert_eq!(r.head_len, 69);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\nServer: skiff\r\n\r\n");
+    }
+
+    #[test]
+    fn the_ingress_names_itself_only_where_the_pod_did_not() {
+        let (_, own) = relay("HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 0\r\n\r\n", &PLAIN);
+        assert_eq!(own, "HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 0\r\n\r\n", "the pod's own is kept");
+        let set = [(http::header::SERVER, http::HeaderValue::from_static("edge"))];
+        let (_, routed) = relay("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &Client { set: &set, ..PLAIN });
+        assert_eq!(routed, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nserver: edge\r\n\r\n", "a route's wins, once");
+        let (_, interim) = relay("HTTP/1.1 100 Continue\r\n\r\n", &PLAIN);
+        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n", "interim responses carry none");
     }
 
     #[test]
@@ -240,7 +258,7 @@ mod tests {
         let set = [(http::HeaderName::from_static("x-frame-options"), http::HeaderValue::from_static("DENY"))];
         let client = Client { set: &set, ..PLAIN };
         let (_, out) = relay("HTTP/1.1 200 OK\r\nX-Frame-Options: ALLOW\r\nContent-Length: 0\r\n\r\n", &client);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-frame-options: DENY\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-frame-options: DENY\r\nServer: skiff\r\n\r\n");
     }
 
     #[test]
@@ -275,15 +293,15 @@ mod tests {
         answer(&mut out, 308, Some("https://a/"), "", false, false);
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
-            "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: 0\r\n\r\n"
+            "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\nServer: skiff\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 0\r\n\r\n"
         );
         let mut out = Vec::new();
         answer(&mut out, 404, None, "not here\n", true, true);
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
-            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\n\
-             Connection: close\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\nServer: skiff\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 9\r\nConnection: close\r\n\r\n",
             "no body after a HEAD request"
         );
     }

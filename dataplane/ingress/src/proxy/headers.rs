@@ -1,4 +1,5 @@
-//! Request headers: the host a request is for, what is added on the way upstream, and labels.
+//! Request headers: the host a request is for, what is added on the way upstream, and labels; and what the ingress
+//! says of itself in answers (`Server`, the failure bodies), the same on both request paths.
 //!
 //! Upstream requests get `X-Forwarded-For` (the client address; incoming values are not trusted, as with
 //! ingress-nginx's default `use-forwarded-headers: false`), `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
@@ -14,6 +15,21 @@ use pingora::proxy::Session;
 use super::ctx::RequestCtx;
 use crate::compile::policy::rewrite;
 use crate::table::random;
+
+/// The `Server` header of every answer the ingress gives itself, and of proxied responses whose pod sent none (as
+/// nginx and Envoy add theirs).
+pub const SERVER: &str = "skiff";
+
+/// The plain-text body of an answer to a request the ingress could not proxy (`status` 502 or 504 from the pod's
+/// side, 400 for a request it could not read, 500 for its own fault).
+pub fn failure_body(status: u16) -> &'static str {
+    match status {
+        504 => "504 gateway timeout\n",
+        502 => "502 bad gateway\n",
+        400 => "400 bad request\n",
+        _ => "500 internal server error\n",
+    }
+}
 
 /// The request's host, lower case, without port: the `Host` header, or the URI authority (HTTP/2).
 pub fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {

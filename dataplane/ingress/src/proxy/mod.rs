@@ -30,7 +30,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use self::admission::Answer;
@@ -75,10 +75,11 @@ impl IngressProxy {
     }
 
     async fn answer(&self, session: &mut Session, answer: Answer) -> Result<bool> {
-        let mut resp = ResponseHeader::build(answer.status, Some(3))?;
+        let mut resp = ResponseHeader::build(answer.status, Some(4))?;
         if let Some(location) = answer.location {
             resp.insert_header(http::header::LOCATION, location)?;
         }
+        resp.insert_header(http::header::SERVER, headers::SERVER)?;
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
         session.write_response_header(Box::new(resp), answer.body.is_empty()).await?;
@@ -283,7 +284,43 @@ impl ProxyHttp for IngressProxy {
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
+        if resp.headers.get(http::header::SERVER).is_none() {
+            resp.insert_header(http::header::SERVER, headers::SERVER)?;
+        }
         Ok(())
+    }
+
+    /// Answers a request that could not be proxied as the fast path does (a plain-text body, the ingress's `Server`)
+    /// rather than with Pingora's own error page; the status is Pingora's choice (502 for the pod's side, 504 after
+    /// a timeout, 400 for a request it could not read, 500 for a fault here, none when the client is gone).
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let body = headers::failure_body(code);
+            let written = match ResponseHeader::build(code, Some(4)) {
+                Ok(mut resp) => {
+                    let _ = resp.insert_header(http::header::SERVER, headers::SERVER);
+                    let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+                    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
+                    session.write_error_response(resp, Bytes::from_static(body.as_bytes())).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::debug!(error = %e, status = code, "answering a request that could not be proxied failed");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

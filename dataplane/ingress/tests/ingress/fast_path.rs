@@ -110,6 +110,7 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
                 let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
                 return;
             }
+            "/named" => s.write_all(b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 5\r\n\r\nnamed").await,
             "/slow" => {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 return;
@@ -373,4 +374,32 @@ async fn head_requests_get_no_body_and_stray_upstream_bytes_reach_no_client() {
         assert!(r.body.starts_with("GET /echo body= conn=") && !r.body.contains("forged"), "{}", r.body);
         assert_ne!(r.body, "GET /echo body= conn=1", "the connection with stray bytes was dropped");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_name_the_ingress_where_the_pod_did_not_and_answer_failures_alike() {
+    let up = Scripted::start().await;
+    let yaml = up.yaml("raw.test", "");
+    let fast = Ingress::start(&yaml).await;
+    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    let mut seen = Vec::new();
+    for ingress in [&fast, &slow] {
+        let mut answers = Vec::new();
+        for (host, path) in [("raw.test", "/echo"), ("raw.test", "/named"), ("nope.test", "/"), ("raw.test", "/bad")] {
+            // a connection each: Pingora closes the client connection after a failure it answers
+            let (mut c, _task) = client(ingress.http).await;
+            let r = send_to(&mut c, "GET", host, path).await;
+            let body = if path == "/echo" { String::new() } else { r.body.clone() };
+            answers.push((r.status, r.header("server"), r.header("content-type"), body));
+        }
+        seen.push(answers);
+    }
+    let fast_answers = &seen[0];
+    let skiff = Some("skiff".to_string());
+    assert_eq!((fast_answers[0].0, &fast_answers[0].1), (200, &skiff), "a pod that sends no Server");
+    assert_eq!((fast_answers[1].0, fast_answers[1].1.as_deref()), (200, Some("gunicorn")), "the pod's own is kept");
+    assert_eq!((fast_answers[2].0, &fast_answers[2].1), (404, &skiff), "the ingress's own answer");
+    assert_eq!((fast_answers[3].0, &fast_answers[3].1), (502, &skiff));
+    assert_eq!(fast_answers[3].3, "502 bad gateway\n");
+    assert_eq!(seen[0], seen[1], "the fast path and Pingora's path answer alike");
 }
