@@ -318,7 +318,11 @@ impl Exchange<'_> {
         if first_body < avail.len() {
             reusable = false; // bytes beyond the response: the connection is out of step
         }
-        s.head.extend_from_slice(&avail[..first_body]);
+        if resp.rechunk {
+            response::chunk(&mut s.head, &avail[..first_body]);
+        } else {
+            s.head.extend_from_slice(&avail[..first_body]);
+        }
         let mut sent = Partial { status: resp.status, body_bytes: 0, upstream_seconds: Some(upstream_seconds) };
         if !write(io, &s.head, self.client_timeout).await {
             return Err(Stage::AfterHead(Failure::ClientGone, sent));
@@ -330,6 +334,9 @@ impl Exchange<'_> {
             let take = match resp.framing {
                 Framing::UntilClose if n == 0 => {
                     done = true;
+                    if resp.rechunk && !write(io, response::LAST_CHUNK, self.client_timeout).await {
+                        return Err(Stage::AfterHead(Failure::ClientGone, sent));
+                    }
                     0
                 }
                 _ if n == 0 => {
@@ -352,7 +359,16 @@ impl Exchange<'_> {
             if take < n {
                 reusable = false;
             }
-            if take > 0 && !write(io, &s.up[..take], self.client_timeout).await {
+            let written = if take == 0 {
+                true
+            } else if resp.rechunk {
+                s.head.clear();
+                response::chunk(&mut s.head, &s.up[..take]);
+                write(io, &s.head, self.client_timeout).await
+            } else {
+                write(io, &s.up[..take], self.client_timeout).await
+            };
+            if !written {
                 return Err(Stage::AfterHead(Failure::ClientGone, sent));
             }
             sent.body_bytes += take as u64;

@@ -39,6 +39,31 @@ pub struct Response {
     pub upstream_reusable: bool,
     /// The client connection ends after this response.
     pub close_client: bool,
+    /// A body delimited by the pod's close, sent to the client in chunks ([`chunk`], then [`LAST_CHUNK`]) so the
+    /// client's connection stays open for its next request.
+    pub rechunk: bool,
+}
+
+/// The chunk ending a body re-chunked for the client.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` to `out` as one chunk of a chunked body (nothing for no data: an empty chunk would end it).
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut digits = [0u8; 16];
+    let mut n = data.len();
+    let mut i = digits.len();
+    while n > 0 {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// An upstream response the proxy cannot pass on (answered with 502).
@@ -111,7 +136,10 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
     // a response with both Content-Length and Transfer-Encoding may be an attack on the connection: use it once
     let upstream_reusable =
         !upstream_close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
-    let close_client = client.close || framing == Framing::UntilClose;
+    // a body that ends with the pod's close goes to a keep-alive client in chunks (its connection stays); one under
+    // a transfer coding other than chunked is passed as it is, and ends the client's connection
+    let rechunk = framing == Framing::UntilClose && chunked.is_none() && !client.close;
+    let close_client = client.close || (framing == Framing::UntilClose && !rechunk);
 
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut digits = [0u8; 8];
@@ -138,12 +166,15 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
         if !has_server {
             push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
         }
+        if rechunk {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
         if close_client {
             out.extend_from_slice(b"Connection: close\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Some(Response { status, head_len, framing, interim, upstream_reusable, close_client }))
+    Ok(Some(Response { status, head_len, framing, interim, upstream_reusable, close_client, rechunk }))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -245,12 +276,37 @@ mod tests {
     }
 
     #[test]
-    fn close_delimited_bodies_close_the_client_connection() {
+    fn close_delimited_bodies_are_rechunked_for_keep_alive_clients() {
         let (r, out) = relay("HTTP/1.1 200 OK\r\n\r\n", &PLAIN);
-        assert!(r.close_client);
+        assert!(r.rechunk && !r.close_client && !r.upstream_reusable);
+        assert!(out.ends_with("Transfer-Encoding: chunked\r\n\r\n"), "{out}");
+        // the client closes anyway: passed as it is
+        let (r, out) = relay("HTTP/1.1 200 OK\r\n\r\n", &Client { close: true, ..PLAIN });
+        assert!(!r.rechunk && r.close_client);
         assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+        // a transfer coding other than chunked: passed as it is, and the client's connection ends with the body
+        let (r, out) = relay("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &PLAIN);
+        assert!(!r.rechunk && r.close_client);
+        assert!(out.contains("Transfer-Encoding: gzip\r\n") && out.ends_with("Connection: close\r\n\r\n"), "{out}");
         let (r, _) = relay("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &Client { close: true, ..PLAIN });
-        assert!(r.close_client);
+        assert!(r.close_client && !r.rechunk);
+    }
+
+    #[test]
+    fn chunks_are_sized_in_hex_and_never_empty() {
+        let mut out = Vec::new();
+        chunk(&mut out, b"");
+        chunk(&mut out, &[b'a'; 26]);
+        chunk(&mut out, b"b");
+        out.extend_from_slice(LAST_CHUNK);
+        let mut expected = b"1a\r\n".to_vec();
+        expected.extend_from_slice(&[b'a'; 26]);
+        expected.extend_from_slice(b"\r\n1\r\nb\r\n0\r\n\r\n");
+        assert_eq!(out, expected);
+        // and a chunk parser reads them back
+        let mut parser = super::super::chunked::Chunked::new();
+        assert_eq!(parser.feed(&out).expect("valid"), out.len());
+        assert!(parser.is_done());
     }
 
     #[test]

@@ -91,7 +91,10 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
                 r
             }
             "/close" => {
-                let _ = s.write_all(format!("HTTP/1.1 200 OK\r\n\r\nuntil close conn={id}").as_bytes()).await;
+                // a body delimited by the close, in two segments
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = s.write_all(format!("close conn={id}").as_bytes()).await;
                 return;
             }
             "/idle-close" => {
@@ -221,10 +224,14 @@ async fn body_framings_pass_through_and_the_upstream_connection_is_reused() {
     assert_eq!((hints.status, hints.body.as_str()), (200, "GET /early-hints body= conn=1"));
     let again = send(&mut c, "GET", "/echo").await;
     assert_eq!(again.body, "GET /echo body= conn=1", "one upstream connection served every request so far");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    // a body the pod ends by closing reaches this keep-alive client in chunks, and the client's connection stays
     let close = send(&mut c, "GET", "/close").await;
     assert_eq!((close.status, close.body.as_str()), (200, "until close conn=1"));
-    assert_eq!(close.header("connection").as_deref(), Some("close"), "a close-delimited body ends the connection");
-    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(close.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(close.header("connection"), None, "the client's connection is kept");
+    let after = send(&mut c, "GET", "/echo").await;
+    assert_eq!(after.body, "GET /echo body= conn=2", "the same client connection, a new upstream one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
