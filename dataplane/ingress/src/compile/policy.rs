@@ -10,6 +10,11 @@ use crate::table::{Policy, State};
 /// ConfigMaps by `(namespace, name)`.
 pub type ConfigMaps<'a> = HashMap<(&'a str, &'a str), &'a ConfigMap>;
 
+/// Response headers only the proxy writes (framing and hop-by-hop): a route setting them would contradict the body
+/// it sends.
+const FRAMING: [&str; 8] =
+    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
 /// Builds the policy of an Ingress (`namespace/name` in `ingress`); problems come back as `(reason, message)`.
 pub fn build(
     a: &Annotations,
@@ -27,6 +32,13 @@ pub fn build(
             Some(cm) => {
                 for (k, v) in cm.data.iter().flatten() {
                     match (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+                        (Ok(n), _) if FRAMING.contains(&n.as_str()) => problems.push((
+                            "InvalidAnnotation",
+                            format!(
+                                "custom-headers ConfigMap \"{ns}/{name}\": {k:?} frames the response or the \
+                                 connection and is set by the proxy only; it is ignored"
+                            ),
+                        )),
                         (Ok(n), Ok(v)) => response_headers.push((n, v)),
                         _ => problems.push((
                             "InvalidAnnotation",

@@ -194,7 +194,7 @@ async fn handle(
             let route = route.expect("admit answers requests without a route");
             // the order of Pingora's request_filter: body size, then limits, then endpoints
             if route.policy.max_body_bytes.is_some_and(|max| body.len() as u64 > max) {
-                Some(text(413, "413 request entity too large\n"))
+                Some(text(413, crate::proxy::headers::failure_body(413)))
             } else {
                 match admission::limit(route, conn.client) {
                     Err(answer) => Some(answer),

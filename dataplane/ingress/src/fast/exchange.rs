@@ -227,7 +227,7 @@ impl Exchange<'_> {
         let status = if matches!(e, Failure::Timeout(_)) { 504 } else { 502 };
         let body = crate::proxy::headers::failure_body(status);
         s.head.clear();
-        response::answer(&mut s.head, status, None, body, self.client_close, self.head.method == "HEAD");
+        response::answer(&mut s.head, status, None, &body, self.client_close, self.head.method == "HEAD");
         let written = write(io, &s.head, self.client_timeout).await;
         Outcome { endpoint, tried, error: Some(e), ..Outcome::answered(status, written, self.client_close) }
     }

@@ -2,8 +2,9 @@
 //! alive, and the head sent to the client. Pure functions of the bytes received.
 //!
 //! The head is passed on as received (status line normalised to HTTP/1.1) without the hop-by-hop headers; the
-//! route's custom headers replace same-named ones; `Connection: close` is added when the client connection ends
-//! after this response. Bodies pass through byte for byte, chunked ones included.
+//! route's custom headers replace same-named ones; `Server: skiff` is added when neither names a server;
+//! `Connection: close` is added when the client connection ends after this response. Bodies pass through byte for
+//! byte, chunked ones included — except one the pod ends by closing, which a keep-alive client gets re-chunked.
 
 /// Largest response head accepted from an upstream (Pingora's limit).
 pub const MAX_HEAD: usize = 1024 * 1024;

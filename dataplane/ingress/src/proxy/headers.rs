@@ -20,15 +20,14 @@ use crate::table::random;
 /// nginx and Envoy add theirs).
 pub const SERVER: &str = "skiff";
 
-/// The plain-text body of an answer to a request the ingress could not proxy (`status` 502 or 504 from the pod's
-/// side, 400 for a request it could not read, 500 for its own fault).
-pub fn failure_body(status: u16) -> &'static str {
-    match status {
-        504 => "504 gateway timeout\n",
-        502 => "502 bad gateway\n",
-        400 => "400 bad request\n",
-        _ => "500 internal server error\n",
-    }
+/// The plain-text body of an answer to a request the ingress could not proxy: the status and its reason, lower
+/// case (`502 bad gateway`, `504 gateway timeout`, `413 request entity too large`, …).
+pub fn failure_body(status: u16) -> String {
+    let reason = match status {
+        413 => "request entity too large", // nginx's wording, as the answer to a declared length says
+        _ => http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("error"),
+    };
+    format!("{status} {}\n", reason.to_ascii_lowercase())
 }
 
 /// The request's host, lower case, without port: the `Host` header, or the URI authority (HTTP/2).
@@ -181,6 +180,14 @@ mod tests {
         assert_ne!(a, request_id(&r));
         r.insert_header("X-Request-ID", "abc").expect("header");
         assert_eq!(request_id(&r), "abc");
+    }
+
+    #[test]
+    fn failure_bodies_name_their_status() {
+        assert_eq!(failure_body(502), "502 bad gateway\n");
+        assert_eq!(failure_body(504), "504 gateway timeout\n");
+        assert_eq!(failure_body(413), "413 request entity too large\n");
+        assert_eq!(failure_body(599), "599 error\n");
     }
 
     #[test]

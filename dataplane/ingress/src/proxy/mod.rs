@@ -166,7 +166,7 @@ impl ProxyHttp for IngressProxy {
             && len.parse::<u64>().is_ok_and(|n| n > max)
         {
             return self
-                .answer(session, Answer { status: 413, location: None, body: "413 request entity too large\n".into() })
+                .answer(session, Answer { status: 413, location: None, body: headers::failure_body(413) })
                 .await;
         }
         if let Some((re, target)) = &route.rewrite {
@@ -281,6 +281,10 @@ impl ProxyHttp for IngressProxy {
                 resp.insert_header(k.clone(), v.clone())?;
             }
         }
+        // an informational (1xx) head is followed by the final one: the cookie and the name go on that
+        if resp.status.is_informational() {
+            return Ok(());
+        }
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
@@ -291,13 +295,21 @@ impl ProxyHttp for IngressProxy {
     }
 
     /// Answers a request that could not be proxied as the fast path does (a plain-text body, the ingress's `Server`)
-    /// rather than with Pingora's own error page; the status is Pingora's choice (502 for the pod's side, 504 after
-    /// a timeout, 400 for a request it could not read, 500 for a fault here, none when the client is gone).
+    /// rather than with Pingora's own error page. The status is Pingora's mapping, with the fast path's 504 for a
+    /// pod that timed out: a status an earlier phase chose (413, 503), 504 after a timeout towards the pod, 502 for
+    /// any other failure on the pod's side, 400 for a request that could not be read, 500 for a fault here, none
+    /// when the client is gone.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
-                ErrorSource::Upstream => 502,
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+                    | ErrorType::TLSHandshakeTimedout => 504,
+                    _ => 502,
+                },
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
@@ -307,12 +319,15 @@ impl ProxyHttp for IngressProxy {
         };
         if code > 0 {
             let body = headers::failure_body(code);
+            let head_request = session.req_header().method == http::Method::HEAD;
             let written = match ResponseHeader::build(code, Some(4)) {
                 Ok(mut resp) => {
                     let _ = resp.insert_header(http::header::SERVER, headers::SERVER);
                     let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
                     let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
-                    session.write_error_response(resp, Bytes::from_static(body.as_bytes())).await
+                    // a HEAD request gets the head a GET would get, and no body
+                    let body = if head_request { Bytes::new() } else { Bytes::from(body) };
+                    session.write_error_response(resp, body).await
                 }
                 Err(e) => Err(e),
             };

@@ -71,7 +71,7 @@ async fn body_size_limits_and_custom_response_headers_apply_per_ingress() {
     let up = Upstream::start("a").await;
     let yaml = [
         service_yaml("svc", &[&up]),
-        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: default}\ndata: {X-Frame-Options: DENY, X-Served-By: skiff}\n".to_string(),
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: default}\ndata: {X-Frame-Options: DENY, X-Served-By: skiff, Transfer-Encoding: gzip}\n".to_string(),
         ingress_yaml("small", &format!("{P}/proxy-body-size: 1k, {P}/custom-headers: default/hdrs"), &[("small.test", "/", "svc")], ""),
     ]
     .concat();
@@ -84,7 +84,36 @@ async fn body_size_limits_and_custom_response_headers_apply_per_ingress() {
     assert_eq!(ok.json()["body_bytes"], 512);
     assert_eq!(ok.header("x-frame-options").as_deref(), Some("DENY"));
     assert_eq!(ok.header("x-served-by").as_deref(), Some("skiff"));
-    assert_eq!(ingress.request(post(4096)).await.status, 413);
+    assert_eq!(ok.header("transfer-encoding"), None, "a framing header from the ConfigMap is not set");
+    let big = ingress.request(post(4096)).await;
+    assert_eq!((big.status, big.body.as_str()), (413, "413 request entity too large\n"));
+    // a streamed upload (no declared length) over the limit: refused as its body arrives, with the same answer
+    let (tx, body) = futures::channel::mpsc::unbounded::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>();
+    for _ in 0..4 {
+        tx.unbounded_send(Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 1024])))).expect("queued");
+    }
+    drop(tx);
+    let streamed =
+        Request::post("/").header("host", "small.test").body(http_body_util::StreamBody::new(body)).expect("req");
+    let reply = send_streamed(ingress.http, streamed).await;
+    assert_eq!((reply.0, reply.1.as_str()), (413, "413 request entity too large\n"));
+}
+
+/// One request with a streamed (chunked) body on a new HTTP/1.1 connection: status and body.
+async fn send_streamed<B>(addr: std::net::SocketAddr, req: Request<B>) -> (u16, String)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -386,13 +386,20 @@ async fn head_requests_get_no_body_and_stray_upstream_bytes_reach_no_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_paths_name_the_ingress_where_the_pod_did_not_and_answer_failures_alike() {
     let up = Scripted::start().await;
-    let yaml = up.yaml("raw.test", "");
+    let yaml = up.yaml("raw.test", "nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"");
     let fast = Ingress::start(&yaml).await;
     let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
     let mut seen = Vec::new();
     for ingress in [&fast, &slow] {
         let mut answers = Vec::new();
-        for (host, path) in [("raw.test", "/echo"), ("raw.test", "/named"), ("nope.test", "/"), ("raw.test", "/bad")] {
+        let requests = [
+            ("raw.test", "/echo"),
+            ("raw.test", "/named"),
+            ("nope.test", "/"),
+            ("raw.test", "/bad"),
+            ("raw.test", "/slow"),
+        ];
+        for (host, path) in requests {
             // a connection each: Pingora closes the client connection after a failure it answers
             let (mut c, _task) = client(ingress.http).await;
             let r = send_to(&mut c, "GET", host, path).await;
@@ -408,5 +415,6 @@ async fn both_paths_name_the_ingress_where_the_pod_did_not_and_answer_failures_a
     assert_eq!((fast_answers[2].0, &fast_answers[2].1), (404, &skiff), "the ingress's own answer");
     assert_eq!((fast_answers[3].0, &fast_answers[3].1), (502, &skiff));
     assert_eq!(fast_answers[3].3, "502 bad gateway\n");
+    assert_eq!((fast_answers[4].0, fast_answers[4].3.as_str()), (504, "504 gateway timeout\n"), "a pod too slow");
     assert_eq!(seen[0], seen[1], "the fast path and Pingora's path answer alike");
 }
