@@ -286,16 +286,18 @@ pub async fn rotate_server_token(cfg: &ServerConfig, new_token: Option<String>) 
         return Err(ServerError::Bootstrap("the new token is the current one".into()));
     }
     let dir = cfg.data_dir.join("pki");
-    let next = crate::pki::write_next_token(&dir, &new_token)?;
+    crate::pki::write_next_token(&dir, &new_token)?;
     if let Err(e) = crate::cluster_secrets::reseal(backend.as_ref(), &token, &new_token, &shared).await {
-        let _ = std::fs::remove_file(&next);
+        // the write may have happened even so (an answer lost on the way back): the stored record says which token
+        // is in force, and the staged one is moved into place or removed accordingly
+        let _ = crate::cluster_secrets::finish_rotation(backend.as_ref(), &dir).await;
         return Err(e.into());
     }
-    let file = dir.join(crate::cluster_secrets::TOKEN_FILE);
-    std::fs::rename(&next, &file).map_err(|e| ServerError::Io {
-        context: format!("renaming {} to {}", next.display(), file.display()),
-        source: e,
-    })?;
+    crate::cluster_secrets::finish_rotation(backend.as_ref(), &dir).await?;
+    if crate::cluster_secrets::token(&dir, None)?.as_deref() != Some(new_token.as_str()) {
+        return Err(ServerError::Bootstrap(format!("the new token was not saved to {}", dir.display())));
+    }
+    forget_history(backend.as_ref()).await?;
     Ok(new_token)
 }
 
@@ -493,4 +495,59 @@ async fn bootstrap(api: &Arc<Api>, advertise: &str) -> Result<(), ServerError> {
 /// Treats "already exists" as done: another server starting at the same time created it first.
 fn created_meanwhile(e: crate::apiserver::error::ApiError) -> Result<(), crate::apiserver::error::ApiError> {
     if e.code == 409 { Ok(()) } else { Err(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offline(dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            data_dir: dir.to_path_buf(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            advertise: None,
+            extra_names: Vec::new(),
+            datastore: Datastore::Sqlite,
+            token: None,
+            compaction_interval: Duration::from_secs(300),
+            event_ttl: Duration::from_secs(3600),
+            controllers: None,
+            limits: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_token_leaves_no_record_the_old_one_opens() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let cfg = offline(tmp.path());
+        // a cluster's secrets sealed under the first token (as `skiff server` stores them), changed once so the
+        // store's history holds an older version of the record too
+        let old = "the-first-token".to_string();
+        {
+            let backend = open_backend(&cfg).await.expect("store");
+            let pki = tmp.path().join("pki");
+            let shared = crate::cluster_secrets::establish(backend.as_ref(), &pki, Some(old.clone()), async |_| Ok(()))
+                .await
+                .expect("the first server's secrets");
+            crate::cluster_secrets::republish(backend.as_ref(), &old, &shared).await.expect("republished");
+        }
+        let new = rotate_server_token(&cfg, None).await.expect("rotated");
+        let pki = tmp.path().join("pki");
+        assert_eq!(crate::cluster_secrets::token(&pki, None).expect("token").as_deref(), Some(new.as_str()));
+        assert!(!pki.join(crate::cluster_secrets::NEXT_TOKEN_FILE).exists());
+        // every version the store still holds opens with the new token only: the old ones were compacted away
+        let store = open_backend(&cfg).await.expect("store");
+        let now = store.revision().await.expect("revision");
+        assert_eq!(store.compacted_revision().await.expect("compacted"), now, "history compacted to the rotation");
+        let record = store.get(crate::cluster_secrets::KEY).await.expect("get").expect("record");
+        assert!(crate::cluster_secrets::open(&new, &record.value).is_ok());
+        assert!(matches!(
+            crate::cluster_secrets::open(&old, &record.value),
+            Err(crate::cluster_secrets::SecretsError::WrongToken)
+        ));
+        assert!(matches!(
+            store.watch(crate::cluster_secrets::KEY, record.mod_revision - 1).await,
+            Err(crate::storage::StorageError::Compacted { .. })
+        ));
+    }
 }
