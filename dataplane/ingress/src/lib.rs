@@ -11,6 +11,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod decide;
 pub mod fast;
 pub mod objects;
 pub mod proxy;

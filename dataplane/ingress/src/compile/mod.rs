@@ -26,6 +26,7 @@ use self::annotations::{Annotations, Defaults};
 use self::backends::Index;
 use self::paths::PathMatch;
 use self::problems::{ObjectRef, Problem};
+use crate::decide::transport::fast_path_takes;
 use crate::objects::Objects;
 use crate::table::{Canary, CertStore, HostRoutes, Policy, Route, RouteLabels, RouteTable, State};
 
@@ -241,7 +242,7 @@ impl Compiler<'_, '_, '_> {
             path: path.to_owned(),
             service: svc.name.clone(),
         });
-        Some(Route {
+        let mut route = Route {
             path: matcher,
             labels,
             backend,
@@ -249,7 +250,10 @@ impl Compiler<'_, '_, '_> {
             policy: policy.clone(),
             rewrite,
             handles: Default::default(),
-        })
+            fast: false,
+        };
+        route.fast = fast_path_takes(&route);
+        Some(route)
     }
 
     fn attach_canary(
@@ -288,6 +292,7 @@ impl Compiler<'_, '_, '_> {
                     service: svc.name.clone(),
                 });
                 main.canary = Some(Canary { backend, labels, spec: spec.clone(), handles: Default::default() });
+                main.fast = fast_path_takes(main);
             }
         }
     }

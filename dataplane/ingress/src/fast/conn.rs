@@ -12,11 +12,12 @@ use super::exchange::{self, Exchange};
 use super::request::{self, MAX_HEADERS, Parsed};
 use super::response;
 use super::{FastPath, replay::Replay};
-use crate::proxy::admission::{self, Answer};
+use crate::decide::forward::Forwarding;
+use crate::decide::{Decision, Facts, decide_found};
 use crate::proxy::ctx::ConnectionGuard;
 use crate::proxy::record::{self, Finished};
 use crate::proxy::{access_log, headers};
-use crate::table::Route;
+use crate::table::{now_ns, random};
 
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -146,14 +147,6 @@ async fn close(mut io: Stream) -> Served {
     Served::Closed
 }
 
-/// Routes not taken by the fast path: features implemented in Pingora's phases only.
-fn needs_pingora(route: &Route) -> bool {
-    route.canary.is_some()
-        || route.rewrite.is_some()
-        || route.policy.affinity.is_some()
-        || route.policy.protocol != crate::compile::annotations::BackendProtocol::Http
-}
-
 async fn handle(
     app: &FastPath,
     conn: &Conn,
@@ -168,98 +161,81 @@ async fn handle(
     let host = headers::host_key(h.host);
     let path = h.path();
     let found = table.lookup(&host, path);
-    if found.route.is_some_and(|r| needs_pingora(r)) {
+    if found.route.is_some_and(|r| !r.fast) {
         return Flow::Delegate;
     }
     app.metrics.active_requests.inc();
     let close = h.close || *shutdown.borrow();
-    let facts = admission::Request {
+    let facts = Facts {
         host: &host,
         path,
         query: h.query(),
         tls: conn.tls,
         client: conn.client,
         https_port: app.settings.https_port,
+        content_length: Some(body.len() as u64),
+        headers: h.headers,
+        roll: random(),
+        now_ns: now_ns(),
     };
     let mut id_buf = [0u8; 32];
     let request_id = match h.request_id {
         Some(id) => id,
         None => headers::new_request_id(&mut id_buf),
     };
-    let route = found.route;
-    let mut slot = None;
-    let answer = match admission::admit(&found, &facts) {
-        Err(answer) => Some(answer),
-        Ok(()) => {
-            let route = route.expect("admit answers requests without a route");
-            // the order of Pingora's request_filter: body size, then limits, then endpoints
-            if route.policy.max_body_bytes.is_some_and(|max| body.len() as u64 > max) {
-                Some(text(413, crate::proxy::headers::failure_body(413)))
-            } else {
-                match admission::limit(route, conn.client) {
-                    Err(answer) => Some(answer),
-                    Ok(s) => {
-                        slot = s;
-                        if route.backend.pool().is_none() {
-                            let reason = route.backend.unavailable_reason();
-                            Some(text(503, format!("503 service unavailable: {reason}\n")))
-                        } else {
-                            None
-                        }
-                    }
-                }
-            }
-        }
+    let decision = decide_found(found, &facts);
+    let chosen = match &decision {
+        Decision::Answer { route, .. } => *route,
+        Decision::Proxy(plan) => Some(plan.chosen),
     };
-    let outcome = match answer {
-        Some(a) => {
+    let outcome = match decision {
+        Decision::Answer { answer: a, .. } => {
             s.head.clear();
             response::answer(&mut s.head, a.status, a.location.as_deref(), &a.body, close, h.method == "HEAD");
             let ok = write(io, &s.head, app.settings.client_timeout).await;
             exchange::Outcome::answered(a.status, ok, close)
         }
-        None => {
-            let route = route.expect("a route was admitted");
+        Decision::Proxy(plan) => {
+            let route = plan.chosen.route;
             s.out.clear();
-            request::write_upstream_head(
-                &mut s.out,
-                h,
-                &request::Forwarding {
-                    client: conn.client,
-                    tls: conn.tls,
-                    port: conn.port,
-                    request_id,
-                    vhost: route.policy.upstream_vhost.as_ref().map(|v| v.as_bytes()),
-                },
-            );
+            let fwd = Forwarding {
+                client: conn.client,
+                tls: conn.tls,
+                port: conn.port,
+                host: h.host.as_bytes(),
+                request_id: request_id.as_bytes(),
+                vhost: route.policy.upstream_vhost.as_ref().map(|v| v.as_bytes()),
+            };
+            request::write_upstream_head(&mut s.out, h, plan.target.as_deref().unwrap_or(h.target), &fwd);
             s.out.extend_from_slice(body);
             let ex = Exchange {
                 head: h,
                 policy: &route.policy,
-                backend: &route.backend,
+                backend: plan.chosen.backend(),
+                pinned: plan.pinned,
+                tls: conn.tls,
                 client_close: close,
                 metrics: &app.metrics,
                 max_retries: app.settings.max_retries,
                 client_timeout: app.settings.client_timeout,
             };
-            ex.run(io, s).await
+            let outcome = ex.run(io, s).await;
+            drop(plan.slot);
+            outcome
         }
     };
-    if let (Some(slot), Some(ip)) = (slot, conn.client) {
-        slot.release(ip);
-    }
     app.metrics.active_requests.dec();
     let seconds = start.elapsed().as_secs_f64();
-    let labels = route.map_or(&app.unmatched, |r| &r.labels);
+    let labels = chosen.map_or(&app.unmatched, |c| c.labels());
     record::record(
         &app.metrics,
         Finished {
             labels,
-            handles: route.map(|r| &r.handles),
+            handles: chosen.map(|c| c.handles()),
             method: headers::method_label(h.method),
             status: outcome.status,
             seconds,
-            upstream: outcome.upstream_seconds.zip(route.map(|r| &*r.backend)),
+            upstream: outcome.upstream_seconds.zip(chosen.map(|c| &**c.backend())),
             request_bytes: body.len() as u64,
             response_bytes: outcome.body_bytes,
         },
@@ -278,7 +254,7 @@ async fn handle(
             upstream: outcome.endpoint,
             failed_upstreams: &outcome.tried,
             upstream_seconds: outcome.upstream_seconds,
-            labels: route.map(|r| &*r.labels),
+            labels: chosen.map(|c| &**c.labels()),
             request_id: Some(request_id),
             user_agent: h.user_agent,
             tls: conn.tls,
@@ -286,10 +262,6 @@ async fn handle(
         });
     }
     if outcome.keep { Flow::Keep } else { Flow::Close }
-}
-
-fn text(status: u16, body: impl Into<String>) -> Answer {
-    Answer { status, location: None, body: body.into() }
 }
 
 /// Writes `bytes` to the client and flushes; false when the client is gone or does not read for `timeout`.

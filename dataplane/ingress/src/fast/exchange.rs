@@ -21,6 +21,7 @@ use super::conn::{Scratch, write};
 use super::pool;
 use super::request::Head;
 use super::response::{self, Client, Framing};
+use crate::decide::pick;
 use crate::proxy::record;
 use crate::runtime::metrics::Metrics;
 use crate::table::{Backend, Endpoint, Policy, now_ns};
@@ -114,6 +115,10 @@ pub struct Exchange<'a> {
     pub policy: &'a Policy,
     /// Where it goes.
     pub backend: &'a Arc<Backend>,
+    /// The endpoint the request's affinity cookie names (first attempt).
+    pub pinned: Option<&'a Arc<Endpoint>>,
+    /// The client connection is TLS (the affinity cookie is `Secure`).
+    pub tls: bool,
     /// Close the client connection after the response.
     pub client_close: bool,
     /// Metrics (retries, ejections).
@@ -141,9 +146,11 @@ impl Exchange<'_> {
             return self.fail(io, s, Failure::NoEndpoint, tried, None).await;
         };
         loop {
-            let Some(endpoint) = pool.pick(&tried, now_ns()).cloned() else {
+            let affinity = self.policy.affinity.as_ref();
+            let Some(picked) = pick(pool, affinity, self.pinned, &tried, self.tls, now_ns()) else {
                 return self.fail(io, s, Failure::NoEndpoint, tried, None).await;
             };
+            let (endpoint, cookie) = (picked.endpoint.clone(), picked.set_cookie);
             endpoint.stats.start();
             let started = Instant::now();
             let mut fresh_only = false;
@@ -159,7 +166,7 @@ impl Exchange<'_> {
                     },
                 };
                 endpoint.stats.connected();
-                match self.attempt(&mut up, io, s, started).await {
+                match self.attempt(&mut up, io, s, started, cookie.as_deref()).await {
                     Ok(r) => break Ok((up, r)),
                     Err(Stage::BeforeResponse(_)) if reused && self.head.idempotent() => {
                         // the pod closed this idle connection: resend on a fresh one
@@ -239,6 +246,7 @@ impl Exchange<'_> {
         io: &mut Stream,
         s: &mut Scratch,
         started: Instant,
+        cookie: Option<&str>,
     ) -> Result<Relayed, Stage> {
         let send = tokio::time::timeout(self.policy.send_timeout, up.write_all(&s.out)).await;
         match send {
@@ -250,6 +258,7 @@ impl Exchange<'_> {
             head_request: self.head.method == "HEAD",
             close: self.client_close,
             set: &self.policy.response_headers,
+            cookie,
         };
         s.up.clear();
         // the head (after any 1xx heads, which are passed on as they come); `s.out` keeps the request for a retry

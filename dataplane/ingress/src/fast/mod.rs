@@ -6,14 +6,15 @@
 //! about 30 µs of CPU per request here (header maps, a task pair and channels per request, boxed phase futures),
 //! which kept the ingress at half of nginx's requests/s. The fast path is a [`ServerApp`] in front of it: for each
 //! client connection (HTTP/1.1, plain or TLS) it parses requests in place, looks the route up in the same table,
-//! applies the same policy functions ([`crate::proxy::admission`]), sends the head upstream with the same
-//! forwarding headers on a pooled connection and relays the response bytes, recording the same metrics and access
-//! log ([`crate::proxy::record`], [`crate::proxy::access_log`]).
+//! carries out the same decision ([`crate::decide`]: answers, canary, rewrite, limits, the affinity cookie's
+//! endpoint), sends the head upstream with the same edits on a pooled connection and relays the response bytes,
+//! recording the same metrics and access log ([`crate::proxy::record`], [`crate::proxy::access_log`]).
 //!
 //! It takes only what it fully implements ([`request`] lists it); the first request it does not take — HTTP/2 or
-//! h2c, WebSocket upgrades, streamed or large uploads, `Expect`, HTTP/1.0, malformed input, and routes with canary,
-//! session affinity, rewrite or a non-HTTP backend protocol — hands the connection to Pingora's proxy with the
-//! bytes already read put back ([`replay`]), so those requests behave exactly as without it. `--no-fast-path`
+//! h2c, WebSocket upgrades, streamed or large uploads, `Expect`, HTTP/1.0, malformed input, and routes whose
+//! backend protocol is not plain HTTP (the compiler decides, [`crate::decide::transport`]) — hands the connection
+//! to Pingora's proxy with the bytes already read put back ([`replay`]), so those requests behave exactly as
+//! without it. `--no-fast-path`
 //! turns it off.
 
 pub mod chunked;

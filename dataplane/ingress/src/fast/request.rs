@@ -7,7 +7,7 @@
 //! uploads, WebSocket upgrades, `100-continue`, malformed requests, h2c — is handed to Pingora's proxy with the
 //! bytes already read, so it is answered exactly as before; the fast path never guesses.
 
-use std::net::IpAddr;
+use crate::decide::forward::Forwarding;
 
 /// Largest request body the fast path buffers (bigger bodies stream through Pingora).
 pub const MAX_BODY: u64 = 64 * 1024;
@@ -155,71 +155,20 @@ pub fn content_length(v: &[u8]) -> Option<u64> {
     v.parse().ok()
 }
 
-/// What the ingress adds to a request on its way upstream.
-#[derive(Debug)]
-pub struct Forwarding<'a> {
-    /// Client address (`X-Forwarded-For`, `X-Real-IP`).
-    pub client: Option<IpAddr>,
-    /// The connection was TLS (`X-Forwarded-Proto`, `X-Scheme`).
-    pub tls: bool,
-    /// Local port the client connected to (`X-Forwarded-Port`).
-    pub port: Option<u16>,
-    /// `X-Request-ID` to send.
-    pub request_id: &'a str,
-    /// `Host` to send instead of the client's (`upstream-vhost`).
-    pub vhost: Option<&'a [u8]>,
-}
-
-/// Headers never copied upstream: hop-by-hop ones and the ones the ingress sets itself.
-fn replaced(name: &str, vhost: bool) -> bool {
-    const DROP: [&str; 11] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "x-forwarded-for",
-        "x-real-ip",
-        "x-forwarded-proto",
-        "x-scheme",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "x-request-id",
-    ];
-    DROP.iter().any(|d| name.eq_ignore_ascii_case(d)) || (vhost && name.eq_ignore_ascii_case("host"))
-}
-
-/// Writes the head sent upstream into `out`: the request line and headers as received (same case, same order),
-/// without hop-by-hop headers, plus the forwarding headers. The connection to the pod stays alive (HTTP/1.1).
-pub fn write_upstream_head(out: &mut Vec<u8>, head: &Head<'_>, fwd: &Forwarding<'_>) {
+/// Writes the head sent upstream into `out`: the request line (with `target`, the client's or the rewritten one)
+/// and headers as received (same case, same order) without those the ingress drops, then the ones it adds
+/// ([`Forwarding`]). The connection to the pod stays alive (HTTP/1.1).
+pub fn write_upstream_head(out: &mut Vec<u8>, head: &Head<'_>, target: &str, fwd: &Forwarding<'_>) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let vhost = fwd.vhost.is_some();
     for h in head.headers {
-        if replaced(h.name, vhost) {
-            continue;
+        if !fwd.drops(h.name) {
+            header(out, h.name.as_bytes(), h.value);
         }
-        header(out, h.name.as_bytes(), h.value);
     }
-    if let Some(v) = fwd.vhost {
-        header(out, b"Host", v);
-    }
-    if let Some(ip) = fwd.client {
-        let mut text = [0u8; 64];
-        let ip = format_ip(ip, &mut text);
-        header(out, b"X-Forwarded-For", ip);
-        header(out, b"X-Real-IP", ip);
-    }
-    let scheme: &[u8] = if fwd.tls { b"https" } else { b"http" };
-    header(out, b"X-Forwarded-Proto", scheme);
-    header(out, b"X-Scheme", scheme);
-    header(out, b"X-Forwarded-Host", head.host.as_bytes());
-    if let Some(port) = fwd.port {
-        let mut text = [0u8; 8];
-        header(out, b"X-Forwarded-Port", format_u64(u64::from(port), &mut text));
-    }
-    header(out, b"X-Request-ID", fwd.request_id.as_bytes());
+    fwd.each(|name, value| header(out, name.as_bytes(), value));
     out.extend_from_slice(b"\r\n");
 }
 
@@ -228,27 +177,6 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    write!(cursor, "{ip}").expect("an IP address fits in 64 bytes");
-    let n = cursor.position() as usize;
-    &buf[..n]
-}
-
-/// Decimal digits of `n` without allocating.
-pub fn format_u64(mut n: u64, buf: &mut [u8]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 #[cfg(test)]
@@ -337,10 +265,11 @@ mod tests {
                 client: Some("10.0.0.9".parse().expect("ip")),
                 tls: true,
                 port: Some(443),
-                request_id: "r1",
+                host: h.host.as_bytes(),
+                request_id: b"r1",
                 vhost: None,
             };
-            write_upstream_head(&mut out, &h, &fwd);
+            write_upstream_head(&mut out, &h, h.target, &fwd);
             let text = String::from_utf8(out).expect("ascii");
             assert_eq!(
                 text,
@@ -349,18 +278,16 @@ mod tests {
                  X-Forwarded-Host: shop.example\r\nX-Forwarded-Port: 443\r\nX-Request-ID: r1\r\n\r\n"
             );
             let mut out = Vec::new();
-            write_upstream_head(&mut out, &h, &Forwarding { vhost: Some(b"inner.svc"), client: None, ..fwd });
+            write_upstream_head(&mut out, &h, "/new?y", &Forwarding { vhost: Some(b"inner.svc"), client: None, ..fwd });
             let text = String::from_utf8(out).expect("ascii");
+            assert!(text.starts_with("GET /new?y HTTP/1.1\r\n"), "the rewritten target: {text}");
             assert!(text.contains("\r\nHost: inner.svc\r\n") && !text.contains("\r\nHost: shop.example"), "{text}");
             assert!(!text.contains("X-Forwarded-For"), "{text}");
         });
     }
 
     #[test]
-    fn numbers_and_ids_are_formatted_without_allocating() {
-        let mut buf = [0u8; 20];
-        assert_eq!(format_u64(0, &mut buf), b"0");
-        assert_eq!(format_u64(18446744073709551615, &mut buf), b"18446744073709551615");
+    fn ids_are_formatted_without_allocating() {
         let mut id = [0u8; 32];
         let a = new_request_id(&mut id).to_string();
         assert_eq!(a.len(), 32);

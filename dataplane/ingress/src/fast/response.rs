@@ -81,6 +81,8 @@ pub struct Client<'a> {
     pub close: bool,
     /// Headers to set (replacing upstream headers of the same name).
     pub set: &'a [(http::HeaderName, http::HeaderValue)],
+    /// A `Set-Cookie` value to add (the session affinity cookie).
+    pub cookie: Option<&'a str>,
 }
 
 /// Parses the response head at the start of `buf` and writes the client's head into `out`. `Ok(None)`: incomplete.
@@ -144,7 +146,7 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
 
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut digits = [0u8; 8];
-    out.extend_from_slice(super::request::format_u64(u64::from(status), &mut digits));
+    out.extend_from_slice(crate::decide::forward::format_u64(u64::from(status), &mut digits));
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -163,6 +165,9 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
         for (name, value) in client.set {
             has_server |= name == http::header::SERVER;
             push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(cookie) = client.cookie {
+            push_header(out, b"set-cookie", cookie.as_bytes());
         }
         if !has_server {
             push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
@@ -191,7 +196,7 @@ pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut digits = [0u8; 20];
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(super::request::format_u64(u64::from(status), &mut digits));
+    out.extend_from_slice(crate::decide::forward::format_u64(u64::from(status), &mut digits));
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -200,7 +205,7 @@ pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str
     }
     push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
     push_header(out, b"Content-Type", b"text/plain; charset=utf-8");
-    push_header(out, b"Content-Length", super::request::format_u64(body.len() as u64, &mut digits));
+    push_header(out, b"Content-Length", crate::decide::forward::format_u64(body.len() as u64, &mut digits));
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -214,7 +219,7 @@ pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str
 mod tests {
     use super::*;
 
-    const PLAIN: Client<'static> = Client { head_request: false, close: false, set: &[] };
+    const PLAIN: Client<'static> = Client { head_request: false, close: false, set: &[], cookie: None };
 
     fn relay(raw: &str, client: &Client<'_>) -> (Response, String) {
         let mut out = Vec::new();

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
+use crate::decide::Chosen;
 use crate::runtime::metrics::Metrics;
-use crate::table::{Backend, ConnLimiter, Endpoint, Route, RouteLabels, RouteTable};
+use crate::table::{Backend, Endpoint, Route, RouteLabels, RouteTable, Slot};
 
 /// Counts one open client connection (HTTP/1) or stream (HTTP/2) while alive.
 #[derive(Debug)]
@@ -60,8 +61,10 @@ pub struct RequestCtx {
     pub request_id: Option<HeaderValue>,
     /// `Set-Cookie` for session affinity, added to the response.
     pub set_cookie: Option<HeaderValue>,
-    /// A `limit-connections` slot to release when the request ends.
-    pub conn_slot: Option<Arc<ConnLimiter>>,
+    /// The `limit-connections` slot, released when the request ends.
+    pub conn_slot: Option<Slot>,
+    /// The endpoint the request's affinity cookie names.
+    pub pinned: Option<Arc<Endpoint>>,
     /// New path (and query) from `rewrite-target`.
     pub rewritten: Option<http::Uri>,
     /// Request body bytes seen.
@@ -90,10 +93,21 @@ impl RequestCtx {
             request_id: None,
             set_cookie: None,
             conn_slot: None,
+            pinned: None,
             rewritten: None,
             body_bytes: 0,
             connection: None,
         }
+    }
+}
+
+impl RequestCtx {
+    /// Keeps the route and backend a decision chose, for the later phases, metrics and logs.
+    pub fn chose(&mut self, chosen: &Chosen<'_>) {
+        self.route = Some(chosen.route.clone());
+        self.backend = Some(chosen.backend().clone());
+        self.labels = Some(chosen.labels().clone());
+        self.canary = chosen.canary;
     }
 }
 

@@ -1,9 +1,7 @@
 //! Request headers: the host a request is for, what is added on the way upstream, and labels; and what the ingress
 //! says of itself in answers (`Server`, the failure bodies), the same on both request paths.
 //!
-//! Upstream requests get `X-Forwarded-For` (the client address; incoming values are not trusted, as with
-//! ingress-nginx's default `use-forwarded-headers: false`), `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
-//! `X-Forwarded-Port`, `X-Scheme` and `X-Request-ID` (kept from the client or generated).
+//! What is added on the way upstream is the decision core's [`Forwarding`], written here into Pingora's head.
 
 use std::borrow::Cow;
 
@@ -13,7 +11,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::compile::policy::rewrite;
+use crate::decide::forward::Forwarding;
 use crate::table::random;
 
 /// The `Server` header of every answer the ingress gives itself, and of proxied responses whose pod sent none (as
@@ -73,52 +71,37 @@ pub fn new_request_id(buf: &mut [u8; 32]) -> &str {
     std::str::from_utf8(buf).expect("hex digits are ASCII")
 }
 
-/// The upstream URI after `rewrite-target`, or `None` when the path does not match the rewrite regex.
-pub fn rewritten_uri(re: &regex::Regex, target: &str, req: &RequestHeader) -> Option<http::Uri> {
-    let path = rewrite(re, target, req.uri.path())?;
-    let pq = match req.uri.query() {
-        Some(q) if path.contains('?') => format!("{path}&{q}"),
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    pq.parse().ok()
-}
-
-/// Adds the forwarding headers and applies rewrite and `upstream-vhost`.
+/// Applies the rewrite and the forwarding edits ([`Forwarding`]) to the head Pingora sends upstream.
 pub fn forward(session: &Session, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     if let Some(uri) = ctx.rewritten.take() {
         up.set_uri(uri);
     }
-    if let Some(ip) = ctx.client {
-        let ip = ip.to_string();
-        up.insert_header("x-forwarded-for", &ip)?;
-        up.insert_header("x-real-ip", ip)?;
+    let req = session.req_header();
+    // HTTP/2 names the host in the URI: an HTTP/1.1 pod gets it as Host
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let host = req.headers.get(http::header::HOST).map(HeaderValue::as_bytes).or(authority).unwrap_or_default();
+    let fwd = Forwarding {
+        client: ctx.client,
+        tls: ctx.tls,
+        port: session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()),
+        host,
+        request_id: ctx.request_id.as_ref().map(HeaderValue::as_bytes).unwrap_or_default(),
+        vhost: ctx.route.as_ref().and_then(|r| r.policy.upstream_vhost.as_ref()).map(HeaderValue::as_bytes),
+    };
+    let dropped: Vec<http::HeaderName> = up.headers.keys().filter(|n| fwd.drops(n.as_str())).cloned().collect();
+    for name in dropped {
+        up.remove_header(&name);
     }
-    let scheme = if ctx.tls { "https" } else { "http" };
-    up.insert_header("x-forwarded-proto", scheme)?;
-    up.insert_header("x-scheme", scheme)?;
-    let host = session
-        .req_header()
-        .headers
-        .get(http::header::HOST)
-        .cloned()
-        .or_else(|| session.req_header().uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    if let Some(h) = host {
-        if up.headers.get(http::header::HOST).is_none() {
-            up.insert_header(http::header::HOST, h.clone())?;
+    if up.headers.get(http::header::HOST).is_none() && fwd.vhost.is_none() && !host.is_empty() {
+        up.append_header(http::header::HOST, host)?;
+    }
+    let mut added = Ok(());
+    fwd.each(|name, value| {
+        if added.is_ok() {
+            added = up.append_header(name, value).map(drop);
         }
-        up.insert_header("x-forwarded-host", h)?;
-    }
-    if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
-        up.insert_header("x-forwarded-port", port)?;
-    }
-    if let Some(id) = &ctx.request_id {
-        up.insert_header("x-request-id", id.clone())?;
-    }
-    if let Some(vhost) = ctx.route.as_ref().and_then(|r| r.policy.upstream_vhost.clone()) {
-        up.insert_header(http::header::HOST, vhost)?;
-    }
-    Ok(())
+    });
+    added
 }
 
 /// The protocol as access logs write it.
@@ -188,12 +171,5 @@ mod tests {
         assert_eq!(failure_body(504), "504 gateway timeout\n");
         assert_eq!(failure_body(413), "413 request entity too large\n");
         assert_eq!(failure_body(599), "599 error\n");
-    }
-
-    #[test]
-    fn a_rewrite_keeps_the_query() {
-        let re = regex::Regex::new("(?i)^/api(/|$)(.*)").expect("regex");
-        let uri = rewritten_uri(&re, "/$2", &req(Some("a"), "/api/users?x=1")).expect("matches");
-        assert_eq!(uri.to_string(), "/users?x=1");
     }
 }

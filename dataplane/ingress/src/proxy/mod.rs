@@ -1,8 +1,8 @@
 //! The Pingora proxy: one [`IngressProxy`] serves every listener, reading one table snapshot per request.
 //!
 //! Phases (one concern each, in files named after them):
-//! - `request_filter`: load the snapshot, find the route ([`admission`]), answer redirects/denials/limits, pick
-//!   main or canary backend, answer 503 when it has no endpoints;
+//! - `request_filter`: load the snapshot and carry out the decision core's [`Decision`] (redirects, denials,
+//!   limits, 503 without endpoints, or the plan: backend, pinned endpoint, rewrite, limit slot);
 //! - `upstream_peer` ([`peer`]): choose an endpoint (affinity cookie, round robin or peak EWMA), skip ejected and
 //!   already-failed ones;
 //! - `upstream_request_filter` ([`headers`]): `X-Forwarded-*`, `X-Request-ID`, rewrite, `upstream-vhost`;
@@ -14,7 +14,6 @@
 //! records who failed and whether a retry is safe.
 
 pub mod access_log;
-pub mod admission;
 pub mod ctx;
 pub mod headers;
 pub mod peer;
@@ -33,10 +32,10 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use self::admission::Answer;
 use self::ctx::{ConnectionGuard, RequestCtx};
+use crate::decide::{Answer, Chosen, Decision, Facts, decide};
 use crate::runtime::metrics::Metrics;
-use crate::table::{RouteLabels, RouteTable};
+use crate::table::{RouteLabels, RouteTable, now_ns, random};
 
 /// Settings of the proxy that are fixed at start.
 #[derive(Debug, Clone)]
@@ -138,55 +137,39 @@ impl ProxyHttp for IngressProxy {
                 .await;
         };
         let path = req.uri.path();
-        let found = table.lookup(&host, path);
-        let facts = admission::Request {
+        let content_length = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+        let facts = Facts {
             host: &host,
             path,
             query: req.uri.query(),
             tls: ctx.tls,
             client: ctx.client,
             https_port: self.settings.https_port,
+            content_length: content_length.and_then(|v| v.parse().ok()),
+            headers: &req.headers,
+            roll: random(),
+            now_ns: now_ns(),
         };
         if self.access_log.is_some() {
             ctx.host = host.to_string();
         }
-        if let Err(answer) = admission::admit(&found, &facts) {
-            return self.answer(session, answer).await;
-        }
-        let route = found.route.expect("admit answers requests without a route").clone();
-        let (backend, canary) = admission::choose_backend(&route, &req.headers);
-        let backend = backend.clone();
-        ctx.canary = canary;
-        ctx.labels = Some(match (&route.canary, canary) {
-            (Some(c), true) => c.labels.clone(),
-            _ => route.labels.clone(),
-        });
-        if let Some(max) = route.policy.max_body_bytes
-            && let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
-            && len.parse::<u64>().is_ok_and(|n| n > max)
-        {
-            return self
-                .answer(session, Answer { status: 413, location: None, body: headers::failure_body(413) })
-                .await;
-        }
-        if let Some((re, target)) = &route.rewrite {
-            ctx.rewritten = headers::rewritten_uri(re, target, req);
-        }
         ctx.request_id = Some(headers::request_id(req));
-        let limited = admission::limit(&route, ctx.client);
-        ctx.table = Some(table);
-        ctx.route = Some(route);
-        match limited {
-            Ok(slot) => ctx.conn_slot = slot,
-            Err(answer) => return self.answer(session, answer).await,
+        match decide(&table, &facts) {
+            Decision::Answer { answer, route } => {
+                if let Some(chosen) = route {
+                    ctx.chose(&chosen);
+                }
+                self.answer(session, answer).await
+            }
+            Decision::Proxy(plan) => {
+                ctx.chose(&plan.chosen);
+                ctx.pinned = plan.pinned.cloned();
+                ctx.rewritten = plan.target.and_then(|t| t.parse().ok());
+                ctx.conn_slot = plan.slot;
+                ctx.table = Some(table.clone());
+                Ok(false)
+            }
         }
-        if backend.pool().is_none() {
-            let body = format!("503 service unavailable: {}\n", backend.unavailable_reason());
-            ctx.backend = Some(backend);
-            return self.answer(session, Answer { status: 503, location: None, body }).await;
-        }
-        ctx.backend = Some(backend);
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -207,8 +190,8 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        peer::select(session, ctx)
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        peer::select(ctx)
     }
 
     async fn connected_to_upstream(
@@ -276,14 +259,15 @@ impl ProxyHttp for IngressProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // an informational (1xx) head is followed by the final one: the route's headers, the cookie and the name
+        // go on that
+        if resp.status.is_informational() {
+            return Ok(());
+        }
         if let Some(route) = &ctx.route {
             for (k, v) in &route.policy.response_headers {
                 resp.insert_header(k.clone(), v.clone())?;
             }
-        }
-        // an informational (1xx) head is followed by the final one: the cookie and the name go on that
-        if resp.status.is_informational() {
-            return Ok(());
         }
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
@@ -347,9 +331,7 @@ impl ProxyHttp for IngressProxy {
             },
             None => 0,
         });
-        if let (Some(slot), Some(ip)) = (ctx.conn_slot.take(), ctx.client) {
-            slot.release(ip);
-        }
+        drop(ctx.conn_slot.take());
         let labels = ctx.labels.clone().unwrap_or_else(|| self.unmatched.clone());
         if let Some(log) = &self.access_log {
             let req = session.req_header();
@@ -378,10 +360,7 @@ impl ProxyHttp for IngressProxy {
             let latency = ctx.upstream_seconds.map(|s| (s * 1e9) as u64);
             endpoint.stats.finish(latency);
         }
-        let cached = ctx.route.as_ref().map(|r| match (&r.canary, ctx.canary) {
-            (Some(c), true) => &c.handles,
-            _ => &r.handles,
-        });
+        let cached = ctx.route.as_ref().map(|r| Chosen { route: r, canary: ctx.canary }.handles());
         record::record(
             &self.metrics,
             record::Finished {

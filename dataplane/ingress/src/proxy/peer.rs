@@ -9,50 +9,33 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
-use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::admission::cookie;
 use super::ctx::RequestCtx;
 use crate::compile::annotations::BackendProtocol;
+use crate::decide::pick;
 use crate::table::now_ns;
 
 /// How long an idle upstream connection stays in the keep-alive pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// Picks the endpoint for this attempt and builds its peer.
-pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+pub fn select(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let (Some(route), Some(backend)) = (&ctx.route, &ctx.backend) else {
         return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
     };
     let Some(pool) = backend.pool() else {
         return Error::e_explain(ErrorType::HTTPStatus(503), "backend has no endpoints");
     };
-    let now = now_ns();
     let policy = &route.policy;
-    let pinned = match (&policy.affinity, ctx.tried.is_empty()) {
-        (Some(a), true) => cookie(&session.req_header().headers, &a.name).and_then(|v| pool.by_cookie(v, now)),
-        _ => None,
+    let pinned = ctx.pinned.as_ref();
+    let Some(picked) = pick(pool, policy.affinity.as_ref(), pinned, &ctx.tried, ctx.tls, now_ns()) else {
+        return Error::e_explain(ErrorType::ConnectNoRoute, "every endpoint failed to connect");
     };
-    let endpoint = match pinned {
-        Some(e) => e,
-        None => {
-            let Some(e) = pool.pick(&ctx.tried, now) else {
-                return Error::e_explain(ErrorType::ConnectNoRoute, "every endpoint failed to connect");
-            };
-            if let Some(a) = &policy.affinity {
-                let mut cookie = format!("{}={}; Path={}; HttpOnly", a.name, e.cookie, a.path);
-                if let Some(age) = a.max_age {
-                    cookie.push_str(&format!("; Max-Age={age}"));
-                }
-                if ctx.tls {
-                    cookie.push_str("; Secure");
-                }
-                ctx.set_cookie = HeaderValue::from_str(&cookie).ok();
-            }
-            e
-        }
-    };
+    if let Some(cookie) = picked.set_cookie {
+        ctx.set_cookie = HeaderValue::from_str(&cookie).ok();
+    }
+    let endpoint = picked.endpoint;
     endpoint.stats.start();
     let addr = endpoint.addr;
     ctx.endpoint = Some(endpoint.clone());

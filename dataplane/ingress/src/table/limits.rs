@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Most client addresses one limiter remembers.
 pub const MAX_CLIENTS: usize = 65_536;
@@ -64,6 +64,19 @@ impl RateLimiter {
     }
 }
 
+/// One request counted by a [`ConnLimiter`], until dropped.
+#[derive(Debug)]
+pub struct Slot {
+    limiter: Arc<ConnLimiter>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limiter.release(self.client);
+    }
+}
+
 /// Concurrent requests per client.
 #[derive(Debug)]
 pub struct ConnLimiter {
@@ -91,6 +104,11 @@ impl ConnLimiter {
         }
         *n += 1;
         true
+    }
+
+    /// Counts one more request of `client` as [`Self::acquire`] does; the slot ends it when dropped.
+    pub fn hold(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
+        self.acquire(client).then(|| Slot { limiter: self.clone(), client })
     }
 
     /// Ends a request counted by a successful [`Self::acquire`].
@@ -130,5 +148,14 @@ mod tests {
         assert!(l.acquire(B));
         l.release(A);
         assert!(l.acquire(A));
+    }
+
+    #[test]
+    fn a_slot_is_released_when_dropped() {
+        let l = Arc::new(ConnLimiter::new(1));
+        let slot = l.hold(A).expect("free");
+        assert!(l.hold(A).is_none());
+        drop(slot);
+        assert!(l.hold(A).is_some());
     }
 }

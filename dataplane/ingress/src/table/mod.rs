@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use regex::Regex;
 
 pub use self::certs::{CertError, CertStore, Certificate};
-pub use self::limits::{ConnLimiter, RateLimiter};
+pub use self::limits::{ConnLimiter, RateLimiter, Slot};
 pub use self::state::State;
 pub(crate) use self::upstream::random;
 pub use self::upstream::{Balance, EJECT_AFTER_FAILURES, EJECTION, Endpoint, EndpointStats, Pool, now_ns};
@@ -65,6 +65,9 @@ pub struct Route {
     pub rewrite: Option<(Regex, Box<str>)>,
     /// Metric handles of this route, looked up once (on first use) instead of once per request.
     pub handles: OnceLock<RouteHandles>,
+    /// The fast path carries every policy of this route ([`crate::decide::transport::fast_path_takes`], set by the
+    /// compiler); otherwise its requests go to Pingora's phases.
+    pub fast: bool,
 }
 
 /// Labels that identify a route in metrics and logs.
