@@ -39,7 +39,7 @@ pub fn build(
                                  connection and is set by the proxy only; it is ignored"
                             ),
                         )),
-                        (Ok(n), Ok(v)) => response_headers.push((n, v)),
+                        (Ok(_), Ok(v)) => response_headers.push((k.as_str().into(), v)),
                         _ => problems.push((
                             "InvalidAnnotation",
                             format!("custom-headers ConfigMap \"{ns}/{name}\": header {k:?} is not a valid header"),

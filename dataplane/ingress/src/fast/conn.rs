@@ -17,6 +17,7 @@ use crate::decide::{Decision, Facts, decide_found};
 use crate::proxy::ctx::ConnectionGuard;
 use crate::proxy::record::{self, Finished};
 use crate::proxy::{access_log, headers};
+use crate::runtime::metrics::HandoverLabels;
 use crate::table::{now_ns, random};
 
 /// Bytes read from the client at a time.
@@ -83,14 +84,14 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
     loop {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let idle = match request::parse(&buf, &mut storage) {
-            Parsed::Fast(h) if h.head_len > head_limit => return delegate(io, buf, "head larger than the limit"),
+            Parsed::Fast(h) if h.head_len > head_limit => return delegate(app, io, buf, "head larger than the limit"),
             Parsed::Fast(h) if buf.len() >= h.head_len + h.body_len => {
                 let total = h.head_len + h.body_len;
                 let flow = handle(app, &conn, &h, &buf[h.head_len..total], &mut io, &mut scratch, &shutdown).await;
                 match flow {
                     Flow::Keep => {}
                     Flow::Close => return close(io).await,
-                    Flow::Delegate => return delegate(io, buf, "route needs Pingora's proxy"),
+                    Flow::Delegate => return delegate(app, io, buf, "route needs Pingora's proxy"),
                 }
                 if total == buf.len() {
                     buf.clear();
@@ -101,9 +102,9 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
                 continue;
             }
             Parsed::Fast(_) => false,
-            Parsed::Partial if buf.len() > head_limit => return delegate(io, buf, "head larger than the limit"),
+            Parsed::Partial if buf.len() > head_limit => return delegate(app, io, buf, "head larger than the limit"),
             Parsed::Partial => buf.is_empty(),
-            Parsed::Delegate(why) => return delegate(io, buf, why),
+            Parsed::Delegate(why) => return delegate(app, io, buf, why),
         };
         if buf.capacity() - buf.len() < READ_CHUNK / 2 {
             buf.reserve(READ_CHUNK);
@@ -132,8 +133,9 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
     }
 }
 
-fn delegate(io: Stream, buf: Vec<u8>, why: &'static str) -> Served {
+fn delegate(app: &FastPath, io: Stream, buf: Vec<u8>, why: &'static str) -> Served {
     tracing::trace!(reason = why, "request handed to Pingora's proxy");
+    app.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: why }).inc();
     Served::Delegate(Box::new(Replay::new(io, buf)))
 }
 

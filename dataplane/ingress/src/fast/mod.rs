@@ -36,7 +36,7 @@ use pingora::server::ShutdownWatch;
 
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::{IngressProxy, ProxySettings};
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{HandoverLabels, Metrics};
 use crate::table::{RouteLabels, RouteTable};
 
 /// The fast path in front of Pingora's proxy.
@@ -73,6 +73,7 @@ impl FastPath {
 impl ServerApp for FastPath {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: "HTTP/2" }).inc();
             return self.proxy.process_new(stream, shutdown).await;
         }
         match conn::serve(self, stream, shutdown).await {

@@ -79,8 +79,8 @@ pub struct Client<'a> {
     pub head_request: bool,
     /// Close the client connection after this response (client asked, or the proxy is shutting down).
     pub close: bool,
-    /// Headers to set (replacing upstream headers of the same name).
-    pub set: &'a [(http::HeaderName, http::HeaderValue)],
+    /// Headers to set (replacing upstream headers of the same name), names as configured.
+    pub set: &'a [(Box<str>, http::HeaderValue)],
     /// A `Set-Cookie` value to add (the session affinity cookie).
     pub cookie: Option<&'a str>,
 }
@@ -150,37 +150,53 @@ pub fn relay_head(buf: &[u8], client: &Client<'_>, out: &mut Vec<u8>) -> Result<
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut has_server = false;
+    let (mut has_server, mut has_date) = (false, false);
     for h in resp.headers.iter() {
         let hop = ["connection", "keep-alive", "proxy-connection"].iter().any(|n| h.name.eq_ignore_ascii_case(n));
         let dropped_length = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
-        let replaced = !interim && client.set.iter().any(|(n, _)| h.name.eq_ignore_ascii_case(n.as_str()));
+        let replaced = !interim && client.set.iter().any(|(n, _)| h.name.eq_ignore_ascii_case(n));
         if hop || dropped_length || replaced {
             continue;
         }
         has_server |= h.name.eq_ignore_ascii_case("server");
+        has_date |= h.name.eq_ignore_ascii_case("date");
         push_header(out, h.name.as_bytes(), h.value);
     }
     if !interim {
+        // the order Pingora's path writes them in: framing, the route's headers, the cookie, the ingress's name,
+        // then the date and the connection's fate
+        if rechunk {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
         for (name, value) in client.set {
-            has_server |= name == http::header::SERVER;
-            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+            has_server |= name.eq_ignore_ascii_case("server");
+            push_header(out, name.as_bytes(), value.as_bytes());
         }
         if let Some(cookie) = client.cookie {
-            push_header(out, b"set-cookie", cookie.as_bytes());
+            push_header(out, b"Set-Cookie", cookie.as_bytes());
         }
         if !has_server {
             push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
         }
-        if rechunk {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        if !has_date {
+            push_header(out, b"Date", date().as_bytes());
         }
-        if close_client {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
+        connection(out, close_client);
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(Response { status, head_len, framing, interim, upstream_reusable, close_client, rechunk }))
+}
+
+/// The `Date` of a response now: Pingora's per-thread cache, formatted once a second (RFC 9110 §6.6.1: a proxy
+/// adds one to a response that has none).
+fn date() -> http::HeaderValue {
+    pingora::protocols::http::date::get_cached_date()
+}
+
+/// `Connection: close` when the client connection ends after this response, else `keep-alive` (as nginx and
+/// Pingora's path say it).
+fn connection(out: &mut Vec<u8>, close: bool) {
+    out.extend_from_slice(if close { b"Connection: close\r\n" } else { b"Connection: keep-alive\r\n" });
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -206,9 +222,8 @@ pub fn answer(out: &mut Vec<u8>, status: u16, location: Option<&str>, body: &str
     push_header(out, b"Server", crate::proxy::headers::SERVER.as_bytes());
     push_header(out, b"Content-Type", b"text/plain; charset=utf-8");
     push_header(out, b"Content-Length", crate::decide::forward::format_u64(body.len() as u64, &mut digits));
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
+    push_header(out, b"Date", date().as_bytes());
+    connection(out, close);
     out.extend_from_slice(b"\r\n");
     if !head_request {
         out.extend_from_slice(body.as_bytes());
@@ -224,7 +239,17 @@ mod tests {
     fn relay(raw: &str, client: &Client<'_>) -> (Response, String) {
         let mut out = Vec::new();
         let r = relay_head(raw.as_bytes(), client, &mut out).expect("valid").expect("complete");
-        (r, String::from_utf8(out).expect("ascii"))
+        (r, undated(String::from_utf8(out).expect("ascii")))
+    }
+
+    /// The head with the ingress's `Date` value (checked to be an IMF-fixdate of now) replaced by `D`.
+    fn undated(head: String) -> String {
+        let Some(at) = head.find("\r\nDate: ") else { return head };
+        let value = &head[at + 8..at + 8 + 29];
+        let parsed = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(value);
+        let age = jiff::Timestamp::now().duration_since(parsed.expect("an IMF-fixdate"));
+        assert!(age.as_secs().abs() <= 5, "the Date is now: {value}");
+        format!("{}\r\nDate: D{}", &head[..at], &head[at + 8 + 29..])
     }
 
     #[test]
@@ -234,16 +259,29 @@ mod tests {
         assert_eq!(r.framing, Framing::Length(3));
         assert!(r.upstream_reusable && !r.close_client && !r.interim);
         assert_eq!(r.head_len, 69);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\nServer: skiff\r\n\r\n");
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\nServer: skiff\r\nDate: D\r\nConnection: keep-alive\r\n\r\n"
+        );
     }
 
     #[test]
     fn the_ingress_names_itself_only_where_the_pod_did_not() {
-        let (_, own) = relay("HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 0\r\n\r\n", &PLAIN);
-        assert_eq!(own, "HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 0\r\n\r\n", "the pod's own is kept");
-        let set = [(http::header::SERVER, http::HeaderValue::from_static("edge"))];
+        let pods =
+            "HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 0\r\n\r\n";
+        let mut own = Vec::new();
+        relay_head(pods.as_bytes(), &PLAIN, &mut own).expect("valid");
+        let own = String::from_utf8(own).expect("ascii");
+        assert_eq!(own, format!("{}Connection: keep-alive\r\n\r\n", &pods[..pods.len() - 2]), "the pod's own are kept");
+        let set = [("Server".into(), http::HeaderValue::from_static("edge"))];
         let (_, routed) = relay("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &Client { set: &set, ..PLAIN });
-        assert_eq!(routed, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nserver: edge\r\n\r\n", "a route's wins, once");
+        assert_eq!(
+            routed, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nServer: edge\r\nDate: D\r\nConnection: keep-alive\r\n\r\n",
+            "a route's wins, once"
+        );
+        let (_, sticky) =
+            relay("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &Client { cookie: Some("S=1; Path=/"), ..PLAIN });
+        assert!(sticky.contains("\r\nSet-Cookie: S=1; Path=/\r\nServer: skiff\r\n"), "{sticky}");
         let (_, interim) = relay("HTTP/1.1 100 Continue\r\n\r\n", &PLAIN);
         assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n", "interim responses carry none");
     }
@@ -285,7 +323,8 @@ mod tests {
     fn close_delimited_bodies_are_rechunked_for_keep_alive_clients() {
         let (r, out) = relay("HTTP/1.1 200 OK\r\n\r\n", &PLAIN);
         assert!(r.rechunk && !r.close_client && !r.upstream_reusable);
-        assert!(out.ends_with("Transfer-Encoding: chunked\r\n\r\n"), "{out}");
+        assert!(out.contains("\r\nTransfer-Encoding: chunked\r\nServer: skiff\r\n"), "{out}");
+        assert!(out.ends_with("Connection: keep-alive\r\n\r\n"), "{out}");
         // the client closes anyway: passed as it is
         let (r, out) = relay("HTTP/1.1 200 OK\r\n\r\n", &Client { close: true, ..PLAIN });
         assert!(!r.rechunk && r.close_client);
@@ -317,10 +356,14 @@ mod tests {
 
     #[test]
     fn route_headers_replace_upstream_ones() {
-        let set = [(http::HeaderName::from_static("x-frame-options"), http::HeaderValue::from_static("DENY"))];
+        let set = [("X-Frame-Options".into(), http::HeaderValue::from_static("DENY"))];
         let client = Client { set: &set, ..PLAIN };
-        let (_, out) = relay("HTTP/1.1 200 OK\r\nX-Frame-Options: ALLOW\r\nContent-Length: 0\r\n\r\n", &client);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-frame-options: DENY\r\nServer: skiff\r\n\r\n");
+        let (_, out) = relay("HTTP/1.1 200 OK\r\nx-frame-options: ALLOW\r\nContent-Length: 0\r\n\r\n", &client);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Frame-Options: DENY\r\nServer: skiff\r\nDate: D\r\n\
+             Connection: keep-alive\r\n\r\n"
+        );
     }
 
     #[test]
@@ -354,16 +397,16 @@ mod tests {
         let mut out = Vec::new();
         answer(&mut out, 308, Some("https://a/"), "", false, false);
         assert_eq!(
-            String::from_utf8(out).expect("ascii"),
+            undated(String::from_utf8(out).expect("ascii")),
             "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\nServer: skiff\r\n\
-             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 0\r\n\r\n"
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 0\r\nDate: D\r\nConnection: keep-alive\r\n\r\n"
         );
         let mut out = Vec::new();
         answer(&mut out, 404, None, "not here\n", true, true);
         assert_eq!(
-            String::from_utf8(out).expect("ascii"),
+            undated(String::from_utf8(out).expect("ascii")),
             "HTTP/1.1 404 Not Found\r\nServer: skiff\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: 9\r\nConnection: close\r\n\r\n",
+             Content-Length: 9\r\nDate: D\r\nConnection: close\r\n\r\n",
             "no body after a HEAD request"
         );
     }

@@ -76,7 +76,7 @@ impl IngressProxy {
     async fn answer(&self, session: &mut Session, answer: Answer) -> Result<bool> {
         let mut resp = ResponseHeader::build(answer.status, Some(4))?;
         if let Some(location) = answer.location {
-            resp.insert_header(http::header::LOCATION, location)?;
+            resp.insert_header("Location", location)?;
         }
         resp.insert_header(http::header::SERVER, headers::SERVER)?;
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
@@ -266,7 +266,7 @@ impl ProxyHttp for IngressProxy {
         }
         if let Some(route) = &ctx.route {
             for (k, v) in &route.policy.response_headers {
-                resp.insert_header(k.clone(), v.clone())?;
+                resp.insert_header(k.to_string(), v.clone())?;
             }
         }
         if let Some(cookie) = ctx.set_cookie.take() {

@@ -92,6 +92,19 @@ impl EncodeLabelSet for TlsLabels {
     }
 }
 
+/// Why a connection left the fast path for Pingora's proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HandoverLabels {
+    /// A fixed reason (`HTTP/2`, `route needs Pingora's proxy`, `streamed body, upgrade or expectation`, …).
+    pub reason: &'static str,
+}
+
+impl EncodeLabelSet for HandoverLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("reason", self.reason).encode(encoder.encode_label())
+    }
+}
+
 /// The per-route metrics that do not depend on the response, resolved once per route and generation.
 #[derive(Debug, Clone)]
 pub struct RouteHandles {
@@ -150,6 +163,8 @@ pub struct Metrics {
     pub problems: Gauge,
     /// `skiff_ingress_config_errors_total`: inputs that could not be read at all (the old table stays).
     pub config_errors: Counter,
+    /// `skiff_ingress_fast_path_handovers_total`: client connections the fast path handed to Pingora's proxy.
+    pub fast_path_handovers: Family<HandoverLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -181,6 +196,7 @@ impl Metrics {
             compile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             problems: Gauge::default(),
             config_errors: Counter::default(),
+            fast_path_handovers: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -225,6 +241,11 @@ impl Metrics {
             "config_errors",
             "Inputs that could not be read (the previous table stayed live)",
             m.config_errors.clone(),
+        );
+        r.register(
+            "fast_path_handovers",
+            "Client connections the HTTP/1.1 fast path handed to Pingora's proxy, by reason",
+            m.fast_path_handovers.clone(),
         );
         Metrics { registry, ..m }
     }

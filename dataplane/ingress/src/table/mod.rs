@@ -149,8 +149,9 @@ pub struct Policy {
     pub redirect: Option<Redirect>,
     /// Redirect `/` to this path.
     pub app_root: Option<Box<str>>,
-    /// Headers added to every response.
-    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Headers added to every final response, replacing the pod's of the same name; names as the ConfigMap
+    /// spells them (valid header names, checked by the compiler).
+    pub response_headers: Vec<(Box<str>, http::HeaderValue)>,
     /// Host header sent upstream.
     pub upstream_vhost: Option<http::HeaderValue>,
 }

@@ -229,7 +229,7 @@ async fn body_framings_pass_through_and_the_upstream_connection_is_reused() {
     let close = send(&mut c, "GET", "/close").await;
     assert_eq!((close.status, close.body.as_str()), (200, "until close conn=1"));
     assert_eq!(close.header("transfer-encoding").as_deref(), Some("chunked"));
-    assert_eq!(close.header("connection"), None, "the client's connection is kept");
+    assert_eq!(close.header("connection").as_deref(), Some("keep-alive"), "the client's connection is kept");
     let after = send(&mut c, "GET", "/echo").await;
     assert_eq!(after.body, "GET /echo body= conn=2", "the same client connection, a new upstream one");
 }
@@ -284,6 +284,11 @@ async fn a_connection_moves_to_pingora_for_a_request_the_fast_path_does_not_take
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("HTTP/1.1 400"), "{text}");
+    let m = ingress.metrics_text().await;
+    for reason in ["streamed body, upgrade or expectation", "not a well-formed HTTP/1.1 head"] {
+        let series = format!("skiff_ingress_fast_path_handovers_total{{reason=\"{reason}\"}} 1");
+        assert!(m.contains(&series), "no {series} in\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! interfere (a departure from "one system per binary": these tests change the whole configuration).
 
 mod annotations;
+mod differential;
 mod fast_path;
 mod harness;
 mod hot_swap;
