@@ -34,7 +34,15 @@ pub enum Served {
     /// Closed (or the client went away).
     Closed,
     /// Hand it to Pingora, the bytes read so far put back in front.
-    Delegate(Stream),
+    Delegate(Handed),
+}
+
+/// A connection handed to Pingora's proxy.
+pub struct Handed {
+    /// The connection, the bytes read so far put back in front ([`Replay`]).
+    pub stream: Stream,
+    /// It starts with the HTTP/2 preface (h2c prior knowledge): Pingora's HTTP/2 server takes it whole.
+    pub h2c: bool,
 }
 
 /// Facts about the client connection.
@@ -136,7 +144,8 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
 fn delegate(app: &FastPath, io: Stream, buf: Vec<u8>, why: &'static str) -> Served {
     tracing::trace!(reason = why, "request handed to Pingora's proxy");
     app.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: why }).inc();
-    Served::Delegate(Box::new(Replay::new(io, buf)))
+    let h2c = buf.starts_with(b"PRI * HTTP/2");
+    Served::Delegate(Handed { stream: Box::new(Replay::new(io, buf)), h2c })
 }
 
 /// Flushes and closes (TLS `close_notify`), giving a client that no longer reads at most [`CLOSE_WAIT`].

@@ -29,7 +29,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -76,9 +77,20 @@ impl ServerApp for FastPath {
             self.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: "HTTP/2" }).inc();
             return self.proxy.process_new(stream, shutdown).await;
         }
-        match conn::serve(self, stream, shutdown).await {
-            conn::Served::Closed => None,
-            conn::Served::Delegate(stream) => self.proxy.process_new(stream, shutdown).await,
+        let mut stream = stream;
+        loop {
+            let handed = match conn::serve(self, stream, shutdown).await {
+                conn::Served::Closed => return None,
+                conn::Served::Delegate(handed) => handed,
+            };
+            if handed.h2c {
+                return self.proxy.process_new(handed.stream, shutdown).await;
+            }
+            // one HTTP/1.1 request (or an upgrade) for Pingora's proxy; the connection comes back when it is done
+            let mut session = ServerSession::new_http1(handed.stream);
+            session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            stream = replay::Replay::resume(reused.consume().0);
         }
     }
 

@@ -16,30 +16,74 @@ use pingora::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+use super::request::request_end;
+
 /// A connection whose first bytes come from a buffer, then from the socket. Everything else (writes, TLS and
 /// socket facts) is the inner connection's.
+///
+/// When the buffer starts with a whole request and more bytes follow it (requests pipelined behind it), reads end
+/// at that request (the fence) and then wait: Pingora's proxy serves that one request with nothing read beyond
+/// it (its idle read of the client waits too) and hands the connection back for reuse, and the fast path, which
+/// unwraps this `Replay` again ([`Replay::new`]), answers the requests behind it. Without such bytes reads go on
+/// to the socket, as Pingora reads any connection.
 #[derive(Debug)]
 pub struct Replay {
     prefix: Vec<u8>,
     pos: usize,
+    /// Where the first request ends, when pipelined bytes follow it.
+    fence: Option<usize>,
     inner: Stream,
 }
 
 impl Replay {
-    /// `inner` with `prefix` to be read again first.
-    pub fn new(inner: Stream, prefix: Vec<u8>) -> Self {
-        Replay { prefix, pos: 0, inner }
+    /// `inner` with `prefix` to be read again first. A connection that is itself a `Replay` (handed back by
+    /// Pingora and handed over again) is unwrapped: its unread bytes follow `prefix`, so wrappers never nest.
+    pub fn new(inner: Stream, mut prefix: Vec<u8>) -> Self {
+        let inner = if inner.as_any().is::<Replay>() {
+            let old = inner.into_any().downcast::<Replay>().expect("the type was just checked");
+            prefix.extend_from_slice(old.buffered());
+            old.inner
+        } else {
+            inner
+        };
+        let fence = request_end(&prefix).filter(|end| *end < prefix.len());
+        Replay { prefix, pos: 0, fence, inner }
+    }
+
+    /// A connection Pingora handed back, for the fast path: a `Replay` is unwrapped into its connection, behind
+    /// its unread bytes without a fence (or bare, when none are left).
+    pub fn resume(stream: Stream) -> Stream {
+        if !stream.as_any().is::<Replay>() {
+            return stream;
+        }
+        let old = stream.into_any().downcast::<Replay>().expect("the type was just checked");
+        if old.buffered().is_empty() {
+            return old.inner;
+        }
+        let prefix = old.buffered().to_vec();
+        Box::new(Replay { prefix, pos: 0, fence: None, inner: old.inner })
     }
 
     fn buffered(&self) -> &[u8] {
         &self.prefix[self.pos..]
+    }
+
+    /// The bytes the next read may return from the buffer.
+    fn readable(&self) -> &[u8] {
+        let end = self.fence.unwrap_or(self.prefix.len());
+        &self.prefix[self.pos.min(end)..end]
+    }
+
+    /// Reads have reached the fence with pipelined bytes behind it: they wait for the fast path.
+    fn fenced(&self) -> bool {
+        self.fence == Some(self.pos)
     }
 }
 
 impl AsyncRead for Replay {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let left = this.buffered();
+        let left = this.readable();
         if !left.is_empty() {
             let n = left.len().min(buf.remaining());
             buf.put_slice(&left[..n]);
@@ -49,6 +93,11 @@ impl AsyncRead for Replay {
                 this.pos = 0;
             }
             return Poll::Ready(Ok(()));
+        }
+        if this.fenced() {
+            // nothing wakes this read: the request before the fence is complete, so only Pingora's idle check of
+            // the client waits here, beside the upstream it is waiting for
+            return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
     }
@@ -148,6 +197,7 @@ impl Peek for Replay {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         if self.pos > 0 {
             self.prefix.drain(..self.pos);
+            self.fence = self.fence.map(|f| f - self.pos);
             self.pos = 0;
         }
         while self.prefix.len() < buf.len() {
@@ -180,6 +230,36 @@ mod tests {
         let mut all = Vec::new();
         r.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest");
+    }
+
+    #[tokio::test]
+    async fn a_whole_first_request_is_read_alone_and_nested_replays_flatten() {
+        let (a, b) = tokio::io::duplex(64);
+        let first = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        let mut bytes = first.to_vec();
+        bytes.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\nGET /third");
+        let mut r = Replay::new(Box::new(a), bytes);
+        let mut buf = [0u8; 256];
+        let n = r.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], first, "the first read ends with the first request");
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), r.read(&mut buf)).await;
+        assert!(waiting.is_err(), "reads wait at the fence");
+        // handed back to the fast path, which reads some and hands it over again: one wrapper
+        let mut back = Replay::resume(Box::new(r));
+        let n = back.read(&mut buf[..5]).await.expect("read");
+        assert_eq!(&buf[..n], b"GET /");
+        let mut again = Replay::new(back, b"GET /".to_vec());
+        assert!(!format!("{:?}", again.inner).contains("Replay"), "not nested: {:?}", again.inner);
+        let n = again.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n", "fenced again at the next request");
+        // back to the fast path: nothing held at a fence
+        let mut last = Replay::resume(Box::new(again));
+        let n = last.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"GET /third");
+        // with every replayed byte read, no wrapper is left
+        let bare = Replay::resume(last);
+        assert!(!format!("{bare:?}").contains("Replay"), "{bare:?}");
+        drop(b);
     }
 
     #[tokio::test]

@@ -146,6 +146,33 @@ pub fn parse<'b>(buf: &'b [u8], storage: &'b mut [httparse::Header<'b>; MAX_HEAD
     })
 }
 
+/// Where the first request in `buf` ends (its head and body), when `buf` holds all of it and its framing is
+/// clear (`Content-Length`, chunked, or no body); `None` otherwise.
+pub fn request_end(buf: &[u8]) -> Option<usize> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    let Ok(httparse::Status::Complete(head)) = req.parse(buf) else { return None };
+    let (mut chunked, mut length) = (false, None);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
+            if !last.eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(content_length(h.value)?);
+        }
+    }
+    if chunked {
+        let mut body = super::chunked::Chunked::new();
+        let n = body.feed(&buf[head..]).ok()?;
+        return body.is_done().then_some(head + n);
+    }
+    let end = head.checked_add(usize::try_from(length.unwrap_or(0)).ok()?)?;
+    (end <= buf.len()).then_some(end)
+}
+
 /// A `Content-Length` value: digits only (no sign, no list), surrounding blanks allowed, at most 18 digits.
 pub fn content_length(v: &[u8]) -> Option<u64> {
     let v = std::str::from_utf8(v).ok()?.trim_matches([' ', '\t']);
@@ -238,6 +265,25 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: \r\n\r\n",
         ] {
             assert!(delegated(raw), "{raw:?} should be delegated");
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_whole_first_request_is_found() {
+        let get = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let post = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n";
+        for first in [get, post, chunked] {
+            assert_eq!(request_end(format!("{first}{get}").as_bytes()), Some(first.len()), "{first:?}");
+            assert_eq!(request_end(first.as_bytes()), Some(first.len()), "{first:?}");
+            assert_eq!(request_end(&first.as_bytes()[..first.len() - 1]), None, "incomplete: {first:?}");
+        }
+        for unclear in [
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert_eq!(request_end(unclear.as_bytes()), None, "{unclear:?}");
         }
     }
 

@@ -258,8 +258,8 @@ async fn a_connection_moves_to_pingora_for_a_request_the_fast_path_does_not_take
         Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
             .await;
     let mut s = TcpStream::connect(ingress.http).await.expect("connect");
-    // fast: a plain GET; then a chunked upload (Pingora streams it); then another GET on the same connection, now
-    // Pingora's (which does not pipeline: each request is sent after the previous answer)
+    // fast: a plain GET; then a chunked upload (Pingora streams it); then another GET on the same connection, which
+    // Pingora hands back to the fast path
     let mut got = Vec::new();
     for request in [
         "GET /fast HTTP/1.1\r\nHost: h.test\r\n\r\n",
@@ -422,4 +422,40 @@ async fn both_paths_name_the_ingress_where_the_pod_did_not_and_answer_failures_a
     assert_eq!(fast_answers[3].3, "502 bad gateway\n");
     assert_eq!((fast_answers[4].0, fast_answers[4].3.as_str()), (504, "504 gateway timeout\n"), "a pod too slow");
     assert_eq!(seen[0], seen[1], "the fast path and Pingora's path answer alike");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_after_a_hand_over_are_all_answered_in_order() {
+    let a = Upstream::start("a").await;
+    let ingress =
+        Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
+            .await;
+    let mut s = TcpStream::connect(ingress.http).await.expect("connect");
+    // one write: a fast request, a chunked upload (handed to Pingora), a fast one, another upload, two fast ones
+    let upload = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    };
+    let pipelined = [
+        "GET /1 HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+        upload("/2"),
+        "GET /3 HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+        upload("/4"),
+        "GET /5 HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+        "POST /6 HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\n\r\nabc".to_owned(),
+    ]
+    .concat();
+    s.write_all(pipelined.as_bytes()).await.expect("write");
+    let got = read_responses(&mut s, 6).await;
+    let uris: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let json: serde_json::Value = serde_json::from_str(r.split_once(' ').expect("status").1).expect("echo");
+            format!("{} {}", json["uri"].as_str().unwrap_or_default(), json["body_bytes"])
+        })
+        .collect();
+    assert_eq!(uris, ["/1 0", "/2 5", "/3 0", "/4 5", "/5 0", "/6 3"]);
+    // Pingora handed the connection back after each upload: the fast path saw the second one and handed it over
+    let m = ingress.metrics_text().await;
+    let series = "skiff_ingress_fast_path_handovers_total{reason=\"streamed body, upgrade or expectation\"} 2";
+    assert!(m.contains(series), "no {series} in\n{m}");
 }
