@@ -65,6 +65,8 @@ pub struct Scratch {
     pub head: Vec<u8>,
     /// Bytes read from the upstream.
     pub up: Vec<u8>,
+    /// Bytes the client sent while its request was with the pod (pipelined requests), for the connection loop.
+    pub early: Vec<u8>,
 }
 
 /// What to do after a request.
@@ -106,6 +108,7 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
                 } else {
                     buf.drain(..total);
                 }
+                buf.append(&mut scratch.early);
                 deadline = None;
                 continue;
             }

@@ -29,6 +29,17 @@ use crate::table::{Backend, Endpoint, Policy, now_ns};
 /// Room kept free in the upstream read buffer before each read.
 const READ_ROOM: usize = 16 * 1024;
 
+/// Most client bytes (pipelined requests) read while waiting for a response head.
+const EARLY_MAX: usize = 64 * 1024;
+
+/// What happened first while waiting for the pod.
+enum Watched {
+    /// The pod's read finished (or failed, or timed out).
+    Upstream(Result<usize, Failure>),
+    /// The client closed its connection.
+    ClientGone,
+}
+
 /// How a request ended, for metrics, logs and the connection loop.
 #[derive(Debug)]
 pub struct Outcome {
@@ -283,7 +294,11 @@ impl Exchange<'_> {
             }
             // nothing of the response seen yet: the pod may have closed an idle connection under the request
             let first = s.up.is_empty() && !interim_sent;
-            match self.read(up, &mut s.up).await {
+            let read = match self.read_watching(up, &mut s.up, io, &mut s.early).await {
+                Watched::Upstream(read) => read,
+                Watched::ClientGone => return Err(Stage::AfterHead(Failure::ClientGone, Partial::default())),
+            };
+            match read {
                 Ok(0) if first => {
                     let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
                     return Err(Stage::BeforeResponse(Failure::Upstream("read", eof)));
@@ -389,6 +404,44 @@ impl Exchange<'_> {
             reusable,
             close_client: resp.close_client,
         })
+    }
+
+    /// One read from the upstream within the read timeout, watching the client meanwhile: a client that closes its
+    /// connection while it waits for the response head ends the exchange (nginx's 499), so the pod's connection and
+    /// the request's limit slot are freed at once instead of when the pod answers. Bytes the client sends meanwhile
+    /// (pipelined requests) are kept in `early` for the connection loop, up to [`EARLY_MAX`]; beyond that the
+    /// client is no longer read until the response.
+    async fn read_watching(
+        &self,
+        up: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        io: &mut Stream,
+        early: &mut Vec<u8>,
+    ) -> Watched {
+        let deadline = tokio::time::Instant::now() + self.policy.read_timeout;
+        if buf.capacity() - buf.len() < READ_ROOM / 4 {
+            buf.reserve(READ_ROOM);
+        }
+        loop {
+            let watch = early.len() < EARLY_MAX;
+            if watch && early.capacity() - early.len() < 1024 {
+                early.reserve(4096);
+            }
+            // both reads are cancel-safe: a read that loses the race has consumed nothing
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, up.read_buf(buf)) => {
+                    return Watched::Upstream(match read {
+                        Ok(Ok(n)) => Ok(n),
+                        Ok(Err(e)) => Err(Failure::Upstream("read", e)),
+                        Err(_) => Err(Failure::Timeout("read")),
+                    });
+                }
+                client = io.read_buf(early), if watch => match client {
+                    Ok(0) | Err(_) => return Watched::ClientGone,
+                    Ok(_) => {}
+                },
+            }
+        }
     }
 
     /// One read from the upstream within the read timeout.

@@ -118,6 +118,15 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 return;
             }
+            "/hold" => {
+                // thinks for 5 s unless the ingress closes the connection first (counted)
+                let mut probe = [0u8; 1];
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = s.read(&mut probe) => drop(HOLDS_CUT.fetch_add(1, Ordering::SeqCst)),
+                }
+                return;
+            }
             "/early-hints" => {
                 s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n").await.and(
                     s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()).as_bytes())
@@ -136,6 +145,9 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
         }
     }
 }
+
+/// `/hold` requests whose connection the ingress closed before the pod answered.
+static HOLDS_CUT: AtomicUsize = AtomicUsize::new(0);
 
 /// The `Content-Length` of a parsed head.
 fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
@@ -458,4 +470,29 @@ async fn pipelined_requests_after_a_hand_over_are_all_answered_in_order() {
     let m = ingress.metrics_text().await;
     let series = "skiff_ingress_fast_path_handovers_total{reason=\"streamed body, upgrade or expectation\"} 2";
     assert!(m.contains(series), "no {series} in\n{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_the_pod_thinks_frees_the_pod_and_the_limit_slot() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "nginx.ingress.kubernetes.io/limit-connections: \"1\"")).await;
+    let mut gone = TcpStream::connect(ingress.http).await.expect("connect");
+    gone.write_all(b"GET /hold HTTP/1.1\r\nHost: raw.test\r\n\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(gone);
+    // the pod's connection is closed well before it would have answered (5 s)
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while HOLDS_CUT.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the pod's connection is still open 3 s after the client left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // and the client's limit-connections slot is free for its next request
+    let (mut c, _task) = client(ingress.http).await;
+    let next = send(&mut c, "GET", "/echo").await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    let m = ingress.metrics_text().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("skiff_ingress_requests_total{") && l.contains("status=\"499\"")),
+        "the abandoned request is counted as 499:\n{m}"
+    );
 }
