@@ -217,4 +217,14 @@ async fn backend_protocol_grpc_speaks_http2_to_the_pods() {
     let ingress = Ingress::start(&yaml).await;
     let echo = ingress.get("g.test", "/pkg.Service/Method").await.json();
     assert_eq!(echo["version"], "HTTP/2.0");
+    // gRPC's `te: trailers` reaches the pod; other hop-by-hop headers do not
+    let req = Request::post("/pkg.Service/Method")
+        .header("host", "g.test")
+        .header("te", "trailers")
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let echo = ingress.request(req).await.json();
+    assert_eq!(echo["headers"]["te"], "trailers", "{echo}");
+    assert!(echo["headers"].get("keep-alive").is_none(), "{echo}");
 }
