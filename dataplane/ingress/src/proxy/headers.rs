@@ -89,14 +89,7 @@ pub fn forward(session: &Session, up: &mut RequestHeader, ctx: &mut RequestCtx) 
         request_id: ctx.request_id.as_ref().map(HeaderValue::as_bytes).unwrap_or_default(),
         vhost: ctx.route.as_ref().and_then(|r| r.policy.upstream_vhost.as_ref()).map(HeaderValue::as_bytes),
     };
-    // gRPC needs `te: trailers` on its way to the pod (HTTP/2 allows that one value); every other hop-by-hop
-    // header goes
-    let grpc =
-        ctx.route.as_ref().is_some_and(|r| matches!(r.policy.protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs));
-    let keep_te =
-        grpc && req.headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let dropped: Vec<http::HeaderName> =
-        up.headers.keys().filter(|n| fwd.drops(n.as_str()) && !(keep_te && *n == http::header::TE)).cloned().collect();
+    let dropped: Vec<http::HeaderName> = up.headers.keys().filter(|n| fwd.drops(n.as_str())).cloned().collect();
     for name in dropped {
         up.remove_header(&name);
     }
@@ -109,7 +102,15 @@ pub fn forward(session: &Session, up: &mut RequestHeader, ctx: &mut RequestCtx) 
             added = up.append_header(name, value).map(drop);
         }
     });
-    added
+    added?;
+    // gRPC needs the client's `te: trailers` at the pod (HTTP/2 allows that one value of a hop-by-hop header);
+    // Pingora strips it before this phase, so it is put back
+    let grpc =
+        ctx.route.as_ref().is_some_and(|r| matches!(r.policy.protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs));
+    if grpc && req.headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        up.insert_header(http::header::TE, "trailers")?;
+    }
+    Ok(())
 }
 
 /// The protocol as access logs write it.
