@@ -147,22 +147,35 @@ pub fn parse<'b>(buf: &'b [u8], storage: &'b mut [httparse::Header<'b>; MAX_HEAD
 }
 
 /// Where the first request in `buf` ends (its head and body), when `buf` holds all of it and its framing is
-/// clear (`Content-Length`, chunked, or no body); `None` otherwise.
+/// clear (one `Content-Length`, chunked, or no body); `None` otherwise — and for upgrades and `CONNECT`, whose
+/// connection becomes a tunnel after the head, so nothing behind it is a next request.
 pub fn request_end(buf: &[u8]) -> Option<usize> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
     let Ok(httparse::Status::Complete(head)) = req.parse(buf) else { return None };
+    if req.method == Some("CONNECT") {
+        return None;
+    }
     let (mut chunked, mut length) = (false, None);
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            return None;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
             if !last.eq_ignore_ascii_case(b"chunked") {
                 return None;
             }
             chunked = true;
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            length = Some(content_length(h.value)?);
+            let n = content_length(h.value)?;
+            if length.is_some_and(|m| m != n) {
+                return None;
+            }
+            length = Some(n);
         }
+    }
+    if chunked && length.is_some() {
+        return None; // framing a proxy may read either way: Pingora decides, nothing is fenced
     }
     if chunked {
         let mut body = super::chunked::Chunked::new();
@@ -282,6 +295,11 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            // a tunnel after the head: the bytes behind it are the client's, not a next request
+            "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nTLS",
         ] {
             assert_eq!(request_end(unclear.as_bytes()), None, "{unclear:?}");
         }
