@@ -44,30 +44,7 @@ impl Pod {
 async fn serve(mut s: TcpStream, name: &'static str, seen: Seen) {
     let mut buf = Vec::new();
     loop {
-        let (raw, method, path) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let len = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if buf.len() >= n + len {
-                    let method = req.method.unwrap_or_default().to_owned();
-                    let path = req.path.unwrap_or_default().to_owned();
-                    let raw = String::from_utf8_lossy(&buf[..n + len]).into_owned();
-                    buf.drain(..n + len);
-                    break (raw, method, path);
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
-        };
+        let Some(RawRequest { raw, method, path, .. }) = read_raw_request(&mut s, &mut buf).await else { return };
         seen.lock().expect("lock").push((name.to_owned(), raw));
         let body = format!("{name} {method} {path}");
         let plain = |extra: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len());

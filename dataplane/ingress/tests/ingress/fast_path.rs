@@ -58,28 +58,7 @@ impl Scripted {
 async fn serve_scripted(mut s: TcpStream, id: usize) {
     let mut buf = Vec::new();
     loop {
-        // read one request head (and a Content-Length body)
-        let (method, path, body) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let len = content_length(req.headers).unwrap_or(0);
-                if buf.len() >= n + len {
-                    let out = (
-                        req.method.unwrap_or_default().to_owned(),
-                        req.path.unwrap_or_default().to_owned(),
-                        String::from_utf8_lossy(&buf[n..n + len]).into_owned(),
-                    );
-                    buf.drain(..n + len);
-                    break out;
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
-        };
+        let Some(RawRequest { method, path, body, .. }) = read_raw_request(&mut s, &mut buf).await else { return };
         let text = format!("{method} {path} body={body} conn={id}");
         let result = match path.as_str() {
             "/chunked" => {

@@ -367,3 +367,48 @@ pub async fn curl(args: &[&str]) -> (bool, String) {
         .expect("curl runs (scripts/setup installs it)");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
+
+/// One request as a raw pod received it.
+pub struct RawRequest {
+    /// Method.
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// The body (`Content-Length` bytes), as text.
+    pub body: String,
+    /// Head and body as received, as text.
+    pub raw: String,
+}
+
+/// Reads the next request (head and `Content-Length` body) from `s`, keeping bytes behind it in `buf`; `None` when
+/// the connection ends first.
+pub async fn read_raw_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let len = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= n + len {
+                let out = RawRequest {
+                    method: req.method.unwrap_or_default().to_owned(),
+                    path: req.path.unwrap_or_default().to_owned(),
+                    body: String::from_utf8_lossy(&buf[n..n + len]).into_owned(),
+                    raw: String::from_utf8_lossy(&buf[..n + len]).into_owned(),
+                };
+                buf.drain(..n + len);
+                return Some(out);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
