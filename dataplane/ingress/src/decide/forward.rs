@@ -41,10 +41,14 @@ pub struct Forwarding<'a> {
 }
 
 impl Forwarding<'_> {
+    /// The client's headers left out of the upstream head, by name (lower case).
+    pub fn dropped(&self) -> impl Iterator<Item = &'static str> {
+        DROPPED.into_iter().chain(self.vhost.map(|_| "host"))
+    }
+
     /// Whether the client's header `name` is left out of the upstream head.
     pub fn drops(&self, name: &str) -> bool {
-        DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
-            || (self.vhost.is_some() && name.eq_ignore_ascii_case("host"))
+        self.dropped().any(|d| name.eq_ignore_ascii_case(d))
     }
 
     /// Calls `add` with every header the ingress adds, in the order both transports write them.

@@ -88,7 +88,8 @@ impl ServerApp for FastPath {
             }
             // one HTTP/1.1 request (or an upgrade) for Pingora's proxy; the connection comes back when it is done
             let mut session = ServerSession::new_http1(handed.stream);
-            session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+            let keepalive = self.settings.keepalive_timeout.as_secs();
+            session.set_keepalive(if *shutdown.borrow() { None } else { Some(keepalive) });
             let reused = self.proxy.process_new_http(session, shutdown).await?;
             stream = replay::Replay::resume(reused.consume().0);
         }

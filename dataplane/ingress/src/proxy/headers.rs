@@ -89,9 +89,8 @@ pub fn forward(session: &Session, up: &mut RequestHeader, ctx: &mut RequestCtx) 
         request_id: ctx.request_id.as_ref().map(HeaderValue::as_bytes).unwrap_or_default(),
         vhost: ctx.route.as_ref().and_then(|r| r.policy.upstream_vhost.as_ref()).map(HeaderValue::as_bytes),
     };
-    let dropped: Vec<http::HeaderName> = up.headers.keys().filter(|n| fwd.drops(n.as_str())).cloned().collect();
-    for name in dropped {
-        up.remove_header(&name);
+    for name in fwd.dropped() {
+        up.remove_header(name);
     }
     if up.headers.get(http::header::HOST).is_none() && fwd.vhost.is_none() && !host.is_empty() {
         up.append_header(http::header::HOST, host)?;
