@@ -28,7 +28,17 @@ impl Server {
     /// it answers; returns it with a client.
     pub async fn start(dir: &Path, extra: &[&str]) -> (Server, kube::Client) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        // SERVER_WRAP=PROGRAM runs `PROGRAM skiff server …` instead; PROGRAM must exec its arguments (keeping the pid
+        // the bench measures and ends), e.g. a script that sets LD_PRELOAD for a heap profiler
+        let mut command = match std::env::var_os("SERVER_WRAP") {
+            Some(wrap) => {
+                let mut c = Command::new(wrap);
+                c.arg(env!("CARGO_BIN_EXE_skiff"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+        };
+        let child = command
             .args(["server", "--data-dir", &dir.to_string_lossy(), "--listen", &format!("127.0.0.1:{port}")])
             .args(["--log", "warn"])
             .args(extra)

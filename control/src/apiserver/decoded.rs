@@ -62,12 +62,29 @@ impl Served {
 }
 
 /// The objects of one event as each served version has them, decoded once for every watcher of the event (kept in
-/// the event's own slot: no lookup in the shared memo per watcher). The slot holds them as long as a watcher still
-/// holds the event: a watcher that lags behind the memo by revision does not decode again (holding them weakly cost a
-/// quarter more server CPU at 5k pods in `scripts/bench-scale`: 268 pods/s against 347).
+/// the event's own slot: no lookup in the shared memo per watcher). The slot holds them until the watch cache trims
+/// the event, [`DECODED_FOR`](crate::storage::watch_cache::DECODED_FOR) events behind its type's newest: a watcher
+/// that lags behind the memo by revision but not that far does not decode again (holding them weakly cost a quarter
+/// more server CPU at 5k pods in `scripts/bench-scale`: 268 pods/s against 347), and the type's history of 1,024
+/// events does not keep 1,024 decoded objects (at ~40 KB each as `serde_json::Value`, ~250 MB of the server's RSS
+/// over six watched types). A trimmed event's objects come from the memo by revision and are not kept in the slot.
 #[derive(Debug, Default)]
 pub struct EventObjects {
-    inner: Mutex<Vec<EventEntry>>,
+    inner: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    entries: Vec<EventEntry>,
+    trimmed: bool,
+}
+
+impl crate::storage::Memo for EventObjects {
+    fn trim(&self) {
+        let mut slot = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        slot.trimmed = true;
+        slot.entries = Vec::new();
+    }
 }
 
 #[derive(Debug)]
@@ -87,7 +104,12 @@ impl Decoded {
             (true, None) => return Ok(None),
         };
         let Some(memo) = ev.memo::<EventObjects>() else { return self.get(info, kv).map(Some) };
-        let mut entries = memo.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = memo.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.trimmed {
+            drop(slot);
+            return self.get(info, kv).map(Some);
+        }
+        let entries = &mut slot.entries;
         let i = match entries.iter().position(|e| e.served.is(info)) {
             Some(i) => i,
             None => {
@@ -174,6 +196,39 @@ mod tests {
         let inner = d.inner.lock().expect("lock");
         assert_eq!(inner.order.len(), KEEP);
         assert_eq!(inner.by_revision.values().map(Vec::len).sum::<usize>(), KEEP);
+    }
+
+    #[test]
+    fn a_trimmed_event_lets_go_of_its_objects_and_is_not_filled_again() {
+        let reg = Registry::with_builtins();
+        let pods = reg.get("", "v1", "pods").expect("pods");
+        let d = Decoded::default();
+        let (before, after) = (kv("/registry/pods/d/a", 5, "a"), kv("/registry/pods/d/a", 6, "a"));
+        let ev = SharedEvent::new(crate::storage::Event {
+            kind: crate::storage::EventKind::Put,
+            kv: after,
+            prev: Some(before),
+        });
+        let first = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
+        let prev = d.of_event(&pods, &ev, true).expect("decodes").expect("previous object");
+        assert_eq!(Arc::strong_count(&first), 3, "held here, by the event's slot and by the memo by revision");
+        ev.trim();
+        assert_eq!(Arc::strong_count(&first), 2, "the slot let go");
+        assert_eq!(Arc::strong_count(&prev), 2, "of the previous object too");
+        // a watcher coming late gets the memo's object, and the slot stays empty
+        let late = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
+        assert!(Arc::ptr_eq(&first, &late));
+        assert_eq!(Arc::strong_count(&first), 3, "held here twice and by the memo: not by the slot again");
+        assert!(ev.memo::<EventObjects>().is_none());
+        // an event trimmed before anyone read it: decoded from its bytes as usual
+        let (x5, x6) = (kv("/registry/pods/d/x", 7, "x"), kv("/registry/pods/d/x", 8, "x"));
+        let unread =
+            SharedEvent::new(crate::storage::Event { kind: crate::storage::EventKind::Put, kv: x6, prev: Some(x5) });
+        unread.trim();
+        let x = d.of_event(&pods, &unread, false).expect("decodes").expect("object");
+        assert_eq!(x["metadata"]["resourceVersion"], "8");
+        let x_prev = d.of_event(&pods, &unread, true).expect("decodes").expect("previous object");
+        assert_eq!(x_prev["metadata"]["resourceVersion"], "7");
     }
 
     #[test]

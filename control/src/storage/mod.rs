@@ -74,18 +74,40 @@ impl Event {
 pub struct SharedEvent {
     /// The change.
     pub event: Event,
-    memo: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    memo: std::sync::OnceLock<Box<dyn Memo>>,
+    trimmed: std::sync::atomic::AtomicBool,
+}
+
+/// What readers keep in an event's slot. The watch cache tells it to let go once the event is behind every live
+/// watcher ([`SharedEvent::trim`]), so the events a history keeps for late watchers do not keep what was derived
+/// from them.
+pub trait Memo: std::any::Any + Send + Sync + std::fmt::Debug {
+    /// Drops what the memo holds; readers after this derive it again themselves.
+    fn trim(&self);
 }
 
 impl SharedEvent {
     /// Wraps an event for sharing.
     pub fn new(event: Event) -> Arc<Self> {
-        Arc::new(SharedEvent { event, memo: std::sync::OnceLock::new() })
+        Arc::new(SharedEvent { event, memo: std::sync::OnceLock::new(), trimmed: Default::default() })
     }
 
-    /// The readers' slot, of the type the first reader chose (`None` when another type holds it).
-    pub fn memo<T: std::any::Any + Send + Sync + Default>(&self) -> Option<&T> {
-        self.memo.get_or_init(|| Box::new(T::default())).downcast_ref()
+    /// The readers' slot, of the type the first reader chose (`None` when another type holds it, or once the event
+    /// is trimmed: readers then derive what they need themselves).
+    pub fn memo<T: Memo + Default>(&self) -> Option<&T> {
+        if self.trimmed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let memo: &dyn std::any::Any = self.memo.get_or_init(|| Box::new(T::default())).as_ref();
+        memo.downcast_ref()
+    }
+
+    /// Lets go of what readers derived from the event (see [`Memo::trim`]).
+    pub fn trim(&self) {
+        self.trimmed.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(memo) = self.memo.get() {
+            memo.trim();
+        }
     }
 }
 

@@ -28,6 +28,11 @@ use super::{Revision, SharedEvent, Storage, StorageError, WatchStream};
 /// Events kept per resource type for watchers that start behind or fall behind.
 pub const HISTORY: usize = 1024;
 
+/// How many of a type's newest events keep what readers derived from them (their [`SharedEvent::memo`]); older ones in
+/// the history are trimmed. Live watchers are within a few events of the newest; one further behind (a slow client)
+/// derives again, which the API server's memo by revision mostly spares it.
+pub const DECODED_FOR: usize = 128;
+
 /// How long a feed nobody watches lives on (watchers that reconnect within it keep their feed and its history).
 pub const IDLE: Duration = Duration::from_secs(300);
 
@@ -228,6 +233,9 @@ impl Run {
                     && let Some(old) = state.history.pop_front()
                 {
                     state.covers_after = old.revision();
+                }
+                if let Some(behind) = state.history.len().checked_sub(DECODED_FOR + 1) {
+                    state.history[behind].trim();
                 }
                 // sent under the lock: a watcher that subscribes while holding it sees each event once, either in
                 // the history or live
@@ -442,6 +450,44 @@ mod tests {
             if let Change::Event(ev) = change {
                 return ev;
             }
+        }
+    }
+
+    /// A reader's memo holding a share of a test-owned value, to count the memos still holding it.
+    #[derive(Debug, Default)]
+    struct Held(std::sync::Mutex<Option<Arc<()>>>);
+
+    impl crate::storage::Memo for Held {
+        fn trim(&self) {
+            self.0.lock().expect("lock").take();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_further_than_decoded_for_behind_the_newest_let_go_of_their_memos() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
+        let cache = WatchCache::new(store.clone());
+        let start = store.revision().await.expect("revision");
+        let mut w = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
+        let value = Arc::new(());
+        let n = DECODED_FOR + 5;
+        let mut seen = Vec::new();
+        for i in 0..n {
+            store.create(&format!("/registry/pods/a/p{i}"), Bytes::from_static(b"1")).await.expect("create");
+            let ev = next(&mut w).await;
+            // the reader derives something from each event as it arrives (the API server: its decoded objects)
+            if let Some(memo) = ev.memo::<Held>() {
+                *memo.0.lock().expect("lock") = Some(value.clone());
+            }
+            seen.push(ev);
+        }
+        // the feed trimmed every event more than DECODED_FOR behind the newest: their memos let go, and a reader
+        // coming to them late gets no slot to fill again
+        assert_eq!(Arc::strong_count(&value) - 1, DECODED_FOR, "only the newest {DECODED_FOR} events hold theirs");
+        for (i, ev) in seen.iter().enumerate() {
+            let trimmed = i < n - DECODED_FOR;
+            assert_eq!(ev.memo::<Held>().is_none(), trimmed, "event {i} of {n}");
         }
     }
 
