@@ -173,6 +173,10 @@ mod tests {
         KeyValue { key: key.into(), value: value.into(), create_revision: 1, mod_revision: rev }
     }
 
+    fn put(kv: KeyValue, prev: Option<KeyValue>) -> Arc<SharedEvent> {
+        SharedEvent::new(crate::storage::Event { kind: crate::storage::EventKind::Put, kv, prev })
+    }
+
     #[test]
     fn an_object_is_decoded_once_and_shared_until_it_falls_out() {
         let reg = Registry::with_builtins();
@@ -204,11 +208,7 @@ mod tests {
         let pods = reg.get("", "v1", "pods").expect("pods");
         let d = Decoded::default();
         let (before, after) = (kv("/registry/pods/d/a", 5, "a"), kv("/registry/pods/d/a", 6, "a"));
-        let ev = SharedEvent::new(crate::storage::Event {
-            kind: crate::storage::EventKind::Put,
-            kv: after,
-            prev: Some(before),
-        });
+        let ev = put(after, Some(before));
         let first = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
         let prev = d.of_event(&pods, &ev, true).expect("decodes").expect("previous object");
         assert_eq!(Arc::strong_count(&first), 3, "held here, by the event's slot and by the memo by revision");
@@ -222,8 +222,7 @@ mod tests {
         assert!(ev.memo::<EventObjects>().is_none());
         // an event trimmed before anyone read it: decoded from its bytes as usual
         let (x5, x6) = (kv("/registry/pods/d/x", 7, "x"), kv("/registry/pods/d/x", 8, "x"));
-        let unread =
-            SharedEvent::new(crate::storage::Event { kind: crate::storage::EventKind::Put, kv: x6, prev: Some(x5) });
+        let unread = put(x6, Some(x5));
         unread.trim();
         let x = d.of_event(&pods, &unread, false).expect("decodes").expect("object");
         assert_eq!(x["metadata"]["resourceVersion"], "8");
@@ -237,11 +236,7 @@ mod tests {
         let pods = reg.get("", "v1", "pods").expect("pods");
         let d = Decoded::default();
         let (before, after) = (kv("/registry/pods/d/a", 5, "a"), kv("/registry/pods/d/a", 6, "a"));
-        let ev = SharedEvent::new(crate::storage::Event {
-            kind: crate::storage::EventKind::Put,
-            kv: after.clone(),
-            prev: Some(before.clone()),
-        });
+        let ev = put(after.clone(), Some(before.clone()));
         let first = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
         let second = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
         assert!(Arc::ptr_eq(&first, &second), "the second watcher gets the first one's object");

@@ -78,9 +78,9 @@ pub struct SharedEvent {
     trimmed: std::sync::atomic::AtomicBool,
 }
 
-/// What readers keep in an event's slot. The watch cache tells it to let go once the event is behind every live
-/// watcher ([`SharedEvent::trim`]), so the events a history keeps for late watchers do not keep what was derived
-/// from them.
+/// What readers keep in an event's slot. The watch cache tells it to let go once the event is far behind its type's
+/// newest ([`SharedEvent::trim`]), where live watchers have passed it, so the events a history keeps for late
+/// watchers do not keep what was derived from them.
 pub trait Memo: std::any::Any + Send + Sync + std::fmt::Debug {
     /// Drops what the memo holds; readers after this derive it again themselves.
     fn trim(&self);

@@ -440,6 +440,15 @@ mod tests {
     use crate::storage::sqlite::SqliteStorage;
     use bytes::Bytes;
 
+    /// A watch cache over a new SQLite store (alive while the directory is), and the store's revision.
+    async fn sqlite_cache() -> (tempfile::TempDir, Arc<dyn Storage>, WatchCache, Revision) {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
+        let cache = WatchCache::new(store.clone());
+        let start = store.revision().await.expect("revision");
+        (tmp, store, cache, start)
+    }
+
     async fn next(w: &mut ChangeStream) -> Arc<SharedEvent> {
         loop {
             let change = tokio::time::timeout(Duration::from_secs(10), w.next())
@@ -465,10 +474,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_further_than_decoded_for_behind_the_newest_let_go_of_their_memos() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
-        let cache = WatchCache::new(store.clone());
-        let start = store.revision().await.expect("revision");
+        let (_tmp, store, cache, start) = sqlite_cache().await;
         let mut w = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
         let value = Arc::new(());
         let n = DECODED_FOR + 5;
@@ -493,10 +499,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_storage_watch_serves_every_watcher_of_a_type() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
-        let cache = WatchCache::new(store.clone());
-        let start = store.revision().await.expect("revision");
+        let (_tmp, store, cache, start) = sqlite_cache().await;
         let mut all: Vec<ChangeStream> = Vec::new();
         for _ in 0..50 {
             all.push(cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch"));
@@ -544,10 +547,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_that_falls_behind_misses_nothing() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
-        let cache = WatchCache::new(store.clone());
-        let start = store.revision().await.expect("revision");
+        let (_tmp, store, cache, start) = sqlite_cache().await;
         let mut slow = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
         let mut fast = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
         let n = 3 * HISTORY;
@@ -583,10 +583,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_of_a_quiet_namespace_rejoins_the_feed_and_hears_its_progress() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
-        let cache = WatchCache::new(store.clone());
-        let start = store.revision().await.expect("revision");
+        let (_tmp, store, cache, start) = sqlite_cache().await;
         // a watcher that starts the feed and goes (it would only be read here, and its lag is not this test's)
         drop(cache.watch("/registry/pods/", "/registry/pods/busy/", start).await.expect("watch"));
         store.create("/registry/pods/quiet/q", Bytes::from_static(b"q")).await.expect("create");
