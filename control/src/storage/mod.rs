@@ -78,9 +78,9 @@ pub struct SharedEvent {
     trimmed: std::sync::atomic::AtomicBool,
 }
 
-/// What readers keep in an event's slot. The watch cache tells it to let go once the event is far behind its type's
-/// newest ([`SharedEvent::trim`]), where live watchers have passed it, so the events a history keeps for late
-/// watchers do not keep what was derived from them.
+/// What readers keep in an event's slot. The watch cache tells it to let go once every watcher has passed the event
+/// and it is far behind its type's newest ([`SharedEvent::trim`]), so the events a history keeps for late watchers
+/// do not keep what was derived from them.
 pub trait Memo: std::any::Any + Send + Sync + std::fmt::Debug {
     /// Drops what the memo holds; readers after this derive it again themselves.
     fn trim(&self);
@@ -100,6 +100,11 @@ impl SharedEvent {
         }
         let memo: &dyn std::any::Any = self.memo.get_or_init(|| Box::new(T::default())).as_ref();
         memo.downcast_ref()
+    }
+
+    /// Whether [`SharedEvent::trim`] was called.
+    pub fn is_trimmed(&self) -> bool {
+        self.trimmed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Lets go of what readers derived from the event (see [`Memo::trim`]).

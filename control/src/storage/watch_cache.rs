@@ -28,10 +28,13 @@ use super::{Revision, SharedEvent, Storage, StorageError, WatchStream};
 /// Events kept per resource type for watchers that start behind or fall behind.
 pub const HISTORY: usize = 1024;
 
-/// How many of a type's newest events keep what readers derived from them (their [`SharedEvent::memo`]); older ones in
-/// the history are trimmed. Live watchers are within a few events of the newest; one further behind (a slow client)
-/// derives again, which the API server's memo by revision mostly spares it.
+/// How many of a type's newest events keep what readers derived from them (their [`SharedEvent::memo`]) in any case;
+/// an older one in the history is trimmed once no watcher holds it any more (every live watcher has passed it), so
+/// watchers that lag are not made to derive again, and a quiet feed keeps only this many.
 pub const DECODED_FOR: usize = 128;
+
+/// How often a feed trims the events its watchers passed since its last event.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a feed nobody watches lives on (watchers that reconnect within it keep their feed and its history).
 pub const IDLE: Duration = Duration::from_secs(300);
@@ -82,6 +85,27 @@ struct FeedState {
     /// Every event of the type with a revision above `covers_after` is in `history` (or still to come).
     covers_after: Revision,
     history: VecDeque<Arc<SharedEvent>>,
+    /// How many of the history's first events are trimmed.
+    trimmed: usize,
+}
+
+impl FeedState {
+    /// Trims the events more than [`DECODED_FOR`] behind the newest that only the history still holds: every watcher
+    /// has passed them, and one that replays them later derives again.
+    fn trim_passed(&mut self) {
+        let end = self.history.len().saturating_sub(DECODED_FOR);
+        let mut all_trimmed = true;
+        for i in self.trimmed..end {
+            let ev = &self.history[i];
+            if !ev.is_trimmed() && Arc::strong_count(ev) == 1 {
+                ev.trim();
+            }
+            all_trimmed &= ev.is_trimmed();
+            if all_trimmed {
+                self.trimmed = i + 1;
+            }
+        }
+    }
 }
 
 type Feeds = Arc<Mutex<HashMap<String, Arc<Feed>>>>;
@@ -173,7 +197,7 @@ impl WatchCache {
             return Ok(f.clone()); // another watcher started one meanwhile: ours is dropped
         }
         let feed = Arc::new(Feed {
-            state: Mutex::new(FeedState { covers_after: after, history: VecDeque::new() }),
+            state: Mutex::new(FeedState { covers_after: after, history: VecDeque::new(), trimmed: 0 }),
             live: broadcast::channel(1024).0,
             taken: AtomicUsize::new(1),
         });
@@ -199,12 +223,17 @@ impl Run {
         let feed = &self.feed;
         let mut backoff = Duration::from_millis(100);
         let mut idle_check = tokio::time::interval(self.idle / 4);
+        let mut trim = tokio::time::interval(TRIM_EVERY);
         let mut unwatched_since = None;
         let mut taken = feed.taken.load(Ordering::SeqCst);
         loop {
             loop {
                 let ev = tokio::select! {
                     ev = upstream.next() => ev,
+                    _ = trim.tick() => {
+                        feed.state.lock().unwrap_or_else(|p| p.into_inner()).trim_passed();
+                        continue;
+                    }
                     _ = idle_check.tick() => {
                         let now_taken = feed.taken.load(Ordering::SeqCst);
                         if now_taken != taken {
@@ -233,10 +262,9 @@ impl Run {
                     && let Some(old) = state.history.pop_front()
                 {
                     state.covers_after = old.revision();
+                    state.trimmed = state.trimmed.saturating_sub(1);
                 }
-                if let Some(behind) = state.history.len().checked_sub(DECODED_FOR + 1) {
-                    state.history[behind].trim();
-                }
+                state.trim_passed();
                 // sent under the lock: a watcher that subscribes while holding it sees each event once, either in
                 // the history or live
                 let _ = feed.live.send(Item::Event(ev));
@@ -256,6 +284,7 @@ impl Run {
                         };
                         let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
                         state.history.clear();
+                        state.trimmed = 0;
                         state.covers_after = now;
                         last = now;
                         let _ = feed.live.send(Item::Gap);
@@ -473,28 +502,38 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn events_further_than_decoded_for_behind_the_newest_let_go_of_their_memos() {
+    async fn events_every_watcher_passed_further_than_decoded_for_behind_let_go_of_their_memos() {
         let (_tmp, store, cache, start) = sqlite_cache().await;
         let mut w = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
         let value = Arc::new(());
         let n = DECODED_FOR + 5;
         let mut seen = Vec::new();
+        let mut held = None;
         for i in 0..n {
             store.create(&format!("/registry/pods/a/p{i}"), Bytes::from_static(b"1")).await.expect("create");
             let ev = next(&mut w).await;
             // the reader derives something from each event as it arrives (the API server: its decoded objects)
-            if let Some(memo) = ev.memo::<Held>() {
-                *memo.0.lock().expect("lock") = Some(value.clone());
+            *ev.memo::<Held>().expect("a new event has its slot").0.lock().expect("lock") = Some(value.clone());
+            seen.push(Arc::downgrade(&ev));
+            // a watcher still busy with the second event (a slow client's) holds it
+            if i == 1 {
+                held = Some(ev);
             }
-            seen.push(ev);
         }
-        // the feed trimmed every event more than DECODED_FOR behind the newest: their memos let go, and a reader
-        // coming to them late gets no slot to fill again
-        assert_eq!(Arc::strong_count(&value) - 1, DECODED_FOR, "only the newest {DECODED_FOR} events hold theirs");
+        // every event more than DECODED_FOR behind the newest that no watcher holds let go of its memo, and a
+        // reader coming to it late gets no slot to fill again; the held one keeps its memo
+        assert_eq!(Arc::strong_count(&value) - 1, DECODED_FOR + 1, "the newest {DECODED_FOR} and the held one");
         for (i, ev) in seen.iter().enumerate() {
-            let trimmed = i < n - DECODED_FOR;
+            let ev = ev.upgrade().expect("in the history");
+            let trimmed = i < n - DECODED_FOR && i != 1;
             assert_eq!(ev.memo::<Held>().is_none(), trimmed, "event {i} of {n}");
         }
+        // once the watcher lets go, the next event trims it too (or the feed's timer, on a quiet feed)
+        drop(held);
+        store.create("/registry/pods/a/last", Bytes::from_static(b"1")).await.expect("create");
+        next(&mut w).await;
+        assert!(seen[1].upgrade().expect("in the history").is_trimmed());
+        assert_eq!(Arc::strong_count(&value) - 1, DECODED_FOR - 1, "the newest event has no memo set");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
