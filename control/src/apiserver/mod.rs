@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod handlers;
+pub mod indexes;
 pub mod limits;
 pub mod managed;
 pub mod metrics;

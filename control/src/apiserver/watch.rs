@@ -133,6 +133,7 @@ impl Api {
             Representation::Table => "application/json;as=Table;v=v1;g=meta.k8s.io",
             _ => "application/json",
         };
+        let trigger = super::indexes::trigger(&info, &req.fields);
         let mut enc = Encoder {
             info: info.clone(),
             representation: req.representation,
@@ -173,7 +174,7 @@ impl Api {
                     }
                 }
             }
-            let mut events = match api.watch_cache.watch(&info.storage_prefix(), &prefix, from).await {
+            let mut events = match api.watch_cache.watch(&info.storage_prefix(), &prefix, from, trigger).await {
                 Ok(s) => s,
                 Err(e) => {
                     let err = match e {

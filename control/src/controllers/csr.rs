@@ -247,7 +247,7 @@ pub async fn run(api: Arc<Api>, ca: CertPair) {
 /// The store's changes of certificate requests from now on (through the watch cache), if the watch opens.
 async fn watch_requests(api: &Api, prefix: &str) -> Option<crate::storage::watch_cache::ChangeStream> {
     let now = api.store.revision().await.ok()?;
-    match api.watch_cache.watch(prefix, prefix, now).await {
+    match api.watch_cache.watch(prefix, prefix, now, None).await {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::debug!(error = %e, "watching certificate requests failed");

@@ -613,7 +613,7 @@ mod tests {
         let mut cached = Vec::new();
         for i in 0..200 {
             let prefix = format!("/registry/configmaps/ns{}/", i % 4);
-            cached.push(cache.watch("/registry/configmaps/", &prefix, from).await.expect("watch"));
+            cached.push(cache.watch("/registry/configmaps/", &prefix, from, None).await.expect("watch"));
         }
         store.create("/registry/configmaps/ns1/x", Bytes::from_static(b"x")).await.expect("create");
         let got = tokio::time::timeout(Duration::from_secs(10), cached[1].next()).await;

@@ -76,6 +76,35 @@ pub struct SharedEvent {
     pub event: Event,
     memo: std::sync::OnceLock<Box<dyn Memo>>,
     trimmed: std::sync::atomic::AtomicBool,
+    indexed: std::sync::OnceLock<Indexed>,
+}
+
+/// A field watches select on that the watch cache reads from an event's stored objects once for all its watchers
+/// (as the upstream watch cache indexes pods by `spec.nodeName`), so that a watch of one value (a kubelet's) is not
+/// woken for the events of every other.
+#[derive(Debug, Clone, Copy)]
+pub struct Index {
+    /// The field's name (an event keeps the values of one index; another is read again each time).
+    pub field: &'static str,
+    /// The field's value in a stored object as a field selector compares it (`""` when absent), or `None` when the
+    /// value cannot be read: then the event reaches the watcher, whose own selector decides.
+    pub value_of: fn(&[u8]) -> Option<String>,
+}
+
+/// A watch's requirement on an [`Index`]: the field equals `value` (a field selector's `field=value` term).
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// The indexed field.
+    pub index: Index,
+    /// The value the watch selects.
+    pub value: String,
+}
+
+/// The values of one index in an event's object and previous object.
+#[derive(Debug)]
+struct Indexed {
+    field: &'static str,
+    values: Vec<Option<String>>,
 }
 
 /// What readers keep in an event's slot. The watch cache tells it to let go once every watcher has passed the event
@@ -89,7 +118,25 @@ pub trait Memo: std::any::Any + Send + Sync + std::fmt::Debug {
 impl SharedEvent {
     /// Wraps an event for sharing.
     pub fn new(event: Event) -> Arc<Self> {
-        Arc::new(SharedEvent { event, memo: std::sync::OnceLock::new(), trimmed: Default::default() })
+        Arc::new(SharedEvent {
+            event,
+            memo: std::sync::OnceLock::new(),
+            trimmed: Default::default(),
+            indexed: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Whether the event may concern a watch with this trigger: its object or its previous object has the value, or
+    /// one of them cannot be read. `false` means the watch's selector matches neither object, so it need not see
+    /// the event. The values are read once per event (for the first index asked about).
+    pub fn may_trigger(&self, trigger: &Trigger) -> bool {
+        let read = || Indexed {
+            field: trigger.index.field,
+            values: std::iter::once(&self.kv).chain(&self.prev).map(|kv| (trigger.index.value_of)(&kv.value)).collect(),
+        };
+        let hit = |ix: &Indexed| ix.values.iter().any(|v| v.as_deref().is_none_or(|v| v == trigger.value));
+        let indexed = self.indexed.get_or_init(read);
+        if indexed.field == trigger.index.field { hit(indexed) } else { hit(&read()) }
     }
 
     /// The readers' slot, of the type the first reader chose (`None` when another type holds it, or once the event

@@ -150,13 +150,17 @@ fn row_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
 }
 
 fn get_current(conn: &Connection, key: &str) -> Result<Option<KeyValue>, StorageError> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT l.key, l.value, l.create_rev, l.rev FROM current c JOIN log l ON l.rev = c.rev WHERE c.key = ?1",
-        [key],
-        row_kv,
     )
-    .optional()
+    .and_then(|mut stmt| stmt.query_row([key], row_kv).optional())
     .map_err(backend("get"))
+}
+
+/// Executes a statement through the connection's cache of prepared statements (the writer runs a handful of
+/// statements for every write, and parsing them each time showed in its profile).
+fn cached(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 // === impl writer ===
@@ -179,7 +183,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, shared: Ar
                 results.push(apply(&tx, &req.op, &mut rev, &shared));
             }
             if rev != start_rev {
-                tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [rev])
+                cached(&tx, "UPDATE meta SET value = ?1 WHERE name = 'revision'", [rev])
                     .map_err(backend("bump revision"))?;
             }
             tx.commit().map_err(backend("commit"))?;
@@ -223,12 +227,13 @@ fn apply(
                 return Err(StorageError::AlreadyExists { key: key.clone() });
             }
             *rev += 1;
-            tx.execute(
+            cached(
+                tx,
                 "INSERT INTO log(rev, key, deleted, create_rev, prev_rev, value) VALUES (?1, ?2, 0, ?1, 0, ?3)",
                 params![*rev, key, value.as_ref()],
             )
             .map_err(backend("insert"))?;
-            tx.execute("INSERT INTO current(key, rev) VALUES (?1, ?2)", params![key, *rev])
+            cached(tx, "INSERT INTO current(key, rev) VALUES (?1, ?2)", params![key, *rev])
                 .map_err(backend("insert current"))?;
             let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision: *rev, mod_revision: *rev };
             Ok(Some(Event { kind: EventKind::Put, kv, prev: None }))
@@ -243,12 +248,13 @@ fn apply(
                 });
             }
             *rev += 1;
-            tx.execute(
+            cached(
+                tx,
                 "INSERT INTO log(rev, key, deleted, create_rev, prev_rev, value) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
                 params![*rev, key, prev.create_revision, prev.mod_revision, value.as_ref()],
             )
             .map_err(backend("insert"))?;
-            tx.execute("UPDATE current SET rev = ?2 WHERE key = ?1", params![key, *rev])
+            cached(tx, "UPDATE current SET rev = ?2 WHERE key = ?1", params![key, *rev])
                 .map_err(backend("update current"))?;
             let kv = KeyValue {
                 key: key.clone(),
@@ -270,12 +276,13 @@ fn apply(
                 });
             }
             *rev += 1;
-            tx.execute(
+            cached(
+                tx,
                 "INSERT INTO log(rev, key, deleted, create_rev, prev_rev, value) VALUES (?1, ?2, 1, ?3, ?4, ?5)",
                 params![*rev, key, prev.create_revision, prev.mod_revision, prev.value.as_ref()],
             )
             .map_err(backend("insert"))?;
-            tx.execute("DELETE FROM current WHERE key = ?1", [key]).map_err(backend("delete current"))?;
+            cached(tx, "DELETE FROM current WHERE key = ?1", [key]).map_err(backend("delete current"))?;
             let kv = KeyValue {
                 key: key.clone(),
                 value: prev.value.clone(),
@@ -291,13 +298,14 @@ fn apply(
             }
             // Keep, for every key, its newest row at or below the compaction revision unless it is a deletion; drop
             // everything else at or below it.
-            tx.execute(
+            cached(
+                tx,
                 "DELETE FROM log WHERE rev <= ?1 AND (deleted = 1 OR rev NOT IN
                    (SELECT MAX(rev) FROM log WHERE rev <= ?1 GROUP BY key))",
                 [revision],
             )
             .map_err(backend("compact"))?;
-            tx.execute("UPDATE meta SET value = ?1 WHERE name = 'compacted'", [revision])
+            cached(tx, "UPDATE meta SET value = ?1 WHERE name = 'compacted'", [revision])
                 .map_err(backend("compact meta"))?;
             shared.compacted.store(revision, Ordering::SeqCst);
             Ok(None)

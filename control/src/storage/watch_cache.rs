@@ -23,7 +23,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Revision, SharedEvent, Storage, StorageError, WatchStream};
+use super::{Revision, SharedEvent, Storage, StorageError, Trigger, WatchStream};
 
 /// Events kept per resource type for watchers that start behind or fall behind.
 pub const HISTORY: usize = 1024;
@@ -167,13 +167,21 @@ impl WatchCache {
 
     /// Changes under `prefix` after revision `after`, from the feed of the resource type stored under
     /// `type_prefix` (which `prefix` starts with).
-    pub async fn watch(&self, type_prefix: &str, prefix: &str, after: Revision) -> Result<ChangeStream, StorageError> {
+    /// With a trigger, only the events it [may concern](SharedEvent::may_trigger) are sent (the others count as
+    /// progress).
+    pub async fn watch(
+        &self,
+        type_prefix: &str,
+        prefix: &str,
+        after: Revision,
+        trigger: Option<Trigger>,
+    ) -> Result<ChangeStream, StorageError> {
         debug_assert!(prefix.starts_with(type_prefix));
         let feed = self.feed(type_prefix, after).await?;
         let (tx, rx) = mpsc::channel::<Result<Change, StorageError>>(256);
         let (source, type_prefix, prefix) = (self.source.clone(), type_prefix.to_string(), prefix.to_string());
         tokio::spawn(async move {
-            let watcher = Watcher { tx: &tx, type_prefix: &type_prefix, prefix: &prefix };
+            let watcher = Watcher { tx: &tx, type_prefix: &type_prefix, prefix: &prefix, trigger: trigger.as_ref() };
             follow(feed, source, watcher, after).await
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
@@ -316,7 +324,7 @@ impl Run {
 /// One client watch: the history after `last`, then the live feed; from the store while the history does not
 /// reach back far enough.
 async fn follow(feed: Arc<Feed>, source: Source, watcher: Watcher<'_>, mut last: Revision) {
-    let (tx, prefix) = (watcher.tx, watcher.prefix);
+    let tx = watcher.tx;
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // the revision of the last event of the type this watcher skipped (not under its prefix) and was not told of
@@ -342,7 +350,7 @@ async fn follow(feed: Arc<Feed>, source: Source, watcher: Watcher<'_>, mut last:
             }
         };
         for ev in &replay {
-            match forward(tx, prefix, ev, &mut last).await {
+            match forward(&watcher, ev, &mut last).await {
                 Forwarded::Sent => unsent = None,
                 Forwarded::Skipped => unsent = Some(last),
                 Forwarded::Gone => return,
@@ -362,7 +370,7 @@ async fn follow(feed: Arc<Feed>, source: Source, watcher: Watcher<'_>, mut last:
                 item = live.recv() => item,
             };
             match item {
-                Ok(Item::Event(ev)) => match forward(tx, prefix, &ev, &mut last).await {
+                Ok(Item::Event(ev)) => match forward(&watcher, &ev, &mut last).await {
                     Forwarded::Sent => unsent = None,
                     Forwarded::Skipped => unsent = Some(last),
                     Forwarded::Gone => return,
@@ -392,28 +400,30 @@ struct Watcher<'a> {
     type_prefix: &'a str,
     /// The watched part of it.
     prefix: &'a str,
+    /// The indexed value it selects, if any.
+    trigger: Option<&'a Trigger>,
 }
 
 /// What became of one event for one watcher.
 enum Forwarded {
     /// Sent to it.
     Sent,
-    /// Already seen, or not under its prefix.
+    /// Already seen, not under its prefix, or not of its trigger.
     Skipped,
     /// The watcher is gone.
     Gone,
 }
 
-/// Sends `ev` to the watcher if it is new to it and under its prefix.
-async fn forward(tx: &Sender, prefix: &str, ev: &Arc<SharedEvent>, last: &mut Revision) -> Forwarded {
+/// Sends `ev` to the watcher if it is new to it, under its prefix and may concern its trigger.
+async fn forward(watcher: &Watcher<'_>, ev: &Arc<SharedEvent>, last: &mut Revision) -> Forwarded {
     if ev.revision() <= *last {
         return Forwarded::Skipped;
     }
     *last = ev.revision();
-    if !ev.kv.key.starts_with(prefix) {
+    if !ev.kv.key.starts_with(watcher.prefix) || watcher.trigger.is_some_and(|t| !ev.may_trigger(t)) {
         return Forwarded::Skipped;
     }
-    match tx.send(Ok(Change::Event(ev.clone()))).await {
+    match watcher.tx.send(Ok(Change::Event(ev.clone()))).await {
         Ok(()) => Forwarded::Sent,
         Err(_) => Forwarded::Gone,
     }
@@ -448,7 +458,7 @@ async fn from_store(
                         break None;
                     }
                 };
-                match forward(watcher.tx, watcher.prefix, &ev, &mut last).await {
+                match forward(watcher, &ev, &mut last).await {
                     Forwarded::Sent => *unsent = None,
                     Forwarded::Skipped => *unsent = Some(last),
                     Forwarded::Gone => break None,
@@ -504,7 +514,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_every_watcher_passed_further_than_decoded_for_behind_let_go_of_their_memos() {
         let (_tmp, store, cache, start) = sqlite_cache().await;
-        let mut w = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
+        let mut w = cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch");
         let value = Arc::new(());
         let n = DECODED_FOR + 5;
         let mut seen = Vec::new();
@@ -541,10 +551,10 @@ mod tests {
         let (_tmp, store, cache, start) = sqlite_cache().await;
         let mut all: Vec<ChangeStream> = Vec::new();
         for _ in 0..50 {
-            all.push(cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch"));
+            all.push(cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch"));
         }
-        let mut in_a = cache.watch("/registry/pods/", "/registry/pods/a/", start).await.expect("watch");
-        let mut cms = cache.watch("/registry/configmaps/", "/registry/configmaps/", start).await.expect("watch");
+        let mut in_a = cache.watch("/registry/pods/", "/registry/pods/a/", start, None).await.expect("watch");
+        let mut cms = cache.watch("/registry/configmaps/", "/registry/configmaps/", start, None).await.expect("watch");
         assert_eq!(cache.storage_watches(), 2, "one per type, not one per watcher");
         let a = store.create("/registry/pods/a/p1", Bytes::from_static(b"1")).await.expect("create");
         store.create("/registry/pods/b/p2", Bytes::from_static(b"2")).await.expect("create");
@@ -563,11 +573,11 @@ mod tests {
         assert!(Arc::ptr_eq(&shared, &p3));
 
         // a watcher starting back in the history replays it
-        let mut late = cache.watch("/registry/pods/", "/registry/pods/", a.mod_revision).await.expect("watch");
+        let mut late = cache.watch("/registry/pods/", "/registry/pods/", a.mod_revision, None).await.expect("watch");
         assert_eq!(next(&mut late).await.kv.key, "/registry/pods/b/p2");
         assert_eq!(next(&mut late).await.kv.key, "/registry/pods/a/p3");
         // one from before the feed began is served by the store itself
-        let mut early = cache.watch("/registry/pods/", "/registry/pods/", 0).await.expect("watch");
+        let mut early = cache.watch("/registry/pods/", "/registry/pods/", 0, None).await.expect("watch");
         assert_eq!(next(&mut early).await.kv.key, "/registry/pods/a/p1");
         // ...until it reaches the history: then it is back on the feed
         assert!(settles(|| cache.storage_watches() == 2).await, "{} storage watches", cache.storage_watches());
@@ -587,8 +597,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_that_falls_behind_misses_nothing() {
         let (_tmp, store, cache, start) = sqlite_cache().await;
-        let mut slow = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
-        let mut fast = cache.watch("/registry/pods/", "/registry/pods/", start).await.expect("watch");
+        let mut slow = cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch");
+        let mut fast = cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch");
         let n = 3 * HISTORY;
         let reader = tokio::spawn(async move {
             for i in 0..n {
@@ -609,6 +619,45 @@ mod tests {
         assert_eq!(next(&mut slow).await.kv.key, "/registry/pods/a/last");
     }
 
+    /// A test index: a value `node=X` has X, anything else cannot be read.
+    fn node_of(value: &[u8]) -> Option<String> {
+        std::str::from_utf8(value).ok()?.strip_prefix("node=").map(str::to_string)
+    }
+
+    fn on_node(value: &str) -> Option<Trigger> {
+        Some(Trigger { index: super::super::Index { field: "node", value_of: node_of }, value: value.into() })
+    }
+
+    /// The next `n` events of a watch, as kind and name.
+    async fn keys(w: &mut ChangeStream, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let ev = next(w).await;
+            out.push(format!("{:?} {}", ev.kind, ev.kv.key.rsplit('/').next().unwrap_or_default()));
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_triggered_watcher_hears_only_the_events_of_its_value_from_the_history_and_live() {
+        let (_tmp, store, cache, start) = sqlite_cache().await;
+        let mut all = cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch");
+        let mut on_a = cache.watch("/registry/pods/", "/registry/pods/", start, on_node("a")).await.expect("watch");
+        let p1 = store.create("/registry/pods/d/p1", Bytes::from_static(b"node=a")).await.expect("create");
+        store.create("/registry/pods/d/p2", Bytes::from_static(b"node=b")).await.expect("create");
+        // moved from a to b: a watcher of either hears it (the one of a as its object leaving)
+        store.update("/registry/pods/d/p1", Bytes::from_static(b"node=b"), p1.mod_revision).await.expect("update");
+        // a value the index cannot read reaches every watcher, whose own selector decides
+        store.create("/registry/pods/d/p3", Bytes::from_static(b"{unreadable")).await.expect("create");
+        store.delete("/registry/pods/d/p2", None).await.expect("delete");
+        store.create("/registry/pods/d/p4", Bytes::from_static(b"node=a")).await.expect("create");
+        assert_eq!(keys(&mut all, 6).await, ["Put p1", "Put p2", "Put p1", "Put p3", "Delete p2", "Put p4"]);
+        assert_eq!(keys(&mut on_a, 4).await, ["Put p1", "Put p1", "Put p3", "Put p4"]);
+        // the same from the history, for a watcher of b that starts late
+        let mut on_b = cache.watch("/registry/pods/", "/registry/pods/", start, on_node("b")).await.expect("watch");
+        assert_eq!(keys(&mut on_b, 4).await, ["Put p2", "Put p1", "Put p3", "Delete p2"]);
+    }
+
     /// Whether `cond` holds within 5 s.
     async fn settles(cond: impl Fn() -> bool) -> bool {
         for _ in 0..250 {
@@ -624,7 +673,7 @@ mod tests {
     async fn a_watcher_of_a_quiet_namespace_rejoins_the_feed_and_hears_its_progress() {
         let (_tmp, store, cache, start) = sqlite_cache().await;
         // a watcher that starts the feed and goes (it would only be read here, and its lag is not this test's)
-        drop(cache.watch("/registry/pods/", "/registry/pods/busy/", start).await.expect("watch"));
+        drop(cache.watch("/registry/pods/", "/registry/pods/busy/", start, None).await.expect("watch"));
         store.create("/registry/pods/quiet/q", Bytes::from_static(b"q")).await.expect("create");
         for i in 0..2 * HISTORY {
             store.create(&format!("/registry/pods/busy/p{i}"), Bytes::from(i.to_string())).await.expect("create");
@@ -632,7 +681,7 @@ mod tests {
         let now = store.revision().await.expect("revision");
         // a watcher of the quiet namespace, from before the history: served by the store, it catches up through the
         // other namespace's events and goes back to the feed
-        let mut quiet = cache.watch("/registry/pods/", "/registry/pods/quiet/", start).await.expect("watch");
+        let mut quiet = cache.watch("/registry/pods/", "/registry/pods/quiet/", start, None).await.expect("watch");
         assert_eq!(next(&mut quiet).await.kv.key, "/registry/pods/quiet/q");
         assert!(settles(|| cache.storage_watches() == 1).await, "{} storage watches", cache.storage_watches());
         // then it hears the feed's progress, up to the busy namespace's last write, and no event
@@ -653,7 +702,7 @@ mod tests {
         let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
         let cache = WatchCache::new(store.clone()).with_idle(Duration::from_millis(200));
         let start = store.revision().await.expect("revision");
-        let mut w = cache.watch("/registry/widgets/", "/registry/widgets/", start).await.expect("watch");
+        let mut w = cache.watch("/registry/widgets/", "/registry/widgets/", start, None).await.expect("watch");
         store.create("/registry/widgets/a/w", Bytes::from_static(b"w")).await.expect("create");
         assert_eq!(next(&mut w).await.kv.key, "/registry/widgets/a/w");
         // still watched: kept well past the idle time
@@ -661,7 +710,7 @@ mod tests {
         assert_eq!((cache.feeds(), cache.storage_watches()), (1, 1));
         drop(w);
         assert!(settles(|| cache.feeds() == 0 && cache.storage_watches() == 0).await, "the feed was not closed");
-        let mut again = cache.watch("/registry/widgets/", "/registry/widgets/", start).await.expect("watch");
+        let mut again = cache.watch("/registry/widgets/", "/registry/widgets/", start, None).await.expect("watch");
         assert_eq!(next(&mut again).await.kv.key, "/registry/widgets/a/w", "a new feed, from the watcher's revision");
         assert_eq!(cache.storage_watches(), 1);
     }
