@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Re
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::Store;
+
+use super::by_controller::ByController;
 use skiff_client::events::Recorder;
 
 use super::expectations::Expectations;
@@ -103,6 +105,8 @@ pub struct Ctx {
     pub client: kube::Client,
     /// Pods.
     pub pods: Store<Pod>,
+    /// Pods by controller.
+    pub pods_by_controller: ByController<Pod>,
     /// Nodes.
     pub nodes: Store<Node>,
     /// Namespaces.
@@ -196,6 +200,7 @@ impl Ctx {
             recorders: Recorders { client: client.clone(), cache: Arc::default() },
             client,
             pods: inf.pods.store.clone(),
+            pods_by_controller: inf.pods_by_controller.clone(),
             nodes: inf.nodes.store.clone(),
             namespaces: inf.namespaces.store.clone(),
             replica_sets: inf.replica_sets.store.clone(),

@@ -26,6 +26,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+use super::by_controller::ByController;
+
 /// How many changes a subscriber may lag behind before the watch waits for it (nothing is dropped).
 const BUFFER: usize = 1024;
 
@@ -41,6 +43,8 @@ pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     changes: async_broadcast::Sender<Arc<K>>,
     // Keeps the channel open while nobody subscribes.
     _idle: async_broadcast::InactiveReceiver<Arc<K>>,
+    /// The store's objects grouped by controller, for the informers that keep them (pods).
+    by_controller: Option<ByController<K>>,
 }
 
 impl<K> Informer<K>
@@ -53,7 +57,18 @@ where
         // Without subscribers a change goes nowhere; with them, a full buffer makes the watch wait.
         changes.set_await_active(false);
         changes.set_overflow(false);
-        Informer { store: writer.as_reader(), writer: Some(writer), changes, _idle: idle.deactivate() }
+        Informer {
+            store: writer.as_reader(),
+            writer: Some(writer),
+            changes,
+            _idle: idle.deactivate(),
+            by_controller: None,
+        }
+    }
+
+    /// The same, keeping its objects grouped by controller in `groups` too.
+    fn grouped_by_controller(groups: ByController<K>) -> Self {
+        Informer { by_controller: Some(groups), ..Self::new() }
     }
 
     /// A stream of changed objects (call before [`Informers::start`]).
@@ -70,13 +85,18 @@ where
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|o: &mut K| o.meta_mut().managed_fields = None);
-        tasks.spawn(feed(events, writer, self.changes.clone()));
+        tasks.spawn(feed(events, writer, self.changes.clone(), self.by_controller.clone()));
     }
 }
 
-/// Applies watch events to the store and sends each changed object to the subscribers, until `events` ends.
-async fn feed<K, S>(events: S, mut writer: Writer<K>, changes: async_broadcast::Sender<Arc<K>>)
-where
+/// Applies watch events to the store (and the groups by controller, if kept) and sends each changed object to the
+/// subscribers, until `events` ends.
+async fn feed<K, S>(
+    events: S,
+    mut writer: Writer<K>,
+    changes: async_broadcast::Sender<Arc<K>>,
+    by_controller: Option<ByController<K>>,
+) where
     K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
@@ -96,10 +116,25 @@ where
             before_relist = store.state();
         }
         writer.apply_watcher_event(&event);
+        // the groups by controller hold the change before anyone hears of it, as the store does
         let changed: Vec<Arc<K>> = match event {
-            watcher::Event::Apply(obj) => store.get(&ObjectRef::from_obj(&obj)).into_iter().collect(),
-            watcher::Event::Delete(obj) => vec![Arc::new(obj)],
+            watcher::Event::Apply(obj) => {
+                let now = store.get(&ObjectRef::from_obj(&obj));
+                if let (Some(groups), Some(now)) = (&by_controller, &now) {
+                    groups.apply(now.clone());
+                }
+                now.into_iter().collect()
+            }
+            watcher::Event::Delete(obj) => {
+                if let Some(groups) = &by_controller {
+                    groups.remove(&obj);
+                }
+                vec![Arc::new(obj)]
+            }
             watcher::Event::InitDone => {
+                if let Some(groups) = &by_controller {
+                    groups.reset(store.state());
+                }
                 let gone = std::mem::take(&mut before_relist)
                     .into_iter()
                     .filter(|old| store.get(&ObjectRef::from_obj(old.as_ref())).is_none());
@@ -118,6 +153,8 @@ where
 pub struct Informers {
     /// Pods.
     pub pods: Informer<Pod>,
+    /// The pods informer's pods, grouped by controller.
+    pub pods_by_controller: ByController<Pod>,
     /// Nodes.
     pub nodes: Informer<Node>,
     /// Namespaces.
@@ -157,8 +194,10 @@ pub struct Informers {
 impl Informers {
     /// Creates the stores (nothing is watched until [`Informers::start`]).
     pub fn new() -> Self {
+        let pods_by_controller = ByController::default();
         Informers {
-            pods: Informer::new(),
+            pods: Informer::grouped_by_controller(pods_by_controller.clone()),
+            pods_by_controller,
             nodes: Informer::new(),
             namespaces: Informer::new(),
             replica_sets: Informer::new(),
@@ -256,10 +295,18 @@ mod tests {
         (tx, rx)
     }
 
-    /// What a subscriber that lagged behind `events` receives, as name@resourceVersion.
+    /// What a subscriber that lagged behind `events` receives, as name@resourceVersion; the groups by controller
+    /// fed beside the store hold what it holds (the test pods have no controller).
     async fn received(events: Vec<Event<Pod>>, writer: Writer<Pod>) -> Vec<String> {
         let (tx, rx) = channel();
-        feed(futures::stream::iter(events.into_iter().map(Ok)), writer, tx).await;
+        let (store, groups) = (writer.as_reader(), ByController::default());
+        feed(futures::stream::iter(events.into_iter().map(Ok)), writer, tx, Some(groups.clone())).await;
+        let names = |pods: Vec<Arc<Pod>>| {
+            let mut v: Vec<String> = pods.iter().map(|p| format!("{:?}", p.metadata)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(groups.controlled_or_orphaned("", "d")), names(store.state()), "the groups hold the store's");
         let got: Vec<Arc<Pod>> = tokio::time::timeout(Duration::from_secs(5), rx.collect()).await.expect("not stalled");
         got.iter()
             .map(|p| {

@@ -3,6 +3,7 @@
 //! API (as kube-controller-manager and kube-scheduler do). When the server runs controllers, all of them, the API
 //! machinery included, run only on the instance that holds the leader Lease ([`manager`], [`leader`]).
 
+pub mod by_controller;
 pub mod cronjob;
 pub mod csr;
 pub mod ctx;

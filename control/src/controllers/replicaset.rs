@@ -136,7 +136,8 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
     if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
+    // the plan skips another controller's pods: only this set's and the orphans are read
+    let pods = ctx.pods_by_controller.controlled_or_orphaned(&uid, &ns);
     let p = plan(&rs, &pods, ctx.now());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let recorder = ctx.recorders.get(CONTROLLER);
