@@ -73,17 +73,18 @@ impl Default for Steps {
 }
 
 fn run<T: DeserializeOwned + Serialize>(
-    input: Value,
+    input: &Value,
     steps: Steps,
     default: fn(&mut T),
     validate: fn(&T, &mut ErrorList),
 ) -> Result<Normalized, NormalizeError> {
-    let mut typed: T = serde_json::from_value(input.clone()).map_err(|e| NormalizeError::Decode(decode_message(&e)))?;
+    // read from the borrowed value: no copy of the whole object per write
+    let mut typed = T::deserialize(input).map_err(|e| NormalizeError::Decode(decode_message(&e)))?;
     let mut warnings = Vec::new();
     if steps.fields != FieldValidation::Ignore {
         let round = serde_json::to_value(&typed).map_err(|e| NormalizeError::Decode(e.to_string()))?;
         let mut unknown = Vec::new();
-        unknown_fields(&input, &round, "", &mut unknown);
+        unknown_fields(input, &round, "", &mut unknown);
         unknown.sort();
         if !unknown.is_empty() {
             if steps.fields == FieldValidation::Strict {
@@ -103,7 +104,7 @@ fn run<T: DeserializeOwned + Serialize>(
         }
     }
     let mut object = serde_json::to_value(&typed).map_err(|e| NormalizeError::Decode(e.to_string()))?;
-    drop_nested_type_meta(&input, &mut object);
+    drop_nested_type_meta(input, &mut object);
     Ok(Normalized { object, warnings })
 }
 
@@ -204,15 +205,20 @@ macro_rules! meta_validator {
 
 /// Normalizes a built-in object (chosen by its `apiVersion` and `kind`); returns `None` for kinds this crate does
 /// not type (custom resources), which the caller stores as they are.
-pub fn normalize(input: Value, steps: Steps) -> Option<Result<Normalized, NormalizeError>> {
-    let api_version = input.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    let kind = input.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-    let mut i = input;
-    if api_version == "v1" && kind == "Secret" {
-        strip_base64_line_breaks(&mut i);
-    }
+pub fn normalize(input: &Value, steps: Steps) -> Option<Result<Normalized, NormalizeError>> {
+    let api_version = input.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = input.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let secret;
+    let i = if api_version == "v1" && kind == "Secret" {
+        let mut s = input.clone();
+        strip_base64_line_breaks(&mut s);
+        secret = s;
+        &secret
+    } else {
+        input
+    };
     let s = steps;
-    Some(match (api_version.as_str(), kind.as_str()) {
+    Some(match (api_version, kind) {
         ("v1", "Pod") => run::<core::Pod>(
             i,
             s,
@@ -297,7 +303,7 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in() {
-        let n = normalize(deployment(), Steps::default()).expect("typed").expect("valid");
+        let n = normalize(&deployment(), Steps::default()).expect("typed").expect("valid");
         let spec = &n.object["spec"];
         assert_eq!(spec["replicas"], 1);
         assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], "25%");
@@ -311,13 +317,13 @@ mod tests {
         d["spec"]["replicaz"] = json!(3);
         d["spec"]["template"]["spec"]["containers"][0]["imagee"] = json!("x");
         let strict = Steps { fields: FieldValidation::Strict, ..Steps::default() };
-        match normalize(d.clone(), strict).expect("typed") {
+        match normalize(&d, strict).expect("typed") {
             Err(NormalizeError::UnknownFields(f)) => {
                 assert_eq!(f, vec!["spec.replicaz".to_string(), "spec.template.spec.containers[0].imagee".to_string()])
             }
             other => panic!("expected unknown fields, got {other:?}"),
         }
-        let warned = normalize(d, Steps::default()).expect("typed").expect("warn only");
+        let warned = normalize(&d, Steps::default()).expect("typed").expect("warn only");
         assert_eq!(warned.warnings.len(), 2);
         assert!(warned.object["spec"].get("replicaz").is_none());
     }
@@ -326,11 +332,11 @@ mod tests {
     fn a_wrong_type_is_a_decode_error_and_invalid_specs_list_every_field() {
         let mut d = deployment();
         d["spec"]["replicas"] = json!("three");
-        assert!(matches!(normalize(d, Steps::default()), Some(Err(NormalizeError::Decode(_)))));
+        assert!(matches!(normalize(&d, Steps::default()), Some(Err(NormalizeError::Decode(_)))));
         let mut d = deployment();
         d["spec"]["replicas"] = json!(-1);
         d["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
-        match normalize(d, Steps::default()).expect("typed") {
+        match normalize(&d, Steps::default()).expect("typed") {
             Err(NormalizeError::Invalid(errs)) => {
                 let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
                 assert_eq!(fields, vec!["spec.replicas", "spec.template.metadata.labels"]);
@@ -341,6 +347,6 @@ mod tests {
 
     #[test]
     fn custom_kinds_are_not_typed() {
-        assert!(normalize(json!({"apiVersion": "example.com/v1", "kind": "Widget"}), Steps::default()).is_none());
+        assert!(normalize(&json!({"apiVersion": "example.com/v1", "kind": "Widget"}), Steps::default()).is_none());
     }
 }

@@ -25,7 +25,7 @@ fn corpus() -> Vec<(String, Value)> {
 fn documentation_manifests_round_trip_unchanged() {
     for (name, doc) in corpus() {
         let steps = Steps { defaults: false, validate: false, fields: FieldValidation::Strict };
-        let n = normalize(doc.clone(), steps)
+        let n = normalize(&doc, steps)
             .unwrap_or_else(|| panic!("{name}: not a built-in kind"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut expected = doc;
@@ -48,7 +48,7 @@ fn documentation_manifests_are_valid_once_defaulted() {
         if !cluster_scoped && doc["metadata"].get("namespace").is_none() {
             doc["metadata"]["namespace"] = Value::from("default");
         }
-        let n = normalize(doc, Steps::default()).expect("built-in");
+        let n = normalize(&doc, Steps::default()).expect("built-in");
         assert!(n.is_ok(), "{name}: {}", n.err().map(|e| e.to_string()).unwrap_or_default());
     }
 }

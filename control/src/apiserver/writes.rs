@@ -94,7 +94,7 @@ impl Api {
     ) -> ApiResult<(Value, Vec<String>)> {
         let name = meta::name(&obj).to_string();
         let kind = info.kind.clone();
-        match normalize(obj.clone(), Steps { defaults: true, validate: true, fields }) {
+        match normalize(&obj, Steps { defaults: true, validate: true, fields }) {
             Some(r) => r.map(|n| (n.object, n.warnings)).map_err(|e| ApiError::from_normalize(info, &kind, &name, e)),
             None => {
                 // custom resources: the object must have valid metadata; the rest is the CRD's schema

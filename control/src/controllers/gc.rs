@@ -47,6 +47,18 @@ struct Graph {
     by_key: HashMap<String, String>,
 }
 
+/// A stored object with only its metadata (all the collector reads): the rest is skipped over, not built, so the
+/// collector's watch of every object does not decode every pod change whole.
+fn metadata_of(value: &[u8]) -> serde_json::Result<Value> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        metadata: Value,
+    }
+    let stored: Stored = serde_json::from_slice(value)?;
+    Ok(Value::Object(serde_json::Map::from_iter([("metadata".to_string(), stored.metadata)])))
+}
+
 fn owners_of(obj: &Value) -> Vec<OwnerRef> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
@@ -127,7 +139,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     for kv in &all.items {
         if let Some((info, ns, name)) = locate(api, &kv.key)
-            && let Ok(obj) = serde_json::from_slice::<Value>(&kv.value)
+            && let Ok(obj) = metadata_of(&kv.value)
         {
             graph.upsert(&kv.key, info, ns, name, &obj);
         }
@@ -166,7 +178,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
                         }
                     }
                     EventKind::Put => {
-                        let Ok(obj) = serde_json::from_slice::<Value>(&ev.kv.value) else { continue };
+                        let Ok(obj) = metadata_of(&ev.kv.value) else { continue };
                         let uid = graph.upsert(&ev.kv.key, info, ns, name, &obj);
                         if let Some(node) = graph.nodes.get(&uid).cloned() {
                             process(api, &graph, &uid, &node).await;
@@ -299,5 +311,29 @@ async fn collect(api: &Arc<Api>, graph: &Graph, node: &Node) {
         if let Err(e) = r {
             tracing::warn!(error = %e, object = %node.name, "dropping dangling owner references failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_collector_reads_the_metadata_a_whole_decode_has() {
+        let pod = json!({
+            "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u1", "finalizers": ["orphan"], "deletionTimestamp": "2026-12-03T00:00:00Z",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u0"}]},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running"},
+        });
+        let read = metadata_of(&serde_json::to_vec(&pod).expect("json")).expect("read");
+        assert_eq!(read, json!({"metadata": pod["metadata"]}));
+        assert_eq!(meta::uid(&read), "u1");
+        assert!(meta::is_terminating(&read));
+        assert_eq!(owners_of(&read).len(), 1);
+        assert_eq!(metadata_of(b"{\"kind\": \"Namespace\"}").expect("no metadata"), json!({"metadata": null}));
+        assert!(metadata_of(b"not json").is_err());
     }
 }
