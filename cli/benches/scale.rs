@@ -215,11 +215,23 @@ async fn kubelet(client: kube::Client, node: String, index: usize, seen: Shared)
                     {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
                     {"type": "ContainersReady", "status": "True", "lastTransitionTime": now()},
                     {"type": "Ready", "status": "True", "lastTransitionTime": now()}]}});
-            if pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status)).await.is_ok() {
-                let t = Instant::now();
-                let mut s = seen.lock().expect("lock");
-                if let Some(created) = s.created.get(&uid).copied() {
-                    s.startup.push((t, t.saturating_duration_since(created)));
+            // as a kubelet does, a status write that failed is tried again (a few times, each failure printed)
+            let mut delay = Duration::from_millis(200);
+            for attempt in 1..=5 {
+                match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status)).await {
+                    Ok(_) => {
+                        let t = Instant::now();
+                        let mut s = seen.lock().expect("lock");
+                        if let Some(created) = s.created.get(&uid).copied() {
+                            s.startup.push((t, t.saturating_duration_since(created)));
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("kubelet: the status of {ns}/{name} was not written (attempt {attempt} of 5): {e}");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
                 }
             }
         });
