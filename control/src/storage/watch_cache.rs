@@ -658,6 +658,28 @@ mod tests {
         assert_eq!(keys(&mut on_b, 4).await, ["Put p2", "Put p1", "Put p3", "Delete p2"]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_triggered_watcher_that_falls_behind_misses_none_of_its_events() {
+        let (_tmp, store, cache, start) = sqlite_cache().await;
+        let mut on_a = cache.watch("/registry/pods/", "/registry/pods/", start, on_node("a")).await.expect("watch");
+        let mut on_b = cache.watch("/registry/pods/", "/registry/pods/", start, on_node("b")).await.expect("watch");
+        // three histories' worth while neither reads: every third pod on a, the others on b
+        let n = 3 * HISTORY;
+        let node = |i: usize| if i % 3 == 0 { "a" } else { "b" };
+        for i in 0..n {
+            store
+                .create(&format!("/registry/pods/d/p{i}"), Bytes::from(format!("node={}", node(i))))
+                .await
+                .expect("create");
+        }
+        for (w, value) in [(&mut on_a, "a"), (&mut on_b, "b")] {
+            let want: Vec<String> = (0..n).filter(|i| node(*i) == value).map(|i| format!("Put p{i}")).collect();
+            assert_eq!(keys(w, want.len()).await, want, "the watcher of {value}");
+        }
+        store.create("/registry/pods/d/last", Bytes::from_static(b"node=a")).await.expect("create");
+        assert_eq!(keys(&mut on_a, 1).await, ["Put last"]);
+    }
+
     /// Whether `cond` holds within 5 s.
     async fn settles(cond: impl Fn() -> bool) -> bool {
         for _ in 0..250 {
