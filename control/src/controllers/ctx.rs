@@ -12,10 +12,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Re
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::Store;
-
-use super::by_controller::ByController;
 use skiff_client::events::Recorder;
 
+use super::by_controller::ByController;
 use super::expectations::Expectations;
 use super::informers::Informers;
 
