@@ -142,9 +142,7 @@ impl SqliteStorage {
             source: Box::new(e),
         })?
     }
-}
 
-impl SqliteStorage {
     /// Runs a point read on the calling task when a reader connection is free (`None` when none is). It takes
     /// microseconds (an index lookup in pages SQLite or the kernel caches), less than handing it to the blocking
     /// pool and back: the futex calls of those two thread wake-ups per read alone were 5.4% of the server's CPU with
