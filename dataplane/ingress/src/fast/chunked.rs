@@ -66,10 +66,17 @@ impl Chunked {
     /// Scans the next bytes of the body. Returns how many of them belong to it: all of `input` while the body goes
     /// on, fewer when it ended inside `input` (what follows is not part of this body).
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        self.feed_with(input, |_| {})
+    }
+
+    /// [`Chunked::feed`], calling `data` with each run of chunk data in `input` (the body decoded, for a client
+    /// that gets it without the chunked framing: HTTP/2).
+    pub fn feed_with(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             if let State::Data { left } = self.state {
                 let take = left.min((input.len() - i) as u64);
+                data(&input[i..i + take as usize]);
                 i += take as usize;
                 self.state = if left == take { State::DataCr } else { State::Data { left: left - take } };
                 continue;
@@ -204,6 +211,19 @@ mod tests {
         }
         let long = [b"1;".as_slice(), &[b'x'; MAX_LINE], b"\r\n"].concat();
         assert!(scan(&long, 100).is_err());
+    }
+
+    #[test]
+    fn the_data_is_decoded_whatever_the_read_sizes() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        for step in 1..=body.len() {
+            let (mut c, mut decoded) = (Chunked::new(), Vec::new());
+            for piece in body.chunks(step) {
+                c.feed_with(piece, |d| decoded.extend_from_slice(d)).expect("well-formed");
+            }
+            assert!(c.is_done(), "step {step}");
+            assert_eq!(decoded, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::downstream::{Downstream, H1};
 use super::exchange::{self, Exchange};
 use super::request::{self, MAX_HEADERS, Parsed};
 use super::response;
@@ -18,7 +19,7 @@ use crate::proxy::ctx::ConnectionGuard;
 use crate::proxy::record::{self, Finished};
 use crate::proxy::{access_log, headers};
 use crate::runtime::metrics::HandoverLabels;
-use crate::table::{now_ns, random};
+use crate::table::{RouteTable, now_ns, random};
 
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -41,7 +42,8 @@ pub enum Served {
 pub struct Handed {
     /// The connection, the bytes read so far put back in front ([`Replay`]).
     pub stream: Stream,
-    /// It starts with the HTTP/2 preface (h2c prior knowledge): Pingora's HTTP/2 server takes it whole.
+    /// It starts with the HTTP/2 preface (h2c prior knowledge): the connection is served as HTTP/2
+    /// ([`super::h2`]), not handed over.
     pub h2c: bool,
 }
 
@@ -54,6 +56,21 @@ pub struct Conn {
     pub port: Option<u16>,
     /// TLS connection.
     pub tls: bool,
+    /// `HTTP/1.1` or `HTTP/2.0` (access log).
+    pub protocol: &'static str,
+}
+
+impl Conn {
+    /// The facts of the client connection `io`, speaking `protocol`.
+    pub fn of(io: &Stream, protocol: &'static str) -> Self {
+        let socket = io.get_socket_digest();
+        Conn {
+            client: socket.as_ref().and_then(|d| d.peer_addr()).and_then(|a| a.as_inet()).map(|a| a.ip()),
+            port: socket.as_ref().and_then(|d| d.local_addr()).and_then(|a| a.as_inet()).map(|a| a.port()),
+            tls: io.get_ssl_digest().is_some(),
+            protocol,
+        }
+    }
 }
 
 /// Buffers reused by every request of a connection.
@@ -70,21 +87,19 @@ pub struct Scratch {
 }
 
 /// What to do after a request.
-enum Flow {
+pub enum Flow {
+    /// The connection takes the next request.
     Keep,
+    /// The connection ends (the client asked, shutdown, or a response that could not be completed).
     Close,
+    /// The route needs Pingora's proxy: nothing was sent.
     Delegate,
 }
 
 /// Serves the connection until it ends or must go to Pingora.
 pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> Served {
     let mut shutdown = shutdown.clone();
-    let socket = io.get_socket_digest();
-    let conn = Conn {
-        client: socket.as_ref().and_then(|d| d.peer_addr()).and_then(|a| a.as_inet()).map(|a| a.ip()),
-        port: socket.as_ref().and_then(|d| d.local_addr()).and_then(|a| a.as_inet()).map(|a| a.port()),
-        tls: io.get_ssl_digest().is_some(),
-    };
+    let conn = Conn::of(&io, "HTTP/1.1");
     let _guard = ConnectionGuard::new(app.metrics.clone());
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut scratch = Scratch::default();
@@ -97,7 +112,10 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
             Parsed::Fast(h) if h.head_len > head_limit => return delegate(app, io, buf, "head larger than the limit"),
             Parsed::Fast(h) if buf.len() >= h.head_len + h.body_len => {
                 let total = h.head_len + h.body_len;
-                let flow = handle(app, &conn, &h, &buf[h.head_len..total], &mut io, &mut scratch, &shutdown).await;
+                let table = app.table.load_full();
+                let mut d = H1 { io: &mut io, timeout: app.settings.client_timeout };
+                let body = &buf[h.head_len..total];
+                let flow = handle(app, &table, &conn, &h, body, &mut d, &mut scratch, &shutdown).await;
                 match flow {
                     Flow::Keep => {}
                     Flow::Close => return close(io).await,
@@ -145,9 +163,11 @@ pub async fn serve(app: &FastPath, mut io: Stream, shutdown: &ShutdownWatch) -> 
 }
 
 fn delegate(app: &FastPath, io: Stream, buf: Vec<u8>, why: &'static str) -> Served {
-    tracing::trace!(reason = why, "request handed to Pingora's proxy");
-    app.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: why }).inc();
     let h2c = buf.starts_with(b"PRI * HTTP/2");
+    if !h2c {
+        tracing::trace!(reason = why, "request handed to Pingora's proxy");
+        app.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: why }).inc();
+    }
     Served::Delegate(Handed { stream: Box::new(Replay::new(io, buf)), h2c })
 }
 
@@ -161,17 +181,19 @@ async fn close(mut io: Stream) -> Served {
     Served::Closed
 }
 
-async fn handle(
+/// Routes one request read whole (`h` and its `body`), answers it or proxies it to `d`, and records it.
+#[allow(clippy::too_many_arguments)]
+pub async fn handle<D: Downstream>(
     app: &FastPath,
+    table: &RouteTable,
     conn: &Conn,
     h: &request::Head<'_>,
     body: &[u8],
-    io: &mut Stream,
+    d: &mut D,
     s: &mut Scratch,
     shutdown: &ShutdownWatch,
 ) -> Flow {
     let start = Instant::now();
-    let table = app.table.load_full();
     let host = headers::host_key(h.host);
     let path = h.path();
     let found = table.lookup(&host, path);
@@ -206,7 +228,7 @@ async fn handle(
         Decision::Answer { answer: a, .. } => {
             s.head.clear();
             response::answer(&mut s.head, a.status, a.location.as_deref(), &a.body, close, h.method == "HEAD");
-            let ok = write(io, &s.head, app.settings.client_timeout).await;
+            let ok = d.answer(&s.head).await;
             exchange::Outcome::answered(a.status, ok, close)
         }
         Decision::Proxy(plan) => {
@@ -233,7 +255,7 @@ async fn handle(
                 max_retries: app.settings.max_retries,
                 client_timeout: app.settings.client_timeout,
             };
-            let outcome = ex.run(io, s).await;
+            let outcome = ex.run(d, s).await;
             drop(plan.slot);
             outcome
         }
@@ -260,7 +282,7 @@ async fn handle(
             method: h.method,
             host: &host,
             uri: h.target,
-            protocol: "HTTP/1.1",
+            protocol: conn.protocol,
             status: outcome.status,
             bytes_sent: outcome.body_bytes,
             request_bytes: body.len() as u64,

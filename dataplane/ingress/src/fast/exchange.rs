@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
-use super::conn::{Scratch, write};
+use super::conn::Scratch;
+use super::downstream::Downstream;
 use super::pool;
 use super::request::Head;
 use super::response::{self, Client, Framing};
@@ -28,9 +28,6 @@ use crate::table::{Backend, Endpoint, Policy, now_ns};
 
 /// Room kept free in the upstream read buffer before each read.
 const READ_ROOM: usize = 16 * 1024;
-
-/// Most client bytes (pipelined requests) read while waiting for a response head.
-const EARLY_MAX: usize = 64 * 1024;
 
 /// What happened first while waiting for the pod.
 enum Watched {
@@ -150,16 +147,16 @@ struct Relayed {
 }
 
 impl Exchange<'_> {
-    /// Sends `s.out` (head and body, already written) to an endpoint and relays the response to `io`.
-    pub async fn run(&self, io: &mut Stream, s: &mut Scratch) -> Outcome {
+    /// Sends `s.out` (head and body, already written) to an endpoint and relays the response to `d`.
+    pub async fn run<D: Downstream>(&self, d: &mut D, s: &mut Scratch) -> Outcome {
         let mut tried = Vec::new();
         let Some(pool) = self.backend.pool() else {
-            return self.fail(io, s, Failure::NoEndpoint, tried, None).await;
+            return self.fail(d, s, Failure::NoEndpoint, tried, None).await;
         };
         loop {
             let affinity = self.policy.affinity.as_ref();
             let Some(picked) = pick(pool, affinity, self.pinned, &tried, self.tls, now_ns()) else {
-                return self.fail(io, s, Failure::NoEndpoint, tried, None).await;
+                return self.fail(d, s, Failure::NoEndpoint, tried, None).await;
             };
             let (endpoint, cookie) = (picked.endpoint.clone(), picked.set_cookie);
             endpoint.stats.start();
@@ -177,7 +174,7 @@ impl Exchange<'_> {
                     },
                 };
                 endpoint.stats.connected();
-                match self.attempt(&mut up, io, s, started, cookie.as_deref()).await {
+                match self.attempt(&mut up, d, s, started, cookie.as_deref()).await {
                     Ok(r) => break Ok((up, r)),
                     Err(Stage::BeforeResponse(_)) if reused && self.head.idempotent() => {
                         // the pod closed this idle connection: resend on a fresh one
@@ -186,7 +183,7 @@ impl Exchange<'_> {
                     }
                     Err(Stage::BeforeResponse(e) | Stage::BeforeHead(e)) => {
                         endpoint.stats.finish(None);
-                        return self.fail(io, s, e, tried, Some(endpoint.addr)).await;
+                        return self.fail(d, s, e, tried, Some(endpoint.addr)).await;
                     }
                     Err(Stage::AfterHead(e, partial)) => {
                         endpoint.stats.finish(partial.upstream_seconds.map(|s| (s * 1e9) as u64));
@@ -222,7 +219,7 @@ impl Exchange<'_> {
                 Err(timed_out) => {
                     if !self.connect_failed(&endpoint, &mut tried, timed_out) {
                         let e = if timed_out { Failure::Timeout("connect") } else { Failure::NoEndpoint };
-                        return self.fail(io, s, e, tried, Some(endpoint.addr)).await;
+                        return self.fail(d, s, e, tried, Some(endpoint.addr)).await;
                     }
                 }
             }
@@ -234,9 +231,9 @@ impl Exchange<'_> {
     }
 
     /// Answers 502 (504 after a timeout) when nothing was sent to the client yet.
-    async fn fail(
+    async fn fail<D: Downstream>(
         &self,
-        io: &mut Stream,
+        d: &mut D,
         s: &mut Scratch,
         e: Failure,
         tried: Vec<SocketAddr>,
@@ -246,15 +243,15 @@ impl Exchange<'_> {
         let body = crate::proxy::headers::failure_body(status);
         s.head.clear();
         response::answer(&mut s.head, status, None, &body, self.client_close, self.head.method == "HEAD");
-        let written = write(io, &s.head, self.client_timeout).await;
+        let written = d.answer(&s.head).await;
         Outcome { endpoint, tried, error: Some(e), ..Outcome::answered(status, written, self.client_close) }
     }
 
     /// Sends the request on `up` and relays the response.
-    async fn attempt(
+    async fn attempt<D: Downstream>(
         &self,
         up: &mut TcpStream,
-        io: &mut Stream,
+        d: &mut D,
         s: &mut Scratch,
         started: Instant,
         cookie: Option<&str>,
@@ -279,7 +276,7 @@ impl Exchange<'_> {
                 s.head.clear();
                 match response::relay_head(&s.up, &client, &mut s.head) {
                     Ok(Some(r)) if r.interim => {
-                        if !write(io, &s.head, self.client_timeout).await {
+                        if !d.interim(&s.head).await {
                             return Err(Stage::AfterHead(Failure::ClientGone, Partial::default()));
                         }
                         interim_sent = true;
@@ -294,7 +291,7 @@ impl Exchange<'_> {
             }
             // nothing of the response seen yet: the pod may have closed an idle connection under the request
             let first = s.up.is_empty() && !interim_sent;
-            let read = match self.read_watching(up, &mut s.up, io, &mut s.early).await {
+            let read = match self.read_watching(up, &mut s.up, d, &mut s.early).await {
                 Watched::Upstream(read) => read,
                 Watched::ClientGone => return Err(Stage::AfterHead(Failure::ClientGone, Partial::default())),
             };
@@ -315,7 +312,6 @@ impl Exchange<'_> {
             }
         };
         let upstream_seconds = started.elapsed().as_secs_f64();
-        // the head and the body bytes that came with it, in one write
         let mut reusable = resp.upstream_reusable;
         let avail = &s.up[resp.head_len..];
         let mut left = 0u64;
@@ -342,13 +338,8 @@ impl Exchange<'_> {
         if first_body < avail.len() {
             reusable = false; // bytes beyond the response: the connection is out of step
         }
-        if resp.rechunk {
-            response::chunk(&mut s.head, &avail[..first_body]);
-        } else {
-            s.head.extend_from_slice(&avail[..first_body]);
-        }
         let mut sent = Partial { status: resp.status, body_bytes: 0, upstream_seconds: Some(upstream_seconds) };
-        if !write(io, &s.head, self.client_timeout).await {
+        if !d.head(&mut s.head, &resp, &avail[..first_body], done).await {
             return Err(Stage::AfterHead(Failure::ClientGone, sent));
         }
         sent.body_bytes = first_body as u64;
@@ -358,9 +349,6 @@ impl Exchange<'_> {
             let take = match resp.framing {
                 Framing::UntilClose if n == 0 => {
                     done = true;
-                    if resp.rechunk && !write(io, response::LAST_CHUNK, self.client_timeout).await {
-                        return Err(Stage::AfterHead(Failure::ClientGone, sent));
-                    }
                     0
                 }
                 _ if n == 0 => {
@@ -383,16 +371,7 @@ impl Exchange<'_> {
             if take < n {
                 reusable = false;
             }
-            let written = if take == 0 {
-                true
-            } else if resp.rechunk {
-                s.head.clear();
-                response::chunk(&mut s.head, &s.up[..take]);
-                write(io, &s.head, self.client_timeout).await
-            } else {
-                write(io, &s.up[..take], self.client_timeout).await
-            };
-            if !written {
+            if (take > 0 || done) && !d.body(&mut s.head, &resp, &s.up[..take], done).await {
                 return Err(Stage::AfterHead(Failure::ClientGone, sent));
             }
             sent.body_bytes += take as u64;
@@ -406,41 +385,29 @@ impl Exchange<'_> {
         })
     }
 
-    /// One read from the upstream within the read timeout, watching the client meanwhile: a client that closes its
-    /// connection while it waits for the response head ends the exchange (nginx's 499), so the pod's connection and
-    /// the request's limit slot are freed at once instead of when the pod answers. Bytes the client sends meanwhile
-    /// (pipelined requests) are kept in `early` for the connection loop, up to [`EARLY_MAX`]; beyond that the
-    /// client is no longer read until the response.
-    async fn read_watching(
+    /// One read from the upstream within the read timeout, watching the client meanwhile: a client that goes away
+    /// while it waits for the response head ends the exchange (nginx's 499), so the pod's connection and the
+    /// request's limit slot are freed at once instead of when the pod answers. Bytes an HTTP/1.1 client sends
+    /// meanwhile (pipelined requests) are kept in `early` for the connection loop ([`Downstream::gone`]).
+    async fn read_watching<D: Downstream>(
         &self,
         up: &mut TcpStream,
         buf: &mut Vec<u8>,
-        io: &mut Stream,
+        d: &mut D,
         early: &mut Vec<u8>,
     ) -> Watched {
         let deadline = tokio::time::Instant::now() + self.policy.read_timeout;
         if buf.capacity() - buf.len() < READ_ROOM / 4 {
             buf.reserve(READ_ROOM);
         }
-        loop {
-            let watch = early.len() < EARLY_MAX;
-            if watch && early.capacity() - early.len() < 1024 {
-                early.reserve(4096);
-            }
-            // both reads are cancel-safe: a read that loses the race has consumed nothing
-            tokio::select! {
-                read = tokio::time::timeout_at(deadline, up.read_buf(buf)) => {
-                    return Watched::Upstream(match read {
-                        Ok(Ok(n)) => Ok(n),
-                        Ok(Err(e)) => Err(Failure::Upstream("read", e)),
-                        Err(_) => Err(Failure::Timeout("read")),
-                    });
-                }
-                client = io.read_buf(early), if watch => match client {
-                    Ok(0) | Err(_) => return Watched::ClientGone,
-                    Ok(_) => {}
-                },
-            }
+        // both are cancel-safe: a read that loses the race has consumed nothing
+        tokio::select! {
+            read = tokio::time::timeout_at(deadline, up.read_buf(buf)) => Watched::Upstream(match read {
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err(Failure::Upstream("read", e)),
+                Err(_) => Err(Failure::Timeout("read")),
+            }),
+            () = d.gone(early) => Watched::ClientGone,
         }
     }
 

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 fast path: plain proxied requests handled directly on Pingora's connections, everything else by
-//! Pingora's proxy.
+//! The fast path: proxied requests handled directly on Pingora's connections (HTTP/1.1, and HTTP/2 streams through
+//! [`h2`]), everything else by Pingora's proxy.
 //!
 //! Pingora runs the server (listeners, TLS with certificates by SNI, HTTP/2, graceful shutdown and binary upgrade)
 //! and its proxy framework implements every ingress feature in phases ([`crate::proxy`]). That framework costs
@@ -10,16 +10,19 @@
 //! endpoint), sends the head upstream with the same edits on a pooled connection and relays the response bytes,
 //! recording the same metrics and access log ([`crate::proxy::record`], [`crate::proxy::access_log`]).
 //!
-//! It takes only what it fully implements ([`request`] lists it); the first request it does not take — HTTP/2 or
-//! h2c, WebSocket upgrades, streamed or large uploads, `Expect`, HTTP/1.0, malformed input, and routes whose
-//! backend protocol is not plain HTTP (the compiler decides, [`crate::decide::transport`]) — hands the connection
-//! to Pingora's proxy with the bytes already read put back ([`replay`]), so those requests behave exactly as
-//! without it. `--no-fast-path`
-//! turns it off.
+//! It takes only what it fully implements ([`request`] lists it); the first request it does not take — WebSocket
+//! upgrades, streamed or large uploads, `Expect`, HTTP/1.0, malformed input, and routes whose backend protocol is
+//! not plain HTTP (the compiler decides, [`crate::decide::transport`]) — hands the connection to Pingora's proxy
+//! with the bytes already read put back ([`replay`]), so those requests behave exactly as without it. An HTTP/2
+//! connection (ALPN `h2`, or the h2c preface) is served stream by stream: the fast path takes the streams it can
+//! carry and gives Pingora's proxy the others ([`h2`]); the pods are reached over pooled HTTP/1.1 either way
+//! ([`downstream`] turns the response into HTTP/2). `--no-fast-path` turns it off.
 
 pub mod chunked;
 pub mod conn;
+pub mod downstream;
 pub mod exchange;
+pub mod h2;
 pub mod pool;
 pub mod replay;
 pub mod request;
@@ -37,7 +40,7 @@ use pingora::server::ShutdownWatch;
 
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::{IngressProxy, ProxySettings};
-use crate::runtime::metrics::{HandoverLabels, Metrics};
+use crate::runtime::metrics::Metrics;
 use crate::table::{RouteLabels, RouteTable};
 
 /// The fast path in front of Pingora's proxy.
@@ -74,8 +77,8 @@ impl FastPath {
 impl ServerApp for FastPath {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            self.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: "HTTP/2" }).inc();
-            return self.proxy.process_new(stream, shutdown).await;
+            h2::serve(self, stream, shutdown).await;
+            return None;
         }
         let mut stream = stream;
         loop {
@@ -84,7 +87,8 @@ impl ServerApp for FastPath {
                 conn::Served::Delegate(handed) => handed,
             };
             if handed.h2c {
-                return self.proxy.process_new(handed.stream, shutdown).await;
+                h2::serve(self, handed.stream, shutdown).await;
+                return None;
             }
             // one HTTP/1.1 request (or an upgrade) for Pingora's proxy; the connection comes back when it is done
             let mut session = ServerSession::new_http1(handed.stream);

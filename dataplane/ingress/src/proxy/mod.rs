@@ -81,8 +81,10 @@ impl IngressProxy {
         resp.insert_header(http::header::SERVER, headers::SERVER)?;
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
-        session.write_response_header(Box::new(resp), answer.body.is_empty()).await?;
-        if !answer.body.is_empty() {
+        // a HEAD answer ends with its head: over HTTP/2 a body would be sent as DATA frames, a protocol error
+        let end = answer.body.is_empty() || session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), end).await?;
+        if !end {
             session.write_response_body(Some(Bytes::from(answer.body)), true).await?;
         }
         Ok(true)

@@ -7,6 +7,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -211,11 +215,8 @@ fn normalise(text: &str, [http, https]: [u16; 2]) -> String {
         .join("\r\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() {
-    let seen: Seen = Arc::default();
-    let web = Pod::start("web", seen.clone()).await;
-    let api = Pod::start("api", seen.clone()).await;
+/// The objects of the corpus: a route for every policy kind, on the pods `web` and `api`.
+fn objects(web: &Pod, api: &Pod) -> String {
     let service = |name: &str, pod: Option<&Pod>| {
         let mut out = format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n"
@@ -228,9 +229,9 @@ async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() 
     const P: &str = "nginx.ingress.kubernetes.io";
     let one =
         |name: &str, ann: &str, host: &str, path: &str, svc: &str| ingress_yaml(name, ann, &[(host, path, svc)], "");
-    let yaml = [
-        service("web", Some(&web)),
-        service("api", Some(&api)),
+    [
+        service("web", Some(web)),
+        service("api", Some(api)),
         service("empty", None),
         "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: default}\ndata: {X-Route: edge, Server: edge-proxy}\n".to_owned(),
         one("plain", "", "plain.test", "/", "web"),
@@ -260,17 +261,19 @@ async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() 
         one("empty", "", "empty.test", "/", "empty"),
         one("slow", &format!("{P}/proxy-read-timeout: \"1\""), "slow.test", "/", "web"),
     ]
-    .concat();
-    let fast = Ingress::start(&yaml).await;
-    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
-    let sticky_cookie = {
-        let (response, _) = run(&fast, &seen, &get("sticky.test", "/")).await;
-        let line =
-            response.split("\r\n").find(|l| l.to_ascii_lowercase().starts_with("set-cookie: s=")).map(str::to_owned);
-        let line = line.unwrap_or_else(|| panic!("an affinity cookie is set:\n{response}"));
-        let value = line["set-cookie: ".len()..].split(';').next().expect("pair").to_owned();
-        format!("Cookie: a=1; {value}")
-    };
+    .concat()
+}
+
+/// The `Cookie` header of a request pinned by the affinity cookie `response` set.
+fn sticky_cookie(response: &str) -> String {
+    let line = response.split("\r\n").find(|l| l.to_ascii_lowercase().starts_with("set-cookie: s=")).map(str::to_owned);
+    let line = line.unwrap_or_else(|| panic!("an affinity cookie is set:\n{response}"));
+    let value = line["set-cookie: ".len()..].split(';').next().expect("pair").to_owned();
+    format!("Cookie: a=1; {value}")
+}
+
+/// The requests: every policy kind, and every kind of pod answer.
+fn corpus(sticky_cookie: String) -> Vec<Case> {
     let mut corpus = vec![
         get("plain.test", "/"),
         with(with(get("plain.test", "/x?y=1"), "X-Forwarded-For: 6.6.6.6"), "X-Request-ID: abc"),
@@ -314,6 +317,19 @@ async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() 
     ];
     // limit-rps 1: a burst of five, then 503s, on each ingress's own limiter
     corpus.extend((0..7).map(|_| get("rps.test", "/")));
+    corpus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() {
+    let seen: Seen = Arc::default();
+    let web = Pod::start("web", seen.clone()).await;
+    let api = Pod::start("api", seen.clone()).await;
+    let yaml = objects(&web, &api);
+    let fast = Ingress::start(&yaml).await;
+    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    let cookie = sticky_cookie(&run(&fast, &seen, &get("sticky.test", "/")).await.0);
+    let corpus = corpus(cookie);
     let mut differ = Vec::new();
     let mut statuses = Vec::new();
     for case in &corpus {
@@ -340,6 +356,102 @@ async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() 
     let m = fast.metrics_text().await;
     assert!(!m.contains("skiff_ingress_fast_path_handovers_total{"), "the fast path handed requests over:\n{m}");
     // the corpus reaches every kind of answer (so a transport that answered everything alike wrongly would show)
+    for status in ["200", "301", "302", "304", "308", "403", "404", "413", "502", "503", "504"] {
+        assert!(statuses.iter().any(|s| s == status), "no {status} in the corpus: {statuses:?}");
+    }
+}
+
+/// One request of the corpus over HTTP/2 (h2c with prior knowledge, on a connection of its own): the response as
+/// its status, fields (in order) and body.
+async fn h2_exchange(addr: SocketAddr, case: &Case) -> String {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c handshake");
+    tokio::spawn(conn);
+    let uri = format!("http://{}{}", case.host, case.target);
+    let mut req = Request::builder().method(case.method).uri(uri).header("user-agent", "differential");
+    for h in &case.headers {
+        let (name, value) = h.split_once(": ").expect("a header line");
+        req = req.header(name, value);
+    }
+    let req = req.body(Full::new(Bytes::from_static(case.body.as_bytes()))).expect("request");
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => return format!("no response: {e}"),
+    };
+    let mut out = format!("{}\r\n", resp.status().as_u16());
+    for (name, value) in resp.headers() {
+        out.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes())));
+    }
+    out.push_str("\r\n");
+    match resp.into_body().collect().await {
+        Ok(body) => out.push_str(&String::from_utf8_lossy(&body.to_bytes())),
+        Err(_) => out.push_str("<body cut short>"),
+    }
+    out
+}
+
+/// A head with its field names in lower case and its fields sorted by name (same-named ones kept in order). Over
+/// HTTP/2 the two transports differ here by construction: Pingora's HTTP/2 session keeps no case for the fields it
+/// adds and appends `Host` after the client's fields, where the fast path writes `Host` first (RFC 9112 §3.2)
+/// and its fields as it does for HTTP/1.1; names are case-insensitive and the order of different names carries no
+/// meaning (RFC 9110 §5.3).
+fn fields_sorted(text: &str) -> String {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return text.to_owned() };
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let mut fields: Vec<String> = lines
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
+            None => l.to_owned(),
+        })
+        .collect();
+    fields.sort_by(|a, b| a.split(':').next().cmp(&b.split(':').next()));
+    format!("{first}\r\n{}\r\n\r\n{body}", fields.join("\r\n"))
+}
+
+/// What one request over HTTP/2 did through one ingress: what the client got and what the pods received (fields
+/// sorted, [`fields_sorted`]).
+async fn run_h2(ingress: &Ingress, seen: &Seen, case: &Case) -> (String, Vec<(String, String)>) {
+    seen.lock().expect("lock").clear();
+    let exchange = tokio::time::timeout(Duration::from_secs(10), h2_exchange(ingress.http, case));
+    let response = exchange.await.unwrap_or_else(|_| "no response in 10 s".to_owned());
+    tokio::time::sleep(Duration::from_millis(20)).await; // a pod's record lands before the next request
+    let received = std::mem::take(&mut *seen.lock().expect("lock"));
+    let ports = [ingress.http.port(), ingress.https.port()];
+    let normal = |text: &str| fields_sorted(&normalise(text, ports));
+    (normal(&response), received.into_iter().map(|(pod, raw)| (pod, normal(&raw))).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_send_and_answer_the_same_over_http2() {
+    let seen: Seen = Arc::default();
+    let web = Pod::start("web", seen.clone()).await;
+    let api = Pod::start("api", seen.clone()).await;
+    let yaml = objects(&web, &api);
+    let fast = Ingress::start(&yaml).await;
+    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    let cookie = sticky_cookie(&run_h2(&fast, &seen, &get("sticky.test", "/")).await.0);
+    // `Connection` is not a field HTTP/2 carries (RFC 9113 §8.2.2)
+    let corpus: Vec<Case> = corpus(cookie)
+        .into_iter()
+        .filter(|c| !c.headers.iter().any(|h| h.to_ascii_lowercase().starts_with("connection:")))
+        .collect();
+    let mut differ = Vec::new();
+    let mut statuses = Vec::new();
+    for case in &corpus {
+        let (f, s) = (run_h2(&fast, &seen, case).await, run_h2(&slow, &seen, case).await);
+        statuses.push(f.0.split("\r\n").next().unwrap_or("-").to_owned());
+        if f != s {
+            differ.push(format!(
+                "{} {}{}:\n  fast path client: {:?}\n  Pingora   client: {:?}\n  fast path pod:    {:?}\n  Pingora   pod:    {:?}",
+                case.method, case.host, case.target, f.0, s.0, f.1, s.1
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{} of {} requests differ:\n{}", differ.len(), corpus.len(), differ.join("\n"));
+    let m = fast.metrics_text().await;
+    assert!(!m.contains("skiff_ingress_fast_path_handovers_total{"), "the fast path handed streams over:\n{m}");
     for status in ["200", "301", "302", "304", "308", "403", "404", "413", "502", "503", "504"] {
         assert!(statuses.iter().any(|s| s == status), "no {status} in the corpus: {statuses:?}");
     }

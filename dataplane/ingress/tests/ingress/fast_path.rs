@@ -18,9 +18,11 @@ use crate::harness::*;
 
 /// An upstream speaking raw HTTP/1.1: what it sends depends on the path. Every response names the upstream
 /// connection (`conn=N`) so tests can see reuse.
-struct Scripted {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    /// `/hold` requests whose connection the ingress closed before the pod answered.
+    pub holds_cut: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,22 +33,23 @@ impl Drop for Scripted {
 }
 
 impl Scripted {
-    async fn start() -> Scripted {
+    pub async fn start() -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
-        let count = connections.clone();
+        let holds_cut = Arc::new(AtomicUsize::new(0));
+        let (count, cut) = (connections.clone(), holds_cut.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let id = count.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::spawn(serve_scripted(stream, id));
+                tokio::spawn(serve_scripted(stream, id, cut.clone()));
             }
         });
-        Scripted { addr, connections, task }
+        Scripted { addr, connections, holds_cut, task }
     }
 
-    fn yaml(&self, host: &str, annotations: &str) -> String {
+    pub fn yaml(&self, host: &str, annotations: &str) -> String {
         let service = format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: raw, namespace: default}}\nspec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n{}",
             slice_yaml("raw", 0, self.addr.port(), true)
@@ -55,7 +58,7 @@ impl Scripted {
     }
 }
 
-async fn serve_scripted(mut s: TcpStream, id: usize) {
+async fn serve_scripted(mut s: TcpStream, id: usize, holds_cut: Arc<AtomicUsize>) {
     let mut buf = Vec::new();
     loop {
         let Some(RawRequest { method, path, body, .. }) = read_raw_request(&mut s, &mut buf).await else { return };
@@ -102,7 +105,7 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
                 let mut probe = [0u8; 1];
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = s.read(&mut probe) => drop(HOLDS_CUT.fetch_add(1, Ordering::SeqCst)),
+                    _ = s.read(&mut probe) => drop(holds_cut.fetch_add(1, Ordering::SeqCst)),
                 }
                 return;
             }
@@ -124,9 +127,6 @@ async fn serve_scripted(mut s: TcpStream, id: usize) {
         }
     }
 }
-
-/// `/hold` requests whose connection the ingress closed before the pod answered.
-static HOLDS_CUT: AtomicUsize = AtomicUsize::new(0);
 
 /// The `Content-Length` of a parsed head.
 fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
@@ -461,7 +461,7 @@ async fn a_client_leaving_while_the_pod_thinks_frees_the_pod_and_the_limit_slot(
     drop(gone);
     // the pod's connection is closed well before it would have answered (5 s)
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while HOLDS_CUT.load(Ordering::SeqCst) == 0 {
+    while up.holds_cut.load(Ordering::SeqCst) == 0 {
         assert!(std::time::Instant::now() < deadline, "the pod's connection is still open 3 s after the client left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

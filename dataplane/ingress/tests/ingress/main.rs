@@ -7,5 +7,6 @@ mod differential;
 mod fast_path;
 mod harness;
 mod hot_swap;
+mod http2;
 mod routing;
 mod tls;

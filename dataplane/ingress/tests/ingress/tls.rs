@@ -79,6 +79,8 @@ async fn certificates_are_chosen_by_sni_exact_then_wildcard_then_the_default_and
     assert!(!ok, "TLS 1.1 is refused: {out}");
     let m = ingress.metrics_text().await;
     assert!(m.contains("skiff_ingress_tls_handshakes_total{version=\"TLSv1.3\"}"), "{m}");
+    // h2 over TLS (ALPN) is the fast path's own, as HTTP/1.1 is
+    assert!(!m.contains("skiff_ingress_fast_path_handovers_total{"), "a request was handed to Pingora:\n{m}");
     assert!(
         m.contains("skiff_ingress_certificate_expiry_timestamp_seconds{secret=\"default/exact\",host=\"a.test\"}"),
         "{m}"
