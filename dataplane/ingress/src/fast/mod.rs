@@ -51,6 +51,8 @@ pub struct FastPath {
     access_log: Option<Arc<AccessLog>>,
     settings: ProxySettings,
     unmatched: Arc<RouteLabels>,
+    /// HTTP/2 without TLS (prior knowledge) is served ([`pingora::apps::HttpServerOptions::h2c`] of the proxy).
+    h2c: bool,
 }
 
 impl FastPath {
@@ -62,7 +64,9 @@ impl FastPath {
         access_log: Option<Arc<AccessLog>>,
         settings: ProxySettings,
     ) -> Self {
+        let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
         FastPath {
+            h2c,
             proxy: Arc::new(proxy),
             table,
             metrics,
@@ -86,9 +90,13 @@ impl ServerApp for FastPath {
                 conn::Served::Closed => return None,
                 conn::Served::Delegate(handed) => handed,
             };
-            if handed.h2c {
+            if handed.h2c && self.h2c {
                 h2::serve(self, handed.stream, shutdown).await;
                 return None;
+            }
+            if handed.h2c {
+                // refused as Pingora's server refuses it without h2c
+                return self.proxy.process_new(handed.stream, shutdown).await;
             }
             // one HTTP/1.1 request (or an upgrade) for Pingora's proxy; the connection comes back when it is done
             let mut session = ServerSession::new_http1(handed.stream);
