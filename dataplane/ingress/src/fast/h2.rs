@@ -8,6 +8,7 @@
 //! HTTP/2 ([`H2`]); any other stream goes to Pingora's proxy as it would without the fast path. The streams of
 //! one connection run as tasks of their own, as Pingora runs them.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerApp;
@@ -25,6 +26,18 @@ use super::request::{Head, MAX_BODY, MAX_HEADERS, content_length};
 use crate::proxy::ctx::ConnectionGuard;
 use crate::proxy::headers;
 use crate::runtime::metrics::HandoverLabels;
+
+/// Buffers of finished streams kept per thread for the next ones.
+const SCRATCH_KEPT: usize = 64;
+
+/// A kept buffer larger than this is dropped rather than kept.
+const SCRATCH_MAX: usize = 256 * 1024;
+
+thread_local! {
+    /// Buffers of finished streams, reused by the next streams on this thread (an HTTP/1.1 connection keeps its
+    /// own for all its requests; a stream is a task of its own).
+    static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Streams refused during acceptance (malformed targets, framing, authority) before the connection is closed, as
 /// Pingora's own accept loop bounds them.
@@ -198,8 +211,25 @@ async fn serve_stream(app: &FastPath, conn: Conn, mut session: HttpSession, shut
         user_agent,
     };
     let mut d = H2::new(&mut session, app.settings.client_timeout);
-    let mut scratch = Scratch::default();
+    let mut scratch = SCRATCH.with_borrow_mut(Vec::pop).unwrap_or_default();
     handle(app, &table, &conn, &head, &body, &mut d, &mut scratch, shutdown).await;
+    give_back(scratch);
+}
+
+/// Keeps `s` for the next stream on this thread, emptied, unless enough are kept or it grew large.
+fn give_back(mut s: Scratch) {
+    let Scratch { out, head, up, early } = &mut s;
+    if [&*out, &*head, &*up, &*early].iter().any(|b| b.capacity() > SCRATCH_MAX) {
+        return;
+    }
+    for b in [out, head, up, early] {
+        b.clear();
+    }
+    SCRATCH.with_borrow_mut(|kept| {
+        if kept.len() < SCRATCH_KEPT {
+            kept.push(s);
+        }
+    });
 }
 
 /// Reads a request body of `len` bytes (HTTP/2 checks it against `Content-Length`) within `timeout`.
