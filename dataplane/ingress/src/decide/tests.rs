@@ -73,6 +73,7 @@ fn table() -> RouteTable {
         ingress("sticky", "sticky.test", "/", "web", &[("affinity", "cookie"), ("session-cookie-name", "S")]),
         ingress("empty", "empty.test", "/", "empty", &[]),
         ingress("grpc", "grpc.test", "/", "web", &[("backend-protocol", "GRPC")]),
+        ingress("tls-pod", "tls-pod.test", "/", "web", &[("backend-protocol", "HTTPS")]),
     ]
     .concat();
     let objects = Objects::from_yaml(&yaml).expect("test objects parse");
@@ -317,10 +318,10 @@ fn limits_count_per_client_and_a_slot_is_held_while_the_plan_lives() {
 }
 
 #[test]
-fn the_compiler_sends_only_plain_http_backends_to_the_fast_path() {
+fn the_compiler_sends_only_http1_backends_to_the_fast_path() {
     let t = table();
     let fast = |host: &str| t.lookup(host, "/api/x").route.expect("route").fast;
-    for host in ["plain.test", "canary.test", "rewrite.test", "sticky.test", "rps.test", "moved.test"] {
+    for host in ["plain.test", "canary.test", "rewrite.test", "sticky.test", "rps.test", "moved.test", "tls-pod.test"] {
         assert!(fast(host), "{host} is carried by the fast path");
     }
     assert!(!fast("grpc.test"), "gRPC to pods is Pingora's");

@@ -30,8 +30,8 @@ pub fn fast_path_takes(route: &Route) -> bool {
         affinity: _,
         response_headers: _,
         upstream_vhost: _,
-        // the fast path speaks plain HTTP/1.1 to pods only; TLS and HTTP/2 (gRPC) to pods are Pingora's
+        // the fast path speaks HTTP/1.1 to pods, plain or over TLS; HTTP/2 to pods (gRPC) is Pingora's
         protocol,
     } = &**policy;
-    matches!(protocol, BackendProtocol::Http)
+    matches!(protocol, BackendProtocol::Http | BackendProtocol::Https)
 }

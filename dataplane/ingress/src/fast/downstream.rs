@@ -29,8 +29,9 @@ pub trait Downstream {
     /// client is gone.
     fn answer(&mut self, bytes: &[u8]) -> impl Future<Output = bool> + Send;
 
-    /// Passes on an informational (1xx) head from the pod.
-    fn interim(&mut self, head: &[u8]) -> impl Future<Output = bool> + Send;
+    /// Passes on an informational (1xx) head from the pod: `Some(written)`, or `None` when this client gets none
+    /// (then a failure after it is still answered with 502/504).
+    fn interim(&mut self, head: &[u8]) -> impl Future<Output = Option<bool>> + Send;
 
     /// Sends the response head (`out`, HTTP/1.1 bytes as [`response::relay_head`] wrote them; it may be appended
     /// to) and the body bytes that came with it, as the pod framed them; `done`: the body ends with them.
@@ -70,8 +71,8 @@ impl Downstream for H1<'_> {
         write(self.io, bytes, self.timeout).await
     }
 
-    async fn interim(&mut self, head: &[u8]) -> bool {
-        write(self.io, head, self.timeout).await
+    async fn interim(&mut self, head: &[u8]) -> Option<bool> {
+        Some(write(self.io, head, self.timeout).await)
     }
 
     async fn head(&mut self, out: &mut Vec<u8>, resp: &Response, body: &[u8], _done: bool) -> bool {
@@ -160,8 +161,8 @@ impl Downstream for H2<'_> {
         body.is_empty() || self.data(Bytes::copy_from_slice(body), true).await
     }
 
-    async fn interim(&mut self, _head: &[u8]) -> bool {
-        true // HTTP/2 responses here carry no 1xx heads (Pingora's HTTP/2 server drops them alike)
+    async fn interim(&mut self, _head: &[u8]) -> Option<bool> {
+        None // HTTP/2 responses here carry no 1xx heads (Pingora's HTTP/2 server drops them alike)
     }
 
     async fn head(&mut self, out: &mut Vec<u8>, resp: &Response, body: &[u8], done: bool) -> bool {

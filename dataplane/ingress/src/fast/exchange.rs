@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
 use super::conn::Scratch;
@@ -21,6 +20,8 @@ use super::downstream::Downstream;
 use super::pool;
 use super::request::Head;
 use super::response::{self, Client, Framing};
+use super::upstream::{Peer, Upstream};
+use crate::compile::annotations::BackendProtocol;
 use crate::decide::pick;
 use crate::proxy::record;
 use crate::runtime::metrics::Metrics;
@@ -162,13 +163,18 @@ impl Exchange<'_> {
             endpoint.stats.start();
             let started = Instant::now();
             let mut fresh_only = false;
+            let peer = Peer { addr: endpoint.addr, tls: self.policy.protocol == BackendProtocol::Https };
             let attempt = loop {
-                let pooled = if fresh_only { None } else { pool::take(endpoint.addr) };
+                let pooled = if fresh_only { None } else { pool::take(peer) };
                 let reused = pooled.is_some();
                 let mut up = match pooled {
-                    Some(up) if still_open(&up) => up,
-                    Some(_) => continue, // closed by the pod, or stray bytes: never used again
-                    None => match connect(endpoint.addr, self.policy.connect_timeout).await {
+                    Some(mut up) => {
+                        if !up.still_open() {
+                            continue; // closed by the pod, or stray bytes: never used again
+                        }
+                        up
+                    }
+                    None => match Upstream::connect(peer, self.policy.connect_timeout).await {
                         Ok(up) => up,
                         Err(timed_out) => break Err(timed_out),
                     },
@@ -204,7 +210,7 @@ impl Exchange<'_> {
                 Ok((up, r)) => {
                     endpoint.stats.finish(Some((r.upstream_seconds * 1e9) as u64));
                     if r.reusable {
-                        pool::put(endpoint.addr, up);
+                        pool::put(peer, up);
                     }
                     return Outcome {
                         status: r.status,
@@ -250,7 +256,7 @@ impl Exchange<'_> {
     /// Sends the request on `up` and relays the response.
     async fn attempt<D: Downstream>(
         &self,
-        up: &mut TcpStream,
+        up: &mut Upstream,
         d: &mut D,
         s: &mut Scratch,
         started: Instant,
@@ -270,16 +276,20 @@ impl Exchange<'_> {
         };
         s.up.clear();
         // the head (after any 1xx heads, which are passed on as they come); `s.out` keeps the request for a retry
-        let mut interim_sent = false;
+        // a 1xx head came (the pod has the request: it is never sent again), and the client got it (a failure can
+        // no longer be answered with 502/504)
+        let (mut interim_seen, mut interim_sent) = (false, false);
         let resp = loop {
             if !s.up.is_empty() {
                 s.head.clear();
                 match response::relay_head(&s.up, &client, &mut s.head) {
                     Ok(Some(r)) if r.interim => {
-                        if !d.interim(&s.head).await {
-                            return Err(Stage::AfterHead(Failure::ClientGone, Partial::default()));
+                        interim_seen = true;
+                        match d.interim(&s.head).await {
+                            Some(true) => interim_sent = true,
+                            Some(false) => return Err(Stage::AfterHead(Failure::ClientGone, Partial::default())),
+                            None => {}
                         }
-                        interim_sent = true;
                         s.up.drain(..r.head_len);
                         continue;
                     }
@@ -290,7 +300,7 @@ impl Exchange<'_> {
                 }
             }
             // nothing of the response seen yet: the pod may have closed an idle connection under the request
-            let first = s.up.is_empty() && !interim_sent;
+            let first = s.up.is_empty() && !interim_seen;
             let read = match self.read_watching(up, &mut s.up, d, &mut s.early).await {
                 Watched::Upstream(read) => read,
                 Watched::ClientGone => return Err(Stage::AfterHead(Failure::ClientGone, Partial::default())),
@@ -300,9 +310,14 @@ impl Exchange<'_> {
                     let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
                     return Err(Stage::BeforeResponse(Failure::Upstream("read", eof)));
                 }
-                Ok(0) if interim_sent => {
+                Ok(0) if interim_seen => {
                     let bad = response::BadResponse("closed after an informational response");
-                    return Err(Stage::AfterHead(bad.into(), Partial::default()));
+                    let partial = Partial::default();
+                    return Err(if interim_sent {
+                        Stage::AfterHead(bad.into(), partial)
+                    } else {
+                        Stage::BeforeHead(bad.into())
+                    });
                 }
                 Ok(0) => return Err(Stage::BeforeHead(response::BadResponse("closed inside the head").into())),
                 Ok(_) => {}
@@ -391,7 +406,7 @@ impl Exchange<'_> {
     /// meanwhile (pipelined requests) are kept in `early` for the connection loop ([`Downstream::gone`]).
     async fn read_watching<D: Downstream>(
         &self,
-        up: &mut TcpStream,
+        up: &mut Upstream,
         buf: &mut Vec<u8>,
         d: &mut D,
         early: &mut Vec<u8>,
@@ -412,7 +427,7 @@ impl Exchange<'_> {
     }
 
     /// One read from the upstream within the read timeout.
-    async fn read(&self, up: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
+    async fn read(&self, up: &mut Upstream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
         if buf.capacity() - buf.len() < READ_ROOM / 4 {
             buf.reserve(READ_ROOM);
         }
@@ -422,26 +437,4 @@ impl Exchange<'_> {
             Err(_) => Err(Failure::Timeout("read")),
         }
     }
-}
-
-/// A new connection within the connect timeout; `Err(true)` on timeout.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, bool> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%addr, error = %e, "connect failed");
-            Err(false)
-        }
-        Err(_) => Err(true),
-    }
-}
-
-/// Whether an idle connection is still open with nothing waiting: a pod that closed it, or that sent bytes after
-/// its last response (a body after HEAD or 204, say), must never get — or answer — another client's request.
-fn still_open(up: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(up.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }

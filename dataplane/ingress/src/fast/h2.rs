@@ -66,6 +66,9 @@ pub fn take(req: &RequestHeader, body_empty: bool) -> Result<Taken<'_>, &'static
     if req.headers.len() >= MAX_HEADERS {
         return Err("too many headers");
     }
+    if req.headers.contains_key(http::header::EXPECT) {
+        return Err("expectation"); // the client waits for a 100 the fast path does not send
+    }
     if req.headers.contains_key(http::header::TE)
         || req.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     {
@@ -289,6 +292,7 @@ mod tests {
             (req("POST", "/up", &[host, ("content-length", "-1")]), false, "bad Content-Length"),
             (req("POST", "/svc.Greeter/Hi", &[host, ("content-type", "application/grpc")]), true, "gRPC"),
             (req("GET", "/", &[host, ("te", "trailers")]), true, "gRPC or trailers"),
+            (req("PUT", "/up", &[host, ("content-length", "3"), ("expect", "100-continue")]), false, "expect"),
             (req("GET", "/", &[]), true, "no Host"),
             (req("GET", "/", &[("host", "a b")]), true, "bad Host"),
             (req("GET", "*", &[host]), true, "asterisk"),

@@ -12,7 +12,7 @@
 //!
 //! It takes only what it fully implements ([`request`] lists it); the first request it does not take — WebSocket
 //! upgrades, streamed or large uploads, `Expect`, HTTP/1.0, malformed input, and routes whose backend protocol is
-//! not plain HTTP (the compiler decides, [`crate::decide::transport`]) — hands the connection to Pingora's proxy
+//! gRPC (the compiler decides, [`crate::decide::transport`]) — hands the connection to Pingora's proxy
 //! with the bytes already read put back ([`replay`]), so those requests behave exactly as without it. An HTTP/2
 //! connection (ALPN `h2`, or the h2c preface) is served stream by stream: the fast path takes the streams it can
 //! carry and gives Pingora's proxy the others ([`h2`]); the pods are reached over pooled HTTP/1.1 either way
@@ -27,6 +27,7 @@ pub mod pool;
 pub mod replay;
 pub mod request;
 pub mod response;
+pub mod upstream;
 
 use std::sync::Arc;
 

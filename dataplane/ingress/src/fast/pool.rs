@@ -9,11 +9,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::upstream::{Peer, Upstream};
 
 /// How long a connection may stay idle in the pool.
 pub const IDLE: Duration = Duration::from_secs(60);
@@ -28,13 +28,13 @@ pub const PER_ENDPOINT: usize = 320;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 struct Idle {
-    stream: TcpStream,
+    stream: Upstream,
     since: Instant,
 }
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    idle: HashMap<Peer, Vec<Idle>>,
     swept: Option<Instant>,
 }
 
@@ -72,11 +72,11 @@ async fn sweep_until_empty() {
     }
 }
 
-/// An idle connection to `addr`, most recently used first (the one least likely to have been closed by the pod).
-pub fn take(addr: SocketAddr) -> Option<TcpStream> {
+/// An idle connection to `peer`, most recently used first (the one least likely to have been closed by the pod).
+pub fn take(peer: Peer) -> Option<Upstream> {
     let now = Instant::now();
     POOL.with_borrow_mut(|p| {
-        let list = p.idle.get_mut(&addr)?;
+        let list = p.idle.get_mut(&peer)?;
         while let Some(idle) = list.pop() {
             if now.duration_since(idle.since) < IDLE {
                 return Some(idle.stream);
@@ -87,10 +87,10 @@ pub fn take(addr: SocketAddr) -> Option<TcpStream> {
 }
 
 /// Returns a connection whose last response was read completely.
-pub fn put(addr: SocketAddr, stream: TcpStream) {
+pub fn put(peer: Peer, stream: Upstream) {
     let now = Instant::now();
     POOL.with_borrow_mut(|p| {
-        let list = p.idle.entry(addr).or_default();
+        let list = p.idle.entry(peer).or_default();
         if list.len() < PER_ENDPOINT {
             list.push(Idle { stream, since: now });
         }
@@ -105,24 +105,24 @@ pub fn put(addr: SocketAddr, stream: TcpStream) {
 }
 
 /// Idle connections of this thread (for tests and debugging).
-pub fn idle_count(addr: SocketAddr) -> usize {
-    POOL.with_borrow(|p| p.idle.get(&addr).map_or(0, Vec::len))
+pub fn idle_count(peer: Peer) -> usize {
+    POOL.with_borrow(|p| p.idle.get(&peer).map_or(0, Vec::len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn connection(listener: &tokio::net::TcpListener) -> TcpStream {
+    async fn connection(listener: &tokio::net::TcpListener) -> Upstream {
         let addr = listener.local_addr().expect("addr");
-        let (client, _) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        client.expect("connect")
+        let (client, _) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        Upstream::Plain(client.expect("connect"))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pool_left_behind_by_traffic_is_swept_by_its_timer() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let addr = Peer { addr: listener.local_addr().expect("addr"), tls: false };
         put(addr, connection(&listener).await);
         put(addr, connection(&listener).await);
         assert_eq!(idle_count(addr), 2);

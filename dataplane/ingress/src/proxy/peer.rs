@@ -41,7 +41,11 @@ pub fn select(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.endpoint = Some(endpoint.clone());
     ctx.upstream_start = Some(Instant::now());
     let tls = matches!(policy.protocol, BackendProtocol::Https | BackendProtocol::Grpcs);
-    let mut peer = HttpPeer::new(addr, tls, String::new());
+    // Pingora's TLS connector needs a server name to start a handshake (an empty one failed every connection,
+    // answering 502): the pod's address, for which rustls sends no SNI (ingress-nginx's `proxy-ssl-server-name:
+    // off`); the certificate is not verified (`proxy-ssl-verify: off`)
+    let sni = if tls { addr.ip().to_string() } else { String::new() };
+    let mut peer = HttpPeer::new(addr, tls, sni);
     let o = &mut peer.options;
     o.connection_timeout = Some(policy.connect_timeout);
     o.read_timeout = Some(policy.read_timeout);

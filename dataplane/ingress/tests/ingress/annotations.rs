@@ -228,3 +228,38 @@ async fn backend_protocol_grpc_speaks_http2_to_the_pods() {
     assert_eq!(echo["headers"]["te"], "trailers", "{echo}");
     assert!(echo["headers"].get("keep-alive").is_none(), "{echo}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_protocol_https_speaks_tls_to_the_pods_on_both_paths_and_reuses_the_connection() {
+    let secure = Upstream::start_tls("secure").await;
+    let plain = Upstream::start("plain").await;
+    let yaml = [
+        service_yaml("secure", &[&secure]),
+        service_yaml("plain", &[&plain]),
+        ingress_yaml("s", &format!("{P}/backend-protocol: HTTPS"), &[("s.test", "/", "secure")], ""),
+        // a pod that does not speak TLS behind an HTTPS route
+        ingress_yaml("p", &format!("{P}/backend-protocol: HTTPS"), &[("p.test", "/", "plain")], ""),
+    ]
+    .concat();
+    let fast = Ingress::start(&yaml).await;
+    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    for (path, ingress) in [("fast path", &fast), ("Pingora's path", &slow)] {
+        let before = secure.connections.load(std::sync::atomic::Ordering::Relaxed);
+        for i in 0..10 {
+            let reply = ingress.get("s.test", &format!("/r{i}")).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+            let echo = reply.json();
+            assert_eq!((echo["server"].as_str(), echo["uri"].as_str()), (Some("secure"), Some(&*format!("/r{i}"))));
+            assert_eq!(echo["version"], "HTTP/1.1", "{path}");
+            assert_eq!(echo["headers"]["x-forwarded-proto"], "http", "{path}: the client's scheme, not the pod's");
+        }
+        let opened = secure.connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // one pooled connection per proxy thread at most, not one per request
+        assert!((1..=4).contains(&opened), "{path}: {opened} TLS connections for 10 requests");
+        let reply = ingress.get("p.test", "/").await;
+        assert_eq!(reply.status, 502, "{path}: a pod without TLS behind an HTTPS route: {}", reply.body);
+    }
+    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "no request reached the plain pod");
+    let m = fast.metrics_text().await;
+    assert!(!m.contains("skiff_ingress_fast_path_handovers_total{"), "HTTPS routes were handed to Pingora:\n{m}");
+}

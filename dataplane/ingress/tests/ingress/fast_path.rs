@@ -109,6 +109,10 @@ async fn serve_scripted(mut s: TcpStream, id: usize, holds_cut: Arc<AtomicUsize>
                 }
                 return;
             }
+            "/hint-then-close" => {
+                let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n").await;
+                return;
+            }
             "/early-hints" => {
                 s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n").await.and(
                     s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()).as_bytes())

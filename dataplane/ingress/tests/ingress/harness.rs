@@ -45,6 +45,8 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// Connections accepted (TLS ones once their handshake completed).
+    pub connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -124,23 +126,54 @@ mod ws_upstream {
 impl Upstream {
     /// Starts an upstream (HTTP/1.1 with upgrades, and h2c) on a new loopback port.
     pub async fn start(name: &str) -> Upstream {
+        Self::start_with(name, None).await
+    }
+
+    /// Starts an upstream speaking HTTPS (HTTP/1.1 over TLS, a self-signed certificate, ALPN `http/1.1`), as a pod
+    /// behind `backend-protocol: HTTPS`.
+    pub async fn start_tls(name: &str) -> Upstream {
+        let c = rcgen::generate_simple_self_signed(vec!["pod.local".to_owned()]).expect("rcgen");
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![c.cert.der().clone()], key)
+                .expect("certificate");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let name: Arc<str> = name.into();
         let requests = Arc::new(AtomicU64::new(0));
-        let (n, c) = (name.clone(), requests.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let (n, c, conns) = (name.clone(), requests.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (n, c) = (n.clone(), c.clone());
+                let (n, c, conns, tls) = (n.clone(), c.clone(), conns.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| echo(n.clone(), c.clone(), req));
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    match tls {
+                        None => {
+                            conns.fetch_add(1, Ordering::Relaxed);
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            conns.fetch_add(1, Ordering::Relaxed);
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
-        Upstream { name: name.to_string(), addr, requests, task }
+        Upstream { name: name.to_string(), addr, requests, connections, task }
     }
 }
 

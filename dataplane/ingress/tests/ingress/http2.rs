@@ -123,6 +123,20 @@ async fn a_stream_the_fast_path_cannot_carry_goes_to_pingora_and_its_siblings_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_heads_are_dropped_and_a_pod_closing_after_one_is_answered_502() {
+    let up = Scripted::start().await;
+    let ingress = Ingress::start(&up.yaml("raw.test", "")).await;
+    let mut sender = h2c(ingress.http).await;
+    let (status, _, body) = send(&mut sender, request("GET", "raw.test", "/early-hints", full(""))).await;
+    assert_eq!(status, 200, "the final response after the dropped 103: {body}");
+    assert!(body.starts_with("GET /early-hints body= conn="), "{body}");
+    // the client got nothing of the 103, so the failure after it is still answered (not a reset stream)
+    let (status, _, body) = send(&mut sender, request("GET", "raw.test", "/hint-then-close", full(""))).await;
+    assert_eq!((status, body.as_str()), (502, "502 bad gateway\n"));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1, "a request the pod acknowledged with a 103 is not sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resetting_its_stream_frees_the_pod_and_the_limit_slot() {
     let up = Scripted::start().await;
     let ingress = Ingress::start(&up.yaml("raw.test", "nginx.ingress.kubernetes.io/limit-connections: \"1\"")).await;
