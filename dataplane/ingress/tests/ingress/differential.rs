@@ -184,7 +184,7 @@ fn dechunked(response: String) -> String {
 }
 
 /// What one request did through one ingress: what the client got and what the pods received.
-async fn run(ingress: &Ingress, seen: &Seen, case: &Case) -> (String, Vec<(String, String)>) {
+async fn run(ingress: &Ingress, seen: &Seen, case: &Case) -> Trip {
     seen.lock().expect("lock").clear();
     let mut s = TcpStream::connect(ingress.http).await.expect("connect");
     s.write_all(&case.bytes()).await.expect("send");
@@ -320,14 +320,30 @@ fn corpus(sticky_cookie: String) -> Vec<Case> {
     corpus
 }
 
+/// The pods `web` and `api` and two ingresses reading the same objects ([`objects`]): one with the fast path, one
+/// without.
+struct Pair {
+    seen: Seen,
+    fast: Ingress,
+    slow: Ingress,
+    _pods: [Pod; 2],
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let seen: Seen = Arc::default();
+        let web = Pod::start("web", seen.clone()).await;
+        let api = Pod::start("api", seen.clone()).await;
+        let yaml = objects(&web, &api);
+        let fast = Ingress::start(&yaml).await;
+        let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+        Pair { seen, fast, slow, _pods: [web, api] }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() {
-    let seen: Seen = Arc::default();
-    let web = Pod::start("web", seen.clone()).await;
-    let api = Pod::start("api", seen.clone()).await;
-    let yaml = objects(&web, &api);
-    let fast = Ingress::start(&yaml).await;
-    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    let Pair { seen, fast, slow, _pods } = Pair::start().await;
     let cookie = sticky_cookie(&run(&fast, &seen, &get("sticky.test", "/")).await.0);
     let corpus = corpus(cookie);
     let mut differ = Vec::new();
@@ -344,18 +360,31 @@ async fn both_transports_send_and_answer_the_same_bytes_for_every_policy_kind() 
             s.0 = s.0.replace(close, keep);
         }
         statuses.push(status);
-        if f != s {
-            differ.push(format!(
-                "{} {}{}:\n  fast path client: {:?}\n  Pingora   client: {:?}\n  fast path pod:    {:?}\n  Pingora   pod:    {:?}",
-                case.method, case.host, case.target, f.0, s.0, f.1, s.1
-            ));
-        }
+        differ.extend(difference(case, &f, &s));
     }
-    assert!(differ.is_empty(), "{} of {} requests differ:\n{}", differ.len(), corpus.len(), differ.join("\n"));
-    // and the fast path carried every one of them itself
+    conclude(&fast, &differ, corpus.len(), &statuses).await;
+}
+
+/// What one request did through one ingress: what the client got, and what the pods received.
+type Trip = (String, Vec<(String, String)>);
+
+/// How `case` went differently through the fast path (`f`) and Pingora's path (`s`), if it did.
+fn difference(case: &Case, f: &Trip, s: &Trip) -> Option<String> {
+    (f != s).then(|| {
+        format!(
+            "{} {}{}:\n  fast path client: {:?}\n  Pingora   client: {:?}\n  fast path pod:    {:?}\n  Pingora   pod:    {:?}",
+            case.method, case.host, case.target, f.0, s.0, f.1, s.1
+        )
+    })
+}
+
+/// The checks after a corpus of `total` requests: none went differently, the fast path carried every one of them
+/// itself, and the corpus reached every kind of answer (so a transport that answered everything alike wrongly would
+/// show).
+async fn conclude(fast: &Ingress, differ: &[String], total: usize, statuses: &[String]) {
+    assert!(differ.is_empty(), "{} of {total} requests differ:\n{}", differ.len(), differ.join("\n"));
     let m = fast.metrics_text().await;
     assert!(!m.contains("skiff_ingress_fast_path_handovers_total{"), "the fast path handed requests over:\n{m}");
-    // the corpus reaches every kind of answer (so a transport that answered everything alike wrongly would show)
     for status in ["200", "301", "302", "304", "308", "403", "404", "413", "502", "503", "504"] {
         assert!(statuses.iter().any(|s| s == status), "no {status} in the corpus: {statuses:?}");
     }
@@ -412,7 +441,7 @@ fn fields_sorted(text: &str) -> String {
 
 /// What one request over HTTP/2 did through one ingress: what the client got and what the pods received (fields
 /// sorted, [`fields_sorted`]).
-async fn run_h2(ingress: &Ingress, seen: &Seen, case: &Case) -> (String, Vec<(String, String)>) {
+async fn run_h2(ingress: &Ingress, seen: &Seen, case: &Case) -> Trip {
     seen.lock().expect("lock").clear();
     let exchange = tokio::time::timeout(Duration::from_secs(10), h2_exchange(ingress.http, case));
     let response = exchange.await.unwrap_or_else(|_| "no response in 10 s".to_owned());
@@ -425,12 +454,7 @@ async fn run_h2(ingress: &Ingress, seen: &Seen, case: &Case) -> (String, Vec<(St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_transports_send_and_answer_the_same_over_http2() {
-    let seen: Seen = Arc::default();
-    let web = Pod::start("web", seen.clone()).await;
-    let api = Pod::start("api", seen.clone()).await;
-    let yaml = objects(&web, &api);
-    let fast = Ingress::start(&yaml).await;
-    let slow = Ingress::start_with(&yaml, false, |c| c.fast_path = false).await;
+    let Pair { seen, fast, slow, _pods } = Pair::start().await;
     let cookie = sticky_cookie(&run_h2(&fast, &seen, &get("sticky.test", "/")).await.0);
     // `Connection` is not a field HTTP/2 carries (RFC 9113 §8.2.2)
     let corpus: Vec<Case> = corpus(cookie)
@@ -442,17 +466,7 @@ async fn both_transports_send_and_answer_the_same_over_http2() {
     for case in &corpus {
         let (f, s) = (run_h2(&fast, &seen, case).await, run_h2(&slow, &seen, case).await);
         statuses.push(f.0.split("\r\n").next().unwrap_or("-").to_owned());
-        if f != s {
-            differ.push(format!(
-                "{} {}{}:\n  fast path client: {:?}\n  Pingora   client: {:?}\n  fast path pod:    {:?}\n  Pingora   pod:    {:?}",
-                case.method, case.host, case.target, f.0, s.0, f.1, s.1
-            ));
-        }
+        differ.extend(difference(case, &f, &s));
     }
-    assert!(differ.is_empty(), "{} of {} requests differ:\n{}", differ.len(), corpus.len(), differ.join("\n"));
-    let m = fast.metrics_text().await;
-    assert!(!m.contains("skiff_ingress_fast_path_handovers_total{"), "the fast path handed streams over:\n{m}");
-    for status in ["200", "301", "302", "304", "308", "403", "404", "413", "502", "503", "504"] {
-        assert!(statuses.iter().any(|s| s == status), "no {status} in the corpus: {statuses:?}");
-    }
+    conclude(&fast, &differ, corpus.len(), &statuses).await;
 }
