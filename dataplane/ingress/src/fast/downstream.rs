@@ -189,14 +189,37 @@ impl Downstream for H2<'_> {
 /// Header fields an HTTP/2 response must not carry (RFC 9113 §8.2.2), left out of the HTTP/1.1 head.
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
 
+/// Header lines parsed without allocating; a head with more (the relay passes up to [`response::MAX_HEADERS`] of
+/// the pod's and adds its own) is parsed into a buffer sized for it.
+const HEAD_LINES: usize = 64;
+
 /// The HTTP/2 response for an HTTP/1.1 head the ingress wrote (status and fields, same order, without the
 /// connection-specific ones), and the head's length. `None` if `bytes` do not start with a complete head.
 pub fn h2_head(bytes: &[u8]) -> Option<(Box<ResponseHeader>, usize)> {
-    let mut storage = [httparse::EMPTY_HEADER; response::MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut storage);
+    let mut storage = [httparse::EMPTY_HEADER; HEAD_LINES];
+    match convert(bytes, &mut storage) {
+        Err(httparse::Error::TooManyHeaders) => {
+            let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+            convert(bytes, &mut vec![httparse::EMPTY_HEADER; lines])
+        }
+        converted => converted,
+    }
+    .ok()
+    .flatten()
+}
+
+fn convert<'b>(
+    bytes: &'b [u8],
+    storage: &mut [httparse::Header<'b>],
+) -> Result<Option<(Box<ResponseHeader>, usize)>, httparse::Error> {
+    let mut parsed = httparse::Response::new(storage);
     let mut config = httparse::ParserConfig::default();
     config.allow_spaces_after_header_name_in_responses(true);
-    let Ok(httparse::Status::Complete(len)) = config.parse_response(&mut parsed, bytes) else { return None };
+    let httparse::Status::Complete(len) = config.parse_response(&mut parsed, bytes)? else { return Ok(None) };
+    Ok(head_of(&parsed).map(|head| (head, len)))
+}
+
+fn head_of(parsed: &httparse::Response<'_, '_>) -> Option<Box<ResponseHeader>> {
     let mut head = ResponseHeader::build(parsed.code?, Some(parsed.headers.len())).ok()?;
     for h in parsed.headers.iter() {
         if CONNECTION_SPECIFIC.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
@@ -205,7 +228,7 @@ pub fn h2_head(bytes: &[u8]) -> Option<(Box<ResponseHeader>, usize)> {
         let value = http::HeaderValue::from_bytes(h.value).ok()?;
         head.append_header(h.name.to_ascii_lowercase(), value).ok()?;
     }
-    Some((Box::new(head), len))
+    Some(Box::new(head))
 }
 
 #[cfg(test)]
@@ -222,6 +245,17 @@ mod tests {
         assert_eq!(head.status.as_u16(), 404);
         let fields: Vec<_> = head.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().expect("ascii"))).collect();
         assert_eq!(fields, ["content-type: text/plain", "set-cookie: a=1", "set-cookie: b=2", "server: skiff"]);
+    }
+
+    #[test]
+    fn a_head_with_more_lines_than_the_relay_takes_from_a_pod_converts() {
+        let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..response::MAX_HEADERS + 10 {
+            raw.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let (head, len) = h2_head(&raw).expect("a head");
+        assert_eq!((len, head.headers.len()), (raw.len(), response::MAX_HEADERS + 10));
     }
 
     #[test]
