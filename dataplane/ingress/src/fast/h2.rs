@@ -160,32 +160,29 @@ pub async fn serve(app: &Arc<FastPath>, stream: Stream, shutdown: &ShutdownWatch
 /// One stream: the fast path's when it takes it, else Pingora's.
 async fn serve_stream(app: &FastPath, conn: Conn, mut session: HttpSession, shutdown: &ShutdownWatch) {
     let table = app.table.load_full();
-    let taken = match take(session.req_header(), session.is_body_empty()) {
-        Ok(t) => {
-            let host = headers::host_key(t.host);
-            let path = t.target.split_once('?').map_or(t.target, |(p, _)| p);
-            match table.lookup(&host, path).route {
-                Some(r) if !r.fast => Err("route needs Pingora's proxy"),
-                _ => Ok(t.body_len),
-            }
+    // the request header leaves the session, which then only sends the response (it goes back for Pingora)
+    let req = std::mem::replace(session.req_header_mut(), placeholder());
+    let taken = take(&req, session.is_body_empty()).and_then(|t| {
+        let host = headers::host_key(t.host);
+        let path = t.target.split_once('?').map_or(t.target, |(p, _)| p);
+        match table.lookup(&host, path).route {
+            Some(r) if !r.fast => Err("route needs Pingora's proxy"),
+            _ => Ok(t),
         }
-        Err(why) => Err(why),
-    };
-    let body_len = match taken {
-        Ok(n) => n,
+    });
+    let t = match taken {
+        Ok(t) => t,
         Err(why) => {
+            *session.req_header_mut() = req;
             tracing::trace!(reason = why, "HTTP/2 stream handed to Pingora's proxy");
             app.metrics.fast_path_handovers.get_or_create(&HandoverLabels { reason: why }).inc();
             app.proxy.process_new_http(ServerSession::new_http2(session), shutdown).await;
             return;
         }
     };
-    let Some(body) = read_body(&mut session, body_len, app.settings.client_timeout).await else {
+    let Some(body) = read_body(&mut session, t.body_len, app.settings.client_timeout).await else {
         return; // the client reset the stream or was too slow: nothing to answer
     };
-    // the request header leaves the session, which from here on only sends the response
-    let req = std::mem::replace(session.req_header_mut(), placeholder());
-    let Ok(t) = take(&req, body.is_empty()) else { return };
     let mut lines: Vec<httparse::Header<'_>> = Vec::with_capacity(req.headers.len() + 2);
     // HTTP/1.1 pods expect `Host` first; a client's own `Host` gives way to `:authority` (RFC 9113 §8.3.1)
     lines.push(httparse::Header { name: "Host", value: t.host.as_bytes() });
