@@ -9,7 +9,9 @@
 //! one connection run as tasks of their own, as Pingora runs them.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pingora::apps::HttpServerApp;
 use pingora::http::RequestHeader;
@@ -120,10 +122,22 @@ pub async fn serve(app: &Arc<FastPath>, stream: Stream, shutdown: &ShutdownWatch
     };
     let mut watch = shutdown.clone();
     let (mut draining, mut rejected) = (false, 0);
+    let open = Arc::new(Open::default());
+    let idle_timeout = app.settings.keepalive_timeout;
+    // after an idle timeout, how long the GOAWAY exchange may take (a peer that is gone would never end it)
+    let mut drain_until = None;
     loop {
         let next = if draining {
-            HttpSession::from_h2_conn(&mut h2, digest.clone()).await
+            let accept = HttpSession::from_h2_conn(&mut h2, digest.clone());
+            match drain_until {
+                Some(at) => match tokio::time::timeout_at(at, accept).await {
+                    Ok(next) => next,
+                    Err(_) => return,
+                },
+                None => accept.await,
+            }
         } else {
+            let check_at = open.idle_deadline(idle_timeout);
             tokio::select! {
                 biased;
                 // a closed watch means the server is gone: drain as well
@@ -134,12 +148,25 @@ pub async fn serve(app: &Arc<FastPath>, stream: Stream, shutdown: &ShutdownWatch
                     continue;
                 }
                 next = HttpSession::from_h2_conn(&mut h2, digest.clone()) => next,
+                _ = tokio::time::sleep_until(check_at.into()) => {
+                    if open.idle_deadline(idle_timeout) <= Instant::now() {
+                        tracing::debug!(?idle_timeout, "idle HTTP/2 connection closed");
+                        h2.graceful_shutdown();
+                        draining = true;
+                        drain_until = Some(tokio::time::Instant::now() + idle_timeout);
+                    }
+                    continue;
+                }
             }
         };
         match next {
             Ok(Some(H2Accept::Session(session))) => {
                 let (app, shutdown) = (app.clone(), shutdown.clone());
-                tokio::spawn(async move { serve_stream(&app, conn, session, &shutdown).await });
+                let stream = Open::enter(&open);
+                tokio::spawn(async move {
+                    serve_stream(&app, conn, session, &shutdown).await;
+                    drop(stream);
+                });
             }
             Ok(Some(H2Accept::Rejected)) => {
                 rejected += 1;
@@ -153,6 +180,49 @@ pub async fn serve(app: &Arc<FastPath>, stream: Stream, shutdown: &ShutdownWatch
                 tracing::debug!(error = %e, "HTTP/2 connection ended");
                 return;
             }
+        }
+    }
+}
+
+/// The streams of one connection still being served, and since when none has been: a connection with no stream
+/// for the keep-alive timeout is closed with a GOAWAY, as nginx closes an idle HTTP/2 connection after
+/// `keepalive_timeout` (a stream in progress, however long, keeps it).
+#[derive(Debug)]
+struct Open {
+    count: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Default for Open {
+    fn default() -> Self {
+        Open { count: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) }
+    }
+}
+
+/// One stream of [`Open`], counted until dropped.
+struct OpenStream(Arc<Open>);
+
+impl Open {
+    fn enter(open: &Arc<Open>) -> OpenStream {
+        open.count.fetch_add(1, Ordering::AcqRel);
+        OpenStream(open.clone())
+    }
+
+    /// When the connection is idle for `timeout` if nothing changes: a timeout from now while a stream is open.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        if self.count.load(Ordering::Acquire) > 0 {
+            Instant::now() + timeout
+        } else {
+            *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) + timeout
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut since = self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Instant::now();
         }
     }
 }

@@ -65,6 +65,9 @@ pub fn build<S: BackgroundService + Send + Sync + 'static>(
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut options = HttpServerOptions::default();
     options.h2c = config.h2c;
+    // an HTTP/2 connection without a stream for the keep-alive timeout is closed (the fast path's own HTTP/2 loop
+    // does the same; this one serves HTTP/2 with `--no-fast-path`)
+    options.h2_idle_timeout = Some(config.keepalive_timeout);
     app.server_options = Some(options);
     let tls = match &config.https_addr {
         Some(addr) => {

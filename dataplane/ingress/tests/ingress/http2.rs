@@ -161,3 +161,79 @@ async fn a_client_resetting_its_stream_frees_the_pod_and_the_limit_slot() {
         "the abandoned stream is counted as 499:\n{m}"
     );
 }
+
+/// An HTTP/2 connection with no stream for the keep-alive timeout is closed with a GOAWAY, as nginx closes one
+/// after `keepalive_timeout`; a stream that lasts longer keeps its connection (a request after it is still served
+/// on it), and the idle time counts from the end of the last stream. Both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_keepalive_timeout_and_a_busy_one_is_not() {
+    let up = Scripted::start().await;
+    for fast_path in [true, false] {
+        idle_and_busy_connections(&up, fast_path).await;
+    }
+}
+
+async fn idle_and_busy_connections(up: &Scripted, fast_path: bool) {
+    let timeout = Duration::from_secs(1);
+    let yaml = up.yaml("raw.test", "nginx.ingress.kubernetes.io/proxy-read-timeout: \"3\"");
+    let ingress = Ingress::start_with(&yaml, false, |c| {
+        c.keepalive_timeout = timeout;
+        c.fast_path = fast_path;
+    })
+    .await;
+    let connect = || async {
+        let stream = tokio::net::TcpStream::connect(ingress.http).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+        (sender, tokio::spawn(conn))
+    };
+
+    let (mut idle, closed) = connect().await;
+    assert_eq!(send(&mut idle, request("GET", "raw.test", "/echo", full(""))).await.0, 200);
+    let answered = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), closed).await;
+    let after = answered.elapsed();
+    assert!(ended.is_ok(), "fast path {fast_path}: an idle connection is still open 10 s after its last stream");
+    assert!(
+        after >= timeout - Duration::from_millis(100),
+        "fast path {fast_path}: closed {after:?} after its last stream"
+    );
+
+    // `/slow` does not answer: its stream lasts the 3 s read timeout (then 504), three keep-alive timeouts
+    let (mut busy, closed) = connect().await;
+    let slow = send(&mut busy, request("GET", "raw.test", "/slow", full(""))).await;
+    assert_eq!(slow.0, 504, "fast path {fast_path}: {slow:?}");
+    assert!(!closed.is_finished(), "fast path {fast_path}: the connection was closed while its stream was in progress");
+    let again = send(&mut busy, request("GET", "raw.test", "/echo", full(""))).await;
+    assert_eq!(
+        again.0, 200,
+        "fast path {fast_path}: a request right after the long stream is served on the same connection"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed).await.expect("then it goes idle and is closed").ok();
+}
+
+/// With the h2c option off, a client speaking HTTP/2 with prior knowledge on the plain listener is not served, on
+/// either transport (Pingora's server refuses it the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prior_knowledge_h2c_is_refused_when_the_option_is_off() {
+    let up = Scripted::start().await;
+    for fast_path in [true, false] {
+        let ingress = Ingress::start_with(&up.yaml("raw.test", ""), false, |c| {
+            c.h2c = false;
+            c.fast_path = fast_path;
+        })
+        .await;
+        let stream = tokio::net::TcpStream::connect(ingress.http).await.expect("connect");
+        let refused = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender.send_request(request("GET", "raw.test", "/echo", full(""))).await
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(10), refused).await.expect("refused within 10 s");
+        assert!(outcome.is_err(), "fast path {fast_path}: h2c served with the option off: {outcome:?}");
+        // HTTP/1.1 on the same listener is served
+        assert_eq!(ingress.get("raw.test", "/echo").await.status, 200, "fast path {fast_path}");
+    }
+}
