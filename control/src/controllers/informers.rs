@@ -45,6 +45,8 @@ pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     _idle: async_broadcast::InactiveReceiver<Arc<K>>,
     /// The store's objects grouped by controller, for the informers that keep them (pods).
     by_controller: Option<ByController<K>>,
+    /// What is left out of every object before the store keeps it (besides `managedFields`).
+    trim: fn(&mut K),
 }
 
 impl<K> Informer<K>
@@ -63,7 +65,13 @@ where
             changes,
             _idle: idle.deactivate(),
             by_controller: None,
+            trim: |_| {},
         }
+    }
+
+    /// The same, leaving out what `trim` removes from each object before the store keeps it.
+    fn trimmed(self, trim: fn(&mut K)) -> Self {
+        Informer { trim, ..self }
     }
 
     /// The same, keeping its objects grouped by controller in `groups` too.
@@ -81,10 +89,14 @@ where
         let Some(writer) = self.writer.take() else { return };
         let api: Api<K> = Api::all(client);
         // No controller reads managedFields: they are dropped before the store keeps an object (as client-go
-        // informers' transform functions commonly do), which keeps them out of memory for every cached object.
-        let events = watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+        // informers' transform functions commonly do), which keeps them out of memory for every cached object;
+        // `trim` leaves out more of some kinds (`controllers::trim`).
+        let trim = self.trim;
+        let events =
+            watcher(api, watcher::Config::default().any_semantic()).default_backoff().modify(move |o: &mut K| {
+                o.meta_mut().managed_fields = None;
+                trim(o);
+            });
         tasks.spawn(feed(events, writer, self.changes.clone(), self.by_controller.clone()));
     }
 }
@@ -196,7 +208,7 @@ impl Informers {
     pub fn new() -> Self {
         let pods_by_controller = ByController::default();
         Informers {
-            pods: Informer::grouped_by_controller(pods_by_controller.clone()),
+            pods: Informer::grouped_by_controller(pods_by_controller.clone()).trimmed(super::trim::pod),
             pods_by_controller,
             nodes: Informer::new(),
             namespaces: Informer::new(),

@@ -28,6 +28,7 @@ pub mod replicaset;
 pub mod retry;
 pub mod scheduler;
 pub mod statefulset;
+pub mod trim;
 pub mod util;
 
 use crate::apiserver::Api;
