@@ -50,6 +50,9 @@ pub struct ProxySettings {
     pub keepalive_timeout: Duration,
     /// Retries on other endpoints after connect failures.
     pub max_retries: u32,
+    /// The fast path accepts the client connections and counts them, HTTP/2 ones included (it hands this proxy
+    /// single HTTP/2 streams); without it this proxy counts HTTP/2 streams, having no per-connection hook.
+    pub fast_path: bool,
 }
 
 /// The ingress proxy.
@@ -109,7 +112,8 @@ impl ProxyHttp for IngressProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.active_requests.inc();
-        if ctx.connection.is_none() {
+        // an HTTP/2 stream the fast path hands over belongs to a connection it already counts
+        if ctx.connection.is_none() && !(self.settings.fast_path && session.is_http2()) {
             ctx.connection = Some(Arc::new(ConnectionGuard::new(self.metrics.clone())));
         }
         if session.is_process_shutting_down() {

@@ -60,6 +60,7 @@ pub fn build<S: BackgroundService + Send + Sync + 'static>(
         client_timeout: config.client_timeout,
         keepalive_timeout: config.keepalive_timeout,
         max_retries: config.max_retries,
+        fast_path: config.fast_path,
     };
     let proxy = IngressProxy::new(publisher.table(), metrics.clone(), log.clone(), settings.clone());
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);

@@ -237,3 +237,39 @@ async fn prior_knowledge_h2c_is_refused_when_the_option_is_off() {
         assert_eq!(ingress.get("raw.test", "/echo").await.status, 200, "fast path {fast_path}");
     }
 }
+
+/// `skiff_ingress_active_connections` counts an HTTP/2 connection once while one of its streams is on Pingora's
+/// path (it counted the connection and the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_counts_once_while_a_stream_is_on_pingoras_path() {
+    let a = Upstream::start("a").await;
+    let ingress =
+        Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
+            .await;
+    let active = |m: &str| {
+        m.lines().find_map(|l| l.strip_prefix("skiff_ingress_active_connections ")).map(|v| v.trim().to_owned())
+    };
+    let mut sender = h2c(ingress.http).await;
+    assert_eq!(send(&mut sender, request("GET", "h.test", "/first", full(""))).await.0, 200);
+    assert_eq!(active(&ingress.metrics_text().await).as_deref(), Some("1"), "one connection");
+    // an upload of unknown length still being sent: its stream stays on Pingora's path until the body ends
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+    tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"part")))).expect("queued");
+    let mut upload = sender.clone();
+    let streamed =
+        tokio::spawn(
+            async move { send(&mut upload, request("POST", "h.test", "/up", StreamBody::new(rx).boxed())).await },
+        );
+    // the pod has the upload's head: Pingora's phases have run for it
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.requests.load(Ordering::Relaxed) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the upload did not reach the pod within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = ingress.metrics_text().await;
+    assert!(m.contains("skiff_ingress_fast_path_handovers_total{reason=\"streamed body\"} 1"), "{m}");
+    assert_eq!(active(&m).as_deref(), Some("1"), "one connection while its stream is on Pingora's path:\n{m}");
+    drop(tx);
+    assert_eq!(streamed.await.expect("upload task").0, 200);
+    drop(sender);
+}
