@@ -29,6 +29,15 @@ async fn h2c(addr: SocketAddr) -> SendRequest<Body> {
     sender
 }
 
+/// An ingress routing `h.test` to one echoing pod, `a`.
+async fn one_pod() -> (Upstream, Ingress) {
+    let a = Upstream::start("a").await;
+    let ingress =
+        Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
+            .await;
+    (a, ingress)
+}
+
 fn request(method: &str, host: &str, path: &str, body: Body) -> Request<Body> {
     Request::builder().method(method).uri(format!("http://{host}{path}")).body(body).expect("request")
 }
@@ -97,10 +106,7 @@ async fn many_streams_of_one_connection_are_proxied_at_once_in_every_body_framin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_fast_path_cannot_carry_goes_to_pingora_and_its_siblings_stay() {
-    let a = Upstream::start("a").await;
-    let ingress =
-        Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
-            .await;
+    let (_pod, ingress) = one_pod().await; // bound: the pod lives until the test ends
     let mut sender = h2c(ingress.http).await;
     // a body of unknown length, sent in two frames: Pingora streams it to the pod
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
@@ -242,10 +248,7 @@ async fn prior_knowledge_h2c_is_refused_when_the_option_is_off() {
 /// path (it counted the connection and the stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_counts_once_while_a_stream_is_on_pingoras_path() {
-    let a = Upstream::start("a").await;
-    let ingress =
-        Ingress::start(&[service_yaml("svc", &[&a]), ingress_yaml("web", "", &[("h.test", "/", "svc")], "")].concat())
-            .await;
+    let (a, ingress) = one_pod().await;
     let active = |m: &str| {
         m.lines().find_map(|l| l.strip_prefix("skiff_ingress_active_connections ")).map(|v| v.trim().to_owned())
     };
