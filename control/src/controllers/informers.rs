@@ -400,4 +400,24 @@ mod tests {
         let next = handle.as_mut().poll_next(&mut cx);
         assert!(matches!(&next, std::task::Poll::Ready(Some(p)) if p.metadata.name.as_deref() == Some("b")));
     }
+
+    /// The pod informer trims what it caches (`controllers::trim`); the others keep their objects whole.
+    #[test]
+    fn the_pod_informer_leaves_out_volumes() {
+        let informers = Informers::new();
+        let with_volume = || -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+                "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
+                "volumes": [{"name": "v", "emptyDir": {}}]}}))
+            .expect("a pod")
+        };
+        let mut p = with_volume();
+        (informers.pods.trim)(&mut p);
+        assert!(p.spec.as_ref().is_some_and(|s| s.volumes.is_none() && s.containers[0].volume_mounts.is_none()));
+        let mut node = Node::default();
+        node.metadata.name = Some("n".into());
+        let before = node.clone();
+        (informers.nodes.trim)(&mut node);
+        assert_eq!(node, before);
+    }
 }
