@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use skiff_api::registry::ResourceInfo;
 
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::objects::decode;
 use crate::storage::{KeyValue, Revision, SharedEvent};
 
@@ -30,24 +30,72 @@ struct Inner {
     order: VecDeque<Revision>,
 }
 
-/// An object as a watcher is served it.
+/// An object as a watcher is served it, kept compact: its JSON (what a watcher of whole objects sends) and the few
+/// fields a watch's selectors can read. The whole decoded object is made again from the JSON only when a watcher
+/// asks for it (a Table or metadata-only watch, such as `kubectl get -w`): as a `serde_json::Value` a 2.3 KB pod
+/// takes 25.6 KB, and holding the memo's and the recent events' objects decoded was the largest part of the idle
+/// server's heap (75 MB at 5k pods in `scripts/bench-scale`, docs/benchmarks.md).
 #[derive(Debug)]
 pub struct Object {
-    value: Value,
-    json: OnceLock<Bytes>,
-}
-
-impl std::ops::Deref for Object {
-    type Target = Value;
-    fn deref(&self) -> &Value {
-        &self.value
-    }
+    json: Bytes,
+    facts: Value,
+    value: OnceLock<Value>,
 }
 
 impl Object {
-    /// The object as JSON, encoded by the first watcher that asks.
+    /// `value` as `info` serves it: encoded once, and the fields its selectors can read copied out.
+    fn new(info: &ResourceInfo, value: &Value) -> ApiResult<Object> {
+        let json = serde_json::to_vec(value).map_err(|e| ApiError::internal("encoding a watched object", &e))?;
+        Ok(Object { json: Bytes::from(json), facts: facts(info, value), value: OnceLock::new() })
+    }
+
+    /// The object as JSON.
     pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).unwrap_or_default()))
+        &self.json
+    }
+
+    /// The object's labels and every field a field selector on its resource may name (and nothing else): what a
+    /// watch's selectors match against, as they would against the whole object.
+    pub fn facts(&self) -> &Value {
+        &self.facts
+    }
+
+    /// The whole object, decoded from its JSON by the first watcher that asks and then shared.
+    pub fn value(&self) -> &Value {
+        // the JSON was encoded from a `Value` just above, so it decodes; `Null` only if that ever broke
+        self.value.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default())
+    }
+}
+
+/// The paths of `obj` that a watch's selectors may read, copied into an object of the same shape: its labels,
+/// name, namespace and the resource's selectable fields ([`ResourceInfo::selectable`]).
+fn facts(info: &ResourceInfo, obj: &Value) -> Value {
+    let mut out = Value::Object(serde_json::Map::new());
+    let fixed = ["metadata.labels", "metadata.name", "metadata.namespace"];
+    for path in fixed.into_iter().chain(info.selectable_fields.iter().map(String::as_str)) {
+        copy_path(obj, &mut out, path);
+    }
+    out
+}
+
+/// Copies the value at the dotted `path` of `from` (read as a field selector reads it) to the same path of `to`.
+fn copy_path(from: &Value, to: &mut Value, path: &str) {
+    let mut src = from;
+    for part in path.split('.') {
+        match src.get(part) {
+            Some(v) => src = v,
+            None => return,
+        }
+    }
+    let mut dst = to;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Value::Object(map) = dst else { return };
+        if parts.peek().is_none() {
+            map.insert(part.to_string(), src.clone());
+            return;
+        }
+        dst = map.entry(part).or_insert_with(|| Value::Object(serde_json::Map::new()));
     }
 }
 
@@ -66,7 +114,7 @@ impl Served {
 /// the event: more than [`DECODED_FOR`](crate::storage::watch_cache::DECODED_FOR) events behind its type's newest and
 /// held by no watcher any more. So a watcher that lags does not decode again (holding them weakly cost a quarter more
 /// server CPU at 5k pods in `scripts/bench-scale`: 268 pods/s against 347), and the type's history of 1,024 events
-/// does not keep 1,024 decoded objects (~40 KB each as `serde_json::Value`; idle RSS at 5k pods 587 -> 431 MiB). A
+/// does not keep 1,024 decoded objects (then ~40 KB each as `serde_json::Value`; idle RSS at 5k pods 587 -> 431 MiB). A
 /// trimmed event's objects come from the memo by revision and are not kept in the slot.
 #[derive(Debug, Default)]
 pub struct EventObjects {
@@ -140,7 +188,7 @@ impl Decoded {
                 return Ok(obj.clone());
             }
         }
-        let obj = Arc::new(Object { value: decode(info, kv)?, json: OnceLock::new() });
+        let obj = Arc::new(Object::new(info, &decode(info, kv)?)?);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Inner { by_revision, order } = &mut *inner;
         let objs = by_revision.entry(kv.mod_revision).or_default();
@@ -183,23 +231,116 @@ mod tests {
         let pods = reg.get("", "v1", "pods").expect("pods");
         let d = Decoded::default();
         let a = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
-        assert_eq!(a["metadata"]["resourceVersion"], "5");
-        assert_eq!(a["kind"], "Pod");
+        assert_eq!(a.value()["metadata"]["resourceVersion"], "5");
+        assert_eq!(a.value()["kind"], "Pod");
         let again = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
         assert!(Arc::ptr_eq(&a, &again), "the second watcher gets the first one's decoding");
         // same revision, another key (one transaction, several keys): its own object
         let b = d.get(&pods, &kv("/registry/pods/d/b", 5, "b")).expect("b");
-        assert_eq!(b["metadata"]["name"], "b");
+        assert_eq!(b.value()["metadata"]["name"], "b");
         for rev in 6..(6 + KEEP as Revision) {
             d.get(&pods, &kv("/registry/pods/d/x", rev, "x")).expect("x");
         }
         let later = d.get(&pods, &kv("/registry/pods/d/a", 5, "a")).expect("a");
         assert!(!Arc::ptr_eq(&a, &later), "evicted after {KEEP} newer objects");
-        assert_eq!(**later, **a);
-        assert_eq!(serde_json::from_slice::<Value>(a.json()).expect("json"), **a, "encoded as decoded");
+        assert_eq!(later.value(), a.value());
+        assert_eq!(serde_json::from_slice::<Value>(a.json()).expect("json"), *a.value(), "encoded as decoded");
         let inner = d.inner.lock().expect("lock");
         assert_eq!(inner.order.len(), KEEP);
         assert_eq!(inner.by_revision.values().map(Vec::len).sum::<usize>(), KEEP);
+    }
+
+    /// Objects of several resources as stored, with a value (or none) for each field a selector on them may name.
+    fn selectable_objects() -> Vec<(&'static str, &'static str, Value)> {
+        let labels = serde_json::json!({"app": "web", "tier": "edge"});
+        vec![
+            (
+                "",
+                "pods",
+                serde_json::json!({"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": "p", "namespace": "d", "labels": labels, "resourceVersion": "4"},
+                "spec": {"nodeName": "n1", "restartPolicy": "Always", "hostNetwork": true,
+                    "containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": "1"}]}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.5", "conditions": [{"type": "Ready"}]}}),
+            ),
+            (
+                "",
+                "events",
+                serde_json::json!({"kind": "Event", "apiVersion": "v1",
+                "metadata": {"name": "e", "namespace": "d"}, "reason": "Started", "type": "Normal",
+                "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u"},
+                "source": {"component": "kubelet"}, "message": "m"}),
+            ),
+            (
+                "",
+                "nodes",
+                serde_json::json!({"kind": "Node", "apiVersion": "v1",
+                "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
+                "spec": {"unschedulable": false, "taints": [{"key": "k", "effect": "NoSchedule"}]}}),
+            ),
+            (
+                "",
+                "secrets",
+                serde_json::json!({"kind": "Secret", "apiVersion": "v1",
+                "metadata": {"name": "s", "namespace": "d"}, "type": "Opaque", "data": {"k": "dg=="}}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn selectors_match_an_objects_facts_as_they_match_the_whole_object() {
+        use skiff_api::selector::{FieldSelector, Selector, field_value};
+        let reg = Registry::with_builtins();
+        let labels = ["app=web", "app!=web", "app=db", "!app", "app", "tier in (edge, core)", "tier notin (edge)", "x"];
+        let mut checked = 0;
+        for (group, plural, obj) in selectable_objects() {
+            let info = reg.get(group, "v1", plural).expect("resource");
+            let mut fields = vec!["metadata.name".to_string(), "metadata.namespace".to_string()];
+            fields.extend(info.selectable_fields.iter().cloned());
+            let value = serde_json::to_vec(&obj).expect("json");
+            let kv = KeyValue {
+                key: format!("/registry/{plural}/x"),
+                value: value.into(),
+                create_revision: 1,
+                mod_revision: 4,
+            };
+            let decoded = Decoded::default().get(&info, &kv).expect("decodes");
+            let whole = decode(&info, &kv).expect("decodes");
+            assert!(decoded.facts().get("data").is_none() && decoded.facts().pointer("/spec/containers").is_none());
+            for l in labels {
+                let sel = Selector::parse(l).expect("label selector");
+                assert_eq!(sel.matches_object(decoded.facts()), sel.matches_object(&whole), "{plural}: {l}");
+                checked += 1;
+            }
+            for f in &fields {
+                let actual = field_value(&whole, f);
+                for term in [format!("{f}={actual}"), format!("{f}!={actual}"), format!("{f}=other"), format!("{f}=")] {
+                    let sel = FieldSelector::parse(&term).expect("field selector");
+                    assert_eq!(sel.matches(decoded.facts()), sel.matches(&whole), "{plural}: {term}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+    }
+
+    #[test]
+    fn the_whole_object_is_decoded_again_only_for_a_watcher_that_asks() {
+        let reg = Registry::with_builtins();
+        let pods = reg.get("", "v1", "pods").expect("pods");
+        let (_, _, pod) = selectable_objects().remove(0);
+        let value = serde_json::to_vec(&pod).expect("json");
+        let kv =
+            KeyValue { key: "/registry/pods/d/p".into(), value: value.into(), create_revision: 1, mod_revision: 4 };
+        let obj = Decoded::default().get(&pods, &kv).expect("decodes");
+        assert!(obj.value.get().is_none(), "held as JSON and facts only");
+        assert_eq!(obj.facts().pointer("/spec/nodeName"), Some(&serde_json::json!("n1")));
+        assert_eq!(obj.facts().pointer("/metadata/labels/app"), Some(&serde_json::json!("web")));
+        assert!(obj.facts().pointer("/status/conditions").is_none(), "no field a selector cannot name");
+        let whole = decode(&pods, &kv).expect("decodes");
+        assert_eq!(*obj.value(), whole, "the whole object on demand");
+        assert_eq!(serde_json::from_slice::<Value>(obj.json()).expect("json"), whole);
+        assert!(obj.value.get().is_some(), "kept for the next watcher that asks");
     }
 
     #[test]
@@ -225,9 +366,9 @@ mod tests {
         let unread = put(x6, Some(x5));
         unread.trim();
         let x = d.of_event(&pods, &unread, false).expect("decodes").expect("object");
-        assert_eq!(x["metadata"]["resourceVersion"], "8");
+        assert_eq!(x.value()["metadata"]["resourceVersion"], "8");
         let x_prev = d.of_event(&pods, &unread, true).expect("decodes").expect("previous object");
-        assert_eq!(x_prev["metadata"]["resourceVersion"], "7");
+        assert_eq!(x_prev.value()["metadata"]["resourceVersion"], "7");
     }
 
     #[test]
@@ -240,9 +381,9 @@ mod tests {
         let first = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
         let second = d.of_event(&pods, &ev, false).expect("decodes").expect("object");
         assert!(Arc::ptr_eq(&first, &second), "the second watcher gets the first one's object");
-        assert_eq!(first["metadata"]["resourceVersion"], "6");
+        assert_eq!(first.value()["metadata"]["resourceVersion"], "6");
         let prev = d.of_event(&pods, &ev, true).expect("decodes").expect("previous object");
-        assert_eq!(prev["metadata"]["resourceVersion"], "5");
+        assert_eq!(prev.value()["metadata"]["resourceVersion"], "5");
         assert!(Arc::ptr_eq(&prev, &d.of_event(&pods, &ev, true).expect("decodes").expect("previous")));
         // the next event of the key finds this event's object as its previous one, without decoding again
         let next = SharedEvent::new(crate::storage::Event {

@@ -67,7 +67,7 @@ impl Encoder {
     /// An event line; the whole object's JSON is shared by every watcher (encoded once).
     fn shared_event(&mut self, ty: &str, obj: &super::decoded::Object) -> Bytes {
         if !matches!(self.representation, Representation::Object) {
-            return self.event(ty, obj);
+            return self.event(ty, obj.value());
         }
         let json = obj.json();
         let mut b = Vec::with_capacity(json.len() + 32);
@@ -221,12 +221,12 @@ impl Api {
                         let prev_match = match &ev.prev {
                             None => false,
                             Some(_) if selects_all => true,
-                            Some(_) => api.decoded.of_event(&info, &ev, true).ok().flatten().is_some_and(|p| matches(&p)),
+                            Some(_) => api.decoded.of_event(&info, &ev, true).ok().flatten().is_some_and(|p| matches(p.facts())),
                         };
                         let ty = match ev.kind {
                             EventKind::Delete => prev_match.then_some("DELETED"),
-                            EventKind::Put if ev.is_create() => matches(&obj).then_some("ADDED"),
-                            EventKind::Put => match (prev_match, matches(&obj)) {
+                            EventKind::Put if ev.is_create() => matches(obj.facts()).then_some("ADDED"),
+                            EventKind::Put => match (prev_match, matches(obj.facts())) {
                                 (true, true) => Some("MODIFIED"),
                                 (false, true) => Some("ADDED"),
                                 (true, false) => Some("DELETED"),
@@ -276,7 +276,7 @@ mod tests {
             sent_columns: false,
         };
         let shared = enc.shared_event("MODIFIED", &obj);
-        let own = enc.event("MODIFIED", &obj);
+        let own = enc.event("MODIFIED", obj.value());
         assert!(shared.ends_with(b"\n"));
         let parse = |b: &Bytes| serde_json::from_slice::<Value>(b).expect("one JSON line");
         assert_eq!(parse(&shared), parse(&own));
