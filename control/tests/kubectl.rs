@@ -571,6 +571,63 @@ fn watches_resume_from_a_resource_version_and_expire_after_compaction() {
 }
 
 #[test]
+fn lists_page_and_come_as_objects_metadata_or_tables() {
+    let c = Cluster::start_with(None);
+    for n in ["l1", "l2", "l3"] {
+        let cm = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}, labels: {{set: lists}}}}\ndata: {{k: \"é\\\"{n}\"}}\n"
+        );
+        c.kubectl_in(&["apply", "-f", "-"], &cm);
+    }
+    let pki = &c.server.pki.dir;
+    let get = |query: &str, accept: &str| -> Value {
+        let url = format!("{}/api/v1/namespaces/default/configmaps?labelSelector=set%3Dlists{query}", c.server.url);
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "-H", &format!("Accept: {accept}")])
+            .args(["--cacert", &pki.join("ca.crt").to_string_lossy()])
+            .args(["--cert", &pki.join("admin.crt").to_string_lossy()])
+            .args(["--key", &pki.join("admin.key").to_string_lossy(), &url])
+            .output()
+            .expect("curl runs");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let names = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().expect("name").into())
+            .collect()
+    };
+    // whole objects, two pages
+    let first = get("&limit=2", "application/json");
+    assert_eq!((first["kind"].as_str(), first["apiVersion"].as_str()), (Some("ConfigMapList"), Some("v1")));
+    assert_eq!(names(&first), ["l1", "l2"]);
+    assert_eq!(first["items"][1]["data"]["k"], "é\"l2", "the object whole, its strings intact");
+    let token = first["metadata"]["continue"].as_str().expect("a continue token");
+    let rest = get(&format!("&limit=2&continue={token}"), "application/json");
+    assert_eq!(names(&rest), ["l3"]);
+    assert!(rest["metadata"].get("continue").is_none(), "the last page");
+    assert_eq!(rest["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"], "one snapshot");
+    // metadata only, as the garbage collector and `kubectl delete --all` ask
+    let md = get("", "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1");
+    assert_eq!(md["kind"], "PartialObjectMetadataList");
+    assert_eq!(names(&md), ["l1", "l2", "l3"]);
+    assert!(
+        md["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|i| i["kind"] == "PartialObjectMetadata" && i.get("data").is_none())
+    );
+    assert_eq!(md["items"][0]["metadata"]["labels"]["set"], "lists");
+    // a Table, as kubectl get asks
+    let table = get("", "application/json;as=Table;g=meta.k8s.io;v=v1");
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["rows"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
 fn a_network_policy_is_stored_without_a_warning_and_an_invalid_one_is_refused() {
     let c = Cluster::start_with(None);
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";

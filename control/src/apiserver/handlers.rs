@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::discovery;
 use super::error::{ApiError, ApiResult};
-use super::objects::ListQuery;
+use super::objects::{ListQuery, Page};
 use super::request::{Query, Representation, ResourcePath, Target, content_type, parse_path, representation};
 use super::table::{self, Include};
 use super::watch::WatchRequest;
@@ -153,48 +153,67 @@ fn list_kind(info: &ResourceInfo) -> String {
     format!("{}List", info.kind)
 }
 
-/// Renders a list in the representation the client asked for.
-fn render_list(
+/// Lists and renders the list in the representation the client asked for. Objects and metadata are encoded one
+/// by one as the listing matches them (see [`Api::list_as`]); a Table is made from the decoded page.
+async fn list_response(
+    api: &Api,
     info: &ResourceInfo,
+    ns: Option<&str>,
+    lq: &ListQuery,
     headers: &HeaderMap,
     q: &Query,
-    items: Vec<Value>,
-    rv: &str,
-    cont: Option<&str>,
-) -> Response {
-    match representation(headers) {
+) -> ApiResult<Response> {
+    let encode = |v: &Value| serde_json::to_vec(v).map_err(|e| ApiError::internal("encoding a listed object", &e));
+    let (kind, api_version, page) = match representation(headers) {
         Representation::Table => {
-            let t = table::table(info, &items, rv, cont, Include::parse(q.get("includeObject")), true);
+            let page = api.list(info, ns, lq).await?;
+            let rv = page.revision.to_string();
+            let include = Include::parse(q.get("includeObject"));
+            let t = table::table(info, &page.items, &rv, page.continue_token.as_deref(), include, true);
             let mut r = json_response(StatusCode::OK, &t);
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
-            r
+            return Ok(r);
         }
         Representation::Metadata => {
-            let items: Vec<Value> = items
-                .into_iter()
-                .map(|o| json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata")}))
-                .collect();
-            let mut md = json!({"resourceVersion": rv});
-            if let Some(c) = cont {
-                md["continue"] = json!(c);
-            }
-            json_response(
-                StatusCode::OK,
-                &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": md, "items": items}),
-            )
+            let page = api.list_as(info, ns, lq, |o| encode(&partial_metadata(&o))).await?;
+            ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string(), page)
         }
         Representation::Object => {
-            let mut md = json!({"resourceVersion": rv});
-            if let Some(c) = cont {
-                md["continue"] = json!(c);
-            }
-            json_response(
-                StatusCode::OK,
-                &json!({"kind": list_kind(info), "apiVersion": info.api_version(), "metadata": md, "items": items}),
-            )
+            (list_kind(info), info.api_version(), api.list_as(info, ns, lq, |o| encode(&o)).await?)
         }
+    };
+    let body = list_body(&kind, &api_version, &page)?;
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// An object's metadata as a `PartialObjectMetadata`.
+fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata")})
+}
+
+/// A list's JSON from its items' JSON: what encoding `{"kind", "apiVersion", "metadata", "items"}` whole gives.
+fn list_body(kind: &str, api_version: &str, page: &Page<Vec<u8>>) -> ApiResult<Vec<u8>> {
+    let mut md = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(c) = &page.continue_token {
+        md["continue"] = json!(c);
     }
+    let head = json!({"kind": kind, "apiVersion": api_version, "metadata": md});
+    let mut out = serde_json::to_vec(&head).map_err(|e| ApiError::internal("encoding a list", &e))?;
+    let items: usize = page.items.iter().map(Vec::len).sum();
+    out.reserve(items + page.items.len() + 16);
+    out.pop(); // the head's closing brace
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 /// Renders one object in the representation the client asked for.
@@ -439,15 +458,7 @@ async fn resource_request(
                     continue_token: q.get("continue").filter(|c| !c.is_empty()).map(str::to_string),
                     resource_version: q.get("resourceVersion").map(str::to_string),
                 };
-                let page = api.list(&info, ns, &lq).await?;
-                Ok(render_list(
-                    &info,
-                    headers,
-                    q,
-                    page.items,
-                    &page.revision.to_string(),
-                    page.continue_token.as_deref(),
-                ))
+                list_response(api, &info, ns, &lq, headers, q).await
             }
             .await;
             (verb, r)
@@ -634,5 +645,29 @@ async fn resource_request(
             (if s == "log" { "get" } else { "create" }, r)
         }
         (m, _, _) => ("get", Err(ApiError::method_not_allowed(format!("{m} is not supported on this path")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_encoded_item_by_item_is_the_list_encoded_whole() {
+        let objects = [
+            json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "a", "labels": {"x": "\"quoted\" é ✓"}}}),
+            json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "b"}, "spec": {"containers": [{"n": 1.5}]}}),
+        ];
+        for (items, cont) in [(&objects[..], None), (&objects[..1], Some("tok==")), (&objects[..0], None)] {
+            let encoded = items.iter().map(|o| serde_json::to_vec(o).expect("json")).collect();
+            let page = Page { items: encoded, revision: 42, continue_token: cont.map(str::to_string) };
+            let body = list_body("PodList", "v1", &page).expect("encodes");
+            let mut md = json!({"resourceVersion": "42"});
+            if let Some(c) = cont {
+                md["continue"] = json!(c);
+            }
+            let whole = json!({"kind": "PodList", "apiVersion": "v1", "metadata": md, "items": items});
+            assert_eq!(String::from_utf8(body).expect("utf-8"), whole.to_string(), "{cont:?}, {} items", items.len());
+        }
     }
 }

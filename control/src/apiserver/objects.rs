@@ -61,16 +61,19 @@ pub struct ListQuery {
     pub resource_version: Option<String>,
 }
 
-/// One page of a listing.
+/// One page of a listing, each matching object as the caller keeps it.
 #[derive(Debug, Clone)]
-pub struct ListPage {
+pub struct Page<T> {
     /// Matching objects.
-    pub items: Vec<Value>,
+    pub items: Vec<T>,
     /// The revision the listing reflects.
     pub revision: Revision,
     /// A token for the next page, if there is one.
     pub continue_token: Option<String>,
 }
+
+/// One page of a listing, the objects decoded.
+pub type ListPage = Page<Value>;
 
 fn encode_continue(revision: Revision, start: &str) -> String {
     base64::engine::general_purpose::STANDARD
@@ -114,6 +117,20 @@ impl Api {
 
     /// Lists objects of `info` (in one namespace, or all), filtered by selectors, one page at a time.
     pub async fn list(&self, info: &ResourceInfo, namespace: Option<&str>, q: &ListQuery) -> ApiResult<ListPage> {
+        self.list_as(info, namespace, q, Ok).await
+    }
+
+    /// Lists as [`Api::list`] does, handing each matching object to `keep` as soon as it is decoded and matched,
+    /// so that the listing holds what `keep` makes of each object (its JSON, say) rather than every object
+    /// decoded: a decoded pod takes about 11 times its JSON, so a list of 10,000 pods held ~250 MB of
+    /// `serde_json::Value`s until it was encoded.
+    pub async fn list_as<T>(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        q: &ListQuery,
+        mut keep: impl FnMut(Value) -> ApiResult<T>,
+    ) -> ApiResult<Page<T>> {
         for f in q.fields.fields() {
             if !info.selectable(f) {
                 return Err(ApiError::bad_request(format!(
@@ -129,10 +146,10 @@ impl Api {
         {
             let revision = self.store.revision().await.map_err(|e| ApiError::from_storage(info, name, e))?;
             let items = match self.try_get(info, namespace, name).await? {
-                Some(s) if q.labels.matches_object(&s.object) && q.fields.matches(&s.object) => vec![s.object],
+                Some(s) if q.labels.matches_object(&s.object) && q.fields.matches(&s.object) => vec![keep(s.object)?],
                 _ => Vec::new(),
             };
-            return Ok(ListPage { items, revision, continue_token: None });
+            return Ok(Page { items, revision, continue_token: None });
         }
         let (mut revision, mut start) = match &q.continue_token {
             Some(t) => {
@@ -173,7 +190,7 @@ impl Api {
                 last_key = Some(kv.key.clone());
                 let obj = decode(info, kv)?;
                 if q.labels.matches_object(&obj) && q.fields.matches(&obj) {
-                    items.push(obj);
+                    items.push(keep(obj)?);
                     if q.limit > 0 && items.len() == q.limit {
                         break;
                     }
@@ -185,10 +202,10 @@ impl Api {
                 let scanned_all_of_page = last_key.as_ref() == res.items.last().map(|kv| &kv.key);
                 let more = res.more || !scanned_all_of_page;
                 let token = more.then(|| encode_continue(rev, &format!("{}\0", last_key.unwrap_or_default())));
-                return Ok(ListPage { items, revision: rev, continue_token: token });
+                return Ok(Page { items, revision: rev, continue_token: token });
             }
             if !res.more || n == 0 {
-                return Ok(ListPage { items, revision: rev, continue_token: None });
+                return Ok(Page { items, revision: rev, continue_token: None });
             }
             start = last_key.map(|k| format!("{k}\0"));
         }
