@@ -625,6 +625,10 @@ fn lists_page_and_come_as_objects_metadata_or_tables() {
     let table = get("", "application/json;as=Table;g=meta.k8s.io;v=v1");
     assert_eq!(table["kind"], "Table");
     assert_eq!(table["rows"].as_array().map(Vec::len), Some(3));
+    assert_eq!(table["columnDefinitions"][0]["name"], "Name");
+    assert_eq!(table["rows"][2]["cells"][0], "l3");
+    assert_eq!(table["rows"][2]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(table["rows"][2]["object"]["metadata"]["name"], "l3");
 }
 
 #[test]

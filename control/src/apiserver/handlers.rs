@@ -153,8 +153,8 @@ fn list_kind(info: &ResourceInfo) -> String {
     format!("{}List", info.kind)
 }
 
-/// Lists and renders the list in the representation the client asked for. Objects and metadata are encoded one
-/// by one as the listing matches them (see [`Api::list_as`]); a Table is made from the decoded page.
+/// Lists and renders the list in the representation the client asked for, each object turned into what the answer
+/// holds of it (its JSON, its metadata's JSON, its Table row) as the listing matches it (see [`Api::list_as`]).
 async fn list_response(
     api: &Api,
     info: &ResourceInfo,
@@ -166,10 +166,10 @@ async fn list_response(
     let encode = |v: &Value| serde_json::to_vec(v).map_err(|e| ApiError::internal("encoding a listed object", &e));
     let (kind, api_version, page) = match representation(headers) {
         Representation::Table => {
-            let page = api.list(info, ns, lq).await?;
+            let rows = table::Rows::new(info, Include::parse(q.get("includeObject")));
+            let page = api.list_as(info, ns, lq, |o| Ok(rows.row(&o))).await?;
             let rv = page.revision.to_string();
-            let include = Include::parse(q.get("includeObject"));
-            let t = table::table(info, &page.items, &rv, page.continue_token.as_deref(), include, true);
+            let t = rows.table(page.items, &rv, page.continue_token.as_deref(), true);
             let mut r = json_response(StatusCode::OK, &t);
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));

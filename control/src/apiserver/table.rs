@@ -73,33 +73,61 @@ pub fn table(
     include: Include,
     with_columns: bool,
 ) -> Value {
-    let (defs, cells): (Vec<Column>, Box<dyn Fn(&Value) -> Vec<Value>>) = columns::for_kind(info);
-    let column_definitions: Vec<Value> = if with_columns {
-        defs.iter()
-            .map(|c| json!({"name": c.name, "type": c.type_, "format": c.format, "description": column_description(&c.name), "priority": c.priority}))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let mut row = json!({"cells": cells(o)});
-            match include {
-                Include::None => {}
-                Include::Metadata => {
-                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or_default()})
-                }
-                Include::Object => row["object"] = o.clone(),
-            }
-            row
-        })
-        .collect();
-    let mut md = json!({"resourceVersion": resource_version});
-    if let Some(c) = continue_token {
-        md["continue"] = json!(c);
+    let rows = Rows::new(info, include);
+    let made = objects.iter().map(|o| rows.row(o)).collect();
+    rows.table(made, resource_version, continue_token, with_columns)
+}
+
+/// Makes a Table of `info`'s objects one row at a time, so that a listing can turn each object into its row as it
+/// goes rather than hold every object decoded.
+pub struct Rows {
+    defs: Vec<Column>,
+    cells: columns::Cells,
+    include: Include,
+}
+
+impl Rows {
+    /// The columns of `info`'s kind, each row embedding `include`.
+    pub fn new(info: &ResourceInfo, include: Include) -> Rows {
+        let (defs, cells) = columns::for_kind(info);
+        Rows { defs, cells, include }
     }
-    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": column_definitions, "rows": rows})
+
+    /// The row of one object.
+    pub fn row(&self, o: &Value) -> Value {
+        let mut row = json!({"cells": (self.cells)(o)});
+        match self.include {
+            Include::None => {}
+            Include::Metadata => {
+                row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or_default()})
+            }
+            Include::Object => row["object"] = o.clone(),
+        }
+        row
+    }
+
+    /// The Table of `rows` (the column definitions only `with_columns`).
+    pub fn table(
+        &self,
+        rows: Vec<Value>,
+        resource_version: &str,
+        continue_token: Option<&str>,
+        with_columns: bool,
+    ) -> Value {
+        let column_definitions: Vec<Value> = if with_columns {
+            self.defs
+                .iter()
+                .map(|c| json!({"name": c.name, "type": c.type_, "format": c.format, "description": column_description(&c.name), "priority": c.priority}))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut md = json!({"resourceVersion": resource_version});
+        if let Some(c) = continue_token {
+            md["continue"] = json!(c);
+        }
+        json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": column_definitions, "rows": rows})
+    }
 }
 
 fn column_description(name: &str) -> String {

@@ -152,13 +152,14 @@ impl Api {
             };
             if initial {
                 let q = ListQuery { labels: req.labels.clone(), fields: req.fields.clone(), ..Default::default() };
-                match api.list(&info, ns.as_deref(), &q).await {
+                // each object encoded as its event line as the listing matches it, not held decoded
+                match api.list_as(&info, ns.as_deref(), &q, |o| Ok(enc.event("ADDED", &o))).await {
                     Ok(page) => {
                         if start.is_none() {
                             from = page.revision;
                         }
-                        for o in &page.items {
-                            if tx.send(Ok(enc.event("ADDED", o))).await.is_err() {
+                        for line in page.items {
+                            if tx.send(Ok(line)).await.is_err() {
                                 metrics.watches.dec();
                                 return;
                             }

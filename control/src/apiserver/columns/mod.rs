@@ -11,7 +11,7 @@ use super::table::{AGE, Column, NAME, age};
 use skiff_api::registry::ResourceInfo;
 
 /// A row renderer.
-pub type Cells = Box<dyn Fn(&Value) -> Vec<Value>>;
+pub type Cells = Box<dyn Fn(&Value) -> Vec<Value> + Send + Sync>;
 
 /// The column definitions and the row renderer for a kind.
 pub fn for_kind(info: &ResourceInfo) -> (Vec<Column>, Cells) {
