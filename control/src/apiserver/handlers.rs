@@ -179,11 +179,6 @@ async fn list_response(
             let page = api.list_as(info, ns, lq, |o| encode(&partial_metadata(&o))).await?;
             ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string(), page)
         }
-        // without selectors nothing needs the decoded object: its JSON is made from the stored fields
-        Representation::Object if lq.labels.is_empty() && lq.fields.is_empty() => {
-            let page = api.list_stored(info, ns, lq, |kv| super::served::json(info, kv).map(Some)).await?;
-            (list_kind(info), info.api_version(), page)
-        }
         Representation::Object => {
             (list_kind(info), info.api_version(), api.list_as(info, ns, lq, |o| encode(&o)).await?)
         }

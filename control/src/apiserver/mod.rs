@@ -33,7 +33,6 @@ pub mod read_deadline;
 pub mod request;
 pub mod reviews;
 pub mod serve;
-pub mod served;
 pub mod serviceaccount;
 pub mod strategy;
 pub mod subresources;

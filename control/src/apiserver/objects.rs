@@ -131,24 +131,6 @@ impl Api {
         q: &ListQuery,
         mut keep: impl FnMut(Value) -> ApiResult<T>,
     ) -> ApiResult<Page<T>> {
-        let (labels, fields) = (&q.labels, &q.fields);
-        self.list_stored(info, namespace, q, |kv| {
-            let obj = decode(info, kv)?;
-            if labels.matches_object(&obj) && fields.matches(&obj) { keep(obj).map(Some) } else { Ok(None) }
-        })
-        .await
-    }
-
-    /// Lists the stored objects of `info` one page at a time (the paging, `limit` and `continue` of
-    /// [`Api::list`]), keeping what `keep` makes of each (`None`: the object does not match the query, which
-    /// `keep` must decide from `q`'s selectors).
-    pub async fn list_stored<T>(
-        &self,
-        info: &ResourceInfo,
-        namespace: Option<&str>,
-        q: &ListQuery,
-        mut keep: impl FnMut(&KeyValue) -> ApiResult<Option<T>>,
-    ) -> ApiResult<Page<T>> {
         for f in q.fields.fields() {
             if !info.selectable(f) {
                 return Err(ApiError::bad_request(format!(
@@ -163,11 +145,9 @@ impl Api {
             && q.continue_token.is_none()
         {
             let revision = self.store.revision().await.map_err(|e| ApiError::from_storage(info, name, e))?;
-            let key = info.storage_key(namespace, name);
-            let kv = self.store.get(&key).await.map_err(|e| ApiError::from_storage(info, name, e))?;
-            let items = match kv {
-                Some(kv) => keep(&kv)?.into_iter().collect(),
-                None => Vec::new(),
+            let items = match self.try_get(info, namespace, name).await? {
+                Some(s) if q.labels.matches_object(&s.object) && q.fields.matches(&s.object) => vec![keep(s.object)?],
+                _ => Vec::new(),
             };
             return Ok(Page { items, revision, continue_token: None });
         }
@@ -208,8 +188,9 @@ impl Api {
             let mut last_key = None;
             for kv in &res.items {
                 last_key = Some(kv.key.clone());
-                if let Some(item) = keep(kv)? {
-                    items.push(item);
+                let obj = decode(info, kv)?;
+                if q.labels.matches_object(&obj) && q.fields.matches(&obj) {
+                    items.push(keep(obj)?);
                     if q.limit > 0 && items.len() == q.limit {
                         break;
                     }
