@@ -176,7 +176,7 @@ async fn list_response(
             return Ok(r);
         }
         Representation::Metadata => {
-            let page = api.list_as(info, ns, lq, |o| encode(&partial_metadata(&o))).await?;
+            let page = api.list_as(info, ns, lq, |o| encode(&table::partial_metadata(&o))).await?;
             ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string(), page)
         }
         Representation::Object => {
@@ -187,11 +187,6 @@ async fn list_response(
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
-}
-
-/// An object's metadata as a `PartialObjectMetadata`.
-fn partial_metadata(o: &Value) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata")})
 }
 
 /// A list's JSON from its items' JSON: what encoding `{"kind", "apiVersion", "metadata", "items"}` whole gives.
@@ -236,10 +231,7 @@ fn render_object(info: &ResourceInfo, headers: &HeaderMap, q: &Query, code: Stat
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
             r
         }
-        Representation::Metadata => json_response(
-            code,
-            &json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata")}),
-        ),
+        Representation::Metadata => json_response(code, &table::partial_metadata(obj)),
         Representation::Object => json_response(code, obj),
     }
 }

@@ -64,6 +64,11 @@ impl Include {
     }
 }
 
+/// An object's metadata as a `PartialObjectMetadata` (metadata-only lists and watches, and Table rows).
+pub fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or_default()})
+}
+
 /// Renders objects of `info` as a Table.
 pub fn table(
     info: &ResourceInfo,
@@ -98,9 +103,7 @@ impl Rows {
         let mut row = json!({"cells": (self.cells)(o)});
         match self.include {
             Include::None => {}
-            Include::Metadata => {
-                row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or_default()})
-            }
+            Include::Metadata => row["object"] = partial_metadata(o),
             Include::Object => row["object"] = o.clone(),
         }
         row

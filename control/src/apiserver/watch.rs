@@ -82,9 +82,7 @@ impl Encoder {
     fn event(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = match self.representation {
             Representation::Object => obj.clone(),
-            Representation::Metadata => {
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata")})
-            }
+            Representation::Metadata => table::partial_metadata(obj),
             Representation::Table => {
                 let rv = skiff_api::meta::resource_version(obj).to_string();
                 let t =
