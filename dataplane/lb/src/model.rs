@@ -305,7 +305,8 @@ impl SkipReason {
 pub struct ServiceTables {
     /// Its frontends.
     pub frontends: BTreeMap<FrontendKey, Frontend>,
-    /// Properties of every backend its frontends use.
+    /// Every endpoint its EndpointSlices list, with its properties: those its frontends select, and those they no
+    /// longer select (terminating, not ready), whose established flows the balancer keeps following.
     pub backends: BTreeMap<BackendAddr, BackendInfo>,
     /// What of it is not programmed, and why.
     pub skipped: Vec<SkipReason>,

@@ -152,6 +152,9 @@ pub struct Registry {
     pub skipped: BTreeMap<ServiceName, Vec<SkipReason>>,
     /// Services waiting for a frontend another Service holds.
     pub blocked: HashMap<FrontendKey, BTreeSet<ServiceName>>,
+    /// Backends each Service keeps beyond its frontends' slots: the endpoints it lists (each holds one reference
+    /// on its backend entry), so that flows to an endpoint that stopped being selected keep their backend.
+    pub listed: HashMap<ServiceName, BTreeSet<BackendAddr>>,
     /// Garbage found in the pinned maps, removed after the first full sync.
     pub garbage: Garbage,
     /// Port names given to (`Some`) or taken from (`None`) ids since the last [`Registry::take_port_events`], so
@@ -208,6 +211,7 @@ impl Registry {
             table_ids: IdPool::new(u32::MAX - 1),
             skipped: BTreeMap::new(),
             blocked: HashMap::new(),
+            listed: HashMap::new(),
             garbage: Garbage::default(),
             port_events: Vec::new(),
         }
@@ -304,8 +308,18 @@ impl Registry {
         }
         for (id, b) in &contents.backends {
             reg.backend_ids.reserve(*id);
-            let used = backend_addr(b).and_then(|a| reg.backends.get(&a)).is_some_and(|e| e.id == *id);
+            let addr = backend_addr(b);
+            let used = addr.and_then(|a| reg.backends.get(&a)).is_some_and(|e| e.id == *id);
             if !used {
+                // A backend no slot uses may still carry flows to an endpoint its Service lists but no longer
+                // selects: it is known (without references) so that the first sync can keep it; the end of that
+                // sync deletes it if no Service did.
+                if let Some(addr) = addr
+                    && !reg.backends.contains_key(&addr)
+                {
+                    reg.backends.insert(addr, BackendEntry { id: *id, value: *b, refs: 0 });
+                    reg.backend_addrs.insert(*id, addr);
+                }
                 reg.garbage.backends.push(*id);
             }
         }

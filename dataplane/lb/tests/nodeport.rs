@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{CLIENT_IP, Cluster, apply, counters, ids, node_ip, service, slice};
+use common::{CLIENT_IP, Cluster, Conditions, apply, counters, exchange, ids, node_ip, service, slice, slice_with};
 use serde_json::json;
 use skiff_testkit::{probe, require_privileges};
 
@@ -72,6 +72,62 @@ fn a_node_port_reaches_local_and_remote_backends_and_replies_come_from_the_node_
     assert_eq!(stats.connections, 40);
     assert!(stats.packets >= 40 * 4, "{stats:?}");
     assert!(stats.bytes > stats.packets * 40, "{stats:?}");
+}
+
+/// A connection over the tc path from the client to `target` held open by a `hold` probe, with the id of the pod
+/// that answered it.
+fn held(c: &Cluster, target: &str) -> (skiff_testkit::Child, String) {
+    let mut conn = probe::spawn(None, Some(&c.client), &format!("hold {target}")).expect("probe");
+    let hello = conn.read_line_starting(probe::MARK).expect("hello");
+    assert!(hello.starts_with("connected"), "{hello}");
+    let id = probe::field(&hello, "id").expect("the pod's id").to_string();
+    (conn, id)
+}
+
+#[test]
+fn an_open_connection_stays_with_its_pod_while_the_endpoint_terminates() {
+    let Some((c, _servers)) = setup() else { return };
+    let mut lb = c.start_lb(&c.config());
+    apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
+    let target = format!("{}:30080", node_ip(0));
+    // One held connection to each pod: the local one (DNAT only) and the remote one (DNAT + SNAT). The hash picks
+    // the pod; 40 tries all landing on one pod has a chance of 2^-39.
+    let mut conns: Vec<(skiff_testkit::Child, String)> = Vec::new();
+    for _ in 0..40 {
+        let (conn, id) = held(&c, &target);
+        if !conns.iter().any(|(_, seen)| *seen == id) {
+            conns.push((conn, id));
+        }
+        if conns.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(conns.len(), 2, "no connection reached both pods");
+    let terminating = |pod: usize| -> Vec<(std::net::Ipv4Addr, &'static str, Conditions)> {
+        let names = ["node-0", "node-1"];
+        (0..2)
+            .map(|i| {
+                let cond = if i == pod { Conditions::TERMINATING } else { Conditions::ready(true) };
+                (c.pods[i].ip, names[i], cond)
+            })
+            .collect()
+    };
+    for (pod, id) in [(0, "local"), (1, "remote")] {
+        // The pod starts terminating (still serving, as within its grace period): no new connection goes to it,
+        // and the one it has keeps going to it.
+        apply(&mut lb, vec![], vec![slice_with("web", &terminating(pod), 8080, "TCP")]);
+        let (conn, _) = conns.iter_mut().find(|(_, seen)| seen == id).expect("a connection to the pod");
+        let reply = exchange(conn, "during");
+        assert_eq!(reply, format!("reply {id}:during"), "the open connection to the terminating {id} pod");
+        let fresh = c.run_on_client(&format!("tcp 10 {target}"));
+        assert!(fresh.iter().all(|l| l.starts_with("ok")), "{fresh:?}");
+        assert!(ids(&fresh).iter().all(|seen| seen != id), "a new connection went to the terminating pod: {fresh:?}");
+        apply(&mut lb, vec![], vec![slice("web", &both(&c), 8080, "TCP")]);
+    }
+    // Both connections are still with their pods.
+    for (conn, id) in &mut conns {
+        assert_eq!(exchange(conn, "after"), format!("reply {id}:after"));
+    }
 }
 
 #[test]

@@ -4,18 +4,13 @@
 
 mod common;
 
-use common::{Cluster, apply, node_ip, service, slice};
+use common::{Cluster, apply, exchange, node_ip, service, slice};
 use serde_json::json;
-use skiff_testkit::{Child, probe, require_privileges};
+use skiff_testkit::{probe, require_privileges};
 
 #[test]
 fn probe_entry() {
     probe::entry();
-}
-
-fn exchange(conn: &mut Child, text: &str) -> String {
-    conn.send_line(text).expect("writing to the probe");
-    conn.read_line_starting(probe::MARK).expect("reading the probe's reply")
 }
 
 #[test]

@@ -25,6 +25,13 @@ pub struct Candidate {
     pub local: bool,
 }
 
+impl Candidate {
+    /// The properties its backend entry carries.
+    pub fn info(&self) -> BackendInfo {
+        BackendInfo { local: self.local, terminating: self.terminating }
+    }
+}
+
 /// The endpoints of `port` (of protocol `protocol`) in the IPv4 `slices` of its Service, deduplicated by address.
 pub fn candidates(
     port: &ServicePort,
@@ -91,7 +98,6 @@ pub fn usable(candidates: &[Candidate], local_only: bool) -> (Vec<(BackendAddr, 
         (ready, false)
     };
     let fallback = fallback && !chosen.is_empty();
-    let out =
-        chosen.into_iter().map(|c| (c.addr, BackendInfo { local: c.local, terminating: c.terminating })).collect();
+    let out = chosen.into_iter().map(|c| (c.addr, c.info())).collect();
     (out, fallback)
 }

@@ -10,6 +10,9 @@
 //!   all endpoints (traffic from this node's pods, as kube-proxy short-circuits it) and an external-scope frontend
 //!   over the external-policy endpoints (all, or local ones with `externalTrafficPolicy: Local`).
 //! - Usable endpoints are the ready ones; when none is ready, the serving-but-terminating ones.
+//! - Every endpoint listed is a backend (`ServiceTables::backends`), usable or not, so that a connection to an
+//!   endpoint that stops being selected (it is terminating, or failed its readiness probe) keeps going to it, as
+//!   kube-proxy's conntrack entries keep it, until the endpoint leaves the EndpointSlice.
 //! - Headless and ExternalName Services have no frontends. IPv6 addresses are ignored (IPv4 only for now).
 
 mod endpoints;
@@ -163,11 +166,13 @@ pub fn service_tables(svc: &Service, slices: &[&EndpointSlice], node: &NodeIdent
         }
         let port_name =
             ServicePortName { service: name.clone(), port: port.name.clone().unwrap_or_default(), protocol };
+        // Every endpoint the slices list is a backend, selected or not: one that stopped being selected
+        // (terminating, not ready) keeps its established flows until it leaves the slice.
+        for c in &cands {
+            out.backends.insert(c.addr, c.info());
+        }
         let mut add = |addr: Ipv4Addr, fport: u16, scope: Scope, kind: FrontendKind, local_only: bool| {
             let (backends, terminating_fallback) = usable(&cands, local_only);
-            for (b, info) in &backends {
-                out.backends.insert(*b, *info);
-            }
             let key = FrontendKey { addr, port: fport, protocol, scope };
             out.frontends.entry(key).or_insert_with(|| Frontend {
                 port: port_name.clone(),

@@ -110,6 +110,25 @@ fn terminating_endpoints_get_no_traffic_while_a_ready_one_exists() {
 }
 
 #[test]
+fn every_listed_endpoint_is_a_backend_so_its_established_flows_keep_it() {
+    let t = tables(
+        &web(json!({})),
+        &endpoints(&[
+            ep("10.244.0.2", "node-a", TERMINATING_SERVING),
+            ep("10.244.0.3", "node-a", READY),
+            ep("10.244.1.4", "node-b", NOT_READY),
+        ]),
+    );
+    let listed: Vec<(String, bool, bool)> =
+        t.backends.iter().map(|(a, i)| (a.addr.to_string(), i.local, i.terminating)).collect();
+    assert_eq!(
+        listed,
+        [("10.244.0.2".into(), true, true), ("10.244.0.3".into(), true, false), ("10.244.1.4".into(), false, false)]
+    );
+    assert_eq!(backends(&t, &key([10, 96, 0, 10], 80, Scope::Internal)), ["10.244.0.3"]);
+}
+
+#[test]
 fn a_service_without_endpoints_keeps_its_frontend_with_no_backends_so_connections_are_refused() {
     let t = tables(&web(json!({})), &endpoints(&[]));
     let f = &t.frontends[&key([10, 96, 0, 10], 80, Scope::Internal)];

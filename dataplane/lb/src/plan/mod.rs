@@ -84,7 +84,7 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
         !waiting.is_empty()
     });
 
-    if let Some(full) = over_capacity(reg, &included, desired) {
+    if let Some(full) = over_capacity(reg, &included) {
         plan.skipped.push(full);
         record_skips(reg, name, &plan.skipped);
         return plan;
@@ -210,11 +210,37 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
     if !keep.is_empty() {
         reg.owned.insert(name.clone(), keep);
     }
+    keep_listed(reg, name, desired, &mut dropped);
     collect(reg, &mut dropped, &mut ops);
     ops.sort_by_key(phase);
     plan.ops = ops;
     record_skips(reg, name, &plan.skipped);
     plan
+}
+
+/// Holds one reference, for Service `name`, on the backend of every endpoint it lists that has one, and lets go of
+/// those it no longer lists. A flow the tc path tracks follows its backend while the backend exists, so an endpoint
+/// that stops being selected (terminating, or failing its readiness probe) keeps its established connections, as
+/// kube-proxy's conntrack entries keep them, until it leaves the EndpointSlice. No backend is created here: one that
+/// no frontend ever selected carries no flow.
+fn keep_listed(reg: &mut Registry, name: &ServiceName, desired: &ServiceTables, dropped: &mut Dropped) {
+    let listed: BTreeSet<BackendAddr> =
+        desired.backends.keys().filter(|a| reg.backends.contains_key(*a)).copied().collect();
+    let before = reg.listed.remove(name).unwrap_or_default();
+    for addr in listed.difference(&before) {
+        if let Some(e) = reg.backends.get_mut(addr) {
+            e.refs += 1;
+        }
+    }
+    for addr in before.difference(&listed) {
+        if let Some(e) = reg.backends.get_mut(addr) {
+            e.refs = e.refs.saturating_sub(1);
+            dropped.backends.insert(e.id);
+        }
+    }
+    if !listed.is_empty() {
+        reg.listed.insert(name.clone(), listed);
+    }
 }
 
 /// Plans the removal of everything found in the pinned maps that no Service claimed during the first full sync.
@@ -245,12 +271,20 @@ pub fn plan_unclaimed(reg: &mut Registry) -> Plan {
         }
     }
     for id in garbage.backends {
-        if !reg.backend_addrs.contains_key(&id)
-            || reg.backend_addrs.get(&id).and_then(|a| reg.backends.get(a)).is_none_or(|e| e.id != id)
-        {
-            ops.push(Op::DeleteBackend(id));
-            reg.backend_ids.put(id);
+        let addr = reg.backend_addrs.get(&id).copied();
+        match addr.and_then(|a| reg.backends.get(&a)).filter(|e| e.id == id) {
+            // a Service uses or lists it now
+            Some(e) if e.refs > 0 => continue,
+            Some(_) => {
+                if let Some(a) = addr {
+                    reg.backends.remove(&a);
+                }
+                reg.backend_addrs.remove(&id);
+            }
+            None => {}
         }
+        ops.push(Op::DeleteBackend(id));
+        reg.backend_ids.put(id);
     }
     collect(reg, &mut dropped, &mut ops);
     ops.sort_by_key(phase);
@@ -437,11 +471,7 @@ fn collect(reg: &mut Registry, dropped: &mut Dropped, ops: &mut Vec<Op>) {
 }
 
 /// Whether the desired frontends of a Service would overflow a map; an upper bound of what the plan adds.
-fn over_capacity(
-    reg: &Registry,
-    included: &[(&FrontendKey, &crate::model::Frontend)],
-    desired: &ServiceTables,
-) -> Option<SkipReason> {
+fn over_capacity(reg: &Registry, included: &[(&FrontendKey, &crate::model::Frontend)]) -> Option<SkipReason> {
     let cap = reg.capacity;
     let mut entries = 0u64;
     let mut tables = 0u64;
@@ -460,7 +490,9 @@ fn over_capacity(
             pairs.insert((&f.port, b));
         }
     }
-    let new_backends = desired.backends.keys().filter(|b| !reg.backends.contains_key(*b)).count() as u64;
+    // Only the backends frontends select are created (listed ones are only kept).
+    let new_backends =
+        pairs.iter().map(|(_, b)| *b).filter(|b| !reg.backends.contains_key(*b)).collect::<HashSet<_>>().len() as u64;
     let checks: [(&'static str, u64, u64, u32); 5] = [
         ("services", u64::from(reg.service_entries), entries, cap.services),
         ("backends", reg.backends.len() as u64, new_backends, cap.backends.saturating_sub(1)),

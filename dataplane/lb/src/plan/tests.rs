@@ -156,6 +156,20 @@ fn service(svc: &str, keys: &[u8], backends: &[u8], affinity: u32) -> ServiceTab
     t
 }
 
+/// [`service`], whose EndpointSlices also list `listed_only`: endpoints no frontend selects (terminating, not
+/// ready).
+fn service_listing(svc: &str, keys: &[u8], backends: &[u8], listed_only: &[u8]) -> ServiceTables {
+    let mut t = service(svc, keys, backends, 0);
+    for b in listed_only {
+        t.backends.insert(backend(*b), BackendInfo { local: false, terminating: true });
+    }
+    t
+}
+
+fn id_of(reg: &Registry, b: u8) -> u32 {
+    reg.backends[&backend(b)].id
+}
+
 fn expected(desired: &BTreeMap<ServiceName, ServiceTables>, reg: &Registry) -> BTreeMap<FrontendKey, Vec<BackendAddr>> {
     let mut out = BTreeMap::new();
     for (n, t) in desired {
@@ -357,12 +371,93 @@ fn after_a_restart_what_no_service_claims_is_removed_and_a_stale_table_is_rebuil
     assert_eq!(k.tables.len(), 1);
 }
 
-fn arb_service() -> impl Strategy<Value = Option<(Vec<u8>, Vec<u8>, u32)>> {
+#[test]
+fn an_endpoint_no_longer_selected_keeps_its_backend_until_its_service_no_longer_lists_it() {
+    let mut reg = Registry::new(capacity(), M);
+    let mut k = Kernel::default();
+    k.run(&plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[1, 2, 3], 30)), 1)).expect("ok");
+    let one = id_of(&reg, 1);
+    // Endpoint 1 turns terminating: the frontend stops selecting it (slots and affinity), its backend stays.
+    let p = plan_service(&mut reg, &name("web"), Some(&service_listing("web", &[1], &[2, 3], &[1])), 2);
+    k.run(&p).expect("consistent");
+    assert!(!p.ops.iter().any(|o| matches!(o, Op::DeleteBackend(_))), "{:?}", p.ops);
+    assert_eq!(k.frontends()[&frontend_key(1, Scope::Internal)], vec![backend(2), backend(3)]);
+    assert!(k.backends.contains_key(&one), "the backend of a listed endpoint was deleted");
+    assert!(!k.memberships.iter().any(|m| m.backend_id == one), "session affinity could still choose it");
+    // Listed still, unchanged: nothing to write.
+    let p = plan_service(&mut reg, &name("web"), Some(&service_listing("web", &[1], &[2, 3], &[1])), 3);
+    assert!(p.ops.is_empty(), "{:?}", p.ops);
+    // The endpoint leaves the slice: its backend goes.
+    let p = plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[2, 3], 30)), 4);
+    k.run(&p).expect("consistent");
+    assert!(p.ops.contains(&Op::DeleteBackend(one)), "{:?}", p.ops);
+    assert!(!k.backends.contains_key(&one));
+    // A listed endpoint that never had a backend gets none: no flow can be going to it.
+    let p = plan_service(&mut reg, &name("web"), Some(&service_listing("web", &[1], &[2, 3], &[7])), 5);
+    assert!(!p.ops.iter().any(|o| matches!(o, Op::PutBackend { .. })), "{:?}", p.ops);
+    // The Service goes: everything goes.
+    k.run(&plan_service(&mut reg, &name("web"), None, 6)).expect("consistent");
+    assert!(k.backends.is_empty() && reg.backends.is_empty(), "{k:?}");
+}
+
+#[test]
+fn a_backend_stays_while_any_service_selects_or_lists_it() {
+    let mut reg = Registry::new(capacity(), M);
+    let mut k = Kernel::default();
+    k.run(&plan_service(&mut reg, &name("a"), Some(&service("a", &[1], &[1, 2], 0)), 1)).expect("ok");
+    k.run(&plan_service(&mut reg, &name("b"), Some(&service("b", &[2], &[1], 0)), 1)).expect("ok");
+    let one = id_of(&reg, 1);
+    // b no longer selects endpoint 1 but lists it; a drops it altogether.
+    k.run(&plan_service(&mut reg, &name("b"), Some(&service_listing("b", &[2], &[], &[1])), 2)).expect("ok");
+    k.run(&plan_service(&mut reg, &name("a"), Some(&service("a", &[1], &[2], 0)), 2)).expect("ok");
+    assert!(k.backends.contains_key(&one), "b still lists endpoint 1");
+    k.run(&plan_service(&mut reg, &name("b"), Some(&service("b", &[2], &[], 0)), 3)).expect("ok");
+    assert!(!k.backends.contains_key(&one), "nobody lists endpoint 1");
+}
+
+#[test]
+fn after_a_restart_a_backend_still_listed_keeps_its_id_and_one_no_longer_listed_is_removed() {
+    let mut reg = Registry::new(capacity(), M);
+    let mut k = Kernel::default();
+    k.run(&plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[1, 2, 3], 0)), 1)).expect("ok");
+    let draining = service_listing("web", &[1], &[3], &[1, 2]);
+    k.run(&plan_service(&mut reg, &name("web"), Some(&draining), 2)).expect("ok");
+    let (one, two) = (id_of(&reg, 1), id_of(&reg, 2));
+
+    // Restarted while endpoints 1 and 2 drain; by the first sync endpoint 2 has left the slice.
+    let mut resumed = Registry::from_maps(capacity(), M, k.contents(), fingerprint);
+    let p = plan_service(&mut resumed, &name("web"), Some(&service_listing("web", &[1], &[3], &[1])), 3);
+    k.run(&p).expect("consistent");
+    assert!(p.ops.is_empty(), "{:?}", p.ops);
+    let cleanup = plan_unclaimed(&mut resumed);
+    k.run(&cleanup).expect("consistent");
+    assert_eq!(cleanup.ops, vec![Op::DeleteBackend(two)]);
+    assert!(k.backends.contains_key(&one), "the backend of a still-listed endpoint was deleted at restart");
+    assert_eq!(id_of(&resumed, 1), one);
+    // And it goes when its endpoint does.
+    let p = plan_service(&mut resumed, &name("web"), Some(&service("web", &[1], &[3], 0)), 4);
+    k.run(&p).expect("consistent");
+    assert_eq!(k.backends.keys().copied().collect::<Vec<_>>(), vec![id_of(&resumed, 3)]);
+}
+
+type ArbService = (Vec<u8>, Vec<u8>, Vec<u8>, u32);
+
+/// Frontend keys, selected endpoints, endpoints only listed, affinity.
+fn arb_service() -> impl Strategy<Value = Option<ArbService>> {
     prop::option::of((
         prop::collection::vec(1u8..6, 0..3),
         prop::collection::vec(1u8..12, 0..6),
+        prop::collection::vec(1u8..12, 0..3),
         prop_oneof![Just(0u32), Just(30u32)],
     ))
+}
+
+fn arb_tables(svc: &str, (keys, selected, listed, affinity): &ArbService) -> ServiceTables {
+    let mut t = service(svc, keys, selected, *affinity);
+    for b in listed {
+        t.backends.entry(backend(*b)).or_insert(BackendInfo { local: false, terminating: true });
+    }
+    t
 }
 
 proptest! {
@@ -378,7 +473,7 @@ proptest! {
         let mut desired: BTreeMap<ServiceName, ServiceTables> = BTreeMap::new();
         for (generation, step) in steps.iter().enumerate() {
             for (n, s) in names.iter().zip(step) {
-                let t = s.as_ref().map(|(keys, bs, aff)| service(&n.name, keys, bs, *aff));
+                let t = s.as_ref().map(|s| arb_tables(&n.name, s));
                 let plan = plan_service(&mut reg, n, t.as_ref(), generation as u32 + 1);
                 prop_assert!(k.run(&plan).is_ok(), "{:?}", k.run(&plan));
                 match t {
@@ -388,9 +483,13 @@ proptest! {
             }
         }
         prop_assert_eq!(k.frontends(), expected(&desired, &reg));
-        // Nothing leaks: every backend and table in the maps is used by a frontend.
+        // Nothing leaks: every backend in the maps is used by a frontend or listed by a Service, every table used.
         let used: HashSet<u32> = k.services.values().filter(|v| v.backend_id != 0).map(|v| v.backend_id).collect();
-        prop_assert_eq!(used, k.backends.keys().copied().collect::<HashSet<_>>());
+        let listed: HashSet<u32> = desired.values().flat_map(|t| t.backends.keys())
+            .filter_map(|a| reg.backends.get(a).map(|e| e.id)).collect();
+        let in_maps: HashSet<u32> = k.backends.keys().copied().collect();
+        prop_assert!(used.is_subset(&in_maps));
+        prop_assert!(in_maps.is_subset(&used.union(&listed).copied().collect()), "{:?} beyond {:?} and {:?}", in_maps, used, listed);
         let tables: HashSet<u32> = k.services.values().filter(|v| v.table_id != 0).map(|v| v.table_id).collect();
         prop_assert_eq!(tables, k.tables.keys().copied().collect::<HashSet<_>>());
         prop_assert_eq!(reg.service_entries as usize, k.services.len());
@@ -399,5 +498,12 @@ proptest! {
             .map(|v| AffinityMatchKey { backend_id: v.backend_id, service_id: v.service_id })
             .collect();
         prop_assert_eq!(implied, k.memberships.clone());
+        // Every Service deleted: nothing is left, listed backends included.
+        for n in &names {
+            let plan = plan_service(&mut reg, n, None, u32::MAX);
+            prop_assert!(k.run(&plan).is_ok());
+        }
+        prop_assert!(k.services.is_empty() && k.backends.is_empty() && k.tables.is_empty(), "{:?}", k);
+        prop_assert!(reg.backends.is_empty() && reg.listed.is_empty());
     }
 }

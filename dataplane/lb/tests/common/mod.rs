@@ -155,11 +155,38 @@ pub fn service(name: &str, cluster_ip: &str, spec: serde_json::Value) -> Service
 
 /// An EndpointSlice of Service `svc` with endpoints `(ip, node, ready)` on `port`/`proto` (port name "p").
 pub fn slice(svc: &str, eps: &[(Ipv4Addr, &str, bool)], port: u16, proto: &str) -> EndpointSlice {
+    let eps: Vec<_> = eps.iter().map(|(ip, node, ready)| (*ip, *node, Conditions::ready(*ready))).collect();
+    slice_with(svc, &eps, port, proto)
+}
+
+/// An endpoint's `conditions`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conditions {
+    /// `ready`
+    pub ready: bool,
+    /// `serving`
+    pub serving: bool,
+    /// `terminating`
+    pub terminating: bool,
+}
+
+impl Conditions {
+    /// Ready (and serving) or not, not terminating.
+    pub fn ready(ready: bool) -> Self {
+        Conditions { ready, serving: ready, terminating: false }
+    }
+
+    /// Terminating and still serving (a pod within its grace period that answers its readiness probe).
+    pub const TERMINATING: Conditions = Conditions { ready: false, serving: true, terminating: true };
+}
+
+/// [`slice`] with each endpoint's conditions.
+pub fn slice_with(svc: &str, eps: &[(Ipv4Addr, &str, Conditions)], port: u16, proto: &str) -> EndpointSlice {
     let eps: Vec<_> = eps
         .iter()
-        .map(|(ip, node, ready)| {
+        .map(|(ip, node, c)| {
             json!({"addresses": [ip.to_string()], "nodeName": node,
-            "conditions": {"ready": ready, "serving": ready, "terminating": false}})
+            "conditions": {"ready": c.ready, "serving": c.serving, "terminating": c.terminating}})
         })
         .collect();
     serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -168,6 +195,12 @@ pub fn slice(svc: &str, eps: &[(Ipv4Addr, &str, bool)], port: u16, proto: &str) 
         "addressType": "IPv4", "endpoints": eps,
         "ports": [{"name": "p", "port": port, "protocol": proto}]}))
     .expect("a valid EndpointSlice")
+}
+
+/// Sends a line on a `hold` probe's connection and returns what the probe says of the reply.
+pub fn exchange(conn: &mut skiff_testkit::Child, text: &str) -> String {
+    conn.send_line(text).expect("writing to the probe");
+    conn.read_line_starting(probe::MARK).expect("reading the probe's reply")
 }
 
 /// Puts objects into the engine and syncs the affected Services.
