@@ -286,6 +286,12 @@ fn tcp_flags(ctx: &TcContext, flow: &Flow) -> u8 {
     if flow.key.proto == PROTO_TCP { ctx.load::<u8>(flow.l4 + 13).unwrap_or(0) } else { 0 }
 }
 
+/// Whether the packet opens a TCP connection (SYN without ACK).
+#[inline(always)]
+pub fn opens_tcp(ctx: &TcContext, flow: &Flow) -> bool {
+    flow.key.proto == PROTO_TCP && tcp_flags(ctx, flow) & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// Egress: a pod's TCP/UDP packet leaving the node that the balancer did not claim. `NEXT` when it is not
 /// masqueraded.
 #[inline(always)]

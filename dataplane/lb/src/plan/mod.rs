@@ -210,7 +210,7 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
     if !keep.is_empty() {
         reg.owned.insert(name.clone(), keep);
     }
-    keep_listed(reg, name, desired, &mut dropped);
+    keep_listed(reg, name, desired, &mut dropped, &mut ops);
     collect(reg, &mut dropped, &mut ops);
     ops.sort_by_key(phase);
     plan.ops = ops;
@@ -222,10 +222,25 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
 /// those it no longer lists. A flow the tc path tracks follows its backend while the backend exists, so an endpoint
 /// that stops being selected (terminating, or failing its readiness probe) keeps its established connections, as
 /// kube-proxy's conntrack entries keep them, until it leaves the EndpointSlice. No backend is created here: one that
-/// no frontend ever selected carries no flow.
-fn keep_listed(reg: &mut Registry, name: &ServiceName, desired: &ServiceTables, dropped: &mut Dropped) {
-    let listed: BTreeSet<BackendAddr> =
-        desired.backends.keys().filter(|a| reg.backends.contains_key(*a)).copied().collect();
+/// no frontend ever selected carries no flow. A kept backend's flags follow its endpoint (the tc path balances a SYN
+/// that reuses the tuple of a flow to a terminating pod again).
+fn keep_listed(
+    reg: &mut Registry,
+    name: &ServiceName,
+    desired: &ServiceTables,
+    dropped: &mut Dropped,
+    ops: &mut Vec<Op>,
+) {
+    let mut listed = BTreeSet::new();
+    for (addr, info) in &desired.backends {
+        let Some(e) = reg.backends.get_mut(addr) else { continue };
+        listed.insert(*addr);
+        let value = backend_value(addr, info.flags());
+        if e.value != value {
+            e.value = value;
+            ops.push(Op::PutBackend { id: e.id, value });
+        }
+    }
     let before = reg.listed.remove(name).unwrap_or_default();
     for addr in listed.difference(&before) {
         if let Some(e) = reg.backends.get_mut(addr) {

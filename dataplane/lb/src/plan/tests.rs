@@ -383,6 +383,7 @@ fn an_endpoint_no_longer_selected_keeps_its_backend_until_its_service_no_longer_
     assert!(!p.ops.iter().any(|o| matches!(o, Op::DeleteBackend(_))), "{:?}", p.ops);
     assert_eq!(k.frontends()[&frontend_key(1, Scope::Internal)], vec![backend(2), backend(3)]);
     assert!(k.backends.contains_key(&one), "the backend of a listed endpoint was deleted");
+    assert_ne!(k.backends[&one].flags & skiff_ebpf_common::BACKEND_F_TERMINATING, 0, "its flags follow the endpoint");
     assert!(!k.memberships.iter().any(|m| m.backend_id == one), "session affinity could still choose it");
     // Listed still, unchanged: nothing to write.
     let p = plan_service(&mut reg, &name("web"), Some(&service_listing("web", &[1], &[2, 3], &[1])), 3);
