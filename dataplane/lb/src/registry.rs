@@ -29,8 +29,10 @@ pub struct BackendEntry {
     pub id: u32,
     /// Its value.
     pub value: Backend,
-    /// How many frontends use it.
+    /// How many frontends use it, plus how many Services list its endpoint ([`Registry::listed`]).
     pub refs: u32,
+    /// How many of `refs` are Services listing its endpoint: with no other reference it is draining.
+    pub listed: u32,
 }
 
 /// A service port id and how many frontends use it.
@@ -286,7 +288,8 @@ impl Registry {
                 if let Some(b) = backend_by_id.get(id) {
                     let addr = backend_addr(b);
                     if let Some(addr) = addr {
-                        let e = reg.backends.entry(addr).or_insert(BackendEntry { id: *id, value: *b, refs: 0 });
+                        let e =
+                            reg.backends.entry(addr).or_insert(BackendEntry { id: *id, value: *b, refs: 0, listed: 0 });
                         if e.id == *id {
                             e.refs += 1;
                         }
@@ -317,7 +320,7 @@ impl Registry {
                 if let Some(addr) = addr
                     && !reg.backends.contains_key(&addr)
                 {
-                    reg.backends.insert(addr, BackendEntry { id: *id, value: *b, refs: 0 });
+                    reg.backends.insert(addr, BackendEntry { id: *id, value: *b, refs: 0, listed: 0 });
                     reg.backend_addrs.insert(*id, addr);
                 }
                 reg.garbage.backends.push(*id);

@@ -131,23 +131,28 @@ fn an_open_connection_stays_with_its_pod_while_the_endpoint_terminates() {
 }
 
 #[test]
-fn a_new_connection_that_reuses_the_tuple_of_one_to_a_terminating_pod_goes_elsewhere() {
+fn a_new_connection_that_reuses_the_tuple_of_one_to_a_draining_pod_goes_elsewhere() {
     let Some((c, _servers)) = setup() else { return };
     let mut lb = c.start_lb(&c.config());
-    apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
     let target = format!("{}:30080", node_ip(0));
-    // A source port whose connection the hash sends to the local pod (40 ports all hashed to the remote one: 2^-40).
-    let port = (42000..42040u16)
-        .find(|p| {
-            let lines = c.run_on_client(&format!("tcp 1 {target} {p}"));
-            ids(&lines).first().map(String::as_str) == Some("local")
-        })
-        .expect("a source port that reaches the local pod");
-    let eps = [(c.pods[0].ip, "node-0", Conditions::TERMINATING), (c.pods[1].ip, "node-1", Conditions::ready(true))];
-    apply(&mut lb, vec![], vec![slice_with("web", &eps, 8080, "TCP")]);
-    // The same client address and port again: the flow's entry still names the local pod, which still serves.
-    let lines = c.run_on_client(&format!("tcp 1 {target} {port}"));
-    assert_eq!(ids(&lines), ["remote"], "a new connection went to the terminating pod: {lines:?}");
+    for (first, cond, what) in
+        [(42000u16, Conditions::TERMINATING, "terminating"), (43000, Conditions::ready(false), "not ready")]
+    {
+        apply(&mut lb, vec![nodeport(json!({}))], vec![slice("web", &both(&c), 8080, "TCP")]);
+        // A source port whose connection the hash sends to the local pod (40 ports all hashed to the remote one:
+        // a chance of 2^-40).
+        let port = (first..first + 40)
+            .find(|p| {
+                let lines = c.run_on_client(&format!("tcp 1 {target} {p}"));
+                ids(&lines).first().map(String::as_str) == Some("local")
+            })
+            .expect("a source port that reaches the local pod");
+        let eps = [(c.pods[0].ip, "node-0", cond), (c.pods[1].ip, "node-1", Conditions::ready(true))];
+        apply(&mut lb, vec![], vec![slice_with("web", &eps, 8080, "TCP")]);
+        // The same client address and port again: the flow's entry still names the local pod, which still serves.
+        let lines = c.run_on_client(&format!("tcp 1 {target} {port}"));
+        assert_eq!(ids(&lines), ["remote"], "a new connection went to the {what} pod: {lines:?}");
+    }
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub const SVC_F_TERMINATING_FALLBACK: u16 = 16;
 pub const BACKEND_F_LOCAL: u8 = 1;
 /// [`Backend::flags`]: the endpoint is terminating (used only as a fallback).
 pub const BACKEND_F_TERMINATING: u8 = 2;
+/// [`Backend::flags`]: no frontend selects the endpoint any more (it is terminating or not ready) and it is kept only
+/// for the flows it has: the tc path balances a SYN that reuses the tuple of such a flow again.
+pub const BACKEND_F_DRAINING: u8 = 4;
 
 /// [`AffinityKey::kind`]: the client is identified by its network namespace cookie (socket hooks).
 pub const AFFINITY_NETNS: u32 = 0;

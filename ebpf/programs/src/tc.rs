@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    AFFINITY_ADDR, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, CT_F_EGRESS, CT_F_REDIRECT, CtKey, CtValue, Event, SCOPE_EXTERNAL, ServiceKey,
+    AFFINITY_ADDR, BACKEND_F_DRAINING, BACKEND_F_LOCAL, CT_F_EGRESS, CT_F_REDIRECT, CtKey, CtValue, Event, SCOPE_EXTERNAL, ServiceKey,
     flow_hash, limits,
 };
 
@@ -77,8 +77,9 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
         }
         Parsed::Other => return Ok(NEXT),
     };
-    // A tracked flow follows its entry while its backend exists (a terminating pod keeps its connections). A SYN
-    // that reuses the tuple of a flow to a terminating pod opens a new connection, which is balanced again.
+    // A tracked flow follows its entry while its backend exists (a terminating or unready pod keeps its
+    // connections). A SYN that reuses the tuple of a flow to a pod no frontend selects any more (draining) opens a
+    // new connection, which is balanced again.
     let mut reopened: Option<CtValue> = None;
     // SAFETY: copied at once.
     if let Some(ct) = unsafe { LB_CT.get(&flow.key).copied() }
@@ -86,8 +87,8 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
     {
         let b = if ct.backend_id == 0 { None } else { backend(ct.backend_id) };
         if ct.backend_id == 0 || b.is_some() {
-            let terminating = b.is_some_and(|b| b.flags & BACKEND_F_TERMINATING != 0);
-            if !(terminating && nat::opens_tcp(ctx, &flow)) {
+            let draining = b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0);
+            if !(draining && nat::opens_tcp(ctx, &flow)) {
                 event(Event::TcTracked);
                 return apply(ctx, &flow, &ct);
             }
@@ -121,7 +122,7 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
         return Ok(NEXT);
     };
     if let Some(ct) = reopened.filter(|ct| ct.backend_id == backend_id) {
-        // chosen again (the terminating fallback, a retransmitted SYN): it keeps its translation and SNAT port
+        // chosen again: it keeps its translation and SNAT port
         event(Event::TcTracked);
         return apply(ctx, &flow, &ct);
     }

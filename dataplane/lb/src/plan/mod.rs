@@ -18,7 +18,7 @@ use std::{
     sync::Arc,
 };
 
-use skiff_ebpf_common::{AffinityMatchKey, Backend, ServiceValue};
+use skiff_ebpf_common::{AffinityMatchKey, BACKEND_F_DRAINING, Backend, ServiceValue};
 
 use crate::{
     model::{BackendAddr, FrontendKey, ServiceName, ServicePortName, ServiceTables, SkipReason},
@@ -115,7 +115,7 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
                         plan.skipped.push(SkipReason::MapFull { map: "backends", capacity: reg.capacity.backends });
                         continue;
                     };
-                    reg.backends.insert(*addr, BackendEntry { id, value, refs: 0 });
+                    reg.backends.insert(*addr, BackendEntry { id, value, refs: 0, listed: 0 });
                     reg.backend_addrs.insert(id, *addr);
                     written_backends.insert(id);
                     ops.push(Op::PutBackend { id, value });
@@ -222,8 +222,8 @@ pub fn plan_service(reg: &mut Registry, name: &ServiceName, desired: Option<&Ser
 /// those it no longer lists. A flow the tc path tracks follows its backend while the backend exists, so an endpoint
 /// that stops being selected (terminating, or failing its readiness probe) keeps its established connections, as
 /// kube-proxy's conntrack entries keep them, until it leaves the EndpointSlice. No backend is created here: one that
-/// no frontend ever selected carries no flow. A kept backend's flags follow its endpoint (the tc path balances a SYN
-/// that reuses the tuple of a flow to a terminating pod again).
+/// no frontend ever selected carries no flow. A kept backend's flags follow its endpoint, and a backend that only
+/// listings keep is marked draining (the tc path balances a SYN reusing one of its flows' tuples again).
 fn keep_listed(
     reg: &mut Registry,
     name: &ServiceName,
@@ -231,30 +231,47 @@ fn keep_listed(
     dropped: &mut Dropped,
     ops: &mut Vec<Op>,
 ) {
-    let mut listed = BTreeSet::new();
-    for (addr, info) in &desired.backends {
-        let Some(e) = reg.backends.get_mut(addr) else { continue };
-        listed.insert(*addr);
-        let value = backend_value(addr, info.flags());
-        if e.value != value {
-            e.value = value;
-            ops.push(Op::PutBackend { id: e.id, value });
-        }
-    }
+    let listed: BTreeSet<BackendAddr> =
+        desired.backends.keys().filter(|a| reg.backends.contains_key(*a)).copied().collect();
     let before = reg.listed.remove(name).unwrap_or_default();
     for addr in listed.difference(&before) {
         if let Some(e) = reg.backends.get_mut(addr) {
             e.refs += 1;
+            e.listed += 1;
         }
     }
     for addr in before.difference(&listed) {
         if let Some(e) = reg.backends.get_mut(addr) {
             e.refs = e.refs.saturating_sub(1);
+            e.listed = e.listed.saturating_sub(1);
             dropped.backends.insert(e.id);
+        }
+    }
+    for (addr, info) in &desired.backends {
+        if let Some(e) = reg.backends.get_mut(addr) {
+            set_flags(e, addr, info.flags(), ops);
+        }
+    }
+    // Backends this plan took out of slots (or stopped listing) that other listings still keep are draining now.
+    for id in &dropped.backends {
+        let Some(addr) = reg.backend_addrs.get(id).copied() else { continue };
+        if let Some(e) = reg.backends.get_mut(&addr).filter(|e| e.id == *id && e.refs > 0) {
+            let flags = e.value.flags & !BACKEND_F_DRAINING;
+            set_flags(e, &addr, flags, ops);
         }
     }
     if !listed.is_empty() {
         reg.listed.insert(name.clone(), listed);
+    }
+}
+
+/// Writes backend `e` with `flags`, plus the draining flag when only listings keep it, if that changes its value.
+fn set_flags(e: &mut BackendEntry, addr: &BackendAddr, flags: u8, ops: &mut Vec<Op>) {
+    let draining = if e.refs > 0 && e.refs == e.listed { BACKEND_F_DRAINING } else { 0 };
+    let value = backend_value(addr, flags | draining);
+    if e.value != value {
+        e.value = value;
+        ops.push(Op::PutBackend { id: e.id, value });
     }
 }
 

@@ -7,7 +7,9 @@ use std::{
 };
 
 use proptest::prelude::*;
-use skiff_ebpf_common::{AffinityMatchKey, Backend, ServiceKey, ServiceValue};
+use skiff_ebpf_common::{
+    AffinityMatchKey, BACKEND_F_DRAINING, BACKEND_F_TERMINATING, Backend, ServiceKey, ServiceValue,
+};
 
 use super::*;
 use crate::{
@@ -383,11 +385,18 @@ fn an_endpoint_no_longer_selected_keeps_its_backend_until_its_service_no_longer_
     assert!(!p.ops.iter().any(|o| matches!(o, Op::DeleteBackend(_))), "{:?}", p.ops);
     assert_eq!(k.frontends()[&frontend_key(1, Scope::Internal)], vec![backend(2), backend(3)]);
     assert!(k.backends.contains_key(&one), "the backend of a listed endpoint was deleted");
-    assert_ne!(k.backends[&one].flags & skiff_ebpf_common::BACKEND_F_TERMINATING, 0, "its flags follow the endpoint");
+    assert_eq!(
+        k.backends[&one].flags & (BACKEND_F_TERMINATING | BACKEND_F_DRAINING),
+        BACKEND_F_TERMINATING | BACKEND_F_DRAINING
+    );
     assert!(!k.memberships.iter().any(|m| m.backend_id == one), "session affinity could still choose it");
     // Listed still, unchanged: nothing to write.
     let p = plan_service(&mut reg, &name("web"), Some(&service_listing("web", &[1], &[2, 3], &[1])), 3);
     assert!(p.ops.is_empty(), "{:?}", p.ops);
+    // Selected again (ready again): same backend, no longer draining; then terminating once more.
+    k.run(&plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[1, 2, 3], 30)), 3)).expect("ok");
+    assert_eq!((id_of(&reg, 1), k.backends[&one].flags & BACKEND_F_DRAINING), (one, 0));
+    k.run(&plan_service(&mut reg, &name("web"), Some(&service_listing("web", &[1], &[2, 3], &[1])), 3)).expect("ok");
     // The endpoint leaves the slice: its backend goes.
     let p = plan_service(&mut reg, &name("web"), Some(&service("web", &[1], &[2, 3], 30)), 4);
     k.run(&p).expect("consistent");
@@ -408,10 +417,12 @@ fn a_backend_stays_while_any_service_selects_or_lists_it() {
     k.run(&plan_service(&mut reg, &name("a"), Some(&service("a", &[1], &[1, 2], 0)), 1)).expect("ok");
     k.run(&plan_service(&mut reg, &name("b"), Some(&service("b", &[2], &[1], 0)), 1)).expect("ok");
     let one = id_of(&reg, 1);
-    // b no longer selects endpoint 1 but lists it; a drops it altogether.
+    // b no longer selects endpoint 1 but lists it; a still selects it, then drops it altogether.
     k.run(&plan_service(&mut reg, &name("b"), Some(&service_listing("b", &[2], &[], &[1])), 2)).expect("ok");
+    assert_eq!(k.backends[&one].flags & BACKEND_F_DRAINING, 0, "a still selects endpoint 1");
     k.run(&plan_service(&mut reg, &name("a"), Some(&service("a", &[1], &[2], 0)), 2)).expect("ok");
     assert!(k.backends.contains_key(&one), "b still lists endpoint 1");
+    assert_ne!(k.backends[&one].flags & BACKEND_F_DRAINING, 0, "no frontend selects endpoint 1 any more");
     k.run(&plan_service(&mut reg, &name("b"), Some(&service("b", &[2], &[], 0)), 3)).expect("ok");
     assert!(!k.backends.contains_key(&one), "nobody lists endpoint 1");
 }
