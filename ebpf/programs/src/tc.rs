@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    AFFINITY_ADDR, BACKEND_F_DRAINING, BACKEND_F_LOCAL, CT_F_EGRESS, CT_F_REDIRECT, CtKey, CtValue, Event, SCOPE_EXTERNAL, ServiceKey,
-    flow_hash, limits,
+    AFFINITY_ADDR, BACKEND_F_DRAINING, BACKEND_F_LOCAL, CT_F_EGRESS, CT_F_REDIRECT, CtKey, CtValue, Event,
+    SCOPE_EXTERNAL, ServiceKey, flow_hash, limits,
 };
 
 use crate::{
