@@ -71,7 +71,24 @@ async fn the_leader_server_and_an_etcd_member_die_under_load_and_nothing_is_lost
     let port = free_port();
     let addrs: Vec<String> = (2..5).map(|i| format!("127.0.0.{i}:{port}")).collect();
     let dirs: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("server-{i}"))).collect();
+    // Each server's warnings and errors go to a file, shown when a step through the servers fails.
+    let log_of = |i: usize| dir.join(format!("server-{i}.log"));
+    let logs = || {
+        (0..3)
+            .map(|i| {
+                let text = std::fs::read_to_string(log_of(i)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- server {i}, last {} lines of its log:\n{}",
+                    tail.len(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let server = |i: usize, token: Option<&str>| {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_of(i)).expect("a log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
         cmd.args(["server", "--data-dir", &dirs[i].to_string_lossy(), "--listen", &addrs[i]])
             .args(["--datastore", &datastore, "--log", "warn"])
@@ -86,7 +103,7 @@ async fn the_leader_server_and_an_etcd_member_die_under_load_and_nothing_is_lost
         if let Some(t) = token {
             cmd.args(["--token", t]);
         }
-        Server(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("skiff server starts"))
+        Server(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("skiff server starts"))
     };
     let mut servers = vec![Some(server(0, None))];
     let first = connect(&dirs[0].join("kubeconfig")).await;
@@ -243,10 +260,9 @@ async fn the_leader_server_and_an_etcd_member_die_under_load_and_nothing_is_lost
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::SeqCst);
     let (acked, failed) = writer.await.expect("the writer");
-    let stored: std::collections::BTreeSet<String> = Api::<ConfigMap>::namespaced(via.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .expect("list through a surviving server, one etcd member down")
+    let listed = Api::<ConfigMap>::namespaced(via.clone(), "default").list(&ListParams::default()).await;
+    let stored: std::collections::BTreeSet<String> = listed
+        .unwrap_or_else(|e| panic!("list through a surviving server, one etcd member down: {e}\n{}", logs()))
         .items
         .into_iter()
         .filter_map(|c| c.metadata.name)
