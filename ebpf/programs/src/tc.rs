@@ -122,7 +122,9 @@ fn try_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
         return Ok(NEXT);
     };
     if let Some(ct) = reopened.filter(|ct| ct.backend_id == backend_id) {
-        // chosen again: it keeps its translation and SNAT port
+        // chosen again (the planner writes a backend's draining flag before it rewrites the slots, so for a moment a
+        // draining backend can still be selected): it keeps its translation and SNAT port, so a retransmitted SYN
+        // does not open a second half-open connection from another SNAT port
         event(Event::TcTracked);
         return apply(ctx, &flow, &ct);
     }
