@@ -1,10 +1,16 @@
-//! Pod start latency on one real node (runc, pod network, probes): batches of 1, 10 and N pods (default 100,
-//! `PODS=…`) of `skiff/echo:v1` with a readiness probe (period 1 s), and 10 without a probe on the empty node and
-//! again beside the N, each applied in one `kubectl apply`; each pod's time from its creation to scheduled and to Ready is read off one `kubectl get --watch`
-//! (this process's clock as the events arrive), beside the agent's own phases (its
-//! `pod_start_phase_duration_seconds` histogram) and the CPU the whole machine spent per pod. `PROFILE=FILE` records
-//! a system-wide `perf` profile of the big batch into FILE. Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what
-//! each container's shim costs (`/proc/PID/smaps_rollup` of every shim: private memory and PSS), once with the small
+//! Pod start latency on one real node (runc, pod network, probes), from each pod's creation to Ready as a
+//! `kubectl get --watch` sees it (this process's clock as the events arrive):
+//! - 1 and 10 pods of `skiff/echo:v1` with a readiness probe (period 1 s), and 10 without, on the empty node, each
+//!   batch made by one `kubectl apply`;
+//! - N pods with the probe (`PODS=…`, default 100): once by one `kubectl apply`, then through the API at each rate
+//!   of `RATES` (pods a second, 0 for at once; default `0,20,5`, the upstream density tests' rates), each batch
+//!   deleted before the next but the last;
+//! - 10 without a probe beside the last N.
+//!
+//! Beside each batch: the agent's own phases (its `pod_start_phase_duration_seconds` histogram) and the CPU the
+//! whole machine spent per pod; `PROFILE=FILE` records a system-wide `perf` profile of each big batch into
+//! `FILE.<prefix>`. Then the agent's RSS and CPU at idle with those pods running (over 20 s), and what each
+//! container's shim costs (`/proc/PID/smaps_rollup` of every shim: private memory and PSS), once with the small
 //! `skiff-shim` program and once with the shim mode of the `skiff` binary (`--shim embedded`), side by side
 //! (`SHIM=auto` or `SHIM=embedded` runs one of them).
 //! Run with `scripts/bench-agent` (root; builds `skiff` in release first).
@@ -83,6 +89,89 @@ struct Figures {
     agent_rss_before: f64,
     agent_rss_after: f64,
     shims: Vec<(u32, Memory)>,
+    rows: Vec<Row>,
+}
+
+/// How a batch's pods are created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Creation {
+    /// One `kubectl apply -f -` of the whole batch, as a user would type it. kubectl spends about 12 ms of CPU per
+    /// object on its own (it parses the server's OpenAPI v3 document again for each one, kubernetes#127095).
+    Kubectl,
+    /// POSTs to the API from one `curl` over one connection, at most `rate` a second (0: each as soon as the
+    /// previous one is answered): the upstream density tests create pods through the API at a set throughput
+    /// (clusterloader2's `DENSITY_TEST_THROUGHPUT` 20 pods/s, its one-node `node-throughput` test 5 pods/s).
+    Api { rate: u32 },
+}
+
+impl std::fmt::Display for Creation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Creation::Kubectl => write!(f, "one kubectl apply"),
+            Creation::Api { rate: 0 } => write!(f, "API POSTs at once"),
+            Creation::Api { rate } => write!(f, "API POSTs at {rate}/s"),
+        }
+    }
+}
+
+/// The bench's pod: `skiff/echo:v1`, with an HTTP readiness probe (period 1 s) if `probe`.
+fn pod(name: &str, probe: bool) -> serde_json::Value {
+    let mut container = serde_json::json!({"name": "echo", "image": "skiff/echo:v1"});
+    if probe {
+        container["readinessProbe"] =
+            serde_json::json!({"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1});
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"bench": "start"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]},
+    })
+}
+
+/// POSTs each of `docs` (pods, JSON) to the API server with one `curl` in the server's namespace, over one
+/// connection, at most `rate` a second (0: no limit); fails unless every answer is 201 Created.
+fn create_by_api(c: &Cluster, docs: &[String], rate: u32) -> std::io::Result<()> {
+    let dir = c.dir.join("bench-create");
+    std::fs::create_dir_all(&dir)?;
+    let pki = c.server_dir(0).join("pki");
+    let url = format!("https://{}:6443/api/v1/namespaces/default/pods", skiff_testkit::cluster::SERVER_IP);
+    let mut config = String::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let file = dir.join(format!("{i}.json"));
+        std::fs::write(&file, doc)?;
+        if i > 0 {
+            config.push_str("next\n");
+        }
+        // options do not carry over `next`: each transfer names its own
+        config.push_str(&format!(
+            "url = \"{url}\"\ncacert = \"{ca}\"\ncert = \"{crt}\"\nkey = \"{key}\"\ndata-binary = \"@{file}\"\n\
+             header = \"Content-Type: application/json\"\noutput = \"/dev/null\"\nwrite-out = \"%{{http_code}}\\n\"\n",
+            ca = pki.join("ca.crt").display(),
+            crt = pki.join("admin.crt").display(),
+            key = pki.join("admin.key").display(),
+            file = file.display(),
+        ));
+    }
+    let config_file = dir.join("curl.conf");
+    std::fs::write(&config_file, config)?;
+    let mut cmd = c.server_ns.command("curl");
+    cmd.arg("-sS").arg("-K").arg(&config_file);
+    if rate > 0 {
+        cmd.arg("--rate").arg(format!("{rate}/s"));
+    }
+    let out = cmd.output()?;
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let created = codes.lines().filter(|l| l.trim() == "201").count();
+    if created != docs.len() {
+        return Err(std::io::Error::other(format!(
+            "{created} of {} pods created; curl said {:?} {:?}",
+            docs.len(),
+            codes.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// When each pod of the bench was first seen (ADDED) and first Ready, by one `kubectl get --watch` that runs through
@@ -156,14 +245,10 @@ impl Watch {
         Watch { child, events }
     }
 
-    /// Applies `pods` pods named `<prefix><i>` (with `extra` lines in the container) and waits until all are Ready.
-    fn batch(&self, c: &Cluster, prefix: &str, pods: usize, extra: &str) -> Batch {
-        let mut yaml = String::new();
-        for i in 0..pods {
-            yaml.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {prefix}{i}, labels: {{bench: start}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: echo\n    image: skiff/echo:v1\n{extra}"
-            ));
-        }
+    /// Creates `pods` pods named `<prefix><i>` (with a readiness probe if `probe`) the way `how` says, and waits
+    /// until all are Ready.
+    fn batch(&self, c: &Cluster, prefix: &str, pods: usize, probe: bool, how: Creation) -> Batch {
+        let docs: Vec<String> = (0..pods).map(|i| pod(&format!("{prefix}{i}"), probe).to_string()).collect();
         let cpu0 = machine_cpu_seconds();
         let mut b = Batch {
             applied: Instant::now(),
@@ -173,7 +258,14 @@ impl Watch {
             pods,
             cpu: 0.0,
         };
-        c.apply(&yaml).expect("kubectl apply");
+        match how {
+            // JSON is YAML: one stream of documents
+            Creation::Kubectl => {
+                let yaml: String = docs.iter().map(|d| format!("---\n{d}\n")).collect();
+                c.apply(&yaml).expect("kubectl apply");
+            }
+            Creation::Api { rate } => create_by_api(c, &docs, rate).expect("creating the pods through the API"),
+        }
         let deadline = b.applied + Duration::from_secs(300);
         while b.ready.len() < pods {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
@@ -202,8 +294,18 @@ impl Drop for Watch {
     }
 }
 
+/// One batch's headline figures, for the summary.
+struct Row {
+    what: String,
+    last_created: f64,
+    p50: f64,
+    p99: f64,
+    cpu_per_pod_ms: f64,
+    load: f64,
+}
+
 impl Batch {
-    fn print(&self, what: &str) {
+    fn print(&self, what: &str, load: f64) -> Row {
         let sorted = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v
@@ -234,6 +336,14 @@ impl Batch {
             self.cpu,
             self.cpu * 1000.0 / self.pods.max(1) as f64,
         );
+        Row {
+            what: what.to_string(),
+            last_created,
+            p50: percentile(&own, 50.0),
+            p99: percentile(&own, 99.0),
+            cpu_per_pod_ms: self.cpu * 1000.0 / self.pods.max(1) as f64,
+            load,
+        }
     }
 }
 
@@ -293,7 +403,29 @@ fn main() {
         Ok(k) => vec![k],
         Err(_) => vec!["auto".into(), "embedded".into()],
     };
-    let runs: Vec<Figures> = kinds.iter().map(|k| run(pods, k)).collect();
+    // RATES: the API creation rates of the big batch, pods a second, 0 for at once (default: at once, then the
+    // upstream density tests' 20 and 5)
+    let rates: Vec<u32> = std::env::var("RATES")
+        .unwrap_or_else(|_| "0,20,5".into())
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.trim().parse().expect("RATES: comma-separated pods a second"))
+        .collect();
+    let runs: Vec<Figures> = kinds.iter().map(|k| run(pods, &rates, k)).collect();
+    println!();
+    println!("creation → Ready (watch events), p50 and p99, per batch:");
+    println!(
+        "{:<10} {:<62} {:>9} {:>8} {:>8} {:>12} {:>6}",
+        "shim", "batch", "created", "p50 s", "p99 s", "CPU/pod ms", "load"
+    );
+    for f in &runs {
+        for r in &f.rows {
+            println!(
+                "{:<10} {:<62} {:>7.2} s {:>8.3} {:>8.3} {:>12.0} {:>6.2}",
+                f.shim, r.what, r.last_created, r.p50, r.p99, r.cpu_per_pod_ms, r.load
+            );
+        }
+    }
     println!();
     println!("per-container shim, {} pods (KiB; from /proc/PID/smaps_rollup):", runs.first().map_or(0, |f| f.pods));
     println!(
@@ -332,7 +464,7 @@ fn quiet() -> f64 {
     load_average()
 }
 
-fn run(pods: usize, shim: &str) -> Figures {
+fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
     let load = quiet();
     println!("--- {pods} pods, --shim {shim} (load average {load:.2} before the run)");
     let mut cfg = ClusterConfig::new(skiff_binary(), 1);
@@ -344,29 +476,50 @@ fn run(pods: usize, shim: &str) -> Figures {
     let server = c.server_pid().expect("the server runs");
     let agent_rss_before = rss_mib(agent);
     let watch = Watch::start(&c);
-    let probe = "    readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}\n";
     let mut running = 0;
-    // The small batches are deleted (and waited out) before the next: 100 + 10 pods fill the node's 110.
-    for (prefix, n, extra, keep, what) in [
-        ("a", 1, probe, false, "1 pod with a readiness probe (period 1 s)".to_string()),
-        ("b", 10, probe, false, "10 pods with a readiness probe".to_string()),
-        ("c", 10, "", false, "10 pods without a probe".to_string()),
-        ("p", pods, probe, true, format!("{pods} pods with a readiness probe")),
-        ("q", 10, "", true, format!("10 pods without a probe, beside the {pods}")),
-    ] {
+    let mut rows = Vec::new();
+    // Each batch but the last two is deleted (and waited out) before the next: 100 + 10 pods fill the node's 110.
+    // The big batch is created once by kubectl apply (its pods named p…), then through the API at each of
+    // `rates` (u…, v…, …; the last one stays).
+    let mut batches = vec![
+        ("a".to_string(), 1, true, Creation::Kubectl, false, "1 pod with a readiness probe (period 1 s)".to_string()),
+        ("b".into(), 10, true, Creation::Kubectl, false, "10 pods with a readiness probe".into()),
+        ("c".into(), 10, false, Creation::Kubectl, false, "10 pods without a probe".into()),
+    ];
+    let big = std::iter::once(Creation::Kubectl).chain(rates.iter().map(|&rate| Creation::Api { rate }));
+    let big: Vec<Creation> = big.collect();
+    for (i, how) in big.iter().enumerate() {
+        let prefix = if i == 0 { "p".to_string() } else { format!("{}", (b'u' + i as u8 - 1) as char) };
+        let what = format!("{pods} pods with a readiness probe, {how}");
+        batches.push((prefix, pods, true, *how, i + 1 == big.len(), what));
+    }
+    batches.push((
+        "q".into(),
+        10,
+        false,
+        Creation::Kubectl,
+        true,
+        format!("10 pods without a probe, beside the {pods}"),
+    ));
+    for (prefix, n, probe, how, keep, what) in batches {
+        let prefix = prefix.as_str();
+        if n > 10 {
+            // the previous big batch's deletion and the machine's load settle first
+            quiet();
+        }
         let (cpu0, server_cpu0) = (proc_cpu_seconds(agent), proc_cpu_seconds(server));
         let phases0 = agent_phases(&c);
-        // PROFILE=FILE: a system-wide `perf record` over the big batch only (stopped by its pid)
-        let perf = std::env::var("PROFILE").ok().filter(|_| prefix == "p").map(|out| {
+        // PROFILE=FILE: a system-wide `perf record` of each big batch into FILE.<prefix> (stopped by its pid)
+        let perf = std::env::var("PROFILE").ok().filter(|_| n > 10).map(|out| {
             std::process::Command::new("perf")
-                .args(["record", "-a", "-g", "-F", "499", "-o", &out])
+                .args(["record", "-a", "-g", "-F", "499", "-o", &format!("{out}.{prefix}")])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("perf record")
         });
         let load = load_average();
-        let batch = watch.batch(&c, prefix, n, extra);
+        let batch = watch.batch(&c, prefix, n, probe, how);
         println!("(load average {load:.2} before the batch)");
         if let Some(mut p) = perf {
             let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
@@ -374,7 +527,7 @@ fn run(pods: usize, shim: &str) -> Figures {
         }
         let agent_cpu = proc_cpu_seconds(agent) - cpu0;
         let server_cpu = proc_cpu_seconds(server) - server_cpu0;
-        batch.print(&what);
+        rows.push(batch.print(&what, load));
         print_phases(&phases0, &agent_phases(&c));
         println!(
             "    CPU while starting them: agent {agent_cpu:.2} s, API server and controllers {server_cpu:.2} s, the rest (runc, shims, kubectl, kernel) {:.2} s",
@@ -400,5 +553,5 @@ fn run(pods: usize, shim: &str) -> Figures {
     println!("agent at idle with {running} pods: RSS {agent_rss_after:.1} MiB, CPU {idle_cpu:.1}% of a core");
     let shims = shims(&c.nodes[0].data_dir);
     let _ = c.kubectl(&["delete", "pods", "-l", "bench=start", "--wait=false"]);
-    Figures { shim: shim.into(), pods: running, agent_rss_before, agent_rss_after, shims }
+    Figures { shim: shim.into(), pods: running, agent_rss_before, agent_rss_after, shims, rows }
 }
