@@ -1,7 +1,7 @@
 //! Pod start latency on one real node (runc, pod network, probes), from each pod's creation to Ready as a
 //! `kubectl get --watch` sees it (this process's clock as the events arrive):
-//! - 1 and 10 pods of `skiff/echo:v1` with a readiness probe (period 1 s), and 10 without, on the empty node, each
-//!   batch made by one `kubectl apply`;
+//! - 1 and 10 pods of `skiff/echo:v1` with a readiness probe (period 1 s), and 1 and 10 without, on the empty
+//!   node, each batch made by one `kubectl apply`;
 //! - N pods with the probe (`PODS=…`, default 100): once by one `kubectl apply`, then through the API at each rate
 //!   of `RATES` (pods a second, 0 for at once; default `0,20,5`, the upstream density tests' rates), each batch
 //!   deleted before the next but the last;
@@ -384,6 +384,36 @@ fn agent_phases(c: &Cluster) -> BTreeMap<String, (f64, f64)> {
     out
 }
 
+/// How many requests the API server has answered so far, by verb and resource (its
+/// `skiff_apiserver_request_duration_seconds` histogram's counts), read with `kubectl get --raw /metrics`.
+fn api_requests(c: &Cluster) -> BTreeMap<String, f64> {
+    let text = c.kubectl(&["get", "--raw", "/metrics"]).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("skiff_apiserver_request_duration_seconds_count{") else { continue };
+        let Some((labels, value)) = rest.split_once("} ") else { continue };
+        let label = |k: &str| {
+            labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=\""))).map(|v| v.trim_end_matches('"'))
+        };
+        let key = format!("{} {}", label("verb").unwrap_or("?"), label("resource").unwrap_or("?"));
+        *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// Prints the API requests per pod between two readings of [`api_requests`], most frequent first.
+fn print_requests(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pods: usize) {
+    let mut per_pod: Vec<(f64, &String)> = after
+        .iter()
+        .map(|(k, n)| ((n - before.get(k).copied().unwrap_or(0.0)) / pods.max(1) as f64, k))
+        .filter(|(n, _)| *n >= 0.05)
+        .collect();
+    per_pod.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: f64 = per_pod.iter().map(|(n, _)| n).sum();
+    let list: Vec<String> = per_pod.iter().map(|(n, k)| format!("{k} {n:.1}")).collect();
+    println!("    API requests per pod: {total:.1} ({})", list.join(", "));
+}
+
 /// Prints the mean of each phase between two readings of [`agent_phases`].
 fn print_phases(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, (f64, f64)>) {
     for (phase, (sum, count)) in after {
@@ -484,6 +514,7 @@ fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
     let mut batches = vec![
         ("a".to_string(), 1, true, Creation::Kubectl, false, "1 pod with a readiness probe (period 1 s)".to_string()),
         ("b".into(), 10, true, Creation::Kubectl, false, "10 pods with a readiness probe".into()),
+        ("n".into(), 1, false, Creation::Kubectl, false, "1 pod without a probe".into()),
         ("c".into(), 10, false, Creation::Kubectl, false, "10 pods without a probe".into()),
     ];
     let big = std::iter::once(Creation::Kubectl).chain(rates.iter().map(|&rate| Creation::Api { rate }));
@@ -509,6 +540,7 @@ fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
         }
         let (cpu0, server_cpu0) = (proc_cpu_seconds(agent), proc_cpu_seconds(server));
         let phases0 = agent_phases(&c);
+        let requests0 = api_requests(&c);
         // PROFILE=FILE: a system-wide `perf record` of each big batch into FILE.<prefix> (stopped by its pid)
         let perf = std::env::var("PROFILE").ok().filter(|_| n > 10).map(|out| {
             std::process::Command::new("perf")
@@ -529,6 +561,7 @@ fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
         let server_cpu = proc_cpu_seconds(server) - server_cpu0;
         rows.push(batch.print(&what, load));
         print_phases(&phases0, &agent_phases(&c));
+        print_requests(&requests0, &api_requests(&c), n);
         println!(
             "    CPU while starting them: agent {agent_cpu:.2} s, API server and controllers {server_cpu:.2} s, the rest (runc, shims, kubectl, kernel) {:.2} s",
             batch.cpu - agent_cpu - server_cpu
