@@ -26,7 +26,7 @@ pub async fn connect(server: &str, token: &str, ca_pem: &str) -> Result<kube::Cl
     let kc = kube::config::Kubeconfig::from_yaml(&text).map_err(bad)?;
     let cfg =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?;
-    kube::Client::try_from(cfg).map_err(AgentError::api("building the API client"))
+    skiff_client::connection::client(cfg).map_err(AgentError::api("building the API client"))
 }
 
 #[cfg(test)]

@@ -32,10 +32,14 @@ struct PhaseLabels {
 }
 
 /// A step of a pod's first start, timed by the agent ([`Metrics::start_phase`]).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StartPhase {
     /// The pod's network: namespace, veth, address, routes.
     SandboxNetwork,
+    /// NetworkPolicy admission, the pod's `/etc` files and its pids limit.
+    PodSetup,
+    /// Volumes: service-account tokens (a TokenRequest each), claims, and every local volume's files.
+    Volumes,
     /// A container's image present or pulled (the lookup of a cached image included).
     ImageReady,
     /// A container's root file system and runtime config: layers, overlay mount, `config.json`.
@@ -51,6 +55,8 @@ impl StartPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             StartPhase::SandboxNetwork => "sandbox_network",
+            StartPhase::PodSetup => "pod_setup",
+            StartPhase::Volumes => "volumes",
             StartPhase::ImageReady => "image_ready",
             StartPhase::ContainerConfig => "container_config",
             StartPhase::RuncStart => "runc_start",
@@ -150,7 +156,7 @@ impl Metrics {
         });
         registry.register(
             "pod_start_phase_duration_seconds",
-            "Seconds per step of a pod's first start (sandbox_network, image_ready, container_config, runc_start, first_probe)",
+            "Seconds per step of a pod's first start (sandbox_network, pod_setup, volumes, image_ready, container_config, runc_start, first_probe)",
             phases.clone(),
         );
         let gc_removed = Counter::default();

@@ -1,12 +1,14 @@
 //! `skiff-client`: how Skiff's controllers, node agent and dataplane follow the cluster — a thin layer over kube-rs.
 //!
-//! - [`connect`]: a `kube::Client` from a kubeconfig file, or from the in-cluster service-account token;
+//! - [`connect`]: a `kube::Client` from a kubeconfig file, or from the in-cluster service-account token, on the
+//!   stack of [`connection`] (kube's own, with `TCP_NODELAY`);
 //! - [`events`]: a recorder of core/v1 Events (what `kubectl describe` shows);
 //! - [`identity`]: the user and groups a client certificate names;
 //! - re-exports of the kube-runtime pieces in use (watcher, reflector, Controller).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod connection;
 pub mod events;
 pub mod identity;
 pub mod metrics;
@@ -48,12 +50,12 @@ pub async fn connect(kubeconfig: &Path) -> Result<kube::Client, ClientError> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(err)?;
     let cfg =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(err)?;
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(connection::client(cfg)?)
 }
 
 /// A client from the pod's service-account token (`KUBERNETES_SERVICE_HOST` and the mounted token).
 pub fn connect_in_cluster() -> Result<kube::Client, ClientError> {
     install_crypto_provider();
     let cfg = kube::Config::incluster()?;
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(connection::client(cfg)?)
 }

@@ -247,7 +247,7 @@ fn agent_ended(r: Result<Result<(), skiff_agent::AgentError>, tokio::task::JoinE
 async fn admin_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(skiff_client::connection::client(cfg)?)
 }
 
 async fn wait_node_ready(

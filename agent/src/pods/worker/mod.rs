@@ -73,6 +73,8 @@ pub struct Worker {
     last_status: Option<serde_json::Value>,
     seen: Instant,
     reported_start: bool,
+    /// The steps of the first start already timed ([`first_start_phase`]).
+    timed_phases: std::collections::BTreeSet<StartPhase>,
     volume_paths: BTreeMap<String, PathBuf>,
     volume_error: Option<String>,
     tokens: BTreeMap<(String, String), (String, Instant)>,
@@ -85,6 +87,16 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker").field("uid", &self.rec.uid).finish()
+    }
+}
+
+/// The step of a pod's first start `action` is timed as, for the sandbox steps the executor times here (the
+/// network and container steps time themselves, inside).
+fn first_start_phase(action: &Action) -> Option<StartPhase> {
+    match action {
+        Action::AdmitPolicy | Action::WritePodFiles | Action::LimitPids(_) => Some(StartPhase::PodSetup),
+        Action::PrepareVolumes => Some(StartPhase::Volumes),
+        _ => None,
     }
 }
 
@@ -116,6 +128,7 @@ impl Worker {
             last_status: None,
             seen: Instant::now(),
             reported_start: false,
+            timed_phases: std::collections::BTreeSet::new(),
             volume_paths: BTreeMap::new(),
             volume_error: None,
             tokens: BTreeMap::new(),
@@ -341,12 +354,25 @@ impl Worker {
         };
         let plan = plan::next_actions(&self.pod, &self.rec, &self.progress, &settings, Timestamp::now());
         let mut wake = plan.wake;
+        let mut phases: BTreeMap<StartPhase, f64> = BTreeMap::new();
         for action in plan.actions {
+            let timed = if self.reported_start { None } else { first_start_phase(&action) };
+            let began = Instant::now();
             let step = self.execute(action).await;
+            if let Some(phase) = timed {
+                *phases.entry(phase).or_default() += began.elapsed().as_secs_f64();
+            }
             let (Step::Retry(d) | Step::Halt(d)) = step else { continue };
             wake = Some(wake.map_or(d, |w| w.min(d)));
             if matches!(step, Step::Halt(_)) {
                 break;
+            }
+        }
+        // each step of the pod's first start is timed in the first pass that runs it (a later pass may run it
+        // again, e.g. volumes)
+        for (phase, secs) in phases {
+            if self.timed_phases.insert(phase) {
+                self.ctx.metrics.start_phase(phase, secs);
             }
         }
         self.flush().await;

@@ -101,7 +101,7 @@ impl BackgroundService for ApiSource {
     async fn start_with_ready_notifier(&self, shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
         let client = match &self.client {
             ClientSource::Client(c) => c.clone(),
-            ClientSource::Config(cfg) => match kube::Client::try_from((**cfg).clone()) {
+            ClientSource::Config(cfg) => match skiff_client::connection::client((**cfg).clone()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create the Kubernetes client; not serving");
