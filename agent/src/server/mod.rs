@@ -341,6 +341,8 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: Arc<rustls::Serve
                 continue;
             }
         };
+        // as the API server does: logs, exec, attach and port-forward answer with small writes
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

@@ -223,6 +223,8 @@ async fn proxy_to(
         .await
         .map_err(|_| unreachable(&"timed out"))?
         .map_err(|e| unreachable(&e))?;
+    // exec, attach and port-forward streams carry small writes both ways: no Nagle wait on them
+    let _ = tcp.set_nodelay(true);
     let server_name = rustls::pki_types::ServerName::try_from(ip.to_string()).map_err(|e| unreachable(&e))?;
     let stream = tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await.map_err(|e| unreachable(&e))?;
     let (mut sender, conn) =
