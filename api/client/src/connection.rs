@@ -30,8 +30,13 @@ pub fn connector(
     Ok(connector)
 }
 
-/// A client for `cfg`, as `kube::Client::try_from(cfg)` builds it but on [`connector`].
+/// A client for `cfg`, as `kube::Client::try_from(cfg)` builds it but on [`connector`]. A configuration that goes
+/// through a proxy (`proxy-url`) is left to kube's own builder, which handles proxies (here: refuses them, with the
+/// cargo feature it would need named) rather than connecting directly as if none were set.
 pub fn client(cfg: kube::Config) -> Result<kube::Client, kube::Error> {
+    if cfg.proxy_url.is_some() {
+        return kube::Client::try_from(cfg);
+    }
     let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build::<_, kube::client::Body>(connector(&cfg)?);
     let retry =
@@ -52,6 +57,15 @@ mod tests {
     use tower::Service as _;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_proxy_in_the_configuration_is_not_bypassed() {
+        crate::install_crypto_provider();
+        let mut cfg = kube::Config::new("https://10.0.0.2:6443".parse().expect("uri"));
+        cfg.proxy_url = Some("http://127.0.0.1:3128".parse().expect("proxy uri"));
+        let err = client(cfg).err().expect("a proxied configuration is not served by a direct connection");
+        assert!(err.to_string().contains("proxy"), "{err}");
+    }
 
     #[tokio::test]
     async fn the_connector_turns_nagle_off_and_keeps_the_configured_timeouts() {
