@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn shims_are_matched_by_their_exit_directory_not_a_substring() {
         let exits = std::path::Path::new("/tmp/a/exits");
-        let mine = b"/usr/bin/skiff\0agent\0shim\0--exit\0/tmp/a/exits/c1\0--log-max\01000\0";
+        let mine = b"/usr/bin/skiff\0agent\0shim\0--exit\0/tmp/a/exits/c1\0--log-max\x001000\0";
         let other = b"/usr/bin/skiff\0agent\0shim\0--exit\0/var/tmp/a/exits/c1\0";
         let deeper = b"/usr/bin/skiff\0agent\0shim\0--exit\0/tmp/a/exits/x/c1\0";
         assert!(is_shim_of(mine, exits));
@@ -227,6 +227,6 @@ mod tests {
         let mut cg = own_pod_cgroups(&paths, "skiff");
         cg.sort();
         assert_eq!(cg, vec!["skiff/podu1".to_string(), "skiff/podu2".to_string()]);
-        assert!(own_pod_cgroups(&Paths::new(&dir.path().join("none")), "skiff").is_empty());
+        assert!(own_pod_cgroups(&Paths::new(dir.path().join("none")), "skiff").is_empty());
     }
 }

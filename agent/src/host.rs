@@ -64,7 +64,7 @@ impl HostFacts {
         let host_mem = parse_meminfo_total(&read("/proc/meminfo")).unwrap_or(0);
         let memory = cgroups.own_memory_limit().map_or(host_mem, |l| l.min(host_mem));
         let ephemeral_storage =
-            nix::sys::statvfs::statvfs(data_dir).map(|s| s.blocks() as u64 * s.fragment_size() as u64).unwrap_or(0);
+            nix::sys::statvfs::statvfs(data_dir).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
         let kernel_version =
             nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         HostFacts {

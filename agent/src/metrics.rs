@@ -137,14 +137,14 @@ impl Metrics {
             "Image pulls by result (pulled, present, failed, local_fallback)",
             pulls.clone(),
         );
-        let pull_seconds = Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0].into_iter());
+        let pull_seconds = Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]);
         registry.register(
             "image_pull_duration_seconds",
             "Seconds spent pulling images from registries",
             pull_seconds.clone(),
         );
         let operations = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter())
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
         });
         registry.register(
             "runtime_operation_duration_seconds",

@@ -247,7 +247,8 @@ async fn heartbeats(client: kube::Client, nodes: Vec<String>) {
     loop {
         for n in &nodes {
             let spec = json!({"spec": {"holderIdentity": n, "leaseDurationSeconds": 12, "renewTime": micro_now()}});
-            let (leases, node_api, n, status_too) = (leases.clone(), node_api.clone(), n.clone(), round % 3 == 0);
+            let (leases, node_api, n, status_too) =
+                (leases.clone(), node_api.clone(), n.clone(), round.is_multiple_of(3));
             tokio::spawn(async move {
                 // as the agent: patch the Lease, create it the first time
                 if let Err(kube::Error::Api(e)) = leases.patch(&n, &PatchParams::default(), &Patch::Merge(&spec)).await

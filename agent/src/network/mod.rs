@@ -234,7 +234,7 @@ impl Network {
             .map_err(nl("attaching the veth to the bridge"))?;
         // Inside the pod: lo and eth0 up, the address, the default route.
         let path = ns.to_path_buf();
-        let pod = off_runtime(move || netns::run_in(&path, || rtnetlink::new_connection()))
+        let pod = off_runtime(move || netns::run_in(&path, rtnetlink::new_connection))
             .await
             .map_err(io("opening netlink in the pod namespace"))?;
         let (conn, ph, _) = pod;

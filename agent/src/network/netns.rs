@@ -32,7 +32,7 @@ pub fn create(path: &Path) -> std::io::Result<()> {
 
 /// Whether `path` is a bound namespace.
 pub fn is_namespace(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// Unbinds and removes `path` (the namespace goes away with its last process).

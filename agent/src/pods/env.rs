@@ -114,16 +114,16 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
                 i += 2;
                 continue;
             }
-            if b[i + 1] == b'(' {
-                if let Some(end) = s[i + 2..].find(')') {
-                    let name = &s[i + 2..i + 2 + end];
-                    match vars.get(name) {
-                        Some(v) => out.push_str(v),
-                        None => out.push_str(&s[i..i + 3 + end]),
-                    }
-                    i += 3 + end;
-                    continue;
+            if b[i + 1] == b'('
+                && let Some(end) = s[i + 2..].find(')')
+            {
+                let name = &s[i + 2..i + 2 + end];
+                match vars.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&s[i..i + 3 + end]),
                 }
+                i += 3 + end;
+                continue;
             }
         }
         let ch = s[i..].chars().next().unwrap_or('\u{fffd}');

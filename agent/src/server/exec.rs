@@ -234,8 +234,10 @@ async fn run(
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => {
                     match (b[0], b.get(1)) {
                         (0, _) => {
-                            if let Some(s) = stdin.as_mut() {
-                                if s.write_all(&b[1..]).await.is_err() { stdin = None; }
+                            if let Some(s) = stdin.as_mut()
+                                && s.write_all(&b[1..]).await.is_err()
+                            {
+                                stdin = None;
                             }
                         }
                         (255, Some(0)) if v5 => { stdin = None; }

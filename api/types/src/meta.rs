@@ -129,6 +129,18 @@ pub fn split_api_version(api_version: &str) -> (&str, &str) {
     }
 }
 
+/// A JSON value's type with its article, for messages: `an array`, `a string`, `null`.
+pub fn describe_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,17 +167,5 @@ mod tests {
     fn api_versions_split_into_group_and_version() {
         assert_eq!(split_api_version("apps/v1"), ("apps", "v1"));
         assert_eq!(split_api_version("v1"), ("", "v1"));
-    }
-}
-
-/// A JSON value's type with its article, for messages: `an array`, `a string`, `null`.
-pub fn describe_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }

@@ -264,17 +264,17 @@ fn check(v: &Value, schema: &Value, path: &str, errs: &mut ErrorList) {
 
 fn number(n: f64, schema: &Value, path: &str, errs: &mut ErrorList) {
     let excl = |k: &str| schema.get(k) == Some(&Value::Bool(true));
-    if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-        if n < min || (excl("exclusiveMinimum") && n == min) {
-            let op = if excl("exclusiveMinimum") { "greater than" } else { "greater than or equal to" };
-            errs.invalid(path, n, format!("{path} in body should be {op} {min}"));
-        }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+        && (n < min || (excl("exclusiveMinimum") && n == min))
+    {
+        let op = if excl("exclusiveMinimum") { "greater than" } else { "greater than or equal to" };
+        errs.invalid(path, n, format!("{path} in body should be {op} {min}"));
     }
-    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-        if n > max || (excl("exclusiveMaximum") && n == max) {
-            let op = if excl("exclusiveMaximum") { "less than" } else { "less than or equal to" };
-            errs.invalid(path, n, format!("{path} in body should be {op} {max}"));
-        }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+        && (n > max || (excl("exclusiveMaximum") && n == max))
+    {
+        let op = if excl("exclusiveMaximum") { "less than" } else { "less than or equal to" };
+        errs.invalid(path, n, format!("{path} in body should be {op} {max}"));
     }
     if let Some(m) = schema.get("multipleOf").and_then(Value::as_f64).filter(|m| *m > 0.0)
         && (n / m).fract() != 0.0
@@ -311,7 +311,8 @@ fn string(s: &str, schema: &Value, path: &str, errs: &mut ErrorList) {
             jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%:z", s).is_err() && s.parse::<jiff::Timestamp>().is_err()
         }
         Some("byte") => {
-            !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) || s.len() % 4 != 0
+            !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+                || !s.len().is_multiple_of(4)
         }
         _ => false,
     };

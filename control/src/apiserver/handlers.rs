@@ -257,14 +257,13 @@ fn delete_options(q: &Query, body: &[u8], user: Option<&super::auth::User>) -> A
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| q.get("propagationPolicy").map(str::to_string));
-    if propagation.is_none() {
-        if let Some(orphan) = v
+    if propagation.is_none()
+        && let Some(orphan) = v
             .get("orphanDependents")
             .and_then(Value::as_bool)
             .or_else(|| q.get("orphanDependents").map(|_| q.flag("orphanDependents")))
-        {
-            propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
-        }
+    {
+        propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
     }
     let grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64).or(q.int("gracePeriodSeconds")?);
     let dry_run = v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All"))
@@ -591,10 +590,10 @@ async fn resource_request(
                         let patched = super::patch::apply_patch(&info, &ct, &scale, &patch)?;
                         // a patch that does not pin the resourceVersion applies to whatever is current
                         let mut patched = patched;
-                        if patch.pointer("/metadata/resourceVersion").is_none() {
-                            if let Some(md) = patched.get_mut("metadata").and_then(Value::as_object_mut) {
-                                md.remove("resourceVersion");
-                            }
+                        if patch.pointer("/metadata/resourceVersion").is_none()
+                            && let Some(md) = patched.get_mut("metadata").and_then(Value::as_object_mut)
+                        {
+                            md.remove("resourceVersion");
                         }
                         Ok(json_response(
                             StatusCode::OK,

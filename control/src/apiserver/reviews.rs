@@ -98,12 +98,12 @@ pub fn answer(
                 return Err(ApiError::unprocessable("at least one of user or group must be specified"));
             }
             let attrs = attributes(&spec)?;
-            if let (Some(ns), Attributes::Resource { namespace, .. }) = (namespace, &attrs) {
-                if namespace != ns {
-                    return Err(ApiError::unprocessable(format!(
-                        "spec.resourceAttributes.namespace must match metadata.namespace ({ns})"
-                    )));
-                }
+            if let (Some(ns), Attributes::Resource { namespace, .. }) = (namespace, &attrs)
+                && namespace != ns
+            {
+                return Err(ApiError::unprocessable(format!(
+                    "spec.resourceAttributes.namespace must match metadata.namespace ({ns})"
+                )));
             }
             let d = rbac::decide(policy, &subject, &attrs);
             json!({"allowed": d.allowed, "reason": d.reason})

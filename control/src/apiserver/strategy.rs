@@ -189,12 +189,11 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> ErrorLi
                 errs.invalid("spec.clusterIP", new_ip, "field is immutable");
             }
         }
-        ("", "Secret" | "ConfigMap") => {
+        ("", "Secret" | "ConfigMap")
             if old.get("immutable") == Some(&json!(true))
-                && (old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData"))
-            {
-                errs.forbidden("data", "field is immutable when `immutable` is set");
-            }
+                && (old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData")) =>
+        {
+            errs.forbidden("data", "field is immutable when `immutable` is set");
         }
         ("", "PersistentVolumeClaim") => {
             let strip = |v: &Value| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::informers::Subscription;
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PostParams};
@@ -91,7 +91,7 @@ pub fn job_for(cj: &CronJob, scheduled: jiff::Timestamp) -> Job {
     meta.annotations
         .get_or_insert_with(Default::default)
         .insert(SCHEDULED.into(), scheduled.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-    Job { metadata: ObjectMeta { ..meta }, spec: Some(tmpl.spec.unwrap_or_else(JobSpec::default)), status: None }
+    Job { metadata: ObjectMeta { ..meta }, spec: Some(tmpl.spec.unwrap_or_default()), status: None }
 }
 
 /// Reconciles one CronJob.

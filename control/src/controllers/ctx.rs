@@ -47,7 +47,7 @@ impl FakeClock {
     /// Moves the clock forward.
     pub fn advance(&self, d: Duration) {
         let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *t = *t + jiff::SignedDuration::try_from(d).unwrap_or_default();
+        *t += jiff::SignedDuration::try_from(d).unwrap_or_default();
     }
 }
 

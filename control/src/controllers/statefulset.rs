@@ -117,14 +117,15 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
         spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate";
     let partition =
         spec.update_strategy.as_ref().and_then(|u| u.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
-    if rolling && actions.is_empty() && all_healthy {
-        if let Some(p) = (partition..replicas)
+    if rolling
+        && actions.is_empty()
+        && all_healthy
+        && let Some(p) = (partition..replicas)
             .rev()
             .filter_map(|o| by_ordinal.get(&o))
             .find(|p| revision(p) != Some(update_rev.as_str()))
-        {
-            actions.push(StsAction::Delete(p.metadata.name.clone().unwrap_or_default()));
-        }
+    {
+        actions.push(StsAction::Delete(p.metadata.name.clone().unwrap_or_default()));
     }
     let live: Vec<&&Arc<Pod>> = by_ordinal.values().filter(|p| is_active(p)).collect();
     let updated = live.iter().filter(|p| revision(p) == Some(update_rev.as_str())).count() as i32;

@@ -58,7 +58,7 @@ impl Binding {
     pub fn subject_for(&self, user: &User) -> Option<&Subject> {
         self.subjects.iter().find(|s| match s.kind.as_str() {
             "User" => s.name == user.name,
-            "Group" => user.groups.iter().any(|g| *g == s.name),
+            "Group" => user.groups.contains(&s.name),
             "ServiceAccount" => {
                 let ns = if s.namespace.is_empty() { &self.namespace } else { &s.namespace };
                 !ns.is_empty() && user.name == format!("system:serviceaccount:{ns}:{}", s.name)

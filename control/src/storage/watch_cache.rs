@@ -665,7 +665,7 @@ mod tests {
         let mut on_b = cache.watch("/registry/pods/", "/registry/pods/", start, on_node("b")).await.expect("watch");
         // three histories' worth while neither reads: every third pod on a, the others on b
         let n = 3 * HISTORY;
-        let node = |i: usize| if i % 3 == 0 { "a" } else { "b" };
+        let node = |i: usize| if i.is_multiple_of(3) { "a" } else { "b" };
         for i in 0..n {
             store
                 .create(&format!("/registry/pods/d/p{i}"), Bytes::from(format!("node={}", node(i))))

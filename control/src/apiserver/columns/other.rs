@@ -227,7 +227,7 @@ pub fn csrs() -> (Vec<Column>, Cells) {
             let duration = c
                 .pointer("/spec/expirationSeconds")
                 .and_then(Value::as_i64)
-                .map(|secs| crate::apiserver::table::human_duration(secs))
+                .map(crate::apiserver::table::human_duration)
                 .unwrap_or_else(|| "<none>".into());
             vec![
                 name(c),
