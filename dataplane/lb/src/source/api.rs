@@ -122,9 +122,11 @@ fn handle(
     }
 }
 
-/// [`run_from_api`] with a client from the usual kubeconfig inference (`KUBECONFIG`, `~/.kube/config`, in-cluster).
+/// [`run_from_api`] with a client from the usual kubeconfig inference (`KUBECONFIG`, `~/.kube/config`, in-cluster),
+/// on Skiff's client stack (`skiff_client::connection`, with `TCP_NODELAY`) like every other component.
 pub async fn run_with_default_client(config: LbConfig, shutdown: impl Future<Output = ()>) -> Result<(), LbError> {
-    let client =
-        Client::try_default().await.map_err(|e| LbError::Watch { resource: "kubeconfig", message: error_chain(&e) })?;
+    let kubeconfig = |message: String| LbError::Watch { resource: "kubeconfig", message };
+    let cfg = kube::Config::infer().await.map_err(|e| kubeconfig(error_chain(&e)))?;
+    let client = skiff_client::connection::client(cfg).map_err(|e| kubeconfig(error_chain(&e)))?;
     run_from_api(client, config, shutdown).await
 }
