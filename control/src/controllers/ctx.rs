@@ -8,13 +8,14 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, Repl
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::Store;
 use skiff_client::events::Recorder;
 
 use super::by_controller::ByController;
+use super::cached_pod::CachedPod;
 use super::expectations::Expectations;
 use super::informers::Informers;
 
@@ -103,9 +104,9 @@ pub struct Ctx {
     /// The API client.
     pub client: kube::Client,
     /// Pods.
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// Pods by controller.
-    pub pods_by_controller: ByController<Pod>,
+    pub pods_by_controller: ByController<CachedPod>,
     /// Nodes.
     pub nodes: Store<Node>,
     /// Namespaces.

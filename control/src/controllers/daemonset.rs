@@ -16,6 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skiff_client::events::EventType;
 
+use super::cached_pod::CachedPod;
 use super::ctx::{Ctx, ReconcileError};
 use super::placement::{selector_and_affinity_match, untolerated_taint};
 use super::util::{controlled_by, is_active, is_available, is_ready, owner_ref, random_suffix, template_hash};
@@ -55,7 +56,7 @@ fn with_defaults(spec: &PodSpec) -> PodSpec {
 /// Whether the DaemonSet should run on `node`.
 pub fn eligible(ds: &DaemonSet, node: &Node) -> bool {
     let spec = ds.spec.as_ref().and_then(|s| s.template.spec.clone()).unwrap_or_default();
-    let spec = with_defaults(&spec);
+    let spec = super::cached_pod::Spec::from(&with_defaults(&spec));
     selector_and_affinity_match(node, &spec) && untolerated_taint(node, &spec).is_none()
 }
 
@@ -72,13 +73,13 @@ pub enum DsAction {
 pub fn plan(
     ds: &DaemonSet,
     nodes: &[Arc<Node>],
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     now: jiff::Timestamp,
 ) -> (Vec<DsAction>, DaemonSetStatus) {
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let spec = ds.spec.clone().unwrap_or_default();
     let hash = template_hash(&spec.template, ds.status.as_ref().and_then(|s| s.collision_count));
-    let mut by_node: BTreeMap<String, Vec<&Arc<Pod>>> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<&Arc<CachedPod>>> = BTreeMap::new();
     for p in pods.iter().filter(|p| controlled_by(&p.metadata, &uid) && is_active(p)) {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
             by_node.entry(n).or_default().push(p);
@@ -87,7 +88,7 @@ pub fn plan(
     let mut actions = Vec::new();
     let (mut desired, mut scheduled, mut misscheduled, mut ready, mut available, mut updated) = (0, 0, 0, 0, 0, 0);
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let mut outdated: Vec<&Arc<Pod>> = Vec::new();
+    let mut outdated: Vec<&Arc<CachedPod>> = Vec::new();
     let mut unavailable = 0;
     for node in nodes {
         let n = node.metadata.name.clone().unwrap_or_default();
@@ -235,7 +236,12 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
 pub const CONTROLLER: &str = "daemonset-controller";
 
 /// Runs the controller: DaemonSet and pod changes, and every node change (which may make any DaemonSet apply).
-pub async fn run(ctx: Arc<Ctx>, sets: Subscription<DaemonSet>, pods: Subscription<Pod>, nodes: Subscription<Node>) {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    sets: Subscription<DaemonSet>,
+    pods: Subscription<CachedPod>,
+    nodes: Subscription<Node>,
+) {
     let store = ctx.daemon_sets.clone();
     Controller::for_shared_stream(sets, ctx.daemon_sets.clone())
         .owns_shared_stream(pods)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, Service,
+    EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, Node, ObjectReference, Service,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -19,6 +19,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use skiff_api::selector::Selector;
 
+use super::cached_pod::CachedPod;
 use super::ctx::{Ctx, ReconcileError};
 use super::util::{is_ready, is_terminal, owner_ref};
 
@@ -40,7 +41,7 @@ pub struct DesiredSlice {
     pub endpoints: Vec<Endpoint>,
 }
 
-fn resolve_port(pod: &Pod, target: &IntOrString) -> Option<i32> {
+fn resolve_port(pod: &CachedPod, target: &IntOrString) -> Option<i32> {
     match target {
         IntOrString::Int(p) => Some(*p),
         IntOrString::String(name) => pod
@@ -55,7 +56,7 @@ fn resolve_port(pod: &Pod, target: &IntOrString) -> Option<i32> {
 }
 
 /// The pods a Service selects, as slices.
-pub fn desired(svc: &Service, pods: &[Arc<Pod>], nodes: &[Arc<Node>]) -> Vec<DesiredSlice> {
+pub fn desired(svc: &Service, pods: &[Arc<CachedPod>], nodes: &[Arc<Node>]) -> Vec<DesiredSlice> {
     let Some(spec) = svc.spec.as_ref() else { return Vec::new() };
     let Some(sel) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { return Vec::new() };
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -275,12 +276,12 @@ pub async fn run(
     ctx: Arc<Ctx>,
     services: Subscription<Service>,
     slices: Subscription<EndpointSlice>,
-    pods: Subscription<Pod>,
+    pods: Subscription<CachedPod>,
 ) {
     let store = ctx.services.clone();
     Controller::for_shared_stream(services, ctx.services.clone())
         .owns_shared_stream(slices)
-        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+        .watches_shared_stream(pods, move |pod: Arc<CachedPod>| {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             store
@@ -310,7 +311,7 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "d", "uid": "s"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": target}]}})).expect("svc")
     }
 
-    fn pod(name: &str, ip: &str, port_name: &str, port: i32, ready: bool, deleting: bool) -> Arc<Pod> {
+    fn pod(name: &str, ip: &str, port_name: &str, port: i32, ready: bool, deleting: bool) -> Arc<CachedPod> {
         let mut v = json!({"metadata": {"name": name, "namespace": "d", "uid": name, "labels": {"app": "web"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": port_name, "containerPort": port}]}]},
             "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
@@ -357,7 +358,7 @@ mod tests {
 
     #[test]
     fn large_services_are_split_into_slices_of_one_hundred() {
-        let pods: Vec<Arc<Pod>> = (0..250)
+        let pods: Vec<Arc<CachedPod>> = (0..250)
             .map(|i| pod(&format!("p{i}"), &format!("10.244.{}.{}", i / 200, i % 200 + 2), "http", 80, true, false))
             .collect();
         let s = desired(&svc(json!(80)), &pods, &[]);

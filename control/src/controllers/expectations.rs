@@ -59,7 +59,7 @@ impl Expectations {
     pub fn pods_observed(
         &self,
         key: &str,
-        pods: &kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>,
+        pods: &kube::runtime::reflector::Store<super::cached_pod::CachedPod>,
         ns: &str,
     ) -> bool {
         let lookup = |n: &str| pods.get(&kube::runtime::reflector::ObjectRef::new(n).within(ns));

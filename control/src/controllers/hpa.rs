@@ -314,7 +314,7 @@ async fn set_scale(ctx: &Ctx, ns: &str, kind: &str, name: &str, replicas: i32) -
     Ok(())
 }
 
-fn sample(p: &Pod) -> PodSample {
+fn sample(p: &super::cached_pod::CachedPod) -> PodSample {
     let spec = p.spec.clone().unwrap_or_default();
     let req = |res: &str| -> Option<i64> {
         let mut total = 0;

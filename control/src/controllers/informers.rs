@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, Repl
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -27,6 +27,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
 use super::by_controller::ByController;
+use super::cached_pod::CachedPod;
 
 /// How many changes a subscriber may lag behind before the watch waits for it (nothing is dropped).
 const BUFFER: usize = 1024;
@@ -45,8 +46,6 @@ pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     _idle: async_broadcast::InactiveReceiver<Arc<K>>,
     /// The store's objects grouped by controller, for the informers that keep them (pods).
     by_controller: Option<ByController<K>>,
-    /// What is left out of every object before the store keeps it (besides `managedFields`).
-    trim: fn(&mut K),
 }
 
 impl<K> Informer<K>
@@ -65,13 +64,7 @@ where
             changes,
             _idle: idle.deactivate(),
             by_controller: None,
-            trim: |_| {},
         }
-    }
-
-    /// The same, leaving out what `trim` removes from each object before the store keeps it.
-    fn trimmed(self, trim: fn(&mut K)) -> Self {
-        Informer { trim, ..self }
     }
 
     /// The same, keeping its objects grouped by controller in `groups` too.
@@ -89,14 +82,11 @@ where
         let Some(writer) = self.writer.take() else { return };
         let api: Api<K> = Api::all(client);
         // No controller reads managedFields: they are dropped before the store keeps an object (as client-go
-        // informers' transform functions commonly do), which keeps them out of memory for every cached object;
-        // `trim` leaves out more of some kinds (`controllers::trim`).
-        let trim = self.trim;
-        let events =
-            watcher(api, watcher::Config::default().any_semantic()).default_backoff().modify(move |o: &mut K| {
-                o.meta_mut().managed_fields = None;
-                trim(o);
-            });
+        // informers' transform functions commonly do), which keeps them out of memory for every cached object.
+        // Pods are cached as `CachedPod`, which has only the fields controllers read.
+        let events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
         tasks.spawn(feed(events, writer, self.changes.clone(), self.by_controller.clone()));
     }
 }
@@ -164,9 +154,9 @@ async fn feed<K, S>(
 /// Every informer the controllers use.
 pub struct Informers {
     /// Pods.
-    pub pods: Informer<Pod>,
+    pub pods: Informer<CachedPod>,
     /// The pods informer's pods, grouped by controller.
-    pub pods_by_controller: ByController<Pod>,
+    pub pods_by_controller: ByController<CachedPod>,
     /// Nodes.
     pub nodes: Informer<Node>,
     /// Namespaces.
@@ -208,7 +198,7 @@ impl Informers {
     pub fn new() -> Self {
         let pods_by_controller = ByController::default();
         Informers {
-            pods: Informer::grouped_by_controller(pods_by_controller.clone()).trimmed(super::trim::pod),
+            pods: Informer::grouped_by_controller(pods_by_controller.clone()),
             pods_by_controller,
             nodes: Informer::new(),
             namespaces: Informer::new(),
@@ -293,15 +283,15 @@ mod tests {
 
     use kube::runtime::watcher::Event;
 
-    fn pod(name: &str, rv: &str) -> Pod {
-        let mut p = Pod::default();
+    fn pod(name: &str, rv: &str) -> CachedPod {
+        let mut p = CachedPod::default();
         p.metadata.name = Some(name.into());
         p.metadata.namespace = Some("d".into());
         p.metadata.resource_version = Some(rv.into());
         p
     }
 
-    fn channel() -> (async_broadcast::Sender<Arc<Pod>>, Subscription<Pod>) {
+    fn channel() -> (async_broadcast::Sender<Arc<CachedPod>>, Subscription<CachedPod>) {
         let (mut tx, rx) = async_broadcast::broadcast(BUFFER);
         tx.set_overflow(false);
         (tx, rx)
@@ -309,17 +299,18 @@ mod tests {
 
     /// What a subscriber that lagged behind `events` receives, as name@resourceVersion; the groups by controller
     /// fed beside the store hold what it holds (the test pods have no controller).
-    async fn received(events: Vec<Event<Pod>>, writer: Writer<Pod>) -> Vec<String> {
+    async fn received(events: Vec<Event<CachedPod>>, writer: Writer<CachedPod>) -> Vec<String> {
         let (tx, rx) = channel();
         let (store, groups) = (writer.as_reader(), ByController::default());
         feed(futures::stream::iter(events.into_iter().map(Ok)), writer, tx, Some(groups.clone())).await;
-        let names = |pods: Vec<Arc<Pod>>| {
+        let names = |pods: Vec<Arc<CachedPod>>| {
             let mut v: Vec<String> = pods.iter().map(|p| format!("{:?}", p.metadata)).collect();
             v.sort();
             v
         };
         assert_eq!(names(groups.controlled_or_orphaned("", "d")), names(store.state()), "the groups hold the store's");
-        let got: Vec<Arc<Pod>> = tokio::time::timeout(Duration::from_secs(5), rx.collect()).await.expect("not stalled");
+        let got: Vec<Arc<CachedPod>> =
+            tokio::time::timeout(Duration::from_secs(5), rx.collect()).await.expect("not stalled");
         got.iter()
             .map(|p| {
                 format!(
@@ -381,7 +372,7 @@ mod tests {
                 me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let (store, writer) = kube::runtime::reflector::store_shared::<Pod>(16);
+        let (store, writer) = kube::runtime::reflector::store_shared::<CachedPod>(16);
         let handle = writer.subscribe().expect("shared");
         let events = vec![Event::Apply(pod("a", "1")), Event::Delete(pod("a", "2")), Event::Apply(pod("b", "3"))];
         futures::stream::iter(events.into_iter().map(Ok::<_, watcher::Error>))
@@ -399,25 +390,5 @@ mod tests {
         // ... although b's change was queued all along: polled again by hand, it comes out.
         let next = handle.as_mut().poll_next(&mut cx);
         assert!(matches!(&next, std::task::Poll::Ready(Some(p)) if p.metadata.name.as_deref() == Some("b")));
-    }
-
-    /// The pod informer trims what it caches (`controllers::trim`); the others keep their objects whole.
-    #[test]
-    fn the_pod_informer_leaves_out_volumes() {
-        let informers = Informers::new();
-        let with_volume = || -> Pod {
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": {
-                "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
-                "volumes": [{"name": "v", "emptyDir": {}}]}}))
-            .expect("a pod")
-        };
-        let mut p = with_volume();
-        (informers.pods.trim)(&mut p);
-        assert!(p.spec.as_ref().is_some_and(|s| s.volumes.is_none() && s.containers[0].volume_mounts.is_none()));
-        let mut node = Node::default();
-        node.metadata.name = Some("n".into());
-        let before = node.clone();
-        (informers.nodes.trim)(&mut node);
-        assert_eq!(node, before);
     }
 }

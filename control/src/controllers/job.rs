@@ -20,6 +20,7 @@ use kube::runtime::controller::{Action, Controller};
 use serde_json::json;
 use skiff_client::events::EventType;
 
+use super::cached_pod::CachedPod;
 use super::ctx::{Ctx, ReconcileError};
 use super::util::{controlled_by, is_active, is_ready, owner_ref, random_suffix};
 
@@ -47,11 +48,11 @@ pub struct Plan {
     pub delete_job: bool,
 }
 
-fn phase(p: &Pod) -> &str {
+fn phase(p: &CachedPod) -> &str {
     p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
 }
 
-fn has_tracking(p: &Pod) -> bool {
+fn has_tracking(p: &CachedPod) -> bool {
     p.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|x| x == TRACKING))
 }
 
@@ -74,7 +75,7 @@ pub fn backoff(failures: i32) -> Duration {
     Duration::from_secs(secs.min(360))
 }
 
-fn index_of(p: &Pod) -> Option<i32> {
+fn index_of(p: &CachedPod) -> Option<i32> {
     p.metadata.annotations.as_ref()?.get(INDEX)?.parse().ok()
 }
 
@@ -124,12 +125,12 @@ fn cond(ty: &str, reason: &str, message: &str, now: jiff::Timestamp) -> JobCondi
 }
 
 /// Plans one reconcile of `job` given the pods it owns.
-pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
+pub fn plan(job: &Job, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> Plan {
     let spec = job.spec.clone().unwrap_or_default();
     let mut status = job.status.clone().unwrap_or_default();
     let mut p = Plan::default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let owned: Vec<&Arc<Pod>> = pods.iter().filter(|x| controlled_by(&x.metadata, &uid)).collect();
+    let owned: Vec<&Arc<CachedPod>> = pods.iter().filter(|x| controlled_by(&x.metadata, &uid)).collect();
 
     // 1. counting: uids whose finalizer is gone move to the counters; finished pods are recorded as uncounted
     let mut uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -206,7 +207,7 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
         status.completed_indexes = Some(ranges(&completed));
     }
 
-    let active: Vec<&&Arc<Pod>> = owned.iter().filter(|x| is_active(x)).collect();
+    let active: Vec<&&Arc<CachedPod>> = owned.iter().filter(|x| is_active(x)).collect();
     status.active = Some(active.len() as i32);
     status.ready = Some(active.iter().filter(|x| is_ready(x)).count() as i32);
 
@@ -353,7 +354,7 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
             }
         }
     } else if n_active > want_active {
-        let mut extra: Vec<&&Arc<Pod>> = active.clone();
+        let mut extra: Vec<&&Arc<CachedPod>> = active.clone();
         extra.sort_by(|a, b| super::replicaset::deletion_order(a, b));
         p.delete = extra[..(n_active - want_active) as usize]
             .iter()
@@ -476,7 +477,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
 pub const CONTROLLER: &str = "job-controller";
 
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, jobs: Subscription<Job>, pods: Subscription<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, jobs: Subscription<Job>, pods: Subscription<CachedPod>) {
     Controller::for_shared_stream(jobs, ctx.jobs.clone())
         .owns_shared_stream(pods)
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
@@ -502,7 +503,7 @@ mod tests {
         .expect("job")
     }
 
-    fn pod(name: &str, phase: &str, tracked: bool, finished_at: Option<&str>) -> Arc<Pod> {
+    fn pod(name: &str, phase: &str, tracked: bool, finished_at: Option<&str>) -> Arc<CachedPod> {
         let mut v = json!({"metadata": {"name": name, "namespace": "d", "uid": format!("u-{name}"),
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j-uid", "controller": true}]},
             "spec": {"containers": [{"name": "c"}]}, "status": {"phase": phase}});

@@ -4,6 +4,7 @@
 //! machinery included, run only on the instance that holds the leader Lease ([`manager`], [`leader`]).
 
 pub mod by_controller;
+pub mod cached_pod;
 pub mod cronjob;
 pub mod csr;
 pub mod ctx;
@@ -28,7 +29,6 @@ pub mod replicaset;
 pub mod retry;
 pub mod scheduler;
 pub mod statefulset;
-pub mod trim;
 pub mod util;
 
 use crate::apiserver::Api;

@@ -16,6 +16,7 @@ use kube::api::{Api, DeleteParams, Patch};
 use serde_json::json;
 use skiff_client::events::EventType;
 
+use super::cached_pod::CachedPod;
 use super::ctx::Ctx;
 use super::placement::tolerates;
 
@@ -100,7 +101,7 @@ pub fn verdict(
 }
 
 /// Whether a pod on a node with `taints` must be evicted now.
-pub fn should_evict(pod: &Pod, taints: &[Taint], default_timeout: Duration, now: jiff::Timestamp) -> bool {
+pub fn should_evict(pod: &CachedPod, taints: &[Taint], default_timeout: Duration, now: jiff::Timestamp) -> bool {
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
     taints.iter().filter(|t| t.effect == "NoExecute").any(|taint| {
         let since = taint.time_added.as_ref().map(|t| t.0).unwrap_or(now);
@@ -263,14 +264,14 @@ mod tests {
             value: None,
             time_added: Some(Time(t("2026-01-01T00:00:00Z"))),
         }];
-        let plain: Pod =
+        let plain: CachedPod =
             serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}})).expect("pod");
         assert!(!should_evict(&plain, &taints, Duration::from_secs(5), t("2026-01-01T00:00:04Z")));
         assert!(should_evict(&plain, &taints, Duration::from_secs(5), t("2026-01-01T00:00:05Z")));
-        let patient: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}})).expect("pod");
+        let patient: CachedPod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}})).expect("pod");
         assert!(!should_evict(&patient, &taints, Duration::from_secs(5), t("2026-01-01T00:00:30Z")));
         assert!(should_evict(&patient, &taints, Duration::from_secs(5), t("2026-01-01T00:01:00Z")));
-        let forever: Pod = serde_json::from_value(
+        let forever: CachedPod = serde_json::from_value(
             json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"operator": "Exists"}]}}),
         )
         .expect("pod");

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::informers::Subscription;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch};
 use kube::runtime::controller::{Action, Controller};
@@ -14,15 +13,16 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skiff_api::selector::Selector;
 
+use super::cached_pod::CachedPod;
 use super::ctx::{Ctx, ReconcileError};
 use super::util::{is_active, is_ready, scaled_value};
 
 /// (expected pods, currently healthy, desired healthy, disruptions allowed).
-pub fn budget(pdb: &PodDisruptionBudget, pods: &[Arc<Pod>]) -> (i32, i32, i32, i32) {
+pub fn budget(pdb: &PodDisruptionBudget, pods: &[Arc<CachedPod>]) -> (i32, i32, i32, i32) {
     let spec = pdb.spec.clone().unwrap_or_default();
     let sel =
         spec.selector.as_ref().and_then(|s| Selector::from_label_selector(s).ok()).unwrap_or_else(Selector::nothing);
-    let selected: Vec<&Arc<Pod>> =
+    let selected: Vec<&Arc<CachedPod>> =
         pods.iter().filter(|p| is_active(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default())).collect();
     let expected = selected.len() as i32;
     let healthy = selected.iter().filter(|p| is_ready(p)).count() as i32;
@@ -55,10 +55,10 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<A
 pub const CONTROLLER: &str = "disruption-controller";
 
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, pdbs: Subscription<PodDisruptionBudget>, pods: Subscription<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, pdbs: Subscription<PodDisruptionBudget>, pods: Subscription<CachedPod>) {
     let store = ctx.pdbs.clone();
     Controller::for_shared_stream(pdbs, ctx.pdbs.clone())
-        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+        .watches_shared_stream(pods, move |pod: Arc<CachedPod>| {
             let ns = pod.metadata.namespace.clone();
             store
                 .state()

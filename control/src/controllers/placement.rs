@@ -1,7 +1,9 @@
 //! Which nodes a pod may go to: taints and tolerations, node selectors and required node affinity. Shared by the
 //! scheduler, the DaemonSet controller and the node lifecycle controller.
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+
+use super::cached_pod::Spec as PodSpec;
 
 /// Whether `t` tolerates `taint`.
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {

@@ -15,6 +15,7 @@ use serde_json::json;
 use skiff_api::selector::Selector;
 use skiff_client::events::EventType;
 
+use super::cached_pod::CachedPod;
 use super::ctx::{Ctx, ReconcileError};
 use super::util::{controller_of, is_active, is_available, is_ready, owner_ref, random_suffix};
 
@@ -33,7 +34,7 @@ pub struct Plan {
     pub status: ReplicaSetStatus,
 }
 
-fn phase_rank(p: &Pod) -> u8 {
+fn phase_rank(p: &CachedPod) -> u8 {
     match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") => 0,
         Some("Unknown") => 1,
@@ -42,7 +43,7 @@ fn phase_rank(p: &Pod) -> u8 {
     }
 }
 
-fn restarts(p: &Pod) -> i32 {
+fn restarts(p: &CachedPod) -> i32 {
     p.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
@@ -52,8 +53,8 @@ fn restarts(p: &Pod) -> i32 {
 
 /// Orders pods most deletable first: unscheduled, then pending/unknown, then not ready, then ready more recently,
 /// then with more restarts, then newer.
-pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let assigned = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+pub fn deletion_order(a: &CachedPod, b: &CachedPod) -> Ordering {
+    let assigned = |p: &CachedPod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
     assigned(a)
         .cmp(&assigned(b))
         .then(phase_rank(a).cmp(&phase_rank(b)))
@@ -61,23 +62,23 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
         .then_with(|| super::util::ready_since(b).cmp(&super::util::ready_since(a)))
         .then(restarts(b).cmp(&restarts(a)))
         .then_with(|| {
-            let t = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let t = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
             t(b).cmp(&t(a))
         })
 }
 
 /// Computes what to do for `rs` given the pods of its namespace.
-pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
+pub fn plan(rs: &ReplicaSet, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> Plan {
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
     let selector = Selector::from_label_selector(&spec.selector).unwrap_or_else(|_| Selector::nothing());
     static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    fn labels(p: &Pod) -> &std::collections::BTreeMap<String, String> {
+    fn labels(p: &CachedPod) -> &std::collections::BTreeMap<String, String> {
         p.metadata.labels.as_ref().unwrap_or(&NO_LABELS)
     }
     let mut plan = Plan::default();
-    let mut owned: Vec<&Pod> = Vec::new();
+    let mut owned: Vec<&CachedPod> = Vec::new();
     for p in pods {
         // Another controller's pod is none of this one's business (most pods of a namespace, checked first and
         // cheaply: this runs over every pod of the namespace on every pass).
@@ -97,7 +98,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
             owned.push(p);
         }
     }
-    let mut active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
+    let mut active: Vec<&CachedPod> = owned.iter().copied().filter(|p| is_active(p)).collect();
     if rs.metadata.deletion_timestamp.is_none() {
         if active.len() < replicas {
             plan.create = replicas - active.len();
@@ -109,7 +110,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     }
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let template_labels = spec.template.as_ref().map(super::util::template_labels).unwrap_or_default();
-    let all_active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
+    let all_active: Vec<&CachedPod> = owned.iter().copied().filter(|p| is_active(p)).collect();
     plan.status = ReplicaSetStatus {
         replicas: all_active.len() as i32,
         fully_labeled_replicas: Some(
@@ -225,7 +226,7 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 pub const CONTROLLER: &str = "replicaset-controller";
 
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, trigger: Subscription<ReplicaSet>, pods: Subscription<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, trigger: Subscription<ReplicaSet>, pods: Subscription<CachedPod>) {
     Controller::for_shared_stream(trigger, ctx.replica_sets.clone())
         .owns_shared_stream(pods)
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
@@ -244,7 +245,7 @@ mod tests {
         .expect("rs")
     }
 
-    fn pod(name: &str, owner: Option<&str>, node: Option<&str>, ready: bool, created: &str) -> Arc<Pod> {
+    fn pod(name: &str, owner: Option<&str>, node: Option<&str>, ready: bool, created: &str) -> Arc<CachedPod> {
         let mut v = json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": "web"}, "creationTimestamp": created},
             "spec": {"containers": [{"name": "c"}]}, "status": {"phase": if node.is_some() { "Running" } else { "Pending" }}});
         if let Some(o) = owner {

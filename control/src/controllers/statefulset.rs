@@ -18,6 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use serde_json::json;
 use skiff_client::events::EventType;
 
+use super::cached_pod::CachedPod;
 use super::ctx::{Ctx, ReconcileError};
 use super::util::{controlled_by, is_active, is_ready, is_terminal, owner_ref, template_hash};
 
@@ -37,11 +38,11 @@ pub enum StsAction {
     Delete(String),
 }
 
-fn ordinal(sts: &str, pod: &Pod) -> Option<i32> {
+fn ordinal(sts: &str, pod: &CachedPod) -> Option<i32> {
     pod.metadata.name.as_deref()?.strip_prefix(&format!("{sts}-"))?.parse().ok()
 }
 
-fn revision(pod: &Pod) -> Option<&str> {
+fn revision(pod: &CachedPod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(REVISION_LABEL).map(String::as_str)
 }
 
@@ -56,7 +57,7 @@ pub fn update_revision(sts: &StatefulSet) -> String {
 }
 
 /// Plans the next actions (at most one at a time under OrderedReady) and the status.
-pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<StsAction>, StatefulSetStatus) {
+pub fn plan(sts: &StatefulSet, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> (Vec<StsAction>, StatefulSetStatus) {
     let spec = sts.spec.clone().unwrap_or_default();
     let name = sts.metadata.name.clone().unwrap_or_default();
     let uid = sts.metadata.uid.clone().unwrap_or_default();
@@ -65,15 +66,16 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
     let update_rev = update_revision(sts);
     let current_rev =
         sts.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
-    let mut by_ordinal: BTreeMap<i32, &Arc<Pod>> = BTreeMap::new();
+    let mut by_ordinal: BTreeMap<i32, &Arc<CachedPod>> = BTreeMap::new();
     for p in pods.iter().filter(|p| controlled_by(&p.metadata, &uid)) {
         if let Some(o) = ordinal(&name, p) {
             by_ordinal.insert(o, p);
         }
     }
     let mut actions = Vec::new();
-    let healthy =
-        |p: &Pod| is_active(p) && is_ready(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    let healthy = |p: &CachedPod| {
+        is_active(p) && is_ready(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    };
     // replace failed pods; create missing ones
     for o in 0..replicas {
         match by_ordinal.get(&o) {
@@ -95,7 +97,8 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
     }
     let all_healthy = (0..replicas).all(|o| by_ordinal.get(&o).is_some_and(|p| healthy(p)));
     // scale down from the highest ordinal
-    let mut condemned: Vec<&Arc<Pod>> = by_ordinal.iter().filter(|(o, _)| **o >= replicas).map(|(_, p)| *p).collect();
+    let mut condemned: Vec<&Arc<CachedPod>> =
+        by_ordinal.iter().filter(|(o, _)| **o >= replicas).map(|(_, p)| *p).collect();
     condemned.sort_by_key(|p| std::cmp::Reverse(ordinal(&name, p)));
     for p in condemned {
         if p.metadata.deletion_timestamp.is_some() {
@@ -127,7 +130,7 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> (Vec<
     {
         actions.push(StsAction::Delete(p.metadata.name.clone().unwrap_or_default()));
     }
-    let live: Vec<&&Arc<Pod>> = by_ordinal.values().filter(|p| is_active(p)).collect();
+    let live: Vec<&&Arc<CachedPod>> = by_ordinal.values().filter(|p| is_active(p)).collect();
     let updated = live.iter().filter(|p| revision(p) == Some(update_rev.as_str())).count() as i32;
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let done = updated == replicas && live.len() as i32 == replicas;
@@ -323,7 +326,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
 pub const CONTROLLER: &str = "statefulset-controller";
 
 /// Runs the controller.
-pub async fn run(ctx: Arc<Ctx>, sets: Subscription<StatefulSet>, pods: Subscription<Pod>) {
+pub async fn run(ctx: Arc<Ctx>, sets: Subscription<StatefulSet>, pods: Subscription<CachedPod>) {
     Controller::for_shared_stream(sets, ctx.stateful_sets.clone())
         .owns_shared_stream(pods)
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
@@ -343,8 +346,8 @@ mod tests {
         .expect("sts")
     }
 
-    fn pod(s: &StatefulSet, o: i32, ready: bool, rev: &str) -> Arc<Pod> {
-        let mut p = pod_for(s, o, rev);
+    fn pod(s: &StatefulSet, o: i32, ready: bool, rev: &str) -> Arc<CachedPod> {
+        let mut p = crate::controllers::cached_pod::cached(&pod_for(s, o, rev));
         p.status = serde_json::from_value(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]})).expect("status");
         Arc::new(p)
     }
@@ -383,10 +386,10 @@ mod tests {
     fn scale_down_and_rolling_update_go_from_the_highest_ordinal() {
         let s = sts(2, "OrderedReady", "v1");
         let rev = update_revision(&s);
-        let pods: Vec<Arc<Pod>> = (0..3).map(|o| pod(&s, o, true, &rev)).collect();
+        let pods: Vec<Arc<CachedPod>> = (0..3).map(|o| pod(&s, o, true, &rev)).collect();
         assert_eq!(plan(&s, &pods, jiff::Timestamp::now()).0, vec![StsAction::Delete("web-2".into())]);
         let v2 = sts(2, "OrderedReady", "v2");
-        let old: Vec<Arc<Pod>> = (0..2).map(|o| pod(&s, o, true, &rev)).collect();
+        let old: Vec<Arc<CachedPod>> = (0..2).map(|o| pod(&s, o, true, &rev)).collect();
         let (actions, status) = plan(&v2, &old, jiff::Timestamp::now());
         assert_eq!(actions, vec![StsAction::Delete("web-1".into())]);
         assert_eq!(status.updated_replicas, Some(0));

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::Resource;
+
+use super::cached_pod::CachedPod;
 
 /// Now, as the API's `Time`.
 pub fn now_time(now: jiff::Timestamp) -> Time {
@@ -12,22 +14,22 @@ pub fn now_time(now: jiff::Timestamp) -> Time {
 }
 
 /// Whether a pod has finished (Succeeded or Failed).
-pub fn is_terminal(pod: &Pod) -> bool {
+pub fn is_terminal(pod: &CachedPod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 /// Whether a pod is being deleted.
-pub fn is_deleting(pod: &Pod) -> bool {
+pub fn is_deleting(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
 /// Whether a pod counts as a live replica (not finished, not being deleted).
-pub fn is_active(pod: &Pod) -> bool {
+pub fn is_active(pod: &CachedPod) -> bool {
     !is_terminal(pod) && !is_deleting(pod)
 }
 
 /// The time a pod became Ready, when it is.
-pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+pub fn ready_since(pod: &CachedPod) -> Option<jiff::Timestamp> {
     pod.status
         .as_ref()?
         .conditions
@@ -38,12 +40,12 @@ pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// Whether a pod is Ready.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CachedPod) -> bool {
     ready_since(pod).is_some()
 }
 
 /// Whether a pod has been Ready for at least `min_ready_seconds`.
-pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
     match ready_since(pod) {
         Some(_) if min_ready_seconds <= 0 => true,
         Some(t) => now.duration_since(t).as_secs() >= i64::from(min_ready_seconds),

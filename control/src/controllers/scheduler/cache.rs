@@ -9,10 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
-
 use super::filter::{NodeUsage, Request, add, remove, request_of};
 use super::pending;
+use crate::controllers::cached_pod::CachedPod;
 use crate::controllers::util::is_terminal;
 
 /// Where a pod's request is counted.
@@ -27,14 +26,14 @@ struct Placed {
 pub struct Cache {
     placed: HashMap<String, Placed>,
     usage: HashMap<String, NodeUsage>,
-    waiting: HashMap<String, Arc<Pod>>,
+    waiting: HashMap<String, Arc<CachedPod>>,
     /// pod key -> uid of the pod bound by us, not yet seen bound
     assumed: HashMap<String, Option<String>>,
     freed: bool,
 }
 
 /// The key of a pod in the cache (`namespace/name`).
-pub fn key(p: &Pod) -> String {
+pub fn key(p: &CachedPod) -> String {
     format!(
         "{}/{}",
         p.metadata.namespace.as_deref().unwrap_or_default(),
@@ -42,13 +41,13 @@ pub fn key(p: &Pod) -> String {
     )
 }
 
-fn bound_node(p: &Pod) -> Option<&str> {
+fn bound_node(p: &CachedPod) -> Option<&str> {
     p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
 }
 
 impl Cache {
     /// Takes in the current state of the pod at `key` (`None`: it is gone).
-    pub fn update(&mut self, key: &str, pod: Option<&Arc<Pod>>) {
+    pub fn update(&mut self, key: &str, pod: Option<&Arc<CachedPod>>) {
         if let Some(uid) = self.assumed.get(key) {
             if pod.is_some_and(|p| pending(p) && p.metadata.uid == *uid) {
                 // bound by us a moment ago; the informer has not caught up
@@ -78,7 +77,7 @@ impl Cache {
     }
 
     /// Counts `pod` on `node` before the API has it bound (its binding is on the way).
-    pub fn assume(&mut self, key: &str, pod: &Pod, node: &str) {
+    pub fn assume(&mut self, key: &str, pod: &CachedPod, node: &str) {
         self.waiting.remove(key);
         if let Some(old) = self.placed.remove(key) {
             self.uncount(&old);
@@ -90,7 +89,7 @@ impl Cache {
     }
 
     /// The binding of an assumed pod failed: forget the assumption and take the pod's current state again.
-    pub fn forget(&mut self, key: &str, pod: Option<&Arc<Pod>>) {
+    pub fn forget(&mut self, key: &str, pod: Option<&Arc<CachedPod>>) {
         self.assumed.remove(key);
         self.update(key, pod);
     }
@@ -115,13 +114,13 @@ impl Cache {
     }
 
     /// The pod waiting for a node under `key`.
-    pub fn waiting_pod(&self, key: &str) -> Option<&Arc<Pod>> {
+    pub fn waiting_pod(&self, key: &str) -> Option<&Arc<CachedPod>> {
         self.waiting.get(key)
     }
 
     /// Takes in the whole pod cache: every pod as it is now, and every key it no longer has as gone.
-    pub fn resync(&mut self, pods: &[Arc<Pod>]) {
-        let now: HashMap<String, &Arc<Pod>> = pods.iter().map(|p| (key(p), p)).collect();
+    pub fn resync(&mut self, pods: &[Arc<CachedPod>]) {
+        let now: HashMap<String, &Arc<CachedPod>> = pods.iter().map(|p| (key(p), p)).collect();
         let gone: Vec<String> =
             self.placed.keys().chain(self.waiting.keys()).filter(|k| !now.contains_key(*k)).cloned().collect();
         for k in gone {
@@ -133,14 +132,14 @@ impl Cache {
     }
 
     /// The pods waiting for a node, highest priority first, then oldest first.
-    pub fn waiting(&self) -> Vec<Arc<Pod>> {
+    pub fn waiting(&self) -> Vec<Arc<CachedPod>> {
         self.waiting_where(|_| true)
     }
 
     /// [`Self::waiting`], only the pods whose key `keep` accepts (chosen before sorting: pods that did not fit wait
     /// out most passes).
-    pub fn waiting_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<Pod>> {
-        let mut v: Vec<(&String, &Arc<Pod>)> = self.waiting.iter().filter(|(k, _)| keep(k)).collect();
+    pub fn waiting_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<CachedPod>> {
+        let mut v: Vec<(&String, &Arc<CachedPod>)> = self.waiting.iter().filter(|(k, _)| keep(k)).collect();
         v.sort_by_key(|(k, p)| {
             (
                 std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
@@ -162,7 +161,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(name: &str, node: Option<&str>, phase: &str, deleting: bool) -> Arc<Pod> {
+    fn pod(name: &str, node: Option<&str>, phase: &str, deleting: bool) -> Arc<CachedPod> {
         let mut v = json!({"metadata": {"name": name, "namespace": "d", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "o", "controller": true}]},
             "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m"}}}]}, "status": {"phase": phase}});
         if let Some(n) = node {
@@ -181,7 +180,7 @@ mod tests {
     #[test]
     fn each_change_moves_a_pods_request_where_it_now_counts() {
         // (change, cpu on n1, cpu on n2, waiting pods)
-        let table: Vec<(&str, Option<Arc<Pod>>, i64, i64, usize)> = vec![
+        let table: Vec<(&str, Option<Arc<CachedPod>>, i64, i64, usize)> = vec![
             ("created unbound: waits", Some(pod("a", None, "Pending", false)), 0, 0, 1),
             ("bound to n1", Some(pod("a", Some("n1"), "Pending", false)), 100, 0, 0),
             ("running", Some(pod("a", Some("n1"), "Running", false)), 100, 0, 0),
@@ -222,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_pod_made_again_under_an_assumed_name_waits_and_frees_the_assumption() {
-        let with_uid = |p: Arc<Pod>, uid: &str| {
+        let with_uid = |p: Arc<CachedPod>, uid: &str| {
             let mut p = (*p).clone();
             p.metadata.uid = Some(uid.into());
             Arc::new(p)

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Node;
 use skiff_api::quantity::Quantity;
 
+use crate::controllers::cached_pod::{CachedPod, Container, Spec as PodSpec};
 use crate::controllers::placement::{
     node_ready, preferred_affinity_score, selector_and_affinity_match, untolerated_taint,
 };
@@ -39,7 +40,7 @@ pub struct Request {
 
 /// The scheduling request of a pod: what its containers request (the larger of the containers' sum and the largest
 /// init container, as quota counts it), read from the typed spec (this runs for every pod on every pass).
-pub fn request_of(pod: &Pod) -> Request {
+pub fn request_of(pod: &CachedPod) -> Request {
     let Some(spec) = pod.spec.as_ref() else {
         return Request { owner: owner_of(pod), ..Default::default() };
     };
@@ -59,7 +60,7 @@ pub fn request_of(pod: &Pod) -> Request {
     }
 }
 
-fn owner_of(pod: &Pod) -> Option<String> {
+fn owner_of(pod: &CachedPod) -> Option<String> {
     crate::controllers::util::controller_of(&pod.metadata).map(|r| r.uid.clone())
 }
 
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_request_is_the_larger_of_the_containers_sum_and_the_largest_init_container() {
-        let pod = |spec: serde_json::Value| -> Pod {
+        let pod = |spec: serde_json::Value| -> CachedPod {
             serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).expect("pod")
         };
         let c = |cpu: &str, mem: &str| json!({"name": "c", "resources": {"requests": {"cpu": cpu, "memory": mem}}});
@@ -243,7 +244,7 @@ mod tests {
         NodeInfo::new(std::sync::Arc::new(serde_json::from_value(v).expect("node")))
     }
 
-    fn pod(cpu: &str) -> Pod {
+    fn pod(cpu: &str) -> CachedPod {
         serde_json::from_value(json!({"metadata": {"name": "p", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "o1", "controller": true}]},
             "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "100Mi"}}}]}}))
         .expect("pod")

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 
 use super::ctx::Ctx;
 use super::util::{is_deleting, is_terminal};
+use crate::controllers::cached_pod::CachedPod;
 use cache::{Cache, key};
 use filter::{NodeInfo, NodeUsage, filter, request_of, score, unschedulable_message};
 
@@ -41,7 +42,7 @@ pub enum Decision {
 }
 
 /// Whether the default scheduler should place this pod.
-pub fn pending(p: &Pod) -> bool {
+pub fn pending(p: &CachedPod) -> bool {
     let spec = p.spec.as_ref();
     spec.and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty)
         && spec.and_then(|s| s.scheduler_name.as_deref()).is_none_or(|n| n == "default-scheduler" || n.is_empty())
@@ -50,9 +51,9 @@ pub fn pending(p: &Pod) -> bool {
 }
 
 /// Where one pod goes, given what is committed on each node; pure.
-pub fn place(nodes: &[NodeInfo], usage: &HashMap<String, NodeUsage>, pod: &Pod) -> Decision {
+pub fn place(nodes: &[NodeInfo], usage: &HashMap<String, NodeUsage>, pod: &CachedPod) -> Decision {
     let nothing = NodeUsage::default();
-    let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
+    let no_spec = crate::controllers::cached_pod::Spec::default();
     let spec = pod.spec.as_ref().unwrap_or(&no_spec);
     let req = request_of(pod);
     let max_owner = req
@@ -95,7 +96,7 @@ const RETRY_AT_LATEST: Duration = Duration::from_secs(10);
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// A binding's outcome: the pod's key, the pod, the node, and the API's answer.
-type Bound = (String, Arc<Pod>, String, Result<(), kube::Error>);
+type Bound = (String, Arc<CachedPod>, String, Result<(), kube::Error>);
 
 /// The scheduler loop's state.
 struct Scheduler {
@@ -113,13 +114,13 @@ struct Scheduler {
     in_flight: Arc<Semaphore>,
 }
 
-fn lookup(ctx: &Ctx, key: &str) -> Option<Arc<Pod>> {
+fn lookup(ctx: &Ctx, key: &str) -> Option<Arc<CachedPod>> {
     let (ns, name) = key.split_once('/')?;
     ctx.pods.get(&ObjectRef::new(name).within(ns))
 }
 
 /// Runs the scheduler.
-pub async fn run(ctx: Arc<Ctx>, pods: Subscription<Pod>, nodes: Subscription<Node>) {
+pub async fn run(ctx: Arc<Ctx>, pods: Subscription<CachedPod>, nodes: Subscription<Node>) {
     let kick = Arc::new(Notify::new());
     let changed: Arc<Mutex<HashSet<String>>> = Arc::default();
     let nodes_changed = Arc::new(AtomicBool::new(true));
@@ -275,7 +276,7 @@ impl Scheduler {
 }
 
 /// Binds a pod to a node through the `binding` subresource.
-async fn bind(client: kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+async fn bind(client: kube::Client, pod: &CachedPod, node: &str) -> Result<(), kube::Error> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client, &ns);
@@ -287,7 +288,7 @@ async fn bind(client: kube::Client, pod: &Pod, node: &str) -> Result<(), kube::E
 }
 
 /// The Warning Event of a pod that could not be scheduled or bound.
-async fn failed_scheduling(recorder: &skiff_client::events::Recorder, pod: &Pod, message: &str) {
+async fn failed_scheduling(recorder: &skiff_client::events::Recorder, pod: &CachedPod, message: &str) {
     let oref = skiff_client::events::reference(pod);
     recorder.record(&oref, EventType::Warning, "FailedScheduling", message).await;
 }
@@ -302,8 +303,8 @@ mod tests {
     fn decide(
         nodes: &[NodeInfo],
         usage: &mut HashMap<String, NodeUsage>,
-        pending: &[Arc<Pod>],
-    ) -> Vec<(Arc<Pod>, Decision)> {
+        pending: &[Arc<CachedPod>],
+    ) -> Vec<(Arc<CachedPod>, Decision)> {
         pending
             .iter()
             .map(|p| {
@@ -323,7 +324,7 @@ mod tests {
         ))
     }
 
-    fn pod(name: &str, cpu: &str, owner: &str) -> Arc<Pod> {
+    fn pod(name: &str, cpu: &str, owner: &str) -> Arc<CachedPod> {
         Arc::new(
             serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": owner, "controller": true}]},
                 "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}}))
@@ -334,7 +335,7 @@ mod tests {
     #[test]
     fn replicas_spread_across_nodes_and_capacity_is_respected() {
         let nodes = vec![node("n1", "1"), node("n2", "1"), node("n3", "1")];
-        let pods: Vec<Arc<Pod>> = (0..3).map(|i| pod(&format!("p{i}"), "400m", "rs1")).collect();
+        let pods: Vec<Arc<CachedPod>> = (0..3).map(|i| pod(&format!("p{i}"), "400m", "rs1")).collect();
         let mut usage = HashMap::new();
         let d = decide(&nodes, &mut usage, &pods);
         let mut chosen: Vec<String> =
@@ -342,7 +343,7 @@ mod tests {
         chosen.sort();
         assert_eq!(chosen, vec!["n1", "n2", "n3"], "one replica per node");
         // three more fit (800m per node), the seventh does not
-        let more: Vec<Arc<Pod>> = (3..7).map(|i| pod(&format!("p{i}"), "400m", "rs1")).collect();
+        let more: Vec<Arc<CachedPod>> = (3..7).map(|i| pod(&format!("p{i}"), "400m", "rs1")).collect();
         let d = decide(&nodes, &mut usage, &more);
         assert!(
             matches!(&d[3].1, Decision::Unschedulable(m) if m == "0/3 nodes are available: 3 Insufficient cpu."),

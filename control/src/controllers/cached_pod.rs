@@ -1,0 +1,339 @@
+//! The pod as the controllers cache it: the fields some controller reads, and nothing else, decoded straight from
+//! the watch's JSON (unknown fields are skipped, never built).
+//!
+//! Every controller reads pods from one shared informer, so each of the cluster's pods is held once, for as long as
+//! it exists. A typed `k8s_openapi` Pod holds every optional field of the pod, its spec, each container and each
+//! volume source inline: one 2.5 KB pod of the scale bench takes 17 KB of heap decoded, and still 10.9 KB with its
+//! volumes and mounts emptied, as this informer did before (client-go's transform functions empty fields the same
+//! way, and emptied fields keep their place in the struct). As this type it takes 3.0 KB and decodes 2.6 times
+//! faster (`cargo bench -p skiff-control --bench pod_memory`). It keeps only:
+//!
+//! - the metadata (owners, labels, deletion, names: every controller);
+//! - of the spec: the node, the containers' names, ports and resources, init containers, node selector, affinity,
+//!   tolerations, priority and scheduler name (the scheduler, DaemonSets, EndpointSlices); hostname and subdomain
+//!   (StatefulSets, EndpointSlices);
+//! - of the status: the phase, the pod's IP, the Ready condition with its transition time (readiness and
+//!   availability), and per container its name, restarts and termination (owners' counts, Jobs' back-off).
+//!
+//! The field names and shapes are those of `k8s_openapi`, so code written against a typed pod reads this one the
+//! same way. Cached pods are never written back (every pod write is a targeted patch or a create from a template),
+//! so nothing left out here can be lost. A controller that comes to need another field (volumes for volume binding,
+//! say) adds it here; the decoding test below lists what is kept.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerStateTerminated, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde::{Deserialize, Deserializer};
+
+/// A pod as the controllers' informer keeps it (see the module docs).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CachedPod {
+    /// The pod's metadata, whole but for `managedFields`.
+    #[serde(deserialize_with = "metadata")]
+    pub metadata: ObjectMeta,
+    /// What the controllers read of the spec.
+    pub spec: Option<Spec>,
+    /// What the controllers read of the status.
+    pub status: Option<Status>,
+}
+
+/// What the controllers read of a pod's spec.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Spec {
+    /// The node the pod is bound to.
+    pub node_name: Option<String>,
+    /// Its containers.
+    #[serde(deserialize_with = "exact")]
+    pub containers: Vec<Container>,
+    /// Its init containers.
+    #[serde(deserialize_with = "exact_or_none")]
+    pub init_containers: Option<Vec<Container>>,
+    /// Node labels it requires.
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Its scheduling constraints.
+    pub affinity: Option<Affinity>,
+    /// The taints it tolerates.
+    #[serde(deserialize_with = "exact_or_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Its priority (set by admission from the priority class).
+    pub priority: Option<i32>,
+    /// The scheduler it asks for.
+    pub scheduler_name: Option<String>,
+    /// Its hostname.
+    pub hostname: Option<String>,
+    /// Its subdomain (with the hostname, its DNS name under a headless Service).
+    pub subdomain: Option<String>,
+}
+
+/// What the controllers read of a container.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Container {
+    /// Its name.
+    pub name: String,
+    /// The ports it exposes (named target ports, host ports).
+    #[serde(deserialize_with = "exact_or_none")]
+    pub ports: Option<Vec<ContainerPort>>,
+    /// Its resource requests and limits.
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// What the controllers read of a pod's status.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Status {
+    /// Pending, Running, Succeeded, Failed or Unknown.
+    pub phase: Option<String>,
+    /// Its Ready condition, the only one a controller reads (as a list, like the typed pod's).
+    #[serde(deserialize_with = "ready_only")]
+    pub conditions: Option<Vec<PodCondition>>,
+    /// Its IP address.
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+    /// Its containers' states.
+    #[serde(deserialize_with = "exact_or_none")]
+    pub container_statuses: Option<Vec<ContainerStatus>>,
+}
+
+/// What the controllers read of a pod's condition.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodCondition {
+    /// Ready, ContainersReady, PodScheduled, …
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// When the status last changed.
+    pub last_transition_time: Option<Time>,
+}
+
+/// What the controllers read of a container's status.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub name: String,
+    /// How often it was restarted.
+    pub restart_count: i32,
+    /// Its current state, as far as a controller reads it.
+    pub state: Option<ContainerState>,
+}
+
+/// A container's current state, as far as a controller reads it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ContainerState {
+    /// How it ended, once it has.
+    pub terminated: Option<ContainerStateTerminated>,
+}
+
+// Decoded lists grow by doubling from four slots (serde_json gives no length ahead), so a pod's one container,
+// one owner reference and two tolerations would each hold room for more; what the cache keeps is sized exactly.
+
+fn exact<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let mut v = Vec::<T>::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
+}
+
+fn exact_or_none<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Vec<T>>, D::Error> {
+    let mut v = Option::<Vec<T>>::deserialize(d)?;
+    if let Some(v) = v.as_mut() {
+        v.shrink_to_fit();
+    }
+    Ok(v)
+}
+
+fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PodCondition>>, D::Error> {
+    let mut v = Option::<Vec<PodCondition>>::deserialize(d)?;
+    if let Some(v) = v.as_mut() {
+        v.retain(|c| c.type_ == "Ready");
+        v.shrink_to_fit();
+    }
+    Ok(v)
+}
+
+fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let mut m = ObjectMeta::deserialize(d)?;
+    m.managed_fields = None;
+    if let Some(v) = m.owner_references.as_mut() {
+        v.shrink_to_fit();
+    }
+    if let Some(v) = m.finalizers.as_mut() {
+        v.shrink_to_fit();
+    }
+    Ok(m)
+}
+
+impl k8s_openapi::Resource for CachedPod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for CachedPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<&k8s_openapi::api::core::v1::Container> for Container {
+    fn from(c: &k8s_openapi::api::core::v1::Container) -> Self {
+        Container { name: c.name.clone(), ports: c.ports.clone(), resources: c.resources.clone() }
+    }
+}
+
+impl From<&k8s_openapi::api::core::v1::PodSpec> for Spec {
+    /// What the controllers read of a typed spec (a template's, to place the pods it would make).
+    fn from(s: &k8s_openapi::api::core::v1::PodSpec) -> Self {
+        Spec {
+            node_name: s.node_name.clone(),
+            containers: s.containers.iter().map(Container::from).collect(),
+            init_containers: s.init_containers.as_ref().map(|cs| cs.iter().map(Container::from).collect()),
+            node_selector: s.node_selector.clone(),
+            affinity: s.affinity.clone(),
+            tolerations: s.tolerations.clone(),
+            priority: s.priority,
+            scheduler_name: s.scheduler_name.clone(),
+            hostname: s.hostname.clone(),
+            subdomain: s.subdomain.clone(),
+        }
+    }
+}
+
+/// A typed pod as the informer would cache it (through its JSON, as the watch delivers it).
+#[cfg(test)]
+pub(crate) fn cached(p: &k8s_openapi::api::core::v1::Pod) -> CachedPod {
+    serde_json::from_value(serde_json::to_value(p).expect("a pod encodes")).expect("a pod decodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod as the API server stores it for a Deployment's replica, with the service-account volume and every
+    /// field some controller reads.
+    fn stored() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "app-0-x", "namespace": "default", "uid": "p1", "resourceVersion": "7",
+                "labels": {"app": "app-0"}, "deletionTimestamp": "2026-12-04T10:00:00Z", "finalizers": ["f"],
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "apiVersion": "v1"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-0", "uid": "u",
+                    "controller": true}]},
+            "spec": {
+                "nodeName": "n1", "nodeSelector": {"disk": "ssd"}, "priority": 5, "schedulerName": "default-scheduler",
+                "hostname": "h", "subdomain": "s", "restartPolicy": "Always", "serviceAccountName": "default",
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+                "initContainers": [{"name": "init", "image": "i",
+                    "resources": {"requests": {"cpu": "1"}},
+                    "volumeMounts": [{"name": "kube-api-access-a", "mountPath": "/var/run/secrets"}]}],
+                "containers": [{"name": "c", "image": "skiff/echo:v1", "args": ["-x"], "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"name": "http", "containerPort": 8080, "hostPort": 80}],
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}},
+                    "volumeMounts": [{"name": "kube-api-access-a", "mountPath": "/var/run/secrets"}]}],
+                "volumes": [{"name": "kube-api-access-a", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}]
+            },
+            "status": {"phase": "Failed", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}], "hostIP": "10.1.0.1",
+                "startTime": "2026-12-04T09:00:00Z", "reason": "Evicted", "message": "m", "qosClass": "Burstable",
+                "conditions": [{"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-04T09:00:01Z"}],
+                "containerStatuses": [{"name": "c", "image": "skiff/echo:v1", "imageID": "", "ready": true,
+                    "restartCount": 2, "state": {"terminated": {"exitCode": 1,
+                        "finishedAt": "2026-12-04T09:30:00Z"}}}]}
+        })
+    }
+
+    #[test]
+    fn what_a_controller_reads_is_kept_as_the_typed_pod_has_it() {
+        let full: k8s_openapi::api::core::v1::Pod = serde_json::from_value(stored()).expect("a typed pod");
+        let cached: CachedPod = serde_json::from_value(stored()).expect("a cached pod");
+        assert!(full.metadata.managed_fields.is_some());
+        assert_eq!(cached.metadata, ObjectMeta { managed_fields: None, ..full.metadata.clone() });
+        let (spec, typed) = (cached.spec.as_ref().expect("spec"), full.spec.as_ref().expect("spec"));
+        // the spec is what `From` keeps of the typed spec, and each kept field is set
+        assert_eq!(spec, &Spec::from(typed));
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.priority, Some(5));
+        assert_eq!(spec.scheduler_name.as_deref(), Some("default-scheduler"));
+        assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("h"), Some("s")));
+        assert!(spec.affinity.is_some() && spec.tolerations.is_some() && spec.node_selector.is_some());
+        assert_eq!(spec.containers[0].ports.as_ref().map(Vec::len), Some(1));
+        assert_eq!(spec.containers[0].resources, typed.containers[0].resources);
+        assert_eq!(
+            spec.init_containers.as_ref().expect("init")[0].resources,
+            typed.init_containers.as_ref().expect("init")[0].resources
+        );
+        let (status, typed) = (cached.status.as_ref().expect("status"), full.status.as_ref().expect("status"));
+        assert_eq!(status.phase, typed.phase);
+        assert_eq!(status.pod_ip, typed.pod_ip);
+        // of the conditions, Ready alone, with its status and transition time
+        let kept = status.conditions.iter().flatten().map(|c| (&c.type_, &c.status, c.last_transition_time.as_ref()));
+        let ready = typed
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "Ready")
+            .map(|c| (&c.type_, &c.status, c.last_transition_time.as_ref()));
+        assert!(kept.eq(ready));
+        assert!(status.conditions.as_ref().is_some_and(|c| c.len() == 1 && c[0].last_transition_time.is_some()));
+        assert!(typed.conditions.as_ref().is_some_and(|c| c.len() == 2));
+        let (c, t) =
+            (&status.container_statuses.as_ref().expect("cs")[0], &typed.container_statuses.as_ref().expect("cs")[0]);
+        assert_eq!((c.name.as_str(), c.restart_count), (t.name.as_str(), t.restart_count));
+        assert_eq!(
+            c.state.as_ref().and_then(|s| s.terminated.as_ref()),
+            t.state.as_ref().and_then(|s| s.terminated.as_ref())
+        );
+    }
+
+    #[test]
+    fn lists_are_held_at_their_length() {
+        let p: CachedPod = serde_json::from_value(stored()).expect("a pod");
+        let spec = p.spec.as_ref().expect("spec");
+        let status = p.status.as_ref().expect("status");
+        let owners = p.metadata.owner_references.as_ref().expect("owners");
+        let exact = [
+            (spec.containers.len(), spec.containers.capacity()),
+            (owners.len(), owners.capacity()),
+            spec.tolerations.as_ref().map(|v| (v.len(), v.capacity())).expect("tolerations"),
+            spec.containers[0].ports.as_ref().map(|v| (v.len(), v.capacity())).expect("ports"),
+            status.conditions.as_ref().map(|v| (v.len(), v.capacity())).expect("conditions"),
+            status.container_statuses.as_ref().map(|v| (v.len(), v.capacity())).expect("statuses"),
+        ];
+        assert!(exact.iter().all(|(len, cap)| len == cap && *len > 0), "{exact:?}");
+    }
+
+    #[test]
+    fn a_pod_with_no_spec_or_status_decodes_empty() {
+        let p: CachedPod = serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}})).expect("a pod");
+        assert_eq!((p.metadata.name.as_deref(), p.spec, p.status), (Some("a"), None, None));
+    }
+
+    #[test]
+    fn it_names_the_pods_resource() {
+        use kube::Resource;
+        assert_eq!(
+            (CachedPod::kind(&()), CachedPod::plural(&()), CachedPod::api_version(&())),
+            ("Pod".into(), "pods".into(), "v1".into())
+        );
+    }
+}
