@@ -59,6 +59,14 @@ fn metadata_of(value: &[u8]) -> serde_json::Result<Value> {
     Ok(Value::Object(serde_json::Map::from_iter([("metadata".to_string(), stored.metadata)])))
 }
 
+/// Kinds the collector leaves out of its graph: Events, as upstream's collector does by default (its
+/// `ignoredResources`). They are the most numerous objects of a busy cluster (one or more per pod started), they
+/// expire on their own (`event_expiry`), and nothing owns them through `ownerReferences`; each would otherwise cost
+/// the graph a node and the collector a decode on every write.
+fn ignored(info: &ResourceInfo) -> bool {
+    info.plural == "events" && (info.group.is_empty() || info.group == "events.k8s.io")
+}
+
 fn owners_of(obj: &Value) -> Vec<OwnerRef> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
@@ -139,6 +147,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     for kv in &all.items {
         if let Some((info, ns, name)) = locate(api, &kv.key)
+            && !ignored(&info)
             && let Ok(obj) = metadata_of(&kv.value)
         {
             graph.upsert(&kv.key, info, ns, name, &obj);
@@ -158,6 +167,9 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
                     None => return Err("the watch ended".into()),
                 };
                 let Some((info, ns, name)) = locate(api, &ev.kv.key) else { continue };
+                if ignored(&info) {
+                    continue;
+                }
                 match ev.kind {
                     EventKind::Delete => {
                         if let Some((uid, gone)) = graph.remove(&ev.kv.key) {
@@ -335,5 +347,15 @@ mod tests {
         assert_eq!(owners_of(&read).len(), 1);
         assert_eq!(metadata_of(b"{\"kind\": \"Namespace\"}").expect("no metadata"), json!({"metadata": null}));
         assert!(metadata_of(b"not json").is_err());
+    }
+
+    #[test]
+    fn events_are_left_out_of_the_graph_and_nothing_else_is() {
+        let registry = skiff_api::registry::Registry::with_builtins();
+        let left_out: Vec<String> =
+            registry.all().iter().filter(|r| ignored(r)).map(|r| r.qualified_plural()).collect();
+        assert!(!left_out.is_empty());
+        assert!(left_out.iter().all(|p| p == "events" || p == "events.events.k8s.io"), "{left_out:?}");
+        assert!(left_out.contains(&"events".to_string()));
     }
 }
