@@ -494,6 +494,24 @@ fn quiet() -> f64 {
     load_average()
 }
 
+/// One batch of the run.
+struct Planned {
+    /// Its pods are named `<prefix><i>`.
+    prefix: String,
+    /// How many.
+    n: usize,
+    /// With a readiness probe.
+    probe: bool,
+    /// How they are created.
+    how: Creation,
+    /// Left running for the next batches (else deleted and waited out).
+    keep: bool,
+    /// One of the big batches (`PODS`): waits for a quiet machine first, profiled with `PROFILE`.
+    big: bool,
+    /// What the summary calls it.
+    what: String,
+}
+
 fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
     let load = quiet();
     println!("--- {pods} pods, --shim {shim} (load average {load:.2} before the run)");
@@ -510,31 +528,33 @@ fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
     let mut rows = Vec::new();
     // Each batch but the last two is deleted (and waited out) before the next: 100 + 10 pods fill the node's 110.
     // The big batch is created once by kubectl apply (its pods named p…), then through the API at each of
-    // `rates` (u…, v…, …; the last one stays).
+    // `rates` (r1-…, r2-…, …; the last one stays). Big batches wait for a quiet machine and are profiled.
+    let small = |prefix: &str, n: usize, probe: bool, keep: bool, what: String| Planned {
+        prefix: prefix.into(),
+        n,
+        probe,
+        how: Creation::Kubectl,
+        keep,
+        big: false,
+        what,
+    };
     let mut batches = vec![
-        ("a".to_string(), 1, true, Creation::Kubectl, false, "1 pod with a readiness probe (period 1 s)".to_string()),
-        ("b".into(), 10, true, Creation::Kubectl, false, "10 pods with a readiness probe".into()),
-        ("n".into(), 1, false, Creation::Kubectl, false, "1 pod without a probe".into()),
-        ("c".into(), 10, false, Creation::Kubectl, false, "10 pods without a probe".into()),
+        small("a", 1, true, false, "1 pod with a readiness probe (period 1 s)".into()),
+        small("b", 10, true, false, "10 pods with a readiness probe".into()),
+        small("n", 1, false, false, "1 pod without a probe".into()),
+        small("c", 10, false, false, "10 pods without a probe".into()),
     ];
     let big = std::iter::once(Creation::Kubectl).chain(rates.iter().map(|&rate| Creation::Api { rate }));
     let big: Vec<Creation> = big.collect();
     for (i, how) in big.iter().enumerate() {
-        let prefix = if i == 0 { "p".to_string() } else { format!("{}", (b'u' + i as u8 - 1) as char) };
+        let prefix = if i == 0 { "p".to_string() } else { format!("r{i}-") };
         let what = format!("{pods} pods with a readiness probe, {how}");
-        batches.push((prefix, pods, true, *how, i + 1 == big.len(), what));
+        batches.push(Planned { prefix, n: pods, probe: true, how: *how, keep: i + 1 == big.len(), big: true, what });
     }
-    batches.push((
-        "q".into(),
-        10,
-        false,
-        Creation::Kubectl,
-        true,
-        format!("10 pods without a probe, beside the {pods}"),
-    ));
-    for (prefix, n, probe, how, keep, what) in batches {
+    batches.push(small("q", 10, false, true, format!("10 pods without a probe, beside the {pods}")));
+    for Planned { prefix, n, probe, how, keep, big, what } in batches {
         let prefix = prefix.as_str();
-        if n > 10 {
+        if big {
             // the previous big batch's deletion and the machine's load settle first
             quiet();
         }
@@ -542,7 +562,7 @@ fn run(pods: usize, rates: &[u32], shim: &str) -> Figures {
         let phases0 = agent_phases(&c);
         let requests0 = api_requests(&c);
         // PROFILE=FILE: a system-wide `perf record` of each big batch into FILE.<prefix> (stopped by its pid)
-        let perf = std::env::var("PROFILE").ok().filter(|_| n > 10).map(|out| {
+        let perf = std::env::var("PROFILE").ok().filter(|_| big).map(|out| {
             std::process::Command::new("perf")
                 .args(["record", "-a", "-g", "-F", "499", "-o", &format!("{out}.{prefix}")])
                 .stdout(std::process::Stdio::null())
