@@ -52,8 +52,10 @@ pub struct Metrics {
     pub controller_errors: Family<crate::controllers::retry::ErrorLabels, Counter>,
 }
 
+/// Bounds fine around 100 ms, the latency the scalability goals hold mutations to (10x under upstream's 1 s SLO),
+/// so a p99 read from the histogram tells 110 ms from 240 ms.
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0])
 }
 
 impl Metrics {
