@@ -1,9 +1,10 @@
 //! Which nodes a pod may go to: taints and tolerations, node selectors and required node affinity. Shared by the
-//! scheduler, the DaemonSet controller and the node lifecycle controller.
+//! scheduler, the DaemonSet controller and the node lifecycle controller. A pod's spec is read as the controllers
+//! cache it (`cached_pod::Spec`); a template's goes through `Spec::from`.
 
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
 
-use super::cached_pod::Spec as PodSpec;
+use super::cached_pod::Spec;
 
 /// Whether `t` tolerates `taint`.
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -20,7 +21,7 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 }
 
 /// The first NoSchedule or NoExecute taint of `node` that `spec` does not tolerate.
-pub fn untolerated_taint<'a>(node: &'a Node, spec: &PodSpec) -> Option<&'a Taint> {
+pub fn untolerated_taint<'a>(node: &'a Node, spec: &Spec) -> Option<&'a Taint> {
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     node.spec
         .as_ref()?
@@ -64,7 +65,7 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
 }
 
 /// Whether a node satisfies the pod's `nodeSelector` and required node affinity.
-pub fn selector_and_affinity_match(node: &Node, spec: &PodSpec) -> bool {
+pub fn selector_and_affinity_match(node: &Node, spec: &Spec) -> bool {
     let labels = node.metadata.labels.as_ref();
     if let Some(sel) = &spec.node_selector
         && !sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
@@ -84,7 +85,7 @@ pub fn selector_and_affinity_match(node: &Node, spec: &PodSpec) -> bool {
 }
 
 /// The sum of preferred node affinity weights a node earns.
-pub fn preferred_affinity_score(node: &Node, spec: &PodSpec) -> i64 {
+pub fn preferred_affinity_score(node: &Node, spec: &Spec) -> i64 {
     spec.affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
@@ -110,7 +111,7 @@ mod tests {
         serde_json::from_value(v).expect("node")
     }
 
-    fn spec(v: serde_json::Value) -> PodSpec {
+    fn spec(v: serde_json::Value) -> Spec {
         serde_json::from_value(v).expect("spec")
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Node;
 use skiff_api::quantity::Quantity;
 
-use crate::controllers::cached_pod::{CachedPod, Container, Spec as PodSpec};
+use crate::controllers::cached_pod::{CachedPod, Container, Spec};
 use crate::controllers::placement::{
     node_ready, preferred_affinity_score, selector_and_affinity_match, untolerated_taint,
 };
@@ -64,7 +64,7 @@ fn owner_of(pod: &CachedPod) -> Option<String> {
     crate::controllers::util::controller_of(&pod.metadata).map(|r| r.uid.clone())
 }
 
-fn requested(spec: &PodSpec, resource: &str, amount: fn(&Quantity) -> i64) -> i64 {
+fn requested(spec: &Spec, resource: &str, amount: fn(&Quantity) -> i64) -> i64 {
     let of = |c: &Container| {
         c.resources
             .as_ref()
@@ -143,7 +143,7 @@ impl NodeInfo {
 }
 
 /// Why a node cannot take the pod (the phrases of kube-scheduler's messages), or `None` if it can.
-pub fn filter(info: &NodeInfo, spec: &PodSpec, req: &Request, usage: &NodeUsage) -> Option<String> {
+pub fn filter(info: &NodeInfo, spec: &Spec, req: &Request, usage: &NodeUsage) -> Option<String> {
     let node = info.node.as_ref();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let tolerated = spec.tolerations.iter().flatten().any(|t| {
@@ -181,7 +181,7 @@ pub fn filter(info: &NodeInfo, spec: &PodSpec, req: &Request, usage: &NodeUsage)
 
 /// How good a feasible node is (higher is better): least allocated, spread across the owner's pods, preferred
 /// affinity.
-pub fn score(info: &NodeInfo, spec: &PodSpec, req: &Request, usage: &NodeUsage, max_owner_count: i64) -> i64 {
+pub fn score(info: &NodeInfo, spec: &Spec, req: &Request, usage: &NodeUsage, max_owner_count: i64) -> i64 {
     let (node, cpu, mem) = (info.node.as_ref(), info.cpu_milli, info.memory);
     let free = |cap: i64, used: i64| if cap <= 0 { 0 } else { ((cap - used).max(0) * 100) / cap };
     let least_allocated = (free(cpu, usage.cpu_milli + req.cpu_milli) + free(mem, usage.memory + req.memory)) / 2;
