@@ -46,7 +46,7 @@ impl Object {
     /// `value` as `info` serves it: encoded once, and the fields its selectors can read copied out.
     fn new(info: &ResourceInfo, value: &Value) -> ApiResult<Object> {
         let json = serde_json::to_vec(value).map_err(|e| ApiError::internal("encoding a watched object", &e))?;
-        Ok(Object { json: Bytes::from(json), facts: facts(info, value), value: OnceLock::new() })
+        Ok(Object { json: super::objects::exact(json), facts: facts(info, value), value: OnceLock::new() })
     }
 
     /// The object as JSON.
@@ -341,6 +341,9 @@ mod tests {
         assert_eq!(*obj.value(), whole, "the whole object on demand");
         assert_eq!(serde_json::from_slice::<Value>(obj.json()).expect("json"), whole);
         assert!(obj.value.get().is_some(), "kept for the next watcher that asks");
+        let own = Object::new(&pods, &whole).expect("encodes");
+        let len = own.json.len();
+        assert_eq!(own.json.try_into_mut().expect("the only reference").capacity(), len, "no spare room held");
     }
 
     #[test]
