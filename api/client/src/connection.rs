@@ -1,6 +1,6 @@
 //! The HTTP stack under every Skiff `kube::Client`: what `kube::Client::try_from(Config)` builds (TLS and
 //! credentials from the configuration, the base URI, extra headers, kube's retry of 429/503/504 answers, connect,
-//! read and write timeouts), with `TCP_NODELAY` on its sockets.
+//! read and write timeouts), with `TCP_NODELAY` on its sockets and HTTP/2 offered beside HTTP/1.1.
 //!
 //! kube-rs leaves Nagle's algorithm on (kube-rs/kube#2056). A request that leaves in two segments (HTTP/1.1 headers
 //! then a small body, or HTTP/2 HEADERS then DATA) then holds its second segment until the server acknowledges the
@@ -23,11 +23,28 @@ pub fn connector(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(cfg.connect_timeout);
-    let https = cfg.rustls_https_connector_with_connector(http)?;
+    let https = https(cfg, http)?;
     let mut connector = TimeoutConnector::new(https);
     connector.set_read_timeout(cfg.read_timeout);
     connector.set_write_timeout(cfg.write_timeout);
     Ok(connector)
+}
+
+/// TLS from `cfg` as kube's `rustls_https_connector_with_connector` sets it up (its client configuration and server
+/// name), offering HTTP/2 as well as HTTP/1.1. kube's own offers only HTTP/1.1, where every request in flight needs
+/// a connection of its own: a burst of concurrent requests opened one each (a TLS handshake at both ends), and
+/// hyper's pool kept them all for 90 s. Over HTTP/2, as client-go talks to kube-apiserver, a client's requests and
+/// watches share one connection.
+fn https(cfg: &kube::Config, http: HttpConnector) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, kube::Error> {
+    let mut builder =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg.rustls_client_config()?).https_or_http();
+    if let Some(name) = &cfg.tls_server_name {
+        let name = name.clone().try_into().map_err(|e: rustls::pki_types::InvalidDnsNameError| {
+            kube::Error::RustlsTls(kube::client::RustlsTlsError::InvalidServerName(e))
+        })?;
+        builder = builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
+    Ok(builder.enable_http1().enable_http2().wrap_connector(http))
 }
 
 /// A client for `cfg`, as `kube::Client::try_from(cfg)` builds it but on [`connector`]. A configuration that goes
@@ -65,6 +82,17 @@ mod tests {
         cfg.proxy_url = Some("http://127.0.0.1:3128".parse().expect("proxy uri"));
         let err = client(cfg).err().expect("a proxied configuration is not served by a direct connection");
         assert!(err.to_string().contains("proxy"), "{err}");
+    }
+
+    #[test]
+    fn a_configured_tls_server_name_is_used_and_a_bad_one_refused() {
+        crate::install_crypto_provider();
+        let mut cfg = kube::Config::new("https://10.0.0.2:6443".parse().expect("uri"));
+        cfg.tls_server_name = Some("kubernetes.default.svc".into());
+        assert!(https(&cfg, HttpConnector::new()).is_ok());
+        cfg.tls_server_name = Some("not a name".into());
+        let err = https(&cfg, HttpConnector::new()).err().expect("an invalid server name is refused");
+        assert!(matches!(err, kube::Error::RustlsTls(_)), "{err}");
     }
 
     #[tokio::test]

@@ -126,3 +126,39 @@ async fn kube_rs_lists_watches_patches_applies_and_writes_status() {
         "status changes through the main resource are ignored"
     );
 }
+
+/// The established TCP connections whose local end is `port` on 127.0.0.1: the server's ends of its connections.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    // columns: sl, local_address, rem_address, st (01: ESTABLISHED), …
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some(&local) && l.split_whitespace().nth(3) == Some("01"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_requests_and_watches_share_one_connection() {
+    let (s, _dir) = server().await;
+    let before = connections_to(s.addr.port());
+    let client = skiff_client::connect(&s.kubeconfig).await.expect("client");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.list(&ListParams::default()).await.expect("the first request connects");
+    // a watch held open, and a burst of concurrent requests beside it: over HTTP/1.1 each needs its own connection
+    let mut events = watcher(cms.clone(), watcher::Config::default()).boxed();
+    events.try_next().await.expect("the watch starts");
+    let burst = (0..50).map(|i| {
+        let cms = cms.clone();
+        async move {
+            let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("b{i}")}})).expect("cm");
+            cms.create(&PostParams::default(), &cm).await
+        }
+    });
+    for created in futures::future::join_all(burst).await {
+        created.expect("created");
+    }
+    assert_eq!(connections_to(s.addr.port()) - before, 1, "connections of one client after a burst beside a watch");
+    drop(events);
+}
