@@ -534,8 +534,11 @@ async fn main() {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(observe(client.clone(), seen.clone()));
     tasks.spawn(heartbeats(client.clone(), names.clone()));
+    // each kubelet with a client (a connection) of its own, as every node's agent has: one client shared by all
+    // of them would carry the 200 nodes' watches and writes over one HTTP/2 connection
     for (i, n) in names.iter().enumerate() {
-        tasks.spawn(kubelet(client.clone(), n.clone(), i, seen.clone()));
+        let own = skiff_client::connect(&kubeconfig).await.expect("a kubelet's client");
+        tasks.spawn(kubelet(own, n.clone(), i, seen.clone()));
     }
     bench.report(&format!("{nodes} nodes registered"), started, cpu0, 0).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -545,7 +548,8 @@ async fn main() {
     let streamed: Vec<Arc<std::sync::atomic::AtomicUsize>> =
         (kubectl_watchers..watchers).map(|_| Arc::default()).collect();
     for count in &streamed {
-        tasks.spawn(streaming_watcher(client.clone(), count.clone()));
+        let own = skiff_client::connect(&kubeconfig).await.expect("a watcher's client");
+        tasks.spawn(streaming_watcher(own, count.clone()));
     }
     let mut watch_procs = Vec::new();
     for i in 0..kubectl_watchers {
