@@ -47,6 +47,13 @@ fn https(cfg: &kube::Config, http: HttpConnector) -> Result<hyper_rustls::HttpsC
     Ok(builder.enable_http1().enable_http2().wrap_connector(http))
 }
 
+/// How many requests a client has in flight at once; the others wait in the client until one is answered (a watch
+/// counts until its response starts, not for as long as it streams). Over HTTP/2 nothing else bounds them: a
+/// controller that creates pods in batches, or a scheduler binding a backlog, sent hundreds at once, and each waited
+/// in the API server behind the others (with 10k pods in `scripts/bench-scale` the p99 of pod creations rose from
+/// 150-200 ms to 500 ms, docs/benchmarks.md). client-go bounds its clients by a rate instead (`QPS`, `Burst`).
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// A client for `cfg`, as `kube::Client::try_from(cfg)` builds it but on [`connector`]. A configuration that goes
 /// through a proxy (`proxy-url`) is left to kube's own builder, which handles proxies (here: refuses them, with the
 /// cargo feature it would need named) rather than connecting directly as if none were set.
@@ -64,12 +71,16 @@ pub fn client(cfg: kube::Config) -> Result<kube::Client, kube::Error> {
         .option_layer(cfg.auth_layer()?)
         .layer(cfg.extra_headers_layer()?)
         .map_err(tower::BoxError::from)
+        .concurrency_limit(MAX_IN_FLIGHT)
         .service(http);
     Ok(kube::Client::new(service, cfg.default_namespace))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use hyper_util::rt::TokioIo;
     use tower::Service as _;
 
@@ -82,6 +93,67 @@ mod tests {
         cfg.proxy_url = Some("http://127.0.0.1:3128".parse().expect("proxy uri"));
         let err = client(cfg).err().expect("a proxied configuration is not served by a direct connection");
         assert!(err.to_string().contains("proxy"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_has_at_most_its_limit_of_requests_in_flight() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (a, r) = (arrived.clone(), release.clone());
+        // answers each request (a GET without a body, one per HTTP/1.1 connection) once released
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (arrived, release) = (a.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = conn.read(&mut chunk).await
+                        && n > 0
+                    {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            buf.clear();
+                            arrived.fetch_add(1, Ordering::SeqCst);
+                            release.acquire().await.expect("open").forget();
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if conn.write_all(answer).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let c = client(kube::Config::new(format!("http://{addr}").parse().expect("uri"))).expect("client");
+        let total = MAX_IN_FLIGHT + 20;
+        let requests: Vec<_> = (0..total)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.request_text(http::Request::get("/healthz").body(Vec::new()).expect("request")).await
+                })
+            })
+            .collect();
+        // wait until no more requests arrive (bounded)
+        let mut last = usize::MAX;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = arrived.load(Ordering::SeqCst);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        assert_eq!(arrived.load(Ordering::SeqCst), MAX_IN_FLIGHT, "requests the server holds at once");
+        release.add_permits(total);
+        for r in requests {
+            assert_eq!(r.await.expect("task").expect("answered"), "ok");
+        }
+        assert_eq!(arrived.load(Ordering::SeqCst), total, "the others were sent as answers came");
     }
 
     #[test]
