@@ -365,9 +365,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             .map_err(|e| ServerError::Bootstrap(format!("controller client: {e}")))?;
         // the identity names the server, so whoever reads the Lease knows which one leads
         let identity = format!("{}_{advertise}", opts.identity);
+        let scheduler_client = skiff_client::connect(&kubeconfig_path)
+            .await
+            .map_err(|e| ServerError::Bootstrap(format!("scheduler client: {e}")))?;
         let opts = crate::controllers::manager::ManagerOptions {
             errors: api.metrics.controller_errors.clone(),
             identity,
+            scheduler_client: Some(scheduler_client),
             ..opts
         };
         tokio::spawn(crate::controllers::manager::run(client, opts, Some(Arc::new(machinery))));

@@ -8,7 +8,7 @@ use super::hpa::{MetricsSource, ResourceMetricsApi};
 use super::informers::Informers;
 
 /// What the manager runs with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ManagerOptions {
     /// Controller settings.
     pub config: ControllerConfig,
@@ -27,6 +27,21 @@ pub struct ManagerOptions {
         super::retry::ErrorLabels,
         prometheus_client::metrics::counter::Counter,
     >,
+    /// The scheduler's own client (`None`: the controllers' one). A client holds a bounded number of requests in
+    /// flight (`skiff_client::connection::MAX_IN_FLIGHT`) and queues the rest in order, so on a shared one the
+    /// scheduler's bindings waited behind every pod creation of a burst; kube-scheduler is a process of its own.
+    pub scheduler_client: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for ManagerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerOptions")
+            .field("config", &self.config)
+            .field("identity", &self.identity)
+            .field("election", &self.election)
+            .field("own_scheduler_client", &self.scheduler_client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ManagerOptions {
@@ -42,6 +57,7 @@ impl Default for ManagerOptions {
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
             election: Default::default(),
             errors: Default::default(),
+            scheduler_client: None,
         }
     }
 }
@@ -74,19 +90,23 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
     inf.start(&client);
     inf.wait_until_ready().await;
     tracing::info!("controller informers synced; starting controllers");
-    let ctx = Arc::new(Ctx::new(
-        client,
-        &inf,
-        opts.clock.clone(),
-        opts.schedule_clock.clone(),
-        opts.config.clone(),
-        opts.metrics.clone(),
-        super::retry::Retries::new(opts.errors.clone()),
-    ));
+    let ctx_on = |client: kube::Client| {
+        Arc::new(Ctx::new(
+            client,
+            &inf,
+            opts.clock.clone(),
+            opts.schedule_clock.clone(),
+            opts.config.clone(),
+            opts.metrics.clone(),
+            super::retry::Retries::new(opts.errors.clone()),
+        ))
+    };
+    let sched_ctx = ctx_on(opts.scheduler_client.clone().unwrap_or_else(|| client.clone()));
+    let ctx = ctx_on(client);
     tokio::join!(
         super::replicaset::run(ctx.clone(), rs_trigger, rs_pods),
         super::deployment::run(ctx.clone(), deploy_trigger, deploy_rs),
-        super::scheduler::run(ctx.clone(), sched_pods, sched_nodes),
+        super::scheduler::run(sched_ctx, sched_pods, sched_nodes),
         super::endpointslice::run(ctx.clone(), eps_services, eps_slices, eps_pods),
         super::nodelifecycle::run(ctx.clone()),
         super::job::run(ctx.clone(), job_trigger, job_pods),
