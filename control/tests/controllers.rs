@@ -313,6 +313,58 @@ fn the_hpa_scales_up_under_load_and_down_after_its_window() {
     assert!(events.contains("New size: 4") && events.contains("New size: 1"), "{events}");
 }
 
+/// A clock whose first reading after it is armed holds the reader's thread (as a controller busy with CPU work
+/// does) until released, or for 60 s at most.
+#[derive(Debug, Default)]
+struct HoldingClock {
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicBool,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Clock for HoldingClock {
+    fn now(&self) -> jiff::Timestamp {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.armed.load(SeqCst) && !self.entered.swap(true, SeqCst) {
+            for _ in 0..600 {
+                if self.released.load(SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        jiff::Timestamp::now()
+    }
+}
+
+/// Releases the held thread when the test ends, passed or failed (before the cluster's runtime waits for it).
+struct Release(Arc<HoldingClock>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.released.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_controller_busy_on_its_thread_does_not_hold_up_the_others() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let clock = Arc::new(HoldingClock::default());
+    let (c, _sim) =
+        cluster_with(&["node-a"], ManagerOptions { config: fast(), clock: clock.clone(), ..Default::default() });
+    let _release = Release(clock.clone());
+    // nothing to reconcile yet: the next reading is the scheduler's, writing when a pod did not fit (or the node
+    // lifecycle controller's periodic one); that controller keeps its thread from then on
+    clock.armed.store(true, SeqCst);
+    c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec: {containers: [{name: c, image: busybox, resources: {requests: {cpu: '64'}}}]}\n");
+    c.eventually("a controller reads the clock", Duration::from_secs(30), || clock.entered.load(SeqCst));
+    // meanwhile the Deployment and ReplicaSet controllers make a Deployment's pods (polled in one task with the
+    // scheduler and the node lifecycle loop, as they were through `join!`, they did nothing until it returned)
+    c.kubectl_in(&["apply", "-f", "-"], WEB);
+    c.eventually("the Deployment's 3 pods", Duration::from_secs(30), || pods_of(&c, "app=web").len() == 3);
+    assert!(!clock.released.load(SeqCst), "the thread was still held");
+}
+
 #[test]
 fn endpoint_slices_follow_readiness_and_named_ports() {
     let (c, _sim) = cluster(&["node-a"]);

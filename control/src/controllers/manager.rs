@@ -103,20 +103,33 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
     };
     let sched_ctx = ctx_on(opts.scheduler_client.clone().unwrap_or_else(|| client.clone()));
     let ctx = ctx_on(client);
-    tokio::join!(
-        super::replicaset::run(ctx.clone(), rs_trigger, rs_pods),
-        super::deployment::run(ctx.clone(), deploy_trigger, deploy_rs),
-        super::scheduler::run(sched_ctx, sched_pods, sched_nodes),
-        super::endpointslice::run(ctx.clone(), eps_services, eps_slices, eps_pods),
-        super::nodelifecycle::run(ctx.clone()),
-        super::job::run(ctx.clone(), job_trigger, job_pods),
-        super::cronjob::run(ctx.clone(), cj_trigger, cj_jobs),
-        super::hpa::run(ctx.clone(), hpa_trigger),
-        super::statefulset::run(ctx.clone(), sts_trigger, sts_pods),
-        super::daemonset::run(ctx.clone(), ds_trigger, ds_pods, ds_nodes),
-        super::loadbalancer::run(ctx.clone(), lb_services),
-        super::pdb::run(ctx.clone(), pdb_trigger, pdb_pods),
-    );
+    // Each controller is a task of its own, as each has goroutines of its own in kube-controller-manager. Polled
+    // together in this one task (they were, through `join!`), they ran on one thread at a time: while the ReplicaSet
+    // controller decoded a burst of creations, the scheduler and every controller's share of the informers'
+    // changes waited; a pod informer's subscriber that lagged 1,024 changes made its watch wait, so nobody saw new
+    // pods (with 50 watchers in scripts/bench-scale, seconds without a binding while pods were created at 500/s).
+    // Dropping this future (the lease lost) drops the set, which aborts them all.
+    let mut controllers = tokio::task::JoinSet::new();
+    controllers.spawn(super::replicaset::run(ctx.clone(), rs_trigger, rs_pods));
+    controllers.spawn(super::deployment::run(ctx.clone(), deploy_trigger, deploy_rs));
+    controllers.spawn(super::scheduler::run(sched_ctx, sched_pods, sched_nodes));
+    controllers.spawn(super::endpointslice::run(ctx.clone(), eps_services, eps_slices, eps_pods));
+    controllers.spawn(super::nodelifecycle::run(ctx.clone()));
+    controllers.spawn(super::job::run(ctx.clone(), job_trigger, job_pods));
+    controllers.spawn(super::cronjob::run(ctx.clone(), cj_trigger, cj_jobs));
+    controllers.spawn(super::hpa::run(ctx.clone(), hpa_trigger));
+    controllers.spawn(super::statefulset::run(ctx.clone(), sts_trigger, sts_pods));
+    controllers.spawn(super::daemonset::run(ctx.clone(), ds_trigger, ds_pods, ds_nodes));
+    controllers.spawn(super::loadbalancer::run(ctx.clone(), lb_services));
+    controllers.spawn(super::pdb::run(ctx, pdb_trigger, pdb_pods));
+    while let Some(done) = controllers.join_next().await {
+        // a controller that panicked takes the manager down with it, as it did inside `join!`
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
 }
 
 /// Other work that must run on one instance only (the server's API machinery), started and stopped with the
