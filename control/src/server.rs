@@ -368,10 +368,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         let scheduler_client = skiff_client::connect(&kubeconfig_path)
             .await
             .map_err(|e| ServerError::Bootstrap(format!("scheduler client: {e}")))?;
+        let election_client = skiff_client::connect(&kubeconfig_path)
+            .await
+            .map_err(|e| ServerError::Bootstrap(format!("leader election client: {e}")))?;
         let opts = crate::controllers::manager::ManagerOptions {
             errors: api.metrics.controller_errors.clone(),
             identity,
             scheduler_client: Some(scheduler_client),
+            election_client: Some(election_client),
             ..opts
         };
         tokio::spawn(crate::controllers::manager::run(client, opts, Some(Arc::new(machinery))));

@@ -366,6 +366,56 @@ fn a_controller_busy_on_its_thread_does_not_hold_up_the_others() {
 }
 
 #[test]
+fn the_leader_lease_is_renewed_on_a_client_of_its_own_while_the_controllers_client_is_stuck() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::Api;
+    use skiff_control::controllers::leader::RENEW_EVERY;
+
+    let c = Cluster::start_with(None); // the API server alone: this test runs the manager
+    let client = c.client();
+    let renew_time = |lease: &Lease| lease.spec.as_ref().and_then(|s| s.renew_time.clone()).map(|t| t.0);
+    c.runtime.block_on(async move {
+        // the controllers' client talks to a server that takes every request and answers none (a client whose
+        // requests wait in line behind a burst, at its worst)
+        let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+        let url = format!("http://{}", stuck.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = stuck.accept().await {
+                held.push(conn);
+            }
+        });
+        let stuck_client =
+            kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("the stuck client");
+        let opts = ManagerOptions {
+            identity: "own-election-client".into(),
+            election_client: Some(client.clone()),
+            ..Default::default()
+        };
+        tokio::spawn(skiff_control::controllers::manager::run(stuck_client, opts, None));
+
+        let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+        let mut renewals = Vec::new();
+        for _ in 0..60 {
+            if let Some(l) = leases.get_opt("skiff-controller-manager").await.expect("read the Lease") {
+                let spec = l.spec.clone().unwrap_or_default();
+                assert_eq!(spec.holder_identity.as_deref(), Some("own-election-client"));
+                if let Some(t) = renew_time(&l)
+                    && renewals.last() != Some(&t)
+                {
+                    renewals.push(t);
+                }
+            }
+            if renewals.len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(RENEW_EVERY / 2).await;
+        }
+        assert!(renewals.len() >= 3, "the lease was taken and renewed twice: renewals seen {renewals:?}");
+    });
+}
+
+#[test]
 fn endpoint_slices_follow_readiness_and_named_ports() {
     let (c, _sim) = cluster(&["node-a"]);
     let d = WEB

@@ -31,6 +31,11 @@ pub struct ManagerOptions {
     /// flight (`skiff_client::connection::MAX_IN_FLIGHT`) and queues the rest in order, so on a shared one the
     /// scheduler's bindings waited behind every pod creation of a burst; kube-scheduler is a process of its own.
     pub scheduler_client: Option<kube::Client>,
+    /// The leader election's own client (`None`: the controllers' one), as kube-controller-manager elects with a
+    /// client of its own: on the controllers' client a renewal waited in line behind a burst of pod creations for
+    /// longer than its deadline, the lease was lost, and every controller stopped and started again with a relist
+    /// of every object (every ~12 s with 50 watchers in scripts/bench-scale).
+    pub election_client: Option<kube::Client>,
 }
 
 impl std::fmt::Debug for ManagerOptions {
@@ -40,6 +45,7 @@ impl std::fmt::Debug for ManagerOptions {
             .field("identity", &self.identity)
             .field("election", &self.election)
             .field("own_scheduler_client", &self.scheduler_client.is_some())
+            .field("own_election_client", &self.election_client.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +64,7 @@ impl Default for ManagerOptions {
             election: Default::default(),
             errors: Default::default(),
             scheduler_client: None,
+            election_client: None,
         }
     }
 }
@@ -139,7 +146,8 @@ pub type Singletons = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + 
 /// Runs the controllers, and `singletons`, whenever this instance is the leader.
 pub async fn run(client: kube::Client, opts: ManagerOptions, singletons: Option<Singletons>) {
     let identity = opts.identity.clone();
-    super::leader::run_as_leader(client.clone(), "skiff-controller-manager", &identity, opts.election, move || {
+    let election = opts.election_client.clone().unwrap_or_else(|| client.clone());
+    super::leader::run_as_leader(election, "skiff-controller-manager", &identity, opts.election, move || {
         let (client, opts, singletons) = (client.clone(), opts.clone(), singletons.clone());
         async move {
             let others = async move {
