@@ -110,11 +110,11 @@ pub async fn run_controllers(client: kube::Client, opts: ManagerOptions) {
     };
     let sched_ctx = ctx_on(opts.scheduler_client.clone().unwrap_or_else(|| client.clone()));
     let ctx = ctx_on(client);
-    // Each controller is a task of its own, as each has goroutines of its own in kube-controller-manager. Polled
-    // together in this one task (they were, through `join!`), they ran on one thread at a time: while the ReplicaSet
-    // controller decoded a burst of creations, the scheduler and every controller's share of the informers'
-    // changes waited; a pod informer's subscriber that lagged 1,024 changes made its watch wait, so nobody saw new
-    // pods (with 50 watchers in scripts/bench-scale, seconds without a binding while pods were created at 500/s).
+    // Each controller is a task of its own, as each has goroutines of its own in kube-controller-manager (kube-runtime
+    // already spawns each reconcile). Polled together in this one task (they were, through `join!`), the scheduler's
+    // and the node lifecycle's loops and every controller's trigger streams ran on one thread at a time: a
+    // scheduling pass over thousands of waiting pods held up every controller's share of the informers' changes,
+    // and a subscriber that lags 1,024 changes makes the pod informer's watch wait for it.
     // Dropping this future (the lease lost) drops the set, which aborts them all.
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(super::replicaset::run(ctx.clone(), rs_trigger, rs_pods));

@@ -74,11 +74,11 @@ fn open(path: &Path) -> Result<Connection, StorageError> {
     conn.busy_timeout(Duration::from_secs(10)).map_err(backend("busy_timeout"))?;
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
         .map_err(backend("pragma"))?;
-    // One plan per statement, whatever its parameters: without this SQLite marked the point read's key parameter
-    // (and a list's LIMIT) as able to change the plan, and prepared the cached statement again for every new value
-    // bound to it, so nearly every read and write parsed and planned its SQL anew (6% of the server's CPU with 10k
-    // pods changing, scripts/bench-scale). Every query here is an index lookup or range whose plan does not depend
-    // on the values.
+    // One plan per statement, whatever its parameters: without this SQLite marked the point read's key parameter as
+    // able to change the plan, and prepared the cached statement again for every new key bound to it, so every read
+    // by key (and every write, which reads its key first) parsed and planned its SQL anew (6% of the server's CPU
+    // with 10k pods changing, scripts/bench-scale). Every query here is an index lookup or range whose plan does not
+    // depend on the values.
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(backend("query planner stability"))?;
     Ok(conn)
