@@ -52,6 +52,9 @@ fn https(cfg: &kube::Config, http: HttpConnector) -> Result<hyper_rustls::HttpsC
 /// controller that creates pods in batches, or a scheduler binding a backlog, sent hundreds at once, and each waited
 /// in the API server behind the others (with 10k pods in `scripts/bench-scale` the p99 of pod creations rose from
 /// 150-200 ms to 500 ms, docs/benchmarks.md). client-go bounds its clients by a rate instead (`QPS`, `Burst`).
+/// The queue is in order, so a request that must not wait behind a burst (a lease renewal) needs a client of its
+/// own: the controller manager's leader election has one (on the controllers' client its renewals missed their
+/// deadline under load); the agent's node Lease still shares the agent's client.
 pub const MAX_IN_FLIGHT: usize = 32;
 
 /// A client for `cfg`, as `kube::Client::try_from(cfg)` builds it but on [`connector`]. A configuration that goes
