@@ -54,7 +54,8 @@ fn https(cfg: &kube::Config, http: HttpConnector) -> Result<hyper_rustls::HttpsC
 /// 150-200 ms to 500 ms, docs/benchmarks.md). client-go bounds its clients by a rate instead (`QPS`, `Burst`).
 /// The queue is in order, so a request that must not wait behind a burst (a lease renewal) needs a client of its
 /// own: the controller manager's leader election has one (on the controllers' client its renewals missed their
-/// deadline under load); the agent's node Lease still shares the agent's client.
+/// deadline under load). The node agent's client is not built here (`skiff_agent::bootstrap::client_with`) and has
+/// no such queue: its requests share one HTTP/2 connection, up to the server's 1,000 streams.
 pub const MAX_IN_FLIGHT: usize = 32;
 
 /// A client for `cfg`, as `kube::Client::try_from(cfg)` builds it but on [`connector`]. A configuration that goes
