@@ -26,24 +26,72 @@ pub struct Stored {
 pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> ApiResult<Value> {
     let obj: Value =
         serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal("decoding a stored object", &e))?;
+    Ok(served(info, obj, kv.mod_revision))
+}
+
+/// `obj`, in the storage version, as clients are served it once stored at `revision`: what [`decode`] makes of
+/// its [encoding](encode), without encoding and parsing it again.
+pub fn served(info: &ResourceInfo, obj: Value, revision: Revision) -> Value {
     let mut obj = super::conversion::to_served(info, obj);
     let md = skiff_api::meta::metadata_mut(&mut obj);
-    md.insert("resourceVersion".into(), Value::from(kv.mod_revision.to_string()));
+    // last, as in an object read back from storage (which holds none)
+    md.shift_remove("resourceVersion");
+    md.insert("resourceVersion".into(), Value::from(revision.to_string()));
     if let Value::Object(m) = &mut obj {
         // objects of every served version share storage; present them in the requested version
         m.insert("apiVersion".into(), Value::from(info.api_version()));
         m.insert("kind".into(), Value::from(info.kind.clone()));
     }
-    Ok(obj)
+    obj
 }
 
-/// Encodes an object for storage (without `resourceVersion`, which the store's revision provides).
+/// Encodes an object for storage (without `resourceVersion`, which the store's revision provides; the object is
+/// not copied to leave it out).
 pub fn encode(obj: &Value) -> ApiResult<Bytes> {
-    let mut o = obj.clone();
-    if let Some(md) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-        md.remove("resourceVersion");
+    serde_json::to_vec(&WithoutResourceVersion(obj))
+        .map(exact)
+        .map_err(|e| ApiError::internal("encoding an object", &e))
+}
+
+/// Whether `a` and `b` are the same object but for `metadata.resourceVersion` (compared without copying either).
+pub fn same_but_resource_version(a: &Value, b: &Value) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else { return a == b };
+    a.len() == b.len()
+        && a.iter().all(|(k, v)| match (k.as_str(), v, b.get(k)) {
+            (_, _, None) => false,
+            ("metadata", Value::Object(ma), Some(Value::Object(mb))) => {
+                let rest =
+                    |m: &serde_json::Map<String, Value>| m.len() - usize::from(m.contains_key("resourceVersion"));
+                rest(ma) == rest(mb) && ma.iter().all(|(k, v)| k == "resourceVersion" || mb.get(k) == Some(v))
+            }
+            (_, v, Some(w)) => v == w,
+        })
+}
+
+/// An object serialized as it is but for `metadata.resourceVersion`.
+struct WithoutResourceVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let Value::Object(top) = self.0 else { return self.0.serialize(s) };
+        let mut map = s.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match (k.as_str(), v) {
+                ("metadata", Value::Object(md)) => map.serialize_entry(k, &MetadataWithoutResourceVersion(md))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
     }
-    serde_json::to_vec(&o).map(exact).map_err(|e| ApiError::internal("encoding an object", &e))
+}
+
+struct MetadataWithoutResourceVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for MetadataWithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().filter(|(k, _)| *k != "resourceVersion"))
+    }
 }
 
 /// `json` as `Bytes` holding no spare room. Encoding grows its buffer by doubling, and `Bytes::from(Vec)` keeps the
@@ -269,6 +317,46 @@ mod tests {
         let len = bytes.len();
         let held = bytes.try_into_mut().expect("the only reference").capacity();
         assert_eq!(held, len, "room held beyond the encoded object");
+    }
+
+    #[test]
+    fn an_encoded_object_keeps_the_order_of_its_fields_and_decodes_to_what_served_gives() {
+        let pods = skiff_api::registry::Registry::with_builtins().get("", "v1", "pods").expect("pods");
+        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "resourceVersion": "7",
+            "namespace": "d", "uid": "u", "labels": {"a": "b"}}, "spec": {"nodeName": "n1"}});
+        let bytes = encode(&obj).expect("encodes");
+        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        assert!(
+            text.contains(r#""metadata":{"name":"p","namespace":"d","uid":"u","labels":{"a":"b"}}"#),
+            "the fields after resourceVersion keep their places: {text}"
+        );
+        let kv = KeyValue { key: "/registry/pods/d/p".into(), value: bytes, create_revision: 5, mod_revision: 9 };
+        let decoded = decode(&pods, &kv).expect("decodes");
+        let direct = served(&pods, obj, 9);
+        assert_eq!(decoded, direct);
+        assert_eq!(serde_json::to_string(&decoded).ok(), serde_json::to_string(&direct).ok(), "same order too");
+        assert_eq!(direct["metadata"]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn objects_differing_only_in_their_resource_version_are_the_same() {
+        let a = json!({"metadata": {"name": "p", "resourceVersion": "7", "labels": {"a": "b"}}, "spec": {"x": 1}});
+        let same = |b: Value| same_but_resource_version(&a, &b);
+        assert!(same(json!({"spec": {"x": 1}, "metadata": {"labels": {"a": "b"}, "name": "p"}})));
+        assert!(same(
+            json!({"metadata": {"name": "p", "resourceVersion": "9", "labels": {"a": "b"}}, "spec": {"x": 1}})
+        ));
+        assert!(!same(
+            json!({"metadata": {"name": "p", "resourceVersion": "7", "labels": {"a": "c"}}, "spec": {"x": 1}})
+        ));
+        assert!(!same(json!({"metadata": {"name": "p", "resourceVersion": "7"}, "spec": {"x": 1}})));
+        assert!(!same(
+            json!({"metadata": {"name": "p", "resourceVersion": "7", "labels": {"a": "b"}}, "spec": {"x": 2}})
+        ));
+        assert!(!same(json!({"metadata": {"name": "p", "resourceVersion": "7", "labels": {"a": "b"}}})));
+        assert!(!same(json!({"metadata": {"name": "p", "labels": {"a": "b"}, "uid": "u"}, "spec": {"x": 1}})));
+        assert!(!same(json!({"spec": {"x": 1}, "status": {}, "metadata": {}})));
+        assert!(!same(json!("p")));
     }
 
     fn json_str(i: usize) -> Value {

@@ -228,7 +228,7 @@ impl Api {
                 return Err(ApiError::from_storage(info, &name, e));
             }
         };
-        let object = decode(info, &kv)?;
+        let object = super::objects::served(info, obj, kv.mod_revision);
         self.after_write(info, None, Some(&object), kv.mod_revision).await;
         Ok(Written { object, created: true, warnings })
     }
@@ -374,9 +374,7 @@ impl Api {
             self.allocate_pod_cidr(&mut new, Some(&cur.object)).await?;
         }
         // a no-op write changes nothing, not even the resourceVersion
-        let mut cmp = new.clone();
-        meta::metadata_mut(&mut cmp).insert("resourceVersion".into(), json!(cur.revision.to_string()));
-        if cmp == cur.object {
+        if super::objects::same_but_resource_version(&new, &cur.object) {
             return Ok(Written { object: cur.object.clone(), created: false, warnings });
         }
         if opts.dry_run {
@@ -396,7 +394,7 @@ impl Api {
             .update(&key, encode(&new)?, cur.revision)
             .await
             .map_err(|e| ApiError::from_storage(info, name, e))?;
-        let object = decode(info, &kv)?;
+        let object = super::objects::served(info, new, kv.mod_revision);
         if is_service {
             self.release_service(&cur.object, Some(&object)).await;
         }
