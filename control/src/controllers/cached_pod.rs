@@ -16,13 +16,19 @@
 //!   availability), and per container its name, restarts and termination (owners' counts, Jobs' back-off).
 //!
 //! The field names and shapes are those of `k8s_openapi`, so code written against a typed pod reads this one the
-//! same way. Cached pods are never written back (every pod write is a targeted patch or a create from a template),
+//! same way, but for three kept smaller, as every pod of the cluster holds them: a container's resources are its
+//! requests alone, as a sorted list ([`Requests`]; no controller reads limits, and a `BTreeMap` allocates a node of
+//! half a kilobyte for two entries); the affinity is boxed (144 bytes inline, and most pods have none); and the
+//! tolerations are one list shared by every pod that has the same (admission gives every pod the same two), through
+//! [`shared_tolerations`]. Cached pods are never written back (every pod write is a targeted patch or a create from a template),
 //! so nothing left out here can be lost. A controller that comes to need another field (volumes for volume binding,
 //! say) adds it here; the decoding test below lists what is kept.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 
-use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerStateTerminated, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerStateTerminated, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer};
 
@@ -54,10 +60,10 @@ pub struct Spec {
     /// Node labels it requires.
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Its scheduling constraints.
-    pub affinity: Option<Affinity>,
+    pub affinity: Option<Box<Affinity>>,
     /// The taints it tolerates.
-    #[serde(deserialize_with = "exact_or_none")]
-    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(deserialize_with = "tolerations")]
+    pub tolerations: Option<Arc<[Toleration]>>,
     /// Its priority (set by admission from the priority class).
     pub priority: Option<i32>,
     /// The scheduler it asks for.
@@ -77,8 +83,45 @@ pub struct Container {
     /// The ports it exposes (named target ports, host ports).
     #[serde(deserialize_with = "exact_or_none")]
     pub ports: Option<Vec<ContainerPort>>,
-    /// Its resource requests and limits.
-    pub resources: Option<ResourceRequirements>,
+    /// Its resource requests.
+    pub resources: Option<Resources>,
+}
+
+/// What the controllers read of a container's resources: its requests (the scheduler's fit, the HPA's utilization).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Resources {
+    /// The amounts it requests, by resource name.
+    pub requests: Option<Requests>,
+}
+
+/// Requested amounts by resource name, sorted by name and held at their length.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Requests(Box<[(Box<str>, Quantity)]>);
+
+impl Requests {
+    /// The amount requested of `resource`.
+    pub fn get(&self, resource: &str) -> Option<&Quantity> {
+        self.0.binary_search_by(|(name, _)| name.as_ref().cmp(resource)).ok().map(|i| &self.0[i].1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Requests {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Requests::from(BTreeMap::<String, Quantity>::deserialize(d)?))
+    }
+}
+
+impl From<BTreeMap<String, Quantity>> for Requests {
+    fn from(map: BTreeMap<String, Quantity>) -> Self {
+        Requests(map.into_iter().map(|(name, amount)| (name.into_boxed_str(), amount)).collect())
+    }
+}
+
+impl From<&k8s_openapi::api::core::v1::ResourceRequirements> for Resources {
+    fn from(r: &k8s_openapi::api::core::v1::ResourceRequirements) -> Self {
+        Resources { requests: r.requests.clone().map(Requests::from) }
+    }
 }
 
 /// What the controllers read of a pod's status.
@@ -157,6 +200,33 @@ fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PodCondition
     Ok(v)
 }
 
+/// How many distinct toleration lists are shared at once (a cluster has a handful: admission's defaults, a
+/// DaemonSet's, a few of its own); a list beyond them is held by its pod alone.
+const SHARED_LISTS: usize = 64;
+
+/// Toleration lists in use, each shared by the pods that have it; held weakly, so a list no pod has any more goes.
+static TOLERATION_LISTS: Mutex<Vec<Weak<[Toleration]>>> = Mutex::new(Vec::new());
+
+/// The one shared list equal to `list`, made the shared one if none is yet and there is room.
+pub fn shared_tolerations(list: Vec<Toleration>) -> Arc<[Toleration]> {
+    let mut lists = TOLERATION_LISTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(same) = lists.iter().filter_map(Weak::upgrade).find(|l| **l == *list) {
+        return same;
+    }
+    let list: Arc<[Toleration]> = list.into();
+    if lists.len() >= SHARED_LISTS {
+        lists.retain(|l| l.strong_count() > 0);
+    }
+    if lists.len() < SHARED_LISTS {
+        lists.push(Arc::downgrade(&list));
+    }
+    list
+}
+
+fn tolerations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[Toleration]>>, D::Error> {
+    Ok(Option::<Vec<Toleration>>::deserialize(d)?.map(shared_tolerations))
+}
+
 fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let mut m = ObjectMeta::deserialize(d)?;
     m.managed_fields = None;
@@ -192,7 +262,7 @@ impl k8s_openapi::Metadata for CachedPod {
 
 impl From<&k8s_openapi::api::core::v1::Container> for Container {
     fn from(c: &k8s_openapi::api::core::v1::Container) -> Self {
-        Container { name: c.name.clone(), ports: c.ports.clone(), resources: c.resources.clone() }
+        Container { name: c.name.clone(), ports: c.ports.clone(), resources: c.resources.as_ref().map(Resources::from) }
     }
 }
 
@@ -204,8 +274,8 @@ impl From<&k8s_openapi::api::core::v1::PodSpec> for Spec {
             containers: s.containers.iter().map(Container::from).collect(),
             init_containers: s.init_containers.as_ref().map(|cs| cs.iter().map(Container::from).collect()),
             node_selector: s.node_selector.clone(),
-            affinity: s.affinity.clone(),
-            tolerations: s.tolerations.clone(),
+            affinity: s.affinity.clone().map(Box::new),
+            tolerations: s.tolerations.clone().map(shared_tolerations),
             priority: s.priority,
             scheduler_name: s.scheduler_name.clone(),
             hostname: s.hostname.clone(),
@@ -277,11 +347,14 @@ mod tests {
         assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("h"), Some("s")));
         assert!(spec.affinity.is_some() && spec.tolerations.is_some() && spec.node_selector.is_some());
         assert_eq!(spec.containers[0].ports.as_ref().map(Vec::len), Some(1));
-        assert_eq!(spec.containers[0].resources, typed.containers[0].resources);
+        let requests = |c: &Container| c.resources.clone().and_then(|r| r.requests).unwrap_or_default();
+        let amount = |c: &Container, r: &str| requests(c).get(r).map(|q| q.0.clone());
         assert_eq!(
-            spec.init_containers.as_ref().expect("init")[0].resources,
-            typed.init_containers.as_ref().expect("init")[0].resources
+            (amount(&spec.containers[0], "cpu"), amount(&spec.containers[0], "memory")),
+            (Some("10m".into()), Some("16Mi".into()))
         );
+        assert_eq!(amount(&spec.init_containers.as_ref().expect("init")[0], "cpu"), Some("1".into()));
+        assert_eq!(amount(&spec.containers[0], "storage"), None);
         let (status, typed) = (cached.status.as_ref().expect("status"), full.status.as_ref().expect("status"));
         assert_eq!(status.phase, typed.phase);
         assert_eq!(status.pod_ip, typed.pod_ip);
@@ -315,12 +388,36 @@ mod tests {
         let exact = [
             (spec.containers.len(), spec.containers.capacity()),
             (owners.len(), owners.capacity()),
-            spec.tolerations.as_ref().map(|v| (v.len(), v.capacity())).expect("tolerations"),
             spec.containers[0].ports.as_ref().map(|v| (v.len(), v.capacity())).expect("ports"),
             status.conditions.as_ref().map(|v| (v.len(), v.capacity())).expect("conditions"),
             status.container_statuses.as_ref().map(|v| (v.len(), v.capacity())).expect("statuses"),
         ];
         assert!(exact.iter().all(|(len, cap)| len == cap && *len > 0), "{exact:?}");
+    }
+
+    #[test]
+    fn pods_with_the_same_tolerations_share_one_list() {
+        let with = |key: &str| {
+            let pod = serde_json::json!({"spec": {"tolerations": [{"key": key, "operator": "Exists"},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}]}});
+            serde_json::from_str::<CachedPod>(&pod.to_string()).expect("a pod").spec.and_then(|s| s.tolerations)
+        };
+        let (a, b, other) = (with("shared-test-a"), with("shared-test-a"), with("shared-test-b"));
+        let (a, b, other) = (a.expect("a"), b.expect("b"), other.expect("other"));
+        assert!(Arc::ptr_eq(&a, &b), "the same list once");
+        assert!(!Arc::ptr_eq(&a, &other) && *a != *other, "another list apart");
+        assert_eq!(a[1].toleration_seconds, Some(300));
+    }
+
+    #[test]
+    fn requests_are_read_by_name_in_any_order() {
+        let r: Requests =
+            serde_json::from_value(serde_json::json!({"memory": "1Gi", "cpu": "2", "ephemeral-storage": "1G"}))
+                .expect("requests");
+        let got: Vec<_> =
+            ["cpu", "ephemeral-storage", "memory", "gpu"].iter().map(|n| r.get(n).map(|q| q.0.as_str())).collect();
+        assert_eq!(got, [Some("2"), Some("1G"), Some("1Gi"), None]);
     }
 
     #[test]

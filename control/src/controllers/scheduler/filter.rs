@@ -146,7 +146,7 @@ impl NodeInfo {
 pub fn filter(info: &NodeInfo, spec: &Spec, req: &Request, usage: &NodeUsage) -> Option<String> {
     let node = info.node.as_ref();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-        let tolerated = spec.tolerations.iter().flatten().any(|t| {
+        let tolerated = spec.tolerations.iter().flat_map(|t| t.iter()).any(|t| {
             t.key.as_deref() == Some("node.kubernetes.io/unschedulable")
                 || (t.key.as_deref().unwrap_or_default().is_empty() && t.operator.as_deref() == Some("Exists"))
         });
