@@ -20,31 +20,57 @@ use crate::storage::EventKind;
 use skiff_api::meta;
 use skiff_api::registry::ResourceInfo;
 
-/// One owner reference.
-#[derive(Debug, Clone, PartialEq)]
+/// One owner reference, shared by the dependents that name the same owner alike.
+#[derive(Debug, PartialEq)]
 struct OwnerRef {
-    uid: String,
+    uid: Arc<str>,
     api_version: String,
     kind: String,
     name: String,
 }
 
-/// One object in the graph.
+/// One object in the graph. The graph holds every object of the cluster but Events, so it is kept small: the
+/// object's uid and storage key are one string each, shared between the maps that hold them, its name and namespace
+/// are read from its key, and an owner's reference is one for all its dependents. As owned strings per node (a uid
+/// three times, a reference's four strings per dependent) it took ~1 KB per pod at 10k pods in
+/// `scripts/bench-scale`.
 #[derive(Debug, Clone)]
 struct Node {
     info: Arc<ResourceInfo>,
-    namespace: Option<String>,
-    name: String,
-    owners: Vec<OwnerRef>,
-    finalizers: Vec<String>,
+    /// Its storage key (`…/namespace/name` or `…/name`).
+    key: Arc<str>,
+    owners: Box<[Arc<OwnerRef>]>,
+    finalizers: Box<[String]>,
     deleting: bool,
+}
+
+impl Node {
+    /// Its name: the key's last segment (a name holds no `/`).
+    fn name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// Its namespace, if its kind has one: the key's segment before the name.
+    fn namespace(&self) -> Option<&str> {
+        if self.info.namespaced() { self.key.rsplit('/').nth(1) } else { None }
+    }
+}
+
+/// The objects that name one owner, and the owner's reference as the first of them named it.
+#[derive(Debug)]
+struct Dependents {
+    owner: Arc<OwnerRef>,
+    uids: HashSet<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
 struct Graph {
-    nodes: HashMap<String, Node>,
-    dependents: HashMap<String, HashSet<String>>,
-    by_key: HashMap<String, String>,
+    /// Every object by uid.
+    nodes: HashMap<Arc<str>, Node>,
+    /// The dependents of each owner, by the owner's uid.
+    dependents: HashMap<Arc<str>, Dependents>,
+    /// Each object's uid by its storage key.
+    by_key: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// A stored object with only its metadata (all the collector reads): the rest is skipped over, not built, so the
@@ -74,7 +100,7 @@ fn owners_of(obj: &Value) -> Vec<OwnerRef> {
             refs.iter()
                 .filter_map(|r| {
                     Some(OwnerRef {
-                        uid: r.get("uid")?.as_str()?.to_string(),
+                        uid: r.get("uid")?.as_str()?.into(),
                         api_version: r.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
                         kind: r.get("kind").and_then(Value::as_str).unwrap_or_default().to_string(),
                         name: r.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
@@ -86,13 +112,14 @@ fn owners_of(obj: &Value) -> Vec<OwnerRef> {
 }
 
 impl Graph {
-    fn remove(&mut self, key: &str) -> Option<(String, Node)> {
+    /// Takes the object stored under `key` out of the graph: its uid and node, if it was in it.
+    fn remove(&mut self, key: &str) -> Option<(Arc<str>, Node)> {
         let uid = self.by_key.remove(key)?;
         let node = self.nodes.remove(&uid)?;
         for o in &node.owners {
             if let Some(d) = self.dependents.get_mut(&o.uid) {
-                d.remove(&uid);
-                if d.is_empty() {
+                d.uids.remove(&uid);
+                if d.uids.is_empty() {
                     self.dependents.remove(&o.uid);
                 }
             }
@@ -100,30 +127,42 @@ impl Graph {
         Some((uid, node))
     }
 
-    fn upsert(
-        &mut self,
-        key: &str,
-        info: Arc<ResourceInfo>,
-        namespace: Option<String>,
-        name: String,
-        obj: &Value,
-    ) -> String {
-        self.remove(key);
-        let uid = meta::uid(obj).to_string();
+    /// Puts the object stored under `key` in the graph (in place of what was there); its uid.
+    fn upsert(&mut self, key: &str, info: Arc<ResourceInfo>, obj: &Value) -> Arc<str> {
+        let key: Arc<str> = match self.remove(key) {
+            Some((_, old)) => old.key,
+            None => key.into(),
+        };
+        let uid: Arc<str> = meta::uid(obj).into();
+        let owners: Box<[Arc<OwnerRef>]> = owners_of(obj)
+            .into_iter()
+            .map(|o| match self.dependents.get(&o.uid) {
+                Some(d) if *d.owner == o => d.owner.clone(),
+                _ => Arc::new(o),
+            })
+            .collect();
+        for o in &owners {
+            self.dependents
+                .entry(o.uid.clone())
+                .or_insert_with(|| Dependents { owner: o.clone(), uids: HashSet::new() })
+                .uids
+                .insert(uid.clone());
+        }
         let node = Node {
             info,
-            namespace,
-            name,
-            owners: owners_of(obj),
-            finalizers: meta::finalizers(obj),
+            key: key.clone(),
+            owners,
+            finalizers: meta::finalizers(obj).into(),
             deleting: meta::is_terminating(obj),
         };
-        for o in &node.owners {
-            self.dependents.entry(o.uid.clone()).or_default().insert(uid.clone());
-        }
-        self.by_key.insert(key.to_string(), uid.clone());
+        self.by_key.insert(key, uid.clone());
         self.nodes.insert(uid.clone(), node);
         uid
+    }
+
+    /// The uids of the objects that name `owner` among their owners.
+    fn dependents_of(&self, owner: &str) -> Vec<Arc<str>> {
+        self.dependents.get(owner).map(|d| d.uids.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -146,11 +185,11 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     for kv in &all.items {
-        if let Some((info, ns, name)) = locate(api, &kv.key)
+        if let Some((info, _, _)) = locate(api, &kv.key)
             && !ignored(&info)
             && let Ok(obj) = metadata_of(&kv.value)
         {
-            graph.upsert(&kv.key, info, ns, name, &obj);
+            graph.upsert(&kv.key, info, &obj);
         }
     }
     let mut events = api.store.watch("/registry/", rev).await.map_err(|e| e.to_string())?;
@@ -166,7 +205,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
                     Some(Err(e)) => return Err(e.to_string()),
                     None => return Err("the watch ended".into()),
                 };
-                let Some((info, ns, name)) = locate(api, &ev.kv.key) else { continue };
+                let Some((info, _, _)) = locate(api, &ev.kv.key) else { continue };
                 if ignored(&info) {
                     continue;
                 }
@@ -181,8 +220,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
                                     process(api, &graph, &o.uid, &owner).await;
                                 }
                             }
-                            let deps: Vec<String> = graph.dependents.get(&uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
-                            for d in deps {
+                            for d in graph.dependents_of(&uid) {
                                 if let Some(node) = graph.nodes.get(&d).cloned() {
                                     collect(api, &graph, &node).await;
                                 }
@@ -191,7 +229,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
                     }
                     EventKind::Put => {
                         let Ok(obj) = metadata_of(&ev.kv.value) else { continue };
-                        let uid = graph.upsert(&ev.kv.key, info, ns, name, &obj);
+                        let uid = graph.upsert(&ev.kv.key, info, &obj);
                         if let Some(node) = graph.nodes.get(&uid).cloned() {
                             process(api, &graph, &uid, &node).await;
                         }
@@ -203,7 +241,7 @@ async fn run_once(api: &Arc<Api>) -> Result<(), String> {
 }
 
 async fn rescan(api: &Arc<Api>, graph: &Graph) {
-    let nodes: Vec<(String, Node)> = graph.nodes.iter().map(|(u, n)| (u.clone(), n.clone())).collect();
+    let nodes: Vec<(Arc<str>, Node)> = graph.nodes.iter().map(|(u, n)| (u.clone(), n.clone())).collect();
     for (uid, node) in nodes {
         process(api, graph, &uid, &node).await;
     }
@@ -214,13 +252,13 @@ async fn process(api: &Arc<Api>, graph: &Graph, uid: &str, node: &Node) {
     let deps: Vec<Node> = graph
         .dependents
         .get(uid)
-        .map(|d| d.iter().filter_map(|u| graph.nodes.get(u).cloned()).collect())
+        .map(|d| d.uids.iter().filter_map(|u| graph.nodes.get(u).cloned()).collect())
         .unwrap_or_default();
     if node.deleting && node.finalizers.iter().any(|f| f == "orphan") {
         for d in &deps {
             let owner = uid.to_string();
             let r = api
-                .update_with(&d.info, d.namespace.as_deref(), &d.name, None, "garbage-collector", |o| {
+                .update_with(&d.info, d.namespace(), d.name(), None, "garbage-collector", |o| {
                     let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else {
                         return false;
                     };
@@ -230,7 +268,7 @@ async fn process(api: &Arc<Api>, graph: &Graph, uid: &str, node: &Node) {
                 })
                 .await;
             if let Err(e) = r {
-                tracing::warn!(error = %e, dependent = %d.name, "orphaning a dependent failed");
+                tracing::warn!(error = %e, dependent = %d.name(), "orphaning a dependent failed");
                 return;
             }
         }
@@ -242,10 +280,10 @@ async fn process(api: &Arc<Api>, graph: &Graph, uid: &str, node: &Node) {
         } else {
             for d in deps.iter().filter(|d| !d.deleting) {
                 let opts = DeleteOptions { propagation: Some("Foreground".into()), ..Default::default() };
-                if let Err(e) = api.delete(&d.info, d.namespace.as_deref(), &d.name, &opts).await
+                if let Err(e) = api.delete(&d.info, d.namespace(), d.name(), &opts).await
                     && e.code != 404
                 {
-                    tracing::warn!(error = %e, dependent = %d.name, "foreground deletion of a dependent failed");
+                    tracing::warn!(error = %e, dependent = %d.name(), "foreground deletion of a dependent failed");
                 }
             }
         }
@@ -257,7 +295,7 @@ async fn process(api: &Arc<Api>, graph: &Graph, uid: &str, node: &Node) {
 
 async fn remove_finalizer(api: &Arc<Api>, node: &Node, finalizer: &str) {
     let r = api
-        .update_with(&node.info, node.namespace.as_deref(), &node.name, None, "garbage-collector", |o| {
+        .update_with(&node.info, node.namespace(), node.name(), None, "garbage-collector", |o| {
             let Some(list) = o.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) else { return false };
             let before = list.len();
             list.retain(|f| f.as_str() != Some(finalizer));
@@ -265,7 +303,7 @@ async fn remove_finalizer(api: &Arc<Api>, node: &Node, finalizer: &str) {
         })
         .await;
     if let Err(e) = r {
-        tracing::warn!(error = %e, object = %node.name, finalizer, "removing a finalizer failed");
+        tracing::warn!(error = %e, object = %node.name(), finalizer, "removing a finalizer failed");
     }
 }
 
@@ -277,9 +315,9 @@ async fn owner_exists(api: &Arc<Api>, graph: &Graph, node: &Node, owner: &OwnerR
     let Some(info) = api.resource_for_kind(&owner.api_version, &owner.kind) else {
         return false;
     };
-    let ns = if info.namespaced() { node.namespace.as_deref() } else { None };
+    let ns = if info.namespaced() { node.namespace() } else { None };
     match api.try_get(&info, ns, &owner.name).await {
-        Ok(Some(s)) => meta::uid(&s.object) == owner.uid,
+        Ok(Some(s)) => meta::uid(&s.object) == &*owner.uid,
         Ok(None) => false,
         Err(_) => true, // unsure: keep the dependent
     }
@@ -303,25 +341,27 @@ async fn collect(api: &Arc<Api>, graph: &Graph, node: &Node) {
         if node.deleting {
             return;
         }
-        tracing::debug!(kind = %node.info.kind, name = %node.name, "collecting an object whose owners are gone");
+        tracing::debug!(kind = %node.info.kind, name = %node.name(), "collecting an object whose owners are gone");
         let opts = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
-        if let Err(e) = api.delete(&node.info, node.namespace.as_deref(), &node.name, &opts).await
+        if let Err(e) = api.delete(&node.info, node.namespace(), node.name(), &opts).await
             && e.code != 404
         {
-            tracing::warn!(error = %e, object = %node.name, "garbage collection failed");
+            tracing::warn!(error = %e, object = %node.name(), "garbage collection failed");
         }
     } else {
         let r = api
-            .update_with(&node.info, node.namespace.as_deref(), &node.name, None, "garbage-collector", |o| {
+            .update_with(&node.info, node.namespace(), node.name(), None, "garbage-collector", |o| {
                 let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else {
                     return false;
                 };
-                refs.retain(|r| !r.get("uid").and_then(Value::as_str).is_some_and(|u| dangling.iter().any(|d| d == u)));
+                refs.retain(|r| {
+                    !r.get("uid").and_then(Value::as_str).is_some_and(|u| dangling.iter().any(|d| &**d == u))
+                });
                 true
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!(error = %e, object = %node.name, "dropping dangling owner references failed");
+            tracing::warn!(error = %e, object = %node.name(), "dropping dangling owner references failed");
         }
     }
 }
@@ -347,6 +387,75 @@ mod tests {
         assert_eq!(owners_of(&read).len(), 1);
         assert_eq!(metadata_of(b"{\"kind\": \"Namespace\"}").expect("no metadata"), json!({"metadata": null}));
         assert!(metadata_of(b"not json").is_err());
+    }
+
+    fn info(plural: &str) -> Arc<ResourceInfo> {
+        let registry = skiff_api::registry::Registry::with_builtins();
+        registry.all().iter().find(|r| r.group.is_empty() && r.plural == plural).cloned().expect("a builtin")
+    }
+
+    fn object(uid: &str, owners: &[(&str, &str)]) -> Value {
+        let refs: Vec<Value> = owners
+            .iter()
+            .map(|(uid, name)| json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": uid}))
+            .collect();
+        json!({"metadata": {"uid": uid, "ownerReferences": refs}})
+    }
+
+    fn dependents(graph: &Graph, owner: &str) -> Vec<String> {
+        let mut uids: Vec<String> = graph.dependents_of(owner).iter().map(|u| u.to_string()).collect();
+        uids.sort();
+        uids
+    }
+
+    #[test]
+    fn the_graph_follows_each_object_and_its_owners() {
+        let (pods, nodes) = (info("pods"), info("nodes"));
+        let mut graph = Graph::default();
+        graph.upsert("/registry/pods/d/a", pods.clone(), &object("pa", &[("rs1", "web")]));
+        graph.upsert("/registry/pods/d/b", pods.clone(), &object("pb", &[("rs1", "web"), ("rs2", "db")]));
+        graph.upsert("/registry/nodes/n1", nodes, &object("n1", &[]));
+        assert_eq!(
+            (dependents(&graph, "rs1"), dependents(&graph, "rs2")),
+            (vec!["pa".into(), "pb".into()], vec!["pb".into()])
+        );
+        let (a, n1) = (&graph.nodes["pa"], &graph.nodes["n1"]);
+        assert_eq!((a.namespace(), a.name(), n1.namespace(), n1.name()), (Some("d"), "a", None, "n1"));
+        // a new version: released by rs1, its uid unchanged
+        graph.upsert("/registry/pods/d/b", pods.clone(), &object("pb", &[("rs2", "db")]));
+        assert_eq!((dependents(&graph, "rs1"), dependents(&graph, "rs2")), (vec!["pa".into()], vec!["pb".into()]));
+        // deleted: gone from its owners, and an owner with no dependents left is forgotten
+        let (uid, gone) = graph.remove("/registry/pods/d/b").expect("in the graph");
+        assert_eq!((&*uid, gone.name()), ("pb", "b"));
+        assert!(!graph.dependents.contains_key("rs2") && graph.remove("/registry/pods/d/b").is_none());
+        // recreated under the same name: a new uid in place of the old
+        graph.upsert("/registry/pods/d/a", pods, &object("pa2", &[("rs1", "web")]));
+        assert_eq!(dependents(&graph, "rs1"), ["pa2"]);
+        assert!(!graph.nodes.contains_key("pa"));
+        assert_eq!((graph.nodes.len(), graph.by_key.len()), (2, 2));
+    }
+
+    #[test]
+    fn an_owner_reference_and_an_object_key_are_held_once() {
+        let pods = info("pods");
+        let mut graph = Graph::default();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            graph.upsert(
+                &format!("/registry/pods/d/{name}"),
+                pods.clone(),
+                &object(&format!("p{i}"), &[("rs1", "web")]),
+            );
+        }
+        // a dependent naming the same owner otherwise keeps its own reference
+        graph.upsert("/registry/pods/d/odd", pods.clone(), &object("p9", &[("rs1", "other-name")]));
+        let owner = |uid: &str| graph.nodes[uid].owners[0].clone();
+        assert!(Arc::ptr_eq(&owner("p0"), &owner("p1")) && Arc::ptr_eq(&owner("p1"), &owner("p2")));
+        assert!(!Arc::ptr_eq(&owner("p0"), &owner("p9")) && owner("p9").name == "other-name");
+        graph.upsert("/registry/pods/d/a", pods, &object("p0", &[("rs1", "web")]));
+        let (key, uid) = graph.by_key.get_key_value("/registry/pods/d/a").expect("known");
+        assert!(Arc::ptr_eq(key, &graph.nodes[&**uid].key), "the key shared by the node and the index");
+        let (node_uid, _) = graph.nodes.get_key_value("p0").expect("node");
+        assert!(Arc::ptr_eq(uid, node_uid), "the uid shared by the index and the node");
     }
 
     #[test]
