@@ -8,8 +8,8 @@
 //! kubectl decoding and printing every event took ~13% of a core each, so 50 of them left the server a fraction of
 //! this 2-core machine). It reports what Kubernetes' scalability SLIs measure: API call latency p99 per verb and
 //! resource (from the server's own histogram, per phase), pod startup latency from creation to Running as the
-//! kubelets see it, scheduling throughput, and the server's RSS and CPU. Run with `scripts/bench-scale` (PODS=… to
-//! stop earlier).
+//! kubelets see it, scheduling throughput, and the server's RSS and CPU (idle 5 s after each step, and at rest
+//! REST_SECS (90) after the last). Run with `scripts/bench-scale` (PODS=… to stop earlier).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -602,6 +602,21 @@ async fn main() {
         );
     }
     let total = *steps.last().unwrap_or(&0);
+
+    // the same, at rest: what the server holds for the pods once the step's recent events have aged out of its
+    // watch cache (kept for 75 s beyond the last hundred per type, as upstream's)
+    let rest = Duration::from_secs(setting("REST_SECS", 90) as u64);
+    if !rest.is_zero() {
+        tokio::time::sleep(rest).await;
+        let (rss, _) = usage(server_pid);
+        println!(
+            "   RSS at rest ({} s later): {} MiB; {:.1} KiB per pod beyond the {} MiB before any pod",
+            rest.as_secs(),
+            rss / 1024,
+            (rss as f64 - base_rss as f64) / total.max(1) as f64,
+            base_rss / 1024
+        );
+    }
 
     // a rolling update of every Deployment
     let (started, cpu0) = (Instant::now(), usage(server_pid).1);

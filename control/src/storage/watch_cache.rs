@@ -2,8 +2,9 @@
 //! as kube-apiserver's cacher does — 1,000 watchers of pods are one etcd watch, and each event is decrypted and
 //! decoded once for all of them.
 //!
-//! Each type's *feed* follows the store from the first watch of that type on and keeps its last [`HISTORY`]
-//! events. A client watch from a revision the history covers replays it and then follows the feed live; one from an
+//! Each type's *feed* follows the store from the first watch of that type on and keeps its events of the last
+//! [`FRESH`] (at most [`HISTORY`], and the last [`MIN_HISTORY`] however old), as kube-apiserver's cacher sizes its
+//! window by the same freshness. A client watch from a revision the history covers replays it and then follows the feed live; one from an
 //! older revision is served by the store itself (which answers `Compacted`, 410 Gone to clients, when that is
 //! gone too) until it has caught up with the history, and then joins the feed; a watcher that falls behind the live
 //! feed catches up the same way. A gap in a feed (its own watch compacted away while reconnecting) ends its
@@ -21,12 +22,23 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Revision, SharedEvent, Storage, StorageError, Trigger, WatchStream};
 
-/// Events kept per resource type for watchers that start behind or fall behind.
+/// Events kept per resource type for watchers that start behind or fall behind, at most.
 pub const HISTORY: usize = 1024;
+
+/// Events kept per resource type however old they are (the upstream cacher's lower bound).
+pub const MIN_HISTORY: usize = 100;
+
+/// How long an event stays in the history beyond the last [`MIN_HISTORY`] (the upstream cacher's
+/// `eventFreshDuration`): a watcher that reconnects within it resumes from the history, one from further back is
+/// served by the store until it catches up. A full history of a busy type held ~5 MB of stored objects (each event
+/// keeps its object and the previous one), and five types' histories ~25 MB of the idle server at 10k pods in
+/// `scripts/bench-scale`, for as long as the server lived.
+pub const FRESH: Duration = Duration::from_secs(75);
 
 /// How many of a type's newest events keep what readers derived from them (their [`SharedEvent::memo`]) in any case;
 /// an older one in the history is trimmed once no watcher holds it any more (every live watcher has passed it), so
@@ -85,11 +97,49 @@ struct FeedState {
     /// Every event of the type with a revision above `covers_after` is in `history` (or still to come).
     covers_after: Revision,
     history: VecDeque<Arc<SharedEvent>>,
+    /// When each event of the history arrived (in the same order).
+    arrived: VecDeque<Instant>,
     /// How many of the history's first events are trimmed.
     trimmed: usize,
 }
 
 impl FeedState {
+    /// An empty history of the events after `after`.
+    fn after(after: Revision) -> Self {
+        FeedState { covers_after: after, history: VecDeque::new(), arrived: VecDeque::new(), trimmed: 0 }
+    }
+
+    /// Adds the newest event, arrived `now`, dropping the oldest beyond [`HISTORY`].
+    fn push(&mut self, ev: Arc<SharedEvent>, now: Instant) {
+        self.history.push_back(ev);
+        self.arrived.push_back(now);
+        if self.history.len() > HISTORY {
+            self.pop_oldest();
+        }
+    }
+
+    /// Drops the events that arrived more than [`FRESH`] before `now`, but for the last [`MIN_HISTORY`].
+    fn expire(&mut self, now: Instant) {
+        while self.history.len() > MIN_HISTORY
+            && self.arrived.front().is_some_and(|t| now.saturating_duration_since(*t) > FRESH)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        self.arrived.pop_front();
+        if let Some(old) = self.history.pop_front() {
+            self.covers_after = old.revision();
+            self.trimmed = self.trimmed.saturating_sub(1);
+        }
+    }
+
+    /// Forgets every event: the history starts again after `now`.
+    fn restart(&mut self, now: Revision) {
+        *self = FeedState::after(now);
+    }
+
     /// Trims the events more than [`DECODED_FOR`] behind the newest that only the history still holds: every watcher
     /// has passed them, and one that replays them later derives again.
     fn trim_passed(&mut self) {
@@ -205,7 +255,7 @@ impl WatchCache {
             return Ok(f.clone()); // another watcher started one meanwhile: ours is dropped
         }
         let feed = Arc::new(Feed {
-            state: Mutex::new(FeedState { covers_after: after, history: VecDeque::new(), trimmed: 0 }),
+            state: Mutex::new(FeedState::after(after)),
             live: broadcast::channel(1024).0,
             taken: AtomicUsize::new(1),
         });
@@ -239,7 +289,9 @@ impl Run {
                 let ev = tokio::select! {
                     ev = upstream.next() => ev,
                     _ = trim.tick() => {
-                        feed.state.lock().unwrap_or_else(|p| p.into_inner()).trim_passed();
+                        let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+                        state.expire(Instant::now());
+                        state.trim_passed();
                         continue;
                     }
                     _ = idle_check.tick() => {
@@ -265,13 +317,7 @@ impl Run {
                 };
                 last = ev.revision();
                 let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
-                state.history.push_back(ev.clone());
-                if state.history.len() > HISTORY
-                    && let Some(old) = state.history.pop_front()
-                {
-                    state.covers_after = old.revision();
-                    state.trimmed = state.trimmed.saturating_sub(1);
-                }
+                state.push(ev.clone(), Instant::now());
                 state.trim_passed();
                 // sent under the lock: a watcher that subscribes while holding it sees each event once, either in
                 // the history or live
@@ -291,9 +337,7 @@ impl Run {
                             Err(_) => continue,
                         };
                         let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
-                        state.history.clear();
-                        state.trimmed = 0;
-                        state.covers_after = now;
+                        state.restart(now);
                         last = now;
                         let _ = feed.live.send(Item::Gap);
                     }
@@ -480,6 +524,43 @@ mod tests {
     use bytes::Bytes;
 
     /// A watch cache over a new SQLite store (alive while the directory is), and the store's revision.
+    #[test]
+    fn the_history_keeps_the_fresh_events_at_most_its_size_and_at_least_the_last_hundred() {
+        use crate::storage::{Event, EventKind, KeyValue};
+        let event = |rev: Revision| {
+            let kv = KeyValue {
+                key: format!("/registry/pods/a/p{rev}"),
+                value: Bytes::from_static(b"1"),
+                create_revision: rev,
+                mod_revision: rev,
+            };
+            SharedEvent::new(Event { kind: EventKind::Put, kv, prev: None })
+        };
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        // (events, when the n-th arrived, checked at, events kept)
+        let cases: [(i64, fn(i64) -> u64, u64, usize); 6] = [
+            (300, |_| 300, 300, 300),          // a burst just now: all fresh
+            (300, |_| 300, 376, 100),          // the same burst 76 s later: the last hundred
+            (300, |n| n as u64, 300, 100),     // one a second: 76 fresh, but a hundred kept
+            (300, |n| n as u64 / 2, 150, 151), // two a second: those of the last 75 s
+            (1500, |_| 10, 10, HISTORY),       // more than it holds at once
+            (50, |_| 0, 1000, 50),             // fewer than a hundred, however old
+        ];
+        for (n, arrival, at, kept) in cases {
+            let mut state = FeedState::after(0);
+            for rev in 1..=n {
+                state.push(event(rev), secs(arrival(rev)));
+            }
+            state.expire(secs(at));
+            assert_eq!(state.history.len(), kept, "{n} events checked at {at} s");
+            assert_eq!(state.arrived.len(), kept);
+            let first = state.history.front().map(|e| e.revision()).expect("events");
+            assert_eq!(first, n - kept as i64 + 1, "the newest are kept");
+            assert_eq!(state.covers_after, first - 1, "it covers every event after the last dropped");
+        }
+    }
+
     async fn sqlite_cache() -> (tempfile::TempDir, Arc<dyn Storage>, WatchCache, Revision) {
         let tmp = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
