@@ -118,10 +118,10 @@ impl FeedState {
         }
     }
 
-    /// Drops the events that arrived more than [`FRESH`] before `now`, but for the last [`MIN_HISTORY`].
-    fn expire(&mut self, now: Instant) {
+    /// Drops the events that arrived more than `fresh` ([`FRESH`]) before `now`, but for the last [`MIN_HISTORY`].
+    fn expire(&mut self, now: Instant, fresh: Duration) {
         while self.history.len() > MIN_HISTORY
-            && self.arrived.front().is_some_and(|t| now.saturating_duration_since(*t) > FRESH)
+            && self.arrived.front().is_some_and(|t| now.saturating_duration_since(*t) > fresh)
         {
             self.pop_oldest();
         }
@@ -185,6 +185,7 @@ pub struct WatchCache {
     source: Source,
     feeds: Feeds,
     idle: Duration,
+    fresh: Duration,
 }
 
 impl std::fmt::Debug for WatchCache {
@@ -196,13 +197,26 @@ impl std::fmt::Debug for WatchCache {
 impl WatchCache {
     /// A cache over `store`.
     pub fn new(store: Arc<dyn Storage>) -> Self {
-        WatchCache { source: Source { store, open: Arc::default() }, feeds: Feeds::default(), idle: IDLE }
+        WatchCache { source: Source { store, open: Arc::default() }, feeds: Feeds::default(), idle: IDLE, fresh: FRESH }
     }
 
     /// The same cache with feeds forgotten after `idle` without watchers instead of [`IDLE`] (40 ms at least).
     pub fn with_idle(mut self, idle: Duration) -> Self {
         self.idle = idle.max(Duration::from_millis(40));
         self
+    }
+
+    /// The same cache with events kept for `fresh` beyond the last [`MIN_HISTORY`] instead of [`FRESH`].
+    pub fn with_fresh(mut self, fresh: Duration) -> Self {
+        self.fresh = fresh;
+        self
+    }
+
+    /// How many events the history of the type stored under `type_prefix` holds, if it has a feed.
+    #[cfg(test)]
+    fn history_len(&self, type_prefix: &str) -> Option<usize> {
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        feeds.get(type_prefix).map(|f| f.state.lock().unwrap_or_else(|p| p.into_inner()).history.len())
     }
 
     /// Storage watches open now (the feeds', plus watchers served by the store directly).
@@ -260,7 +274,13 @@ impl WatchCache {
             taken: AtomicUsize::new(1),
         });
         feeds.insert(type_prefix.to_string(), feed.clone());
-        let run = Run { feed: feed.clone(), feeds: self.feeds.clone(), source: self.source.clone(), idle: self.idle };
+        let run = Run {
+            feed: feed.clone(),
+            feeds: self.feeds.clone(),
+            source: self.source.clone(),
+            idle: self.idle,
+            fresh: self.fresh,
+        };
         tokio::spawn(run.follow_store(type_prefix.to_string(), after, upstream));
         Ok(feed)
     }
@@ -272,6 +292,7 @@ struct Run {
     feeds: Feeds,
     source: Source,
     idle: Duration,
+    fresh: Duration,
 }
 
 impl Run {
@@ -290,7 +311,7 @@ impl Run {
                     ev = upstream.next() => ev,
                     _ = trim.tick() => {
                         let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
-                        state.expire(Instant::now());
+                        state.expire(Instant::now(), self.fresh);
                         state.trim_passed();
                         continue;
                     }
@@ -523,7 +544,6 @@ mod tests {
     use crate::storage::sqlite::SqliteStorage;
     use bytes::Bytes;
 
-    /// A watch cache over a new SQLite store (alive while the directory is), and the store's revision.
     #[test]
     fn the_history_keeps_the_fresh_events_at_most_its_size_and_at_least_the_last_hundred() {
         use crate::storage::{Event, EventKind, KeyValue};
@@ -552,8 +572,13 @@ mod tests {
             for rev in 1..=n {
                 state.push(event(rev), secs(arrival(rev)));
             }
-            state.expire(secs(at));
+            state.trim_passed();
+            state.expire(secs(at), FRESH);
+            state.trim_passed();
             assert_eq!(state.history.len(), kept, "{n} events checked at {at} s");
+            // the trimmed events are the oldest, and all but the newest DECODED_FOR are (no watcher holds them)
+            assert_eq!(state.trimmed, kept.saturating_sub(DECODED_FOR), "{n} events checked at {at} s");
+            assert!(state.history.iter().enumerate().all(|(i, e)| e.is_trimmed() == (i < state.trimmed)));
             assert_eq!(state.arrived.len(), kept);
             let first = state.history.front().map(|e| e.revision()).expect("events");
             assert_eq!(first, n - kept as i64 + 1, "the newest are kept");
@@ -561,6 +586,40 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_from_before_the_fresh_window_gets_every_event_once_from_the_store_then_the_feed() {
+        let (_tmp, store, cache, start) = sqlite_cache().await;
+        let cache = cache.with_fresh(Duration::from_millis(100));
+        let mut first = cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch");
+        let n = 3 * MIN_HISTORY;
+        let mut want = Vec::new();
+        for i in 0..n {
+            let key = format!("/registry/pods/a/p{i}");
+            store.create(&key, Bytes::from_static(b"1")).await.expect("create");
+            want.push(key);
+        }
+        for _ in 0..n {
+            next(&mut first).await;
+        }
+        // the feed's trim tick (every second) lets the events older than the window go, but for the last hundred
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.history_len("/registry/pods/") != Some(MIN_HISTORY) {
+            assert!(Instant::now() < deadline, "history still at {:?}", cache.history_len("/registry/pods/"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // a watcher from the start: the store serves what the history no longer has, then it joins the feed
+        let mut late = cache.watch("/registry/pods/", "/registry/pods/", start, None).await.expect("watch");
+        let last = store.create("/registry/pods/a/last", Bytes::from_static(b"1")).await.expect("create");
+        want.push(last.key.clone());
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(next(&mut late).await.kv.key.clone());
+        }
+        assert_eq!(got, want, "each event once, in order");
+        assert_eq!(next(&mut first).await.revision(), last.mod_revision, "the first watcher goes on too");
+    }
+
+    /// A watch cache over a new SQLite store (alive while the directory is), and the store's revision.
     async fn sqlite_cache() -> (tempfile::TempDir, Arc<dyn Storage>, WatchCache, Revision) {
         let tmp = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open(tmp.path().join("s.db")).expect("sqlite"));
