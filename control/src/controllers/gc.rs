@@ -45,14 +45,22 @@ struct Node {
 }
 
 impl Node {
-    /// Its name: the key's last segment (a name holds no `/`).
-    fn name(&self) -> &str {
-        self.key.rsplit('/').next().unwrap_or_default()
+    /// Its namespace (if its kind has one) and name, read from its key as [`locate`] reads them: what follows the
+    /// kind's storage prefix is `namespace/name`, or the name alone.
+    fn namespace_and_name(&self) -> (Option<&str>, &str) {
+        let rest = self.key.strip_prefix(self.info.storage_prefix().as_str()).unwrap_or(&self.key);
+        match rest.split_once('/') {
+            Some((ns, name)) if self.info.namespaced() => (Some(ns), name),
+            _ => (None, rest),
+        }
     }
 
-    /// Its namespace, if its kind has one: the key's segment before the name.
+    fn name(&self) -> &str {
+        self.namespace_and_name().1
+    }
+
     fn namespace(&self) -> Option<&str> {
-        if self.info.namespaced() { self.key.rsplit('/').nth(1) } else { None }
+        self.namespace_and_name().0
     }
 }
 
@@ -421,6 +429,10 @@ mod tests {
         );
         let (a, n1) = (&graph.nodes["pa"], &graph.nodes["n1"]);
         assert_eq!((a.namespace(), a.name(), n1.namespace(), n1.name()), (Some("d"), "a", None, "n1"));
+        // read as `locate` reads a key: the namespace is the first segment after the kind's prefix
+        graph.upsert("/registry/pods/d/x/y", pods.clone(), &object("pxy", &[]));
+        assert_eq!((graph.nodes["pxy"].namespace(), graph.nodes["pxy"].name()), (Some("d"), "x/y"));
+        graph.remove("/registry/pods/d/x/y");
         // a new version: released by rs1, its uid unchanged
         graph.upsert("/registry/pods/d/b", pods.clone(), &object("pb", &[("rs2", "db")]));
         assert_eq!((dependents(&graph, "rs1"), dependents(&graph, "rs2")), (vec!["pa".into()], vec!["pb".into()]));
