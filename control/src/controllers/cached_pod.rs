@@ -20,8 +20,8 @@
 //! same way, but for three kept smaller, as every pod of the cluster holds them: a container's resources are its
 //! requests alone, as a sorted list ([`Requests`]; no controller reads limits, and a `BTreeMap` allocates a node of
 //! half a kilobyte for two entries); the affinity is boxed (144 bytes inline, and most pods have none); and the
-//! tolerations are one list shared by every pod that has the same (admission gives every pod the same two), through
-//! [`shared_tolerations`]. Cached pods are never written back (every pod write is a targeted patch or a create from a template),
+//! tolerations are one list shared by the pods that have the same (admission gives every pod the same two), through
+//! [`shared_tolerations`] (up to 64 distinct lists alive at once; a pod with yet another keeps its own). Cached pods are never written back (every pod write is a targeted patch or a create from a template),
 //! so nothing left out here can be lost. A controller that comes to need another field (volumes for volume binding,
 //! say) adds it here; the decoding test below lists what is kept.
 
@@ -276,7 +276,8 @@ impl From<&k8s_openapi::api::core::v1::PodSpec> for Spec {
             init_containers: s.init_containers.as_ref().map(|cs| cs.iter().map(Container::from).collect()),
             node_selector: s.node_selector.clone(),
             affinity: s.affinity.clone().map(Box::new),
-            tolerations: s.tolerations.clone().map(shared_tolerations),
+            // a template's spec lives for one placement decision: its own list, not the shared table's
+            tolerations: s.tolerations.as_deref().map(Arc::from),
             priority: s.priority,
             scheduler_name: s.scheduler_name.clone(),
             hostname: s.hostname.clone(),
