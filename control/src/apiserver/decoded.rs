@@ -113,9 +113,9 @@ impl Served {
 /// the event's own slot: no lookup in the shared memo per watcher). The slot holds them until the watch cache trims
 /// the event: more than [`DECODED_FOR`](crate::storage::watch_cache::DECODED_FOR) events behind its type's newest and
 /// held by no watcher any more. So a watcher that lags does not decode again (holding them weakly cost a quarter more
-/// server CPU at 5k pods in `scripts/bench-scale`: 268 pods/s against 347), and the type's history of 1,024 events
-/// does not keep 1,024 decoded objects (then ~40 KB each as `serde_json::Value`; idle RSS at 5k pods 587 -> 431 MiB). A
-/// trimmed event's objects come from the memo by revision and are not kept in the slot.
+/// server CPU at 5k pods in `scripts/bench-scale`: 268 pods/s against 347), and the type's history of up to 1,024
+/// events does not keep 1,024 decoded objects (then ~40 KB each as `serde_json::Value`; idle RSS at 5k pods 587 ->
+/// 431 MiB). A trimmed event's objects come from the memo by revision and are not kept in the slot.
 #[derive(Debug, Default)]
 pub struct EventObjects {
     inner: Mutex<Slot>,
