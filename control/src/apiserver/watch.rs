@@ -53,6 +53,9 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 /// once nothing more is queued for it: a write per event per watcher was the server's largest cost with 50 watchers
 /// of every pod (`writev` 18% of its CPU in `scripts/bench-scale`, docs/benchmarks.md).
 const MAX_CHUNK: usize = 32 * 1024;
+/// At most this many changes go into one chunk (the depth of a watcher's queue in the watch cache), so a watcher whose
+/// selector skips most changes still hands its connection a chunk, and its worker thread to others, between them.
+const MAX_CHUNK_CHANGES: usize = 256;
 /// Chunks a watch holds for its connection before it waits: with [`MAX_CHUNK`], at most 1 MiB per slow watcher.
 const QUEUED_CHUNKS: usize = 32;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -128,7 +131,8 @@ enum ChunkEnd {
 }
 
 /// Appends to `chunk`, with `line`, the event lines of `first` and of every change already queued behind it in
-/// `events` (up to [`MAX_CHUNK`] bytes), without waiting for more; `last` follows the changes taken.
+/// `events` (up to [`MAX_CHUNK`] bytes and [`MAX_CHUNK_CHANGES`] changes), without waiting for more; `last` follows
+/// the changes taken.
 fn fill_chunk(
     first: Option<Result<Change, StorageError>>,
     events: &mut crate::storage::watch_cache::ChangeStream,
@@ -137,7 +141,8 @@ fn fill_chunk(
     mut line: impl FnMut(&crate::storage::SharedEvent, &mut Vec<u8>),
 ) -> ChunkEnd {
     let mut next = first;
-    loop {
+    // bounded: every pass takes a change, and at most MAX_CHUNK_CHANGES are taken
+    for taken in 1.. {
         match next {
             None => return ChunkEnd::Ended,
             Some(Err(e)) => return ChunkEnd::Failed(e),
@@ -147,14 +152,15 @@ fn fill_chunk(
                 line(&ev, chunk);
             }
         }
-        if chunk.len() >= MAX_CHUNK {
-            return ChunkEnd::More;
+        if chunk.len() >= MAX_CHUNK || taken >= MAX_CHUNK_CHANGES {
+            break;
         }
         match events.next().now_or_never() {
             Some(n) => next = n,
-            None => return ChunkEnd::More,
+            None => break,
         }
     }
+    ChunkEnd::More
 }
 
 /// What a watch selects.
@@ -379,6 +385,20 @@ mod tests {
         let next = futures::executor::block_on(events.next());
         fill_chunk(next, &mut events, &mut last, &mut chunk, value_line);
         assert_eq!((chunk.len(), last), (big + 1 + 2, 4));
+    }
+
+    #[test]
+    fn a_chunk_takes_at_most_its_count_of_changes_even_when_they_write_nothing() {
+        let queued: Vec<_> = (2..=MAX_CHUNK_CHANGES as i64 + 10).map(|r| change(r, 10)).collect();
+        let mut events = stream(queued, true);
+        let (mut last, mut chunk, mut seen) = (0, Vec::new(), 0);
+        let end = fill_chunk(Some(change(1, 10)), &mut events, &mut last, &mut chunk, |_, _| seen += 1);
+        assert!(matches!(end, ChunkEnd::More), "{end:?}");
+        assert_eq!((seen, last, chunk.len()), (MAX_CHUNK_CHANGES, MAX_CHUNK_CHANGES as i64, 0));
+        // the rest waits for the next chunk
+        let next = futures::executor::block_on(events.next());
+        fill_chunk(next, &mut events, &mut last, &mut chunk, |_, _| {});
+        assert_eq!(last, MAX_CHUNK_CHANGES as i64 + 10);
     }
 
     #[test]
