@@ -313,8 +313,12 @@ fn the_hpa_scales_up_under_load_and_down_after_its_window() {
     assert!(events.contains("New size: 4") && events.contains("New size: 1"), "{events}");
 }
 
-/// A clock whose first reading after it is armed holds the reader's thread (as a controller busy with CPU work
-/// does) until released, or for 60 s at most.
+/// A clock whose first reading after it is armed holds the reader's task (as a controller busy with CPU work
+/// does) until released, or for 60 s at most. It holds through `block_in_place`, which hands the worker's other
+/// work to another thread first: a worker thread held outright for the whole test strands what tokio had queued on
+/// it (the task in its LIFO slot, wake-ups the I/O driver dispatched there), so the API server itself once missed a
+/// kubectl TLS handshake in CI. This test is about the controllers' tasks, not tokio's threads: with the controllers
+/// polled in one task the held reader still holds up all of them.
 #[derive(Debug, Default)]
 struct HoldingClock {
     armed: std::sync::atomic::AtomicBool,
@@ -326,12 +330,14 @@ impl Clock for HoldingClock {
     fn now(&self) -> jiff::Timestamp {
         use std::sync::atomic::Ordering::SeqCst;
         if self.armed.load(SeqCst) && !self.entered.swap(true, SeqCst) {
-            for _ in 0..600 {
-                if self.released.load(SeqCst) {
-                    break;
+            tokio::task::block_in_place(|| {
+                for _ in 0..600 {
+                    if self.released.load(SeqCst) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            });
         }
         jiff::Timestamp::now()
     }
