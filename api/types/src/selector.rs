@@ -46,12 +46,12 @@ pub struct SelectorError {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &dyn Fn(&str) -> Option<String>) -> bool {
+    fn matches<'a>(&self, labels: &dyn Fn(&str) -> Option<&'a str>) -> bool {
         match self {
-            Requirement::Equals(k, v) => labels(k).as_deref() == Some(v.as_str()),
-            Requirement::NotEquals(k, v) => labels(k).as_deref() != Some(v.as_str()),
-            Requirement::In(k, vs) => labels(k).is_some_and(|l| vs.contains(&l)),
-            Requirement::NotIn(k, vs) => labels(k).is_none_or(|l| !vs.contains(&l)),
+            Requirement::Equals(k, v) => labels(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => labels(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => labels(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => labels(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
             Requirement::Exists(k) => labels(k).is_some(),
             Requirement::DoesNotExist(k) => labels(k).is_none(),
         }
@@ -157,17 +157,19 @@ impl Selector {
 
     /// Whether a label map satisfies every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        !self.nothing && self.requirements.iter().all(|r| r.matches(&|k| labels.get(k).cloned()))
+        self.matches_by(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Whether the labels `label` looks up by key satisfy every requirement (labels held other than as a map).
+    pub fn matches_by<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        !self.nothing && self.requirements.iter().all(|r| r.matches(&label))
     }
 
     /// Whether an untyped object's `metadata.labels` satisfy every requirement.
     pub fn matches_object(&self, obj: &Value) -> bool {
         let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         !self.nothing
-            && self
-                .requirements
-                .iter()
-                .all(|r| r.matches(&|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_string)))
+            && self.requirements.iter().all(|r| r.matches(&|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str)))
     }
 
     /// The keys the selector constrains.

@@ -5,18 +5,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use super::util::controller_of;
+use super::util::{Cached, Meta, controller_of};
 
 /// The groups; cheap to clone (one shared map).
-pub struct ByController<K: kube::Resource<DynamicType = ()>>(Arc<RwLock<Groups<K>>>);
+pub struct ByController<K: Cached>(Arc<RwLock<Groups<K>>>);
 
-impl<K: kube::Resource<DynamicType = ()>> Clone for ByController<K> {
+impl<K: Cached> Clone for ByController<K> {
     fn clone(&self) -> Self {
         ByController(self.0.clone())
     }
 }
 
-impl<K: kube::Resource<DynamicType = ()>> Default for ByController<K> {
+impl<K: Cached> Default for ByController<K> {
     fn default() -> Self {
         ByController(Arc::new(RwLock::new(Groups { by_uid: HashMap::new(), uid_of: HashMap::new() })))
     }
@@ -25,7 +25,7 @@ impl<K: kube::Resource<DynamicType = ()>> Default for ByController<K> {
 /// The groups, kept small because they hold an entry per pod of the cluster: an object is known by one shared
 /// `namespace/name` string and a group by one shared uid, where `kube`'s `ObjectRef` (four strings of its own, twice
 /// per object) and a uid per object cost 0.8 KB per pod at 10k pods in `scripts/bench-scale`.
-struct Groups<K: kube::Resource<DynamicType = ()>> {
+struct Groups<K: Cached> {
     /// Objects by their controller's uid (`""`: no controller), each by its key.
     by_uid: HashMap<Arc<str>, HashMap<Arc<str>, Arc<K>>>,
     /// Each object's group, by the object's key (the same string as in its group).
@@ -33,11 +33,11 @@ struct Groups<K: kube::Resource<DynamicType = ()>> {
 }
 
 /// An object's key in the groups: `namespace/name` (a namespace and a name hold no `/`).
-fn key_of(meta: &kube::api::ObjectMeta) -> String {
-    format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+fn key_of<M: Meta>(meta: &M) -> String {
+    format!("{}/{}", meta.namespace().unwrap_or_default(), meta.name().unwrap_or_default())
 }
 
-impl<K: kube::Resource<DynamicType = ()>> Groups<K> {
+impl<K: Cached> Groups<K> {
     /// Takes the object with `key` out of its group; its key, shared with the group, if it was in one.
     fn remove(&mut self, key: &str) -> Option<Arc<str>> {
         let (key, uid) = self.uid_of.remove_entry(key)?;
@@ -51,9 +51,9 @@ impl<K: kube::Resource<DynamicType = ()>> Groups<K> {
     }
 
     fn apply(&mut self, obj: Arc<K>) {
-        let key = key_of(obj.meta());
+        let key = key_of(obj.cached_meta());
         let key = self.remove(&key).unwrap_or_else(|| key.into());
-        let uid = controller_of(obj.meta()).map(|c| c.uid.as_str()).unwrap_or_default();
+        let uid = controller_of(obj.cached_meta()).map(|c| c.uid.as_str()).unwrap_or_default();
         let uid = match self.by_uid.get_key_value(uid) {
             Some((shared, _)) => shared.clone(),
             None => Arc::from(uid),
@@ -63,7 +63,7 @@ impl<K: kube::Resource<DynamicType = ()>> Groups<K> {
     }
 }
 
-impl<K: kube::Resource<DynamicType = ()>> ByController<K> {
+impl<K: Cached> ByController<K> {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Groups<K>> {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
@@ -75,7 +75,7 @@ impl<K: kube::Resource<DynamicType = ()>> ByController<K> {
 
     /// Forgets a deleted object.
     pub fn remove(&self, obj: &K) {
-        self.write().remove(&key_of(obj.meta()));
+        self.write().remove(&key_of(obj.cached_meta()));
     }
 
     /// Replaces every group with these objects' (after a re-list).
@@ -92,7 +92,7 @@ impl<K: kube::Resource<DynamicType = ()>> ByController<K> {
     /// may adopt): every object of the namespace a controller's plan does not skip as another controller's.
     pub fn controlled_or_orphaned(&self, uid: &str, ns: &str) -> Vec<Arc<K>> {
         let groups = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let in_ns = |o: &&Arc<K>| o.meta().namespace.as_deref() == Some(ns);
+        let in_ns = |o: &&Arc<K>| o.cached_meta().namespace() == Some(ns);
         let group = |u: &str| groups.by_uid.get(u).into_iter().flat_map(|g| g.values());
         let mut out: Vec<Arc<K>> = group(uid).filter(in_ns).cloned().collect();
         if !uid.is_empty() {

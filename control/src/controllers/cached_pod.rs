@@ -25,25 +25,66 @@
 //! so nothing left out here can be lost. A controller that comes to need another field (volumes for volume binding,
 //! say) adds it here; the decoding test below lists what is kept.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock};
 
-use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerStateTerminated, Toleration};
+use kube::runtime::reflector::Lookup;
+
+use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerStateTerminated, ObjectReference, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer};
 
+use super::pod_meta::PodMeta;
+use super::shared::Table;
+
 /// A pod as the controllers' informer keeps it (see the module docs).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(from = "WirePod")]
 pub struct CachedPod {
-    /// The pod's metadata, whole but for `managedFields`.
+    /// What the controllers read of the pod's metadata.
+    pub metadata: PodMeta,
+    /// What the controllers read of the spec.
+    pub spec: Option<Spec>,
+    /// What the controllers read of the status.
+    pub status: Option<Status>,
+}
+
+/// A pod as the informer's watch decodes it: the metadata typed whole (the watcher reads resource versions through
+/// `ObjectMeta`), the spec and status as cached. Each becomes a [`CachedPod`] before the store keeps it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WirePod {
+    /// The pod's metadata, but for `managedFields`.
     #[serde(deserialize_with = "metadata")]
     pub metadata: ObjectMeta,
     /// What the controllers read of the spec.
     pub spec: Option<Spec>,
     /// What the controllers read of the status.
     pub status: Option<Status>,
+}
+
+impl CachedPod {
+    /// A reference to the pod, for an Event about it.
+    pub fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: self.metadata.name.clone(),
+            namespace: self.metadata.namespace.clone(),
+            uid: self.metadata.uid.clone(),
+            resource_version: self.metadata.resource_version.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<WirePod> for CachedPod {
+    fn from(w: WirePod) -> Self {
+        CachedPod { metadata: PodMeta::from(w.metadata), spec: w.spec, status: w.status }
+    }
 }
 
 /// What the controllers read of a pod's spec.
@@ -201,27 +242,23 @@ fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PodCondition
     Ok(v)
 }
 
-/// How many distinct toleration lists are shared at once (a cluster has a handful: admission's defaults, a
-/// DaemonSet's, a few of its own); a list beyond them is held by its pod alone.
-const SHARED_LISTS: usize = 64;
+/// The toleration lists in use, each shared by the pods that have it.
+static TOLERATIONS: LazyLock<Table<[Toleration]>> = LazyLock::new(Table::default);
 
-/// Toleration lists in use, each shared by the pods that have it; held weakly, so a list no pod has any more goes.
-static TOLERATION_LISTS: Mutex<Vec<Weak<[Toleration]>>> = Mutex::new(Vec::new());
+/// What identifies a toleration list, for the table's hash (`Toleration` has no `Hash`).
+struct TolerationsKey<'a>(&'a [Toleration]);
 
-/// The one shared list equal to `list`, made the shared one if none is yet and there is room.
+impl Hash for TolerationsKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for t in self.0 {
+            (&t.key, &t.operator, &t.value, &t.effect, t.toleration_seconds).hash(h);
+        }
+    }
+}
+
+/// The one shared list equal to `list`.
 pub fn shared_tolerations(list: Vec<Toleration>) -> Arc<[Toleration]> {
-    let mut lists = TOLERATION_LISTS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(same) = lists.iter().filter_map(Weak::upgrade).find(|l| **l == *list) {
-        return same;
-    }
-    let list: Arc<[Toleration]> = list.into();
-    if lists.len() >= SHARED_LISTS {
-        lists.retain(|l| l.strong_count() > 0);
-    }
-    if lists.len() < SHARED_LISTS {
-        lists.push(Arc::downgrade(&list));
-    }
-    list
+    TOLERATIONS.share(TolerationsKey(&list), &list, || list.clone().into())
 }
 
 fn tolerations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[Toleration]>>, D::Error> {
@@ -231,16 +268,10 @@ fn tolerations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[Toleration
 fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let mut m = ObjectMeta::deserialize(d)?;
     m.managed_fields = None;
-    if let Some(v) = m.owner_references.as_mut() {
-        v.shrink_to_fit();
-    }
-    if let Some(v) = m.finalizers.as_mut() {
-        v.shrink_to_fit();
-    }
     Ok(m)
 }
 
-impl k8s_openapi::Resource for CachedPod {
+impl k8s_openapi::Resource for WirePod {
     const API_VERSION: &'static str = "v1";
     const GROUP: &'static str = "";
     const KIND: &'static str = "Pod";
@@ -249,7 +280,7 @@ impl k8s_openapi::Resource for CachedPod {
     type Scope = k8s_openapi::NamespaceResourceScope;
 }
 
-impl k8s_openapi::Metadata for CachedPod {
+impl k8s_openapi::Metadata for WirePod {
     type Ty = ObjectMeta;
 
     fn metadata(&self) -> &ObjectMeta {
@@ -258,6 +289,44 @@ impl k8s_openapi::Metadata for CachedPod {
 
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+}
+
+/// The store keys a cached pod by its namespace and name alone (its uid and resource version, which `kube`'s
+/// `ObjectRef` would copy into every key too, are not part of a key's identity).
+impl Lookup for CachedPod {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("Pod")
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("pods")
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        self.metadata.name.as_deref().map(Cow::Borrowed)
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        self.metadata.namespace.as_deref().map(Cow::Borrowed)
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
     }
 }
 
@@ -302,7 +371,9 @@ mod tests {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "app-0-x", "namespace": "default", "uid": "p1", "resourceVersion": "7",
-                "labels": {"app": "app-0"}, "deletionTimestamp": "2026-12-04T10:00:00Z", "finalizers": ["f"],
+                "labels": {"app": "app-0", "pod-template-hash": "5d4f"}, "generateName": "app-0-",
+                "annotations": {"batch.kubernetes.io/job-completion-index": "3"},
+                "creationTimestamp": "2026-12-04T09:00:00Z", "deletionTimestamp": "2026-12-04T10:00:00Z", "finalizers": ["f"],
                 "managedFields": [{"manager": "kubectl", "operation": "Update", "apiVersion": "v1"}],
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-0", "uid": "u",
                     "controller": true}]},
@@ -339,7 +410,21 @@ mod tests {
         let full: k8s_openapi::api::core::v1::Pod = serde_json::from_value(stored()).expect("a typed pod");
         let cached: CachedPod = serde_json::from_value(stored()).expect("a cached pod");
         assert!(full.metadata.managed_fields.is_some());
-        assert_eq!(cached.metadata, ObjectMeta { managed_fields: None, ..full.metadata.clone() });
+        // the metadata's fields a controller reads, each as the typed pod has it
+        let (m, t) = (&cached.metadata, &full.metadata);
+        assert_eq!(
+            (&m.name, &m.namespace, &m.uid, &m.resource_version),
+            (&t.name, &t.namespace, &t.uid, &t.resource_version)
+        );
+        assert_eq!(m.labels.as_ref().map(|l| l.to_map()), t.labels);
+        assert_eq!((&m.annotations, &m.finalizers), (&t.annotations, &t.finalizers));
+        assert_eq!(m.owner_references.as_deref(), t.owner_references.as_deref());
+        assert_eq!((&m.creation_timestamp, &m.deletion_timestamp), (&t.creation_timestamp, &t.deletion_timestamp));
+        assert!(
+            [m.labels.is_some(), m.annotations.is_some(), m.owner_references.is_some(), m.creation_timestamp.is_some()]
+                .iter()
+                .all(|set| *set)
+        );
         let (spec, typed) = (cached.spec.as_ref().expect("spec"), full.spec.as_ref().expect("spec"));
         // the spec is what `From` keeps of the typed spec, and each kept field is set
         assert_eq!(spec, &Spec::from(typed));
@@ -386,10 +471,8 @@ mod tests {
         let p: CachedPod = serde_json::from_str(&stored().to_string()).expect("a pod");
         let spec = p.spec.as_ref().expect("spec");
         let status = p.status.as_ref().expect("status");
-        let owners = p.metadata.owner_references.as_ref().expect("owners");
         let exact = [
             (spec.containers.len(), spec.containers.capacity()),
-            (owners.len(), owners.capacity()),
             spec.containers[0].ports.as_ref().map(|v| (v.len(), v.capacity())).expect("ports"),
             status.conditions.as_ref().map(|v| (v.len(), v.capacity())).expect("conditions"),
             status.container_statuses.as_ref().map(|v| (v.len(), v.capacity())).expect("statuses"),
@@ -430,7 +513,6 @@ mod tests {
 
     #[test]
     fn it_names_the_pods_resource() {
-        use kube::Resource;
         assert_eq!(
             (CachedPod::kind(&()), CachedPod::plural(&()), CachedPod::api_version(&())),
             ("Pod".into(), "pods".into(), "v1".into())

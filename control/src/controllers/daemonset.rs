@@ -244,7 +244,7 @@ pub async fn run(
 ) {
     let store = ctx.daemon_sets.clone();
     Controller::for_shared_stream(sets, ctx.daemon_sets.clone())
-        .owns_shared_stream(pods)
+        .reconcile_on(super::informers::owners_of(pods))
         .watches_shared_stream(nodes, move |_node: Arc<Node>| {
             store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
         })

@@ -73,7 +73,7 @@ pub fn desired(svc: &Service, pods: &[Arc<CachedPod>], nodes: &[Arc<Node>]) -> V
         .collect();
     let mut groups: BTreeMap<Vec<(String, i32, String)>, Vec<Endpoint>> = BTreeMap::new();
     for p in pods {
-        if is_terminal(p) || !selector.matches(&p.metadata.labels.clone().unwrap_or_default()) {
+        if is_terminal(p) || !p.metadata.selected_by(&selector) {
             continue;
         }
         let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()) else { continue };
@@ -281,22 +281,22 @@ pub async fn run(
     let store = ctx.services.clone();
     Controller::for_shared_stream(services, ctx.services.clone())
         .owns_shared_stream(slices)
-        .watches_shared_stream(pods, move |pod: Arc<CachedPod>| {
+        .reconcile_on(super::informers::related(pods, move |pod: Arc<CachedPod>| {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let labels = pod.metadata.labels.clone();
             store
                 .state()
                 .into_iter()
                 .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
                 .filter(|s| {
-                    s.spec
-                        .as_ref()
-                        .and_then(|sp| sp.selector.as_ref())
-                        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                    s.spec.as_ref().and_then(|sp| sp.selector.as_ref()).is_some_and(|sel| {
+                        !sel.is_empty()
+                            && sel.iter().all(|(k, v)| labels.as_ref().and_then(|l| l.get(k)) == Some(v.as_str()))
+                    })
                 })
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect::<Vec<_>>()
-        })
+        }))
         .run(super::retry::reconciler(COMPONENT, reconcile), super::retry::policy(COMPONENT), ctx)
         .for_each(|_| async {})
         .await;

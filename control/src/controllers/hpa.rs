@@ -369,7 +369,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
     let sel = Selector::parse(&selector).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let pods: Vec<PodSample> = super::informers::in_namespace(&ctx.pods, &ns)
         .into_iter()
-        .filter(|p| is_active(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default()))
+        .filter(|p| is_active(p) && p.metadata.selected_by(&sel))
         .map(|p| sample(&p))
         .collect();
     let usage = ctx.metrics.pod_usage(&ctx.client, &ns, &selector).await;

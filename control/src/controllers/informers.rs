@@ -12,7 +12,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -22,12 +22,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
 use super::by_controller::ByController;
-use super::cached_pod::CachedPod;
+use super::cached_pod::{CachedPod, WirePod};
+use super::util::{Cached, Meta};
 
 /// How many changes a subscriber may lag behind before the watch waits for it (nothing is dropped).
 const BUFFER: usize = 1024;
@@ -37,7 +38,7 @@ const BUFFER: usize = 1024;
 pub type Subscription<K> = async_broadcast::Receiver<Arc<K>>;
 
 /// A store, the writer that feeds it (until the informer is started) and the channel its changes go out on.
-pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+pub struct Informer<K: Lookup<DynamicType = ()> + Cached + Clone + 'static> {
     /// What controllers read.
     pub store: Store<K>,
     writer: Option<Writer<K>>,
@@ -50,7 +51,7 @@ pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
 
 impl<K> Informer<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Lookup<DynamicType = ()> + Cached + Clone + Debug + Send + Sync + 'static,
 {
     fn new() -> Self {
         let writer = Writer::default();
@@ -78,16 +79,42 @@ where
         self.changes.new_receiver()
     }
 
-    fn start(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>) {
+    /// Starts the watch, decoding objects as `W` and caching each as `cache` makes it.
+    fn start_as<W>(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>, cache: fn(W) -> K)
+    where
+        W: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
         let Some(writer) = self.writer.take() else { return };
-        let api: Api<K> = Api::all(client);
+        let api: Api<W> = Api::all(client);
         // No controller reads managedFields: they are dropped before the store keeps an object (as client-go
         // informers' transform functions commonly do), which keeps them out of memory for every cached object.
         // Pods are cached as `CachedPod`, which has only the fields controllers read.
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+            .modify(|o: &mut W| o.meta_mut().managed_fields = None)
+            .map_ok(move |e| cached_event(e, cache));
         tasks.spawn(feed(events, writer, self.changes.clone(), self.by_controller.clone()));
+    }
+}
+
+impl<K> Informer<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts the watch, caching objects as they are decoded.
+    fn start(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>) {
+        self.start_as::<K>(client, tasks, std::convert::identity);
+    }
+}
+
+/// A watch event with its objects as the store caches them.
+fn cached_event<W, K>(event: watcher::Event<W>, cache: fn(W) -> K) -> watcher::Event<K> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(cache(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(cache(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(cache(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 
@@ -99,7 +126,7 @@ async fn feed<K, S>(
     changes: async_broadcast::Sender<Arc<K>>,
     by_controller: Option<ByController<K>>,
 ) where
-    K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+    K: Lookup<DynamicType = ()> + Cached + Clone + Debug + Send + Sync + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let store = writer.as_reader();
@@ -121,7 +148,7 @@ async fn feed<K, S>(
         // the groups by controller hold the change before anyone hears of it, as the store does
         let changed: Vec<Arc<K>> = match event {
             watcher::Event::Apply(obj) => {
-                let now = store.get(&ObjectRef::from_obj(&obj));
+                let now = store.get(&obj.to_object_ref(()));
                 if let (Some(groups), Some(now)) = (&by_controller, &now) {
                     groups.apply(now.clone());
                 }
@@ -139,7 +166,7 @@ async fn feed<K, S>(
                 }
                 let gone = std::mem::take(&mut before_relist)
                     .into_iter()
-                    .filter(|old| store.get(&ObjectRef::from_obj(old.as_ref())).is_none());
+                    .filter(|old| store.get(&old.to_object_ref(())).is_none());
                 store.state().into_iter().chain(gone).collect()
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
@@ -222,7 +249,7 @@ impl Informers {
 
     /// Starts every watch.
     pub fn start(&mut self, client: &kube::Client) {
-        self.pods.start(client.clone(), &mut self.tasks);
+        self.pods.start_as::<WirePod>(client.clone(), &mut self.tasks, CachedPod::from);
         self.nodes.start(client.clone(), &mut self.tasks);
         self.namespaces.start(client.clone(), &mut self.tasks);
         self.replica_sets.start(client.clone(), &mut self.tasks);
@@ -272,8 +299,30 @@ impl Default for Informers {
 }
 
 /// The objects of a store in one namespace.
-pub fn in_namespace<K: kube::Resource<DynamicType = ()> + Clone + 'static>(store: &Store<K>, ns: &str) -> Vec<Arc<K>> {
-    store.state().into_iter().filter(|o| o.meta().namespace.as_deref() == Some(ns)).collect()
+pub fn in_namespace<K: Lookup<DynamicType = ()> + Cached + Clone + 'static>(store: &Store<K>, ns: &str) -> Vec<Arc<K>> {
+    store.state().into_iter().filter(|o| o.cached_meta().namespace() == Some(ns)).collect()
+}
+
+/// The owners of type `O` of each changed pod, to reconcile (what `kube`'s `owns_shared_stream` makes of a stream of
+/// typed objects).
+pub fn owners_of<O: Lookup<DynamicType = ()>>(pods: Subscription<CachedPod>) -> impl Stream<Item = ObjectRef<O>> {
+    related(pods, |pod| {
+        let ns = pod.metadata.namespace.as_deref();
+        pod.metadata.owners().iter().filter_map(|o| ObjectRef::from_owner_ref(ns, o, ())).collect::<Vec<_>>()
+    })
+}
+
+/// The objects `mapper` names for each changed pod, to reconcile (what `kube`'s `watches_shared_stream` makes of a
+/// stream of typed objects).
+pub fn related<O, I>(
+    pods: Subscription<CachedPod>,
+    mapper: impl Fn(Arc<CachedPod>) -> I + Send + 'static,
+) -> impl Stream<Item = ObjectRef<O>>
+where
+    O: Lookup<DynamicType = ()>,
+    I: IntoIterator<Item = ObjectRef<O>>,
+{
+    pods.flat_map(move |pod| futures::stream::iter(mapper(pod)))
 }
 
 #[cfg(test)]
@@ -372,9 +421,18 @@ mod tests {
                 me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let (store, writer) = kube::runtime::reflector::store_shared::<CachedPod>(16);
+        let typed = |name: &str, rv: &str| WirePod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("d".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (store, writer) = kube::runtime::reflector::store_shared::<WirePod>(16);
         let handle = writer.subscribe().expect("shared");
-        let events = vec![Event::Apply(pod("a", "1")), Event::Delete(pod("a", "2")), Event::Apply(pod("b", "3"))];
+        let events = vec![Event::Apply(typed("a", "1")), Event::Delete(typed("a", "2")), Event::Apply(typed("b", "3"))];
         futures::stream::iter(events.into_iter().map(Ok::<_, watcher::Error>))
             .reflect_shared(writer)
             .for_each(|_| async {})

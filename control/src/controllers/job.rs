@@ -479,7 +479,7 @@ pub const CONTROLLER: &str = "job-controller";
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, jobs: Subscription<Job>, pods: Subscription<CachedPod>) {
     Controller::for_shared_stream(jobs, ctx.jobs.clone())
-        .owns_shared_stream(pods)
+        .reconcile_on(super::informers::owners_of(pods))
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;

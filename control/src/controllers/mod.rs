@@ -23,11 +23,13 @@ pub mod namespaces;
 pub mod nodelifecycle;
 pub mod pdb;
 pub mod placement;
+pub mod pod_meta;
 pub mod quota;
 pub mod rbac;
 pub mod replicaset;
 pub mod retry;
 pub mod scheduler;
+pub mod shared;
 pub mod statefulset;
 pub mod util;
 

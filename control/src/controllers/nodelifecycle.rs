@@ -211,7 +211,7 @@ async fn pass(ctx: &Arc<Ctx>) -> Result<(), kube::Error> {
                     Ok(_) => {
                         recorder
                             .record(
-                                &skiff_client::events::reference(p.as_ref()),
+                                &p.reference(),
                                 EventType::Normal,
                                 "TaintManagerEviction",
                                 &format!(

@@ -22,8 +22,7 @@ pub fn budget(pdb: &PodDisruptionBudget, pods: &[Arc<CachedPod>]) -> (i32, i32, 
     let spec = pdb.spec.clone().unwrap_or_default();
     let sel =
         spec.selector.as_ref().and_then(|s| Selector::from_label_selector(s).ok()).unwrap_or_else(Selector::nothing);
-    let selected: Vec<&Arc<CachedPod>> =
-        pods.iter().filter(|p| is_active(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default())).collect();
+    let selected: Vec<&Arc<CachedPod>> = pods.iter().filter(|p| is_active(p) && p.metadata.selected_by(&sel)).collect();
     let expected = selected.len() as i32;
     let healthy = selected.iter().filter(|p| is_ready(p)).count() as i32;
     let desired = match (&spec.min_available, &spec.max_unavailable) {
@@ -58,7 +57,7 @@ pub const CONTROLLER: &str = "disruption-controller";
 pub async fn run(ctx: Arc<Ctx>, pdbs: Subscription<PodDisruptionBudget>, pods: Subscription<CachedPod>) {
     let store = ctx.pdbs.clone();
     Controller::for_shared_stream(pdbs, ctx.pdbs.clone())
-        .watches_shared_stream(pods, move |pod: Arc<CachedPod>| {
+        .reconcile_on(super::informers::related(pods, move |pod: Arc<CachedPod>| {
             let ns = pod.metadata.namespace.clone();
             store
                 .state()
@@ -66,7 +65,7 @@ pub async fn run(ctx: Arc<Ctx>, pdbs: Subscription<PodDisruptionBudget>, pods: S
                 .filter(|p| p.metadata.namespace == ns)
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
-        })
+        }))
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;

@@ -73,10 +73,6 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> P
     let spec = rs.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
     let selector = Selector::from_label_selector(&spec.selector).unwrap_or_else(|_| Selector::nothing());
-    static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    fn labels(p: &CachedPod) -> &std::collections::BTreeMap<String, String> {
-        p.metadata.labels.as_ref().unwrap_or(&NO_LABELS)
-    }
     let mut plan = Plan::default();
     let mut owned: Vec<&CachedPod> = Vec::new();
     for p in pods {
@@ -86,7 +82,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> P
         if controller.is_some_and(|r| r.uid != uid) {
             continue;
         }
-        let matches = !selector.is_empty() && selector.matches(labels(p));
+        let matches = !selector.is_empty() && p.metadata.selected_by(&selector);
         if controller.is_some() {
             if matches {
                 owned.push(p);
@@ -114,8 +110,14 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> P
     plan.status = ReplicaSetStatus {
         replicas: all_active.len() as i32,
         fully_labeled_replicas: Some(
-            all_active.iter().filter(|p| template_labels.iter().all(|(k, v)| labels(p).get(k) == Some(v))).count()
-                as i32,
+            all_active
+                .iter()
+                .filter(|p| {
+                    template_labels
+                        .iter()
+                        .all(|(k, v)| p.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v.as_str()))
+                })
+                .count() as i32,
         ),
         ready_replicas: Some(all_active.iter().filter(|p| is_ready(p)).count() as i32),
         available_replicas: Some(all_active.iter().filter(|p| is_available(p, min_ready, now)).count() as i32),
@@ -228,7 +230,7 @@ pub const CONTROLLER: &str = "replicaset-controller";
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, trigger: Subscription<ReplicaSet>, pods: Subscription<CachedPod>) {
     Controller::for_shared_stream(trigger, ctx.replica_sets.clone())
-        .owns_shared_stream(pods)
+        .reconcile_on(super::informers::owners_of(pods))
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;

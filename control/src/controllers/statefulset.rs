@@ -43,7 +43,7 @@ fn ordinal(sts: &str, pod: &CachedPod) -> Option<i32> {
 }
 
 fn revision(pod: &CachedPod) -> Option<&str> {
-    pod.metadata.labels.as_ref()?.get(REVISION_LABEL).map(String::as_str)
+    pod.metadata.labels.as_ref()?.get(REVISION_LABEL)
 }
 
 /// The update revision of a StatefulSet: `name-<template hash>`.
@@ -328,7 +328,7 @@ pub const CONTROLLER: &str = "statefulset-controller";
 /// Runs the controller.
 pub async fn run(ctx: Arc<Ctx>, sets: Subscription<StatefulSet>, pods: Subscription<CachedPod>) {
     Controller::for_shared_stream(sets, ctx.stateful_sets.clone())
-        .owns_shared_stream(pods)
+        .reconcile_on(super::informers::owners_of(pods))
         .run(super::retry::reconciler(CONTROLLER, reconcile), super::retry::policy(CONTROLLER), ctx)
         .for_each(|_| async {})
         .await;

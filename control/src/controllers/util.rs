@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 
 use super::cached_pod::CachedPod;
+use super::pod_meta::PodMeta;
 
 /// Now, as the API's `Time`.
 pub fn now_time(now: jiff::Timestamp) -> Time {
@@ -53,13 +54,76 @@ pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestam
     }
 }
 
+/// What the informers read of any cached object's metadata: a typed object's `ObjectMeta`, or a cached pod's
+/// [`PodMeta`].
+pub trait Meta {
+    /// The object's namespace.
+    fn namespace(&self) -> Option<&str>;
+    /// Its name.
+    fn name(&self) -> Option<&str>;
+    /// Its owner references.
+    fn owners(&self) -> &[OwnerReference];
+}
+
+impl Meta for ObjectMeta {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn owners(&self) -> &[OwnerReference] {
+        self.owner_references.as_deref().unwrap_or_default()
+    }
+}
+
+impl Meta for PodMeta {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn owners(&self) -> &[OwnerReference] {
+        self.owner_references.as_deref().unwrap_or_default()
+    }
+}
+
+/// An object the informers cache, as they read it.
+pub trait Cached {
+    /// Its metadata's type.
+    type Meta: Meta;
+    /// Its metadata.
+    fn cached_meta(&self) -> &Self::Meta;
+}
+
+impl<K: Resource<DynamicType = ()>> Cached for K {
+    type Meta = ObjectMeta;
+
+    fn cached_meta(&self) -> &ObjectMeta {
+        self.meta()
+    }
+}
+
+impl Cached for CachedPod {
+    type Meta = PodMeta;
+
+    fn cached_meta(&self) -> &PodMeta {
+        &self.metadata
+    }
+}
+
 /// The controller reference of an object, if any.
-pub fn controller_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+pub fn controller_of<M: Meta + ?Sized>(meta: &M) -> Option<&OwnerReference> {
+    meta.owners().iter().find(|r| r.controller == Some(true))
 }
 
 /// Whether `meta` is controlled by the object with `uid`.
-pub fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+pub fn controlled_by<M: Meta + ?Sized>(meta: &M, uid: &str) -> bool {
     controller_of(meta).is_some_and(|r| r.uid == uid)
 }
 

@@ -258,9 +258,7 @@ impl Scheduler {
         match r {
             Ok(()) => {
                 let msg = format!("Successfully assigned {k} to {node}");
-                recorder
-                    .record(&skiff_client::events::reference(pod.as_ref()), EventType::Normal, "Scheduled", &msg)
-                    .await;
+                recorder.record(&pod.reference(), EventType::Normal, "Scheduled", &msg).await;
             }
             Err(e) => {
                 // The pod waits again, as the pod cache has it now, and is tried again with the pods that did not
@@ -289,7 +287,7 @@ async fn bind(client: kube::Client, pod: &CachedPod, node: &str) -> Result<(), k
 
 /// The Warning Event of a pod that could not be scheduled or bound.
 async fn failed_scheduling(recorder: &skiff_client::events::Recorder, pod: &CachedPod, message: &str) {
-    let oref = skiff_client::events::reference(pod);
+    let oref = pod.reference();
     recorder.record(&oref, EventType::Warning, "FailedScheduling", message).await;
 }
 
