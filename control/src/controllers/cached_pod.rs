@@ -5,11 +5,11 @@
 //! it exists. A typed `k8s_openapi` Pod holds every optional field of the pod, its spec, each container and each
 //! volume source inline: one 2.5 KB pod of the scale bench takes 17 KB of heap decoded, and still 10.9 KB with its
 //! volumes and mounts emptied, as this informer did before (client-go's transform functions empty fields the same
-//! way, and emptied fields keep their place in the struct). As this type it takes 2.0 KB (3.0 KB before the three
-//! fields below were kept smaller) and decodes 2.4 times faster (`cargo bench -p skiff-control --bench pod_memory`).
-//! It keeps only:
+//! way, and emptied fields keep their place in the struct). As this type it takes 850 bytes and decodes 2.4 times
+//! faster (`cargo bench -p skiff-control --bench pod_memory`; 3.0 KB with a typed `ObjectMeta` and its requests,
+//! affinity and tolerations held as the typed pod holds them, 2.0 KB with a typed `ObjectMeta`). It keeps only:
 //!
-//! - the metadata (owners, labels, deletion, names: every controller);
+//! - of the metadata, what [`PodMeta`] keeps (owners, labels, deletion, names: every controller);
 //! - of the spec: the node, the containers' names, ports and resources, init containers, node selector, affinity,
 //!   tolerations, priority and scheduler name (the scheduler, DaemonSets, EndpointSlices); hostname and subdomain
 //!   (StatefulSets, EndpointSlices);
@@ -17,13 +17,15 @@
 //!   availability), and per container its name, restarts and termination (owners' counts, Jobs' back-off).
 //!
 //! The field names and shapes are those of `k8s_openapi`, so code written against a typed pod reads this one the
-//! same way, but for three kept smaller, as every pod of the cluster holds them: a container's resources are its
-//! requests alone, as a sorted list ([`Requests`]; no controller reads limits, and a `BTreeMap` allocates a node of
-//! half a kilobyte for two entries); the affinity is boxed (144 bytes inline, and most pods have none); and the
-//! tolerations are one list shared by the pods that have the same (admission gives every pod the same two), through
-//! [`shared_tolerations`] (up to 64 distinct lists alive at once; a pod with yet another keeps its own). Cached pods are never written back (every pod write is a targeted patch or a create from a template),
-//! so nothing left out here can be lost. A controller that comes to need another field (volumes for volume binding,
-//! say) adds it here; the decoding test below lists what is kept.
+//! same way, but for those kept smaller, as every pod of the cluster holds them: the metadata ([`PodMeta`]: labels
+//! and owner references shared); a container's resources are its requests alone, as a sorted list shared by the
+//! containers that request the same ([`Requests`]; no controller reads limits, and a `BTreeMap` allocates a node of
+//! half a kilobyte for two entries); the affinity and a container's termination are boxed (144 and 130 bytes inline,
+//! and most pods have neither); and the tolerations are one list shared by the pods that have the same (admission
+//! gives every pod the same two), through [`shared_tolerations`]. Shared values live in [`Table`]s. Cached pods are
+//! never written back (every pod write is a targeted patch or a create from a template), so nothing left out here
+//! can be lost. A controller that comes to need another field (volumes for volume binding, say) adds it here; the
+//! decoding test below lists what is kept.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -137,9 +139,24 @@ pub struct Resources {
     pub requests: Option<Requests>,
 }
 
-/// Requested amounts by resource name, sorted by name and held at their length.
+/// Requested amounts by resource name, sorted by name, shared by the containers that request the same (the pods of
+/// one template do).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Requests(Box<[(Box<str>, Quantity)]>);
+pub struct Requests(Arc<[(Box<str>, Quantity)]>);
+
+/// The request lists in use, each shared by the containers that have it.
+static REQUESTS: LazyLock<Table<[(Box<str>, Quantity)]>> = LazyLock::new(Table::default);
+
+/// What identifies a request list, for the table's hash (`Quantity` has no `Hash`).
+struct RequestsKey<'a>(&'a [(Box<str>, Quantity)]);
+
+impl Hash for RequestsKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for (name, amount) in self.0 {
+            (name, &amount.0).hash(h);
+        }
+    }
+}
 
 impl Requests {
     /// The amount requested of `resource`.
@@ -156,7 +173,9 @@ impl<'de> Deserialize<'de> for Requests {
 
 impl From<BTreeMap<String, Quantity>> for Requests {
     fn from(map: BTreeMap<String, Quantity>) -> Self {
-        Requests(map.into_iter().map(|(name, amount)| (name.into_boxed_str(), amount)).collect())
+        let list: Vec<(Box<str>, Quantity)> =
+            map.into_iter().map(|(name, amount)| (name.into_boxed_str(), amount)).collect();
+        Requests(REQUESTS.share(RequestsKey(&list), &list, || list.clone().into()))
     }
 }
 
@@ -212,8 +231,8 @@ pub struct ContainerStatus {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ContainerState {
-    /// How it ended, once it has.
-    pub terminated: Option<ContainerStateTerminated>,
+    /// How it ended, once it has (boxed: 130 bytes inline, and a running container has none).
+    pub terminated: Option<Box<ContainerStateTerminated>>,
 }
 
 // Decoded lists grow by doubling from four slots (serde_json gives no length ahead), so a pod's one container,
@@ -460,9 +479,10 @@ mod tests {
             (&status.container_statuses.as_ref().expect("cs")[0], &typed.container_statuses.as_ref().expect("cs")[0]);
         assert_eq!((c.name.as_str(), c.restart_count), (t.name.as_str(), t.restart_count));
         assert_eq!(
-            c.state.as_ref().and_then(|s| s.terminated.as_ref()),
+            c.state.as_ref().and_then(|s| s.terminated.as_deref()),
             t.state.as_ref().and_then(|s| s.terminated.as_ref())
         );
+        assert!(c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
     }
 
     #[test]
@@ -503,6 +523,12 @@ mod tests {
         let got: Vec<_> =
             ["cpu", "ephemeral-storage", "memory", "gpu"].iter().map(|n| r.get(n).map(|q| q.0.as_str())).collect();
         assert_eq!(got, [Some("2"), Some("1G"), Some("1Gi"), None]);
+        // containers that request the same share one list; another amount is another list
+        let decode = |v| serde_json::from_value::<Requests>(v).expect("requests");
+        let same = decode(serde_json::json!({"cpu": "2", "ephemeral-storage": "1G", "memory": "1Gi"}));
+        let other = decode(serde_json::json!({"cpu": "2", "ephemeral-storage": "1G", "memory": "2Gi"}));
+        assert!(Arc::ptr_eq(&r.0, &same.0) && !Arc::ptr_eq(&r.0, &other.0));
+        assert_eq!(other.get("memory").map(|q| q.0.as_str()), Some("2Gi"));
     }
 
     #[test]
