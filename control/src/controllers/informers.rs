@@ -409,6 +409,31 @@ mod tests {
         assert_eq!(store.len(), 1);
     }
 
+    #[tokio::test]
+    async fn a_pods_owners_of_the_kind_asked_for_are_reconciled_in_its_namespace() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owner = |api_version: &str, kind: &str, name: &str| OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            ..Default::default()
+        };
+        let mut owned = pod("a", "1");
+        owned.metadata.owner_references = Some(super::super::pod_meta::Owners::from(vec![
+            owner("apps/v1", "ReplicaSet", "rs"),
+            owner("batch/v1", "Job", "job"),
+            owner("apps/v1beta2", "ReplicaSet", "old-group-version"),
+        ]));
+        let (tx, rx) = channel();
+        for p in [owned, pod("orphan", "2")] {
+            tx.broadcast_direct(Arc::new(p)).await.expect("sent");
+        }
+        drop(tx);
+        let got: Vec<ObjectRef<ReplicaSet>> = owners_of(rx).collect().await;
+        assert_eq!(got, [ObjectRef::new("rs").within("d")]);
+    }
+
     /// Why the subscriptions are not kube-runtime's `ReflectHandle`: when the object a change names is gone from the
     /// store by the time the subscriber reads it, the handle answers `Pending` without arranging a wake-up, so the
     /// task that polls it sleeps with later changes queued until something else wakes it (in a controller: a
