@@ -343,7 +343,7 @@ impl Clock for HoldingClock {
     }
 }
 
-/// Releases the held thread when the test ends, passed or failed (before the cluster's runtime waits for it).
+/// Releases the held task when the test ends, passed or failed (before the cluster's runtime waits for it).
 struct Release(Arc<HoldingClock>);
 
 impl Drop for Release {
@@ -360,7 +360,7 @@ fn a_controller_busy_on_its_thread_does_not_hold_up_the_others() {
         cluster_with(&["node-a"], ManagerOptions { config: fast(), clock: clock.clone(), ..Default::default() });
     let _release = Release(clock.clone());
     // nothing to reconcile yet: the next reading is the scheduler's, writing when a pod did not fit (or the node
-    // lifecycle controller's periodic one); that controller keeps its thread from then on
+    // lifecycle controller's periodic one); that controller keeps its task from then on
     clock.armed.store(true, SeqCst);
     c.kubectl_in(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec: {containers: [{name: c, image: busybox, resources: {requests: {cpu: '64'}}}]}\n");
     c.eventually("a controller reads the clock", Duration::from_secs(30), || clock.entered.load(SeqCst));
@@ -368,7 +368,7 @@ fn a_controller_busy_on_its_thread_does_not_hold_up_the_others() {
     // scheduler and the node lifecycle loop, as they were through `join!`, they did nothing until it returned)
     c.kubectl_in(&["apply", "-f", "-"], WEB);
     c.eventually("the Deployment's 3 pods", Duration::from_secs(30), || pods_of(&c, "app=web").len() == 3);
-    assert!(!clock.released.load(SeqCst), "the thread was still held");
+    assert!(!clock.released.load(SeqCst), "the task was still held");
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! The pod as the controllers cache it: the fields some controller reads, and nothing else, decoded straight from
-//! the watch's JSON (unknown fields are skipped, never built).
+//! The pod as the controllers cache it: the fields some controller reads, and nothing else. The spec and status are
+//! decoded straight from the watch's JSON (unknown fields are skipped, never built); the metadata is decoded typed,
+//! as kube's watcher reads it, and kept as a [`PodMeta`].
 //!
 //! Every controller reads pods from one shared informer, so each of the cluster's pods is held once, for as long as
 //! it exists. A typed `k8s_openapi` Pod holds every optional field of the pod, its spec, each container and each
 //! volume source inline: one 2.5 KB pod of the scale bench takes 17 KB of heap decoded, and still 10.9 KB with its
 //! volumes and mounts emptied, as this informer did before (client-go's transform functions empty fields the same
-//! way, and emptied fields keep their place in the struct). As this type it takes 850 bytes and decodes 2.4 times
+//! way, and emptied fields keep their place in the struct). As this type it takes 850 bytes (its labels, owners, requests and tolerations shared with
+//! the other pods of its ReplicaSet) and decodes 2.4 times
 //! faster (`cargo bench -p skiff-control --bench pod_memory`; 3.0 KB with a typed `ObjectMeta` and its requests,
 //! affinity and tolerations held as the typed pod holds them, 2.0 KB with a typed `ObjectMeta`). It keeps only:
 //!
@@ -20,7 +22,7 @@
 //! same way, but for those kept smaller, as every pod of the cluster holds them: the metadata ([`PodMeta`]: labels
 //! and owner references shared); a container's resources are its requests alone, as a sorted list shared by the
 //! containers that request the same ([`Requests`]; no controller reads limits, and a `BTreeMap` allocates a node of
-//! half a kilobyte for two entries); the affinity and a container's termination are boxed (144 and 130 bytes inline,
+//! half a kilobyte for two entries); the affinity and a container's termination are boxed (144 and 136 bytes inline,
 //! and most pods have neither); and the tolerations are one list shared by the pods that have the same (admission
 //! gives every pod the same two), through [`shared_tolerations`]. Shared values live in [`Table`]s. Cached pods are
 //! never written back (every pod write is a targeted patch or a create from a template), so nothing left out here
@@ -29,7 +31,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::{Arc, LazyLock};
 
 use kube::runtime::reflector::Lookup;
@@ -40,7 +42,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer};
 
 use super::pod_meta::PodMeta;
-use super::shared::Table;
+use super::shared::{Shareable, Table, hash_opt_str, hash_str};
 
 /// A pod as the controllers' informer keeps it (see the module docs).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -59,8 +61,7 @@ pub struct CachedPod {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct WirePod {
-    /// The pod's metadata, but for `managedFields`.
-    #[serde(deserialize_with = "metadata")]
+    /// The pod's metadata (the informer clears `managedFields`; a `CachedPod` drops them).
     pub metadata: ObjectMeta,
     /// What the controllers read of the spec.
     pub spec: Option<Spec>,
@@ -147,13 +148,11 @@ pub struct Requests(Arc<[(Box<str>, Quantity)]>);
 /// The request lists in use, each shared by the containers that have it.
 static REQUESTS: LazyLock<Table<[(Box<str>, Quantity)]>> = LazyLock::new(Table::default);
 
-/// What identifies a request list, for the table's hash (`Quantity` has no `Hash`).
-struct RequestsKey<'a>(&'a [(Box<str>, Quantity)]);
-
-impl Hash for RequestsKey<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        for (name, amount) in self.0 {
-            (name, &amount.0).hash(h);
+impl Shareable for [(Box<str>, Quantity)] {
+    fn hash_into(&self, h: &mut dyn Hasher) {
+        for (name, amount) in self {
+            hash_str(h, name);
+            hash_str(h, &amount.0);
         }
     }
 }
@@ -175,7 +174,7 @@ impl From<BTreeMap<String, Quantity>> for Requests {
     fn from(map: BTreeMap<String, Quantity>) -> Self {
         let list: Vec<(Box<str>, Quantity)> =
             map.into_iter().map(|(name, amount)| (name.into_boxed_str(), amount)).collect();
-        Requests(REQUESTS.share(RequestsKey(&list), &list, || list.clone().into()))
+        Requests(REQUESTS.share(&list, || list.clone().into()))
     }
 }
 
@@ -231,7 +230,7 @@ pub struct ContainerStatus {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ContainerState {
-    /// How it ended, once it has (boxed: 130 bytes inline, and a running container has none).
+    /// How it ended, once it has (boxed: 136 bytes inline, and a running container has none).
     pub terminated: Option<Box<ContainerStateTerminated>>,
 }
 
@@ -264,30 +263,25 @@ fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PodCondition
 /// The toleration lists in use, each shared by the pods that have it.
 static TOLERATIONS: LazyLock<Table<[Toleration]>> = LazyLock::new(Table::default);
 
-/// What identifies a toleration list, for the table's hash (`Toleration` has no `Hash`).
-struct TolerationsKey<'a>(&'a [Toleration]);
-
-impl Hash for TolerationsKey<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        for t in self.0 {
-            (&t.key, &t.operator, &t.value, &t.effect, t.toleration_seconds).hash(h);
+impl Shareable for [Toleration] {
+    fn hash_into(&self, h: &mut dyn Hasher) {
+        for t in self {
+            for s in [&t.key, &t.operator, &t.value, &t.effect] {
+                hash_opt_str(h, s.as_deref());
+            }
+            h.write_u8(u8::from(t.toleration_seconds.is_some()));
+            h.write_i64(t.toleration_seconds.unwrap_or_default());
         }
     }
 }
 
 /// The one shared list equal to `list`.
 pub fn shared_tolerations(list: Vec<Toleration>) -> Arc<[Toleration]> {
-    TOLERATIONS.share(TolerationsKey(&list), &list, || list.clone().into())
+    TOLERATIONS.share(&list, || list.clone().into())
 }
 
 fn tolerations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[Toleration]>>, D::Error> {
     Ok(Option::<Vec<Toleration>>::deserialize(d)?.map(shared_tolerations))
-}
-
-fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    let mut m = ObjectMeta::deserialize(d)?;
-    m.managed_fields = None;
-    Ok(m)
 }
 
 impl k8s_openapi::Resource for WirePod {
@@ -364,8 +358,8 @@ impl From<&k8s_openapi::api::core::v1::PodSpec> for Spec {
             init_containers: s.init_containers.as_ref().map(|cs| cs.iter().map(Container::from).collect()),
             node_selector: s.node_selector.clone(),
             affinity: s.affinity.clone().map(Box::new),
-            // a template's spec lives for one placement decision: its own list, not the shared table's
-            tolerations: s.tolerations.as_deref().map(Arc::from),
+            // shared with the pods the template makes (the table forgets lists nobody holds)
+            tolerations: s.tolerations.clone().map(shared_tolerations),
             priority: s.priority,
             scheduler_name: s.scheduler_name.clone(),
             hostname: s.hostname.clone(),

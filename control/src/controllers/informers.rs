@@ -304,7 +304,8 @@ pub fn in_namespace<K: Lookup<DynamicType = ()> + Cached + Clone + 'static>(stor
 }
 
 /// The owners of type `O` of each changed pod, to reconcile (what `kube`'s `owns_shared_stream` makes of a stream of
-/// typed objects).
+/// typed objects; through `reconcile_on` a request carries no reason, so a reconcile's span no longer names the pod
+/// that triggered it).
 pub fn owners_of<O: Lookup<DynamicType = ()>>(pods: Subscription<CachedPod>) -> impl Stream<Item = ObjectRef<O>> {
     related(pods, |pod| {
         let ns = pod.metadata.namespace.as_deref();

@@ -1,19 +1,28 @@
 //! Values that many cached objects hold alike, held once: the pods of one ReplicaSet have the same labels, the same
-//! owner reference and (from admission) the same tolerations, and the controllers' informer keeps every pod of the
-//! cluster. A [`Table`] hands out one shared copy of each distinct value that is alive.
+//! owner reference, the same requests and (from admission) the same tolerations, and the controllers' informer keeps
+//! every pod of the cluster. A [`Table`] hands out one shared copy of each distinct value that is alive.
 //!
-//! A table holds each value strongly and forgets those only it still holds when it sweeps, which it does when it
-//! has grown to twice what was alive at the last sweep (at least [`FIRST_SWEEP`] values): the values it keeps for
-//! nobody are at most as many as those in use, and the cost of a sweep is spread over the values added since.
+//! A table holds each value strongly, in one slot of a hash table (a pointer), and forgets those only it still holds
+//! when it sweeps. It sweeps when a value is added to a table grown to twice what was alive at its last sweep (and
+//! to at least [`FIRST_SWEEP`] values), so the cost of a sweep is spread over the values added since, and the values
+//! it keeps for nobody are bounded: it holds at most `max(FIRST_SWEEP, 2 × alive at the last sweep)` values until a
+//! new one comes (a cluster that shrank keeps up to that many until then).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
+
+use hashbrown::HashTable;
 
 /// The fewest values a table holds before it first sweeps.
 pub const FIRST_SWEEP: usize = 256;
 
-/// Shared copies of values of type `T`, found by a hash of the value and compared whole.
+/// A value a [`Table`] can share: equal values must feed equal hashes.
+pub trait Shareable: PartialEq {
+    /// Feeds what identifies the value to `h`.
+    fn hash_into(&self, h: &mut dyn Hasher);
+}
+
+/// Shared copies of values of type `T`.
 pub struct Table<T: ?Sized> {
     inner: Mutex<Inner<T>>,
     // keyed at random per process: the values come from users' objects
@@ -21,41 +30,45 @@ pub struct Table<T: ?Sized> {
 }
 
 struct Inner<T: ?Sized> {
-    by_hash: HashMap<u64, Vec<Arc<T>>>,
-    len: usize,
+    values: HashTable<Arc<T>>,
     sweep_at: usize,
 }
 
-impl<T: ?Sized + PartialEq> Default for Table<T> {
+impl<T: ?Sized + Shareable> Default for Table<T> {
     fn default() -> Self {
         Table {
-            inner: Mutex::new(Inner { by_hash: HashMap::new(), len: 0, sweep_at: FIRST_SWEEP }),
+            inner: Mutex::new(Inner { values: HashTable::new(), sweep_at: FIRST_SWEEP }),
             hasher: RandomState::new(),
         }
     }
 }
 
-impl<T: ?Sized + PartialEq> Table<T> {
-    /// The shared copy of `value`, made with `make` (and kept) if no copy is alive. `key` is hashed to find it:
-    /// values equal to each other must have equal keys.
-    pub fn share(&self, key: impl Hash, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
-        let hash = self.hasher.hash_one(key);
+impl<T: ?Sized + Shareable> Table<T> {
+    fn hash(&self, value: &T) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        value.hash_into(&mut h);
+        h.finish()
+    }
+
+    /// The shared copy of `value`, made with `make` (and kept) if no copy is alive.
+    pub fn share(&self, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        let hash = self.hash(value);
         let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(same) = t.by_hash.get(&hash).and_then(|v| v.iter().find(|s| ***s == *value)) {
+        if let Some(same) = t.values.find(hash, |s| **s == *value) {
             return same.clone();
         }
-        if t.len >= t.sweep_at {
-            t.sweep();
+        if t.values.len() >= t.sweep_at {
+            t.values.retain(|s| Arc::strong_count(s) > 1);
+            t.sweep_at = FIRST_SWEEP.max(2 * t.values.len());
         }
         let shared = make();
-        t.by_hash.entry(hash).or_default().push(shared.clone());
-        t.len += 1;
+        t.values.insert_unique(hash, shared.clone(), |s| self.hash(s));
         shared
     }
 
     /// How many values the table holds (some perhaps for nobody, until its next sweep).
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).values.len()
     }
 
     /// Whether it holds none.
@@ -64,21 +77,30 @@ impl<T: ?Sized + PartialEq> Table<T> {
     }
 }
 
-impl<T: ?Sized> Inner<T> {
-    /// Forgets the values nobody else holds.
-    fn sweep(&mut self) {
-        self.by_hash.retain(|_, v| {
-            v.retain(|s| Arc::strong_count(s) > 1);
-            !v.is_empty()
-        });
-        self.len = self.by_hash.values().map(Vec::len).sum();
-        self.sweep_at = FIRST_SWEEP.max(2 * self.len);
-    }
+/// Feeds a string to a value's hash, ended so that no two lists of strings feed the same bytes (`0xff` is never part
+/// of UTF-8).
+pub fn hash_str(h: &mut dyn Hasher, s: &str) {
+    h.write(s.as_bytes());
+    h.write_u8(0xff);
+}
+
+/// Feeds an optional string to a value's hash, told apart from an empty one.
+pub fn hash_opt_str(h: &mut dyn Hasher, s: Option<&str>) {
+    h.write_u8(u8::from(s.is_some()));
+    hash_str(h, s.unwrap_or_default());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Shareable for [String] {
+        fn hash_into(&self, h: &mut dyn Hasher) {
+            for s in self {
+                hash_str(h, s);
+            }
+        }
+    }
 
     fn list(words: &[&str]) -> Arc<[String]> {
         words.iter().map(|w| w.to_string()).collect()
@@ -86,7 +108,7 @@ mod tests {
 
     fn share(t: &Table<[String]>, words: &[&str]) -> Arc<[String]> {
         let v = list(words);
-        t.share(&*v, &v, || v.clone())
+        t.share(&v, || v.clone())
     }
 
     #[test]
@@ -95,19 +117,28 @@ mod tests {
         let a = share(&t, &["app", "web"]);
         let b = share(&t, &["app", "web"]);
         let c = share(&t, &["app", "db"]);
+        let d = share(&t, &["appweb"]);
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(t.len(), 2);
+        assert!(!Arc::ptr_eq(&a, &c) && !Arc::ptr_eq(&a, &d));
+        assert_eq!(t.len(), 3);
+    }
+
+    /// A value whose hash is the same for all: only equality tells them apart.
+    #[derive(PartialEq)]
+    struct Colliding(&'static str);
+
+    impl Shareable for Colliding {
+        fn hash_into(&self, _: &mut dyn Hasher) {}
     }
 
     #[test]
-    fn a_value_on_a_colliding_hash_is_still_told_apart() {
-        let t: Table<[String]> = Table::default();
-        let (a, b) = (list(&["a"]), list(&["b"]));
-        let a = t.share(0, &a, || a.clone());
-        let b = t.share(0, &b, || b.clone());
-        assert_eq!((&*a[0], &*b[0]), ("a", "b"));
-        assert!(Arc::ptr_eq(&t.share(0, &list(&["b"]), || unreachable!("b is held")), &b));
+    fn values_on_the_same_hash_are_told_apart_by_equality() {
+        let t: Table<Colliding> = Table::default();
+        let a = t.share(&Colliding("a"), || Arc::new(Colliding("a")));
+        let b = t.share(&Colliding("b"), || Arc::new(Colliding("b")));
+        assert_eq!((a.0, b.0), ("a", "b"));
+        assert!(Arc::ptr_eq(&t.share(&Colliding("b"), || unreachable!("b is held")), &b));
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
@@ -125,6 +156,6 @@ mod tests {
             drop(share(&t, &[&format!("x{i}")]));
         }
         assert_eq!(t.len(), FIRST_SWEEP);
-        assert!(kept.iter().all(|k| Arc::ptr_eq(k, &t.share(&**k, k, || unreachable!("held")))));
+        assert!(kept.iter().all(|k| Arc::ptr_eq(k, &t.share(k, || unreachable!("held")))));
     }
 }

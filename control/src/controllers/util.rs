@@ -65,33 +65,26 @@ pub trait Meta {
     fn owners(&self) -> &[OwnerReference];
 }
 
-impl Meta for ObjectMeta {
-    fn namespace(&self) -> Option<&str> {
-        self.namespace.as_deref()
-    }
+/// `Meta` for a metadata type whose fields have `ObjectMeta`'s names.
+macro_rules! meta_by_field_names {
+    ($($ty:ty),*) => {$(
+        impl Meta for $ty {
+            fn namespace(&self) -> Option<&str> {
+                self.namespace.as_deref()
+            }
 
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
+            fn name(&self) -> Option<&str> {
+                self.name.as_deref()
+            }
 
-    fn owners(&self) -> &[OwnerReference] {
-        self.owner_references.as_deref().unwrap_or_default()
-    }
+            fn owners(&self) -> &[OwnerReference] {
+                self.owner_references.as_deref().unwrap_or_default()
+            }
+        }
+    )*};
 }
 
-impl Meta for PodMeta {
-    fn namespace(&self) -> Option<&str> {
-        self.namespace.as_deref()
-    }
-
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    fn owners(&self) -> &[OwnerReference] {
-        self.owner_references.as_deref().unwrap_or_default()
-    }
-}
+meta_by_field_names!(ObjectMeta, PodMeta);
 
 /// An object the informers cache, as they read it.
 pub trait Cached {
