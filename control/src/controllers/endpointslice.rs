@@ -76,7 +76,9 @@ pub fn desired(svc: &Service, pods: &[Arc<CachedPod>], nodes: &[Arc<Node>]) -> V
         if is_terminal(p) || !p.metadata.selected_by(&selector) {
             continue;
         }
-        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()) else { continue };
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
         let ports: Vec<(String, i32, String)> = spec
             .ports
             .iter()
@@ -97,10 +99,13 @@ pub fn desired(svc: &Service, pods: &[Arc<CachedPod>], nodes: &[Arc<Node>]) -> V
         let terminating = p.metadata.deletion_timestamp.is_some();
         let ready = is_ready(p);
         let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-        let pspec = p.spec.clone().unwrap_or_default();
-        let hostname = pspec.hostname.clone().filter(|_| pspec.subdomain.as_deref() == Some(svc_name.as_str()));
+        let hostname = p
+            .spec
+            .as_ref()
+            .filter(|s| s.subdomain.as_deref() == Some(svc_name.as_str()))
+            .and_then(|s| s.hostname.as_deref().map(String::from));
         groups.entry(ports).or_default().push(Endpoint {
-            addresses: vec![ip],
+            addresses: vec![ip.to_string()],
             conditions: Some(EndpointConditions {
                 ready: Some(publish_not_ready || (ready && !terminating)),
                 serving: Some(publish_not_ready || ready),

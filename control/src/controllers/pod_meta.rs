@@ -27,11 +27,11 @@ pub struct PodMeta {
     /// Its uid.
     pub uid: Option<String>,
     /// The resource version it was read at.
-    pub resource_version: Option<String>,
+    pub resource_version: Option<Box<str>>,
     /// Its labels.
     pub labels: Option<Labels>,
     /// Its annotations (a Job's completion index).
-    pub annotations: Option<BTreeMap<String, String>>,
+    pub annotations: Option<Box<BTreeMap<String, String>>>,
     /// Its owners.
     pub owner_references: Option<Owners>,
     /// When it was made.
@@ -39,7 +39,7 @@ pub struct PodMeta {
     /// When it was asked to go, if it was.
     pub deletion_timestamp: Option<Time>,
     /// What must happen before it goes (a Job's tracking finalizer).
-    pub finalizers: Option<Vec<String>>,
+    pub finalizers: Option<Box<[String]>>,
 }
 
 impl PodMeta {
@@ -55,16 +55,13 @@ impl From<ObjectMeta> for PodMeta {
             name: m.name,
             namespace: m.namespace,
             uid: m.uid,
-            resource_version: m.resource_version,
+            resource_version: m.resource_version.map(String::into_boxed_str),
             labels: m.labels.map(Labels::from),
-            annotations: m.annotations,
+            annotations: m.annotations.map(Box::new),
             owner_references: m.owner_references.map(Owners::from),
             creation_timestamp: m.creation_timestamp,
             deletion_timestamp: m.deletion_timestamp,
-            finalizers: m.finalizers.map(|mut f| {
-                f.shrink_to_fit();
-                f
-            }),
+            finalizers: m.finalizers.map(Vec::into_boxed_slice),
         }
     }
 }

@@ -9,16 +9,25 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::filter::{NodeUsage, Request, add, remove, request_of};
+use super::filter::{NodeUsage, add, remove, request_of};
 use super::pending;
 use crate::controllers::cached_pod::CachedPod;
 use crate::controllers::util::is_terminal;
 
-/// Where a pod's request is counted.
+/// A pod whose request is counted on a node: the pod as it was counted (the same `Arc` the pod cache holds, so it
+/// costs a pointer per pod, not a copy of the node's name, the owner's uid and the request), and the node when the
+/// pod is only assumed there. Its request is read again from the pod when it is taken off (`request_of` is a pure
+/// function of the pod, so it takes off exactly what was added).
 #[derive(Debug, Clone)]
 struct Placed {
-    node: String,
-    request: Request,
+    pod: Arc<CachedPod>,
+    assumed_on: Option<Box<str>>,
+}
+
+impl Placed {
+    fn node(&self) -> &str {
+        self.assumed_on.as_deref().or_else(|| bound_node(&self.pod)).unwrap_or_default()
+    }
 }
 
 /// Node usage and the pods waiting for a node.
@@ -63,28 +72,24 @@ impl Cache {
         self.waiting.remove(key);
         let now = pod.and_then(|p| bound_node(p).filter(|_| !is_terminal(p)).map(|node| (p, node)));
         // Capacity is freed only when a pod leaves its node or finishes, not on every change of a bound pod.
-        if old.as_ref().is_some_and(|o| now.is_none_or(|(_, node)| node != o.node)) {
+        if old.as_ref().is_some_and(|o| now.is_none_or(|(_, node)| node != o.node())) {
             self.freed = true;
         }
-        if let Some((p, node)) = now {
+        if let Some((p, _)) = now {
             // a bound pod holds its resources until it finishes, terminating or not
-            let placed = Placed { node: node.to_string(), request: request_of(p) };
-            add(self.usage.entry(placed.node.clone()).or_default(), &placed.request);
-            self.placed.insert(key.to_string(), placed);
+            self.count(key, Placed { pod: p.clone(), assumed_on: None });
         } else if let Some(p) = pod.filter(|p| pending(p)) {
             self.waiting.insert(key.to_string(), p.clone());
         }
     }
 
     /// Counts `pod` on `node` before the API has it bound (its binding is on the way).
-    pub fn assume(&mut self, key: &str, pod: &CachedPod, node: &str) {
+    pub fn assume(&mut self, key: &str, pod: &Arc<CachedPod>, node: &str) {
         self.waiting.remove(key);
         if let Some(old) = self.placed.remove(key) {
             self.uncount(&old);
         }
-        let placed = Placed { node: node.to_string(), request: request_of(pod) };
-        add(self.usage.entry(placed.node.clone()).or_default(), &placed.request);
-        self.placed.insert(key.to_string(), placed);
+        self.count(key, Placed { pod: pod.clone(), assumed_on: Some(node.into()) });
         self.assumed.insert(key.to_string(), pod.metadata.uid.clone());
     }
 
@@ -94,11 +99,23 @@ impl Cache {
         self.update(key, pod);
     }
 
+    fn count(&mut self, key: &str, placed: Placed) {
+        let node = placed.node();
+        if !self.usage.contains_key(node) {
+            self.usage.insert(node.to_string(), NodeUsage::default());
+        }
+        if let Some(usage) = self.usage.get_mut(node) {
+            add(usage, &request_of(&placed.pod));
+        }
+        self.placed.insert(key.to_string(), placed);
+    }
+
     fn uncount(&mut self, old: &Placed) {
-        if let Some(u) = self.usage.get_mut(&old.node) {
-            remove(u, &old.request);
+        let node = old.node();
+        if let Some(u) = self.usage.get_mut(node) {
+            remove(u, &request_of(&old.pod));
             if u.pods <= 0 {
-                self.usage.remove(&old.node);
+                self.usage.remove(node);
             }
         }
     }

@@ -196,6 +196,9 @@ impl Scheduler {
         let ctx = self.ctx.clone();
         let recorder = ctx.recorders.get(CONTROLLER);
         for pod in todo {
+            // A pass over thousands of waiting pods (a 10k-replica burst) must not hold the worker thread: the API
+            // server's connections and the other controllers share it. Within the task's budget this does not yield.
+            tokio::task::consume_budget().await;
             let k = key(&pod);
             // one pod at a time: each placed pod is counted (assumed) before the next is decided
             match place(&self.nodes, self.cache.usage(), &pod) {
