@@ -14,7 +14,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::Store;
 use skiff_client::events::Recorder;
 
-use super::by_controller::ByController;
 use super::cached_pod::CachedPod;
 use super::expectations::Expectations;
 use super::informers::Informers;
@@ -103,10 +102,8 @@ pub fn default_reserved_ports() -> Vec<(u16, String)> {
 pub struct Ctx {
     /// The API client.
     pub client: kube::Client,
-    /// Pods.
-    pub pods: Store<CachedPod>,
-    /// Pods by controller.
-    pub pods_by_controller: ByController<CachedPod>,
+    /// Pods, found by name and grouped by controller.
+    pub pods: super::pod_store::Store<CachedPod>,
     /// Nodes.
     pub nodes: Store<Node>,
     /// Namespaces.
@@ -200,7 +197,6 @@ impl Ctx {
             recorders: Recorders { client: client.clone(), cache: Arc::default() },
             client,
             pods: inf.pods.store.clone(),
-            pods_by_controller: inf.pods_by_controller.clone(),
             nodes: inf.nodes.store.clone(),
             namespaces: inf.namespaces.store.clone(),
             replica_sets: inf.replica_sets.store.clone(),

@@ -173,7 +173,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reco
     if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
+    let pods = ctx.pods.in_namespace(&ns);
     let (actions, status) = plan(&ds, &ctx.nodes.state(), &pods, ctx.now());
     let spec = ds.spec.clone().unwrap_or_default();
     let hash = template_hash(&spec.template, ds.status.as_ref().and_then(|s| s.collision_count));

@@ -212,7 +212,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Recon
         // Services without selectors have their endpoints managed by someone else
         return Ok(Action::await_change());
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
+    let pods = ctx.pods.in_namespace(&ns);
     let want = desired(&svc, &pods, &ctx.nodes.state());
     let mut existing: Vec<Arc<EndpointSlice>> = super::informers::in_namespace(&ctx.slices, &ns)
         .into_iter()

@@ -59,10 +59,10 @@ impl Expectations {
     pub fn pods_observed(
         &self,
         key: &str,
-        pods: &kube::runtime::reflector::Store<super::cached_pod::CachedPod>,
+        pods: &super::pod_store::Store<super::cached_pod::CachedPod>,
         ns: &str,
     ) -> bool {
-        let lookup = |n: &str| pods.get(&kube::runtime::reflector::ObjectRef::new(n).within(ns));
+        let lookup = |n: &str| pods.get(ns, n);
         self.satisfied(
             key,
             |n| lookup(n).is_some(),

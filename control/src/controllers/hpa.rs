@@ -367,7 +367,9 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         }
     };
     let sel = Selector::parse(&selector).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
-    let pods: Vec<PodSample> = super::informers::in_namespace(&ctx.pods, &ns)
+    let pods: Vec<PodSample> = ctx
+        .pods
+        .in_namespace(&ns)
         .into_iter()
         .filter(|p| is_active(p) && p.metadata.selected_by(&sel))
         .map(|p| sample(&p))

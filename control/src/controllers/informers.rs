@@ -26,8 +26,8 @@ use kube::runtime::reflector::{Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
-use super::by_controller::ByController;
 use super::cached_pod::{CachedPod, WirePod};
+use super::pod_store;
 use super::util::{Cached, Meta};
 
 /// How many changes a subscriber may lag behind before the watch waits for it (nothing is dropped).
@@ -37,40 +37,84 @@ const BUFFER: usize = 1024;
 /// the change. A deleted object arrives as its last state.
 pub type Subscription<K> = async_broadcast::Receiver<Arc<K>>;
 
-/// A store, the writer that feeds it (until the informer is started) and the channel its changes go out on.
-pub struct Informer<K: Lookup<DynamicType = ()> + Cached + Clone + 'static> {
+/// Where an informer keeps its objects: kube-runtime's reflector store (what kube's `Controller` reads), or, for pods,
+/// the [`pod_store`] (an entry per pod of the cluster, kept small).
+pub trait Keep<K>: Default + Send + 'static {
     /// What controllers read.
-    pub store: Store<K>,
-    writer: Option<Writer<K>>,
+    type Reader: Clone + Send + Sync + 'static;
+    /// A reader of what it keeps.
+    fn reader(&self) -> Self::Reader;
+    /// The object it keeps under `obj`'s namespace and name.
+    fn get_like(&self, obj: &K) -> Option<Arc<K>>;
+    /// Every object it keeps.
+    fn all(&self) -> Vec<Arc<K>>;
+    /// Applies one watch event.
+    fn apply(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static> Keep<K> for Writer<K> {
+    type Reader = Store<K>;
+
+    fn reader(&self) -> Store<K> {
+        self.as_reader()
+    }
+
+    fn get_like(&self, obj: &K) -> Option<Arc<K>> {
+        self.as_reader().get(&obj.to_object_ref(()))
+    }
+
+    fn all(&self) -> Vec<Arc<K>> {
+        self.as_reader().state()
+    }
+
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+impl<K: Cached + Clone + Send + Sync + 'static> Keep<K> for pod_store::Writer<K> {
+    type Reader = pod_store::Store<K>;
+
+    fn reader(&self) -> pod_store::Store<K> {
+        self.as_reader()
+    }
+
+    fn get_like(&self, obj: &K) -> Option<Arc<K>> {
+        let meta = obj.cached_meta();
+        self.as_reader().get(meta.namespace().unwrap_or_default(), meta.name().unwrap_or_default())
+    }
+
+    fn all(&self) -> Vec<Arc<K>> {
+        self.as_reader().state()
+    }
+
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+/// A store, the writer that feeds it (until the informer is started) and the channel its changes go out on.
+pub struct Informer<K: Clone + 'static, W: Keep<K> = Writer<K>> {
+    /// What controllers read.
+    pub store: W::Reader,
+    writer: Option<W>,
     changes: async_broadcast::Sender<Arc<K>>,
     // Keeps the channel open while nobody subscribes.
     _idle: async_broadcast::InactiveReceiver<Arc<K>>,
-    /// The store's objects grouped by controller, for the informers that keep them (pods).
-    by_controller: Option<ByController<K>>,
 }
 
-impl<K> Informer<K>
+impl<K, W> Informer<K, W>
 where
     K: Lookup<DynamicType = ()> + Cached + Clone + Debug + Send + Sync + 'static,
+    W: Keep<K>,
 {
     fn new() -> Self {
-        let writer = Writer::default();
+        let writer = W::default();
         let (mut changes, idle) = async_broadcast::broadcast(BUFFER);
         // Without subscribers a change goes nowhere; with them, a full buffer makes the watch wait.
         changes.set_await_active(false);
         changes.set_overflow(false);
-        Informer {
-            store: writer.as_reader(),
-            writer: Some(writer),
-            changes,
-            _idle: idle.deactivate(),
-            by_controller: None,
-        }
-    }
-
-    /// The same, keeping its objects grouped by controller in `groups` too.
-    fn grouped_by_controller(groups: ByController<K>) -> Self {
-        Informer { by_controller: Some(groups), ..Self::new() }
+        Informer { store: writer.reader(), writer: Some(writer), changes, _idle: idle.deactivate() }
     }
 
     /// A stream of changed objects (call before [`Informers::start`]).
@@ -79,21 +123,21 @@ where
         self.changes.new_receiver()
     }
 
-    /// Starts the watch, decoding objects as `W` and caching each as `cache` makes it.
-    fn start_as<W>(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>, cache: fn(W) -> K)
+    /// Starts the watch, decoding objects as `Wire` and caching each as `cache` makes it.
+    fn start_as<Wire>(&mut self, client: kube::Client, tasks: &mut tokio::task::JoinSet<()>, cache: fn(Wire) -> K)
     where
-        W: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+        Wire: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     {
         let Some(writer) = self.writer.take() else { return };
-        let api: Api<W> = Api::all(client);
+        let api: Api<Wire> = Api::all(client);
         // No controller reads managedFields: they are dropped before the store keeps an object (as client-go
         // informers' transform functions commonly do), which keeps them out of memory for every cached object.
         // Pods are cached as `CachedPod`, which has only the fields controllers read.
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|o: &mut W| o.meta_mut().managed_fields = None)
+            .modify(|o: &mut Wire| o.meta_mut().managed_fields = None)
             .map_ok(move |e| cached_event(e, cache));
-        tasks.spawn(feed(events, writer, self.changes.clone(), self.by_controller.clone()));
+        tasks.spawn(feed(events, writer, self.changes.clone()));
     }
 }
 
@@ -118,18 +162,13 @@ fn cached_event<W, K>(event: watcher::Event<W>, cache: fn(W) -> K) -> watcher::E
     }
 }
 
-/// Applies watch events to the store (and the groups by controller, if kept) and sends each changed object to the
-/// subscribers, until `events` ends.
-async fn feed<K, S>(
-    events: S,
-    mut writer: Writer<K>,
-    changes: async_broadcast::Sender<Arc<K>>,
-    by_controller: Option<ByController<K>>,
-) where
+/// Applies watch events to the store and sends each changed object to the subscribers, until `events` ends.
+async fn feed<K, W, S>(events: S, mut writer: W, changes: async_broadcast::Sender<Arc<K>>)
+where
     K: Lookup<DynamicType = ()> + Cached + Clone + Debug + Send + Sync + 'static,
+    W: Keep<K>,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
-    let store = writer.as_reader();
     let mut events = std::pin::pin!(events);
     // The store's objects when a re-list began: those the new list lacks were deleted meanwhile.
     let mut before_relist: Vec<Arc<K>> = Vec::new();
@@ -142,32 +181,16 @@ async fn feed<K, S>(
             }
         };
         if matches!(event, watcher::Event::Init) {
-            before_relist = store.state();
+            before_relist = writer.all();
         }
-        writer.apply_watcher_event(&event);
-        // the groups by controller hold the change before anyone hears of it, as the store does
+        // the store holds the change before anyone hears of it
+        writer.apply(&event);
         let changed: Vec<Arc<K>> = match event {
-            watcher::Event::Apply(obj) => {
-                let now = store.get(&obj.to_object_ref(()));
-                if let (Some(groups), Some(now)) = (&by_controller, &now) {
-                    groups.apply(now.clone());
-                }
-                now.into_iter().collect()
-            }
-            watcher::Event::Delete(obj) => {
-                if let Some(groups) = &by_controller {
-                    groups.remove(&obj);
-                }
-                vec![Arc::new(obj)]
-            }
+            watcher::Event::Apply(obj) => writer.get_like(&obj).into_iter().collect(),
+            watcher::Event::Delete(obj) => vec![Arc::new(obj)],
             watcher::Event::InitDone => {
-                if let Some(groups) = &by_controller {
-                    groups.reset(store.state());
-                }
-                let gone = std::mem::take(&mut before_relist)
-                    .into_iter()
-                    .filter(|old| store.get(&old.to_object_ref(())).is_none());
-                store.state().into_iter().chain(gone).collect()
+                let gone = std::mem::take(&mut before_relist).into_iter().filter(|old| writer.get_like(old).is_none());
+                writer.all().into_iter().chain(gone).collect()
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
         };
@@ -180,10 +203,8 @@ async fn feed<K, S>(
 
 /// Every informer the controllers use.
 pub struct Informers {
-    /// Pods.
-    pub pods: Informer<CachedPod>,
-    /// The pods informer's pods, grouped by controller.
-    pub pods_by_controller: ByController<CachedPod>,
+    /// Pods (in the pod store, which also groups them by controller).
+    pub pods: Informer<CachedPod, pod_store::Writer<CachedPod>>,
     /// Nodes.
     pub nodes: Informer<Node>,
     /// Namespaces.
@@ -223,10 +244,8 @@ pub struct Informers {
 impl Informers {
     /// Creates the stores (nothing is watched until [`Informers::start`]).
     pub fn new() -> Self {
-        let pods_by_controller = ByController::default();
         Informers {
-            pods: Informer::grouped_by_controller(pods_by_controller.clone()),
-            pods_by_controller,
+            pods: Informer::new(),
             nodes: Informer::new(),
             namespaces: Informer::new(),
             replica_sets: Informer::new(),
@@ -347,18 +366,24 @@ mod tests {
         (tx, rx)
     }
 
-    /// What a subscriber that lagged behind `events` receives, as name@resourceVersion; the groups by controller
-    /// fed beside the store hold what it holds (the test pods have no controller).
-    async fn received(events: Vec<Event<CachedPod>>, writer: Writer<CachedPod>) -> Vec<String> {
-        let (tx, rx) = channel();
-        let (store, groups) = (writer.as_reader(), ByController::default());
-        feed(futures::stream::iter(events.into_iter().map(Ok)), writer, tx, Some(groups.clone())).await;
+    /// What a subscriber that lagged behind `events` receives, as name@resourceVersion; the store's groups by
+    /// controller hold what it holds (the test pods have no controller).
+    async fn received(events: Vec<Event<CachedPod>>, writer: pod_store::Writer<CachedPod>) -> Vec<String> {
+        let store = writer.as_reader();
+        let got = sent(events, writer).await;
         let names = |pods: Vec<Arc<CachedPod>>| {
             let mut v: Vec<String> = pods.iter().map(|p| format!("{:?}", p.metadata)).collect();
             v.sort();
             v
         };
-        assert_eq!(names(groups.controlled_or_orphaned("", "d")), names(store.state()), "the groups hold the store's");
+        assert_eq!(names(store.controlled_or_orphaned("", "d")), names(store.state()), "the groups hold the store's");
+        got
+    }
+
+    /// What a subscriber that lagged behind `events` fed through `writer` receives, as name@resourceVersion.
+    async fn sent<W: Keep<CachedPod>>(events: Vec<Event<CachedPod>>, writer: W) -> Vec<String> {
+        let (tx, rx) = channel();
+        feed(futures::stream::iter(events.into_iter().map(Ok)), writer, tx).await;
         let got: Vec<Arc<CachedPod>> =
             tokio::time::timeout(Duration::from_secs(5), rx.collect()).await.expect("not stalled");
         got.iter()
@@ -374,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_subscriber_gets_every_change_including_deletions_of_objects_already_gone() {
-        let writer = Writer::default();
+        let writer = pod_store::Writer::default();
         let store = writer.as_reader();
         let events = vec![
             Event::Apply(pod("a", "1")),
@@ -385,13 +410,13 @@ mod tests {
         ];
         // "a" is no longer in the store when the subscriber reads its changes: each still arrives, as it was.
         assert_eq!(received(events, writer).await, ["a@1", "b@2", "a@3", "a@4", "c@5"].map(String::from));
-        assert!(store.get(&ObjectRef::new("a").within("d")).is_none());
+        assert!(store.get("d", "a").is_none());
         assert_eq!(store.len(), 2);
     }
 
     #[tokio::test]
     async fn a_relist_sends_what_it_holds_and_what_it_found_gone() {
-        let writer = Writer::default();
+        let writer = pod_store::Writer::default();
         let store = writer.as_reader();
         let events = vec![
             Event::Init,
@@ -403,11 +428,19 @@ mod tests {
             Event::InitApply(pod("b", "7")),
             Event::InitDone,
         ];
-        let mut got = received(events, writer).await;
+        let mut got = received(events.clone(), writer).await;
         got[..2].sort();
         got[2..].sort();
         assert_eq!(got, ["a@1", "b@2", "a@1", "b@7"].map(String::from));
         assert_eq!(store.len(), 1);
+        // the same through kube-runtime's store, which the other kinds' informers keep
+        let kube_store = Writer::<CachedPod>::default();
+        let reader = kube_store.as_reader();
+        let mut got = sent(events, kube_store).await;
+        got[..2].sort();
+        got[2..].sort();
+        assert_eq!(got, ["a@1", "b@2", "a@1", "b@7"].map(String::from));
+        assert_eq!(reader.len(), 1);
     }
 
     #[tokio::test]

@@ -376,7 +376,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
+    let pods = ctx.pods.in_namespace(&ns);
     let p = plan(&job, &pods, ctx.now());
     let japi: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

@@ -3,7 +3,6 @@
 //! API (as kube-controller-manager and kube-scheduler do). When the server runs controllers, all of them, the API
 //! machinery included, run only on the instance that holds the leader Lease ([`manager`], [`leader`]).
 
-pub mod by_controller;
 pub mod cached_pod;
 pub mod cronjob;
 pub mod csr;
@@ -24,6 +23,7 @@ pub mod nodelifecycle;
 pub mod pdb;
 pub mod placement;
 pub mod pod_meta;
+pub mod pod_store;
 pub mod quota;
 pub mod rbac;
 pub mod replicaset;

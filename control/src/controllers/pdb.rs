@@ -37,7 +37,7 @@ pub fn budget(pdb: &PodDisruptionBudget, pods: &[Arc<CachedPod>]) -> (i32, i32, 
 pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     let ns = pdb.metadata.namespace.clone().unwrap_or_default();
     let name = pdb.metadata.name.clone().unwrap_or_default();
-    let (expected, healthy, desired, allowed) = budget(&pdb, &super::informers::in_namespace(&ctx.pods, &ns));
+    let (expected, healthy, desired, allowed) = budget(&pdb, &ctx.pods.in_namespace(&ns));
     let cur = pdb.status.clone().unwrap_or_default();
     if (cur.expected_pods, cur.current_healthy, cur.desired_healthy, cur.disruptions_allowed)
         != (expected, healthy, desired, allowed)

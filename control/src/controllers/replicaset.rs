@@ -140,7 +140,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     // the plan skips another controller's pods: only this set's and the orphans are read
-    let pods = ctx.pods_by_controller.controlled_or_orphaned(&uid, &ns);
+    let pods = ctx.pods.controlled_or_orphaned(&uid, &ns);
     let p = plan(&rs, &pods, ctx.now());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let recorder = ctx.recorders.get(CONTROLLER);

@@ -198,7 +198,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, R
     if !ctx.expectations.pods_observed(&uid, &ctx.pods, &ns) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let pods = super::informers::in_namespace(&ctx.pods, &ns);
+    let pods = ctx.pods.in_namespace(&ns);
     let (actions, status) = plan(&sts, &pods, ctx.now());
     let update_rev = status.update_revision.clone().unwrap_or_default();
     let recorder = ctx.recorders.get(CONTROLLER);

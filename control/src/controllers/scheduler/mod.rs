@@ -20,7 +20,6 @@ use crate::controllers::informers::Subscription;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use skiff_client::events::EventType;
 use tokio::sync::{Notify, Semaphore};
@@ -116,7 +115,7 @@ struct Scheduler {
 
 fn lookup(ctx: &Ctx, key: &str) -> Option<Arc<CachedPod>> {
     let (ns, name) = key.split_once('/')?;
-    ctx.pods.get(&ObjectRef::new(name).within(ns))
+    ctx.pods.get(ns, name)
 }
 
 /// Runs the scheduler.
