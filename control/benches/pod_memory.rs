@@ -1,6 +1,7 @@
 //! What one pod costs the controllers' informer: heap bytes held per cached pod and time to decode one from the
 //! watch's JSON, for the typed `k8s_openapi` Pod (whole, and with the volumes and mounts the informer used to drop)
-//! against `CachedPod`, side by side in one run. Run: `cargo bench -p skiff-control --bench pod_memory`.
+//! against `CachedPod`, side by side in one run; then what a store costs per pod beyond the pods, kube-runtime's
+//! reflector store against Skiff's pod store. Run: `cargo bench -p skiff-control --bench pod_memory`.
 //!
 //! The pod is one replica of the scale bench (`scripts/bench-scale`) as the API server stores it once its simulated
 //! kubelet has marked it Ready: admission's tolerations and service-account volume, five conditions, one container
@@ -11,6 +12,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
@@ -132,4 +134,53 @@ fn main() {
         trimmed.0 / cached.0,
         trimmed.1 / cached.1
     );
+    stores(&json);
+}
+
+/// Heap bytes live while `build` holds what it made of `pods` (counted from before it ran).
+fn held<T>(pods: &[CachedPod], build: impl FnOnce(&[CachedPod]) -> T) -> isize {
+    let before = LIVE.load(Ordering::Relaxed);
+    let made = build(black_box(pods));
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    drop(black_box(made));
+    bytes
+}
+
+/// What a store costs per pod beyond the pods themselves: `COPIES` pods (the bench pod under as many names) applied
+/// to kube-runtime's reflector store and to Skiff's pod store (which also groups them by controller), against the
+/// same pods held in a `Vec` of `Arc`s.
+fn stores(json: &str) {
+    use kube::runtime::watcher::Event;
+    use skiff_control::controllers::pod_store;
+
+    let pod: CachedPod = serde_json::from_str(json).expect("a pod");
+    let pods: Vec<CachedPod> = (0..COPIES)
+        .map(|i| {
+            let mut p = pod.clone();
+            // as long as the bench pod's name
+            p.metadata.name = Some(format!("app-12-7d9f8b6c5d-{i:05}"));
+            p
+        })
+        .collect();
+    let alone = held(&pods, |ps| ps.iter().map(|p| Arc::new(p.clone())).collect::<Vec<_>>())
+        - (COPIES * std::mem::size_of::<Arc<CachedPod>>()) as isize;
+    let reflector = held(&pods, |ps| {
+        let mut w = kube::runtime::reflector::store::Writer::<CachedPod>::default();
+        for p in ps {
+            w.apply_watcher_event(&Event::Apply(p.clone()));
+        }
+        w
+    });
+    let ours = held(&pods, |ps| {
+        let mut w = pod_store::Writer::<CachedPod>::default();
+        for p in ps {
+            w.apply_watcher_event(&Event::Apply(p.clone()));
+        }
+        w
+    });
+    let per_pod = |bytes: isize| (bytes - alone) as f64 / COPIES as f64;
+    println!("\n{COPIES} pods of one ReplicaSet in a store, heap bytes per pod beyond the pods themselves:");
+    println!("{:<36} {:>14.0}", "kube-runtime's reflector store", per_pod(reflector));
+    println!("{:<36} {:>14.0}", "pod store (with its groups)", per_pod(ours));
+    println!("the pod store against the reflector store: {:.2}x less", per_pod(reflector) / per_pod(ours));
 }

@@ -7,7 +7,10 @@
 //! scheduler's time at scale).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use super::filter::{NodeUsage, add, remove, request_of};
 use super::pending;
@@ -33,12 +36,20 @@ impl Placed {
 /// Node usage and the pods waiting for a node.
 #[derive(Debug, Default)]
 pub struct Cache {
-    placed: HashMap<String, Placed>,
+    /// The counted pods, found by a hash of their key, which each pod holds (as its namespace and name): the table
+    /// keeps no key of its own.
+    placed: HashTable<Placed>,
+    hasher: RandomState,
     usage: HashMap<String, NodeUsage>,
     waiting: HashMap<String, Arc<CachedPod>>,
     /// pod key -> uid of the pod bound by us, not yet seen bound
     assumed: HashMap<String, Option<String>>,
     freed: bool,
+}
+
+fn hash_of(hasher: &RandomState, p: &CachedPod) -> u64 {
+    let m = &p.metadata;
+    hasher.hash_one((m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default()))
 }
 
 /// The key of a pod in the cache (`namespace/name`).
@@ -65,7 +76,7 @@ impl Cache {
             // seen bound, gone, or another pod made under the same name
             self.assumed.remove(key);
         }
-        let old = self.placed.remove(key);
+        let old = self.take_placed(key);
         if let Some(old) = &old {
             self.uncount(old);
         }
@@ -86,7 +97,7 @@ impl Cache {
     /// Counts `pod` on `node` before the API has it bound (its binding is on the way).
     pub fn assume(&mut self, key: &str, pod: &Arc<CachedPod>, node: &str) {
         self.waiting.remove(key);
-        if let Some(old) = self.placed.remove(key) {
+        if let Some(old) = self.take_placed(key) {
             self.uncount(&old);
         }
         self.count(key, Placed { pod: pod.clone(), assumed_on: Some(node.into()) });
@@ -107,7 +118,24 @@ impl Cache {
         if let Some(usage) = self.usage.get_mut(node) {
             add(usage, &request_of(&placed.pod));
         }
-        self.placed.insert(key.to_string(), placed);
+        let hash = self.hash(key);
+        let hasher = &self.hasher;
+        self.placed.insert_unique(hash, placed, |p| hash_of(hasher, &p.pod));
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        let (ns, name) = key.split_once('/').unwrap_or_default();
+        self.hasher.hash_one((ns, name))
+    }
+
+    fn take_placed(&mut self, key: &str) -> Option<Placed> {
+        let hash = self.hash(key);
+        let (ns, name) = key.split_once('/').unwrap_or_default();
+        let is = |p: &Placed| {
+            p.pod.metadata.namespace.as_deref().unwrap_or_default() == ns
+                && p.pod.metadata.name.as_deref().unwrap_or_default() == name
+        };
+        Some(self.placed.find_entry(hash, is).ok()?.remove().0)
     }
 
     fn uncount(&mut self, old: &Placed) {
@@ -138,8 +166,13 @@ impl Cache {
     /// Takes in the whole pod cache: every pod as it is now, and every key it no longer has as gone.
     pub fn resync(&mut self, pods: &[Arc<CachedPod>]) {
         let now: HashMap<String, &Arc<CachedPod>> = pods.iter().map(|p| (key(p), p)).collect();
-        let gone: Vec<String> =
-            self.placed.keys().chain(self.waiting.keys()).filter(|k| !now.contains_key(*k)).cloned().collect();
+        let gone: Vec<String> = self
+            .placed
+            .iter()
+            .map(|p| key(&p.pod))
+            .chain(self.waiting.keys().cloned())
+            .filter(|k| !now.contains_key(k))
+            .collect();
         for k in gone {
             self.forget(&k, None);
         }
@@ -270,6 +303,29 @@ mod tests {
             c.update("d/a", p.as_ref());
             assert_eq!(c.take_freed(), freed, "{what}");
         }
+    }
+
+    #[test]
+    fn a_resync_forgets_the_pods_gone_and_takes_in_the_rest_as_they_are() {
+        let mut c = Cache::default();
+        for (k, p) in [
+            ("d/a", pod("a", Some("n1"), "Running", false)),
+            ("d/b", pod("b", Some("n1"), "Running", false)),
+            ("d/w", pod("w", None, "Pending", false)),
+        ] {
+            c.update(k, Some(&p));
+        }
+        let gone_waiting = pod("x", None, "Pending", false);
+        c.update("d/x", Some(&gone_waiting));
+        assert_eq!((cpu(&c, "n1"), c.waiting().len()), (200, 2));
+        // b and x were deleted while the changes were missed; a moved on (finished); c is new on n2
+        c.resync(&[
+            pod("a", Some("n1"), "Succeeded", false),
+            pod("w", None, "Pending", false),
+            pod("c", Some("n2"), "Running", false),
+        ]);
+        assert_eq!((cpu(&c, "n1"), cpu(&c, "n2"), c.waiting().len()), (0, 100, 1));
+        assert_eq!(c.usage().len(), 1, "a node with no pods left is dropped");
     }
 
     #[test]
