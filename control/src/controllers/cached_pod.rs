@@ -6,8 +6,8 @@
 //! it exists. A typed `k8s_openapi` Pod holds every optional field of the pod, its spec, each container and each
 //! volume source inline: one 2.5 KB pod of the scale bench takes 17 KB of heap decoded, and still 10.9 KB with its
 //! volumes and mounts emptied, as this informer did before (client-go's transform functions empty fields the same
-//! way, and emptied fields keep their place in the struct). As this type it takes 850 bytes (its labels, owners, requests and tolerations shared with
-//! the other pods of its ReplicaSet) and decodes 2.4 times
+//! way, and emptied fields keep their place in the struct). As this type it takes 746 bytes (its labels, owners,
+//! requests and tolerations shared with the other pods of its ReplicaSet) and decodes 2.4 times
 //! faster (`cargo bench -p skiff-control --bench pod_memory`; 3.0 KB with a typed `ObjectMeta` and its requests,
 //! affinity and tolerations held as the typed pod holds them, 2.0 KB with a typed `ObjectMeta`). It keeps only:
 //!
@@ -70,8 +70,10 @@ pub struct WirePod {
 }
 
 // The store holds each pod in an `Arc`: 16 bytes of counts and the pod, 448 bytes in all, an allocation class of its
-// own (the next is 512 in jemalloc and mimalloc alike). At 536 bytes it took a 640-byte allocation, so the fields a
-// pod rarely has, or that are rarely read, are boxed strings and maps.
+// own (the next is 512 in jemalloc and mimalloc alike). At 536 bytes it took a 640-byte allocation, so some strings
+// and maps are boxed: those a pod rarely has (a node selector, annotations, finalizers, a hostname and subdomain, a
+// scheduler name), and strings that never change once set (the resource version, the phase, the pod's IP), held as
+// `Box<str>` (16 bytes inline, where a `String` takes 24).
 const _: () = assert!(std::mem::size_of::<CachedPod>() <= 432, "a cached pod outgrew its 448-byte allocation");
 
 impl CachedPod {
@@ -310,8 +312,8 @@ impl k8s_openapi::Metadata for WirePod {
     }
 }
 
-/// The store keys a cached pod by its namespace and name alone (its uid and resource version, which `kube`'s
-/// `ObjectRef` would copy into every key too, are not part of a key's identity).
+/// What an informer and `kube`'s `ObjectRef` read of a pod's kind and identity: its namespace and name (the uid and
+/// resource version are left out, so a reference made from a cached pod names it as a key does).
 impl Lookup for CachedPod {
     type DynamicType = ();
 

@@ -1,5 +1,5 @@
-//! Shared informers: one watch per kind, a reflector store every controller reads, and subscriptions that trigger
-//! controllers on changes. Controllers start only after every store has its first full list (STYLE 7).
+//! Shared informers: one watch per kind, a store every controller reads (kube-runtime's reflector store, or for pods
+//! the [`pod_store`]), and subscriptions that trigger controllers on changes. Controllers start only after every store has its first full list (STYLE 7).
 //!
 //! Subscriptions are fed here, not by kube-runtime's shared reflector: its `ReflectHandle` looks each changed
 //! object up in the store when the subscriber gets to it and, when the object is gone by then (deleted while the

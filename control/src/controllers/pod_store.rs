@@ -26,12 +26,13 @@ pub struct Writer<K> {
     store: Store<K>,
     /// The objects of a re-list so far, from its `Init` to its `InitDone`.
     relist: Option<Vec<Arc<K>>>,
+    /// Whether the first full list is in (readers wait on it until this writer is gone).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 struct Inner<K> {
     objects: RwLock<Objects<K>>,
-    /// Whether the first full list is in.
-    ready: tokio::sync::watch::Sender<bool>,
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Objects<K> {
@@ -39,7 +40,7 @@ struct Objects<K> {
     hasher: RandomState,
     all: HashTable<Arc<K>>,
     /// The objects by their controller's uid (`""`: no controller).
-    groups: HashMap<Arc<str>, HashTable<Arc<K>>>,
+    groups: HashMap<Box<str>, HashTable<Arc<K>>>,
 }
 
 fn same<K: Cached>(obj: &K, ns: &str, name: &str) -> bool {
@@ -81,17 +82,22 @@ impl<K: Cached> Objects<K> {
         if let Some(old) = &old {
             self.ungroup(hash, old);
         }
-        let group = group_of(obj.as_ref());
-        let group = match self.groups.get_key_value(group) {
-            Some((shared, _)) => shared.clone(),
-            None => Arc::from(group),
-        };
         let hasher = &self.hasher;
         let rehash = |o: &Arc<K>| {
             let (ns, name) = namespace_and_name(o.as_ref());
             hasher.hash_one((ns, name))
         };
-        self.groups.entry(group).or_default().insert_unique(hash, obj.clone(), rehash);
+        let uid = group_of(obj.as_ref());
+        match self.groups.get_mut(uid) {
+            Some(group) => {
+                group.insert_unique(hash, obj.clone(), rehash);
+            }
+            None => {
+                let mut group = HashTable::new();
+                group.insert_unique(hash, obj.clone(), rehash);
+                self.groups.insert(uid.into(), group);
+            }
+        }
         self.all.insert_unique(hash, obj, rehash);
         old
     }
@@ -115,22 +121,15 @@ impl<K: Cached> Objects<K> {
         }
     }
 
-    fn clear(&mut self) {
-        self.all.clear();
-        self.groups.clear();
+    /// No objects, hashed as these are.
+    fn empty_like(&self) -> Self {
+        Objects { hasher: self.hasher.clone(), all: HashTable::new(), groups: HashMap::new() }
     }
 }
 
 impl<K> Clone for Store<K> {
     fn clone(&self) -> Self {
         Store(self.0.clone())
-    }
-}
-
-impl<K: Cached> Default for Store<K> {
-    fn default() -> Self {
-        let objects = Objects { hasher: RandomState::new(), all: HashTable::new(), groups: HashMap::new() };
-        Store(Arc::new(Inner { objects: RwLock::new(objects), ready: tokio::sync::watch::Sender::new(false) }))
     }
 }
 
@@ -181,17 +180,20 @@ impl<K: Cached> Store<K> {
         out
     }
 
-    /// Waits until the first full list is in.
+    /// Waits until the first full list is in, or until its writer is gone (as kube-runtime's store does, though
+    /// that one says which).
     pub async fn wait_until_ready(&self) {
-        let mut ready = self.0.ready.subscribe();
-        // The sender lives as long as this store: waiting cannot fail.
+        let mut ready = self.0.ready.clone();
+        // An error: the writer is gone, the list will never come.
         let _ = ready.wait_for(|r| *r).await;
     }
 }
 
 impl<K: Cached> Default for Writer<K> {
     fn default() -> Self {
-        Writer { store: Store::default(), relist: None }
+        let objects = Objects { hasher: RandomState::new(), all: HashTable::new(), groups: HashMap::new() };
+        let (ready, seen) = tokio::sync::watch::channel(false);
+        Writer { store: Store(Arc::new(Inner { objects: RwLock::new(objects), ready: seen })), relist: None, ready }
     }
 }
 
@@ -215,14 +217,15 @@ impl<K: Cached + Clone> Writer<K> {
             watcher::Event::Init => self.relist = Some(Vec::new()),
             watcher::Event::InitApply(obj) => self.relist.get_or_insert_default().push(Arc::new(obj.clone())),
             watcher::Event::InitDone => {
-                let objs = self.relist.take().unwrap_or_default();
-                let mut objects = self.store.write();
-                objects.clear();
-                for obj in objs {
-                    objects.put(obj);
+                // Built aside and swapped in, so readers wait for the swap alone, not for the whole list to be put
+                // (and the old objects are dropped after the lock is released).
+                let mut fresh = self.store.read().empty_like();
+                for obj in self.relist.take().unwrap_or_default() {
+                    fresh.put(obj);
                 }
-                drop(objects);
-                self.store.0.ready.send_replace(true);
+                let old = std::mem::replace(&mut *self.store.write(), fresh);
+                drop(old);
+                self.ready.send_replace(true);
             }
         }
     }
@@ -315,24 +318,52 @@ mod tests {
     }
 
     #[test]
-    fn the_members_of_a_group_share_its_uid() {
-        let store = listed(vec![pod("d", "a", Some(("rs1", true))), pod("d", "b", Some(("rs1", true)))]).as_reader();
-        let objects = store.read();
-        let (uid, group) = objects.groups.get_key_value("rs1").expect("group");
-        assert_eq!((group.len(), Arc::strong_count(uid)), (2, 1), "one uid for the group");
+    fn thousands_of_pods_are_found_through_the_tables_growth_and_shrinking() {
+        let owner = |i: usize| format!("rs{}", i % 7);
+        let mut w = Writer::default();
+        let store = w.as_reader();
+        for i in 0..3000 {
+            w.apply_watcher_event(&Event::Apply(pod(
+                &format!("n{}", i % 3),
+                &format!("p{i}"),
+                Some((owner(i).as_str(), true)),
+            )));
+        }
+        for i in (0..3000).step_by(2) {
+            w.apply_watcher_event(&Event::Delete(pod(&format!("n{}", i % 3), &format!("p{i}"), None)));
+        }
+        // the odd ones change controller: each group still holds exactly its own
+        for i in (1..3000).step_by(2) {
+            w.apply_watcher_event(&Event::Apply(pod(&format!("n{}", i % 3), &format!("p{i}"), Some(("new", true)))));
+        }
+        assert_eq!(store.len(), 1500);
+        for i in 0..3000 {
+            let got = store.get(&format!("n{}", i % 3), &format!("p{i}"));
+            assert_eq!(got.is_some(), i % 2 == 1, "p{i}");
+        }
+        let in_groups: usize = store.read().groups.values().map(HashTable::len).sum();
+        assert_eq!(in_groups, 1500);
+        assert_eq!(store.controlled_or_orphaned("new", "n0").len(), 500);
+        assert!(store.controlled_or_orphaned("rs0", "n0").is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn it_is_ready_once_the_first_list_is_in() {
         let mut w = Writer::<Pod>::default();
         let store = w.as_reader();
         w.apply_watcher_event(&Event::Init);
         w.apply_watcher_event(&Event::InitApply(pod("d", "a", None)));
-        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), store.wait_until_ready());
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(60), store.wait_until_ready());
         assert!(wait.await.is_err(), "not ready during the first list");
         w.apply_watcher_event(&Event::InitDone);
-        let wait = tokio::time::timeout(std::time::Duration::from_secs(5), store.wait_until_ready());
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(60), store.wait_until_ready());
         assert!(wait.await.is_ok(), "ready after it");
         assert_eq!(store.len(), 1);
+        // a store whose writer is gone before its first list does not hold its readers forever
+        let unlisted = Writer::<Pod>::default();
+        let store = unlisted.as_reader();
+        drop(unlisted);
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(60), store.wait_until_ready());
+        assert!(wait.await.is_ok(), "not waiting for a writer that is gone");
     }
 }

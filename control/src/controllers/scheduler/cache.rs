@@ -110,17 +110,16 @@ impl Cache {
         self.update(key, pod);
     }
 
+    /// Counts a pod on its node; `key` is the pod's own (it is found again by it).
     fn count(&mut self, key: &str, placed: Placed) {
-        let node = placed.node();
-        if !self.usage.contains_key(node) {
-            self.usage.insert(node.to_string(), NodeUsage::default());
+        debug_assert_eq!(key, self::key(&placed.pod), "a pod counted under another pod's key");
+        let (node, request) = (placed.node(), request_of(&placed.pod));
+        match self.usage.get_mut(node) {
+            Some(usage) => add(usage, &request),
+            None => add(self.usage.entry(node.to_string()).or_default(), &request),
         }
-        if let Some(usage) = self.usage.get_mut(node) {
-            add(usage, &request_of(&placed.pod));
-        }
-        let hash = self.hash(key);
         let hasher = &self.hasher;
-        self.placed.insert_unique(hash, placed, |p| hash_of(hasher, &p.pod));
+        self.placed.insert_unique(hash_of(hasher, &placed.pod), placed, |p| hash_of(hasher, &p.pod));
     }
 
     fn hash(&self, key: &str) -> u64 {
@@ -303,6 +302,39 @@ mod tests {
             c.update("d/a", p.as_ref());
             assert_eq!(c.take_freed(), freed, "{what}");
         }
+    }
+
+    #[test]
+    fn an_assumed_pod_seen_bound_to_another_node_moves_there() {
+        let mut c = Cache::default();
+        let p = pod("a", None, "Pending", false);
+        c.update("d/a", Some(&p));
+        c.assume("d/a", &p, "n1");
+        // another scheduler (or a retried binding) won: the pod is bound to n2
+        c.update("d/a", Some(&pod("a", Some("n2"), "Pending", false)));
+        assert_eq!((cpu(&c, "n1"), cpu(&c, "n2"), c.is_assumed("d/a"), c.take_freed()), (0, 100, false, true));
+        // a resync while a pod is assumed keeps the assumption (the informer has not shown it bound yet)
+        let b = pod("b", None, "Pending", false);
+        c.update("d/b", Some(&b));
+        c.assume("d/b", &b, "n1");
+        c.resync(&[pod("a", Some("n2"), "Running", false), b.clone()]);
+        assert_eq!((cpu(&c, "n1"), cpu(&c, "n2"), c.is_assumed("d/b"), c.waiting().len()), (100, 100, true, 0));
+    }
+
+    #[test]
+    fn hundreds_of_pods_are_counted_and_taken_off_through_the_tables_growth() {
+        let mut c = Cache::default();
+        let pods: Vec<Arc<CachedPod>> = (0..600).map(|i| pod(&format!("p{i}"), Some("n1"), "Running", false)).collect();
+        for p in &pods {
+            c.update(&key(p), Some(p));
+        }
+        assert_eq!(cpu(&c, "n1"), 600 * 100);
+        for p in pods.iter().step_by(2) {
+            c.update(&key(p), None);
+        }
+        assert_eq!(cpu(&c, "n1"), 300 * 100);
+        c.resync(&[]);
+        assert!(c.usage().is_empty(), "every pod taken off: {:?}", c.usage());
     }
 
     #[test]
