@@ -174,7 +174,7 @@ fn stores(json: &str) {
     let ours = held(&pods, |ps| {
         let mut w = pod_store::Writer::<CachedPod>::default();
         for p in ps {
-            w.apply_watcher_event(&Event::Apply(p.clone()));
+            w.apply(Event::Apply(p.clone()));
         }
         w
     });

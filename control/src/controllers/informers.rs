@@ -48,8 +48,9 @@ pub trait Keep<K>: Default + Send + 'static {
     fn get_like(&self, obj: &K) -> Option<Arc<K>>;
     /// Every object it keeps.
     fn all(&self) -> Vec<Arc<K>>;
-    /// Applies one watch event.
-    fn apply(&mut self, event: &watcher::Event<K>);
+    /// Applies one watch event; for an applied or deleted object, what subscribers are sent: the object as now kept,
+    /// or the deleted object's last state.
+    fn apply(&mut self, event: watcher::Event<K>) -> Option<Arc<K>>;
 }
 
 impl<K: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static> Keep<K> for Writer<K> {
@@ -67,8 +68,13 @@ impl<K: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static> Keep<K> for Wr
         self.as_reader().state()
     }
 
-    fn apply(&mut self, event: &watcher::Event<K>) {
-        self.apply_watcher_event(event);
+    fn apply(&mut self, event: watcher::Event<K>) -> Option<Arc<K>> {
+        self.apply_watcher_event(&event);
+        match event {
+            watcher::Event::Apply(obj) => self.get_like(&obj),
+            watcher::Event::Delete(obj) => Some(Arc::new(obj)),
+            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
+        }
     }
 }
 
@@ -88,8 +94,8 @@ impl<K: Cached + Clone + Send + Sync + 'static> Keep<K> for pod_store::Writer<K>
         self.as_reader().state()
     }
 
-    fn apply(&mut self, event: &watcher::Event<K>) {
-        self.apply_watcher_event(event);
+    fn apply(&mut self, event: watcher::Event<K>) -> Option<Arc<K>> {
+        pod_store::Writer::apply(self, event)
     }
 }
 
@@ -183,16 +189,15 @@ where
         if matches!(event, watcher::Event::Init) {
             before_relist = writer.all();
         }
+        let relisted = matches!(event, watcher::Event::InitDone);
         // the store holds the change before anyone hears of it
-        writer.apply(&event);
-        let changed: Vec<Arc<K>> = match event {
-            watcher::Event::Apply(obj) => writer.get_like(&obj).into_iter().collect(),
-            watcher::Event::Delete(obj) => vec![Arc::new(obj)],
-            watcher::Event::InitDone => {
+        let changed: Vec<Arc<K>> = match writer.apply(event) {
+            Some(obj) => vec![obj],
+            None if relisted => {
                 let gone = std::mem::take(&mut before_relist).into_iter().filter(|old| writer.get_like(old).is_none());
                 writer.all().into_iter().chain(gone).collect()
             }
-            watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+            None => Vec::new(),
         };
         for obj in changed {
             // An error means nobody subscribes: there is no one to tell.

@@ -204,18 +204,22 @@ impl<K: Cached + Clone> Writer<K> {
     }
 
     /// Applies one watch event: an object applied or deleted, or a step of a re-list (whose objects replace all at
-    /// its end, when the store also becomes ready).
-    pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
+    /// its end, when the store also becomes ready). The event's object is kept as it comes, not copied; for an
+    /// applied object it is handed back as kept, for a deleted one as its last state.
+    pub fn apply(&mut self, event: watcher::Event<K>) -> Option<Arc<K>> {
         match event {
             watcher::Event::Apply(obj) => {
-                self.store.write().put(Arc::new(obj.clone()));
+                let obj = Arc::new(obj);
+                self.store.write().put(obj.clone());
+                return Some(obj);
             }
             watcher::Event::Delete(obj) => {
-                let (ns, name) = namespace_and_name(obj);
+                let (ns, name) = namespace_and_name(&obj);
                 self.store.write().take(ns, name);
+                return Some(Arc::new(obj));
             }
             watcher::Event::Init => self.relist = Some(Vec::new()),
-            watcher::Event::InitApply(obj) => self.relist.get_or_insert_default().push(Arc::new(obj.clone())),
+            watcher::Event::InitApply(obj) => self.relist.get_or_insert_default().push(Arc::new(obj)),
             watcher::Event::InitDone => {
                 // Built aside and swapped in, so readers wait for the swap alone, not for the whole list to be put
                 // (and the old objects are dropped after the lock is released).
@@ -228,6 +232,7 @@ impl<K: Cached + Clone> Writer<K> {
                 self.ready.send_replace(true);
             }
         }
+        None
     }
 }
 
@@ -255,11 +260,11 @@ mod tests {
 
     fn listed(pods: Vec<Pod>) -> Writer<Pod> {
         let mut w = Writer::default();
-        w.apply_watcher_event(&Event::Init);
+        w.apply(Event::Init);
         for p in pods {
-            w.apply_watcher_event(&Event::InitApply(p));
+            w.apply(Event::InitApply(p));
         }
-        w.apply_watcher_event(&Event::InitDone);
+        w.apply(Event::InitDone);
         w
     }
 
@@ -276,7 +281,7 @@ mod tests {
             ("deleting what is gone changes nothing", Event::Delete(pod("d", "a", None)), None, 2),
         ];
         for (what, event, owner, len) in table {
-            w.apply_watcher_event(&event);
+            w.apply(event);
             let got = store.get("d", "a").map(|p| p.metadata.owner_references.clone().unwrap_or_default());
             let got_owner = got.as_ref().map(|o| o.first().map(|r| r.uid.as_str()).unwrap_or_default());
             assert_eq!((got_owner, store.len()), (owner, len), "{what}");
@@ -299,17 +304,17 @@ mod tests {
         assert_eq!(names(store.controlled_or_orphaned("rs1", "d")), ["mine", "orphan", "owned-not-controlled"]);
         assert_eq!(names(store.controlled_or_orphaned("rs2", "d")), ["orphan", "other", "owned-not-controlled"]);
         // adopted: it moves to its controller's group; released: back to the orphans; deleted: gone
-        w.apply_watcher_event(&Event::Apply(pod("d", "orphan", Some(("rs2", true)))));
+        w.apply(Event::Apply(pod("d", "orphan", Some(("rs2", true)))));
         assert_eq!(names(store.controlled_or_orphaned("rs1", "d")), ["mine", "owned-not-controlled"]);
-        w.apply_watcher_event(&Event::Apply(pod("d", "mine", None)));
-        w.apply_watcher_event(&Event::Delete(pod("d", "other", None)));
+        w.apply(Event::Apply(pod("d", "mine", None)));
+        w.apply(Event::Delete(pod("d", "other", None)));
         assert_eq!(names(store.controlled_or_orphaned("rs2", "d")), ["mine", "orphan", "owned-not-controlled"]);
         assert_eq!(names(store.controlled_or_orphaned("", "e")), ["orphan-elsewhere"]);
         // a re-list replaces everything, groups included
-        w.apply_watcher_event(&Event::Init);
-        w.apply_watcher_event(&Event::InitApply(pod("d", "new", Some(("rs1", true)))));
+        w.apply(Event::Init);
+        w.apply(Event::InitApply(pod("d", "new", Some(("rs1", true)))));
         assert_eq!(store.len(), 5, "the old objects stay until the re-list is done");
-        w.apply_watcher_event(&Event::InitDone);
+        w.apply(Event::InitDone);
         assert_eq!(names(store.controlled_or_orphaned("rs1", "d")), ["new"]);
         assert!(store.controlled_or_orphaned("rs2", "d").is_empty());
         assert_eq!(names(store.state()), ["new"]);
@@ -323,18 +328,14 @@ mod tests {
         let mut w = Writer::default();
         let store = w.as_reader();
         for i in 0..3000 {
-            w.apply_watcher_event(&Event::Apply(pod(
-                &format!("n{}", i % 3),
-                &format!("p{i}"),
-                Some((owner(i).as_str(), true)),
-            )));
+            w.apply(Event::Apply(pod(&format!("n{}", i % 3), &format!("p{i}"), Some((owner(i).as_str(), true)))));
         }
         for i in (0..3000).step_by(2) {
-            w.apply_watcher_event(&Event::Delete(pod(&format!("n{}", i % 3), &format!("p{i}"), None)));
+            w.apply(Event::Delete(pod(&format!("n{}", i % 3), &format!("p{i}"), None)));
         }
         // the odd ones change controller: each group still holds exactly its own
         for i in (1..3000).step_by(2) {
-            w.apply_watcher_event(&Event::Apply(pod(&format!("n{}", i % 3), &format!("p{i}"), Some(("new", true)))));
+            w.apply(Event::Apply(pod(&format!("n{}", i % 3), &format!("p{i}"), Some(("new", true)))));
         }
         assert_eq!(store.len(), 1500);
         for i in 0..3000 {
@@ -351,11 +352,11 @@ mod tests {
     async fn it_is_ready_once_the_first_list_is_in() {
         let mut w = Writer::<Pod>::default();
         let store = w.as_reader();
-        w.apply_watcher_event(&Event::Init);
-        w.apply_watcher_event(&Event::InitApply(pod("d", "a", None)));
+        w.apply(Event::Init);
+        w.apply(Event::InitApply(pod("d", "a", None)));
         let wait = tokio::time::timeout(std::time::Duration::from_secs(60), store.wait_until_ready());
         assert!(wait.await.is_err(), "not ready during the first list");
-        w.apply_watcher_event(&Event::InitDone);
+        w.apply(Event::InitDone);
         let wait = tokio::time::timeout(std::time::Duration::from_secs(60), store.wait_until_ready());
         assert!(wait.await.is_ok(), "ready after it");
         assert_eq!(store.len(), 1);
