@@ -42,7 +42,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer};
 
 use super::pod_meta::PodMeta;
-use super::shared::{Shareable, Table, hash_opt_str, hash_str};
+use super::shared::{Shareable, Table, de_opt_word, de_word, hash_opt_str, hash_str, word};
 
 /// A pod as the controllers' informer keeps it (see the module docs).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -69,12 +69,14 @@ pub struct WirePod {
     pub status: Option<Status>,
 }
 
-// The store holds each pod in an `Arc`: 16 bytes of counts and the pod, 448 bytes in all, an allocation class of its
-// own (the next is 512 in jemalloc and mimalloc alike). At 536 bytes it took a 640-byte allocation, so some strings
-// and maps are boxed: those a pod rarely has (a node selector, annotations, finalizers, a hostname and subdomain, a
-// scheduler name), and strings that never change once set (the resource version, the phase, the pod's IP), held as
-// `Box<str>` (16 bytes inline, where a `String` takes 24).
-const _: () = assert!(std::mem::size_of::<CachedPod>() <= 432, "a cached pod outgrew its 448-byte allocation");
+// The store holds each pod in an `Arc`: 16 bytes of counts and the pod, 384 bytes in all, an allocation class of its
+// own (the next is 448 in jemalloc and mimalloc alike; at 536 bytes it took 640). So what a pod rarely has is boxed
+// (a node selector, annotations, finalizers; a hostname and subdomain boxed twice, 8 bytes each), strings set once
+// are `Box<str>` (16 bytes inline, where a `String` takes 24: the uid, the resource version, the pod's IP), lists are
+// boxed slices (16 bytes, where a `Vec` takes 24), and what many pods hold alike is shared: words (the namespace, the
+// node, the phase, the scheduler's name, the Ready condition's type and status, a container status's name), the
+// containers, tolerations, labels and owners.
+const _: () = assert!(std::mem::size_of::<CachedPod>() <= 368, "a cached pod outgrew its 384-byte allocation");
 
 impl CachedPod {
     /// A reference to the pod, for an Event about it.
@@ -83,8 +85,8 @@ impl CachedPod {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
             name: self.metadata.name.clone(),
-            namespace: self.metadata.namespace.clone(),
-            uid: self.metadata.uid.clone(),
+            namespace: self.metadata.namespace.as_deref().map(String::from),
+            uid: self.metadata.uid.as_deref().map(String::from),
             resource_version: self.metadata.resource_version.as_deref().map(String::from),
             ..Default::default()
         }
@@ -102,13 +104,14 @@ impl From<WirePod> for CachedPod {
 #[serde(default, rename_all = "camelCase")]
 pub struct Spec {
     /// The node the pod is bound to.
-    pub node_name: Option<String>,
-    /// Its containers.
-    #[serde(deserialize_with = "exact")]
-    pub containers: Vec<Container>,
-    /// Its init containers.
-    #[serde(deserialize_with = "exact_or_none")]
-    pub init_containers: Option<Vec<Container>>,
+    #[serde(deserialize_with = "de_opt_word")]
+    pub node_name: Option<Arc<str>>,
+    /// Its containers (shared by the pods that have the same: a template's pods do).
+    #[serde(deserialize_with = "containers")]
+    pub containers: Arc<[Container]>,
+    /// Its init containers (shared alike).
+    #[serde(deserialize_with = "init_containers")]
+    pub init_containers: Option<Arc<[Container]>>,
     /// Node labels it requires.
     pub node_selector: Option<Box<BTreeMap<String, String>>>,
     /// Its scheduling constraints.
@@ -118,12 +121,13 @@ pub struct Spec {
     pub tolerations: Option<Arc<[Toleration]>>,
     /// Its priority (set by admission from the priority class).
     pub priority: Option<i32>,
-    /// The scheduler it asks for.
-    pub scheduler_name: Option<Box<str>>,
-    /// Its hostname.
-    pub hostname: Option<Box<str>>,
-    /// Its subdomain (with the hostname, its DNS name under a headless Service).
-    pub subdomain: Option<Box<str>>,
+    /// The scheduler it asks for (shared: admission gives most pods the same).
+    #[serde(deserialize_with = "de_opt_word")]
+    pub scheduler_name: Option<Arc<str>>,
+    /// Its hostname (a StatefulSet's pods have one; boxed twice to take 8 bytes inline in the pods without).
+    pub hostname: Option<Box<String>>,
+    /// Its subdomain (with the hostname, its DNS name under a headless Service; boxed as the hostname).
+    pub subdomain: Option<Box<String>>,
 }
 
 /// What the controllers read of a container.
@@ -196,16 +200,17 @@ impl From<&k8s_openapi::api::core::v1::ResourceRequirements> for Resources {
 #[serde(default, rename_all = "camelCase")]
 pub struct Status {
     /// Pending, Running, Succeeded, Failed or Unknown.
-    pub phase: Option<Box<str>>,
+    #[serde(deserialize_with = "de_opt_word")]
+    pub phase: Option<Arc<str>>,
     /// Its Ready condition, the only one a controller reads (as a list, like the typed pod's).
     #[serde(deserialize_with = "ready_only")]
-    pub conditions: Option<Vec<PodCondition>>,
+    pub conditions: Option<Box<[PodCondition]>>,
     /// Its IP address.
     #[serde(rename = "podIP")]
     pub pod_ip: Option<Box<str>>,
     /// Its containers' states.
-    #[serde(deserialize_with = "exact_or_none")]
-    pub container_statuses: Option<Vec<ContainerStatus>>,
+    #[serde(deserialize_with = "boxed_or_none")]
+    pub container_statuses: Option<Box<[ContainerStatus]>>,
 }
 
 /// What the controllers read of a pod's condition.
@@ -213,10 +218,11 @@ pub struct Status {
 #[serde(default, rename_all = "camelCase")]
 pub struct PodCondition {
     /// Ready, ContainersReady, PodScheduled, …
-    #[serde(rename = "type")]
-    pub type_: String,
+    #[serde(rename = "type", deserialize_with = "de_word")]
+    pub type_: Arc<str>,
     /// True, False or Unknown.
-    pub status: String,
+    #[serde(deserialize_with = "de_word")]
+    pub status: Arc<str>,
     /// When the status last changed.
     pub last_transition_time: Option<Time>,
 }
@@ -226,7 +232,8 @@ pub struct PodCondition {
 #[serde(default, rename_all = "camelCase")]
 pub struct ContainerStatus {
     /// The container's name.
-    pub name: String,
+    #[serde(deserialize_with = "de_word")]
+    pub name: Arc<str>,
     /// How often it was restarted.
     pub restart_count: i32,
     /// Its current state, as far as a controller reads it.
@@ -244,12 +251,6 @@ pub struct ContainerState {
 // Decoded lists grow by doubling from four slots (serde_json gives no length ahead), so a pod's one container,
 // one owner reference and two tolerations would each hold room for more; what the cache keeps is sized exactly.
 
-fn exact<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    let mut v = Vec::<T>::deserialize(d)?;
-    v.shrink_to_fit();
-    Ok(v)
-}
-
 fn exact_or_none<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Vec<T>>, D::Error> {
     let mut v = Option::<Vec<T>>::deserialize(d)?;
     if let Some(v) = v.as_mut() {
@@ -258,13 +259,53 @@ fn exact_or_none<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result
     Ok(v)
 }
 
-fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PodCondition>>, D::Error> {
-    let mut v = Option::<Vec<PodCondition>>::deserialize(d)?;
-    if let Some(v) = v.as_mut() {
-        v.retain(|c| c.type_ == "Ready");
-        v.shrink_to_fit();
+fn boxed_or_none<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Box<[T]>>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.map(Vec::into_boxed_slice))
+}
+
+fn ready_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<[PodCondition]>>, D::Error> {
+    Ok(Option::<Vec<PodCondition>>::deserialize(d)?.map(|mut v| {
+        v.retain(|c| &*c.type_ == "Ready");
+        v.into_boxed_slice()
+    }))
+}
+
+/// The container lists in use, each shared by the pods that have it.
+static CONTAINERS: LazyLock<Table<[Container]>> = LazyLock::new(Table::default);
+
+impl Shareable for [Container] {
+    fn hash_into(&self, h: &mut dyn Hasher) {
+        for c in self {
+            hash_str(h, &c.name);
+            for p in c.ports.iter().flatten() {
+                h.write_i32(p.container_port);
+                h.write_i32(p.host_port.unwrap_or(-1));
+                for s in [&p.host_ip, &p.name, &p.protocol] {
+                    hash_opt_str(h, s.as_deref());
+                }
+            }
+            h.write_u8(0xfe);
+            for (name, amount) in c.resources.as_ref().and_then(|r| r.requests.as_ref()).iter().flat_map(|r| r.0.iter())
+            {
+                hash_str(h, name);
+                hash_str(h, &amount.0);
+            }
+            h.write_u8(0xfe);
+        }
     }
-    Ok(v)
+}
+
+/// The one shared list equal to `list`.
+fn shared_containers(list: Vec<Container>) -> Arc<[Container]> {
+    CONTAINERS.share(&list, || list.clone().into())
+}
+
+fn containers<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[Container]>, D::Error> {
+    Ok(shared_containers(Vec::deserialize(d)?))
+}
+
+fn init_containers<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<[Container]>>, D::Error> {
+    Ok(Option::<Vec<Container>>::deserialize(d)?.map(shared_containers))
 }
 
 /// The toleration lists in use, each shared by the pods that have it.
@@ -360,17 +401,20 @@ impl From<&k8s_openapi::api::core::v1::PodSpec> for Spec {
     /// What the controllers read of a typed spec (a template's, to place the pods it would make).
     fn from(s: &k8s_openapi::api::core::v1::PodSpec) -> Self {
         Spec {
-            node_name: s.node_name.clone(),
-            containers: s.containers.iter().map(Container::from).collect(),
-            init_containers: s.init_containers.as_ref().map(|cs| cs.iter().map(Container::from).collect()),
+            node_name: s.node_name.as_deref().map(word),
+            containers: shared_containers(s.containers.iter().map(Container::from).collect()),
+            init_containers: s
+                .init_containers
+                .as_ref()
+                .map(|cs| shared_containers(cs.iter().map(Container::from).collect())),
             node_selector: s.node_selector.clone().map(Box::new),
             affinity: s.affinity.clone().map(Box::new),
             // shared with the pods the template makes (the table forgets lists nobody holds)
             tolerations: s.tolerations.clone().map(shared_tolerations),
             priority: s.priority,
-            scheduler_name: s.scheduler_name.as_deref().map(Box::from),
-            hostname: s.hostname.as_deref().map(Box::from),
-            subdomain: s.subdomain.as_deref().map(Box::from),
+            scheduler_name: s.scheduler_name.as_deref().map(word),
+            hostname: s.hostname.clone().map(Box::new),
+            subdomain: s.subdomain.clone().map(Box::new),
         }
     }
 }
@@ -434,7 +478,12 @@ mod tests {
         let (m, t) = (&cached.metadata, &full.metadata);
         assert_eq!(
             (&m.name, &m.namespace, &m.uid, &m.resource_version),
-            (&t.name, &t.namespace, &t.uid, &t.resource_version.as_deref().map(Box::from))
+            (
+                &t.name,
+                &t.namespace.as_deref().map(Arc::from),
+                &t.uid.as_deref().map(Box::from),
+                &t.resource_version.as_deref().map(Box::from)
+            )
         );
         assert_eq!(m.labels.as_ref().map(|l| l.to_map()), t.labels);
         assert_eq!(
@@ -454,7 +503,10 @@ mod tests {
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.priority, Some(5));
         assert_eq!(spec.scheduler_name.as_deref(), Some("default-scheduler"));
-        assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("h"), Some("s")));
+        assert_eq!(
+            (spec.hostname.as_deref().map(String::as_str), spec.subdomain.as_deref().map(String::as_str)),
+            (Some("h"), Some("s"))
+        );
         assert!(spec.affinity.is_some() && spec.tolerations.is_some() && spec.node_selector.is_some());
         assert_eq!(spec.containers[0].ports.as_ref().map(Vec::len), Some(1));
         let requests = |c: &Container| c.resources.clone().and_then(|r| r.requests).unwrap_or_default();
@@ -469,19 +521,19 @@ mod tests {
         assert_eq!(status.phase.as_deref(), typed.phase.as_deref());
         assert_eq!(status.pod_ip.as_deref(), typed.pod_ip.as_deref());
         // of the conditions, Ready alone, with its status and transition time
-        let kept = status.conditions.iter().flatten().map(|c| (&c.type_, &c.status, c.last_transition_time.as_ref()));
+        let kept = status.conditions.iter().flatten().map(|c| (&*c.type_, &*c.status, c.last_transition_time.as_ref()));
         let ready = typed
             .conditions
             .iter()
             .flatten()
             .filter(|c| c.type_ == "Ready")
-            .map(|c| (&c.type_, &c.status, c.last_transition_time.as_ref()));
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.last_transition_time.as_ref()));
         assert!(kept.eq(ready));
         assert!(status.conditions.as_ref().is_some_and(|c| c.len() == 1 && c[0].last_transition_time.is_some()));
         assert!(typed.conditions.as_ref().is_some_and(|c| c.len() == 2));
         let (c, t) =
             (&status.container_statuses.as_ref().expect("cs")[0], &typed.container_statuses.as_ref().expect("cs")[0]);
-        assert_eq!((c.name.as_str(), c.restart_count), (t.name.as_str(), t.restart_count));
+        assert_eq!((&*c.name, c.restart_count), (t.name.as_str(), t.restart_count));
         assert_eq!(
             c.state.as_ref().and_then(|s| s.terminated.as_deref()),
             t.state.as_ref().and_then(|s| s.terminated.as_ref())
@@ -494,14 +546,9 @@ mod tests {
         // decoded from text, as the watch's lines are (a `Value` would tell each list's length ahead)
         let p: CachedPod = serde_json::from_str(&stored().to_string()).expect("a pod");
         let spec = p.spec.as_ref().expect("spec");
-        let status = p.status.as_ref().expect("status");
-        let exact = [
-            (spec.containers.len(), spec.containers.capacity()),
-            spec.containers[0].ports.as_ref().map(|v| (v.len(), v.capacity())).expect("ports"),
-            status.conditions.as_ref().map(|v| (v.len(), v.capacity())).expect("conditions"),
-            status.container_statuses.as_ref().map(|v| (v.len(), v.capacity())).expect("statuses"),
-        ];
-        assert!(exact.iter().all(|(len, cap)| len == cap && *len > 0), "{exact:?}");
+        // the container list, the conditions and the container statuses are slices, exact by their type
+        let ports = spec.containers[0].ports.as_ref().map(|v| (v.len(), v.capacity())).expect("ports");
+        assert_eq!(ports, (1, 1));
     }
 
     #[test]
@@ -517,6 +564,42 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b), "the same list once");
         assert!(!Arc::ptr_eq(&a, &other) && *a != *other, "another list apart");
         assert_eq!(a[1].toleration_seconds, Some(300));
+    }
+
+    #[test]
+    fn pods_of_one_template_share_their_containers_and_words() {
+        let pod = |cpu: &str, node: &str| {
+            let pod = serde_json::json!({
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i",
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "resources": {"requests": {"cpu": cpu}}}]},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [{"name": "c", "restartCount": 0}]}});
+            serde_json::from_str::<CachedPod>(&pod.to_string()).expect("a pod")
+        };
+        let (a, b, other) = (pod("10m", "n1"), pod("10m", "n1"), pod("20m", "n2"));
+        let spec = |p: &CachedPod| p.spec.clone().expect("spec");
+        let status = |p: &CachedPod| p.status.clone().expect("status");
+        assert!(Arc::ptr_eq(&spec(&a).containers, &spec(&b).containers), "one container list");
+        assert!(!Arc::ptr_eq(&spec(&a).containers, &spec(&other).containers), "another request, another list");
+        assert_eq!(spec(&other).containers[0].ports.as_ref().map(|p| p[0].container_port), Some(8080));
+        let words = |p: &CachedPod| {
+            let (spec, status) = (spec(p), status(p));
+            let ready = status.conditions.expect("conditions")[0].clone();
+            let name = status.container_statuses.expect("statuses")[0].name.clone();
+            [spec.node_name.expect("node"), status.phase.expect("phase"), ready.type_, ready.status, name]
+        };
+        let (wa, wb, wo) = (words(&a), words(&b), words(&other));
+        assert!(wa.iter().zip(&wb).all(|(x, y)| Arc::ptr_eq(x, y)), "{wa:?} held once");
+        assert_eq!(wo.iter().map(|w| &**w).collect::<Vec<_>>(), ["n2", "Running", "Ready", "True", "c"]);
+        assert!(!Arc::ptr_eq(&wa[0], &wo[0]) && Arc::ptr_eq(&wa[1], &wo[1]));
+        // a template's spec shares the list its pods have
+        let typed: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(serde_json::json!({"spec": {"containers": [{"name": "c", "image": "i",
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "resources": {"requests": {"cpu": "10m"}}}]}}))
+            .expect("a typed pod");
+        assert!(Arc::ptr_eq(&Spec::from(typed.spec.as_ref().expect("spec")).containers, &spec(&a).containers));
     }
 
     #[test]

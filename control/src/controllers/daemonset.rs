@@ -82,7 +82,7 @@ pub fn plan(
     let mut by_node: BTreeMap<String, Vec<&Arc<CachedPod>>> = BTreeMap::new();
     for p in pods.iter().filter(|p| controlled_by(&p.metadata, &uid) && is_active(p)) {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-            by_node.entry(n).or_default().push(p);
+            by_node.entry(n.to_string()).or_default().push(p);
         }
     }
     let mut actions = Vec::new();

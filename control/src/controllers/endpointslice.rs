@@ -98,12 +98,12 @@ pub fn desired(svc: &Service, pods: &[Arc<CachedPod>], nodes: &[Arc<Node>]) -> V
         }
         let terminating = p.metadata.deletion_timestamp.is_some();
         let ready = is_ready(p);
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+        let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref().map(String::from));
         let hostname = p
             .spec
             .as_ref()
-            .filter(|s| s.subdomain.as_deref() == Some(svc_name.as_str()))
-            .and_then(|s| s.hostname.as_deref().map(String::from));
+            .filter(|s| s.subdomain.as_deref() == Some(&svc_name))
+            .and_then(|s| s.hostname.as_deref().cloned());
         groups.entry(ports).or_default().push(Endpoint {
             addresses: vec![ip.to_string()],
             conditions: Some(EndpointConditions {
@@ -116,9 +116,9 @@ pub fn desired(svc: &Service, pods: &[Arc<CachedPod>], nodes: &[Arc<Node>]) -> V
             node_name: node,
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
-                namespace: p.metadata.namespace.clone(),
+                namespace: p.metadata.namespace.as_deref().map(String::from),
                 name: p.metadata.name.clone(),
-                uid: p.metadata.uid.clone(),
+                uid: p.metadata.uid.as_deref().map(String::from),
                 ..Default::default()
             }),
             ..Default::default()
@@ -292,7 +292,7 @@ pub async fn run(
             store
                 .state()
                 .into_iter()
-                .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|s| s.metadata.namespace.as_deref() == Some(&*ns))
                 .filter(|s| {
                     s.spec.as_ref().and_then(|sp| sp.selector.as_ref()).is_some_and(|sel| {
                         !sel.is_empty()

@@ -318,7 +318,7 @@ fn sample(p: &super::cached_pod::CachedPod) -> PodSample {
     let spec = p.spec.clone().unwrap_or_default();
     let req = |res: &str| -> Option<i64> {
         let mut total = 0;
-        for c in &spec.containers {
+        for c in spec.containers.iter() {
             let q = c.resources.as_ref()?.requests.as_ref()?.get(res)?;
             let v: skiff_api::quantity::Quantity = q.0.parse().ok()?;
             total += if res == "cpu" { v.as_milli() } else { v.as_units() };

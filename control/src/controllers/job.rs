@@ -155,7 +155,7 @@ pub fn plan(job: &Job, pods: &[Arc<CachedPod>], now: jiff::Timestamp) -> Plan {
     });
     let mut completed: BTreeSet<i32> = parse_ranges(status.completed_indexes.as_deref().unwrap_or_default());
     for x in &owned {
-        let u = x.metadata.uid.clone().unwrap_or_default();
+        let u = x.metadata.uid.as_deref().unwrap_or_default().to_string();
         if !has_tracking(x) {
             continue;
         }

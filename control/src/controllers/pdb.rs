@@ -62,7 +62,7 @@ pub async fn run(ctx: Arc<Ctx>, pdbs: Subscription<PodDisruptionBudget>, pods: S
             store
                 .state()
                 .into_iter()
-                .filter(|p| p.metadata.namespace == ns)
+                .filter(|p| p.metadata.namespace.as_deref() == ns.as_deref())
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         }))

@@ -36,7 +36,7 @@ pub fn ready_since(pod: &CachedPod) -> Option<jiff::Timestamp> {
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .find(|c| &*c.type_ == "Ready" && &*c.status == "True")
         .map(|c| c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
 }
 

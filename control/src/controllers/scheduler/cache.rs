@@ -43,7 +43,7 @@ pub struct Cache {
     usage: HashMap<String, NodeUsage>,
     waiting: HashMap<String, Arc<CachedPod>>,
     /// pod key -> uid of the pod bound by us, not yet seen bound
-    assumed: HashMap<String, Option<String>>,
+    assumed: HashMap<String, Option<Box<str>>>,
     freed: bool,
 }
 

@@ -83,7 +83,7 @@ fn requested(spec: &Spec, resource: &str, amount: fn(&Quantity) -> i64) -> i64 {
             .unwrap_or(0)
     };
     let containers: i64 = spec.containers.iter().map(of).sum();
-    let init = spec.init_containers.iter().flatten().map(of).max().unwrap_or(0);
+    let init = spec.init_containers.iter().flat_map(|cs| cs.iter()).map(of).max().unwrap_or(0);
     containers.max(init)
 }
 

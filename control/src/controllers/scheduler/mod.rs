@@ -104,7 +104,7 @@ struct Scheduler {
     nodes: Vec<NodeInfo>,
     /// pod key -> (uid, last message) of pods that did not fit or whose binding was rejected: tried again with the
     /// next retry, and their Unschedulable condition written once per message
-    reported: BTreeMap<String, (Option<String>, String)>,
+    reported: BTreeMap<String, (Option<Box<str>>, String)>,
     capacity_changed: bool,
     last_retry: Instant,
     binds: JoinSet<Bound>,
@@ -277,9 +277,9 @@ impl Scheduler {
 
 /// Binds a pod to a node through the `binding` subresource.
 async fn bind(client: kube::Client, pod: &CachedPod, node: &str) -> Result<(), kube::Error> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let api: Api<Pod> = Api::namespaced(client, ns);
     // with the pod's uid: the API refuses it if the pod was deleted and made again under its name meanwhile
     let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
     api.create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &PostParams::default(), &body)
