@@ -6,8 +6,8 @@
 //! it exists. A typed `k8s_openapi` Pod holds every optional field of the pod, its spec, each container and each
 //! volume source inline: one 2.5 KB pod of the scale bench takes 17 KB of heap decoded, and still 10.9 KB with its
 //! volumes and mounts emptied, as this informer did before (client-go's transform functions empty fields the same
-//! way, and emptied fields keep their place in the struct). As this type it takes 746 bytes (its labels, owners,
-//! requests and tolerations shared with the other pods of its ReplicaSet) and decodes 2.4 times
+//! way, and emptied fields keep their place in the struct). As this type it takes 539 bytes (its labels, owners,
+//! containers, tolerations and short strings shared with the other pods of its ReplicaSet) and decodes 2.2 times
 //! faster (`cargo bench -p skiff-control --bench pod_memory`; 3.0 KB with a typed `ObjectMeta` and its requests,
 //! affinity and tolerations held as the typed pod holds them, 2.0 KB with a typed `ObjectMeta`). It keeps only:
 //!
@@ -23,8 +23,11 @@
 //! and owner references shared); a container's resources are its requests alone, as a sorted list shared by the
 //! containers that request the same ([`Requests`]; no controller reads limits, and a `BTreeMap` allocates a node of
 //! half a kilobyte for two entries); the affinity and a container's termination are boxed (144 and 136 bytes inline,
-//! and most pods have neither); and the tolerations are one list shared by the pods that have the same (admission
-//! gives every pod the same two), through [`shared_tolerations`]. Shared values live in [`Table`]s. Cached pods are
+//! and most pods have neither); the tolerations are one list shared by the pods that have the same (admission
+//! gives every pod the same two), through [`shared_tolerations`]; the containers are one list shared by the pods
+//! of a template; and strings many pods hold alike (the namespace, the node, the phase, a condition's type and
+//! status) are shared words ([`super::shared::word`]), so their fields are `Arc<str>`, not `String`. Shared values
+//! live in [`Table`]s. Cached pods are
 //! never written back (every pod write is a targeted patch or a create from a template), so nothing left out here
 //! can be lost. A controller that comes to need another field (volumes for volume binding, say) adds it here; the
 //! decoding test below lists what is kept.
