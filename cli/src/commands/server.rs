@@ -175,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`, which the kernel honours for every
 /// mapping, the allocator's included). The API server and controllers hold many small objects that live long (the
 /// pods they cache) among many that live for a request, so a 2 MiB huge page stays resident for a few live objects:
-/// with huge pages off, `scripts/bench-scale` measured the server at 10k pods at rest 1.26x smaller in RSS, with the
+/// with huge pages off, `scripts/bench-scale` measured the server at 10k pods at rest 1.20-1.31x smaller in RSS, with the
 /// same scheduling rate and CPU (docs/benchmarks.md, "2026-12-05, evening"). The ingress (`skiff up`, `skiff
 /// ingress`) keeps them: its allocations are per request, and huge pages were not measured against it.
 fn small_pages_only() {
