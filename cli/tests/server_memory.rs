@@ -28,8 +28,14 @@ async fn the_server_runs_without_transparent_huge_pages() {
             .spawn()
             .expect("skiff server starts"),
     );
-    // this test's own process is the control: the flag is the server's, not inherited from here
-    assert_eq!(thp_enabled(std::process::id()), "1", "huge pages are off for the test itself");
+    // this test's own process is the control: the flag must be the server's, not inherited from here. Where the
+    // test itself runs with huge pages off (a parent set the flag, or a kernel without them) it cannot tell, and
+    // fails rather than pass without having looked.
+    assert_eq!(
+        thp_enabled(std::process::id()),
+        "1",
+        "huge pages are off for the test itself: run it where a process may have them"
+    );
     connect(&dir.path().join("kubeconfig"), Duration::from_secs(30)).await;
     assert_eq!(thp_enabled(server.0.id()), "0", "the serving server may use transparent huge pages");
 }

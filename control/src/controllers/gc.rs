@@ -52,7 +52,7 @@ struct Node {
     foreground: bool,
 }
 
-const _: () = assert!(std::mem::size_of::<Node>() <= 48, "a graph node outgrew its 48 bytes");
+const _: () = assert!(std::mem::size_of::<Option<Node>>() <= 48, "a graph node's slot outgrew its 48 bytes");
 
 impl Node {
     fn new(info: Arc<ResourceInfo>, key: &str, owners: Box<[Arc<OwnerRef>]>, obj: &Value) -> Node {
@@ -120,6 +120,11 @@ struct Dependents {
 ///   node's slot leaves its owners' sets before it is freed), so a reused slot is never another object's dependent.
 /// - Keys are unique: putting an object replaces what its key held. Uids are too in a cluster, but two objects with
 ///   one uid are each held and each removed by their own key (the uid finds one of them).
+///
+/// # Caveats
+///
+/// The slab, its free list and the tables never shrink: a cluster that shrank keeps its largest size's slots (48
+/// bytes each) until the collector restarts, as the maps before it did.
 #[derive(Debug, Default)]
 struct Graph {
     /// Hashes uids and keys for the indexes, keyed at random per process (both come from users' objects).
@@ -622,10 +627,8 @@ mod tests {
         #[derive(Clone, Copy)]
         enum Step {
             /// Puts each object, with the owners of `owned(i, shift)`, under a new uid or the one it has.
-            Put {
-                shift: usize,
-                new_uid: bool,
-            },
+            Put { shift: usize, new_uid: bool },
+            /// Removes each object.
             Remove,
         }
         let pods = info("pods");

@@ -8,12 +8,13 @@
 //! it keeps for nobody are bounded: it holds at most `max(FIRST_SWEEP, 2 × alive at the last sweep)` values until a
 //! new one comes (a cluster that shrank keeps up to that many until then).
 
-use std::borrow::Cow;
+use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use hashbrown::HashTable;
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
+use serde::de::{self, Visitor};
 
 /// The fewest values a table holds before it first sweeps.
 pub const FIRST_SWEEP: usize = 256;
@@ -95,14 +96,53 @@ pub fn word(word: &str) -> Arc<str> {
     WORDS.share(word, || Arc::from(word))
 }
 
-/// Decodes a string as its shared copy ([`word`]).
+/// Decodes a string as its shared copy ([`word`]), read from the decoder's own text where it can be (serde's
+/// `String` or `Cow<str>` would allocate one per word decoded, only to look it up).
 pub fn de_word<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-    Ok(word(&Cow::<'_, str>::deserialize(d)?))
+    d.deserialize_str(Word)
 }
 
 /// Decodes an optional string as its shared copy ([`word`]).
 pub fn de_opt_word<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
-    Ok(Option::<Cow<'_, str>>::deserialize(d)?.map(|w| word(&w)))
+    d.deserialize_option(OptionalWord)
+}
+
+/// Visits a string as its shared copy.
+struct Word;
+
+impl<'de> Visitor<'de> for Word {
+    type Value = Arc<str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Arc<str>, E> {
+        Ok(word(v))
+    }
+}
+
+/// Visits an optional string as its shared copy.
+struct OptionalWord;
+
+impl<'de> Visitor<'de> for OptionalWord {
+    type Value = Option<Arc<str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        de_word(d).map(Some)
+    }
 }
 
 /// Feeds a string to a value's hash, ended so that no two lists of strings feed the same bytes (`0xff` is never part
@@ -165,6 +205,13 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &word("shared-word-other")));
         let mut d = serde_json::Deserializer::from_str("null");
         assert_eq!(de_opt_word(&mut d).expect("null"), None);
+        let mut d = serde_json::Deserializer::from_str(r#""shared-word-test""#);
+        assert!(de_opt_word(&mut d).expect("a string").is_some_and(|w| Arc::ptr_eq(&w, &a)));
+        // anything but a string is refused, as a `String` field refuses it
+        for bad in ["7", "null", "[]"] {
+            let mut d = serde_json::Deserializer::from_str(bad);
+            assert!(de_word(&mut d).is_err(), "{bad} taken as a word");
+        }
     }
 
     /// A value whose hash is the same for all: only equality tells them apart.
