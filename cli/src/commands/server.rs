@@ -177,8 +177,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// pods they cache) among many that live for a request, so a 2 MiB huge page stays resident for a few live objects.
 /// With huge pages off, `scripts/bench-scale` measured the server at 10k pods at rest 1.20-1.31x smaller in RSS, at
 /// the same scheduling rate, and perhaps a few percent more CPU while pods are created (docs/benchmarks.md,
-/// "2026-12-05, late evening"). The ingress (`skiff up`, `skiff ingress`) keeps them: its allocations are per request,
-/// and huge pages were not measured against it.
+/// "2026-12-05, late evening"). The ingress (`skiff up`, `skiff ingress`) keeps them: one run of its bench without
+/// them showed no difference, which is not enough to take them from the dataplane.
 fn small_pages_only() {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "transparent huge pages left on: the server may take more memory");
